@@ -1,0 +1,34 @@
+# Every target sets itself up: a fresh machine needs only Python 3.10+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Run the demo: a stage is killed with SIGKILL, run again, and finishes exactly.
+demo: $(STAMP)
+	$(BIN)/python example_project/async_stage_demo.py
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## ruff and mypy.
+lint: $(STAMP)
+	$(BIN)/ruff check scrapy_checkpoint tests benchmarks example_project
+	$(BIN)/mypy
+
+## Benchmarks (figures go to docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_updates.py
+	$(BIN)/python benchmarks/bench_resume.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

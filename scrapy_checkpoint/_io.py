@@ -1,0 +1,50 @@
+"""One background thread per checkpoint for the blocking I/O (fsync, atomic
+state writes, snapshots), so the caller's thread (an event loop, the Twisted
+reactor) never waits on the disk. Tasks run in submission order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+
+class BackgroundIO:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-io-{self._name}")
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(self._record_error)
+        return future
+
+    def _record_error(self, future: Future[Any]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            logger.error("Checkpoint I/O failed for %s: %s", self._name, exc)
+            if self.error is None:
+                self.error = exc
+
+    def drain(self) -> None:
+        """Wait for every task submitted so far; re-raise the first failure."""
+        if self._pool is not None:
+            self._pool.submit(lambda: None).result()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.raise_error()

@@ -1,0 +1,170 @@
+"""The live state of a stage in memory, and replay of journal groups onto it.
+
+``LiveState.apply`` is the single definition of what a group means; the
+checkpoint records its own changes as groups and applies them the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from .doneset import DoneSet
+from .journal import decode_group
+from .state import CheckpointState, Owner, Progress, Status
+from .stores.file import Loaded
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+class LiveState:
+    """Counters kept as plain ints (the hot path), everything else in ``info``."""
+
+    __slots__ = (
+        "batch_id", "done", "failed", "failed_codes", "info", "last_index", "last_item",
+        "pending", "processed", "skipped", "successful", "updated_ts",
+    )
+
+    def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
+        self._set_info(info)
+        self.done = done if done is not None else DoneSet()
+        self.failed_codes: set[int] = set()
+        self.pending: dict[int, Any] = {}
+
+    def _set_info(self, info: CheckpointState) -> None:
+        self.info = info
+        p = info.progress
+        self.processed, self.successful = p.processed_items, p.successful_items
+        self.failed, self.skipped = p.failed_items, p.skipped_items
+        self.last_item, self.last_index, self.batch_id = (
+            info.last_processed_item, info.last_processed_index, info.batch_id)
+        self.updated_ts = info.updated_at.timestamp()
+
+    # -- snapshots ----------------------------------------------------------------
+
+    def snapshot_header(self, generation: int) -> dict[str, Any]:
+        return {
+            "generation": generation,
+            "state": self.to_state().model_dump(mode="json"),
+            "failed": sorted(self.failed_codes),
+            "pending": [[code, payload] for code, payload in self.pending.items()],
+        }
+
+    @classmethod
+    def from_loaded(cls, stage: str, loaded: Loaded) -> LiveState:
+        """Rebuild the state: the snapshot, then every good group after it."""
+        if loaded.snapshot is None:
+            live = cls(CheckpointState(stage=stage), loaded.done)
+        else:
+            header = loaded.snapshot
+            live = cls(CheckpointState.model_validate(header["state"]), loaded.done)
+            live.failed_codes = set(header.get("failed", ()))
+            live.pending = {int(code): payload for code, payload in header.get("pending", ())}
+        for payload in loaded.payloads:
+            try:
+                group = decode_group(payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                # A checksummed record that does not parse: stop here like a torn tail.
+                loaded.problems.append(f"unreadable journal record ({exc}); later records ignored")
+                break
+            live.apply(group.done, group.failed, group.fields)
+        return live
+
+    # -- applying a group ------------------------------------------------------------
+
+    def apply(self, done: list[int], failed: list[int], fields: dict[str, Any]) -> None:
+        info = self.info
+        if "init" in fields:
+            # A stage (re)created: start from its initial state and nothing done.
+            self._set_info(CheckpointState.model_validate(fields["init"]))
+            self.done, self.failed_codes, self.pending = DoneSet(), set(), {}
+            info = self.info
+        counters = fields.get("c")
+        if counters:
+            self.processed += counters[0]
+            self.successful += counters[1]
+            self.failed += counters[2]
+            self.skipped += counters[3]
+        if "l" in fields:
+            self.last_item = fields["l"]
+        if "i" in fields:
+            self.last_index = fields["i"]
+        if "b" in fields:
+            self.batch_id = fields["b"]
+        if "ts" in fields:
+            self.updated_ts = fields["ts"]
+        if "rf" in fields:  # failed units released for a retry
+            released = fields["rf"]
+            self.done.discard_many(released)
+            self.failed_codes.difference_update(released)
+        if "a" in fields:
+            for code, payload in fields["a"]:
+                if code not in self.done:
+                    self.pending[code] = payload
+        updates: dict[str, Any] = {}
+        if "st" in fields:
+            updates["status"] = Status(fields["st"])
+        if "t" in fields:
+            info.progress.total_items = fields["t"]
+        if "start" in fields:
+            info.progress.start_time = _ts(fields["start"])
+        if "m" in fields:
+            updates["metadata"] = fields["m"]
+        if "e" in fields:
+            message, count, when = fields["e"]
+            updates.update(error_message=message, error_count=count, last_error_time=_ts(when))
+        if "in" in fields:
+            updates["input_file"], updates["input_file_hash"] = fields["in"]
+        if "out" in fields:
+            updates["output_file"] = fields["out"]
+        if "own" in fields:
+            updates["owner"] = Owner.model_validate(fields["own"])
+        if "rec" in fields:
+            updates["recoveries"] = fields["rec"]
+        for name, value in updates.items():
+            setattr(info, name, value)
+        pending = self.pending
+        add = self.done.add_new
+        contains = self.done.__contains__
+        for code in done:
+            if not contains(code):
+                add(code)
+            pending.pop(code, None)
+        for code in failed:
+            if not contains(code):
+                add(code)
+            self.failed_codes.add(code)
+            pending.pop(code, None)
+
+    # -- the readable form -------------------------------------------------------------
+
+    def to_state(self, *, throughput: float | None = None,
+                 eta_seconds: float | None = None) -> CheckpointState:
+        info = self.info
+        updated = _ts(self.updated_ts) or info.updated_at
+        eta = None
+        if eta_seconds is not None:
+            eta = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + eta_seconds,
+                                         timezone.utc)
+        progress = Progress(
+            total_items=info.progress.total_items,
+            processed_items=self.processed,
+            successful_items=self.successful,
+            failed_items=self.failed,
+            skipped_items=self.skipped,
+            start_time=info.progress.start_time,
+            last_update_time=updated,
+            estimated_completion_time=eta,
+        )
+        return info.model_copy(update={
+            "progress": progress,
+            "last_processed_item": self.last_item,
+            "last_processed_index": self.last_index,
+            "batch_id": self.batch_id,
+            "updated_at": updated,
+            "done_units": len(self.done),
+            "pending_units": len(self.pending),
+            "throughput": throughput,
+        })

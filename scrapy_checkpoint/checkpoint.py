@@ -1,0 +1,651 @@
+"""EnhancedCheckpoint: the lifecycle, counters, skip logic and save policy of one stage.
+
+Knows nothing of Scrapy, Twisted or asyncio: the tracker and the Scrapy
+extension drive it. All disk waits (fsync, atomic state writes, snapshots)
+happen on its background I/O thread; the caller's thread only appends
+committed groups to the journal with ``os.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import inspect
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from ._clock import monotonic, utcnow, walltime
+from ._io import BackgroundIO
+from ._keys import UnitKey, key_code
+from ._live import LiveState
+from .config import CheckpointConfig
+from .errors import CheckpointError, InputChangedError
+from .journal import SegmentWriter, encode_group
+from .metrics import Metrics, RateWindow
+from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
+from .stores.file import FileStore, StageLock, check_stage_name, encode_snapshot
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+Hook = Callable[..., Any]
+HOOK_EVENTS = ("start", "progress", "complete", "failure")
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+class EnhancedCheckpoint:
+    """Crash-safe progress of one stage.
+
+    >>> cp = EnhancedCheckpoint("data/checkpoints", "stage2")   # doctest: +SKIP
+    >>> cp.start(total_items=len(rows), input_file="rows.csv")  # doctest: +SKIP
+    >>> for i, row in enumerate(rows):                          # doctest: +SKIP
+    ...     if cp.should_skip(i):
+    ...         continue
+    ...     handle(row)
+    ...     cp.update(processed=1, successful=1, index=i)
+    >>> cp.complete(); cp.close()                               # doctest: +SKIP
+
+    Options are the fields of :class:`~scrapy_checkpoint.config.CheckpointConfig`.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str] = "checkpoints",
+        stage: str | None = None,
+        *,
+        config: CheckpointConfig | None = None,
+        store: FileStore | None = None,
+        on_start: Hook | None = None,
+        on_progress: Hook | None = None,
+        on_complete: Hook | None = None,
+        on_failure: Hook | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = CheckpointConfig.from_options(config, **options)
+        self.store = store if store is not None else FileStore(checkpoint_dir)
+        self.stage: str | None = check_stage_name(stage) if stage is not None else None
+        self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOK_EVENTS}
+        for name, fn in (("start", on_start), ("progress", on_progress),
+                         ("complete", on_complete), ("failure", on_failure)):
+            if fn is not None:
+                self._hooks[name].append(fn)
+        self._hook_tasks: set[asyncio.Task[Any]] = set()
+        self._live: LiveState | None = None
+        self._lock: StageLock | None = None
+        self._writer: SegmentWriter | None = None
+        self._io: BackgroundIO | None = None
+        self._generation = 0
+        self._snapshot_bytes = 0
+        self._running = False
+        self._started = False
+        # The group being built: committed to the journal as one record.
+        self._g_done: list[int] = []
+        self._g_failed: list[int] = []
+        self._g_fields: dict[str, Any] = {}
+        self._g_counts = [0, 0, 0, 0]
+        self._g_updates = 0
+        now = monotonic()
+        self._last_commit = now
+        self._last_sync = now
+        self._last_state = now
+        self._dirty = False
+        self._sync_inflight = False
+        self._rate = RateWindow(self.config.throughput_window)
+        self._next_log = 0
+        self._warned_duplicate = False
+        #: Units found already done by :meth:`should_skip` in this process.
+        self.resumed_skips = 0
+        #: Bytes of damaged journal dropped when the stage was opened.
+        self.dropped_bytes = 0
+        self._created = False
+
+    # -- reading ---------------------------------------------------------------------
+
+    @property
+    def live(self) -> LiveState:
+        if self._live is None:
+            raise CheckpointError("The checkpoint is not open: call start() first.")
+        return self._live
+
+    @property
+    def state(self) -> CheckpointState:
+        """The current state (including updates not yet committed)."""
+        m = self.metrics()
+        return self.live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
+
+    @property
+    def status(self) -> Status:
+        return self.live.info.status
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Stage-specific data; change it with :meth:`set_metadata`."""
+        return dict(self.live.info.metadata)
+
+    def metrics(self) -> Metrics:
+        live = self.live
+        start = live.info.progress.start_time
+        elapsed = (utcnow() - start).total_seconds() if start else 0.0
+        return Metrics(
+            total=live.info.progress.total_items,
+            processed=live.processed,
+            successful=live.successful,
+            failed=live.failed,
+            skipped=live.skipped,
+            throughput=self._rate.rate(monotonic(), live.processed),
+            elapsed_seconds=elapsed,
+        )
+
+    def progress_line(self) -> str:
+        return self.metrics().progress_line()
+
+    def log_progress(self) -> None:
+        logger.info("[%s] %s", self.stage, self.progress_line())
+
+    def should_skip(self, index_or_key: UnitKey) -> bool:
+        """True if this unit was finished (successfully or not) by any earlier run."""
+        if key_code(index_or_key) in self.live.done:
+            self.resumed_skips += 1
+            return True
+        return False
+
+    def is_done(self, index_or_key: UnitKey) -> bool:
+        """Like :meth:`should_skip`, without counting a skip."""
+        return key_code(index_or_key) in self.live.done
+
+    def is_stale(self, max_age_hours: float | None = None) -> bool:
+        """True if the stage has not been updated for ``max_age_hours`` (default: ``ttl_hours``)."""
+        hours = self.config.ttl_hours if max_age_hours is None else max_age_hours
+        return self.state.updated_at < utcnow() - timedelta(hours=hours)
+
+    def validate_input_file(self, path: str | os.PathLike[str]) -> tuple[bool, str]:
+        """Compare ``path`` with the input file the checkpoint was made with."""
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            return False, f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}"
+        recorded = self.live.info.input_file_hash
+        if recorded is None:
+            return True, "no input file hash recorded yet"
+        if digest != recorded:
+            return False, f"content hash {digest[:19]}... differs from recorded {recorded[:19]}..."
+        return True, "unchanged"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self, stage: str | None = None) -> None:
+        """Take the stage's lock and load its state. ``start()`` calls this for you.
+
+        Raises :class:`CheckpointLockedError` (nothing written) if a live process owns it.
+        """
+        if self._live is not None:
+            return
+        if stage is not None:
+            self.stage = check_stage_name(stage)
+        if self.stage is None:
+            raise CheckpointError("No stage given: pass it to EnhancedCheckpoint(...) or start().")
+        stage = self.stage
+        store = self.store
+        lock = store.lock(stage, Owner.current())
+        try:
+            loaded = store.load(stage)
+            live = LiveState.from_loaded(stage, loaded)
+            _, state_problems = store.read_state(stage)
+            for problem in state_problems:
+                logger.warning("Stage %s: state file %s", stage, problem)
+            if (loaded.snapshot is None and not loaded.payloads):
+                previous, _ = store.read_state(stage)
+                if previous is not None:
+                    logger.warning(
+                        "Stage %s: its journal is missing; counters come from the state file "
+                        "and finished units will be redone.", stage)
+                    live = LiveState(previous)
+            for problem in loaded.problems:
+                logger.warning("Stage %s: %s", stage, problem)
+            if loaded.dropped_bytes or loaded.unreachable:
+                store.set_aside(stage, loaded)
+            self.dropped_bytes = loaded.dropped_bytes
+            self._writer = store.open_segment(stage, loaded.generation, truncate_at=loaded.good_bytes,
+                                              buffered=self.config.durability == "none")
+        except BaseException:
+            lock.release()
+            raise
+        self._lock, self._live = lock, live
+        self._generation, self._snapshot_bytes = loaded.generation, loaded.snapshot_bytes
+        self._io = BackgroundIO(stage)
+        self._created = loaded.exists
+        _close_at_exit(self)
+
+    def start(
+        self,
+        stage: str | None = None,
+        total_items: int | None = None,
+        input_file: str | os.PathLike[str] | None = None,
+        output_file: str | os.PathLike[str] | None = None,
+        *,
+        reset: bool = False,
+        retry_failed: bool = False,
+    ) -> CheckpointState:
+        """Open the stage and mark it running, resuming whatever an earlier run left.
+
+        A stage found ``running`` (its process died) is logged, moved to
+        ``recovering`` and resumed. ``reset=True`` starts over; ``retry_failed=True``
+        makes units that finished with a failure run again.
+        """
+        self.open(stage)
+        stage = self.stage
+        assert stage is not None
+        live = self.live
+        in_hash = None
+        if input_file is not None:
+            in_hash = file_hash(input_file)
+            recorded = live.info.input_file_hash
+            if not reset and self._created and recorded is not None and recorded != in_hash:
+                raise InputChangedError(stage, os.fspath(input_file),
+                                        f"hash {in_hash[:19]}... != recorded {recorded[:19]}...")
+        if reset and self._created:
+            self._reset_stage()
+            live = self.live
+        if not self._created:
+            self._record({"init": CheckpointState(stage=stage).model_dump(mode="json")})
+            self._created = True
+            live = self.live
+        previous = live.info.status
+        if previous in ACTIVE_STATUSES:
+            logger.warning("Detected incomplete checkpoint for %s. Resuming from %d items "
+                           "(%d done, %d pending, %d failed).", stage, live.processed,
+                           len(live.done), len(live.pending), live.failed)
+            self._set_status(Status.RECOVERING, rec=live.info.recoveries + 1)
+        elif previous in (Status.PAUSED, Status.FAILED):
+            logger.info("Resuming %s stage %s from %d items.", previous.value, stage, live.processed)
+        elif previous is Status.COMPLETED:
+            logger.info("Stage %s was completed; running it again: its %d finished units are "
+                        "skipped (reset to start over).", stage, len(live.done))
+        fields: dict[str, Any] = {"own": Owner.current().model_dump(mode="json")}
+        if total_items is not None:
+            fields["t"] = int(total_items)
+        if input_file is not None:
+            fields["in"] = [os.fspath(input_file), in_hash]
+        if output_file is not None:
+            fields["out"] = os.fspath(output_file)
+        if live.info.progress.start_time is None:
+            fields["start"] = walltime()
+        if retry_failed and live.failed_codes:
+            n = len(live.failed_codes)
+            fields["rf"] = sorted(live.failed_codes)
+            fields["c"] = [-n, 0, -n, 0]
+            logger.info("Stage %s: %d failed units will run again.", stage, n)
+        self._record(fields)
+        self._set_status(Status.RUNNING)
+        self._started = True
+        self._rate.add(monotonic(), live.processed)
+        every = self.config.log_every
+        self._next_log = (live.processed // every + 1) * every if every else 0
+        self._emit("start")
+        return self.state
+
+    def update(
+        self,
+        processed: int = 0,
+        successful: int = 0,
+        failed: int = 0,
+        skipped: int = 0,
+        last_item: Any = None,
+        index: int | None = None,
+        key: UnitKey | None = None,
+        batch_id: Any = None,
+    ) -> bool:
+        """Record progress; with ``index`` or ``key`` also mark that unit done.
+
+        Returns False (and changes nothing) if the unit was already done.
+        A unit with ``failed`` and no ``successful`` is done-with-failure.
+        """
+        if not self._running:
+            raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
+        live = self._live
+        assert live is not None
+        unit = key if key is not None else index
+        if unit is not None:
+            code = key_code(unit)
+            done = live.done
+            if code in done:
+                if not self._warned_duplicate:
+                    self._warned_duplicate = True
+                    logger.warning("Stage %s: unit %r was already done; repeated updates of a "
+                                   "unit are ignored.", self.stage, unit)
+                return False
+            done.add_new(code)
+            if live.pending:
+                live.pending.pop(code, None)
+            if failed and not successful:
+                live.failed_codes.add(code)
+                self._g_failed.append(code)
+            else:
+                self._g_done.append(code)
+        if processed or successful or failed or skipped:
+            live.processed += processed
+            live.successful += successful
+            live.failed += failed
+            live.skipped += skipped
+            g = self._g_counts
+            g[0] += processed
+            g[1] += successful
+            g[2] += failed
+            g[3] += skipped
+        if last_item is not None:
+            live.last_item = last_item if isinstance(last_item, str) else str(last_item)
+        if index is not None:
+            live.last_index = index
+        if batch_id is not None:
+            live.batch_id = str(batch_id)
+        self._g_updates += 1
+        now = monotonic()
+        if self._g_updates >= self.config.save_every or now - self._last_commit >= self.config.save_interval:
+            self._commit(now)
+        if self._next_log and live.processed >= self._next_log:
+            every = self.config.log_every
+            self._next_log = (live.processed // every + 1) * every
+            self.log_progress()
+            self._emit("progress")
+        return True
+
+    def set_total(self, total_items: int) -> None:
+        self._record({"t": int(total_items)})
+
+    def set_metadata(self, **values: Any) -> None:
+        """Merge JSON-serialisable ``values`` into the stage's metadata."""
+        merged = {**self.live.info.metadata, **values}
+        self._record({"m": merged})
+
+    def record_error(self, error: BaseException | str) -> None:
+        """Count an error and keep its message and time (the status is unchanged)."""
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        count = self.live.info.error_count + 1
+        self._record({"e": [message, count, walltime()]})
+
+    def complete(self) -> None:
+        self._set_status(Status.COMPLETED)
+        logger.info("[%s] Completed. %s", self.stage, self.progress_line())
+        self._emit("complete")
+
+    def fail(self, error: BaseException | str) -> None:
+        self.record_error(error)
+        self._set_status(Status.FAILED)
+        logger.error("[%s] Failed: %s", self.stage, self.live.info.error_message)
+        self._emit("failure", error)
+
+    def pause(self) -> None:
+        self._set_status(Status.PAUSED)
+        logger.info("[%s] Paused; run again to resume. %s", self.stage, self.progress_line())
+
+    def save(self, force: bool = False) -> None:
+        """Commit buffered updates now; with ``force`` also rewrite the state file and
+        wait until everything is on disk (this blocks: the tracker runs that part in a
+        worker thread)."""
+        self._commit(monotonic())
+        if force:
+            self.request_durable()
+            self.drain_io()
+
+    def request_durable(self) -> None:
+        """Commit, and queue a state-file write and an fsync (does not wait)."""
+        self._commit(monotonic())
+        self._write_state()
+        self._sync(force=True)
+
+    def drain_io(self) -> None:
+        """Block until the queued disk work is done; re-raise its first failure."""
+        if self._io is not None:
+            self._io.drain()
+
+    def disable_progress_log(self) -> None:
+        """Stop the periodic progress log line (a progress bar shows it instead)."""
+        self._next_log = 0
+
+    def tick(self) -> None:
+        """Timer work: commit, fsync and refresh the state file when due. Cheap when nothing is."""
+        if self._live is None or self._writer is None:
+            return
+        now = monotonic()
+        if now - self._last_commit >= self.config.save_interval:
+            self._commit(now)
+        self._maybe_sync(now)
+        if now - self._last_state >= self.config.state_interval:
+            self._write_state()
+        if now - self._rate.last_sample >= 1.0:
+            self._rate.add(now, self.live.processed)
+
+    def close(self) -> None:
+        """Commit, snapshot, write the state file, wait for the disk, release the lock.
+
+        A stage still running is left ``paused`` (it resumes on the next start).
+        """
+        if self._live is None or self._writer is None:
+            return
+        try:
+            if self._running:
+                self.pause()
+            self._commit(monotonic())
+            if self._writer.size > len(b"SCKJRNL1"):
+                self._compact()
+            self._write_state()
+            assert self._io is not None
+            self._io.drain()
+            self._writer.fsync()
+        finally:
+            self._writer.close()
+            self._writer = None
+            if self._io is not None:
+                self._io.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._live = None
+
+    def __enter__(self) -> EnhancedCheckpoint:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and self._running:
+            if isinstance(exc, Exception):
+                self.fail(exc)
+            else:
+                self.pause()
+        self.close()
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def on(self, event: str, fn: Hook) -> None:
+        """Register ``fn(checkpoint)`` (``fn(checkpoint, error)`` for ``failure``), sync or async."""
+        if event not in self._hooks:
+            raise ValueError(f"Unknown hook {event!r}; use one of {', '.join(HOOK_EVENTS)}.")
+        self._hooks[event].append(fn)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for fn in self._hooks[event]:
+            try:
+                result = fn(self, *args)
+                if inspect.isawaitable(result):
+                    self._run_awaitable(result)
+            except Exception:
+                logger.exception("Stage %s: %s hook %r failed", self.stage, event, fn)
+
+    def _run_awaitable(self, result: Awaitable[Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(_as_coro(result))
+            return
+        task = loop.create_task(_as_coro(result))
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_tasks.discard)
+
+    async def wait_hooks(self) -> None:
+        """Await async hooks still running (the tracker does this on exit)."""
+        while self._hook_tasks:
+            await asyncio.gather(*list(self._hook_tasks), return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _record(self, fields: dict[str, Any]) -> None:
+        """Apply ``fields`` to the live state and add them to the current group."""
+        self.live.apply([], [], fields)
+        g = self._g_fields
+        if "c" in fields:
+            c = fields["c"]
+            for i in range(4):
+                self._g_counts[i] += c[i]
+            fields = {k: v for k, v in fields.items() if k != "c"}
+        if "init" in fields:
+            self._g_fields = g = {}
+            self._g_done.clear()
+            self._g_failed.clear()
+            self._g_counts = [0, 0, 0, 0]
+        g.update(fields)
+
+    def _set_status(self, new: Status, **extra: Any) -> None:
+        live = self.live
+        assert self.stage is not None
+        check_transition(self.stage, live.info.status, new)
+        fields: dict[str, Any] = {"st": new.value}
+        if "rec" in extra:
+            fields["rec"] = extra["rec"]
+        self._record(fields)
+        self._running = new is Status.RUNNING
+        self._commit(monotonic())
+        self._write_state()
+        self._sync(force=True)
+
+    def _commit(self, now: float) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        fields = self._g_fields
+        counts = self._g_counts
+        if not (self._g_updates or fields or self._g_done or self._g_failed or any(counts)):
+            return
+        live = self.live
+        if any(counts):
+            fields["c"] = counts
+        if self._g_updates:
+            fields["l"], fields["i"], fields["b"] = live.last_item, live.last_index, live.batch_id
+        ts = walltime()
+        fields["ts"] = ts
+        live.updated_ts = ts
+        writer.append(encode_group(self._g_done, self._g_failed, fields))
+        self._g_done, self._g_failed, self._g_fields = [], [], {}
+        self._g_counts = [0, 0, 0, 0]
+        self._g_updates = 0
+        self._last_commit = now
+        self._dirty = True
+        if now - self._rate.last_sample >= 1.0:
+            self._rate.add(now, live.processed)
+        self._maybe_sync(now)
+        if now - self._last_state >= self.config.state_interval:
+            self._write_state()
+        if writer.size > max(self.config.compact_min_bytes, self._snapshot_bytes):
+            self._compact()
+
+    def _maybe_sync(self, now: float) -> None:
+        if (self._dirty and not self._sync_inflight and self.config.durability == "fsync"
+                and now - self._last_sync >= self.config.sync_interval):
+            self._sync()
+
+    def _sync(self, force: bool = False) -> None:
+        """Hand buffered frames to the OS and queue an fsync (in ``fsync`` mode or forced)."""
+        writer, io = self._writer, self._io
+        if writer is None or io is None:
+            return
+        writer.flush()
+        self._dirty = False
+        self._last_sync = monotonic()
+        if self.config.durability == "fsync" or force:
+            self._sync_inflight = True
+            future = io.submit(_fsync_fd, writer.fd)
+            future.add_done_callback(lambda _: setattr(self, "_sync_inflight", False))
+
+    def _write_state(self) -> None:
+        if self._io is None or self.stage is None:
+            return
+        self._last_state = monotonic()
+        data = self.state.model_dump_json(indent=2).encode()
+        self._io.submit(self.store.write_state, self.stage, data)
+
+    def _compact(self) -> None:
+        """Write a snapshot of everything committed and start a new journal segment."""
+        writer, io, live = self._writer, self._io, self.live
+        assert writer is not None and io is not None and self.stage is not None
+        gen = self._generation + 1
+        blob = encode_snapshot(live.snapshot_header(gen), live.done.to_bytes())
+        writer.flush()
+        self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
+                                               buffered=self.config.durability == "none")
+        self._generation, self._snapshot_bytes = gen, len(blob)
+        io.submit(self._finish_compaction, writer, gen, blob)
+
+    def _finish_compaction(self, old: SegmentWriter, gen: int, blob: bytes) -> None:
+        # Runs on the I/O thread, in order: the old segment is durable, then the
+        # snapshot; only then may retention delete what the snapshot replaces.
+        assert self.stage is not None
+        old.fsync()
+        old.close()
+        self.store.write_snapshot(self.stage, gen, blob)
+        self.store.retain(self.stage, self.config.keep_snapshots)
+
+    def _reset_stage(self) -> None:
+        assert self.stage is not None and self._writer is not None and self._io is not None
+        logger.info("Stage %s: reset, starting over.", self.stage)
+        self._io.drain()
+        self._writer.close()
+        self.store.remove(self.stage)
+        self._live = LiveState(CheckpointState(stage=self.stage))
+        self._generation, self._snapshot_bytes = 0, 0
+        self._writer = self.store.open_segment(self.stage, 0, truncate_at=0,
+                                               buffered=self.config.durability == "none")
+        self._g_done, self._g_failed, self._g_fields = [], [], {}
+        self._g_counts, self._g_updates = [0, 0, 0, 0], 0
+        self._created = False
+
+
+def _fsync_fd(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # the segment was rotated and closed meanwhile: already synced
+        if exc.errno != 9:
+            raise
+
+
+async def _as_coro(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+_open_checkpoints: weakref.WeakSet[EnhancedCheckpoint] = weakref.WeakSet()
+
+
+def _close_at_exit(cp: EnhancedCheckpoint) -> None:
+    _open_checkpoints.add(cp)
+
+
+@atexit.register
+def _close_all() -> None:
+    # A normal interpreter exit must not lose buffered updates.
+    for cp in list(_open_checkpoints):
+        try:
+            cp.close()
+        except Exception:
+            logger.exception("Closing checkpoint %s at exit failed", cp.stage)
+
+
+__all__ = ["EnhancedCheckpoint", "file_hash"]

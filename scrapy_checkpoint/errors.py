@@ -1,0 +1,49 @@
+"""Error types. Each message tells the user what to do next."""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class for every error this package raises."""
+
+
+class ConfigError(CheckpointError, ValueError):
+    """An option or setting has a value we cannot use."""
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another live process owns the stage."""
+
+    def __init__(self, stage: str, pid: int | None, host: str | None, since: str | None) -> None:
+        self.stage, self.pid, self.host, self.since = stage, pid, host, since
+        owner = f"pid {pid} on host {host}" if pid is not None else "another process"
+        when = f" since {since}" if since else ""
+        super().__init__(
+            f"Stage {stage!r} is in use by {owner}{when}. Only one process may write a "
+            f"stage at a time: wait for that process to finish or stop it, then run again."
+        )
+
+
+class InputChangedError(CheckpointError):
+    """The input file differs from the one the checkpoint was made with."""
+
+    def __init__(self, stage: str, path: str, reason: str) -> None:
+        self.stage, self.path, self.reason = stage, path, reason
+        super().__init__(
+            f"Input file {path!r} of stage {stage!r} changed since the checkpoint was made "
+            f"({reason}). Resuming would mix two inputs. To start the stage over, reset it "
+            f"(`scrapy-checkpoint reset {stage}`, UnifiedCheckpointManager(dir).reset({stage!r}) "
+            f"or start(..., reset=True)); to keep the old input, restore the file."
+        )
+
+
+class CorruptCheckpointError(CheckpointError):
+    """No consistent state can be rebuilt from what is on disk."""
+
+
+class InvalidTransitionError(CheckpointError):
+    """A status change the status machine does not allow."""
+
+    def __init__(self, stage: str, old: str, new: str) -> None:
+        self.stage, self.old, self.new = stage, old, new
+        super().__init__(f"Stage {stage!r} cannot go from {old!r} to {new!r}.")

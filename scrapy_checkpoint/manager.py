@@ -1,0 +1,249 @@
+"""UnifiedCheckpointManager: every stage of a pipeline in one directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ._clock import utcnow
+from ._keys import UnitKey, key_code
+from ._live import LiveState
+from .checkpoint import EnhancedCheckpoint
+from .config import CheckpointConfig
+from .errors import CheckpointLockedError, CorruptCheckpointError
+from .metrics import Metrics, format_duration
+from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status
+from .stores.file import FileStore, check_stage_name
+from .tracker import AsyncCheckpointTracker
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+EXPORT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class StageView:
+    """A read-only view of one stage, rebuilt from disk without taking its lock."""
+
+    state: CheckpointState
+    #: The owning process if it is alive (the stage is being worked on now).
+    live_owner: Owner | None
+    #: Damage found and what recovery will do about it.
+    problems: list[str] = field(default_factory=list)
+    disk: dict[str, int] = field(default_factory=dict)
+    _live: LiveState | None = None
+
+    @property
+    def crashed(self) -> bool:
+        """Left active by a process that is gone: the next start recovers it."""
+        return self.state.status in ACTIVE_STATUSES and self.live_owner is None
+
+    @property
+    def display_status(self) -> str:
+        return "crashed" if self.crashed else self.state.status.value
+
+    def is_done(self, key: UnitKey) -> bool:
+        return self._live is not None and key_code(key) in self._live.done
+
+    def metrics(self) -> Metrics:
+        p = self.state.progress
+        start = p.start_time
+        return Metrics(
+            total=p.total_items, processed=p.processed_items, successful=p.successful_items,
+            failed=p.failed_items, skipped=p.skipped_items,
+            throughput=self.state.throughput if self.live_owner is not None else None,
+            elapsed_seconds=(self.state.updated_at - start).total_seconds() if start else 0.0,
+        )
+
+
+def read_stage(store: FileStore, stage: str) -> StageView:
+    """Rebuild a stage's exact state from its snapshot and journal, read-only.
+
+    Safe while a process writes the stage. Raises :class:`CorruptCheckpointError`
+    only when no consistent state can be rebuilt.
+    """
+    loaded = store.load(stage)
+    file_state, problems = store.read_state(stage)
+    if not loaded.exists and file_state is None:
+        raise FileNotFoundError(f"No checkpoint for stage {stage!r} in {store.directory}.")
+    live = LiveState.from_loaded(stage, loaded)
+    if loaded.snapshot is None and not loaded.payloads and file_state is not None:
+        live = LiveState(file_state)
+    state = live.to_state(throughput=file_state.throughput if file_state else None)
+    problems = problems + loaded.problems
+    if loaded.dropped_bytes:
+        problems.append(f"the next start drops {loaded.dropped_bytes} damaged byte(s) after the "
+                        f"last good record (kept aside as *.corrupt); those units are redone")
+    return StageView(state=state, live_owner=store.live_owner(stage), problems=problems,
+                     disk=store.disk_usage(stage), _live=live)
+
+
+class UnifiedCheckpointManager:
+    """The checkpoints of a multi-stage pipeline.
+
+    >>> manager = UnifiedCheckpointManager("data/checkpoints")       # doctest: +SKIP
+    >>> async with manager.tracker("stage2_parse") as tracker: ...   # doctest: +SKIP
+    >>> print(manager.report())                                      # doctest: +SKIP
+    """
+
+    def __init__(self, checkpoint_dir: str | os.PathLike[str] = "checkpoints", *,
+                 config: CheckpointConfig | None = None, **options: Any) -> None:
+        self.directory = Path(checkpoint_dir)
+        self.config = CheckpointConfig.from_options(config, **options)
+        self.store = FileStore(self.directory)
+        self._checkpoints: dict[str, EnhancedCheckpoint] = {}
+
+    def get_checkpoint(self, stage: str, **options: Any) -> EnhancedCheckpoint:
+        """The stage's checkpoint (created on first use; call ``start()`` on it)."""
+        check_stage_name(stage)
+        cp = self._checkpoints.get(stage)
+        if cp is None or cp._live is None and cp._started:
+            config = CheckpointConfig.from_options(self.config, **options)
+            cp = EnhancedCheckpoint(self.directory, stage, config=config, store=self.store)
+            self._checkpoints[stage] = cp
+        return cp
+
+    def tracker(self, stage: str, **options: Any) -> AsyncCheckpointTracker[Any]:
+        config = CheckpointConfig.from_options(self.config, **{
+            k: v for k, v in options.items() if k in CheckpointConfig.model_fields})
+        rest = {k: v for k, v in options.items() if k not in CheckpointConfig.model_fields}
+        return AsyncCheckpointTracker(self.directory, stage, config=config, store=self.store,
+                                      **rest)
+
+    def stages(self) -> list[str]:
+        return self.store.stages()
+
+    def read(self, stage: str) -> StageView:
+        return read_stage(self.store, check_stage_name(stage))
+
+    def list_checkpoints(self) -> list[CheckpointState]:
+        """The state of every stage, sorted by name (damaged ones are logged and left out)."""
+        states = []
+        for stage in self.stages():
+            try:
+                states.append(self.read(stage).state)
+            except (CorruptCheckpointError, FileNotFoundError) as exc:
+                logger.warning("Stage %s cannot be read: %s", stage, exc)
+        return states
+
+    def reset(self, stage: str) -> None:
+        """Delete a stage so its next start begins from nothing.
+
+        Raises :class:`CheckpointLockedError` if a live process owns it.
+        """
+        check_stage_name(stage)
+        lock = self.store.lock(stage, Owner.current())
+        try:
+            self.store.remove(stage)
+        finally:
+            lock.release(unlink=True)
+        logger.info("Stage %s reset.", stage)
+
+    def reset_all(self) -> list[str]:
+        """Reset every stage no live process owns; return the names reset."""
+        reset = []
+        for stage in self.stages():
+            try:
+                self.reset(stage)
+            except CheckpointLockedError as exc:
+                logger.warning("%s", exc)
+            else:
+                reset.append(stage)
+        return reset
+
+    def cleanup(self, older_than_days: float | None = None, *, dry_run: bool = False
+                ) -> dict[str, int]:
+        """Remove stages not updated for ``older_than_days`` (default: the ``ttl_hours``
+        option) that no live process owns. Returns ``{stage: bytes freed}``."""
+        age = (timedelta(days=older_than_days) if older_than_days is not None
+               else timedelta(hours=self.config.ttl_hours))
+        cutoff = utcnow() - age
+        removed: dict[str, int] = {}
+        for stage in self.stages():
+            state, _ = self.store.read_state(stage)
+            if state is None:
+                try:
+                    state = self.read(stage).state
+                except (CorruptCheckpointError, FileNotFoundError):
+                    continue
+            if state.updated_at >= cutoff or self.store.live_owner(stage) is not None:
+                continue
+            freed = sum(self.store.disk_usage(stage).values())
+            if not dry_run:
+                try:
+                    self.reset(stage)
+                except CheckpointLockedError:
+                    continue
+            removed[stage] = freed
+        return removed
+
+    def export(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Every stage's state as one JSON document (written to ``path`` if given)."""
+        stages = []
+        for stage in self.stages():
+            try:
+                view = self.read(stage)
+            except (CorruptCheckpointError, FileNotFoundError) as exc:
+                stages.append({"stage": stage, "error": str(exc)})
+                continue
+            entry = view.state.model_dump(mode="json")
+            entry["display_status"] = view.display_status
+            entry["owner_alive"] = view.live_owner is not None
+            entry["problems"] = view.problems
+            entry["disk"] = view.disk
+            stages.append(entry)
+        doc = {"schema_version": EXPORT_SCHEMA_VERSION, "checkpoint_dir": str(self.directory),
+               "exported_at": utcnow().isoformat(), "stages": stages}
+        if path is not None:
+            Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+        return doc
+
+    def report(self) -> str:
+        """The multi-stage report: a block per stage, then the whole pipeline."""
+        lines = [f"Checkpoint report for {self.directory}", ""]
+        counts = {"active": 0, "completed": 0, "failed": 0, "paused": 0, "crashed": 0}
+        total_known = processed_known = 0
+        for stage in self.stages():
+            try:
+                view = self.read(stage)
+            except (CorruptCheckpointError, FileNotFoundError) as exc:
+                lines += [f"{stage}  [damaged]", f"  {exc}", ""]
+                continue
+            s, m = view.state, view.metrics()
+            status = view.display_status
+            if status == "crashed":
+                counts["crashed"] += 1
+            elif s.status in (Status.RUNNING, Status.RECOVERING, Status.INITIALIZED):
+                counts["active"] += 1
+            elif s.status.value in counts:
+                counts[s.status.value] += 1
+            if m.total:
+                total_known += m.total
+                processed_known += min(m.processed, m.total)
+            rate = m.success_rate
+            lines += [
+                f"{stage}  [{status}]",
+                f"  {m.progress_line()}",
+                f"  processed {m.processed}, successful {m.successful}, failed {m.failed}, "
+                f"skipped {m.skipped}; success rate "
+                f"{'n/a' if rate is None else f'{rate:.1f}%'}; updated {s.updated_at:%Y-%m-%d %H:%M:%S} UTC",
+            ]
+            if s.error_message:
+                lines.append(f"  last error ({s.error_count} in all): {s.error_message}")
+            lines += [f"  warning: {p}" for p in view.problems]
+            lines.append("")
+        pct = f"{100.0 * processed_known / total_known:.1f}%" if total_known else "n/a"
+        lines.append(
+            f"Overall: {pct} ({processed_known}/{total_known} of known work) | "
+            f"active {counts['active']} | completed {counts['completed']} | "
+            f"failed {counts['failed']} | paused {counts['paused']} | crashed {counts['crashed']}"
+        )
+        return "\n".join(lines)
+
+
+__all__ = ["StageView", "UnifiedCheckpointManager", "format_duration", "read_stage"]

@@ -1,0 +1,107 @@
+"""Throughput over a recent window, ETA, and the progress line."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ._clock import monotonic
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """A point-in-time view of a stage's progress."""
+
+    total: int | None
+    processed: int
+    successful: int
+    failed: int
+    skipped: int
+    #: Items per second over the recent window (None until measurable).
+    throughput: float | None
+    elapsed_seconds: float
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return min(100.0, 100.0 * self.processed / self.total)
+
+    @property
+    def success_rate(self) -> float | None:
+        finished = self.successful + self.failed
+        return None if finished == 0 else 100.0 * self.successful / finished
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.total is None else max(0, self.total - self.processed)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        remaining = self.remaining
+        if remaining is None:
+            return None
+        if remaining == 0:
+            return 0.0
+        if not self.throughput:
+            return None
+        return remaining / self.throughput
+
+    def progress_line(self) -> str:
+        """``Progress: 45.5% (5000/11000) | Success: 98.2% | Throughput: 42.3 items/sec | ETA: 2.4 min``"""
+        pct = self.percent
+        head = (f"Progress: {pct:.1f}% ({self.processed}/{self.total})" if pct is not None
+                else f"Progress: {self.processed} items")
+        rate = self.success_rate
+        success = "n/a" if rate is None else f"{rate:.1f}%"
+        tput = "n/a" if self.throughput is None else f"{self.throughput:.1f} items/sec"
+        return f"{head} | Success: {success} | Throughput: {tput} | ETA: {format_duration(self.eta_seconds)}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class RateWindow:
+    """Processed-count samples over the last ``window`` seconds of this process.
+
+    Only this process's samples count, so the rate is right straight after a
+    resume (items finished before the crash are not spread over the downtime).
+    """
+
+    __slots__ = ("_samples", "_window", "last_sample")
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+        self.last_sample = 0.0
+
+    def add(self, now: float, processed: int) -> None:
+        self._samples.append((now, processed))
+        self.last_sample = now
+        cutoff = now - self._window
+        samples = self._samples
+        while len(samples) > 2 and samples[1][0] <= cutoff:
+            samples.popleft()
+
+    def rate(self, now: float | None = None, processed: int | None = None) -> float | None:
+        if not self._samples:
+            return None
+        t0, p0 = self._samples[0]
+        if now is None or processed is None:
+            now, processed = self._samples[-1]
+        dt = now - t0
+        if dt < 0.5:
+            return None
+        return (processed - p0) / dt
+
+
+__all__ = ["Metrics", "RateWindow", "format_duration", "monotonic"]

@@ -1,0 +1,107 @@
+"""The state users read: pydantic models and the status machine."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._clock import utcnow
+from .errors import InvalidTransitionError
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    INITIALIZED = "initialized"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RECOVERING = "recovering"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# A completed or failed stage may run again: finished units stay skipped.
+_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.INITIALIZED: frozenset({Status.RUNNING}),
+    Status.RUNNING: frozenset({Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.RECOVERING}),
+    Status.RECOVERING: frozenset({Status.RUNNING, Status.FAILED}),
+    Status.PAUSED: frozenset({Status.RUNNING, Status.FAILED}),
+    Status.FAILED: frozenset({Status.RUNNING}),
+    Status.COMPLETED: frozenset({Status.RUNNING}),
+}
+
+#: Statuses in which a stage found on disk without a live owner was crashed.
+ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.RECOVERING})
+
+
+def check_transition(stage: str, old: Status, new: Status) -> None:
+    """Raise :class:`InvalidTransitionError` unless ``old -> new`` is allowed."""
+    if old != new and new not in _TRANSITIONS[old]:
+        raise InvalidTransitionError(stage, old.value, new.value)
+
+
+class Owner(BaseModel):
+    """The process that holds (or last held) a stage."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pid: int
+    host: str
+    started_at: datetime
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(pid=os.getpid(), host=socket.gethostname(), started_at=utcnow())
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    total_items: int | None = None
+    processed_items: int = 0
+    successful_items: int = 0
+    failed_items: int = 0
+    skipped_items: int = 0
+    start_time: datetime | None = None
+    last_update_time: datetime | None = None
+    estimated_completion_time: datetime | None = None
+
+
+class CheckpointState(BaseModel):
+    """The human-facing state of one stage, as written to ``<stage>.json``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    stage: str
+    status: Status = Status.INITIALIZED
+    progress: Progress = Field(default_factory=Progress)
+    last_processed_item: str | None = None
+    last_processed_index: int | None = None
+    batch_id: str | None = None
+    input_file: str | None = None
+    input_file_hash: str | None = None
+    output_file: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    error_message: str | None = None
+    error_count: int = 0
+    last_error_time: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    owner: Owner | None = None
+    #: Units recorded done (the journal's done-set size).
+    done_units: int = 0
+    #: Units added and not yet done (for stages that journal their frontier).
+    pending_units: int = 0
+    #: How many times the stage was found crashed and recovered.
+    recoveries: int = 0
+    #: Recent throughput in items/s when the state was written.
+    throughput: float | None = None

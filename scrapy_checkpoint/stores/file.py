@@ -1,0 +1,421 @@
+"""The file store: one directory holds every stage of a pipeline.
+
+Layout for stage ``s`` in ``<dir>``::
+
+    s.json                 human-readable state (atomic writes)
+    s.json.bak             the previous state file
+    s.lock                 the OS lock one writer holds; names the owner
+    s/snapshot-<gen>.bin   snapshot generation <gen> (state at the start of journal <gen>)
+    s/journal-<gen>.log    journal segment <gen>
+    s/*.corrupt            damaged bytes moved aside, never deleted by us
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..doneset import DoneSet
+from ..errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
+from ..journal import SegmentScan, SegmentWriter, scan_segment
+from ..state import CheckpointState, Owner
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
+
+SNAPSHOT_MAGIC = b"SCKSNAP1"
+_SNAP_HEAD = struct.Struct("<II")  # header length, crc32(header)
+_SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
+
+
+def check_stage_name(stage: str) -> str:
+    if not isinstance(stage, str) or not _STAGE_RE.match(stage) or stage.endswith(".json"):
+        raise ConfigError(
+            f"Invalid stage name {stage!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit (e.g. 'stage1_discovery')."
+        )
+    return stage
+
+
+def encode_snapshot(header: dict[str, Any], done_bytes: bytes) -> bytes:
+    head = json.dumps(header, separators=(",", ":"), default=str).encode()
+    return b"".join((
+        SNAPSHOT_MAGIC,
+        _SNAP_HEAD.pack(len(head), zlib.crc32(head)),
+        head,
+        _SNAP_CODES.pack(len(done_bytes) // 8, zlib.crc32(done_bytes)),
+        done_bytes,
+    ))
+
+
+def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
+    """Raise ValueError unless ``data`` is a whole, checksummed snapshot."""
+    if not data.startswith(SNAPSHOT_MAGIC):
+        raise ValueError("not a snapshot (bad magic)")
+    pos = len(SNAPSHOT_MAGIC)
+    hlen, hcrc = _SNAP_HEAD.unpack_from(data, pos)
+    pos += _SNAP_HEAD.size
+    head = data[pos : pos + hlen]
+    if len(head) != hlen or zlib.crc32(head) != hcrc:
+        raise ValueError("snapshot header checksum mismatch")
+    pos += hlen
+    count, ccrc = _SNAP_CODES.unpack_from(data, pos)
+    pos += _SNAP_CODES.size
+    codes = memoryview(data)[pos:]
+    if len(codes) != 8 * count or zlib.crc32(codes) != ccrc:
+        raise ValueError("snapshot key section checksum mismatch")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("snapshot header is not an object")
+    return header, DoneSet.from_bytes(codes)
+
+
+@dataclass
+class Loaded:
+    """What is on disk for one stage, before replay is applied."""
+
+    #: Header of the newest valid snapshot (None: replay from an empty stage).
+    snapshot: dict[str, Any] | None
+    done: DoneSet
+    snapshot_generation: int
+    snapshot_bytes: int
+    #: Group payloads of the journal segments after the snapshot, in order.
+    payloads: list[bytes] = field(default_factory=list)
+    #: Segment to append to and the offset where its good records end.
+    generation: int = 0
+    good_bytes: int = 0
+    dropped_bytes: int = 0
+    #: Files of generations after the point where replay stopped (to move aside).
+    unreachable: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    #: True when at least one file of the stage exists.
+    exists: bool = False
+
+
+class StageLock:
+    """An exclusive ``flock`` on ``<stage>.lock``; the OS drops it when the process dies."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self, *, unlink: bool = False) -> None:
+        if self._fd < 0:
+            return
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, backup: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old or the new file, whole.
+
+    Temp file, fsync, hard-link the current file to ``backup``, rename, fsync the
+    directory.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if backup is not None and path.exists():
+        bak_tmp = backup.with_name(f".{backup.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            bak_tmp.unlink()
+        os.link(path, bak_tmp)
+        os.replace(bak_tmp, backup)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class FileStore:
+    """Stages kept as files under one directory (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.directory)!r})"
+
+    # -- paths ---------------------------------------------------------------
+
+    def state_path(self, stage: str) -> Path:
+        return self.directory / f"{stage}.json"
+
+    def backup_path(self, stage: str) -> Path:
+        return self.directory / f"{stage}.json.bak"
+
+    def lock_path(self, stage: str) -> Path:
+        return self.directory / f"{stage}.lock"
+
+    def data_dir(self, stage: str) -> Path:
+        return self.directory / stage
+
+    def segment_path(self, stage: str, gen: int) -> Path:
+        return self.data_dir(stage) / f"journal-{gen:08d}.log"
+
+    def snapshot_path(self, stage: str, gen: int) -> Path:
+        return self.data_dir(stage) / f"snapshot-{gen:08d}.bin"
+
+    def stages(self) -> list[str]:
+        """Names of every stage with a state file or data directory."""
+        if not self.directory.is_dir():
+            return []
+        names: set[str] = set()
+        for entry in self.directory.iterdir():
+            name = entry.name
+            if entry.is_file() and name.endswith(".json") and not name.startswith("."):
+                names.add(name[: -len(".json")])
+            elif entry.is_dir() and any(_GEN_RE.match(p.name) for p in entry.iterdir()):
+                names.add(name)
+        return sorted(n for n in names if _STAGE_RE.match(n))
+
+    def _generations(self, stage: str, kind: str) -> list[int]:
+        directory = self.data_dir(stage)
+        if not directory.is_dir():
+            return []
+        gens = []
+        for p in directory.iterdir():
+            m = _GEN_RE.match(p.name)
+            if m and m.group(1) == kind:
+                gens.append(int(m.group(2)))
+        return sorted(gens)
+
+    # -- ownership -----------------------------------------------------------
+
+    def lock(self, stage: str, owner: Owner) -> StageLock:
+        """Take the stage's lock or raise :class:`CheckpointLockedError`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.lock_path(stage)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = self.read_lock_owner(stage)
+                raise CheckpointLockedError(
+                    stage,
+                    holder.pid if holder else None,
+                    holder.host if holder else None,
+                    holder.started_at.isoformat() if holder else None,
+                ) from None
+            # The file may have been unlinked by a reset between open and flock.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        return StageLock(path, fd)
+
+    def read_lock_owner(self, stage: str) -> Owner | None:
+        try:
+            return Owner.model_validate_json(self.lock_path(stage).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def live_owner(self, stage: str) -> Owner | None:
+        """The owner if a live process holds the stage's lock, else None. Takes no lock."""
+        path = self.lock_path(stage)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            # A shared lock conflicts with the writer's exclusive one, and only
+            # while it is alive.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self.read_lock_owner(stage) or Owner(pid=-1, host="?", started_at=_epoch())
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    # -- the human-readable state file ----------------------------------------
+
+    def write_state(self, stage: str, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
+
+    def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
+        """The state file, or its backup if it is damaged (with a warning)."""
+        problems: list[str] = []
+        for path in (self.state_path(stage), self.backup_path(stage)):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                state = CheckpointState.model_validate_json(raw)
+            except ValidationError as exc:
+                problems.append(f"{path.name} is damaged ({exc.error_count()} problem(s): "
+                                f"{exc.errors()[0]['msg']})")
+                continue
+            if problems:
+                problems.append(f"using the backup {path.name}")
+            return state, problems
+        return None, problems
+
+    # -- snapshots and journal -------------------------------------------------
+
+    def load(self, stage: str) -> Loaded:
+        """Read the newest valid snapshot and the journal after it. Read-only, never raises
+        for damage it can work around (it reports it in ``problems``)."""
+        snaps = self._generations(stage, "snapshot")
+        segs = self._generations(stage, "journal")
+        exists = bool(snaps or segs) or self.state_path(stage).exists()
+        header: dict[str, Any] | None = None
+        done = DoneSet()
+        base_gen, snap_bytes = 0, 0
+        problems: list[str] = []
+        unreachable: list[Path] = []
+        for gen in reversed(snaps):
+            path = self.snapshot_path(stage, gen)
+            try:
+                data = path.read_bytes()
+                header, done = decode_snapshot(data)
+            except (OSError, ValueError, struct.error) as exc:
+                problems.append(f"{path.name} is damaged ({exc}); trying an older one")
+                unreachable.append(path)
+                continue
+            base_gen, snap_bytes = gen, len(data)
+            break
+        if header is None and snaps and (not segs or segs[0] != 0):
+            raise CorruptCheckpointError(
+                f"Every snapshot of stage {stage!r} in {self.data_dir(stage)} is damaged and the "
+                f"journal does not reach back to the start, so its state cannot be rebuilt. The "
+                f"files are left as they are; move them away or reset the stage to start over."
+            )
+        loaded = Loaded(header, done, base_gen, snap_bytes, exists=exists, problems=problems,
+                        unreachable=unreachable, generation=base_gen)
+        stopped = False
+        for gen in [g for g in segs if g >= base_gen]:
+            path = self.segment_path(stage, gen)
+            if stopped:
+                loaded.unreachable.append(path)
+                loaded.dropped_bytes += path.stat().st_size
+                continue
+            try:
+                scan = scan_segment(path.read_bytes())
+            except OSError as exc:
+                scan = SegmentScan(problem=str(exc))
+            loaded.payloads.extend(scan.payloads)
+            loaded.generation, loaded.good_bytes = gen, scan.good_bytes
+            if scan.problem:
+                loaded.dropped_bytes += scan.dropped_bytes
+                problems.append(
+                    f"{path.name}: {scan.problem} at byte {scan.good_bytes}; "
+                    f"dropped {scan.dropped_bytes} byte(s) after the last good record"
+                )
+                stopped = True
+        # Snapshots newer than the replay point describe states we did not reach.
+        loaded.unreachable.extend(
+            self.snapshot_path(stage, g) for g in snaps if g > loaded.generation
+            and self.snapshot_path(stage, g) not in loaded.unreachable
+        )
+        return loaded
+
+    def set_aside(self, stage: str, loaded: Loaded) -> None:
+        """Keep damaged or unreachable bytes as ``*.corrupt`` files before a writer
+        continues, so nothing on disk is ever destroyed by recovery."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        if loaded.dropped_bytes:
+            seg = self.segment_path(stage, loaded.generation)
+            if seg.exists() and seg.stat().st_size > loaded.good_bytes:
+                with seg.open("rb") as f:
+                    f.seek(loaded.good_bytes)
+                    tail = f.read()
+                (seg.parent / f"{seg.name}.tail-{stamp}.corrupt").write_bytes(tail)
+        for path in loaded.unreachable:
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.{stamp}.corrupt"))
+
+    def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
+                     buffered: bool) -> SegmentWriter:
+        self.data_dir(stage).mkdir(parents=True, exist_ok=True)
+        return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
+                             buffered=buffered)
+
+    def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+        atomic_write(self.snapshot_path(stage, gen), blob)
+
+    def retain(self, stage: str, keep: int) -> None:
+        """Keep the newest ``keep`` snapshots and the journal segments they need."""
+        snaps = self._generations(stage, "snapshot")
+        if len(snaps) <= keep:
+            return
+        oldest_kept = snaps[-keep]
+        for gen in snaps[:-keep]:
+            with contextlib.suppress(FileNotFoundError):
+                self.snapshot_path(stage, gen).unlink()
+        for gen in self._generations(stage, "journal"):
+            if gen < oldest_kept:
+                with contextlib.suppress(FileNotFoundError):
+                    self.segment_path(stage, gen).unlink()
+
+    # -- whole stages ------------------------------------------------------------
+
+    def remove(self, stage: str) -> None:
+        """Delete every file of the stage. The caller holds the lock."""
+        shutil.rmtree(self.data_dir(stage), ignore_errors=True)
+        for path in (self.state_path(stage), self.backup_path(stage)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def disk_usage(self, stage: str) -> dict[str, int]:
+        usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
+        directory = self.data_dir(stage)
+        if directory.is_dir():
+            for p in directory.iterdir():
+                m = _GEN_RE.match(p.name)
+                if m:
+                    key = "journal_bytes" if m.group(1) == "journal" else "snapshot_bytes"
+                    usage[key] += p.stat().st_size
+        for p in (self.state_path(stage), self.backup_path(stage)):
+            if p.exists():
+                usage["state_bytes"] += p.stat().st_size
+        return usage
+
+
+def _epoch() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(0, timezone.utc)

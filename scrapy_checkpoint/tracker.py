@@ -1,0 +1,300 @@
+"""AsyncCheckpointTracker: crash-safe progress for an asyncio stage.
+
+Imports neither Scrapy nor Twisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from ._keys import UnitKey
+from .checkpoint import EnhancedCheckpoint
+from .config import CheckpointConfig
+from .metrics import Metrics
+from .state import CheckpointState, Status
+from .stores.file import FileStore
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+T = TypeVar("T")
+
+
+@dataclass
+class MapResult:
+    """What one :meth:`AsyncCheckpointTracker.map` call did in this run."""
+
+    succeeded: int = 0
+    failed: int = 0
+    #: Items already finished by an earlier run, not run again.
+    skipped: int = 0
+
+
+class AsyncCheckpointTracker(Generic[T]):
+    """Wraps an asyncio processing loop so a crash loses nothing and redoes nothing finished.
+
+    >>> async with AsyncCheckpointTracker("data/checkpoints", "stage3") as tracker:  # doctest: +SKIP
+    ...     tracker.start(total_items=len(rows), input_file="rows.jsonl")
+    ...     for i, row in enumerate(rows):
+    ...         if tracker.should_skip(i):
+    ...             continue
+    ...         await handle(row)
+    ...         tracker.update(processed=1, successful=1, last_item=row["id"], index=i)
+
+    Leaving the block normally marks the stage ``completed``; an exception marks it
+    ``failed`` (and is re-raised); cancellation, Ctrl-C or ``SystemExit`` marks it
+    ``paused``.
+    Subclasses may override :meth:`on_success` and :meth:`on_failure`.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str] = "checkpoints",
+        stage: str = "default",
+        *,
+        config: CheckpointConfig | None = None,
+        store: FileStore | None = None,
+        progress_bar: bool | None = None,
+        **options: Any,
+    ) -> None:
+        self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config, store=store,
+                                             **options)
+        self.stage = stage
+        self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self._bar: Any = None
+        self._bar_task: Any = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the context manager ----------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncCheckpointTracker[T]:
+        # Taking the lock and replaying the journal read files: keep them off the loop.
+        await asyncio.to_thread(self.checkpoint.open)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+        cp = self.checkpoint
+        try:
+            if cp._running:
+                if exc is None:
+                    cp.complete()
+                    await self.on_success()
+                elif isinstance(exc, Exception):
+                    cp.fail(exc)
+                    await self.on_failure(exc)
+                else:  # cancelled, Ctrl-C, SystemExit: stopped, not broken
+                    cp.pause()
+            await cp.wait_hooks()
+        finally:
+            self._stop_bar()
+            await asyncio.to_thread(cp.close)
+        return False
+
+    async def on_success(self) -> None:
+        """Called after the stage is marked completed. Override in a subclass."""
+
+    async def on_failure(self, error: BaseException) -> None:
+        """Called after the stage is marked failed. Override in a subclass."""
+
+    # -- the loop's calls (synchronous and cheap) ------------------------------------------
+
+    def start(
+        self,
+        total_items: int | None = None,
+        input_file: str | os.PathLike[str] | None = None,
+        output_file: str | os.PathLike[str] | None = None,
+        *,
+        reset: bool = False,
+        retry_failed: bool = False,
+    ) -> CheckpointState:
+        """Mark the stage running; see :meth:`EnhancedCheckpoint.start`."""
+        state = self.checkpoint.start(None, total_items, input_file, output_file,
+                                      reset=reset, retry_failed=retry_failed)
+        if self._progress_bar:
+            self._start_bar()
+        return state
+
+    def should_skip(self, index_or_key: UnitKey) -> bool:
+        return self.checkpoint.should_skip(index_or_key)
+
+    def update(
+        self,
+        processed: int = 0,
+        successful: int = 0,
+        failed: int = 0,
+        skipped: int = 0,
+        last_item: Any = None,
+        index: int | None = None,
+        key: UnitKey | None = None,
+        batch_id: Any = None,
+    ) -> bool:
+        return self.checkpoint.update(processed, successful, failed, skipped, last_item, index,
+                                      key, batch_id)
+
+    def set_metadata(self, **values: Any) -> None:
+        self.checkpoint.set_metadata(**values)
+
+    def record_error(self, error: BaseException | str) -> None:
+        self.checkpoint.record_error(error)
+
+    @property
+    def state(self) -> CheckpointState:
+        return self.checkpoint.state
+
+    @property
+    def status(self) -> Status:
+        return self.checkpoint.status
+
+    def metrics(self) -> Metrics:
+        return self.checkpoint.metrics()
+
+    def print_progress(self) -> None:
+        """Print the progress line now."""
+        print(f"[{self.stage}] {self.checkpoint.progress_line()}", flush=True)
+
+    async def save(self, force: bool = False) -> None:
+        """Commit buffered updates; with ``force`` wait until they are on disk (off the loop)."""
+        self.checkpoint.save()
+        if force:
+            self.checkpoint.request_durable()
+            await asyncio.to_thread(self.checkpoint.drain_io)
+
+    # -- the common case ---------------------------------------------------------------------
+
+    async def map(
+        self,
+        worker: Callable[[T], Awaitable[Any]],
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        concurrency: int = 10,
+        key: Callable[[T], UnitKey] | None = None,
+        on_error: Literal["record", "raise"] = "record",
+    ) -> MapResult:
+        """Run ``await worker(item)`` for every item not finished before, ``concurrency`` at a time.
+
+        Units are keyed by ``key(item)`` or, without ``key``, by position. An item
+        whose worker raises is recorded as failed (``on_error="record"``) or stops
+        the run (``"raise"``: the exception propagates, in-flight items are cancelled
+        and run again next time). Starts the stage if ``start()`` was not called.
+        """
+        cp = self.checkpoint
+        if not cp._running:
+            total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+            self.start(total_items=total)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        result = MapResult()
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+
+        async def run_one(index: int, item: T, unit: UnitKey) -> None:
+            try:
+                await worker(item)
+            except Exception as exc:
+                if on_error == "raise":
+                    errors.append(exc)
+                    return
+                cp.record_error(exc)
+                cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit)
+                result.failed += 1
+            else:
+                cp.update(processed=1, successful=1, last_item=unit, index=index, key=unit)
+                result.succeeded += 1
+            finally:
+                slots.release()
+
+        try:
+            async for index, item in _enumerate(items):
+                unit: UnitKey = key(item) if key is not None else index
+                if cp.should_skip(unit):
+                    result.skipped += 1
+                    continue
+                await slots.acquire()
+                if errors:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(run_one(index, item, unit))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        except BaseException:
+            pending = list(tasks)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        if errors:
+            raise errors[0]
+        return result
+
+    # -- timers and the progress bar -----------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        cfg = self.checkpoint.config
+        period = max(0.05, min(cfg.save_interval, cfg.sync_interval, 1.0) / 2)
+        while True:
+            await asyncio.sleep(period)
+            self.checkpoint.tick()
+            if self._bar is not None:
+                self._refresh_bar()
+
+    def _start_bar(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        if self._bar is not None:
+            return
+        self.checkpoint.disable_progress_log()
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            transient=False,
+        )
+        m = self.checkpoint.metrics()
+        self._bar_task = self._bar.add_task(self.stage, total=m.total, completed=m.processed,
+                                            rate="")
+        self._bar.start()
+
+    def _refresh_bar(self) -> None:
+        m = self.checkpoint.metrics()
+        rate = "" if m.throughput is None else f"{m.throughput:.1f} items/s"
+        self._bar.update(self._bar_task, total=m.total, completed=m.processed, rate=rate)
+
+    def _stop_bar(self) -> None:
+        if self._bar is not None:
+            self._refresh_bar()
+            self._bar.stop()
+            self._bar = None
+
+
+async def _enumerate(items: Iterable[T] | AsyncIterable[T]) -> Any:
+    index = 0
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield index, item
+            index += 1
+    else:
+        for item in items:
+            yield index, item
+            index += 1
+
+
+__all__ = ["AsyncCheckpointTracker", "MapResult"]
