@@ -586,7 +586,9 @@ class EnhancedCheckpoint:
     def _compact(self) -> None:
         """Write a snapshot of everything committed and start a new journal segment."""
         writer, io, live = self._writer, self._io, self.live
-        assert writer is not None and io is not None and self.stage is not None
+        assert writer is not None
+        assert io is not None
+        assert self.stage is not None
         gen = self._generation + 1
         blob = encode_snapshot(live.snapshot_header(gen), live.done.to_bytes())
         writer.flush()
@@ -605,7 +607,9 @@ class EnhancedCheckpoint:
         self.store.retain(self.stage, self.config.keep_snapshots)
 
     def _reset_stage(self) -> None:
-        assert self.stage is not None and self._writer is not None and self._io is not None
+        assert self.stage is not None
+        assert self._writer is not None
+        assert self._io is not None
         logger.info("Stage %s: reset, starting over.", self.stage)
         self._io.drain()
         self._writer.close()

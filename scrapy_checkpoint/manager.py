@@ -102,7 +102,7 @@ class UnifiedCheckpointManager:
         """The stage's checkpoint (created on first use; call ``start()`` on it)."""
         check_stage_name(stage)
         cp = self._checkpoints.get(stage)
-        if cp is None or cp._live is None and cp._started:
+        if cp is None or (cp._live is None and cp._started):
             config = CheckpointConfig.from_options(self.config, **options)
             cp = EnhancedCheckpoint(self.directory, stage, config=config, store=self.store)
             self._checkpoints[stage] = cp

@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def command_line() -> str:
+    """The exact command that started this script."""
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def filesystem_of(path: str) -> str:
+    """``<type> on <device>`` of the mount holding ``path`` (Linux), else ``unknown``."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    real = os.path.realpath(path)
+    best = ("", "unknown", "?")
+    for line in mounts:
+        device, mount_point, fs_type = line.split()[:3]
+        inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best[0]):
+            best = (mount_point, fs_type, device)
+    return f"{best[1]} on {best[2]}"
+
+
+def print_header(title: str, temp_parent: str) -> None:
+    """Print what ran, where, and with what, so figures can be compared later."""
+    print(f"# {title}")
+    print(f"command:  {command_line()}")
+    print(f"machine:  {os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}")
+    print(f"python:   {platform.python_implementation()} {platform.python_version()}")
+    print(f"temp dir: {temp_parent} ({filesystem_of(temp_parent)})")
+    print()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], fmt: str = ",.0f") -> str:
+    """``min..max`` of the rounds, to show how noisy a median is."""
+    return f"{min(values):{fmt}}..{max(values):{fmt}}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = str(cells[0]).ljust(widths[0])
+        rest = (str(c).rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])

@@ -1,0 +1,336 @@
+"""EnhancedCheckpoint: lifecycle, status machine, locks, input files, damage, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_checkpoint import (
+    CheckpointLockedError,
+    ConfigError,
+    EnhancedCheckpoint,
+    FileStore,
+    InputChangedError,
+    InvalidTransitionError,
+    Metrics,
+    Status,
+    read_stage,
+)
+from scrapy_checkpoint.doneset import DoneSet
+from scrapy_checkpoint.state import check_transition
+
+
+def _abandon(cp: EnhancedCheckpoint) -> None:
+    """What kill -9 leaves: committed groups on disk, the stage never closed."""
+    cp.save(force=True)
+    cp._lock.release()  # type: ignore[union-attr]
+    cp._writer.close()  # type: ignore[union-attr]
+    cp._io.close()  # type: ignore[union-attr]
+
+
+def _run(directory: Path, stage: str, indexes: range, **options: Any) -> EnhancedCheckpoint:
+    cp = EnhancedCheckpoint(directory, stage, log_every=0, **options)
+    cp.start(total_items=100)
+    for i in indexes:
+        if not cp.should_skip(i):
+            cp.update(processed=1, successful=1, last_item=f"item-{i}", index=i)
+    return cp
+
+
+def test_a_stage_runs_to_completion_and_its_state_file_says_so(checkpoint_dir: Path) -> None:
+    cp = _run(checkpoint_dir, "s", range(100))
+    cp.complete()
+    cp.close()
+    data = json.loads((checkpoint_dir / "s.json").read_text())
+    assert data["stage"] == "s"
+    assert data["status"] == "completed"
+    assert data["progress"]["processed_items"] == 100
+    assert data["progress"]["total_items"] == 100
+    assert data["last_processed_item"] == "item-99"
+    assert data["last_processed_index"] == 99
+    assert data["owner"]["host"] == socket.gethostname()
+    for key in ("input_file", "input_file_hash", "output_file", "batch_id", "created_at",
+                "updated_at", "error_message", "error_count", "last_error_time", "metadata",
+                "schema_version"):
+        assert key in data
+
+
+def test_invalid_transitions_raise_naming_both_states() -> None:
+    with pytest.raises(InvalidTransitionError, match=r"'completed' to 'paused'"):
+        check_transition("s", Status.COMPLETED, Status.PAUSED)
+    with pytest.raises(InvalidTransitionError, match=r"'initialized' to 'completed'"):
+        check_transition("s", Status.INITIALIZED, Status.COMPLETED)
+    check_transition("s", Status.RUNNING, Status.RECOVERING)
+    check_transition("s", Status.FAILED, Status.RUNNING)
+
+
+def test_completing_a_paused_stage_is_refused(checkpoint_dir: Path) -> None:
+    cp = _run(checkpoint_dir, "s", range(3))
+    cp.pause()
+    with pytest.raises(InvalidTransitionError, match="'paused' to 'completed'"):
+        cp.complete()
+    cp.close()
+
+
+def test_a_crashed_stage_is_detected_logged_and_resumed(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _abandon(_run(checkpoint_dir, "s", range(40)))
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    state = cp.start()
+    assert "Detected incomplete checkpoint for s. Resuming from 40 items" in caplog.text
+    assert state.status is Status.RUNNING
+    assert state.recoveries == 1
+    assert [i for i in range(100) if not cp.should_skip(i)] == list(range(40, 100))
+    cp.close()
+
+
+def test_closing_a_running_stage_leaves_it_paused_not_crashed(checkpoint_dir: Path) -> None:
+    _run(checkpoint_dir, "s", range(10)).close()
+    view = read_stage(FileStore(checkpoint_dir), "s")
+    assert view.state.status is Status.PAUSED
+    assert not view.crashed
+
+
+def test_a_second_process_on_the_stage_is_refused_and_nothing_is_written(
+    checkpoint_dir: Path, hold_stage: Any
+) -> None:
+    holder = hold_stage(checkpoint_dir, "s")
+    before = {p: p.read_bytes() for p in checkpoint_dir.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointLockedError) as info:
+        EnhancedCheckpoint(checkpoint_dir, "s").start()
+    assert f"pid {holder.pid} on host {socket.gethostname()}" in str(info.value)
+    assert info.value.pid == holder.pid
+    after = {p: p.read_bytes() for p in checkpoint_dir.rglob("*") if p.is_file()}
+    assert after == before
+    holder.close()
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")  # the owner is gone: the lock is free
+    cp.start()
+    assert cp.is_done(0)
+    cp.close()
+
+
+def test_a_changed_input_file_stops_the_resume_until_reset(checkpoint_dir: Path,
+                                                            tmp_path: Path) -> None:
+    source = tmp_path / "input.csv"
+    source.write_text("a\nb\n")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp.start(total_items=2, input_file=source)
+    cp.update(processed=1, successful=1, index=0)
+    cp.close()
+    source.write_text("a\nB\n")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    with pytest.raises(InputChangedError, match=r"reset s"):
+        cp.start(input_file=source)
+    assert cp.validate_input_file(source)[0] is False
+    cp.close()
+    assert read_stage(FileStore(checkpoint_dir), "s").state.progress.processed_items == 1
+
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    state = cp.start(input_file=source, reset=True)
+    assert state.progress.processed_items == 0
+    assert not cp.is_done(0)
+    assert cp.validate_input_file(source) == (True, "unchanged")
+    cp.close()
+
+
+def test_a_corrupt_state_file_is_restored_from_the_backup_with_a_warning(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp = _run(checkpoint_dir, "s", range(20))
+    cp.save(force=True)
+    cp.close()
+    (checkpoint_dir / "s.json").write_text('{"stage": "s", "status": "runn')
+    store = FileStore(checkpoint_dir)
+    state, problems = store.read_state("s")
+    assert state is not None
+    assert state.stage == "s"
+    assert any("damaged" in p for p in problems)
+    assert problems[-1] == "using the backup s.json.bak"
+    caplog.set_level(logging.WARNING, logger="scrapy_checkpoint")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    state2 = cp.start()
+    assert "s.json is damaged" in caplog.text
+    assert state2.progress.processed_items == 20
+    cp.close()
+    assert json.loads((checkpoint_dir / "s.json").read_text())["progress"]["processed_items"] == 20
+
+
+def test_repeated_updates_of_a_done_unit_are_ignored(checkpoint_dir: Path) -> None:
+    cp = _run(checkpoint_dir, "s", range(5))
+    assert cp.update(processed=1, successful=1, index=3) is False
+    assert cp.state.progress.processed_items == 5
+    cp.close()
+
+
+def test_keys_of_any_kind_are_skipped_after_a_resume(checkpoint_dir: Path) -> None:
+    keys: list[Any] = ["https://example.com/a", b"\x01" * 20, 2**70, -3, 7]
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp.start()
+    for k in keys:
+        cp.update(processed=1, successful=1, key=k)
+    _abandon(cp)
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp.start()
+    assert all(cp.should_skip(k) for k in keys)
+    assert not cp.should_skip("https://example.com/b")
+    assert not cp.should_skip(8)
+    assert cp.resumed_skips == len(keys)
+    cp.close()
+
+
+def test_failed_units_are_skipped_unless_retried(checkpoint_dir: Path) -> None:
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp.start(total_items=3)
+    cp.update(processed=1, successful=1, index=0)
+    cp.update(processed=1, failed=1, index=1)
+    cp.update(processed=1, successful=1, index=2)
+    cp.fail(RuntimeError("boom"))
+    cp.close()
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    state = cp.start()
+    assert state.error_message == "RuntimeError: boom"
+    assert state.error_count == 1
+    assert cp.is_done(1)
+    cp.close()
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    state = cp.start(retry_failed=True)
+    assert not cp.is_done(1)
+    assert cp.is_done(0)
+    assert (state.progress.processed_items, state.progress.failed_items) == (2, 0)
+    cp.update(processed=1, successful=1, index=1)
+    cp.complete()
+    cp.close()
+    final = read_stage(FileStore(checkpoint_dir), "s").state.progress
+    assert (final.processed_items, final.successful_items, final.failed_items) == (3, 3, 0)
+
+
+def test_metadata_errors_and_batch_survive_a_crash(checkpoint_dir: Path) -> None:
+    cp = _run(checkpoint_dir, "s", range(3))
+    cp.set_metadata(source="feed-a", page=3)
+    cp.record_error("timeout on item 2")
+    cp.update(processed=1, successful=1, index=3, batch_id="b-7")
+    _abandon(cp)
+    state = read_stage(FileStore(checkpoint_dir), "s").state
+    assert state.metadata == {"source": "feed-a", "page": 3}
+    assert state.error_message == "timeout on item 2"
+    assert state.error_count == 1
+    assert state.last_error_time is not None
+    assert state.batch_id == "b-7"
+
+
+def test_stale_when_not_updated_for_max_age(checkpoint_dir: Path) -> None:
+    cp = _run(checkpoint_dir, "s", range(3))
+    assert not cp.is_stale(max_age_hours=1)
+    assert cp.is_stale(max_age_hours=0)
+    cp.close()
+
+
+def test_snapshot_retention_keeps_the_last_generations(checkpoint_dir: Path) -> None:
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, compact_min_bytes=4096,
+                            keep_snapshots=3)
+    cp.start()
+    for i in range(20_000):
+        cp.update(processed=1, successful=1, key=f"https://example.com/{i}")
+    cp.complete()
+    cp.close()
+    data = checkpoint_dir / "s"
+    snaps = sorted(p.name for p in data.glob("snapshot-*.bin"))
+    segments = sorted(p.name for p in data.glob("journal-*.log"))
+    assert len(snaps) == 3
+    # Only segments from the oldest kept snapshot on remain.
+    assert segments[0].split("-")[1] == snaps[0].split("-")[1].replace(".bin", ".log")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp.start()
+    assert all(cp.is_done(f"https://example.com/{i}") for i in range(0, 20_000, 997))
+    assert cp.state.done_units == 20_000
+    cp.close()
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_an_older_one(checkpoint_dir: Path) -> None:
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, compact_min_bytes=4096)
+    cp.start()
+    for i in range(5_000):
+        cp.update(processed=1, successful=1, index=i)
+    _abandon(cp)
+    snaps = sorted((checkpoint_dir / "s").glob("snapshot-*.bin"))
+    assert len(snaps) >= 2
+    blob = bytearray(snaps[-1].read_bytes())
+    blob[-3] ^= 0xFF
+    snaps[-1].write_bytes(bytes(blob))
+    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    state = cp.start()
+    assert state.done_units == 5_000
+    assert state.progress.processed_items == 5_000
+    cp.close()
+
+
+def test_bad_options_get_an_error_naming_the_option_and_values() -> None:
+    with pytest.raises(ConfigError, match=r"durability='sometimes'.*'fsync', 'flush' or 'none'"):
+        EnhancedCheckpoint("x", "s", durability="sometimes")
+    with pytest.raises(ConfigError, match="save_every=0"):
+        EnhancedCheckpoint("x", "s", save_every=0)
+    with pytest.raises(ConfigError, match=r"Invalid stage name '\.\./etc'"):
+        EnhancedCheckpoint("x", "../etc")
+
+
+def test_update_before_start_is_an_error(checkpoint_dir: Path) -> None:
+    with pytest.raises(Exception, match="call start"):
+        EnhancedCheckpoint(checkpoint_dir, "s").update(processed=1)
+
+
+def test_hooks_sync_and_async_are_called(checkpoint_dir: Path) -> None:
+    calls: list[str] = []
+
+    async def on_complete(cp: EnhancedCheckpoint) -> None:
+        await asyncio.sleep(0)
+        calls.append(f"complete:{cp.state.progress.processed_items}")
+
+    cp = EnhancedCheckpoint(
+        checkpoint_dir, "s", log_every=2,
+        on_start=lambda cp: calls.append("start"),
+        on_progress=lambda cp: calls.append(f"progress:{cp.state.progress.processed_items}"),
+        on_complete=on_complete,
+        on_failure=lambda cp, err: calls.append(f"failure:{err}"),
+    )
+    cp.start(total_items=4)
+    for i in range(4):
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    assert calls == ["start", "progress:2", "progress:4", "complete:4"]
+
+
+def test_the_progress_line_has_the_documented_form() -> None:
+    m = Metrics(total=11000, processed=5000, successful=4910, failed=90, skipped=0,
+                throughput=42.3, elapsed_seconds=100)
+    assert m.progress_line() == (
+        "Progress: 45.5% (5000/11000) | Success: 98.2% | Throughput: 42.3 items/sec | "
+        "ETA: 2.4 min"
+    )
+    unknown = Metrics(total=None, processed=7, successful=7, failed=0, skipped=0,
+                      throughput=None, elapsed_seconds=1)
+    assert unknown.progress_line() == (
+        "Progress: 7 items | Success: 100.0% | Throughput: n/a | ETA: unknown")
+
+
+def test_done_set_stays_exact_across_compactions() -> None:
+    done = DoneSet()
+    codes = [(i * 2654435761) % (1 << 64) for i in range(200_000)]
+    for c in codes:
+        assert done.add(c)
+    assert not done.add(codes[10])
+    assert len(done) == len(codes)
+    again = DoneSet.from_bytes(done.to_bytes())
+    assert all(c in again for c in codes[::101])
+    assert 3 not in again
+    again.discard_many(codes[:5])
+    assert codes[0] not in again
+    assert codes[5] in again

@@ -1,0 +1,130 @@
+"""Journal framing and replay: a torn or damaged tail never raises and never invents a record."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
+from scrapy_checkpoint.journal import (
+    SEGMENT_MAGIC,
+    SegmentWriter,
+    decode_group,
+    encode_group,
+    scan_segment,
+)
+
+
+def _segment(tmp_path: Path, payloads: list[bytes]) -> tuple[bytes, list[int]]:
+    """Write payloads; return the segment bytes and each record's end offset."""
+    path = tmp_path / "journal-00000000.log"
+    writer = SegmentWriter(str(path))
+    ends = []
+    for payload in payloads:
+        writer.append(payload)
+        ends.append(writer.size)
+    writer.close()
+    return path.read_bytes(), ends
+
+
+def _payloads(n: int) -> list[bytes]:
+    rng = random.Random(n)
+    return [encode_group([rng.randrange(1 << 40) for _ in range(rng.randrange(0, 12))],
+                         [rng.randrange(1 << 40) for _ in range(rng.randrange(0, 3))],
+                         {"c": [i, i, 0, 0], "l": f"item-{i}"}) for i in range(n)]
+
+
+def test_group_round_trip() -> None:
+    payload = encode_group([1, 2, (1 << 64) - 1], [7], {"c": [4, 3, 1, 0], "l": "x"})
+    group = decode_group(payload)
+    assert group.done == [1, 2, (1 << 64) - 1]
+    assert group.failed == [7]
+    assert group.fields == {"c": [4, 3, 1, 0], "l": "x"}
+
+
+def test_truncation_at_every_offset_of_the_last_records_keeps_the_whole_record_prefix(
+    tmp_path: Path,
+) -> None:
+    payloads = _payloads(12)
+    data, ends = _segment(tmp_path, payloads)
+    for cut in range(ends[-5], len(data) + 1):
+        scan = scan_segment(data[:cut])
+        whole = sum(1 for end in ends if end <= cut)
+        assert scan.payloads == payloads[:whole], cut
+        assert scan.good_bytes == (ends[whole - 1] if whole else len(SEGMENT_MAGIC))
+        assert scan.dropped_bytes == cut - scan.good_bytes
+        assert (scan.problem is None) == (cut == scan.good_bytes)
+
+
+def test_a_flipped_byte_stops_replay_before_the_damaged_record(tmp_path: Path) -> None:
+    payloads = _payloads(8)
+    data, ends = _segment(tmp_path, payloads)
+    for pos in range(ends[-4], len(data)):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x5A
+        scan = scan_segment(bytes(damaged))
+        intact = sum(1 for end in ends if end <= pos)  # records wholly before the damage
+        assert scan.payloads == payloads[:intact], pos
+        assert scan.problem is not None
+
+
+def test_damaged_segment_header_replays_nothing_and_reports_it() -> None:
+    scan = scan_segment(b"XXXXXXXX" + b"\0" * 20)
+    assert scan.payloads == []
+    assert scan.problem == "segment header missing or damaged"
+    assert scan_segment(b"").problem is None
+
+
+def _journal_path(directory: Path, stage: str) -> Path:
+    (path,) = sorted((directory / stage).glob("journal-*.log"))[-1:]
+    return path
+
+
+def _killed_stage(directory: Path, units: int) -> None:
+    """A stage whose process 'died': committed groups on disk, never closed."""
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=units)
+    for i in range(units):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    # Simulate kill -9: drop the lock and file handles without closing the stage.
+    cp._lock.release()  # type: ignore[union-attr]
+    cp._writer.close()  # type: ignore[union-attr]
+    cp._io.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("where", ["torn", "flipped"])
+def test_reopening_a_damaged_journal_resumes_from_the_last_good_group_and_keeps_the_bytes(
+    checkpoint_dir: Path, where: str
+) -> None:
+    _killed_stage(checkpoint_dir, 95)  # 9 full groups of 10 plus a forced one of 5
+    path = _journal_path(checkpoint_dir, "s")
+    data = path.read_bytes()
+    scan = scan_segment(data)
+    last_start = len(data) - (len(scan.payloads[-1]) + 8)
+    if where == "torn":
+        path.write_bytes(data[: last_start + 5])
+    else:
+        damaged = bytearray(data)
+        damaged[last_start + 12] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+
+    view = read_stage(FileStore(checkpoint_dir), "s")
+    assert view.state.progress.processed_items == 90
+    assert any("dropped" in p for p in view.problems)
+
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp.start()
+    assert cp.dropped_bytes > 0
+    assert [i for i in range(95) if not cp.is_done(i)] == list(range(90, 95))
+    for i in range(90, 95):
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    corrupt = list((checkpoint_dir / "s").glob("*.corrupt"))
+    assert corrupt, "the damaged tail must be kept aside"
+    state = read_stage(FileStore(checkpoint_dir), "s").state
+    assert state.progress.processed_items == 95
+    assert state.done_units == 95

@@ -1,0 +1,241 @@
+"""AsyncCheckpointTracker: the documented form, statuses on exit, map, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_checkpoint import AsyncCheckpointTracker, FileStore, Status, read_stage
+
+from .conftest import PYTHON, python_env
+
+
+def _status(directory: Path, stage: str = "stage3") -> Status:
+    return read_stage(FileStore(directory), stage).state.status
+
+
+def test_the_documented_form_runs_and_completes(checkpoint_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "rows.txt"
+    source.write_text("\n".join(f"row{i}" for i in range(50)))
+    rows = source.read_text().split()
+
+    async def main() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start(total_items=len(rows), input_file=source)
+            for i, row in enumerate(rows):
+                if tracker.should_skip(i):
+                    continue
+                await asyncio.sleep(0)
+                tracker.update(processed=1, successful=1, last_item=row, index=i)
+            tracker.print_progress()
+
+    asyncio.run(main())
+    assert "[stage3] Progress: 100.0% (50/50) | Success: 100.0%" in capsys.readouterr().out
+    state = read_stage(FileStore(checkpoint_dir), "stage3").state
+    assert state.status is Status.COMPLETED
+    assert state.last_processed_item == "row49"
+    assert state.input_file == str(source)
+    assert state.input_file_hash is not None
+    assert state.input_file_hash.startswith("sha256:")
+
+
+def test_an_exception_marks_the_stage_failed_and_is_reraised(checkpoint_dir: Path) -> None:
+    seen: list[BaseException] = []
+
+    class Tracker(AsyncCheckpointTracker[Any]):
+        async def on_failure(self, error: BaseException) -> None:
+            seen.append(error)
+
+    async def main() -> None:
+        async with Tracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start(total_items=10)
+            tracker.update(processed=1, successful=1, index=0)
+            raise ValueError("bad row 1")
+
+    with pytest.raises(ValueError, match="bad row 1"):
+        asyncio.run(main())
+    state = read_stage(FileStore(checkpoint_dir), "stage3").state
+    assert state.status is Status.FAILED
+    assert state.error_message == "ValueError: bad row 1"
+    assert state.progress.processed_items == 1
+    assert [type(e) for e in seen] == [ValueError]
+
+
+def test_cancellation_marks_the_stage_paused(checkpoint_dir: Path) -> None:
+    async def stage(started: asyncio.Event) -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start(total_items=10)
+            tracker.update(processed=1, successful=1, index=0)
+            started.set()
+            await asyncio.Event().wait()
+
+    async def main() -> None:
+        started = asyncio.Event()
+        task = asyncio.ensure_future(stage(started))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert _status(checkpoint_dir) is Status.PAUSED
+
+
+def test_keyboard_interrupt_marks_the_stage_paused(checkpoint_dir: Path) -> None:
+    async def main() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert _status(checkpoint_dir) is Status.PAUSED
+
+
+def test_on_success_runs_after_completion(checkpoint_dir: Path) -> None:
+    statuses: list[Status] = []
+
+    class Tracker(AsyncCheckpointTracker[Any]):
+        async def on_success(self) -> None:
+            statuses.append(self.status)
+
+    async def main() -> None:
+        async with Tracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start(total_items=0)
+
+    asyncio.run(main())
+    assert statuses == [Status.COMPLETED]
+
+
+def test_url_keys_are_skipped_on_the_next_run(checkpoint_dir: Path) -> None:
+    urls = [f"https://example.com/p/{i}" for i in range(30)]
+    handled: list[str] = []
+
+    async def run(stop_after: int | None) -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "urls") as tracker:
+            tracker.start(total_items=len(urls))
+            for url in urls:
+                if tracker.should_skip(url):
+                    continue
+                if stop_after is not None and len(handled) == stop_after:
+                    raise asyncio.CancelledError
+                handled.append(url)
+                tracker.update(processed=1, successful=1, last_item=url, key=url)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run(stop_after=12))
+    asyncio.run(run(stop_after=None))
+    assert handled == urls
+    assert _status(checkpoint_dir, "urls") is Status.COMPLETED
+
+
+def test_out_of_order_completion_never_skips_an_unfinished_item(checkpoint_dir: Path) -> None:
+    """Many tasks finish out of order; the run stops mid-way. The next run does
+    exactly the unfinished ones: tracking the last index would skip some."""
+    processed: list[int] = []
+
+    async def run(stop_at: int | None) -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "stage3") as tracker:
+            tracker.start(total_items=200)
+            slots = asyncio.Semaphore(20)
+            stop = asyncio.Event()
+
+            async def handle(i: int) -> None:
+                async with slots:
+                    for _ in range((i * 7919) % 13):  # uneven work: out-of-order completion
+                        await asyncio.sleep(0)
+                    if stop.is_set():
+                        return
+                    processed.append(i)
+                    tracker.update(processed=1, successful=1, index=i)
+                    if stop_at is not None and len(processed) >= stop_at:
+                        stop.set()
+
+            await asyncio.gather(*(handle(i) for i in range(200) if not tracker.should_skip(i)))
+            if stop.is_set():
+                raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run(stop_at=90))
+    first = list(processed)
+    assert first != sorted(first), "the test needs out-of-order completion"
+    asyncio.run(run(stop_at=None))
+    assert sorted(processed) == list(range(200))
+    state = read_stage(FileStore(checkpoint_dir), "stage3").state
+    assert state.progress.processed_items == 200
+    assert state.status is Status.COMPLETED
+
+
+def test_map_does_the_bookkeeping(checkpoint_dir: Path) -> None:
+    calls: list[int] = []
+
+    async def worker(item: int) -> None:
+        calls.append(item)
+        if item == 13:
+            raise RuntimeError("unlucky")
+
+    async def main() -> Any:
+        async with AsyncCheckpointTracker(checkpoint_dir, "m") as tracker:
+            return await tracker.map(worker, list(range(40)), concurrency=5)
+
+    result = asyncio.run(main())
+    assert (result.succeeded, result.failed, result.skipped) == (39, 1, 0)
+    state = read_stage(FileStore(checkpoint_dir), "m").state
+    assert (state.progress.processed_items, state.progress.failed_items) == (40, 1)
+    assert state.error_message == "RuntimeError: unlucky"
+    assert state.progress.total_items == 40
+    calls.clear()
+    result = asyncio.run(main())
+    assert calls == []
+    assert result.skipped == 40
+
+
+def test_map_with_keys_and_raise_redoes_only_unfinished_items(checkpoint_dir: Path) -> None:
+    calls: list[str] = []
+    fail = {"c"}
+
+    async def worker(item: str) -> None:
+        await asyncio.sleep(0)
+        if item in fail:
+            raise RuntimeError(item)
+        calls.append(item)
+
+    async def main() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "k") as tracker:
+            await tracker.map(worker, iter("abcdef"), concurrency=1, key=lambda s: f"id:{s}",
+                              on_error="raise")
+
+    with pytest.raises(RuntimeError, match="c"):
+        asyncio.run(main())
+    assert _status(checkpoint_dir, "k") is Status.FAILED
+    fail.clear()
+    calls.clear()
+    asyncio.run(main())
+    assert calls == ["c", "d", "e", "f"]
+    assert _status(checkpoint_dir, "k") is Status.COMPLETED
+
+
+def test_progress_bar_on_a_terminal_does_not_disturb_the_run(checkpoint_dir: Path) -> None:
+    async def noop(item: int) -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "bar", progress_bar=True) as tracker:
+            await tracker.map(noop, range(300))
+
+    asyncio.run(main())
+    assert read_stage(FileStore(checkpoint_dir), "bar").state.progress.processed_items == 300
+
+
+def test_importing_the_tracker_imports_neither_scrapy_nor_twisted() -> None:
+    code = ("import sys, scrapy_checkpoint.tracker, scrapy_checkpoint; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('scrapy', 'twisted')]; "
+            "print(bad)")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=python_env(),
+                         check=True).stdout
+    assert out.strip() == "[]"
