@@ -23,15 +23,21 @@ class LiveState:
     """Counters kept as plain ints (the hot path), everything else in ``info``."""
 
     __slots__ = (
-        "batch_id", "done", "failed", "failed_codes", "info", "last_index", "last_item",
-        "pending", "processed", "skipped", "successful", "updated_ts",
+        "batch_id", "done", "failed", "failed_units", "info", "last_index", "last_item",
+        "outputs", "pending", "processed", "skipped", "started", "successful", "updated_ts",
     )
 
     def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
         self._set_info(info)
         self.done = done if done is not None else DoneSet()
-        self.failed_codes: set[int] = set()
+        #: Units done with a failure -> what is needed to redo them (None: nothing).
+        self.failed_units: dict[int, Any] = {}
+        #: Units added and not done -> what is needed to redo them.
         self.pending: dict[int, Any] = {}
+        #: Pending units that were handed to a worker (in flight) at some point.
+        self.started: set[int] = set()
+        #: Durable output file -> committed length in bytes.
+        self.outputs: dict[str, int] = {}
 
     def _set_info(self, info: CheckpointState) -> None:
         self.info = info
@@ -48,8 +54,10 @@ class LiveState:
         return {
             "generation": generation,
             "state": self.to_state().model_dump(mode="json"),
-            "failed": sorted(self.failed_codes),
+            "failed": [[code, payload] for code, payload in self.failed_units.items()],
             "pending": [[code, payload] for code, payload in self.pending.items()],
+            "started": sorted(self.started),
+            "outputs": self.outputs,
         }
 
     @classmethod
@@ -60,8 +68,10 @@ class LiveState:
         else:
             header = loaded.snapshot
             live = cls(CheckpointState.model_validate(header["state"]), loaded.done)
-            live.failed_codes = set(header.get("failed", ()))
+            live.failed_units = {int(code): payload for code, payload in header.get("failed", ())}
             live.pending = {int(code): payload for code, payload in header.get("pending", ())}
+            live.started = set(header.get("started", ()))
+            live.outputs = dict(header.get("outputs", {}))
         for payload in loaded.payloads:
             try:
                 group = decode_group(payload)
@@ -79,7 +89,8 @@ class LiveState:
         if "init" in fields:
             # A stage (re)created: start from its initial state and nothing done.
             self._set_info(CheckpointState.model_validate(fields["init"]))
-            self.done, self.failed_codes, self.pending = DoneSet(), set(), {}
+            self.done, self.failed_units, self.pending = DoneSet(), {}, {}
+            self.started, self.outputs = set(), {}
             info = self.info
         counters = fields.get("c")
         if counters:
@@ -98,11 +109,18 @@ class LiveState:
         if "rf" in fields:  # failed units released for a retry
             released = fields["rf"]
             self.done.discard_many(released)
-            self.failed_codes.difference_update(released)
+            for code in released:
+                payload = self.failed_units.pop(code, None)
+                if payload is not None:
+                    self.pending[code] = payload
         if "a" in fields:
             for code, payload in fields["a"]:
                 if code not in self.done:
                     self.pending[code] = payload
+        if "s" in fields:
+            self.started.update(fields["s"])
+        if "fo" in fields:
+            self.outputs.update(fields["fo"])
         updates: dict[str, Any] = {}
         if "st" in fields:
             updates["status"] = Status(fields["st"])
@@ -125,18 +143,20 @@ class LiveState:
             updates["recoveries"] = fields["rec"]
         for name, value in updates.items():
             setattr(info, name, value)
-        pending = self.pending
+        pending, started = self.pending, self.started
         add = self.done.add_new
         contains = self.done.__contains__
         for code in done:
             if not contains(code):
                 add(code)
-            pending.pop(code, None)
+            if pending:
+                pending.pop(code, None)
+                started.discard(code)
         for code in failed:
             if not contains(code):
                 add(code)
-            self.failed_codes.add(code)
-            pending.pop(code, None)
+            self.failed_units[code] = pending.pop(code, None)
+            started.discard(code)
 
     # -- the readable form -------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -96,6 +97,10 @@ class EnhancedCheckpoint:
         self._g_fields: dict[str, Any] = {}
         self._g_counts = [0, 0, 0, 0]
         self._g_updates = 0
+        self._g_added: list[list[Any]] = []
+        self._g_started: list[int] = []
+        self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
+        self._latencies: deque[float] = deque(maxlen=4096)
         now = monotonic()
         self._last_commit = now
         self._last_sync = now
@@ -282,9 +287,9 @@ class EnhancedCheckpoint:
             fields["out"] = os.fspath(output_file)
         if live.info.progress.start_time is None:
             fields["start"] = walltime()
-        if retry_failed and live.failed_codes:
-            n = len(live.failed_codes)
-            fields["rf"] = sorted(live.failed_codes)
+        if retry_failed and live.failed_units:
+            n = len(live.failed_units)
+            fields["rf"] = sorted(live.failed_units)
             fields["c"] = [-n, 0, -n, 0]
             logger.info("Stage %s: %d failed units will run again.", stage, n)
         self._record(fields)
@@ -312,27 +317,44 @@ class EnhancedCheckpoint:
         Returns False (and changes nothing) if the unit was already done.
         A unit with ``failed`` and no ``successful`` is done-with-failure.
         """
+        unit = key if key is not None else index
+        code = None if unit is None else key_code(unit)
+        return self.finish_unit(code, processed, successful, failed, skipped, last_item, index,
+                                batch_id)
+
+    def finish_unit(
+        self,
+        code: int | None,
+        processed: int = 0,
+        successful: int = 0,
+        failed: int = 0,
+        skipped: int = 0,
+        last_item: Any = None,
+        index: int | None = None,
+        batch_id: Any = None,
+    ) -> bool:
+        """:meth:`update` for a unit given by its code (see :func:`key_code`)."""
         if not self._running:
             raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
         live = self._live
         assert live is not None
-        unit = key if key is not None else index
-        if unit is not None:
-            code = key_code(unit)
+        if code is not None:
             done = live.done
             if code in done:
                 if not self._warned_duplicate:
                     self._warned_duplicate = True
-                    logger.warning("Stage %s: unit %r was already done; repeated updates of a "
-                                   "unit are ignored.", self.stage, unit)
+                    logger.warning("Stage %s: a unit (%s) was already done; repeated updates of "
+                                   "a unit are ignored.", self.stage, last_item or index or code)
                 return False
             done.add_new(code)
-            if live.pending:
-                live.pending.pop(code, None)
             if failed and not successful:
-                live.failed_codes.add(code)
+                live.failed_units[code] = live.pending.pop(code, None)
+                live.started.discard(code)
                 self._g_failed.append(code)
             else:
+                if live.pending:
+                    live.pending.pop(code, None)
+                    live.started.discard(code)
                 self._g_done.append(code)
         if processed or successful or failed or skipped:
             live.processed += processed
@@ -360,6 +382,33 @@ class EnhancedCheckpoint:
             self.log_progress()
             self._emit("progress")
         return True
+
+    def add_unit(self, code: int, payload: Any) -> None:
+        """Record a new pending unit with what is needed to redo it (JSON-serialisable)."""
+        live = self.live
+        if code in live.done or code in live.pending:
+            return
+        live.pending[code] = payload
+        self._g_added.append([code, payload])
+
+    def start_unit(self, code: int) -> None:
+        """Record that a pending unit was handed to a worker (it is in flight)."""
+        live = self.live
+        if code in live.pending and code not in live.started:
+            live.started.add(code)
+            self._g_started.append(code)
+
+    def add_commit_hook(self, fn: Callable[[], dict[str, Any] | None]) -> None:
+        """Call ``fn()`` before each group is written; the fields it returns join the group.
+
+        The Scrapy integration flushes its durable outputs here and records their
+        lengths, so a group never names output bytes that are not written yet.
+        """
+        self._commit_hooks.append(fn)
+
+    def commit_latencies(self) -> list[float]:
+        """Recent durations of group commits (encode + write), in seconds."""
+        return list(self._latencies)
 
     def set_total(self, total_items: int) -> None:
         self._record({"t": int(total_items)})
@@ -512,6 +561,8 @@ class EnhancedCheckpoint:
             self._g_fields = g = {}
             self._g_done.clear()
             self._g_failed.clear()
+            self._g_added.clear()
+            self._g_started.clear()
             self._g_counts = [0, 0, 0, 0]
         g.update(fields)
 
@@ -534,9 +585,21 @@ class EnhancedCheckpoint:
             return
         fields = self._g_fields
         counts = self._g_counts
-        if not (self._g_updates or fields or self._g_done or self._g_failed or any(counts)):
+        if not (self._g_updates or fields or self._g_done or self._g_failed or any(counts)
+                or self._g_added or self._g_started):
             return
+        began = monotonic()
         live = self.live
+        for hook in self._commit_hooks:
+            extra = hook()
+            if extra:
+                fields.update(extra)
+        if self._g_added:
+            fields["a"] = self._g_added
+            self._g_added = []
+        if self._g_started:
+            fields["s"] = self._g_started
+            self._g_started = []
         if any(counts):
             fields["c"] = counts
         if self._g_updates:
@@ -549,6 +612,7 @@ class EnhancedCheckpoint:
         self._g_counts = [0, 0, 0, 0]
         self._g_updates = 0
         self._last_commit = now
+        self._latencies.append(monotonic() - began)
         self._dirty = True
         if now - self._rate.last_sample >= 1.0:
             self._rate.add(now, live.processed)
@@ -620,6 +684,7 @@ class EnhancedCheckpoint:
                                                buffered=self.config.durability == "none")
         self._g_done, self._g_failed, self._g_fields = [], [], {}
         self._g_counts, self._g_updates = [0, 0, 0, 0], 0
+        self._g_added, self._g_started = [], []
         self._created = False
 
 

@@ -8,6 +8,7 @@ Ctrl-C), which leaves the stage ``paused``; the second run fetches only the rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
 
@@ -48,10 +49,8 @@ async def crawl(checkpoint_dir: str, fetched: list[str], stop_after: int | None)
 def main() -> None:
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         first: list[str] = []
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             asyncio.run(crawl(checkpoint_dir, first, stop_after=50))
-        except asyncio.CancelledError:
-            pass
         second: list[str] = []
         asyncio.run(crawl(checkpoint_dir, second, stop_after=None))
         print(f"first run fetched {len(first)}, second run fetched {len(second)}")
