@@ -24,11 +24,37 @@ from .tracker import AsyncCheckpointTracker, MapResult
 
 __version__ = "0.1.0"
 
+# The Scrapy pieces import Scrapy: load them only when asked for, so asyncio
+# stages can use the package without it.
+_SCRAPY_PIECES = {
+    "Addon": "addon",
+    "CheckpointExtension": "extension",
+    "CheckpointMiddleware": "middleware",
+    "CheckpointFeedStorage": "outputs",
+    "CheckpointFeedExporter": "outputs",
+    "CheckpointSettings": "settings",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _SCRAPY_PIECES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scrapy_checkpoint' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"scrapy_checkpoint.{module}"), name)
+
 __all__ = [
+    "Addon",
     "AsyncCheckpointTracker",
     "CheckpointConfig",
     "CheckpointError",
+    "CheckpointExtension",
+    "CheckpointFeedExporter",
+    "CheckpointFeedStorage",
     "CheckpointLockedError",
+    "CheckpointMiddleware",
+    "CheckpointSettings",
     "CheckpointState",
     "ConfigError",
     "CorruptCheckpointError",

@@ -21,7 +21,14 @@ class BackgroundIO:
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-io-{self._name}")
-        future = self._pool.submit(fn, *args)
+        try:
+            future = self._pool.submit(fn, *args)
+        except RuntimeError:  # interpreter exit: the pool is gone, do it here
+            future = Future()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
         future.add_done_callback(self._record_error)
         return future
 

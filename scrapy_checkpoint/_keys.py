@@ -4,7 +4,7 @@ Non-negative integer indexes below 2**63 are stored as themselves (exact, no
 collision). Any other key (str, bytes such as a request fingerprint, other
 ints) is hashed with BLAKE2b to 63 bits with the top bit set, so it never
 collides with an index. Two distinct hashed keys collide with probability about
-n**2 / 2**64 for n keys (about 1 in 37 million for a million keys).
+n**2 / 2**64 for n keys (about 1 in 18 million for a million keys).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ class LiveState:
         self.pending: dict[int, Any] = {}
         #: Pending units that were handed to a worker (in flight) at some point.
         self.started: set[int] = set()
-        #: Durable output file -> committed length in bytes.
-        self.outputs: dict[str, int] = {}
+        #: Durable output file -> [its length when the stage first wrote it, committed length].
+        self.outputs: dict[str, list[int]] = {}
 
     def _set_info(self, info: CheckpointState) -> None:
         self.info = info
@@ -72,13 +72,8 @@ class LiveState:
             live.pending = {int(code): payload for code, payload in header.get("pending", ())}
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
-        for payload in loaded.payloads:
-            try:
-                group = decode_group(payload)
-            except (ValueError, KeyError, TypeError) as exc:
-                # A checksummed record that does not parse: stop here like a torn tail.
-                loaded.problems.append(f"unreadable journal record ({exc}); later records ignored")
-                break
+        for payload in loaded.payloads:  # validated by the store's scan
+            group = decode_group(payload)
             live.apply(group.done, group.failed, group.fields)
         return live
 

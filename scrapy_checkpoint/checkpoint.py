@@ -115,6 +115,8 @@ class EnhancedCheckpoint:
         #: Bytes of damaged journal dropped when the stage was opened.
         self.dropped_bytes = 0
         self._created = False
+        self._restored_from_state: CheckpointState | None = None
+        self._log_lines = True
 
     # -- reading ---------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class EnhancedCheckpoint:
                         "Stage %s: its journal is missing; counters come from the state file "
                         "and finished units will be redone.", stage)
                     live = LiveState(previous)
+                    self._restored_from_state = previous
             for problem in loaded.problems:
                 logger.warning("Stage %s: %s", stage, problem)
             if loaded.dropped_bytes or loaded.unreachable:
@@ -231,6 +234,8 @@ class EnhancedCheckpoint:
         self._generation, self._snapshot_bytes = loaded.generation, loaded.snapshot_bytes
         self._io = BackgroundIO(stage)
         self._created = loaded.exists
+        if self._restored_from_state is not None:
+            self._record({"init": self._restored_from_state.model_dump(mode="json")})
         _close_at_exit(self)
 
     def start(
@@ -249,6 +254,8 @@ class EnhancedCheckpoint:
         ``recovering`` and resumed. ``reset=True`` starts over; ``retry_failed=True``
         makes units that finished with a failure run again.
         """
+        if self._running:
+            return self.state
         self.open(stage)
         stage = self.stage
         assert stage is not None
@@ -379,7 +386,8 @@ class EnhancedCheckpoint:
         if self._next_log and live.processed >= self._next_log:
             every = self.config.log_every
             self._next_log = (live.processed // every + 1) * every
-            self.log_progress()
+            if self._log_lines:
+                self.log_progress()
             self._emit("progress")
         return True
 
@@ -405,6 +413,11 @@ class EnhancedCheckpoint:
         lengths, so a group never names output bytes that are not written yet.
         """
         self._commit_hooks.append(fn)
+
+    def record_output(self, path: str, base: int, length: int) -> None:
+        """Record a durable output file's starting and committed length, and commit now."""
+        self._record({"fo": {path: [base, length]}})
+        self._commit(monotonic())
 
     def commit_latencies(self) -> list[float]:
         """Recent durations of group commits (encode + write), in seconds."""
@@ -460,8 +473,9 @@ class EnhancedCheckpoint:
             self._io.drain()
 
     def disable_progress_log(self) -> None:
-        """Stop the periodic progress log line (a progress bar shows it instead)."""
-        self._next_log = 0
+        """Stop the periodic progress log line (a progress bar shows it instead);
+        ``on_progress`` hooks still run."""
+        self._log_lines = False
 
     def tick(self) -> None:
         """Timer work: commit, fsync and refresh the state file when due. Cheap when nothing is."""
@@ -588,6 +602,8 @@ class EnhancedCheckpoint:
         if not (self._g_updates or fields or self._g_done or self._g_failed or any(counts)
                 or self._g_added or self._g_started):
             return
+        if self._io is not None:
+            self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
         began = monotonic()
         live = self.live
         for hook in self._commit_hooks:

@@ -32,8 +32,9 @@ class InputChangedError(CheckpointError):
         super().__init__(
             f"Input file {path!r} of stage {stage!r} changed since the checkpoint was made "
             f"({reason}). Resuming would mix two inputs. To start the stage over, reset it "
-            f"(`scrapy-checkpoint reset {stage}`, UnifiedCheckpointManager(dir).reset({stage!r}) "
-            f"or start(..., reset=True)); to keep the old input, restore the file."
+            f"(CHECKPOINT_RESET=True for a crawl, start(..., reset=True), or "
+            f"UnifiedCheckpointManager(dir).reset({stage!r})); to keep the old input, restore "
+            f"the file."
         )
 
 

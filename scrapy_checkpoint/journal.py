@@ -17,10 +17,14 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .state import Status
+
 SEGMENT_MAGIC = b"SCKJRNL1"
+_STATUSES = frozenset(s.value for s in Status)
 _FRAME = struct.Struct("<II")
 _GROUP_HEADER = struct.Struct("<I")
 #: A frame longer than this is treated as garbage, not as a reason to allocate.
@@ -44,8 +48,9 @@ class SegmentScan:
     problem: str | None = None
 
 
-def scan_segment(data: bytes) -> SegmentScan:
-    """Split a segment into payloads, stopping at the first bad frame. Never raises."""
+def scan_segment(data: bytes, validate: Callable[[bytes], object] | None = None) -> SegmentScan:
+    """Split a segment into payloads, stopping at the first bad frame (or the first
+    payload ``validate`` rejects with ValueError). Never raises."""
     scan = SegmentScan()
     if len(data) < len(SEGMENT_MAGIC) or not data.startswith(SEGMENT_MAGIC):
         scan.dropped_bytes = len(data)
@@ -68,7 +73,14 @@ def scan_segment(data: bytes) -> SegmentScan:
         if zlib.crc32(payload) != crc:
             scan.problem = "checksum mismatch"
             break
-        scan.payloads.append(bytes(payload))
+        record = bytes(payload)
+        if validate is not None:
+            try:
+                validate(record)
+            except (ValueError, KeyError, TypeError, struct.error) as exc:
+                scan.problem = f"unreadable record ({exc})"
+                break
+        scan.payloads.append(record)
         pos = start + length
     scan.good_bytes = pos
     scan.dropped_bytes = end - pos
@@ -124,6 +136,10 @@ def decode_group(payload: bytes) -> Group:
     view = memoryview(payload)[start + hlen :]
     if len(view) != 8 * (n_done + n_failed):
         raise ValueError("group key section has the wrong length")
+    if "st" in fields and fields["st"] not in _STATUSES:
+        raise ValueError(f"unknown status {fields['st']!r}")
+    if "c" in fields and not (isinstance(fields["c"], list) and len(fields["c"]) == 4):
+        raise ValueError("bad counters")
     return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
 
 

@@ -184,8 +184,9 @@ class AsyncCheckpointTracker(Generic[T]):
 
         Units are keyed by ``key(item)`` or, without ``key``, by position. An item
         whose worker raises is recorded as failed (``on_error="record"``) or stops
-        the run (``"raise"``: the exception propagates, in-flight items are cancelled
-        and run again next time). Starts the stage if ``start()`` was not called.
+        the run (``"raise"``: no new item starts, the items in flight finish and are
+        recorded, then the exception propagates; the failed item runs again next
+        time). Starts the stage if ``start()`` was not called.
         """
         cp = self.checkpoint
         if not cp._running:
@@ -251,6 +252,7 @@ class AsyncCheckpointTracker(Generic[T]):
                 self._refresh_bar()
 
     def _start_bar(self) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -266,7 +268,7 @@ class AsyncCheckpointTracker(Generic[T]):
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            transient=False,
+            transient=False, console=Console(stderr=True),
         )
         m = self.checkpoint.metrics()
         self._bar_task = self._bar.add_task(self.stage, total=m.total, completed=m.processed,

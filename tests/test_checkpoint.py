@@ -127,7 +127,7 @@ def test_a_changed_input_file_stops_the_resume_until_reset(checkpoint_dir: Path,
     cp.close()
     source.write_text("a\nB\n")
     cp = EnhancedCheckpoint(checkpoint_dir, "s")
-    with pytest.raises(InputChangedError, match=r"reset s"):
+    with pytest.raises(InputChangedError, match=r"CHECKPOINT_RESET=True"):
         cp.start(input_file=source)
     assert cp.validate_input_file(source)[0] is False
     cp.close()

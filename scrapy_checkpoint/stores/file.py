@@ -31,12 +31,13 @@ from pydantic import ValidationError
 
 from ..doneset import DoneSet
 from ..errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
-from ..journal import SegmentScan, SegmentWriter, scan_segment
+from ..journal import SegmentScan, SegmentWriter, decode_group, scan_segment
 from ..state import CheckpointState, Owner
 
 logger = logging.getLogger("scrapy_checkpoint")
 
 _STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_RESERVED = (".json", ".bak", ".lock", ".tmp", ".corrupt")
 _GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
 
 SNAPSHOT_MAGIC = b"SCKSNAP1"
@@ -45,10 +46,11 @@ _SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
 
 
 def check_stage_name(stage: str) -> str:
-    if not isinstance(stage, str) or not _STAGE_RE.match(stage) or stage.endswith(".json"):
+    if not isinstance(stage, str) or not _STAGE_RE.match(stage) or stage.endswith(_RESERVED):
         raise ConfigError(
             f"Invalid stage name {stage!r}: use 1-128 letters, digits, '_', '-' or '.', "
-            f"starting with a letter or digit (e.g. 'stage1_discovery')."
+            f"starting with a letter or digit and not ending in {', '.join(_RESERVED)} "
+            f"(e.g. 'stage1_discovery')."
         )
     return stage
 
@@ -194,11 +196,23 @@ class FileStore:
         names: set[str] = set()
         for entry in self.directory.iterdir():
             name = entry.name
-            if entry.is_file() and name.endswith(".json") and not name.startswith("."):
+            if (entry.is_file() and name.endswith(".json") and not name.startswith(".")
+                    and self._is_state_file(entry, name[: -len(".json")])):
                 names.add(name[: -len(".json")])
             elif entry.is_dir() and any(_GEN_RE.match(p.name) for p in entry.iterdir()):
                 names.add(name)
         return sorted(n for n in names if _STAGE_RE.match(n))
+
+    @staticmethod
+    def _is_state_file(path: Path, stage: str) -> bool:
+        """A ``.json`` in the directory is a stage only if it says so (user files are left alone)."""
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except OSError:
+            return False
+        return b'"schema_version"' in head and f'"stage": "{stage}"'.encode() in head.replace(
+            b'"stage":"', b'"stage": "')
 
     def _generations(self, stage: str, kind: str) -> list[int]:
         directory = self.data_dir(stage)
@@ -334,7 +348,7 @@ class FileStore:
                 loaded.dropped_bytes += path.stat().st_size
                 continue
             try:
-                scan = scan_segment(path.read_bytes())
+                scan = scan_segment(path.read_bytes(), decode_group)
             except OSError as exc:
                 scan = SegmentScan(problem=str(exc))
             loaded.payloads.extend(scan.payloads)

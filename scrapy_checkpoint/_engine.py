@@ -1,0 +1,50 @@
+"""The one place that touches Scrapy's private engine internals.
+
+Scrapy has no public "request finished" signal. The engine's slot calls
+``add_request`` when a scheduled request starts downloading and
+``remove_request`` when it is finished: its callback or errback output fully
+processed (items through the pipelines), or, when a downloader middleware
+turned it into another request (redirect, retry), after that request was
+scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from scrapy import Request
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+RequestHook = Callable[[Request], None]
+
+
+def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: RequestHook) -> None:
+    slot = getattr(engine, "_slot", None)
+    if slot is None or not callable(getattr(slot, "add_request", None)) or not callable(
+        getattr(slot, "remove_request", None)
+    ):
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see when requests finish in this Scrapy version "
+            "(ExecutionEngine._slot.add_request/remove_request are missing). Use Scrapy 2.13-2.19."
+        )
+    add_request, remove_request = slot.add_request, slot.remove_request
+
+    def add(request: Request) -> None:
+        add_request(request)
+        try:
+            on_start(request)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to record the start of %s", request)
+
+    def remove(request: Request) -> None:
+        try:
+            on_finish(request)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to record the end of %s", request)
+        remove_request(request)
+
+    slot.add_request = add
+    slot.remove_request = remove

@@ -1,0 +1,394 @@
+"""CheckpointExtension: the frontier and the done-set of a crawl, kept in the journal.
+
+A request is a unit keyed by its fingerprint. It is journaled as *added* when
+the scheduler is handed it, *started* when it begins downloading and *done*
+when the engine has finished with it (callback or errback output processed,
+items through the pipelines and released to the durable outputs). At open, the
+added-but-not-done requests are scheduled again, and requests whose
+fingerprint is done are dropped wherever they come from (start() included).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from itemadapter import ItemAdapter
+from scrapy import Request, Spider, signals
+from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
+from scrapy.utils.serialize import ScrapyJSONEncoder
+from twisted.internet.task import LoopingCall
+
+from ._engine import hook_request_lifecycle
+from ._keys import key_code
+from .checkpoint import EnhancedCheckpoint
+from .errors import ConfigError
+from .outputs import DurableOutput, UnitRouter
+from .requests import UnserializableRequest, payload_to_request, request_to_payload
+from .settings import CheckpointSettings
+from .state import Status
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+#: ``request.meta`` key holding the request's unit code (survives retries and redirects).
+UNIT_META = "_checkpoint_unit"
+#: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
+IGNORE_META = "checkpoint_ignore"
+
+#: Close reasons after which a stage is completed or failed; any other one pauses it.
+_FAILED_REASONS = frozenset({"start_error"})
+
+_extensions: WeakKeyDictionary[Any, CheckpointExtension] = WeakKeyDictionary()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class CheckpointExtension:
+    """Enabled by the add-on, or by ``EXTENSIONS`` with ``CHECKPOINT_ENABLED = True``."""
+
+    def __init__(self, crawler: Any, config: CheckpointSettings) -> None:
+        self.crawler = crawler
+        self.config = config
+        self.stats = crawler.stats
+        self.router = UnitRouter()
+        self.outputs: dict[str, DurableOutput] = {}
+        self.active = False
+        self.cp: EnhancedCheckpoint | None = None
+        self.stage = config.stage_name or crawler.spider.name
+        self._live: set[int] = set()  # units scheduled in this run and not done
+        self._continued: dict[int, int] = {}  # unit -> retries/continuations queued
+        self._failures: set[int] = set()
+        self._ignored: set[int] = set()
+        self._inflight_at_crash: set[int] = set()
+        self._recorded_lengths: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._skip_completed = False
+        self._loops: list[LoopingCall] = []
+        self._encoder = ScrapyJSONEncoder()
+        self._own_output: DurableOutput | None = None
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def of(cls, crawler: Any) -> CheckpointExtension | None:
+        return _extensions.get(crawler)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> CheckpointExtension:
+        existing = _extensions.get(crawler)
+        if existing is not None:
+            return existing
+        config = CheckpointSettings.from_settings(crawler.settings)
+        if not config.enabled:
+            raise NotConfigured("CHECKPOINT_ENABLED is False")
+        if crawler.settings.get("JOBDIR"):
+            raise ConfigError(
+                "JOBDIR and scrapy-checkpoint must not be combined: JOBDIR's requests.seen "
+                "would drop the requests scrapy-checkpoint schedules again on resume. Remove "
+                "JOBDIR (scrapy-checkpoint keeps the frontier itself) or set "
+                "CHECKPOINT_ENABLED = False."
+            )
+        ext = cls(crawler, config)
+        ext._open()
+        _extensions[crawler] = ext
+        connect = crawler.signals.connect
+        connect(ext.spider_opened, signal=signals.spider_opened)
+        connect(ext.spider_closed, signal=signals.spider_closed)
+        connect(ext.request_scheduled, signal=signals.request_scheduled)
+        connect(ext.request_dropped, signal=signals.request_dropped)
+        connect(ext.spider_error, signal=signals.spider_error)
+        connect(ext.item_scraped, signal=signals.item_scraped)
+        return ext
+
+    def _open(self) -> None:
+        config = self.config
+        cp = EnhancedCheckpoint(config.dir, self.stage, config=config.checkpoint_config())
+        cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
+        try:
+            reset = config.reset
+            if cp.status is Status.COMPLETED and not reset:
+                if config.on_complete == "skip":
+                    logger.info("Stage %s is already completed; nothing to do "
+                                "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
+                    self._skip_completed = True
+                    self.cp = cp
+                    return
+                logger.info("Stage %s was completed; starting it over "
+                            "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
+                reset = True
+            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
+        except BaseException:
+            cp.close()
+            raise
+        live = cp.live
+        self._inflight_at_crash = live.started & live.pending.keys()
+        cp.add_commit_hook(self._output_lengths)
+        self.cp = cp
+        self.active = True
+        if config.output:
+            self._own_output = self.open_output(config.output, overwrite=False, has_header=False)
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def open_output(self, path: str, *, overwrite: bool, has_header: bool) -> DurableOutput:
+        """A durable output at ``path``, cut back to its committed length on resume."""
+        assert self.cp is not None
+        key = os.path.abspath(path)
+        if key in self.outputs and not self.outputs[key].closed:
+            return self.outputs[key]
+        size = os.path.getsize(key) if os.path.exists(key) else 0
+        recorded = self.cp.live.outputs.get(key)
+        drop_header = False
+        if recorded is None:  # first time this stage writes the file
+            base = 0 if overwrite else size
+            length = base
+            self.cp.record_output(key, base, length)
+        else:
+            base, length = recorded
+            if size < length:
+                logger.error("Output %s is %d bytes but %d were committed: items of finished "
+                             "requests are missing (was the disk lost?). Writing on from its end.",
+                             key, size, length)
+                length = size
+            elif size > length:
+                with open(key, "rb") as f:
+                    f.seek(length)
+                    lines = f.read().count(b"\n")
+                logger.info("Output %s: removing %d line(s) written after the last commit; "
+                            "their requests run again.", key, lines)
+                self.stats.inc_value("checkpoint/output_lines_rolled_back", lines)
+            drop_header = has_header and length > base
+        output = DurableOutput(key, self.router, length=length, drop_first_write=drop_header)
+        self.outputs[key] = output
+        self._recorded_lengths[key] = length
+        return output
+
+    def _output_lengths(self) -> dict[str, Any] | None:
+        changed = {}
+        assert self.cp is not None
+        for key, output in self.outputs.items():
+            length = output.committed_length()
+            if length != self._recorded_lengths.get(key):
+                self._recorded_lengths[key] = length
+                changed[key] = [self.cp.live.outputs.get(key, [length, length])[0], length]
+        return {"fo": changed} if changed else None
+
+    @contextmanager
+    def writing_for(self, response: Any) -> Iterator[None]:
+        """Attribute output written inside the block to the request of ``response``."""
+        request = getattr(response, "request", None)
+        unit = request.meta.get(UNIT_META) if request is not None else None
+        previous = self.router.current
+        self.router.current = unit if unit in self._live else None
+        try:
+            yield
+        finally:
+            self.router.current = previous
+
+    def warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def spider_opened(self, spider: Spider) -> None:
+        if self._skip_completed:
+            raise CloseSpider("checkpoint_completed")
+        if not self.active:
+            return
+        cp = self.cp
+        assert cp is not None
+        engine = self.crawler.engine
+        hook_request_lifecycle(engine, self._request_started, self._request_finished)
+        live = cp.live
+        resumed = 0
+        for payload in list(live.pending.values()):
+            try:
+                request = payload_to_request(payload, spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped. Was a callback renamed?")
+                self.stats.inc_value("checkpoint/unrestorable")
+                continue
+            engine.crawl(request)
+            resumed += 1
+        if resumed or len(live.done):
+            logger.info("Stage %s: %d request(s) scheduled again (%d were in flight at the "
+                        "interruption), %d done request(s) will not be fetched again.",
+                        self.stage, resumed, len(self._inflight_at_crash), len(live.done))
+        self.stats.set_value("checkpoint/resumed", resumed)
+        self.stats.set_value("checkpoint/recovered_inflight", len(self._inflight_at_crash))
+        tick = LoopingCall(cp.tick)
+        tick.start(min(0.5, cp.config.save_interval), now=False)
+        self._loops.append(tick)
+        if self.config.log_interval:
+            progress = LoopingCall(self.log_progress)
+            progress.start(self.config.log_interval, now=False)
+            self._loops.append(progress)
+
+    def request_scheduled(self, request: Request, spider: Spider) -> None:
+        if not self.active:
+            return
+        meta = request.meta
+        if meta.get(IGNORE_META):
+            return
+        cp = self.cp
+        assert cp is not None
+        code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
+        if code in cp.live.done:
+            cp.finish_unit(None, skipped=1)
+            self.stats.inc_value("checkpoint/skipped")
+            raise IgnoreRequest(f"already done in checkpoint stage {self.stage}")
+        if code in self._live:
+            if meta.get(UNIT_META) == code:  # a retry, or the same unit continued
+                self._continued[code] = self._continued.get(code, 0) + 1
+                return
+            if request.dont_filter:  # e.g. a start request that was also resumed
+                self.stats.inc_value("checkpoint/duplicates_dropped")
+                raise IgnoreRequest("duplicate of a scheduled request")
+            return  # the dupefilter drops it
+        meta[UNIT_META] = code
+        self._live.add(code)
+        if code not in cp.live.pending:
+            try:
+                payload = request_to_payload(request, spider)
+            except UnserializableRequest as exc:
+                self.warn_once(f"unserializable:{exc.kind}",
+                               f"A request cannot be journaled ({exc}); it is crawled but kept in "
+                               f"memory only, so a crash before it finishes loses it.")
+                self.stats.inc_value("checkpoint/unserializable")
+                return
+            cp.add_unit(code, payload)
+
+    def request_dropped(self, request: Request, spider: Spider) -> None:
+        code = request.meta.get(UNIT_META)
+        if self.active and code in self._live and self.cp is not None:
+            self._live.discard(code)
+            self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+
+    def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
+        self.note_failure(getattr(response, "request", None))
+
+    def item_scraped(self, item: Any, response: Any, spider: Spider) -> None:
+        if not self.active:
+            return
+        request = getattr(response, "request", None)
+        unit = request.meta.get(UNIT_META) if request is not None else None
+        if unit in self._inflight_at_crash:
+            self.stats.inc_value("checkpoint/items_replayed")
+        if self._own_output is not None:
+            line = self._encoder.encode(ItemAdapter(item).asdict()) + "\n"
+            previous = self.router.current
+            self.router.current = unit if unit in self._live else None
+            self._own_output.write(line.encode())
+            self.router.current = previous
+
+    def note_failure(self, request: Request | None) -> None:
+        if request is not None and request.meta.get(UNIT_META) in self._live:
+            self._failures.add(request.meta[UNIT_META])
+
+    def note_ignored(self, request: Request) -> None:
+        if request.meta.get(UNIT_META) in self._live:
+            self._ignored.add(request.meta[UNIT_META])
+
+    # -- the engine's request lifecycle -------------------------------------------------------
+
+    def _request_started(self, request: Request) -> None:
+        code = request.meta.get(UNIT_META)
+        if code in self._live and self.cp is not None:
+            self.cp.start_unit(code)
+
+    def _request_finished(self, request: Request) -> None:
+        code = request.meta.get(UNIT_META)
+        if code not in self._live or self.cp is None:
+            return
+        continued = self._continued.get(code)
+        if continued:
+            if continued == 1:
+                del self._continued[code]
+            else:
+                self._continued[code] = continued - 1
+            return
+        self._live.discard(code)
+        for output in self.outputs.values():
+            output.release(code)
+        if code in self._failures:
+            self._failures.discard(code)
+            self.cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
+            self.stats.inc_value("checkpoint/failed")
+        elif code in self._ignored:
+            self._ignored.discard(code)
+            self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+        else:
+            self.cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+        self.stats.inc_value("checkpoint/done")
+
+    # -- progress and close -----------------------------------------------------------------------
+
+    def log_progress(self) -> None:
+        cp = self.cp
+        if cp is None or not self.active:
+            return
+        live = cp.live
+        total = len(live.done) + len(live.pending)
+        if total != live.info.progress.total_items:
+            cp.set_total(total)
+        logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(live.pending))
+        self._update_stats()
+
+    def _update_stats(self) -> None:
+        cp = self.cp
+        assert cp is not None
+        live = cp.live
+        set_value = self.stats.set_value
+        set_value("checkpoint/done_total", len(live.done))
+        set_value("checkpoint/pending", len(live.pending))
+        set_value("checkpoint/failed_total", live.failed)
+        writer = cp._writer
+        if writer is not None:
+            set_value("checkpoint/journal_bytes", writer.size)
+        latencies = cp.commit_latencies()
+        for q in (50, 95, 99):
+            set_value(f"checkpoint/commit_latency_p{q}_us",
+                      round(_percentile(latencies, q / 100) * 1e6))
+
+    def spider_closed(self, spider: Spider, reason: str) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        cp = self.cp
+        if cp is None:
+            return
+        try:
+            if self.active:
+                self._finish(cp, reason)
+        finally:
+            self.active = False
+            if self._own_output is not None:
+                self._own_output.close()
+            cp.close()
+
+    def _finish(self, cp: EnhancedCheckpoint, reason: str) -> None:
+        live = cp.live
+        cp.set_total(len(live.done) + len(live.pending))
+        self._update_stats()
+        if reason == "finished":
+            if live.pending:
+                logger.warning("Stage %s finished with %d journaled request(s) never done; "
+                               "they are dropped.", self.stage, len(live.pending))
+            cp.complete()
+        elif reason in _FAILED_REASONS:
+            cp.fail(f"crawl closed with reason {reason!r}")
+        else:
+            cp.pause()
+            logger.info("Stage %s paused (%s): run the same command again to resume; "
+                        "%d request(s) pending.", self.stage, reason, len(live.pending))

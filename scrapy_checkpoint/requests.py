@@ -1,0 +1,72 @@
+"""Requests as JSON for the journal: callbacks by name, bytes as base64. No pickle.
+
+Loading never imports a module: a request class named in a payload must
+already be imported and be a :class:`scrapy.Request` subclass.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.utils.request import request_from_dict
+
+from .errors import CorruptCheckpointError
+
+
+class UnserializableRequest(Exception):
+    """The request cannot be journaled; ``kind`` says why (one warning per kind)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
+    """A JSON-serialisable dict that :func:`payload_to_request` turns back into the request."""
+    try:
+        d = request.to_dict(spider=spider)
+    except ValueError as exc:  # a callback that is not a spider method
+        raise UnserializableRequest("callback", str(exc)) from None
+    d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs] for k, vs in d["headers"].items()}
+    d["body"] = _b64(d["body"])
+    for part in ("meta", "cb_kwargs", "cookies"):
+        try:
+            json.dumps(d.get(part))
+        except (TypeError, ValueError) as exc:
+            raise UnserializableRequest(part, str(exc)) from None
+    extra = set(d) - {"meta", "cb_kwargs", "cookies", "headers", "body"}
+    try:
+        json.dumps({k: d[k] for k in extra})
+    except (TypeError, ValueError) as exc:
+        raise UnserializableRequest("attribute", str(exc)) from None
+    return d
+
+
+def _request_class(path: str) -> type[Request]:
+    module_name, _, name = path.rpartition(".")
+    module = sys.modules.get(module_name)
+    cls = getattr(module, name, None) if module is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Request)):
+        raise CorruptCheckpointError(
+            f"A journaled request names the class {path!r}, which is not an imported "
+            f"scrapy.Request subclass; import it in your project or reset the stage."
+        )
+    return cls
+
+
+def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
+    d = dict(payload)
+    if "_class" in d:
+        _request_class(d["_class"])
+    d["headers"] = {k.encode("latin-1"): [base64.b64decode(v) for v in vs]
+                    for k, vs in d["headers"].items()}
+    d["body"] = base64.b64decode(d["body"])
+    return request_from_dict(d, spider=spider)
