@@ -609,6 +609,7 @@ class EnhancedCheckpoint:
         for hook in self._commit_hooks:
             extra = hook()
             if extra:
+                live.apply([], [], extra)  # so snapshots carry it too
                 fields.update(extra)
         if self._g_added:
             fields["a"] = self._g_added

@@ -251,10 +251,10 @@ class CheckpointExtension:
             if meta.get(UNIT_META) == code:  # a retry, or the same unit continued
                 self._continued[code] = self._continued.get(code, 0) + 1
                 return
-            if request.dont_filter:  # e.g. a start request that was also resumed
-                self.stats.inc_value("checkpoint/duplicates_dropped")
-                raise IgnoreRequest("duplicate of a scheduled request")
-            return  # the dupefilter drops it
+            # A unit is fetched once per stage, even if dont_filter lets a copy past the
+            # dupefilter (a start request that was also resumed, a link back to it).
+            self.stats.inc_value("checkpoint/duplicates_dropped")
+            raise IgnoreRequest("duplicate of a scheduled request")
         meta[UNIT_META] = code
         self._live.add(code)
         if code not in cp.live.pending:

@@ -50,6 +50,7 @@ class DurableOutput:
         self._router = router
         self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
         self._file.truncate(length)
+        self._file.seek(0, os.SEEK_END)  # truncate() does not move the position tell() reports
         self._pending: dict[int, list[bytes]] = {}
         self._drop_first_write = drop_first_write
         self._closed_length: int | None = None

@@ -1,0 +1,96 @@
+"""Run real ``scrapy crawl`` processes of the test project and read what they wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .conftest import PYTHON, python_env
+from .site import Site
+
+PROJECT = Path(__file__).resolve().parent / "crawl_project"
+
+
+@dataclass
+class CrawlRun:
+    returncode: int
+    log: str
+    hits: dict[int, int]  # page -> times fetched during this run
+
+
+@dataclass
+class Outputs:
+    """The durable outputs of a crawl in one directory."""
+
+    directory: Path
+
+    @property
+    def args(self) -> list[str]:
+        d = self.directory
+        return ["-o", f"{d / 'items.jl'}", "-o", f"{d / 'items.csv'}",
+                "-s", f"CHECKPOINT_OUTPUT={d / 'own.jl'}", "-s", f"CHECKPOINT_DIR={d / 'checkpoints'}"]
+
+    def jsonlines(self, name: str) -> list[int]:
+        """Pages in a JSON lines output; fails on a partial or unparsable line."""
+        path = self.directory / name
+        if not path.exists():
+            return []
+        data = path.read_text()
+        assert data == "" or data.endswith("\n"), f"{name} ends with a partial line"
+        return [json.loads(line)["page"] for line in data.splitlines()]
+
+    def csv_pages(self) -> list[int]:
+        path = self.directory / "items.csv"
+        if not path.exists():
+            return []
+        data = path.read_text()
+        assert data == "" or data.endswith("\n"), "items.csv ends with a partial line"
+        rows = list(csv.reader(data.splitlines()))
+        assert rows[0] == ["page", "title", "url"], rows[0]
+        assert ["page", "title", "url"] not in rows[1:], "the CSV header was written twice"
+        return [int(r[0]) for r in rows[1:]]
+
+
+def crawl(site: Site, outputs: Outputs, *extra: str,
+          interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
+          interrupt_after_hits: int | None = None) -> CrawlRun:
+    """Run ``scrapy crawl site`` to the end, or interrupt it once the server has
+    answered ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it)."""
+    before = site.page_hits()
+    start_hits = site.total_hits
+    log_path = outputs.directory / "crawl.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args,
+             *extra],
+            cwd=PROJECT, env=python_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        if interrupt is not None and interrupt_after_hits is not None:
+            if site.wait_for_hits(start_hits + interrupt_after_hits, timeout=120):
+                interrupt(proc)
+        proc.wait(timeout=300)
+    after = site.page_hits()
+    hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
+    return CrawlRun(proc.returncode, log_path.read_text(), hits)
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+
+
+def sigint(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+
+
+def double_sigint(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+
+
+def sigterm(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)

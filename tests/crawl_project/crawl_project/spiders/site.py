@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import scrapy
+
+
+class SiteSpider(scrapy.Spider):
+    """Follows every link of the test site; one item per page.
+
+    ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback.
+    """
+
+    name = "site"
+
+    def __init__(self, base: str = "", fail_in_callback: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base = base
+        self.fail_in_callback = {int(x) for x in fail_in_callback.split(",") if x}
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(f"{self.base}/p/0", callback=self.parse, dont_filter=True)
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
+        page = int(response.css("h1::text").get().split()[1])
+        if page in self.fail_in_callback:
+            raise ValueError(f"callback failed on page {page}")
+        yield {"page": page, "title": response.css("title::text").get(), "url": response.url}
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, callback=self.parse)

@@ -1,0 +1,87 @@
+"""A local test site: a tree of pages several levels deep with duplicate links.
+
+Page i links to its children 3i+1..3i+3, to its parent and to the home page,
+so most links are duplicates. Every page yields one item. The server counts
+hits per path; pages listed in ``fail`` answer 500, ``slow`` ones take a while.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def page_html(i: int, n: int) -> bytes:
+    links = [c for c in (3 * i + 1, 3 * i + 2, 3 * i + 3) if c < n]
+    links += [0, max(0, (i - 1) // 3)]
+    body = "".join(f'<a href="/p/{c}">page {c}</a> ' for c in links)
+    return (f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1>"
+            f"{body}</body></html>").encode()
+
+
+class Site:
+    def __init__(self, n_pages: int, *, fail: frozenset[int] = frozenset(),
+                 delay: float = 0.0) -> None:
+        self.n = n_pages
+        self.fail = set(fail)
+        self.delay = delay
+        self.hits: Counter[str] = Counter()
+        self.total_hits = 0
+        self._lock = threading.Condition()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path
+                with site._lock:
+                    site.hits[path] += 1
+                    site.total_hits += 1
+                    site._lock.notify_all()
+                if site.delay:
+                    time.sleep(site.delay)
+                if path == "/":
+                    path = "/p/0"
+                if not path.startswith("/p/") or not path[3:].isdigit() or int(path[3:]) >= site.n:
+                    self.send_error(404)
+                    return
+                i = int(path[3:])
+                if i in site.fail:
+                    self.send_error(500)
+                    return
+                data = page_html(i, site.n)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the crawler was killed mid-response
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a killed client resets connections; that is the point of the tests
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def page_hits(self) -> Counter[int]:
+        with self._lock:
+            return Counter({int(p[3:]): c for p, c in self.hits.items() if p.startswith("/p/")})
+
+    def wait_for_hits(self, total: int, timeout: float = 120) -> bool:
+        """Block until the server has answered ``total`` requests in all (False on timeout)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.total_hits >= total, timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
