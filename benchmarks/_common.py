@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,28 @@ def filesystem_of(path: str) -> str:
     return f"{best[1]} on {best[2]}"
 
 
+def code_version() -> str:
+    """The git commit of the code measured, and whether the work tree differs from it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "scrapy_checkpoint"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{sha}" + (" + uncommitted changes in scrapy_checkpoint/" if dirty else "")
+
+
 def print_header(title: str, temp_parent: str) -> None:
     """Print what ran, where, and with what, so figures can be compared later."""
     print(f"# {title}")
     print(f"command:  {command_line()}")
     print(f"machine:  {os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}")
     print(f"python:   {platform.python_implementation()} {platform.python_version()}")
+    print(f"code:     {code_version()}")
+    print(f"load:     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min averages)")
     print(f"temp dir: {temp_parent} ({filesystem_of(temp_parent)})")
     print()
 

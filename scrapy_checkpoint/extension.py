@@ -114,15 +114,20 @@ class CheckpointExtension:
         try:
             reset = config.reset
             if cp.status is Status.COMPLETED and not reset:
-                if config.on_complete == "skip":
+                if config.retry_failed and cp.live.failed_units:
+                    logger.info("Stage %s was completed with %d failed request(s); fetching "
+                                "them again (CHECKPOINT_RETRY_FAILED).", self.stage,
+                                len(cp.live.failed_units))
+                elif config.on_complete == "skip":
                     logger.info("Stage %s is already completed; nothing to do "
                                 "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
                     self._skip_completed = True
                     self.cp = cp
                     return
-                logger.info("Stage %s was completed; starting it over "
-                            "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
-                reset = True
+                else:
+                    logger.info("Stage %s was completed; starting it over "
+                                "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
+                    reset = True
             cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
         except BaseException:
             cp.close()

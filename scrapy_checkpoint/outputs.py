@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from scrapy import Spider
 from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
@@ -145,8 +145,9 @@ class CheckpointFeedStorage(FileFeedStorage):
                           f"scrapy-checkpoint cannot make exactly-once; use jsonlines or csv.")
             return super().open(spider)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        return ext.open_output(self.path, overwrite=self.write_mode == "wb",
+        output = ext.open_output(self.path, overwrite=self.write_mode == "wb",
                                  has_header=self._format == "csv")
+        return cast("IO[bytes]", output)  # it implements the file methods exporters use
 
 
 class CheckpointFeedExporter(FeedExporter):

@@ -59,20 +59,26 @@ class Outputs:
 def crawl(site: Site, outputs: Outputs, *extra: str,
           interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
           interrupt_after_hits: int | None = None) -> CrawlRun:
-    """Run ``scrapy crawl site`` to the end, or interrupt it once the server has
-    answered ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it)."""
+    """Run ``scrapy crawl site`` of the test project with the outputs of ``outputs``."""
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args, *extra]
+    return run(site, cmd, outputs.directory, cwd=PROJECT, interrupt=interrupt,
+               interrupt_after_hits=interrupt_after_hits)
+
+
+def run(site: Site, cmd: list[str], directory: Path, *, cwd: Path,
+        interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
+        interrupt_after_hits: int | None = None) -> CrawlRun:
+    """Run ``cmd`` to the end, or interrupt it once the server has answered
+    ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it)."""
     before = site.page_hits()
     start_hits = site.total_hits
-    log_path = outputs.directory / "crawl.log"
+    log_path = directory / "crawl.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args,
-             *extra],
-            cwd=PROJECT, env=python_env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        if interrupt is not None and interrupt_after_hits is not None:
-            if site.wait_for_hits(start_hits + interrupt_after_hits, timeout=120):
-                interrupt(proc)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        if (interrupt is not None and interrupt_after_hits is not None
+                and site.wait_for_hits(start_hits + interrupt_after_hits, timeout=120)):
+            interrupt(proc)
         proc.wait(timeout=300)
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}

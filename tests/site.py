@@ -7,6 +7,7 @@ hits per path; pages listed in ``fail`` answer 500, ``slow`` ones take a while.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,9 @@ class Site:
         self.delay = delay
         self.hits: Counter[str] = Counter()
         self.total_hits = 0
+        #: Cleared: requests wait (hold a crawl in place); set: they are answered.
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Condition()
         site = self
 
@@ -39,6 +43,7 @@ class Site:
                     site.hits[path] += 1
                     site.total_hits += 1
                     site._lock.notify_all()
+                site.gate.wait(60)
                 if site.delay:
                     time.sleep(site.delay)
                 if path == "/":
@@ -55,10 +60,8 @@ class Site:
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the crawler was killed mid-response
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)  # the crawler may have been killed mid-response
 
             def log_message(self, *args: object) -> None:
                 pass

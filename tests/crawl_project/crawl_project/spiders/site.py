@@ -9,13 +9,16 @@ import scrapy
 class SiteSpider(scrapy.Spider):
     """Follows every link of the test site; one item per page.
 
-    ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback.
+    ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback;
+    ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta.
     """
 
     name = "site"
 
-    def __init__(self, base: str = "", fail_in_callback: str = "", **kwargs: Any) -> None:
+    def __init__(self, base: str = "", fail_in_callback: str = "", unserializable: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.unserializable = bool(unserializable)
         self.base = base
         self.fail_in_callback = {int(x) for x in fail_in_callback.split(",") if x}
 
@@ -27,5 +30,6 @@ class SiteSpider(scrapy.Spider):
         if page in self.fail_in_callback:
             raise ValueError(f"callback failed on page {page}")
         yield {"page": page, "title": response.css("title::text").get(), "url": response.url}
+        meta = {"handle": object()} if self.unserializable else {}
         for href in response.css("a::attr(href)").getall():
-            yield response.follow(href, callback=self.parse)
+            yield response.follow(href, callback=self.parse, meta=meta)
