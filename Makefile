@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-async test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-## Run the demo: a stage is killed with SIGKILL, run again, and finishes exactly.
+## Run the demo: a real crawl of the bundled bookstore, killed with SIGKILL, run again.
 demo: $(STAMP)
+	cd example_project && ../$(BIN)/python run_demo.py
+
+## The same for an asyncio stage (AsyncCheckpointTracker).
+demo-async: $(STAMP)
 	$(BIN)/python example_project/async_stage_demo.py
 
 ## Run the whole test suite.

@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from ._engine import hook_request_lifecycle
 from ._keys import key_code
 from .checkpoint import EnhancedCheckpoint
+from .doneset import DoneSet
 from .errors import ConfigError
 from .outputs import DurableOutput, UnitRouter
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
@@ -63,6 +64,8 @@ class CheckpointExtension:
         self.cp: EnhancedCheckpoint | None = None
         self.stage = config.stage_name or crawler.spider.name
         self._live: set[int] = set()  # units scheduled in this run and not done
+        self._done_here = DoneSet()  # units done in this run (8 bytes each)
+        self._skipped = 0
         self._continued: dict[int, int] = {}  # unit -> retries/continuations queued
         self._failures: set[int] = set()
         self._ignored: set[int] = set()
@@ -134,7 +137,7 @@ class CheckpointExtension:
             raise
         live = cp.live
         self._inflight_at_crash = live.started & live.pending.keys()
-        cp.add_commit_hook(self._output_lengths)
+        cp.add_commit_hook(self._before_commit)
         self.cp = cp
         self.active = True
         if config.output:
@@ -175,7 +178,20 @@ class CheckpointExtension:
         self._recorded_lengths[key] = length
         return output
 
-    def _output_lengths(self) -> dict[str, Any] | None:
+    def _before_commit(self) -> dict[str, Any] | None:
+        """Fields added to every journal group: output lengths, skips, the known frontier."""
+        assert self.cp is not None
+        fields: dict[str, Any] = {}
+        lengths = self._output_lengths()
+        if lengths:
+            fields["fo"] = lengths
+        live = self.cp.live
+        total = len(live.done) + len(live.pending)
+        if total != live.info.progress.total_items:
+            fields["t"] = total
+        return fields or None
+
+    def _output_lengths(self) -> dict[str, Any]:
         changed = {}
         assert self.cp is not None
         for key, output in self.outputs.items():
@@ -183,7 +199,7 @@ class CheckpointExtension:
             if length != self._recorded_lengths.get(key):
                 self._recorded_lengths[key] = length
                 changed[key] = [self.cp.live.outputs.get(key, [length, length])[0], length]
-        return {"fo": changed} if changed else None
+        return changed
 
     @contextmanager
     def writing_for(self, response: Any) -> Iterator[None]:
@@ -249,9 +265,12 @@ class CheckpointExtension:
         assert cp is not None
         code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
         if code in cp.live.done:
-            cp.finish_unit(None, skipped=1)
+            if code in self._done_here:  # a duplicate link, as the dupefilter would see it
+                self.stats.inc_value("checkpoint/duplicates_dropped")
+                raise IgnoreRequest("duplicate of a request done in this run")
+            self._skipped += 1
             self.stats.inc_value("checkpoint/skipped")
-            raise IgnoreRequest(f"already done in checkpoint stage {self.stage}")
+            raise IgnoreRequest(f"done by an earlier run of checkpoint stage {self.stage}")
         if code in self._live:
             if meta.get(UNIT_META) == code:  # a retry, or the same unit continued
                 self._continued[code] = self._continued.get(code, 0) + 1
@@ -323,6 +342,7 @@ class CheckpointExtension:
                 self._continued[code] = continued - 1
             return
         self._live.discard(code)
+        self._done_here.add_new(code)
         for output in self.outputs.values():
             output.release(code)
         if code in self._failures:
@@ -338,14 +358,17 @@ class CheckpointExtension:
 
     # -- progress and close -----------------------------------------------------------------------
 
+    def _record_skips(self) -> None:
+        if self._skipped and self.cp is not None:
+            self.cp.finish_unit(None, skipped=self._skipped)
+            self._skipped = 0
+
     def log_progress(self) -> None:
         cp = self.cp
         if cp is None or not self.active:
             return
         live = cp.live
-        total = len(live.done) + len(live.pending)
-        if total != live.info.progress.total_items:
-            cp.set_total(total)
+        self._record_skips()
         logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(live.pending))
         self._update_stats()
 
@@ -384,6 +407,7 @@ class CheckpointExtension:
 
     def _finish(self, cp: EnhancedCheckpoint, reason: str) -> None:
         live = cp.live
+        self._record_skips()
         cp.set_total(len(live.done) + len(live.pending))
         self._update_stats()
         if reason == "finished":
