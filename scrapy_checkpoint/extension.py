@@ -65,6 +65,9 @@ class CheckpointExtension:
         self.stage = config.stage_name or crawler.spider.name
         self._live: set[int] = set()  # units scheduled in this run and not done
         self._done_here = DoneSet()  # units done in this run (8 bytes each)
+        # Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
+        self._unfiltered: set[int] = set()
+        self._just_registered: Request | None = None
         self._skipped = 0
         self._continued: dict[int, int] = {}  # unit -> retries/continuations queued
         self._failures: set[int] = set()
@@ -263,24 +266,27 @@ class CheckpointExtension:
             return
         cp = self.cp
         assert cp is not None
+        self._just_registered = None
         code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
         if code in cp.live.done:
-            if code in self._done_here:  # a duplicate link, as the dupefilter would see it
-                self.stats.inc_value("checkpoint/duplicates_dropped")
-                raise IgnoreRequest("duplicate of a request done in this run")
-            self._skipped += 1
-            self.stats.inc_value("checkpoint/skipped")
-            raise IgnoreRequest(f"done by an earlier run of checkpoint stage {self.stage}")
+            if code not in self._done_here:
+                self._skipped += 1
+                self.stats.inc_value("checkpoint/skipped")
+                raise IgnoreRequest(f"done by an earlier run of checkpoint stage {self.stage}")
+            self._drop_duplicate(request, code)
+            return
         if code in self._live:
-            if meta.get(UNIT_META) == code:  # a retry, or the same unit continued
+            if meta.get(UNIT_META) == code and request.dont_filter:
+                # A retry (or the same unit continued): it finishes the unit, not the original.
                 self._continued[code] = self._continued.get(code, 0) + 1
                 return
-            # A unit is fetched once per stage, even if dont_filter lets a copy past the
-            # dupefilter (a start request that was also resumed, a link back to it).
-            self.stats.inc_value("checkpoint/duplicates_dropped")
-            raise IgnoreRequest("duplicate of a scheduled request")
+            self._drop_duplicate(request, code)
+            return
         meta[UNIT_META] = code
         self._live.add(code)
+        self._just_registered = request
+        if request.dont_filter:
+            self._unfiltered.add(code)
         if code not in cp.live.pending:
             try:
                 payload = request_to_payload(request, spider)
@@ -292,10 +298,22 @@ class CheckpointExtension:
                 return
             cp.add_unit(code, payload)
 
+    def _drop_duplicate(self, request: Request, code: int) -> None:
+        """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
+        which saw the unit in this run (cheaper than raising); a ``dont_filter`` copy, or
+        one of a unit that bypassed the dupefilter, is dropped here."""
+        if not request.dont_filter and code not in self._unfiltered:
+            return
+        self.stats.inc_value("checkpoint/duplicates_dropped")
+        raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
+
     def request_dropped(self, request: Request, spider: Spider) -> None:
-        code = request.meta.get(UNIT_META)
-        if self.active and code in self._live and self.cp is not None:
+        # Only a request registered just now can be refused by the scheduler as ours.
+        if request is self._just_registered and self.cp is not None:
+            self._just_registered = None
+            code = request.meta[UNIT_META]
             self._live.discard(code)
+            self._unfiltered.discard(code)
             self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:

@@ -14,19 +14,25 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def page_html(i: int, n: int) -> bytes:
+def page_html(i: int, n: int, redirect_every: int = 0) -> bytes:
     links = [c for c in (3 * i + 1, 3 * i + 2, 3 * i + 3) if c < n]
     links += [0, max(0, (i - 1) // 3)]
-    body = "".join(f'<a href="/p/{c}">page {c}</a> ' for c in links)
+    body = "".join(
+        f'<a href="/{"r" if redirect_every and c % redirect_every == 0 else "p"}/{c}">page {c}</a> '
+        for c in links)
     return (f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1>"
             f"{body}</body></html>").encode()
 
 
 class Site:
     def __init__(self, n_pages: int, *, fail: frozenset[int] = frozenset(),
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, redirect_every: int = 0, flaky_every: int = 0) -> None:
         self.n = n_pages
         self.fail = set(fail)
+        #: Links to pages that are multiples of this go through /r/<i> -> 302 -> /p/<i>.
+        self.redirect_every = redirect_every
+        #: Pages that are multiples of this answer 503 to their first request.
+        self.flaky_every = flaky_every
         self.delay = delay
         self.hits: Counter[str] = Counter()
         self.total_hits = 0
@@ -48,6 +54,12 @@ class Site:
                     time.sleep(site.delay)
                 if path == "/":
                     path = "/p/0"
+                if path.startswith("/r/"):
+                    self.send_response(302)
+                    self.send_header("Location", "/p/" + path[3:])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if not path.startswith("/p/") or not path[3:].isdigit() or int(path[3:]) >= site.n:
                     self.send_error(404)
                     return
@@ -55,7 +67,10 @@ class Site:
                 if i in site.fail:
                     self.send_error(500)
                     return
-                data = page_html(i, site.n)
+                if site.flaky_every and i % site.flaky_every == 0 and site.hits[path] == 1:
+                    self.send_error(503)
+                    return
+                data = page_html(i, site.n, site.redirect_every)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(data)))

@@ -107,3 +107,24 @@ def test_double_sigint_is_a_crash_and_resumes(tmp_path: Path, site: Site) -> Non
     second = crawl(site, outputs)
     assert second.returncode == 0, second.log[-3000:]
     _assert_exact(outputs)
+
+
+@pytest.mark.slow
+def test_kill_with_redirects_and_retries_loses_no_item(tmp_path: Path) -> None:
+    """Redirected and retried requests finish their unit once, across kills."""
+    site = Site(N_PAGES, delay=0.004, redirect_every=5, flaky_every=7)
+    try:
+        rng = random.Random(21)
+        outputs = Outputs(tmp_path)
+        for _ in range(3):
+            crawl(site, outputs, "-s", "RETRY_ENABLED=True", interrupt=sigkill,
+                  interrupt_after_hits=rng.randint(20, N_PAGES // 4))
+        final = crawl(site, outputs, "-s", "RETRY_ENABLED=True")
+        assert final.returncode == 0, final.log[-3000:]
+    finally:
+        site.close()
+    _assert_exact(outputs)
+    state = read_stage(FileStore(tmp_path / "checkpoints"), "site").state
+    assert state.status is Status.COMPLETED
+    assert state.progress.failed_items == 0
+    assert state.pending_units == 0

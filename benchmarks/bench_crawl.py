@@ -1,0 +1,619 @@
+"""Benchmark: what scrapy-checkpoint costs a real Scrapy crawl, and how fast it resumes.
+
+What is measured
+    1. Crawl overhead. Full crawls of a generated static site (``--pages``
+       HTML pages, default 5,000: page i links to pages 3i+1..3i+3, to its
+       parent and to the home page, so most links are duplicates; each page has
+       a title and an <h1>) by a spider that follows every link and yields one
+       item per page into a jsonlines feed (``-o items.jl``), in five
+       configurations:
+
+         plain Scrapy           no add-on
+         JOBDIR                 -s JOBDIR=... (pickle disk queues, requests.seen)
+         JOBDIR + SQLite        ... and -s SCHEDULER_DISK_QUEUE=scrapy.squeues.PickleLifoSQLiteQueue
+         checkpoint             ADDONS = {"scrapy_checkpoint.Addon": 100}, default settings
+         checkpoint, flush      ... and -s CHECKPOINT_DURABILITY=flush
+
+       Figures per crawl: pages/s from the crawl's own stats
+       (response_received_count / elapsed_time_seconds, written as JSON by the
+       project's stats collector when the crawl closes), the wall time around
+       the ``scrapy crawl`` subprocess (interpreter start and imports included),
+       and the crawler's CPU time (user + system, from wait4), which is the
+       least sensitive to other load on the machine. Every crawl must answer
+       every page once with 200 and write every page's item once, or the
+       benchmark stops. Configurations are interleaved within each round (in a
+       rotated order) to spread machine noise; the table shows medians of
+       ``--rounds`` rounds and the ratio to plain Scrapy.
+
+    2. Resume of a crawl with 100,000 pending requests (``--pending``). The
+       stage is written with the plugin's own core API, exactly as the
+       extension would have journaled it: ``EnhancedCheckpoint(dir, "site")``
+       (the stage is named after the spider), ``start()``, then
+       ``add_unit(key_code(fingerprint(request)), request_to_payload(request,
+       spider))`` for requests like the ones the spider schedules (callback
+       ``parse``, ``depth`` and the unit code in meta), committed in groups of
+       30 (about what a crawl of this site commits per group). Layouts:
+
+         killed, journal only   snapshots disabled while building, cp.save(force=True),
+                                then SIGKILL: every request is replayed from the journal
+         killed, defaults       the same crash with default options (snapshots
+                                along the way, then a journal tail)
+         closed, snapshot       cp.close(): one snapshot, nothing to replay
+
+       plus "fresh" (no stage: the plugin with nothing to resume) as the
+       baseline. Each round copies the stage and runs ``scrapy crawl site`` with
+       the add-on against it; the spider exits at the first response (the
+       response_received signal). Times come from the log (every line stamped
+       with its Unix time to the microsecond) and from the parent's clock at
+       Popen: the checkpoint reopened and replayed (the plugin's "Detected
+       incomplete checkpoint" / "Resuming paused stage" line), the requests
+       rebuilt and scheduled again (its "request(s) scheduled again" line), the
+       first response. Memory: ru_maxrss of the crawl process at its first
+       response.
+
+How
+    The site is written to a temporary directory and served by twisted.web's
+    static File resource in its own process (a separate core from the crawler
+    on a multi-core machine); its CPU use during each crawl is reported so you
+    can see it is not the bottleneck. Crawls run ``python -m scrapy crawl site``
+    in a generated project with the same settings for all configurations
+    (printed below, with the exact commands); the plugin's stages and the
+    JOBDIRs are fresh for every crawl.
+
+    python benchmarks/bench_crawl.py [--rounds 3] [--pages 5000] [--pending 100000]
+                                     [--quick] [--dir DIR] [--skip-resume] [--skip-crawl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import median, print_header, spread, table
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SPIDER = "site"
+ADDON = '{"scrapy_checkpoint.Addon": 100}'
+GOAL_RATIO = 0.95  # the plugin keeps at least 95% of plain Scrapy's pages/s
+GROUP = 30  # requests added per journal group when building the resume stage
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    args: tuple[str, ...]  # extra scrapy arguments; "{run}" is the crawl's own directory
+
+
+CONFIGS = (
+    Config("plain Scrapy", ()),
+    Config("JOBDIR", ("-s", "JOBDIR={run}/jobdir")),
+    Config("JOBDIR + SQLite queues", ("-s", "JOBDIR={run}/jobdir",
+                                      "-s", "SCHEDULER_DISK_QUEUE=scrapy.squeues.PickleLifoSQLiteQueue")),
+    Config("checkpoint (default)", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints")),
+    Config("checkpoint, flush", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints",
+                                 "-s", "CHECKPOINT_DURABILITY=flush")),
+)
+
+RESUME_LAYOUTS = ("fresh (nothing to resume)", "killed, journal only", "killed, defaults",
+                  "closed, snapshot")
+
+# -- the generated site and project -----------------------------------------------------
+
+
+def page_html(i: int, n: int) -> str:
+    links = [c for c in (3 * i + 1, 3 * i + 2, 3 * i + 3) if c < n]
+    links += [max(0, (i - 1) // 3), 0]  # the parent and the home page: duplicates
+    body = "\n".join(f'<li><a href="/p/{c}.html">Page {c}</a></li>' for c in links)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Page {i}</title></head>\n"
+            f"<body><h1>Page {i}</h1>\n<p>Depth-first tree of {n} pages, a static test site.</p>\n"
+            f"<ul>\n{body}\n</ul></body></html>\n")
+
+
+def generate_site(root: Path, n: int) -> None:
+    pages = root / "p"
+    pages.mkdir(parents=True)
+    for i in range(n):
+        (pages / f"{i}.html").write_text(page_html(i, n))
+    (root / "index.html").write_text(page_html(0, n))
+
+
+SETTINGS = {
+    "BOT_NAME": "benchproject",
+    "SPIDER_MODULES": ["benchproject.spiders"],
+    "ROBOTSTXT_OBEY": False,
+    "REMOTE_CONTROL_ENABLED": False,
+    "TELNETCONSOLE_ENABLED": False,
+    "CONCURRENT_REQUESTS": 16,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+    "DOWNLOAD_DELAY": 0,
+    "RETRY_ENABLED": False,
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "%(created).6f [%(name)s] %(levelname)s: %(message)s",
+    "STATS_CLASS": "benchproject.stats.JsonFileStats",
+}
+
+SPIDER_CODE = '''\
+import json
+import os
+import resource
+import time
+
+import scrapy
+from scrapy import signals
+
+
+class SiteSpider(scrapy.Spider):
+    """Follows every link of the site; one item per page. With -a first_response=FILE it
+    writes the time and its ru_maxrss to FILE at the first response and exits at once."""
+
+    name = "site"
+
+    def __init__(self, base="", first_response="", **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+        self.first_response = first_response
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.first_response:
+            crawler.signals.connect(spider.on_first_response, signal=signals.response_received)
+        return spider
+
+    def on_first_response(self, response, request, spider):
+        with open(self.first_response, "w") as f:
+            json.dump({"t": time.time(), "status": response.status, "url": response.url,
+                       "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, f)
+        os._exit(0)
+
+    async def start(self):
+        yield scrapy.Request(f"{self.base}/p/0.html", callback=self.parse)
+
+    def parse(self, response):
+        page = int(response.css("h1::text").get().split()[1])
+        yield {"page": page, "title": response.css("title::text").get(), "url": response.url}
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, callback=self.parse)
+'''
+
+STATS_CODE = '''\
+import json
+
+from scrapy.statscollectors import MemoryStatsCollector
+
+
+class JsonFileStats(MemoryStatsCollector):
+    """Scrapy's default collector, also writing the final stats to BENCH_STATS_FILE."""
+
+    def _persist_stats(self, stats):
+        super()._persist_stats(stats)
+        path = self._crawler.settings.get("BENCH_STATS_FILE")
+        if path:
+            with open(path, "w") as f:
+                json.dump(stats, f, default=str)
+'''
+
+
+def write_project(root: Path) -> Path:
+    package = root / "benchproject"
+    (package / "spiders").mkdir(parents=True)
+    (root / "scrapy.cfg").write_text("[settings]\ndefault = benchproject.settings\n")
+    (package / "__init__.py").write_text("")
+    (package / "spiders" / "__init__.py").write_text("")
+    (package / "spiders" / "site.py").write_text(SPIDER_CODE)
+    (package / "stats.py").write_text(STATS_CODE)
+    (package / "settings.py").write_text(
+        "".join(f"{name} = {value!r}\n" for name, value in SETTINGS.items()))
+    return root
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    return env
+
+
+# -- the web server (its own process) ----------------------------------------------------
+
+
+def serve_worker(root: str) -> None:
+    """Serve ``root`` with twisted.web's static File on a free port; print the port."""
+    from twisted.internet import reactor
+    from twisted.web.server import Site
+    from twisted.web.static import File
+
+    class QuietSite(Site):
+        def log(self, request: Any) -> None:  # no access log
+            pass
+
+    port = reactor.listenTCP(0, QuietSite(File(root)), interface="127.0.0.1", backlog=256)  # type: ignore[attr-defined]
+    print(port.getHost().port, flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.proc = subprocess.Popen([PYTHON, __file__, "--worker", "serve", str(root)],
+                                     stdout=subprocess.PIPE, text=True, env=child_env())
+        assert self.proc.stdout is not None
+        port = self.proc.stdout.readline().strip()
+        if not port.isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"the web server did not start (said {port!r})")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU time the server has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- crawls ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Crawl:
+    pages_per_s: float
+    elapsed_s: float
+    wall_s: float
+    cpu_s: float
+    server_cpu_s: float
+
+
+def crawl_command(config: Config, base: str, run_dir: Path) -> list[str]:
+    extra = [a.replace("{run}", str(run_dir)) for a in config.args]
+    return [PYTHON, "-m", "scrapy", "crawl", SPIDER, "-a", f"base={base}",
+            "-o", str(run_dir / "items.jl"), "-s", f"LOG_FILE={run_dir / 'crawl.log'}",
+            "-s", f"BENCH_STATS_FILE={run_dir / 'stats.json'}", *extra]
+
+
+def run_waited(cmd: list[str], cwd: Path) -> tuple[int, float, float]:
+    """Run ``cmd``; return its exit code, wall time and CPU time (its own, from wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage.ru_utime + usage.ru_stime
+
+
+def check_crawl(config: Config, run_dir: Path, code: int, n: int) -> dict[str, Any]:
+    """The crawl must have fetched every page once and written every item once."""
+    where = f"{config.name} ({run_dir / 'crawl.log'})"
+    if code != 0:
+        raise RuntimeError(f"{where}: scrapy exited with {code}")
+    stats = json.loads((run_dir / "stats.json").read_text())
+    problems = []
+    for key in ("response_received_count", "downloader/response_status_count/200",
+                "item_scraped_count"):
+        if stats.get(key) != n:
+            problems.append(f"{key} = {stats.get(key)}, expected {n}")
+    if stats.get("finish_reason") != "finished":
+        problems.append(f"finish_reason = {stats.get('finish_reason')}")
+    lines = (run_dir / "items.jl").read_text().splitlines()
+    pages = sorted(json.loads(line)["page"] for line in lines)
+    if pages != list(range(n)):
+        problems.append(f"items.jl has {len(lines)} lines, {len(set(pages))} distinct pages")
+    if problems:
+        raise RuntimeError(f"{where}: " + "; ".join(problems))
+    return dict(stats)
+
+
+def run_crawl(config: Config, server: Server, project: Path, run_dir: Path, n: int) -> Crawl:
+    run_dir.mkdir(parents=True)
+    cmd = crawl_command(config, server.url, run_dir)
+    server_before = server.cpu_seconds()
+    code, wall, cpu = run_waited(cmd, project)
+    server_cpu = server.cpu_seconds() - server_before
+    stats = check_crawl(config, run_dir, code, n)
+    elapsed = float(stats["elapsed_time_seconds"])
+    return Crawl(stats["response_received_count"] / elapsed, elapsed, wall, cpu, server_cpu)
+
+
+def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: int) -> None:
+    print(f"## Crawl overhead: {n:,} pages, {rounds} round(s), configurations interleaved\n")
+    print("common settings (the generated project's settings.py):")
+    for name, value in SETTINGS.items():
+        print(f"    {name} = {value!r}")
+    print(f"commands (run in the generated project; RUN is the crawl's fresh directory):")
+    for config in CONFIGS:
+        cmd = crawl_command(config, server.url, Path("RUN"))
+        print(f"    {config.name}: {shlex.join(cmd)}")
+    print()
+    results: dict[str, list[Crawl]] = {c.name: [] for c in CONFIGS}
+    for r in range(rounds):
+        order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
+        for config in order:
+            run_dir = work / f"round{r}" / config.name.replace(" ", "_").replace(",", "")
+            result = run_crawl(config, server, project, run_dir, n)
+            results[config.name].append(result)
+            print(f"round {r + 1}: {config.name:<24} {result.pages_per_s:7.0f} pages/s  "
+                  f"elapsed {result.elapsed_s:6.2f} s  wall {result.wall_s:6.2f} s  "
+                  f"crawler CPU {result.cpu_s:6.2f} s  server CPU {result.server_cpu_s:5.2f} s",
+                  flush=True)
+            shutil.rmtree(run_dir)
+    print()
+    crawl_report(results, n)
+
+
+def crawl_report(results: dict[str, list[Crawl]], n: int) -> None:
+    base = results[CONFIGS[0].name]
+    base_rate = median([c.pages_per_s for c in base])
+    base_wall = median([c.wall_s for c in base])
+    base_cpu = median([c.cpu_s for c in base])
+    headers = ["configuration", "pages/s", "min..max", "vs plain", "wall s", "vs plain",
+               "CPU s", "vs plain", "CPU ms/page", "crawler CPU %", "server CPU %"]
+    rows = []
+    for config in CONFIGS:
+        runs = results[config.name]
+        rate = median([c.pages_per_s for c in runs])
+        wall = median([c.wall_s for c in runs])
+        cpu = median([c.cpu_s for c in runs])
+        rows.append([
+            config.name, f"{rate:,.0f}", spread([c.pages_per_s for c in runs]),
+            f"{rate / base_rate:.3f}", f"{wall:.2f}", f"{wall / base_wall:.3f}",
+            f"{cpu:.2f}", f"{cpu / base_cpu:.3f}", f"{cpu / n * 1000:.2f}",
+            f"{median([100 * c.cpu_s / c.wall_s for c in runs]):.0f}",
+            f"{median([100 * c.server_cpu_s / c.wall_s for c in runs]):.0f}",
+        ])
+    print(table(headers, rows))
+    print("\npages/s: response_received_count / elapsed_time_seconds (the crawl's own stats);"
+          " wall s: the whole\nscrapy process; CPU s: its user + system time; vs plain: ratio to"
+          " plain Scrapy (medians). CPU %:\nCPU time / wall time of the crawler and of the web"
+          " server during the crawl (100 = one core).")
+    for config in CONFIGS[3:]:
+        rate = median([c.pages_per_s for c in results[config.name]])
+        met = rate / base_rate >= GOAL_RATIO
+        print(f"goal ({config.name} within {100 - 100 * GOAL_RATIO:.0f}% of plain Scrapy's "
+              f"pages/s): {'met' if met else 'NOT met'} ({rate / base_rate:.3f})")
+    print()
+
+
+# -- resume of 100k pending requests ---------------------------------------------------------
+
+
+def build_worker(directory: str, layout: str, n: int, base: str) -> None:
+    """Write the stage the extension would have written with ``n`` requests pending."""
+    from scrapy import Request, Spider
+    from scrapy.utils.request import fingerprint
+
+    from scrapy_checkpoint import EnhancedCheckpoint
+    from scrapy_checkpoint._keys import key_code
+    from scrapy_checkpoint.extension import UNIT_META
+    from scrapy_checkpoint.requests import request_to_payload
+
+    class SiteSpider(Spider):  # the generated project's spider, as far as payloads go
+        name = SPIDER
+
+        def parse(self, response: Any) -> None:
+            pass
+
+    spider = SiteSpider()
+    options: dict[str, Any] = {"log_every": 0}
+    if layout == "killed, journal only":
+        options["compact_min_bytes"] = 1 << 50
+    cp = EnhancedCheckpoint(directory, SPIDER, **options)  # the stage is named after the spider
+    cp.start()
+    depth = 0
+    for i in range(n):
+        while i >= (3 ** (depth + 1) - 1) // 2:  # the first page of the next level
+            depth += 1
+        request = Request(f"{base}/p/{i}.html", callback=spider.parse, meta={"depth": depth})
+        code = key_code(fingerprint(request))  # the default request fingerprinter
+        request.meta[UNIT_META] = code  # the extension sets it before journaling the request
+        cp.add_unit(code, request_to_payload(request, spider))
+        if (i + 1) % GROUP == 0:
+            cp.save()
+    if layout == "closed, snapshot":
+        cp.close()
+        return
+    print("added", flush=True)
+    cp.save(force=True)
+    print("saved", flush=True)
+    time.sleep(3600)  # the parent kills us now
+
+
+def build_stage(layout: str, directory: Path, n: int, base: str) -> None:
+    cmd = [PYTHON, __file__, "--worker", "build", str(directory), layout, str(n), base]
+    if layout == "closed, snapshot":
+        subprocess.run(cmd, check=True, env=child_env())
+        return
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env()) as proc:
+        assert proc.stdout is not None
+        said = [proc.stdout.readline().strip() for _ in range(2)]
+        if said != ["added", "saved"]:
+            proc.kill()
+            raise RuntimeError(f"building {layout!r} said {said!r}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def log_time(log: str, needle: str) -> float | None:
+    """The Unix time stamped on the first log line containing ``needle``."""
+    for line in log.splitlines():
+        if needle in line:
+            return float(line.split(" ", 1)[0])
+    return None
+
+
+@dataclass
+class Resume:
+    started: float  # Scrapy's first log line ("Scrapy ... started"), after imports
+    reopened: float | None  # the checkpoint reopened and replayed
+    scheduled: float | None  # "request(s) scheduled again"
+    first_response: float
+    maxrss_mib: float
+    resumed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_resume(layout: str, template: Path | None, server: Server, project: Path,
+               run_dir: Path, n: int) -> Resume:
+    run_dir.mkdir(parents=True)
+    checkpoints = run_dir / "checkpoints"
+    if template is not None:
+        shutil.copytree(template, checkpoints)
+    marker = run_dir / "first_response.json"
+    cmd = [*crawl_command(CONFIGS[3], server.url, run_dir), "-a", f"first_response={marker}"]
+    t0 = time.time()
+    code, _, _ = run_waited(cmd, project)
+    log = (run_dir / "crawl.log").read_text()
+    if code != 0 or not marker.exists():
+        raise RuntimeError(f"resume {layout!r}: exit {code}, no first response; see {run_dir}")
+    first = json.loads(marker.read_text())
+    reopened = (log_time(log, "Detected incomplete checkpoint for")
+                or log_time(log, "Resuming paused stage"))
+    scheduled = log_time(log, "request(s) scheduled again")
+    resumed = 0
+    if scheduled is not None:
+        line = next(x for x in log.splitlines() if "request(s) scheduled again" in x)
+        resumed = int(line.split("Stage site: ", 1)[1].split()[0])
+    expected = 0 if template is None else n
+    if resumed != expected:
+        raise RuntimeError(f"resume {layout!r}: {resumed} requests scheduled again, not {expected}")
+    started = log_time(log, "Scrapy ") or t0
+
+    def since(t: float | None) -> float | None:
+        return None if t is None else t - t0
+
+    result = Resume(started - t0, since(reopened), since(scheduled), first["t"] - t0,
+                    first["maxrss_kib"] / 1024, resumed)
+    shutil.rmtree(run_dir)
+    return result
+
+
+def stage_size(directory: Path) -> str:
+    files = [p for p in (directory / SPIDER).iterdir() if p.is_file()]
+    snaps = sum(p.stat().st_size for p in files if p.name.startswith("snapshot-"))
+    journal = sum(p.stat().st_size for p in files if p.name.startswith("journal-"))
+    return f"{snaps / 1e6:.1f} / {journal / 1e6:.1f}"
+
+
+def resume_benchmark(server: Server, project: Path, work: Path, n: int, rounds: int) -> None:
+    print(f"## Resume: {n:,} pending requests, {rounds} round(s)\n")
+    print("command: " + shlex.join([*crawl_command(CONFIGS[3], server.url, Path("RUN")),
+                                    "-a", "first_response=RUN/first_response.json"]))
+    templates: dict[str, Path | None] = {RESUME_LAYOUTS[0]: None}
+    sizes = {RESUME_LAYOUTS[0]: "-"}
+    for layout in RESUME_LAYOUTS[1:]:
+        directory = work / "templates" / layout.replace(" ", "_").replace(",", "")
+        t0 = time.perf_counter()
+        build_stage(layout, directory, n, server.url)
+        templates[layout] = directory
+        sizes[layout] = stage_size(directory)
+        print(f"built {layout!r} in {time.perf_counter() - t0:.1f} s "
+              f"(snapshot / journal MB: {sizes[layout]})", flush=True)
+    results: dict[str, list[Resume]] = {layout: [] for layout in RESUME_LAYOUTS}
+    for r in range(rounds):
+        for layout in RESUME_LAYOUTS:
+            res = run_resume(layout, templates[layout], server, project,
+                             work / f"resume{r}" / "run", n)
+            results[layout].append(res)
+            print(f"round {r + 1}: {layout:<26} first response at {res.first_response:6.2f} s, "
+                  f"maxrss {res.maxrss_mib:6.0f} MiB", flush=True)
+    print()
+
+    def med(values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        return f"{median(known):.2f}" if known else "-"
+
+    headers = ["stage", "snapshot / journal MB", "Scrapy up s", "reopened s", "rescheduled s",
+               "1st response s", "min..max s", "reopen s", "reschedule s", "maxrss MiB"]
+    rows = []
+    for layout in RESUME_LAYOUTS:
+        runs = results[layout]
+        reopen = [None if x.reopened is None else x.reopened - x.started for x in runs]
+        resched = [None if x.scheduled is None or x.reopened is None else x.scheduled - x.reopened
+                   for x in runs]
+        rows.append([
+            layout, sizes[layout], med([x.started for x in runs]), med([x.reopened for x in runs]),
+            med([x.scheduled for x in runs]), med([x.first_response for x in runs]),
+            spread([x.first_response for x in runs], ".2f"), med(reopen), med(resched),
+            f"{median([x.maxrss_mib for x in runs]):.0f}",
+        ])
+    print(table(headers, rows, left=2))
+    print("\nTimes from the start of the scrapy process (Popen), medians: Scrapy up = its first "
+          "log line (imports done);\nreopened = the checkpoint reopened and replayed (the "
+          "plugin's resume line); rescheduled = its\n\"request(s) scheduled again\" line; "
+          "1st response = the response_received signal. reopen s = reopened\n- Scrapy up "
+          "(includes Scrapy's own crawler setup); reschedule s = rescheduled - reopened.\n"
+          "maxrss: ru_maxrss of the crawl process at its first response.\n")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (3)")
+    parser.add_argument("--pages", type=int, default=5000, help="pages in the site (5000)")
+    parser.add_argument("--pending", type=int, default=100_000,
+                        help="pending requests in the resumed stage (100000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 500 pages, 5,000 pending, 1 round")
+    parser.add_argument("--skip-crawl", action="store_true", help="only the resume benchmark")
+    parser.add_argument("--skip-resume", action="store_true", help="only the crawl benchmark")
+    parser.add_argument("--dir", default=tempfile.gettempdir(),
+                        help="where the temporary site, crawls and stages go")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        if args.worker[0] == "serve":
+            serve_worker(args.worker[1])
+        else:
+            build_worker(args.worker[1], args.worker[2], int(args.worker[3]), args.worker[4])
+        return
+    if args.quick:
+        args.pages, args.pending, args.rounds = 500, 5000, 1
+    print_header("Crawl overhead and resume of the Scrapy integration", args.dir)
+    scrapy_version = subprocess.run([PYTHON, "-m", "scrapy", "version"], capture_output=True,
+                                    text=True, check=True, env=child_env()).stdout.strip()
+    print(f"{scrapy_version}; web server: twisted.web.static.File in its own process; "
+          f"parent ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB\n")
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_crawl_") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        generate_site(work / "site", args.pages)
+        print(f"site: {args.pages:,} pages generated in {time.perf_counter() - t0:.1f} s "
+              f"under {work / 'site'}")
+        project = write_project(work / "project")
+        server = Server(work / "site")
+        print(f"serving it at {server.url} (pid {server.proc.pid})\n", flush=True)
+        try:
+            if not args.skip_crawl:
+                crawl_benchmark(server, project, work / "crawls", args.pages, args.rounds)
+            if not args.skip_resume:
+                resume_benchmark(server, project, work / "resume", args.pending, args.rounds)
+        finally:
+            server.close()
+
+
+if __name__ == "__main__":
+    main()
