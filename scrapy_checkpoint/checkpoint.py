@@ -130,7 +130,13 @@ class EnhancedCheckpoint:
     def state(self) -> CheckpointState:
         """The current state (including updates not yet committed)."""
         m = self.metrics()
-        return self.live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
+        state = self.live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
+        if self._latencies:
+            ordered = sorted(self._latencies)
+            state.commit_latency_us = {
+                f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
+                for q in (50, 95, 99)}
+        return state
 
     @property
     def status(self) -> Status:

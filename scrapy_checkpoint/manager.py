@@ -47,6 +47,13 @@ class StageView:
     def display_status(self) -> str:
         return "crashed" if self.crashed else self.state.status.value
 
+    @property
+    def in_flight(self) -> int:
+        """Pending units that had started when the stage was last written (redone on resume)."""
+        if self._live is None:
+            return 0
+        return len(self._live.started & self._live.pending.keys())
+
     def is_done(self, key: UnitKey) -> bool:
         return self._live is not None and key_code(key) in self._live.done
 
@@ -75,6 +82,8 @@ def read_stage(store: FileStore, stage: str) -> StageView:
     if loaded.snapshot is None and not loaded.payloads and file_state is not None:
         live = LiveState(file_state)
     state = live.to_state(throughput=file_state.throughput if file_state else None)
+    if file_state is not None:  # measured by the writer, not journaled
+        state.commit_latency_us = file_state.commit_latency_us
     problems = problems + loaded.problems
     if loaded.dropped_bytes:
         problems.append(f"the next start drops {loaded.dropped_bytes} damaged byte(s) after the "

@@ -105,3 +105,5 @@ class CheckpointState(BaseModel):
     recoveries: int = 0
     #: Recent throughput in items/s when the state was written.
     throughput: float | None = None
+    #: Percentiles (p50, p95, p99) of recent journal commit durations, in microseconds.
+    commit_latency_us: dict[str, int] | None = None

@@ -1,0 +1,391 @@
+"""The ``scrapy-checkpoint`` command (also ``scrapy checkpoint`` in a Scrapy project).
+
+Read-only commands (list, show, report, watch, export) never take a stage's
+lock or change a file, so they work while a job runs, after it died, and on a
+damaged checkpoint. Exit codes: 0 success, 1 not found or nothing to do,
+2 usage error, 3 damaged checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .checkpoint import file_hash
+from .errors import CheckpointLockedError, CorruptCheckpointError
+from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
+from .metrics import format_duration
+from .state import ACTIVE_STATUSES
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3
+SCHEMA_VERSION = EXPORT_SCHEMA_VERSION
+
+
+class Context:
+    def __init__(self, directory: str, verbose: bool) -> None:
+        self.manager = UnifiedCheckpointManager(directory)
+        self.tty = sys.stdout.isatty()
+        self.console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None,
+                               highlight=False, soft_wrap=not self.tty)
+        if verbose:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    def table(self, *columns: str) -> Table:
+        table = Table(box=box.SIMPLE_HEAD if self.tty else None, pad_edge=False,
+                      show_header=True, header_style="bold" if self.tty else None)
+        for name in columns:
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+        return table
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _default_dir() -> str:
+    return os.environ.get("CHECKPOINT_DIR") or "checkpoints"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dir", "directory", default=_default_dir, show_default="$CHECKPOINT_DIR or ./checkpoints",
+              help="Checkpoint directory.")
+@click.option("--backend", default="file", show_default=True,
+              help="Where checkpoints live (only 'file' in this version).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the command does.")
+@click.pass_context
+def main(ctx: click.Context, directory: str, backend: str, verbose: bool) -> None:
+    """Inspect, report on, reset and clean up scrapy-checkpoint stages."""
+    if backend != "file":
+        raise click.UsageError(f"--backend {backend!r} is not available in this version; use 'file'.")
+    ctx.obj = Context(directory, verbose)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _views(ctx: Context) -> list[tuple[str, StageView | Exception]]:
+    out: list[tuple[str, StageView | Exception]] = []
+    for stage in ctx.manager.stages():
+        try:
+            out.append((stage, ctx.manager.read(stage)))
+        except (CorruptCheckpointError, FileNotFoundError, ValueError) as exc:
+            out.append((stage, exc))
+    return out
+
+
+def _read(ctx: Context, stage: str) -> StageView:
+    try:
+        return ctx.manager.read(stage)
+    except FileNotFoundError:
+        click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except CorruptCheckpointError as exc:
+        click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
+        sys.exit(EXIT_DAMAGED)
+
+
+def _progress(view: StageView) -> str:
+    m = view.metrics()
+    if m.total:
+        return f"{m.processed}/{m.total} ({m.percent:.1f}%)"
+    return f"{m.processed}/?"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def _entry(view: StageView) -> dict[str, Any]:
+    """The JSON form of one stage (the export schema, see docs/cli.md)."""
+    m = view.metrics()
+    entry = view.state.model_dump(mode="json")
+    entry.update(
+        display_status=view.display_status,
+        owner_alive=view.live_owner is not None,
+        percent=m.percent,
+        success_rate=m.success_rate,
+        eta_seconds=m.eta_seconds,
+        in_flight_units=view.in_flight,
+        problems=view.problems,
+        disk=view.disk,
+    )
+    return entry
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- read-only commands ----------------------------------------------------------------------
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def list_(ctx: Context, as_json: bool) -> None:
+    """One row per stage: status, progress, success rate, last update."""
+    views = _views(ctx)
+    if as_json:
+        _dump({"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
+               "stages": [_entry(v) if isinstance(v, StageView) else {"stage": s, "error": str(v)}
+                          for s, v in views]})
+    else:
+        if not views:
+            click.echo(f"No checkpoints in {ctx.manager.directory}.")
+            sys.exit(EXIT_NOT_FOUND)
+        table = ctx.table("STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED (UTC)")
+        for stage, view in views:
+            if isinstance(view, StageView):
+                table.add_row(stage, view.display_status, _progress(view),
+                              _rate(view.metrics().success_rate),
+                              f"{view.state.updated_at:%Y-%m-%d %H:%M}")
+            else:
+                table.add_row(stage, "damaged", "-", "-", "-")
+        ctx.console.print(table)
+    if any(not isinstance(v, StageView) for _, v in views):
+        sys.exit(EXIT_DAMAGED)
+
+
+@main.command()
+@click.argument("stage")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def show(ctx: Context, stage: str, as_json: bool) -> None:
+    """Everything about one stage."""
+    view = _read(ctx, stage)
+    s, m = view.state, view.metrics()
+    input_ok: bool | None = None
+    if s.input_file and s.input_file_hash:
+        try:
+            input_ok = file_hash(s.input_file) == s.input_file_hash
+        except OSError:
+            input_ok = False
+    if as_json:
+        entry = _entry(view)
+        entry["input_file_matches"] = input_ok
+        _dump(entry)
+    else:
+        p = s.progress
+        owner = s.owner
+        rows: list[tuple[str, str]] = [
+            ("Stage", s.stage),
+            ("Status", view.display_status + (" (its process is gone; the next run recovers it)"
+                                              if view.crashed else "")),
+            ("Created / updated", f"{s.created_at:%Y-%m-%d %H:%M:%S} / {s.updated_at:%Y-%m-%d %H:%M:%S} UTC"),
+            ("Progress", _progress(view)),
+            ("Processed", f"{p.processed_items} (successful {p.successful_items}, failed "
+                          f"{p.failed_items}, skipped {p.skipped_items})"),
+            ("Success rate", _rate(m.success_rate)),
+            ("Throughput", "n/a" if m.throughput is None else f"{m.throughput:.1f} items/sec"),
+            ("ETA", format_duration(m.eta_seconds)),
+            ("Resume point", f"last item {s.last_processed_item!r}, index {s.last_processed_index}, "
+                             f"batch {s.batch_id}"),
+            ("Units", f"{s.done_units} done, {s.pending_units} pending, {view.in_flight} in flight "
+                      f"at the last stop, {s.recoveries} recoveries"),
+        ]
+        if s.error_message:
+            rows.append(("Last error", f"{s.error_message} ({s.error_count} in all, "
+                                       f"{s.last_error_time:%Y-%m-%d %H:%M:%S} UTC)"
+                         if s.last_error_time else s.error_message))
+        if s.input_file:
+            match = {True: "unchanged", False: "CHANGED or unreadable (a resume will refuse)",
+                     None: "no hash recorded"}[input_ok]
+            rows.append(("Input file", f"{s.input_file} ({match})"))
+        if s.output_file:
+            rows.append(("Output file", s.output_file))
+        if owner is not None:
+            alive = "alive" if view.live_owner is not None else "gone"
+            rows.append(("Owner", f"pid {owner.pid} on {owner.host}, since "
+                                  f"{owner.started_at:%Y-%m-%d %H:%M:%S} UTC ({alive})"))
+        d = view.disk
+        rows.append(("Disk", f"journal {d.get('journal_bytes', 0):,} B, snapshots "
+                             f"{d.get('snapshot_bytes', 0):,} B, state {d.get('state_bytes', 0):,} B"))
+        if s.commit_latency_us:
+            rows.append(("Commit latency", ", ".join(f"{k} {v} us" for k, v in s.commit_latency_us.items())))
+        for problem in view.problems:
+            rows.append(("Damage", problem))
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column(style="bold" if ctx.tty else None, no_wrap=True)
+        table.add_column()
+        for key, value in rows:
+            table.add_row(key, value)
+        ctx.console.print(table)
+    if view.problems:
+        sys.exit(EXIT_DAMAGED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def report(ctx: Context, as_json: bool) -> None:
+    """Every stage, then the whole pipeline."""
+    if not ctx.manager.stages():
+        click.echo(f"No checkpoints in {ctx.manager.directory}.")
+        sys.exit(EXIT_NOT_FOUND)
+    if as_json:
+        views = _views(ctx)
+        entries = [_entry(v) for _, v in views if isinstance(v, StageView)]
+        known = [e for e in entries if e["progress"]["total_items"]]
+        total = sum(e["progress"]["total_items"] for e in known)
+        done = sum(min(e["progress"]["processed_items"], e["progress"]["total_items"]) for e in known)
+        statuses = [e["display_status"] for e in entries]
+        _dump({"schema_version": SCHEMA_VERSION, "stages": entries, "overall": {
+            "percent": 100.0 * done / total if total else None, "processed": done, "total": total,
+            "active": sum(st in ("running", "recovering", "initialized") for st in statuses),
+            "completed": statuses.count("completed"), "failed": statuses.count("failed"),
+            "paused": statuses.count("paused"), "crashed": statuses.count("crashed"),
+            "damaged": [s for s, v in views if not isinstance(v, StageView)]}})
+        return
+    ctx.console.print(ctx.manager.report(), markup=False)
+
+
+@main.command()
+@click.argument("stage", required=False)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@pass_ctx
+def watch(ctx: Context, stage: str | None, interval: float) -> None:
+    """Follow one stage (or the report) live until it stops being active, or Ctrl-C."""
+
+    def active(view: StageView) -> bool:
+        return view.state.status in ACTIVE_STATUSES and view.live_owner is not None
+
+    def frame() -> tuple[Any, bool]:
+        if stage is None:
+            views = [v for _, v in _views(ctx) if isinstance(v, StageView)]
+            return Text(ctx.manager.report()), any(active(v) for v in views)
+        view = _read(ctx, stage)
+        m = view.metrics()
+        line = Text(f"{stage} [{view.display_status}] {m.progress_line()}")
+        if m.total:
+            return Group(line, ProgressBar(total=m.total, completed=m.processed, width=60)), active(view)
+        return line, active(view)
+
+    try:
+        if ctx.tty:
+            with Live(frame()[0], console=ctx.console, auto_refresh=False) as live:
+                while True:
+                    renderable, still = frame()
+                    live.update(renderable, refresh=True)
+                    if not still:
+                        break
+                    time.sleep(interval)
+        else:
+            while True:
+                renderable, still = frame()
+                click.echo(renderable.plain if isinstance(renderable, Text) else
+                           renderable.renderables[0].plain)
+                if not still:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--output", "-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="File to write the JSON to ('-' for stdout).")
+@pass_ctx
+def export(ctx: Context, output: str) -> None:
+    """Write every stage as one JSON document (schema in docs/cli.md)."""
+    views = _views(ctx)
+    doc = {"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
+           "stages": [_entry(v) if isinstance(v, StageView) else {"stage": s, "error": str(v)}
+                      for s, v in views]}
+    text = json.dumps(doc, indent=2, default=str) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w") as f:
+            f.write(text)
+        click.echo(f"Exported {len(views)} stage(s) to {output}.")
+
+
+# -- commands that change checkpoints -------------------------------------------------------------
+
+
+@main.command()
+@click.argument("stage")
+@click.option("--force", is_flag=True, help="Do not ask; reset even a stage whose owner is alive.")
+@pass_ctx
+def reset(ctx: Context, stage: str, force: bool) -> None:
+    """Delete a stage (or 'all') so its next run starts from nothing."""
+    manager = ctx.manager
+    stages = manager.stages() if stage == "all" else [stage]
+    if stage != "all" and stage not in manager.stages():
+        click.echo(f"No checkpoint for stage {stage!r} in {manager.directory}.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    if not stages:
+        click.echo(f"No checkpoints in {manager.directory}.")
+        sys.exit(EXIT_NOT_FOUND)
+    live = {s: o for s in stages if (o := manager.store.live_owner(s)) is not None}
+    if live and not force:
+        for s, owner in live.items():
+            click.echo(f"Stage {s!r} is in use by pid {owner.pid} on {owner.host}; not reset. "
+                       f"Stop that process first, or use --force.", err=True)
+        stages = [s for s in stages if s not in live]
+        if not stages:
+            sys.exit(EXIT_NOT_FOUND)
+    if sys.stdin.isatty() and not force:
+        click.confirm(f"Reset {', '.join(stages)}? Their progress is deleted", abort=True)
+    for s in stages:
+        try:
+            manager.reset(s)
+        except CheckpointLockedError:
+            manager.store.remove(s)  # --force on a live stage
+            click.echo(f"Stage {s!r} reset while its owner runs: that process now writes to "
+                       f"deleted files; stop it.", err=True)
+        click.echo(f"Reset {s}.")
+    if live and not force:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@main.command()
+@click.option("--days", type=float, default=None,
+              help="Remove stages not updated for this many days (default: 1, the TTL).")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@pass_ctx
+def cleanup(ctx: Context, days: float | None, dry_run: bool) -> None:
+    """Remove old checkpoints no live process owns; print what and the space freed."""
+    removed = ctx.manager.cleanup(older_than_days=days, dry_run=dry_run)
+    verb = "Would remove" if dry_run else "Removed"
+    for stage, size in sorted(removed.items()):
+        click.echo(f"{verb} {stage} ({size:,} bytes)")
+    if not removed:
+        click.echo("Nothing to clean up.")
+        sys.exit(EXIT_NOT_FOUND)
+    click.echo(f"{verb} {len(removed)} stage(s), {sum(removed.values()):,} bytes.")
+
+
+def run(argv: list[str] | None = None, *, prog_name: str = "scrapy-checkpoint",
+        default_dir: str | None = None) -> int:
+    """Run the CLI and return its exit code (used by the Scrapy command)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if default_dir is not None and "--dir" not in args:
+        args = ["--dir", default_dir, *args]
+    try:
+        main.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_NOT_FOUND
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return EXIT_OK
+
+
+
+if __name__ == "__main__":
+    main()

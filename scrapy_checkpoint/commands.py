@@ -1,0 +1,31 @@
+"""``scrapy checkpoint ...``: the CLI inside a Scrapy project, reading CHECKPOINT_DIR from
+the project's settings."""
+
+from __future__ import annotations
+
+import argparse
+
+from scrapy.commands import ScrapyCommand
+
+
+class Command(ScrapyCommand):
+    requires_project = False
+    requires_crawler_process = False
+    default_settings = {"LOG_ENABLED": False}
+
+    def syntax(self) -> str:
+        return "[--dir PATH] {list,show,report,watch,reset,export,cleanup} [ARGS]"
+
+    def short_desc(self) -> str:
+        return "Inspect, report on, reset and clean up scrapy-checkpoint stages"
+
+    def long_desc(self) -> str:
+        return ("The scrapy-checkpoint CLI, with --dir defaulting to the project's "
+                "CHECKPOINT_DIR. Run 'scrapy checkpoint --help' for the commands.")
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        from .cli import run
+
+        assert self.settings is not None
+        self.exitcode = run(args, prog_name="scrapy checkpoint",
+                            default_dir=self.settings.get("CHECKPOINT_DIR") or None)
