@@ -207,7 +207,8 @@ def test_watch_follows_a_running_stage_until_it_completes(tmp_path: Path) -> Non
     job = subprocess.Popen([PYTHON, str(SCRIPTS / "gated_job.py"), str(d), "gated", "50"],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                            env=python_env())
-    assert job.stdout is not None and job.stdin is not None
+    assert job.stdout is not None
+    assert job.stdin is not None
     assert job.stdout.readline().strip() == "ready"
     watch = subprocess.Popen([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(d), "watch",
                               "gated", "--interval", "0.1"], stdout=subprocess.PIPE, text=True,
