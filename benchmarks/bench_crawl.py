@@ -32,7 +32,7 @@ What is measured
        ``add_unit(key_code(fingerprint(request)), request_to_payload(request,
        spider))`` for requests like the ones the spider schedules (callback
        ``parse``, ``depth`` and the unit code in meta), committed in groups of
-       30 (about what a crawl of this site commits per group). Layouts:
+       10 (a crawl of this site adds about 9.4 requests per group). Layouts:
 
          killed, journal only   snapshots disabled while building, cp.save(force=True),
                                 then SIGKILL: every request is replayed from the journal
@@ -77,7 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ PYTHON = sys.executable
 SPIDER = "site"
 ADDON = '{"scrapy_checkpoint.Addon": 100}'
 GOAL_RATIO = 0.95  # the plugin keeps at least 95% of plain Scrapy's pages/s
-GROUP = 30  # requests added per journal group when building the resume stage
+GROUP = 10  # requests added per journal group (a crawl of this site adds ~9.4 per group)
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,7 @@ CONFIGS = (
                                  "-s", "CHECKPOINT_DURABILITY=flush")),
 )
 
-RESUME_LAYOUTS = ("fresh (nothing to resume)", "killed, journal only", "killed, defaults",
-                  "closed, snapshot")
+RESUME_LAYOUTS = ("killed, journal only", "killed, defaults", "closed, snapshot")
 
 # -- the generated site and project -----------------------------------------------------
 
@@ -157,21 +156,32 @@ from scrapy import signals
 
 class SiteSpider(scrapy.Spider):
     """Follows every link of the site; one item per page. With -a first_response=FILE it
-    writes the time and its ru_maxrss to FILE at the first response and exits at once."""
+    writes the time and its ru_maxrss to FILE at the first response and exits at once;
+    with -a schedule=N it schedules N requests itself when the spider opens."""
 
     name = "site"
 
-    def __init__(self, base="", first_response="", **kwargs):
+    def __init__(self, base="", first_response="", schedule="0", **kwargs):
         super().__init__(**kwargs)
         self.base = base
         self.first_response = first_response
+        self.schedule = int(schedule)
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
         spider = super().from_crawler(crawler, *args, **kwargs)
         if spider.first_response:
             crawler.signals.connect(spider.on_first_response, signal=signals.response_received)
+        if spider.schedule:
+            crawler.signals.connect(spider.schedule_many, signal=signals.spider_opened)
         return spider
+
+    def schedule_many(self, spider):
+        """Plain Scrapy's cost of what a resume does: engine.crawl() of many requests."""
+        crawl = self.crawler.engine.crawl
+        for i in range(self.schedule):
+            crawl(scrapy.Request(f"{self.base}/p/{i}.html", callback=self.parse, meta={"depth": 1}))
+        self.logger.info("Plain Scrapy: %d request(s) scheduled with engine.crawl()", self.schedule)
 
     def on_first_response(self, response, request, spider):
         with open(self.first_response, "w") as f:
@@ -338,7 +348,7 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
     print("common settings (the generated project's settings.py):")
     for name, value in SETTINGS.items():
         print(f"    {name} = {value!r}")
-    print(f"commands (run in the generated project; RUN is the crawl's fresh directory):")
+    print("commands (run in the generated project; RUN is the crawl's fresh directory):")
     for config in CONFIGS:
         cmd = crawl_command(config, server.url, Path("RUN"))
         print(f"    {config.name}: {shlex.join(cmd)}")
@@ -459,48 +469,91 @@ def log_time(log: str, needle: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class ResumeCase:
+    name: str
+    layout: str | None  # the stage to resume (None: no stage)
+    plugin: bool
+    schedule: int = 0  # plain Scrapy: requests the spider schedules itself when it opens
+
+
 @dataclass
 class Resume:
-    started: float  # Scrapy's first log line ("Scrapy ... started"), after imports
-    reopened: float | None  # the checkpoint reopened and replayed
-    scheduled: float | None  # "request(s) scheduled again"
+    """Seconds from Popen to each step (None: the step has no log line in this case)."""
+
+    up: float  # Scrapy's first log line: imports done
+    reopened: float | None  # the plugin's resume line: the checkpoint reopened and replayed
+    extensions: float  # Scrapy's "Enabled extensions" line (the plugin's checkpoint is open)
+    opened: float  # Scrapy's "Spider opened" line
+    scheduled: float | None  # every request handed to engine.crawl()
     first_response: float
     maxrss_mib: float
-    resumed: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_resume(layout: str, template: Path | None, server: Server, project: Path,
+RESUME_LEGEND = """
+Seconds from the start of the scrapy process (Popen), medians of the rounds:
+  Scrapy up      its first log line (imports done)
+  reopened       the plugin's resume line: the checkpoint reopened and its journal replayed
+  extensions     Scrapy's "Enabled extensions" line (the plugin's extension, and so its checkpoint,
+                 is built by then)
+  spider opened  Scrapy's "Spider opened" line
+  scheduled      every request handed to engine.crawl(): the plugin's "request(s) scheduled again"
+                 line, or the spider's own line for plain Scrapy
+  1st response   the response_received signal (min..max over the rounds)
+  schedule s     scheduled - spider opened
+  maxrss         ru_maxrss of the crawl process at its first response; B/request: its growth over
+                 the same configuration with nothing scheduled, per request
+"""
+
+
+def resume_cases(n: int) -> list[ResumeCase]:
+    return [
+        ResumeCase("plain Scrapy, nothing scheduled", None, plugin=False),
+        ResumeCase(f"plain Scrapy, {n:,} x engine.crawl()", None, plugin=False, schedule=n),
+        ResumeCase("checkpoint, fresh stage", None, plugin=True),
+        *(ResumeCase(f"checkpoint, {layout}", layout, plugin=True) for layout in RESUME_LAYOUTS),
+    ]
+
+
+def resume_command(case: ResumeCase, base: str, run_dir: Path) -> list[str]:
+    config = CONFIGS[3] if case.plugin else CONFIGS[0]
+    cmd = [*crawl_command(config, base, run_dir), "-a", f"first_response={run_dir / 'first.json'}"]
+    if case.schedule:
+        cmd += ["-a", f"schedule={case.schedule}"]
+    return cmd
+
+
+def run_resume(case: ResumeCase, template: Path | None, server: Server, project: Path,
                run_dir: Path, n: int) -> Resume:
     run_dir.mkdir(parents=True)
-    checkpoints = run_dir / "checkpoints"
     if template is not None:
-        shutil.copytree(template, checkpoints)
-    marker = run_dir / "first_response.json"
-    cmd = [*crawl_command(CONFIGS[3], server.url, run_dir), "-a", f"first_response={marker}"]
+        shutil.copytree(template, run_dir / "checkpoints")
+    cmd = resume_command(case, server.url, run_dir)
     t0 = time.time()
     code, _, _ = run_waited(cmd, project)
-    log = (run_dir / "crawl.log").read_text()
+    marker = run_dir / "first.json"
     if code != 0 or not marker.exists():
-        raise RuntimeError(f"resume {layout!r}: exit {code}, no first response; see {run_dir}")
+        raise RuntimeError(f"{case.name}: exit {code}, no first response; see {run_dir}")
     first = json.loads(marker.read_text())
+    log = (run_dir / "crawl.log").read_text()
     reopened = (log_time(log, "Detected incomplete checkpoint for")
                 or log_time(log, "Resuming paused stage"))
-    scheduled = log_time(log, "request(s) scheduled again")
-    resumed = 0
-    if scheduled is not None:
-        line = next(x for x in log.splitlines() if "request(s) scheduled again" in x)
-        resumed = int(line.split("Stage site: ", 1)[1].split()[0])
-    expected = 0 if template is None else n
-    if resumed != expected:
-        raise RuntimeError(f"resume {layout!r}: {resumed} requests scheduled again, not {expected}")
-    started = log_time(log, "Scrapy ") or t0
+    scheduled = (log_time(log, "request(s) scheduled again")
+                 or log_time(log, "request(s) scheduled with engine.crawl()"))
+    again = [line for line in log.splitlines() if "request(s) scheduled again" in line]
+    resumed = int(again[0].split("Stage site: ", 1)[1].split()[0]) if again else 0
+    if resumed != (0 if template is None else n):
+        raise RuntimeError(f"{case.name}: {resumed} requests scheduled again; see {run_dir}")
+    up, opened = log_time(log, " started (bot: "), log_time(log, "Spider opened")
+    extensions = log_time(log, "Enabled extensions")
+    if up is None or opened is None or extensions is None:
+        raise RuntimeError(f"{case.name}: Scrapy's start lines not logged; see {run_dir}")
 
     def since(t: float | None) -> float | None:
         return None if t is None else t - t0
 
-    result = Resume(started - t0, since(reopened), since(scheduled), first["t"] - t0,
-                    first["maxrss_kib"] / 1024, resumed)
+    result = Resume(up - t0, since(reopened), extensions - t0, opened - t0, since(scheduled),
+                    first["t"] - t0, first["maxrss_kib"] / 1024)
     shutil.rmtree(run_dir)
     return result
 
@@ -514,53 +567,62 @@ def stage_size(directory: Path) -> str:
 
 def resume_benchmark(server: Server, project: Path, work: Path, n: int, rounds: int) -> None:
     print(f"## Resume: {n:,} pending requests, {rounds} round(s)\n")
-    print("command: " + shlex.join([*crawl_command(CONFIGS[3], server.url, Path("RUN")),
-                                    "-a", "first_response=RUN/first_response.json"]))
-    templates: dict[str, Path | None] = {RESUME_LAYOUTS[0]: None}
-    sizes = {RESUME_LAYOUTS[0]: "-"}
-    for layout in RESUME_LAYOUTS[1:]:
+    cases = resume_cases(n)
+    print("commands (run in the generated project; RUN is the run's fresh directory, holding a "
+          "copy of the stage):")
+    for case in cases[:3]:
+        print(f"    {case.name}: {shlex.join(resume_command(case, server.url, Path('RUN')))}")
+    print("    checkpoint, <layout>: the same as checkpoint, fresh stage\n")
+    templates: dict[str, Path] = {}
+    sizes: dict[str, str] = {}
+    for layout in RESUME_LAYOUTS:
         directory = work / "templates" / layout.replace(" ", "_").replace(",", "")
         t0 = time.perf_counter()
         build_stage(layout, directory, n, server.url)
-        templates[layout] = directory
-        sizes[layout] = stage_size(directory)
+        templates[layout], sizes[layout] = directory, stage_size(directory)
         print(f"built {layout!r} in {time.perf_counter() - t0:.1f} s "
               f"(snapshot / journal MB: {sizes[layout]})", flush=True)
-    results: dict[str, list[Resume]] = {layout: [] for layout in RESUME_LAYOUTS}
+    results: dict[str, list[Resume]] = {case.name: [] for case in cases}
     for r in range(rounds):
-        for layout in RESUME_LAYOUTS:
-            res = run_resume(layout, templates[layout], server, project,
-                             work / f"resume{r}" / "run", n)
-            results[layout].append(res)
-            print(f"round {r + 1}: {layout:<26} first response at {res.first_response:6.2f} s, "
-                  f"maxrss {res.maxrss_mib:6.0f} MiB", flush=True)
+        for case in cases:
+            template = templates[case.layout] if case.layout else None
+            res = run_resume(case, template, server, project, work / f"resume{r}" / "run", n)
+            results[case.name].append(res)
+            print(f"round {r + 1}: {case.name:<37} first response at {res.first_response:6.2f} s, "
+                  f"maxrss {res.maxrss_mib:4.0f} MiB", flush=True)
     print()
+    resume_report(cases, results, sizes, n)
 
+
+def resume_report(cases: list[ResumeCase], results: dict[str, list[Resume]],
+                  sizes: dict[str, str], n: int) -> None:
     def med(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{median(known):.2f}" if known else "-"
 
-    headers = ["stage", "snapshot / journal MB", "Scrapy up s", "reopened s", "rescheduled s",
-               "1st response s", "min..max s", "reopen s", "reschedule s", "maxrss MiB"]
+    baseline = {False: median([x.maxrss_mib for x in results[cases[0].name]]),
+                True: median([x.maxrss_mib for x in results[cases[2].name]])}
+    headers = ["case", "snapshot / journal MB", "Scrapy up", "reopened", "extensions",
+               "spider opened", "scheduled", "1st response", "min..max", "schedule s",
+               "maxrss MiB", "B/request"]
     rows = []
-    for layout in RESUME_LAYOUTS:
-        runs = results[layout]
-        reopen = [None if x.reopened is None else x.reopened - x.started for x in runs]
-        resched = [None if x.scheduled is None or x.reopened is None else x.scheduled - x.reopened
-                   for x in runs]
+    for case in cases:
+        runs = results[case.name]
+        maxrss = median([x.maxrss_mib for x in runs])
+        per_request = (maxrss - baseline[case.plugin]) * 2**20 / n
         rows.append([
-            layout, sizes[layout], med([x.started for x in runs]), med([x.reopened for x in runs]),
+            case.name, sizes.get(case.layout or "", "-"), med([x.up for x in runs]),
+            med([x.reopened for x in runs]), med([x.extensions for x in runs]),
+            med([x.opened for x in runs]),
             med([x.scheduled for x in runs]), med([x.first_response for x in runs]),
-            spread([x.first_response for x in runs], ".2f"), med(reopen), med(resched),
-            f"{median([x.maxrss_mib for x in runs]):.0f}",
+            spread([x.first_response for x in runs], ".2f"),
+            med([None if x.scheduled is None else x.scheduled - x.opened for x in runs]),
+            f"{maxrss:.0f}",
+            f"{per_request:,.0f}" if case.schedule or case.layout else "-",
         ])
     print(table(headers, rows, left=2))
-    print("\nTimes from the start of the scrapy process (Popen), medians: Scrapy up = its first "
-          "log line (imports done);\nreopened = the checkpoint reopened and replayed (the "
-          "plugin's resume line); rescheduled = its\n\"request(s) scheduled again\" line; "
-          "1st response = the response_received signal. reopen s = reopened\n- Scrapy up "
-          "(includes Scrapy's own crawler setup); reschedule s = rescheduled - reopened.\n"
-          "maxrss: ru_maxrss of the crawl process at its first response.\n")
+    print(RESUME_LEGEND)
+
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ reactor) never waits on the disk. Tasks run in submission order."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,9 @@ class BackgroundIO:
     def drain(self) -> None:
         """Wait for every task submitted so far; re-raise the first failure."""
         if self._pool is not None:
-            self._pool.submit(lambda: None).result()
+            # At interpreter exit the pool is shut down and has run everything.
+            with contextlib.suppress(RuntimeError):
+                self._pool.submit(lambda: None).result()
         self.raise_error()
 
     def raise_error(self) -> None:

@@ -17,18 +17,41 @@ _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
 class Addon:
     def update_settings(self, settings: Any) -> None:
-        if settings.get("CHECKPOINT_ENABLED") is not None and not settings.getbool(
-            "CHECKPOINT_ENABLED"
-        ):
+        enabled = settings.get("CHECKPOINT_ENABLED")
+        if enabled is not None and not _as_bool(enabled):
             return
         settings.set("CHECKPOINT_ENABLED", True, priority="addon")
-        settings.set_in_component_priority_dict("EXTENSIONS", CheckpointExtension, 0)
-        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", CheckpointMiddleware, 100)
+        # A component the user placed already keeps the user's order.
+        for name, cls, order in (("EXTENSIONS", CheckpointExtension, 0),
+                                 ("DOWNLOADER_MIDDLEWARES", CheckpointMiddleware, 100)):
+            if not _configured(settings, name, cls):
+                settings.set_in_component_priority_dict(name, cls, order)
         # Swap Scrapy's FeedExporter for the subclass that attributes items to requests.
-        extensions = settings.getdict("EXTENSIONS")
-        extensions[_FEED_EXPORTER] = None
-        extensions[CheckpointFeedExporter] = 0
-        settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
+        if not _configured(settings, "EXTENSIONS", CheckpointFeedExporter):
+            extensions = settings.getdict("EXTENSIONS")
+            extensions[_FEED_EXPORTER] = None
+            extensions[CheckpointFeedExporter] = 0
+            settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
+        # Local feeds go through the durable storage unless the user chose a storage for them.
         storage = f"{CheckpointFeedStorage.__module__}.{CheckpointFeedStorage.__name__}"
-        storages = {**settings.getdict("FEED_STORAGES"), "": storage, "file": storage}
-        settings.set("FEED_STORAGES", storages, priority="addon")
+        storages = settings.getdict("FEED_STORAGES")
+        for scheme in ("", "file"):
+            storages.setdefault(scheme, storage)
+        settings.set("FEED_STORAGES", storages, settings.getpriority("FEED_STORAGES") or 0)
+
+
+def _configured(settings: Any, name: str, cls: type) -> bool:
+    path = f"{cls.__module__}.{cls.__name__}"
+    public = f"scrapy_checkpoint.{cls.__name__}"
+    return any(key in (cls, path, public) for key in settings.getdict(name))
+
+
+def _as_bool(value: Any) -> bool:
+    from pydantic import TypeAdapter, ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"Invalid setting CHECKPOINT_ENABLED={value!r}: use True or False.") from None

@@ -100,6 +100,7 @@ class EnhancedCheckpoint:
         self._g_added: list[list[Any]] = []
         self._g_started: list[int] = []
         self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
+        self._sync_hooks: list[Callable[[], list[int]]] = []
         self._latencies: deque[float] = deque(maxlen=4096)
         now = monotonic()
         self._last_commit = now
@@ -420,6 +421,11 @@ class EnhancedCheckpoint:
         """
         self._commit_hooks.append(fn)
 
+    def add_sync_hook(self, fn: Callable[[], list[int]]) -> None:
+        """``fn()`` returns file descriptors to fsync before each journal fsync, so a
+        journaled output length is never on disk before the output's bytes."""
+        self._sync_hooks.append(fn)
+
     def record_output(self, path: str, base: int, length: int) -> None:
         """Record a durable output file's starting and committed length, and commit now."""
         self._record({"fo": {path: [base, length]}})
@@ -660,7 +666,8 @@ class EnhancedCheckpoint:
         self._last_sync = monotonic()
         if self.config.durability == "fsync" or force:
             self._sync_inflight = True
-            future = io.submit(_fsync_fd, writer.fd)
+            fds = [fd for hook in self._sync_hooks for fd in hook()]
+            future = io.submit(_fsync_fds, [*fds, writer.fd])
             future.add_done_callback(lambda _: setattr(self, "_sync_inflight", False))
 
     def _write_state(self) -> None:
@@ -711,12 +718,13 @@ class EnhancedCheckpoint:
         self._created = False
 
 
-def _fsync_fd(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # the segment was rotated and closed meanwhile: already synced
-        if exc.errno != 9:
-            raise
+def _fsync_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # closed meanwhile (a rotated segment, a closed feed): synced
+            if exc.errno != 9:
+                raise
 
 
 async def _as_coro(awaitable: Awaitable[Any]) -> Any:

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .checkpoint import file_hash
-from .errors import CheckpointLockedError, CorruptCheckpointError
+from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .state import ACTIVE_STATUSES
@@ -87,6 +87,9 @@ def _views(ctx: Context) -> list[tuple[str, StageView | Exception]]:
 def _read(ctx: Context, stage: str) -> StageView:
     try:
         return ctx.manager.read(stage)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
     except FileNotFoundError:
         click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -107,20 +110,11 @@ def _rate(value: float | None) -> str:
 
 
 def _entry(view: StageView) -> dict[str, Any]:
-    """The JSON form of one stage (the export schema, see docs/cli.md)."""
-    m = view.metrics()
-    entry = view.state.model_dump(mode="json")
-    entry.update(
-        display_status=view.display_status,
-        owner_alive=view.live_owner is not None,
-        percent=m.percent,
-        success_rate=m.success_rate,
-        eta_seconds=m.eta_seconds,
-        in_flight_units=view.in_flight,
-        problems=view.problems,
-        disk=view.disk,
-    )
-    return entry
+    return view.to_dict()
+
+
+def _na(value: Any) -> str:
+    return "n/a" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def _dump(data: Any) -> None:
@@ -153,8 +147,12 @@ def list_(ctx: Context, as_json: bool) -> None:
             else:
                 table.add_row(stage, "damaged", "-", "-", "-")
         ctx.console.print(table)
-    if any(not isinstance(v, StageView) for _, v in views):
+    if _damaged(views):
         sys.exit(EXIT_DAMAGED)
+
+
+def _damaged(views: list[tuple[str, StageView | Exception]]) -> bool:
+    return any(not isinstance(v, StageView) or v.problems for _, v in views)
 
 
 @main.command()
@@ -189,8 +187,8 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             ("Success rate", _rate(m.success_rate)),
             ("Throughput", "n/a" if m.throughput is None else f"{m.throughput:.1f} items/sec"),
             ("ETA", format_duration(m.eta_seconds)),
-            ("Resume point", f"last item {s.last_processed_item!r}, index {s.last_processed_index}, "
-                             f"batch {s.batch_id}"),
+            ("Resume point", f"last item {_na(s.last_processed_item)}, index "
+                             f"{_na(s.last_processed_index)}, batch {_na(s.batch_id)}"),
             ("Units", f"{s.done_units} done, {s.pending_units} pending, {view.in_flight} in flight "
                       f"at the last stop, {s.recoveries} recoveries"),
         ]
@@ -230,29 +228,34 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
 @pass_ctx
 def report(ctx: Context, as_json: bool) -> None:
     """Every stage, then the whole pipeline."""
-    if not ctx.manager.stages():
-        click.echo(f"No checkpoints in {ctx.manager.directory}.")
-        sys.exit(EXIT_NOT_FOUND)
+    views = _views(ctx)
     if as_json:
-        views = _views(ctx)
         entries = [_entry(v) for _, v in views if isinstance(v, StageView)]
         known = [e for e in entries if e["progress"]["total_items"]]
         total = sum(e["progress"]["total_items"] for e in known)
         done = sum(min(e["progress"]["processed_items"], e["progress"]["total_items"]) for e in known)
         statuses = [e["display_status"] for e in entries]
-        _dump({"schema_version": SCHEMA_VERSION, "stages": entries, "overall": {
-            "percent": 100.0 * done / total if total else None, "processed": done, "total": total,
-            "active": sum(st in ("running", "recovering", "initialized") for st in statuses),
-            "completed": statuses.count("completed"), "failed": statuses.count("failed"),
-            "paused": statuses.count("paused"), "crashed": statuses.count("crashed"),
-            "damaged": [s for s, v in views if not isinstance(v, StageView)]}})
-        return
-    ctx.console.print(ctx.manager.report(), markup=False)
+        _dump({"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
+               "stages": entries, "overall": {
+                   "percent": 100.0 * done / total if total else None, "processed": done,
+                   "total": total,
+                   "active": sum(st in ("running", "recovering", "initialized") for st in statuses),
+                   "completed": statuses.count("completed"), "failed": statuses.count("failed"),
+                   "paused": statuses.count("paused"), "crashed": statuses.count("crashed"),
+                   "damaged": [s for s, v in views if not isinstance(v, StageView) or v.problems]}})
+    elif not views:
+        click.echo(f"No checkpoints in {ctx.manager.directory}.")
+        sys.exit(EXIT_NOT_FOUND)
+    else:
+        ctx.console.print(ctx.manager.report(), markup=False)
+    if _damaged(views):
+        sys.exit(EXIT_DAMAGED)
 
 
 @main.command()
 @click.argument("stage", required=False)
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--interval", default=1.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Seconds between refreshes.")
 @pass_ctx
 def watch(ctx: Context, stage: str | None, interval: float) -> None:
     """Follow one stage (or the report) live until it stops being active, or Ctrl-C."""
@@ -306,8 +309,12 @@ def export(ctx: Context, output: str) -> None:
     if output == "-":
         click.echo(text, nl=False)
     else:
-        with open(output, "w") as f:
-            f.write(text)
+        try:
+            with open(output, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
+            sys.exit(EXIT_NOT_FOUND)
         click.echo(f"Exported {len(views)} stage(s) to {output}.")
 
 
@@ -337,16 +344,22 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         if not stages:
             sys.exit(EXIT_NOT_FOUND)
     if sys.stdin.isatty() and not force:
-        click.confirm(f"Reset {', '.join(stages)}? Their progress is deleted", abort=True)
+        what = stages[0] if len(stages) == 1 else f"{len(stages)} stages ({', '.join(stages)})"
+        click.confirm(f"Reset {what}? Its recorded progress is deleted", abort=True)
+    refused = bool(live) and not force
     for s in stages:
         try:
             manager.reset(s)
-        except CheckpointLockedError:
-            manager.store.remove(s)  # --force on a live stage
-            click.echo(f"Stage {s!r} reset while its owner runs: that process now writes to "
-                       f"deleted files; stop it.", err=True)
+        except CheckpointLockedError as exc:
+            if not force:  # its owner started while we asked
+                click.echo(f"{exc} Not reset.", err=True)
+                refused = True
+                continue
+            manager.store.remove(s)
+            click.echo(f"Stage {s!r} reset while its owner runs: that process keeps its progress "
+                       f"in memory and may write it back; stop it.", err=True)
         click.echo(f"Reset {s}.")
-    if live and not force:
+    if refused:
         sys.exit(EXIT_NOT_FOUND)
 
 

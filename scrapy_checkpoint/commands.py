@@ -21,7 +21,7 @@ class Command(ScrapyCommand):
 
     def long_desc(self) -> str:
         return ("The scrapy-checkpoint CLI, with --dir defaulting to the project's "
-                "CHECKPOINT_DIR. Run 'scrapy checkpoint --help' for the commands.")
+                "CHECKPOINT_DIR. 'scrapy-checkpoint --help' lists the commands and options.")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         from .cli import run

@@ -115,7 +115,10 @@ class CheckpointExtension:
 
     def _open(self) -> None:
         config = self.config
-        cp = EnhancedCheckpoint(config.dir, self.stage, config=config.checkpoint_config())
+        try:
+            cp = EnhancedCheckpoint(config.dir, self.stage, config=config.checkpoint_config())
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
         try:
             reset = config.reset
@@ -141,6 +144,7 @@ class CheckpointExtension:
         live = cp.live
         self._inflight_at_crash = live.started & live.pending.keys()
         cp.add_commit_hook(self._before_commit)
+        cp.add_sync_hook(self._output_fds)
         self.cp = cp
         self.active = True
         if config.output:
@@ -215,6 +219,14 @@ class CheckpointExtension:
             yield
         finally:
             self.router.current = previous
+
+    @property
+    def skipping_completed(self) -> bool:
+        """True when this run does nothing because the stage is completed."""
+        return self._skip_completed
+
+    def _output_fds(self) -> list[int]:
+        return [fd for output in self.outputs.values() if (fd := output.fileno()) is not None]
 
     def warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

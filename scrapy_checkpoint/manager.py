@@ -57,6 +57,22 @@ class StageView:
     def is_done(self, key: UnitKey) -> bool:
         return self._live is not None and key_code(key) in self._live.done
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the stage (the export schema, see docs/cli.md)."""
+        m = self.metrics()
+        entry = self.state.model_dump(mode="json")
+        entry.update(
+            display_status=self.display_status,
+            owner_alive=self.live_owner is not None,
+            percent=m.percent,
+            success_rate=m.success_rate,
+            eta_seconds=m.eta_seconds,
+            in_flight_units=self.in_flight,
+            problems=self.problems,
+            disk=self.disk,
+        )
+        return entry
+
     def metrics(self) -> Metrics:
         p = self.state.progress
         start = p.start_time
@@ -196,16 +212,9 @@ class UnifiedCheckpointManager:
         stages = []
         for stage in self.stages():
             try:
-                view = self.read(stage)
+                stages.append(self.read(stage).to_dict())
             except (CorruptCheckpointError, FileNotFoundError) as exc:
                 stages.append({"stage": stage, "error": str(exc)})
-                continue
-            entry = view.state.model_dump(mode="json")
-            entry["display_status"] = view.display_status
-            entry["owner_alive"] = view.live_owner is not None
-            entry["problems"] = view.problems
-            entry["disk"] = view.disk
-            stages.append(entry)
         doc = {"schema_version": EXPORT_SCHEMA_VERSION, "checkpoint_dir": str(self.directory),
                "exported_at": utcnow().isoformat(), "stages": stages}
         if path is not None:

@@ -80,10 +80,9 @@ class DurableOutput:
         self._file.flush()
         return self._file.tell()
 
-    def fsync(self) -> None:
-        if self._closed_length is None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+    def fileno(self) -> int | None:
+        """The descriptor to fsync with the journal (None once closed: close fsyncs)."""
+        return None if self._closed_length is not None else self._file.fileno()
 
     # The file-object protocol the exporters use.
     def flush(self) -> None:
@@ -93,6 +92,7 @@ class DurableOutput:
     def close(self) -> None:
         if self._closed_length is None:
             self._closed_length = self.committed_length()
+            os.fsync(self._file.fileno())
             self._file.close()
             dropped = sum(len(c) for c in self._pending.values())
             if dropped:
@@ -128,7 +128,8 @@ class CheckpointFeedStorage(FileFeedStorage):
     def __init__(self, uri: str, *, feed_options: dict[str, Any] | None = None,
                  crawler: Any = None) -> None:
         super().__init__(uri, feed_options=feed_options)
-        self._format = (feed_options or {}).get("format")
+        self._feed_options = feed_options or {}
+        self._format = self._feed_options.get("format")
         self._crawler = crawler
 
     @classmethod
@@ -138,20 +139,38 @@ class CheckpointFeedStorage(FileFeedStorage):
 
     def open(self, spider: Spider) -> IO[bytes]:
         ext = _extension(self._crawler) if self._crawler is not None else None
+        if ext is not None and ext.skipping_completed:
+            self.write_mode = "ab"  # a skipped run must not empty the completed crawl's feed
         if ext is None or not ext.active:
             return super().open(spider)
-        if self._format not in LINE_FORMATS:
-            ext.warn_once("format", f"Feed {self.path!r} uses format {self._format!r}, which "
-                          f"scrapy-checkpoint cannot make exactly-once; use jsonlines or csv.")
+        options = self._feed_options
+        if self._format not in LINE_FORMATS or options.get("batch_item_count"):
+            why = ("batches (FEED_EXPORT_BATCH_ITEM_COUNT)" if options.get("batch_item_count")
+                   else f"format {self._format!r}")
+            ext.warn_once(f"feed:{why}", f"Feed {self.path!r} uses {why}, which scrapy-checkpoint "
+                          f"cannot make crash-safe: as in plain Scrapy, a crash can lose or "
+                          f"repeat its items. Use an unbatched jsonlines or csv feed.")
             return super().open(spider)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        headers = options.get("item_export_kwargs", {}).get("include_headers_line", True)
         output = ext.open_output(self.path, overwrite=self.write_mode == "wb",
-                                 has_header=self._format == "csv")
+                                 has_header=self._format == "csv" and bool(headers))
         return cast("IO[bytes]", output)  # it implements the file methods exporters use
 
 
 class CheckpointFeedExporter(FeedExporter):
     """Scrapy's FeedExporter, telling the outputs which request each item came from."""
+
+    def open_spider(self, spider: Spider) -> None:
+        super().open_spider(spider)
+        ext = _extension(self.crawler)
+        if ext is None or not ext.active:
+            return
+        for slot in self.slots:
+            if not isinstance(slot.storage, CheckpointFeedStorage):
+                ext.warn_once(f"storage:{slot.uri}", f"Feed {slot.uri!r} is not a local file, so "
+                              f"scrapy-checkpoint cannot make it crash-safe: as in plain Scrapy, "
+                              f"a crash can lose or repeat its items.")
 
     def item_scraped(self, item: Any, spider: Spider, response: Any = None) -> None:
         ext = _extension(self.crawler)

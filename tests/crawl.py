@@ -6,6 +6,7 @@ import csv
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,10 @@ def run(site: Site, cmd: list[str], directory: Path, *, cwd: Path,
                                 stderr=subprocess.STDOUT)
         if (interrupt is not None and interrupt_after_hits is not None
                 and site.wait_for_hits(start_hits + interrupt_after_hits, timeout=120)):
-            interrupt(proc)
+            if interrupt is double_sigint:
+                double_sigint(proc, log_path)
+            else:
+                interrupt(proc)
         proc.wait(timeout=300)
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
@@ -93,8 +97,12 @@ def sigint(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGINT)
 
 
-def double_sigint(proc: subprocess.Popen[bytes]) -> None:
+def double_sigint(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Ctrl-C, then once Scrapy says it is shutting down gracefully, Ctrl-C again."""
     proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while b"shutting down gracefully" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # polls the crawl's own log for the condition
     proc.send_signal(signal.SIGINT)
 
 

@@ -101,9 +101,10 @@ def test_graceful_stop_pauses_and_the_same_command_resumes(tmp_path: Path, site:
     assert read_stage(FileStore(tmp_path / "checkpoints"), "site").state.status is Status.COMPLETED
 
 
-def test_double_sigint_is_a_crash_and_resumes(tmp_path: Path, site: Site) -> None:
+def test_double_sigint_forces_a_stop_that_resumes_exactly(tmp_path: Path, site: Site) -> None:
     outputs = Outputs(tmp_path)
-    crawl(site, outputs, interrupt=double_sigint, interrupt_after_hits=60)
+    first = crawl(site, outputs, interrupt=double_sigint, interrupt_after_hits=60)
+    assert "forcing unclean shutdown" in first.log
     second = crawl(site, outputs)
     assert second.returncode == 0, second.log[-3000:]
     _assert_exact(outputs)

@@ -127,6 +127,20 @@ class StageLock:
         self._fd = -1
 
 
+def _flock_briefly(fd: int, patience: float = 0.2) -> None:
+    """Take the exclusive lock, waiting a moment: a reader (``live_owner``) holds a shared
+    lock for a few microseconds and must not make a starting writer fail."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -234,7 +248,7 @@ class FileStore:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_briefly(fd)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
