@@ -40,16 +40,18 @@ What is measured
                                 along the way, then a journal tail)
          closed, snapshot       cp.close(): one snapshot, nothing to replay
 
-       plus "fresh" (no stage: the plugin with nothing to resume) as the
-       baseline. Each round copies the stage and runs ``scrapy crawl site`` with
-       the add-on against it; the spider exits at the first response (the
-       response_received signal). Times come from the log (every line stamped
-       with its Unix time to the microsecond) and from the parent's clock at
-       Popen: the checkpoint reopened and replayed (the plugin's "Detected
-       incomplete checkpoint" / "Resuming paused stage" line), the requests
-       rebuilt and scheduled again (its "request(s) scheduled again" line), the
-       first response. Memory: ru_maxrss of the crawl process at its first
-       response.
+       Each round copies the stage and runs ``scrapy crawl site`` with the
+       add-on on the copy; the spider exits at its first response (the
+       response_received signal). Baselines in the same table: the plugin with
+       a fresh stage, plain Scrapy, and plain Scrapy whose spider hands the
+       same number of requests to ``engine.crawl()`` when it opens (what the
+       plugin does to reschedule, without the plugin). Times come from the log
+       (every line stamped with its Unix time to the microsecond) against the
+       parent's clock at Popen: Scrapy up, the checkpoint reopened and
+       replayed (the plugin's "Detected incomplete checkpoint" / "Resuming
+       paused stage" line), extensions built, spider opened, every request
+       scheduled (the plugin's "request(s) scheduled again" line), the first
+       response. Memory: ru_maxrss of the crawl process at its first response.
 
 How
     The site is written to a temporary directory and served by twisted.web's
@@ -362,8 +364,8 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
             results[config.name].append(result)
             print(f"round {r + 1}: {config.name:<24} {result.pages_per_s:7.0f} pages/s  "
                   f"elapsed {result.elapsed_s:6.2f} s  wall {result.wall_s:6.2f} s  "
-                  f"crawler CPU {result.cpu_s:6.2f} s  server CPU {result.server_cpu_s:5.2f} s",
-                  flush=True)
+                  f"crawler CPU {result.cpu_s:6.2f} s  server CPU {result.server_cpu_s:5.2f} s  "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
             shutil.rmtree(run_dir)
     print()
     crawl_report(results, n)

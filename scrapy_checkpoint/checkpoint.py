@@ -26,10 +26,11 @@ from ._keys import UnitKey, key_code
 from ._live import LiveState
 from .config import CheckpointConfig
 from .errors import CheckpointError, InputChangedError
-from .journal import SegmentWriter, encode_group
+from .journal import encode_group
 from .metrics import Metrics, RateWindow
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
-from .stores.file import FileStore, StageLock, check_stage_name, encode_snapshot
+from .stores.base import JournalWriter, Lock, Store, open_store
+from .stores.file import check_stage_name, encode_snapshot
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -67,7 +68,8 @@ class EnhancedCheckpoint:
         stage: str | None = None,
         *,
         config: CheckpointConfig | None = None,
-        store: FileStore | None = None,
+        backend: str | None = None,
+        store: Store | None = None,
         on_start: Hook | None = None,
         on_progress: Hook | None = None,
         on_complete: Hook | None = None,
@@ -75,7 +77,8 @@ class EnhancedCheckpoint:
         **options: Any,
     ) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
-        self.store = store if store is not None else FileStore(checkpoint_dir)
+        self.store: Store = (store if store is not None
+                             else open_store(backend if backend not in (None, "file") else checkpoint_dir))
         self.stage: str | None = check_stage_name(stage) if stage is not None else None
         self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOK_EVENTS}
         for name, fn in (("start", on_start), ("progress", on_progress),
@@ -84,8 +87,8 @@ class EnhancedCheckpoint:
                 self._hooks[name].append(fn)
         self._hook_tasks: set[asyncio.Task[Any]] = set()
         self._live: LiveState | None = None
-        self._lock: StageLock | None = None
-        self._writer: SegmentWriter | None = None
+        self._lock: Lock | None = None
+        self._writer: JournalWriter | None = None
         self._io: BackgroundIO | None = None
         self._generation = 0
         self._snapshot_bytes = 0
@@ -107,6 +110,7 @@ class EnhancedCheckpoint:
         self._last_sync = now
         self._last_state = now
         self._dirty = False
+        self._since_snapshot = False  # groups appended since the last snapshot
         self._sync_inflight = False
         self._rate = RateWindow(self.config.throughput_window)
         self._next_log = 0
@@ -513,7 +517,7 @@ class EnhancedCheckpoint:
             if self._running:
                 self.pause()
             self._commit(monotonic())
-            if self._writer.size > len(b"SCKJRNL1"):
+            if self._since_snapshot:
                 self._compact()
             self._write_state()
             assert self._io is not None
@@ -643,6 +647,7 @@ class EnhancedCheckpoint:
         self._last_commit = now
         self._latencies.append(monotonic() - began)
         self._dirty = True
+        self._since_snapshot = True
         if now - self._rate.last_sample >= 1.0:
             self._rate.add(now, live.processed)
         self._maybe_sync(now)
@@ -667,7 +672,7 @@ class EnhancedCheckpoint:
         if self.config.durability == "fsync" or force:
             self._sync_inflight = True
             fds = [fd for hook in self._sync_hooks for fd in hook()]
-            future = io.submit(_fsync_fds, [*fds, writer.fd])
+            future = io.submit(_sync_all, fds, writer)
             future.add_done_callback(lambda _: setattr(self, "_sync_inflight", False))
 
     def _write_state(self) -> None:
@@ -689,14 +694,17 @@ class EnhancedCheckpoint:
         self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
                                                buffered=self.config.durability == "none")
         self._generation, self._snapshot_bytes = gen, len(blob)
-        io.submit(self._finish_compaction, writer, gen, blob)
+        self._since_snapshot = False
+        io.submit(self._finish_compaction, writer, self._writer, gen, blob)
 
-    def _finish_compaction(self, old: SegmentWriter, gen: int, blob: bytes) -> None:
+    def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
+                           blob: bytes) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
-        old.fsync()
-        old.close()
+        if old is not new:  # a store with one journal (Redis) keeps its writer
+            old.fsync()
+            old.close()
         self.store.write_snapshot(self.stage, gen, blob)
         self.store.retain(self.stage, self.config.keep_snapshots)
 
@@ -718,13 +726,15 @@ class EnhancedCheckpoint:
         self._created = False
 
 
-def _fsync_fds(fds: list[int]) -> None:
+def _sync_all(fds: list[int], writer: JournalWriter) -> None:
+    """Outputs first, then the journal: a journaled length never outlives its bytes."""
     for fd in fds:
         try:
             os.fsync(fd)
-        except OSError as exc:  # closed meanwhile (a rotated segment, a closed feed): synced
+        except OSError as exc:  # closed meanwhile (a closed feed): already synced
             if exc.errno != 9:
                 raise
+    writer.sync()
 
 
 async def _as_coro(awaitable: Awaitable[Any]) -> Any:

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .checkpoint import file_hash
-from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .state import ACTIVE_STATUSES
@@ -34,8 +34,12 @@ SCHEMA_VERSION = EXPORT_SCHEMA_VERSION
 
 
 class Context:
-    def __init__(self, directory: str, verbose: bool) -> None:
-        self.manager = UnifiedCheckpointManager(directory)
+    def __init__(self, directory: str, backend: str, verbose: bool) -> None:
+        try:
+            self.manager = UnifiedCheckpointManager(directory, backend=backend)
+        except CheckpointError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_NOT_FOUND)
         self.tty = sys.stdout.isatty()
         self.console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None,
                                highlight=False, soft_wrap=not self.tty)
@@ -60,15 +64,16 @@ def _default_dir() -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dir", "directory", default=_default_dir, show_default="$CHECKPOINT_DIR or ./checkpoints",
               help="Checkpoint directory.")
-@click.option("--backend", default="file", show_default=True,
-              help="Where checkpoints live (only 'file' in this version).")
+@click.option("--backend", default=lambda: os.environ.get("CHECKPOINT_BACKEND") or "file",
+              show_default="file",
+              help="'file' (the --dir directory) or a Redis URL (redis://host:6379/0).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the command does.")
 @click.pass_context
 def main(ctx: click.Context, directory: str, backend: str, verbose: bool) -> None:
     """Inspect, report on, reset and clean up scrapy-checkpoint stages."""
-    if backend != "file":
-        raise click.UsageError(f"--backend {backend!r} is not available in this version; use 'file'.")
-    ctx.obj = Context(directory, verbose)
+    if backend != "file" and not backend.startswith(("redis://", "rediss://", "unix://")):
+        raise click.UsageError(f"--backend {backend!r}: use 'file' or a redis:// URL.")
+    ctx.obj = Context(directory, backend, verbose)
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -27,5 +27,8 @@ class Command(ScrapyCommand):
         from .cli import run
 
         assert self.settings is not None
+        backend = self.settings.get("CHECKPOINT_BACKEND")
+        if backend and backend != "file" and "--backend" not in args:
+            args = ["--backend", backend, *args]
         self.exitcode = run(args, prog_name="scrapy checkpoint",
                             default_dir=self.settings.get("CHECKPOINT_DIR") or None)

@@ -116,7 +116,8 @@ class CheckpointExtension:
     def _open(self) -> None:
         config = self.config
         try:
-            cp = EnhancedCheckpoint(config.dir, self.stage, config=config.checkpoint_config())
+            cp = EnhancedCheckpoint(stage=self.stage, config=config.checkpoint_config(),
+                                    store=config.store())
         except ConfigError as exc:
             raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage

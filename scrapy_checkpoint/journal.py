@@ -193,6 +193,14 @@ class SegmentWriter:
         self.flush()
         os.fsync(self._fd)
 
+    def sync(self) -> None:
+        """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno != 9:  # EBADF: rotated and closed meanwhile
+                raise
+
     def close(self) -> None:
         if self._fd >= 0:
             self.flush()

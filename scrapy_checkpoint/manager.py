@@ -18,7 +18,8 @@ from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CorruptCheckpointError
 from .metrics import Metrics, format_duration
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status
-from .stores.file import FileStore, check_stage_name
+from .stores.base import Store, open_store
+from .stores.file import check_stage_name
 from .tracker import AsyncCheckpointTracker
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -84,7 +85,7 @@ class StageView:
         )
 
 
-def read_stage(store: FileStore, stage: str) -> StageView:
+def read_stage(store: Store, stage: str) -> StageView:
     """Rebuild a stage's exact state from its snapshot and journal, read-only.
 
     Safe while a process writes the stage. Raises :class:`CorruptCheckpointError`
@@ -93,7 +94,7 @@ def read_stage(store: FileStore, stage: str) -> StageView:
     loaded = store.load(stage)
     file_state, problems = store.read_state(stage)
     if not loaded.exists and file_state is None:
-        raise FileNotFoundError(f"No checkpoint for stage {stage!r} in {store.directory}.")
+        raise FileNotFoundError(f"No checkpoint for stage {stage!r} in {store.location}.")
     live = LiveState.from_loaded(stage, loaded)
     if loaded.snapshot is None and not loaded.payloads and file_state is not None:
         live = LiveState(file_state)
@@ -117,10 +118,13 @@ class UnifiedCheckpointManager:
     """
 
     def __init__(self, checkpoint_dir: str | os.PathLike[str] = "checkpoints", *,
-                 config: CheckpointConfig | None = None, **options: Any) -> None:
-        self.directory = Path(checkpoint_dir)
+                 config: CheckpointConfig | None = None, backend: str | None = None,
+                 store: Store | None = None, **options: Any) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
-        self.store = FileStore(self.directory)
+        self.store: Store = store if store is not None else open_store(
+            backend if backend not in (None, "file") else checkpoint_dir)
+        #: Where the stages live (a directory, or a Redis URL).
+        self.directory = self.store.location
         self._checkpoints: dict[str, EnhancedCheckpoint] = {}
 
     def get_checkpoint(self, stage: str, **options: Any) -> EnhancedCheckpoint:
@@ -129,7 +133,7 @@ class UnifiedCheckpointManager:
         cp = self._checkpoints.get(stage)
         if cp is None or (cp._live is None and cp._started):
             config = CheckpointConfig.from_options(self.config, **options)
-            cp = EnhancedCheckpoint(self.directory, stage, config=config, store=self.store)
+            cp = EnhancedCheckpoint(stage=stage, config=config, store=self.store)
             self._checkpoints[stage] = cp
         return cp
 
@@ -137,8 +141,7 @@ class UnifiedCheckpointManager:
         config = CheckpointConfig.from_options(self.config, **{
             k: v for k, v in options.items() if k in CheckpointConfig.model_fields})
         rest = {k: v for k, v in options.items() if k not in CheckpointConfig.model_fields}
-        return AsyncCheckpointTracker(self.directory, stage, config=config, store=self.store,
-                                      **rest)
+        return AsyncCheckpointTracker(stage=stage, config=config, store=self.store, **rest)
 
     def stages(self) -> list[str]:
         return self.store.stages()

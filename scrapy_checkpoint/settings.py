@@ -7,7 +7,10 @@ CHECKPOINT_ENABLED           bool       False (True with    Turn the plugin on.
                                         the add-on)
 CHECKPOINT_DIR               str        "checkpoints"       Directory of the file store.
 CHECKPOINT_STAGE_NAME        str        the spider's name   Name of the stage (one per crawl).
-CHECKPOINT_BACKEND           str        "file"              Where stages live.
+CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR) or a Redis URL.
+CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
+CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
+CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis is away.
 CHECKPOINT_DURABILITY        str        "fsync"             "fsync", "flush" or "none".
 CHECKPOINT_SYNC_INTERVAL     float      1.0                 Seconds between fsyncs ("fsync" mode).
 CHECKPOINT_SAVE_EVERY        int        10                  Finished requests per journal commit.
@@ -28,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import CheckpointConfig, Durability
 from .errors import ConfigError
+from .stores.base import Store
+from .stores.file import FileStore
 
 PREFIX = "CHECKPOINT_"
 
@@ -41,6 +46,9 @@ class CheckpointSettings(BaseModel):
     dir: str = "checkpoints"
     stage_name: str | None = None
     backend: str = "file"
+    redis_prefix: str | None = None
+    lease_seconds: float = Field(60.0, gt=0)
+    redis_buffer: int = Field(64 << 20, ge=0)
     durability: Durability = "fsync"
     sync_interval: float = Field(1.0, gt=0)
     save_every: int = Field(10, ge=1)
@@ -54,8 +62,8 @@ class CheckpointSettings(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value != "file":
-            raise ValueError("only 'file' is available in this version")
+        if value != "file" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use 'file' or a Redis URL such as redis://127.0.0.1:6379/0")
         return value
 
     @classmethod
@@ -76,6 +84,14 @@ class CheckpointSettings(BaseModel):
                 f"Invalid setting {setting}={err.get('input')!r}: {err['msg']}. "
                 f"Fix it in settings.py, custom_settings or -s {setting}=..."
             ) from None
+
+    def store(self) -> Store:
+        if self.backend == "file":
+            return FileStore(self.dir)
+        from .stores.redis import RedisStore
+
+        return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,
+                          buffer_bytes=self.redis_buffer)
 
     def checkpoint_config(self) -> CheckpointConfig:
         return CheckpointConfig(durability=self.durability, sync_interval=self.sync_interval,

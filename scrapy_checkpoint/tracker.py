@@ -18,7 +18,7 @@ from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .metrics import Metrics
 from .state import CheckpointState, Status
-from .stores.file import FileStore
+from .stores.base import Store
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -58,12 +58,13 @@ class AsyncCheckpointTracker(Generic[T]):
         stage: str = "default",
         *,
         config: CheckpointConfig | None = None,
-        store: FileStore | None = None,
+        backend: str | None = None,
+        store: Store | None = None,
         progress_bar: bool | None = None,
         **options: Any,
     ) -> None:
-        self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config, store=store,
-                                             **options)
+        self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config, backend=backend,
+                                             store=store, **options)
         self.stage = stage
         self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._bar: Any = None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,48 @@ def hold_stage():  # type: ignore[no-untyped-def]
     for holder in holders:
         if holder.proc.poll() is None:
             holder.close()
+
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> None:
+    """Skip when no Redis answers, with the reason; under CI=true that is a failure."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.RedisError as exc:
+        message = (f"no Redis at {REDIS_URL} ({exc}); start redis-server or set REDIS_URL "
+                   f"to run the Redis store tests")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def redis_location(prefix: str) -> str:
+    sep = "&" if "?" in REDIS_URL else "?"
+    return f"{REDIS_URL}{sep}prefix={prefix}"
+
+
+def drop_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(params=["file", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Where a test's checkpoints live: a directory, or a Redis URL with a fresh prefix.
+
+    The tests that take ``location`` prove the same behaviour for both stores."""
+    if request.param == "file":
+        yield str(tmp_path / "checkpoints")
+        return
+    require_redis()
+    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
+    yield redis_location(prefix)
+    drop_redis_prefix(prefix)

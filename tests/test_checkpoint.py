@@ -24,6 +24,7 @@ from scrapy_checkpoint import (
 )
 from scrapy_checkpoint.doneset import DoneSet
 from scrapy_checkpoint.state import check_transition
+from scrapy_checkpoint.stores.base import open_store
 
 
 def _abandon(cp: EnhancedCheckpoint) -> None:
@@ -34,7 +35,7 @@ def _abandon(cp: EnhancedCheckpoint) -> None:
     cp._io.close()  # type: ignore[union-attr]
 
 
-def _run(directory: Path, stage: str, indexes: range, **options: Any) -> EnhancedCheckpoint:
+def _run(directory: Path | str, stage: str, indexes: range, **options: Any) -> EnhancedCheckpoint:
     cp = EnhancedCheckpoint(directory, stage, log_every=0, **options)
     cp.start(total_items=100)
     for i in indexes:
@@ -70,8 +71,8 @@ def test_invalid_transitions_raise_naming_both_states() -> None:
     check_transition("s", Status.FAILED, Status.RUNNING)
 
 
-def test_completing_a_paused_stage_is_refused(checkpoint_dir: Path) -> None:
-    cp = _run(checkpoint_dir, "s", range(3))
+def test_completing_a_paused_stage_is_refused(location: str) -> None:
+    cp = _run(location, "s", range(3))
     cp.pause()
     with pytest.raises(InvalidTransitionError, match="'paused' to 'completed'"):
         cp.complete()
@@ -79,11 +80,11 @@ def test_completing_a_paused_stage_is_refused(checkpoint_dir: Path) -> None:
 
 
 def test_a_crashed_stage_is_detected_logged_and_resumed(
-    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+    location: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _abandon(_run(checkpoint_dir, "s", range(40)))
+    _abandon(_run(location, "s", range(40)))
     caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
     state = cp.start()
     assert "Detected incomplete checkpoint for s. Resuming from 40 items" in caplog.text
     assert state.status is Status.RUNNING
@@ -92,9 +93,9 @@ def test_a_crashed_stage_is_detected_logged_and_resumed(
     cp.close()
 
 
-def test_closing_a_running_stage_leaves_it_paused_not_crashed(checkpoint_dir: Path) -> None:
-    _run(checkpoint_dir, "s", range(10)).close()
-    view = read_stage(FileStore(checkpoint_dir), "s")
+def test_closing_a_running_stage_leaves_it_paused_not_crashed(location: str) -> None:
+    _run(location, "s", range(10)).close()
+    view = read_stage(open_store(location), "s")
     assert view.state.status is Status.PAUSED
     assert not view.crashed
 
@@ -117,23 +118,23 @@ def test_a_second_process_on_the_stage_is_refused_and_nothing_is_written(
     cp.close()
 
 
-def test_a_changed_input_file_stops_the_resume_until_reset(checkpoint_dir: Path,
+def test_a_changed_input_file_stops_the_resume_until_reset(location: str,
                                                             tmp_path: Path) -> None:
     source = tmp_path / "input.csv"
     source.write_text("a\nb\n")
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
     cp.start(total_items=2, input_file=source)
     cp.update(processed=1, successful=1, index=0)
     cp.close()
     source.write_text("a\nB\n")
-    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp = EnhancedCheckpoint(location, "s")
     with pytest.raises(InputChangedError, match=r"CHECKPOINT_RESET=True"):
         cp.start(input_file=source)
     assert cp.validate_input_file(source)[0] is False
     cp.close()
-    assert read_stage(FileStore(checkpoint_dir), "s").state.progress.processed_items == 1
+    assert read_stage(open_store(location), "s").state.progress.processed_items == 1
 
-    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp = EnhancedCheckpoint(location, "s")
     state = cp.start(input_file=source, reset=True)
     assert state.progress.processed_items == 0
     assert not cp.is_done(0)
@@ -163,21 +164,21 @@ def test_a_corrupt_state_file_is_restored_from_the_backup_with_a_warning(
     assert json.loads((checkpoint_dir / "s.json").read_text())["progress"]["processed_items"] == 20
 
 
-def test_repeated_updates_of_a_done_unit_are_ignored(checkpoint_dir: Path) -> None:
-    cp = _run(checkpoint_dir, "s", range(5))
+def test_repeated_updates_of_a_done_unit_are_ignored(location: str) -> None:
+    cp = _run(location, "s", range(5))
     assert cp.update(processed=1, successful=1, index=3) is False
     assert cp.state.progress.processed_items == 5
     cp.close()
 
 
-def test_keys_of_any_kind_are_skipped_after_a_resume(checkpoint_dir: Path) -> None:
+def test_keys_of_any_kind_are_skipped_after_a_resume(location: str) -> None:
     keys: list[Any] = ["https://example.com/a", b"\x01" * 20, 2**70, -3, 7]
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
     cp.start()
     for k in keys:
         cp.update(processed=1, successful=1, key=k)
     _abandon(cp)
-    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp = EnhancedCheckpoint(location, "s")
     cp.start()
     assert all(cp.should_skip(k) for k in keys)
     assert not cp.should_skip("https://example.com/b")
@@ -186,21 +187,21 @@ def test_keys_of_any_kind_are_skipped_after_a_resume(checkpoint_dir: Path) -> No
     cp.close()
 
 
-def test_failed_units_are_skipped_unless_retried(checkpoint_dir: Path) -> None:
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+def test_failed_units_are_skipped_unless_retried(location: str) -> None:
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
     cp.start(total_items=3)
     cp.update(processed=1, successful=1, index=0)
     cp.update(processed=1, failed=1, index=1)
     cp.update(processed=1, successful=1, index=2)
     cp.fail(RuntimeError("boom"))
     cp.close()
-    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp = EnhancedCheckpoint(location, "s")
     state = cp.start()
     assert state.error_message == "RuntimeError: boom"
     assert state.error_count == 1
     assert cp.is_done(1)
     cp.close()
-    cp = EnhancedCheckpoint(checkpoint_dir, "s")
+    cp = EnhancedCheckpoint(location, "s")
     state = cp.start(retry_failed=True)
     assert not cp.is_done(1)
     assert cp.is_done(0)
@@ -208,17 +209,17 @@ def test_failed_units_are_skipped_unless_retried(checkpoint_dir: Path) -> None:
     cp.update(processed=1, successful=1, index=1)
     cp.complete()
     cp.close()
-    final = read_stage(FileStore(checkpoint_dir), "s").state.progress
+    final = read_stage(open_store(location), "s").state.progress
     assert (final.processed_items, final.successful_items, final.failed_items) == (3, 3, 0)
 
 
-def test_metadata_errors_and_batch_survive_a_crash(checkpoint_dir: Path) -> None:
-    cp = _run(checkpoint_dir, "s", range(3))
+def test_metadata_errors_and_batch_survive_a_crash(location: str) -> None:
+    cp = _run(location, "s", range(3))
     cp.set_metadata(source="feed-a", page=3)
     cp.record_error("timeout on item 2")
     cp.update(processed=1, successful=1, index=3, batch_id="b-7")
     _abandon(cp)
-    state = read_stage(FileStore(checkpoint_dir), "s").state
+    state = read_stage(open_store(location), "s").state
     assert state.metadata == {"source": "feed-a", "page": 3}
     assert state.error_message == "timeout on item 2"
     assert state.error_count == 1
@@ -226,8 +227,8 @@ def test_metadata_errors_and_batch_survive_a_crash(checkpoint_dir: Path) -> None
     assert state.batch_id == "b-7"
 
 
-def test_stale_when_not_updated_for_max_age(checkpoint_dir: Path) -> None:
-    cp = _run(checkpoint_dir, "s", range(3))
+def test_stale_when_not_updated_for_max_age(location: str) -> None:
+    cp = _run(location, "s", range(3))
     assert not cp.is_stale(max_age_hours=1)
     assert cp.is_stale(max_age_hours=0)
     cp.close()
@@ -286,7 +287,7 @@ def test_update_before_start_is_an_error(checkpoint_dir: Path) -> None:
         EnhancedCheckpoint(checkpoint_dir, "s").update(processed=1)
 
 
-def test_hooks_sync_and_async_are_called(checkpoint_dir: Path) -> None:
+def test_hooks_sync_and_async_are_called(location: str) -> None:
     calls: list[str] = []
 
     async def on_complete(cp: EnhancedCheckpoint) -> None:
@@ -294,7 +295,7 @@ def test_hooks_sync_and_async_are_called(checkpoint_dir: Path) -> None:
         calls.append(f"complete:{cp.state.progress.processed_items}")
 
     cp = EnhancedCheckpoint(
-        checkpoint_dir, "s", log_every=2,
+        location, "s", log_every=2,
         on_start=lambda cp: calls.append("start"),
         on_progress=lambda cp: calls.append(f"progress:{cp.state.progress.processed_items}"),
         on_complete=on_complete,

@@ -13,8 +13,8 @@ from scrapy_checkpoint import CheckpointLockedError, Status, UnifiedCheckpointMa
 from .test_checkpoint import _abandon
 
 
-def _pipeline(directory: Path) -> UnifiedCheckpointManager:
-    manager = UnifiedCheckpointManager(directory, log_every=0)
+def _pipeline(location: str) -> UnifiedCheckpointManager:
+    manager = UnifiedCheckpointManager(location, log_every=0)
     done = manager.get_checkpoint("stage1_discovery")
     done.start(total_items=4)
     for i in range(4):
@@ -34,8 +34,8 @@ def _pipeline(directory: Path) -> UnifiedCheckpointManager:
     return manager
 
 
-def test_report_shows_each_stage_then_the_pipeline(checkpoint_dir: Path) -> None:
-    report = _pipeline(checkpoint_dir).report()
+def test_report_shows_each_stage_then_the_pipeline(location: str) -> None:
+    report = _pipeline(location).report()
     assert "stage1_discovery  [completed]" in report
     assert "Progress: 100.0% (4/4)" in report
     assert "stage2_parse  [failed]" in report
@@ -47,8 +47,8 @@ def test_report_shows_each_stage_then_the_pipeline(checkpoint_dir: Path) -> None
         "paused 0 | crashed 1")
 
 
-def test_export_writes_every_stage_as_json(checkpoint_dir: Path, tmp_path: Path) -> None:
-    manager = _pipeline(checkpoint_dir)
+def test_export_writes_every_stage_as_json(location: str, tmp_path: Path) -> None:
+    manager = _pipeline(location)
     out = tmp_path / "export.json"
     doc = manager.export(out)
     assert json.loads(out.read_text()) == doc
@@ -59,19 +59,19 @@ def test_export_writes_every_stage_as_json(checkpoint_dir: Path, tmp_path: Path)
     assert by_stage["stage3_enrich"]["status"] == "running"
     assert by_stage["stage2_parse"]["progress"]["failed_items"] == 1
     assert by_stage["stage1_discovery"]["owner_alive"] is False
-    assert by_stage["stage1_discovery"]["disk"]["journal_bytes"] > 0
+    assert sum(by_stage["stage1_discovery"]["disk"].values()) > 0
 
 
-def test_list_checkpoints_and_stages(checkpoint_dir: Path) -> None:
-    manager = _pipeline(checkpoint_dir)
+def test_list_checkpoints_and_stages(location: str) -> None:
+    manager = _pipeline(location)
     assert manager.stages() == ["stage1_discovery", "stage2_parse", "stage3_enrich"]
     statuses = [s.status for s in manager.list_checkpoints()]
     assert statuses == [Status.COMPLETED, Status.FAILED, Status.RUNNING]
 
 
-def test_reset_refuses_a_stage_with_a_live_owner(checkpoint_dir: Path, hold_stage: Any) -> None:
-    manager = _pipeline(checkpoint_dir)
-    holder = hold_stage(checkpoint_dir, "live")
+def test_reset_refuses_a_stage_with_a_live_owner(location: str, hold_stage: Any) -> None:
+    manager = _pipeline(location)
+    holder = hold_stage(location, "live")
     with pytest.raises(CheckpointLockedError, match=f"pid {holder.pid}"):
         manager.reset("live")
     assert sorted(manager.reset_all()) == ["stage1_discovery", "stage2_parse", "stage3_enrich"]
@@ -84,10 +84,10 @@ def test_reset_refuses_a_stage_with_a_live_owner(checkpoint_dir: Path, hold_stag
     cp.close()
 
 
-def test_cleanup_removes_idle_stages_but_not_live_ones(checkpoint_dir: Path,
+def test_cleanup_removes_idle_stages_but_not_live_ones(location: str,
                                                        hold_stage: Any) -> None:
-    manager = _pipeline(checkpoint_dir)
-    hold_stage(checkpoint_dir, "live")
+    manager = _pipeline(location)
+    hold_stage(location, "live")
     assert manager.cleanup(older_than_days=1) == {}
     planned = manager.cleanup(older_than_days=0, dry_run=True)
     assert sorted(planned) == ["stage1_discovery", "stage2_parse", "stage3_enrich"]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_checkpoint import FileStore, Status, read_stage
+from scrapy_checkpoint import Status, read_stage
+from scrapy_checkpoint.stores.base import open_store
 
 from .conftest import PYTHON, SCRIPTS, python_env
 
@@ -24,7 +25,7 @@ CONCURRENCY = 16
 SAVE_EVERY = 10  # the default: at most this many updates sit uncommitted at a kill
 
 
-def _run(directory: Path, log: Path, seed: int, durability: str,
+def _run(directory: str, log: Path, seed: int, durability: str,
          kill_after: int | None) -> tuple[int, bool]:
     """Run the job; SIGKILL it after ``kill_after`` completions. Returns (completions, finished)."""
     proc = subprocess.Popen(
@@ -57,11 +58,11 @@ def _logged(path: Path) -> list[int]:
 @pytest.mark.parametrize(("seed", "durability"), [(1, "fsync"), (2, "fsync"), (3, "fsync"),
                                                   (4, "flush")])
 def test_kill_at_random_moments_loses_nothing_and_redoes_only_the_last_group(
-    tmp_path: Path, seed: int, durability: str
+    tmp_path: Path, location: str, seed: int, durability: str
 ) -> None:
     rng = random.Random(seed)
-    directory = tmp_path / "checkpoints"
-    store = FileStore(directory)
+    directory = location
+    store = open_store(location)
     done_before: set[int] = set()
     all_logged: list[int] = []
     kills = 0

@@ -179,6 +179,7 @@ class FileStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        self.location = str(self.directory)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"

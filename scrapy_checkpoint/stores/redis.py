@@ -1,0 +1,453 @@
+"""The Redis store: the same journal, snapshots and state as the file store, in Redis.
+
+Keys for stage ``s`` under the prefix ``p`` (default ``scrapy_checkpoint``)::
+
+    p:stages            SET of stage names
+    p:s:lock            the owner's token; expires after the lease unless renewed
+    p:s:owner           JSON of the owner (pid, host, start time)
+    p:s:journal         LIST of group records, oldest first
+    p:s:meta            HASH: base (records trimmed into the snapshot so far),
+                        seq (last group appended), version (state writes)
+    p:s:snapshot        the newest snapshot (same bytes as a file snapshot)
+    p:s:snapshot:prev   the one before it
+    p:s:state           JSON of the human-readable state
+    p:s:corrupt         LIST of records set aside as unreadable
+
+A group is appended by a Lua script that checks the caller still holds the
+lock and that the group's sequence number is new, so a retry after a dropped
+connection can never apply a group twice. A snapshot replaces the records it
+covers in one script. Blobs over 100 KB are stored zstandard-compressed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from pydantic import ValidationError
+
+from ..doneset import DoneSet
+from ..errors import CheckpointError, CheckpointLockedError, ConfigError
+from ..journal import decode_group
+from ..state import CheckpointState, Owner, Status
+from .file import Loaded, check_stage_name, decode_snapshot
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+DEFAULT_PREFIX = "scrapy_checkpoint"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COMPRESS_OVER = 100_000
+
+#: Seconds a stage's keys live after its last state write, by status.
+DEFAULT_TTLS = {"active": 48 * 3600, "completed": 3600, "failed": 7 * 24 * 3600}
+
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
+end
+local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], 'seq', ARGV[2])
+return 1
+"""
+
+_SNAPSHOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
+end
+local base = tonumber(redis.call('HGET', KEYS[3], 'base') or '0')
+local covered = tonumber(ARGV[3])
+if covered < base then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[5]) end
+redis.call('SET', KEYS[4], ARGV[2])
+redis.call('LTRIM', KEYS[2], covered - base, -1)
+redis.call('HSET', KEYS[3], 'base', covered)
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def compress(data: bytes) -> bytes:
+    if len(data) <= COMPRESS_OVER:
+        return data
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+def decompress(data: bytes) -> bytes:
+    if data.startswith(_ZSTD_MAGIC):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RedisLock:
+    """A lease on a stage, renewed by a daemon thread while the process lives."""
+
+    def __init__(self, store: RedisStore, stage: str, token: str) -> None:
+        self._store, self._stage, self.token = store, stage, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"checkpoint-lease-{stage}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        store = self._store
+        period = store.lease_seconds / 3
+        while not self._stop.wait(period):
+            try:
+                if not store._renew(keys=[store.key(self._stage, "lock")],
+                                    args=[self.token, int(store.lease_seconds * 1000)]):
+                    logger.error("Stage %s: the Redis lease was lost; another process may own "
+                                 "the stage now.", self._stage)
+                    return
+            except Exception as exc:  # Redis away: keep trying, the lease may still hold
+                logger.warning("Stage %s: cannot renew the Redis lease (%s)", self._stage, exc)
+
+    def release(self, *, unlink: bool = False) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        store = self._store
+        try:
+            store._release(keys=[store.key(self._stage, "lock")], args=[self.token])
+        except Exception as exc:
+            logger.warning("Stage %s: cannot release the Redis lease (%s); it expires by "
+                           "itself.", self._stage, exc)
+
+
+class RedisJournalWriter:
+    """Appends groups to the stage's list; buffers them while Redis is unreachable."""
+
+    def __init__(self, store: RedisStore, stage: str, token: str, seq: int,
+                 buffer_limit: int) -> None:
+        self._store, self._stage, self._token = store, stage, token
+        self.seq = seq
+        self.size = 0
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._pending_bytes = 0
+        self._buffer_limit = buffer_limit
+        self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
+
+    def append(self, payload: bytes) -> None:
+        self.seq += 1
+        self._pending.append((self.seq, payload))
+        self._pending_bytes += len(payload)
+        self.size += len(payload)
+        self.flush()
+
+    def flush(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        while self._pending:
+            seq, payload = self._pending[0]
+            try:
+                self._store._append(keys=self._keys, args=[self._token, seq, payload])
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self._pending_bytes > self._buffer_limit:
+                    raise CheckpointError(
+                        f"Redis at {self._store.location} has been unreachable for "
+                        f"{len(self._pending)} journal groups ({self._pending_bytes} bytes, over "
+                        f"CHECKPOINT_REDIS_BUFFER={self._buffer_limit}); stopping rather than "
+                        f"losing records. Bring Redis back and run again."
+                    ) from exc
+                logger.warning("Redis unreachable (%s); %d group(s) buffered until it is back.",
+                               exc, len(self._pending))
+                return
+            except ResponseError as exc:
+                if "LOST_LOCK" in str(exc):
+                    raise CheckpointLockedError(self._stage, None, None, None) from exc
+                raise
+            self._pending.popleft()
+            self._pending_bytes -= len(payload)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def sync(self) -> None:
+        """Redis persists by its own configuration (use appendonly with fsync everysec)."""
+
+    def fsync(self) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            logger.error("Stage %s: %d journal group(s) could not reach Redis (%s).",
+                         self._stage, len(self._pending), exc)
+
+
+class RedisStore:
+    """Stages kept in Redis (see the module docstring for the key layout).
+
+    ``url`` is a redis-py URL (``redis://[:password@]host:port/db``, ``rediss://`` for
+    TLS, ``unix://``), optionally with ``?prefix=NAME`` to choose the key prefix.
+    """
+
+    def __init__(self, url: str, *, prefix: str | None = None, lease_seconds: float = 60.0,
+                 buffer_bytes: int = 64 << 20, ttls: dict[str, int] | None = None) -> None:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - an install problem, said plainly
+            raise ConfigError("The Redis backend needs redis-py and zstandard: "
+                              "pip install 'scrapy-checkpoint[redis]'.") from None
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = prefix or (query.pop("prefix", [DEFAULT_PREFIX])[0])
+        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        self.location = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        self.directory = self.location
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self.buffer_bytes = buffer_bytes
+        self.ttls = {**DEFAULT_TTLS, **(ttls or {})}
+        # redis-py's annotations are loose (str | bytes | Awaitable everywhere): keep it Any.
+        self.client: Any = redis.Redis.from_url(clean, socket_timeout=10,
+                                                socket_connect_timeout=5, health_check_interval=30)
+        try:
+            self.client.ping()
+        except redis.exceptions.RedisError as exc:
+            raise CheckpointError(f"Cannot reach Redis at {self.location}: {exc}. Start Redis "
+                                  f"or fix CHECKPOINT_BACKEND.") from None
+        self._append = self.client.register_script(_APPEND)
+        self._snapshot = self.client.register_script(_SNAPSHOT)
+        self._renew = self.client.register_script(_RENEW)
+        self._release = self.client.register_script(_RELEASE)
+        self._tokens: dict[str, str] = {}
+        self._writers: dict[str, RedisJournalWriter] = {}
+        self._rotations: dict[tuple[str, int], int] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.location!r}, prefix={self.prefix!r})"
+
+    def key(self, stage: str, part: str) -> str:
+        return f"{self.prefix}:{stage}:{part}"
+
+    def _stage_keys(self, stage: str) -> list[str]:
+        return [self.key(stage, part) for part in
+                ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt")]
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    def lock(self, stage: str, owner: Owner) -> RedisLock:
+        check_stage_name(stage)
+        token = f"{owner.host}:{owner.pid}:{uuid.uuid4().hex}"
+        lock_key = self.key(stage, "lock")
+        ms = int(self.lease_seconds * 1000)
+        if not self.client.set(lock_key, token, nx=True, px=ms):
+            holder = self._owner(stage)
+            # A holder on this host whose process is gone is a crash: take the lease over,
+            # unless someone else changed it meanwhile.
+            if (holder is not None and holder.host == socket.gethostname()
+                    and not _pid_alive(holder.pid) and self._take_over(lock_key, token, ms)):
+                pass
+            else:
+                raise CheckpointLockedError(
+                    stage, holder.pid if holder else None, holder.host if holder else None,
+                    holder.started_at.isoformat() if holder else None)
+        self.client.pipeline().set(self.key(stage, "owner"), owner.model_dump_json()).sadd(
+            f"{self.prefix}:stages", stage).execute()
+        self._tokens[stage] = token
+        return RedisLock(self, stage, token)
+
+    def _take_over(self, lock_key: str, token: str, ms: int) -> bool:
+        from redis.exceptions import WatchError
+
+        with self.client.pipeline() as pipe:
+            try:
+                pipe.watch(lock_key)
+                old = pipe.get(lock_key)
+                pipe.multi()
+                if old is None:
+                    pipe.set(lock_key, token, nx=True, px=ms)
+                else:
+                    pipe.set(lock_key, token, px=ms)
+                return bool(pipe.execute()[0])
+            except WatchError:
+                return False
+
+    def _owner(self, stage: str) -> Owner | None:
+        raw = self.client.get(self.key(stage, "owner"))
+        try:
+            return Owner.model_validate_json(raw) if raw else None
+        except ValidationError:
+            return None
+
+    def live_owner(self, stage: str) -> Owner | None:
+        if not self.client.exists(self.key(stage, "lock")):
+            return None
+        holder = self._owner(stage)
+        if holder is not None and holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+            return None
+        return holder
+
+    def stages(self) -> list[str]:
+        names = sorted(n.decode() for n in self.client.smembers(f"{self.prefix}:stages"))
+        return [n for n in names if self.client.exists(self.key(n, "state"), self.key(n, "journal"),
+                                                        self.key(n, "snapshot"))]
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def write_state(self, stage: str, data: bytes) -> None:
+        """Write the state with optimistic locking on ``meta.version``; refresh the TTLs."""
+        from redis.exceptions import WatchError
+
+        try:
+            status = json.loads(data).get("status")
+        except ValueError:
+            status = None
+        ttl = self.ttls["completed" if status == Status.COMPLETED.value else
+                        "failed" if status == Status.FAILED.value else "active"]
+        meta = self.key(stage, "meta")
+        for _ in range(10):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(meta)
+                    pipe.multi()
+                    pipe.set(self.key(stage, "state"), compress(data))
+                    pipe.hincrby(meta, "version", 1)
+                    for key in self._stage_keys(stage):
+                        if not key.endswith(":lock"):
+                            pipe.expire(key, ttl)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue  # another writer won the race: write again on top of it
+        raise CheckpointError(f"Stage {stage!r}: the state kept changing under us in Redis.")
+
+    def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
+        raw = self.client.get(self.key(stage, "state"))
+        if raw is None:
+            return None, []
+        try:
+            return CheckpointState.model_validate_json(decompress(raw)), []
+        except (ValidationError, ValueError) as exc:
+            return None, [f"the state in Redis is damaged ({exc})"]
+
+    # -- journal and snapshots ----------------------------------------------------------------------
+
+    def load(self, stage: str) -> Loaded:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.key(stage, "snapshot"))
+            pipe.hgetall(self.key(stage, "meta"))
+            pipe.lrange(self.key(stage, "journal"), 0, -1)
+            pipe.exists(self.key(stage, "state"))
+            blob, meta, records, has_state = pipe.execute()
+        meta = {k.decode(): int(v) for k, v in meta.items()}
+        problems: list[str] = []
+        header, done, snap_bytes = None, DoneSet(), 0
+        if blob is not None:
+            try:
+                header, done = decode_snapshot(decompress(blob))
+                snap_bytes = len(blob)
+            except ValueError as exc:
+                problems.append(f"the snapshot in Redis is damaged ({exc})")
+                header, done = None, DoneSet()
+        loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
+                        problems=problems)
+        good = 0
+        for record in records:
+            try:
+                decode_group(record)
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(f"unreadable journal record {meta.get('base', 0) + good} ({exc}); "
+                                f"later records ignored")
+                break
+            loaded.payloads.append(record)
+            good += 1
+        loaded.good_bytes = good
+        loaded.dropped_bytes = sum(len(r) for r in records[good:])
+        loaded.generation = meta.get("seq", 0)
+        return loaded
+
+    def set_aside(self, stage: str, loaded: Loaded) -> None:
+        journal = self.key(stage, "journal")
+        tail = self.client.lrange(journal, loaded.good_bytes, -1)
+        if tail:
+            self.client.pipeline().rpush(self.key(stage, "corrupt"), *tail).ltrim(
+                journal, 0, loaded.good_bytes - 1).execute()
+
+    def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
+                     buffered: bool) -> RedisJournalWriter:
+        token = self._tokens.get(stage)
+        if token is None:
+            raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
+        previous = self._writers.get(stage)
+        if previous is not None and gen > 0 and truncate_at is None:
+            # A compaction: the snapshot covers every record in Redis. While records wait in
+            # the backlog (Redis away) it would cover records not yet there: skip it then.
+            if not previous.backlog:
+                meta = self.client.hgetall(self.key(stage, "meta"))
+                self._rotations[(stage, gen)] = int(meta.get(b"base", 0)) + self.client.llen(
+                    self.key(stage, "journal"))
+            previous.size = 0
+            writer = previous
+        else:
+            seq = int(self.client.hget(self.key(stage, "meta"), "seq") or 0)
+            writer = RedisJournalWriter(self, stage, token, seq, self.buffer_bytes)
+        self._writers[stage] = writer
+        return writer
+
+    def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+        covered = self._rotations.pop((stage, gen), None)
+        if covered is None:
+            return
+        self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
+                             self.key(stage, "meta"), self.key(stage, "snapshot"),
+                             self.key(stage, "snapshot:prev")],
+                       args=[self._tokens[stage], compress(blob), covered])
+
+    def retain(self, stage: str, keep: int) -> None:
+        """Redis keeps the newest snapshot and the one before it."""
+
+    def remove(self, stage: str) -> None:
+        self.client.pipeline().delete(*[k for k in self._stage_keys(stage) if not k.endswith(":lock")]
+                                      ).srem(f"{self.prefix}:stages", stage).execute()
+        self._writers.pop(stage, None)
+
+    def disk_usage(self, stage: str) -> dict[str, int]:
+        usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
+        for part, field in (("journal", "journal_bytes"), ("snapshot", "snapshot_bytes"),
+                            ("snapshot:prev", "snapshot_bytes"), ("state", "state_bytes")):
+            usage[field] += int(self.client.memory_usage(self.key(stage, part)) or 0)
+        return usage
+
+
+__all__ = ["RedisStore", "compress", "decompress"]
