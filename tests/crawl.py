@@ -26,15 +26,24 @@ class CrawlRun:
 
 @dataclass
 class Outputs:
-    """The durable outputs of a crawl in one directory."""
+    """The durable outputs of a crawl in one directory (the checkpoint too, or in Redis)."""
 
     directory: Path
+    backend: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the crawl's checkpoint lives (for open_store)."""
+        return self.backend or str(self.directory / "checkpoints")
 
     @property
     def args(self) -> list[str]:
         d = self.directory
-        return ["-o", f"{d / 'items.jl'}", "-o", f"{d / 'items.csv'}",
+        args = ["-o", f"{d / 'items.jl'}", "-o", f"{d / 'items.csv'}",
                 "-s", f"CHECKPOINT_OUTPUT={d / 'own.jl'}", "-s", f"CHECKPOINT_DIR={d / 'checkpoints'}"]
+        if self.backend:
+            args += ["-s", f"CHECKPOINT_BACKEND={self.backend}"]
+        return args
 
     def jsonlines(self, name: str) -> list[int]:
         """Pages in a JSON lines output; fails on a partial or unparsable line."""

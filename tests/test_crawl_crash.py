@@ -9,6 +9,7 @@ never fetched again.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
 from scrapy_checkpoint import FileStore, Status, read_stage
+from scrapy_checkpoint.stores.base import open_store
 
+from .conftest import drop_redis_prefix, redis_location, require_redis
 from .crawl import Outputs, crawl, double_sigint, sigint, sigkill, sigterm
 from .site import Site
 
@@ -35,7 +38,7 @@ def site() -> Iterator[Site]:
 
 def _done_pages(outputs: Outputs, site: Site) -> set[int]:
     """Pages the checkpoint on disk records as done."""
-    view = read_stage(FileStore(outputs.directory / "checkpoints"), "site")
+    view = read_stage(open_store(outputs.location), "site")
     fingerprint = RequestFingerprinter().fingerprint
     return {p for p in range(N_PAGES) if view.is_done(fingerprint(Request(f"{site.url}/p/{p}")))}
 
@@ -47,13 +50,23 @@ def _assert_exact(outputs: Outputs) -> None:
     assert sorted(outputs.csv_pages()) == list(range(N_PAGES)), "items.csv: lost or duplicated items"
 
 
+@pytest.fixture
+def redis_backend() -> Iterator[str]:
+    require_redis()
+    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
+    yield redis_location(prefix)
+    drop_redis_prefix(prefix)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize(("seed", "store"), [(11, "file"), (12, "file"), (13, "file"),
+                                             (14, "redis")])
 def test_kill_during_crawl_loses_no_item_and_refetches_only_in_flight_pages(
-    tmp_path: Path, site: Site, seed: int
+    tmp_path: Path, site: Site, seed: int, store: str, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(seed)
-    outputs = Outputs(tmp_path)
+    backend = request.getfixturevalue("redis_backend") if store == "redis" else None
+    outputs = Outputs(tmp_path, backend)
     all_hits: dict[int, int] = {}
     done_before: set[int] = set()
     kills = 0
@@ -78,7 +91,7 @@ def test_kill_during_crawl_loses_no_item_and_refetches_only_in_flight_pages(
     extra = sum(all_hits.values()) - N_PAGES
     assert extra <= kills * (2 * CONCURRENCY + SAVE_EVERY), f"{extra} extra fetches"
     _assert_exact(outputs)
-    state = read_stage(FileStore(tmp_path / "checkpoints"), "site").state
+    state = read_stage(open_store(outputs.location), "site").state
     assert state.status is Status.COMPLETED
     assert state.done_units == N_PAGES
     assert state.pending_units == 0
