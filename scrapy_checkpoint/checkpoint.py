@@ -77,6 +77,7 @@ class EnhancedCheckpoint:
         **options: Any,
     ) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
+        self._owns_store = store is None
         self.store: Store = (store if store is not None
                              else open_store(backend if backend not in (None, "file") else checkpoint_dir))
         self.stage: str | None = check_stage_name(stage) if stage is not None else None
@@ -532,6 +533,9 @@ class EnhancedCheckpoint:
                 self._lock.release()
                 self._lock = None
             self._live = None
+            closer = getattr(self.store, "close", None)
+            if self._owns_store and closer is not None:
+                closer()
 
     def __enter__(self) -> EnhancedCheckpoint:
         return self

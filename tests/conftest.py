@@ -74,14 +74,17 @@ def require_redis() -> None:
     """Skip when no Redis answers, with the reason; under CI=true that is a failure."""
     import redis
 
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        client.ping()
     except redis.exceptions.RedisError as exc:
         message = (f"no Redis at {REDIS_URL} ({exc}); start redis-server or set REDIS_URL "
                    f"to run the Redis store tests")
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    finally:
+        client.close()
 
 
 def redis_location(prefix: str) -> str:
@@ -96,6 +99,7 @@ def drop_redis_prefix(prefix: str) -> None:
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
         client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture(params=["file", "redis"])

@@ -257,6 +257,10 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self.prefix!r})"
 
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
     def key(self, stage: str, part: str) -> str:
         return f"{self.prefix}:{stage}:{part}"
 

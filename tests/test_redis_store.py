@@ -1,0 +1,179 @@
+"""The Redis store's own promises: atomic, idempotent group commits; outages; clear errors.
+
+Everything else the file store proves runs against Redis too (the ``location``
+fixture parametrises those tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint, Status, read_stage
+from scrapy_checkpoint.stores.redis import RedisStore, compress, decompress
+
+from .conftest import PYTHON, SCRIPTS, python_env, redis_location, require_redis
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that can drop the connection after forwarding a command,
+    before Redis's reply reaches the client: the client cannot tell if it ran."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut_after: bytes | None = None
+        self.cuts = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if from_client and self.cut_after is not None and self.cut_after in data:
+                    self.cut_after = None
+                    self.cuts += 1
+                    time.sleep(0.05)  # let Redis run the command; its reply is then lost
+                    for sock in (src, dst):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+        except OSError:
+            pass
+        finally:
+            src.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    require_redis()
+    prefix = f"sctest-{os.urandom(6).hex()}"
+    yield redis_location(prefix)
+    client = redis.Redis.from_url(redis_location(prefix).split("?")[0])
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def test_a_group_whose_reply_was_lost_is_applied_exactly_once(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    port = store.client.connection_pool.connection_kwargs["port"]
+    proxy = CuttingProxy(port)
+    try:
+        proxied = redis_url.replace(f":{port}/", f":{proxy.port}/")
+        cp = EnhancedCheckpoint(proxied, "s", log_every=0, save_every=10)
+        cp.start(total_items=30)
+        for i in range(10):
+            cp.update(processed=1, successful=1, index=i)
+        proxy.cut_after = b"EVALSHA"  # the next group's append loses its reply
+        for i in range(10, 20):
+            cp.update(processed=1, successful=1, index=i)
+        assert proxy.cuts == 1
+        for i in range(20, 30):  # the next append retries the buffered group first
+            cp.update(processed=1, successful=1, index=i)
+        cp.complete()
+        cp.close()
+    finally:
+        proxy.close()
+    reader = RedisStore(redis_url)
+    state = read_stage(reader, "s").state
+    reader.close()
+    store.close()
+    assert state.progress.processed_items == 30  # not 40: the retried group counted once
+    assert state.done_units == 30
+    assert state.status is Status.COMPLETED
+
+
+def test_an_unreachable_redis_at_start_is_a_clear_error() -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    with pytest.raises(CheckpointError, match=rf"Cannot reach Redis at {url}.*CHECKPOINT_BACKEND"):
+        EnhancedCheckpoint(url, "s")
+
+
+def test_large_blobs_are_compressed_and_read_back() -> None:
+    small, large = b"x" * 100, os.urandom(64) * 4000
+    assert compress(small) == small
+    assert compress(large) != large
+    assert decompress(compress(large)) == large
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
+    port = _free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    server_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                  "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+
+    def start_server() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port)
+        for _ in range(500):
+            try:
+                client.ping()
+                client.close()
+                return proc
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)  # polls the server until it answers
+        raise AssertionError("redis-server did not start")
+
+    server = start_server()
+    url = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "work.log"
+    job = subprocess.Popen(
+        [PYTHON, str(SCRIPTS / "tracker_job.py"), url, "stage3", "3000", str(log), "8", "5",
+         "fsync"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
+    try:
+        assert job.stdout is not None
+        for n, _ in enumerate(job.stdout):
+            if n == 500:
+                server.terminate()  # Redis goes away mid-run ...
+                server.wait(timeout=30)
+                server = start_server()  # ... and comes back with its append-only file
+                break
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err.decode()[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    server = start_server()
+    try:
+        reader = RedisStore(url)
+        state = read_stage(reader, "stage3").state
+        reader.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    done = [int(x) for x in log.read_text().split()]
+    assert sorted(set(done)) == list(range(3000))
+    assert state.status is Status.COMPLETED
+    assert state.progress.processed_items == 3000
+    assert state.done_units == 3000
