@@ -159,7 +159,7 @@ def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
                 server.wait(timeout=30)
                 server = start_server()  # ... and comes back with its append-only file
                 break
-        out, err = job.communicate(timeout=300)
+        _, err = job.communicate(timeout=300)
         assert job.returncode == 0, err.decode()[-3000:]
     finally:
         server.terminate()
