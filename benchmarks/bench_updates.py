@@ -29,8 +29,9 @@ How
     Each measurement runs in a fresh temporary directory (``--dir`` picks where;
     it should be on the disk you care about, not a tmpfs). The configurations
     are interleaved within each round; the table shows the median of
-    ``--rounds`` rounds, the min..max spread, and ratios to the naive baseline
-    and to the default mode.
+    ``--rounds`` rounds, the min..max spread, ratios to the naive baseline and
+    to the default mode, and updates per CPU-second (the loop's process CPU
+    time, which other load on the machine disturbs less than wall time).
 
     ``--profile`` also runs the default mode once under cProfile and prints its
     top costs (profiling slows it down: read the shares, not the times).
@@ -73,6 +74,8 @@ class Sample:
     updates: int
     seconds: float
     close_seconds: float
+    #: CPU time of the loop (all threads): less sensitive than wall time to other load.
+    cpu_seconds: float = 0.0
     fsyncs_loop: int = 0
     fsyncs_close: int = 0
     groups: int | None = None
@@ -80,6 +83,10 @@ class Sample:
     @property
     def rate(self) -> float:
         return self.updates / self.seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        return self.updates / self.cpu_seconds
 
 
 class FsyncCounter:
@@ -118,10 +125,10 @@ def run_ours(mode: str, n: int, parent: str) -> Sample:
         groups_before = journal_groups(tmp)
         fsyncs.count = 0
         update = cp.update
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             update(processed=1, successful=1, index=i)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         cp.drain_io()  # fsyncs the loop queued count for the loop, not for close()
         fsyncs_loop = fsyncs.count
         # In "none" mode groups wait in a process buffer, so the file does not show them.
@@ -129,7 +136,8 @@ def run_ours(mode: str, n: int, parent: str) -> Sample:
         t0 = time.perf_counter()
         cp.close()
         close_seconds = time.perf_counter() - t0
-        return Sample(n, seconds, close_seconds, fsyncs_loop, fsyncs.count - fsyncs_loop, groups)
+        return Sample(n, seconds, close_seconds, cpu, fsyncs_loop, fsyncs.count - fsyncs_loop,
+                      groups)
 
 
 def sustained_fsync(seconds: float, parent: str) -> Sample:
@@ -147,7 +155,7 @@ def sustained_fsync(seconds: float, parent: str) -> Sample:
             n += 10_000
         elapsed = time.perf_counter() - t0
         cp.drain_io()
-        sample = Sample(n, elapsed, 0.0, fsyncs.count, 0, journal_groups(tmp) - groups_before)
+        sample = Sample(n, elapsed, 0.0, 0.0, fsyncs.count, 0, journal_groups(tmp) - groups_before)
         cp.close()
         return sample
 
@@ -181,7 +189,7 @@ def run_naive(n: int, parent: str) -> Sample:
         state: dict[str, Any] = {"processed": 0, "successful": 0, "failed": 0, "skipped": 0,
                                  "last_index": None, "processed_indexes": []}
         done: list[int] = state["processed_indexes"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             state["processed"] += 1
             state["successful"] += 1
@@ -189,10 +197,10 @@ def run_naive(n: int, parent: str) -> Sample:
             done.append(i)
             if (i + 1) % SAVE_EVERY == 0:
                 naive_save(path, state)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
         naive_save(path, state)  # the final save, its counterpart of close()
-        return Sample(n, seconds, time.perf_counter() - t0)
+        return Sample(n, seconds, time.perf_counter() - t0, cpu)
 
 
 def measure(rounds: int, n: int, n_naive: int, parent: str) -> dict[str, list[Sample]]:
@@ -221,13 +229,14 @@ def report(samples: dict[str, list[Sample]]) -> float:
     naive = rates["naive JSON rewrite"]
     default = rates[f"ours, durability={DEFAULT_MODE}"]
     headers = ["configuration", "updates", "median upd/s", "min..max upd/s", "x naive",
-               "x default", "close() ms", "fsync/update", "groups/round"]
+               "x default", "upd/CPU-s", "close() ms", "fsync/update", "groups/round"]
     rows = []
     for name, ss in samples.items():
         groups = ss[0].groups
         rows.append([
             name, f"{ss[0].updates:,}", f"{rates[name]:,.0f}", spread([s.rate for s in ss]),
             f"{rates[name] / naive:.1f}", f"{rates[name] / default:.2f}",
+            f"{median([s.cpu_rate for s in ss]):,.0f}",
             f"{median([s.close_seconds for s in ss]) * 1000:.1f}",
             "-" if name.startswith("naive") else fsync_cell(ss),
             "-" if groups is None else f"{groups:,}",

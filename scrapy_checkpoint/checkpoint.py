@@ -644,10 +644,12 @@ class EnhancedCheckpoint:
         ts = walltime()
         fields["ts"] = ts
         live.updated_ts = ts
-        writer.append(encode_group(self._g_done, self._g_failed, fields))
+        payload = encode_group(self._g_done, self._g_failed, fields)
+        # Detach the group first: if the append fails, it must not be sent again with the next.
         self._g_done, self._g_failed, self._g_fields = [], [], {}
         self._g_counts = [0, 0, 0, 0]
         self._g_updates = 0
+        writer.append(payload)
         self._last_commit = now
         self._latencies.append(monotonic() - began)
         self._dirty = True

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 from itemadapter import ItemAdapter
 from scrapy import Request, Spider, signals
@@ -27,7 +27,7 @@ from ._engine import hook_request_lifecycle
 from ._keys import key_code
 from .checkpoint import EnhancedCheckpoint
 from .doneset import DoneSet
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .outputs import DurableOutput, UnitRouter
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 from .settings import CheckpointSettings
@@ -68,7 +68,11 @@ class CheckpointExtension:
         # Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
         self._unfiltered: set[int] = set()
         self._just_registered: Request | None = None
+        # The request objects that carry a unit: scheduled through request_scheduled. Others
+        # (an inline engine.download() with copied meta) must not start or finish it.
+        self._registered: WeakSet[Request] = WeakSet()
         self._skipped = 0
+        self._stopping = False
         self._continued: dict[int, int] = {}  # unit -> retries/continuations queued
         self._failures: set[int] = set()
         self._ignored: set[int] = set()
@@ -144,6 +148,7 @@ class CheckpointExtension:
             raise
         live = cp.live
         self._inflight_at_crash = live.started & live.pending.keys()
+        self._cut_outputs(live.outputs)
         cp.add_commit_hook(self._before_commit)
         cp.add_sync_hook(self._output_fds)
         self.cp = cp
@@ -153,35 +158,41 @@ class CheckpointExtension:
 
     # -- outputs -------------------------------------------------------------------------------
 
+    def _cut_outputs(self, recorded: dict[str, list[int]]) -> None:
+        """Cut every output this stage wrote back to its committed length: the bytes after
+        it belong to requests that run again (even if this run never reopens the file)."""
+        for key, (_, length) in recorded.items():
+            size = os.path.getsize(key) if os.path.exists(key) else 0
+            if size > length:
+                with open(key, "r+b") as f:
+                    f.seek(length)
+                    lines = f.read().count(b"\n")
+                    f.truncate(length)
+                logger.info("Output %s: removing %d line(s) written after the last commit; "
+                            "their requests run again.", key, lines)
+                self.stats.inc_value("checkpoint/output_lines_rolled_back", lines)
+            elif size < length:
+                logger.error("Output %s is %d bytes but %d were committed: items of finished "
+                             "requests are missing (was the disk lost?). Writing on from its end.",
+                             key, size, length)
+
     def open_output(self, path: str, *, overwrite: bool, has_header: bool) -> DurableOutput:
-        """A durable output at ``path``, cut back to its committed length on resume."""
+        """A durable output at ``path``, at its committed length (see :meth:`_cut_outputs`)."""
         assert self.cp is not None
         key = os.path.abspath(path)
         if key in self.outputs and not self.outputs[key].closed:
             return self.outputs[key]
         size = os.path.getsize(key) if os.path.exists(key) else 0
         recorded = self.cp.live.outputs.get(key)
-        drop_header = False
         if recorded is None:  # first time this stage writes the file
             base = 0 if overwrite else size
             length = base
             self.cp.record_output(key, base, length)
         else:
             base, length = recorded
-            if size < length:
-                logger.error("Output %s is %d bytes but %d were committed: items of finished "
-                             "requests are missing (was the disk lost?). Writing on from its end.",
-                             key, size, length)
-                length = size
-            elif size > length:
-                with open(key, "rb") as f:
-                    f.seek(length)
-                    lines = f.read().count(b"\n")
-                logger.info("Output %s: removing %d line(s) written after the last commit; "
-                            "their requests run again.", key, lines)
-                self.stats.inc_value("checkpoint/output_lines_rolled_back", lines)
-            drop_header = has_header and length > base
-        output = DurableOutput(key, self.router, length=length, drop_first_write=drop_header)
+            length = min(length, size)
+        output = DurableOutput(key, self.router, length=length, header=has_header,
+                               drop_header=has_header and length > base)
         self.outputs[key] = output
         self._recorded_lengths[key] = length
         return output
@@ -276,6 +287,7 @@ class CheckpointExtension:
             return
         meta = request.meta
         if meta.get(IGNORE_META):
+            meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
             return
         cp = self.cp
         assert cp is not None
@@ -290,13 +302,18 @@ class CheckpointExtension:
             return
         if code in self._live:
             if meta.get(UNIT_META) == code and request.dont_filter:
-                # A retry (or the same unit continued): it finishes the unit, not the original.
+                # A retry (or the same unit continued): it finishes the unit, not the original,
+                # and its own outcome is the unit's.
                 self._continued[code] = self._continued.get(code, 0) + 1
+                self._failures.discard(code)
+                self._ignored.discard(code)
+                self._registered.add(request)
                 return
             self._drop_duplicate(request, code)
             return
         meta[UNIT_META] = code
         self._live.add(code)
+        self._registered.add(request)
         self._just_registered = request
         if request.dont_filter:
             self._unfiltered.add(code)
@@ -358,13 +375,14 @@ class CheckpointExtension:
 
     def _request_started(self, request: Request) -> None:
         code = request.meta.get(UNIT_META)
-        if code in self._live and self.cp is not None:
+        if code in self._live and self.cp is not None and request in self._registered:
             self.cp.start_unit(code)
 
     def _request_finished(self, request: Request) -> None:
         code = request.meta.get(UNIT_META)
-        if code not in self._live or self.cp is None:
+        if code not in self._live or self.cp is None or request not in self._registered:
             return
+        self._registered.discard(request)
         continued = self._continued.get(code)
         if continued:
             if continued == 1:
@@ -376,16 +394,32 @@ class CheckpointExtension:
         self._done_here.add_new(code)
         for output in self.outputs.values():
             output.release(code)
-        if code in self._failures:
-            self._failures.discard(code)
-            self.cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
-            self.stats.inc_value("checkpoint/failed")
-        elif code in self._ignored:
-            self._ignored.discard(code)
-            self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
-        else:
-            self.cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+        try:
+            if code in self._failures:
+                self._failures.discard(code)
+                self.cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
+                self.stats.inc_value("checkpoint/failed")
+            elif code in self._ignored:
+                self._ignored.discard(code)
+                self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+            else:
+                self.cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+        except CheckpointError as exc:
+            self._stop(exc)
+            return
         self.stats.inc_value("checkpoint/done")
+
+    def _stop(self, exc: Exception) -> None:
+        """The checkpoint cannot record progress: stop the crawl (resumable) rather than
+        crawl on with nothing recorded."""
+        if self._stopping:
+            return
+        self._stopping = True
+        logger.error("Stage %s: %s The crawl stops; run the same command again to resume.",
+                     self.stage, exc)
+        from scrapy.utils.defer import deferred_from_coro
+
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
 
     # -- progress and close -----------------------------------------------------------------------
 

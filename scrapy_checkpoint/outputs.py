@@ -40,25 +40,29 @@ class UnitRouter:
 class DurableOutput:
     """A file written per unit; see the module docstring.
 
-    ``drop_first_write`` skips the first write of this run (a CSV header that
-    the file already has).
+    With ``header``, the first write of this run is a header line (CSV): it is
+    written at once, outside any request, or dropped with ``drop_header`` when the
+    file already has it.
     """
 
     def __init__(self, path: str, router: UnitRouter, *, length: int,
-                 drop_first_write: bool = False) -> None:
+                 header: bool = False, drop_header: bool = False) -> None:
         self.path = path
         self._router = router
         self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
         self._file.truncate(length)
         self._file.seek(0, os.SEEK_END)  # truncate() does not move the position tell() reports
         self._pending: dict[int, list[bytes]] = {}
-        self._drop_first_write = drop_first_write
+        self._header = header
+        self._drop_header = drop_header
         self._closed_length: int | None = None
         self.length = length
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._drop_first_write:
-            self._drop_first_write = False
+        if self._header:
+            self._header = False
+            if not self._drop_header:
+                self._file.write(data)
             return len(data)
         unit = self._router.current
         if unit is None:
@@ -139,13 +143,17 @@ class CheckpointFeedStorage(FileFeedStorage):
 
     def open(self, spider: Spider) -> IO[bytes]:
         ext = _extension(self._crawler) if self._crawler is not None else None
-        if ext is not None and ext.skipping_completed:
-            self.write_mode = "ab"  # a skipped run must not empty the completed crawl's feed
+        if ext is not None and not ext.active:
+            # A skipped run, or a feed opened after the checkpoint closed (FEED_STORE_EMPTY):
+            # never empty what earlier runs committed.
+            self.write_mode = "ab"
         if ext is None or not ext.active:
             return super().open(spider)
         options = self._feed_options
-        if self._format not in LINE_FORMATS or options.get("batch_item_count"):
+        if (self._format not in LINE_FORMATS or options.get("batch_item_count")
+                or options.get("postprocessing")):
             why = ("batches (FEED_EXPORT_BATCH_ITEM_COUNT)" if options.get("batch_item_count")
+                   else "postprocessing" if options.get("postprocessing")
                    else f"format {self._format!r}")
             ext.warn_once(f"feed:{why}", f"Feed {self.path!r} uses {why}, which scrapy-checkpoint "
                           f"cannot make crash-safe: as in plain Scrapy, a crash can lose or "

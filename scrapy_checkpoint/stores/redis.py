@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from ..doneset import DoneSet
-from ..errors import CheckpointError, CheckpointLockedError, ConfigError
+from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from ..journal import decode_group
 from ..state import CheckpointState, Owner, Status
 from .file import Loaded, check_stage_name, decode_snapshot
@@ -382,8 +382,17 @@ class RedisStore:
                 header, done = decode_snapshot(decompress(blob))
                 snap_bytes = len(blob)
             except ValueError as exc:
-                problems.append(f"the snapshot in Redis is damaged ({exc})")
                 header, done = None, DoneSet()
+                if meta.get("base", 0):
+                    raise CorruptCheckpointError(
+                        f"The snapshot of stage {stage!r} in Redis is damaged ({exc}) and the "
+                        f"journal before it was trimmed, so the stage cannot be rebuilt. Reset "
+                        f"the stage to start over.") from None
+                problems.append(f"the snapshot in Redis is damaged ({exc}); replaying the journal")
+        if blob is None and meta.get("base", 0):
+            raise CorruptCheckpointError(
+                f"The snapshot of stage {stage!r} is missing from Redis and the journal before it "
+                f"was trimmed, so the stage cannot be rebuilt. Reset the stage to start over.")
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems)
         good = 0
@@ -418,9 +427,10 @@ class RedisStore:
             # A compaction: the snapshot covers every record in Redis. While records wait in
             # the backlog (Redis away) it would cover records not yet there: skip it then.
             if not previous.backlog:
-                meta = self.client.hgetall(self.key(stage, "meta"))
-                self._rotations[(stage, gen)] = int(meta.get(b"base", 0)) + self.client.llen(
-                    self.key(stage, "journal"))
+                with self.client.pipeline(transaction=True) as pipe:  # one consistent read
+                    base, length = pipe.hget(self.key(stage, "meta"), "base").llen(
+                        self.key(stage, "journal")).execute()
+                self._rotations[(stage, gen)] = int(base or 0) + int(length)
             previous.size = 0
             writer = previous
         else:
@@ -442,7 +452,9 @@ class RedisStore:
         """Redis keeps the newest snapshot and the one before it."""
 
     def remove(self, stage: str) -> None:
-        self.client.pipeline().delete(*[k for k in self._stage_keys(stage) if not k.endswith(":lock")]
+        # The caller holds the lock: keep it and the owner record that names it.
+        keep = (":lock", ":owner")
+        self.client.pipeline().delete(*[k for k in self._stage_keys(stage) if not k.endswith(keep)]
                                       ).srem(f"{self.prefix}:stages", stage).execute()
         self._writers.pop(stage, None)
 
