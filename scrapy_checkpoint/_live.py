@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .doneset import DoneSet
-from .journal import decode_group
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.file import Loaded
 
@@ -72,14 +71,16 @@ class LiveState:
             live.pending = {int(code): payload for code, payload in header.get("pending", ())}
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
-        for payload in loaded.payloads:  # validated by the store's scan
-            group = decode_group(payload)
-            live.apply(group.done, group.failed, group.fields)
+        for group in loaded.payloads:  # decoded (and so validated) by the store's scan
+            live.apply(group.done, group.failed, group.fields, replay=True)
         return live
 
     # -- applying a group ------------------------------------------------------------
 
-    def apply(self, done: list[int], failed: list[int], fields: dict[str, Any]) -> None:
+    def apply(self, done: list[int], failed: list[int], fields: dict[str, Any], *,
+              replay: bool = False) -> None:
+        """Apply one group. In ``replay`` its done codes are known to be new (the writer
+        refuses a unit that is already done), so they are added without a lookup."""
         info = self.info
         if "init" in fields:
             # A stage (re)created: start from its initial state and nothing done.
@@ -139,14 +140,19 @@ class LiveState:
         for name, value in updates.items():
             setattr(info, name, value)
         pending, started = self.pending, self.started
-        add = self.done.add_new
-        contains = self.done.__contains__
-        for code in done:
-            if not contains(code):
-                add(code)
-            if pending:
+        if replay:
+            self.done.add_many_new(done)
+        else:
+            add, contains = self.done.add_new, self.done.__contains__
+            for code in done:
+                if not contains(code):
+                    add(code)
+        if pending:
+            for code in done:
                 pending.pop(code, None)
                 started.discard(code)
+        add = self.done.add_new
+        contains = self.done.__contains__
         for code in failed:
             if not contains(code):
                 add(code)

@@ -52,6 +52,13 @@ class DoneSet:
         if len(recent) > _MIN_RECENT and len(recent) > len(self._base) >> 2:
             self.compact()
 
+    def add_many_new(self, codes: Iterable[int]) -> None:
+        """Add codes known to be absent (journal replay)."""
+        recent = self._recent
+        recent.update(codes)
+        if len(recent) > _MIN_RECENT and len(recent) > len(self._base) >> 2:
+            self.compact()
+
     def discard_many(self, codes: Iterable[int]) -> None:
         drop = set(codes)
         if not drop:
@@ -63,10 +70,22 @@ class DoneSet:
         """Merge the recent additions into the sorted array."""
         if not self._recent:
             return
-        merged = self._base.tolist()
-        merged.extend(self._recent)
-        merged.sort()  # timsort: one sorted run plus a short tail, close to linear
-        self._base = array("Q", merged)
+        new = sorted(self._recent)
+        base = self._base
+        if not base or new[0] > base[-1]:  # e.g. indexes done in order: append
+            base.extend(new)
+        else:
+            # Merge without turning the whole array into Python ints (36+ bytes each):
+            # copy the runs of the old array between the insertion points.
+            merged = array("Q")
+            start = 0
+            for code in new:
+                i = bisect_left(base, code, start)
+                merged.extend(base[start:i])
+                merged.append(code)
+                start = i
+            merged.extend(base[start:])
+            self._base = merged
         self._recent = set()
 
     def to_bytes(self) -> bytes:

@@ -39,7 +39,7 @@ def frame(payload: bytes) -> bytes:
 class SegmentScan:
     """What a segment holds: its good records and where they end."""
 
-    payloads: list[bytes] = field(default_factory=list)
+    payloads: list[Any] = field(default_factory=list)
     #: Offset just after the last good frame (where appending must resume).
     good_bytes: int = 0
     #: Bytes after ``good_bytes`` that were not replayed.
@@ -48,9 +48,10 @@ class SegmentScan:
     problem: str | None = None
 
 
-def scan_segment(data: bytes, validate: Callable[[bytes], object] | None = None) -> SegmentScan:
+def scan_segment(data: bytes, decode: Callable[[bytes], Any] | None = None) -> SegmentScan:
     """Split a segment into payloads, stopping at the first bad frame (or the first
-    payload ``validate`` rejects with ValueError). Never raises."""
+    payload ``decode`` rejects with ValueError); with ``decode``, ``payloads`` holds what
+    it returned. Never raises."""
     scan = SegmentScan()
     if len(data) < len(SEGMENT_MAGIC) or not data.startswith(SEGMENT_MAGIC):
         scan.dropped_bytes = len(data)
@@ -73,10 +74,10 @@ def scan_segment(data: bytes, validate: Callable[[bytes], object] | None = None)
         if zlib.crc32(payload) != crc:
             scan.problem = "checksum mismatch"
             break
-        record = bytes(payload)
-        if validate is not None:
+        record: Any = bytes(payload) if decode is None else payload
+        if decode is not None:
             try:
-                validate(record)
+                record = decode(record)
             except (ValueError, KeyError, TypeError, struct.error) as exc:
                 scan.problem = f"unreadable record ({exc})"
                 break
@@ -105,6 +106,9 @@ def _codes_from(data: memoryview) -> list[int]:
     return a.tolist()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode_group(done: list[int], failed: list[int], fields: dict[str, Any]) -> bytes:
     """One group: counters and other fields as JSON, unit codes as packed uint64.
 
@@ -114,7 +118,7 @@ def encode_group(done: list[int], failed: list[int], fields: dict[str, Any]) -> 
     header = dict(fields)
     header["d"] = len(done)
     header["f"] = len(failed)
-    head = json.dumps(header, separators=(",", ":"), default=str).encode()
+    head = _ENCODER.encode(header).encode()
     return b"".join((_GROUP_HEADER.pack(len(head)), head, _codes_bytes(done), _codes_bytes(failed)))
 
 
@@ -125,11 +129,11 @@ class Group:
     fields: dict[str, Any]
 
 
-def decode_group(payload: bytes) -> Group:
+def decode_group(payload: bytes | memoryview) -> Group:
     """Inverse of :func:`encode_group`. Raises ValueError on a malformed payload."""
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
-    fields = json.loads(payload[start : start + hlen])
+    fields = json.loads(bytes(payload[start : start + hlen]))
     if not isinstance(fields, dict):
         raise ValueError("group header is not an object")
     n_done, n_failed = int(fields.pop("d")), int(fields.pop("f"))

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from ..doneset import DoneSet
 from ..errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
-from ..journal import SegmentScan, SegmentWriter, decode_group, scan_segment
+from ..journal import Group, SegmentScan, SegmentWriter, decode_group, scan_segment
 from ..state import CheckpointState, Owner
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -97,8 +97,8 @@ class Loaded:
     done: DoneSet
     snapshot_generation: int
     snapshot_bytes: int
-    #: Group payloads of the journal segments after the snapshot, in order.
-    payloads: list[bytes] = field(default_factory=list)
+    #: Decoded groups of the journal after the snapshot, in order.
+    payloads: list[Group] = field(default_factory=list)
     #: Segment to append to and the offset where its good records end.
     generation: int = 0
     good_bytes: int = 0

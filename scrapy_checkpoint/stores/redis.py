@@ -398,12 +398,11 @@ class RedisStore:
         good = 0
         for record in records:
             try:
-                decode_group(record)
+                loaded.payloads.append(decode_group(record))
             except (ValueError, KeyError, TypeError) as exc:
                 problems.append(f"unreadable journal record {meta.get('base', 0) + good} ({exc}); "
                                 f"later records ignored")
                 break
-            loaded.payloads.append(record)
             good += 1
         loaded.good_bytes = good
         loaded.dropped_bytes = sum(len(r) for r in records[good:])
