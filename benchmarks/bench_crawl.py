@@ -227,6 +227,7 @@ class JsonFileStats(MemoryStatsCollector):
 #: back into (the feed exporter), and writes the totals to that file at exit.
 ATTRIBUTE_CODE = '''\
 import atexit
+import inspect
 import json
 import os
 import time
@@ -247,11 +248,15 @@ excluded = []  # one slot per timed call in progress: time spent in timed calls 
 
 def timed(cls, name, own=True):
     original = cls.__dict__.get(name)
-    if original is None:
-        return
+    if original is None or inspect.iscoroutinefunction(original):
+        return  # a wrapper would hide a coroutine function from Scrapy
     label = f"{cls.__name__}.{name}"
+    parameters = inspect.signature(original).parameters
+    any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
     def wrapper(*args, **kwargs):
+        if not any_keyword:  # what pydispatch does for a receiver without **kwargs
+            kwargs = {k: v for k, v in kwargs.items() if k in parameters}
         excluded.append(0.0)
         start = clock()
         try:
@@ -275,9 +280,7 @@ for name in ("request_scheduled", "request_dropped", "spider_error", "item_scrap
 for name in ("process_request", "process_response", "process_exception"):
     timed(CheckpointMiddleware, name)
 timed(CheckpointFeedExporter, "item_scraped")
-timed(CheckpointFeedExporter, "open_spider")
 timed(FeedExporter, "item_scraped", own=False)  # Scrapy's own work, called by the subclass
-timed(FeedExporter, "open_spider", own=False)
 timed(EnhancedCheckpoint, "tick")
 
 
