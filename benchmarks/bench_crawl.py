@@ -234,6 +234,7 @@ import time
 from collections import defaultdict
 
 from scrapy.extensions.feedexport import FeedExporter
+from scrapy.utils import request as request_utils
 
 from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
 from scrapy_checkpoint.extension import CheckpointExtension
@@ -250,7 +251,7 @@ def timed(cls, name, own=True):
     original = cls.__dict__.get(name)
     if original is None or inspect.iscoroutinefunction(original):
         return  # a wrapper would hide a coroutine function from Scrapy
-    label = f"{cls.__name__}.{name}"
+    label = f"{getattr(cls, '__name__', cls)}.{name}"
     parameters = inspect.signature(original).parameters
     any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
@@ -281,6 +282,9 @@ for name in ("process_request", "process_response", "process_exception"):
     timed(CheckpointMiddleware, name)
 timed(CheckpointFeedExporter, "item_scraped")
 timed(FeedExporter, "item_scraped", own=False)  # Scrapy's own work, called by the subclass
+# The fingerprint the plugin computes first is cached and reused by the dupefilter: it is moved
+# out of Scrapy's scheduler, not added. RequestFingerprinter reads this global when created.
+timed(request_utils, "fingerprint", own=False)
 timed(EnhancedCheckpoint, "tick")
 
 
@@ -511,9 +515,10 @@ def attribution(config: Config, server: Server, project: Path, run_dir: Path, n:
                  f"{1e6 * total / n:.1f}", f"{100 * total / main:.2f}"])
     print(table(["entry point", "calls", "ms", "us/call", "us/page", "% of main thread"], rows))
     print(f"\nmain thread: {main:.2f} s CPU (process: {data['process_cpu']:.2f} s). Thread CPU "
-          "time inside each entry point, minus the Scrapy code it calls back\ninto (the feed "
-          "exporter's own work); not included: the signal dispatch to the plugin's receivers,\n"
-          "its imports, and its I/O thread.\n")
+          "time inside each entry point, minus the Scrapy code it calls back\ninto: the feed "
+          "exporter's own work, and the request fingerprint (cached, so the dupefilter does\n"
+          "not compute it again). Not included: the signal dispatch to the plugin's receivers, "
+          "its imports, its I/O\nthread.\n")
     shutil.rmtree(run_dir)
 
 

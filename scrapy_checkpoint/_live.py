@@ -6,6 +6,7 @@ checkpoint records its own changes as groups and applies them the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -77,7 +78,7 @@ class LiveState:
 
     # -- applying a group ------------------------------------------------------------
 
-    def apply(self, done: list[int], failed: list[int], fields: dict[str, Any], *,
+    def apply(self, done: Sequence[int], failed: Sequence[int], fields: dict[str, Any], *,
               replay: bool = False) -> None:
         """Apply one group. In ``replay`` its done codes are known to be new (the writer
         refuses a unit that is already done), so they are added without a lookup."""

@@ -25,7 +25,7 @@ from ._io import BackgroundIO
 from ._keys import UnitKey, key_code
 from ._live import LiveState
 from .config import CheckpointConfig
-from .errors import CheckpointError, InputChangedError
+from .errors import CheckpointError, ConfigError, InputChangedError
 from .journal import encode_group
 from .metrics import Metrics, RateWindow
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
@@ -79,7 +79,7 @@ class EnhancedCheckpoint:
         self.config = CheckpointConfig.from_options(config, **options)
         self._owns_store = store is None
         self.store: Store = (store if store is not None
-                             else open_store(backend if backend not in (None, "file") else checkpoint_dir))
+                             else open_store(_backend_location(backend, checkpoint_dir)))
         self.stage: str | None = check_stage_name(stage) if stage is not None else None
         self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOK_EVENTS}
         for name, fn in (("start", on_start), ("progress", on_progress),
@@ -732,8 +732,18 @@ class EnhancedCheckpoint:
         self._created = False
 
 
+def _backend_location(backend: str | None, checkpoint_dir: Any) -> Any:
+    if backend is None or backend == "file":
+        return checkpoint_dir
+    if backend in ("redis", "rediss") or "://" not in backend:
+        raise ConfigError(f"Unknown backend {backend!r}: use 'file' or a Redis URL such as "
+                          f"redis://127.0.0.1:6379/0.")
+    return backend
+
+
 def _sync_all(fds: list[int], writer: JournalWriter) -> None:
-    """Outputs first, then the journal: a journaled length never outlives its bytes."""
+    """Outputs first, then the journal, in one task: a length journaled before the last
+    fsync is on disk with the bytes it names (between fsyncs the OS may write either first)."""
     for fd in fds:
         try:
             os.fsync(fd)

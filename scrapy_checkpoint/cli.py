@@ -28,6 +28,7 @@ from .errors import CheckpointError, CheckpointLockedError, ConfigError, Corrupt
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .state import ACTIVE_STATUSES
+from .stores.file import check_stage_name
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3
 SCHEMA_VERSION = EXPORT_SCHEMA_VERSION
@@ -333,6 +334,12 @@ def export(ctx: Context, output: str) -> None:
 def reset(ctx: Context, stage: str, force: bool) -> None:
     """Delete a stage (or 'all') so its next run starts from nothing."""
     manager = ctx.manager
+    if stage != "all":
+        try:
+            check_stage_name(stage)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
     stages = manager.stages() if stage == "all" else [stage]
     if stage != "all" and stage not in manager.stages():
         click.echo(f"No checkpoint for stage {stage!r} in {manager.directory}.", err=True)

@@ -28,7 +28,10 @@ class Command(ScrapyCommand):
 
         assert self.settings is not None
         backend = self.settings.get("CHECKPOINT_BACKEND")
+        prefix = self.settings.get("CHECKPOINT_REDIS_PREFIX")
         if backend and backend != "file" and "--backend" not in args:
+            if prefix and "prefix=" not in backend:
+                backend += ("&" if "?" in backend else "?") + f"prefix={prefix}"
             args = ["--backend", backend, *args]
         self.exitcode = run(args, prog_name="scrapy checkpoint",
                             default_dir=self.settings.get("CHECKPOINT_DIR") or None)

@@ -274,7 +274,7 @@ class CheckpointExtension:
                         self.stage, resumed, len(self._inflight_at_crash), len(live.done))
         self.stats.set_value("checkpoint/resumed", resumed)
         self.stats.set_value("checkpoint/recovered_inflight", len(self._inflight_at_crash))
-        tick = LoopingCall(cp.tick)
+        tick = LoopingCall(self._tick)
         tick.start(min(0.5, cp.config.save_interval), now=False)
         self._loops.append(tick)
         if self.config.log_interval:
@@ -423,6 +423,16 @@ class CheckpointExtension:
 
     # -- progress and close -----------------------------------------------------------------------
 
+    def _tick(self) -> None:
+        # A LoopingCall whose function raises stops for good: never let it.
+        try:
+            if self.cp is not None and self.active:
+                self.cp.tick()
+        except CheckpointError as exc:
+            self._stop(exc)
+        except Exception:
+            logger.exception("Stage %s: checkpoint timer failed", self.stage)
+
     def _record_skips(self) -> None:
         if self._skipped and self.cp is not None:
             self.cp.finish_unit(None, skipped=self._skipped)
@@ -469,6 +479,9 @@ class CheckpointExtension:
             if self._own_output is not None:
                 self._own_output.close()
             cp.close()
+            closer = getattr(cp.store, "close", None)
+            if closer is not None:
+                closer()
 
     def _finish(self, cp: EnhancedCheckpoint, reason: str) -> None:
         live = cp.live

@@ -98,12 +98,13 @@ def _codes_bytes(codes: list[int]) -> bytes:
     return a.tobytes()
 
 
-def _codes_from(data: memoryview) -> list[int]:
+def _codes_from(data: memoryview) -> array[int]:
+    # Kept as an array (8 bytes a code): replay may hold many groups at once.
     a = array("Q")
     a.frombytes(data)
     if sys.byteorder != "little":
         a.byteswap()
-    return a.tolist()
+    return a
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -124,8 +125,8 @@ def encode_group(done: list[int], failed: list[int], fields: dict[str, Any]) -> 
 
 @dataclass
 class Group:
-    done: list[int]
-    failed: list[int]
+    done: array[int]
+    failed: array[int]
     fields: dict[str, Any]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from ._clock import utcnow
 from ._keys import UnitKey, key_code
 from ._live import LiveState
-from .checkpoint import EnhancedCheckpoint
+from .checkpoint import EnhancedCheckpoint, _backend_location
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CorruptCheckpointError
 from .metrics import Metrics, format_duration
@@ -104,7 +104,8 @@ def read_stage(store: Store, stage: str) -> StageView:
     problems = problems + loaded.problems
     if loaded.dropped_bytes:
         problems.append(f"the next start drops {loaded.dropped_bytes} damaged byte(s) after the "
-                        f"last good record (kept aside as *.corrupt); those units are redone")
+                        f"last good record (kept aside: *.corrupt files, or the Redis 'corrupt' "
+                        f"list); those units are redone")
     return StageView(state=state, live_owner=store.live_owner(stage), problems=problems,
                      disk=store.disk_usage(stage), _live=live)
 
@@ -122,7 +123,7 @@ class UnifiedCheckpointManager:
                  store: Store | None = None, **options: Any) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
         self.store: Store = store if store is not None else open_store(
-            backend if backend not in (None, "file") else checkpoint_dir)
+            _backend_location(backend, checkpoint_dir))
         #: Where the stages live (a directory, or a Redis URL).
         self.directory = self.store.location
         self._checkpoints: dict[str, EnhancedCheckpoint] = {}

@@ -33,7 +33,7 @@ class CheckpointMiddleware:
         ext = self.ext
         code = request.meta.get(UNIT_META)
         if code is not None and ext.active and ext.cp is not None and code in ext.cp.live.done:
-            ext.stats.inc_value("checkpoint/skipped")
+            ext.stats.inc_value("checkpoint/duplicates_dropped")
             raise IgnoreRequest("already done in the checkpoint")
 
     def process_response(self, request: Request, response: Response) -> Response:

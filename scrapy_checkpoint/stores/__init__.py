@@ -1,5 +1,5 @@
-"""Where checkpoints live. The checkpoint core talks to a store only through
-the methods of :class:`~scrapy_checkpoint.stores.file.FileStore`."""
+"""Where checkpoints live. The checkpoint core talks to a store only through the
+:class:`~scrapy_checkpoint.stores.base.Store` protocol; ``open_store`` picks one."""
 
 from .file import FileStore, Loaded, StageLock
 

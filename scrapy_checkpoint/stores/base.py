@@ -53,6 +53,11 @@ def open_store(location: str | Any) -> Store:
         from .redis import RedisStore
 
         return RedisStore(text)
+    if "://" in text or text in ("redis", "rediss"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"Unknown backend {text!r}: use a directory, 'file', or a Redis URL "
+                          f"such as redis://127.0.0.1:6379/0.")
     from .file import FileStore
 
     return FileStore(location)

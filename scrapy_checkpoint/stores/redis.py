@@ -56,6 +56,8 @@ local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'seq', ARGV[2])
+local ttl = redis.call('TTL', KEYS[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 return 1
 """
 
@@ -70,6 +72,11 @@ if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[5]
 redis.call('SET', KEYS[4], ARGV[2])
 redis.call('LTRIM', KEYS[2], covered - base, -1)
 redis.call('HSET', KEYS[3], 'base', covered)
+local ttl = redis.call('TTL', KEYS[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[4], ttl)
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('EXPIRE', KEYS[5], ttl) end
+end
 return 1
 """
 
@@ -228,13 +235,19 @@ class RedisStore:
         except ImportError:  # pragma: no cover - an install problem, said plainly
             raise ConfigError("The Redis backend needs redis-py and zstandard: "
                               "pip install 'scrapy-checkpoint[redis]'.") from None
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        prefix = prefix or (query.pop("prefix", [DEFAULT_PREFIX])[0])
-        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-        self.location = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        head, _, raw_query = url.partition("?")
+        query = parse_qs(raw_query)
+        url_prefix = query.pop("prefix", [None])[0]
+        self.prefix = prefix or url_prefix or DEFAULT_PREFIX
+        # Rebuilt as text: urlunsplit would drop the "//" of unix:// URLs.
+        clean = f"{head}?{urlencode(query, doseq=True)}" if query else head
+        parts = urlsplit(head)
+        shown = {k: v for k, v in query.items() if k not in ("password", "username")}
+        self.location = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1],
+                                                  query=urlencode(shown, doseq=True)))
+        if head.startswith("unix://"):
+            self.location = head.split("?")[0]
         self.directory = self.location
-        self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.buffer_bytes = buffer_bytes
         self.ttls = {**DEFAULT_TTLS, **(ttls or {})}
@@ -244,8 +257,9 @@ class RedisStore:
         try:
             self.client.ping()
         except redis.exceptions.RedisError as exc:
-            raise CheckpointError(f"Cannot reach Redis at {self.location}: {exc}. Start Redis "
-                                  f"or fix CHECKPOINT_BACKEND.") from None
+            raise CheckpointError(f"Cannot reach Redis at {self.location}: "
+                                  f"{str(exc).rstrip('.')}. Start Redis or fix CHECKPOINT_BACKEND."
+                                  ) from None
         self._append = self.client.register_script(_APPEND)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._renew = self.client.register_script(_RENEW)
@@ -331,25 +345,40 @@ class RedisStore:
 
     def write_state(self, stage: str, data: bytes) -> None:
         """Write the state with optimistic locking on ``meta.version``; refresh the TTLs."""
-        from redis.exceptions import WatchError
-
         try:
             status = json.loads(data).get("status")
         except ValueError:
             status = None
         ttl = self.ttls["completed" if status == Status.COMPLETED.value else
                         "failed" if status == Status.FAILED.value else "active"]
-        meta = self.key(stage, "meta")
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            self._write_state(stage, data, ttl)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The journal is the record; the readable state is refreshed at the next write.
+            logger.warning("Stage %s: state not written, Redis unreachable (%s).", stage, exc)
+
+    def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
+        from redis.exceptions import WatchError
+
+        meta, lock = self.key(stage, "meta"), self.key(stage, "lock")
+        token = self._tokens.get(stage)
         for _ in range(10):
             with self.client.pipeline() as pipe:
                 try:
-                    pipe.watch(meta)
+                    pipe.watch(meta, lock)
+                    if token is not None and pipe.get(lock) not in (None, token.encode()):
+                        logger.error("Stage %s: not writing the state, another process holds "
+                                     "the stage now.", stage)
+                        return
                     pipe.multi()
                     pipe.set(self.key(stage, "state"), compress(data))
                     pipe.hincrby(meta, "version", 1)
                     for key in self._stage_keys(stage):
                         if not key.endswith(":lock"):
-                            pipe.expire(key, ttl)
+                            pipe.expire(key, ttl)  # the owner record too: nothing lives forever
                     pipe.execute()
                     return
                 except WatchError:
@@ -413,8 +442,12 @@ class RedisStore:
         journal = self.key(stage, "journal")
         tail = self.client.lrange(journal, loaded.good_bytes, -1)
         if tail:
-            self.client.pipeline().rpush(self.key(stage, "corrupt"), *tail).ltrim(
-                journal, 0, loaded.good_bytes - 1).execute()
+            pipe = self.client.pipeline().rpush(self.key(stage, "corrupt"), *tail)
+            if loaded.good_bytes:
+                pipe.ltrim(journal, 0, loaded.good_bytes - 1)
+            else:
+                pipe.delete(journal)  # LTRIM 0 -1 would keep everything
+            pipe.execute()
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> RedisJournalWriter:
