@@ -51,13 +51,14 @@ class LiveState:
     # -- snapshots ----------------------------------------------------------------
 
     def snapshot_header(self, generation: int) -> dict[str, Any]:
+        """A header made of copies: it is encoded on the I/O thread while the state moves on."""
         return {
             "generation": generation,
             "state": self.to_state().model_dump(mode="json"),
             "failed": [[code, payload] for code, payload in self.failed_units.items()],
             "pending": [[code, payload] for code, payload in self.pending.items()],
             "started": sorted(self.started),
-            "outputs": self.outputs,
+            "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
         }
 
     @classmethod

@@ -695,19 +695,21 @@ class EnhancedCheckpoint:
         assert io is not None
         assert self.stage is not None
         gen = self._generation + 1
-        blob = encode_snapshot(live.snapshot_header(gen), live.done.to_bytes())
+        # Only the copies are made here; encoding and checksums run on the I/O thread.
+        header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
         writer.flush()
         self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
                                                buffered=self.config.durability == "none")
-        self._generation, self._snapshot_bytes = gen, len(blob)
+        self._generation, self._snapshot_bytes = gen, len(done_bytes)
         self._since_snapshot = False
-        io.submit(self._finish_compaction, writer, self._writer, gen, blob)
+        io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes)
 
     def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
-                           blob: bytes) -> None:
+                           header: dict[str, Any], done_bytes: bytes) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
+        blob = encode_snapshot(header, done_bytes)
         if old is not new:  # a store with one journal (Redis) keeps its writer
             old.fsync()
             old.close()

@@ -28,6 +28,8 @@ class DoneSet:
         if code in self._recent:
             return True
         base = self._base
+        if not base or code > base[-1]:  # e.g. a new index: no search needed
+            return False
         i = bisect_left(base, code)
         return i < len(base) and base[i] == code
 
