@@ -119,7 +119,7 @@ def page_html(i: int, n: int) -> str:
     links += [max(0, (i - 1) // 3), 0]  # the parent and the home page: duplicates
     body = "\n".join(f'<li><a href="/p/{c}.html">Page {c}</a></li>' for c in links)
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Page {i}</title></head>\n"
-            f"<body><h1>Page {i}</h1>\n<p>Depth-first tree of {n} pages, a static test site.</p>\n"
+            f"<body><h1>Page {i}</h1>\n<p>A static test site: a tree of {n} pages.</p>\n"
             f"<ul>\n{body}\n</ul></body></html>\n")
 
 
@@ -310,6 +310,11 @@ def write_project(root: Path) -> Path:
     return root
 
 
+def slug(name: str) -> str:
+    """A directory name for a configuration or case."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -330,9 +335,9 @@ def serve_worker(root: str) -> None:
         def log(self, request: Any) -> None:  # no access log
             pass
 
-    port = reactor.listenTCP(0, QuietSite(File(root)), interface="127.0.0.1", backlog=256)  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, QuietSite(File(root)), interface="127.0.0.1", backlog=256)
     print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 class Server:
@@ -437,7 +442,7 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
         for config in order:
-            run_dir = work / f"round{r}" / config.name.replace(" ", "_").replace(",", "")
+            run_dir = work / f"round{r}" / slug(config.name)
             result = run_crawl(config, server, project, run_dir, n)
             results[config.name].append(result)
             print(f"round {r + 1}: {config.name:<24} {result.pages_per_s:7.0f} pages/s  "
@@ -448,7 +453,7 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
     print()
     crawl_report(results, n)
     for config in CONFIGS[3:]:
-        attribution(config, server, project, work / "attribution" / config.name.replace(" ", "_"), n)
+        attribution(config, server, project, work / "attribution" / slug(config.name), n)
 
 
 def crawl_report(results: dict[str, list[Crawl]], n: int) -> None:
@@ -630,7 +635,9 @@ Seconds from the start of the scrapy process (Popen), medians of the rounds:
   scheduled      every request handed to engine.crawl(): the plugin's "request(s) scheduled again"
                  line, or the spider's own line for plain Scrapy
   1st response   the response_received signal (min..max over the rounds)
-  schedule s     scheduled - spider opened
+  reopen s       reopened - Scrapy up: the checkpoint's open() and start(), with the little of
+                 Scrapy's own setup that comes before the extension is built
+  schedule s     scheduled - spider opened: the requests rebuilt and handed to engine.crawl()
   maxrss         ru_maxrss of the crawl process at its first response; B/request: its growth over
                  the same configuration with nothing scheduled, per request
 """
@@ -709,7 +716,7 @@ def resume_benchmark(server: Server, project: Path, work: Path, n: int, rounds: 
     templates: dict[str, Path] = {}
     sizes: dict[str, str] = {}
     for layout in RESUME_LAYOUTS:
-        directory = work / "templates" / layout.replace(" ", "_").replace(",", "")
+        directory = work / "templates" / slug(layout)
         t0 = time.perf_counter()
         build_stage(layout, directory, n, server.url)
         templates[layout], sizes[layout] = directory, stage_size(directory)
@@ -736,8 +743,8 @@ def resume_report(cases: list[ResumeCase], results: dict[str, list[Resume]],
     baseline = {False: median([x.maxrss_mib for x in results[cases[0].name]]),
                 True: median([x.maxrss_mib for x in results[cases[2].name]])}
     headers = ["case", "replayed MB: snapshot / journal", "Scrapy up", "reopened", "extensions",
-               "spider opened", "scheduled", "1st response", "min..max", "schedule s",
-               "maxrss MiB", "B/request"]
+               "spider opened", "scheduled", "1st response", "min..max", "reopen s",
+               "schedule s", "maxrss MiB", "B/request"]
     rows = []
     for case in cases:
         runs = results[case.name]
@@ -749,6 +756,7 @@ def resume_report(cases: list[ResumeCase], results: dict[str, list[Resume]],
             med([x.opened for x in runs]),
             med([x.scheduled for x in runs]), med([x.first_response for x in runs]),
             spread([x.first_response for x in runs], ".2f"),
+            med([None if x.reopened is None else x.reopened - x.up for x in runs]),
             med([None if x.scheduled is None else x.scheduled - x.opened for x in runs]),
             f"{maxrss:.0f}",
             f"{per_request:,.0f}" if case.schedule or case.layout else "-",

@@ -137,11 +137,7 @@ class EnhancedCheckpoint:
         """The current state (including updates not yet committed)."""
         m = self.metrics()
         state = self.live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
-        if self._latencies:
-            ordered = sorted(self._latencies)
-            state.commit_latency_us = {
-                f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
-                for q in (50, 95, 99)}
+        state.commit_latency_us = self.commit_latency_us()
         return state
 
     @property
@@ -436,9 +432,13 @@ class EnhancedCheckpoint:
         self._record({"fo": {path: [base, length]}})
         self._commit(monotonic())
 
-    def commit_latencies(self) -> list[float]:
-        """Recent durations of group commits (encode + write), in seconds."""
-        return list(self._latencies)
+    def commit_latency_us(self) -> dict[str, int] | None:
+        """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
+                for q in (50, 95, 99)}
 
     def set_total(self, total_items: int) -> None:
         self._record({"t": int(total_items)})

@@ -46,11 +46,6 @@ _FAILED_REASONS = frozenset({"start_error"})
 _extensions: WeakKeyDictionary[Any, CheckpointExtension] = WeakKeyDictionary()
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
 class CheckpointExtension:
     """Enabled by the add-on, or by ``EXTENSIONS`` with ``CHECKPOINT_ENABLED = True``."""
 
@@ -458,10 +453,8 @@ class CheckpointExtension:
         writer = cp._writer
         if writer is not None:
             set_value("checkpoint/journal_bytes", writer.size)
-        latencies = cp.commit_latencies()
-        for q in (50, 95, 99):
-            set_value(f"checkpoint/commit_latency_p{q}_us",
-                      round(_percentile(latencies, q / 100) * 1e6))
+        for name, micros in (cp.commit_latency_us() or {}).items():
+            set_value(f"checkpoint/commit_latency_{name}_us", micros)
 
     def spider_closed(self, spider: Spider, reason: str) -> None:
         for loop in self._loops:
