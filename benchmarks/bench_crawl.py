@@ -25,6 +25,12 @@ What is measured
        rotated order) to spread machine noise; the table shows medians of
        ``--rounds`` rounds and the ratio to plain Scrapy.
 
+       Then one more crawl per plugin configuration with the plugin's entry
+       points (signal handlers, middleware, feed exporter, engine hooks, timer)
+       wrapped in thread-CPU-time counters: the share of the crawl's CPU spent
+       in the plugin's own code. Unlike the ratios above it does not depend on
+       what else the machine is doing (see ATTRIBUTE_CODE).
+
     2. Resume of a crawl with 100,000 pending requests (``--pending``). The
        stage is written with the plugin's own core API, exactly as the
        extension would have journaled it: ``EnhancedCheckpoint(dir, "site")``

@@ -37,17 +37,23 @@ def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
         raise UnserializableRequest("callback", str(exc)) from None
     d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs] for k, vs in d["headers"].items()}
     d["body"] = _b64(d["body"])
-    for part in ("meta", "cb_kwargs", "cookies"):
-        try:
-            json.dumps(d.get(part))
-        except (TypeError, ValueError) as exc:
-            raise UnserializableRequest(part, str(exc)) from None
-    extra = set(d) - {"meta", "cb_kwargs", "cookies", "headers", "body"}
     try:
-        json.dumps({k: d[k] for k in extra})
-    except (TypeError, ValueError) as exc:
-        raise UnserializableRequest("attribute", str(exc)) from None
-    return d
+        text = json.dumps(d)
+    except (TypeError, ValueError):
+        for part in ("meta", "cb_kwargs", "cookies"):
+            try:
+                json.dumps(d.get(part))
+            except (TypeError, ValueError) as exc:
+                raise UnserializableRequest(part, str(exc)) from None
+        try:
+            json.dumps({k: v for k, v in d.items() if k not in ("meta", "cb_kwargs", "cookies")})
+        except (TypeError, ValueError) as exc:
+            raise UnserializableRequest("attribute", str(exc)) from None
+        raise
+    # A detached copy: the live request's meta keeps changing (download_slot, latency...)
+    # after it was journaled, and snapshots are encoded on another thread.
+    payload: dict[str, Any] = json.loads(text)
+    return payload
 
 
 def _request_class(path: str) -> type[Request]:
