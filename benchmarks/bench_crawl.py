@@ -89,7 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import median, print_header, spread, table
+from _common import median, print_header, spread, table, wait_to_be_killed
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -571,10 +571,7 @@ def build_worker(directory: str, layout: str, n: int, base: str) -> None:
     if layout == "closed, snapshot":
         cp.close()
         return
-    print("added", flush=True)
-    cp.save(force=True)
-    print("saved", flush=True)
-    time.sleep(3600)  # the parent kills us now
+    wait_to_be_killed(cp)  # the parent kills us now
 
 
 def build_stage(layout: str, directory: Path, n: int, base: str) -> None:
@@ -585,7 +582,7 @@ def build_stage(layout: str, directory: Path, n: int, base: str) -> None:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env()) as proc:
         assert proc.stdout is not None
         said = [proc.stdout.readline().strip() for _ in range(2)]
-        if said != ["added", "saved"]:
+        if said != ["updates done", "saved"]:
             proc.kill()
             raise RuntimeError(f"building {layout!r} said {said!r}")
         os.kill(proc.pid, signal.SIGKILL)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import median, print_header, spread, table
+from _common import median, print_header, spread, table, wait_to_be_killed
 
 STAGE = "resume"
 KEY_KINDS = ("int", "url")
@@ -93,10 +93,7 @@ def build_worker(directory: str, kind: str, layout: str, n: int) -> None:
     if layout == "closed, snapshot":
         cp.close()
         return
-    print("updates done", flush=True)
-    cp.save(force=True)
-    print("saved", flush=True)
-    time.sleep(3600)  # the parent kills us now
+    wait_to_be_killed(cp)  # the parent kills us now
 
 
 def memory_kib() -> tuple[int, int]:

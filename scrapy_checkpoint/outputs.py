@@ -169,9 +169,11 @@ class CheckpointFeedStorage(FileFeedStorage):
 class CheckpointFeedExporter(FeedExporter):
     """Scrapy's FeedExporter, telling the outputs which request each item came from."""
 
+    _checkpoint: CheckpointExtension | None = None
+
     def open_spider(self, spider: Spider) -> None:
         super().open_spider(spider)
-        ext = _extension(self.crawler)
+        ext = self._checkpoint = _extension(self.crawler)
         if ext is None or not ext.active:
             return
         for slot in self.slots:
@@ -181,7 +183,9 @@ class CheckpointFeedExporter(FeedExporter):
                               f"a crash can lose or repeat its items.")
 
     def item_scraped(self, item: Any, spider: Spider, response: Any = None) -> None:
-        ext = _extension(self.crawler)
+        ext = self._checkpoint
+        if ext is None:  # looked up once: the extension exists before the first item
+            ext = self._checkpoint = _extension(self.crawler)
         if ext is None or not ext.active:
             super().item_scraped(item, spider)
             return
