@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
 
@@ -109,7 +107,8 @@ class CheckpointExtension:
         connect(ext.request_scheduled, signal=signals.request_scheduled)
         connect(ext.request_dropped, signal=signals.request_dropped)
         connect(ext.spider_error, signal=signals.spider_error)
-        connect(ext.item_scraped, signal=signals.item_scraped)
+        if ext._own_output is not None or ext._inflight_at_crash:  # else nothing to do per item
+            connect(ext.item_scraped, signal=signals.item_scraped)
         return ext
 
     def _open(self) -> None:
@@ -215,17 +214,12 @@ class CheckpointExtension:
                 changed[key] = [self.cp.live.outputs.get(key, [length, length])[0], length]
         return changed
 
-    @contextmanager
-    def writing_for(self, response: Any) -> Iterator[None]:
-        """Attribute output written inside the block to the request of ``response``."""
+    def unit_of(self, response: Any) -> int | None:
+        """The unit whose output ``response``'s items are (None: not a unit of this run).
+        Writers set ``self.router.current`` to it around the write."""
         request = getattr(response, "request", None)
         unit = request.meta.get(UNIT_META) if request is not None else None
-        previous = self.router.current
-        self.router.current = unit if unit in self._live else None
-        try:
-            yield
-        finally:
-            self.router.current = previous
+        return unit if unit in self._live else None
 
     @property
     def skipping_completed(self) -> bool:
@@ -348,15 +342,16 @@ class CheckpointExtension:
         if not self.active:
             return
         request = getattr(response, "request", None)
-        unit = request.meta.get(UNIT_META) if request is not None else None
-        if unit in self._inflight_at_crash:
+        if request is not None and request.meta.get(UNIT_META) in self._inflight_at_crash:
             self.stats.inc_value("checkpoint/items_replayed")
         if self._own_output is not None:
             line = self._encoder.encode(ItemAdapter(item).asdict()) + "\n"
-            previous = self.router.current
-            self.router.current = unit if unit in self._live else None
-            self._own_output.write(line.encode())
-            self.router.current = previous
+            router = self.router
+            previous, router.current = router.current, self.unit_of(response)
+            try:
+                self._own_output.write(line.encode())
+            finally:
+                router.current = previous
 
     def note_failure(self, request: Request | None) -> None:
         if request is not None and request.meta.get(UNIT_META) in self._live:

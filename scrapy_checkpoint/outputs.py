@@ -189,5 +189,9 @@ class CheckpointFeedExporter(FeedExporter):
         if ext is None or not ext.active:
             super().item_scraped(item, spider)
             return
-        with ext.writing_for(response):
+        router = ext.router
+        previous, router.current = router.current, ext.unit_of(response)
+        try:
             super().item_scraped(item, spider)
+        finally:
+            router.current = previous

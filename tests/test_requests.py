@@ -1,0 +1,86 @@
+"""Requests as journal payloads: JSON only, the same fields as Scrapy's own to_dict()."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import scrapy
+from scrapy.http import FormRequest
+from scrapy.http.request import NO_CALLBACK
+
+from scrapy_checkpoint.requests import (
+    UnserializableRequest,
+    _request_dict,
+    payload_to_request,
+    request_to_payload,
+)
+
+
+class Spider(scrapy.Spider):
+    name = "payloads"
+
+    def parse(self, response: Any) -> None:
+        pass
+
+    def on_error(self, failure: Any) -> None:
+        pass
+
+    later = parse  # an alias: the name is found by Scrapy's scan
+
+
+def _requests(spider: Spider) -> list[scrapy.Request]:
+    return [
+        scrapy.Request("http://127.0.0.1/a", callback=spider.parse, errback=spider.on_error,
+                       meta={"depth": 2, "tags": ["x"]}, cb_kwargs={"n": 1},
+                       headers={"X-Token": "t"}, cookies={"c": "d"}, priority=5,
+                       dont_filter=True, flags=["f"]),
+        scrapy.Request("http://127.0.0.1/b"),
+        scrapy.Request("http://127.0.0.1/c", method="POST", body=b"\x00\xff"),
+        FormRequest("http://127.0.0.1/d", formdata={"q": "1"}, callback=spider.later),
+    ]
+
+
+def test_the_dict_is_scrapys_own() -> None:
+    spider = Spider()
+    for request in _requests(spider):
+        ours, theirs = _request_dict(request, spider), request.to_dict(spider=spider)
+        # An alias may be named either way; both resolve to the same method.
+        for key in ("callback", "errback"):
+            if ours[key] != theirs[key]:
+                assert getattr(spider, ours[key]) == getattr(spider, theirs[key])
+                ours[key] = theirs[key]
+        assert ours == theirs
+
+
+def test_round_trip_through_json() -> None:
+    spider = Spider()
+    for request in _requests(spider):
+        payload = json.loads(json.dumps(request_to_payload(request, spider)))
+        back = payload_to_request(payload, spider)
+        assert type(back) is type(request)
+        assert back.to_dict(spider=spider) == request.to_dict(spider=spider)
+
+
+def test_the_payload_is_detached_from_the_live_request() -> None:
+    spider = Spider()
+    request = _requests(spider)[0]
+    payload = request_to_payload(request, spider)
+    request.meta["download_slot"] = "changed later"
+    request.meta["tags"].append("y")
+    assert "download_slot" not in payload["meta"]
+    assert payload["meta"]["tags"] == ["x"]
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda s: scrapy.Request("http://127.0.0.1/", callback=lambda r: None), "callback"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", callback=NO_CALLBACK), "callback"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", meta={"obj": object()}), "meta"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", cb_kwargs={"s": {1, 2}}), "cb_kwargs"),
+])
+def test_what_cannot_be_journaled_says_why(make: Any, kind: str) -> None:
+    spider = Spider()
+    with pytest.raises(UnserializableRequest) as info:
+        request_to_payload(make(spider), spider)
+    assert info.value.kind == kind
