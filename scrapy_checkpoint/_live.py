@@ -117,6 +117,10 @@ class LiveState:
                     self.pending[code] = payload
         if "s" in fields:
             self.started.update(fields["s"])
+        if "h" in fields:  # handed to another worker of a shared stage: not pending here
+            for code in fields["h"]:
+                self.pending.pop(code, None)
+                self.started.discard(code)
         if "fo" in fields:
             self.outputs.update(fields["fo"])
         updates: dict[str, Any] = {}

@@ -103,6 +103,7 @@ class EnhancedCheckpoint:
         self._g_updates = 0
         self._g_added: list[list[Any]] = []
         self._g_started: list[int] = []
+        self._g_handed: list[int] = []
         self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
         self._sync_hooks: list[Callable[[], list[int]]] = []
         self._latencies: deque[float] = deque(maxlen=4096)
@@ -407,6 +408,16 @@ class EnhancedCheckpoint:
         live.pending[code] = payload
         self._g_added.append([code, payload])
 
+    def hand_off(self, codes: list[int]) -> None:
+        """Pending units given to another process (a shared stage's worker): no longer
+        pending here, and not done either. Recorded with the next commit."""
+        live = self.live
+        for code in codes:
+            if code in live.pending:
+                del live.pending[code]
+                live.started.discard(code)
+                self._g_handed.append(code)
+
     def start_unit(self, code: int) -> None:
         """Record that a pending unit was handed to a worker (it is in flight)."""
         live = self.live
@@ -620,7 +631,7 @@ class EnhancedCheckpoint:
         fields = self._g_fields
         counts = self._g_counts
         if not (self._g_updates or fields or self._g_done or self._g_failed or any(counts)
-                or self._g_added or self._g_started):
+                or self._g_added or self._g_started or self._g_handed):
             return
         if self._io is not None:
             self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
@@ -637,6 +648,9 @@ class EnhancedCheckpoint:
         if self._g_started:
             fields["s"] = self._g_started
             self._g_started = []
+        if self._g_handed:
+            fields["h"] = self._g_handed
+            self._g_handed = []
         if any(counts):
             fields["c"] = counts
         if self._g_updates:

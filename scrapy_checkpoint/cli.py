@@ -27,6 +27,7 @@ from .checkpoint import file_hash
 from .errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
+from .shared import Worker
 from .state import ACTIVE_STATUSES
 from .stores.file import check_stage_name
 
@@ -136,10 +137,12 @@ def _dump(data: Any) -> None:
 def list_(ctx: Context, as_json: bool) -> None:
     """One row per stage: status, progress, success rate, last update."""
     views = _views(ctx)
+    shared = ctx.manager.shared_stages()
     if as_json:
         _dump({"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
                "stages": [_entry(v) if isinstance(v, StageView) else {"stage": s, "error": str(v)}
-                          for s, v in views]})
+                          for s, v in views],
+               "shared": {stage: _workers_json(workers) for stage, workers in shared.items()}})
     else:
         if not views:
             click.echo(f"No checkpoints in {ctx.manager.directory}.")
@@ -153,8 +156,28 @@ def list_(ctx: Context, as_json: bool) -> None:
             else:
                 table.add_row(stage, "damaged", "-", "-", "-")
         ctx.console.print(table)
+        for stage, workers in shared.items():
+            alive = sum(w.alive for w in workers)
+            click.echo(f"\nShared stage {stage}: {len(workers)} worker(s), {alive} alive "
+                       f"(one sub-stage {stage}.w.<worker> each)")
+            ctx.console.print(_worker_rows(ctx, workers))
     if _damaged(views):
         sys.exit(EXIT_DAMAGED)
+
+
+def _worker_rows(ctx: Context, workers: list[Worker]) -> Table:
+    table = ctx.table("WORKER", "HOST", "PID", "STATUS", "ALIVE", "HEARTBEAT", "DONE", "PENDING")
+    now = time.time()
+    for w in workers:
+        table.add_row(w.id, w.host, str(w.pid), w.status + (f" by {w.adopted_by}" if w.adopted_by
+                                                           else ""),
+                      "yes" if w.alive else "no", f"{max(0.0, now - w.heartbeat):.0f} s ago",
+                      str(w.done), str(w.pending))
+    return table
+
+
+def _workers_json(workers: list[Worker]) -> list[dict[str, Any]]:
+    return [w.model_dump(mode="json") for w in workers]
 
 
 def _damaged(views: list[tuple[str, StageView | Exception]]) -> bool:
@@ -166,7 +189,19 @@ def _damaged(views: list[tuple[str, StageView | Exception]]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def show(ctx: Context, stage: str, as_json: bool) -> None:
-    """Everything about one stage."""
+    """Everything about one stage (for a shared stage: its workers)."""
+    workers = ctx.manager.shared_stages().get(stage)
+    if workers is not None and stage not in ctx.manager.stages():
+        if as_json:
+            _dump({"stage": stage, "shared": True, "workers": _workers_json(workers)})
+        else:
+            done, pending = sum(w.done for w in workers), sum(w.pending for w in workers)
+            over = all(w.status in ("finished", "adopted") and not w.alive for w in workers)
+            click.echo(f"Shared stage {stage}: {'completed' if over else 'active'}, {done} done, "
+                       f"{pending} pending in {len(workers)} worker sub-stage(s) "
+                       f"({stage}.w.<worker>; show one for its details)")
+            ctx.console.print(_worker_rows(ctx, workers))
+        return
     view = _read(ctx, stage)
     s, m = view.state, view.metrics()
     input_ok: bool | None = None
@@ -341,6 +376,17 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
     stages = manager.stages() if stage == "all" else [stage]
+    if stage != "all" and stage not in manager.stages() and stage in manager.shared_stages():
+        if sys.stdin.isatty() and not force:
+            click.confirm(f"Reset shared stage {stage} and all its workers' sub-stages? Their "
+                          f"recorded progress is deleted", abort=True)
+        try:
+            removed = manager.reset_shared(stage)
+        except CheckpointLockedError as exc:
+            click.echo(f"{exc} Stop every worker of the stage first.", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        click.echo(f"Reset shared stage {stage} ({len(removed)} worker sub-stage(s)).")
+        return
     if stage != "all" and stage not in manager.stages():
         click.echo(f"No checkpoint for stage {stage!r} in {manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)

@@ -17,19 +17,22 @@ from weakref import WeakKeyDictionary, WeakSet
 
 from itemadapter import ItemAdapter
 from scrapy import Request, Spider, signals
-from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
+from scrapy.exceptions import CloseSpider, DontCloseSpider, IgnoreRequest, NotConfigured
 from scrapy.utils.serialize import ScrapyJSONEncoder
 from twisted.internet.task import LoopingCall
 
+from ._clock import monotonic
 from ._engine import hook_request_lifecycle
 from ._keys import key_code
 from .checkpoint import EnhancedCheckpoint
 from .doneset import DoneSet
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, CheckpointLockedError, ConfigError
 from .outputs import DurableOutput, UnitRouter
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 from .settings import CheckpointSettings
-from .state import Status
+from .shared import OVER, SharedStage, Worker, sub_stage_name
+from .state import Owner, Status
+from .stores.base import Store
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -37,6 +40,9 @@ logger = logging.getLogger("scrapy_checkpoint")
 UNIT_META = "_checkpoint_unit"
 #: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
 IGNORE_META = "checkpoint_ignore"
+
+#: Work given to an idle worker of a shared stage: at least GIVE_MIN units, at most GIVE_MAX.
+GIVE_MIN, GIVE_MAX = 4, 500
 
 #: Close reasons after which a stage is completed or failed; any other one pauses it.
 _FAILED_REASONS = frozenset({"start_error"})
@@ -76,6 +82,14 @@ class CheckpointExtension:
         self._loops: list[LoopingCall] = []
         self._encoder = ScrapyJSONEncoder()
         self._own_output: DurableOutput | None = None
+        # CHECKPOINT_SHARED: this worker's view of the stage, units other workers own
+        # (a cache; cleared when a worker is adopted), dead workers being adopted.
+        self.shared: SharedStage | None = None
+        self._elsewhere = DoneSet()
+        self._adopting: list[tuple[Worker, EnhancedCheckpoint, bool]] = []
+        self._waiting_logged = 0.0
+        self._given: set[int] = set()  # units given to other workers, maybe still queued here
+        self._next_share = 0.0
 
     # -- construction --------------------------------------------------------------------
 
@@ -107,20 +121,28 @@ class CheckpointExtension:
         connect(ext.request_scheduled, signal=signals.request_scheduled)
         connect(ext.request_dropped, signal=signals.request_dropped)
         connect(ext.spider_error, signal=signals.spider_error)
-        if ext._own_output is not None or ext._inflight_at_crash:  # else nothing to do per item
-            connect(ext.item_scraped, signal=signals.item_scraped)
+        if ext._own_output is not None or ext._inflight_at_crash or ext.shared is not None:
+            connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing to do per item
+        if ext.shared is not None:
+            connect(ext.spider_idle, signal=signals.spider_idle)
         return ext
 
     def _open(self) -> None:
         config = self.config
+        store = config.store()
+        stage = self.stage
+        if config.shared:
+            shared = self._join_shared(store)
+            if shared is None:  # completed, and CHECKPOINT_ON_COMPLETE = 'skip'
+                return
+            stage = shared.sub_stage
         try:
-            cp = EnhancedCheckpoint(stage=self.stage, config=config.checkpoint_config(),
-                                    store=config.store())
+            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint_config(), store=store)
         except ConfigError as exc:
             raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
         try:
-            reset = config.reset
+            reset = config.reset and self.shared is None  # a shared stage was reset as a whole
             if cp.status is Status.COMPLETED and not reset:
                 if config.retry_failed and cp.live.failed_units:
                     logger.info("Stage %s was completed with %d failed request(s); fetching "
@@ -147,8 +169,246 @@ class CheckpointExtension:
         cp.add_sync_hook(self._output_fds)
         self.cp = cp
         self.active = True
+        if self.shared is not None:
+            token = getattr(store, "token", lambda _: None)(cp.stage)
+            assert token is not None
+            self.shared.join(token, lambda: {"done": len(live.done), "pending": len(live.pending)})
+            self._take_over_dead()  # before this run's outputs open: dead ones' are cut first
         if config.output:
             self._own_output = self.open_output(config.output, overwrite=False, has_header=False)
+
+    # -- several workers on one stage (CHECKPOINT_SHARED) ---------------------------------------
+
+    def _join_shared(self, store: Store) -> SharedStage | None:
+        """This worker's view of the shared stage; resets it when it is completed (or
+        CHECKPOINT_RESET), or returns None when it is completed and ON_COMPLETE is 'skip'."""
+        from .stores.redis import RedisStore
+
+        config = self.config
+        if not isinstance(store, RedisStore):
+            raise ConfigError("CHECKPOINT_SHARED needs the Redis backend: set CHECKPOINT_BACKEND "
+                              "= 'redis://host:6379/0' on every worker.")
+        if config.retry_failed:
+            raise ConfigError("CHECKPOINT_RETRY_FAILED is not available with CHECKPOINT_SHARED: "
+                              "failed requests stay with the worker that failed them.")
+        shared = SharedStage(store, self.stage)
+        if config.reset:
+            if shared.any_alive():
+                raise ConfigError(f"CHECKPOINT_RESET: other workers of stage {self.stage} are "
+                                  f"running; stop them first, then start every worker again.")
+            removed = shared.reset()
+            logger.info("Stage %s: reset (CHECKPOINT_RESET), %d worker sub-stage(s) removed.",
+                        self.stage, len(removed))
+        elif shared.completed():
+            if config.on_complete == "skip":
+                logger.info("Stage %s is already completed; nothing to do "
+                            "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
+                self._skip_completed = True
+                return None
+            removed = shared.reset()
+            logger.info("Stage %s was completed by %d worker(s); starting it over "
+                        "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage, len(removed))
+        store.mark_done_in(shared.sub_stage, shared.claims_key)
+        self.shared = shared
+        logger.info("Stage %s: worker %s joins (sub-stage %s).", self.stage, shared.worker,
+                    shared.sub_stage)
+        return shared
+
+    def _claimed(self, code: int) -> bool:
+        """Claim the unit for this worker (shared stages); False if another worker owns it."""
+        shared = self.shared
+        if shared is None:
+            return True
+        if code in self._elsewhere:
+            return False
+        try:
+            if shared.claim(code):
+                return True
+        except Exception as exc:  # Redis away: crawl it (at worst twice), never lose it
+            self.warn_once("claim", f"Stage {self.stage}: cannot claim requests in Redis ({exc}); "
+                           f"crawling them here, another worker may crawl some too.")
+            return True
+        self._elsewhere.add_new(code)
+        return False
+
+    def _take_over_dead(self) -> None:
+        """Take the sub-stage of every dead worker not yet adopted (the one that gets its lock
+        adopts it) and cut its outputs back to their committed length when they are on this
+        host. Its requests are scheduled here by :meth:`_hand_over_adopted`."""
+        shared, cp = self.shared, self.cp
+        assert shared is not None
+        assert cp is not None
+        host = Owner.current().host
+        taken = {w.id for w, _, _ in self._adopting}
+        for worker in shared.workers():
+            if worker.id == shared.worker or worker.alive or worker.id in taken:
+                continue
+            on_this_host = worker.host == host
+            if worker.status in OVER:
+                if worker.status == "adopted" and on_this_host and not worker.outputs_cut:
+                    self._cut_outputs_of(worker)
+                continue
+            other = EnhancedCheckpoint(stage=sub_stage_name(self.stage, worker.id),
+                                       config=cp.config, store=cp.store)
+            try:
+                other.open()
+            except CheckpointLockedError:
+                continue  # alive after all, or another worker is adopting it
+            except CheckpointError as exc:
+                logger.error("Stage %s: cannot adopt worker %s: %s", self.stage, worker.id, exc)
+                continue
+            if on_this_host:
+                self._cut_outputs(other.live.outputs)
+            self._adopting.append((worker, other, on_this_host))
+
+    def _cut_outputs_of(self, worker: Worker) -> None:
+        """Outputs of a worker that died on this host and was adopted elsewhere."""
+        from .manager import read_stage
+
+        assert self.cp is not None
+        try:
+            view = read_stage(self.cp.store, sub_stage_name(self.stage, worker.id))
+        except Exception as exc:
+            logger.warning("Stage %s: cannot read worker %s to cut its outputs (%s)",
+                           self.stage, worker.id, exc)
+            return
+        if view._live is not None:
+            self._cut_outputs(view._live.outputs)
+        assert self.shared is not None
+        self.shared.record_outputs_cut(worker)
+
+    def _hand_over_adopted(self) -> int:
+        """Schedule here the pending requests of the dead workers taken over, journal them,
+        then record them handed over in the dead worker's sub-stage and complete it."""
+        cp, shared = self.cp, self.shared
+        assert cp is not None
+        assert shared is not None
+        scheduled = 0
+        while self._adopting:
+            worker, other, cut = self._adopting.pop(0)
+            live = other.live
+            self._inflight_at_crash |= live.started & live.pending.keys()
+            self._elsewhere = DoneSet()  # it may hold units the dead worker had claimed
+            inbox = shared.inbox(worker.id)
+            scheduled += self._schedule_payloads(
+                [*live.pending.values(), *(payload for _, payload in inbox)])
+            try:
+                cp.save()  # their claims are ours now: journal them before the dead one lets go
+                shared.trim_inbox(len(inbox), worker.id)
+                other.start()
+                for code in list(live.pending):
+                    other.finish_unit(code, processed=1, skipped=1)
+                other.set_metadata(adopted_by=shared.worker)
+                other.complete()
+            finally:
+                other.close()
+            logger.info("Stage %s: adopted worker %s (%s, pid %d on %s): its pending requests "
+                        "are scheduled here.", self.stage, worker.id, worker.status, worker.pid,
+                        worker.host)
+            shared.record_adoption(worker, outputs_cut=cut)
+            self.stats.inc_value("checkpoint/workers_adopted")
+        if scheduled:
+            shared.beat("running")
+        return scheduled
+
+    def _schedule_payloads(self, payloads: list[Any]) -> int:
+        """Rebuild journaled requests and hand them to the engine; returns how many."""
+        engine, spider = self.crawler.engine, self.crawler.spider
+        scheduled = 0
+        for payload in payloads:
+            try:
+                request = payload_to_request(payload, spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped. Was a callback renamed?")
+                self.stats.inc_value("checkpoint/unrestorable")
+                continue
+            engine.crawl(request)
+            scheduled += 1
+        return scheduled
+
+    def _drain_inbox(self) -> int:
+        """Schedule the requests other workers gave this one, journal them, then trim them
+        from the inbox (a crash in between schedules them twice: the dupefilter keeps one)."""
+        shared, cp = self.shared, self.cp
+        assert shared is not None
+        assert cp is not None
+        units = shared.inbox()
+        if not units:
+            return 0
+        scheduled = self._schedule_payloads([payload for _, payload in units])
+        cp.save()
+        shared.trim_inbox(len(units))
+        self.stats.inc_value("checkpoint/received", scheduled)
+        if shared.status != "running":
+            shared.beat("running")
+        return scheduled
+
+    def _share_work(self) -> None:
+        """Give idle workers part of this worker's pending requests that have not started."""
+        now = monotonic()
+        if now < self._next_share:
+            return
+        self._next_share = now + 1.0
+        shared, cp = self.shared, self.cp
+        assert shared is not None
+        assert cp is not None
+        pending, started = cp.live.pending, cp.live.started
+        if len(pending) < 2 * GIVE_MIN:
+            return
+        idle = [w for w in shared.workers()
+                if w.alive and w.status == "idle" and w.id != shared.worker]
+        if not idle:
+            return
+        share = min(len(pending) // (len(idle) + 1), GIVE_MAX)
+        spare = [code for code in pending if code in self._live and code not in started
+                 and code not in self._continued and code not in self._unfiltered]
+        given_total = 0
+        for i, worker in enumerate(idle):
+            chunk = spare[i * share:(i + 1) * share]
+            if len(chunk) < GIVE_MIN:
+                break
+            given = shared.give(worker.id, [(code, pending[code]) for code in chunk])
+            cp.hand_off(given)
+            for code in given:
+                self._live.discard(code)
+                self._given.add(code)
+            given_total += len(given)
+        if given_total:
+            cp.save()
+            self.stats.inc_value("checkpoint/given", given_total)
+            logger.debug("Stage %s: gave %d request(s) to %d idle worker(s).", self.stage,
+                         given_total, len(idle))
+
+    def handed_off(self, code: int) -> bool:
+        """The unit was given to another worker (its request may still be queued here)."""
+        return code in self._given
+
+    def spider_idle(self, spider: Spider) -> None:
+        """Shared stages: adopt dead workers' work; stay while other workers are busy (their
+        work comes here if they die); close when none is."""
+        if not self.active or self.shared is None:
+            return
+        shared = self.shared
+        try:
+            if self._drain_inbox():
+                raise DontCloseSpider
+            self._take_over_dead()
+            if self._hand_over_adopted():
+                raise DontCloseSpider
+            busy = shared.others_busy()
+        except CheckpointError as exc:
+            self._stop(exc)
+            return
+        if busy:
+            if shared.status != "idle":
+                shared.beat("idle")
+            if monotonic() - self._waiting_logged > 60:
+                self._waiting_logged = monotonic()
+                logger.info("Stage %s: worker %s has nothing to do; staying while %s work, to "
+                            "adopt their requests if they stop.", self.stage, shared.worker,
+                            ", ".join(w.id for w in busy))
+            raise DontCloseSpider
 
     # -- outputs -------------------------------------------------------------------------------
 
@@ -246,17 +506,9 @@ class CheckpointExtension:
         engine = self.crawler.engine
         hook_request_lifecycle(engine, self._request_started, self._request_finished)
         live = cp.live
-        resumed = 0
-        for payload in list(live.pending.values()):
-            try:
-                request = payload_to_request(payload, spider)
-            except Exception as exc:
-                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped. Was a callback renamed?")
-                self.stats.inc_value("checkpoint/unrestorable")
-                continue
-            engine.crawl(request)
-            resumed += 1
+        resumed = self._schedule_payloads(list(live.pending.values()))
+        if self.shared is not None:
+            resumed += self._hand_over_adopted()
         if resumed or len(live.done):
             logger.info("Stage %s: %d request(s) scheduled again (%d were in flight at the "
                         "interruption), %d done request(s) will not be fetched again.",
@@ -300,6 +552,9 @@ class CheckpointExtension:
                 return
             self._drop_duplicate(request, code)
             return
+        if self.shared is not None and not self._claimed(code):
+            self.stats.inc_value("checkpoint/claimed_elsewhere")
+            raise IgnoreRequest(f"another worker of checkpoint stage {self.stage} owns it")
         meta[UNIT_META] = code
         self._live.add(code)
         self._registered.add(request)
@@ -418,6 +673,9 @@ class CheckpointExtension:
         try:
             if self.cp is not None and self.active:
                 self.cp.tick()
+                if self.shared is not None:
+                    self._drain_inbox()
+                    self._share_work()
         except CheckpointError as exc:
             self._stop(exc)
         except Exception:
@@ -476,6 +734,7 @@ class CheckpointExtension:
         self._record_skips()
         cp.set_total(len(live.done) + len(live.pending))
         self._update_stats()
+        shared = self.shared
         if reason == "finished":
             if live.pending:
                 logger.warning("Stage %s finished with %d journaled request(s) never done; "
@@ -485,5 +744,12 @@ class CheckpointExtension:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
             cp.pause()
-            logger.info("Stage %s paused (%s): run the same command again to resume; "
-                        "%d request(s) pending.", self.stage, reason, len(live.pending))
+            if shared is None:
+                logger.info("Stage %s paused (%s): run the same command again to resume; "
+                            "%d request(s) pending.", self.stage, reason, len(live.pending))
+            else:
+                logger.info("Stage %s: worker %s stopped (%s) with %d request(s) pending; "
+                            "another worker adopts them, or the next one started.",
+                            self.stage, shared.worker, reason, len(live.pending))
+        if shared is not None:
+            shared.leave("finished" if reason == "finished" else "paused")

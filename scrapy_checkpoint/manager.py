@@ -17,6 +17,7 @@ from .checkpoint import EnhancedCheckpoint, _backend_location
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CorruptCheckpointError
 from .metrics import Metrics, format_duration
+from .shared import SharedStage, Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status
 from .stores.base import Store, open_store
 from .stores.file import check_stage_name
@@ -147,6 +148,22 @@ class UnifiedCheckpointManager:
     def stages(self) -> list[str]:
         return self.store.stages()
 
+    def shared_stages(self) -> dict[str, list[Worker]]:
+        """Stages shared by several workers (``CHECKPOINT_SHARED``, Redis only): their
+        workers, oldest first, with ``alive`` and the last heartbeat."""
+        from .stores.redis import RedisStore
+
+        if not isinstance(self.store, RedisStore):
+            return {}
+        parents = sorted({parent for name in self.stages()
+                          if (parent := (shared_stage_of(name) or ("", ""))[0])})
+        out = {}
+        for parent in parents:
+            workers = SharedStage(self.store, parent, worker="-").workers()
+            if workers:
+                out[parent] = workers
+        return out
+
     def read(self, stage: str) -> StageView:
         return read_stage(self.store, check_stage_name(stage))
 
@@ -172,6 +189,21 @@ class UnifiedCheckpointManager:
         finally:
             lock.release(unlink=True)
         logger.info("Stage %s reset.", stage)
+
+    def reset_shared(self, stage: str) -> list[str]:
+        """Delete a shared stage: its claims, its workers and their sub-stages. Raises
+        :class:`CheckpointLockedError` while one of its workers is alive."""
+        from .stores.redis import RedisStore
+
+        if not isinstance(self.store, RedisStore):
+            raise FileNotFoundError(f"No shared stage {stage!r} in {self.store.location}.")
+        shared = SharedStage(self.store, check_stage_name(stage), worker="-")
+        for w in shared.workers():
+            if w.alive:
+                raise CheckpointLockedError(stage, w.pid, w.host, None)
+        removed = shared.reset()
+        logger.info("Shared stage %s reset (%d worker sub-stages).", stage, len(removed))
+        return removed
 
     def reset_all(self) -> list[str]:
         """Reset every stage no live process owns; return the names reset."""

@@ -4,7 +4,8 @@ At order 100 (close to the engine) it sees a request's final outcome, after
 the retry and redirect middlewares: a download error or a 5xx response makes
 the request done-with-failure (fetched again on resume with
 ``CHECKPOINT_RETRY_FAILED``). It also drops a request whose fingerprint was
-finished while it waited in the queue. Enabled alone, it builds the extension.
+finished while it waited in the queue, or that was given to another worker of a
+shared stage. Enabled alone, it builds the extension.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ class CheckpointMiddleware:
     def process_request(self, request: Request) -> None:
         ext = self.ext
         code = request.meta.get(UNIT_META)
-        if code is not None and ext.active and ext.cp is not None and code in ext.cp.live.done:
+        if code is None or not ext.active or ext.cp is None:
+            return
+        if code in ext.cp.live.done:
             ext.stats.inc_value("checkpoint/duplicates_dropped")
             raise IgnoreRequest("already done in the checkpoint")
+        if ext.handed_off(code):
+            raise IgnoreRequest("given to another worker of the shared stage")
 
     def process_response(self, request: Request, response: Response) -> Response:
         if response.status >= 500:

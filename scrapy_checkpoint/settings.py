@@ -20,6 +20,8 @@ CHECKPOINT_RESET             bool       False               Start the stage over
 CHECKPOINT_RETRY_FAILED      bool       False               Fetch failed requests again on resume.
 CHECKPOINT_ON_COMPLETE       str        "restart"           Completed stage run again: "restart"/"skip".
 CHECKPOINT_OUTPUT            str        None                The plugin's own exactly-once JSON lines.
+CHECKPOINT_SHARED            bool       False               Several workers share the stage (Redis).
+CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
 ===========================  =========  ==================  ==========================================
 """
 
@@ -58,6 +60,16 @@ class CheckpointSettings(BaseModel):
     retry_failed: bool = False
     on_complete: Literal["restart", "skip"] = "restart"
     output: str | None = None
+    shared: bool = False
+    redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
+
+    @field_validator("redis_ttl")
+    @classmethod
+    def _positive_ttls(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and any(v <= 0 for v in value.values()):
+            raise ValueError("TTLs are seconds > 0, e.g. {'active': 172800, 'completed': 3600, "
+                             "'failed': 604800}")
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -73,6 +85,8 @@ class CheckpointSettings(BaseModel):
         values = {}
         for name in cls.model_fields:
             value = settings.get(PREFIX + name.upper())
+            if isinstance(value, str) and value.startswith("{"):  # -s NAME='{"a": 1}'
+                value = settings.getdict(PREFIX + name.upper())
             if value is not None and value != "":
                 values[name] = value
         try:
@@ -91,7 +105,8 @@ class CheckpointSettings(BaseModel):
         from .stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,
-                          buffer_bytes=self.redis_buffer)
+                          buffer_bytes=self.redis_buffer,
+                          ttls={str(k): v for k, v in (self.redis_ttl or {}).items()})
 
     def checkpoint_config(self) -> CheckpointConfig:
         return CheckpointConfig(durability=self.durability, sync_interval=self.sync_interval,

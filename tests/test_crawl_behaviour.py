@@ -140,6 +140,9 @@ def test_checkpoint_enabled_false_behaves_like_plain_scrapy(tmp_path: Path, site
     ("CHECKPOINT_ON_COMPLETE=never",
      "Invalid setting CHECKPOINT_ON_COMPLETE='never': Input should be 'restart' or 'skip'"),
     ("JOBDIR=jobdir", "JOBDIR and scrapy-checkpoint must not be combined"),
+    ("CHECKPOINT_SHARED=True", "CHECKPOINT_SHARED needs the Redis backend"),
+    ("CHECKPOINT_REDIS_TTL={\"done\": 5}",
+     "Invalid setting CHECKPOINT_REDIS_TTL='done': Input should be 'active', 'completed' or"),
 ])
 def test_a_bad_setting_stops_the_crawl_at_start_with_a_clear_error(
     tmp_path: Path, site: Site, setting: str, message: str

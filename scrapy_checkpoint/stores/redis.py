@@ -58,6 +58,8 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'seq', ARGV[2])
 local ttl = redis.call('TTL', KEYS[3])
 if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+-- A shared stage: the group's finished units are done for every worker, in this same call.
+for i = 4, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], '=') end
 return 1
 """
 
@@ -158,7 +160,7 @@ class RedisJournalWriter:
     """Appends groups to the stage's list; buffers them while Redis is unreachable."""
 
     def __init__(self, store: RedisStore, stage: str, token: str, seq: int,
-                 buffer_limit: int) -> None:
+                 buffer_limit: int, claims_key: str | None = None) -> None:
         self._store, self._stage, self._token = store, stage, token
         self.seq = seq
         self.size = 0
@@ -166,6 +168,9 @@ class RedisJournalWriter:
         self._pending_bytes = 0
         self._buffer_limit = buffer_limit
         self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
+        if claims_key is not None:
+            self._keys.append(claims_key)
+        self._shared = claims_key is not None
 
     def append(self, payload: bytes) -> None:
         self.seq += 1
@@ -181,8 +186,13 @@ class RedisJournalWriter:
 
         while self._pending:
             seq, payload = self._pending[0]
+            args: list[Any] = [self._token, seq, payload]
+            if self._shared:
+                group = decode_group(payload)
+                args += [str(code) for code in group.done]
+                args += [str(code) for code in group.failed]
             try:
-                self._store._append(keys=self._keys, args=[self._token, seq, payload])
+                self._store._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if self._pending_bytes > self._buffer_limit:
                     raise CheckpointError(
@@ -267,6 +277,7 @@ class RedisStore:
         self._tokens: dict[str, str] = {}
         self._writers: dict[str, RedisJournalWriter] = {}
         self._rotations: dict[tuple[str, int], int] = {}
+        self._claims: dict[str, str] = {}  # sub-stage -> claims key of its shared stage
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self.prefix!r})"
@@ -281,6 +292,15 @@ class RedisStore:
     def _stage_keys(self, stage: str) -> list[str]:
         return [self.key(stage, part) for part in
                 ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt")]
+
+    def mark_done_in(self, stage: str, claims_key: str) -> None:
+        """Journal groups of ``stage`` (a worker's sub-stage) also mark their finished units
+        done in ``claims_key``, atomically with the append. Call before opening the stage."""
+        self._claims[stage] = claims_key
+
+    def token(self, stage: str) -> str | None:
+        """The lock token this process holds on ``stage``."""
+        return self._tokens.get(stage)
 
     # -- ownership -------------------------------------------------------------------------------
 
@@ -467,7 +487,8 @@ class RedisStore:
             writer = previous
         else:
             seq = int(self.client.hget(self.key(stage, "meta"), "seq") or 0)
-            writer = RedisJournalWriter(self, stage, token, seq, self.buffer_bytes)
+            writer = RedisJournalWriter(self, stage, token, seq, self.buffer_bytes,
+                                        claims_key=self._claims.get(stage))
         self._writers[stage] = writer
         return writer
 

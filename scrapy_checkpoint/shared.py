@@ -1,0 +1,312 @@
+"""Several worker processes on one stage, coordinated through Redis (``CHECKPOINT_SHARED``).
+
+Each worker keeps its own *sub-stage* ``<stage>.w.<worker>``: journal, done-set,
+frontier and outputs, exactly as a single crawl keeps its stage, with every
+guarantee that comes with it. The workers share three keys of the stage::
+
+    p:<stage>:claims    HASH unit code -> the worker that owns the unit, "=" once done
+    p:<stage>:workers   HASH worker -> JSON: host, pid, heartbeat, status, counts, outputs
+    p:<stage>:tokens    HASH worker -> the lock token of its sub-stage
+    p:<stage>:inbox:<w> LIST requests given to worker w, not yet journaled by it
+
+A worker crawls a unit only once it has *claimed* it: the claim succeeds if the
+unit is free, already its own, or held by a dead worker (one whose sub-stage
+lock no longer holds its token). A unit turns to "=" in the same script call
+that appends the journal group recording it done, so for every unit, "done for
+all workers" and "done in its owner's journal" are one fact.
+
+Work is shared by giving: a busy worker that sees an idle one moves some of its
+pending, not yet started requests to the idle worker's inbox (their claims move
+with them in the same script), then records them handed off in its own journal
+and drops them when its scheduler reaches them. The idle worker schedules its
+inbox, journals the requests, and only then trims the inbox.
+
+When a worker dies, its sub-stage lock expires (``CHECKPOINT_LEASE_SECONDS``;
+at once for a dead process on the same host). A live worker *adopts* it: takes
+its lock, cuts its outputs back to their committed length (same host only: a
+file on another machine is cut by the next worker started there), schedules its
+pending requests (their claims move to the adopter, which journals them), then
+marks them handed off in the dead sub-stage and completes it. Units the dead
+worker had claimed but not yet journaled are claimed again by whoever meets them
+next: the parent request that found them was not done either, so it runs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from .stores.redis import RedisStore
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+#: Worker statuses. ``running``/``idle`` are live ones; a worker that left with work
+#: pending is ``paused`` until adopted; ``finished`` and ``adopted`` ones are over.
+OVER = frozenset({"finished", "adopted"})
+DONE_MARK = "="
+
+_CLAIM = """
+local me, lock_prefix = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local code = ARGV[i]
+  local holder = redis.call('HGET', KEYS[1], code)
+  local ok = 0
+  if not holder or holder == me then
+    ok = 1
+  elseif holder ~= '=' then
+    local token = redis.call('HGET', KEYS[2], holder)
+    if not token or redis.call('GET', lock_prefix .. holder .. ':lock') ~= token then ok = 1 end
+  end
+  if ok == 1 and holder ~= me then redis.call('HSET', KEYS[1], code, me) end
+  out[#out + 1] = ok
+end
+return out
+"""
+
+
+_GIVE = """
+local giver, taker = ARGV[1], ARGV[2]
+local given = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == giver then
+    redis.call('HSET', KEYS[1], ARGV[i], taker)
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    given[#given + 1] = ARGV[i]
+  end
+end
+if #given > 0 then redis.call('EXPIRE', KEYS[2], ARGV[#ARGV]) end
+return given
+"""
+
+
+class Worker(BaseModel):
+    """One worker of a shared stage, as the ``workers`` hash records it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat: float
+    status: str = "running"
+    done: int = 0
+    pending: int = 0
+    outputs: list[str] = []
+    outputs_cut: bool = False
+    adopted_by: str | None = None
+    #: Computed when read: the worker's sub-stage lock still holds its token (and, on
+    #: this host, its process exists).
+    alive: bool = False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_worker_id() -> str:
+    """``<host>-<pid>-<4 hex>``: unique per process, so a restarted worker is a new
+    worker (it adopts the old one, whose sub-stage stays as it was left)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def sub_stage_name(stage: str, worker: str) -> str:
+    return f"{stage}.w.{worker}"
+
+
+def shared_stage_of(sub_stage: str) -> tuple[str, str] | None:
+    """``(stage, worker)`` if ``sub_stage`` names a worker's sub-stage."""
+    stage, sep, worker = sub_stage.rpartition(".w.")
+    return (stage, worker) if sep and stage and worker else None
+
+
+class SharedStage:
+    """The shared keys of one stage, seen by one worker (``worker``)."""
+
+    def __init__(self, store: RedisStore, stage: str, worker: str | None = None) -> None:
+        self.store = store
+        self.stage = stage
+        self.worker = worker or new_worker_id()
+        self.sub_stage = sub_stage_name(stage, self.worker)
+        client = store.client
+        self.client = client
+        self.claims_key = store.key(stage, "claims")
+        self.workers_key = store.key(stage, "workers")
+        self.tokens_key = store.key(stage, "tokens")
+        self._lock_prefix = f"{store.prefix}:{stage}.w."
+        self._claim = client.register_script(_CLAIM)
+        self._give = client.register_script(_GIVE)
+        self._host = socket.gethostname()
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._report: Callable[[], dict[str, Any]] = dict
+        self.status = "running"
+        self.outputs: list[str] = []
+
+    # -- reading --------------------------------------------------------------------------
+
+    def workers(self) -> list[Worker]:
+        """Every worker this stage has had, with ``alive`` computed now."""
+        with self.client.pipeline(transaction=True) as pipe:
+            raw, tokens = pipe.hgetall(self.workers_key).hgetall(self.tokens_key).execute()
+        workers = []
+        for key, value in raw.items():
+            try:
+                workers.append(Worker.model_validate_json(value))
+            except ValidationError:
+                logger.warning("Stage %s: unreadable worker record %r ignored", self.stage, key)
+        if workers:
+            locks = self.client.mget([f"{self._lock_prefix}{w.id}:lock" for w in workers])
+            for w, lock in zip(workers, locks, strict=True):
+                token = tokens.get(w.id.encode())
+                w.alive = (token is not None and lock == token
+                           and (w.host != self._host or _pid_alive(w.pid)))
+        return sorted(workers, key=lambda w: w.started_at)
+
+    def others_busy(self) -> list[Worker]:
+        """Live workers, other than this one, that are not idle (they may yet leave work)."""
+        return [w for w in self.workers()
+                if w.id != self.worker and w.alive and w.status not in ("idle", *OVER)]
+
+    def completed(self) -> bool:
+        """Every worker finished (or was adopted) and none is alive."""
+        workers = self.workers()
+        return bool(workers) and all(w.status in OVER and not w.alive for w in workers)
+
+    def any_alive(self) -> bool:
+        return any(w.alive for w in self.workers() if w.id != self.worker)
+
+    # -- this worker -------------------------------------------------------------------------
+
+    def join(self, token: str, report: Callable[[], dict[str, Any]]) -> None:
+        """Register this worker (its sub-stage lock holds ``token``) and start its heartbeat."""
+        self._report = report
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.tokens_key, self.worker, token)
+            pipe.hset(self.workers_key, self.worker, self._record())
+            self._expire(pipe)
+            pipe.execute()
+        self._thread = threading.Thread(target=self._beat, name=f"checkpoint-heartbeat-{self.stage}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _record(self, **extra: Any) -> str:
+        fields = {"id": self.worker, "host": self._host, "pid": os.getpid(),
+                  "started_at": self._started, "heartbeat": time.time(), "status": self.status,
+                  "outputs": self.outputs}
+        with contextlib.suppress(Exception):  # counts read as they change: the next beat has them
+            fields.update(self._report())
+        fields.update(extra)
+        return Worker(**fields).model_dump_json(exclude={"alive"})
+
+    def _expire(self, pipe: Any) -> None:
+        ttl = self.store.ttls["active"]
+        for key in (self.claims_key, self.workers_key, self.tokens_key):
+            pipe.expire(key, ttl)
+
+    def beat(self, status: str | None = None) -> None:
+        """Write this worker's record now (its status, counts, heartbeat)."""
+        if status is not None:
+            self.status = status
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(self.workers_key, self.worker, self._record())
+            self._expire(pipe)
+            pipe.execute()
+
+    def _beat(self) -> None:
+        period = self.store.lease_seconds / 3
+        while not self._stop.wait(period):
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away: the journal buffers; try again next beat
+                logger.warning("Stage %s: heartbeat not written (%s)", self.stage, exc)
+
+    def leave(self, status: str) -> None:
+        """Stop the heartbeat and record how this worker left (``finished`` or ``paused``)."""
+        self._stop.set()
+        try:
+            self.beat(status)
+        except Exception as exc:
+            logger.warning("Stage %s: could not record that worker %s left (%s)",
+                           self.stage, self.worker, exc)
+
+    def claim(self, code: int) -> bool:
+        """Take the unit for this worker: True if it is free, ours, or a dead worker's."""
+        result = self._claim(keys=[self.claims_key, self.tokens_key],
+                             args=[self.worker, self._lock_prefix, str(code)])
+        return bool(result[0])
+
+    def inbox_key(self, worker: str | None = None) -> str:
+        return self.store.key(self.stage, f"inbox:{worker or self.worker}")
+
+    def give(self, taker: str, units: list[tuple[int, Any]]) -> list[int]:
+        """Move units this worker owns, with their payloads, to ``taker``'s inbox. Returns
+        the codes moved (a unit whose claim is no longer ours stays)."""
+        args: list[Any] = [self.worker, taker]
+        for code, payload in units:
+            args += [str(code), json.dumps([str(code), payload])]
+        args.append(self.store.ttls["active"])
+        given = self._give(keys=[self.claims_key, self.inbox_key(taker)], args=args)
+        return [int(code) for code in given]
+
+    def inbox(self, worker: str | None = None) -> list[tuple[int, Any]]:
+        """The units waiting in a worker's inbox (this worker's by default), oldest first."""
+        items = self.client.lrange(self.inbox_key(worker), 0, -1)
+        units = []
+        for item in items:
+            code, payload = json.loads(item)
+            units.append((int(code), payload))
+        return units
+
+    def trim_inbox(self, count: int, worker: str | None = None) -> None:
+        """Drop the first ``count`` units of the inbox (journaled by their new owner now)."""
+        if count:
+            self.client.ltrim(self.inbox_key(worker), count, -1)
+
+    def record_adoption(self, dead: Worker, *, outputs_cut: bool) -> None:
+        dead.status, dead.adopted_by = "adopted", self.worker
+        dead.outputs_cut = dead.outputs_cut or outputs_cut
+        self.client.hset(self.workers_key, dead.id, dead.model_dump_json(exclude={"alive"}))
+
+    def record_outputs_cut(self, dead: Worker) -> None:
+        dead.outputs_cut = True
+        self.client.hset(self.workers_key, dead.id, dead.model_dump_json(exclude={"alive"}))
+
+    def reset(self) -> list[str]:
+        """Remove the shared keys and every worker's sub-stage. Returns the sub-stages removed."""
+        subs = [sub_stage_name(self.stage, w.id) for w in self.workers()]
+        store = self.store
+        keys = [self.claims_key, self.workers_key, self.tokens_key]
+        keys += [self.inbox_key(w.id) for w in self.workers()]
+        for sub in subs:
+            keys += [k for k in store._stage_keys(sub) if not k.endswith(":lock")]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            if subs:
+                pipe.srem(f"{store.prefix}:stages", *subs)
+            pipe.execute()
+        return subs
+
+
+__all__ = ["SharedStage", "Worker", "new_worker_id", "shared_stage_of", "sub_stage_name"]

@@ -1,0 +1,156 @@
+"""Several workers on one stage (CHECKPOINT_SHARED): real `scrapy crawl` processes, real Redis."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scrapy_checkpoint.manager import read_stage
+from scrapy_checkpoint.shared import SharedStage, sub_stage_name
+from scrapy_checkpoint.state import Status
+from scrapy_checkpoint.stores.redis import RedisStore
+
+from .conftest import PYTHON, drop_redis_prefix, python_env, redis_location, require_redis
+from .crawl import PROJECT, Outputs
+from .site import Site
+
+N_PAGES = 400
+LEASE = 3  # seconds: how soon a worker on another host would be seen dead
+
+
+@pytest.fixture
+def shared_backend() -> Iterator[str]:
+    require_redis()
+    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
+    yield redis_location(prefix)
+    drop_redis_prefix(prefix)
+
+
+class Worker:
+    """One ``scrapy crawl site`` worker of the shared stage, writing into its own directory."""
+
+    def __init__(self, site: Site, backend: str, directory: Path, *extra: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.outputs = Outputs(directory, backend)
+        self.log_path = directory / f"crawl-{uuid.uuid4().hex[:6]}.log"
+        cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}",
+               *self.outputs.args, "-s", "CHECKPOINT_SHARED=True",
+               "-s", f"CHECKPOINT_LEASE_SECONDS={LEASE}", *extra]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+    def wait(self) -> int:
+        return self.proc.wait(timeout=300)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stat(self, name: str) -> int:
+        """A ``checkpoint/`` stat from the final stats dump in the log (0 if absent)."""
+        for line in self.log.splitlines():
+            if f"'checkpoint/{name}':" in line:
+                return int(line.split(":", 1)[1].strip().rstrip(",}"))
+        return 0
+
+
+def _assert_union_exact(workers: list[Worker]) -> None:
+    for name in ("items.jl", "own.jl"):
+        pages = sorted(p for w in workers for p in w.outputs.jsonlines(name))
+        assert pages == list(range(N_PAGES)), f"{name}: lost or duplicated items in the union"
+    csv_pages = sorted(p for w in workers for p in w.outputs.csv_pages())
+    assert csv_pages == list(range(N_PAGES)), "items.csv: lost or duplicated items in the union"
+
+
+def _shared(backend: str) -> SharedStage:
+    return SharedStage(RedisStore(backend), "site", worker="test")
+
+
+def _cli(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend", backend, *args],
+                          check=False, capture_output=True, text=True, env=python_env(),
+                          timeout=60)
+
+
+def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, shared_backend, tmp_path / "a")
+        b = Worker(site, shared_backend, tmp_path / "b")
+        assert a.wait() == 0, a.log[-3000:]
+        assert b.wait() == 0, b.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        site.close()
+    _assert_union_exact([a, b])
+    assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
+    # One worker got the start page; the other was given part of its frontier.
+    assert a.outputs.jsonlines("items.jl")
+    assert b.outputs.jsonlines("items.jl")
+    assert a.stat("given") + b.stat("given") == a.stat("received") + b.stat("received") > 0
+    workers = _shared(shared_backend).workers()
+    assert [w.status for w in workers] == ["finished", "finished"]
+    store = RedisStore(shared_backend)
+    for w in workers:
+        view = read_stage(store, sub_stage_name("site", w.id))
+        assert view.state.status is Status.COMPLETED
+        assert view.state.pending_units == 0
+    assert sum(w.done for w in workers) == N_PAGES
+
+    listed = _cli(shared_backend, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)["shared"]["site"]
+    assert sorted(w["id"] for w in shown) == sorted(w.id for w in workers)
+    show = _cli(shared_backend, "show", "site")
+    assert show.returncode == 0, show.stderr
+    assert "Shared stage site: completed, 400 done, 0 pending in 2 worker" in show.stdout
+
+    # Run again with ON_COMPLETE=skip: a completed shared stage does nothing...
+    again = Worker(Site(N_PAGES), shared_backend, tmp_path / "c", "-s",
+                   "CHECKPOINT_ON_COMPLETE=skip")
+    assert again.wait() == 0, again.log[-3000:]
+    assert "already completed; nothing to do" in again.log
+    # ...and `reset` removes it, once no worker is alive.
+    reset = _cli(shared_backend, "reset", "site")
+    assert reset.returncode == 0, reset.stderr
+    assert _shared(shared_backend).workers() == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "victim"), [(31, "a"), (32, "b"), (33, "a")])
+def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
+    tmp_path: Path, shared_backend: str, seed: int, victim: str
+) -> None:
+    rng = random.Random(seed)
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, shared_backend, tmp_path / "a")
+        b = Worker(site, shared_backend, tmp_path / "b")
+        killed, survivor = (a, b) if victim == "a" else (b, a)
+        assert site.wait_for_hits(rng.randint(60, N_PAGES // 2))
+        killed.proc.kill()
+        assert killed.wait() == -9
+        assert survivor.wait() == 0, survivor.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        site.close()
+    _assert_union_exact([a, b])
+    assert set(hits) == set(range(N_PAGES)), "a page was never fetched"
+    assert "adopted worker" in survivor.log
+    workers = {w.status: w for w in _shared(shared_backend).workers()}
+    assert sorted(workers) == ["adopted", "finished"]
+    assert not any(w.alive for w in workers.values())
+    store = RedisStore(shared_backend)
+    dead = read_stage(store, sub_stage_name("site", workers["adopted"].id)).state
+    assert dead.status is Status.COMPLETED
+    assert dead.pending_units == 0
+    assert dead.metadata["adopted_by"] == workers["finished"].id
