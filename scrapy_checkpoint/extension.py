@@ -336,6 +336,7 @@ class CheckpointExtension:
         units = shared.inbox()
         if not units:
             return 0
+        self._elsewhere.discard_many([code for code, _ in units])  # ours now
         scheduled = self._schedule_payloads([payload for _, payload in units])
         cp.save()
         shared.trim_inbox(len(units))

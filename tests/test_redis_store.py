@@ -125,28 +125,52 @@ def test_large_blobs_are_compressed_and_read_back() -> None:
     assert decompress(compress(large)) == large
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
-    port = _free_port()
-    data = tmp_path / "redis"
-    data.mkdir()
-    server_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                  "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+class PrivateRedis:
+    """A redis-server of the test's own, on a free port, with an fsynced append-only file:
+    it can be stopped and started again with its data."""
 
-    def start_server() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=port)
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        directory.mkdir()
+        self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                    str(directory), "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
         for _ in range(500):
             try:
                 client.ping()
                 client.close()
-                return proc
+                return
             except redis.exceptions.ConnectionError:
                 time.sleep(0.02)  # polls the server until it answers
         raise AssertionError("redis-server did not start")
 
-    server = start_server()
-    url = f"redis://127.0.0.1:{port}/0"
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+needs_redis_server = pytest.mark.skipif(
+    shutil.which("redis-server") is None and os.environ.get("CI") != "true",
+    reason="redis-server is not installed (these tests start their own)")
+
+
+@needs_redis_server
+def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
+    private = PrivateRedis(tmp_path / "redis")
+    server = private
+    url = private.url
     log = tmp_path / "work.log"
     job = subprocess.Popen(
         [PYTHON, str(SCRIPTS / "tracker_job.py"), url, "stage3", "3000", str(log), "8", "5",
@@ -155,25 +179,56 @@ def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
         assert job.stdout is not None
         for n, _ in enumerate(job.stdout):
             if n == 500:
-                server.terminate()  # Redis goes away mid-run ...
-                server.wait(timeout=30)
-                server = start_server()  # ... and comes back with its append-only file
+                server.restart()  # Redis goes away mid-run and comes back with its data
                 break
         _, err = job.communicate(timeout=300)
         assert job.returncode == 0, err.decode()[-3000:]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    server = start_server()
+        server.stop()
+    server.start()
     try:
         reader = RedisStore(url)
         state = read_stage(reader, "stage3").state
         reader.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     done = [int(x) for x in log.read_text().split()]
     assert sorted(set(done)) == list(range(3000))
     assert state.status is Status.COMPLETED
     assert state.progress.processed_items == 3000
     assert state.done_units == 3000
+
+
+@needs_redis_server
+def test_a_crawl_survives_a_redis_restart_mid_crawl(tmp_path: Path) -> None:
+    """A real `scrapy crawl` with the Redis store; Redis is restarted under it. The crawl
+    keeps going, buffers its journal while Redis is away, and ends with every item once."""
+    from .crawl import Outputs, crawl
+    from .site import Site
+
+    n_pages = 300
+    private = PrivateRedis(tmp_path / "redis")
+    site = Site(n_pages, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private.url)
+    outputs.directory.mkdir()
+    try:
+        restarted = threading.Event()
+
+        def restart_midway() -> None:
+            if site.wait_for_hits(100):
+                private.restart()
+                restarted.set()
+
+        threading.Thread(target=restart_midway, daemon=True).start()
+        run = crawl(site, outputs)
+        assert restarted.is_set()
+        assert run.returncode == 0, run.log[-3000:]
+        state = read_stage(RedisStore(private.url), "site").state
+    finally:
+        site.close()
+        private.stop()
+    assert "Redis unreachable" in run.log or "state not written" in run.log, "no outage seen"
+    for name in ("items.jl", "own.jl"):
+        assert sorted(outputs.jsonlines(name)) == list(range(n_pages)), name
+    assert state.status is Status.COMPLETED
+    assert state.done_units == n_pages
