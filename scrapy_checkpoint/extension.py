@@ -439,6 +439,8 @@ class CheckpointExtension:
             return self.outputs[key]
         size = os.path.getsize(key) if os.path.exists(key) else 0
         recorded = self.cp.live.outputs.get(key)
+        if self.shared is not None and recorded is None:
+            overwrite = self._shared_output(key, overwrite)
         if recorded is None:  # first time this stage writes the file
             base = 0 if overwrite else size
             length = base
@@ -451,6 +453,31 @@ class CheckpointExtension:
         self.outputs[key] = output
         self._recorded_lengths[key] = length
         return output
+
+    def _shared_output(self, key: str, overwrite: bool) -> bool:
+        """A shared stage's output: refuse a file a live worker on this host writes; append to,
+        never overwrite, one an earlier worker of the stage wrote. Returns ``overwrite``."""
+        shared = self.shared
+        assert shared is not None
+        host = Owner.current().host
+        for worker in shared.workers():
+            if worker.id == shared.worker or key not in worker.outputs or worker.host != host:
+                continue
+            if worker.alive:
+                error = ConfigError(
+                    f"Worker {worker.id} (pid {worker.pid}) of stage {self.stage} writes {key} "
+                    f"too: give every worker on a host its own output file (-o items-1.jl).")
+                if self.crawler.crawling and getattr(self.crawler, "_engine", None) is not None:
+                    self._stop(error)  # a feed opened with the spider: stop the crawl
+                else:
+                    raise error  # CHECKPOINT_OUTPUT, opened with the extension: fail at start
+            elif overwrite:
+                self.warn_once(f"append:{key}", f"{key} holds items of worker {worker.id} of "
+                               f"stage {self.stage}: appending to it instead of overwriting.")
+                overwrite = False
+        shared.outputs.append(key)
+        shared.beat()
+        return overwrite
 
     def _before_commit(self) -> dict[str, Any] | None:
         """Fields added to every journal group: output lengths, skips, the known frontier."""

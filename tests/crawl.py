@@ -59,7 +59,9 @@ class Outputs:
         if not path.exists():
             return []
         data = path.read_text()
-        assert data == "" or data.endswith("\n"), "items.csv ends with a partial line"
+        if data == "":  # the header is written with the first item
+            return []
+        assert data.endswith("\n"), "items.csv ends with a partial line"
         rows = list(csv.reader(data.splitlines()))
         assert rows[0] == ["page", "title", "url"], rows[0]
         assert ["page", "title", "url"] not in rows[1:], "the CSV header was written twice"

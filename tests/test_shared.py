@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,77 @@ def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
     assert dead.status is Status.COMPLETED
     assert dead.pending_units == 0
     assert dead.metadata["adopted_by"] == workers["finished"].id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [41, 42])
+def test_workers_killed_and_replaced_many_times_lose_and_repeat_nothing(
+    tmp_path: Path, shared_backend: str, seed: int
+) -> None:
+    """Two workers; five times a random one is SIGKILLed at a random moment and a new worker
+    takes its place (as a supervisor would). The union of every worker's outputs holds every
+    item exactly once."""
+    rng = random.Random(seed)
+    n_pages = 800
+    site = Site(n_pages, delay=0.01)
+    workers: list[Worker] = []
+    try:
+        live = [Worker(site, shared_backend, tmp_path / f"w{i}") for i in range(2)]
+        workers += live
+        for kill in range(5):
+            if not site.wait_for_hits(site.total_hits + rng.randint(30, 100), timeout=60):
+                break  # the crawl ended first
+            victim = rng.choice(live)
+            victim.proc.kill()
+            victim.wait()
+            live.remove(victim)
+            fresh = Worker(site, shared_backend, tmp_path / f"r{kill}")
+            live.append(fresh)
+            workers.append(fresh)
+        for w in live:
+            assert w.wait() == 0, w.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        site.close()
+    for name in ("items.jl", "own.jl"):
+        pages = sorted(p for w in workers for p in w.outputs.jsonlines(name))
+        assert pages == list(range(n_pages)), f"{name}: lost or duplicated items in the union"
+    assert sorted(p for w in workers for p in w.outputs.csv_pages()) == list(range(n_pages))
+    assert set(hits) == set(range(n_pages)), "a page was never fetched"
+    records = _shared(shared_backend).workers()
+    assert not any(w.alive for w in records)
+    assert {w.status for w in records} <= {"adopted", "finished"}
+
+
+def test_two_live_workers_on_one_host_cannot_share_an_output_file(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    site = Site(60)
+    site.gate.clear()  # hold the first worker's requests
+    started: list[Worker] = []
+    try:
+        first = Worker(site, shared_backend, tmp_path / "same")
+        started.append(first)
+        shared = _shared(shared_backend)
+        assert site.wait_for_hits(0)
+        for _ in range(3000):  # until the first worker has opened its outputs
+            if any(w.outputs for w in shared.workers()):
+                break
+            assert first.proc.poll() is None, first.log[-3000:]
+            time.sleep(0.02)  # polls Redis for the condition
+        second = Worker(site, shared_backend, tmp_path / "same")
+        started.append(second)
+        assert second.wait() != 0, "the second worker started on the first one's files"
+        site.gate.set()
+        assert first.wait() == 0, first.log[-3000:]
+    finally:
+        site.gate.set()
+        for w in started:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        site.close()
+    assert "too: give every worker on a host its own output file" in second.log
+    assert sorted(first.outputs.jsonlines("items.jl")) == list(range(60))
