@@ -5,7 +5,8 @@ Scrapy has no public "request finished" signal. The engine's slot calls
 ``remove_request`` when it is finished: its callback or errback output fully
 processed (items through the pipelines), or, when a downloader middleware
 turned it into another request (redirect, retry), after that request was
-scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
+scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them. ``wake()``
+uses the slot's ``nextcall`` to make an idle engine look at its scheduler now.
 """
 
 from __future__ import annotations
@@ -48,3 +49,12 @@ def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: Reques
 
     slot.add_request = add
     slot.remove_request = remove
+
+
+def wake(engine: Any) -> None:
+    """Make the engine ask its scheduler for requests now. An idle engine kept open (a
+    shared stage's worker) otherwise looks only every 5 s, at its heartbeat."""
+    slot = getattr(engine, "_slot", None)
+    nextcall = getattr(slot, "nextcall", None)
+    if nextcall is not None:
+        nextcall.schedule()

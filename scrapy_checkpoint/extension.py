@@ -22,7 +22,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 from twisted.internet.task import LoopingCall
 
 from ._clock import monotonic
-from ._engine import hook_request_lifecycle
+from ._engine import hook_request_lifecycle, wake
 from ._keys import key_code
 from .checkpoint import EnhancedCheckpoint
 from .doneset import DoneSet
@@ -40,6 +40,8 @@ logger = logging.getLogger("scrapy_checkpoint")
 UNIT_META = "_checkpoint_unit"
 #: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
 IGNORE_META = "checkpoint_ignore"
+#: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
+REQUEUE_META = "_checkpoint_requeue"
 
 #: Work given to an idle worker of a shared stage: at least GIVE_MIN units, at most GIVE_MAX.
 GIVE_MIN, GIVE_MAX = 4, 500
@@ -89,6 +91,10 @@ class CheckpointExtension:
         self._adopting: list[tuple[Worker, EnhancedCheckpoint, bool]] = []
         self._waiting_logged = 0.0
         self._given: set[int] = set()  # units given to other workers, maybe still queued here
+        # scrapy-redis pairing: requests go through its shared queue; the worker that pops one
+        # takes its unit when the download starts. Popped requests another worker has:
+        self._paired = False
+        self._not_ours: WeakSet[Request] = WeakSet()
         self._next_share = 0.0
 
     # -- construction --------------------------------------------------------------------
@@ -191,6 +197,14 @@ class CheckpointExtension:
         if config.retry_failed:
             raise ConfigError("CHECKPOINT_RETRY_FAILED is not available with CHECKPOINT_SHARED: "
                               "failed requests stay with the worker that failed them.")
+        scheduler = self.crawler.settings.get("SCHEDULER")
+        path = scheduler if isinstance(scheduler, str) else (
+            f"{getattr(scheduler, '__module__', '')}.{getattr(scheduler, '__qualname__', '')}")
+        self._paired = path.startswith("scrapy_redis.")
+        if self._paired and not self.crawler.settings.getbool("SCHEDULER_PERSIST"):
+            raise ConfigError("CHECKPOINT_SHARED with scrapy-redis's scheduler needs "
+                              "SCHEDULER_PERSIST = True: without it the first worker to close "
+                              "empties the queue the others still work from.")
         shared = SharedStage(store, self.stage)
         if config.reset:
             if shared.any_alive():
@@ -323,6 +337,9 @@ class CheckpointExtension:
                                f"it is skipped. Was a callback renamed?")
                 self.stats.inc_value("checkpoint/unrestorable")
                 continue
+            if self._paired:  # back to the shared queue, past scrapy-redis's dupefilter
+                request.meta[REQUEUE_META] = True
+                request.dont_filter = True
             engine.crawl(request)
             scheduled += 1
         return scheduled
@@ -381,10 +398,6 @@ class CheckpointExtension:
             logger.debug("Stage %s: gave %d request(s) to %d idle worker(s).", self.stage,
                          given_total, len(idle))
 
-    def handed_off(self, code: int) -> bool:
-        """The unit was given to another worker (its request may still be queued here)."""
-        return code in self._given
-
     def spider_idle(self, spider: Spider) -> None:
         """Shared stages: adopt dead workers' work; stay while other workers are busy (their
         work comes here if they die); close when none is."""
@@ -398,6 +411,16 @@ class CheckpointExtension:
             if self._hand_over_adopted():
                 raise DontCloseSpider
             busy = shared.others_busy()
+            if self._paired and not busy:
+                # Every worker is idle, so the shared queue is empty: a payload still queued
+                # and held by no live worker was lost with a worker; put it back.
+                lost = shared.lost_queued()
+                if lost:
+                    logger.info("Stage %s: %d request(s) popped by workers that died are put "
+                                "back in the queue.", self.stage, len(lost))
+                    self.stats.inc_value("checkpoint/requeued_lost", len(lost))
+                    self._schedule_payloads(lost)
+                    raise DontCloseSpider
         except CheckpointError as exc:
             self._stop(exc)
             return
@@ -567,7 +590,12 @@ class CheckpointExtension:
                 self._skipped += 1
                 self.stats.inc_value("checkpoint/skipped")
                 raise IgnoreRequest(f"done by an earlier run of checkpoint stage {self.stage}")
+            if self._paired:  # scrapy-redis's dupefilter never saw a dont_filter request
+                raise IgnoreRequest("duplicate of a request done in this run")
             self._drop_duplicate(request, code)
+            return
+        if self._paired:
+            self._queue_request(request, code, spider)
             return
         if code in self._live:
             if meta.get(UNIT_META) == code and request.dont_filter:
@@ -599,6 +627,78 @@ class CheckpointExtension:
                 self.stats.inc_value("checkpoint/unserializable")
                 return
             cp.add_unit(code, payload)
+
+    def _queue_request(self, request: Request, code: int, spider: Spider) -> None:
+        """scrapy-redis pairing: the request goes to the shared queue, its payload kept in
+        Redis until the worker that pops it has journaled it. A retry of a unit this worker
+        has puts the unit back in the queue: whoever pops the retry finishes it."""
+        meta = request.meta
+        requeue = bool(meta.pop(REQUEUE_META, False))
+        continuation = code in self._live and meta.get(UNIT_META) == code and request.dont_filter
+        if code in self._live and not continuation:
+            raise IgnoreRequest("duplicate of a request in flight in this worker")
+        shared, cp = self.shared, self.cp
+        assert shared is not None
+        assert cp is not None
+        try:
+            payload = request_to_payload(request, spider)
+        except UnserializableRequest as exc:
+            self.warn_once(f"unserializable:{exc.kind}",
+                           f"A request cannot be journaled ({exc}); it goes to the shared queue "
+                           f"untracked, so a crash of the worker that pops it loses it.")
+            self.stats.inc_value("checkpoint/unserializable")
+            meta.pop(UNIT_META, None)
+            return
+        try:
+            queued = shared.queue(code, payload, requeue=requeue or continuation)
+        except Exception as exc:  # Redis away: let it go (at worst crawled twice, never lost)
+            self.warn_once("claim", f"Stage {self.stage}: cannot claim requests in Redis ({exc}); "
+                           f"queuing them untracked.")
+            queued = True
+        if not queued:
+            self.stats.inc_value("checkpoint/claimed_elsewhere")
+            raise IgnoreRequest(f"done, queued or in flight in checkpoint stage {self.stage}")
+        meta[UNIT_META] = code
+        if continuation:
+            cp.hand_off([code])
+            self._live.discard(code)
+            self._failures.discard(code)
+            self._ignored.discard(code)
+
+    def _take(self, request: Request, code: int) -> None:
+        """scrapy-redis pairing: a request popped from the shared queue starts downloading
+        here: take its unit and journal it, or drop it if it is done or another worker's."""
+        shared, cp = self.shared, self.cp
+        assert shared is not None
+        assert cp is not None
+        try:
+            ours = code not in cp.live.done and shared.take(code)
+        except Exception as exc:
+            self.warn_once("claim", f"Stage {self.stage}: cannot claim requests in Redis ({exc}); "
+                           f"crawling them untracked.")
+            return
+        if not ours:
+            self._not_ours.add(request)
+            return
+        self._live.add(code)
+        self._registered.add(request)
+        if shared.status != "running":
+            shared.beat("running")
+        try:
+            payload = request_to_payload(request, self.crawler.spider)
+        except UnserializableRequest as exc:
+            self.warn_once(f"unserializable:{exc.kind}",
+                           f"A request cannot be journaled ({exc}); it is crawled but kept in "
+                           f"memory only, so a crash before it finishes loses it.")
+            self.stats.inc_value("checkpoint/unserializable")
+        else:
+            cp.add_unit(code, payload)
+        cp.start_unit(code)
+
+    def should_drop(self, request: Request, code: int) -> bool:
+        """A queued request this worker must not download: given to another worker, or (with
+        scrapy-redis) done or in flight elsewhere."""
+        return code in self._given or request in self._not_ours
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
@@ -648,7 +748,9 @@ class CheckpointExtension:
 
     def _request_started(self, request: Request) -> None:
         code = request.meta.get(UNIT_META)
-        if code in self._live and self.cp is not None and request in self._registered:
+        if self._paired and code is not None and request not in self._registered and self.active:
+            self._take(request, code)
+        elif code in self._live and self.cp is not None and request in self._registered:
             self.cp.start_unit(code)
 
     def _request_finished(self, request: Request) -> None:
@@ -701,9 +803,11 @@ class CheckpointExtension:
         try:
             if self.cp is not None and self.active:
                 self.cp.tick()
-                if self.shared is not None:
+                if self.shared is not None and not self._paired:
                     self._drain_inbox()
                     self._share_work()
+                elif self._paired and self.shared is not None and self.shared.status == "idle":
+                    wake(self.crawler.engine)  # look at the shared queue now, not in 5 s
         except CheckpointError as exc:
             self._stop(exc)
         except Exception:

@@ -38,8 +38,8 @@ class CheckpointMiddleware:
         if code in ext.cp.live.done:
             ext.stats.inc_value("checkpoint/duplicates_dropped")
             raise IgnoreRequest("already done in the checkpoint")
-        if ext.handed_off(code):
-            raise IgnoreRequest("given to another worker of the shared stage")
+        if ext.should_drop(request, code):
+            raise IgnoreRequest("done, or in flight in another worker of the shared stage")
 
     def process_response(self, request: Request, response: Response) -> Response:
         if response.status >= 500:

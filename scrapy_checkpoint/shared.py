@@ -8,6 +8,7 @@ guarantee that comes with it. The workers share three keys of the stage::
     p:<stage>:workers   HASH worker -> JSON: host, pid, heartbeat, status, counts, outputs
     p:<stage>:tokens    HASH worker -> the lock token of its sub-stage
     p:<stage>:inbox:<w> LIST requests given to worker w, not yet journaled by it
+    p:<stage>:queued    HASH unit code -> request, for scrapy-redis's shared queue (below)
 
 A worker crawls a unit only once it has *claimed* it: the claim succeeds if the
 unit is free, already its own, or held by a dead worker (one whose sub-stage
@@ -20,6 +21,14 @@ pending, not yet started requests to the idle worker's inbox (their claims move
 with them in the same script), then records them handed off in its own journal
 and drops them when its scheduler reaches them. The idle worker schedules its
 inbox, journals the requests, and only then trims the inbox.
+
+With scrapy-redis's scheduler the workers share its queue instead: a request a
+spider schedules is claimed "q" and its payload kept in ``queued``; whichever
+worker pops it *takes* it when its download starts (claim "q" -> that worker)
+and journals it, and the journal append that records it removes its payload from
+``queued``. A request popped by a worker that died before journaling it is still
+in ``queued``: when every worker is idle, the payloads no live worker holds are
+put back in the queue.
 
 When a worker dies, its sub-stage lock expires (``CHECKPOINT_LEASE_SECONDS``;
 at once for a dead process on the same host). A live worker *adopts* it: takes
@@ -92,6 +101,41 @@ return given
 """
 
 
+# The scrapy-redis pairing. A request the spider schedules goes to scrapy-redis's shared
+# queue: its claim becomes "q" and its payload is kept in <stage>:queued until the worker
+# that takes it (at download start) has journaled it. "requeue" also re-queues a unit that
+# is already "q" or this worker's own (a retry; a lost or adopted request put back).
+_QUEUE = """
+local me, lock_prefix, code, payload, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local holder = redis.call('HGET', KEYS[1], code)
+local ok = not holder
+if holder == '=' then return 0 end
+if holder and not ok then
+  if mode == 'requeue' and (holder == 'q' or holder == me) then ok = true
+  elseif holder ~= 'q' and holder ~= me then
+    local token = redis.call('HGET', KEYS[2], holder)
+    ok = (not token) or redis.call('GET', lock_prefix .. holder .. ':lock') ~= token
+  end
+end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], code, 'q')
+redis.call('HSET', KEYS[3], code, payload)
+return 1
+"""
+
+_TAKE = """
+local me, lock_prefix, code = ARGV[1], ARGV[2], ARGV[3]
+local holder = redis.call('HGET', KEYS[1], code)
+if holder == '=' then return 0 end
+if holder and holder ~= 'q' and holder ~= me then
+  local token = redis.call('HGET', KEYS[2], holder)
+  if token and redis.call('GET', lock_prefix .. holder .. ':lock') == token then return 0 end
+end
+redis.call('HSET', KEYS[1], code, me)
+return 1
+"""
+
+
 class Worker(BaseModel):
     """One worker of a shared stage, as the ``workers`` hash records it."""
 
@@ -156,6 +200,9 @@ class SharedStage:
         self._lock_prefix = f"{store.prefix}:{stage}.w."
         self._claim = client.register_script(_CLAIM)
         self._give = client.register_script(_GIVE)
+        self._queue = client.register_script(_QUEUE)
+        self._take = client.register_script(_TAKE)
+        self.queued_key = store.key(stage, "queued")
         self._host = socket.gethostname()
         self._started = time.time()
         self._stop = threading.Event()
@@ -257,6 +304,41 @@ class SharedStage:
                              args=[self.worker, self._lock_prefix, str(code)])
         return bool(result[0])
 
+    def queue(self, code: int, payload: Any, *, requeue: bool = False) -> bool:
+        """scrapy-redis pairing: mark the unit queued in the shared queue, keeping its payload
+        until a worker journals it. False if it is done, queued or owned by a live worker
+        (``requeue``: also put back one that is queued or this worker's own)."""
+        return bool(self._queue(
+            keys=[self.claims_key, self.tokens_key, self.queued_key],
+            args=[self.worker, self._lock_prefix, str(code), json.dumps(payload),
+                  "requeue" if requeue else "new"]))
+
+    def take(self, code: int) -> bool:
+        """scrapy-redis pairing: this worker starts the unit (popped from the shared queue).
+        False if it is done or a live worker has it."""
+        return bool(self._take(keys=[self.claims_key, self.tokens_key],
+                               args=[self.worker, self._lock_prefix, str(code)]))
+
+    def lost_queued(self) -> list[Any]:
+        """Payloads of queued units no live worker has: queued ("q", their request was popped
+        by a worker that died before taking it, or the queue lost it) or taken by a dead
+        worker before it journaled them. Call only when every worker is idle."""
+        queued = self.client.hgetall(self.queued_key)
+        if not queued:
+            return []
+        codes = list(queued)
+        holders = self.client.hmget(self.claims_key, codes)
+        alive = {w.id.encode() for w in self.workers() if w.alive}
+        lost, finished = [], []
+        for code, holder in zip(codes, holders, strict=True):
+            if holder == b"=":
+                finished.append(code)
+            elif holder not in alive:
+                lost.append(json.loads(queued[code]))
+        if finished:
+            self.client.hdel(self.queued_key, *finished)
+        return lost
+
     def inbox_key(self, worker: str | None = None) -> str:
         return self.store.key(self.stage, f"inbox:{worker or self.worker}")
 
@@ -297,7 +379,7 @@ class SharedStage:
         """Remove the shared keys and every worker's sub-stage. Returns the sub-stages removed."""
         subs = [sub_stage_name(self.stage, w.id) for w in self.workers()]
         store = self.store
-        keys = [self.claims_key, self.workers_key, self.tokens_key]
+        keys = [self.claims_key, self.workers_key, self.tokens_key, self.queued_key]
         keys += [self.inbox_key(w.id) for w in self.workers()]
         for sub in subs:
             keys += [k for k in store._stage_keys(sub) if not k.endswith(":lock")]

@@ -62,6 +62,18 @@ class Worker:
         return 0
 
 
+def scrapy_redis_args(backend: str) -> list[str]:
+    """Settings of workers that share scrapy-redis's scheduler, queue and dupefilter (under
+    the test's key prefix)."""
+    prefix = backend.split("prefix=", 1)[1]
+    base = backend.split("?", 1)[0]
+    return ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
+            "-s", "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter",
+            "-s", f"REDIS_URL={base}", "-s", "SCHEDULER_PERSIST=True",
+            "-s", f"SCHEDULER_QUEUE_KEY={prefix}:%(spider)s:requests",
+            "-s", f"SCHEDULER_DUPEFILTER_KEY={prefix}:%(spider)s:dupefilter"]
+
+
 def _assert_union_exact(workers: list[Worker]) -> None:
     for name in ("items.jl", "own.jl"):
         pages = sorted(p for w in workers for p in w.outputs.jsonlines(name))
@@ -78,6 +90,44 @@ def _cli(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend", backend, *args],
                           check=False, capture_output=True, text=True, env=python_env(),
                           timeout=60)
+
+
+def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    site = Site(N_PAGES, delay=0.01)
+    extra = scrapy_redis_args(shared_backend)
+    try:
+        a = Worker(site, shared_backend, tmp_path / "a", *extra)
+        b = Worker(site, shared_backend, tmp_path / "b", *extra)
+        assert a.wait() == 0, a.log[-3000:]
+        assert b.wait() == 0, b.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        site.close()
+    _assert_union_exact([a, b])
+    assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
+    assert a.outputs.jsonlines("items.jl")
+    assert b.outputs.jsonlines("items.jl")
+    workers = _shared(shared_backend).workers()
+    assert [w.status for w in workers] == ["finished", "finished"]
+    assert sum(w.done for w in workers) == N_PAGES
+    assert RedisStore(shared_backend).client.hlen(_shared(shared_backend).queued_key) == 0
+
+
+def test_without_scheduler_persist_scrapy_redis_workers_are_refused(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    site = Site(10)
+    try:
+        args = scrapy_redis_args(shared_backend)
+        i = args.index("SCHEDULER_PERSIST=True")
+        del args[i - 1:i + 1]  # the "-s" and its value
+        worker = Worker(site, shared_backend, tmp_path / "a", *args)
+        assert worker.wait() != 0
+    finally:
+        site.close()
+    assert "needs SCHEDULER_PERSIST = True" in worker.log
 
 
 def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
@@ -127,15 +177,19 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "victim"), [(31, "a"), (32, "b"), (33, "a")])
+@pytest.mark.parametrize(("seed", "victim", "scheduler"), [
+    (31, "a", "scrapy"), (32, "b", "scrapy"), (33, "a", "scrapy"),
+    (34, "a", "scrapy-redis"), (35, "b", "scrapy-redis"), (36, "a", "scrapy-redis"),
+])
 def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
-    tmp_path: Path, shared_backend: str, seed: int, victim: str
+    tmp_path: Path, shared_backend: str, seed: int, victim: str, scheduler: str
 ) -> None:
     rng = random.Random(seed)
     site = Site(N_PAGES, delay=0.01)
+    extra = scrapy_redis_args(shared_backend) if scheduler == "scrapy-redis" else []
     try:
-        a = Worker(site, shared_backend, tmp_path / "a")
-        b = Worker(site, shared_backend, tmp_path / "b")
+        a = Worker(site, shared_backend, tmp_path / "a", *extra)
+        b = Worker(site, shared_backend, tmp_path / "b", *extra)
         killed, survivor = (a, b) if victim == "a" else (b, a)
         assert site.wait_for_hits(rng.randint(60, N_PAGES // 2))
         killed.proc.kill()
@@ -158,19 +212,21 @@ def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [41, 42])
+@pytest.mark.parametrize(("seed", "scheduler"), [(41, "scrapy"), (42, "scrapy"),
+                                                 (43, "scrapy-redis"), (44, "scrapy-redis")])
 def test_workers_killed_and_replaced_many_times_lose_and_repeat_nothing(
-    tmp_path: Path, shared_backend: str, seed: int
+    tmp_path: Path, shared_backend: str, seed: int, scheduler: str
 ) -> None:
-    """Two workers; five times a random one is SIGKILLed at a random moment and a new worker
-    takes its place (as a supervisor would). The union of every worker's outputs holds every
-    item exactly once."""
+    """Two workers (plain Scrapy scheduler, or scrapy-redis's shared one); five times a random
+    one is SIGKILLed at a random moment and a new worker takes its place (as a supervisor
+    would). The union of every worker's outputs holds every item exactly once."""
     rng = random.Random(seed)
     n_pages = 800
     site = Site(n_pages, delay=0.01)
     workers: list[Worker] = []
+    extra = scrapy_redis_args(shared_backend) if scheduler == "scrapy-redis" else []
     try:
-        live = [Worker(site, shared_backend, tmp_path / f"w{i}") for i in range(2)]
+        live = [Worker(site, shared_backend, tmp_path / f"w{i}", *extra) for i in range(2)]
         workers += live
         for kill in range(5):
             if not site.wait_for_hits(site.total_hits + rng.randint(30, 100), timeout=60):
@@ -179,7 +235,7 @@ def test_workers_killed_and_replaced_many_times_lose_and_repeat_nothing(
             victim.proc.kill()
             victim.wait()
             live.remove(victim)
-            fresh = Worker(site, shared_backend, tmp_path / f"r{kill}")
+            fresh = Worker(site, shared_backend, tmp_path / f"r{kill}", *extra)
             live.append(fresh)
             workers.append(fresh)
         for w in live:

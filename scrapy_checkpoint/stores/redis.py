@@ -58,8 +58,13 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'seq', ARGV[2])
 local ttl = redis.call('TTL', KEYS[3])
 if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
--- A shared stage: the group's finished units are done for every worker, in this same call.
-for i = 4, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], '=') end
+-- A shared stage: the group's finished units are done for every worker, and the units it
+-- journals leave the queued payloads (scrapy-redis pairing), in this same call.
+if #KEYS >= 5 then
+  local n_done = tonumber(ARGV[4])
+  for i = 5, 4 + n_done do redis.call('HSET', KEYS[4], ARGV[i], '=') end
+  for i = 5 + n_done, #ARGV do redis.call('HDEL', KEYS[5], ARGV[i]) end
+end
 return 1
 """
 
@@ -168,8 +173,8 @@ class RedisJournalWriter:
         self._pending_bytes = 0
         self._buffer_limit = buffer_limit
         self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
-        if claims_key is not None:
-            self._keys.append(claims_key)
+        if claims_key is not None:  # a worker's sub-stage: <stage>:claims, <stage>:queued
+            self._keys += [claims_key, claims_key.rsplit(":", 1)[0] + ":queued"]
         self._shared = claims_key is not None
 
     def append(self, payload: bytes) -> None:
@@ -189,8 +194,10 @@ class RedisJournalWriter:
             args: list[Any] = [self._token, seq, payload]
             if self._shared:
                 group = decode_group(payload)
+                args.append(len(group.done) + len(group.failed))
                 args += [str(code) for code in group.done]
                 args += [str(code) for code in group.failed]
+                args += [str(code) for code, _ in group.fields.get("a", ())]
             try:
                 self._store._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
