@@ -269,7 +269,7 @@ class SharedStage:
 
     def _expire(self, pipe: Any) -> None:
         ttl = self.store.ttls["active"]
-        for key in (self.claims_key, self.workers_key, self.tokens_key):
+        for key in (self.claims_key, self.workers_key, self.tokens_key, self.queued_key):
             pipe.expire(key, ttl)
 
     def beat(self, status: str | None = None) -> None:
