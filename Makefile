@@ -32,6 +32,7 @@ lint: $(STAMP)
 ## Benchmarks (figures go to docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_updates.py
+	$(BIN)/python benchmarks/bench_redis.py
 	$(BIN)/python benchmarks/bench_resume.py
 	$(BIN)/python benchmarks/bench_crawl.py
 

@@ -90,3 +90,43 @@ def wait_to_be_killed(cp: Any) -> None:
     cp.save(force=True)
     print("saved", flush=True)
     time.sleep(3600)
+
+
+# -- Redis (bench_redis.py, and the Redis column of bench_crawl.py) ---------------------------
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def default_redis_url() -> str:
+    """$REDIS_URL, else the local Redis."""
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """``url`` with ``?prefix=`` (the store's key prefix) added."""
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+def delete_keys(client: Any, pattern: str) -> int:
+    """Delete every key matching ``pattern`` (SCAN, then UNLINK); return how many there were."""
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    for i in range(0, len(keys), 1000):
+        client.unlink(*keys[i:i + 1000])
+    return len(keys)
+
+
+def process_cpu_seconds(stat: Path) -> float:
+    """user + system CPU time so far of the process whose ``/proc/<pid>/stat`` is ``stat``."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_redis_stat(client: Any) -> Path | None:
+    """``/proc/<pid>/stat`` of the Redis server if it runs on this machine, else None."""
+    pid = client.info("server").get("process_id")
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().startswith("redis"):
+            return Path(f"/proc/{pid}/stat")
+    except OSError:
+        pass
+    return None

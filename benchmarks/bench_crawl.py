@@ -13,8 +13,15 @@ What is measured
          JOBDIR + SQLite        ... and -s SCHEDULER_DISK_QUEUE=scrapy.squeues.PickleLifoSQLiteQueue
          checkpoint             ADDONS = {"scrapy_checkpoint.Addon": 100}, default settings
          checkpoint, flush      ... and -s CHECKPOINT_DURABILITY=flush
+         checkpoint, redis      ADDONS as above and -s CHECKPOINT_BACKEND=<Redis URL>?prefix=<fresh>
+                                (the Redis store at default settings; URL from --redis, else
+                                $REDIS_URL, else redis://127.0.0.1:6379/0; a fresh key prefix
+                                per crawl, whose keys are checked to exist and then deleted
+                                after the crawl; the Redis server's CPU time during these
+                                crawls is printed below the table when it runs on this machine)
 
-       Figures per crawl: pages/s from the crawl's own stats
+       If Redis cannot be reached, the Redis configuration is left out (said so at
+       the start). Figures per crawl: pages/s from the crawl's own stats
        (response_received_count / elapsed_time_seconds, written as JSON by the
        project's stats collector when the crawl closes), the wall time around
        the ``scrapy crawl`` subprocess (interpreter start and imports included),
@@ -70,6 +77,7 @@ How
 
     python benchmarks/bench_crawl.py [--rounds 3] [--pages 5000] [--pending 100000]
                                      [--quick] [--dir DIR] [--skip-resume] [--skip-crawl]
+                                     [--redis URL]
 """
 
 from __future__ import annotations
@@ -89,7 +97,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import median, print_header, spread, table, wait_to_be_killed
+from _common import (
+    default_redis_url,
+    delete_keys,
+    local_redis_stat,
+    median,
+    print_header,
+    process_cpu_seconds,
+    spread,
+    table,
+    wait_to_be_killed,
+    with_prefix,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -102,7 +121,13 @@ GROUP = 10  # requests added per journal group (a crawl of this site adds ~9.4 p
 @dataclass(frozen=True)
 class Config:
     name: str
-    args: tuple[str, ...]  # extra scrapy arguments; "{run}" is the crawl's own directory
+    #: extra scrapy arguments; "{run}" is the crawl's own directory, "{redis}" a Redis URL
+    #: with a key prefix of its own (see redis_backend)
+    args: tuple[str, ...]
+
+    @property
+    def redis(self) -> bool:
+        return any("{redis}" in a for a in self.args)
 
 
 CONFIGS = (
@@ -113,7 +138,11 @@ CONFIGS = (
     Config("checkpoint (default)", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints")),
     Config("checkpoint, flush", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints",
                                  "-s", "CHECKPOINT_DURABILITY=flush")),
+    Config("checkpoint, redis", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_BACKEND={redis}")),
 )
+
+#: The Redis that "checkpoint, redis" uses (--redis, else $REDIS_URL, else the local one).
+REDIS_URL = default_redis_url()
 
 RESUME_LAYOUTS = ("killed, journal only", "killed, defaults", "closed, snapshot")
 
@@ -381,10 +410,36 @@ class Crawl:
     wall_s: float
     cpu_s: float
     server_cpu_s: float
+    redis_cpu_s: float | None = None  # the Redis server's CPU during the crawl (Redis configs)
+
+
+def redis_prefix(run_dir: Path) -> str:
+    """A key prefix of the crawl's own: this process and the crawl's directory."""
+    return slug(f"bench_crawl_{os.getpid()}_{run_dir.parent.name}_{run_dir.name}")
+
+
+def redis_backend(run_dir: Path) -> str:
+    return with_prefix(REDIS_URL, redis_prefix(run_dir))
+
+
+def redis_cleanup(config: Config, run_dir: Path) -> None:
+    """After a Redis crawl: its keys must exist (the stage really was in Redis); delete them."""
+    if not config.redis:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        if not delete_keys(client, f"{redis_prefix(run_dir)}:*"):
+            raise RuntimeError(f"{config.name}: no keys under {redis_prefix(run_dir)}: in Redis; "
+                               f"see {run_dir / 'crawl.log'}")
+    finally:
+        client.close()
 
 
 def crawl_command(config: Config, base: str, run_dir: Path) -> list[str]:
-    extra = [a.replace("{run}", str(run_dir)) for a in config.args]
+    extra = [a.replace("{run}", str(run_dir)).replace("{redis}", redis_backend(run_dir))
+             for a in config.args]
     return [PYTHON, "-m", "scrapy", "crawl", SPIDER, "-a", f"base={base}",
             "-o", str(run_dir / "items.jl"), "-s", f"LOG_FILE={run_dir / 'crawl.log'}",
             "-s", f"BENCH_STATS_FILE={run_dir / 'stats.json'}", *extra]
@@ -426,12 +481,16 @@ def check_crawl(config: Config, run_dir: Path, code: int, n: int) -> dict[str, A
 def run_crawl(config: Config, server: Server, project: Path, run_dir: Path, n: int) -> Crawl:
     run_dir.mkdir(parents=True)
     cmd = crawl_command(config, server.url, run_dir)
+    redis_stat = REDIS_STAT if config.redis else None
+    redis_before = process_cpu_seconds(redis_stat) if redis_stat else 0.0
     server_before = server.cpu_seconds()
     code, wall, cpu = run_waited(cmd, project)
     server_cpu = server.cpu_seconds() - server_before
+    redis_cpu = process_cpu_seconds(redis_stat) - redis_before if redis_stat else None
     stats = check_crawl(config, run_dir, code, n)
     elapsed = float(stats["elapsed_time_seconds"])
-    return Crawl(stats["response_received_count"] / elapsed, elapsed, wall, cpu, server_cpu)
+    return Crawl(stats["response_received_count"] / elapsed, elapsed, wall, cpu, server_cpu,
+                 redis_cpu)
 
 
 def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: int) -> None:
@@ -455,6 +514,7 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
                   f"elapsed {result.elapsed_s:6.2f} s  wall {result.wall_s:6.2f} s  "
                   f"crawler CPU {result.cpu_s:6.2f} s  server CPU {result.server_cpu_s:5.2f} s  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
+            redis_cleanup(config, run_dir)
             shutil.rmtree(run_dir)
     print()
     crawl_report(results, n)
@@ -490,6 +550,16 @@ def crawl_report(results: dict[str, list[Crawl]], n: int) -> None:
         ])
     print(table(headers, rows))
     print(CRAWL_LEGEND)
+    for config in CONFIGS:
+        runs = [c for c in results[config.name] if c.redis_cpu_s is not None]
+        if runs:
+            redis_cpu = [c.redis_cpu_s or 0.0 for c in runs]
+            both = median([c.cpu_s + (c.redis_cpu_s or 0.0) for c in runs])
+            print(f"{config.name}: the Redis server used {median(redis_cpu):.2f} s of CPU per crawl "
+                  f"(median; {spread(redis_cpu, '.2f')}), {median(redis_cpu) / n * 1000:.3f} ms per "
+                  f"page, besides the crawler's CPU s above\n(server-wide: other clients count too); "
+                  f"crawler + Redis CPU {both:.2f} s, {both / median([c.cpu_s for c in plain]):.3f} "
+                  f"x plain Scrapy's crawler CPU\n")
     for config in CONFIGS[3:]:
         _, paired = ratios(results[config.name], "pages_per_s")
         mid = median(paired)
@@ -514,6 +584,7 @@ def attribution(config: Config, server: Server, project: Path, run_dir: Path, n:
     code, wall, _ = run_waited(crawl_command(config, server.url, run_dir), project,
                                BENCH_ATTRIBUTE=str(out))
     check_crawl(config, run_dir, code, n)
+    redis_cleanup(config, run_dir)
     data = json.loads(out.read_text())
     seconds, calls = data["seconds"], data["calls"]
     total, main = sum(seconds.values()), data["main_thread_cpu"]
@@ -529,7 +600,9 @@ def attribution(config: Config, server: Server, project: Path, run_dir: Path, n:
           "time inside each entry point, minus the Scrapy code it calls back\ninto: the feed "
           "exporter's own work, and the request fingerprint (cached, so the dupefilter does\n"
           "not compute it again). Not included: the signal dispatch to the plugin's receivers, "
-          "its imports, its I/O\nthread.\n")
+          "its imports, its I/O\nthread." + ("\nWith Redis, the time the main thread waits "
+          "for Redis's replies is not CPU time, so it is not counted here either." if config.redis
+          else "") + "\n")
     shutil.rmtree(run_dir)
 
 
@@ -771,6 +844,33 @@ def resume_report(cases: list[ResumeCase], results: dict[str, list[Resume]],
 
 # -- main ---------------------------------------------------------------------------------------
 
+#: /proc/<pid>/stat of the Redis server when it runs on this machine (its CPU time per crawl).
+REDIS_STAT: Path | None = None
+
+
+def use_redis(url: str) -> None:
+    """Point the Redis configuration at ``url``, or leave it out if Redis cannot be reached."""
+    global CONFIGS, REDIS_STAT, REDIS_URL
+    REDIS_URL = url
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        try:
+            client.ping()
+            version = client.info("server").get("redis_version", "?")
+            aof = client.info("persistence").get("aof_enabled")
+            REDIS_STAT = local_redis_stat(client)
+        finally:
+            client.close()
+    except Exception as exc:
+        CONFIGS = tuple(c for c in CONFIGS if not c.redis)
+        print(f"*** Redis at {url} cannot be used ({exc}): the Redis configuration is left out "
+              "***\n")
+        return
+    print(f"redis: {url}, Redis {version}, appendonly {'yes' if aof else 'no'}; a fresh key prefix "
+          f"per crawl, deleted after it\n")
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -784,6 +884,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-resume", action="store_true", help="only the crawl benchmark")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where the temporary site, crawls and stages go")
+    parser.add_argument("--redis", default=REDIS_URL,
+                        help="Redis URL of the 'checkpoint, redis' configuration "
+                             "(default: $REDIS_URL, else redis://127.0.0.1:6379/0)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -799,6 +902,8 @@ def main() -> None:
     if args.quick:
         args.pages, args.pending, args.rounds = 500, 5000, 1
     print_header("Crawl overhead and resume of the Scrapy integration", args.dir)
+    if not args.skip_crawl:
+        use_redis(args.redis)
     scrapy_version = subprocess.run([PYTHON, "-m", "scrapy", "version"], capture_output=True,
                                     text=True, check=True, env=child_env()).stdout.strip()
     print(f"{scrapy_version}; web server: twisted.web.static.File in its own process; "
