@@ -10,10 +10,11 @@ fingerprint is done are dropped wherever they come from (start() included).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
-from weakref import WeakKeyDictionary, WeakSet
+from weakref import WeakKeyDictionary, WeakSet, WeakValueDictionary
 
 from itemadapter import ItemAdapter
 from scrapy import Request, Spider, signals
@@ -30,7 +31,7 @@ from .errors import CheckpointError, CheckpointLockedError, ConfigError
 from .outputs import DurableOutput, UnitRouter
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 from .settings import CheckpointSettings
-from .shared import OVER, SharedStage, Worker, sub_stage_name
+from .shared import OVER, SharedStage, Worker, pid_alive, sub_stage_name
 from .state import Owner, Status
 from .stores.base import Store
 
@@ -50,6 +51,21 @@ GIVE_MIN, GIVE_MAX = 4, 500
 _FAILED_REASONS = frozenset({"start_error"})
 
 _extensions: WeakKeyDictionary[Any, CheckpointExtension] = WeakKeyDictionary()
+
+
+def _uses_scrapy_redis(scheduler: Any) -> bool:
+    """The SCHEDULER setting names scrapy-redis's scheduler or a subclass of it."""
+    try:
+        from scrapy_redis.scheduler import Scheduler as RedisScheduler  # type: ignore[import-untyped]
+    except ImportError:
+        return False
+    from scrapy.utils.misc import load_object
+
+    try:
+        cls = load_object(scheduler) if isinstance(scheduler, str) else scheduler
+    except (ImportError, NameError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, RedisScheduler)
 
 
 class CheckpointExtension:
@@ -90,10 +106,13 @@ class CheckpointExtension:
         self._elsewhere = DoneSet()
         self._adopting: list[tuple[Worker, EnhancedCheckpoint, bool]] = []
         self._waiting_logged = 0.0
-        self._given: set[int] = set()  # units given to other workers, maybe still queued here
+        # The request carrying each unit registered here (to find it when the unit is given).
+        self._requests: WeakValueDictionary[int, Request] = WeakValueDictionary()
         # scrapy-redis pairing: requests go through its shared queue; the worker that pops one
-        # takes its unit when the download starts. Popped requests another worker has:
+        # takes its unit when the download starts.
         self._paired = False
+        # Queued requests not to download: their unit was given to another worker, or (with
+        # scrapy-redis) another worker has it or it is done.
         self._not_ours: WeakSet[Request] = WeakSet()
         self._next_share = 0.0
 
@@ -197,10 +216,7 @@ class CheckpointExtension:
         if config.retry_failed:
             raise ConfigError("CHECKPOINT_RETRY_FAILED is not available with CHECKPOINT_SHARED: "
                               "failed requests stay with the worker that failed them.")
-        scheduler = self.crawler.settings.get("SCHEDULER")
-        path = scheduler if isinstance(scheduler, str) else (
-            f"{getattr(scheduler, '__module__', '')}.{getattr(scheduler, '__qualname__', '')}")
-        self._paired = path.startswith("scrapy_redis.")
+        self._paired = _uses_scrapy_redis(self.crawler.settings.get("SCHEDULER"))
         if self._paired and not self.crawler.settings.getbool("SCHEDULER_PERSIST"):
             raise ConfigError("CHECKPOINT_SHARED with scrapy-redis's scheduler needs "
                               "SCHEDULER_PERSIST = True: without it the first worker to close "
@@ -258,6 +274,8 @@ class CheckpointExtension:
             if worker.id == shared.worker or worker.alive or worker.id in taken:
                 continue
             on_this_host = worker.host == host
+            if on_this_host and pid_alive(worker.pid):
+                continue  # frozen past its lease, or closing: not dead
             if worker.status in OVER:
                 if worker.status == "adopted" and on_this_host and not worker.outputs_cut:
                     self._cut_outputs_of(worker)
@@ -337,9 +355,13 @@ class CheckpointExtension:
                                f"it is skipped. Was a callback renamed?")
                 self.stats.inc_value("checkpoint/unrestorable")
                 continue
-            if self._paired:  # back to the shared queue, past scrapy-redis's dupefilter
-                request.meta[REQUEUE_META] = True
+            if self.shared is not None:
+                # Not a continuation of the unit it had in another worker; past the dupefilter,
+                # which may have seen it here before it was given away or taken by a dead one.
+                request.meta.pop(UNIT_META, None)
                 request.dont_filter = True
+                if self._paired:  # back to the shared queue
+                    request.meta[REQUEUE_META] = True
             engine.crawl(request)
             scheduled += 1
         return scheduled
@@ -390,7 +412,10 @@ class CheckpointExtension:
             cp.hand_off(given)
             for code in given:
                 self._live.discard(code)
-                self._given.add(code)
+                request = self._requests.pop(code, None)
+                if request is not None:  # still queued here: dropped when it comes up
+                    self._registered.discard(request)
+                    self._not_ours.add(request)
             given_total += len(given)
         if given_total:
             cp.save()
@@ -424,6 +449,12 @@ class CheckpointExtension:
         except CheckpointError as exc:
             self._stop(exc)
             return
+        except DontCloseSpider:
+            raise
+        except Exception as exc:  # Redis away: do not close as finished while others may work
+            logger.warning("Stage %s: cannot see the other workers (%s); staying open.",
+                           self.stage, exc)
+            raise DontCloseSpider from None
         if busy:
             if shared.status != "idle":
                 shared.beat("idle")
@@ -614,6 +645,8 @@ class CheckpointExtension:
         meta[UNIT_META] = code
         self._live.add(code)
         self._registered.add(request)
+        if self.shared is not None:
+            self._requests[code] = request
         self._just_registered = request
         if request.dont_filter:
             self._unfiltered.add(code)
@@ -671,6 +704,9 @@ class CheckpointExtension:
         shared, cp = self.shared, self.cp
         assert shared is not None
         assert cp is not None
+        if code in self._live:  # a second copy of a unit in flight here
+            self._not_ours.add(request)
+            return
         try:
             ours = code not in cp.live.done and shared.take(code)
         except Exception as exc:
@@ -683,7 +719,8 @@ class CheckpointExtension:
         self._live.add(code)
         self._registered.add(request)
         if shared.status != "running":
-            shared.beat("running")
+            with contextlib.suppress(Exception):  # the heartbeat thread writes it later
+                shared.beat("running")
         try:
             payload = request_to_payload(request, self.crawler.spider)
         except UnserializableRequest as exc:
@@ -695,10 +732,10 @@ class CheckpointExtension:
             cp.add_unit(code, payload)
         cp.start_unit(code)
 
-    def should_drop(self, request: Request, code: int) -> bool:
-        """A queued request this worker must not download: given to another worker, or (with
-        scrapy-redis) done or in flight elsewhere."""
-        return code in self._given or request in self._not_ours
+    def should_drop(self, request: Request) -> bool:
+        """A queued request this worker must not download: its unit was given to another
+        worker, or (with scrapy-redis) is done or in flight elsewhere."""
+        return request in self._not_ours
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
@@ -803,6 +840,9 @@ class CheckpointExtension:
         try:
             if self.cp is not None and self.active:
                 self.cp.tick()
+                if self.shared is not None and self.shared.adopted:
+                    raise CheckpointError(f"Worker {self.shared.worker} was taken for dead and "
+                                          f"adopted by another worker.")
                 if self.shared is not None and not self._paired:
                     self._drain_inbox()
                     self._share_work()
@@ -867,6 +907,18 @@ class CheckpointExtension:
         cp.set_total(len(live.done) + len(live.pending))
         self._update_stats()
         shared = self.shared
+        if shared is not None and reason == "finished":
+            # No more work may be given to this worker; any given before is adopted with it.
+            try:
+                shared.beat("leaving")
+                leftover = len(shared.inbox())
+            except Exception as exc:
+                logger.warning("Stage %s: cannot check this worker's inbox (%s).", self.stage, exc)
+                leftover = 1
+            if leftover or live.pending:
+                logger.info("Stage %s: worker %s leaves %d request(s) to the other workers.",
+                            self.stage, shared.worker, leftover + len(live.pending))
+                reason = "handed_over"
         if reason == "finished":
             if live.pending:
                 logger.warning("Stage %s finished with %d journaled request(s) never done; "

@@ -38,7 +38,7 @@ class CheckpointMiddleware:
         if code in ext.cp.live.done:
             ext.stats.inc_value("checkpoint/duplicates_dropped")
             raise IgnoreRequest("already done in the checkpoint")
-        if ext.should_drop(request, code):
+        if ext.should_drop(request):
             raise IgnoreRequest("done, or in flight in another worker of the shared stage")
 
     def process_response(self, request: Request, response: Response) -> Response:

@@ -88,6 +88,9 @@ return out
 
 _GIVE = """
 local giver, taker = ARGV[1], ARGV[2]
+-- Only to a worker waiting for work: one that is leaving must not receive any.
+local record = redis.call('HGET', KEYS[3], taker)
+if not record or cjson.decode(record)['status'] ~= 'idle' then return {} end
 local given = {}
 for i = 3, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == giver then
@@ -136,6 +139,17 @@ return 1
 """
 
 
+# A worker's own record, unless another worker has recorded it adopted: then the writer
+# must stop (it was taken for dead).
+_BEAT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and cjson.decode(current)['status'] == 'adopted' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+
 class Worker(BaseModel):
     """One worker of a shared stage, as the ``workers`` hash records it."""
 
@@ -157,7 +171,7 @@ class Worker(BaseModel):
     alive: bool = False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -202,6 +216,10 @@ class SharedStage:
         self._give = client.register_script(_GIVE)
         self._queue = client.register_script(_QUEUE)
         self._take = client.register_script(_TAKE)
+        self._beat_script = client.register_script(_BEAT)
+        self._beat_lock = threading.Lock()
+        #: Set when another worker recorded this one adopted (it was taken for dead).
+        self.adopted = False
         self.queued_key = store.key(stage, "queued")
         self._host = socket.gethostname()
         self._started = time.time()
@@ -228,7 +246,7 @@ class SharedStage:
             for w, lock in zip(workers, locks, strict=True):
                 token = tokens.get(w.id.encode())
                 w.alive = (token is not None and lock == token
-                           and (w.host != self._host or _pid_alive(w.pid)))
+                           and (w.host != self._host or pid_alive(w.pid)))
         return sorted(workers, key=lambda w: w.started_at)
 
     def others_busy(self) -> list[Worker]:
@@ -249,11 +267,8 @@ class SharedStage:
     def join(self, token: str, report: Callable[[], dict[str, Any]]) -> None:
         """Register this worker (its sub-stage lock holds ``token``) and start its heartbeat."""
         self._report = report
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.tokens_key, self.worker, token)
-            pipe.hset(self.workers_key, self.worker, self._record())
-            self._expire(pipe)
-            pipe.execute()
+        self.client.hset(self.tokens_key, self.worker, token)
+        self.beat()
         self._thread = threading.Thread(target=self._beat, name=f"checkpoint-heartbeat-{self.stage}",
                                         daemon=True)
         self._thread.start()
@@ -267,19 +282,21 @@ class SharedStage:
         fields.update(extra)
         return Worker(**fields).model_dump_json(exclude={"alive"})
 
-    def _expire(self, pipe: Any) -> None:
-        ttl = self.store.ttls["active"]
-        for key in (self.claims_key, self.workers_key, self.tokens_key, self.queued_key):
-            pipe.expire(key, ttl)
-
     def beat(self, status: str | None = None) -> None:
-        """Write this worker's record now (its status, counts, heartbeat)."""
-        if status is not None:
-            self.status = status
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(self.workers_key, self.worker, self._record())
-            self._expire(pipe)
-            pipe.execute()
+        """Write this worker's record now (its status, counts, heartbeat) and refresh the TTL
+        of the shared keys. Never over a record saying another worker adopted this one."""
+        with self._beat_lock:  # the reactor thread and the heartbeat thread both write it
+            if status is not None:
+                self.status = status
+            if self.adopted:
+                return
+            keys = [self.workers_key, self.claims_key, self.tokens_key, self.queued_key]
+            if not self._beat_script(keys=keys, args=[self.worker, self._record(),
+                                                      self.store.ttls["active"]]):
+                self.adopted = True
+                logger.error("Stage %s: worker %s was taken for dead and adopted by another "
+                             "worker (frozen longer than CHECKPOINT_LEASE_SECONDS?).",
+                             self.stage, self.worker)
 
     def _beat(self) -> None:
         period = self.store.lease_seconds / 3
@@ -292,6 +309,8 @@ class SharedStage:
     def leave(self, status: str) -> None:
         """Stop the heartbeat and record how this worker left (``finished`` or ``paused``)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)  # no beat of an older status lands after this one
         try:
             self.beat(status)
         except Exception as exc:
@@ -323,9 +342,13 @@ class SharedStage:
         """Payloads of queued units no live worker has: queued ("q", their request was popped
         by a worker that died before taking it, or the queue lost it) or taken by a dead
         worker before it journaled them. Call only when every worker is idle."""
-        queued = self.client.hgetall(self.queued_key)
-        if not queued:
+        if not self.client.hlen(self.queued_key):
             return []
+        # One sweeper at a time, so two idle workers do not both put the same request back.
+        if not self.client.set(self.store.key(self.stage, "sweep"), self.worker, nx=True,
+                               px=int(self.store.lease_seconds * 1000)):
+            return []
+        queued = self.client.hgetall(self.queued_key)
         codes = list(queued)
         holders = self.client.hmget(self.claims_key, codes)
         alive = {w.id.encode() for w in self.workers() if w.alive}
@@ -349,7 +372,14 @@ class SharedStage:
         for code, payload in units:
             args += [str(code), json.dumps([str(code), payload])]
         args.append(self.store.ttls["active"])
-        given = self._give(keys=[self.claims_key, self.inbox_key(taker)], args=args)
+        try:
+            given = self._give(keys=[self.claims_key, self.inbox_key(taker), self.workers_key],
+                               args=args)
+        except Exception:
+            # The reply may be lost after the script ran: what moved is what the taker holds.
+            codes = [str(code) for code, _ in units]
+            holders = self.client.hmget(self.claims_key, codes)
+            return [int(c) for c, h in zip(codes, holders, strict=True) if h == taker.encode()]
         return [int(code) for code in given]
 
     def inbox(self, worker: str | None = None) -> list[tuple[int, Any]]:

@@ -232,3 +232,38 @@ def test_a_crawl_survives_a_redis_restart_mid_crawl(tmp_path: Path) -> None:
         assert sorted(outputs.jsonlines(name)) == list(range(n_pages)), name
     assert state.status is Status.COMPLETED
     assert state.done_units == n_pages
+
+
+def test_state_writes_never_fail_while_groups_are_appended(redis_url: str) -> None:
+    """A stage committing without pause (a group per update) while its state is written
+    over and over on another thread: every state write lands, none is refused."""
+    cp = EnhancedCheckpoint(redis_url, "busy", save_every=1)
+    cp.start()
+    store = cp.store
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    writes = 0
+
+    def write_states() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            try:
+                store.write_state("busy", cp.state.model_dump_json().encode())
+            except BaseException as exc:  # the test reports any failure
+                errors.append(exc)
+                return
+            writes += 1
+
+    writer = threading.Thread(target=write_states)
+    writer.start()
+    try:
+        for i in range(3000):
+            cp.update(processed=1, successful=1, index=i)
+    finally:
+        stop.set()
+        writer.join()
+    cp.complete()
+    cp.close()
+    assert not errors, errors[0]
+    assert writes > 0
+    assert read_stage(RedisStore(redis_url), "busy").state.progress.processed_items == 3000

@@ -285,3 +285,40 @@ def test_two_live_workers_on_one_host_cannot_share_an_output_file(
         site.close()
     assert "too: give every worker on a host its own output file" in second.log
     assert sorted(first.outputs.jsonlines("items.jl")) == list(range(60))
+
+
+def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    """The giver adopts the worker it gave units to: the units it gave away (and still has
+    in its own dupefilter and queue) are crawled, once."""
+    site = Site(N_PAGES, delay=0.1)
+    started: list[Worker] = []
+    try:
+        giver = Worker(site, shared_backend, tmp_path / "giver")
+        started.append(giver)
+        assert site.wait_for_hits(20)
+        taker = Worker(site, shared_backend, tmp_path / "taker")
+        started.append(taker)
+        shared = _shared(shared_backend)
+        for _ in range(3000):  # until the taker has journaled units it was given
+            record = [w for w in shared.workers() if w.pid == taker.proc.pid]
+            if record and record[0].pending >= 8:
+                break
+            assert taker.proc.poll() is None, taker.log[-3000:]
+            time.sleep(0.02)  # polls Redis for the condition
+        else:
+            raise AssertionError("the taker was never given work")
+        taker.proc.kill()
+        taker.wait()
+        assert giver.wait() == 0, giver.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        for w in started:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        site.close()
+    _assert_union_exact([giver, taker])
+    assert set(hits) == set(range(N_PAGES))
+    assert giver.stat("given") > 0
+    assert giver.stat("workers_adopted") == 1

@@ -87,6 +87,20 @@ end
 return 1
 """
 
+# The readable state, written only by the lock's holder (or by anyone while nobody holds
+# it), with the version bumped and every key's expiry refreshed, in one step: the journal
+# appends that go on meanwhile cannot make it fail or retry.
+_STATE = """
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder and holder ~= ARGV[1] then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'version', 1)
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -197,7 +211,10 @@ class RedisJournalWriter:
                 args.append(len(group.done) + len(group.failed))
                 args += [str(code) for code in group.done]
                 args += [str(code) for code in group.failed]
-                args += [str(code) for code, _ in group.fields.get("a", ())]
+                # Journaled here now: their queued payloads can go (not those handed back to
+                # the queue in this same group, a retry's payload is queued again).
+                handed = set(group.fields.get("h", ()))
+                args += [str(code) for code, _ in group.fields.get("a", ()) if code not in handed]
             try:
                 self._store._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -280,6 +297,7 @@ class RedisStore:
         self._append = self.client.register_script(_APPEND)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._renew = self.client.register_script(_RENEW)
+        self._state = self.client.register_script(_STATE)
         self._release = self.client.register_script(_RELEASE)
         self._tokens: dict[str, str] = {}
         self._writers: dict[str, RedisJournalWriter] = {}
@@ -388,29 +406,12 @@ class RedisStore:
             logger.warning("Stage %s: state not written, Redis unreachable (%s).", stage, exc)
 
     def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
-        from redis.exceptions import WatchError
-
-        meta, lock = self.key(stage, "meta"), self.key(stage, "lock")
         token = self._tokens.get(stage)
-        for _ in range(10):
-            with self.client.pipeline() as pipe:
-                try:
-                    pipe.watch(meta, lock)
-                    if token is not None and pipe.get(lock) not in (None, token.encode()):
-                        logger.error("Stage %s: not writing the state, another process holds "
-                                     "the stage now.", stage)
-                        return
-                    pipe.multi()
-                    pipe.set(self.key(stage, "state"), compress(data))
-                    pipe.hincrby(meta, "version", 1)
-                    for key in self._stage_keys(stage):
-                        if not key.endswith(":lock"):
-                            pipe.expire(key, ttl)  # the owner record too: nothing lives forever
-                    pipe.execute()
-                    return
-                except WatchError:
-                    continue  # another writer won the race: write again on top of it
-        raise CheckpointError(f"Stage {stage!r}: the state kept changing under us in Redis.")
+        lock, state, meta = (self.key(stage, p) for p in ("lock", "state", "meta"))
+        rest = [k for k in self._stage_keys(stage) if k not in (lock, state, meta)]
+        if not self._state(keys=[lock, state, meta, *rest], args=[token or "", compress(data), ttl]):
+            logger.error("Stage %s: not writing the state, another process holds the stage now.",
+                         stage)
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
         raw = self.client.get(self.key(stage, "state"))
