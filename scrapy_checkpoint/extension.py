@@ -31,8 +31,8 @@ from .errors import CheckpointError, CheckpointLockedError, ConfigError
 from .outputs import DurableOutput, UnitRouter
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 from .settings import CheckpointSettings
-from .shared import OVER, SharedStage, Worker, pid_alive, sub_stage_name
-from .state import Owner, Status
+from .shared import OVER, SharedStage, Worker, sub_stage_name
+from .state import Owner, Status, pid_alive
 from .stores.base import Store
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -651,15 +651,22 @@ class CheckpointExtension:
         if request.dont_filter:
             self._unfiltered.add(code)
         if code not in cp.live.pending:
-            try:
-                payload = request_to_payload(request, spider)
-            except UnserializableRequest as exc:
-                self.warn_once(f"unserializable:{exc.kind}",
-                               f"A request cannot be journaled ({exc}); it is crawled but kept in "
-                               f"memory only, so a crash before it finishes loses it.")
-                self.stats.inc_value("checkpoint/unserializable")
-                return
-            cp.add_unit(code, payload)
+            payload = self._payload(request, spider)
+            if payload is not None:
+                cp.add_unit(code, payload)
+
+    def _payload(self, request: Request, spider: Spider, *,
+                 then: str = "it is crawled but kept in memory only, so a crash before it "
+                             "finishes loses it") -> dict[str, Any] | None:
+        """The request as a journal payload, or None (one warning per kind, and a stat) when it
+        cannot be one; ``then`` says what becomes of it."""
+        try:
+            return request_to_payload(request, spider)
+        except UnserializableRequest as exc:
+            self.warn_once(f"unserializable:{exc.kind}",
+                           f"A request cannot be journaled ({exc}); {then}.")
+            self.stats.inc_value("checkpoint/unserializable")
+            return None
 
     def _queue_request(self, request: Request, code: int, spider: Spider) -> None:
         """scrapy-redis pairing: the request goes to the shared queue, its payload kept in
@@ -673,13 +680,9 @@ class CheckpointExtension:
         shared, cp = self.shared, self.cp
         assert shared is not None
         assert cp is not None
-        try:
-            payload = request_to_payload(request, spider)
-        except UnserializableRequest as exc:
-            self.warn_once(f"unserializable:{exc.kind}",
-                           f"A request cannot be journaled ({exc}); it goes to the shared queue "
-                           f"untracked, so a crash of the worker that pops it loses it.")
-            self.stats.inc_value("checkpoint/unserializable")
+        payload = self._payload(request, spider, then="it goes to the shared queue untracked, "
+                                "so a crash of the worker that pops it loses it")
+        if payload is None:
             meta.pop(UNIT_META, None)
             return
         try:
@@ -721,14 +724,8 @@ class CheckpointExtension:
         if shared.status != "running":
             with contextlib.suppress(Exception):  # the heartbeat thread writes it later
                 shared.beat("running")
-        try:
-            payload = request_to_payload(request, self.crawler.spider)
-        except UnserializableRequest as exc:
-            self.warn_once(f"unserializable:{exc.kind}",
-                           f"A request cannot be journaled ({exc}); it is crawled but kept in "
-                           f"memory only, so a crash before it finishes loses it.")
-            self.stats.inc_value("checkpoint/unserializable")
-        else:
+        payload = self._payload(request, self.crawler.spider)
+        if payload is not None:
             cp.add_unit(code, payload)
         cp.start_unit(code)
 

@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .state import pid_alive
+
 if TYPE_CHECKING:
     from .stores.redis import RedisStore
 
@@ -169,16 +171,6 @@ class Worker(BaseModel):
     #: Computed when read: the worker's sub-stage lock still holds its token (and, on
     #: this host, its process exists).
     alive: bool = False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def new_worker_id() -> str:

@@ -62,6 +62,17 @@ class Owner(BaseModel):
         return cls(pid=os.getpid(), host=socket.gethostname(), started_at=utcnow())
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Progress(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

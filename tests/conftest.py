@@ -102,6 +102,15 @@ def drop_redis_prefix(prefix: str) -> None:
     client.close()
 
 
+@pytest.fixture
+def redis_backend():  # type: ignore[no-untyped-def]
+    """A Redis URL with a fresh key prefix, its keys deleted after the test."""
+    require_redis()
+    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
+    yield redis_location(prefix)
+    drop_redis_prefix(prefix)
+
+
 @pytest.fixture(params=["file", "redis"])
 def location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Where a test's checkpoints live: a directory, or a Redis URL with a fresh prefix.

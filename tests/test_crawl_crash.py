@@ -9,7 +9,6 @@ never fetched again.
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from scrapy.utils.request import RequestFingerprinter
 from scrapy_checkpoint import FileStore, Status, read_stage
 from scrapy_checkpoint.stores.base import open_store
 
-from .conftest import drop_redis_prefix, redis_location, require_redis
 from .crawl import Outputs, crawl, double_sigint, sigint, sigkill, sigterm
 from .site import Site
 
@@ -48,14 +46,6 @@ def _assert_exact(outputs: Outputs) -> None:
         pages = outputs.jsonlines(name)
         assert sorted(pages) == list(range(N_PAGES)), f"{name}: lost or duplicated items"
     assert sorted(outputs.csv_pages()) == list(range(N_PAGES)), "items.csv: lost or duplicated items"
-
-
-@pytest.fixture
-def redis_backend() -> Iterator[str]:
-    require_redis()
-    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
-    yield redis_location(prefix)
-    drop_redis_prefix(prefix)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from scrapy_checkpoint.shared import SharedStage, sub_stage_name
 from scrapy_checkpoint.state import Status
 from scrapy_checkpoint.stores.redis import RedisStore
 
-from .conftest import PYTHON, drop_redis_prefix, python_env, redis_location, require_redis
+from .conftest import PYTHON, python_env
 from .crawl import PROJECT, Outputs
 from .site import Site
 
@@ -26,11 +25,8 @@ LEASE = 3  # seconds: how soon a worker on another host would be seen dead
 
 
 @pytest.fixture
-def shared_backend() -> Iterator[str]:
-    require_redis()
-    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
-    yield redis_location(prefix)
-    drop_redis_prefix(prefix)
+def shared_backend(redis_backend: str) -> str:
+    return redis_backend
 
 
 class Worker:
@@ -82,6 +78,25 @@ def _assert_union_exact(workers: list[Worker]) -> None:
     assert csv_pages == list(range(N_PAGES)), "items.csv: lost or duplicated items in the union"
 
 
+def _two_workers_to_the_end(tmp_path: Path, backend: str, *extra: str) -> tuple[Worker, Worker]:
+    """Two workers crawl the site to the end: every page fetched once, every item once in the
+    union of their outputs, and both did part of the work."""
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, backend, tmp_path / "a", *extra)
+        b = Worker(site, backend, tmp_path / "b", *extra)
+        assert a.wait() == 0, a.log[-3000:]
+        assert b.wait() == 0, b.log[-3000:]
+        hits = site.page_hits()
+    finally:
+        site.close()
+    _assert_union_exact([a, b])
+    assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
+    assert a.outputs.jsonlines("items.jl")
+    assert b.outputs.jsonlines("items.jl")
+    return a, b
+
+
 def _shared(backend: str) -> SharedStage:
     return SharedStage(RedisStore(backend), "site", worker="test")
 
@@ -95,20 +110,7 @@ def _cli(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
     tmp_path: Path, shared_backend: str
 ) -> None:
-    site = Site(N_PAGES, delay=0.01)
-    extra = scrapy_redis_args(shared_backend)
-    try:
-        a = Worker(site, shared_backend, tmp_path / "a", *extra)
-        b = Worker(site, shared_backend, tmp_path / "b", *extra)
-        assert a.wait() == 0, a.log[-3000:]
-        assert b.wait() == 0, b.log[-3000:]
-        hits = site.page_hits()
-    finally:
-        site.close()
-    _assert_union_exact([a, b])
-    assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
-    assert a.outputs.jsonlines("items.jl")
-    assert b.outputs.jsonlines("items.jl")
+    _two_workers_to_the_end(tmp_path, shared_backend, *scrapy_redis_args(shared_backend))
     workers = _shared(shared_backend).workers()
     assert [w.status for w in workers] == ["finished", "finished"]
     assert sum(w.done for w in workers) == N_PAGES
@@ -133,20 +135,8 @@ def test_without_scheduler_persist_scrapy_redis_workers_are_refused(
 def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
     tmp_path: Path, shared_backend: str
 ) -> None:
-    site = Site(N_PAGES, delay=0.01)
-    try:
-        a = Worker(site, shared_backend, tmp_path / "a")
-        b = Worker(site, shared_backend, tmp_path / "b")
-        assert a.wait() == 0, a.log[-3000:]
-        assert b.wait() == 0, b.log[-3000:]
-        hits = site.page_hits()
-    finally:
-        site.close()
-    _assert_union_exact([a, b])
-    assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
+    a, b = _two_workers_to_the_end(tmp_path, shared_backend)
     # One worker got the start page; the other was given part of its frontier.
-    assert a.outputs.jsonlines("items.jl")
-    assert b.outputs.jsonlines("items.jl")
     assert a.stat("given") + b.stat("given") == a.stat("received") + b.stat("received") > 0
     workers = _shared(shared_backend).workers()
     assert [w.status for w in workers] == ["finished", "finished"]

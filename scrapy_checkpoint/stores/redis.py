@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import uuid
@@ -36,7 +35,7 @@ from pydantic import ValidationError
 from ..doneset import DoneSet
 from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from ..journal import decode_group
-from ..state import CheckpointState, Owner, Status
+from ..state import CheckpointState, Owner, Status, pid_alive
 from .file import Loaded, check_stage_name, decode_snapshot
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -128,16 +127,6 @@ def decompress(data: bytes) -> bytes:
 
         return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
     return data
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RedisLock:
@@ -339,7 +328,7 @@ class RedisStore:
             # A holder on this host whose process is gone is a crash: take the lease over,
             # unless someone else changed it meanwhile.
             if (holder is not None and holder.host == socket.gethostname()
-                    and not _pid_alive(holder.pid) and self._take_over(lock_key, token, ms)):
+                    and not pid_alive(holder.pid) and self._take_over(lock_key, token, ms)):
                 pass
             else:
                 raise CheckpointLockedError(
@@ -377,7 +366,7 @@ class RedisStore:
         if not self.client.exists(self.key(stage, "lock")):
             return None
         holder = self._owner(stage)
-        if holder is not None and holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+        if holder is not None and holder.host == socket.gethostname() and not pid_alive(holder.pid):
             return None
         return holder
 
