@@ -50,11 +50,12 @@ Round trips
 Sustained
     Then (a) runs ``--sustain-runs`` times (3) for ``--sustain`` seconds (8; none
     with ``--quick``) without pause, past the checkpoint's periodic state write
-    (every ``state_interval`` = 5 s, on its I/O thread, optimistic: WATCH, GET,
-    MULTI/EXEC, up to 10 tries). The output says whether the stage survived it:
-    at the time of writing it mostly does not, because the writer's own group
-    appends change the watched ``meta`` key faster than the three round trips of
-    the state write (see docs/benchmarks.md).
+    (every ``state_interval`` = 5 s, on its I/O thread: one script call that
+    checks the lock token and writes the state). The output says whether the
+    stage survived it. Before commit 468c7b6 the state write was optimistic
+    (WATCH, GET, MULTI/EXEC, 10 tries) and mostly failed here, because the
+    writer's own group appends changed the watched ``meta`` key faster than its
+    three round trips (see docs/benchmarks.md).
 
 Keys
     Every run uses a fresh key prefix ``bench_<pid>_<n>`` (``?prefix=`` in the URL
@@ -452,10 +453,10 @@ per update)).
 
 SUSTAIN_NOTE = """\
 A stage that commits to Redis without pause for longer than state_interval (5 s) exercises the
-periodic state write: on the I/O thread, WATCH meta+lock, GET lock, MULTI/SET/.../EXEC, retried
-up to 10 times when meta changed in between. The writer's own group appends change meta (seq),
-so when groups are committed faster than that window (three round trips) the write can keep
-failing and the run stops with "the state kept changing under us in Redis"."""
+periodic state write, on the I/O thread while the caller's thread appends groups: one script
+call that checks the lock token, writes the state and refreshes the expiries. (Until commit
+468c7b6 it was WATCH/MULTI/EXEC on meta, which the appends kept aborting: "the state kept
+changing under us in Redis".)"""
 
 
 def sustained(url: str, seconds: float, server: RedisServer, runs: int) -> None:
