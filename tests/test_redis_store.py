@@ -216,7 +216,9 @@ def test_a_crawl_survives_a_redis_restart_mid_crawl(tmp_path: Path) -> None:
 
         def restart_midway() -> None:
             if site.wait_for_hits(100):
-                private.restart()
+                private.stop()  # Redis goes away while the crawl goes on for 40 pages ...
+                site.wait_for_hits(site.total_hits + 40)
+                private.start()  # ... and comes back with its data
                 restarted.set()
 
         threading.Thread(target=restart_midway, daemon=True).start()
