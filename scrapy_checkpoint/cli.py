@@ -27,7 +27,7 @@ from .checkpoint import file_hash
 from .errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
-from .shared import Worker
+from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES
 from .stores.file import check_stage_name
 
@@ -390,6 +390,24 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
     if stage != "all" and stage not in manager.stages():
         click.echo(f"No checkpoint for stage {stage!r} in {manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    shared = manager.shared_stages()
+    shared_refused = False
+    if stage == "all" and shared:
+        # A worker's sub-stage goes with its shared stage, claims and all, never alone.
+        stages = [s for s in stages if (shared_stage_of(s) or ("",))[0] not in shared]
+        if sys.stdin.isatty() and not force:
+            click.confirm(f"Reset shared stage(s) {', '.join(shared)} and their workers' "
+                          f"sub-stages?", abort=True)
+        for name in shared:
+            try:
+                removed = manager.reset_shared(name)
+            except CheckpointLockedError as exc:
+                click.echo(f"{exc} Stop every worker of the stage first.", err=True)
+                shared_refused = True
+                continue
+            click.echo(f"Reset shared stage {name} ({len(removed)} worker sub-stage(s)).")
+        if not stages:
+            sys.exit(EXIT_NOT_FOUND if shared_refused else EXIT_OK)
     if not stages:
         click.echo(f"No checkpoints in {manager.directory}.")
         sys.exit(EXIT_NOT_FOUND)
@@ -404,10 +422,13 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
     if sys.stdin.isatty() and not force:
         what = stages[0] if len(stages) == 1 else f"{len(stages)} stages ({', '.join(stages)})"
         click.confirm(f"Reset {what}? Its recorded progress is deleted", abort=True)
-    refused = bool(live) and not force
+    refused = (bool(live) and not force) or shared_refused
     for s in stages:
         try:
             manager.reset(s)
+        except ConfigError as exc:  # a worker's sub-stage of a shared stage
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
         except CheckpointLockedError as exc:
             if not force:  # its owner started while we asked
                 click.echo(f"{exc} Not reset.", err=True)

@@ -106,6 +106,8 @@ class CheckpointExtension:
         self._elsewhere = DoneSet()
         self._adopting: list[tuple[Worker, EnhancedCheckpoint, bool]] = []
         self._waiting_logged = 0.0
+        self._shared_warned = 0.0
+        self._joining: SharedStage | None = None
         # The request carrying each unit registered here (to find it when the unit is given).
         self._requests: WeakValueDictionary[int, Request] = WeakValueDictionary()
         # scrapy-redis pairing: requests go through its shared queue; the worker that pops one
@@ -153,6 +155,14 @@ class CheckpointExtension:
         return ext
 
     def _open(self) -> None:
+        try:
+            self._open_stage()
+        finally:
+            if self._joining is not None:
+                self._joining.release_joining()  # joined, or failed: let the next worker in
+                self._joining = None
+
+    def _open_stage(self) -> None:
         config = self.config
         store = config.store()
         stage = self.stage
@@ -222,11 +232,14 @@ class CheckpointExtension:
                               "SCHEDULER_PERSIST = True: without it the first worker to close "
                               "empties the queue the others still work from.")
         shared = SharedStage(store, self.stage)
+        shared.hold_joining()  # until this worker has joined: no other resets the stage under it
+        self._joining = shared
         if config.reset:
             if shared.any_alive():
                 raise ConfigError(f"CHECKPOINT_RESET: other workers of stage {self.stage} are "
                                   f"running; stop them first, then start every worker again.")
             removed = shared.reset()
+            self._reset_scrapy_redis()
             logger.info("Stage %s: reset (CHECKPOINT_RESET), %d worker sub-stage(s) removed.",
                         self.stage, len(removed))
         elif shared.completed():
@@ -234,8 +247,10 @@ class CheckpointExtension:
                 logger.info("Stage %s is already completed; nothing to do "
                             "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
                 self._skip_completed = True
+                shared.release_joining()
                 return None
             removed = shared.reset()
+            self._reset_scrapy_redis()
             logger.info("Stage %s was completed by %d worker(s); starting it over "
                         "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage, len(removed))
         store.mark_done_in(shared.sub_stage, shared.claims_key)
@@ -243,6 +258,20 @@ class CheckpointExtension:
         logger.info("Stage %s: worker %s joins (sub-stage %s).", self.stage, shared.worker,
                     shared.sub_stage)
         return shared
+
+    def _reset_scrapy_redis(self) -> None:
+        """Starting a shared stage over with scrapy-redis: its queue and dupefilter (kept by
+        SCHEDULER_PERSIST) go too, or the dupefilter would drop every request again."""
+        if not self._paired:
+            return
+        from scrapy_redis import connection, defaults  # type: ignore[import-untyped]
+
+        settings, name = self.crawler.settings, self.crawler.spider.name
+        keys = [settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY),
+                settings.get("SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY)]
+        keys = [key % {"spider": name} for key in keys]
+        connection.get_redis_from_settings(settings).delete(*keys)
+        logger.info("Stage %s: scrapy-redis's %s emptied too.", self.stage, " and ".join(keys))
 
     def _claimed(self, code: int) -> bool:
         """Claim the unit for this worker (shared stages); False if another worker owns it."""
@@ -290,7 +319,7 @@ class CheckpointExtension:
                 logger.error("Stage %s: cannot adopt worker %s: %s", self.stage, worker.id, exc)
                 continue
             if on_this_host:
-                self._cut_outputs(other.live.outputs)
+                self._cut_outputs(self._only_theirs(worker, other.live.outputs))
             self._adopting.append((worker, other, on_this_host))
 
     def _cut_outputs_of(self, worker: Worker) -> None:
@@ -305,9 +334,21 @@ class CheckpointExtension:
                            self.stage, worker.id, exc)
             return
         if view._live is not None:
-            self._cut_outputs(view._live.outputs)
+            self._cut_outputs(self._only_theirs(worker, view._live.outputs))
         assert self.shared is not None
         self.shared.record_outputs_cut(worker)
+
+    def _only_theirs(self, dead: Worker, recorded: dict[str, list[int]]) -> dict[str, list[int]]:
+        """The outputs of a dead worker that no other worker of the stage writes: a file
+        another worker also wrote (two workers were given one file) is never cut."""
+        assert self.shared is not None
+        others = {path for w in self.shared.workers() if w.id != dead.id for path in w.outputs}
+        shared_files = sorted(set(recorded) & others)
+        for path in shared_files:
+            logger.warning("Stage %s: %s is also written by another worker; not cutting it back "
+                           "for adopted worker %s (a file per worker keeps outputs exact).",
+                           self.stage, path, dead.id)
+        return {k: v for k, v in recorded.items() if k not in others}
 
     def _hand_over_adopted(self) -> int:
         """Schedule here the pending requests of the dead workers taken over, journal them,
@@ -840,15 +881,30 @@ class CheckpointExtension:
                 if self.shared is not None and self.shared.adopted:
                     raise CheckpointError(f"Worker {self.shared.worker} was taken for dead and "
                                           f"adopted by another worker.")
-                if self.shared is not None and not self._paired:
-                    self._drain_inbox()
-                    self._share_work()
-                elif self._paired and self.shared is not None and self.shared.status == "idle":
-                    wake(self.crawler.engine)  # look at the shared queue now, not in 5 s
+                if self.shared is not None:
+                    self._shared_tick()
         except CheckpointError as exc:
             self._stop(exc)
         except Exception:
             logger.exception("Stage %s: checkpoint timer failed", self.stage)
+
+    def _shared_tick(self) -> None:
+        shared = self.shared
+        assert shared is not None
+        try:
+            if not self._paired:
+                self._drain_inbox()
+                self._share_work()
+            elif shared.status == "idle":
+                wake(self.crawler.engine)  # look at the shared queue now, not in 5 s
+        except CheckpointError:
+            raise
+        except Exception as exc:  # Redis away: the journal buffers; say so now and then
+            now = monotonic()
+            if now - self._shared_warned > 30:
+                self._shared_warned = now
+                logger.warning("Stage %s: cannot reach the other workers through Redis (%s); "
+                               "trying again.", self.stage, exc)
 
     def _record_skips(self) -> None:
         if self._skipped and self.cp is not None:

@@ -15,7 +15,7 @@ from ._keys import UnitKey, key_code
 from ._live import LiveState
 from .checkpoint import EnhancedCheckpoint, _backend_location
 from .config import CheckpointConfig
-from .errors import CheckpointLockedError, CorruptCheckpointError
+from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .metrics import Metrics, format_duration
 from .shared import SharedStage, Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status
@@ -183,6 +183,11 @@ class UnifiedCheckpointManager:
         Raises :class:`CheckpointLockedError` if a live process owns it.
         """
         check_stage_name(stage)
+        parent = shared_stage_of(stage)
+        if parent is not None and parent[0] in self.shared_stages():
+            raise ConfigError(f"{stage!r} is worker {parent[1]}'s part of shared stage "
+                              f"{parent[0]!r}: reset the shared stage as a whole ({parent[0]!r}); "
+                              f"alone, its claims would stay and its work be lost.")
         lock = self.store.lock(stage, Owner.current())
         try:
             self.store.remove(stage)
@@ -208,7 +213,15 @@ class UnifiedCheckpointManager:
     def reset_all(self) -> list[str]:
         """Reset every stage no live process owns; return the names reset."""
         reset = []
+        shared = self.shared_stages()
+        for stage in shared:
+            try:
+                reset += self.reset_shared(stage)
+            except CheckpointLockedError as exc:
+                logger.warning("%s", exc)
         for stage in self.stages():
+            if (shared_stage_of(stage) or ("",))[0] in shared:
+                continue
             try:
                 self.reset(stage)
             except CheckpointLockedError as exc:
@@ -225,7 +238,10 @@ class UnifiedCheckpointManager:
                else timedelta(hours=self.config.ttl_hours))
         cutoff = utcnow() - age
         removed: dict[str, int] = {}
+        shared = self.shared_stages()
         for stage in self.stages():
+            if (shared_stage_of(stage) or ("",))[0] in shared:
+                continue  # part of a shared stage: its keys expire by TTL, or reset the stage
             state, _ = self.store.read_state(stage)
             if state is None:
                 try:

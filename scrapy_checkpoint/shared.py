@@ -101,7 +101,13 @@ for i = 3, #ARGV, 2 do
     given[#given + 1] = ARGV[i]
   end
 end
-if #given > 0 then redis.call('EXPIRE', KEYS[2], ARGV[#ARGV]) end
+if #given > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
+  -- It has work now: no other worker may take it for idle and leave before it starts.
+  local worker = cjson.decode(record)
+  worker['status'] = 'running'
+  redis.call('HSET', KEYS[3], taker, cjson.encode(worker))
+end
 return given
 """
 
@@ -273,6 +279,21 @@ class SharedStage:
             fields.update(self._report())
         fields.update(extra)
         return Worker(**fields).model_dump_json(exclude={"alive"})
+
+    def hold_joining(self, timeout: float = 60.0) -> None:
+        """Take the stage's joining lock: a worker deciding whether the stage is completed
+        (and resetting it) and then joining does it alone, so two workers starting together
+        do not both reset it, the second under the first."""
+        key, deadline = self.store.key(self.stage, "joining"), time.monotonic() + timeout
+        while not self.client.set(key, self.worker, nx=True, px=int(timeout * 1000)):
+            if time.monotonic() > deadline:
+                break  # a worker died holding it: the key expires; go on
+            time.sleep(0.05)  # another worker is joining (a second or so)
+
+    def release_joining(self) -> None:
+        key = self.store.key(self.stage, "joining")
+        if self.client.get(key) == self.worker.encode():
+            self.client.delete(key)
 
     def beat(self, status: str | None = None) -> None:
         """Write this worker's record now (its status, counts, heartbeat) and refresh the TTL

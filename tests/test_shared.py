@@ -115,6 +115,14 @@ def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
     assert [w.status for w in workers] == ["finished", "finished"]
     assert sum(w.done for w in workers) == N_PAGES
     assert RedisStore(shared_backend).client.hlen(_shared(shared_backend).queued_key) == 0
+    # Run again: the completed stage starts over, scrapy-redis's dupefilter emptied with it.
+    site = Site(N_PAGES)
+    try:
+        again = Worker(site, shared_backend, tmp_path / "again", *scrapy_redis_args(shared_backend))
+        assert again.wait() == 0, again.log[-3000:]
+    finally:
+        site.close()
+    assert sorted(again.outputs.jsonlines("items.jl")) == list(range(N_PAGES))
 
 
 def test_without_scheduler_persist_scrapy_redis_workers_are_refused(
@@ -160,7 +168,11 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
                    "CHECKPOINT_ON_COMPLETE=skip")
     assert again.wait() == 0, again.log[-3000:]
     assert "already completed; nothing to do" in again.log
-    # ...and `reset` removes it, once no worker is alive.
+    # A worker's part alone cannot be reset (its claims would stay)...
+    part = _cli(shared_backend, "reset", sub_stage_name("site", workers[0].id))
+    assert part.returncode == 2
+    assert "reset the shared stage as a whole ('site')" in part.stderr
+    # ...`reset` of the shared stage removes it all, once no worker is alive.
     reset = _cli(shared_backend, "reset", "site")
     assert reset.returncode == 0, reset.stderr
     assert _shared(shared_backend).workers() == []
