@@ -303,8 +303,10 @@ class CheckpointExtension:
             if worker.id == shared.worker or worker.alive or worker.id in taken:
                 continue
             on_this_host = worker.host == host
-            if on_this_host and pid_alive(worker.pid):
-                continue  # frozen past its lease, or closing: not dead
+            if (on_this_host and worker.status not in ("paused", *OVER)
+                    and worker.pid != os.getpid() and pid_alive(worker.pid)):
+                continue  # frozen past its lease: not dead (a pid reused by us, or a worker
+                # that left and released its lock, does not count)
             if worker.status in OVER:
                 if worker.status == "adopted" and on_this_host and not worker.outputs_cut:
                     self._cut_outputs_of(worker)
@@ -342,7 +344,11 @@ class CheckpointExtension:
         """The outputs of a dead worker that no other worker of the stage writes: a file
         another worker also wrote (two workers were given one file) is never cut."""
         assert self.shared is not None
-        others = {path for w in self.shared.workers() if w.id != dead.id for path in w.outputs}
+        # Files another worker on that host wrote while the dead one lived (two workers given
+        # one file), not those of workers before it (a supervisor reusing the path).
+        others = {path for w in self.shared.workers()
+                  if w.id != dead.id and w.host == dead.host
+                  and (w.alive or w.heartbeat >= dead.started_at) for path in w.outputs}
         shared_files = sorted(set(recorded) & others)
         for path in shared_files:
             logger.warning("Stage %s: %s is also written by another worker; not cutting it back "
@@ -481,6 +487,8 @@ class CheckpointExtension:
                 # Every worker is idle, so the shared queue is empty: a payload still queued
                 # and held by no live worker was lost with a worker; put it back.
                 lost = shared.lost_queued()
+                if lost is None:  # another worker is sweeping: look again later
+                    raise DontCloseSpider
                 if lost:
                     logger.info("Stage %s: %d request(s) popped by workers that died are put "
                                 "back in the queue.", self.stage, len(lost))
@@ -498,7 +506,10 @@ class CheckpointExtension:
             raise DontCloseSpider from None
         if busy:
             if shared.status != "idle":
-                shared.beat("idle")
+                try:
+                    shared.beat("idle")
+                except Exception as exc:
+                    logger.warning("Stage %s: heartbeat not written (%s)", self.stage, exc)
             if monotonic() - self._waiting_logged > 60:
                 self._waiting_logged = monotonic()
                 logger.info("Stage %s: worker %s has nothing to do; staying while %s work, to "
@@ -812,11 +823,13 @@ class CheckpointExtension:
                 router.current = previous
 
     def note_failure(self, request: Request | None) -> None:
-        if request is not None and request.meta.get(UNIT_META) in self._live:
+        if (request is not None and request.meta.get(UNIT_META) in self._live
+                and request in self._registered):
             self._failures.add(request.meta[UNIT_META])
 
     def note_ignored(self, request: Request) -> None:
-        if request.meta.get(UNIT_META) in self._live:
+        # Not a copy this worker drops (given away, or another worker's): only its own.
+        if request.meta.get(UNIT_META) in self._live and request in self._registered:
             self._ignored.add(request.meta[UNIT_META])
 
     # -- the engine's request lifecycle -------------------------------------------------------

@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .state import pid_alive
 
@@ -104,9 +104,9 @@ end
 if #given > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
   -- It has work now: no other worker may take it for idle and leave before it starts.
-  local worker = cjson.decode(record)
-  worker['status'] = 'running'
-  redis.call('HSET', KEYS[3], taker, cjson.encode(worker))
+  -- (The record is edited as text: cjson would turn its empty lists into objects.)
+  local running = string.gsub(record, '"status":"idle"', '"status":"running"', 1)
+  redis.call('HSET', KEYS[3], taker, running)
 end
 return given
 """
@@ -158,6 +158,12 @@ return 1
 """
 
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class Worker(BaseModel):
     """One worker of a shared stage, as the ``workers`` hash records it."""
 
@@ -177,6 +183,11 @@ class Worker(BaseModel):
     #: Computed when read: the worker's sub-stage lock still holds its token (and, on
     #: this host, its process exists).
     alive: bool = False
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _empty_object_is_empty_list(cls, value: Any) -> Any:
+        return [] if value == {} else value  # a record once re-encoded by Redis's cjson
 
 
 def new_worker_id() -> str:
@@ -215,6 +226,7 @@ class SharedStage:
         self._queue = client.register_script(_QUEUE)
         self._take = client.register_script(_TAKE)
         self._beat_script = client.register_script(_BEAT)
+        self._release = client.register_script(_RELEASE)
         self._beat_lock = threading.Lock()
         #: Set when another worker recorded this one adopted (it was taken for dead).
         self.adopted = False
@@ -291,9 +303,7 @@ class SharedStage:
             time.sleep(0.05)  # another worker is joining (a second or so)
 
     def release_joining(self) -> None:
-        key = self.store.key(self.stage, "joining")
-        if self.client.get(key) == self.worker.encode():
-            self.client.delete(key)
+        self._release(keys=[self.store.key(self.stage, "joining")], args=[self.worker])
 
     def beat(self, status: str | None = None) -> None:
         """Write this worker's record now (its status, counts, heartbeat) and refresh the TTL
@@ -351,16 +361,24 @@ class SharedStage:
         return bool(self._take(keys=[self.claims_key, self.tokens_key],
                                args=[self.worker, self._lock_prefix, str(code)]))
 
-    def lost_queued(self) -> list[Any]:
+    def lost_queued(self) -> list[Any] | None:
         """Payloads of queued units no live worker has: queued ("q", their request was popped
         by a worker that died before taking it, or the queue lost it) or taken by a dead
         worker before it journaled them. Call only when every worker is idle."""
         if not self.client.hlen(self.queued_key):
             return []
-        # One sweeper at a time, so two idle workers do not both put the same request back.
-        if not self.client.set(self.store.key(self.stage, "sweep"), self.worker, nx=True,
+        # One sweeper at a time, so two idle workers do not both put the same request back;
+        # None tells the caller another worker is sweeping (stay open and look again).
+        sweep = self.store.key(self.stage, "sweep")
+        if not self.client.set(sweep, self.worker, nx=True,
                                px=int(self.store.lease_seconds * 1000)):
-            return []
+            return None
+        try:
+            return self._lost_queued()
+        finally:
+            self._release(keys=[sweep], args=[self.worker])
+
+    def _lost_queued(self) -> list[Any]:
         queued = self.client.hgetall(self.queued_key)
         codes = list(queued)
         holders = self.client.hmget(self.claims_key, codes)

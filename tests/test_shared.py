@@ -324,3 +324,26 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
     assert set(hits) == set(range(N_PAGES))
     assert giver.stat("given") > 0
     assert giver.stat("workers_adopted") == 1
+
+
+def test_giving_work_keeps_the_takers_record_readable(shared_backend: str) -> None:
+    """The give script marks the taker running by editing its record; the record must stay
+    a valid worker record (Redis's cjson would turn ``"outputs": []`` into ``{}``)."""
+    store = RedisStore(shared_backend)
+    giver = SharedStage(store, "site", worker="giver")
+    taker = SharedStage(store, "site", worker="taker")
+    for stage in (giver, taker):
+        stage.status = "idle" if stage is taker else "running"
+        stage.beat()
+    assert giver.claim(7)
+    assert giver.give("taker", [(7, {"url": "http://127.0.0.1/7"})]) == [7]
+    records = {w.id: w for w in giver.workers()}
+    assert set(records) == {"giver", "taker"}
+    assert records["taker"].status == "running"
+    assert records["taker"].outputs == []
+    assert taker.inbox() == [(7, {"url": "http://127.0.0.1/7"})]
+    # Only an idle worker is given work: a leaving one is not.
+    taker.beat("leaving")
+    assert giver.claim(8)
+    assert giver.give("taker", [(8, {"url": "http://127.0.0.1/8"})]) == []
+    store.close()
