@@ -375,8 +375,10 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
-    stages = manager.stages() if stage == "all" else [stage]
-    if stage != "all" and stage not in manager.stages() and stage in manager.shared_stages():
+    known = manager.stages()
+    shared = manager.shared_stages()  # read once: each call reads every worker record
+    stages = known if stage == "all" else [stage]
+    if stage != "all" and stage not in known and stage in shared:
         if sys.stdin.isatty() and not force:
             click.confirm(f"Reset shared stage {stage} and all its workers' sub-stages? Their "
                           f"recorded progress is deleted", abort=True)
@@ -387,10 +389,9 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
             sys.exit(EXIT_NOT_FOUND)
         click.echo(f"Reset shared stage {stage} ({len(removed)} worker sub-stage(s)).")
         return
-    if stage != "all" and stage not in manager.stages():
+    if stage != "all" and stage not in known:
         click.echo(f"No checkpoint for stage {stage!r} in {manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)
-    shared = manager.shared_stages()
     shared_refused = False
     if stage == "all" and shared:
         # A worker's sub-stage goes with its shared stage, claims and all, never alone.

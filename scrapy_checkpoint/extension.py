@@ -906,7 +906,8 @@ class CheckpointExtension:
         assert shared is not None
         try:
             if not self._paired:
-                self._drain_inbox()
+                if shared.status == "idle":  # work is given only to idle workers
+                    self._drain_inbox()
                 self._share_work()
             elif shared.status == "idle":
                 wake(self.crawler.engine)  # look at the shared queue now, not in 5 s

@@ -438,10 +438,11 @@ class SharedStage:
 
     def reset(self) -> list[str]:
         """Remove the shared keys and every worker's sub-stage. Returns the sub-stages removed."""
-        subs = [sub_stage_name(self.stage, w.id) for w in self.workers()]
+        workers = self.workers()
+        subs = [sub_stage_name(self.stage, w.id) for w in workers]
         store = self.store
         keys = [self.claims_key, self.workers_key, self.tokens_key, self.queued_key]
-        keys += [self.inbox_key(w.id) for w in self.workers()]
+        keys += [self.inbox_key(w.id) for w in workers]
         for sub in subs:
             keys += [k for k in store._stage_keys(sub) if not k.endswith(":lock")]
         with self.client.pipeline(transaction=True) as pipe:

@@ -97,6 +97,13 @@ def _two_workers_to_the_end(tmp_path: Path, backend: str, *extra: str) -> tuple[
     return a, b
 
 
+def _kill_left(*workers: Worker) -> None:
+    """Kill the workers a failed test left running (before its Redis keys are dropped)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+
+
 def _shared(backend: str) -> SharedStage:
     return SharedStage(RedisStore(backend), "site", worker="test")
 
@@ -244,9 +251,7 @@ def test_workers_killed_and_replaced_many_times_lose_and_repeat_nothing(
             assert w.wait() == 0, w.log[-3000:]
         hits = site.page_hits()
     finally:
-        for w in workers:
-            if w.proc.poll() is None:
-                w.proc.kill()
+        _kill_left(*workers)
         site.close()
     for name in ("items.jl", "own.jl"):
         pages = sorted(p for w in workers for p in w.outputs.jsonlines(name))
@@ -281,9 +286,7 @@ def test_two_live_workers_on_one_host_cannot_share_an_output_file(
         assert first.wait() == 0, first.log[-3000:]
     finally:
         site.gate.set()
-        for w in started:
-            if w.proc.poll() is None:
-                w.proc.kill()
+        _kill_left(*started)
         site.close()
     assert "too: give every worker on a host its own output file" in second.log
     assert sorted(first.outputs.jsonlines("items.jl")) == list(range(60))
@@ -316,9 +319,7 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
         assert giver.wait() == 0, giver.log[-3000:]
         hits = site.page_hits()
     finally:
-        for w in started:
-            if w.proc.poll() is None:
-                w.proc.kill()
+        _kill_left(*started)
         site.close()
     _assert_union_exact([giver, taker])
     assert set(hits) == set(range(N_PAGES))
