@@ -272,9 +272,9 @@ from scrapy.extensions.feedexport import FeedExporter
 from scrapy.utils import request as request_utils
 
 from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
-from scrapy_checkpoint.extension import CheckpointExtension
-from scrapy_checkpoint.middleware import CheckpointMiddleware
-from scrapy_checkpoint.outputs import CheckpointFeedExporter
+from scrapy_checkpoint.crawl.extension import CheckpointExtension
+from scrapy_checkpoint.crawl.middleware import CheckpointMiddleware
+from scrapy_checkpoint.crawl.feeds import CheckpointFeedExporter
 
 clock = time.thread_time
 seconds = defaultdict(float)
@@ -615,9 +615,9 @@ def build_worker(directory: str, layout: str, n: int, base: str) -> None:
     from scrapy.utils.request import fingerprint
 
     from scrapy_checkpoint import EnhancedCheckpoint
-    from scrapy_checkpoint._keys import key_code
-    from scrapy_checkpoint.extension import UNIT_META
-    from scrapy_checkpoint.requests import request_to_payload
+    from scrapy_checkpoint.crawl.extension import UNIT_META
+    from scrapy_checkpoint.crawl.requests import request_to_payload
+    from scrapy_checkpoint.journal.keys import key_code
 
     class SiteSpider(Spider):  # the generated project's spider, as far as payloads go
         name = SPIDER

@@ -58,7 +58,7 @@ from typing import Any
 from _common import median, print_header, spread, table
 
 from scrapy_checkpoint import EnhancedCheckpoint
-from scrapy_checkpoint.journal import scan_segment
+from scrapy_checkpoint.journal.frames import scan_segment
 
 MODES = ("fsync", "flush", "none")
 DEFAULT_MODE = "fsync"

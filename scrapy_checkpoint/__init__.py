@@ -16,23 +16,24 @@ from .errors import (
     InputChangedError,
     InvalidTransitionError,
 )
-from .manager import StageView, UnifiedCheckpointManager, read_stage
+from .manager import UnifiedCheckpointManager
 from .metrics import Metrics
 from .state import CheckpointState, Progress, Status
 from .stores import FileStore
 from .tracker import AsyncCheckpointTracker, MapResult
+from .view import StageView, read_stage
 
 __version__ = "0.1.0"
 
 # The Scrapy pieces import Scrapy: load them only when asked for, so asyncio
 # stages can use the package without it.
 _SCRAPY_PIECES = {
-    "Addon": "addon",
-    "CheckpointExtension": "extension",
-    "CheckpointMiddleware": "middleware",
-    "CheckpointFeedStorage": "outputs",
-    "CheckpointFeedExporter": "outputs",
-    "CheckpointSettings": "settings",
+    "Addon": "crawl.addon",
+    "CheckpointExtension": "crawl.extension",
+    "CheckpointMiddleware": "crawl.middleware",
+    "CheckpointFeedStorage": "crawl.feeds",
+    "CheckpointFeedExporter": "crawl.feeds",
+    "CheckpointSettings": "crawl.settings",
 }
 
 
@@ -43,6 +44,7 @@ def __getattr__(name: str) -> object:
     import importlib
 
     return getattr(importlib.import_module(f"scrapy_checkpoint.{module}"), name)
+
 
 __all__ = [
     "Addon",

@@ -20,17 +20,18 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from ._clock import monotonic, utcnow, walltime
-from ._io import BackgroundIO
-from ._keys import UnitKey, key_code
-from ._live import LiveState
+from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
 from .errors import CheckpointError, ConfigError, InputChangedError
-from .journal import encode_group
+from .io import BackgroundIO
+from .journal.groups import encode_group
+from .journal.keys import UnitKey, key_code
+from .journal.snapshot import encode_snapshot
+from .live import LiveState
 from .metrics import Metrics, RateWindow
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
-from .stores.base import JournalWriter, Lock, Store, open_store
-from .stores.file import check_stage_name, encode_snapshot
+from .stores import open_store
+from .stores.base import JournalWriter, Lock, Store, check_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
 

@@ -29,7 +29,7 @@ from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES
-from .stores.file import check_stage_name
+from .stores.base import check_stage_name
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3
 SCHEMA_VERSION = EXPORT_SCHEMA_VERSION

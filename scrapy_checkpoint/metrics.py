@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ._clock import monotonic
+from .clock import monotonic
 
 
 @dataclass(frozen=True)

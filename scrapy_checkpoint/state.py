@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._clock import utcnow
+from .clock import utcnow
 from .errors import InvalidTransitionError
 
 SCHEMA_VERSION = 1

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from ._keys import UnitKey
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
+from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
 from .stores.base import Store

@@ -22,9 +22,9 @@ from scrapy_checkpoint import (
     Status,
     read_stage,
 )
-from scrapy_checkpoint.doneset import DoneSet
+from scrapy_checkpoint.journal.doneset import DoneSet
 from scrapy_checkpoint.state import check_transition
-from scrapy_checkpoint.stores.base import open_store
+from scrapy_checkpoint.stores import open_store
 
 
 def _abandon(cp: EnhancedCheckpoint) -> None:

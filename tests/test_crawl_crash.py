@@ -17,7 +17,7 @@ from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
 from scrapy_checkpoint import FileStore, Status, read_stage
-from scrapy_checkpoint.stores.base import open_store
+from scrapy_checkpoint.stores import open_store
 
 from .crawl import Outputs, crawl, double_sigint, sigint, sigkill, sigterm
 from .site import Site

@@ -8,13 +8,9 @@ from pathlib import Path
 import pytest
 
 from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
-from scrapy_checkpoint.journal import (
-    SEGMENT_MAGIC,
-    SegmentWriter,
-    decode_group,
-    encode_group,
-    scan_segment,
-)
+from scrapy_checkpoint.journal.frames import SEGMENT_MAGIC, scan_segment
+from scrapy_checkpoint.journal.groups import decode_group, encode_group
+from scrapy_checkpoint.stores.file import SegmentWriter
 
 
 def _segment(tmp_path: Path, payloads: list[bytes]) -> tuple[bytes, list[int]]:

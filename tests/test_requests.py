@@ -10,7 +10,7 @@ import scrapy
 from scrapy.http import FormRequest
 from scrapy.http.request import NO_CALLBACK
 
-from scrapy_checkpoint.requests import (
+from scrapy_checkpoint.crawl.requests import (
     UnserializableRequest,
     _request_dict,
     payload_to_request,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_checkpoint.manager import read_stage
 from scrapy_checkpoint.shared import SharedStage, sub_stage_name
 from scrapy_checkpoint.state import Status
 from scrapy_checkpoint.stores.redis import RedisStore
+from scrapy_checkpoint.view import read_stage
 
 from .conftest import PYTHON, python_env
 from .crawl import PROJECT, Outputs

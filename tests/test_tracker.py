@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from scrapy_checkpoint import AsyncCheckpointTracker, Status, read_stage
-from scrapy_checkpoint.stores.base import open_store
+from scrapy_checkpoint.stores import open_store
 
 from .conftest import PYTHON, python_env
 

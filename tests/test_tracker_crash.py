@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from scrapy_checkpoint import Status, read_stage
-from scrapy_checkpoint.stores.base import open_store
+from scrapy_checkpoint.stores import open_store
 
 from .conftest import PYTHON, SCRIPTS, python_env
 

@@ -1,6 +1,27 @@
 """Where checkpoints live. The checkpoint core talks to a store only through the
 :class:`~scrapy_checkpoint.stores.base.Store` protocol; ``open_store`` picks one."""
 
-from .file import FileStore, Loaded, StageLock
+from __future__ import annotations
 
-__all__ = ["FileStore", "Loaded", "StageLock"]
+from typing import Any
+
+from ..errors import ConfigError
+from .base import JournalWriter, Loaded, Lock, Store, check_stage_name
+from .file import FileStore, StageLock
+
+
+def open_store(location: str | Any) -> Store:
+    """A store for ``location``: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a directory."""
+    text = str(location)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        from .redis import RedisStore
+
+        return RedisStore(text)
+    if "://" in text or text in ("redis", "rediss"):
+        raise ConfigError(f"Unknown backend {text!r}: use a directory, 'file', or a Redis URL "
+                          f"such as redis://127.0.0.1:6379/0.")
+    return FileStore(location)
+
+
+__all__ = ["FileStore", "JournalWriter", "Loaded", "Lock", "StageLock", "Store", "check_stage_name",
+           "open_store"]

@@ -3,10 +3,62 @@ the core and the Scrapy pieces never know which one they use."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import ConfigError
+from ..journal.doneset import DoneSet
+from ..journal.groups import Group
 from ..state import CheckpointState, Owner
-from .file import Loaded
+
+_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Endings a stage name may not have: the file store uses them for its own files.
+_RESERVED = (".json", ".bak", ".lock", ".tmp", ".corrupt")
+
+
+def is_stage_name(name: str) -> bool:
+    """True if ``name`` is a valid stage name (see :func:`check_stage_name`)."""
+    return isinstance(name, str) and bool(_STAGE_RE.match(name)) and not name.endswith(_RESERVED)
+
+
+def check_stage_name(stage: str) -> str:
+    """``stage`` if it is a valid stage name (safe as a file name and a Redis key part).
+
+    Raises :class:`~scrapy_checkpoint.errors.ConfigError` naming the rule otherwise.
+    """
+    if not is_stage_name(stage):
+        raise ConfigError(
+            f"Invalid stage name {stage!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit and not ending in {', '.join(_RESERVED)} "
+            f"(e.g. 'stage1_discovery')."
+        )
+    return stage
+
+
+@dataclass
+class Loaded:
+    """What is on disk for one stage, before replay is applied."""
+
+    #: Header of the newest valid snapshot (None: replay from an empty stage).
+    snapshot: dict[str, Any] | None
+    done: DoneSet
+    snapshot_generation: int
+    snapshot_bytes: int
+    #: Decoded groups of the journal after the snapshot, in order.
+    payloads: list[Group] = field(default_factory=list)
+    #: Segment to append to and the offset where its good records end.
+    generation: int = 0
+    good_bytes: int = 0
+    dropped_bytes: int = 0
+    #: Files of generations after the point where replay stopped (to move aside).
+    unreachable: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    #: True when at least one file of the stage exists.
+    exists: bool = False
+
+
 
 
 class JournalWriter(Protocol):
@@ -44,20 +96,3 @@ class Store(Protocol):
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]: ...
     def remove(self, stage: str) -> None: ...
     def disk_usage(self, stage: str) -> dict[str, int]: ...
-
-
-def open_store(location: str | Any) -> Store:
-    """A store for ``location``: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a directory."""
-    text = str(location)
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        from .redis import RedisStore
-
-        return RedisStore(text)
-    if "://" in text or text in ("redis", "rediss"):
-        from ..errors import ConfigError
-
-        raise ConfigError(f"Unknown backend {text!r}: use a directory, 'file', or a Redis URL "
-                          f"such as redis://127.0.0.1:6379/0.")
-    from .file import FileStore
-
-    return FileStore(location)

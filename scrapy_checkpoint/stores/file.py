@@ -15,100 +15,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
 import shutil
 import struct
 import time
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..doneset import DoneSet
-from ..errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
-from ..journal import Group, SegmentScan, SegmentWriter, decode_group, scan_segment
+from ..errors import CheckpointLockedError, CorruptCheckpointError
+from ..journal.doneset import DoneSet
+from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
+from ..journal.groups import decode_group
+from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner
+from .base import Loaded, is_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
 
-_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_RESERVED = (".json", ".bak", ".lock", ".tmp", ".corrupt")
 _GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
-
-SNAPSHOT_MAGIC = b"SCKSNAP1"
-_SNAP_HEAD = struct.Struct("<II")  # header length, crc32(header)
-_SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
-
-
-def check_stage_name(stage: str) -> str:
-    if not isinstance(stage, str) or not _STAGE_RE.match(stage) or stage.endswith(_RESERVED):
-        raise ConfigError(
-            f"Invalid stage name {stage!r}: use 1-128 letters, digits, '_', '-' or '.', "
-            f"starting with a letter or digit and not ending in {', '.join(_RESERVED)} "
-            f"(e.g. 'stage1_discovery')."
-        )
-    return stage
-
-
-def encode_snapshot(header: dict[str, Any], done_bytes: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":"), default=str).encode()
-    return b"".join((
-        SNAPSHOT_MAGIC,
-        _SNAP_HEAD.pack(len(head), zlib.crc32(head)),
-        head,
-        _SNAP_CODES.pack(len(done_bytes) // 8, zlib.crc32(done_bytes)),
-        done_bytes,
-    ))
-
-
-def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
-    """Raise ValueError unless ``data`` is a whole, checksummed snapshot."""
-    if not data.startswith(SNAPSHOT_MAGIC):
-        raise ValueError("not a snapshot (bad magic)")
-    pos = len(SNAPSHOT_MAGIC)
-    hlen, hcrc = _SNAP_HEAD.unpack_from(data, pos)
-    pos += _SNAP_HEAD.size
-    head = data[pos : pos + hlen]
-    if len(head) != hlen or zlib.crc32(head) != hcrc:
-        raise ValueError("snapshot header checksum mismatch")
-    pos += hlen
-    count, ccrc = _SNAP_CODES.unpack_from(data, pos)
-    pos += _SNAP_CODES.size
-    codes = memoryview(data)[pos:]
-    if len(codes) != 8 * count or zlib.crc32(codes) != ccrc:
-        raise ValueError("snapshot key section checksum mismatch")
-    header = json.loads(head)
-    if not isinstance(header, dict):
-        raise ValueError("snapshot header is not an object")
-    return header, DoneSet.from_bytes(codes)
-
-
-@dataclass
-class Loaded:
-    """What is on disk for one stage, before replay is applied."""
-
-    #: Header of the newest valid snapshot (None: replay from an empty stage).
-    snapshot: dict[str, Any] | None
-    done: DoneSet
-    snapshot_generation: int
-    snapshot_bytes: int
-    #: Decoded groups of the journal after the snapshot, in order.
-    payloads: list[Group] = field(default_factory=list)
-    #: Segment to append to and the offset where its good records end.
-    generation: int = 0
-    good_bytes: int = 0
-    dropped_bytes: int = 0
-    #: Files of generations after the point where replay stopped (to move aside).
-    unreachable: list[Path] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    #: True when at least one file of the stage exists.
-    exists: bool = False
-
 
 class StageLock:
     """An exclusive ``flock`` on ``<stage>.lock``; the OS drops it when the process dies."""
@@ -174,6 +102,75 @@ def atomic_write(path: Path, data: bytes, *, backup: Path | None = None) -> None
     _fsync_dir(path.parent)
 
 
+class SegmentWriter:
+    """Appends frames to one segment file with ``os.write`` (no Python buffer).
+
+    In ``none`` durability frames are kept in the process up to ``buffer_limit``
+    bytes; otherwise each group reaches the OS when it is committed, so it
+    survives the death of the process. Fsync is the caller's decision.
+    """
+
+    def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
+                 buffer_limit: int = 1 << 20) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        size = os.fstat(self._fd).st_size
+        if truncate_at is not None and truncate_at < size:
+            os.ftruncate(self._fd, truncate_at)
+            size = truncate_at
+        if size == 0:
+            _write_all(self._fd, SEGMENT_MAGIC)
+            size = len(SEGMENT_MAGIC)
+        self.size = size
+        self._buffered = buffered
+        self._buffer_limit = buffer_limit
+        self._buf = bytearray()
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def append(self, payload: bytes) -> None:
+        data = frame(payload)
+        self.size += len(data)
+        if self._buffered:
+            self._buf += data
+            if len(self._buf) >= self._buffer_limit:
+                self.flush()
+        else:
+            _write_all(self._fd, data)
+
+    def flush(self) -> None:
+        if self._buf:
+            _write_all(self._fd, bytes(self._buf))
+            self._buf.clear()
+
+    def fsync(self) -> None:
+        self.flush()
+        os.fsync(self._fd)
+
+    def sync(self) -> None:
+        """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno != 9:  # EBADF: rotated and closed meanwhile
+                raise
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 class FileStore:
     """Stages kept as files under one directory (see the module docstring)."""
 
@@ -216,7 +213,7 @@ class FileStore:
                 names.add(name[: -len(".json")])
             elif entry.is_dir() and any(_GEN_RE.match(p.name) for p in entry.iterdir()):
                 names.add(name)
-        return sorted(n for n in names if _STAGE_RE.match(n))
+        return sorted(n for n in names if is_stage_name(n))
 
     @staticmethod
     def _is_state_file(path: Path, stage: str) -> bool:

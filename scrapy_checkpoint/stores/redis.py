@@ -32,11 +32,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ..doneset import DoneSet
 from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
-from ..journal import decode_group
+from ..journal.doneset import DoneSet
+from ..journal.groups import decode_group
+from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
-from .file import Loaded, check_stage_name, decode_snapshot
+from .base import Loaded, check_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
 

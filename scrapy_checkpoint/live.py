@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .doneset import DoneSet
+from .journal.doneset import DoneSet
 from .state import CheckpointState, Owner, Progress, Status
-from .stores.file import Loaded
+from .stores.base import Loaded
 
 
 def _ts(value: float | None) -> datetime | None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from scrapy.utils.misc import load_object
+
 from .extension import CheckpointExtension
+from .feeds import CheckpointFeedExporter
 from .middleware import CheckpointMiddleware
-from .outputs import CheckpointFeedExporter, CheckpointFeedStorage
 
 _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
@@ -33,7 +35,7 @@ class Addon:
             extensions[CheckpointFeedExporter] = 0
             settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
         # Local feeds go through the durable storage unless the user chose a storage for them.
-        storage = f"{CheckpointFeedStorage.__module__}.{CheckpointFeedStorage.__name__}"
+        storage = "scrapy_checkpoint.CheckpointFeedStorage"
         storages = settings.getdict("FEED_STORAGES")
         for scheme in ("", "file"):
             storages.setdefault(scheme, storage)
@@ -41,15 +43,27 @@ class Addon:
 
 
 def _configured(settings: Any, name: str, cls: type) -> bool:
-    path = f"{cls.__module__}.{cls.__name__}"
-    public = f"scrapy_checkpoint.{cls.__name__}"
-    return any(key in (cls, path, public) for key in settings.getdict(name))
+    """True if the component dict ``name`` already holds ``cls``, by the class itself or by
+    any import path that leads to it (``scrapy_checkpoint.CheckpointMiddleware``, the old
+    ``scrapy_checkpoint.middleware.CheckpointMiddleware``, ...)."""
+    return any(_resolves_to(key, cls) for key in settings.getdict(name))
+
+
+def _resolves_to(key: Any, cls: type) -> bool:
+    if key is cls:
+        return True
+    if not isinstance(key, str) or not key.startswith("scrapy_checkpoint."):
+        return False  # another package's component: nothing to import for that
+    try:
+        return load_object(key) is cls
+    except (ImportError, NameError, AttributeError, ValueError):
+        return False
 
 
 def _as_bool(value: Any) -> bool:
     from pydantic import TypeAdapter, ValidationError
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     try:
         return TypeAdapter(bool).validate_python(value)

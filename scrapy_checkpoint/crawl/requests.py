@@ -14,7 +14,7 @@ from typing import Any
 from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
 
-from .errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 
 
 class UnserializableRequest(Exception):

@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import CheckpointConfig, Durability
-from .errors import ConfigError
-from .stores.base import Store
-from .stores.file import FileStore
+from ..config import CheckpointConfig, Durability
+from ..errors import ConfigError
+from ..stores.base import Store
+from ..stores.file import FileStore
 
 PREFIX = "CHECKPOINT_"
 
@@ -102,7 +102,7 @@ class CheckpointSettings(BaseModel):
     def store(self) -> Store:
         if self.backend == "file":
             return FileStore(self.dir)
-        from .stores.redis import RedisStore
+        from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,
                           buffer_bytes=self.redis_buffer,

@@ -24,7 +24,7 @@ class Command(ScrapyCommand):
                 "CHECKPOINT_DIR. 'scrapy-checkpoint --help' lists the commands and options.")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
-        from .cli import run
+        from ..cli import run
 
         assert self.settings is not None
         backend = self.settings.get("CHECKPOINT_BACKEND")

@@ -56,10 +56,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .state import pid_alive
+from ..state import pid_alive
 
 if TYPE_CHECKING:
-    from .stores.redis import RedisStore
+    from ..stores.redis import RedisStore
 
 logger = logging.getLogger("scrapy_checkpoint")
 
