@@ -444,6 +444,11 @@ class EnhancedCheckpoint:
         self._record({"fo": {path: [base, length]}})
         self._commit(monotonic())
 
+    @property
+    def journal_bytes(self) -> int | None:
+        """Bytes in the current journal segment (None when the checkpoint is not open)."""
+        return self._writer.size if self._writer is not None else None
+
     def commit_latency_us(self) -> dict[str, int] | None:
         """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
         if not self._latencies:

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
+from .durability import timer_period
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -245,7 +246,7 @@ class AsyncCheckpointTracker(Generic[T]):
 
     async def _tick_forever(self) -> None:
         cfg = self.checkpoint.config
-        period = max(0.05, min(cfg.save_interval, cfg.sync_interval, 1.0) / 2)
+        period = timer_period(cfg)
         while True:
             await asyncio.sleep(period)
             self.checkpoint.tick()
