@@ -88,8 +88,11 @@ class CheckpointFeedExporter(FeedExporter):
         if ext is None or not ext.active:
             super().item_scraped(item, spider)
             return
-        router = ext.router
-        previous, router.current = router.current, ext.unit_of(response)
+        outputs, frontier = ext.outputs, ext.frontier
+        assert outputs is not None
+        assert frontier is not None
+        router = outputs.router
+        previous, router.current = router.current, frontier.unit_of(response)
         try:
             super().item_scraped(item, spider)
         finally:

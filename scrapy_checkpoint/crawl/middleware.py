@@ -16,38 +16,50 @@ from scrapy import Request
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import Response
 
-from .extension import UNIT_META, CheckpointExtension
+from .extension import CheckpointExtension
+from .frontier import UNIT_META, Frontier
 
 
 class CheckpointMiddleware:
+    """Downloader middleware; ``frontier`` is the crawl's (None: the stage is not worked on)."""
+
     def __init__(self, extension: CheckpointExtension) -> None:
         self.ext = extension
+        self.frontier: Frontier | None = extension.frontier
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> CheckpointMiddleware:
+        """The middleware of ``crawler``'s extension (built if needed); ``NotConfigured``
+        when the plugin is disabled."""
         ext = CheckpointExtension.of(crawler) or CheckpointExtension.from_crawler(crawler)
         if ext is None:
             raise NotConfigured
         return cls(ext)
 
     def process_request(self, request: Request) -> None:
-        ext = self.ext
+        """Drop (``IgnoreRequest``) a request whose unit is done or is another worker's."""
+        frontier = self.frontier
         code = request.meta.get(UNIT_META)
-        if code is None or not ext.active or ext.cp is None:
+        if code is None or frontier is None or not frontier.active:
             return
-        if code in ext.cp.live.done:
-            ext.stats.inc_value("checkpoint/duplicates_dropped")
+        if code in frontier.cp.live.done:
+            frontier.stats.inc_value("checkpoint/duplicates_dropped")
             raise IgnoreRequest("already done in the checkpoint")
-        if ext.should_drop(request):
+        if frontier.should_drop(request):
             raise IgnoreRequest("done, or in flight in another worker of the shared stage")
 
     def process_response(self, request: Request, response: Response) -> Response:
-        if response.status >= 500:
-            self.ext.note_failure(request)
+        """A 5xx response (after retries) makes the request's unit done-with-failure."""
+        if response.status >= 500 and self.frontier is not None:
+            self.frontier.note_failure(request)
         return response
 
     def process_exception(self, request: Request, exception: Exception) -> None:
+        """A download error fails the unit; an ``IgnoreRequest`` marks it skipped."""
+        frontier = self.frontier
+        if frontier is None:
+            return
         if isinstance(exception, IgnoreRequest):
-            self.ext.note_ignored(request)
+            frontier.note_ignored(request)
         else:
-            self.ext.note_failure(request)
+            frontier.note_failure(request)

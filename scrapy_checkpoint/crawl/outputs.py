@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import IO
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..checkpoint import EnhancedCheckpoint
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -107,3 +111,88 @@ class DurableOutput:
 
     def tell(self) -> int:
         return self.committed_length()
+
+
+class OutputSet:
+    """The durable outputs of one stage: opened at their committed length, cut back on
+    resume, their lengths journaled with every group.
+
+    ``cp`` is the open checkpoint; ``stats`` Scrapy's stats collector.
+    ``claim_file(path, overwrite)`` is called when the stage writes a file for the first
+    time and returns the ``overwrite`` to use (a shared stage refuses or appends there).
+    """
+
+    def __init__(self, cp: EnhancedCheckpoint, stats: Any, *,
+                 claim_file: Callable[[str, bool], bool] | None = None) -> None:
+        self.cp = cp
+        self.stats = stats
+        self.router = UnitRouter()
+        self.claim_file = claim_file
+        self._outputs: dict[str, DurableOutput] = {}
+        self._recorded_lengths: dict[str, int] = {}
+
+    def cut(self, recorded: dict[str, list[int]]) -> None:
+        """Cut every output in ``recorded`` (absolute path -> [base, committed length], bytes)
+        back to its committed length: the bytes after it belong to requests that run again
+        (even if this run never reopens the file)."""
+        for key, (_, length) in recorded.items():
+            size = os.path.getsize(key) if os.path.exists(key) else 0
+            if size > length:
+                with open(key, "r+b") as f:
+                    f.seek(length)
+                    lines = f.read().count(b"\n")
+                    f.truncate(length)
+                logger.info("Output %s: removing %d line(s) written after the last commit; "
+                            "their requests run again.", key, lines)
+                self.stats.inc_value("checkpoint/output_lines_rolled_back", lines)
+            elif size < length:
+                logger.error("Output %s is %d bytes but %d were committed: items of finished "
+                             "requests are missing (was the disk lost?). Writing on from its end.",
+                             key, size, length)
+
+    def open(self, path: str, *, overwrite: bool, has_header: bool) -> DurableOutput:
+        """A durable output at ``path``, at its committed length (see :meth:`cut`).
+
+        ``overwrite``: start the file empty the first time this stage writes it (``-O``).
+        ``has_header``: the first write of each run is a header line (CSV), dropped when
+        the file already has one. May raise ConfigError from ``claim_file``.
+        """
+        key = os.path.abspath(path)
+        if key in self._outputs and not self._outputs[key].closed:
+            return self._outputs[key]
+        size = os.path.getsize(key) if os.path.exists(key) else 0
+        recorded = self.cp.live.outputs.get(key)
+        if recorded is None and self.claim_file is not None:
+            overwrite = self.claim_file(key, overwrite)
+        if recorded is None:  # first time this stage writes the file
+            base = 0 if overwrite else size
+            length = base
+            self.cp.record_output(key, base, length)
+        else:
+            base, length = recorded
+            length = min(length, size)
+        output = DurableOutput(key, self.router, length=length, header=has_header,
+                               drop_header=has_header and length > base)
+        self._outputs[key] = output
+        self._recorded_lengths[key] = length
+        return output
+
+    def release(self, unit: int) -> None:
+        """The unit is done: its bytes go to every output it wrote."""
+        for output in self._outputs.values():
+            output.release(unit)
+
+    def changed_lengths(self) -> dict[str, list[int]]:
+        """Outputs whose committed length changed since the last call: path -> [base, length]
+        (flushes them to the OS first; called before each journal commit)."""
+        changed = {}
+        for key, output in self._outputs.items():
+            length = output.committed_length()
+            if length != self._recorded_lengths.get(key):
+                self._recorded_lengths[key] = length
+                changed[key] = [self.cp.live.outputs.get(key, [length, length])[0], length]
+        return changed
+
+    def fds(self) -> list[int]:
+        """Descriptors of the open outputs, fsynced before the journal."""
+        return [fd for output in self._outputs.values() if (fd := output.fileno()) is not None]

@@ -1,4 +1,16 @@
-"""Every ``CHECKPOINT_*`` setting, read once into a typed object.
+"""Every ``CHECKPOINT_*`` setting, read once with Scrapy's own getters into one typed object.
+
+Two kinds of settings, one name rule (``CHECKPOINT_`` + the field name in upper case):
+
+- the crawl's own (the fields of :class:`CheckpointSettings`), in the table below;
+- every core option of :class:`~scrapy_checkpoint.config.CheckpointConfig`
+  (``CHECKPOINT_DURABILITY``, ``CHECKPOINT_SAVE_EVERY``, ``CHECKPOINT_SAVE_INTERVAL``,
+  ``CHECKPOINT_SYNC_INTERVAL``, ``CHECKPOINT_STATE_INTERVAL``, ``CHECKPOINT_LOG_EVERY``,
+  ``CHECKPOINT_THROUGHPUT_WINDOW``, ``CHECKPOINT_KEEP_SNAPSHOTS``,
+  ``CHECKPOINT_COMPACT_MIN_BYTES``, ``CHECKPOINT_TTL_HOURS``), with the core's defaults
+  except ``log_every`` (0: a crawl logs every ``CHECKPOINT_LOG_INTERVAL`` seconds instead).
+  They are read from the fields of ``CheckpointConfig`` itself, so a new core option is a
+  Scrapy setting with no second list to keep in step. docs/options.md describes each.
 
 ===========================  =========  ==================  ==========================================
 Setting                      Type       Default             Meaning
@@ -11,9 +23,6 @@ CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_D
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
 CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
 CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis is away.
-CHECKPOINT_DURABILITY        str        "fsync"             "fsync", "flush" or "none".
-CHECKPOINT_SYNC_INTERVAL     float      1.0                 Seconds between fsyncs ("fsync" mode).
-CHECKPOINT_SAVE_EVERY        int        10                  Finished requests per journal commit.
 CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between progress lines (0: off).
 CHECKPOINT_INPUT_FILE        str        None                File whose change stops a resume.
 CHECKPOINT_RESET             bool       False               Start the stage over.
@@ -27,20 +36,30 @@ CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+import typing
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
-from ..config import CheckpointConfig, Durability
+from ..config import CheckpointConfig
 from ..errors import ConfigError
 from ..stores.base import Store
 from ..stores.file import FileStore
 
 PREFIX = "CHECKPOINT_"
 
+#: Core options whose crawl default differs from the core's.
+CRAWL_DEFAULTS: dict[str, Any] = {"log_every": 0}
+
 
 class CheckpointSettings(BaseModel):
-    """The plugin's settings (see the module docstring for the table)."""
+    """The plugin's settings (see the module docstring for the table).
+
+    ``checkpoint`` holds the core options (``CHECKPOINT_DURABILITY`` and the others),
+    already validated: pass it on as the checkpoint's config.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,9 +70,6 @@ class CheckpointSettings(BaseModel):
     redis_prefix: str | None = None
     lease_seconds: float = Field(60.0, gt=0)
     redis_buffer: int = Field(64 << 20, ge=0)
-    durability: Durability = "fsync"
-    sync_interval: float = Field(1.0, gt=0)
-    save_every: int = Field(10, ge=1)
     log_interval: float = Field(30.0, ge=0)
     input_file: str | None = None
     reset: bool = False
@@ -62,6 +78,7 @@ class CheckpointSettings(BaseModel):
     output: str | None = None
     shared: bool = False
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
     @field_validator("redis_ttl")
     @classmethod
@@ -80,26 +97,25 @@ class CheckpointSettings(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Any) -> CheckpointSettings:
-        """Read ``CHECKPOINT_*`` from Scrapy settings; a bad value raises :class:`ConfigError`
-        naming the setting and what it accepts."""
-        values = {}
-        for name in cls.model_fields:
-            value = settings.get(PREFIX + name.upper())
-            if isinstance(value, str) and value.startswith("{"):  # -s NAME='{"a": 1}'
-                value = settings.getdict(PREFIX + name.upper())
-            if value is not None and value != "":
-                values[name] = value
+        """Read ``CHECKPOINT_*`` from Scrapy ``settings`` (a ``scrapy.settings.BaseSettings``).
+
+        Each value is read with the Scrapy getter of its field's type (``getbool``,
+        ``getint``, ``getfloat``, ``getdict``); unset or empty settings keep their
+        defaults. Raises :class:`~scrapy_checkpoint.errors.ConfigError` naming the first
+        bad setting and what it accepts.
+        """
+        values = _read(settings, {k: f for k, f in cls.model_fields.items() if k != "checkpoint"})
+        core = {**CRAWL_DEFAULTS, **_read(settings, CheckpointConfig.model_fields)}
         try:
-            return cls(**values)
+            return cls(**values, checkpoint=CheckpointConfig(**core))
         except ValidationError as exc:
             err = exc.errors()[0]
-            setting = PREFIX + str(err["loc"][0]).upper()
-            raise ConfigError(
-                f"Invalid setting {setting}={err.get('input')!r}: {err['msg']}. "
-                f"Fix it in settings.py, custom_settings or -s {setting}=..."
-            ) from None
+            loc = [str(part) for part in err["loc"]]
+            name = loc[1] if loc[0] == "checkpoint" and len(loc) > 1 else loc[0]
+            _raise(PREFIX + name.upper(), err.get("input"), err["msg"])
 
     def store(self) -> Store:
+        """The store these settings name (a :class:`FileStore` or a ``RedisStore``)."""
         if self.backend == "file":
             return FileStore(self.dir)
         from ..stores.redis import RedisStore
@@ -108,6 +124,52 @@ class CheckpointSettings(BaseModel):
                           buffer_bytes=self.redis_buffer,
                           ttls={str(k): v for k, v in (self.redis_ttl or {}).items()})
 
-    def checkpoint_config(self) -> CheckpointConfig:
-        return CheckpointConfig(durability=self.durability, sync_interval=self.sync_interval,
-                                save_every=self.save_every, log_every=0)
+
+def _read(settings: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:
+    """The settings named by ``fields`` that are set, each read with its type's getter."""
+    values: dict[str, Any] = {}
+    for name, info in fields.items():
+        setting = PREFIX + name.upper()
+        raw = settings.get(setting)
+        if raw is None or raw == "":
+            continue
+        getter = _getter(info.annotation)
+        if getter is None:
+            values[name] = raw
+            continue
+        try:
+            values[name] = getattr(settings, getter)(setting)
+        except (ValueError, TypeError) as exc:
+            _raise(setting, raw, _getter_message(getter, exc))
+    return values
+
+
+def _getter(annotation: Any) -> str | None:
+    """The Scrapy getter for a field of this type (None: the raw value, checked by pydantic)."""
+    if annotation is bool:
+        return "getbool"
+    if annotation is int:
+        return "getint"
+    if annotation is float:
+        return "getfloat"
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _getter(args[0]) if len(args) == 1 else None
+    if annotation is dict or origin is dict:
+        return "getdict"
+    return None
+
+
+def _getter_message(getter: str, exc: Exception) -> str:
+    return {
+        "getbool": "use True or False (1/0, true/false)",
+        "getint": "use a whole number",
+        "getfloat": "use a number",
+        "getdict": "use a dict, or its JSON text",
+    }.get(getter, str(exc))
+
+
+def _raise(setting: str, value: Any, problem: str) -> NoReturn:
+    raise ConfigError(f"Invalid setting {setting}={value!r}: {problem}. "
+                      f"Fix it in settings.py, custom_settings or -s {setting}=...")

@@ -1,0 +1,308 @@
+"""The crawl's requests as units of the checkpoint: which are tracked, and when each is done.
+
+A request is a unit keyed by the code of its fingerprint. It is journaled as
+*added* when the scheduler is handed it (``request_scheduled``), *started* when
+it begins downloading and *done* when the engine has finished with it (callback
+or errback output processed, items through the pipelines and released to the
+durable outputs). Requests whose fingerprint is done are dropped wherever they
+come from (``start()`` included), and at open the added-but-not-done requests
+are scheduled again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from weakref import WeakSet, WeakValueDictionary
+
+from scrapy import Request, Spider
+from scrapy.exceptions import IgnoreRequest
+
+from ..errors import CheckpointError
+from ..journal.doneset import DoneSet
+from ..journal.keys import key_code
+from .outputs import OutputSet
+from .requests import UnserializableRequest, payload_to_request, request_to_payload
+
+if TYPE_CHECKING:
+    from ..checkpoint import EnhancedCheckpoint
+    from .scrapy_redis import ScrapyRedisPairing
+    from .shared_worker import SharedWorker
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+#: ``request.meta`` key holding the request's unit code (survives retries and redirects).
+UNIT_META = "_checkpoint_unit"
+#: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
+IGNORE_META = "checkpoint_ignore"
+#: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
+REQUEUE_META = "_checkpoint_requeue"
+
+
+class Frontier:
+    """Per-request unit bookkeeping of one crawl (the checkpoint holds the journaled state).
+
+    ``crawler`` is Scrapy's crawler, ``cp`` the open checkpoint, ``outputs`` the stage's
+    durable outputs. ``warn_once(kind, message)`` logs a warning once per kind;
+    ``stop(exc)`` stops the crawl (resumable) when the checkpoint cannot record progress.
+    A shared stage's worker and the scrapy-redis pairing are attached after construction.
+    """
+
+    def __init__(self, crawler: Any, cp: EnhancedCheckpoint, outputs: OutputSet, *,
+                 warn_once: Callable[[str, str], None],
+                 stop: Callable[[Exception], None]) -> None:
+        self.crawler = crawler
+        self.cp = cp
+        self.stats = crawler.stats
+        self.outputs = outputs
+        self.warn_once = warn_once
+        self.stop = stop
+        self.stage = cp.stage
+        #: False once the crawl's checkpoint is closed: signals are ignored from then on.
+        self.active = True
+        #: Units scheduled in this run and not done.
+        self.live: set[int] = set()
+        #: Units done in this run (8 bytes each).
+        self.done_here = DoneSet()
+        #: Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
+        self.unfiltered: set[int] = set()
+        #: Units whose request is queued again (a retry or continuation): unit -> how many.
+        self.continued: dict[int, int] = {}
+        #: Units pending at open that had started (in flight at the crash): redone now.
+        live = cp.live
+        self.inflight_at_crash: set[int] = live.started & live.pending.keys()
+        #: Requests done by earlier runs dropped at scheduling, not yet counted in the journal.
+        self.skipped = 0
+        self._failures: set[int] = set()
+        self._ignored: set[int] = set()
+        self._just_registered: Request | None = None
+        # The request objects that carry a unit: scheduled through request_scheduled. Others
+        # (an inline engine.download() with copied meta) must not start or finish it.
+        self._registered: WeakSet[Request] = WeakSet()
+        # Shared stages: the request carrying each unit (to find it when the unit is given).
+        self._requests: WeakValueDictionary[int, Request] = WeakValueDictionary()
+        # Queued requests not to download: their unit was given to another worker, or (with
+        # scrapy-redis) another worker has it or it is done.
+        self._not_ours: WeakSet[Request] = WeakSet()
+        self.shared: SharedWorker | None = None
+        self.pairing: ScrapyRedisPairing | None = None
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def request_scheduled(self, request: Request, spider: Spider) -> None:
+        """``request_scheduled`` signal: register the request as a unit, or drop it
+        (``IgnoreRequest``) when it is done, a duplicate, or another worker's."""
+        if not self.active:
+            return
+        meta = request.meta
+        if meta.get(IGNORE_META):
+            meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
+            return
+        cp = self.cp
+        self._just_registered = None
+        code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
+        if code in cp.live.done:
+            if code not in self.done_here:
+                self.skipped += 1
+                self.stats.inc_value("checkpoint/skipped")
+                raise IgnoreRequest(f"done by an earlier run of checkpoint stage {self.stage}")
+            if self.pairing is not None:  # scrapy-redis's dupefilter never saw a dont_filter one
+                raise IgnoreRequest("duplicate of a request done in this run")
+            self._drop_duplicate(request, code)
+            return
+        if self.pairing is not None:
+            self.pairing.queue(request, code, spider)
+            return
+        if code in self.live:
+            if meta.get(UNIT_META) == code and request.dont_filter:
+                # A retry (or the same unit continued): it finishes the unit, not the original,
+                # and its own outcome is the unit's.
+                self.continued[code] = self.continued.get(code, 0) + 1
+                self._failures.discard(code)
+                self._ignored.discard(code)
+                self._registered.add(request)
+                return
+            self._drop_duplicate(request, code)
+            return
+        if self.shared is not None and not self.shared.claimed(code):
+            self.stats.inc_value("checkpoint/claimed_elsewhere")
+            raise IgnoreRequest(f"another worker of checkpoint stage {self.stage} owns it")
+        meta[UNIT_META] = code
+        self.live.add(code)
+        self._registered.add(request)
+        if self.shared is not None:
+            self._requests[code] = request
+        self._just_registered = request
+        if request.dont_filter:
+            self.unfiltered.add(code)
+        if code not in cp.live.pending:
+            payload = self.payload(request, spider)
+            if payload is not None:
+                cp.add_unit(code, payload)
+
+    def _drop_duplicate(self, request: Request, code: int) -> None:
+        """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
+        which saw the unit in this run (cheaper than raising); a ``dont_filter`` copy, or
+        one of a unit that bypassed the dupefilter, is dropped here."""
+        if not request.dont_filter and code not in self.unfiltered:
+            return
+        self.stats.inc_value("checkpoint/duplicates_dropped")
+        raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
+
+    def request_dropped(self, request: Request, spider: Spider) -> None:
+        """``request_dropped`` signal: the scheduler refused a request just registered."""
+        # Only a request registered just now can be refused by the scheduler as ours.
+        if request is self._just_registered and self.active:
+            self._just_registered = None
+            code = request.meta[UNIT_META]
+            self.live.discard(code)
+            self.unfiltered.discard(code)
+            self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+
+    def payload(self, request: Request, spider: Spider, *,
+                then: str = "it is crawled but kept in memory only, so a crash before it "
+                            "finishes loses it") -> dict[str, Any] | None:
+        """The request as a journal payload, or None (one warning per kind, and a stat) when it
+        cannot be one; ``then`` says what becomes of it."""
+        try:
+            return request_to_payload(request, spider)
+        except UnserializableRequest as exc:
+            self.warn_once(f"unserializable:{exc.kind}",
+                           f"A request cannot be journaled ({exc}); {then}.")
+            self.stats.inc_value("checkpoint/unserializable")
+            return None
+
+    def schedule(self, payloads: Iterable[Any], *, foreign: bool = False) -> int:
+        """Rebuild journaled requests and hand them to the engine; returns how many.
+
+        ``foreign``: they come from another worker of a shared stage (adopted or given).
+        """
+        engine, spider = self.crawler.engine, self.crawler.spider
+        scheduled = 0
+        for payload in payloads:
+            try:
+                request = payload_to_request(payload, spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped. Was a callback renamed?")
+                self.stats.inc_value("checkpoint/unrestorable")
+                continue
+            if foreign:
+                # Not a continuation of the unit it had in another worker; past the dupefilter,
+                # which may have seen it here before it was given away or taken by a dead one.
+                request.meta.pop(UNIT_META, None)
+                request.dont_filter = True
+                if self.pairing is not None:  # back to the shared queue
+                    request.meta[REQUEUE_META] = True
+            engine.crawl(request)
+            scheduled += 1
+        return scheduled
+
+    def record_skips(self) -> None:
+        """Journal the count of requests dropped as done by earlier runs."""
+        if self.skipped:
+            self.cp.finish_unit(None, skipped=self.skipped)
+            self.skipped = 0
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def note_failure(self, request: Request | None) -> None:
+        """The request failed (download error, 5xx, callback error): its unit is done-with-failure."""
+        if (request is not None and request.meta.get(UNIT_META) in self.live
+                and request in self._registered):
+            self._failures.add(request.meta[UNIT_META])
+
+    def note_ignored(self, request: Request) -> None:
+        """A middleware ignored the request (``IgnoreRequest``): its unit is done as skipped."""
+        # Not a copy this worker drops (given away, or another worker's): only its own.
+        if request.meta.get(UNIT_META) in self.live and request in self._registered:
+            self._ignored.add(request.meta[UNIT_META])
+
+    def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
+        """``spider_error`` signal: the callback raised."""
+        self.note_failure(getattr(response, "request", None))
+
+    def should_drop(self, request: Request) -> bool:
+        """A queued request this worker must not download: its unit was given to another
+        worker, or (with scrapy-redis) is done or in flight elsewhere."""
+        return request in self._not_ours
+
+    def unit_of(self, response: Any) -> int | None:
+        """The unit whose output ``response``'s items are (None: not a unit of this run).
+        Writers set ``outputs.router.current`` to it around the write."""
+        request = getattr(response, "request", None)
+        unit = request.meta.get(UNIT_META) if request is not None else None
+        return unit if unit in self.live else None
+
+    # -- the engine's request lifecycle (see engine_hooks) ---------------------------------
+
+    def request_started(self, request: Request) -> None:
+        """The engine starts downloading ``request``: its unit is in flight."""
+        code = request.meta.get(UNIT_META)
+        if (self.pairing is not None and code is not None and request not in self._registered
+                and self.active):
+            self.pairing.take(request, code)
+        elif code in self.live and self.active and request in self._registered:
+            self.cp.start_unit(code)
+
+    def request_finished(self, request: Request) -> None:
+        """The engine is done with ``request``: its unit is done, with its outcome."""
+        code = request.meta.get(UNIT_META)
+        if code not in self.live or not self.active or request not in self._registered:
+            return
+        self._registered.discard(request)
+        continued = self.continued.get(code)
+        if continued:
+            if continued == 1:
+                del self.continued[code]
+            else:
+                self.continued[code] = continued - 1
+            return
+        self.live.discard(code)
+        self.done_here.add_new(code)
+        self.outputs.release(code)
+        cp = self.cp
+        try:
+            if code in self._failures:
+                self._failures.discard(code)
+                cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
+                self.stats.inc_value("checkpoint/failed")
+            elif code in self._ignored:
+                self._ignored.discard(code)
+                cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+            else:
+                cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+        except CheckpointError as exc:
+            self.stop(exc)
+            return
+        self.stats.inc_value("checkpoint/done")
+
+    # -- units that move between workers (shared stages) -----------------------------------
+
+    def own(self, request: Request, code: int) -> None:
+        """Track ``request`` as unit ``code`` of this worker (the scrapy-redis pairing took it)."""
+        self.live.add(code)
+        self._registered.add(request)
+
+    def not_ours(self, request: Request) -> None:
+        """``request`` is queued here but another worker has its unit: drop it when it comes up."""
+        self._not_ours.add(request)
+
+    def let_go(self, code: int) -> None:
+        """The unit left this worker (given away, or queued for any worker to take)."""
+        self.live.discard(code)
+        self._failures.discard(code)
+        self._ignored.discard(code)
+        request = self._requests.pop(code, None)
+        if request is not None:  # still queued here: dropped when it comes up
+            self._registered.discard(request)
+            self._not_ours.add(request)
+
+    def spare(self) -> list[int]:
+        """Pending units of this worker that may be given away: scheduled here, not started,
+        not continued, not past the dupefilter."""
+        live = self.cp.live
+        started = live.started
+        return [code for code in live.pending if code in self.live and code not in started
+                and code not in self.continued and code not in self.unfiltered]

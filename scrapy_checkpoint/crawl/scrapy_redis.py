@@ -1,0 +1,115 @@
+"""A shared stage paired with scrapy-redis's scheduler (``SCHEDULER`` names it or a subclass).
+
+Requests go through scrapy-redis's shared queue, each with its payload kept in
+Redis ("queued") until the worker that pops it has journaled it; that worker
+takes the unit when the download starts. A retry of a unit this worker has goes
+back to the queue: whoever pops the retry finishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, Spider
+from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.misc import load_object
+
+from .frontier import REQUEUE_META, UNIT_META
+
+if TYPE_CHECKING:
+    from ..shared import SharedStage
+    from .frontier import Frontier
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+
+def uses_scrapy_redis(scheduler: Any) -> bool:
+    """True if the ``SCHEDULER`` setting names scrapy-redis's scheduler or a subclass of it."""
+    try:
+        from scrapy_redis.scheduler import Scheduler as RedisScheduler  # type: ignore[import-untyped]
+    except ImportError:
+        return False
+    try:
+        cls = load_object(scheduler) if isinstance(scheduler, str) else scheduler
+    except (ImportError, NameError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, RedisScheduler)
+
+
+def reset_scrapy_redis(crawler: Any, stage: str) -> None:
+    """Starting a shared stage over with scrapy-redis: its queue and dupefilter (kept by
+    SCHEDULER_PERSIST) go too, or the dupefilter would drop every request again."""
+    from scrapy_redis import connection, defaults  # type: ignore[import-untyped]
+
+    settings, name = crawler.settings, crawler.spider.name
+    keys = [settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY),
+            settings.get("SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY)]
+    keys = [key % {"spider": name} for key in keys]
+    connection.get_redis_from_settings(settings).delete(*keys)
+    logger.info("Stage %s: scrapy-redis's %s emptied too.", stage, " and ".join(keys))
+
+
+class ScrapyRedisPairing:
+    """Queues this worker's new requests in the shared stage and takes the units of the
+    requests it pops. ``frontier`` is this worker's frontier, ``shared`` its stage view."""
+
+    def __init__(self, frontier: Frontier, shared: SharedStage) -> None:
+        self.frontier = frontier
+        self.shared = shared
+
+    def queue(self, request: Request, code: int, spider: Spider) -> None:
+        """The request goes to the shared queue, its payload kept in Redis until the worker
+        that pops it has journaled it; ``IgnoreRequest`` if the unit is done, queued or in
+        flight anywhere in the stage."""
+        frontier, shared, cp = self.frontier, self.shared, self.frontier.cp
+        meta = request.meta
+        requeue = bool(meta.pop(REQUEUE_META, False))
+        live = frontier.live
+        continuation = code in live and meta.get(UNIT_META) == code and request.dont_filter
+        if code in live and not continuation:
+            raise IgnoreRequest("duplicate of a request in flight in this worker")
+        payload = frontier.payload(request, spider, then="it goes to the shared queue untracked, "
+                                   "so a crash of the worker that pops it loses it")
+        if payload is None:
+            meta.pop(UNIT_META, None)
+            return
+        try:
+            queued = shared.queue(code, payload, requeue=requeue or continuation)
+        except Exception as exc:  # Redis away: let it go (at worst crawled twice, never lost)
+            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in Redis "
+                               f"({exc}); queuing them untracked.")
+            queued = True
+        if not queued:
+            frontier.stats.inc_value("checkpoint/claimed_elsewhere")
+            raise IgnoreRequest(f"done, queued or in flight in checkpoint stage {frontier.stage}")
+        meta[UNIT_META] = code
+        if continuation:
+            cp.hand_off([code])
+            frontier.let_go(code)
+
+    def take(self, request: Request, code: int) -> None:
+        """A request popped from the shared queue starts downloading here: take its unit and
+        journal it, or drop it if it is done or another worker's."""
+        frontier, shared, cp = self.frontier, self.shared, self.frontier.cp
+        if code in frontier.live:  # a second copy of a unit in flight here
+            frontier.not_ours(request)
+            return
+        try:
+            ours = code not in cp.live.done and shared.take(code)
+        except Exception as exc:
+            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in Redis "
+                               f"({exc}); crawling them untracked.")
+            return
+        if not ours:
+            frontier.not_ours(request)
+            return
+        frontier.own(request, code)
+        if shared.status != "running":
+            with contextlib.suppress(Exception):  # the heartbeat thread writes it later
+                shared.beat("running")
+        payload = frontier.payload(request, frontier.crawler.spider)
+        if payload is not None:
+            cp.add_unit(code, payload)
+        cp.start_unit(code)
