@@ -273,8 +273,9 @@ from scrapy.utils import request as request_utils
 
 from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
 from scrapy_checkpoint.crawl.extension import CheckpointExtension
-from scrapy_checkpoint.crawl.middleware import CheckpointMiddleware
 from scrapy_checkpoint.crawl.feeds import CheckpointFeedExporter
+from scrapy_checkpoint.crawl.frontier import Frontier
+from scrapy_checkpoint.crawl.middleware import CheckpointMiddleware
 
 clock = time.thread_time
 seconds = defaultdict(float)
@@ -309,10 +310,11 @@ def timed(cls, name, own=True):
     setattr(cls, name, wrapper)
 
 
-for name in ("request_scheduled", "request_dropped", "spider_error", "item_scraped",
-             "spider_opened", "spider_closed", "log_progress", "_request_started",
-             "_request_finished"):
+for name in ("item_scraped", "spider_opened", "spider_closed", "log_progress"):
     timed(CheckpointExtension, name)
+for name in ("request_scheduled", "request_dropped", "spider_error", "request_started",
+             "request_finished"):
+    timed(Frontier, name)
 for name in ("process_request", "process_response", "process_exception"):
     timed(CheckpointMiddleware, name)
 timed(CheckpointFeedExporter, "item_scraped")
@@ -615,7 +617,7 @@ def build_worker(directory: str, layout: str, n: int, base: str) -> None:
     from scrapy.utils.request import fingerprint
 
     from scrapy_checkpoint import EnhancedCheckpoint
-    from scrapy_checkpoint.crawl.extension import UNIT_META
+    from scrapy_checkpoint.crawl.frontier import UNIT_META
     from scrapy_checkpoint.crawl.requests import request_to_payload
     from scrapy_checkpoint.journal.keys import key_code
 

@@ -49,20 +49,34 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            cut = threading.Event()  # set: this connection's replies are dropped
+            threading.Thread(target=self._pipe, args=(client, upstream, True, cut), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False, cut), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool,
+              cut: threading.Event) -> None:
+        tail = b""  # the end of the previous chunk: a command name may span two reads
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
-                if from_client and self.cut_after is not None and self.cut_after in data:
+                if not from_client:
+                    if cut.is_set():
+                        return  # the reply to the cut command never reaches the client
+                    dst.sendall(data)
+                    continue
+                marker = self.cut_after
+                if marker is not None and marker in tail + data:
+                    # Counted and muted before Redis can answer: the reply is dropped, and the
+                    # test sees the cut as soon as its client sees the error.
                     self.cut_after = None
                     self.cuts += 1
+                    cut.set()
+                    dst.sendall(data)
                     time.sleep(0.05)  # let Redis run the command; its reply is then lost
                     for sock in (src, dst):
                         sock.shutdown(socket.SHUT_RDWR)
                     return
+                dst.sendall(data)
+                tail = data[-16:]
         except OSError:
             pass
         finally:
