@@ -8,18 +8,23 @@ damaged checkpoint. Exit codes: 0 success, 1 not found or nothing to do,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich import box
-from rich.console import Console, Group
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -55,27 +60,87 @@ class Context:
             table.add_column(name, no_wrap=True, overflow="ellipsis")
         return table
 
+    def print(self, renderable: RenderableType) -> None:
+        """Print through rich without the spaces it pads each line with."""
+        self.console.print(_Rstripped(renderable))
 
-pass_ctx = click.make_pass_decorator(Context)
+
+class _Rstripped:
+    """A renderable whose lines end without whitespace (rich pads table lines to the width)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in Segment.split_lines(console.render(self.renderable, options)):
+            yield from _rstrip(line)
+            yield Segment.line()
+
+
+def _rstrip(line: list[Segment]) -> list[Segment]:
+    line = list(line)
+    while line and not line[-1].control:
+        text, style, _ = line.pop()
+        if text.rstrip():
+            line.append(Segment(text.rstrip(), style))
+            break
+    return line
+
+
+@dataclass
+class Location:
+    """--dir, --backend and --verbose as given before the command."""
+
+    directory: str
+    backend: str
+    verbose: bool
 
 
 def _default_dir() -> str:
     return os.environ.get("CHECKPOINT_DIR") or "checkpoints"
 
 
+DIR_HELP = "Checkpoint directory."
+BACKEND_HELP = "'file' (the --dir directory) or a Redis URL (redis://host:6379/0)."
+AFTER_HELP = " Also accepted before the command; given in both places, this one wins."
+
+
+def pass_ctx(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command its Context, taking --dir and --backend after the command as well."""
+
+    @functools.wraps(command)
+    def with_context(*args: Any, directory: str | None, backend: str | None, **kwargs: Any) -> None:
+        location = click.get_current_context().find_object(Location)
+        assert location is not None
+        backend = location.backend if backend is None else backend
+        if backend != "file" and not backend.startswith(("redis://", "rediss://", "unix://")):
+            raise click.UsageError(f"--backend {backend!r}: use 'file' or a redis:// URL.")
+        ctx = Context(location.directory if directory is None else directory, backend,
+                      location.verbose)
+        command(ctx, *args, **kwargs)
+
+    # Applied in reverse so that help lists --dir, then --backend, after the command's options.
+    with_context = click.option("--backend", default=None, metavar="file|URL",
+                                help=BACKEND_HELP + AFTER_HELP)(with_context)
+    return click.option("--dir", "directory", default=None, metavar="PATH",
+                        help=DIR_HELP + AFTER_HELP)(with_context)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dir", "directory", default=_default_dir, show_default="$CHECKPOINT_DIR or ./checkpoints",
-              help="Checkpoint directory.")
+              metavar="PATH", help=DIR_HELP + " Also accepted after the command.")
 @click.option("--backend", default=lambda: os.environ.get("CHECKPOINT_BACKEND") or "file",
-              show_default="file",
-              help="'file' (the --dir directory) or a Redis URL (redis://host:6379/0).")
+              show_default="file", metavar="file|URL",
+              help=BACKEND_HELP + " Also accepted after the command.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the command does.")
 @click.pass_context
 def main(ctx: click.Context, directory: str, backend: str, verbose: bool) -> None:
-    """Inspect, report on, reset and clean up scrapy-checkpoint stages."""
-    if backend != "file" and not backend.startswith(("redis://", "rediss://", "unix://")):
-        raise click.UsageError(f"--backend {backend!r}: use 'file' or a redis:// URL.")
-    ctx.obj = Context(directory, backend, verbose)
+    """Inspect, report on, reset and clean up scrapy-checkpoint stages.
+
+    --dir and --backend go before or after the command; given in both places,
+    the one after the command wins.
+    """
+    ctx.obj = Location(directory, backend, verbose)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -155,12 +220,12 @@ def list_(ctx: Context, as_json: bool) -> None:
                               f"{view.state.updated_at:%Y-%m-%d %H:%M}")
             else:
                 table.add_row(stage, "damaged", "-", "-", "-")
-        ctx.console.print(table)
+        ctx.print(table)
         for stage, workers in shared.items():
             alive = sum(w.alive for w in workers)
             click.echo(f"\nShared stage {stage}: {len(workers)} worker(s), {alive} alive "
                        f"(one sub-stage {stage}.w.<worker> each)")
-            ctx.console.print(_worker_rows(ctx, workers))
+            ctx.print(_worker_rows(ctx, workers))
     if _damaged(views):
         sys.exit(EXIT_DAMAGED)
 
@@ -200,7 +265,7 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             click.echo(f"Shared stage {stage}: {'completed' if over else 'active'}, {done} done, "
                        f"{pending} pending in {len(workers)} worker sub-stage(s) "
                        f"({stage}.w.<worker>; show one for its details)")
-            ctx.console.print(_worker_rows(ctx, workers))
+            ctx.print(_worker_rows(ctx, workers))
         return
     view = _read(ctx, stage)
     s, m = view.state, view.metrics()
@@ -259,7 +324,7 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
         table.add_column()
         for key, value in rows:
             table.add_row(key, value)
-        ctx.console.print(table)
+        ctx.print(table)
     if view.problems:
         sys.exit(EXIT_DAMAGED)
 
@@ -288,7 +353,7 @@ def report(ctx: Context, as_json: bool) -> None:
         click.echo(f"No checkpoints in {ctx.manager.directory}.")
         sys.exit(EXIT_NOT_FOUND)
     else:
-        ctx.console.print(ctx.manager.report(), markup=False)
+        ctx.print(Text(ctx.manager.report()))
     if _damaged(views):
         sys.exit(EXIT_DAMAGED)
 
@@ -304,36 +369,81 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
     def active(view: StageView) -> bool:
         return view.state.status in ACTIVE_STATUSES and view.live_owner is not None
 
-    def frame() -> tuple[Any, bool]:
+    def frame() -> tuple[str, tuple[int, int] | None, bool]:
+        """The frame's text, (completed, total) for a bar, and whether to go on."""
         if stage is None:
             views = [v for _, v in _views(ctx) if isinstance(v, StageView)]
-            return Text(ctx.manager.report()), any(active(v) for v in views)
+            return ctx.manager.report(), None, any(active(v) for v in views)
         view = _read(ctx, stage)
         m = view.metrics()
-        line = Text(f"{stage} [{view.display_status}] {m.progress_line()}")
-        if m.total:
-            return Group(line, ProgressBar(total=m.total, completed=m.processed, width=60)), active(view)
-        return line, active(view)
+        line = f"{stage} [{view.display_status}] {m.progress_line()}"
+        return line, ((m.processed, m.total) if m.total else None), active(view)
+
+    def width() -> int:
+        if ctx.tty:  # the terminal's own width, read again at each frame (it may be resized)
+            try:
+                return os.get_terminal_size(sys.stdout.fileno()).columns or ctx.console.width
+            except OSError:
+                pass
+        return ctx.console.width  # $COLUMNS, else 80, as for the tables
+
+    def render() -> tuple[RenderableType, bool]:
+        text, bar, still = frame()
+        ctx.console.width = columns = width()
+        body = Text(_fit(text, columns))
+        if bar is None:
+            return body, still
+        completed, total = bar
+        return Group(body, ProgressBar(total=total, completed=completed,
+                                       width=min(60, columns))), still
 
     try:
         if ctx.tty:
-            with Live(frame()[0], console=ctx.console, auto_refresh=False) as live:
+            with Live(render()[0], console=ctx.console, auto_refresh=False) as live:
                 while True:
-                    renderable, still = frame()
+                    renderable, still = render()
                     live.update(renderable, refresh=True)
                     if not still:
                         break
                     time.sleep(interval)
         else:
             while True:
-                renderable, still = frame()
-                click.echo(renderable.plain if isinstance(renderable, Text) else
-                           renderable.renderables[0].plain)
+                text, _, still = frame()
+                click.echo(_fit(text, width()))
                 if not still:
                     break
                 time.sleep(interval)
     except KeyboardInterrupt:
         pass
+
+
+def _fit(text: str, width: int) -> str:
+    """Wrap each line of text to width terminal cells at spaces (a longer word is cut), its
+    continuation lines indented two spaces more than the line."""
+    width = max(width, 2)  # a wide character takes two cells
+    out: list[str] = []
+    for line in text.expandtabs().splitlines():
+        if cell_len(line) <= width:
+            out.append(line)
+            continue
+        body = line.lstrip(" ")
+        lead = line[:len(line) - len(body)]
+        if len(lead) + 2 > width // 2:  # too narrow to indent
+            lead = ""
+        hang = lead + "  " if len(lead) + 2 <= width // 2 else ""
+        first = _wrap(body, width - len(lead))[0]
+        out.append(lead + first)
+        rest = body[len(first):].lstrip(" ")
+        if rest:
+            out += [hang + piece for piece in _wrap(rest, width - len(hang))]
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return [line.plain.rstrip() for line in Text(text).wrap(_MEASURE, width, overflow="fold")]
+
+
+_MEASURE = Console(width=80)  # only measures; never prints
 
 
 @main.command()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import re
+import select
 import signal
+import struct
 import subprocess
+import termios
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.cells import cell_len
 
 from scrapy_checkpoint import AsyncCheckpointTracker
 
@@ -20,9 +26,50 @@ from .crawl import PROJECT
 
 def cli(directory: Path, *args: str, stdin: Any = subprocess.DEVNULL,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory), *args],
+    return run_cli("--dir", str(directory), *args, stdin=stdin, env=env)
+
+
+def run_cli(*args: str, stdin: Any = subprocess.DEVNULL,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *args],
                           capture_output=True, text=True, stdin=stdin, timeout=120, check=False,
                           env={**python_env(), "COLUMNS": "80", **(env or {})})
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_terminal(*args: str, columns: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the CLI with stdout on a pseudo-terminal of the given width; its exit code and
+    its output without escape codes."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 200, columns, 0, 0))
+    proc = subprocess.Popen([PYTHON, "-m", "scrapy_checkpoint.cli", *args],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+                            env={**python_env(), "TERM": "xterm", **(env or {})})
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            assert ready, "the command wrote nothing for 120 s"
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode is not None
+    assert b"Traceback" not in stderr, stderr.decode()
+    return proc.returncode, ANSI.sub("", b"".join(chunks).decode())
+
+
+def screen_lines(output: str) -> list[str]:
+    return re.split(r"\r\n|\r|\n", output)
 
 
 async def _stage(directory: Path, stage: str, n: int, error: BaseException | None = None,
@@ -212,7 +259,7 @@ def test_watch_follows_a_running_stage_until_it_completes(tmp_path: Path) -> Non
     assert job.stdout.readline().strip() == "ready"
     watch = subprocess.Popen([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(d), "watch",
                               "gated", "--interval", "0.1"], stdout=subprocess.PIPE, text=True,
-                             env=python_env())
+                             env={**python_env(), "COLUMNS": "60"})
     assert watch.stdout is not None
     first = watch.stdout.readline()
     assert "gated [running]" in first
@@ -221,7 +268,11 @@ def test_watch_follows_a_running_stage_until_it_completes(tmp_path: Path) -> Non
     assert job.wait(timeout=60) == 0
     rest = watch.stdout.read()
     assert watch.wait(timeout=60) == 0
-    assert "gated [completed] Progress: 100.0% (51/51)" in rest.strip().splitlines()[-1]
+    lines = (first + rest).splitlines()
+    assert all(len(line) <= 60 for line in lines), lines
+    frames = [line for line in lines if line.startswith("gated [")]
+    assert "gated [completed] Progress: 100.0% (51/51)" in frames[-1]
+    assert lines[-1].startswith("  ")  # the rest of the last frame, indented
     job.stdout.close()
     watch.stdout.close()
 
@@ -235,3 +286,128 @@ def test_scrapy_checkpoint_command_reads_the_project_settings(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert "site" in result.stdout
     assert "completed" in result.stdout
+
+
+READ_ONLY = (["list"], ["list", "--json"], ["report"], ["report", "--json"],
+             ["show", "stage2_parse"], ["show", "stage2_parse", "--json"],
+             ["watch", "stage1_discovery"], ["watch"], ["export", "-o", "-"],
+             ["cleanup", "--days", "0", "--dry-run"])
+
+
+def test_dir_and_backend_may_follow_the_command(pipeline: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    for args in READ_ONLY:
+        before = run_cli("--dir", str(pipeline), *args)
+        assert before.returncode == 0, (args, before.stderr)
+        after = run_cli(*args, "--dir", str(pipeline))
+        assert (after.returncode, after.stdout) == (0, before.stdout), (args, after.stderr)
+        # Given in both places, the one after the command wins, whichever it is.
+        both = run_cli("--dir", str(empty), *args, "--dir", str(pipeline))
+        assert (both.returncode, both.stdout) == (0, before.stdout), (args, both.stderr)
+        other = run_cli("--dir", str(pipeline), *args, f"--dir={empty}")
+        assert "stage1_discovery" not in other.stdout, args
+    assert "No checkpoints in" in run_cli("--dir", str(pipeline), "list", "--dir",
+                                          str(empty)).stdout
+
+    reset = run_cli("--dir", str(empty), "reset", "stage1_discovery", "--dir", str(pipeline),
+                    "--force")
+    assert reset.returncode == 0, reset.stderr
+    assert "stage1_discovery" not in cli(pipeline, "list").stdout
+
+    unreachable = "redis://127.0.0.1:1/0"
+    redis = run_cli("--backend", "file", "list", "--dir", str(pipeline), "--backend", unreachable)
+    assert redis.returncode == 1
+    assert f"Cannot reach Redis at {unreachable}" in redis.stderr
+    files = run_cli("--backend", unreachable, "list", "--backend", "file", "--dir", str(pipeline))
+    assert files.returncode == 0, files.stderr
+    assert "stage2_parse" in files.stdout
+    bad = run_cli("list", "--backend", "redis", "--dir", str(pipeline))
+    assert bad.returncode == 2
+    assert "--backend 'redis': use 'file' or a redis:// URL." in bad.stderr
+
+    helped = run_cli("show", "--help")
+    assert helped.returncode == 0
+    assert "--dir PATH" in helped.stdout
+    assert "--backend file|URL" in helped.stdout
+
+
+def test_scrapy_command_takes_dir_and_backend_after_the_command(tmp_path: Path) -> None:
+    d = tmp_path / "checkpoints"
+    asyncio.run(_stage(d, "site", 5))
+    unreachable = "redis://127.0.0.1:1/0"
+
+    def scrapy(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "scrapy", "checkpoint", "-s",
+                               f"CHECKPOINT_BACKEND={unreachable}", *args], cwd=PROJECT,
+                              capture_output=True, text=True, env=python_env(), timeout=120,
+                              check=False)
+
+    project = scrapy("list", f"--dir={d}")
+    assert project.returncode == 1  # the project's backend is used...
+    assert f"Cannot reach Redis at {unreachable}" in project.stderr
+    for args in (["list", "--backend=file", f"--dir={d}"], ["list", "--backend", "file", "--dir", str(d)],
+                 ["show", "site", "--dir", str(d), "--backend=file"]):
+        mine = scrapy(*args)  # ...unless the command line says otherwise after the command
+        assert mine.returncode == 0, (args, mine.stderr)
+        assert "completed" in mine.stdout, args
+
+
+def _padded(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line != line.rstrip()]
+
+
+def test_no_output_line_ends_in_a_space(pipeline: Path) -> None:
+    for args in (["list"], ["report"], ["show", "stage2_parse"], ["show", "stage4_export"],
+                 ["watch"], ["watch", "stage3_enrich"]):
+        piped = cli(pipeline, *args)
+        assert piped.returncode == 0, (args, piped.stderr)
+        assert piped.stdout.strip(), args
+        assert _padded(piped.stdout) == [], args
+        code, shown = on_terminal("--dir", str(pipeline), *args, columns=100)
+        assert code == 0, args
+        assert "stage" in shown, args
+        assert [line for line in screen_lines(shown) if line != line.rstrip()] == [], args
+    # The table's header and rows are there, just not padded.
+    code, shown = on_terminal("--dir", str(pipeline), "list", columns=100)
+    rows = [line.split() for line in screen_lines(shown)]
+    assert ["STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED", "(UTC)"] in rows
+    assert any(row[:3] == ["stage3_enrich", "paused", "10/100"] for row in rows)
+
+
+def test_watch_fits_columns_when_piped(pipeline: Path) -> None:
+    with pytest.raises(RuntimeError):  # an error message of wide characters, two cells each
+        asyncio.run(_stage(pipeline, "stage5_wide", 3, RuntimeError("解析器出错了" * 8), total=9))
+    report = cli(pipeline, "report").stdout
+    assert max(len(line) for line in report.splitlines()) > 50
+    out = cli(pipeline, "watch", env={"COLUMNS": "50"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert all(cell_len(line) <= 50 for line in lines), lines
+    assert sum("解析器" in line for line in lines) > 1
+    assert "".join(out.stdout.split()) == "".join(report.split())  # only wrapped
+    assert any(line.startswith("Overall: ") for line in lines)
+    one = cli(pipeline, "watch", "stage2_parse", env={"COLUMNS": "50"}).stdout.splitlines()
+    assert len(one) > 1
+    assert all(len(line) <= 50 for line in one), one
+    assert one[0].startswith("stage2_parse [failed] Progress: 50.0% (20/40)")
+    assert all(line.startswith("  ") for line in one[1:])
+
+
+def test_watch_on_a_terminal_uses_the_terminal_width(pipeline: Path) -> None:
+    # A stale COLUMNS does not narrow it: the terminal's own width counts.
+    code, wide = on_terminal("--dir", str(pipeline), "watch", columns=150, env={"COLUMNS": "60"})
+    assert code == 0
+    lines = screen_lines(wide)
+    assert all(len(line) <= 150 for line in lines), lines
+    assert any(line.startswith("  processed 50, successful 50") and line.endswith(" UTC")
+               for line in lines), lines
+    code, narrow = on_terminal("--dir", str(pipeline), "watch", columns=50)
+    assert code == 0
+    lines = screen_lines(narrow)
+    assert all(len(line) <= 50 for line in lines), lines
+    assert any(line.startswith("Overall: ") for line in lines)
+    code, bar = on_terminal("--dir", str(pipeline), "watch", "stage2_parse", columns=40)
+    assert code == 0
+    lines = screen_lines(bar)
+    assert all(len(line) <= 40 for line in lines), lines
+    assert any(line.startswith("stage2_parse [failed]") for line in lines)
