@@ -10,6 +10,7 @@ from typing import Any
 
 from scrapy.utils.misc import load_object
 
+from ..errors import ConfigError
 from .extension import CheckpointExtension
 from .feeds import CheckpointFeedExporter
 from .middleware import CheckpointMiddleware
@@ -20,7 +21,7 @@ _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 class Addon:
     def update_settings(self, settings: Any) -> None:
         enabled = settings.get("CHECKPOINT_ENABLED")
-        if enabled is not None and not _as_bool(enabled):
+        if enabled is not None and not _as_bool(settings):
             return
         settings.set("CHECKPOINT_ENABLED", True, priority="addon")
         # A component the user placed already keeps the user's order.
@@ -60,12 +61,10 @@ def _resolves_to(key: Any, cls: type) -> bool:
         return False
 
 
-def _as_bool(value: Any) -> bool:
-    from pydantic import TypeAdapter, ValidationError
-
-    from ..errors import ConfigError
-
+def _as_bool(settings: Any) -> bool:
+    """``CHECKPOINT_ENABLED`` read as the extension reads it (Scrapy's ``getbool``)."""
     try:
-        return TypeAdapter(bool).validate_python(value)
-    except ValidationError:
-        raise ConfigError(f"Invalid setting CHECKPOINT_ENABLED={value!r}: use True or False.") from None
+        return bool(settings.getbool("CHECKPOINT_ENABLED"))
+    except ValueError:
+        raise ConfigError(f"Invalid setting CHECKPOINT_ENABLED={settings.get('CHECKPOINT_ENABLED')!r}: "
+                          f"use True or False (1/0, true/false).") from None

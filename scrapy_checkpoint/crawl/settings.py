@@ -137,6 +137,8 @@ def _read(settings: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:
         if getter is None:
             values[name] = raw
             continue
+        if getter == "getint" and not _integral(raw):  # getint would cut 1.5 to 1
+            _raise(setting, raw, _getter_message(getter, None))
         try:
             values[name] = getattr(settings, getter)(setting)
         except (ValueError, TypeError) as exc:
@@ -161,7 +163,15 @@ def _getter(annotation: Any) -> str | None:
     return None
 
 
-def _getter_message(getter: str, exc: Exception) -> str:
+def _integral(raw: Any) -> bool:
+    """True unless ``raw`` is a number, or a number's text, with a fractional part."""
+    try:
+        return float(raw).is_integer()
+    except (TypeError, ValueError):
+        return True  # not a number at all: getint's own error says so
+
+
+def _getter_message(getter: str, exc: Exception | None) -> str:
     return {
         "getbool": "use True or False (1/0, true/false)",
         "getint": "use a whole number",
