@@ -6,7 +6,9 @@ Scrapy has no public "request finished" signal. The engine's slot calls
 processed (items through the pipelines), or, when a downloader middleware
 turned it into another request (redirect, retry), after that request was
 scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them. ``wake()``
-uses the slot's ``nextcall`` to make an idle engine look at its scheduler now.
+uses the slot's ``nextcall`` to make an idle engine look at its scheduler now, and
+``crawl_started()`` reads the crawler's engine slot without the error ``crawler.engine`` raises
+before the crawl starts.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: Reques
 
     slot.add_request = add
     slot.remove_request = remove
+
+
+def crawl_started(crawler: Any) -> bool:
+    """True once ``crawler`` crawls with an engine (``crawler.engine`` raises before that)."""
+    return bool(crawler.crawling) and getattr(crawler, "_engine", None) is not None
 
 
 def wake(engine: Any) -> None:

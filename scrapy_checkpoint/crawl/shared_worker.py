@@ -24,7 +24,7 @@ from ..shared import OVER, SharedStage, Worker, sub_stage_name
 from ..state import Owner, pid_alive
 from ..stores.base import Store
 from ..view import read_stage
-from .engine_hooks import wake
+from .engine_hooks import crawl_started, wake
 from .scrapy_redis import ScrapyRedisPairing, reset_scrapy_redis, uses_scrapy_redis
 
 if TYPE_CHECKING:
@@ -392,8 +392,7 @@ class SharedWorker:
                 error = ConfigError(
                     f"Worker {worker.id} (pid {worker.pid}) of stage {self.stage} writes {key} "
                     f"too: give every worker on a host its own output file (-o items-1.jl).")
-                crawler = self.crawler
-                if crawler.crawling and getattr(crawler, "_engine", None) is not None:
+                if crawl_started(self.crawler):
                     stop(error)  # a feed opened with the spider: stop the crawl
                 else:
                     raise error  # CHECKPOINT_OUTPUT, opened with the extension: fail at start
