@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakSet, WeakValueDictionary
 
 from scrapy import Request, Spider
@@ -27,8 +27,6 @@ from .requests import UnserializableRequest, payload_to_request, request_to_payl
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
-    from .scrapy_redis import ScrapyRedisPairing
-    from .shared_worker import SharedWorker
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -38,6 +36,26 @@ UNIT_META = "_checkpoint_unit"
 IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
+
+
+class Claims(Protocol):
+    """Units owned by one worker of a shared stage (a :class:`~.shared_worker.SharedWorker`)."""
+
+    def claimed(self, code: int) -> bool:
+        """Claim unit ``code`` for this worker; False if another worker owns it."""
+        ...
+
+
+class SharedQueue(Protocol):
+    """A queue all workers of a shared stage pop from (:class:`~.scrapy_redis.ScrapyRedisPairing`)."""
+
+    def queue(self, request: Request, code: int, spider: Spider) -> None:
+        """Send a newly scheduled unit to the shared queue (``IgnoreRequest``: not this time)."""
+        ...
+
+    def take(self, request: Request, code: int) -> None:
+        """A popped request starts downloading here: take its unit, or mark it not ours."""
+        ...
 
 
 class Frontier:
@@ -85,8 +103,9 @@ class Frontier:
         # Queued requests not to download: their unit was given to another worker, or (with
         # scrapy-redis) another worker has it or it is done.
         self._not_ours: WeakSet[Request] = WeakSet()
-        self.shared: SharedWorker | None = None
-        self.pairing: ScrapyRedisPairing | None = None
+        #: Shared stages: this worker's claims, and (scrapy-redis) the shared queue.
+        self.shared: Claims | None = None
+        self.pairing: SharedQueue | None = None
 
     # -- scheduling --------------------------------------------------------------------------
 
