@@ -41,6 +41,11 @@ SCHEMA_VERSION = EXPORT_SCHEMA_VERSION
 
 
 class Context:
+    """What every command needs: the manager over the store, the console and its options.
+
+    Exits with EXIT_NOT_FOUND (after one clear line) when the store cannot be opened.
+    """
+
     def __init__(self, directory: str, backend: str, verbose: bool) -> None:
         try:
             self.manager = UnifiedCheckpointManager(directory, backend=backend)
@@ -54,6 +59,7 @@ class Context:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     def table(self, *columns: str) -> Table:
+        """A rich table with ``columns`` in this CLI's style."""
         table = Table(box=box.SIMPLE_HEAD if self.tty else None, pad_edge=False,
                       show_header=True, header_style="bold" if self.tty else None)
         for name in columns:

@@ -19,7 +19,11 @@ _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
 
 class Addon:
+    """The Scrapy add-on: ``ADDONS = {"scrapy_checkpoint.Addon": 100}`` (see the module docstring)."""
+
     def update_settings(self, settings: Any) -> None:
+        """Install the extension, the middleware, the feed exporter and storage at "addon"
+        priority. Raises ConfigError for a CHECKPOINT_ENABLED that is not a bool."""
         enabled = settings.get("CHECKPOINT_ENABLED")
         if enabled is not None and not _as_bool(settings):
             return

@@ -9,21 +9,28 @@ from scrapy.commands import ScrapyCommand
 
 
 class Command(ScrapyCommand):
+    """``scrapy checkpoint ...``: the scrapy-checkpoint CLI with the project's settings."""
+
     requires_project = False
     requires_crawler_process = False
     default_settings = {"LOG_ENABLED": False}
 
     def syntax(self) -> str:
+        """The usage line ``scrapy checkpoint -h`` shows."""
         return "[--dir PATH] {list,show,report,watch,reset,export,cleanup} [ARGS]"
 
     def short_desc(self) -> str:
+        """One line for ``scrapy -h``."""
         return "Inspect, report on, reset and clean up scrapy-checkpoint stages"
 
     def long_desc(self) -> str:
+        """The description ``scrapy checkpoint -h`` shows."""
         return ("The scrapy-checkpoint CLI, with --dir defaulting to the project's "
                 "CHECKPOINT_DIR. 'scrapy-checkpoint --help' lists the commands and options.")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        """Run the CLI with ``args``; ``--dir`` and ``--backend`` default to the project's
+        CHECKPOINT_DIR and CHECKPOINT_BACKEND (a user's own options win). Sets ``exitcode``."""
         from ..cli import run
 
         assert self.settings is not None

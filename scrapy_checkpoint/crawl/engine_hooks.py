@@ -25,6 +25,9 @@ RequestHook = Callable[[Request], None]
 
 
 def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: RequestHook) -> None:
+    """Call ``on_start(request)`` when the engine starts downloading a scheduled request and
+    ``on_finish(request)`` when it is done with it (see the module docstring). A hook that raises
+    is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without those slot methods."""
     slot = getattr(engine, "_slot", None)
     if slot is None or not callable(getattr(slot, "add_request", None)) or not callable(
         getattr(slot, "remove_request", None)

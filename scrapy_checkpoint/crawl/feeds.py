@@ -38,9 +38,13 @@ class CheckpointFeedStorage(FileFeedStorage):
     @classmethod
     def from_crawler(cls, crawler: Any, uri: str, *,
                      feed_options: dict[str, Any] | None = None) -> CheckpointFeedStorage:
+        """Scrapy's factory for feed storages: the storage of ``uri`` for ``crawler``."""
         return cls(uri, feed_options=feed_options, crawler=crawler)
 
     def open(self, spider: Spider) -> IO[bytes]:
+        """The file the exporter writes: a durable output for an unbatched jsonlines or csv
+        feed while the stage is worked on, else Scrapy's own file (append-only when the stage is
+        not worked on, so committed items are never emptied)."""
         ext = _extension(self._crawler) if self._crawler is not None else None
         if ext is not None and not ext.active:
             # A skipped run, or a feed opened after the checkpoint closed (FEED_STORE_EMPTY):
@@ -71,6 +75,7 @@ class CheckpointFeedExporter(FeedExporter):
     _checkpoint: CheckpointExtension | None = None
 
     def open_spider(self, spider: Spider) -> None:
+        """Open the feeds; warn once for each feed that cannot be made crash-safe."""
         super().open_spider(spider)
         ext = self._checkpoint = _extension(self.crawler)
         if ext is None or not ext.active:
@@ -82,6 +87,7 @@ class CheckpointFeedExporter(FeedExporter):
                               f"a crash can lose or repeat its items.")
 
     def item_scraped(self, item: Any, spider: Spider, response: Any = None) -> None:
+        """Export ``item`` with its request's unit current, so its bytes wait for the unit."""
         ext = self._checkpoint
         if ext is None:  # looked up once: the extension exists before the first item
             ext = self._checkpoint = _extension(self.crawler)

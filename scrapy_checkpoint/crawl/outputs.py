@@ -52,6 +52,8 @@ class DurableOutput:
         self.length = length
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data``: kept with the current unit until it is released, or at once
+        (no current unit, or the header line). Returns ``len(data)``."""
         if self._header:
             self._header = False
             if not self._drop_header:
@@ -83,10 +85,12 @@ class DurableOutput:
 
     # The file-object protocol the exporters use.
     def flush(self) -> None:
+        """Hand what was written to the OS."""
         if self._closed_length is None:
             self._file.flush()
 
     def close(self) -> None:
+        """Flush, fsync and close; bytes of units never released are dropped (their requests run again)."""
         if self._closed_length is None:
             self._closed_length = self.committed_length()
             os.fsync(self._file.fileno())
@@ -98,18 +102,23 @@ class DurableOutput:
 
     @property
     def closed(self) -> bool:
+        """True once closed."""
         return self._closed_length is not None
 
     def writable(self) -> bool:
+        """Always True (file-object protocol)."""
         return True
 
     def readable(self) -> bool:
+        """Always False (file-object protocol)."""
         return False
 
     def seekable(self) -> bool:
+        """Always False (file-object protocol)."""
         return False
 
     def tell(self) -> int:
+        """The committed length in bytes (flushes first)."""
         return self.committed_length()
 
 

@@ -101,6 +101,8 @@ def _request_class(path: str) -> type[Request]:
 
 
 def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
+    """Rebuild a Request from :func:`request_to_payload`'s dict (callbacks found by name on
+    ``spider``). Raises ValueError (or a subclass) when it cannot be rebuilt, e.g. a renamed callback."""
     d = dict(payload)
     if "_class" in d:
         _request_class(d["_class"])
