@@ -9,14 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import EnhancedCheckpoint, _backend_location
+from .checkpoint import EnhancedCheckpoint
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .metrics import format_duration
 from .shared import SharedStage, Worker, shared_stage_of
 from .state import CheckpointState, Owner, Status
-from .stores import open_store
+from .stores import open_backend
 from .stores.base import Store, check_stage_name
 from .tracker import AsyncCheckpointTracker
 from .view import StageView, read_stage
@@ -38,8 +38,7 @@ class UnifiedCheckpointManager:
                  config: CheckpointConfig | None = None, backend: str | None = None,
                  store: Store | None = None, **options: Any) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
-        self.store: Store = store if store is not None else open_store(
-            _backend_location(backend, checkpoint_dir))
+        self.store: Store = store if store is not None else open_backend(backend, checkpoint_dir)
         #: Where the stages live (a directory, or a Redis URL).
         self.directory = self.store.location
         self._checkpoints: dict[str, EnhancedCheckpoint] = {}
@@ -48,7 +47,7 @@ class UnifiedCheckpointManager:
         """The stage's checkpoint (created on first use; call ``start()`` on it)."""
         check_stage_name(stage)
         cp = self._checkpoints.get(stage)
-        if cp is None or (cp._live is None and cp._started):
+        if cp is None or (cp.closed):
             config = CheckpointConfig.from_options(self.config, **options)
             cp = EnhancedCheckpoint(stage=stage, config=config, store=self.store)
             self._checkpoints[stage] = cp

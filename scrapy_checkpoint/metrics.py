@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .clock import monotonic
+
+if TYPE_CHECKING:
+    from .live import LiveState
+    from .state import CheckpointState
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Metrics:
 
 
 def format_duration(seconds: float | None) -> str:
+    """``seconds`` for people: ``42 s``, ``2.4 min``, ``3.1 h``, ``5.0 days``; None is ``unknown``."""
     if seconds is None:
         return "unknown"
     if seconds < 60:
@@ -104,4 +110,51 @@ class RateWindow:
         return (processed - p0) / dt
 
 
-__all__ = ["Metrics", "RateWindow", "format_duration", "monotonic"]
+class ProgressLog:
+    """What a running stage reports about its progress, the way Scrapy's LogStats
+    reports a crawl's: the throughput over the last ``throughput_window`` seconds of
+    this process (and so the ETA), and a progress line every ``log_every`` processed
+    items.
+
+    :attr:`rate` is sampled by the checkpoint's committer (at most once a second). The
+    checkpoint compares the processed count with :attr:`next_at` on its update path
+    and calls :meth:`passed` when it is reached.
+    """
+
+    __slots__ = ("every", "lines", "next_at", "rate")
+
+    def __init__(self, log_every: int, throughput_window: float) -> None:
+        self.rate = RateWindow(throughput_window)
+        #: Items between two progress lines (0: none).
+        self.every = log_every
+        #: The processed count at which the next line is due (0: never).
+        self.next_at = 0
+        #: False once a progress bar shows the line instead of the log.
+        self.lines = True
+
+    def begin(self, processed: int) -> None:
+        """A run starts, ``processed`` items having been processed before."""
+        self.rate.add(monotonic(), processed)
+        every = self.every
+        self.next_at = (processed // every + 1) * every if every else 0
+
+    def passed(self, processed: int) -> bool:
+        """The processed count reached :attr:`next_at`: set the next one. True if the
+        line is to be logged."""
+        every = self.every
+        self.next_at = (processed // every + 1) * every
+        return self.lines
+
+    def metrics(self, live: LiveState) -> Metrics:
+        """``live``'s counters with the current throughput (items per second)."""
+        return live.metrics(self.rate.rate(monotonic(), live.processed))
+
+    def state(self, live: LiveState, commit_latency_us: dict[str, int] | None) -> CheckpointState:
+        """``live`` as users read it, with the throughput, the ETA and the commit latency."""
+        m = self.metrics(live)
+        state = live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
+        state.commit_latency_us = commit_latency_us
+        return state
+
+
+__all__ = ["Metrics", "ProgressLog", "RateWindow", "format_duration", "monotonic"]

@@ -87,7 +87,7 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp._running:
+            if cp.running:
                 if exc is None:
                     cp.complete()
                     await self.on_success()
@@ -191,7 +191,7 @@ class AsyncCheckpointTracker(Generic[T]):
         time). Starts the stage if ``start()`` was not called.
         """
         cp = self.checkpoint
-        if not cp._running:
+        if not cp.running:
             total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
             self.start(total_items=total)
         if concurrency < 1:
