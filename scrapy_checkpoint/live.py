@@ -239,6 +239,8 @@ class LiveState:
 
     def to_state(self, *, throughput: float | None = None,
                  eta_seconds: float | None = None) -> CheckpointState:
+        """The state as users read it, a copy (``throughput`` in items/s, ``eta_seconds``
+        from now)."""
         info = self.info
         updated = _ts(self.updated_ts) or info.updated_at
         eta = None

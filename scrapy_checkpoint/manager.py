@@ -54,12 +54,15 @@ class UnifiedCheckpointManager:
         return cp
 
     def tracker(self, stage: str, **options: Any) -> AsyncCheckpointTracker[Any]:
+        """An :class:`AsyncCheckpointTracker` for ``stage`` in this manager's store;
+        ``options`` are checkpoint options (over the manager's) and tracker arguments."""
         config = CheckpointConfig.from_options(self.config, **{
             k: v for k, v in options.items() if k in CheckpointConfig.model_fields})
         rest = {k: v for k, v in options.items() if k not in CheckpointConfig.model_fields}
         return AsyncCheckpointTracker(stage=stage, config=config, store=self.store, **rest)
 
     def stages(self) -> list[str]:
+        """Names of every stage in the store, sorted."""
         return self.store.stages()
 
     def shared_stages(self) -> dict[str, list[Worker]]:
@@ -79,6 +82,7 @@ class UnifiedCheckpointManager:
         return out
 
     def read(self, stage: str) -> StageView:
+        """A read-only view of ``stage`` (see :func:`read_stage`)."""
         return read_stage(self.store, check_stage_name(stage))
 
     def list_checkpoints(self) -> list[CheckpointState]:

@@ -28,21 +28,26 @@ class Metrics:
 
     @property
     def percent(self) -> float | None:
+        """Processed items as a percentage of the total (at most 100; None without one)."""
         if not self.total:
             return None
         return min(100.0, 100.0 * self.processed / self.total)
 
     @property
     def success_rate(self) -> float | None:
+        """Successful items as a percentage of those finished (None before the first)."""
         finished = self.successful + self.failed
         return None if finished == 0 else 100.0 * self.successful / finished
 
     @property
     def remaining(self) -> int | None:
+        """Items left to process (None without a total)."""
         return None if self.total is None else max(0, self.total - self.processed)
 
     @property
     def eta_seconds(self) -> float | None:
+        """Seconds until the remaining items are done at the current throughput (None if
+        unknown)."""
         remaining = self.remaining
         if remaining is None:
             return None
@@ -91,6 +96,7 @@ class RateWindow:
         self.last_sample = 0.0
 
     def add(self, now: float, processed: int) -> None:
+        """Record the processed count at monotonic time ``now`` (seconds)."""
         self._samples.append((now, processed))
         self.last_sample = now
         cutoff = now - self._window
@@ -99,6 +105,8 @@ class RateWindow:
             samples.popleft()
 
     def rate(self, now: float | None = None, processed: int | None = None) -> float | None:
+        """Items per second from the oldest sample in the window to ``(now, processed)``
+        (default: the newest sample); None over less than half a second."""
         if not self._samples:
             return None
         t0, p0 = self._samples[0]

@@ -97,6 +97,7 @@ class RedisLock:
 
     def __init__(self, store: RedisStore, stage: str, token: str) -> None:
         self._store, self._stage, self.token = store, stage, token
+        self._renew_script = store.lua_script("renew")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"checkpoint-lease-{stage}",
                                         daemon=True)
@@ -107,8 +108,8 @@ class RedisLock:
         period = store.lease_seconds / 3
         while not self._stop.wait(period):
             try:
-                if not store._renew(keys=[store.key(self._stage, "lock")],
-                                    args=[self.token, int(store.lease_seconds * 1000)]):
+                if not self._renew_script(keys=[store.key(self._stage, "lock")],
+                                          args=[self.token, int(store.lease_seconds * 1000)]):
                     logger.error("Stage %s: the Redis lease was lost; another process may own "
                                  "the stage now.", self._stage)
                     return
@@ -147,6 +148,7 @@ class RedisJournalWriter:
         self._pending_bytes = 0
         self._buffer_limit = buffer_limit
         self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
+        self._append = store.lua_script("append")
         self._tracked = tracked
         if tracked is not None:
             self._keys += [tracked.finished, tracked.unjournaled]
@@ -182,7 +184,7 @@ class RedisJournalWriter:
                 handed = set(group.fields.get(HANDED, ()))
                 args += [str(code) for code, _ in group.fields.get(ADDED, ()) if code not in handed]
             try:
-                self._store._append(keys=self._keys, args=args)
+                self._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if self._pending_bytes > self._buffer_limit:
                     raise CheckpointError(
@@ -264,9 +266,7 @@ class RedisStore:
             raise CheckpointError(f"Cannot reach Redis at {self.location}: "
                                   f"{str(exc).rstrip('.')}. Start Redis or fix CHECKPOINT_BACKEND."
                                   ) from None
-        self._append = self.lua_script("append")
         self._snapshot = self.lua_script("snapshot")
-        self._renew = self.lua_script("renew")
         self._state = self.lua_script("state")
         self._release = self.lua_script("release")
         self._tokens: dict[str, str] = {}
@@ -330,6 +330,8 @@ class RedisStore:
     # -- ownership -------------------------------------------------------------------------------
 
     def lock(self, stage: str, owner: Owner) -> RedisLock:
+        """See :meth:`Store.lock`: a lease of ``lease_seconds`` (``SET NX PX``), renewed
+        by a thread; a holder on this host whose process is gone is taken over at once."""
         check_stage_name(stage)
         token = f"{owner.host}:{owner.pid}:{uuid.uuid4().hex}"
         lock_key = self.key(stage, "lock")
@@ -374,6 +376,7 @@ class RedisStore:
             return None
 
     def live_owner(self, stage: str) -> Owner | None:
+        """See :meth:`Store.live_owner` (the lease exists, and on this host its pid lives)."""
         if not self.client.exists(self.key(stage, "lock")):
             return None
         holder = self._owner(stage)
@@ -382,6 +385,7 @@ class RedisStore:
         return holder
 
     def stages(self) -> list[str]:
+        """See :meth:`Store.stages`: the stages set, less those with no data left."""
         names = sorted(n.decode() for n in self.client.smembers(f"{self.prefix}:stages"))
         return [n for n in names if self.client.exists(self.key(n, "state"), self.key(n, "journal"),
                                                         self.key(n, "snapshot"))]
@@ -414,6 +418,7 @@ class RedisStore:
                          stage)
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
+        """See :meth:`Store.read_state`."""
         raw = self.client.get(self.key(stage, "state"))
         if raw is None:
             return None, []
@@ -425,6 +430,8 @@ class RedisStore:
     # -- journal and snapshots ----------------------------------------------------------------------
 
     def load(self, stage: str) -> Loaded:
+        """See :meth:`Store.load`: snapshot, meta and journal read in one transaction;
+        ``generation`` is the last sequence number, ``good_bytes`` a record count."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self.key(stage, "snapshot"))
             pipe.hgetall(self.key(stage, "meta"))
@@ -467,6 +474,8 @@ class RedisStore:
         return loaded
 
     def set_aside(self, stage: str, loaded: Loaded) -> None:
+        """See :meth:`Store.set_aside`: the unreadable records move to the ``corrupt``
+        list, in one transaction."""
         journal = self.key(stage, "journal")
         tail = self.client.lrange(journal, loaded.good_bytes, -1)
         if tail:
@@ -479,6 +488,9 @@ class RedisStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> RedisJournalWriter:
+        """See :meth:`Store.open_segment`. Redis keeps one journal list: a compaction
+        keeps the writer and notes how many records the coming snapshot covers.
+        Raises CheckpointError unless this process holds the stage's lock."""
         token = self._tokens.get(stage)
         if token is None:
             raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
@@ -501,6 +513,8 @@ class RedisStore:
         return writer
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+        """See :meth:`Store.write_snapshot`: installed, and the records it covers trimmed,
+        by one script (which fails with LOST_LOCK if the lease was lost)."""
         covered = self._rotations.pop((stage, gen), None)
         if covered is None:
             return
@@ -513,6 +527,7 @@ class RedisStore:
         """Redis keeps the newest snapshot and the one before it."""
 
     def remove(self, stage: str) -> None:
+        """See :meth:`Store.remove` (one transaction)."""
         # The caller holds the lock: keep it and the owner record that names it.
         keep = (":lock", ":owner")
         self.client.pipeline().delete(*[k for k in self.stage_keys(stage) if not k.endswith(keep)]
@@ -520,6 +535,7 @@ class RedisStore:
         self._writers.pop(stage, None)
 
     def disk_usage(self, stage: str) -> dict[str, int]:
+        """See :meth:`Store.disk_usage` (``MEMORY USAGE`` of the keys)."""
         usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
         for part, field in (("journal", "journal_bytes"), ("snapshot", "snapshot_bytes"),
                             ("snapshot:prev", "snapshot_bytes"), ("state", "state_bytes")):
