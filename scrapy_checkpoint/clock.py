@@ -9,6 +9,7 @@ monotonic = time.monotonic
 
 
 def utcnow() -> datetime:
+    """Now, as an aware UTC datetime."""
     return datetime.now(timezone.utc)
 
 

@@ -1,7 +1,8 @@
 """When committed work becomes durable: one cadence for the tracker and the crawl.
 
-Group commits, fsyncs, state-file writes and compactions are all due by time
-or size; whoever drives a checkpoint (the asyncio tracker, the Scrapy
+:class:`GroupCommitter` owns a stage's journal writer and its background I/O
+thread. Group commits, fsyncs, state-file writes and compactions are all due by
+time or size; whoever drives a checkpoint (the asyncio tracker, the Scrapy
 extension) calls :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.tick`
 every :func:`timer_period` seconds so none of them waits longer than its
 interval when updates stop arriving.
@@ -9,7 +10,24 @@ interval when updates stop arriving.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .clock import monotonic, walltime
 from .config import CheckpointConfig
+from .errors import CheckpointError
+from .io import BackgroundIO
+from .journal.groups import GroupBuilder
+from .journal.snapshot import encode_snapshot
+from .live import LiveState
+from .metrics import ProgressLog
+from .state import CheckpointState
+from .stores.base import JournalWriter, Loaded, Store
+
+logger = logging.getLogger("scrapy_checkpoint")
 
 #: The timer never runs more often than this (seconds): a tick is cheap, not free.
 MIN_TIMER_PERIOD = 0.05
@@ -23,3 +41,284 @@ def timer_period(config: CheckpointConfig) -> float:
     its interval more (1.0 s intervals, the defaults, give 0.5 s).
     """
     return max(MIN_TIMER_PERIOD, min(config.save_interval, config.sync_interval, 1.0) / 2)
+
+
+class GroupCommitter:
+    """Group commit for one stage: writes the group being built to the journal and
+    decides when what was written is fsynced, summed up in the state file and
+    compacted into a snapshot.
+
+    The caller's thread only encodes a group and appends it (``os.write``, or one
+    Redis call); every wait on the disk (fsync, the atomic state-file write, the
+    snapshot) runs on the background I/O thread, in submission order. A failure
+    there is raised by the next :meth:`commit` (or :meth:`drain`).
+
+    ``progress`` gives the state file's content, and its throughput window is sampled
+    with the processed count at most once a second, at commits and ticks. The
+    checkpoint reads :attr:`group` and :attr:`last_commit` on its update path and
+    calls :meth:`commit` when the group is due.
+    """
+
+    def __init__(self, config: CheckpointConfig, store: Store, progress: ProgressLog) -> None:
+        self.config = config
+        self.store = store
+        #: The group being built: committed to the journal as one record.
+        self.group = GroupBuilder()
+        #: Monotonic time of the last commit (a group is due ``save_interval`` after it).
+        self.last_commit = monotonic()
+        #: The stage journaled (None until :meth:`open`).
+        self.stage: str | None = None
+        self._progress = progress
+        self._rate = progress.rate
+        self._live: LiveState | None = None
+        self._writer: JournalWriter | None = None
+        self._io: BackgroundIO | None = None
+        self._generation = 0
+        self._snapshot_bytes = 0
+        self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
+        self._sync_hooks: list[Callable[[], list[int]]] = []
+        self._latencies: deque[float] = deque(maxlen=4096)
+        self._last_sync = self.last_commit
+        self._last_state = self.last_commit
+        self._dirty = False  # appended since the last flush
+        self._since_snapshot = False  # groups appended since the last snapshot
+        self._sync_inflight = False
+
+    # -- opening and closing -----------------------------------------------------------
+
+    def open(self, stage: str, live: LiveState, loaded: Loaded) -> None:
+        """Append to ``stage``'s journal where ``loaded`` (what replay read) ends.
+
+        Errors from :meth:`Store.open_segment` propagate, with nothing opened.
+        """
+        self._writer = self.store.open_segment(stage, loaded.generation,
+                                               truncate_at=loaded.good_bytes, buffered=self._buffered)
+        self.stage, self._live = stage, live
+        self._generation, self._snapshot_bytes = loaded.generation, loaded.snapshot_bytes
+        self._io = BackgroundIO(stage)
+
+    @property
+    def live(self) -> LiveState:
+        """The stage's state in memory. Raises CheckpointError unless open."""
+        if self._live is None:
+            raise CheckpointError("The checkpoint is not open: call start() first.")
+        return self._live
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._writer is not None
+
+    def start_over(self) -> LiveState:
+        """Delete everything the store holds for the stage and journal again from
+        generation 0 (the caller holds the stage's lock). Returns the new, empty state."""
+        assert self.stage is not None
+        assert self._writer is not None
+        assert self._io is not None
+        self._io.drain()
+        self._writer.close()
+        self.store.remove(self.stage)
+        self._live = LiveState(CheckpointState(stage=self.stage))
+        self._generation, self._snapshot_bytes = 0, 0
+        self._writer = self.store.open_segment(self.stage, 0, truncate_at=0, buffered=self._buffered)
+        self.group.clear()
+        self.group.updates = 0
+        return self._live
+
+    def finish(self) -> None:
+        """Commit, snapshot what the journal holds past the last snapshot, write the
+        state file, wait for the I/O thread and fsync: all on disk when it returns.
+        Re-raises the first failure of the I/O thread."""
+        self.commit(monotonic())
+        if self._since_snapshot:
+            self.compact()
+        self.write_state()
+        assert self._io is not None
+        assert self._writer is not None
+        self._io.drain()
+        self._writer.fsync()
+
+    def close(self) -> None:
+        """Close the journal writer and stop the I/O thread (without committing: call
+        :meth:`finish` first). Does nothing if not open."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if self._io is not None:
+            self._io.close()
+        self._live = None
+
+    # -- hooks and readings ---------------------------------------------------------------
+
+    def add_commit_hook(self, fn: Callable[[], dict[str, Any] | None]) -> None:
+        """See :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.add_commit_hook`."""
+        self._commit_hooks.append(fn)
+
+    def add_sync_hook(self, fn: Callable[[], list[int]]) -> None:
+        """See :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.add_sync_hook`."""
+        self._sync_hooks.append(fn)
+
+    @property
+    def journal_bytes(self) -> int | None:
+        """Bytes in the current journal segment (None when not open)."""
+        return self._writer.size if self._writer is not None else None
+
+    def commit_latency_us(self) -> dict[str, int] | None:
+        """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds;
+        None before the first commit."""
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
+                for q in (50, 95, 99)}
+
+    # -- the cadence ---------------------------------------------------------------------------
+
+    def commit(self, now: float) -> None:
+        """Write the group being built to the journal, if it holds anything (``now``:
+        monotonic seconds). Then fsync, write the state file or compact if one is due.
+
+        Raises the I/O thread's first failure, and whatever the writer's append raises
+        (the group is dropped then, never sent twice).
+        """
+        writer = self._writer
+        if writer is None:
+            return
+        group = self.group
+        if group.is_empty():
+            return
+        if self._io is not None:
+            self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
+        began = monotonic()
+        live = self._live
+        assert live is not None
+        fields = group.fields
+        for hook in self._commit_hooks:
+            extra = hook()
+            if extra:
+                live.apply([], [], extra)  # so snapshots carry it too
+                fields.update(extra)
+        committed_at = walltime()
+        live.updated_ts = committed_at
+        payload = group.seal((live.last_item, live.last_index, live.batch_id), committed_at)
+        writer.append(payload)
+        self.last_commit = now
+        self._latencies.append(monotonic() - began)
+        self._dirty = True
+        self._since_snapshot = True
+        if now - self._rate.last_sample >= 1.0:
+            self._rate.add(now, live.processed)
+        self.maybe_sync(now)
+        if now - self._last_state >= self.config.state_interval:
+            self.write_state()
+        if writer.size > max(self.config.compact_min_bytes, self._snapshot_bytes):
+            self.compact()
+
+    def tick(self) -> None:
+        """Timer work: commit, fsync and refresh the state file when due; sample the rate.
+        Cheap when nothing is due; does nothing when not open."""
+        if self._live is None or self._writer is None:
+            return
+        now = monotonic()
+        if now - self.last_commit >= self.config.save_interval:
+            self.commit(now)
+        self.maybe_sync(now)
+        if now - self._last_state >= self.config.state_interval:
+            self.write_state()
+        if now - self._rate.last_sample >= 1.0:
+            self._rate.add(now, self._live.processed)
+
+    def make_durable(self) -> None:
+        """Commit, and queue a state-file write and an fsync (does not wait for them)."""
+        self.commit(monotonic())
+        self.write_state()
+        self.sync(force=True)
+
+    def drain(self) -> None:
+        """Block until the queued disk work is done; re-raise its first failure."""
+        if self._io is not None:
+            self._io.drain()
+
+    def maybe_sync(self, now: float) -> None:
+        """In ``fsync`` durability, queue an fsync if groups were appended and none was
+        queued for ``sync_interval`` seconds (``now``: monotonic seconds)."""
+        if (self._dirty and not self._sync_inflight and self.config.durability == "fsync"
+                and now - self._last_sync >= self.config.sync_interval):
+            self.sync()
+
+    def sync(self, force: bool = False) -> None:
+        """Hand buffered frames to the OS and queue an fsync (in ``fsync`` mode or forced).
+
+        The sync hooks' file descriptors are fsynced first, in the same I/O task.
+        """
+        writer, io = self._writer, self._io
+        if writer is None or io is None:
+            return
+        writer.flush()
+        self._dirty = False
+        self._last_sync = monotonic()
+        if self.config.durability == "fsync" or force:
+            self._sync_inflight = True
+            fds = [fd for hook in self._sync_hooks for fd in hook()]
+            future = io.submit(_sync_all, fds, writer)
+            future.add_done_callback(self._sync_done)
+
+    def _sync_done(self, _future: Any) -> None:
+        self._sync_inflight = False
+
+    def write_state(self) -> None:
+        """Queue a write of the state file (its bytes are made now, on this thread)."""
+        if self._io is None or self.stage is None:
+            return
+        self._last_state = monotonic()
+        data = self._progress.state(self.live, self.commit_latency_us()).model_dump_json(indent=2)
+        self._io.submit(self.store.write_state, self.stage, data.encode())
+
+    def compact(self) -> None:
+        """Start a new journal segment and queue a snapshot of everything committed."""
+        writer, io, live = self._writer, self._io, self._live
+        assert writer is not None
+        assert io is not None
+        assert live is not None
+        assert self.stage is not None
+        gen = self._generation + 1
+        # Only the copies are made here; encoding and checksums run on the I/O thread.
+        header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
+        writer.flush()
+        self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
+                                               buffered=self._buffered)
+        self._generation, self._snapshot_bytes = gen, len(done_bytes)
+        self._since_snapshot = False
+        io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes)
+
+    def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
+                           header: dict[str, Any], done_bytes: bytes) -> None:
+        # Runs on the I/O thread, in order: the old segment is durable, then the
+        # snapshot; only then may retention delete what the snapshot replaces.
+        assert self.stage is not None
+        blob = encode_snapshot(header, done_bytes)
+        if old is not new:  # a store with one journal (Redis) keeps its writer
+            old.fsync()
+            old.close()
+        self.store.write_snapshot(self.stage, gen, blob)
+        self.store.retain(self.stage, self.config.keep_snapshots)
+
+    @property
+    def _buffered(self) -> bool:
+        return self.config.durability == "none"
+
+
+def _sync_all(fds: list[int], writer: JournalWriter) -> None:
+    """Outputs first, then the journal, in one task: a length journaled before the last
+    fsync is on disk with the bytes it names (between fsyncs the OS may write either first)."""
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # closed meanwhile (a closed feed): already synced
+            if exc.errno != 9:
+                raise
+    writer.sync()
+
+
+__all__ = ["MIN_TIMER_PERIOD", "GroupCommitter", "timer_period"]

@@ -14,12 +14,20 @@ logger = logging.getLogger("scrapy_checkpoint")
 
 
 class BackgroundIO:
+    """A single worker thread (made on first use) running blocking disk tasks in order.
+
+    A task's failure is logged and kept; :meth:`raise_error`, :meth:`drain` and
+    :meth:`close` raise the first one (once).
+    """
+
     def __init__(self, name: str) -> None:
         self._name = name
         self._pool: ThreadPoolExecutor | None = None
         self.error: BaseException | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue ``fn(*args)`` after every task submitted before (at interpreter exit,
+        when the thread is gone, run it now on this thread)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-io-{self._name}")
         try:
@@ -49,11 +57,14 @@ class BackgroundIO:
         self.raise_error()
 
     def raise_error(self) -> None:
+        """Raise the first failure of a task, if any (then forget it)."""
         if self.error is not None:
             exc, self.error = self.error, None
             raise exc
 
     def close(self) -> None:
+        """Wait for the queued tasks, stop the thread, raise the first failure. A later
+        :meth:`submit` starts a new thread."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -6,13 +6,40 @@ checkpoint records its own changes as groups and applies them the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from .clock import utcnow
 from .journal.doneset import DoneSet
+from .journal.groups import (
+    ADDED,
+    BATCH_ID,
+    COMMITTED_AT,
+    COUNTERS,
+    ERROR,
+    HANDED,
+    INIT,
+    INPUT_FILE,
+    LAST_INDEX,
+    LAST_ITEM,
+    METADATA,
+    OUTPUT_FILE,
+    OUTPUTS,
+    OWNER,
+    RECOVERIES,
+    RETRY_FAILED,
+    START_TIME,
+    STARTED,
+    STATUS,
+    TOTAL,
+)
+from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
-from .stores.base import Loaded
+from .stores.base import Loaded, Store
+
+logger = logging.getLogger("scrapy_checkpoint")
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -47,6 +74,34 @@ class LiveState:
         self.last_item, self.last_index, self.batch_id = (
             info.last_processed_item, info.last_processed_index, info.batch_id)
         self.updated_ts = info.updated_at.timestamp()
+
+    # -- the frontier: pending units ------------------------------------------------
+
+    def add_pending(self, code: int, payload: Any) -> bool:
+        """Make unit ``code`` pending, ``payload`` being what redoes it, unless it is done
+        or pending already. True if it was added."""
+        if code in self.done or code in self.pending:
+            return False
+        self.pending[code] = payload
+        return True
+
+    def start_pending(self, code: int) -> bool:
+        """Mark a pending unit started (in flight). True if it was pending and not started."""
+        if code in self.pending and code not in self.started:
+            self.started.add(code)
+            return True
+        return False
+
+    def drop_pending(self, codes: list[int]) -> list[int]:
+        """Forget pending units (given to another process). Returns those that were pending."""
+        dropped = []
+        pending, started = self.pending, self.started
+        for code in codes:
+            if code in pending:
+                del pending[code]
+                started.discard(code)
+                dropped.append(code)
+        return dropped
 
     # -- snapshots ----------------------------------------------------------------
 
@@ -84,65 +139,65 @@ class LiveState:
         """Apply one group. In ``replay`` its done codes are known to be new (the writer
         refuses a unit that is already done), so they are added without a lookup."""
         info = self.info
-        if "init" in fields:
+        if INIT in fields:
             # A stage (re)created: start from its initial state and nothing done.
-            self._set_info(CheckpointState.model_validate(fields["init"]))
+            self._set_info(CheckpointState.model_validate(fields[INIT]))
             self.done, self.failed_units, self.pending = DoneSet(), {}, {}
             self.started, self.outputs = set(), {}
             info = self.info
-        counters = fields.get("c")
+        counters = fields.get(COUNTERS)
         if counters:
             self.processed += counters[0]
             self.successful += counters[1]
             self.failed += counters[2]
             self.skipped += counters[3]
-        if "l" in fields:
-            self.last_item = fields["l"]
-        if "i" in fields:
-            self.last_index = fields["i"]
-        if "b" in fields:
-            self.batch_id = fields["b"]
-        if "ts" in fields:
-            self.updated_ts = fields["ts"]
-        if "rf" in fields:  # failed units released for a retry
-            released = fields["rf"]
+        if LAST_ITEM in fields:
+            self.last_item = fields[LAST_ITEM]
+        if LAST_INDEX in fields:
+            self.last_index = fields[LAST_INDEX]
+        if BATCH_ID in fields:
+            self.batch_id = fields[BATCH_ID]
+        if COMMITTED_AT in fields:
+            self.updated_ts = fields[COMMITTED_AT]
+        if RETRY_FAILED in fields:  # failed units released for a retry
+            released = fields[RETRY_FAILED]
             self.done.discard_many(released)
             for code in released:
                 payload = self.failed_units.pop(code, None)
                 if payload is not None:
                     self.pending[code] = payload
-        if "a" in fields:
-            for code, payload in fields["a"]:
+        if ADDED in fields:
+            for code, payload in fields[ADDED]:
                 if code not in self.done:
                     self.pending[code] = payload
-        if "s" in fields:
-            self.started.update(fields["s"])
-        if "h" in fields:  # handed to another worker of a shared stage: not pending here
-            for code in fields["h"]:
+        if STARTED in fields:
+            self.started.update(fields[STARTED])
+        if HANDED in fields:  # handed to another worker of a shared stage: not pending here
+            for code in fields[HANDED]:
                 self.pending.pop(code, None)
                 self.started.discard(code)
-        if "fo" in fields:
-            self.outputs.update(fields["fo"])
+        if OUTPUTS in fields:
+            self.outputs.update(fields[OUTPUTS])
         updates: dict[str, Any] = {}
-        if "st" in fields:
-            updates["status"] = Status(fields["st"])
-        if "t" in fields:
-            info.progress.total_items = fields["t"]
-        if "start" in fields:
-            info.progress.start_time = _ts(fields["start"])
-        if "m" in fields:
-            updates["metadata"] = fields["m"]
-        if "e" in fields:
-            message, count, when = fields["e"]
+        if STATUS in fields:
+            updates["status"] = Status(fields[STATUS])
+        if TOTAL in fields:
+            info.progress.total_items = fields[TOTAL]
+        if START_TIME in fields:
+            info.progress.start_time = _ts(fields[START_TIME])
+        if METADATA in fields:
+            updates["metadata"] = fields[METADATA]
+        if ERROR in fields:
+            message, count, when = fields[ERROR]
             updates.update(error_message=message, error_count=count, last_error_time=_ts(when))
-        if "in" in fields:
-            updates["input_file"], updates["input_file_hash"] = fields["in"]
-        if "out" in fields:
-            updates["output_file"] = fields["out"]
-        if "own" in fields:
-            updates["owner"] = Owner.model_validate(fields["own"])
-        if "rec" in fields:
-            updates["recoveries"] = fields["rec"]
+        if INPUT_FILE in fields:
+            updates["input_file"], updates["input_file_hash"] = fields[INPUT_FILE]
+        if OUTPUT_FILE in fields:
+            updates["output_file"] = fields[OUTPUT_FILE]
+        if OWNER in fields:
+            updates["owner"] = Owner.model_validate(fields[OWNER])
+        if RECOVERIES in fields:
+            updates["recoveries"] = fields[RECOVERIES]
         for name, value in updates.items():
             setattr(info, name, value)
         pending, started = self.pending, self.started
@@ -167,8 +222,25 @@ class LiveState:
 
     # -- the readable form -------------------------------------------------------------
 
+    def metrics(self, throughput: float | None) -> Metrics:
+        """The counters now, with ``throughput`` (items/s) and the seconds since the
+        stage first started."""
+        start = self.info.progress.start_time
+        elapsed = (utcnow() - start).total_seconds() if start else 0.0
+        return Metrics(
+            total=self.info.progress.total_items,
+            processed=self.processed,
+            successful=self.successful,
+            failed=self.failed,
+            skipped=self.skipped,
+            throughput=throughput,
+            elapsed_seconds=elapsed,
+        )
+
     def to_state(self, *, throughput: float | None = None,
                  eta_seconds: float | None = None) -> CheckpointState:
+        """The state as users read it, a copy (``throughput`` in items/s, ``eta_seconds``
+        from now)."""
         info = self.info
         updated = _ts(self.updated_ts) or info.updated_at
         eta = None
@@ -195,3 +267,34 @@ class LiveState:
             "pending_units": len(self.pending),
             "throughput": throughput,
         })
+
+
+def recover(store: Store, stage: str) -> tuple[LiveState, Loaded, CheckpointState | None]:
+    """Rebuild ``stage`` from ``store`` to write it again (the caller holds its lock).
+
+    Logs each problem found; moves damaged or unreachable bytes aside
+    (:meth:`Store.set_aside`). Returns the state, what the store loaded (where the
+    journal's good records end), and, when the journal is missing but the state file is
+    not, the state file's state, which the live state starts from (its finished units
+    are redone). Raises :class:`~scrapy_checkpoint.errors.CorruptCheckpointError` when
+    no consistent state can be rebuilt.
+    """
+    loaded = store.load(stage)
+    live = LiveState.from_loaded(stage, loaded)
+    from_state_file = None
+    _, state_problems = store.read_state(stage)
+    for problem in state_problems:
+        logger.warning("Stage %s: state file %s", stage, problem)
+    if (loaded.snapshot is None and not loaded.payloads):
+        previous, _ = store.read_state(stage)
+        if previous is not None:
+            logger.warning(
+                "Stage %s: its journal is missing; counters come from the state file "
+                "and finished units will be redone.", stage)
+            live = LiveState(previous)
+            from_state_file = previous
+    for problem in loaded.problems:
+        logger.warning("Stage %s: %s", stage, problem)
+    if loaded.dropped_bytes or loaded.unreachable:
+        store.set_aside(stage, loaded)
+    return live, loaded, from_state_file

@@ -9,14 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import EnhancedCheckpoint, _backend_location
+from .checkpoint import EnhancedCheckpoint
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .metrics import format_duration
 from .shared import SharedStage, Worker, shared_stage_of
 from .state import CheckpointState, Owner, Status
-from .stores import open_store
+from .stores import open_backend
 from .stores.base import Store, check_stage_name
 from .tracker import AsyncCheckpointTracker
 from .view import StageView, read_stage
@@ -38,8 +38,7 @@ class UnifiedCheckpointManager:
                  config: CheckpointConfig | None = None, backend: str | None = None,
                  store: Store | None = None, **options: Any) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
-        self.store: Store = store if store is not None else open_store(
-            _backend_location(backend, checkpoint_dir))
+        self.store: Store = store if store is not None else open_backend(backend, checkpoint_dir)
         #: Where the stages live (a directory, or a Redis URL).
         self.directory = self.store.location
         self._checkpoints: dict[str, EnhancedCheckpoint] = {}
@@ -48,19 +47,22 @@ class UnifiedCheckpointManager:
         """The stage's checkpoint (created on first use; call ``start()`` on it)."""
         check_stage_name(stage)
         cp = self._checkpoints.get(stage)
-        if cp is None or (cp._live is None and cp._started):
+        if cp is None or (cp.closed):
             config = CheckpointConfig.from_options(self.config, **options)
             cp = EnhancedCheckpoint(stage=stage, config=config, store=self.store)
             self._checkpoints[stage] = cp
         return cp
 
     def tracker(self, stage: str, **options: Any) -> AsyncCheckpointTracker[Any]:
+        """An :class:`AsyncCheckpointTracker` for ``stage`` in this manager's store;
+        ``options`` are checkpoint options (over the manager's) and tracker arguments."""
         config = CheckpointConfig.from_options(self.config, **{
             k: v for k, v in options.items() if k in CheckpointConfig.model_fields})
         rest = {k: v for k, v in options.items() if k not in CheckpointConfig.model_fields}
         return AsyncCheckpointTracker(stage=stage, config=config, store=self.store, **rest)
 
     def stages(self) -> list[str]:
+        """Names of every stage in the store, sorted."""
         return self.store.stages()
 
     def shared_stages(self) -> dict[str, list[Worker]]:
@@ -80,6 +82,7 @@ class UnifiedCheckpointManager:
         return out
 
     def read(self, stage: str) -> StageView:
+        """A read-only view of ``stage`` (see :func:`read_stage`)."""
         return read_stage(self.store, check_stage_name(stage))
 
     def list_checkpoints(self) -> list[CheckpointState]:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .clock import monotonic
+
+if TYPE_CHECKING:
+    from .live import LiveState
+    from .state import CheckpointState
 
 
 @dataclass(frozen=True)
@@ -23,21 +28,26 @@ class Metrics:
 
     @property
     def percent(self) -> float | None:
+        """Processed items as a percentage of the total (at most 100; None without one)."""
         if not self.total:
             return None
         return min(100.0, 100.0 * self.processed / self.total)
 
     @property
     def success_rate(self) -> float | None:
+        """Successful items as a percentage of those finished (None before the first)."""
         finished = self.successful + self.failed
         return None if finished == 0 else 100.0 * self.successful / finished
 
     @property
     def remaining(self) -> int | None:
+        """Items left to process (None without a total)."""
         return None if self.total is None else max(0, self.total - self.processed)
 
     @property
     def eta_seconds(self) -> float | None:
+        """Seconds until the remaining items are done at the current throughput (None if
+        unknown)."""
         remaining = self.remaining
         if remaining is None:
             return None
@@ -59,6 +69,7 @@ class Metrics:
 
 
 def format_duration(seconds: float | None) -> str:
+    """``seconds`` for people: ``42 s``, ``2.4 min``, ``3.1 h``, ``5.0 days``; None is ``unknown``."""
     if seconds is None:
         return "unknown"
     if seconds < 60:
@@ -85,6 +96,7 @@ class RateWindow:
         self.last_sample = 0.0
 
     def add(self, now: float, processed: int) -> None:
+        """Record the processed count at monotonic time ``now`` (seconds)."""
         self._samples.append((now, processed))
         self.last_sample = now
         cutoff = now - self._window
@@ -93,6 +105,8 @@ class RateWindow:
             samples.popleft()
 
     def rate(self, now: float | None = None, processed: int | None = None) -> float | None:
+        """Items per second from the oldest sample in the window to ``(now, processed)``
+        (default: the newest sample); None over less than half a second."""
         if not self._samples:
             return None
         t0, p0 = self._samples[0]
@@ -104,4 +118,51 @@ class RateWindow:
         return (processed - p0) / dt
 
 
-__all__ = ["Metrics", "RateWindow", "format_duration", "monotonic"]
+class ProgressLog:
+    """What a running stage reports about its progress, the way Scrapy's LogStats
+    reports a crawl's: the throughput over the last ``throughput_window`` seconds of
+    this process (and so the ETA), and a progress line every ``log_every`` processed
+    items.
+
+    :attr:`rate` is sampled by the checkpoint's committer (at most once a second). The
+    checkpoint compares the processed count with :attr:`next_at` on its update path
+    and calls :meth:`passed` when it is reached.
+    """
+
+    __slots__ = ("every", "lines", "next_at", "rate")
+
+    def __init__(self, log_every: int, throughput_window: float) -> None:
+        self.rate = RateWindow(throughput_window)
+        #: Items between two progress lines (0: none).
+        self.every = log_every
+        #: The processed count at which the next line is due (0: never).
+        self.next_at = 0
+        #: False once a progress bar shows the line instead of the log.
+        self.lines = True
+
+    def begin(self, processed: int) -> None:
+        """A run starts, ``processed`` items having been processed before."""
+        self.rate.add(monotonic(), processed)
+        every = self.every
+        self.next_at = (processed // every + 1) * every if every else 0
+
+    def passed(self, processed: int) -> bool:
+        """The processed count reached :attr:`next_at`: set the next one. True if the
+        line is to be logged."""
+        every = self.every
+        self.next_at = (processed // every + 1) * every
+        return self.lines
+
+    def metrics(self, live: LiveState) -> Metrics:
+        """``live``'s counters with the current throughput (items per second)."""
+        return live.metrics(self.rate.rate(monotonic(), live.processed))
+
+    def state(self, live: LiveState, commit_latency_us: dict[str, int] | None) -> CheckpointState:
+        """``live`` as users read it, with the throughput, the ETA and the commit latency."""
+        m = self.metrics(live)
+        state = live.to_state(throughput=m.throughput, eta_seconds=m.eta_seconds)
+        state.commit_latency_us = commit_latency_us
+        return state
+
+
+__all__ = ["Metrics", "ProgressLog", "RateWindow", "format_duration", "monotonic"]

@@ -17,6 +17,8 @@ SCHEMA_VERSION = 1
 
 
 class Status(str, Enum):
+    """A stage's status; :func:`check_transition` says which changes are allowed."""
+
     INITIALIZED = "initialized"
     RUNNING = "running"
     PAUSED = "paused"
@@ -59,6 +61,7 @@ class Owner(BaseModel):
 
     @classmethod
     def current(cls) -> Owner:
+        """This process, now."""
         return cls(pid=os.getpid(), host=socket.gethostname(), started_at=utcnow())
 
 
@@ -74,6 +77,8 @@ def pid_alive(pid: int) -> bool:
 
 
 class Progress(BaseModel):
+    """The counters of a stage and its times (aware UTC datetimes)."""
+
     model_config = ConfigDict(extra="ignore")
 
     total_items: int | None = None

@@ -87,7 +87,7 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp._running:
+            if cp.running:
                 if exc is None:
                     cp.complete()
                     await self.on_success()
@@ -127,6 +127,7 @@ class AsyncCheckpointTracker(Generic[T]):
         return state
 
     def should_skip(self, index_or_key: UnitKey) -> bool:
+        """See :meth:`EnhancedCheckpoint.should_skip`."""
         return self.checkpoint.should_skip(index_or_key)
 
     def update(
@@ -140,24 +141,30 @@ class AsyncCheckpointTracker(Generic[T]):
         key: UnitKey | None = None,
         batch_id: Any = None,
     ) -> bool:
+        """See :meth:`EnhancedCheckpoint.update`."""
         return self.checkpoint.update(processed, successful, failed, skipped, last_item, index,
                                       key, batch_id)
 
     def set_metadata(self, **values: Any) -> None:
+        """See :meth:`EnhancedCheckpoint.set_metadata`."""
         self.checkpoint.set_metadata(**values)
 
     def record_error(self, error: BaseException | str) -> None:
+        """See :meth:`EnhancedCheckpoint.record_error`."""
         self.checkpoint.record_error(error)
 
     @property
     def state(self) -> CheckpointState:
+        """The current state (see :attr:`EnhancedCheckpoint.state`)."""
         return self.checkpoint.state
 
     @property
     def status(self) -> Status:
+        """The stage's status."""
         return self.checkpoint.status
 
     def metrics(self) -> Metrics:
+        """See :meth:`EnhancedCheckpoint.metrics`."""
         return self.checkpoint.metrics()
 
     def print_progress(self) -> None:
@@ -191,7 +198,7 @@ class AsyncCheckpointTracker(Generic[T]):
         time). Starts the stage if ``start()`` was not called.
         """
         cp = self.checkpoint
-        if not cp._running:
+        if not cp.running:
             total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
             self.start(total_items=total)
         if concurrency < 1:

@@ -31,6 +31,7 @@ class StageView:
 
     @property
     def display_status(self) -> str:
+        """The status, or ``crashed`` for an active stage whose process is gone."""
         return "crashed" if self.crashed else self.state.status.value
 
     @property
@@ -66,6 +67,7 @@ class StageView:
         return entry
 
     def metrics(self) -> Metrics:
+        """The counters as last written (throughput only while the owner is alive)."""
         p = self.state.progress
         start = p.start_time
         return Metrics(

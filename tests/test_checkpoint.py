@@ -31,8 +31,7 @@ def _abandon(cp: EnhancedCheckpoint) -> None:
     """What kill -9 leaves: committed groups on disk, the stage never closed."""
     cp.save(force=True)
     cp._lock.release()  # type: ignore[union-attr]
-    cp._writer.close()  # type: ignore[union-attr]
-    cp._io.close()  # type: ignore[union-attr]
+    cp._committer.close()  # the journal's file and the I/O thread, with no last commit
 
 
 def _run(directory: Path | str, stage: str, indexes: range, **options: Any) -> EnhancedCheckpoint:

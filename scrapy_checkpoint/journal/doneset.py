@@ -17,10 +17,14 @@ _MIN_RECENT = 1 << 16
 
 
 class DoneSet:
+    """A set of 64-bit unit codes (see the module docstring for the layout)."""
+
     __slots__ = ("_base", "_recent")
 
-    def __init__(self, codes: Iterable[int] = ()) -> None:
-        self._base = array("Q")
+    def __init__(self, codes: Iterable[int] = (), *, sorted_codes: array[int] | None = None) -> None:
+        """``codes`` in any order, or ``sorted_codes``: an ``array('Q')`` already sorted and
+        without duplicates, kept as it is (not copied)."""
+        self._base = sorted_codes if sorted_codes is not None else array("Q")
         self._recent: set[int] = set(codes)
         self.compact()
 
@@ -62,6 +66,7 @@ class DoneSet:
             self.compact()
 
     def discard_many(self, codes: Iterable[int]) -> None:
+        """Remove ``codes`` (those absent are ignored). Rebuilds the array: O(n)."""
         drop = set(codes)
         if not drop:
             return
@@ -101,8 +106,9 @@ class DoneSet:
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> DoneSet:
-        done = cls()
-        done._base.frombytes(data)
+        """Inverse of :meth:`to_bytes` (``data``: sorted little-endian uint64 codes)."""
+        codes = array("Q")
+        codes.frombytes(data)
         if sys.byteorder != "little":
-            done._base.byteswap()
-        return done
+            codes.byteswap()
+        return cls(sorted_codes=codes)

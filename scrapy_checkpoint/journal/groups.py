@@ -1,8 +1,10 @@
 """Journal groups: one commit's worth of changes as one record (bytes only, no I/O).
 
 A group is ``<u32 header length><JSON header><done codes><failed codes>``; the
-codes are packed little-endian uint64 (see :mod:`.keys`). The header holds the
-fields below, each optional, under short keys to keep records small.
+codes are packed little-endian uint64 (see :mod:`.keys`). The header is a JSON
+object under the short keys below (short to keep records small); every key but
+``d`` and ``f`` is optional. :meth:`scrapy_checkpoint.live.LiveState.apply` is
+what each one means on replay.
 """
 
 from __future__ import annotations
@@ -16,8 +18,37 @@ from typing import Any
 
 from ..state import Status
 
+# The header keys: constant = key      # what its value holds
+DONE_COUNT = "d"         # number of done codes after the header (always present)
+FAILED_COUNT = "f"       # number of failed codes after the done codes (always present)
+INIT = "init"            # the stage (re)created: its initial CheckpointState as JSON; replay
+#                          starts over from it, with nothing done
+COUNTERS = "c"           # counter deltas [processed, successful, failed, skipped]
+LAST_ITEM = "l"          # the last item processed (str or None) as of this group
+LAST_INDEX = "i"         # the last index processed (int or None)
+BATCH_ID = "b"           # the batch id (str or None)
+COMMITTED_AT = "ts"      # when the group was committed: Unix time in seconds (float)
+STATUS = "st"            # the new status (a Status value, e.g. "running")
+RECOVERIES = "rec"       # times the stage was found crashed and recovered (int)
+OWNER = "own"            # the process that owns the stage now (an Owner as JSON)
+TOTAL = "t"              # total number of items (int)
+INPUT_FILE = "in"        # [input file path, "sha256:<hex>" of its content]
+OUTPUT_FILE = "out"      # the output file path the user named (str)
+START_TIME = "start"     # when the stage first ran: Unix time in seconds
+METADATA = "m"           # the stage's metadata, whole (JSON object)
+ERROR = "e"              # the last error: [message, error count, Unix time in seconds]
+RETRY_FAILED = "rf"      # codes of failed units released to run again (they become pending)
+ADDED = "a"              # new pending units: [[code, payload], ...] (payload: JSON, what is
+#                          needed to redo the unit)
+STARTED = "s"            # codes of pending units handed to a worker (in flight)
+HANDED = "h"             # codes of pending units given to another process (a shared stage's
+#                          worker): no longer pending here, and not done
+OUTPUTS = "fo"           # durable output files: {path: [base length, committed length]} in
+#                          bytes (written by the Scrapy integration's commit hook)
+
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
+
 
 def _codes_bytes(codes: list[int]) -> bytes:
     a = array("Q", codes)
@@ -45,32 +76,130 @@ def encode_group(done: list[int], failed: list[int], fields: dict[str, Any]) -> 
     finished with a failure (also done: they are skipped unless retried).
     """
     header = dict(fields)
-    header["d"] = len(done)
-    header["f"] = len(failed)
+    header[DONE_COUNT] = len(done)
+    header[FAILED_COUNT] = len(failed)
     head = _ENCODER.encode(header).encode()
     return b"".join((_GROUP_HEADER.pack(len(head)), head, _codes_bytes(done), _codes_bytes(failed)))
 
 
 @dataclass
 class Group:
+    """One decoded group: the codes it finished and its other header fields."""
+
+    #: Codes of units finished successfully.
     done: array[int]
+    #: Codes of units finished with a failure (done too: skipped unless retried).
     failed: array[int]
+    #: The header without ``d`` and ``f`` (see the keys above).
     fields: dict[str, Any]
 
 
 def decode_group(payload: bytes | memoryview) -> Group:
-    """Inverse of :func:`encode_group`. Raises ValueError on a malformed payload."""
+    """Inverse of :func:`encode_group`.
+
+    Raises ValueError (or KeyError, struct.error for a truncated one) on a malformed
+    payload: wrong lengths, a header that is not an object, an unknown status, bad
+    counters.
+    """
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
     fields = json.loads(bytes(payload[start : start + hlen]))
     if not isinstance(fields, dict):
         raise ValueError("group header is not an object")
-    n_done, n_failed = int(fields.pop("d")), int(fields.pop("f"))
+    n_done, n_failed = int(fields.pop(DONE_COUNT)), int(fields.pop(FAILED_COUNT))
     view = memoryview(payload)[start + hlen :]
     if len(view) != 8 * (n_done + n_failed):
         raise ValueError("group key section has the wrong length")
-    if "st" in fields and fields["st"] not in _STATUSES:
-        raise ValueError(f"unknown status {fields['st']!r}")
-    if "c" in fields and not (isinstance(fields["c"], list) and len(fields["c"]) == 4):
+    if STATUS in fields and fields[STATUS] not in _STATUSES:
+        raise ValueError(f"unknown status {fields[STATUS]!r}")
+    if COUNTERS in fields and not (isinstance(fields[COUNTERS], list) and len(fields[COUNTERS]) == 4):
         raise ValueError("bad counters")
     return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
+
+
+class GroupBuilder:
+    """The next group of a stage's journal, built change by change and encoded once.
+
+    The checkpoint's update path appends codes to ``done`` and ``failed`` and adds to
+    ``counts`` directly (plain attribute access: it runs once per unit); other changes
+    come in as header fields through :meth:`add_fields`. :meth:`seal` encodes the
+    group and leaves the builder empty for the next one.
+    """
+
+    __slots__ = ("added", "counts", "done", "failed", "fields", "handed", "started", "updates")
+
+    def __init__(self) -> None:
+        #: Codes of units finished successfully.
+        self.done: list[int] = []
+        #: Codes of units finished with a failure.
+        self.failed: list[int] = []
+        #: Header fields other than the ones below (status, total, metadata, ...).
+        self.fields: dict[str, Any] = {}
+        #: Counter deltas: processed, successful, failed, skipped.
+        self.counts = [0, 0, 0, 0]
+        #: Updates recorded (each writes the last item, index and batch id at commit).
+        self.updates = 0
+        #: ``[code, payload]`` of new pending units (header key ``a``).
+        self.added: list[list[Any]] = []
+        #: Codes of pending units handed to a worker (``s``).
+        self.started: list[int] = []
+        #: Codes of pending units given to another process (``h``).
+        self.handed: list[int] = []
+
+    def is_empty(self) -> bool:
+        """True if nothing was recorded since the last :meth:`seal`."""
+        return not (self.updates or self.fields or self.done or self.failed or any(self.counts)
+                    or self.added or self.started or self.handed)
+
+    def add_fields(self, fields: dict[str, Any]) -> None:
+        """Add header fields (keys above). Counter deltas (``c``) are summed; ``init``
+        drops what was recorded before it (see :meth:`clear`); any other key replaces an
+        earlier value."""
+        if COUNTERS in fields:
+            delta, counts = fields[COUNTERS], self.counts
+            for i in range(4):
+                counts[i] += delta[i]
+            fields = {k: v for k, v in fields.items() if k != COUNTERS}
+        if INIT in fields:
+            self.clear()
+        self.fields.update(fields)
+
+    def clear(self) -> None:
+        """Drop what was recorded, the stage being (re)created. Hand-offs and the update
+        count stay: those units belong to another process whatever this stage becomes,
+        and the next commit still writes the last item."""
+        self.done, self.failed, self.fields = [], [], {}
+        self.counts = [0, 0, 0, 0]
+        self.added, self.started = [], []
+
+    def seal(self, position: tuple[str | None, int | None, str | None], committed_at: float) -> bytes:
+        """Encode the group (see :func:`encode_group`) and start an empty one.
+
+        ``position`` is ``(last item, last index, batch id)``, written if an update was
+        recorded; ``committed_at`` is the commit's Unix time in seconds. The header keys
+        come in a fixed order (the fields, then ``a s h c l i b ts``), so the same
+        changes always make the same bytes.
+        """
+        fields = self.fields
+        if self.added:
+            fields[ADDED] = self.added
+            self.added = []
+        if self.started:
+            fields[STARTED] = self.started
+            self.started = []
+        if self.handed:
+            fields[HANDED] = self.handed
+            self.handed = []
+        counts = self.counts
+        if any(counts):
+            fields[COUNTERS] = counts
+        if self.updates:
+            fields[LAST_ITEM], fields[LAST_INDEX], fields[BATCH_ID] = position
+        fields[COMMITTED_AT] = committed_at
+        payload = encode_group(self.done, self.failed, fields)
+        # Detached before the caller appends it: if the append fails, the group must
+        # not be sent again with the next one.
+        self.done, self.failed, self.fields = [], [], {}
+        self.counts = [0, 0, 0, 0]
+        self.updates = 0
+        return payload

@@ -17,6 +17,8 @@ UnitKey = int | str | bytes
 
 
 def key_code(key: UnitKey) -> int:
+    """The 64-bit code of a unit key (see the module docstring). Raises TypeError for a
+    key that is not an int, str or bytes."""
     if type(key) is int and 0 <= key < _TOP:
         return key
     if isinstance(key, str):

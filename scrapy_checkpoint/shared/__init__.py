@@ -13,8 +13,10 @@ guarantee that comes with it. The workers share three keys of the stage::
 A worker crawls a unit only once it has *claimed* it: the claim succeeds if the
 unit is free, already its own, or held by a dead worker (one whose sub-stage
 lock no longer holds its token). A unit turns to "=" in the same script call
-that appends the journal group recording it done, so for every unit, "done for
-all workers" and "done in its owner's journal" are one fact.
+that appends the journal group recording it done (the Redis store's unit
+tracking, :meth:`SharedStage.track_in_journal`), so for every unit, "done for
+all workers" and "done in its owner's journal" are one fact. The scripts are
+the ``lua/*.lua`` files next to this module.
 
 Work is shared by giving: a busy worker that sees an idle one moves some of its
 pending, not yet started requests to the idle worker's inbox (their claims move
@@ -66,103 +68,8 @@ logger = logging.getLogger("scrapy_checkpoint")
 #: Worker statuses. ``running``/``idle`` are live ones; a worker that left with work
 #: pending is ``paused`` until adopted; ``finished`` and ``adopted`` ones are over.
 OVER = frozenset({"finished", "adopted"})
+#: What a unit's claim becomes once the unit is done (in its owner's journal).
 DONE_MARK = "="
-
-_CLAIM = """
-local me, lock_prefix = ARGV[1], ARGV[2]
-local out = {}
-for i = 3, #ARGV do
-  local code = ARGV[i]
-  local holder = redis.call('HGET', KEYS[1], code)
-  local ok = 0
-  if not holder or holder == me then
-    ok = 1
-  elseif holder ~= '=' then
-    local token = redis.call('HGET', KEYS[2], holder)
-    if not token or redis.call('GET', lock_prefix .. holder .. ':lock') ~= token then ok = 1 end
-  end
-  if ok == 1 and holder ~= me then redis.call('HSET', KEYS[1], code, me) end
-  out[#out + 1] = ok
-end
-return out
-"""
-
-
-_GIVE = """
-local giver, taker = ARGV[1], ARGV[2]
--- Only to a worker waiting for work: one that is leaving must not receive any.
-local record = redis.call('HGET', KEYS[3], taker)
-if not record or cjson.decode(record)['status'] ~= 'idle' then return {} end
-local given = {}
-for i = 3, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == giver then
-    redis.call('HSET', KEYS[1], ARGV[i], taker)
-    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
-    given[#given + 1] = ARGV[i]
-  end
-end
-if #given > 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
-  -- It has work now: no other worker may take it for idle and leave before it starts.
-  -- (The record is edited as text: cjson would turn its empty lists into objects.)
-  local running = string.gsub(record, '"status":"idle"', '"status":"running"', 1)
-  redis.call('HSET', KEYS[3], taker, running)
-end
-return given
-"""
-
-
-# The scrapy-redis pairing. A request the spider schedules goes to scrapy-redis's shared
-# queue: its claim becomes "q" and its payload is kept in <stage>:queued until the worker
-# that takes it (at download start) has journaled it. "requeue" also re-queues a unit that
-# is already "q" or this worker's own (a retry; a lost or adopted request put back).
-_QUEUE = """
-local me, lock_prefix, code, payload, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local holder = redis.call('HGET', KEYS[1], code)
-local ok = not holder
-if holder == '=' then return 0 end
-if holder and not ok then
-  if mode == 'requeue' and (holder == 'q' or holder == me) then ok = true
-  elseif holder ~= 'q' and holder ~= me then
-    local token = redis.call('HGET', KEYS[2], holder)
-    ok = (not token) or redis.call('GET', lock_prefix .. holder .. ':lock') ~= token
-  end
-end
-if not ok then return 0 end
-redis.call('HSET', KEYS[1], code, 'q')
-redis.call('HSET', KEYS[3], code, payload)
-return 1
-"""
-
-_TAKE = """
-local me, lock_prefix, code = ARGV[1], ARGV[2], ARGV[3]
-local holder = redis.call('HGET', KEYS[1], code)
-if holder == '=' then return 0 end
-if holder and holder ~= 'q' and holder ~= me then
-  local token = redis.call('HGET', KEYS[2], holder)
-  if token and redis.call('GET', lock_prefix .. holder .. ':lock') == token then return 0 end
-end
-redis.call('HSET', KEYS[1], code, me)
-return 1
-"""
-
-
-# A worker's own record, unless another worker has recorded it adopted: then the writer
-# must stop (it was taken for dead).
-_BEAT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and cjson.decode(current)['status'] == 'adopted' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return 1
-"""
-
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class Worker(BaseModel):
     """One worker of a shared stage, as the ``workers`` hash records it."""
@@ -198,6 +105,7 @@ def new_worker_id() -> str:
 
 
 def sub_stage_name(stage: str, worker: str) -> str:
+    """The name of ``worker``'s sub-stage of ``stage``: ``<stage>.w.<worker>``."""
     return f"{stage}.w.{worker}"
 
 
@@ -208,7 +116,11 @@ def shared_stage_of(sub_stage: str) -> tuple[str, str] | None:
 
 
 class SharedStage:
-    """The shared keys of one stage, seen by one worker (``worker``)."""
+    """The shared keys of one stage, seen by one worker (``worker``; a new id if None).
+
+    Methods talk to Redis and raise redis-py's errors when it is unreachable, unless
+    they say otherwise.
+    """
 
     def __init__(self, store: RedisStore, stage: str, worker: str | None = None) -> None:
         self.store = store
@@ -221,12 +133,11 @@ class SharedStage:
         self.workers_key = store.key(stage, "workers")
         self.tokens_key = store.key(stage, "tokens")
         self._lock_prefix = f"{store.prefix}:{stage}.w."
-        self._claim = client.register_script(_CLAIM)
-        self._give = client.register_script(_GIVE)
-        self._queue = client.register_script(_QUEUE)
-        self._take = client.register_script(_TAKE)
-        self._beat_script = client.register_script(_BEAT)
-        self._release = client.register_script(_RELEASE)
+        self._claim = store.lua_script("claim", __package__)
+        self._give = store.lua_script("give", __package__)
+        self._queue = store.lua_script("queue", __package__)
+        self._take = store.lua_script("take", __package__)
+        self._beat_script = store.lua_script("beat", __package__)
         self._beat_lock = threading.Lock()
         #: Set when another worker recorded this one adopted (it was taken for dead).
         self.adopted = False
@@ -270,9 +181,17 @@ class SharedStage:
         return bool(workers) and all(w.status in OVER and not w.alive for w in workers)
 
     def any_alive(self) -> bool:
+        """True if a worker other than this one is alive."""
         return any(w.alive for w in self.workers() if w.id != self.worker)
 
     # -- this worker -------------------------------------------------------------------------
+
+    def track_in_journal(self) -> None:
+        """Have this worker's sub-stage journal keep the claims in step: a unit it finishes
+        turns to :data:`DONE_MARK`, a unit it journals leaves ``queued``, in the append's
+        own script call. Call before opening the sub-stage."""
+        self.store.track_units(self.sub_stage, finished=self.claims_key, mark=DONE_MARK,
+                               unjournaled=self.queued_key)
 
     def join(self, token: str, report: Callable[[], dict[str, Any]]) -> None:
         """Register this worker (its sub-stage lock holds ``token``) and start its heartbeat."""
@@ -303,7 +222,8 @@ class SharedStage:
             time.sleep(0.05)  # another worker is joining (a second or so)
 
     def release_joining(self) -> None:
-        self._release(keys=[self.store.key(self.stage, "joining")], args=[self.worker])
+        """Release the joining lock (if this worker still holds it)."""
+        self.store.compare_and_delete(self.store.key(self.stage, "joining"), self.worker)
 
     def beat(self, status: str | None = None) -> None:
         """Write this worker's record now (its status, counts, heartbeat) and refresh the TTL
@@ -376,7 +296,7 @@ class SharedStage:
         try:
             return self._lost_queued()
         finally:
-            self._release(keys=[sweep], args=[self.worker])
+            self.store.compare_and_delete(sweep, self.worker)
 
     def _lost_queued(self) -> list[Any]:
         queued = self.client.hgetall(self.queued_key)
@@ -394,6 +314,7 @@ class SharedStage:
         return lost
 
     def inbox_key(self, worker: str | None = None) -> str:
+        """The Redis key of a worker's inbox (this worker's by default)."""
         return self.store.key(self.stage, f"inbox:{worker or self.worker}")
 
     def give(self, taker: str, units: list[tuple[int, Any]]) -> list[int]:
@@ -428,11 +349,13 @@ class SharedStage:
             self.client.ltrim(self.inbox_key(worker), count, -1)
 
     def record_adoption(self, dead: Worker, *, outputs_cut: bool) -> None:
+        """Record ``dead`` adopted by this worker (and whether its outputs were cut)."""
         dead.status, dead.adopted_by = "adopted", self.worker
         dead.outputs_cut = dead.outputs_cut or outputs_cut
         self.client.hset(self.workers_key, dead.id, dead.model_dump_json(exclude={"alive"}))
 
     def record_outputs_cut(self, dead: Worker) -> None:
+        """Record that ``dead``'s outputs were cut back to their committed length."""
         dead.outputs_cut = True
         self.client.hset(self.workers_key, dead.id, dead.model_dump_json(exclude={"alive"}))
 
@@ -444,7 +367,7 @@ class SharedStage:
         keys = [self.claims_key, self.workers_key, self.tokens_key, self.queued_key]
         keys += [self.inbox_key(w.id) for w in workers]
         for sub in subs:
-            keys += [k for k in store._stage_keys(sub) if not k.endswith(":lock")]
+            keys += [k for k in store.stage_keys(sub) if not k.endswith(":lock")]
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(*keys)
             if subs:
@@ -453,4 +376,4 @@ class SharedStage:
         return subs
 
 
-__all__ = ["SharedStage", "Worker", "new_worker_id", "shared_stage_of", "sub_stage_name"]
+__all__ = ["DONE_MARK", "OVER", "SharedStage", "Worker", "new_worker_id", "shared_stage_of", "sub_stage_name"]

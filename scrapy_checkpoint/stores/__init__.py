@@ -23,5 +23,22 @@ def open_store(location: str | Any) -> Store:
     return FileStore(location)
 
 
+def open_backend(backend: str | None, checkpoint_dir: str | Any) -> Store:
+    """The store the ``backend`` and ``checkpoint_dir`` options of a checkpoint name.
+
+    ``backend`` None or ``"file"``: a :class:`FileStore` in ``checkpoint_dir``; else
+    ``backend`` must be a Redis URL (``redis://127.0.0.1:6379/0``). Raises
+    :class:`~scrapy_checkpoint.errors.ConfigError` for anything else, and whatever
+    opening the store raises (:class:`~scrapy_checkpoint.errors.CheckpointError` when
+    Redis is unreachable).
+    """
+    if backend is None or backend == "file":
+        return open_store(checkpoint_dir)
+    if backend in ("redis", "rediss") or "://" not in backend:
+        raise ConfigError(f"Unknown backend {backend!r}: use 'file' or a Redis URL such as "
+                          f"redis://127.0.0.1:6379/0.")
+    return open_store(backend)
+
+
 __all__ = ["FileStore", "JournalWriter", "Loaded", "Lock", "StageLock", "Store", "check_stage_name",
-           "open_store"]
+           "open_backend", "open_store"]

@@ -45,6 +45,7 @@ class StageLock:
         self.path, self._fd = path, fd
 
     def release(self, *, unlink: bool = False) -> None:
+        """See :meth:`Lock.release`; ``unlink`` deletes the lock file first."""
         if self._fd < 0:
             return
         if unlink:
@@ -128,9 +129,11 @@ class SegmentWriter:
 
     @property
     def fd(self) -> int:
+        """The segment's file descriptor (-1 once closed)."""
         return self._fd
 
     def append(self, payload: bytes) -> None:
+        """Frame ``payload`` (length, crc32) and write it (see :meth:`JournalWriter.append`)."""
         data = frame(payload)
         self.size += len(data)
         if self._buffered:
@@ -141,11 +144,13 @@ class SegmentWriter:
             _write_all(self._fd, data)
 
     def flush(self) -> None:
+        """Write the buffered frames (``none`` durability) with ``os.write``."""
         if self._buf:
             _write_all(self._fd, bytes(self._buf))
             self._buf.clear()
 
     def fsync(self) -> None:
+        """:meth:`flush`, then fsync the segment."""
         self.flush()
         os.fsync(self._fd)
 
@@ -158,6 +163,7 @@ class SegmentWriter:
                 raise
 
     def close(self) -> None:
+        """Flush and close the file (no fsync). Idempotent."""
         if self._fd >= 0:
             self.flush()
             os.close(self._fd)
@@ -184,21 +190,27 @@ class FileStore:
     # -- paths ---------------------------------------------------------------
 
     def state_path(self, stage: str) -> Path:
+        """``<dir>/<stage>.json``, the readable state."""
         return self.directory / f"{stage}.json"
 
     def backup_path(self, stage: str) -> Path:
+        """``<dir>/<stage>.json.bak``, the previous readable state."""
         return self.directory / f"{stage}.json.bak"
 
     def lock_path(self, stage: str) -> Path:
+        """``<dir>/<stage>.lock``, the lock file (it names the owner)."""
         return self.directory / f"{stage}.lock"
 
     def data_dir(self, stage: str) -> Path:
+        """``<dir>/<stage>/``, the journal segments and snapshots."""
         return self.directory / stage
 
     def segment_path(self, stage: str, gen: int) -> Path:
+        """Journal segment ``gen`` of ``stage``."""
         return self.data_dir(stage) / f"journal-{gen:08d}.log"
 
     def snapshot_path(self, stage: str, gen: int) -> Path:
+        """Snapshot ``gen`` of ``stage`` (the state at the start of segment ``gen``)."""
         return self.data_dir(stage) / f"snapshot-{gen:08d}.bin"
 
     def stages(self) -> list[str]:
@@ -271,6 +283,7 @@ class FileStore:
         return StageLock(path, fd)
 
     def read_lock_owner(self, stage: str) -> Owner | None:
+        """The owner the lock file names, alive or not (None if unreadable)."""
         try:
             return Owner.model_validate_json(self.lock_path(stage).read_bytes())
         except (OSError, ValueError):
@@ -298,6 +311,7 @@ class FileStore:
     # -- the human-readable state file ----------------------------------------
 
     def write_state(self, stage: str, data: bytes) -> None:
+        """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup."""
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
 
@@ -396,11 +410,13 @@ class FileStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> SegmentWriter:
+        """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes."""
         self.data_dir(stage).mkdir(parents=True, exist_ok=True)
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
                              buffered=buffered)
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+        """See :meth:`Store.write_snapshot` (:func:`atomic_write`)."""
         atomic_write(self.snapshot_path(stage, gen), blob)
 
     def retain(self, stage: str, keep: int) -> None:
@@ -427,6 +443,7 @@ class FileStore:
                 path.unlink()
 
     def disk_usage(self, stage: str) -> dict[str, int]:
+        """See :meth:`Store.disk_usage` (file sizes)."""
         usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
         directory = self.data_dir(stage)
         if directory.is_dir():

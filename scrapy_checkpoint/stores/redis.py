@@ -16,7 +16,9 @@ Keys for stage ``s`` under the prefix ``p`` (default ``scrapy_checkpoint``)::
 A group is appended by a Lua script that checks the caller still holds the
 lock and that the group's sequence number is new, so a retry after a dropped
 connection can never apply a group twice. A snapshot replaces the records it
-covers in one script. Blobs over 100 KB are stored zstandard-compressed.
+covers in one script. Blobs over 100 KB are stored zstandard-compressed. The
+scripts are the ``lua/*.lua`` files next to this module; each says what its keys
+and arguments are.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import socket
 import threading
 import uuid
 from collections import deque
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -34,7 +39,7 @@ from pydantic import ValidationError
 
 from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
-from ..journal.groups import decode_group
+from ..journal.groups import ADDED, HANDED, decode_group
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
 from .base import Loaded, check_stage_name
@@ -48,73 +53,17 @@ COMPRESS_OVER = 100_000
 #: Seconds a stage's keys live after its last state write, by status.
 DEFAULT_TTLS = {"active": 48 * 3600, "completed": 3600, "failed": 7 * 24 * 3600}
 
-_APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
-end
-local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
-if tonumber(ARGV[2]) <= last then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], 'seq', ARGV[2])
-local ttl = redis.call('TTL', KEYS[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
--- A shared stage: the group's finished units are done for every worker, and the units it
--- journals leave the queued payloads (scrapy-redis pairing), in this same call.
-if #KEYS >= 5 then
-  local n_done = tonumber(ARGV[4])
-  for i = 5, 4 + n_done do redis.call('HSET', KEYS[4], ARGV[i], '=') end
-  for i = 5 + n_done, #ARGV do redis.call('HDEL', KEYS[5], ARGV[i]) end
-end
-return 1
-"""
+@cache
+def lua_source(package: str, name: str) -> str:
+    """The text of the Lua script ``<package>/lua/<name>.lua`` (package data).
 
-_SNAPSHOT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
-end
-local base = tonumber(redis.call('HGET', KEYS[3], 'base') or '0')
-local covered = tonumber(ARGV[3])
-if covered < base then return 0 end
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[5]) end
-redis.call('SET', KEYS[4], ARGV[2])
-redis.call('LTRIM', KEYS[2], covered - base, -1)
-redis.call('HSET', KEYS[3], 'base', covered)
-local ttl = redis.call('TTL', KEYS[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[4], ttl)
-  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('EXPIRE', KEYS[5], ttl) end
-end
-return 1
-"""
-
-# The readable state, written only by the lock's holder (or by anyone while nobody holds
-# it), with the version bumped and every key's expiry refreshed, in one step: the journal
-# appends that go on meanwhile cannot make it fail or retry.
-_STATE = """
-if ARGV[1] ~= '' then
-  local holder = redis.call('GET', KEYS[1])
-  if holder and holder ~= ARGV[1] then return 0 end
-end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'version', 1)
-for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return 1
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+    Raises FileNotFoundError if the package has no such script.
+    """
+    return resources.files(package).joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 def compress(data: bytes) -> bytes:
+    """``data`` zstandard-compressed (level 3) if it is over :data:`COMPRESS_OVER` bytes."""
     if len(data) <= COMPRESS_OVER:
         return data
     import zstandard
@@ -123,6 +72,7 @@ def compress(data: bytes) -> bytes:
 
 
 def decompress(data: bytes) -> bytes:
+    """Inverse of :func:`compress` (zstandard data is recognised by its magic number)."""
     if data.startswith(_ZSTD_MAGIC):
         import zstandard
 
@@ -130,11 +80,24 @@ def decompress(data: bytes) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class TrackedUnits:
+    """Two hashes a stage's journal appends keep in step (see :meth:`RedisStore.track_units`)."""
+
+    #: Hash whose fields, unit codes, are set to ``mark`` once the unit is finished.
+    finished: str
+    mark: str
+    #: Hash of units not yet journaled: a unit leaves it when a group adds it.
+    unjournaled: str
+
+
 class RedisLock:
-    """A lease on a stage, renewed by a daemon thread while the process lives."""
+    """A lease on a stage, renewed by a daemon thread (every third of the lease) while
+    the process lives. ``token`` is what the lock key holds while it is ours."""
 
     def __init__(self, store: RedisStore, stage: str, token: str) -> None:
         self._store, self._stage, self.token = store, stage, token
+        self._renew_script = store.lua_script("renew")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"checkpoint-lease-{stage}",
                                         daemon=True)
@@ -145,8 +108,8 @@ class RedisLock:
         period = store.lease_seconds / 3
         while not self._stop.wait(period):
             try:
-                if not store._renew(keys=[store.key(self._stage, "lock")],
-                                    args=[self.token, int(store.lease_seconds * 1000)]):
+                if not self._renew_script(keys=[store.key(self._stage, "lock")],
+                                          args=[self.token, int(store.lease_seconds * 1000)]):
                     logger.error("Stage %s: the Redis lease was lost; another process may own "
                                  "the stage now.", self._stage)
                     return
@@ -154,22 +117,30 @@ class RedisLock:
                 logger.warning("Stage %s: cannot renew the Redis lease (%s)", self._stage, exc)
 
     def release(self, *, unlink: bool = False) -> None:
+        """Stop renewing and delete the lock if it still holds our token (``unlink`` has no
+        meaning here). Idempotent; a Redis error is logged: the lease then expires."""
         if self._stop.is_set():
             return
         self._stop.set()
         store = self._store
         try:
-            store._release(keys=[store.key(self._stage, "lock")], args=[self.token])
+            store.compare_and_delete(store.key(self._stage, "lock"), self.token)
         except Exception as exc:
             logger.warning("Stage %s: cannot release the Redis lease (%s); it expires by "
                            "itself.", self._stage, exc)
 
 
 class RedisJournalWriter:
-    """Appends groups to the stage's list; buffers them while Redis is unreachable."""
+    """Appends groups to the stage's list; buffers them while Redis is unreachable.
+
+    ``seq`` is the sequence number of the last group in Redis; ``buffer_limit`` the
+    bytes it may buffer (then it raises CheckpointError); ``tracked`` the unit hashes
+    its appends keep in step, if any. ``size`` counts the bytes appended (payloads)
+    since it was made or last rotated.
+    """
 
     def __init__(self, store: RedisStore, stage: str, token: str, seq: int,
-                 buffer_limit: int, claims_key: str | None = None) -> None:
+                 buffer_limit: int, tracked: TrackedUnits | None = None) -> None:
         self._store, self._stage, self._token = store, stage, token
         self.seq = seq
         self.size = 0
@@ -177,11 +148,13 @@ class RedisJournalWriter:
         self._pending_bytes = 0
         self._buffer_limit = buffer_limit
         self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
-        if claims_key is not None:  # a worker's sub-stage: <stage>:claims, <stage>:queued
-            self._keys += [claims_key, claims_key.rsplit(":", 1)[0] + ":queued"]
-        self._shared = claims_key is not None
+        self._append = store.lua_script("append")
+        self._tracked = tracked
+        if tracked is not None:
+            self._keys += [tracked.finished, tracked.unjournaled]
 
     def append(self, payload: bytes) -> None:
+        """Give the group a sequence number and send it (buffered if Redis is away)."""
         self.seq += 1
         self._pending.append((self.seq, payload))
         self._pending_bytes += len(payload)
@@ -189,6 +162,11 @@ class RedisJournalWriter:
         self.flush()
 
     def flush(self) -> None:
+        """Send the buffered groups, oldest first, each in one script call.
+
+        Raises CheckpointError when Redis has been unreachable for more than
+        ``buffer_limit`` bytes, CheckpointLockedError when the lock was lost.
+        """
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -196,17 +174,17 @@ class RedisJournalWriter:
         while self._pending:
             seq, payload = self._pending[0]
             args: list[Any] = [self._token, seq, payload]
-            if self._shared:
+            if self._tracked is not None:
                 group = decode_group(payload)
-                args.append(len(group.done) + len(group.failed))
+                args += [self._tracked.mark, len(group.done) + len(group.failed)]
                 args += [str(code) for code in group.done]
                 args += [str(code) for code in group.failed]
-                # Journaled here now: their queued payloads can go (not those handed back to
-                # the queue in this same group, a retry's payload is queued again).
-                handed = set(group.fields.get("h", ()))
-                args += [str(code) for code, _ in group.fields.get("a", ()) if code not in handed]
+                # Journaled here now: they leave the unjournaled hash (not those handed off
+                # in this same group: a retry's payload is queued again).
+                handed = set(group.fields.get(HANDED, ()))
+                args += [str(code) for code, _ in group.fields.get(ADDED, ()) if code not in handed]
             try:
-                self._store._append(keys=self._keys, args=args)
+                self._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if self._pending_bytes > self._buffer_limit:
                     raise CheckpointError(
@@ -227,15 +205,19 @@ class RedisJournalWriter:
 
     @property
     def backlog(self) -> int:
+        """Groups buffered, not yet in Redis."""
         return len(self._pending)
 
     def sync(self) -> None:
         """Redis persists by its own configuration (use appendonly with fsync everysec)."""
 
     def fsync(self) -> None:
+        """Send the buffered groups (see :meth:`flush`)."""
         self.flush()
 
     def close(self) -> None:
+        """Send the buffered groups; a Redis error is logged (the groups are lost),
+        CheckpointError raised."""
         try:
             self.flush()
         except CheckpointError:
@@ -284,15 +266,13 @@ class RedisStore:
             raise CheckpointError(f"Cannot reach Redis at {self.location}: "
                                   f"{str(exc).rstrip('.')}. Start Redis or fix CHECKPOINT_BACKEND."
                                   ) from None
-        self._append = self.client.register_script(_APPEND)
-        self._snapshot = self.client.register_script(_SNAPSHOT)
-        self._renew = self.client.register_script(_RENEW)
-        self._state = self.client.register_script(_STATE)
-        self._release = self.client.register_script(_RELEASE)
+        self._snapshot = self.lua_script("snapshot")
+        self._state = self.lua_script("state")
+        self._release = self.lua_script("release")
         self._tokens: dict[str, str] = {}
         self._writers: dict[str, RedisJournalWriter] = {}
         self._rotations: dict[tuple[str, int], int] = {}
-        self._claims: dict[str, str] = {}  # sub-stage -> claims key of its shared stage
+        self._tracked: dict[str, TrackedUnits] = {}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self.prefix!r})"
@@ -302,16 +282,46 @@ class RedisStore:
         self.client.close()
 
     def key(self, stage: str, part: str) -> str:
+        """The Redis key of ``part`` of ``stage`` (see the module docstring)."""
         return f"{self.prefix}:{stage}:{part}"
 
-    def _stage_keys(self, stage: str) -> list[str]:
+    def stage_keys(self, stage: str) -> list[str]:
+        """Every key the store keeps for ``stage`` (lock and owner included)."""
         return [self.key(stage, part) for part in
                 ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt")]
 
+    def lua_script(self, name: str, package: str = __package__) -> Any:
+        """The script ``<package>/lua/<name>.lua`` registered with this store's client: a
+        redis-py ``Script``, called as ``script(keys=[...], args=[...])``."""
+        return self.client.register_script(lua_source(package, name))
+
+    def compare_and_delete(self, key: str, value: str) -> bool:
+        """Delete ``key`` if it holds ``value`` (a lock's token), atomically: a lock is
+        released only by its holder. True if it was deleted."""
+        return bool(self._release(keys=[key], args=[value]))
+
+    def track_units(self, stage: str, *, finished: str, mark: str, unjournaled: str) -> None:
+        """Keep two hashes in step with ``stage``'s journal, in the script call that
+        appends each group, so no crash can leave them disagreeing with it:
+
+        - ``finished``: each unit the group finishes (done or failed) is set to ``mark``;
+        - ``unjournaled``: each unit the group adds as pending leaves it (unless the
+          same group hands it off).
+
+        Both are full Redis keys; their fields are unit codes in decimal. Call before the
+        stage is opened (its journal writer reads this when it is made). A shared stage
+        keeps its claims and its queued requests so (:mod:`scrapy_checkpoint.shared`).
+        """
+        self._tracked[stage] = TrackedUnits(finished, mark, unjournaled)
+
     def mark_done_in(self, stage: str, claims_key: str) -> None:
-        """Journal groups of ``stage`` (a worker's sub-stage) also mark their finished units
-        done in ``claims_key``, atomically with the append. Call before opening the stage."""
-        self._claims[stage] = claims_key
+        """Track ``stage``'s units in the claims of the shared stage ``claims_key`` belongs
+        to, the way :meth:`SharedStage.track_in_journal` does: kept for
+        crawl/extension.py until it calls that."""
+        from ..shared import DONE_MARK
+
+        self.track_units(stage, finished=claims_key, mark=DONE_MARK,
+                         unjournaled=claims_key.rsplit(":", 1)[0] + ":queued")
 
     def token(self, stage: str) -> str | None:
         """The lock token this process holds on ``stage``."""
@@ -320,6 +330,8 @@ class RedisStore:
     # -- ownership -------------------------------------------------------------------------------
 
     def lock(self, stage: str, owner: Owner) -> RedisLock:
+        """See :meth:`Store.lock`: a lease of ``lease_seconds`` (``SET NX PX``), renewed
+        by a thread; a holder on this host whose process is gone is taken over at once."""
         check_stage_name(stage)
         token = f"{owner.host}:{owner.pid}:{uuid.uuid4().hex}"
         lock_key = self.key(stage, "lock")
@@ -364,6 +376,7 @@ class RedisStore:
             return None
 
     def live_owner(self, stage: str) -> Owner | None:
+        """See :meth:`Store.live_owner` (the lease exists, and on this host its pid lives)."""
         if not self.client.exists(self.key(stage, "lock")):
             return None
         holder = self._owner(stage)
@@ -372,6 +385,7 @@ class RedisStore:
         return holder
 
     def stages(self) -> list[str]:
+        """See :meth:`Store.stages`: the stages set, less those with no data left."""
         names = sorted(n.decode() for n in self.client.smembers(f"{self.prefix}:stages"))
         return [n for n in names if self.client.exists(self.key(n, "state"), self.key(n, "journal"),
                                                         self.key(n, "snapshot"))]
@@ -398,12 +412,13 @@ class RedisStore:
     def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
         token = self._tokens.get(stage)
         lock, state, meta = (self.key(stage, p) for p in ("lock", "state", "meta"))
-        rest = [k for k in self._stage_keys(stage) if k not in (lock, state, meta)]
+        rest = [k for k in self.stage_keys(stage) if k not in (lock, state, meta)]
         if not self._state(keys=[lock, state, meta, *rest], args=[token or "", compress(data), ttl]):
             logger.error("Stage %s: not writing the state, another process holds the stage now.",
                          stage)
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
+        """See :meth:`Store.read_state`."""
         raw = self.client.get(self.key(stage, "state"))
         if raw is None:
             return None, []
@@ -415,6 +430,8 @@ class RedisStore:
     # -- journal and snapshots ----------------------------------------------------------------------
 
     def load(self, stage: str) -> Loaded:
+        """See :meth:`Store.load`: snapshot, meta and journal read in one transaction;
+        ``generation`` is the last sequence number, ``good_bytes`` a record count."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self.key(stage, "snapshot"))
             pipe.hgetall(self.key(stage, "meta"))
@@ -457,6 +474,8 @@ class RedisStore:
         return loaded
 
     def set_aside(self, stage: str, loaded: Loaded) -> None:
+        """See :meth:`Store.set_aside`: the unreadable records move to the ``corrupt``
+        list, in one transaction."""
         journal = self.key(stage, "journal")
         tail = self.client.lrange(journal, loaded.good_bytes, -1)
         if tail:
@@ -469,6 +488,9 @@ class RedisStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> RedisJournalWriter:
+        """See :meth:`Store.open_segment`. Redis keeps one journal list: a compaction
+        keeps the writer and notes how many records the coming snapshot covers.
+        Raises CheckpointError unless this process holds the stage's lock."""
         token = self._tokens.get(stage)
         if token is None:
             raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
@@ -486,11 +508,13 @@ class RedisStore:
         else:
             seq = int(self.client.hget(self.key(stage, "meta"), "seq") or 0)
             writer = RedisJournalWriter(self, stage, token, seq, self.buffer_bytes,
-                                        claims_key=self._claims.get(stage))
+                                        tracked=self._tracked.get(stage))
         self._writers[stage] = writer
         return writer
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+        """See :meth:`Store.write_snapshot`: installed, and the records it covers trimmed,
+        by one script (which fails with LOST_LOCK if the lease was lost)."""
         covered = self._rotations.pop((stage, gen), None)
         if covered is None:
             return
@@ -503,13 +527,15 @@ class RedisStore:
         """Redis keeps the newest snapshot and the one before it."""
 
     def remove(self, stage: str) -> None:
+        """See :meth:`Store.remove` (one transaction)."""
         # The caller holds the lock: keep it and the owner record that names it.
         keep = (":lock", ":owner")
-        self.client.pipeline().delete(*[k for k in self._stage_keys(stage) if not k.endswith(keep)]
+        self.client.pipeline().delete(*[k for k in self.stage_keys(stage) if not k.endswith(keep)]
                                       ).srem(f"{self.prefix}:stages", stage).execute()
         self._writers.pop(stage, None)
 
     def disk_usage(self, stage: str) -> dict[str, int]:
+        """See :meth:`Store.disk_usage` (``MEMORY USAGE`` of the keys)."""
         usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
         for part, field in (("journal", "journal_bytes"), ("snapshot", "snapshot_bytes"),
                             ("snapshot:prev", "snapshot_bytes"), ("state", "state_bytes")):
@@ -517,4 +543,5 @@ class RedisStore:
         return usage
 
 
-__all__ = ["RedisStore", "compress", "decompress"]
+__all__ = ["RedisJournalWriter", "RedisLock", "RedisStore", "TrackedUnits", "compress", "decompress",
+           "lua_source"]
