@@ -26,6 +26,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
 from ..errors import CheckpointError, ConfigError
+from ..journal.groups import OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import hook_request_lifecycle
@@ -36,9 +37,6 @@ from .shared_worker import SharedWorker
 from .stats import publish
 
 logger = logging.getLogger("scrapy_checkpoint")
-
-# Group fields this extension adds to every commit (see journal/groups.py).
-OUTPUTS, TOTAL = "fo", "t"
 
 #: Close reasons after which a stage is failed; ``finished`` completes it, any other pauses it.
 FAILED_REASONS = frozenset({"start_error"})

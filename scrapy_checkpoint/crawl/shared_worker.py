@@ -110,7 +110,7 @@ class SharedWorker:
                     reset_scrapy_redis(crawler, stage)
                 logger.info("Stage %s was completed by %d worker(s); starting it over "
                             "(CHECKPOINT_ON_COMPLETE = 'restart').", stage, len(removed))
-            store.mark_done_in(shared.sub_stage, shared.claims_key)
+            shared.track_in_journal()
         except BaseException:
             shared.release_joining()
             raise

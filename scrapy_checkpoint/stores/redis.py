@@ -314,15 +314,6 @@ class RedisStore:
         """
         self._tracked[stage] = TrackedUnits(finished, mark, unjournaled)
 
-    def mark_done_in(self, stage: str, claims_key: str) -> None:
-        """Track ``stage``'s units in the claims of the shared stage ``claims_key`` belongs
-        to, the way :meth:`SharedStage.track_in_journal` does: kept for
-        crawl/extension.py until it calls that."""
-        from ..shared import DONE_MARK
-
-        self.track_units(stage, finished=claims_key, mark=DONE_MARK,
-                         unjournaled=claims_key.rsplit(":", 1)[0] + ":queued")
-
     def token(self, stage: str) -> str | None:
         """The lock token this process holds on ``stage``."""
         return self._tokens.get(stage)
