@@ -1,0 +1,148 @@
+"""CheckpointSettings.from_settings: every CHECKPOINT_* setting read with Scrapy's getters."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from scrapy_checkpoint.config import CheckpointConfig
+from scrapy_checkpoint.crawl import settings as settings_module
+from scrapy_checkpoint.crawl.settings import CheckpointSettings
+from scrapy_checkpoint.errors import ConfigError
+from scrapy_checkpoint.stores.file import FileStore
+
+
+def read(**values: Any) -> CheckpointSettings:
+    return CheckpointSettings.from_settings(Settings(values))
+
+
+def test_defaults() -> None:
+    config = read()
+    assert config == CheckpointSettings()
+    assert (config.enabled, config.dir, config.stage_name, config.backend) == (
+        False, "checkpoints", None, "file")
+    assert (config.reset, config.retry_failed, config.shared, config.on_complete) == (
+        False, False, False, "restart")
+    assert (config.lease_seconds, config.redis_buffer, config.log_interval) == (60.0, 64 << 20, 30.0)
+    assert (config.input_file, config.output, config.redis_ttl, config.redis_prefix) == (
+        None, None, None, None)
+
+
+def test_the_crawl_logs_by_time_not_by_count() -> None:
+    assert CheckpointConfig().log_every == 100  # the core's default ...
+    assert read().checkpoint.log_every == 0  # ... is not the crawl's
+    assert read().checkpoint == CheckpointConfig(log_every=0)
+    assert read(CHECKPOINT_LOG_EVERY="50").checkpoint.log_every == 50
+
+
+@pytest.mark.parametrize("field", ["enabled", "reset", "retry_failed", "shared"])
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("False", False), ("false", False), ("0", False), (0, False), (False, False),
+    ("True", True), ("true", True), ("1", True), (1, True), (True, True),
+])
+def test_bools_are_read_with_getbool(field: str, raw: object, expected: bool) -> None:
+    assert getattr(read(**{f"CHECKPOINT_{field.upper()}": raw}), field) is expected
+
+
+def test_numbers_text_and_dicts_are_read_with_their_getters() -> None:
+    config = read(CHECKPOINT_LEASE_SECONDS="2.5", CHECKPOINT_LOG_INTERVAL="0",
+                  CHECKPOINT_REDIS_BUFFER="1024", CHECKPOINT_DIR="/tmp/x",
+                  CHECKPOINT_STAGE_NAME="books", CHECKPOINT_BACKEND="redis://127.0.0.1:1/0",
+                  CHECKPOINT_REDIS_PREFIX="p", CHECKPOINT_INPUT_FILE="in.csv",
+                  CHECKPOINT_ON_COMPLETE="skip", CHECKPOINT_OUTPUT="own.jl",
+                  CHECKPOINT_REDIS_TTL='{"active": 10, "completed": 20}')
+    assert config.lease_seconds == 2.5
+    assert config.log_interval == 0.0
+    assert config.redis_buffer == 1024
+    assert (config.dir, config.stage_name, config.backend, config.redis_prefix) == (
+        "/tmp/x", "books", "redis://127.0.0.1:1/0", "p")
+    assert (config.input_file, config.on_complete, config.output) == ("in.csv", "skip", "own.jl")
+    assert config.redis_ttl == {"active": 10, "completed": 20}
+    assert read(CHECKPOINT_REDIS_TTL={"failed": 5}).redis_ttl == {"failed": 5}
+
+
+def test_an_empty_setting_keeps_its_default() -> None:
+    config = read(CHECKPOINT_DIR="", CHECKPOINT_SAVE_EVERY="", CHECKPOINT_REDIS_TTL="")
+    assert config.dir == "checkpoints"
+    assert config.checkpoint.save_every == CheckpointConfig().save_every
+    assert config.redis_ttl is None
+
+
+def _other_value(name: str) -> Any:
+    """A valid value of core option ``name`` other than its default (for any field type)."""
+    info = CheckpointConfig.model_fields[name]
+    default = info.default
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return next(v for v in typing.get_args(annotation) if v != default)
+    if annotation is bool:
+        return not default
+    if annotation is int:
+        return default + 1
+    if annotation is float:
+        return default * 2 + 1
+    raise AssertionError(f"no sample value for {name}: {annotation}; extend this test")
+
+
+CORE_FIELDS = sorted(CheckpointConfig.model_fields)
+
+
+@pytest.mark.parametrize("name", CORE_FIELDS)
+@pytest.mark.parametrize("as_text", [True, False], ids=["text", "typed"])
+def test_every_core_option_is_a_setting(name: str, as_text: bool) -> None:
+    value = _other_value(name)
+    raw = str(value) if as_text else value
+    config = read(**{f"CHECKPOINT_{name.upper()}": raw})
+    assert getattr(config.checkpoint, name) == value
+    # The other options keep the crawl's defaults.
+    expected = CheckpointConfig(**{**settings_module.CRAWL_DEFAULTS, name: value})
+    assert config.checkpoint == expected
+
+
+def test_all_core_options_at_once() -> None:
+    values = {name: _other_value(name) for name in CORE_FIELDS}
+    config = read(**{f"CHECKPOINT_{name.upper()}": str(v) for name, v in values.items()})
+    assert config.checkpoint == CheckpointConfig(**values)
+
+
+def test_the_settings_table_names_every_setting() -> None:
+    doc = settings_module.__doc__ or ""
+    names = [n for n in CheckpointSettings.model_fields if n != "checkpoint"] + CORE_FIELDS
+    assert [n for n in names if f"CHECKPOINT_{n.upper()}" not in doc] == []
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"CHECKPOINT_SAVE_EVERY": "0"}, "Invalid setting CHECKPOINT_SAVE_EVERY=0:"),
+    ({"CHECKPOINT_SAVE_EVERY": 0}, "Invalid setting CHECKPOINT_SAVE_EVERY=0:"),
+    ({"CHECKPOINT_SAVE_EVERY": "ten"}, "Invalid setting CHECKPOINT_SAVE_EVERY='ten': use a whole number"),
+    ({"CHECKPOINT_DURABILITY": "sometimes"}, "Invalid setting CHECKPOINT_DURABILITY='sometimes':"),
+    ({"CHECKPOINT_SAVE_INTERVAL": "soon"}, "Invalid setting CHECKPOINT_SAVE_INTERVAL='soon': use a number"),
+    ({"CHECKPOINT_SYNC_INTERVAL": "0"}, "Invalid setting CHECKPOINT_SYNC_INTERVAL=0.0:"),
+    ({"CHECKPOINT_LOG_EVERY": "-1"}, "Invalid setting CHECKPOINT_LOG_EVERY=-1:"),
+    ({"CHECKPOINT_COMPACT_MIN_BYTES": "100"}, "Invalid setting CHECKPOINT_COMPACT_MIN_BYTES=100:"),
+    ({"CHECKPOINT_RESET": "maybe"}, "Invalid setting CHECKPOINT_RESET='maybe': use True or False"),
+    ({"CHECKPOINT_ENABLED": "yes please"}, "Invalid setting CHECKPOINT_ENABLED='yes please':"),
+    ({"CHECKPOINT_LEASE_SECONDS": "-1"}, "Invalid setting CHECKPOINT_LEASE_SECONDS=-1.0:"),
+    ({"CHECKPOINT_REDIS_BUFFER": "lots"}, "Invalid setting CHECKPOINT_REDIS_BUFFER='lots':"),
+    ({"CHECKPOINT_ON_COMPLETE": "never"}, "Invalid setting CHECKPOINT_ON_COMPLETE='never':"),
+    ({"CHECKPOINT_BACKEND": "ftp://x"}, "Invalid setting CHECKPOINT_BACKEND='ftp://x': "),
+    ({"CHECKPOINT_REDIS_TTL": '{"active": 0}'}, "Invalid setting CHECKPOINT_REDIS_TTL={'active': 0}:"),
+    ({"CHECKPOINT_REDIS_TTL": '{"sometimes": 5}'}, "Invalid setting CHECKPOINT_REDIS_TTL="),
+    ({"CHECKPOINT_REDIS_TTL": "{not json"},
+     "Invalid setting CHECKPOINT_REDIS_TTL='{not json': use a dict, or its JSON text"),
+])
+def test_a_bad_value_names_the_setting(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CheckpointSettings.from_settings(Settings(values))
+    assert str(info.value).startswith(message), str(info.value)
+    assert "Fix it in settings.py" in str(info.value)
+
+
+def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> None:
+    store = read(CHECKPOINT_DIR=str(tmp_path / "cp")).store()
+    assert isinstance(store, FileStore)
+    assert Path(str(store.location)) == tmp_path / "cp"
