@@ -57,7 +57,7 @@ class CheckpointExtension:
         self.crawler = crawler
         self.config = config
         self.stats = crawler.stats
-        self.stage: str = config.stage_name or crawler.spider.name
+        self.stage: str = config.stage_name or crawler.spidercls.name
         #: True from a successful open to the close: the stage records this crawl.
         self.active = False
         self.cp: EnhancedCheckpoint | None = None

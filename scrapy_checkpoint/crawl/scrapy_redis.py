@@ -43,7 +43,7 @@ def reset_scrapy_redis(crawler: Any, stage: str) -> None:
     SCHEDULER_PERSIST) go too, or the dupefilter would drop every request again."""
     from scrapy_redis import connection, defaults  # type: ignore[import-untyped]
 
-    settings, name = crawler.settings, crawler.spider.name
+    settings, name = crawler.settings, crawler.spidercls.name
     keys = [settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY),
             settings.get("SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY)]
     keys = [key % {"spider": name} for key in keys]

@@ -141,11 +141,6 @@ def test_the_package_names_its_crawl_classes_lazily() -> None:
         _ = scrapy_checkpoint.Nothing
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "CheckpointExtension.__init__ names the stage after crawler.spider.name, but "
-    "scrapy.utils.test.get_crawler() builds the extensions before the spider exists "
-    "(crawler.spider is None): without CHECKPOINT_STAGE_NAME it raises AttributeError "
-    "instead of using crawler.spidercls.name"))
 def test_without_a_stage_name_the_stage_is_named_after_the_spider(
     make_crawler: MakeCrawler
 ) -> None:
