@@ -69,7 +69,7 @@ def _input_hash(stage: str, path: str | os.PathLike[str], recorded: str | None) 
     return digest
 
 
-def compare_hash(digest: str, recorded: str | None) -> tuple[bool, str]:
+def _compare_hash(digest: str, recorded: str | None) -> tuple[bool, str]:
     """``(ok, reason)``: whether an input file whose :func:`file_hash` is ``digest`` is the
     one recorded (``recorded`` None: none was)."""
     if recorded is None:
@@ -190,7 +190,7 @@ class EnhancedCheckpoint:
             digest = file_hash(path)
         except OSError as exc:
             return False, f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}"
-        return compare_hash(digest, self.live.info.input_file_hash)
+        return _compare_hash(digest, self.live.info.input_file_hash)
 
     # -- lifecycle and updates ------------------------------------------------------------
 

@@ -80,7 +80,7 @@ class GroupCommitter:
         self._latencies: deque[float] = deque(maxlen=4096)
         self._last_sync = self.last_commit
         self._last_state = self.last_commit
-        self._dirty = False  # appended since the last flush
+        self._dirty = False  # groups appended since the last sync
         self._since_snapshot = False  # groups appended since the last snapshot
         self._sync_inflight = False
 

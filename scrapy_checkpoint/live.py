@@ -2,6 +2,7 @@
 
 ``LiveState.apply`` is the single definition of what a group means; the
 checkpoint records its own changes as groups and applies them the same way.
+:func:`recover` rebuilds a stage from its store before a process writes it again.
 """
 
 from __future__ import annotations
