@@ -17,7 +17,6 @@ import os
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from .clock import monotonic, utcnow, walltime
@@ -355,11 +354,6 @@ class EnhancedCheckpoint:
     def journal_bytes(self) -> int | None:
         """Bytes in the current journal segment (None when the checkpoint is not open)."""
         return self._committer.journal_bytes
-
-    @property
-    def _writer(self) -> Any:  # read by crawl/extension.py until it reads journal_bytes
-        size = self._committer.journal_bytes
-        return None if size is None else SimpleNamespace(size=size)
 
     def commit_latency_us(self) -> dict[str, int] | None:
         """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
