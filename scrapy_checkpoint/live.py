@@ -16,6 +16,7 @@ from .clock import utcnow
 from .journal.doneset import DoneSet
 from .journal.groups import (
     ADDED,
+    ATTACHED,
     BATCH_ID,
     COMMITTED_AT,
     COUNTERS,
@@ -51,8 +52,9 @@ class LiveState:
     """Counters kept as plain ints (the hot path), everything else in ``info``."""
 
     __slots__ = (
-        "batch_id", "done", "failed", "failed_units", "info", "last_index", "last_item",
-        "outputs", "pending", "processed", "skipped", "started", "successful", "updated_ts",
+        "attached", "batch_id", "done", "failed", "failed_units", "info", "last_index",
+        "last_item", "outputs", "pending", "processed", "skipped", "started", "successful",
+        "updated_ts",
     )
 
     def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
@@ -66,6 +68,8 @@ class LiveState:
         self.started: set[int] = set()
         #: Durable output file -> [its length when the stage first wrote it, committed length].
         self.outputs: dict[str, list[int]] = {}
+        #: Data a front end keeps with the stage, by name (JSON values; see ATTACHED).
+        self.attached: dict[str, Any] = {}
 
     def _set_info(self, info: CheckpointState) -> None:
         self.info = info
@@ -115,6 +119,7 @@ class LiveState:
             "pending": [[code, payload] for code, payload in self.pending.items()],
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
+            "attached": dict(self.attached),
         }
 
     @classmethod
@@ -129,6 +134,7 @@ class LiveState:
             live.pending = {int(code): payload for code, payload in header.get("pending", ())}
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
+            live.attached = dict(header.get("attached", {}))
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
         return live
@@ -144,7 +150,7 @@ class LiveState:
             # A stage (re)created: start from its initial state and nothing done.
             self._set_info(CheckpointState.model_validate(fields[INIT]))
             self.done, self.failed_units, self.pending = DoneSet(), {}, {}
-            self.started, self.outputs = set(), {}
+            self.started, self.outputs, self.attached = set(), {}, {}
             info = self.info
         counters = fields.get(COUNTERS)
         if counters:
@@ -179,6 +185,8 @@ class LiveState:
                 self.started.discard(code)
         if OUTPUTS in fields:
             self.outputs.update(fields[OUTPUTS])
+        if ATTACHED in fields:
+            self.attached.update(fields[ATTACHED])
         updates: dict[str, Any] = {}
         if STATUS in fields:
             updates["status"] = Status(fields[STATUS])

@@ -7,6 +7,7 @@ status the close reason calls for. The work lives in named collaborators:
 - :class:`~.frontier.Frontier`: which requests are units, and when each is done;
 - :class:`~.outputs.OutputSet`: durable outputs, cut back on resume;
 - :class:`~.shared_worker.SharedWorker`: this crawl as one worker of a shared stage;
+- :class:`~.sessions.CookieJars`: the cookie jars, kept with the checkpoint;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
 """
 
@@ -26,12 +27,13 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
 from ..errors import CheckpointError, ConfigError
-from ..journal.groups import OUTPUTS, TOTAL
+from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier
 from .outputs import DurableOutput, OutputSet
+from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
 from .stats import publish
@@ -64,6 +66,7 @@ class CheckpointExtension:
         self.frontier: Frontier | None = None
         self.outputs: OutputSet | None = None
         self.worker: SharedWorker | None = None
+        self.cookies: CookieJars | None = None
         self._own_output: DurableOutput | None = None
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
@@ -162,6 +165,7 @@ class CheckpointExtension:
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self._stop)
         outputs.cut(cp.live.outputs)
+        self.cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), self.warn_once)
         cp.add_commit_hook(self._before_commit)
         cp.add_sync_hook(outputs.fds)
         self.cp = cp
@@ -176,13 +180,17 @@ class CheckpointExtension:
         return self.worker.claim_file(key, overwrite, stop=self._stop)
 
     def _before_commit(self) -> dict[str, Any] | None:
-        """Fields added to every journal group: output lengths and the known frontier."""
+        """Fields added to every journal group: output lengths, the known frontier, and the
+        cookie jars when they changed."""
         assert self.cp is not None
         assert self.outputs is not None
         fields: dict[str, Any] = {}
         lengths = self.outputs.changed_lengths()
         if lengths:
             fields[OUTPUTS] = lengths
+        jars = self.cookies.changed() if self.cookies is not None else None
+        if jars is not None:
+            fields[ATTACHED] = {ATTACHED_NAME: jars}
         live = self.cp.live
         total = len(live.done) + len(live.pending)
         if total != live.info.progress.total_items:
@@ -219,6 +227,11 @@ class CheckpointExtension:
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
         live = cp.live
+        if self.cookies is not None:
+            restored = self.cookies.attach(self.crawler)
+            if restored:
+                logger.info("Stage %s: %d cookie(s) of earlier runs restored before the "
+                            "resumed requests.", self.stage, restored)
         resumed = frontier.schedule(list(live.pending.values()))
         if self.worker is not None:
             resumed += self.worker.hand_over_adopted()

@@ -45,6 +45,8 @@ HANDED = "h"             # codes of pending units given to another process (a sh
 #                          worker): no longer pending here, and not done
 OUTPUTS = "fo"           # durable output files: {path: [base length, committed length]} in
 #                          bytes (written by the Scrapy integration's commit hook)
+ATTACHED = "x"           # data a front end keeps with the stage: {name: JSON value}, each name
+#                          replaced whole (the Scrapy integration's cookie jars: "cookies")
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
