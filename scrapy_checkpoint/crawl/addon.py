@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .extension import CheckpointExtension
 from .feeds import CheckpointFeedExporter
 from .middleware import CheckpointMiddleware
+from .start_errors import report
 
 _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
@@ -70,5 +71,7 @@ def _as_bool(settings: Any) -> bool:
     try:
         return bool(settings.getbool("CHECKPOINT_ENABLED"))
     except ValueError:
-        raise ConfigError(f"Invalid setting CHECKPOINT_ENABLED={settings.get('CHECKPOINT_ENABLED')!r}: "
-                          f"use True or False (1/0, true/false).") from None
+        raise report(ConfigError(
+            f"Invalid setting CHECKPOINT_ENABLED={settings.get('CHECKPOINT_ENABLED')!r}: use True "
+            f"or False (1/0, true/false). Fix it in settings.py, custom_settings or "
+            f"-s CHECKPOINT_ENABLED=...")) from None

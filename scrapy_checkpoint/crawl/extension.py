@@ -34,6 +34,7 @@ from .frontier import IGNORE_META, UNIT_META, Frontier
 from .outputs import DurableOutput, OutputSet
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
+from .start_errors import report
 from .stats import publish
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -49,8 +50,8 @@ class CheckpointExtension:
 
     Build it with :meth:`from_crawler` (one per crawler; the middleware and the feeds
     find it with :meth:`of`). Raises ``NotConfigured`` when ``CHECKPOINT_ENABLED`` is
-    False, ConfigError for bad settings, CheckpointLockedError when another crawl owns
-    the stage.
+    False, ConfigError for bad settings, CheckpointLockedError when another crawl owns the
+    stage; each CheckpointError logged once as one paragraph (:mod:`.start_errors`).
     """
 
     def __init__(self, crawler: Any, config: CheckpointSettings) -> None:
@@ -84,6 +85,13 @@ class CheckpointExtension:
         existing = _extensions.get(crawler)
         if existing is not None:
             return existing
+        try:
+            return cls._build(crawler)
+        except CheckpointError as exc:
+            raise report(exc) from None
+
+    @classmethod
+    def _build(cls, crawler: Any) -> CheckpointExtension:
         config = CheckpointSettings.from_settings(crawler.settings)
         if not config.enabled:
             raise NotConfigured("CHECKPOINT_ENABLED is False")
