@@ -31,6 +31,7 @@ from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier
+from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
@@ -50,7 +51,8 @@ class CheckpointExtension:
 
     Build it with :meth:`from_crawler` (one per crawler; the middleware and the feeds
     find it with :meth:`of`). Raises ``NotConfigured`` when ``CHECKPOINT_ENABLED`` is
-    False, ConfigError for bad settings, CheckpointLockedError when another crawl owns the
+    False or the Scrapy command does not crawl (``scrapy shell``, ``fetch``, ...),
+    ConfigError for bad settings, CheckpointLockedError when another crawl owns the
     stage; each CheckpointError logged once as one paragraph (:mod:`.start_errors`).
     """
 
@@ -92,6 +94,10 @@ class CheckpointExtension:
 
     @classmethod
     def _build(cls, crawler: Any) -> CheckpointExtension:
+        command = borrowing_command(crawler.spidercls, crawler.settings)
+        if command is not None:
+            logger.debug(describe(command))
+            raise NotConfigured
         config = CheckpointSettings.from_settings(crawler.settings)
         if not config.enabled:
             raise NotConfigured("CHECKPOINT_ENABLED is False")
