@@ -33,6 +33,7 @@ from .engine_hooks import hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier
 from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
+from .scrapy_redis import uses_scrapy_redis
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
 from .start_errors import report
@@ -108,6 +109,16 @@ class CheckpointExtension:
                 "JOBDIR (scrapy-checkpoint keeps the frontier itself) or set "
                 "CHECKPOINT_ENABLED = False."
             )
+        scheduler = crawler.settings.get("SCHEDULER")
+        if not config.shared and uses_scrapy_redis(scheduler):
+            raise ConfigError(
+                f"SCHEDULER = {scheduler!r} keeps the crawl's queue in Redis, which a "
+                f"checkpoint that is not shared does not follow: no request would be recorded "
+                f"as done, the feeds would stay empty and a resume would lose the queue. Set "
+                f"CHECKPOINT_SHARED = True with CHECKPOINT_BACKEND = 'redis://host:6379/0' and "
+                f"SCHEDULER_PERSIST = True (the checkpoint then works from scrapy-redis's queue, "
+                f"for one worker or many), or remove SCHEDULER to crawl with Scrapy's own "
+                f"scheduler.")
         ext = cls(crawler, config)
         ext._open()
         _extensions[crawler] = ext
