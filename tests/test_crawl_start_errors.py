@@ -2,8 +2,8 @@
 
 Real ``scrapy crawl`` processes of the test project: a misspelled or unknown
 ``CHECKPOINT_*`` name, a bad value, a ``CHECKPOINT_DIR`` that cannot be used, a stage
-another process owns, and scrapy-redis's scheduler without a shared stage. Each stops
-before the first request, with the message once and no traceback.
+another process owns. Each stops before the first request, with the message once and no
+traceback.
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ CASES: dict[str, tuple[Setup, str]] = {
     "dir is a file": (_file_as_dir, "is not a directory"),
     "dir under a file": (_dir_under_a_file, "cannot be created (Not a directory)"),
     "stage owned by another process": (_held_stage, "Stage 'site' is in use by pid"),
-    "scrapy-redis without a shared stage": (
-        lambda p, h: ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler"],
-        "Set CHECKPOINT_SHARED = True with CHECKPOINT_BACKEND"),
 }
 
 

@@ -33,7 +33,7 @@ from .engine_hooks import hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier
 from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
-from .scrapy_redis import uses_scrapy_redis
+from .scrapy_redis import own_scrapy_redis_queue, uses_scrapy_redis
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
 from .start_errors import report
@@ -74,6 +74,8 @@ class CheckpointExtension:
         self._stopping = False
         self._skip_completed = False
         self._loops: list[Any] = []
+        #: SCHEDULER is scrapy-redis's: its queue hands back copies of the requests.
+        self._scrapy_redis = uses_scrapy_redis(crawler.settings.get("SCHEDULER"))
 
     # -- construction --------------------------------------------------------------------
 
@@ -109,16 +111,6 @@ class CheckpointExtension:
                 "JOBDIR (scrapy-checkpoint keeps the frontier itself) or set "
                 "CHECKPOINT_ENABLED = False."
             )
-        scheduler = crawler.settings.get("SCHEDULER")
-        if not config.shared and uses_scrapy_redis(scheduler):
-            raise ConfigError(
-                f"SCHEDULER = {scheduler!r} keeps the crawl's queue in Redis, which a "
-                f"checkpoint that is not shared does not follow: no request would be recorded "
-                f"as done, the feeds would stay empty and a resume would lose the queue. Set "
-                f"CHECKPOINT_SHARED = True with CHECKPOINT_BACKEND = 'redis://host:6379/0' and "
-                f"SCHEDULER_PERSIST = True (the checkpoint then works from scrapy-redis's queue, "
-                f"for one worker or many), or remove SCHEDULER to crawl with Scrapy's own "
-                f"scheduler.")
         ext = cls(crawler, config)
         ext._open()
         _extensions[crawler] = ext
@@ -177,6 +169,10 @@ class CheckpointExtension:
                     logger.info("Stage %s was completed; starting it over "
                                 "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
                     reset = True
+            if self.worker is None and self._scrapy_redis:
+                live = cp.live
+                own_scrapy_redis_queue(self.crawler, self.stage, new_stage=not (
+                    reset or live.pending or len(live.done)))
             cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
         except BaseException:
             cp.close()
@@ -193,6 +189,8 @@ class CheckpointExtension:
         self.active = True
         if worker is not None:
             worker.attach(cp, frontier, outputs)
+        elif self._scrapy_redis:
+            frontier.copies_from_queue = True
         if config.output:
             self._own_output = outputs.open(config.output, overwrite=False, has_header=False)
 
