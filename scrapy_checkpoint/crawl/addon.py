@@ -1,11 +1,15 @@
 """The add-on: ``ADDONS = {"scrapy_checkpoint.Addon": 100}`` enables everything.
 
 Components and defaults are set at the "addon" priority, so the user's own
-settings still win. With ``CHECKPOINT_ENABLED = False`` it installs nothing.
+settings still win. With ``CHECKPOINT_ENABLED = False`` it installs nothing, and
+nothing either for the Scrapy commands that build a crawler without crawling
+(``scrapy shell``, ``fetch``, ``view``, ``parse``, ``check``, ``bench``; see
+:mod:`.invocation`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from scrapy.utils.misc import load_object
@@ -13,19 +17,39 @@ from scrapy.utils.misc import load_object
 from ..errors import ConfigError
 from .extension import CheckpointExtension
 from .feeds import CheckpointFeedExporter
+from .invocation import borrowing_command, describe
 from .middleware import CheckpointMiddleware
+from .start_errors import report
+
+logger = logging.getLogger("scrapy_checkpoint")
 
 _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
 
 class Addon:
-    """The Scrapy add-on: ``ADDONS = {"scrapy_checkpoint.Addon": 100}`` (see the module docstring)."""
+    """The Scrapy add-on: ``ADDONS = {"scrapy_checkpoint.Addon": 100}`` (see the module docstring).
+
+    ``spidercls`` is the crawler's spider class (None when built without a crawler).
+    """
+
+    def __init__(self, spidercls: type | None = None) -> None:
+        self.spidercls = spidercls
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> Addon:
+        """Scrapy's factory for add-ons."""
+        return cls(crawler.spidercls)
 
     def update_settings(self, settings: Any) -> None:
         """Install the extension, the middleware, the feed exporter and storage at "addon"
-        priority. Raises ConfigError for a CHECKPOINT_ENABLED that is not a bool."""
+        priority, unless the plugin is disabled or the command does not crawl. Raises
+        ConfigError for a CHECKPOINT_ENABLED that is not a bool."""
         enabled = settings.get("CHECKPOINT_ENABLED")
         if enabled is not None and not _as_bool(settings):
+            return
+        command = borrowing_command(self.spidercls, settings) if self.spidercls else None
+        if command is not None:
+            logger.info(describe(command))
             return
         settings.set("CHECKPOINT_ENABLED", True, priority="addon")
         # A component the user placed already keeps the user's order.
@@ -70,5 +94,7 @@ def _as_bool(settings: Any) -> bool:
     try:
         return bool(settings.getbool("CHECKPOINT_ENABLED"))
     except ValueError:
-        raise ConfigError(f"Invalid setting CHECKPOINT_ENABLED={settings.get('CHECKPOINT_ENABLED')!r}: "
-                          f"use True or False (1/0, true/false).") from None
+        raise report(ConfigError(
+            f"Invalid setting CHECKPOINT_ENABLED={settings.get('CHECKPOINT_ENABLED')!r}: use True "
+            f"or False (1/0, true/false). Fix it in settings.py, custom_settings or "
+            f"-s CHECKPOINT_ENABLED=...")) from None

@@ -32,10 +32,13 @@ from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier
+from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
+from .scrapy_redis import own_scrapy_redis_queue, uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
+from .start_errors import report
 from .stats import publish
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -51,8 +54,9 @@ class CheckpointExtension:
 
     Build it with :meth:`from_crawler` (one per crawler; the middleware and the feeds
     find it with :meth:`of`). Raises ``NotConfigured`` when ``CHECKPOINT_ENABLED`` is
-    False, ConfigError for bad settings, CheckpointLockedError when another crawl owns
-    the stage.
+    False or the Scrapy command does not crawl (``scrapy shell``, ``fetch``, ...),
+    ConfigError for bad settings, CheckpointLockedError when another crawl owns the
+    stage; each CheckpointError logged once as one paragraph (:mod:`.start_errors`).
     """
 
     def __init__(self, crawler: Any, config: CheckpointSettings) -> None:
@@ -73,6 +77,8 @@ class CheckpointExtension:
         self._stopping = False
         self._skip_completed = False
         self._loops: list[Any] = []
+        #: SCHEDULER is scrapy-redis's: its queue hands back copies of the requests.
+        self._scrapy_redis = uses_scrapy_redis(crawler.settings.get("SCHEDULER"))
 
     # -- construction --------------------------------------------------------------------
 
@@ -87,6 +93,17 @@ class CheckpointExtension:
         existing = _extensions.get(crawler)
         if existing is not None:
             return existing
+        try:
+            return cls._build(crawler)
+        except CheckpointError as exc:
+            raise report(exc) from None
+
+    @classmethod
+    def _build(cls, crawler: Any) -> CheckpointExtension:
+        command = borrowing_command(crawler.spidercls, crawler.settings)
+        if command is not None:
+            logger.debug(describe(command))
+            raise NotConfigured
         config = CheckpointSettings.from_settings(crawler.settings)
         if not config.enabled:
             raise NotConfigured("CHECKPOINT_ENABLED is False")
@@ -155,6 +172,10 @@ class CheckpointExtension:
                     logger.info("Stage %s was completed; starting it over "
                                 "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
                     reset = True
+            if self.worker is None and self._scrapy_redis:
+                live = cp.live
+                own_scrapy_redis_queue(self.crawler, self.stage, new_stage=not (
+                    reset or live.pending or len(live.done)))
             cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
         except BaseException:
             cp.close()
@@ -172,6 +193,8 @@ class CheckpointExtension:
         self.active = True
         if worker is not None:
             worker.attach(cp, frontier, outputs)
+        elif self._scrapy_redis:
+            frontier.copies_from_queue = True
         if config.output:
             self._own_output = outputs.open(config.output, overwrite=False, has_header=False)
 

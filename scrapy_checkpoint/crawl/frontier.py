@@ -106,6 +106,10 @@ class Frontier:
         #: Shared stages: this worker's claims, and (scrapy-redis) the shared queue.
         self.shared: Claims | None = None
         self.pairing: SharedQueue | None = None
+        #: The scheduler hands back copies of the requests it was given (scrapy-redis's queue,
+        #: a stage that is not shared): a copy of a unit of this run is registered when it
+        #: starts, and requests scheduled again bypass the scheduler's dupefilter.
+        self.copies_from_queue = False
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -207,6 +211,8 @@ class Frontier:
                                f"it is skipped. Was a callback renamed?")
                 self.stats.inc_value("checkpoint/unrestorable")
                 continue
+            if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
+                request.dont_filter = True
             if foreign:
                 # Not a continuation of the unit it had in another worker; past the dupefilter,
                 # which may have seen it here before it was given away or taken by a dead one.
@@ -262,8 +268,17 @@ class Frontier:
         if (self.pairing is not None and code is not None and request not in self._registered
                 and self.active):
             self.pairing.take(request, code)
-        elif code in self.live and self.active and request in self._registered:
+        elif code in self.live and self.active and (request in self._registered
+                                                    or self._copy_of_a_unit(request)):
             self.cp.start_unit(code)
+
+    def _copy_of_a_unit(self, request: Request) -> bool:
+        """With :attr:`copies_from_queue`, register ``request`` (the scheduler's copy of a unit
+        of this run) and return True."""
+        if self.copies_from_queue:
+            self._registered.add(request)
+            return True
+        return False
 
     def request_finished(self, request: Request) -> None:
         """The engine is done with ``request``: its unit is done, with its outcome."""

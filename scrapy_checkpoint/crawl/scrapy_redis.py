@@ -1,9 +1,16 @@
-"""A shared stage paired with scrapy-redis's scheduler (``SCHEDULER`` names it or a subclass).
+"""scrapy-redis's scheduler (``SCHEDULER`` names it or a subclass) with the checkpoint.
 
-Requests go through scrapy-redis's shared queue, each with its payload kept in
-Redis ("queued") until the worker that pops it has journaled it; that worker
-takes the unit when the download starts. A retry of a unit this worker has goes
-back to the queue: whoever pops the retry finishes it.
+A shared stage is paired with it: requests go through scrapy-redis's shared
+queue, each with its payload kept in Redis ("queued") until the worker that pops
+it has journaled it; that worker takes the unit when the download starts. A
+retry of a unit this worker has goes back to the queue: whoever pops the retry
+finishes it.
+
+A stage that is not shared owns the queue (:func:`own_scrapy_redis_queue`): the
+journal is the frontier, so at start scrapy-redis's queue and dupefilter, which
+outlive a killed crawl, are emptied and the journaled pending requests are
+scheduled again past the dupefilter; the frontier registers the copies the queue
+hands back (``Frontier.copies_from_queue``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.misc import load_object
 
+from ..errors import ConfigError
 from .frontier import REQUEUE_META, UNIT_META
 
 if TYPE_CHECKING:
@@ -38,17 +46,41 @@ def uses_scrapy_redis(scheduler: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, RedisScheduler)
 
 
-def reset_scrapy_redis(crawler: Any, stage: str) -> None:
-    """Starting a shared stage over with scrapy-redis: its queue and dupefilter (kept by
-    SCHEDULER_PERSIST) go too, or the dupefilter would drop every request again."""
+def _keys(crawler: Any) -> tuple[Any, str, str]:
+    """scrapy-redis's Redis client, queue key and dupefilter key for ``crawler``."""
     from scrapy_redis import connection, defaults  # type: ignore[import-untyped]
 
     settings, name = crawler.settings, crawler.spidercls.name
-    keys = [settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY),
-            settings.get("SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY)]
-    keys = [key % {"spider": name} for key in keys]
-    connection.get_redis_from_settings(settings).delete(*keys)
-    logger.info("Stage %s: scrapy-redis's %s emptied too.", stage, " and ".join(keys))
+    queue = settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY)
+    dupefilter = settings.get("SCHEDULER_DUPEFILTER_KEY", defaults.SCHEDULER_DUPEFILTER_KEY)
+    return (connection.get_redis_from_settings(settings), queue % {"spider": name},
+            dupefilter % {"spider": name})
+
+
+def reset_scrapy_redis(crawler: Any, stage: str) -> None:
+    """Starting a shared stage over with scrapy-redis: its queue and dupefilter (kept by
+    SCHEDULER_PERSIST) go too, or the dupefilter would drop every request again."""
+    client, queue, dupefilter = _keys(crawler)
+    client.delete(queue, dupefilter)
+    logger.info("Stage %s: scrapy-redis's %s and %s emptied too.", stage, queue, dupefilter)
+
+
+def own_scrapy_redis_queue(crawler: Any, stage: str, *, new_stage: bool) -> None:
+    """A stage that is not shared takes scrapy-redis's queue over: its queue and dupefilter
+    are emptied, the journal schedules what is pending. ``new_stage``: the stage has no
+    record yet (and is not being reset); a queue holding requests then belongs to another
+    crawl (ConfigError: several crawls on one queue need a shared stage), or was left by a
+    crawl without the checkpoint."""
+    client, queue, dupefilter = _keys(crawler)
+    if new_stage and client.exists(queue):
+        raise ConfigError(
+            f"scrapy-redis's queue {queue} holds requests, but stage {stage} starts from nothing: "
+            f"another crawl works from that queue, or left it. Several crawls on one scrapy-redis "
+            f"queue need CHECKPOINT_SHARED = True with a Redis CHECKPOINT_BACKEND. If no crawl "
+            f"uses it, delete the keys {queue} and {dupefilter} (redis-cli del) and run again.")
+    client.delete(queue, dupefilter)
+    logger.info("Stage %s: scrapy-redis's %s and %s emptied; the checkpoint schedules the "
+                "pending requests itself.", stage, queue, dupefilter)
 
 
 class ScrapyRedisPairing:

@@ -32,10 +32,19 @@ CHECKPOINT_OUTPUT            str        None                The plugin's own exa
 CHECKPOINT_SHARED            bool       False               Several workers share the stage (Redis).
 CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
 ===========================  =========  ==================  ==========================================
+
+An unknown ``CHECKPOINT_*`` name stops a crawl that has the plugin enabled, with the
+closest valid name (:func:`check_names`): ``CHECKPOINT_`` is the plugin's namespace, and a
+misspelled setting would otherwise be ignored in silence, the crawl running with the
+default (``CHECKPOINT_DIRECTORY`` writing to ``checkpoints/``, ``CHECKPOINT_ONCOMPLETE``
+starting a completed crawl over).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import tempfile
 import types
 import typing
 from typing import Any, Literal, NoReturn
@@ -102,27 +111,100 @@ class CheckpointSettings(BaseModel):
         Each value is read with the Scrapy getter of its field's type (``getbool``,
         ``getint``, ``getfloat``, ``getdict``); unset or empty settings keep their
         defaults. Raises :class:`~scrapy_checkpoint.errors.ConfigError` naming the first
-        bad setting and what it accepts.
+        bad setting and what it accepts, or, when the plugin is enabled, the first unknown
+        ``CHECKPOINT_*`` name (see :func:`check_names`).
         """
         values = _read(settings, {k: f for k, f in cls.model_fields.items() if k != "checkpoint"})
         core = {**CRAWL_DEFAULTS, **_read(settings, CheckpointConfig.model_fields)}
         try:
-            return cls(**values, checkpoint=CheckpointConfig(**core))
+            config = cls(**values, checkpoint=CheckpointConfig(**core))
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = [str(part) for part in err["loc"]]
             name = loc[1] if loc[0] == "checkpoint" and len(loc) > 1 else loc[0]
             _raise(PREFIX + name.upper(), err.get("input"), err["msg"])
+        if config.enabled:
+            check_names(settings)
+        return config
 
     def store(self) -> Store:
-        """The store these settings name (a :class:`FileStore` or a ``RedisStore``)."""
+        """The store these settings name (a :class:`FileStore` or a ``RedisStore``).
+
+        For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
+        written in it and removed: a directory that cannot be used raises
+        :class:`~scrapy_checkpoint.errors.ConfigError` naming the setting, before any
+        stage is opened.
+        """
         if self.backend == "file":
+            _check_dir(self.dir)
             return FileStore(self.dir)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,
                           buffer_bytes=self.redis_buffer,
                           ttls={str(k): v for k, v in (self.redis_ttl or {}).items()})
+
+
+def setting_names() -> list[str]:
+    """Every ``CHECKPOINT_*`` setting the plugin reads, crawl fields and core options."""
+    fields = [n for n in CheckpointSettings.model_fields if n != "checkpoint"]
+    return [PREFIX + n.upper() for n in [*fields, *CheckpointConfig.model_fields]]
+
+
+def check_names(settings: Any) -> None:
+    """Raise :class:`~scrapy_checkpoint.errors.ConfigError` for the first ``CHECKPOINT_*``
+    name in ``settings`` that is not a setting of the plugin, with the closest valid name
+    (``difflib``) when there is one."""
+    known = setting_names()
+    for name in sorted(str(key) for key in settings):
+        if not name.startswith(PREFIX) or name in known:
+            continue
+        close = _closest(name, known)
+        hint = f"did you mean {close}? " if close else ""
+        raise ConfigError(
+            f"Unknown setting {name}: {hint}scrapy-checkpoint has no such setting, so it would "
+            f"be ignored and the crawl would run with the default. Fix the name in settings.py, "
+            f"custom_settings or -s (docs/scrapy.md lists every CHECKPOINT_* setting).")
+
+
+#: Names users reach for that mean another setting (without the prefix).
+_SYNONYMS = {"DIRECTORY": "DIR", "FOLDER": "DIR", "PATH": "DIR", "REDIS_URL": "BACKEND",
+             "URL": "BACKEND", "STORE": "BACKEND", "STAGE": "STAGE_NAME", "NAME": "STAGE_NAME"}
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The known name closest to ``name``: a synonym's, else the closest compared without
+    the shared prefix (``difflib``), else one that starts like it; None when none is close."""
+    word, words = name[len(PREFIX):], [k[len(PREFIX):] for k in known]
+    if _SYNONYMS.get(word) in words:
+        return PREFIX + _SYNONYMS[word]
+    close = difflib.get_close_matches(word, words, n=1, cutoff=0.6)
+    if not close:
+        close = sorted((w for w in words if min(len(w), len(word)) >= 3
+                        and (w.startswith(word) or word.startswith(w))), key=len, reverse=True)
+    return PREFIX + close[0] if close else None
+
+
+def _check_dir(directory: str) -> None:
+    """Create ``directory`` if missing and write a file in it (removed at once), or raise
+    :class:`~scrapy_checkpoint.errors.ConfigError` naming ``CHECKPOINT_DIR``."""
+    step = "cannot be created"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        step = "cannot be written"
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        if isinstance(exc, FileExistsError):
+            step, reason = "is not a directory", f"{exc.filename!r} is a file"
+        else:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            if exc.filename and step == "cannot be created" and exc.filename != directory:
+                reason += f": {exc.filename!r}"
+        raise ConfigError(
+            f"CHECKPOINT_DIR={directory!r} {step} ({reason}). Set CHECKPOINT_DIR to a "
+            f"directory this user may create and write, in settings.py, custom_settings or "
+            f"-s CHECKPOINT_DIR=...") from None
 
 
 def _read(settings: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:

@@ -146,3 +146,65 @@ def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> No
     store = read(CHECKPOINT_DIR=str(tmp_path / "cp")).store()
     assert isinstance(store, FileStore)
     assert Path(str(store.location)) == tmp_path / "cp"
+
+
+@pytest.mark.parametrize(("name", "closest"), [
+    ("CHECKPOINT_DIRECTORY", "CHECKPOINT_DIR"),
+    ("CHECKPOINT_ONCOMPLETE", "CHECKPOINT_ON_COMPLETE"),
+    ("CHECKPOINT_ENABLE", "CHECKPOINT_ENABLED"),
+    ("CHECKPOINT_STAGE", "CHECKPOINT_STAGE_NAME"),
+    ("CHECKPOINT_DURABLE", "CHECKPOINT_DURABILITY"),
+    ("CHECKPOINT_REDIS_URL", "CHECKPOINT_BACKEND"),
+    ("CHECKPOINT_FOLDER", "CHECKPOINT_DIR"),
+])
+def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        read(CHECKPOINT_ENABLED=True, **{name: "x"})
+    message = str(info.value)
+    assert message.startswith(f"Unknown setting {name}: did you mean {closest}? "), message
+    assert "settings.py, custom_settings or -s" in message
+
+
+def test_an_unknown_setting_far_from_every_name_stops_too() -> None:
+    with pytest.raises(ConfigError, match=r"^Unknown setting CHECKPOINT_XYZZY: scrapy-checkpoint"):
+        read(CHECKPOINT_ENABLED=True, CHECKPOINT_XYZZY=1)
+
+
+def test_unknown_names_are_not_checked_when_the_plugin_is_off() -> None:
+    assert read(CHECKPOINT_DIRECTORY="x").enabled is False
+
+
+def test_every_setting_the_plugin_reads_is_a_known_name() -> None:
+    names = settings_module.setting_names()
+    assert len(names) == len(set(names))
+    assert read(**{**{n: "" for n in names}, "CHECKPOINT_ENABLED": True}).enabled is True
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: (p / "afile").write_text(""), "CHECKPOINT_DIR='{d}/afile' is not a directory"),
+    (lambda p: (p / "afile").write_text(""), "CHECKPOINT_DIR='{d}/afile/cp' cannot be created"),
+])
+def test_an_unusable_dir_names_the_setting(tmp_path: Path, make: Any, message: str) -> None:
+    make(tmp_path)
+    directory = message.split("'")[1].format(d=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        read(CHECKPOINT_DIR=directory).store()
+    text = str(info.value)
+    assert text.startswith(message.format(d=tmp_path)), text
+    assert "Set CHECKPOINT_DIR to a directory" in text
+
+
+def test_a_dir_that_cannot_be_written_names_the_setting(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(**kwargs: Any) -> Any:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(settings_module.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ConfigError, match=r"^CHECKPOINT_DIR='.*' cannot be written \(Operation "
+                                          r"not permitted\)\. Set CHECKPOINT_DIR"):
+        read(CHECKPOINT_DIR=str(tmp_path / "cp")).store()
+
+
+def test_the_store_creates_a_missing_dir_and_leaves_nothing_in_it(tmp_path: Path) -> None:
+    read(CHECKPOINT_DIR=str(tmp_path / "a" / "b")).store()
+    assert list((tmp_path / "a" / "b").iterdir()) == []
