@@ -188,7 +188,11 @@ class CheckpointExtension:
         ``CHECKPOINT_DROP_UNRESTORABLE`` says to drop them."""
         crawler = self.crawler
         spider = crawler.spider if crawler.spider is not None else crawler.spidercls
-        problems = unrestorable(cp.live.pending, spider)
+        live = cp.live
+        # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
+        payloads = {**live.failed_units, **live.pending} if self.config.retry_failed \
+            else live.pending
+        problems = unrestorable(payloads, spider)
         if problems and not self.config.drop_unrestorable:
             raise UnrestorableRequestsError(
                 self.stage, crawler.spidercls.__name__,
