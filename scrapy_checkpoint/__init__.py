@@ -15,6 +15,7 @@ from .errors import (
     CorruptCheckpointError,
     InputChangedError,
     InvalidTransitionError,
+    UnrestorableRequestsError,
 )
 from .manager import UnifiedCheckpointManager
 from .metrics import Metrics
@@ -70,5 +71,6 @@ __all__ = [
     "StageView",
     "Status",
     "UnifiedCheckpointManager",
+    "UnrestorableRequestsError",
     "read_stage",
 ]

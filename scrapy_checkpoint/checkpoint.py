@@ -26,9 +26,11 @@ from .errors import CheckpointError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
     COUNTERS,
+    DROPPED,
     ERROR,
     INIT,
     INPUT_FILE,
+    LOST,
     METADATA,
     OUTPUT_FILE,
     OUTPUTS,
@@ -330,6 +332,15 @@ class EnhancedCheckpoint:
         """Pending units given to another process: neither pending here nor done."""
         self._group.handed.extend(self.live.drop_pending(codes))
 
+    def record_lost(self, reason: str, count: int, codes: list[int] | None = None) -> None:
+        """Count ``count`` units whose work is lost, for ``reason`` (a short word such as
+        ``unjournaled``); ``codes`` are pending units given up (no longer pending, not done).
+        A stage with lost units ends ``incomplete`` instead of ``completed``."""
+        fields: dict[str, Any] = {LOST: {reason: count}}
+        if codes:
+            fields[DROPPED] = list(codes)
+        self._record(fields)
+
     def start_unit(self, code: int) -> None:
         """Record that a pending unit was handed to a worker (it is in flight)."""
         if self.live.start_pending(code):
@@ -375,7 +386,16 @@ class EnhancedCheckpoint:
         self._record({ERROR: [message, count, walltime()]})
 
     def complete(self) -> None:
-        """Mark the stage completed (durably) and run the ``complete`` hooks."""
+        """Mark the stage completed (durably) and run the ``complete`` hooks; a stage that lost
+        work (:meth:`record_lost`) is marked ``incomplete`` instead, with a warning saying how
+        much and why, and no hook runs."""
+        lost = self.live.info.lost
+        if any(lost.values()):
+            self._set_status(Status.INCOMPLETE)
+            logger.warning("[%s] Incomplete: the work of %d unit(s) was lost (%s). %s",
+                           self.stage, sum(lost.values()), describe_lost(lost),
+                           self.progress_line())
+            return
         self._set_status(Status.COMPLETED)
         logger.info("[%s] Completed. %s", self.stage, self.progress_line())
         self._hooks.emit("complete", self)
@@ -478,11 +498,16 @@ def _log_resume(stage: str, live: LiveState) -> None:
         logger.warning("Detected incomplete checkpoint for %s. Resuming from %d items "
                        "(%d done, %d pending, %d failed).", stage, live.processed,
                        len(live.done), len(live.pending), live.failed)
-    elif previous in (Status.PAUSED, Status.FAILED):
+    elif previous in (Status.PAUSED, Status.FAILED, Status.INCOMPLETE):
         logger.info("Resuming %s stage %s from %d items.", previous.value, stage, live.processed)
     elif previous is Status.COMPLETED:
         logger.info("Stage %s was completed; running it again: its %d finished units are "
                     "skipped (reset to start over).", stage, len(live.done))
+
+
+def describe_lost(lost: dict[str, int]) -> str:
+    """``unjournaled: 3, unrestorable: 144``: the lost units by reason."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(lost.items()) if n)
 
 
 def _run_fields(stage: str, live: LiveState, total_items: int | None,
@@ -524,4 +549,4 @@ def _close_all() -> None:
             logger.exception("Closing checkpoint %s at exit failed", cp.stage)
 
 
-__all__ = ["EnhancedCheckpoint", "file_hash"]
+__all__ = ["EnhancedCheckpoint", "describe_lost", "file_hash"]

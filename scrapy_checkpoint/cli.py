@@ -28,7 +28,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .checkpoint import file_hash
+from .checkpoint import describe_lost, file_hash
 from .errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
@@ -304,6 +304,10 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             ("Units", f"{s.done_units} done, {s.pending_units} pending, {view.in_flight} in flight "
                       f"at the last stop, {s.recoveries} recoveries"),
         ]
+        if s.lost:
+            rows.append(("Lost", f"{sum(s.lost.values())} unit(s) whose work cannot be done "
+                                 f"({describe_lost(s.lost)}); the stage cannot complete: "
+                                 f"reset it to start over"))
         if s.error_message:
             rows.append(("Last error", f"{s.error_message} ({s.error_count} in all, "
                                        f"{s.last_error_time:%Y-%m-%d %H:%M:%S} UTC)"
@@ -354,6 +358,7 @@ def report(ctx: Context, as_json: bool) -> None:
                    "active": sum(st in ("running", "recovering", "initialized") for st in statuses),
                    "completed": statuses.count("completed"), "failed": statuses.count("failed"),
                    "paused": statuses.count("paused"), "crashed": statuses.count("crashed"),
+                   "incomplete": statuses.count("incomplete"),
                    "damaged": [s for s, v in views if not isinstance(v, StageView) or v.problems]}})
     elif not views:
         click.echo(f"No checkpoints in {ctx.manager.directory}.")

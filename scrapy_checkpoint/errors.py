@@ -38,6 +38,25 @@ class InputChangedError(CheckpointError):
         )
 
 
+class UnrestorableRequestsError(CheckpointError):
+    """Journaled requests of a crawl need spider methods or classes that are gone."""
+
+    def __init__(self, stage: str, spider: str, problems: dict[str, int]) -> None:
+        self.stage, self.problems = stage, problems
+        total = sum(problems.values())
+        needs = ", ".join(f"{what} ({n} request{'s' if n != 1 else ''})"
+                          for what, n in sorted(problems.items()))
+        super().__init__(
+            f"Stage {stage!r} cannot resume: {total} pending request(s) need what spider "
+            f"{spider} no longer has: {needs}. Nothing was fetched. Restore those names (a "
+            f"renamed callback: give the method its old name back, or add an alias "
+            f"`old_name = new_name` in the spider) and run the same command again; or set "
+            f"CHECKPOINT_DROP_UNRESTORABLE = True to drop these requests (they are counted as "
+            f"lost and the stage ends 'incomplete', never 'completed'); or start over with "
+            f"CHECKPOINT_RESET = True."
+        )
+
+
 class CorruptCheckpointError(CheckpointError):
     """No consistent state can be rebuilt from what is on disk."""
 

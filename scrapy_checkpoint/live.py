@@ -20,12 +20,14 @@ from .journal.groups import (
     BATCH_ID,
     COMMITTED_AT,
     COUNTERS,
+    DROPPED,
     ERROR,
     HANDED,
     INIT,
     INPUT_FILE,
     LAST_INDEX,
     LAST_ITEM,
+    LOST,
     METADATA,
     OUTPUT_FILE,
     OUTPUTS,
@@ -187,7 +189,16 @@ class LiveState:
             self.outputs.update(fields[OUTPUTS])
         if ATTACHED in fields:
             self.attached.update(fields[ATTACHED])
+        if DROPPED in fields:  # lost: not pending, and not done
+            for code in fields[DROPPED]:
+                self.pending.pop(code, None)
+                self.started.discard(code)
         updates: dict[str, Any] = {}
+        if LOST in fields:
+            lost = dict(info.lost)
+            for reason, n in fields[LOST].items():
+                lost[reason] = lost.get(reason, 0) + n
+            updates["lost"] = lost
         if STATUS in fields:
             updates["status"] = Status(fields[STATUS])
         if TOTAL in fields:
@@ -228,6 +239,11 @@ class LiveState:
                 add(code)
             self.failed_units[code] = pending.pop(code, None)
             started.discard(code)
+
+    @property
+    def lost_total(self) -> int:
+        """Units whose work was lost, all reasons."""
+        return sum(self.info.lost.values())
 
     # -- the readable form -------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import EnhancedCheckpoint
+from .checkpoint import EnhancedCheckpoint, describe_lost
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
@@ -194,7 +194,8 @@ class UnifiedCheckpointManager:
     def report(self) -> str:
         """The multi-stage report: a block per stage, then the whole pipeline."""
         lines = [f"Checkpoint report for {self.directory}", ""]
-        counts = {"active": 0, "completed": 0, "failed": 0, "paused": 0, "crashed": 0}
+        counts = {"active": 0, "completed": 0, "incomplete": 0, "failed": 0, "paused": 0,
+                  "crashed": 0}
         total_known = processed_known = 0
         for stage in self.stages():
             try:
@@ -221,6 +222,8 @@ class UnifiedCheckpointManager:
                 f"skipped {m.skipped}; success rate "
                 f"{'n/a' if rate is None else f'{rate:.1f}%'}; updated {s.updated_at:%Y-%m-%d %H:%M:%S} UTC",
             ]
+            if s.lost:
+                lines.append(f"  lost {sum(s.lost.values())} ({describe_lost(s.lost)})")
             if s.error_message:
                 lines.append(f"  last error ({s.error_count} in all): {s.error_message}")
             lines += [f"  warning: {p}" for p in view.problems]
@@ -229,7 +232,8 @@ class UnifiedCheckpointManager:
         lines.append(
             f"Overall: {pct} ({processed_known}/{total_known} of known work) | "
             f"active {counts['active']} | completed {counts['completed']} | "
-            f"failed {counts['failed']} | paused {counts['paused']} | crashed {counts['crashed']}"
+            + (f"incomplete {counts['incomplete']} | " if counts["incomplete"] else "")
+            + f"failed {counts['failed']} | paused {counts['paused']} | crashed {counts['crashed']}"
         )
         return "\n".join(lines)
 

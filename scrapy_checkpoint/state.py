@@ -25,19 +25,23 @@ class Status(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     RECOVERING = "recovering"
+    #: Finished, but work was lost (``CheckpointState.lost`` says how much and why).
+    INCOMPLETE = "incomplete"
 
     def __str__(self) -> str:
         return self.value
 
 
-# A completed or failed stage may run again: finished units stay skipped.
+# A completed, incomplete or failed stage may run again: finished units stay skipped.
 _TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.INITIALIZED: frozenset({Status.RUNNING}),
-    Status.RUNNING: frozenset({Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.RECOVERING}),
+    Status.RUNNING: frozenset({Status.PAUSED, Status.COMPLETED, Status.INCOMPLETE, Status.FAILED,
+                               Status.RECOVERING}),
     Status.RECOVERING: frozenset({Status.RUNNING, Status.FAILED}),
     Status.PAUSED: frozenset({Status.RUNNING, Status.FAILED}),
     Status.FAILED: frozenset({Status.RUNNING}),
     Status.COMPLETED: frozenset({Status.RUNNING}),
+    Status.INCOMPLETE: frozenset({Status.RUNNING}),
 }
 
 #: Statuses in which a stage found on disk without a live owner was crashed.
@@ -119,6 +123,9 @@ class CheckpointState(BaseModel):
     pending_units: int = 0
     #: How many times the stage was found crashed and recovered.
     recoveries: int = 0
+    #: Units whose work was lost, by reason (e.g. ``unjournaled``: a crawl request that could
+    #: not be journaled was pending at a crash). A stage with any ends ``incomplete``.
+    lost: dict[str, int] = Field(default_factory=dict)
     #: Recent throughput in items/s when the state was written.
     throughput: float | None = None
     #: Percentiles (p50, p95, p99) of recent journal commit durations, in microseconds.

@@ -334,3 +334,45 @@ def test_done_set_stays_exact_across_compactions() -> None:
     again.discard_many(codes[:5])
     assert codes[0] not in again
     assert codes[5] in again
+
+
+def test_lost_work_survives_a_crash_and_makes_the_stage_end_incomplete(
+    location: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp = _run(location, "s", range(3))
+    cp.add_unit(1001, {"redo": 1})
+    cp.add_unit(1002, {"redo": 2})
+    cp.record_lost("unjournaled", 2)
+    cp.record_lost("unjournaled", 1)
+    cp.record_lost("unrestorable", 1, [1001])
+    _abandon(cp)  # replayed from the journal, not from memory
+    view = read_stage(open_store(location), "s")
+    assert view.state.lost == {"unjournaled": 3, "unrestorable": 1}
+    assert view.state.pending_units == 1  # 1001 given up, 1002 still pending
+
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp.start()
+    cp.finish_unit(1002, processed=1, successful=1)
+    cp.complete()
+    assert cp.status is Status.INCOMPLETE
+    assert "[s] Incomplete: the work of 4 unit(s) was lost (unjournaled: 3, unrestorable: 1)" \
+        in caplog.text
+    assert "Completed" not in caplog.text
+    cp.close()
+    state = read_stage(open_store(location), "s").state
+    assert (state.status, state.lost) == (Status.INCOMPLETE, {"unjournaled": 3,
+                                                              "unrestorable": 1})
+
+    again = EnhancedCheckpoint(location, "s", log_every=0)  # an incomplete stage resumes
+    assert again.start().status is Status.RUNNING
+    assert again.should_skip(0)
+    again.complete()
+    assert again.status is Status.INCOMPLETE  # the lost work is still lost
+    again.close()
+
+    fresh = EnhancedCheckpoint(location, "s", log_every=0)
+    fresh.start(reset=True)
+    fresh.complete()
+    assert (fresh.status, fresh.state.lost) == (Status.COMPLETED, {})
+    fresh.close()

@@ -77,7 +77,7 @@ def test_the_payload_is_detached_from_the_live_request() -> None:
     (lambda s: scrapy.Request("http://127.0.0.1/", callback=lambda r: None), "callback"),
     (lambda s: scrapy.Request("http://127.0.0.1/", callback=NO_CALLBACK), "callback"),
     (lambda s: scrapy.Request("http://127.0.0.1/", meta={"obj": object()}), "meta"),
-    (lambda s: scrapy.Request("http://127.0.0.1/", cb_kwargs={"s": {1, 2}}), "cb_kwargs"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", cb_kwargs={"s": {1, object()}}), "cb_kwargs"),
 ])
 def test_what_cannot_be_journaled_says_why(make: Any, kind: str) -> None:
     spider = Spider()

@@ -26,14 +26,22 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, UnrestorableRequestsError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import hook_request_lifecycle
-from .frontier import IGNORE_META, UNIT_META, Frontier
+from .frontier import (
+    IGNORE_META,
+    LOST_NEVER_DONE,
+    LOST_UNJOURNALED,
+    LOST_UNRESTORABLE,
+    UNIT_META,
+    Frontier,
+)
 from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
+from .requests import unrestorable
 from .scrapy_redis import own_scrapy_redis_queue, uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
@@ -176,7 +184,10 @@ class CheckpointExtension:
                 live = cp.live
                 own_scrapy_redis_queue(self.crawler, self.stage, new_stage=not (
                     reset or live.pending or len(live.done)))
+            unrestorable = {} if reset else self._unrestorable(cp)
             cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
+            if unrestorable:
+                self._drop_unrestorable(cp, unrestorable)
         except BaseException:
             cp.close()
             raise
@@ -198,6 +209,33 @@ class CheckpointExtension:
         if config.output:
             self._own_output = outputs.open(config.output, overwrite=False, has_header=False)
 
+    def _unrestorable(self, cp: EnhancedCheckpoint) -> dict[str, list[int]]:
+        """The pending requests the spider can no longer rebuild, by what they miss. Raises
+        UnrestorableRequestsError (before anything is fetched) unless
+        ``CHECKPOINT_DROP_UNRESTORABLE`` says to drop them."""
+        crawler = self.crawler
+        spider = crawler.spider if crawler.spider is not None else crawler.spidercls
+        live = cp.live
+        # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
+        payloads = {**live.failed_units, **live.pending} if self.config.retry_failed \
+            else live.pending
+        problems = unrestorable(payloads, spider)
+        if problems and not self.config.drop_unrestorable:
+            raise UnrestorableRequestsError(
+                self.stage, crawler.spidercls.__name__,
+                {what: len(codes) for what, codes in problems.items()})
+        return problems
+
+    def _drop_unrestorable(self, cp: EnhancedCheckpoint, problems: dict[str, list[int]]) -> None:
+        codes = sorted({code for group in problems.values() for code in group})
+        cp.record_lost(LOST_UNRESTORABLE, len(codes), codes)
+        logger.warning(
+            "Stage %s: %d pending request(s) cannot be rebuilt (%s); they are dropped "
+            "(CHECKPOINT_DROP_UNRESTORABLE = True) and counted as lost: the stage will end "
+            "'incomplete'.", self.stage, len(codes),
+            ", ".join(f"{what}: {len(group)}" for what, group in sorted(problems.items())))
+        self.stats.set_value("checkpoint/dropped_unrestorable", len(codes))
+
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
         return self.worker.claim_file(key, overwrite, stop=self._stop)
@@ -215,7 +253,7 @@ class CheckpointExtension:
         if jars is not None:
             fields[ATTACHED] = {ATTACHED_NAME: jars}
         live = self.cp.live
-        total = len(live.done) + len(live.pending)
+        total = len(live.done) + len(live.pending) + live.lost_total
         if total != live.info.progress.total_items:
             fields[TOTAL] = total
         return fields or None
@@ -255,6 +293,13 @@ class CheckpointExtension:
             if restored:
                 logger.info("Stage %s: %d cookie(s) of earlier runs restored before the "
                             "resumed requests.", self.stage, restored)
+        unjournaled = sum(payload is None for payload in live.pending.values())
+        if unjournaled:
+            logger.warning(
+                "Stage %s: %d request(s) that could not be journaled were pending at the "
+                "interruption: they cannot be sent again, so their work is lost unless the "
+                "crawl finds them again; the stage will end 'incomplete'.", self.stage,
+                unjournaled)
         resumed = frontier.schedule(list(live.pending.values()))
         if self.worker is not None:
             resumed += self.worker.hand_over_adopted()
@@ -360,15 +405,14 @@ class CheckpointExtension:
         live = cp.live
         assert self.frontier is not None
         self.frontier.record_skips()
-        cp.set_total(len(live.done) + len(live.pending))
-        publish(self.stats, cp)
         worker = self.worker
         if worker is not None:
             reason = worker.finish(reason, len(live.pending))
+        if reason == "finished" and live.pending:
+            self._record_never_done(cp)
+        cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
+        publish(self.stats, cp)
         if reason == "finished":
-            if live.pending:
-                logger.warning("Stage %s finished with %d journaled request(s) never done; "
-                               "they are dropped.", self.stage, len(live.pending))
             cp.complete()
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
@@ -383,6 +427,20 @@ class CheckpointExtension:
                             self.stage, worker.shared.worker, reason, len(live.pending))
         if worker is not None:
             worker.leave(reason == "finished")
+
+    def _record_never_done(self, cp: EnhancedCheckpoint) -> None:
+        """The crawl finished with pending units it never did: count them as lost."""
+        pending = cp.live.pending
+        unjournaled = [code for code, payload in pending.items() if payload is None]
+        never_done = [code for code, payload in pending.items() if payload is not None]
+        if unjournaled:
+            cp.record_lost(LOST_UNJOURNALED, len(unjournaled), unjournaled)
+            logger.warning("Stage %s: %d request(s) that could not be journaled were lost at an "
+                           "interruption and not found again.", self.stage, len(unjournaled))
+        if never_done:
+            cp.record_lost(LOST_NEVER_DONE, len(never_done), never_done)
+            logger.warning("Stage %s finished with %d journaled request(s) never done; they "
+                           "are counted as lost.", self.stage, len(never_done))
 
 
 __all__ = ["FAILED_REASONS", "IGNORE_META", "UNIT_META", "CheckpointExtension"]

@@ -37,6 +37,14 @@ IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
 
+#: Reasons of lost units (``lost`` in the state, ``checkpoint/lost/<reason>`` in the stats):
+#: a request that could not be journaled was pending at an interruption;
+LOST_UNJOURNALED = "unjournaled"
+#: a journaled request that cannot be rebuilt (CHECKPOINT_DROP_UNRESTORABLE, or adopted);
+LOST_UNRESTORABLE = "unrestorable"
+#: a journaled request still pending when the crawl finished.
+LOST_NEVER_DONE = "never_done"
+
 
 class Claims(Protocol):
     """Units owned by one worker of a shared stage (a :class:`~.shared_worker.SharedWorker`)."""
@@ -160,9 +168,9 @@ class Frontier:
         if request.dont_filter:
             self.unfiltered.add(code)
         if code not in cp.live.pending:
-            payload = self.payload(request, spider)
-            if payload is not None:
-                cp.add_unit(code, payload)
+            # A request that cannot be journaled is recorded as existing (payload None): a
+            # crash before it is done loses its work, and the next run counts that.
+            cp.add_unit(code, self.payload(request, spider))
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
@@ -185,7 +193,8 @@ class Frontier:
 
     def payload(self, request: Request, spider: Spider, *,
                 then: str = "it is crawled but kept in memory only, so a crash before it "
-                            "finishes loses it") -> dict[str, Any] | None:
+                            "finishes loses it (the loss is counted, and the stage then ends "
+                            "'incomplete')") -> dict[str, Any] | None:
         """The request as a journal payload, or None (one warning per kind, and a stat) when it
         cannot be one; ``then`` says what becomes of it."""
         try:
@@ -199,17 +208,23 @@ class Frontier:
     def schedule(self, payloads: Iterable[Any], *, foreign: bool = False) -> int:
         """Rebuild journaled requests and hand them to the engine; returns how many.
 
-        ``foreign``: they come from another worker of a shared stage (adopted or given).
+        ``foreign``: they come from another worker of a shared stage (adopted or given);
+        those that cannot be sent (no payload, or not rebuilt) are counted as lost here.
+        Own pending units that cannot be sent stay pending (the close counts them).
         """
         engine, spider = self.crawler.engine, self.crawler.spider
-        scheduled = 0
+        scheduled = unjournaled = unrestorable = 0
         for payload in payloads:
+            if payload is None:  # a request that could not be journaled
+                unjournaled += foreign
+                continue
             try:
                 request = payload_to_request(payload, spider)
             except Exception as exc:
                 self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped. Was a callback renamed?")
+                               f"it is skipped.")
                 self.stats.inc_value("checkpoint/unrestorable")
+                unrestorable += foreign
                 continue
             if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
                 request.dont_filter = True
@@ -222,6 +237,10 @@ class Frontier:
                     request.meta[REQUEUE_META] = True
             engine.crawl(request)
             scheduled += 1
+        if unjournaled:
+            self.cp.record_lost(LOST_UNJOURNALED, unjournaled)
+        if unrestorable:
+            self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
         return scheduled
 
     def record_skips(self) -> None:
@@ -338,5 +357,7 @@ class Frontier:
         not continued, not past the dupefilter."""
         live = self.cp.live
         started = live.started
-        return [code for code in live.pending if code in self.live and code not in started
-                and code not in self.continued and code not in self.unfiltered]
+        pending = live.pending
+        return [code for code in pending if code in self.live and code not in started
+                and code not in self.continued and code not in self.unfiltered
+                and pending[code] is not None]

@@ -1,7 +1,11 @@
 """Requests as JSON for the journal: callbacks by name, bytes as base64. No pickle.
 
-Loading never imports a module: a request class named in a payload must
-already be imported and be a :class:`scrapy.Request` subclass.
+``meta`` and ``cb_kwargs`` that are plain JSON are written as they are; values of
+other common types (items, datetimes, decimals, bytes, sets, tuples) are written
+with their type (:mod:`.values`), and the payload lists those parts under
+``"_tags"``. Loading never imports a module: a request class or item class named
+in a payload must already be imported (and be a :class:`scrapy.Request` subclass
+or an item class).
 """
 
 from __future__ import annotations
@@ -9,12 +13,17 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
 
 from ..errors import CorruptCheckpointError
+from . import values
+
+#: Payload key listing the parts (``meta``, ``cb_kwargs``) written with type tags.
+TAGGED = "_tags"
 
 
 class UnserializableRequest(Exception):
@@ -69,6 +78,17 @@ def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
         raise UnserializableRequest("callback", str(exc)) from None
     d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs] for k, vs in d["headers"].items()}
     d["body"] = _b64(d["body"])
+    tagged = None
+    for part in ("meta", "cb_kwargs"):
+        value = d.get(part)
+        if value and not values.is_plain(value):
+            try:
+                d[part] = values.encode(value)
+            except values.NotJSON as exc:
+                raise UnserializableRequest(part, str(exc)) from None
+            if tagged is None:
+                tagged = d[TAGGED] = []
+            tagged.append(part)
     try:
         text = json.dumps(d)
     except (TypeError, ValueError):
@@ -106,7 +126,53 @@ def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
     d = dict(payload)
     if "_class" in d:
         _request_class(d["_class"])
+    for part in d.pop(TAGGED, ()):
+        d[part] = values.decode(d[part])
     d["headers"] = {k.encode("latin-1"): [base64.b64decode(v) for v in vs]
                     for k, vs in d["headers"].items()}
     d["body"] = base64.b64decode(d["body"])
     return request_from_dict(d, spider=spider)
+
+
+def unrestorable(pending: Mapping[int, Any], spider: Any) -> dict[str, list[int]]:
+    """What the journaled requests in ``pending`` (code -> payload) need and ``spider`` (the
+    spider or its class) or the imported modules no longer have: ``{what: [codes]}``, each
+    ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"`` or
+    ``"item class 'path'"``. Each distinct name is looked up once; payloads that are None
+    (requests that could not be journaled) are left out."""
+    found: dict[tuple[str, str], bool] = {}
+    problems: dict[str, list[int]] = {}
+
+    def missing(kind: str, name: str) -> bool:
+        key = (kind, name)
+        ok = found.get(key)
+        if ok is None:
+            if kind in ("callback", "errback"):
+                ok = callable(getattr(spider, name, None))
+            elif kind == "request class":
+                module_name, _, cls_name = name.rpartition(".")
+                cls = getattr(sys.modules.get(module_name), cls_name, None)
+                ok = isinstance(cls, type) and issubclass(cls, Request)
+            else:
+                try:
+                    values.item_class(name)
+                    ok = True
+                except ValueError:
+                    ok = False
+            found[key] = ok
+        return not ok
+
+    for code, payload in pending.items():
+        if payload is None:
+            continue
+        needs = [("callback", payload.get("callback")), ("errback", payload.get("errback")),
+                 ("request class", payload.get("_class"))]
+        if TAGGED in payload:
+            classes: set[str] = set()
+            for part in payload[TAGGED]:
+                values.item_classes(payload.get(part), classes)
+            needs += [("item class", path) for path in classes]
+        for kind, name in needs:
+            if name and missing(kind, name):
+                problems.setdefault(f"{kind} {name!r}", []).append(code)
+    return problems

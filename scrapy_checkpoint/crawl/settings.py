@@ -31,6 +31,8 @@ CHECKPOINT_ON_COMPLETE       str        "restart"           Completed stage run 
 CHECKPOINT_OUTPUT            str        None                The plugin's own exactly-once JSON lines.
 CHECKPOINT_SHARED            bool       False               Several workers share the stage (Redis).
 CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
+CHECKPOINT_DROP_UNRESTORABLE bool       False               Drop (and count as lost) journaled
+                                                            requests the spider cannot rebuild.
 ===========================  =========  ==================  ==========================================
 
 An unknown ``CHECKPOINT_*`` name stops a crawl that has the plugin enabled, with the
@@ -87,6 +89,7 @@ class CheckpointSettings(BaseModel):
     output: str | None = None
     shared: bool = False
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
+    drop_unrestorable: bool = False
     checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
     @field_validator("redis_ttl")

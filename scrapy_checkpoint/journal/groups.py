@@ -45,8 +45,10 @@ HANDED = "h"             # codes of pending units given to another process (a sh
 #                          worker): no longer pending here, and not done
 OUTPUTS = "fo"           # durable output files: {path: [base length, committed length]} in
 #                          bytes (written by the Scrapy integration's commit hook)
-ATTACHED = "x"           # data a front end keeps with the stage: {name: JSON value}, each name
+ATTACHED = "at"          # data a front end keeps with the stage: {name: JSON value}, each name
 #                          replaced whole (the Scrapy integration's cookie jars: "cookies")
+LOST = "x"               # units whose work was lost: {reason: count} deltas (summed)
+DROPPED = "xd"           # codes of pending units dropped as lost: no longer pending, not done
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
@@ -116,6 +118,9 @@ def decode_group(payload: bytes | memoryview) -> Group:
         raise ValueError(f"unknown status {fields[STATUS]!r}")
     if COUNTERS in fields and not (isinstance(fields[COUNTERS], list) and len(fields[COUNTERS]) == 4):
         raise ValueError("bad counters")
+    if LOST in fields and not (isinstance(fields[LOST], dict)
+                               and all(type(n) is int for n in fields[LOST].values())):
+        raise ValueError("bad lost counts")
     return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
 
 
@@ -154,7 +159,8 @@ class GroupBuilder:
                     or self.added or self.started or self.handed)
 
     def add_fields(self, fields: dict[str, Any]) -> None:
-        """Add header fields (keys above). Counter deltas (``c``) are summed; ``init``
+        """Add header fields (keys above). Counter deltas (``c``, ``x``) are summed, dropped
+        codes (``xd``) joined; ``init``
         drops what was recorded before it (see :meth:`clear`); any other key replaces an
         earlier value."""
         if COUNTERS in fields:
@@ -162,6 +168,13 @@ class GroupBuilder:
             for i in range(4):
                 counts[i] += delta[i]
             fields = {k: v for k, v in fields.items() if k != COUNTERS}
+        if LOST in fields and LOST in self.fields:
+            lost = dict(self.fields[LOST])
+            for reason, n in fields[LOST].items():
+                lost[reason] = lost.get(reason, 0) + n
+            fields = {**fields, LOST: lost}
+        if DROPPED in fields and DROPPED in self.fields:
+            fields = {**fields, DROPPED: self.fields[DROPPED] + list(fields[DROPPED])}
         if INIT in fields:
             self.clear()
         self.fields.update(fields)

@@ -256,3 +256,37 @@ def test_a_dont_filter_duplicate_of_a_done_page_is_dropped(
     assert stats["checkpoint/done"] == 3
     assert _feed_pages(feed) == [0, 1, 2]
     assert _stage(tmp_path).state.done_units == 3
+
+
+class OpaqueMetaSpider(TreeSpider):
+    """TreeSpider whose links carry an object in ``meta``: they cannot be journaled."""
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
+        for out in super().parse(response):
+            if isinstance(out, scrapy.Request):
+                out.meta["handle"] = object()
+            yield out
+
+
+@pytest_twisted.inlineCallbacks
+def test_requests_that_cannot_be_journaled_are_counted_lost_when_a_stop_leaves_them_pending(
+    make_crawler: MakeCrawler, site: Site, feed: Path, tmp_path: Path
+) -> Iterator[Any]:
+    first = make_crawler(OpaqueMetaSpider, **_settings(feed))
+    yield first.crawl(base=site.url, stop_after=3)
+    paused = _stage(tmp_path).state
+    assert paused.status is Status.PAUSED
+    lost = paused.pending_units  # recorded as existing, with no payload
+    assert lost > 0
+    assert _stats(first)["checkpoint/unserializable"] >= lost
+
+    second = make_crawler(OpaqueMetaSpider, **_settings(feed))
+    yield second.crawl(base=site.url)
+    stats = _stats(second)
+    assert stats["finish_reason"] == "finished"
+    assert stats["checkpoint/resumed"] == 0
+    assert (stats["checkpoint/lost"], stats["checkpoint/lost/unjournaled"]) == (lost, lost)
+    state = _stage(tmp_path).state
+    assert (state.status, state.lost, state.pending_units) == (
+        Status.INCOMPLETE, {"unjournaled": lost}, 0)
+    assert state.progress.total_items == state.done_units + lost

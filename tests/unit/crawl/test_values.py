@@ -1,0 +1,219 @@
+"""meta and cb_kwargs values through the journal: their types come back, nothing else is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import scrapy
+
+from scrapy_checkpoint.crawl import values
+from scrapy_checkpoint.crawl.requests import (
+    TAGGED,
+    UnserializableRequest,
+    payload_to_request,
+    request_to_payload,
+    unrestorable,
+)
+
+attr = pytest.importorskip("attr")
+
+
+class Product(scrapy.Item):
+    name = scrapy.Field()
+    price = scrapy.Field()
+    seen = scrapy.Field()
+
+
+@dataclasses.dataclass
+class Offer:
+    sku: str
+    price: Decimal
+    tags: tuple[str, ...] = ()
+    total: int = dataclasses.field(init=False, default=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    key: str
+
+
+@attr.s(auto_attribs=True)
+class Listing:
+    title: str
+    _secret: bytes = b""
+
+
+class Spider(scrapy.Spider):
+    name = "values"
+
+    def parse(self, response: Any) -> None:
+        pass
+
+    def parse_item(self, response: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_error(self, failure: Any) -> None:
+        pass
+
+
+def _through_json(value: Any) -> Any:
+    return values.decode(json.loads(json.dumps(values.encode(value))))
+
+
+TYPED = [
+    (1, 2, (3, "x")),
+    {1, 2, 3},
+    frozenset({"a"}),
+    b"\x00\xff bytes",
+    datetime(2026, 11, 30, 1, 2, 3, 456789),
+    datetime(2026, 11, 30, 1, 2, 3, tzinfo=timezone.utc),
+    datetime(2026, 11, 30, 1, 2, 3, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York"), fold=1),
+    date(2026, 2, 28),
+    Decimal("19.990"),
+    Decimal("-0"),
+    {1: "int key", None: "none key", (1, 2): "tuple key"},
+    {"$t": "a user's own key", "v": 1},
+    [Decimal("1.5"), {"nested": {"when": date(2020, 1, 1), "ids": (1, 2)}}],
+]
+
+
+@pytest.mark.parametrize("value", TYPED, ids=lambda v: type(v).__name__)
+def test_common_types_come_back_with_their_type(value: Any) -> None:
+    back = _through_json(value)
+    assert back == value
+    assert type(back) is type(value)
+    if isinstance(value, datetime):
+        assert back.tzinfo == value.tzinfo
+        assert back.fold == value.fold
+        assert str(back.utcoffset()) == str(value.utcoffset())
+
+
+def test_nested_elements_keep_their_types_too() -> None:
+    value = {"a": [(1, b"x")], "b": {"c": {Decimal("2")}}}
+    back = _through_json(value)
+    assert back == value
+    assert type(back["a"][0]) is tuple
+    assert type(back["a"][0][1]) is bytes
+    assert type(next(iter(back["b"]["c"]))) is Decimal
+
+
+def test_a_scrapy_item_comes_back_as_its_class_with_its_fields() -> None:
+    item = Product(name="Lamp", price=Decimal("9.50"), seen={date(2026, 1, 2)})
+    back = _through_json({"item": item})["item"]
+    assert type(back) is Product
+    assert dict(back) == dict(item)
+    partial = _through_json(Product(name="only a name"))
+    assert dict(partial) == {"name": "only a name"}
+
+
+def test_dataclass_and_attrs_items_come_back_as_their_classes() -> None:
+    offer = Offer("s-1", Decimal("3.10"), ("new",))
+    offer.total = 7  # a field the constructor does not take
+    back = _through_json(offer)
+    assert type(back) is Offer
+    assert back == offer
+    assert back.total == 7
+    assert _through_json(Frozen("k")) == Frozen("k")
+    listing = Listing("Chair", b"\x01")
+    back_listing = _through_json(listing)
+    assert type(back_listing) is Listing
+    assert back_listing == listing
+
+
+def test_plain_json_is_not_tagged() -> None:
+    for value in ({"a": [1, 2.5, None, True, "x"]}, [], {}, "s"):
+        assert values.is_plain(value)
+        assert values.encode(value) == value
+    assert not values.is_plain({"a": (1,)})
+    assert not values.is_plain({1: "x"})
+
+
+class OtherZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=1)
+
+
+@pytest.mark.parametrize("value", [object(), lambda: 1, {"f": open}, timedelta(1),
+                                   datetime(2026, 1, 1, tzinfo=OtherZone())])
+def test_other_objects_are_not_json(value: Any) -> None:
+    with pytest.raises(values.NotJSON):
+        values.encode(value)
+
+
+def test_a_class_that_cannot_be_found_again_is_not_json() -> None:
+    @dataclasses.dataclass
+    class Local:
+        x: int
+
+    with pytest.raises(values.NotJSON):
+        values.encode(Local(1))
+
+
+def test_loading_builds_only_item_classes_of_imported_modules() -> None:
+    for path in ("os:system", "subprocess:Popen", "not_imported_module:Item",
+                 f"{__name__}:Spider"):
+        with pytest.raises(values.MissingItemClass):
+            values.decode({"$t": "item", "c": path, "v": {}})
+    with pytest.raises(ValueError, match="unknown value type"):
+        values.decode({"$t": "pickle", "v": "..."})
+    assert sys.modules.get("not_imported_module") is None
+
+
+def test_a_request_with_plain_json_keeps_todays_payload() -> None:
+    spider = Spider()
+    request = scrapy.Request("http://127.0.0.1/a", callback=spider.parse,
+                             meta={"depth": 1, "ctx": {"q": ["x"]}}, cb_kwargs={"n": 1})
+    payload = request_to_payload(request, spider)
+    assert TAGGED not in payload
+    assert payload["meta"] == {"depth": 1, "ctx": {"q": ["x"]}}
+    assert payload["cb_kwargs"] == {"n": 1}
+
+
+def test_a_request_with_an_item_in_cb_kwargs_round_trips() -> None:
+    spider = Spider()
+    item = Product(name="Lamp", price=Decimal("9.50"))
+    request = scrapy.Request("http://127.0.0.1/p/1", callback=spider.parse_item,
+                             errback=spider.on_error,
+                             cb_kwargs={"item": item, "when": datetime(2026, 1, 1)},
+                             meta={"trail": ("a", "b"), "depth": 2})
+    payload = json.loads(json.dumps(request_to_payload(request, spider)))
+    assert payload[TAGGED] == ["meta", "cb_kwargs"]
+    back = payload_to_request(payload, spider)
+    assert type(back.cb_kwargs["item"]) is Product
+    assert back.cb_kwargs == request.cb_kwargs
+    assert back.meta == request.meta
+    assert type(back.meta["trail"]) is tuple
+    assert back.callback == spider.parse_item
+    assert back.errback == spider.on_error
+
+
+def test_a_request_with_another_object_still_cannot_be_journaled() -> None:
+    spider = Spider()
+    request = scrapy.Request("http://127.0.0.1/", cb_kwargs={"item": Product(name=object())})
+    with pytest.raises(UnserializableRequest) as info:
+        request_to_payload(request, spider)
+    assert info.value.kind == "cb_kwargs"
+
+
+def test_unrestorable_names_each_missing_name_with_its_requests() -> None:
+    spider = Spider()
+    ok = request_to_payload(scrapy.Request("http://127.0.0.1/1", callback=spider.parse), spider)
+    item = request_to_payload(scrapy.Request("http://127.0.0.1/2", callback=spider.parse_item,
+                                             cb_kwargs={"item": Product(name="x")}), spider)
+    renamed = [dict(ok, callback="parse_product", url=f"http://127.0.0.1/r/{i}") for i in range(3)]
+    no_errback = dict(ok, errback="gone")
+    moved = json.loads(json.dumps(item).replace(f"{__name__}:Product", f"{__name__}:Moved"))
+    pending: dict[int, Any] = {1: ok, 2: item, 3: renamed[0], 4: renamed[1], 5: renamed[2],
+                               6: no_errback, 7: moved, 8: None}
+    problems = unrestorable(pending, Spider)
+    assert problems == {"callback 'parse_product'": [3, 4, 5], "errback 'gone'": [6],
+                        f"item class '{__name__}:Moved'": [7]}
+    assert unrestorable({1: ok, 2: item}, spider) == {}
