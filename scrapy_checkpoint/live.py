@@ -30,10 +30,12 @@ from .journal.groups import (
     OWNER,
     RECOVERIES,
     RETRY_FAILED,
+    STAGE_TOTALS,
     START_TIME,
     STARTED,
     STATUS,
     TOTAL,
+    USER_STATE,
 )
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
@@ -51,7 +53,8 @@ class LiveState:
 
     __slots__ = (
         "batch_id", "done", "failed", "failed_units", "info", "last_index", "last_item",
-        "outputs", "pending", "processed", "skipped", "started", "successful", "updated_ts",
+        "outputs", "pending", "processed", "skipped", "started", "successful", "totals",
+        "updated_ts", "user_state",
     )
 
     def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
@@ -65,6 +68,10 @@ class LiveState:
         self.started: set[int] = set()
         #: Durable output file -> [its length when the stage first wrote it, committed length].
         self.outputs: dict[str, list[int]] = {}
+        #: The user's own state (a JSON value; None: never recorded), see ``USER_STATE``.
+        self.user_state: Any = None
+        #: Totals over every run of the stage (name -> int), see ``STAGE_TOTALS``.
+        self.totals: dict[str, int] = {}
 
     def _set_info(self, info: CheckpointState) -> None:
         self.info = info
@@ -114,6 +121,9 @@ class LiveState:
             "pending": [[code, payload] for code, payload in self.pending.items()],
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
+            # Replaced whole by each group, never changed in place: no copy needed.
+            "user_state": self.user_state,
+            "totals": self.totals,
         }
 
     @classmethod
@@ -128,6 +138,8 @@ class LiveState:
             live.pending = {int(code): payload for code, payload in header.get("pending", ())}
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
+            live.user_state = header.get("user_state")
+            live.totals = dict(header.get("totals") or {})
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
         return live
@@ -144,6 +156,7 @@ class LiveState:
             self._set_info(CheckpointState.model_validate(fields[INIT]))
             self.done, self.failed_units, self.pending = DoneSet(), {}, {}
             self.started, self.outputs = set(), {}
+            self.user_state, self.totals = None, {}
             info = self.info
         counters = fields.get(COUNTERS)
         if counters:
@@ -178,6 +191,10 @@ class LiveState:
                 self.started.discard(code)
         if OUTPUTS in fields:
             self.outputs.update(fields[OUTPUTS])
+        if USER_STATE in fields:
+            self.user_state = fields[USER_STATE]
+        if STAGE_TOTALS in fields:
+            self.totals = fields[STAGE_TOTALS]
         updates: dict[str, Any] = {}
         if STATUS in fields:
             updates["status"] = Status(fields[STATUS])

@@ -7,6 +7,8 @@ status the close reason calls for. The work lives in named collaborators:
 - :class:`~.frontier.Frontier`: which requests are units, and when each is done;
 - :class:`~.outputs.OutputSet`: durable outputs, cut back on resume;
 - :class:`~.shared_worker.SharedWorker`: this crawl as one worker of a shared stage;
+- :class:`~.spider_state.SpiderStateKeeper`: ``spider.state``, journaled with the requests;
+- :class:`~.stage_totals.StageTotals`: Scrapy's counters over every run, ``CLOSESPIDER_*``;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
 """
 
@@ -29,11 +31,13 @@ from ..errors import CheckpointError, ConfigError
 from ..journal.groups import OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
-from .engine_hooks import hook_request_lifecycle
-from .frontier import IGNORE_META, UNIT_META, Frontier
+from .engine_hooks import callbacks_idle, hook_request_lifecycle
+from .frontier import IGNORE_META, UNIT_META, Frontier, resume_order
 from .outputs import DurableOutput, OutputSet
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
+from .spider_state import SpiderStateError, SpiderStateKeeper
+from .stage_totals import StageTotals
 from .stats import publish
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -64,6 +68,8 @@ class CheckpointExtension:
         self.frontier: Frontier | None = None
         self.outputs: OutputSet | None = None
         self.worker: SharedWorker | None = None
+        self.spider_state: SpiderStateKeeper | None = None
+        self.totals: StageTotals | None = None
         self._own_output: DurableOutput | None = None
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
@@ -105,6 +111,12 @@ class CheckpointExtension:
             connect(frontier.request_scheduled, signal=signals.request_scheduled)
             connect(frontier.request_dropped, signal=signals.request_dropped)
             connect(frontier.spider_error, signal=signals.spider_error)
+            totals = ext.totals
+            assert totals is not None
+            connect(totals.item_scraped, signal=signals.item_scraped)
+            connect(totals.item_dropped, signal=signals.item_dropped)
+            connect(totals.response_received, signal=signals.response_received)
+            connect(totals.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
         if ext.worker is not None:
@@ -131,7 +143,8 @@ class CheckpointExtension:
         """Open ``stage`` and start it, resumed, started over or (completed, ``skip``) not."""
         config = self.config
         try:
-            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store)
+            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store,
+                                    units="requests")
         except ConfigError as exc:
             raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
@@ -161,6 +174,14 @@ class CheckpointExtension:
                                            if worker is not None else None)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self._stop)
+        totals = self.totals = StageTotals(cp, frontier.unit_of_request)
+        frontier.on_done, frontier.on_leave = totals.release, totals.discard
+        keeper = self.spider_state = SpiderStateKeeper(
+            cp, lambda: callbacks_idle(self.crawler.engine))
+        spider = getattr(self.crawler, "spider", None)
+        if spider is not None:  # so that pipelines' open_spider() see it too
+            keeper.attach(spider)
+        cp.set_commit_gate(keeper.ready)
         outputs.cut(cp.live.outputs)
         cp.add_commit_hook(self._before_commit)
         cp.add_sync_hook(outputs.fds)
@@ -176,10 +197,14 @@ class CheckpointExtension:
         return self.worker.claim_file(key, overwrite, stop=self._stop)
 
     def _before_commit(self) -> dict[str, Any] | None:
-        """Fields added to every journal group: output lengths and the known frontier."""
+        """Fields added to every journal group: output lengths, the known frontier, the
+        stage totals and spider.state when they changed."""
         assert self.cp is not None
         assert self.outputs is not None
-        fields: dict[str, Any] = {}
+        assert self.totals is not None
+        assert self.spider_state is not None
+        fields: dict[str, Any] = self.spider_state.fields() or {}  # first: it may raise
+        fields.update(self.totals.fields() or {})
         lengths = self.outputs.changed_lengths()
         if lengths:
             fields[OUTPUTS] = lengths
@@ -216,10 +241,22 @@ class CheckpointExtension:
         cp, frontier = self.cp, self.frontier
         if not self.active or cp is None or frontier is None:
             return
+        assert self.spider_state is not None
+        assert self.totals is not None
+        self.spider_state.attach(spider)
+        reached = self.totals.seed_close_spider(self.crawler)
+        if reached is not None:
+            counter, limit, total = reached
+            logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); "
+                        "nothing to do. Raise the limit to crawl on, or start over with "
+                        "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
+            raise CloseSpider(f"closespider_{counter}")
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
         live = cp.live
-        resumed = frontier.schedule(list(live.pending.values()))
+        lifo = "lifo" in str(self.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
+        resumed = frontier.schedule(resume_order(live.pending, frontier.inflight_at_crash,
+                                                 lifo=lifo))
         if self.worker is not None:
             resumed += self.worker.hand_over_adopted()
         inflight = len(frontier.inflight_at_crash)
@@ -284,6 +321,8 @@ class CheckpointExtension:
         frontier.record_skips()
         logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(cp.live.pending))
         publish(self.stats, cp)
+        if self.totals is not None:
+            self.totals.publish(self.stats)
 
     def _stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
@@ -306,16 +345,27 @@ class CheckpointExtension:
         cp = self.cp
         if cp is None:
             return
+        broken = self.spider_state is not None and self.spider_state.error is not None
         try:
-            if self.active:
-                self._finish(cp, reason)
+            if self.active and not broken:
+                try:
+                    self._finish(cp, reason)
+                except SpiderStateError as exc:
+                    logger.error("Stage %s: %s", self.stage, exc)
+                    broken = True
         finally:
             self.active = False
             if self.frontier is not None:
                 self.frontier.active = False
             if self._own_output is not None:
                 self._own_output.close()
-            cp.close()
+            if broken:  # nothing after the last good commit is kept: as after a crash
+                logger.error("Stage %s stopped at its last commit: spider.state could not be "
+                             "journaled. Fix the spider, then run the same command again to "
+                             "resume.", self.stage)
+                cp.abandon()
+            else:
+                cp.close()
             closer = getattr(cp.store, "close", None)
             if closer is not None:
                 closer()
@@ -326,6 +376,8 @@ class CheckpointExtension:
         self.frontier.record_skips()
         cp.set_total(len(live.done) + len(live.pending))
         publish(self.stats, cp)
+        if self.totals is not None:
+            self.totals.publish(self.stats)
         worker = self.worker
         if worker is not None:
             reason = worker.finish(reason, len(live.pending))

@@ -45,6 +45,10 @@ HANDED = "h"             # codes of pending units given to another process (a sh
 #                          worker): no longer pending here, and not done
 OUTPUTS = "fo"           # durable output files: {path: [base length, committed length]} in
 #                          bytes (written by the Scrapy integration's commit hook)
+USER_STATE = "us"        # the user's own state, whole, as of this group: a JSON value (a
+#                          spider's ``state`` dict), changed only by units done here or before
+STAGE_TOTALS = "sx"      # totals over every run of the stage, whole: {name: int} (a crawl's
+#                          items, responses, errors of units done here or before)
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
