@@ -70,17 +70,21 @@ def final_state(directory: Path) -> dict[str, Any]:
     return {**state, "categories": sorted(state["categories"])}
 
 
-def test_spider_state_after_kills_equals_the_uninterrupted_plain_run(tmp_path: Path,
-                                                                       site: Site) -> None:
+@pytest.mark.parametrize("pause", ["0", "0.005"], ids=["sync", "awaiting-callbacks"])
+def test_spider_state_after_kills_equals_the_uninterrupted_plain_run(tmp_path: Path, site: Site,
+                                                                       pause: str) -> None:
+    """``awaiting-callbacks``: every callback awaits after changing the state, so commits fall
+    due while callbacks are running."""
     # Plain Scrapy has spider.state only with JOBDIR.
-    plain = counting(site, tmp_path / "plain", *PLAIN, "-s", f"JOBDIR={tmp_path / 'job'}")
+    plain = counting(site, tmp_path / "plain", "-a", f"pause={pause}", *PLAIN,
+                     "-s", f"JOBDIR={tmp_path / 'job'}")
     assert plain.returncode == 0, plain.log[-3000:]
     expected = final_state(tmp_path / "plain")
     assert expected["pages"] == N_PAGES
     expected_items = sorted(i["category"] for i in items(tmp_path / "plain"))
     assert expected_items == list(range(7))
 
-    once = counting(site, tmp_path / "once")
+    once = counting(site, tmp_path / "once", "-a", f"pause={pause}")
     assert once.returncode == 0, once.log[-3000:]
     assert final_state(tmp_path / "once") == expected
     assert sorted(i["category"] for i in items(tmp_path / "once")) == expected_items
@@ -88,13 +92,14 @@ def test_spider_state_after_kills_equals_the_uninterrupted_plain_run(tmp_path: P
     rng = random.Random(5)
     killed = tmp_path / "killed"
     for _ in range(4):
-        run_ = counting(site, killed, kill_after_hits=rng.randint(10, N_PAGES // 4))
+        run_ = counting(site, killed, "-a", f"pause={pause}",
+                        kill_after_hits=rng.randint(10, N_PAGES // 4))
         assert run_.returncode == -9
         # The invariant itself: the journaled state counts exactly the pages done.
         view = read_stage(open_store(str(killed / "checkpoints")), "counting")
         journaled = view.user_state or {}
         assert journaled.get("pages", 0) == view.state.done_units, run_.log[-3000:]
-    last = counting(site, killed)
+    last = counting(site, killed, "-a", f"pause={pause}")
     assert last.returncode == 0, last.log[-3000:]
     assert re.search(r"Resuming from \d+ requests \(", last.log), last.log[-3000:]
     assert final_state(killed) == expected

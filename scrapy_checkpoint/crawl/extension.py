@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..journal.groups import OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
-from .engine_hooks import callbacks_idle, hook_request_lifecycle
+from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
 from .frontier import IGNORE_META, UNIT_META, Frontier, resume_order
 from .outputs import DurableOutput, OutputSet
 from .settings import CheckpointSettings
@@ -177,7 +177,7 @@ class CheckpointExtension:
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         keeper = self.spider_state = SpiderStateKeeper(
-            cp, lambda: callbacks_idle(self.crawler.engine))
+            cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
         if spider is not None:  # so that pipelines' open_spider() see it too
             keeper.attach(spider)
