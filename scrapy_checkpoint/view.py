@@ -71,6 +71,7 @@ class StageView:
             success_rate=m.success_rate,
             eta_seconds=m.eta_seconds,
             in_flight_units=self.in_flight,
+            totals=self.totals,
             problems=self.problems,
             disk=self.disk,
         )
