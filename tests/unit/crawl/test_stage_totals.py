@@ -23,15 +23,18 @@ class PagesSpider(scrapy.Spider):
 
     name = "tree"
 
-    def __init__(self, base: str, **kwargs: Any) -> None:
+    def __init__(self, base: str, fail: frozenset[int] = frozenset(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.base = base
+        self.base, self.fail = base, fail
 
     async def start(self) -> AsyncIterator[Any]:
         yield scrapy.Request(f"{self.base}/p/0")
 
     def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
-        yield {"page": int(response.url.rsplit("/", 1)[1])}
+        page = int(response.url.rsplit("/", 1)[1])
+        if page in self.fail:
+            raise ValueError(f"page {page}")
+        yield {"page": page}
         for href in response.css("a::attr(href)").getall():
             yield response.follow(href)
 
@@ -94,3 +97,24 @@ def test_stage_totals_count_every_run_and_per_status(
     assert stats["checkpoint/stage/response_status_count/200"] == N_PAGES - 1
     assert stats["checkpoint/stage/item_scraped_count"] == N_PAGES - 1
     assert stats["response_received_count"] < N_PAGES  # the run's own stats: this run only
+
+
+@pytest_twisted.inlineCallbacks
+def test_closespider_errorcount_counts_the_callback_errors_of_every_run(
+    make_crawler: MakeCrawler, site: Site
+) -> Iterator[Any]:
+    fail = frozenset(range(2, N_PAGES))
+    first = make_crawler(PagesSpider, CLOSESPIDER_ERRORCOUNT=2, **ONE_AT_A_TIME)
+    yield first.crawl(base=site.url, fail=fail)
+    stats = _stats(first)
+    assert stats["finish_reason"] == "closespider_errorcount"
+    errors = stats["checkpoint/stage/spider_exceptions/count"]
+    assert errors >= 2
+    hits = site.total_hits
+
+    second = make_crawler(PagesSpider, CLOSESPIDER_ERRORCOUNT=2, **ONE_AT_A_TIME)
+    yield second.crawl(base=site.url, fail=fail)
+    stats = _stats(second)
+    assert stats["finish_reason"] == "closespider_errorcount"
+    assert site.total_hits == hits
+    assert stats["checkpoint/stage/spider_exceptions/count"] == errors
