@@ -95,7 +95,8 @@ class EnhancedCheckpoint:
     ``checkpoint_dir`` is where a file store keeps its stages; ``backend`` (None,
     ``"file"`` or a Redis URL) or a ready ``store`` choose another store. Options are
     the fields of :class:`~scrapy_checkpoint.config.CheckpointConfig` (ConfigError if
-    one is invalid); ``on_start``... are hooks (see :meth:`on`).
+    one is invalid); ``on_start``... are hooks (see :meth:`on`). ``units`` names the
+    stage's units in the log (a crawl's are ``"requests"``).
     """
 
     def __init__(self, checkpoint_dir: str | os.PathLike[str] = "checkpoints",
@@ -103,7 +104,7 @@ class EnhancedCheckpoint:
                  backend: str | None = None, store: Store | None = None,
                  on_start: Hook | None = None, on_progress: Hook | None = None,
                  on_complete: Hook | None = None, on_failure: Hook | None = None,
-                 **options: Any) -> None:
+                 units: str = "items", **options: Any) -> None:
         self.config = CheckpointConfig.from_options(config, **options)
         self._owns_store = store is None
         self.store: Store = store if store is not None else open_backend(backend, checkpoint_dir)
@@ -118,6 +119,7 @@ class EnhancedCheckpoint:
         #: The group being built (the committer's; read on the update path).
         self._group = self._committer.group
         self._warned_duplicate = False
+        self.units = units
         #: Units found already done by :meth:`should_skip` in this process.
         self.resumed_skips = 0
         #: Bytes of damaged journal dropped when the stage was opened.
@@ -244,7 +246,7 @@ class EnhancedCheckpoint:
         if not self._created:  # (re)created: the group applies to ``live`` in place
             self._record({INIT: CheckpointState(stage=stage).model_dump(mode="json")})
             self._created = True
-        _log_resume(stage, live)
+        _log_resume(stage, live, self.units)
         if live.info.status in ACTIVE_STATUSES:  # its process died
             self._set_status(Status.RECOVERING, recoveries=live.info.recoveries + 1)
         self._record(_run_fields(stage, live, total_items, input_file, in_hash, output_file,
@@ -315,7 +317,7 @@ class EnhancedCheckpoint:
         committer = self._committer
         if (group.updates >= self.config.save_every
                 or now - committer.last_commit >= self.config.save_interval):
-            committer.commit(now)
+            committer.commit(now, due=True)
         progress = self._progress
         if progress.next_at and live.processed >= progress.next_at:
             if progress.passed(live.processed):
@@ -351,15 +353,25 @@ class EnhancedCheckpoint:
         (the Scrapy integration flushes its outputs and records their lengths here)."""
         self._committer.add_commit_hook(fn)
 
+    def set_commit_gate(self, fn: Callable[[], bool] | None) -> None:
+        """``fn()`` returns False while a commit the cadence asks for must wait: the group
+        grows on and is committed at the first update or tick when ``fn()`` is True again
+        (the Scrapy integration waits for a moment with no callback running, so the
+        spider's state it journals belongs to done requests only). Status changes and
+        :meth:`close` commit whatever ``fn()`` says. None removes the gate."""
+        self._committer.set_commit_gate(fn)
+
     def add_sync_hook(self, fn: Callable[[], list[int]]) -> None:
         """``fn()`` returns file descriptors to fsync before each journal fsync, so a
         journaled output length is never on disk before the output's bytes."""
         self._committer.add_sync_hook(fn)
 
     def record_output(self, path: str, base: int, length: int) -> None:
-        """Record a durable output's starting and committed length (bytes); commit now."""
-        self._record({OUTPUTS: {path: [base, length]}})
-        self._committer.commit(monotonic())
+        """Record a durable output's starting and committed length (bytes), journaled now
+        in a group of its own (the group being built may be waiting for the commit gate)."""
+        fields = {OUTPUTS: {path: [base, length]}}
+        self.live.apply([], [], fields)
+        self._committer.write_fields(fields)
 
     @property
     def journal_bytes(self) -> int | None:
@@ -455,6 +467,25 @@ class EnhancedCheckpoint:
             if self._owns_store and closer is not None:
                 closer()
 
+    def abandon(self) -> None:
+        """Release the stage without committing what was not committed yet, as if the
+        process had died there: the next start recovers it from the last commit (its
+        units after that run again). For a run that cannot record a consistent state."""
+        if self._live is None or not self._committer.is_open:
+            return
+        try:
+            self._committer.drain()
+        finally:
+            self._committer.close()
+            self._running = False
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._live = None
+            closer = getattr(self.store, "close", None)
+            if self._owns_store and closer is not None:
+                closer()
+
     def __enter__(self) -> EnhancedCheckpoint:
         return self
 
@@ -491,15 +522,17 @@ class EnhancedCheckpoint:
         self._committer.make_durable()
 
 
-def _log_resume(stage: str, live: LiveState) -> None:
-    """Say what a start found: a crashed run, a paused or failed one, a completed one."""
+def _log_resume(stage: str, live: LiveState, units: str) -> None:
+    """Say what a start found: a crashed run, a paused or failed one, a completed one
+    (``units`` names what the stage counts: items, requests)."""
     previous = live.info.status
     if previous in ACTIVE_STATUSES:
-        logger.warning("Detected incomplete checkpoint for %s. Resuming from %d items "
-                       "(%d done, %d pending, %d failed).", stage, live.processed,
+        logger.warning("Detected incomplete checkpoint for %s. Resuming from %d %s "
+                       "(%d done, %d pending, %d failed).", stage, live.processed, units,
                        len(live.done), len(live.pending), live.failed)
     elif previous in (Status.PAUSED, Status.FAILED, Status.INCOMPLETE):
-        logger.info("Resuming %s stage %s from %d items.", previous.value, stage, live.processed)
+        logger.info("Resuming %s stage %s from %d %s.", previous.value, stage, live.processed,
+                    units)
     elif previous is Status.COMPLETED:
         logger.info("Stage %s was completed; running it again: its %d finished units are "
                     "skipped (reset to start over).", stage, len(live.done))

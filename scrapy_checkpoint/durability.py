@@ -20,7 +20,7 @@ from .clock import monotonic, walltime
 from .config import CheckpointConfig
 from .errors import CheckpointError
 from .io import BackgroundIO
-from .journal.groups import GroupBuilder
+from .journal.groups import COMMITTED_AT, GroupBuilder, encode_group
 from .journal.snapshot import encode_snapshot
 from .live import LiveState
 from .metrics import ProgressLog
@@ -77,6 +77,7 @@ class GroupCommitter:
         self._snapshot_bytes = 0
         self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
         self._sync_hooks: list[Callable[[], list[int]]] = []
+        self._gate: Callable[[], bool] | None = None
         self._latencies: deque[float] = deque(maxlen=4096)
         self._last_sync = self.last_commit
         self._last_state = self.last_commit
@@ -155,6 +156,10 @@ class GroupCommitter:
         """See :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.add_commit_hook`."""
         self._commit_hooks.append(fn)
 
+    def set_commit_gate(self, fn: Callable[[], bool] | None) -> None:
+        """See :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.set_commit_gate`."""
+        self._gate = fn
+
     def add_sync_hook(self, fn: Callable[[], list[int]]) -> None:
         """See :meth:`~scrapy_checkpoint.checkpoint.EnhancedCheckpoint.add_sync_hook`."""
         self._sync_hooks.append(fn)
@@ -175,12 +180,14 @@ class GroupCommitter:
 
     # -- the cadence ---------------------------------------------------------------------------
 
-    def commit(self, now: float) -> None:
+    def commit(self, now: float, *, due: bool = False) -> None:
         """Write the group being built to the journal, if it holds anything (``now``:
         monotonic seconds). Then fsync, write the state file or compact if one is due.
 
-        Raises the I/O thread's first failure, and whatever the writer's append raises
-        (the group is dropped then, never sent twice).
+        ``due``: a commit the cadence asks for (size or time), which the commit gate (see
+        :meth:`set_commit_gate`) may put off; other commits (status changes, close) are
+        never put off. Raises the I/O thread's first failure, and whatever the writer's
+        append raises (the group is dropped then, never sent twice).
         """
         writer = self._writer
         if writer is None:
@@ -188,6 +195,8 @@ class GroupCommitter:
         group = self.group
         if group.is_empty():
             return
+        if due and self._gate is not None and not self._gate():
+            return  # the group grows on; the next update or tick asks again
         if self._io is not None:
             self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
         began = monotonic()
@@ -222,12 +231,25 @@ class GroupCommitter:
             return
         now = monotonic()
         if now - self.last_commit >= self.config.save_interval:
-            self.commit(now)
+            self.commit(now, due=True)
         self.maybe_sync(now)
         if now - self._last_state >= self.config.state_interval:
             self.write_state()
         if now - self._rate.last_sample >= 1.0:
             self._rate.add(now, self._live.processed)
+
+    def write_fields(self, fields: dict[str, Any]) -> None:
+        """Journal ``fields`` now as a group of their own, apart from the group being built
+        (which may be waiting for the commit gate). The caller has applied them to the live
+        state; they must not depend on the units of the group being built."""
+        writer = self._writer
+        if writer is None:
+            return
+        if self._io is not None:
+            self._io.raise_error()
+        writer.append(encode_group([], [], {**fields, COMMITTED_AT: walltime()}))
+        self._dirty = True
+        self._since_snapshot = True
 
     def make_durable(self) -> None:
         """Commit, and queue a state-file write and an fsync (does not wait for them)."""

@@ -34,10 +34,12 @@ from .journal.groups import (
     OWNER,
     RECOVERIES,
     RETRY_FAILED,
+    STAGE_TOTALS,
     START_TIME,
     STARTED,
     STATUS,
     TOTAL,
+    USER_STATE,
 )
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
@@ -56,7 +58,7 @@ class LiveState:
     __slots__ = (
         "attached", "batch_id", "done", "failed", "failed_units", "info", "last_index",
         "last_item", "outputs", "pending", "processed", "skipped", "started", "successful",
-        "updated_ts",
+        "totals", "updated_ts", "user_state",
     )
 
     def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
@@ -72,6 +74,10 @@ class LiveState:
         self.outputs: dict[str, list[int]] = {}
         #: Data a front end keeps with the stage, by name (JSON values; see ATTACHED).
         self.attached: dict[str, Any] = {}
+        #: The user's own state (a JSON value; None: never recorded), see ``USER_STATE``.
+        self.user_state: Any = None
+        #: Totals over every run of the stage (name -> int), see ``STAGE_TOTALS``.
+        self.totals: dict[str, int] = {}
 
     def _set_info(self, info: CheckpointState) -> None:
         self.info = info
@@ -122,6 +128,9 @@ class LiveState:
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
             "attached": dict(self.attached),
+            # Replaced whole by each group, never changed in place: no copy needed.
+            "user_state": self.user_state,
+            "totals": self.totals,
         }
 
     @classmethod
@@ -137,6 +146,8 @@ class LiveState:
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
             live.attached = dict(header.get("attached", {}))
+            live.user_state = header.get("user_state")
+            live.totals = dict(header.get("totals") or {})
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
         return live
@@ -153,6 +164,7 @@ class LiveState:
             self._set_info(CheckpointState.model_validate(fields[INIT]))
             self.done, self.failed_units, self.pending = DoneSet(), {}, {}
             self.started, self.outputs, self.attached = set(), {}, {}
+            self.user_state, self.totals = None, {}
             info = self.info
         counters = fields.get(COUNTERS)
         if counters:
@@ -193,6 +205,10 @@ class LiveState:
             for code in fields[DROPPED]:
                 self.pending.pop(code, None)
                 self.started.discard(code)
+        if USER_STATE in fields:
+            self.user_state = fields[USER_STATE]
+        if STAGE_TOTALS in fields:
+            self.totals = fields[STAGE_TOTALS]
         updates: dict[str, Any] = {}
         if LOST in fields:
             lost = dict(info.lost)

@@ -46,6 +46,16 @@ class StageView:
         """Durable outputs the stage recorded: absolute path -> [base, committed length] in bytes."""
         return dict(self._live.outputs) if self._live is not None else {}
 
+    @property
+    def user_state(self) -> Any:
+        """The user's own state as last committed (a crawl's ``spider.state``; None: none)."""
+        return self._live.user_state if self._live is not None else None
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Totals over every run as last committed (a crawl's items, responses, errors)."""
+        return dict(self._live.totals) if self._live is not None else {}
+
     def is_done(self, key: UnitKey) -> bool:
         """True if the unit ``key`` (index, str or bytes) is done in the stage as last committed."""
         return self._live is not None and key_code(key) in self._live.done
@@ -61,6 +71,7 @@ class StageView:
             success_rate=m.success_rate,
             eta_seconds=m.eta_seconds,
             in_flight_units=self.in_flight,
+            totals=self.totals,
             problems=self.problems,
             disk=self.disk,
         )

@@ -6,9 +6,11 @@ Scrapy has no public "request finished" signal. The engine's slot calls
 processed (items through the pipelines), or, when a downloader middleware
 turned it into another request (redirect, retry), after that request was
 scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them. ``wake()``
-uses the slot's ``nextcall`` to make an idle engine look at its scheduler now, and
+uses the slot's ``nextcall`` to make an idle engine look at its scheduler now,
 ``crawl_started()`` reads the crawler's engine slot without the error ``crawler.engine`` raises
-before the crawl starts.
+before the crawl starts, and ``callbacks_idle()`` reads the scraper's slot: the requests whose
+callback or errback output is being processed (``Scraper.slot.queue`` and ``.active``, from
+``enqueue_scrape()`` until just before the engine slot's ``remove_request``).
 """
 
 from __future__ import annotations
@@ -68,3 +70,20 @@ def wake(engine: Any) -> None:
     nextcall = getattr(slot, "nextcall", None)
     if nextcall is not None:
         nextcall.schedule()
+
+
+def callbacks_idle(engine: Any) -> bool:
+    """True when no callback or errback is running or has output being processed (items in
+    the pipelines included): every request whose callback started is done. Raises
+    RuntimeError on a Scrapy without ``ExecutionEngine.scraper.slot.queue/active``."""
+    slot = getattr(getattr(engine, "scraper", None), "slot", None)
+    if slot is None:
+        return True  # the spider is not open: no callback runs
+    try:
+        return not (slot.queue or slot.active)
+    except AttributeError:
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see which callbacks are running in this Scrapy version "
+            "(ExecutionEngine.scraper.slot.queue/active are missing), so it cannot save "
+            "spider.state safely. Use Scrapy 2.13-2.19."
+        ) from None

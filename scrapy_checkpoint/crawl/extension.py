@@ -8,6 +8,8 @@ status the close reason calls for. The work lives in named collaborators:
 - :class:`~.outputs.OutputSet`: durable outputs, cut back on resume;
 - :class:`~.shared_worker.SharedWorker`: this crawl as one worker of a shared stage;
 - :class:`~.sessions.CookieJars`: the cookie jars, kept with the checkpoint;
+- :class:`~.spider_state.SpiderStateKeeper`: ``spider.state``, journaled with the requests;
+- :class:`~.stage_totals.StageTotals`: Scrapy's counters over every run, ``CLOSESPIDER_*``;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
 """
 
@@ -30,7 +32,7 @@ from ..errors import CheckpointError, ConfigError, UnrestorableRequestsError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..state import Status
 from ..stores.base import Store
-from .engine_hooks import hook_request_lifecycle
+from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
 from .frontier import (
     IGNORE_META,
     LOST_NEVER_DONE,
@@ -38,6 +40,7 @@ from .frontier import (
     LOST_UNRESTORABLE,
     UNIT_META,
     Frontier,
+    resume_order,
 )
 from .invocation import borrowing_command, describe
 from .outputs import DurableOutput, OutputSet
@@ -46,6 +49,8 @@ from .scrapy_redis import own_scrapy_redis_queue, uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
+from .spider_state import SpiderStateError, SpiderStateKeeper
+from .stage_totals import StageTotals
 from .start_errors import report
 from .stats import publish
 
@@ -79,6 +84,8 @@ class CheckpointExtension:
         self.outputs: OutputSet | None = None
         self.worker: SharedWorker | None = None
         self.cookies: CookieJars | None = None
+        self.spider_state: SpiderStateKeeper | None = None
+        self.totals: StageTotals | None = None
         self._own_output: DurableOutput | None = None
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
@@ -133,6 +140,12 @@ class CheckpointExtension:
             connect(frontier.request_scheduled, signal=signals.request_scheduled)
             connect(frontier.request_dropped, signal=signals.request_dropped)
             connect(frontier.spider_error, signal=signals.spider_error)
+            totals = ext.totals
+            assert totals is not None
+            connect(totals.item_scraped, signal=signals.item_scraped)
+            connect(totals.item_dropped, signal=signals.item_dropped)
+            connect(totals.response_received, signal=signals.response_received)
+            connect(totals.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
         if ext.worker is not None:
@@ -159,7 +172,8 @@ class CheckpointExtension:
         """Open ``stage`` and start it, resumed, started over or (completed, ``skip``) not."""
         config = self.config
         try:
-            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store)
+            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store,
+                                    units="requests")
         except ConfigError as exc:
             raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
@@ -196,6 +210,14 @@ class CheckpointExtension:
                                            if worker is not None else None)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self._stop)
+        totals = self.totals = StageTotals(cp, frontier.unit_of_request)
+        frontier.on_done, frontier.on_leave = totals.release, totals.discard
+        keeper = self.spider_state = SpiderStateKeeper(
+            cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
+        spider = getattr(self.crawler, "spider", None)
+        if spider is not None:  # so that pipelines' open_spider() see it too
+            keeper.attach(spider)
+        cp.set_commit_gate(keeper.ready)
         outputs.cut(cp.live.outputs)
         self.cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), self.warn_once)
         cp.add_commit_hook(self._before_commit)
@@ -241,11 +263,15 @@ class CheckpointExtension:
         return self.worker.claim_file(key, overwrite, stop=self._stop)
 
     def _before_commit(self) -> dict[str, Any] | None:
-        """Fields added to every journal group: output lengths, the known frontier, and the
-        cookie jars when they changed."""
+        """Fields added to every journal group: output lengths, the known frontier, the
+        stage totals and spider.state when they changed, and the cookie jars when they
+        changed."""
         assert self.cp is not None
         assert self.outputs is not None
-        fields: dict[str, Any] = {}
+        assert self.totals is not None
+        assert self.spider_state is not None
+        fields: dict[str, Any] = self.spider_state.fields() or {}  # first: it may raise
+        fields.update(self.totals.fields() or {})
         lengths = self.outputs.changed_lengths()
         if lengths:
             fields[OUTPUTS] = lengths
@@ -285,6 +311,16 @@ class CheckpointExtension:
         cp, frontier = self.cp, self.frontier
         if not self.active or cp is None or frontier is None:
             return
+        assert self.spider_state is not None
+        assert self.totals is not None
+        self.spider_state.attach(spider)
+        reached = self.totals.seed_close_spider(self.crawler)
+        if reached is not None:
+            counter, limit, total = reached
+            logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); "
+                        "nothing to do. Raise the limit to crawl on, or start over with "
+                        "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
+            raise CloseSpider(f"closespider_{counter}")
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
         live = cp.live
@@ -300,7 +336,9 @@ class CheckpointExtension:
                 "interruption: they cannot be sent again, so their work is lost unless the "
                 "crawl finds them again; the stage will end 'incomplete'.", self.stage,
                 unjournaled)
-        resumed = frontier.schedule(list(live.pending.values()))
+        lifo = "lifo" in str(self.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
+        resumed = frontier.schedule(resume_order(live.pending, frontier.inflight_at_crash,
+                                                 lifo=lifo))
         if self.worker is not None:
             resumed += self.worker.hand_over_adopted()
         inflight = len(frontier.inflight_at_crash)
@@ -365,6 +403,8 @@ class CheckpointExtension:
         frontier.record_skips()
         logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(cp.live.pending))
         publish(self.stats, cp)
+        if self.totals is not None:
+            self.totals.publish(self.stats)
 
     def _stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
@@ -387,16 +427,27 @@ class CheckpointExtension:
         cp = self.cp
         if cp is None:
             return
+        broken = self.spider_state is not None and self.spider_state.error is not None
         try:
-            if self.active:
-                self._finish(cp, reason)
+            if self.active and not broken:
+                try:
+                    self._finish(cp, reason)
+                except SpiderStateError as exc:
+                    logger.error("Stage %s: %s", self.stage, exc)
+                    broken = True
         finally:
             self.active = False
             if self.frontier is not None:
                 self.frontier.active = False
             if self._own_output is not None:
                 self._own_output.close()
-            cp.close()
+            if broken:  # nothing after the last good commit is kept: as after a crash
+                logger.error("Stage %s stopped at its last commit: spider.state could not be "
+                             "journaled. Fix the spider, then run the same command again to "
+                             "resume.", self.stage)
+                cp.abandon()
+            else:
+                cp.close()
             closer = getattr(cp.store, "close", None)
             if closer is not None:
                 closer()
@@ -412,6 +463,8 @@ class CheckpointExtension:
             self._record_never_done(cp)
         cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
         publish(self.stats, cp)
+        if self.totals is not None:
+            self.totals.publish(self.stats)
         if reason == "finished":
             cp.complete()
         elif reason in FAILED_REASONS:

@@ -46,6 +46,18 @@ LOST_UNRESTORABLE = "unrestorable"
 LOST_NEVER_DONE = "never_done"
 
 
+def resume_order(pending: dict[int, Any], inflight: set[int], *, lifo: bool) -> list[Any]:
+    """The payloads of ``pending`` (unit -> payload, in the order the units were added) in
+    the order to schedule them again, so the scheduler hands them out as the interrupted
+    run would have: the units in flight at the interruption come out first (they were
+    taken from the queue before every other pending one). Scheduled last into a LIFO queue
+    (Scrapy's default), first into a FIFO one; the others keep the order they were added
+    in, which is the order the interrupted run had queued them."""
+    again = [payload for code, payload in pending.items() if code in inflight]
+    rest = [payload for code, payload in pending.items() if code not in inflight]
+    return rest + again if lifo else again + rest
+
+
 class Claims(Protocol):
     """Units owned by one worker of a shared stage (a :class:`~.shared_worker.SharedWorker`)."""
 
@@ -111,6 +123,10 @@ class Frontier:
         # Queued requests not to download: their unit was given to another worker, or (with
         # scrapy-redis) another worker has it or it is done.
         self._not_ours: WeakSet[Request] = WeakSet()
+        #: Called with a unit's code when it is done here, and when it leaves this run
+        #: undone (the stage totals' ``release`` and ``discard``).
+        self.on_done: Callable[[int], None] | None = None
+        self.on_leave: Callable[[int], None] | None = None
         #: Shared stages: this worker's claims, and (scrapy-redis) the shared queue.
         self.shared: Claims | None = None
         self.pairing: SharedQueue | None = None
@@ -275,7 +291,10 @@ class Frontier:
     def unit_of(self, response: Any) -> int | None:
         """The unit whose output ``response``'s items are (None: not a unit of this run).
         Writers set ``outputs.router.current`` to it around the write."""
-        request = getattr(response, "request", None)
+        return self.unit_of_request(getattr(response, "request", None))
+
+    def unit_of_request(self, request: Request | None) -> int | None:
+        """The unit ``request`` carries in this run (None: none)."""
         unit = request.meta.get(UNIT_META) if request is not None else None
         return unit if unit in self.live else None
 
@@ -315,6 +334,8 @@ class Frontier:
         self.live.discard(code)
         self.done_here.add_new(code)
         self.outputs.release(code)
+        if self.on_done is not None:
+            self.on_done(code)
         cp = self.cp
         try:
             if code in self._failures:
@@ -347,6 +368,8 @@ class Frontier:
         self.live.discard(code)
         self._failures.discard(code)
         self._ignored.discard(code)
+        if self.on_leave is not None:
+            self.on_leave(code)
         request = self._requests.pop(code, None)
         if request is not None:  # still queued here: dropped when it comes up
             self._registered.discard(request)

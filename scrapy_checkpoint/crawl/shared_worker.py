@@ -182,7 +182,7 @@ class SharedWorker:
                     self._cut_outputs_of(worker)
                 continue
             other = EnhancedCheckpoint(stage=sub_stage_name(self.stage, worker.id),
-                                       config=cp.config, store=cp.store)
+                                       config=cp.config, store=cp.store, units="requests")
             try:
                 other.open()
             except CheckpointLockedError:

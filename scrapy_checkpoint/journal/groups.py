@@ -49,6 +49,10 @@ ATTACHED = "at"          # data a front end keeps with the stage: {name: JSON va
 #                          replaced whole (the Scrapy integration's cookie jars: "cookies")
 LOST = "x"               # units whose work was lost: {reason: count} deltas (summed)
 DROPPED = "xd"           # codes of pending units dropped as lost: no longer pending, not done
+USER_STATE = "us"        # the user's own state, whole, as of this group: a JSON value (a
+#                          spider's ``state`` dict), changed only by units done here or before
+STAGE_TOTALS = "sx"      # totals over every run of the stage, whole: {name: int} (a crawl's
+#                          items, responses, errors of units done here or before)
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")

@@ -1,0 +1,132 @@
+"""Scrapy's counters over every run of a stage, and ``CLOSESPIDER_*`` limits that count them.
+
+Scrapy's stats and its ``CloseSpider`` extension count from zero in each run. A
+crawl that is killed and resumed is one crawl: its items, responses and callback
+errors are counted for the stage, so that ``CLOSESPIDER_ITEMCOUNT = 100`` stops
+the resumed crawl where the uninterrupted one stops.
+
+A count belongs to the request (unit) whose callback produced it: it is held with
+the unit and added to the totals when the unit is done, so the totals journaled
+with a group (field ``sx``) count exactly the units done in it or before. A
+unit's counts after a crash are lost with it and made again when it is redone;
+counts of nothing journaled (items of ``start()``, robots.txt) go to the totals at
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.extensions.closespider import CloseSpider as CloseSpiderExtension
+
+from ..checkpoint import EnhancedCheckpoint
+from ..journal.groups import STAGE_TOTALS
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+ITEMS = "item_scraped_count"
+DROPPED = "item_dropped_count"
+RESPONSES = "response_received_count"
+STATUS = "response_status_count/"  # + the status
+ERRORS = "spider_exceptions/count"
+
+#: The stats prefix of the stage totals: ``checkpoint/stage/item_scraped_count``...
+STATS_PREFIX = "checkpoint/stage/"
+
+#: CloseSpider's counter -> the stage total it counts.
+CLOSESPIDER_COUNTERS = {"itemcount": ITEMS, "pagecount": RESPONSES, "errorcount": ERRORS}
+
+
+class StageTotals:
+    """The stage's totals (see the module docstring).
+
+    ``cp`` is the open checkpoint (its totals are where this run starts);
+    ``unit_of(request)`` returns the unit a request carries in this run (None: none).
+    The signal handlers are connected by the extension; :meth:`release` and
+    :meth:`discard` are called by the frontier; :meth:`fields` is part of the commit
+    hook.
+    """
+
+    def __init__(self, cp: EnhancedCheckpoint, unit_of: Callable[[Request | None], int | None]) -> None:
+        self.cp = cp
+        self.unit_of = unit_of
+        #: Totals of the units done (journaled or about to be) and of counts of no unit.
+        self.totals: dict[str, int] = dict(cp.live.totals)
+        self._units: dict[int, dict[str, int]] = {}
+        self._changed = False
+
+    def count(self, request: Request | None, name: str) -> None:
+        """Count one ``name`` for the unit ``request`` carries (or for the stage at once)."""
+        unit = self.unit_of(request)
+        if unit is None:
+            self.totals[name] = self.totals.get(name, 0) + 1
+            self._changed = True
+        else:
+            counts = self._units.setdefault(unit, {})
+            counts[name] = counts.get(name, 0) + 1
+
+    def release(self, unit: int) -> None:
+        """The unit is done: its counts join the totals (journaled with its done record)."""
+        counts = self._units.pop(unit, None)
+        if counts:
+            totals = self.totals
+            for name, n in counts.items():
+                totals[name] = totals.get(name, 0) + n
+            self._changed = True
+
+    def discard(self, unit: int) -> None:
+        """The unit left this run without being done here: its counts go with it."""
+        self._units.pop(unit, None)
+
+    def fields(self) -> dict[str, Any] | None:
+        """The totals, for the group being committed, if they changed."""
+        if not self._changed:
+            return None
+        self._changed = False
+        return {STAGE_TOTALS: dict(self.totals)}
+
+    def publish(self, stats: Any) -> None:
+        """Set the ``checkpoint/stage/*`` stats to the totals."""
+        for name, n in self.totals.items():
+            stats.set_value(STATS_PREFIX + name, n)
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def item_scraped(self, item: Any, response: Any, spider: Spider) -> None:
+        self.count(getattr(response, "request", None), ITEMS)
+
+    def item_dropped(self, item: Any, response: Any, exception: BaseException,
+                     spider: Spider) -> None:
+        self.count(getattr(response, "request", None), DROPPED)
+
+    def response_received(self, response: Any, request: Request, spider: Spider) -> None:
+        self.count(request, RESPONSES)
+        self.count(request, STATUS + str(response.status))
+
+    def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
+        self.count(getattr(response, "request", None), ERRORS)
+
+    # -- CLOSESPIDER_* ----------------------------------------------------------------------
+
+    def seed_close_spider(self, crawler: Any) -> tuple[str, int, int] | None:
+        """Start Scrapy's CloseSpider counters at the stage totals. Returns ``(counter,
+        limit, total)`` when an earlier run of the stage already reached a limit."""
+        reached = None
+        for ext in getattr(crawler.extensions, "middlewares", ()):
+            if not isinstance(ext, CloseSpiderExtension):
+                continue
+            for counter, name in CLOSESPIDER_COUNTERS.items():
+                total = self.totals.get(name, 0)
+                if not total:
+                    continue
+                ext.counter[counter] += total
+                limit = ext.close_on.get(counter) or 0
+                if limit and ext.counter[counter] >= limit and reached is None:
+                    reached = (counter, limit, ext.counter[counter])
+        return reached
+
+
+__all__ = ["CLOSESPIDER_COUNTERS", "STATS_PREFIX", "StageTotals"]
