@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .clock import utcnow
-from .journal.doneset import DoneSet
+from .journal.doneset import MAX_TIME, DoneSet
 from .journal.groups import (
     ADDED,
     BATCH_ID,
@@ -29,12 +29,14 @@ from .journal.groups import (
     OUTPUTS,
     OWNER,
     RECOVERIES,
+    REFRESH_BEFORE,
     RETRY_FAILED,
     START_TIME,
     STARTED,
     STATUS,
     TOTAL,
 )
+from .journal.snapshot import DONE_NOW
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.base import Loaded, Store
@@ -114,6 +116,7 @@ class LiveState:
             "pending": [[code, payload] for code, payload in self.pending.items()],
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
+            DONE_NOW: self.done.now,
         }
 
     @classmethod
@@ -142,7 +145,7 @@ class LiveState:
         if INIT in fields:
             # A stage (re)created: start from its initial state and nothing done.
             self._set_info(CheckpointState.model_validate(fields[INIT]))
-            self.done, self.failed_units, self.pending = DoneSet(), {}, {}
+            self.done, self.failed_units, self.pending = DoneSet(now=self.done.now), {}, {}
             self.started, self.outputs = set(), {}
             info = self.info
         counters = fields.get(COUNTERS)
@@ -166,6 +169,10 @@ class LiveState:
                 payload = self.failed_units.pop(code, None)
                 if payload is not None:
                     self.pending[code] = payload
+        if REFRESH_BEFORE in fields:  # a new pass of a completed stage (incremental)
+            for code in self.done.drop_before(fields[REFRESH_BEFORE]):
+                self.failed_units.pop(code, None)
+            self.outputs = {}
         if ADDED in fields:
             for code, payload in fields[ADDED]:
                 if code not in self.done:
@@ -219,6 +226,10 @@ class LiveState:
                 add(code)
             self.failed_units[code] = pending.pop(code, None)
             started.discard(code)
+        if COMMITTED_AT in fields:
+            # Units done after this commit are stamped with its second; so are those the
+            # next group records, on replay as when they were done.
+            self.done.now = min(max(int(fields[COMMITTED_AT]), 0), MAX_TIME)
 
     # -- the readable form -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
+from ..clock import walltime
 from ..durability import timer_period
 from ..errors import CheckpointError, ConfigError
 from ..journal.groups import OUTPUTS, TOTAL
@@ -107,7 +108,7 @@ class CheckpointExtension:
             connect(frontier.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
-        if ext.worker is not None:
+        if ext.active:
             connect(ext.spider_idle, signal=signals.spider_idle)
         return ext
 
@@ -118,7 +119,7 @@ class CheckpointExtension:
             self._open_stage(store, self.stage)
             return
         worker = SharedWorker.join(self.crawler, config, store, self.stage)
-        if worker is None:  # completed, and CHECKPOINT_ON_COMPLETE = 'skip'
+        if worker is None:  # completed, and CHECKPOINT_ON_COMPLETE = 'skip' (the default)
             self._skip_completed = True
             return
         try:
@@ -128,7 +129,8 @@ class CheckpointExtension:
             worker.release_joining()  # joined, or failed: let the next worker in
 
     def _open_stage(self, store: Store, stage: str) -> None:
-        """Open ``stage`` and start it, resumed, started over or (completed, ``skip``) not."""
+        """Open ``stage`` and start it: resumed, started over, or (completed, and
+        ``CHECKPOINT_ON_COMPLETE = 'skip'``, the default) not at all."""
         config = self.config
         try:
             cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store)
@@ -137,14 +139,20 @@ class CheckpointExtension:
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
         try:
             reset = config.reset and self.worker is None  # a shared stage was reset as a whole
+            refresh_before = None
             if cp.status is Status.COMPLETED and not reset:
                 if config.retry_failed and cp.live.failed_units:
                     logger.info("Stage %s was completed with %d failed request(s); fetching "
                                 "them again (CHECKPOINT_RETRY_FAILED).", self.stage,
                                 len(cp.live.failed_units))
+                elif config.on_complete == "incremental":
+                    refresh_before = self._refresh_before(cp)
+                    if refresh_before is None:
+                        self._skip_completed = True
+                        self.cp = cp
+                        return
                 elif config.on_complete == "skip":
-                    logger.info("Stage %s is already completed; nothing to do "
-                                "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
+                    logger.info(config.completed_message(self.stage))
                     self._skip_completed = True
                     self.cp = cp
                     return
@@ -152,7 +160,8 @@ class CheckpointExtension:
                     logger.info("Stage %s was completed; starting it over "
                                 "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
                     reset = True
-            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
+            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
+                     refresh_before=refresh_before)
         except BaseException:
             cp.close()
             raise
@@ -170,6 +179,25 @@ class CheckpointExtension:
             worker.attach(cp, frontier, outputs)
         if config.output:
             self._own_output = outputs.open(config.output, overwrite=False, has_header=False)
+
+    def _refresh_before(self, cp: EnhancedCheckpoint) -> int | None:
+        """``CHECKPOINT_ON_COMPLETE = 'incremental'``: the Unix second before which done
+        requests are fetched again, or None (logged) when none was done that long ago."""
+        config = self.config
+        refresh_before = int(walltime() - config.refresh_seconds) + 1
+        stale, done = cp.refresh_count(refresh_before), len(cp.live.done)
+        if not stale:
+            logger.info("Stage %s is completed and none of its %d request(s) was done %s or "
+                        "longer ago: nothing to fetch, outputs left as they are "
+                        "(CHECKPOINT_ON_COMPLETE = 'incremental', CHECKPOINT_REFRESH_AFTER = "
+                        "%r).", self.stage, done, config.refresh_after, config.refresh_after)
+            return None
+        logger.info("Stage %s was completed; %d of its %d request(s) were done %s or longer "
+                    "ago: they are fetched again when the crawl reaches them, with what they "
+                    "link to, and the others are skipped (CHECKPOINT_ON_COMPLETE = "
+                    "'incremental').", self.stage, stale, done, config.refresh_after)
+        self.stats.set_value("checkpoint/refreshed", stale)
+        return refresh_before
 
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
@@ -256,11 +284,15 @@ class CheckpointExtension:
                 router.current = previous
 
     def spider_idle(self, spider: Spider) -> None:
-        """Shared stages: see :meth:`SharedWorker.idle`."""
-        if not self.active or self.worker is None:
+        """Commit what is done: a crawl about to finish has it journaled before it closes
+        (killed while closing, its next run finds everything done). Shared stages: see
+        :meth:`SharedWorker.idle`."""
+        if not self.active or self.cp is None:
             return
         try:
-            self.worker.idle()
+            self.cp.request_durable()
+            if self.worker is not None:
+                self.worker.idle()
         except CheckpointError as exc:
             self._stop(exc)
 

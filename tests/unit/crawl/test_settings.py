@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert (config.enabled, config.dir, config.stage_name, config.backend) == (
         False, "checkpoints", None, "file")
     assert (config.reset, config.retry_failed, config.shared, config.on_complete) == (
-        False, False, False, "restart")
+        False, False, False, "skip")
     assert (config.lease_seconds, config.redis_buffer, config.log_interval) == (60.0, 64 << 20, 30.0)
     assert (config.input_file, config.output, config.redis_ttl, config.redis_prefix) == (
         None, None, None, None)
@@ -53,14 +53,15 @@ def test_numbers_text_and_dicts_are_read_with_their_getters() -> None:
                   CHECKPOINT_REDIS_BUFFER="1024", CHECKPOINT_DIR="/tmp/x",
                   CHECKPOINT_STAGE_NAME="books", CHECKPOINT_BACKEND="redis://127.0.0.1:1/0",
                   CHECKPOINT_REDIS_PREFIX="p", CHECKPOINT_INPUT_FILE="in.csv",
-                  CHECKPOINT_ON_COMPLETE="skip", CHECKPOINT_OUTPUT="own.jl",
+                  CHECKPOINT_ON_COMPLETE="restart", CHECKPOINT_OUTPUT="own.jl",
                   CHECKPOINT_REDIS_TTL='{"active": 10, "completed": 20}')
     assert config.lease_seconds == 2.5
     assert config.log_interval == 0.0
     assert config.redis_buffer == 1024
     assert (config.dir, config.stage_name, config.backend, config.redis_prefix) == (
         "/tmp/x", "books", "redis://127.0.0.1:1/0", "p")
-    assert (config.input_file, config.on_complete, config.output) == ("in.csv", "skip", "own.jl")
+    assert (config.input_file, config.on_complete, config.output) == ("in.csv", "restart",
+                                                                       "own.jl")
     assert config.redis_ttl == {"active": 10, "completed": 20}
     assert read(CHECKPOINT_REDIS_TTL={"failed": 5}).redis_ttl == {"failed": 5}
 
