@@ -60,6 +60,21 @@ def test_each_code_keeps_its_time_through_merges_removals_and_bytes(
     assert all(again.time_of(code) == expected[code] for code in again)
 
 
+def test_codes_appended_after_the_largest_keep_their_times_in_and_out_of_order() -> None:
+    done = DoneSet([1, 2], now=T0)
+    done.now = T0 + 1
+    for code in (3, 4, 5):  # in order
+        done.add_new(code)
+    done.compact()
+    done.now = T0 + 2
+    done.add_new(10)
+    done.now = T0 + 3
+    done.add_new(7)  # out of order, still after the largest
+    done.compact()
+    assert _times(done, [1, 2, 3, 4, 5, 7, 10]) == {1: T0, 2: T0, 3: T0 + 1, 4: T0 + 1,
+                                                    5: T0 + 1, 7: T0 + 3, 10: T0 + 2}
+
+
 def test_a_set_without_times_answers_membership_only() -> None:
     done = DoneSet([3, 1, 2], timed=False)
     done.add_new(9)

@@ -156,7 +156,9 @@ class DoneSet:
         if not base or new[0] > base[-1]:  # e.g. indexes done in order: append
             base.extend(new)
             if times is not None:
-                times.extend([recent[code] for code in new])
+                # Added in order (indexes done in order): the dict's order is the sorted one.
+                in_order = list(recent)
+                times.extend(recent.values() if in_order == new else [recent[c] for c in new])
         elif times is None:
             # Merge without turning the whole array into Python ints (36+ bytes each):
             # copy the runs of the old array between the insertion points.
