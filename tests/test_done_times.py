@@ -100,6 +100,8 @@ def test_snapshots_keep_done_times_and_old_snapshots_read_as_done_when_last_upda
         decode_snapshot(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(ValueError, match="time section"):
         decode_snapshot(blob[:-4])
+    with pytest.raises(ValueError, match="cut short"):
+        decode_snapshot(SNAPSHOT_MAGIC + b"short")
 
     del header["done_now"]
     old = encode_snapshot(header, done.to_bytes())  # as written before done times were kept

@@ -53,6 +53,13 @@ def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
 
 def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     """Raise ValueError unless ``data`` is a whole, checksummed snapshot."""
+    try:
+        return _decode(data)
+    except struct.error:
+        raise ValueError("snapshot is cut short") from None
+
+
+def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     if data.startswith(SNAPSHOT_MAGIC):
         timed = True
     elif data.startswith(SNAPSHOT_MAGIC_V1):
