@@ -44,6 +44,7 @@ import shlex
 import types
 import typing
 from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -142,7 +143,7 @@ class CheckpointSettings(BaseModel):
     def completed_message(self, stage: str) -> str:
         """The one line a run of the completed ``stage`` logs when it does nothing."""
         where = (f"--dir {shlex.quote(self.dir)}" if self.backend == "file"
-                 else f"--backend {shlex.quote(self.backend)}")
+                 else f"--backend {shlex.quote(_without_password(self.backend))}")
         return (f"Stage {stage} is already completed: nothing to fetch, outputs left as they "
                 f"are. To crawl it again from the start, add -s CHECKPOINT_RESET=True, or run "
                 f"scrapy-checkpoint {where} reset {stage} first.")
@@ -156,6 +157,15 @@ class CheckpointSettings(BaseModel):
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,
                           buffer_bytes=self.redis_buffer,
                           ttls={str(k): v for k, v in (self.redis_ttl or {}).items()})
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (it goes to the log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

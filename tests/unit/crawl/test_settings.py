@@ -147,3 +147,32 @@ def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> No
     store = read(CHECKPOINT_DIR=str(tmp_path / "cp")).store()
     assert isinstance(store, FileStore)
     assert Path(str(store.location)) == tmp_path / "cp"
+
+
+def test_the_completed_stage_line_says_how_to_start_over_without_a_password() -> None:
+    file_store = CheckpointSettings.from_settings(Settings({"CHECKPOINT_DIR": "data/cp"}))
+    assert file_store.completed_message("shop") == (
+        "Stage shop is already completed: nothing to fetch, outputs left as they are. To crawl "
+        "it again from the start, add -s CHECKPOINT_RESET=True, or run scrapy-checkpoint --dir "
+        "data/cp reset shop first.")
+    redis = CheckpointSettings.from_settings(
+        Settings({"CHECKPOINT_BACKEND": "redis://user:s3cret@127.0.0.1:6379/0"}))
+    line = redis.completed_message("shop")
+    assert "--backend 'redis://user:***@127.0.0.1:6379/0' reset shop" in line
+    assert "s3cret" not in line
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30m", 1800), ("12h", 43200), ("7d", 604800), ("90", 90), ("0s", 0), ("1.5h", 5400),
+    (" 2D ", 172800),
+])
+def test_refresh_after_takes_durations(text: str, seconds: float) -> None:
+    config = CheckpointSettings.from_settings(Settings({
+        "CHECKPOINT_ON_COMPLETE": "incremental", "CHECKPOINT_REFRESH_AFTER": text}))
+    assert config.refresh_seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["7 days", "-1d", "1w", "d"])
+def test_a_refresh_after_that_is_no_duration_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"CHECKPOINT_REFRESH_AFTER=.*such as 30m, 12h or 7d"):
+        CheckpointSettings.from_settings(Settings({"CHECKPOINT_REFRESH_AFTER": text}))
