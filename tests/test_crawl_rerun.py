@@ -2,7 +2,9 @@
 
 A completed stage run again fetches nothing and leaves every output as it is, also
 when the crawl was killed after Scrapy logged ``Spider closed (finished)``, or
-before its stage was marked completed.
+before its stage was marked completed (every item once, as in one uninterrupted
+crawl of the site: one item per page). ``CHECKPOINT_ON_COMPLETE = "incremental"``
+fetches again what is due: everything with a zero refresh time, nothing with a long one.
 """
 
 from __future__ import annotations
