@@ -16,7 +16,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .clock import monotonic, utcnow, walltime
@@ -36,6 +36,7 @@ from .journal.groups import (
     OUTPUTS,
     OWNER,
     RECOVERIES,
+    REFRESH_BEFORE,
     RETRY_FAILED,
     START_TIME,
     STATUS,
@@ -224,13 +225,16 @@ class EnhancedCheckpoint:
     def start(self, stage: str | None = None, total_items: int | None = None,
               input_file: str | os.PathLike[str] | None = None,
               output_file: str | os.PathLike[str] | None = None, *,
-              reset: bool = False, retry_failed: bool = False) -> CheckpointState:
+              reset: bool = False, retry_failed: bool = False,
+              refresh_before: int | None = None) -> CheckpointState:
         """Open the stage and mark it running, resuming whatever an earlier run left.
 
         A stage found ``running`` (its process died) is logged, moved to ``recovering``
         and resumed. ``reset=True`` starts over; ``retry_failed=True`` makes units that
-        finished with a failure run again. Raises InputChangedError if ``input_file``'s
-        content differs from the one recorded (unless ``reset``)."""
+        finished with a failure run again. ``refresh_before`` (Unix seconds) starts a new
+        pass: units done before it are no longer done (nor counted), and durable outputs
+        are recorded afresh (see :meth:`refresh_count`). Raises InputChangedError if
+        ``input_file``'s content differs from the one recorded (unless ``reset``)."""
         if self._running:
             return self.state
         self.open(stage)
@@ -249,13 +253,44 @@ class EnhancedCheckpoint:
         _log_resume(stage, live, self.units)
         if live.info.status in ACTIVE_STATUSES:  # its process died
             self._set_status(Status.RECOVERING, recoveries=live.info.recoveries + 1)
-        self._record(_run_fields(stage, live, total_items, input_file, in_hash, output_file,
-                                 retry_failed))
+        fields = _run_fields(stage, live, total_items, input_file, in_hash, output_file,
+                             retry_failed)
+        if refresh_before is not None:
+            refresh = self._refresh_fields(refresh_before, retry_failed)
+            if COUNTERS in fields:  # retry_failed's, then the pass's
+                refresh[COUNTERS] = [a + b for a, b in zip(fields[COUNTERS], refresh[COUNTERS],
+                                                           strict=True)]
+            fields.update(refresh)
+        self._record(fields)
         self._set_status(Status.RUNNING)
         self._started = True
         self._progress.begin(live.processed)
         self._hooks.emit("start", self)
         return self.state
+
+    def refresh_count(self, refresh_before: int) -> int:
+        """How many done units were done before ``refresh_before`` (Unix seconds): those a
+        ``start(refresh_before=...)`` makes not done. The stage must be open."""
+        return self.live.done.count_before(refresh_before)
+
+    def _refresh_fields(self, refresh_before: int, retry_failed: bool) -> dict[str, Any]:
+        """The group fields of a new pass: ``rb``, and the counters of the units it releases
+        taken off (failed units released by ``retry_failed`` are taken off already)."""
+        live = self.live
+        done = live.done
+        failed = 0
+        for code in live.failed_units:
+            t = done.time_of(code)
+            if t is not None and t < refresh_before:
+                failed += 1
+        released = done.count_before(refresh_before)
+        if retry_failed:  # released by rf before rb applies: neither counted nor done then
+            released -= failed
+            failed = 0
+        delta = [-released, -min(released - failed, live.successful), -failed, 0]
+        logger.debug("Stage %s: a new pass; %d unit(s) done before %s are done no more.",
+                     self.stage, released, _ts_text(refresh_before))
+        return {REFRESH_BEFORE: int(refresh_before), COUNTERS: delta}
 
     def update(self, processed: int = 0, successful: int = 0, failed: int = 0, skipped: int = 0,
                last_item: Any = None, index: int | None = None, key: UnitKey | None = None,
@@ -520,6 +555,10 @@ class EnhancedCheckpoint:
         self._record(fields)
         self._running = new is Status.RUNNING
         self._committer.make_durable()
+
+
+def _ts_text(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _log_resume(stage: str, live: LiveState, units: str) -> None:

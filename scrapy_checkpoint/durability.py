@@ -211,6 +211,7 @@ class GroupCommitter:
         committed_at = walltime()
         live.updated_ts = committed_at
         payload = group.seal((live.last_item, live.last_index, live.batch_id), committed_at)
+        live.done.now = int(committed_at)  # as replay does (LiveState.apply)
         writer.append(payload)
         self.last_commit = now
         self._latencies.append(monotonic() - began)
@@ -307,19 +308,22 @@ class GroupCommitter:
         gen = self._generation + 1
         # Only the copies are made here; encoding and checksums run on the I/O thread.
         header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
+        times_bytes = live.done.times_bytes()
         writer.flush()
         self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
                                                buffered=self._buffered)
         self._generation, self._snapshot_bytes = gen, len(done_bytes)
         self._since_snapshot = False
-        io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes)
+        io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes,
+                  times_bytes)
 
     def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
-                           header: dict[str, Any], done_bytes: bytes) -> None:
+                           header: dict[str, Any], done_bytes: bytes,
+                           times_bytes: bytes | None) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
-        blob = encode_snapshot(header, done_bytes)
+        blob = encode_snapshot(header, done_bytes, times_bytes)
         if old is not new:  # a store with one journal (Redis) keeps its writer
             old.fsync()
             old.close()

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .clock import utcnow
-from .journal.doneset import DoneSet
+from .journal.doneset import MAX_TIME, DoneSet
 from .journal.groups import (
     ADDED,
     ATTACHED,
@@ -33,6 +33,7 @@ from .journal.groups import (
     OUTPUTS,
     OWNER,
     RECOVERIES,
+    REFRESH_BEFORE,
     RETRY_FAILED,
     STAGE_TOTALS,
     START_TIME,
@@ -41,6 +42,7 @@ from .journal.groups import (
     TOTAL,
     USER_STATE,
 )
+from .journal.snapshot import DONE_NOW
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.base import Loaded, Store
@@ -131,6 +133,7 @@ class LiveState:
             # Replaced whole by each group, never changed in place: no copy needed.
             "user_state": self.user_state,
             "totals": self.totals,
+            DONE_NOW: self.done.now,
         }
 
     @classmethod
@@ -162,7 +165,7 @@ class LiveState:
         if INIT in fields:
             # A stage (re)created: start from its initial state and nothing done.
             self._set_info(CheckpointState.model_validate(fields[INIT]))
-            self.done, self.failed_units, self.pending = DoneSet(), {}, {}
+            self.done, self.failed_units, self.pending = DoneSet(now=self.done.now), {}, {}
             self.started, self.outputs, self.attached = set(), {}, {}
             self.user_state, self.totals = None, {}
             info = self.info
@@ -187,6 +190,10 @@ class LiveState:
                 payload = self.failed_units.pop(code, None)
                 if payload is not None:
                     self.pending[code] = payload
+        if REFRESH_BEFORE in fields:  # a new pass of a completed stage (incremental)
+            for code in self.done.drop_before(fields[REFRESH_BEFORE]):
+                self.failed_units.pop(code, None)
+            self.outputs = {}
         if ADDED in fields:
             for code, payload in fields[ADDED]:
                 if code not in self.done:
@@ -255,6 +262,10 @@ class LiveState:
                 add(code)
             self.failed_units[code] = pending.pop(code, None)
             started.discard(code)
+        if COMMITTED_AT in fields:
+            # Units done after this commit are stamped with its second; so are those the
+            # next group records, on replay as when they were done.
+            self.done.now = min(max(int(fields[COMMITTED_AT]), 0), MAX_TIME)
 
     @property
     def lost_total(self) -> int:

@@ -119,3 +119,36 @@ def double_sigint(proc: subprocess.Popen[bytes], log: Path) -> None:
 
 def sigterm(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
+
+
+#: ``-s`` arguments that enable the gates of the test project (see crawl_project/gates.py).
+GATES = {
+    "before_completion": ("ITEM_PIPELINES", '{"crawl_project.gates.BeforeCompletionGate": 900}'),
+    "after_finished": ("EXTENSIONS", '{"crawl_project.gates.AfterFinishedGate": 900}'),
+}
+
+
+def crawl_killed_at_gate(site: Site, outputs: Outputs, gate: str, *extra: str) -> CrawlRun:
+    """Run ``scrapy crawl site`` with the gate ``gate`` (a key of :data:`GATES`) and SIGKILL it
+    once the crawl waits there."""
+    gate_dir = outputs.directory / f"gate-{gate}"
+    gate_dir.mkdir()
+    setting, value = GATES[gate]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args,
+           "-s", f"GATE_DIR={gate_dir}", "-s", f"{setting}={value}", *extra]
+    before = site.page_hits()
+    log_path = outputs.directory / "crawl.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while (not (gate_dir / "reached").exists() and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)  # polls for the gate's own signal that the crawl waits there
+        reached = (gate_dir / "reached").exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=300)
+    assert reached, log_path.read_text()[-3000:]
+    after = site.page_hits()
+    hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
+    return CrawlRun(proc.returncode, log_path.read_text(), hits)

@@ -65,25 +65,14 @@ def test_failed_requests_are_counted_and_fetched_again_with_retry_failed(
     assert (state.progress.failed_items, state.status) == (0, Status.COMPLETED)
 
 
-def test_a_completed_stage_starts_over_by_default(tmp_path: Path, site: Site) -> None:
+def test_a_completed_stage_starts_over_with_on_complete_restart(tmp_path: Path, site: Site) -> None:
     outputs = Outputs(tmp_path)
     assert crawl(site, outputs).returncode == 0
-    again = crawl(site, outputs)
+    again = crawl(site, outputs, "-s", "CHECKPOINT_ON_COMPLETE=restart")
     assert again.returncode == 0
     assert "was completed; starting it over" in again.log
     assert set(again.hits) == set(range(N_PAGES))
     assert sorted(outputs.jsonlines("own.jl")) == sorted(list(range(N_PAGES)) * 2)
-
-
-def test_a_completed_stage_with_on_complete_skip_does_nothing(tmp_path: Path, site: Site) -> None:
-    outputs = Outputs(tmp_path)
-    assert crawl(site, outputs).returncode == 0
-    again = crawl(site, outputs, "-s", "CHECKPOINT_ON_COMPLETE=skip")
-    assert again.returncode == 0, again.log[-3000:]
-    assert again.hits == {}
-    assert "already completed; nothing to do" in again.log
-    assert sorted(outputs.jsonlines("items.jl")) == list(range(N_PAGES))
-    assert _state(tmp_path).status is Status.COMPLETED
 
 
 def test_a_changed_input_file_stops_the_resume_until_reset(tmp_path: Path, site: Site) -> None:
@@ -139,7 +128,11 @@ def test_checkpoint_enabled_false_behaves_like_plain_scrapy(tmp_path: Path, site
     ("CHECKPOINT_DURABILITY=sometimes",
      "Invalid setting CHECKPOINT_DURABILITY='sometimes': Input should be 'fsync', 'flush' or 'none'"),
     ("CHECKPOINT_ON_COMPLETE=never",
-     "Invalid setting CHECKPOINT_ON_COMPLETE='never': Input should be 'restart' or 'skip'"),
+     "Invalid setting CHECKPOINT_ON_COMPLETE='never': Input should be 'skip', 'restart' or "
+     "'incremental'"),
+    ("CHECKPOINT_REFRESH_AFTER=weekly",
+     "Invalid setting CHECKPOINT_REFRESH_AFTER='weekly': Value error, use a duration such as "
+     "30m, 12h or 7d"),
     ("JOBDIR=jobdir", "JOBDIR and scrapy-checkpoint must not be combined"),
     ("CHECKPOINT_SHARED=True", "CHECKPOINT_SHARED needs the Redis backend"),
     ("CHECKPOINT_REDIS_TTL={\"done\": 5}",

@@ -122,10 +122,12 @@ def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
     assert [w.status for w in workers] == ["finished", "finished"]
     assert sum(w.done for w in workers) == N_PAGES
     assert RedisStore(shared_backend).client.hlen(_shared(shared_backend).queued_key) == 0
-    # Run again: the completed stage starts over, scrapy-redis's dupefilter emptied with it.
+    # Run again with ON_COMPLETE=restart: the completed stage starts over, scrapy-redis's
+    # dupefilter emptied with it.
     site = Site(N_PAGES)
     try:
-        again = Worker(site, shared_backend, tmp_path / "again", *scrapy_redis_args(shared_backend))
+        again = Worker(site, shared_backend, tmp_path / "again", *scrapy_redis_args(shared_backend),
+                       "-s", "CHECKPOINT_ON_COMPLETE=restart")
         assert again.wait() == 0, again.log[-3000:]
     finally:
         site.close()
@@ -170,11 +172,11 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
     assert show.returncode == 0, show.stderr
     assert "Shared stage site: completed, 400 done, 0 pending in 2 worker" in show.stdout
 
-    # Run again with ON_COMPLETE=skip: a completed shared stage does nothing...
-    again = Worker(Site(N_PAGES), shared_backend, tmp_path / "c", "-s",
-                   "CHECKPOINT_ON_COMPLETE=skip")
+    # Run again: a completed shared stage does nothing (the default)...
+    again = Worker(Site(N_PAGES), shared_backend, tmp_path / "c")
     assert again.wait() == 0, again.log[-3000:]
-    assert "already completed; nothing to do" in again.log
+    assert "already completed: nothing to fetch" in again.log
+    assert "-s CHECKPOINT_RESET=True" in again.log
     # A worker's part alone cannot be reset (its claims would stay)...
     part = _cli(shared_backend, "reset", sub_stage_name("site", workers[0].id))
     assert part.returncode == 2

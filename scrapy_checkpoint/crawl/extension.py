@@ -27,6 +27,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
+from ..clock import walltime
 from ..durability import timer_period
 from ..errors import CheckpointError, ConfigError, UnrestorableRequestsError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
@@ -148,7 +149,7 @@ class CheckpointExtension:
             connect(totals.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
-        if ext.worker is not None:
+        if ext.active:
             connect(ext.spider_idle, signal=signals.spider_idle)
         return ext
 
@@ -159,7 +160,7 @@ class CheckpointExtension:
             self._open_stage(store, self.stage)
             return
         worker = SharedWorker.join(self.crawler, config, store, self.stage)
-        if worker is None:  # completed, and CHECKPOINT_ON_COMPLETE = 'skip'
+        if worker is None:  # completed, and CHECKPOINT_ON_COMPLETE = 'skip' (the default)
             self._skip_completed = True
             return
         try:
@@ -169,7 +170,8 @@ class CheckpointExtension:
             worker.release_joining()  # joined, or failed: let the next worker in
 
     def _open_stage(self, store: Store, stage: str) -> None:
-        """Open ``stage`` and start it, resumed, started over or (completed, ``skip``) not."""
+        """Open ``stage`` and start it: resumed, started over, or (completed, and
+        ``CHECKPOINT_ON_COMPLETE = 'skip'``, the default) not at all."""
         config = self.config
         try:
             cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store,
@@ -179,14 +181,20 @@ class CheckpointExtension:
         cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
         try:
             reset = config.reset and self.worker is None  # a shared stage was reset as a whole
+            refresh_before = None
             if cp.status is Status.COMPLETED and not reset:
                 if config.retry_failed and cp.live.failed_units:
                     logger.info("Stage %s was completed with %d failed request(s); fetching "
                                 "them again (CHECKPOINT_RETRY_FAILED).", self.stage,
                                 len(cp.live.failed_units))
+                elif config.on_complete == "incremental":
+                    refresh_before = self._refresh_before(cp)
+                    if refresh_before is None:
+                        self._skip_completed = True
+                        self.cp = cp
+                        return
                 elif config.on_complete == "skip":
-                    logger.info("Stage %s is already completed; nothing to do "
-                                "(CHECKPOINT_ON_COMPLETE = 'skip').", self.stage)
+                    logger.info(config.completed_message(self.stage))
                     self._skip_completed = True
                     self.cp = cp
                     return
@@ -199,7 +207,8 @@ class CheckpointExtension:
                 own_scrapy_redis_queue(self.crawler, self.stage, new_stage=not (
                     reset or live.pending or len(live.done)))
             unrestorable = {} if reset else self._unrestorable(cp)
-            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed)
+            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
+                     refresh_before=refresh_before)
             if unrestorable:
                 self._drop_unrestorable(cp, unrestorable)
         except BaseException:
@@ -257,6 +266,25 @@ class CheckpointExtension:
             "'incomplete'.", self.stage, len(codes),
             ", ".join(f"{what}: {len(group)}" for what, group in sorted(problems.items())))
         self.stats.set_value("checkpoint/dropped_unrestorable", len(codes))
+
+    def _refresh_before(self, cp: EnhancedCheckpoint) -> int | None:
+        """``CHECKPOINT_ON_COMPLETE = 'incremental'``: the Unix second before which done
+        requests are fetched again, or None (logged) when none was done that long ago."""
+        config = self.config
+        refresh_before = int(walltime() - config.refresh_seconds) + 1
+        stale, done = cp.refresh_count(refresh_before), len(cp.live.done)
+        if not stale:
+            logger.info("Stage %s is completed and none of its %d request(s) was done %s or "
+                        "longer ago: nothing to fetch, outputs left as they are "
+                        "(CHECKPOINT_ON_COMPLETE = 'incremental', CHECKPOINT_REFRESH_AFTER = "
+                        "%r).", self.stage, done, config.refresh_after, config.refresh_after)
+            return None
+        logger.info("Stage %s was completed; %d of its %d request(s) were done %s or longer "
+                    "ago: they are fetched again when the crawl reaches them, with what they "
+                    "link to, and the others are skipped (CHECKPOINT_ON_COMPLETE = "
+                    "'incremental').", self.stage, stale, done, config.refresh_after)
+        self.stats.set_value("checkpoint/refreshed", stale)
+        return refresh_before
 
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
@@ -375,11 +403,15 @@ class CheckpointExtension:
                 router.current = previous
 
     def spider_idle(self, spider: Spider) -> None:
-        """Shared stages: see :meth:`SharedWorker.idle`."""
-        if not self.active or self.worker is None:
+        """Commit what is done: a crawl about to finish has it journaled before it closes
+        (killed while closing, its next run finds everything done). Shared stages: see
+        :meth:`SharedWorker.idle`."""
+        if not self.active or self.cp is None:
             return
         try:
-            self.worker.idle()
+            self.cp.request_durable()
+            if self.worker is not None:
+                self.worker.idle()
         except CheckpointError as exc:
             self._stop(exc)
 

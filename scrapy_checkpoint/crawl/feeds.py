@@ -9,6 +9,7 @@ lose or repeat their items.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -46,6 +47,10 @@ class CheckpointFeedStorage(FileFeedStorage):
         feed while the stage is worked on, else Scrapy's own file (append-only when the stage is
         not worked on, so committed items are never emptied)."""
         ext = _extension(self._crawler) if self._crawler is not None else None
+        if ext is not None and ext.skipping_completed:
+            # A completed stage run again crawls nothing: the file is not even opened
+            # (no truncation, no header, no empty JSON array appended).
+            return io.BytesIO()
         if ext is not None and not ext.active:
             # A skipped run, or a feed opened after the checkpoint closed (FEED_STORE_EMPTY):
             # never empty what earlier runs committed.
@@ -75,9 +80,12 @@ class CheckpointFeedExporter(FeedExporter):
     _checkpoint: CheckpointExtension | None = None
 
     def open_spider(self, spider: Spider) -> None:
-        """Open the feeds; warn once for each feed that cannot be made crash-safe."""
-        super().open_spider(spider)
+        """Open the feeds (none when the stage is completed and this run crawls nothing);
+        warn once for each feed that cannot be made crash-safe."""
         ext = self._checkpoint = _extension(self.crawler)
+        if ext is not None and ext.skipping_completed:
+            return  # no slot: no feed file is touched
+        super().open_spider(spider)
         if ext is None or not ext.active:
             return
         for slot in self.slots:

@@ -102,7 +102,7 @@ class Frontier:
         #: Units scheduled in this run and not done.
         self.live: set[int] = set()
         #: Units done in this run (8 bytes each).
-        self.done_here = DoneSet()
+        self.done_here = DoneSet(timed=False)
         #: Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
         self.unfiltered: set[int] = set()
         #: Units whose request is queued again (a retry or continuation): unit -> how many.

@@ -35,7 +35,7 @@ class DurableOutput:
 
     With ``header``, the first write of this run is a header line (CSV): it is
     written at once, outside any request, or dropped with ``drop_header`` when the
-    file already has it.
+    file already has it, or when the file already begins with that same line.
     """
 
     def __init__(self, path: str, router: UnitRouter, *, length: int,
@@ -56,7 +56,7 @@ class DurableOutput:
         (no current unit, or the header line). Returns ``len(data)``."""
         if self._header:
             self._header = False
-            if not self._drop_header:
+            if not self._drop_header and not self._starts_with(bytes(data)):
                 self._file.write(data)
             return len(data)
         unit = self._router.current
@@ -65,6 +65,14 @@ class DurableOutput:
         else:
             self._pending.setdefault(unit, []).append(bytes(data))
         return len(data)
+
+    def _starts_with(self, header: bytes) -> bool:
+        """True if the file already begins with ``header`` (appending to a file that has it,
+        e.g. an earlier pass's CSV feed: the header is not written twice)."""
+        if self.length < len(header) or not header:
+            return False
+        with open(self.path, "rb") as f:
+            return f.read(len(header)) == header
 
     def release(self, unit: int) -> None:
         """The unit is done: append its bytes (they reach the OS at the next commit)."""

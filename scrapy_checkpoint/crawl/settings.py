@@ -27,7 +27,10 @@ CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between prog
 CHECKPOINT_INPUT_FILE        str        None                File whose change stops a resume.
 CHECKPOINT_RESET             bool       False               Start the stage over.
 CHECKPOINT_RETRY_FAILED      bool       False               Fetch failed requests again on resume.
-CHECKPOINT_ON_COMPLETE       str        "restart"           Completed stage run again: "restart"/"skip".
+CHECKPOINT_ON_COMPLETE       str        "skip"              Completed stage run again: "skip"/"restart"/
+                                                            "incremental".
+CHECKPOINT_REFRESH_AFTER     str        None                "incremental": refetch what was done this
+                                                            long ago or longer ("30m", "12h", "7d").
 CHECKPOINT_OUTPUT            str        None                The plugin's own exactly-once JSON lines.
 CHECKPOINT_SHARED            bool       False               Several workers share the stage (Redis).
 CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
@@ -46,10 +49,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import shlex
 import tempfile
 import types
 import typing
 from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -85,7 +91,8 @@ class CheckpointSettings(BaseModel):
     input_file: str | None = None
     reset: bool = False
     retry_failed: bool = False
-    on_complete: Literal["restart", "skip"] = "restart"
+    on_complete: Literal["skip", "restart", "incremental"] = "skip"
+    refresh_after: str | None = None
     output: str | None = None
     shared: bool = False
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
@@ -99,6 +106,22 @@ class CheckpointSettings(BaseModel):
             raise ValueError("TTLs are seconds > 0, e.g. {'active': 172800, 'completed': 3600, "
                              "'failed': 604800}")
         return value
+
+    @field_validator("refresh_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def refresh_seconds(self) -> float:
+        """``CHECKPOINT_REFRESH_AFTER`` in seconds (ConfigError if it is not set)."""
+        if self.refresh_after is None:
+            raise ConfigError("CHECKPOINT_ON_COMPLETE = 'incremental' needs "
+                              "CHECKPOINT_REFRESH_AFTER, how long a fetched page stays fresh, "
+                              "e.g. -s CHECKPOINT_REFRESH_AFTER=7d (s, m, h or d).")
+        return parse_duration(self.refresh_after)
 
     @field_validator("backend")
     @classmethod
@@ -128,7 +151,17 @@ class CheckpointSettings(BaseModel):
             _raise(PREFIX + name.upper(), err.get("input"), err["msg"])
         if config.enabled:
             check_names(settings)
+        if config.on_complete == "incremental":
+            config.refresh_seconds  # noqa: B018 - raises ConfigError when it is not set
         return config
+
+    def completed_message(self, stage: str) -> str:
+        """The one line a run of the completed ``stage`` logs when it does nothing."""
+        where = (f"--dir {shlex.quote(self.dir)}" if self.backend == "file"
+                 else f"--backend {shlex.quote(_without_password(self.backend))}")
+        return (f"Stage {stage} is already completed: nothing to fetch, outputs left as they "
+                f"are. To crawl it again from the start, add -s CHECKPOINT_RESET=True, or run "
+                f"scrapy-checkpoint {where} reset {stage} first.")
 
     def store(self) -> Store:
         """The store these settings name (a :class:`FileStore` or a ``RedisStore``).
@@ -208,6 +241,27 @@ def _check_dir(directory: str) -> None:
             f"CHECKPOINT_DIR={directory!r} {step} ({reason}). Set CHECKPOINT_DIR to a "
             f"directory this user may create and write, in settings.py, custom_settings or "
             f"-s CHECKPOINT_DIR=...") from None
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (it goes to the log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"30m"``, ``"12h"``, ``"7d"``, ``"45s"`` or ``"90"``
+    (seconds). Raises ValueError for anything else, or a negative duration."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", str(text).lower())
+    if match is None:
+        raise ValueError("use a duration such as 30m, 12h or 7d (a number and s, m, h or d)")
+    return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
 
 
 def _read(settings: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class SharedWorker:
         self.frontier: Frontier | None = None
         self.outputs: OutputSet | None = None
         # Units other workers own (a cache; cleared when a worker is adopted).
-        self._elsewhere = DoneSet()
+        self._elsewhere = DoneSet(timed=False)
         # Dead workers being adopted: their view, their open sub-stage, outputs cut here.
         self._adopting: list[tuple[Worker, EnhancedCheckpoint, bool]] = []
         self._waiting_logged = 0.0
@@ -69,8 +69,9 @@ class SharedWorker:
     def join(cls, crawler: Any, config: CheckpointSettings, store: Store,
              stage: str) -> SharedWorker | None:
         """This worker's view of the shared stage, holding the stage's joining lock (release
-        it with :meth:`release_joining`). Resets the stage when it is completed (or
-        CHECKPOINT_RESET); returns None when it is completed and ON_COMPLETE is 'skip'.
+        it with :meth:`release_joining`). Resets the stage with CHECKPOINT_RESET, or when it is
+        completed and CHECKPOINT_ON_COMPLETE is 'restart'; returns None
+        when it is completed and CHECKPOINT_ON_COMPLETE is 'skip' (the default).
 
         Raises ConfigError for settings a shared stage cannot run with.
         """
@@ -82,6 +83,10 @@ class SharedWorker:
         if config.retry_failed:
             raise ConfigError("CHECKPOINT_RETRY_FAILED is not available with CHECKPOINT_SHARED: "
                               "failed requests stay with the worker that failed them.")
+        if config.on_complete == "incremental":
+            raise ConfigError("CHECKPOINT_ON_COMPLETE = 'incremental' is not available with "
+                              "CHECKPOINT_SHARED: use 'skip' (the default) or 'restart' on every "
+                              "worker.")
         paired = uses_scrapy_redis(crawler.settings.get("SCHEDULER"))
         if paired and not crawler.settings.getbool("SCHEDULER_PERSIST"):
             raise ConfigError("CHECKPOINT_SHARED with scrapy-redis's scheduler needs "
@@ -101,8 +106,7 @@ class SharedWorker:
                             stage, len(removed))
             elif shared.completed():
                 if config.on_complete == "skip":
-                    logger.info("Stage %s is already completed; nothing to do "
-                                "(CHECKPOINT_ON_COMPLETE = 'skip').", stage)
+                    logger.info(config.completed_message(stage))
                     shared.release_joining()
                     return None
                 removed = shared.reset()
@@ -234,7 +238,7 @@ class SharedWorker:
             worker, other, cut = self._adopting.pop(0)
             live = other.live
             frontier.inflight_at_crash |= live.started & live.pending.keys()
-            self._elsewhere = DoneSet()  # it may hold units the dead worker had claimed
+            self._elsewhere = DoneSet(timed=False)  # it may hold units the dead worker had claimed
             inbox = shared.inbox(worker.id)
             scheduled += frontier.schedule(
                 [*live.pending.values(), *(payload for _, payload in inbox)], foreign=True)

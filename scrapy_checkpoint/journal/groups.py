@@ -38,6 +38,9 @@ START_TIME = "start"     # when the stage first ran: Unix time in seconds
 METADATA = "m"           # the stage's metadata, whole (JSON object)
 ERROR = "e"              # the last error: [message, error count, Unix time in seconds]
 RETRY_FAILED = "rf"      # codes of failed units released to run again (they become pending)
+REFRESH_BEFORE = "rb"    # a new pass of a completed stage: units done before this Unix second
+#                          are no longer done (fetched again when reached), and the durable
+#                          outputs are opened afresh, as by a first run
 ADDED = "a"              # new pending units: [[code, payload], ...] (payload: JSON, what is
 #                          needed to redo the unit)
 STARTED = "s"            # codes of pending units handed to a worker (in flight)

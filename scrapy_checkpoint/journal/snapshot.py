@@ -1,8 +1,12 @@
 """Snapshots: the whole committed state of a stage at the start of a journal segment.
 
 ``<8-byte magic><u32 header length><u32 crc32(header)><JSON header>
-<u64 number of codes><u32 crc32(codes)><done codes as little-endian uint64>``.
-The same bytes are kept by every store (a file, a Redis value). Bytes only, no I/O.
+<u64 number of codes><u32 crc32(codes)><done codes as little-endian uint64>``, and
+in a ``SCKSNAP2`` snapshot then ``<u32 crc32(times)><done times as little-endian
+uint32>``, one Unix second per code, in the codes' order. A ``SCKSNAP1`` snapshot
+(written before done times were kept) is still read: its units are taken as done
+at the time its state was last updated. The same bytes are kept by every store (a
+file, a Redis value). Bytes only, no I/O.
 """
 
 from __future__ import annotations
@@ -10,30 +14,57 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from datetime import datetime
 from typing import Any
 
-from .doneset import DoneSet
+from .doneset import MAX_TIME, DoneSet
 
-SNAPSHOT_MAGIC = b"SCKSNAP1"
+#: Snapshots without done times (read only).
+SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
+#: Snapshots with a done time per code (written).
+SNAPSHOT_MAGIC = b"SCKSNAP2"
 _SNAP_HEAD = struct.Struct("<II")  # header length, crc32(header)
 _SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
+_SNAP_TIMES = struct.Struct("<I")  # crc32(times)
+#: Header key: the done set's ``now`` when the snapshot was taken (Unix seconds), the
+#: time of the units the next group records.
+DONE_NOW = "done_now"
 
 
-def encode_snapshot(header: dict[str, Any], done_bytes: bytes) -> bytes:
-    """A snapshot of ``header`` (JSON-serialisable) and ``done_bytes`` (packed codes)."""
+def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
+                    times_bytes: bytes | None = None) -> bytes:
+    """A snapshot of ``header`` (JSON-serialisable), ``done_bytes`` (packed codes) and
+    ``times_bytes`` (packed done times, one per code: :meth:`DoneSet.times_bytes`).
+    Without ``times_bytes`` it is a ``SCKSNAP1`` snapshot, as written before times were kept."""
     head = json.dumps(header, separators=(",", ":"), default=str).encode()
-    return b"".join((
-        SNAPSHOT_MAGIC,
+    parts = [
+        SNAPSHOT_MAGIC if times_bytes is not None else SNAPSHOT_MAGIC_V1,
         _SNAP_HEAD.pack(len(head), zlib.crc32(head)),
         head,
         _SNAP_CODES.pack(len(done_bytes) // 8, zlib.crc32(done_bytes)),
         done_bytes,
-    ))
+    ]
+    if times_bytes is not None:
+        if len(times_bytes) * 2 != len(done_bytes):
+            raise ValueError("one done time (4 bytes) is needed per code (8 bytes)")
+        parts += [_SNAP_TIMES.pack(zlib.crc32(times_bytes)), times_bytes]
+    return b"".join(parts)
 
 
 def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     """Raise ValueError unless ``data`` is a whole, checksummed snapshot."""
-    if not data.startswith(SNAPSHOT_MAGIC):
+    try:
+        return _decode(data)
+    except struct.error:
+        raise ValueError("snapshot is cut short") from None
+
+
+def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
+    if data.startswith(SNAPSHOT_MAGIC):
+        timed = True
+    elif data.startswith(SNAPSHOT_MAGIC_V1):
+        timed = False
+    else:
         raise ValueError("not a snapshot (bad magic)")
     pos = len(SNAPSHOT_MAGIC)
     hlen, hcrc = _SNAP_HEAD.unpack_from(data, pos)
@@ -44,10 +75,37 @@ def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     pos += hlen
     count, ccrc = _SNAP_CODES.unpack_from(data, pos)
     pos += _SNAP_CODES.size
-    codes = memoryview(data)[pos:]
+    view = memoryview(data)
+    codes = view[pos : pos + 8 * count]
+    pos += 8 * count
     if len(codes) != 8 * count or zlib.crc32(codes) != ccrc:
+        raise ValueError("snapshot key section checksum mismatch")
+    times = None
+    if timed:
+        if len(data) < pos + _SNAP_TIMES.size:
+            raise ValueError("snapshot time section is missing")
+        (tcrc,) = _SNAP_TIMES.unpack_from(data, pos)
+        pos += _SNAP_TIMES.size
+        times = view[pos:]
+        if len(times) != 4 * count or zlib.crc32(times) != tcrc:
+            raise ValueError("snapshot time section checksum mismatch")
+    elif len(data) != pos:
         raise ValueError("snapshot key section checksum mismatch")
     header = json.loads(head)
     if not isinstance(header, dict):
         raise ValueError("snapshot header is not an object")
-    return header, DoneSet.from_bytes(codes)
+    now = header.get(DONE_NOW)
+    if not isinstance(now, int) or not 0 <= now <= MAX_TIME:
+        now = _updated_at(header)
+    return header, DoneSet.from_bytes(codes, times, now=now)
+
+
+def _updated_at(header: dict[str, Any]) -> int:
+    """When the snapshot's state was last updated (Unix seconds; 0 if it does not say): the
+    done time of every unit of a snapshot written without times."""
+    try:
+        value = header["state"]["updated_at"]
+        seconds = int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+        return min(max(seconds, 0), MAX_TIME)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return 0

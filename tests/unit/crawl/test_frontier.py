@@ -131,14 +131,14 @@ def test_a_full_crawl_completes_the_stage(
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_completed_stage_with_on_complete_skip_fetches_nothing(
+def test_a_completed_stage_run_again_fetches_nothing_by_default(
     make_crawler: MakeCrawler, site: Site, feed: Path, tmp_path: Path
 ) -> Iterator[Any]:
     yield make_crawler(TreeSpider, **_settings(feed)).crawl(base=site.url)
     assert _stage(tmp_path).state.status is Status.COMPLETED
     hits, items = site.total_hits, feed.read_bytes()
 
-    again = make_crawler(TreeSpider, **_settings(feed, CHECKPOINT_ON_COMPLETE="skip"))
+    again = make_crawler(TreeSpider, **_settings(feed))
     yield again.crawl(base=site.url)
     stats = _stats(again)
     assert stats["finish_reason"] == "checkpoint_completed"

@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert (config.enabled, config.dir, config.stage_name, config.backend) == (
         False, "checkpoints", None, "file")
     assert (config.reset, config.retry_failed, config.shared, config.on_complete) == (
-        False, False, False, "restart")
+        False, False, False, "skip")
     assert (config.lease_seconds, config.redis_buffer, config.log_interval) == (60.0, 64 << 20, 30.0)
     assert (config.input_file, config.output, config.redis_ttl, config.redis_prefix) == (
         None, None, None, None)
@@ -53,14 +53,15 @@ def test_numbers_text_and_dicts_are_read_with_their_getters() -> None:
                   CHECKPOINT_REDIS_BUFFER="1024", CHECKPOINT_DIR="/tmp/x",
                   CHECKPOINT_STAGE_NAME="books", CHECKPOINT_BACKEND="redis://127.0.0.1:1/0",
                   CHECKPOINT_REDIS_PREFIX="p", CHECKPOINT_INPUT_FILE="in.csv",
-                  CHECKPOINT_ON_COMPLETE="skip", CHECKPOINT_OUTPUT="own.jl",
+                  CHECKPOINT_ON_COMPLETE="restart", CHECKPOINT_OUTPUT="own.jl",
                   CHECKPOINT_REDIS_TTL='{"active": 10, "completed": 20}')
     assert config.lease_seconds == 2.5
     assert config.log_interval == 0.0
     assert config.redis_buffer == 1024
     assert (config.dir, config.stage_name, config.backend, config.redis_prefix) == (
         "/tmp/x", "books", "redis://127.0.0.1:1/0", "p")
-    assert (config.input_file, config.on_complete, config.output) == ("in.csv", "skip", "own.jl")
+    assert (config.input_file, config.on_complete, config.output) == ("in.csv", "restart",
+                                                                       "own.jl")
     assert config.redis_ttl == {"active": 10, "completed": 20}
     assert read(CHECKPOINT_REDIS_TTL={"failed": 5}).redis_ttl == {"failed": 5}
 
@@ -208,3 +209,32 @@ def test_a_dir_that_cannot_be_written_names_the_setting(tmp_path: Path,
 def test_the_store_creates_a_missing_dir_and_leaves_nothing_in_it(tmp_path: Path) -> None:
     read(CHECKPOINT_DIR=str(tmp_path / "a" / "b")).store()
     assert list((tmp_path / "a" / "b").iterdir()) == []
+
+
+def test_the_completed_stage_line_says_how_to_start_over_without_a_password() -> None:
+    file_store = CheckpointSettings.from_settings(Settings({"CHECKPOINT_DIR": "data/cp"}))
+    assert file_store.completed_message("shop") == (
+        "Stage shop is already completed: nothing to fetch, outputs left as they are. To crawl "
+        "it again from the start, add -s CHECKPOINT_RESET=True, or run scrapy-checkpoint --dir "
+        "data/cp reset shop first.")
+    redis = CheckpointSettings.from_settings(
+        Settings({"CHECKPOINT_BACKEND": "redis://user:s3cret@127.0.0.1:6379/0"}))
+    line = redis.completed_message("shop")
+    assert "--backend 'redis://user:***@127.0.0.1:6379/0' reset shop" in line
+    assert "s3cret" not in line
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30m", 1800), ("12h", 43200), ("7d", 604800), ("90", 90), ("0s", 0), ("1.5h", 5400),
+    (" 2D ", 172800),
+])
+def test_refresh_after_takes_durations(text: str, seconds: float) -> None:
+    config = CheckpointSettings.from_settings(Settings({
+        "CHECKPOINT_ON_COMPLETE": "incremental", "CHECKPOINT_REFRESH_AFTER": text}))
+    assert config.refresh_seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["7 days", "-1d", "1w", "d"])
+def test_a_refresh_after_that_is_no_duration_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"CHECKPOINT_REFRESH_AFTER=.*such as 30m, 12h or 7d"):
+        CheckpointSettings.from_settings(Settings({"CHECKPOINT_REFRESH_AFTER": text}))
