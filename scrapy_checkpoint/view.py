@@ -56,6 +56,12 @@ class StageView:
         """Totals over every run as last committed (a crawl's items, responses, errors)."""
         return dict(self._live.totals) if self._live is not None else {}
 
+    @property
+    def attached(self) -> dict[str, Any]:
+        """Data a front end keeps with the stage, by name (the crawl's cookie jars under
+        ``"cookies"``), as last committed."""
+        return dict(self._live.attached) if self._live is not None else {}
+
     def is_done(self, key: UnitKey) -> bool:
         """True if the unit ``key`` (index, str or bytes) is done in the stage as last committed."""
         return self._live is not None and key_code(key) in self._live.done

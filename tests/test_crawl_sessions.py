@@ -13,10 +13,13 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from scrapy_checkpoint import FileStore, read_stage
 
 from .conftest import PYTHON, python_env
 
@@ -154,11 +157,29 @@ def _crawl(site: MembersSite, tmp_path: Path, ignore_login: bool, *, kill_after:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=python_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
         assert site.wait_for_item_hits(kill_after + 1), "the crawl never reached the members pages"
+        # The crawl is held: kill it once the stage has committed the session and the list
+        # page (and a journaled login) as done, as a crash after those commits would.
+        assert _wait_for_commit(tmp_path / "checkpoints", 1 if ignore_login else 2, proc)
         proc.send_signal(signal.SIGKILL)
         code = proc.wait(timeout=60)
         site.hold_after = None
         site.gate.set()
         return code
+
+
+def _wait_for_commit(directory: Path, done: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Poll the stage (read-only) until its cookies and ``done`` requests are committed."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            view = read_stage(FileStore(directory), "members")
+        except FileNotFoundError:
+            view = None
+        if (view is not None and view.attached.get("cookies")
+                and view.state.progress.processed_items >= done):
+            return True
+        time.sleep(0.05)  # polls the stage for the condition
+    return False
 
 
 @pytest.mark.parametrize("ignore_login", [False, True], ids=["login-journaled", "login-ignored"])
