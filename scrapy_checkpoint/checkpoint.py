@@ -81,52 +81,18 @@ def _compare_hash(digest: str, recorded: str | None) -> tuple[bool, str]:
     return True, "unchanged"
 
 
-class EnhancedCheckpoint:
-    """Crash-safe progress of one stage.
+class StageReadings:
+    """What a checkpoint lets you read: the stage's state, its metrics, which units are
+    done. :class:`EnhancedCheckpoint` is the one to use; this half of it only reads."""
 
-    >>> cp = EnhancedCheckpoint("data/checkpoints", "stage2")   # doctest: +SKIP
-    >>> cp.start(total_items=len(rows), input_file="rows.csv")  # doctest: +SKIP
-    >>> for i, row in enumerate(rows):                          # doctest: +SKIP
-    ...     if cp.should_skip(i):
-    ...         continue
-    ...     handle(row)
-    ...     cp.update(processed=1, successful=1, index=i)
-    >>> cp.complete(); cp.close()                               # doctest: +SKIP
-
-    ``checkpoint_dir`` is where a file store keeps its stages; ``backend`` (None,
-    ``"file"`` or a Redis URL) or a ready ``store`` choose another store. Options are
-    the fields of :class:`~scrapy_checkpoint.config.CheckpointConfig` (ConfigError if
-    one is invalid); ``on_start``... are hooks (see :meth:`on`). ``units`` names the
-    stage's units in the log (a crawl's are ``"requests"``).
-    """
-
-    def __init__(self, checkpoint_dir: str | os.PathLike[str] = "checkpoints",
-                 stage: str | None = None, *, config: CheckpointConfig | None = None,
-                 backend: str | None = None, store: Store | None = None,
-                 on_start: Hook | None = None, on_progress: Hook | None = None,
-                 on_complete: Hook | None = None, on_failure: Hook | None = None,
-                 units: str = "items", **options: Any) -> None:
-        self.config = CheckpointConfig.from_options(config, **options)
-        self._owns_store = store is None
-        self.store: Store = store if store is not None else open_backend(backend, checkpoint_dir)
-        self.stage: str | None = check_stage_name(stage) if stage is not None else None
-        self._hooks = Hooks(start=on_start, progress=on_progress, complete=on_complete,
-                            failure=on_failure)
-        self._live: LiveState | None = None
-        self._lock: Lock | None = None
-        self._running = self._started = self._created = False
-        self._progress = ProgressLog(self.config.log_every, self.config.throughput_window)
-        self._committer = GroupCommitter(self.config, self.store, self._progress)
-        #: The group being built (the committer's; read on the update path).
-        self._group = self._committer.group
-        self._warned_duplicate = False
-        self.units = units
-        #: Units found already done by :meth:`should_skip` in this process.
-        self.resumed_skips = 0
-        #: Bytes of damaged journal dropped when the stage was opened.
-        self.dropped_bytes = 0
-
-    # -- reading ---------------------------------------------------------------------
+    config: CheckpointConfig
+    stage: str | None
+    resumed_skips: int
+    _live: LiveState | None
+    _started: bool
+    _running: bool
+    _progress: ProgressLog
+    _committer: GroupCommitter
 
     @property
     def live(self) -> LiveState:
@@ -196,6 +162,66 @@ class EnhancedCheckpoint:
             return False, f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}"
         return _compare_hash(digest, self.live.info.input_file_hash)
 
+    def refresh_count(self, refresh_before: int) -> int:
+        """How many done units were done before ``refresh_before`` (Unix seconds): those a
+        ``start(refresh_before=...)`` makes not done. The stage must be open."""
+        return self.live.done.count_before(refresh_before)
+
+    @property
+    def journal_bytes(self) -> int | None:
+        """Bytes in the current journal segment (None when the checkpoint is not open)."""
+        return self._committer.journal_bytes
+
+    def commit_latency_us(self) -> dict[str, int] | None:
+        """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
+        return self._committer.commit_latency_us()
+
+
+class EnhancedCheckpoint(StageReadings):
+    """Crash-safe progress of one stage.
+
+    >>> cp = EnhancedCheckpoint("data/checkpoints", "stage2")   # doctest: +SKIP
+    >>> cp.start(total_items=len(rows), input_file="rows.csv")  # doctest: +SKIP
+    >>> for i, row in enumerate(rows):                          # doctest: +SKIP
+    ...     if cp.should_skip(i):
+    ...         continue
+    ...     handle(row)
+    ...     cp.update(processed=1, successful=1, index=i)
+    >>> cp.complete(); cp.close()                               # doctest: +SKIP
+
+    ``checkpoint_dir`` is where a file store keeps its stages; ``backend`` (None,
+    ``"file"`` or a Redis URL) or a ready ``store`` choose another store. Options are
+    the fields of :class:`~scrapy_checkpoint.config.CheckpointConfig` (ConfigError if
+    one is invalid); ``on_start``... are hooks (see :meth:`on`). ``units`` names the
+    stage's units in the log (a crawl's are ``"requests"``).
+    """
+
+    def __init__(self, checkpoint_dir: str | os.PathLike[str] = "checkpoints",
+                 stage: str | None = None, *, config: CheckpointConfig | None = None,
+                 backend: str | None = None, store: Store | None = None,
+                 on_start: Hook | None = None, on_progress: Hook | None = None,
+                 on_complete: Hook | None = None, on_failure: Hook | None = None,
+                 units: str = "items", **options: Any) -> None:
+        self.config = CheckpointConfig.from_options(config, **options)
+        self._owns_store = store is None
+        self.store: Store = store if store is not None else open_backend(backend, checkpoint_dir)
+        self.stage: str | None = check_stage_name(stage) if stage is not None else None
+        self._hooks = Hooks(start=on_start, progress=on_progress, complete=on_complete,
+                            failure=on_failure)
+        self._live: LiveState | None = None
+        self._lock: Lock | None = None
+        self._running = self._started = self._created = False
+        self._progress = ProgressLog(self.config.log_every, self.config.throughput_window)
+        self._committer = GroupCommitter(self.config, self.store, self._progress)
+        #: The group being built (the committer's; read on the update path).
+        self._group = self._committer.group
+        self._warned_duplicate = False
+        self.units = units
+        #: Units found already done by :meth:`should_skip` in this process.
+        self.resumed_skips = 0
+        #: Bytes of damaged journal dropped when the stage was opened.
+        self.dropped_bytes = 0
+
     # -- lifecycle and updates ------------------------------------------------------------
 
     def open(self, stage: str | None = None) -> None:
@@ -256,7 +282,7 @@ class EnhancedCheckpoint:
         fields = _run_fields(stage, live, total_items, input_file, in_hash, output_file,
                              retry_failed)
         if refresh_before is not None:
-            refresh = self._refresh_fields(refresh_before, retry_failed)
+            refresh = _refresh_fields(stage, live, refresh_before, retry_failed)
             if COUNTERS in fields:  # retry_failed's, then the pass's
                 refresh[COUNTERS] = [a + b for a, b in zip(fields[COUNTERS], refresh[COUNTERS],
                                                            strict=True)]
@@ -267,30 +293,6 @@ class EnhancedCheckpoint:
         self._progress.begin(live.processed)
         self._hooks.emit("start", self)
         return self.state
-
-    def refresh_count(self, refresh_before: int) -> int:
-        """How many done units were done before ``refresh_before`` (Unix seconds): those a
-        ``start(refresh_before=...)`` makes not done. The stage must be open."""
-        return self.live.done.count_before(refresh_before)
-
-    def _refresh_fields(self, refresh_before: int, retry_failed: bool) -> dict[str, Any]:
-        """The group fields of a new pass: ``rb``, and the counters of the units it releases
-        taken off (failed units released by ``retry_failed`` are taken off already)."""
-        live = self.live
-        done = live.done
-        failed = 0
-        for code in live.failed_units:
-            t = done.time_of(code)
-            if t is not None and t < refresh_before:
-                failed += 1
-        released = done.count_before(refresh_before)
-        if retry_failed:  # released by rf before rb applies: neither counted nor done then
-            released -= failed
-            failed = 0
-        delta = [-released, -min(released - failed, live.successful), -failed, 0]
-        logger.debug("Stage %s: a new pass; %d unit(s) done before %s are done no more.",
-                     self.stage, released, _ts_text(refresh_before))
-        return {REFRESH_BEFORE: int(refresh_before), COUNTERS: delta}
 
     def update(self, processed: int = 0, successful: int = 0, failed: int = 0, skipped: int = 0,
                last_item: Any = None, index: int | None = None, key: UnitKey | None = None,
@@ -407,15 +409,6 @@ class EnhancedCheckpoint:
         fields = {OUTPUTS: {path: [base, length]}}
         self.live.apply([], [], fields)
         self._committer.write_fields(fields)
-
-    @property
-    def journal_bytes(self) -> int | None:
-        """Bytes in the current journal segment (None when the checkpoint is not open)."""
-        return self._committer.journal_bytes
-
-    def commit_latency_us(self) -> dict[str, int] | None:
-        """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
-        return self._committer.commit_latency_us()
 
     def set_total(self, total_items: int) -> None:
         """Set the total number of items (for the percentage and the ETA)."""
@@ -559,6 +552,26 @@ class EnhancedCheckpoint:
 
 def _ts_text(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _refresh_fields(stage: str, live: LiveState, refresh_before: int,
+                    retry_failed: bool) -> dict[str, Any]:
+    """The group fields of a new pass: ``rb``, and the counters of the units it releases
+    taken off (failed units released by ``retry_failed`` are taken off already)."""
+    done = live.done
+    failed = 0
+    for code in live.failed_units:
+        t = done.time_of(code)
+        if t is not None and t < refresh_before:
+            failed += 1
+    released = done.count_before(refresh_before)
+    if retry_failed:  # released by rf before rb applies: neither counted nor done then
+        released -= failed
+        failed = 0
+    delta = [-released, -min(released - failed, live.successful), -failed, 0]
+    logger.debug("Stage %s: a new pass; %d unit(s) done before %s are done no more.",
+                 stage, released, _ts_text(refresh_before))
+    return {REFRESH_BEFORE: int(refresh_before), COUNTERS: delta}
 
 
 def _log_resume(stage: str, live: LiveState, units: str) -> None:

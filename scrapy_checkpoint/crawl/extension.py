@@ -27,26 +27,23 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
-from ..clock import walltime
 from ..durability import timer_period
-from ..errors import CheckpointError, ConfigError, UnrestorableRequestsError
+from ..errors import CheckpointError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
-from ..state import Status
 from ..stores.base import Store
 from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
 from .frontier import (
     IGNORE_META,
     LOST_NEVER_DONE,
     LOST_UNJOURNALED,
-    LOST_UNRESTORABLE,
     UNIT_META,
     Frontier,
     resume_order,
 )
 from .invocation import borrowing_command, describe
+from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet
-from .requests import unrestorable
-from .scrapy_redis import own_scrapy_redis_queue, uses_scrapy_redis
+from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
 from .shared_worker import SharedWorker
@@ -170,50 +167,14 @@ class CheckpointExtension:
             worker.release_joining()  # joined, or failed: let the next worker in
 
     def _open_stage(self, store: Store, stage: str) -> None:
-        """Open ``stage`` and start it: resumed, started over, or (completed, and
-        ``CHECKPOINT_ON_COMPLETE = 'skip'``, the default) not at all."""
-        config = self.config
-        try:
-            cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store,
-                                    units="requests")
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
-        cp.open()  # CheckpointLockedError (nothing written) if another crawl owns the stage
-        try:
-            reset = config.reset and self.worker is None  # a shared stage was reset as a whole
-            refresh_before = None
-            if cp.status is Status.COMPLETED and not reset:
-                if config.retry_failed and cp.live.failed_units:
-                    logger.info("Stage %s was completed with %d failed request(s); fetching "
-                                "them again (CHECKPOINT_RETRY_FAILED).", self.stage,
-                                len(cp.live.failed_units))
-                elif config.on_complete == "incremental":
-                    refresh_before = self._refresh_before(cp)
-                    if refresh_before is None:
-                        self._skip_completed = True
-                        self.cp = cp
-                        return
-                elif config.on_complete == "skip":
-                    logger.info(config.completed_message(self.stage))
-                    self._skip_completed = True
-                    self.cp = cp
-                    return
-                else:
-                    logger.info("Stage %s was completed; starting it over "
-                                "(CHECKPOINT_ON_COMPLETE = 'restart').", self.stage)
-                    reset = True
-            if self.worker is None and self._scrapy_redis:
-                live = cp.live
-                own_scrapy_redis_queue(self.crawler, self.stage, new_stage=not (
-                    reset or live.pending or len(live.done)))
-            unrestorable = {} if reset else self._unrestorable(cp)
-            cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
-                     refresh_before=refresh_before)
-            if unrestorable:
-                self._drop_unrestorable(cp, unrestorable)
-        except BaseException:
-            cp.close()
-            raise
+        """Open ``stage`` and start it (see :func:`~.open_policy.open_stage`), then build the
+        collaborators that work on it."""
+        cp, started = open_stage(self.crawler, self.config, store, stage, name=self.stage,
+                                 shared=self.worker is not None, scrapy_redis=self._scrapy_redis)
+        if not started:  # completed, and nothing to do
+            self._skip_completed = True
+            self.cp = cp
+            return
         worker = self.worker
         outputs = self.outputs = OutputSet(cp, self.stats, claim_file=self._claim_file
                                            if worker is not None else None)
@@ -237,54 +198,9 @@ class CheckpointExtension:
             worker.attach(cp, frontier, outputs)
         elif self._scrapy_redis:
             frontier.copies_from_queue = True
-        if config.output:
-            self._own_output = outputs.open(config.output, overwrite=False, has_header=False)
-
-    def _unrestorable(self, cp: EnhancedCheckpoint) -> dict[str, list[int]]:
-        """The pending requests the spider can no longer rebuild, by what they miss. Raises
-        UnrestorableRequestsError (before anything is fetched) unless
-        ``CHECKPOINT_DROP_UNRESTORABLE`` says to drop them."""
-        crawler = self.crawler
-        spider = crawler.spider if crawler.spider is not None else crawler.spidercls
-        live = cp.live
-        # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
-        payloads = {**live.failed_units, **live.pending} if self.config.retry_failed \
-            else live.pending
-        problems = unrestorable(payloads, spider)
-        if problems and not self.config.drop_unrestorable:
-            raise UnrestorableRequestsError(
-                self.stage, crawler.spidercls.__name__,
-                {what: len(codes) for what, codes in problems.items()})
-        return problems
-
-    def _drop_unrestorable(self, cp: EnhancedCheckpoint, problems: dict[str, list[int]]) -> None:
-        codes = sorted({code for group in problems.values() for code in group})
-        cp.record_lost(LOST_UNRESTORABLE, len(codes), codes)
-        logger.warning(
-            "Stage %s: %d pending request(s) cannot be rebuilt (%s); they are dropped "
-            "(CHECKPOINT_DROP_UNRESTORABLE = True) and counted as lost: the stage will end "
-            "'incomplete'.", self.stage, len(codes),
-            ", ".join(f"{what}: {len(group)}" for what, group in sorted(problems.items())))
-        self.stats.set_value("checkpoint/dropped_unrestorable", len(codes))
-
-    def _refresh_before(self, cp: EnhancedCheckpoint) -> int | None:
-        """``CHECKPOINT_ON_COMPLETE = 'incremental'``: the Unix second before which done
-        requests are fetched again, or None (logged) when none was done that long ago."""
-        config = self.config
-        refresh_before = int(walltime() - config.refresh_seconds) + 1
-        stale, done = cp.refresh_count(refresh_before), len(cp.live.done)
-        if not stale:
-            logger.info("Stage %s is completed and none of its %d request(s) was done %s or "
-                        "longer ago: nothing to fetch, outputs left as they are "
-                        "(CHECKPOINT_ON_COMPLETE = 'incremental', CHECKPOINT_REFRESH_AFTER = "
-                        "%r).", self.stage, done, config.refresh_after, config.refresh_after)
-            return None
-        logger.info("Stage %s was completed; %d of its %d request(s) were done %s or longer "
-                    "ago: they are fetched again when the crawl reaches them, with what they "
-                    "link to, and the others are skipped (CHECKPOINT_ON_COMPLETE = "
-                    "'incremental').", self.stage, stale, done, config.refresh_after)
-        self.stats.set_value("checkpoint/refreshed", stale)
-        return refresh_before
+        if self.config.output:
+            self._own_output = outputs.open(self.config.output, overwrite=False,
+                                            has_header=False)
 
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None

@@ -187,3 +187,19 @@ def test_the_package_has_no_import_cycles() -> None:
     assert sum(map(len, graph.values())) > len(MODULES)  # the graph is not empty
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+#: The longest a class may be, in lines: past it, it holds more than one concern.
+MAX_CLASS_LINES = 400
+
+
+def test_no_class_is_longer_than_the_limit() -> None:
+    too_long = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}: {node.name} ({lines} lines)")
+    assert not too_long, "split these classes along their concerns: " + "; ".join(too_long)

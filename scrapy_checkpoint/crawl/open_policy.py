@@ -1,0 +1,132 @@
+"""What a crawl does with the stage it finds: resume it, start it over, refresh part of it,
+or (completed) leave it alone.
+
+:func:`open_stage` opens the stage's checkpoint and, when there is work, starts it:
+
+- a stage paused, failed, crashed or incomplete is resumed;
+- ``CHECKPOINT_RESET`` starts it over;
+- a completed stage is left alone (``CHECKPOINT_ON_COMPLETE = "skip"``, the default),
+  started over (``"restart"``), refreshed (``"incremental"``: requests done longer than
+  ``CHECKPOINT_REFRESH_AFTER`` ago are fetched again) or reopened for its failed requests
+  (``CHECKPOINT_RETRY_FAILED``);
+- pending requests the spider can no longer rebuild stop the crawl before anything is
+  fetched (:class:`~scrapy_checkpoint.errors.UnrestorableRequestsError`), unless
+  ``CHECKPOINT_DROP_UNRESTORABLE`` gives them up, counted as lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..checkpoint import EnhancedCheckpoint
+from ..clock import walltime
+from ..errors import ConfigError, UnrestorableRequestsError
+from ..state import Status
+from ..stores.base import Store
+from .frontier import LOST_UNRESTORABLE
+from .requests import unrestorable
+from .scrapy_redis import own_scrapy_redis_queue
+from .settings import CheckpointSettings
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+
+def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: str, *,
+               name: str, shared: bool, scrapy_redis: bool) -> tuple[EnhancedCheckpoint, bool]:
+    """Open ``stage`` in ``store`` and start it when there is work: ``(checkpoint, True)``;
+    ``(checkpoint, False)`` when the stage is completed and this run does nothing (the
+    checkpoint is open, not started). ``name`` is the stage as the user knows it (a shared
+    stage's, for a worker's sub-stage); ``shared``: a worker of a shared stage (reset as a
+    whole, not here); ``scrapy_redis``: scrapy-redis's scheduler, not shared.
+
+    Raises ConfigError (a bad stage name), CheckpointLockedError (another crawl owns the
+    stage; nothing written), InputChangedError, UnrestorableRequestsError.
+    """
+    try:
+        cp = EnhancedCheckpoint(stage=stage, config=config.checkpoint, store=store,
+                                units="requests")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
+    cp.open()
+    try:
+        reset = config.reset and not shared  # a shared stage was reset as a whole
+        refresh_before = None
+        if cp.status is Status.COMPLETED and not reset:
+            if config.retry_failed and cp.live.failed_units:
+                logger.info("Stage %s was completed with %d failed request(s); fetching "
+                            "them again (CHECKPOINT_RETRY_FAILED).", name,
+                            len(cp.live.failed_units))
+            elif config.on_complete == "incremental":
+                refresh_before = _refresh_before(crawler, config, cp, name)
+                if refresh_before is None:
+                    return cp, False
+            elif config.on_complete == "skip":
+                logger.info(config.completed_message(name))
+                return cp, False
+            else:
+                logger.info("Stage %s was completed; starting it over "
+                            "(CHECKPOINT_ON_COMPLETE = 'restart').", name)
+                reset = True
+        if not shared and scrapy_redis:
+            live = cp.live
+            own_scrapy_redis_queue(crawler, name, new_stage=not (
+                reset or live.pending or len(live.done)))
+        problems = {} if reset else _unrestorable(crawler, config, cp, name)
+        cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
+                 refresh_before=refresh_before)
+        if problems:
+            _drop_unrestorable(crawler, cp, problems, name)
+    except BaseException:
+        cp.close()
+        raise
+    return cp, True
+
+
+def _unrestorable(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,
+                  name: str) -> dict[str, list[int]]:
+    """The pending requests the spider can no longer rebuild, by what they miss. Raises
+    UnrestorableRequestsError (before anything is fetched) unless
+    ``CHECKPOINT_DROP_UNRESTORABLE`` says to drop them."""
+    spider = crawler.spider if crawler.spider is not None else crawler.spidercls
+    live = cp.live
+    # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
+    payloads = {**live.failed_units, **live.pending} if config.retry_failed else live.pending
+    problems = unrestorable(payloads, spider)
+    if problems and not config.drop_unrestorable:
+        raise UnrestorableRequestsError(
+            name, crawler.spidercls.__name__,
+            {what: len(codes) for what, codes in problems.items()})
+    return problems
+
+
+def _drop_unrestorable(crawler: Any, cp: EnhancedCheckpoint, problems: dict[str, list[int]],
+                       name: str) -> None:
+    codes = sorted({code for group in problems.values() for code in group})
+    cp.record_lost(LOST_UNRESTORABLE, len(codes), codes)
+    logger.warning(
+        "Stage %s: %d pending request(s) cannot be rebuilt (%s); they are dropped "
+        "(CHECKPOINT_DROP_UNRESTORABLE = True) and counted as lost: the stage will end "
+        "'incomplete'.", name, len(codes),
+        ", ".join(f"{what}: {len(group)}" for what, group in sorted(problems.items())))
+    crawler.stats.set_value("checkpoint/dropped_unrestorable", len(codes))
+
+
+def _refresh_before(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,
+                    name: str) -> int | None:
+    """``CHECKPOINT_ON_COMPLETE = 'incremental'``: the Unix second before which done
+    requests are fetched again, or None (logged) when none was done that long ago."""
+    refresh_before = int(walltime() - config.refresh_seconds) + 1
+    stale, done = cp.refresh_count(refresh_before), len(cp.live.done)
+    if not stale:
+        logger.info("Stage %s is completed and none of its %d request(s) was done %s or "
+                    "longer ago: nothing to fetch, outputs left as they are "
+                    "(CHECKPOINT_ON_COMPLETE = 'incremental', CHECKPOINT_REFRESH_AFTER = "
+                    "%r).", name, done, config.refresh_after, config.refresh_after)
+        return None
+    logger.info("Stage %s was completed; %d of its %d request(s) were done %s or longer "
+                "ago: they are fetched again when the crawl reaches them, with what they "
+                "link to, and the others are skipped (CHECKPOINT_ON_COMPLETE = "
+                "'incremental').", name, stale, done, config.refresh_after)
+    crawler.stats.set_value("checkpoint/refreshed", stale)
+    return refresh_before
