@@ -27,7 +27,7 @@ class Clock:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = T0
         for where in ("scrapy_checkpoint.durability.walltime",
-                      "scrapy_checkpoint.crawl.extension.walltime"):
+                      "scrapy_checkpoint.crawl.open_policy.walltime"):
             monkeypatch.setattr(where, lambda: self.now)
 
 
