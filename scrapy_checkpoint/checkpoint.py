@@ -486,14 +486,7 @@ class EnhancedCheckpoint(StageReadings):
                 self.pause()
             self._committer.finish()
         finally:
-            self._committer.close()
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._live = None
-            closer = getattr(self.store, "close", None)
-            if self._owns_store and closer is not None:
-                closer()
+            self._release()
 
     def abandon(self) -> None:
         """Release the stage without committing what was not committed yet, as if the
@@ -504,15 +497,19 @@ class EnhancedCheckpoint(StageReadings):
         try:
             self._committer.drain()
         finally:
-            self._committer.close()
             self._running = False
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._live = None
-            closer = getattr(self.store, "close", None)
-            if self._owns_store and closer is not None:
-                closer()
+            self._release()
+
+    def _release(self) -> None:
+        """Close the journal, release the lock and (if it is ours) the store."""
+        self._committer.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._live = None
+        closer = getattr(self.store, "close", None)
+        if self._owns_store and closer is not None:
+            closer()
 
     def __enter__(self) -> EnhancedCheckpoint:
         return self
