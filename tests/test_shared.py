@@ -350,3 +350,26 @@ def test_giving_work_keeps_the_takers_record_readable(shared_backend: str) -> No
     assert giver.claim(8)
     assert giver.give("taker", [(8, {"url": "http://127.0.0.1/8"})]) == []
     store.close()
+
+
+def test_a_worker_given_work_is_never_recorded_idle_before_it_schedules_it(
+    shared_backend: str,
+) -> None:
+    """The taker's heartbeat thread does not know of a gift until its next tick drains the
+    inbox: a beat saying 'idle' in between must not overwrite the 'running' the give script
+    recorded, or the giver takes the taker for idle, leaves the stage finished, and the
+    given units are lost if the taker then dies."""
+    store = RedisStore(shared_backend)
+    giver = SharedStage(store, "site", worker="giver")
+    taker = SharedStage(store, "site", worker="taker")
+    giver.beat()
+    taker.beat("idle")
+    assert giver.claim(9)
+    assert giver.give("taker", [(9, {"url": "http://127.0.0.1/9"})]) == [9]
+    assert taker.status == "idle"  # this process has not seen the gift yet
+    taker.beat()  # what its heartbeat thread writes now
+    assert {w.id: w.status for w in giver.workers()}["taker"] == "running"
+    taker.trim_inbox(1)  # scheduled and journaled by the taker: idle again once it says so
+    taker.beat("idle")
+    assert {w.id: w.status for w in giver.workers()}["taker"] == "idle"
+    store.close()

@@ -275,10 +275,10 @@ class SharedWorker:
         self._elsewhere.discard_many([code for code, _ in units])  # ours now
         scheduled = frontier.schedule([payload for _, payload in units], foreign=True)
         cp.save()
+        if shared.status != "running":  # before the inbox empties: never seen idle with work
+            shared.beat("running")
         shared.trim_inbox(len(units))
         self.stats.inc_value("checkpoint/received", scheduled)
-        if shared.status != "running":
-            shared.beat("running")
         return scheduled
 
     def share_work(self) -> None:

@@ -233,7 +233,8 @@ class SharedStage:
                 self.status = status
             if self.adopted:
                 return
-            keys = [self.workers_key, self.claims_key, self.tokens_key, self.queued_key]
+            keys = [self.workers_key, self.inbox_key(), self.claims_key, self.tokens_key,
+                    self.queued_key]
             if not self._beat_script(keys=keys, args=[self.worker, self._record(),
                                                       self.store.ttls["active"]]):
                 self.adopted = True
