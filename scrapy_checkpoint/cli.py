@@ -263,14 +263,20 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
     """Everything about one stage (for a shared stage: its workers)."""
     workers = ctx.manager.shared_stages().get(stage)
     if workers is not None and stage not in ctx.manager.stages():
+        summary = ctx.manager.shared_summary(stage, workers)
         if as_json:
-            _dump({"stage": stage, "shared": True, "workers": _workers_json(workers)})
+            _dump({"stage": stage, "shared": True, **summary, "workers": _workers_json(workers)})
         else:
-            done, pending = sum(w.done for w in workers), sum(w.pending for w in workers)
-            over = all(w.status in ("finished", "adopted") and not w.alive for w in workers)
-            click.echo(f"Shared stage {stage}: {'completed' if over else 'active'}, {done} done, "
-                       f"{pending} pending in {len(workers)} worker sub-stage(s) "
+            lost = summary["lost"]
+            click.echo(f"Shared stage {stage}: {summary['status']}, {summary['done']} done, "
+                       f"{summary['pending']} pending in {len(workers)} worker sub-stage(s) "
                        f"({stage}.w.<worker>; show one for its details)")
+            if any(lost.values()):
+                click.echo(f"Lost: {sum(lost.values())} unit(s) whose work cannot be done "
+                           f"({describe_lost(lost)}).")
+            if summary["unreadable"]:
+                click.echo(f"Unreadable sub-stage(s): {', '.join(summary['unreadable'])} "
+                           f"(show each for the reason).")
             ctx.print(_worker_rows(ctx, workers))
         return
     view = _read(ctx, stage)

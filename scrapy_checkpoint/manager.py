@@ -14,7 +14,7 @@ from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
 from .metrics import format_duration
-from .shared import SharedStage, Worker, shared_stage_of
+from .shared import OVER, SharedStage, Worker, shared_stage_of, sub_stage_name
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
 from .stores.base import Store, check_stage_name
@@ -80,6 +80,38 @@ class UnifiedCheckpointManager:
             if workers:
                 out[parent] = workers
         return out
+
+    def shared_summary(self, stage: str, workers: list[Worker]) -> dict[str, Any]:
+        """One shared stage as a whole, from its workers' records and sub-stages.
+
+        Returns ``{"status", "done", "pending", "lost", "unreadable"}``: ``status`` is
+        ``active`` while a worker is alive or has not left, then ``incomplete`` when a
+        sub-stage lost work (``lost``: units by reason, summed over the sub-stages) or ended
+        ``incomplete``/``failed``, else ``completed``; ``unreadable`` lists sub-stages that
+        could not be read (the stage is then not called completed either).
+        """
+        done, pending = sum(w.done for w in workers), sum(w.pending for w in workers)
+        lost: dict[str, int] = {}
+        unreadable: list[str] = []
+        ended_badly = False
+        for w in workers:
+            name = sub_stage_name(stage, w.id)
+            try:
+                state = self.read(name).state
+            except (CorruptCheckpointError, FileNotFoundError, ValueError):
+                unreadable.append(name)
+                continue
+            for reason, n in state.lost.items():
+                lost[reason] = lost.get(reason, 0) + n
+            ended_badly |= state.status in (Status.INCOMPLETE, Status.FAILED)
+        if not all(w.status in OVER and not w.alive for w in workers):
+            status = "active"
+        elif ended_badly or unreadable or any(lost.values()):
+            status = "incomplete"
+        else:
+            status = "completed"
+        return {"status": status, "done": done, "pending": pending, "lost": lost,
+                "unreadable": unreadable}
 
     def read(self, stage: str) -> StageView:
         """A read-only view of ``stage`` (see :func:`read_stage`)."""

@@ -10,7 +10,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
+from scrapy_checkpoint.cli import main as cli_main
+from scrapy_checkpoint.manager import UnifiedCheckpointManager
 from scrapy_checkpoint.shared import SharedStage, sub_stage_name
 from scrapy_checkpoint.state import Status
 from scrapy_checkpoint.stores.redis import RedisStore
@@ -372,4 +376,31 @@ def test_a_worker_given_work_is_never_recorded_idle_before_it_schedules_it(
     taker.trim_inbox(1)  # scheduled and journaled by the taker: idle again once it says so
     taker.beat("idle")
     assert {w.id: w.status for w in giver.workers()}["taker"] == "idle"
+    store.close()
+
+
+def test_a_shared_stage_whose_worker_lost_work_is_shown_incomplete(shared_backend: str) -> None:
+    """`show` of a shared stage sums its workers' sub-stages: one worker that lost work makes
+    the whole stage incomplete, with the count and the reason, never 'completed'."""
+    store = RedisStore(shared_backend)
+    for worker, lost in (("a", 0), ("b", 2)):
+        cp = EnhancedCheckpoint(stage=sub_stage_name("site", worker), store=store)
+        cp.start()
+        cp.add_unit(1, {"url": "http://127.0.0.1/1"})
+        cp.finish_unit(1, processed=1, successful=1)
+        if lost:
+            cp.record_lost("unjournaled", lost)
+        cp.complete()
+        cp.close()
+        SharedStage(store, "site", worker=worker).beat("finished")
+    manager = UnifiedCheckpointManager(backend=shared_backend)
+    summary = manager.shared_summary("site", manager.shared_stages()["site"])
+    assert summary["status"] == "incomplete"
+    assert summary["lost"] == {"unjournaled": 2}
+    shown = CliRunner().invoke(cli_main, ["--backend", shared_backend, "show", "site"])
+    assert "Shared stage site: incomplete" in shown.output
+    assert "Lost: 2 unit(s) whose work cannot be done (unjournaled: 2)" in shown.output
+    as_json = json.loads(CliRunner().invoke(
+        cli_main, ["--backend", shared_backend, "show", "site", "--json"]).output)
+    assert (as_json["status"], as_json["lost"]) == ("incomplete", {"unjournaled": 2})
     store.close()
