@@ -76,10 +76,16 @@ def test_a_crawl_that_cannot_start_says_why_in_one_paragraph(
 
 def test_with_twisted_s_crawler_process_the_crawl_stops_too(tmp_path: Path, site: Site) -> None:
     """A non-asyncio reactor runs the crawl in Scrapy's CrawlerProcess: the same paragraph
-    at ERROR and status 1 (Twisted also prints its own copy of the traceback to stderr)."""
+    at ERROR and status 1, and no copy of the traceback (Twisted's log beginner would print
+    one straight to stderr, with an 'Unhandled error in Deferred:' line)."""
     refused = crawl(site, Outputs(tmp_path), "-s", "CHECKPOINT_DURABILITY=fsynch", "-s",
                     "TWISTED_REACTOR=twisted.internet.selectreactor.SelectReactor")
     assert refused.returncode == 1, refused.log[-3000:]
-    assert ("[scrapy_checkpoint] ERROR: The crawl cannot start. Invalid setting "
-            "CHECKPOINT_DURABILITY='fsynch'") in refused.log
+    errors = [line for line in refused.log.splitlines()
+              if "] ERROR: " in line or "] CRITICAL: " in line]
+    assert errors == [line for line in errors if "[scrapy_checkpoint] ERROR: The crawl cannot "
+                      "start. Invalid setting CHECKPOINT_DURABILITY='fsynch'" in line]
+    assert len(errors) == 1, refused.log[-3000:]
+    assert "Traceback" not in refused.log, refused.log[-3000:]
+    assert "Unhandled error" not in refused.log, refused.log[-3000:]
     assert refused.hits == {}
