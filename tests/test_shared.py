@@ -84,7 +84,9 @@ def _assert_union_exact(workers: list[Worker]) -> None:
 
 def _two_workers_to_the_end(tmp_path: Path, backend: str, *extra: str) -> tuple[Worker, Worker]:
     """Two workers crawl the site to the end: every page fetched once, every item once in the
-    union of their outputs, and both did part of the work."""
+    union of their outputs. (How the pages split between them is the machine's schedule, not
+    a guarantee: one worker may do them all on a busy machine. That work moves to an idle
+    worker is proven by the test of units given to a worker that dies.)"""
     site = Site(N_PAGES, delay=0.01)
     try:
         a = Worker(site, backend, tmp_path / "a", *extra)
@@ -96,8 +98,6 @@ def _two_workers_to_the_end(tmp_path: Path, backend: str, *extra: str) -> tuple[
         site.close()
     _assert_union_exact([a, b])
     assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
-    assert a.outputs.jsonlines("items.jl")
-    assert b.outputs.jsonlines("items.jl")
     return a, b
 
 
