@@ -23,6 +23,14 @@ from .stores.base import Store
 
 logger = logging.getLogger("scrapy_checkpoint")
 
+#: Failed items :meth:`AsyncCheckpointTracker.map` logs one line each in a run (with
+#: ``on_error="record"``); later ones are counted, and the last error is in the state.
+LOGGED_FAILURES = 20
+
+#: The line that stands for the traceback of a Ctrl-C that paused a stage.
+INTERRUPTED = ("Interrupted: the checkpoint is saved; run the same command again to resume "
+               "where it stopped.")
+
 T = TypeVar("T")
 
 
@@ -71,12 +79,19 @@ class AsyncCheckpointTracker(Generic[T]):
         self._bar: Any = None
         self._bar_task: Any = None
         self._ticker: asyncio.Task[None] | None = None
+        self._log_handler: logging.Handler | None = None
 
     # -- the context manager ----------------------------------------------------------
 
     async def __aenter__(self) -> AsyncCheckpointTracker[T]:
+        self._log_handler = _show_log_if_unconfigured()
         # Taking the lock and replaying the journal read files: keep them off the loop.
-        await asyncio.to_thread(self.checkpoint.open)
+        try:
+            await asyncio.to_thread(self.checkpoint.open)
+        except BaseException:
+            _remove_handler(self._log_handler)
+            self._log_handler = None
+            raise
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         return self
 
@@ -96,10 +111,16 @@ class AsyncCheckpointTracker(Generic[T]):
                     await self.on_failure(exc)
                 else:  # cancelled, Ctrl-C, SystemExit: stopped, not broken
                     cp.pause()
+                    if not isinstance(exc, SystemExit):
+                        _quiet_keyboard_interrupt()
             await cp.wait_hooks()
         finally:
             self._stop_bar()
-            await asyncio.to_thread(cp.close)
+            try:
+                await asyncio.to_thread(cp.close)
+            finally:
+                _remove_handler(self._log_handler)
+                self._log_handler = None
         return False
 
     async def on_success(self) -> None:
@@ -192,7 +213,9 @@ class AsyncCheckpointTracker(Generic[T]):
         """Run ``await worker(item)`` for every item not finished before, ``concurrency`` at a time.
 
         Units are keyed by ``key(item)`` or, without ``key``, by position. An item
-        whose worker raises is recorded as failed (``on_error="record"``) or stops
+        whose worker raises is recorded as failed (``on_error="record"``: a WARNING line
+        names the item and the exception, for the first :data:`LOGGED_FAILURES` of a run,
+        then one line says how many more are only counted) or stops
         the run (``"raise"``: no new item starts, the items in flight finish and are
         recorded, then the exception propagates; the failed item runs again next
         time). Starts the stage if ``start()`` was not called.
@@ -218,6 +241,13 @@ class AsyncCheckpointTracker(Generic[T]):
                 cp.record_error(exc)
                 cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit)
                 result.failed += 1
+                if result.failed <= LOGGED_FAILURES:
+                    logger.warning("[%s] Item %r failed: %s: %s", self.stage, unit,
+                                   type(exc).__name__, exc)
+                    if result.failed == LOGGED_FAILURES:
+                        logger.warning("[%s] Further failures are counted, not logged; "
+                                       "`scrapy-checkpoint show %s` has the count and the last "
+                                       "error.", self.stage, self.stage)
             else:
                 cp.update(processed=1, successful=1, last_item=unit, index=index, key=unit)
                 result.succeeded += 1
@@ -294,6 +324,48 @@ class AsyncCheckpointTracker(Generic[T]):
             self._refresh_bar()
             self._bar.stop()
             self._bar = None
+
+
+def _show_log_if_unconfigured() -> logging.Handler | None:
+    """When the program configured no logging at all (no handler on the root logger or on
+    ``scrapy_checkpoint``, no level set), show the checkpoint's INFO lines (progress, resume,
+    completion, failures) on stderr as a command-line tool would: Python alone would show
+    WARNING and above only, and nothing of the progress. Returns the handler added (None:
+    logging is the program's)."""
+    if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
+        return None
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def _remove_handler(handler: logging.Handler | None) -> None:
+    """Undo :func:`_show_log_if_unconfigured`."""
+    if handler is not None:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+def _quiet_keyboard_interrupt() -> None:
+    """A Ctrl-C that paused a stage ends the program with :data:`INTERRUPTED` instead of a
+    KeyboardInterrupt traceback (the stage's pause line says where it stopped). Other
+    exceptions, and a KeyboardInterrupt the program catches, are untouched; the exit status
+    stays that of a Ctrl-C."""
+    previous = sys.excepthook
+    if getattr(previous, "_scrapy_checkpoint", False):
+        return
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+            return
+        previous(exc_type, exc, tb)
+
+    excepthook._scrapy_checkpoint = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 async def _enumerate(items: Iterable[T] | AsyncIterable[T]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from scrapy_checkpoint import AsyncCheckpointTracker, Status, read_stage
 from scrapy_checkpoint.stores import open_store
+from scrapy_checkpoint.tracker import INTERRUPTED
 
 from .conftest import PYTHON, python_env
 
@@ -240,3 +242,77 @@ def test_importing_the_tracker_imports_neither_scrapy_nor_twisted() -> None:
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=python_env(),
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+_PIPED_JOB = """
+import asyncio, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def work(i):
+    await asyncio.sleep(0)
+    if i % 10 == 3:
+        raise ValueError(f"row {i} is bad")
+
+async def main():
+    async with AsyncCheckpointTracker(sys.argv[1], "enrich") as tracker:
+        await tracker.map(work, range(300), concurrency=5)
+
+asyncio.run(main())
+"""
+
+
+def test_piped_with_no_logging_configured_progress_and_failures_are_shown(
+    tmp_path: Path,
+) -> None:
+    """A script that configures no logging, its output piped: the stage's start, its failed
+    items (one line each, then a count) and its end reach stderr, as a CLI tool's would."""
+    job = tmp_path / "job.py"
+    job.write_text(_PIPED_JOB)
+    run = subprocess.run([PYTHON, str(job), str(tmp_path / "cp")], capture_output=True,
+                         text=True, env=python_env(), timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert "[scrapy_checkpoint] INFO: [enrich] Incomplete" not in err
+    failed = [line for line in err.splitlines() if "] Item " in line and " failed: " in line]
+    assert len(failed) == 20  # LOGGED_FAILURES of the 30 failures
+    assert "[enrich] Item 3 failed: ValueError: row 3 is bad" in failed[0]
+    assert "Further failures are counted, not logged" in err
+    assert "[enrich] Completed. Progress: 100.0% (300/300)" in err
+    assert "Traceback" not in err
+
+
+_INTERRUPTED_JOB = """
+import asyncio, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def main():
+    async with AsyncCheckpointTracker(sys.argv[1], "enrich") as tracker:
+        tracker.start(total_items=100)
+        for i in range(10):
+            tracker.update(processed=1, successful=1, index=i)
+        print("ten done", flush=True)
+        await asyncio.Event().wait()   # until Ctrl-C
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_pauses_the_stage_and_says_so_without_a_traceback(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(_INTERRUPTED_JOB)
+    proc = subprocess.Popen([PYTHON, str(job), str(tmp_path / "cp")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=python_env())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ten done\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err
+    assert "[enrich] Paused; run again to resume. Progress: 10.0% (10/100)" in err
+    assert err.rstrip().endswith(INTERRUPTED)
+    assert _status(str(tmp_path / "cp"), "enrich") is Status.PAUSED
