@@ -29,7 +29,13 @@ from rich.table import Table
 from rich.text import Text
 
 from .checkpoint import describe_lost, file_hash
-from .errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
+from .errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    ConfigError,
+    CorruptCheckpointError,
+    redact,
+)
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .shared import Worker, shared_stage_of
@@ -120,7 +126,7 @@ def pass_ctx(command: Callable[..., None]) -> Callable[..., None]:
         assert location is not None
         backend = location.backend if backend is None else backend
         if backend != "file" and not backend.startswith(("redis://", "rediss://", "unix://")):
-            raise click.UsageError(f"--backend {backend!r}: use 'file' or a redis:// URL.")
+            raise click.UsageError(f"--backend {redact(repr(backend))}: use 'file' or a redis:// URL.")
         ctx = Context(location.directory if directory is None else directory, backend,
                       location.verbose)
         command(ctx, *args, **kwargs)

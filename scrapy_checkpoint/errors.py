@@ -1,6 +1,25 @@
-"""Error types. Each message tells the user what to do next."""
+"""Error types. Each message tells the user what to do next; none carries a secret."""
 
 from __future__ import annotations
+
+import re
+
+# The password of a URL's user info (``redis://user:PASSWORD@host``, ``unix://:PASSWORD@/p``,
+# also when the scheme lost its colon) and of a ``password=`` query parameter
+# (``unix:///run/redis.sock?password=PASSWORD``).
+_USERINFO_PASSWORD = re.compile(r"(//[^/@\s:]*:)[^/\s]*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|pwd)=)[^&\s#]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a URL in it shown as ``***``: the user-info password
+    of any ``scheme://`` URL and the value of a ``password=`` query parameter. Anything a
+    message, a log line, a location or a repr shows of a backend URL goes through this.
+
+    >>> redact("redis://app:s3cret@10.0.0.5:6379/0 and unix://:pw@/run/redis.sock")
+    'redis://app:***@10.0.0.5:6379/0 and unix://:***@/run/redis.sock'
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", text))
 
 
 class CheckpointError(Exception):

@@ -55,13 +55,12 @@ import tempfile
 import types
 import typing
 from typing import Any, Literal, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from ..config import CheckpointConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, redact
 from ..stores.base import Store
 from ..stores.file import FileStore
 
@@ -123,6 +122,10 @@ class CheckpointSettings(BaseModel):
                               "e.g. -s CHECKPOINT_REFRESH_AFTER=7d (s, m, h or d).")
         return parse_duration(self.refresh_after)
 
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "backend" else value
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -158,7 +161,7 @@ class CheckpointSettings(BaseModel):
     def completed_message(self, stage: str) -> str:
         """The one line a run of the completed ``stage`` logs when it does nothing."""
         where = (f"--dir {shlex.quote(self.dir)}" if self.backend == "file"
-                 else f"--backend {shlex.quote(_without_password(self.backend))}")
+                 else f"--backend {shlex.quote(redact(self.backend))}")
         return (f"Stage {stage} is already completed: nothing to fetch, outputs left as they "
                 f"are. To crawl it again from the start, add -s CHECKPOINT_RESET=True, or run "
                 f"scrapy-checkpoint {where} reset {stage} first.")
@@ -243,15 +246,6 @@ def _check_dir(directory: str) -> None:
             f"-s CHECKPOINT_DIR=...") from None
 
 
-def _without_password(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***`` (it goes to the log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -320,5 +314,5 @@ def _getter_message(getter: str, exc: Exception | None) -> str:
 
 
 def _raise(setting: str, value: Any, problem: str) -> NoReturn:
-    raise ConfigError(f"Invalid setting {setting}={value!r}: {problem}. "
+    raise ConfigError(f"Invalid setting {setting}={redact(repr(value))}: {problem}. "
                       f"Fix it in settings.py, custom_settings or -s {setting}=...")

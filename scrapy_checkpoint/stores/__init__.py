@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, redact
 from .base import JournalWriter, Loaded, Lock, Store, check_stage_name
 from .file import FileStore, StageLock
 
@@ -18,7 +18,7 @@ def open_store(location: str | Any) -> Store:
 
         return RedisStore(text)
     if "://" in text or text in ("redis", "rediss"):
-        raise ConfigError(f"Unknown backend {text!r}: use a directory, 'file', or a Redis URL "
+        raise ConfigError(f"Unknown backend {redact(repr(text))}: use a directory, 'file', or a Redis URL "
                           f"such as redis://127.0.0.1:6379/0.")
     return FileStore(location)
 
@@ -35,7 +35,7 @@ def open_backend(backend: str | None, checkpoint_dir: str | Any) -> Store:
     if backend is None or backend == "file":
         return open_store(checkpoint_dir)
     if backend in ("redis", "rediss") or "://" not in backend:
-        raise ConfigError(f"Unknown backend {backend!r}: use 'file' or a Redis URL such as "
+        raise ConfigError(f"Unknown backend {redact(repr(backend))}: use 'file' or a Redis URL such as "
                           f"redis://127.0.0.1:6379/0.")
     return open_store(backend)
 

@@ -37,7 +37,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError
+from ..errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    ConfigError,
+    CorruptCheckpointError,
+    redact,
+)
 from ..journal.doneset import DoneSet
 from ..journal.groups import ADDED, HANDED, decode_group
 from ..journal.snapshot import decode_snapshot
@@ -252,7 +258,7 @@ class RedisStore:
         self.location = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1],
                                                   query=urlencode(shown, doseq=True)))
         if head.startswith("unix://"):
-            self.location = head.split("?")[0]
+            self.location = redact(head.split("?")[0])
         self.directory = self.location
         self.lease_seconds = lease_seconds
         self.buffer_bytes = buffer_bytes
