@@ -19,6 +19,9 @@ import pytest
 import redis
 
 from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint, Status, read_stage
+from scrapy_checkpoint.clock import utcnow
+from scrapy_checkpoint.errors import CheckpointLockedError
+from scrapy_checkpoint.state import Owner
 from scrapy_checkpoint.stores.redis import RedisStore, compress, decompress
 
 from .conftest import PYTHON, SCRIPTS, python_env, redis_location, require_redis
@@ -284,3 +287,44 @@ def test_state_writes_never_fail_while_groups_are_appended(redis_url: str) -> No
     assert not errors, errors[0]
     assert writes > 0
     assert read_stage(RedisStore(redis_url), "busy").state.progress.processed_items == 3000
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([PYTHON, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (until the kernel reuses it)
+
+
+def test_a_stale_owner_record_never_lets_a_third_process_take_a_live_holders_stage(
+    redis_backend: str,
+) -> None:
+    """A holder took the expired lock of a crashed owner but its owner record is the crashed
+    one's (the record and the lock were two steps): a third process must read the holder
+    from the lock, see it alive, and be refused, not take the stage over."""
+    store = RedisStore(redis_backend)
+    try:
+        host = socket.gethostname()
+        crashed = Owner(pid=_dead_pid(), host=host, started_at=utcnow())
+        store.client.set(store.key("s", "owner"), crashed.model_dump_json())
+        live = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(600)"])
+        try:
+            store.client.set(store.key("s", "lock"), f"{host}:{live.pid}:held", px=60_000)
+            with pytest.raises(CheckpointLockedError) as err:
+                store.lock("s", Owner.current())
+            assert err.value.pid == live.pid
+            assert store.client.get(store.key("s", "lock")) == f"{host}:{live.pid}:held".encode()
+            assert store.live_owner("s") is not None
+            assert store.live_owner("s").pid == live.pid  # type: ignore[union-attr]
+        finally:
+            live.kill()
+            live.wait()
+        # The holder is gone now: its lease is taken over at once, with this owner's record.
+        lock = store.lock("s", Owner.current())
+        try:
+            recorded = store.live_owner("s")
+            assert recorded is not None
+            assert recorded.pid == os.getpid()
+        finally:
+            lock.release()
+    finally:
+        store.close()

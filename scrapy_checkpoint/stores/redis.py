@@ -60,6 +60,15 @@ COMPRESS_OVER = 100_000
 DEFAULT_TTLS = {"active": 48 * 3600, "completed": 3600, "failed": 7 * 24 * 3600}
 
 @cache
+def _token_holder(token: str) -> tuple[str | None, int | None]:
+    """The host and pid a lock token (``host:pid:uuid``) names; (None, None) if it is not one."""
+    host, _, rest = token.rpartition(":")[0].rpartition(":")
+    try:
+        return (host or None), int(rest)
+    except ValueError:
+        return None, None
+
+
 def lua_source(package: str, name: str) -> str:
     """The text of the Lua script ``<package>/lua/<name>.lua`` (package data).
 
@@ -275,6 +284,7 @@ class RedisStore:
         self._snapshot = self.lua_script("snapshot")
         self._state = self.lua_script("state")
         self._release = self.lua_script("release")
+        self._lock_script = self.lua_script("lock")
         self._tokens: dict[str, str] = {}
         self._writers: dict[str, RedisJournalWriter] = {}
         self._rotations: dict[tuple[str, int], int] = {}
@@ -327,43 +337,34 @@ class RedisStore:
     # -- ownership -------------------------------------------------------------------------------
 
     def lock(self, stage: str, owner: Owner) -> RedisLock:
-        """See :meth:`Store.lock`: a lease of ``lease_seconds`` (``SET NX PX``), renewed
-        by a thread; a holder on this host whose process is gone is taken over at once."""
+        """See :meth:`Store.lock`: a lease of ``lease_seconds``, renewed by a thread, taken
+        with its owner record in one script (``lock.lua``). A holder on this host whose
+        process is gone is taken over at once; the holder is read from the lock's own token
+        (``host:pid:uuid``), never from an owner record that may be an earlier holder's."""
         check_stage_name(stage)
         token = f"{owner.host}:{owner.pid}:{uuid.uuid4().hex}"
-        lock_key = self.key(stage, "lock")
+        keys = [self.key(stage, "lock"), self.key(stage, "owner"), f"{self.prefix}:stages"]
         ms = int(self.lease_seconds * 1000)
-        if not self.client.set(lock_key, token, nx=True, px=ms):
-            holder = self._owner(stage)
-            # A holder on this host whose process is gone is a crash: take the lease over,
-            # unless someone else changed it meanwhile.
-            if (holder is not None and holder.host == socket.gethostname()
-                    and not pid_alive(holder.pid) and self._take_over(lock_key, token, ms)):
-                pass
-            else:
-                raise CheckpointLockedError(
-                    stage, holder.pid if holder else None, holder.host if holder else None,
-                    holder.started_at.isoformat() if holder else None)
-        self.client.pipeline().set(self.key(stage, "owner"), owner.model_dump_json()).sadd(
-            f"{self.prefix}:stages", stage).execute()
-        self._tokens[stage] = token
-        return RedisLock(self, stage, token)
-
-    def _take_over(self, lock_key: str, token: str, ms: int) -> bool:
-        from redis.exceptions import WatchError
-
-        with self.client.pipeline() as pipe:
-            try:
-                pipe.watch(lock_key)
-                old = pipe.get(lock_key)
-                pipe.multi()
-                if old is None:
-                    pipe.set(lock_key, token, nx=True, px=ms)
-                else:
-                    pipe.set(lock_key, token, px=ms)
-                return bool(pipe.execute()[0])
-            except WatchError:
-                return False
+        replacing = ""
+        for _ in range(10):  # a lock freed or changed between two calls: look again
+            held = self._lock_script(keys=keys, args=[token, ms, owner.model_dump_json(), stage,
+                                                      replacing])
+            if held == 1:
+                self._tokens[stage] = token
+                return RedisLock(self, stage, token)
+            holder = held.decode() if isinstance(held, bytes) else str(held)
+            if not holder:
+                replacing = ""
+                continue
+            host, pid = _token_holder(holder)
+            if host == socket.gethostname() and pid is not None and not pid_alive(pid):
+                replacing = holder  # a crash on this host: take its lease over
+                continue
+            recorded = self._owner(stage)
+            since = (recorded.started_at.isoformat() if recorded is not None
+                     and (recorded.host, recorded.pid) == (host, pid) else None)
+            raise CheckpointLockedError(stage, pid, host, since)
+        raise CheckpointLockedError(stage, None, None, None)
 
     def _owner(self, stage: str) -> Owner | None:
         raw = self.client.get(self.key(stage, "owner"))
@@ -374,11 +375,17 @@ class RedisStore:
 
     def live_owner(self, stage: str) -> Owner | None:
         """See :meth:`Store.live_owner` (the lease exists, and on this host its pid lives)."""
-        if not self.client.exists(self.key(stage, "lock")):
+        token = self.client.get(self.key(stage, "lock"))
+        if token is None:
+            return None
+        host, pid = _token_holder(token.decode())
+        if host == socket.gethostname() and pid is not None and not pid_alive(pid):
             return None
         holder = self._owner(stage)
-        if holder is not None and holder.host == socket.gethostname() and not pid_alive(holder.pid):
-            return None
+        if holder is not None and host is not None and (holder.host, holder.pid) != (host, pid):
+            # The record is an earlier holder's (written by a version that did not record
+            # the owner with the lock): the token names the live one.
+            return holder.model_copy(update={"host": host, "pid": pid})
         return holder
 
     def stages(self) -> list[str]:
