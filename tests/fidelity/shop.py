@@ -268,6 +268,11 @@ class ShopSite:
             self._gate.clear()
             self._hold_at = total
 
+    def requests(self) -> Counter[str]:
+        """A copy of :attr:`hits`: the requests received so far, by path and query."""
+        with self._cond:
+            return Counter(self.hits)
+
     def release(self) -> None:
         with self._cond:
             self._hold_at = None

@@ -55,6 +55,7 @@ SPIDERS = [
 class Crawl:
     returncode: int
     hits: int  # requests the site received during the run
+    requests: Counter[str]  # the same by path (with query), e.g. {"/product/3": 1}
     log: str
 
 
@@ -85,7 +86,7 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
            "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
-    start = site.total_hits
+    start, before = site.total_hits, site.requests()
     log_path = directory / "crawl.log"
     with log_path.open("ab") as log:
         if kill_after is not None:
@@ -101,7 +102,8 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
             proc.wait(timeout=300)
         finally:
             site.release()
-    return Crawl(proc.returncode, site.total_hits - start, log_path.read_text())
+    return Crawl(proc.returncode, site.total_hits - start, site.requests() - before,
+                 log_path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,8 @@ def test_unkilled_crawls_with_the_addon_end_as_plain_scrapy(
     _, expected = references[spider]
     run = crawl(site, spider, tmp_path, *ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}")
     assert_completed(spider, run)
+    reference = references[spider][0]
+    assert run.requests == reference.requests, diff("requests", run.requests, reference.requests)
     got = read_outputs(tmp_path)
     assert got.items == expected.items, diff("feed", got.items, expected.items)
     # With no kill a pipeline sees every item once: the table is the reference's, row by row.
@@ -177,6 +181,7 @@ def test_killed_crawls_end_as_plain_scrapy(
     rng = random.Random(f"{SEED}-{spider}")
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
     kills: list[int] = []
+    requests: Counter[str] = Counter()
     while True:
         # Kill at a random one of the requests left to make: the plain crawl's requests but
         # the ones the stage has committed done (the rest are made again), keeping one for
@@ -186,12 +191,15 @@ def test_killed_crawls_end_as_plain_scrapy(
         kill_after = rng.randint(1, max(1, remaining - (KILLS - len(kills) - 1)))
         last = crawl(site, spider, tmp_path, *addon,
                      kill_after=kill_after if len(kills) < KILLS else None)
+        requests += last.requests
         if len(kills) == KILLS or last.returncode != -signal.SIGKILL:
             break  # the crawl ended by itself
         kills.append(kill_after)
     assert_completed(spider, last)
-    got = read_outputs(tmp_path)
     context = f"{spider}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
+    assert set(requests) == set(reference.requests), f"{context}\n" + diff(
+        "pages fetched", Counter(set(requests)), Counter(set(reference.requests)))
+    got = read_outputs(tmp_path)
     assert got.items == expected.items, f"{context}\n" + diff("feed", got.items, expected.items)
     # An item pipeline sees items at least once after a crash (the items of requests in
     # flight or not yet committed are scraped again by the next run; exactly-once into
