@@ -177,9 +177,37 @@ def test_killed_crawls_end_as_plain_scrapy(
     tmp_path: Path, site: ShopSite, references: References, spider: str,
     record_property: pytest.RecordProperty,
 ) -> None:
+    repeated = crawl_killed_and_compare(site, references, spider, tmp_path)
+    record_property("sqlite_repeated_rows", repeated)
+
+
+NONE_LOSES_FEED_COMMITS = pytest.mark.xfail(
+    strict=True,
+    reason="feed repeats with CHECKPOINT_DURABILITY='none': each commit flushes the feed to the "
+           "OS (OutputSet.changed_lengths) while the journal group recording the feed (its base "
+           "length, then its lengths) stays in the 1 MiB process buffer; after a kill -9 the next "
+           "run finds no record of the feed, so OutputSet.open takes its current size, killed "
+           "run's items included, as the base, cuts nothing and redoes those requests: their "
+           "items are in the feed twice, and the stage ends 'Completed. Progress: 100.0%'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["flush", pytest.param("none", marks=NONE_LOSES_FEED_COMMITS)])
+def test_killed_crawls_end_as_plain_scrapy_in_every_durability_mode(
+    tmp_path: Path, site: ShopSite, references: References, durability: str
+) -> None:
+    # "fsync", the default, is the mode of the tests above.
+    crawl_killed_and_compare(site, references, "catalog", tmp_path,
+                             "-s", f"CHECKPOINT_DURABILITY={durability}")
+
+
+def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
+                             *extra: str) -> int:
+    """Crawl ``spider`` with the add-on, killed :data:`KILLS` times, then to the end; assert
+    the outputs are the plain crawl's; returns how many rows the table holds more than once."""
     reference, expected = references[spider]
-    rng = random.Random(f"{SEED}-{spider}")
-    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    rng = random.Random(f"{SEED}-{spider}{''.join(extra)}")
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}", *extra]
     kills: list[int] = []
     requests: Counter[str] = Counter()
     while True:
@@ -187,19 +215,19 @@ def test_killed_crawls_end_as_plain_scrapy(
         # the ones the stage has committed done (the rest are made again), keeping one for
         # each kill still to come. The site holds that request unanswered, so the crawl is
         # surely running when it is killed, however fast the machine.
-        remaining = reference.hits - done_requests(tmp_path, spider)
+        remaining = reference.hits - done_requests(directory, spider)
         kill_after = rng.randint(1, max(1, remaining - (KILLS - len(kills) - 1)))
-        last = crawl(site, spider, tmp_path, *addon,
+        last = crawl(site, spider, directory, *addon,
                      kill_after=kill_after if len(kills) < KILLS else None)
         requests += last.requests
         if len(kills) == KILLS or last.returncode != -signal.SIGKILL:
             break  # the crawl ended by itself
         kills.append(kill_after)
     assert_completed(spider, last)
-    context = f"{spider}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
+    context = f"{spider} {' '.join(extra)}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
     assert set(requests) == set(reference.requests), f"{context}\n" + diff(
         "pages fetched", Counter(set(requests)), Counter(set(reference.requests)))
-    got = read_outputs(tmp_path)
+    got = read_outputs(directory)
     assert got.items == expected.items, f"{context}\n" + diff("feed", got.items, expected.items)
     # An item pipeline sees items at least once after a crash (the items of requests in
     # flight or not yet committed are scraped again by the next run; exactly-once into
@@ -210,8 +238,8 @@ def test_killed_crawls_end_as_plain_scrapy(
     assert not missing, f"{context}: rows lost\n" + diff("table", got.rows, expected.rows)
     assert not wrong, f"{context}: wrong rows\n" + diff("table", got.rows, expected.rows)
     repeated = sum((got.rows - expected.rows).values())
-    record_property("sqlite_repeated_rows", repeated)
     print(f"{context}: {repeated} repeated row(s) of {sum(expected.rows.values())} in the table")
     assert len(kills) == KILLS, (
         f"{context}: the run after them ended before its request {kill_after}, made fewer "
         f"requests than the plain crawl's {reference.hits} minus the ones committed done")
+    return repeated
