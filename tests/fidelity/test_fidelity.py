@@ -224,7 +224,7 @@ def crawl_killed_and_compare(site: ShopSite, references: References, spider: str
             break  # the crawl ended by itself
         kills.append(kill_after)
     assert_completed(spider, last)
-    context = f"{spider} {' '.join(extra)}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
+    context = f"{' '.join([spider, *extra])}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
     assert set(requests) == set(reference.requests), f"{context}\n" + diff(
         "pages fetched", Counter(set(requests)), Counter(set(reference.requests)))
     got = read_outputs(directory)
