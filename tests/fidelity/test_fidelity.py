@@ -1,13 +1,21 @@
 """Fidelity: realistic spiders end with the add-on, killed or not, as plain Scrapy ends them.
 
-Each spider of ``project/`` (a CrawlSpider with rules, a SitemapSpider, a login through a
-form with a CSRF token, several logged-in sessions with their own cookie jars, an item
-built over two pages and passed in ``cb_kwargs``) crawls the shop site of ``shop.py``
-with a jsonlines feed and a SQLite pipeline. The plain Scrapy run is the reference. With
-the add-on, a run with no kill, and runs killed with SIGKILL :data:`KILLS` times after
-random numbers of requests (seeded: ``FIDELITY_SEED``, default 10) followed by the same
-command run to the end, must leave the same items: the feed item by item as a multiset,
-the SQLite table as a set (see :func:`test_killed_crawls_end_as_plain_scrapy`).
+Each spider of ``project/`` (a CrawlSpider with rules, a SitemapSpider on a sitemap
+index, a login through a form with a CSRF token, several logged-in sessions with their
+own cookie jars, an item built over two pages and passed in ``cb_kwargs``) crawls the
+shop site of ``shop.py`` with a jsonlines feed and a SQLite item pipeline. The plain
+Scrapy run is the reference. With the add-on:
+
+- a run with no kill makes the same requests and leaves the same feed items and table
+  rows, each as a multiset;
+- runs killed with SIGKILL :data:`KILLS` times at random requests (seeded:
+  ``FIDELITY_SEED``, default 10; the failure message names the seed and the kill points)
+  and then the same command run to the end fetch every page of the reference and leave
+  the same feed items as a multiset, and the same table rows as a set (pipelines see an
+  item at least once after a kill; see :func:`crawl_killed_and_compare`).
+
+Known failures are marked ``xfail(strict=True)`` with their kind, to be unmarked when
+the kind is fixed.
 """
 
 from __future__ import annotations
