@@ -11,7 +11,8 @@ Members part: ``GET /login`` answers a form with a CSRF token (also set as the
 password ``secret`` sets a ``sessionid`` cookie and redirects to ``/account``.
 ``/account`` and ``/account/orders?page=P`` list the orders, ``/account/order/N``
 shows one, with a total that depends on who is logged in; without a valid
-session each of them redirects to ``/login?next=PATH``. Sessions never expire.
+session each of them redirects to ``/login?next=PATH``. Sessions last until
+:meth:`ShopSite.forget`.
 
 The server counts every request. ``hold_at(n)`` makes the n-th request in all
 wait until :meth:`release`, so a crawl can be killed while it is surely still
@@ -282,6 +283,13 @@ class ShopSite:
         """Block until ``total`` requests were received in all (False after ``timeout`` s)."""
         with self._cond:
             return self._cond.wait_for(lambda: self.total_hits >= total, timeout)
+
+    def forget(self) -> None:
+        """Forget every session and CSRF token, as a restarted server or sessions that timed
+        out while the crawl was stopped."""
+        with self._cond:
+            self.sessions.clear()
+            self.csrf_tokens.clear()
 
     def close(self) -> None:
         self.release()

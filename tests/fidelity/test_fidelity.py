@@ -27,7 +27,7 @@ import signal
 import sqlite3
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,10 +209,29 @@ def test_killed_crawls_end_as_plain_scrapy_in_every_durability_mode(
                              "-s", f"CHECKPOINT_DURABILITY={durability}")
 
 
+SETUP_REQUESTS = pytest.mark.xfail(
+    strict=True,
+    reason="setup requests: the sessions expire while the crawl is stopped; the login marked "
+           "meta['checkpoint_setup'] is not made again before the resumed order pages, which are "
+           "redirected to the login page and scraped from it")
+
+
+@pytest.mark.slow
+@SETUP_REQUESTS
+def test_killed_crawls_behind_a_login_that_expires_end_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # The reference is the plain uninterrupted login crawl: its session never expires.
+    crawl_killed_and_compare(site, references, "login", tmp_path, "-a", "setup=1",
+                             between_runs=site.forget)
+
+
 def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
-                             *extra: str) -> int:
+                             *extra: str, between_runs: Callable[[], None] | None = None) -> int:
     """Crawl ``spider`` with the add-on, killed :data:`KILLS` times, then to the end; assert
-    the outputs are the plain crawl's; returns how many rows the table holds more than once."""
+    the outputs are the plain crawl's; returns how many rows the table holds more than once.
+
+    ``between_runs()`` is called after each killed run."""
     reference, expected = references[spider]
     rng = random.Random(f"{SEED}-{spider}{''.join(extra)}")
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}", *extra]
@@ -231,6 +250,8 @@ def crawl_killed_and_compare(site: ShopSite, references: References, spider: str
         if len(kills) == KILLS or last.returncode != -signal.SIGKILL:
             break  # the crawl ended by itself
         kills.append(kill_after)
+        if between_runs is not None:
+            between_runs()
     assert_completed(spider, last)
     context = f"{' '.join([spider, *extra])}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
     assert set(requests) == set(reference.requests), f"{context}\n" + diff(

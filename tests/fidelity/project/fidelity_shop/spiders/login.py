@@ -21,21 +21,26 @@ def order_item(response: scrapy.http.Response) -> OrderItem:
 
 class LoginSpider(scrapy.Spider):
     """Logs in through the login form (its CSRF token with it, FormRequest.from_response),
-    then reads every order of the account, behind the session cookie."""
+    then reads every order of the account, behind the session cookie.
+
+    ``-a setup=1`` marks the login page and the login as setup requests of the add-on
+    (``meta["checkpoint_setup"]``: made again by every run, before resumed requests); plain
+    Scrapy ignores the key."""
 
     name = "login"
 
-    def __init__(self, base: str = "", user: str = "alice", **kwargs: Any) -> None:
+    def __init__(self, base: str = "", user: str = "alice", setup: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.base, self.user = base, user
+        self.setup = {"dont_filter": True, "meta": {"checkpoint_setup": True}} if setup else {}
 
     async def start(self) -> AsyncIterator[Any]:
-        yield scrapy.Request(f"{self.base}/login", callback=self.login)
+        yield scrapy.Request(f"{self.base}/login", callback=self.login, **self.setup)
 
     def login(self, response: scrapy.http.Response) -> Iterator[Any]:
         yield scrapy.FormRequest.from_response(
             response, formid="login", formdata={"username": self.user, "password": "secret"},
-            callback=self.parse_orders)
+            callback=self.parse_orders, **self.setup)
 
     def parse_orders(self, response: scrapy.http.Response) -> Iterator[Any]:
         for href in response.css("a.order::attr(href)").getall():
