@@ -1,0 +1,274 @@
+"""Fidelity: realistic spiders end with the add-on, killed or not, as plain Scrapy ends them.
+
+Each spider of ``project/`` (a CrawlSpider with rules, a SitemapSpider on a sitemap
+index, a login through a form with a CSRF token, several logged-in sessions with their
+own cookie jars, an item built over two pages and passed in ``cb_kwargs``) crawls the
+shop site of ``shop.py`` with a jsonlines feed and a SQLite item pipeline. The plain
+Scrapy run is the reference. With the add-on:
+
+- a run with no kill makes the same requests and leaves the same feed items and table
+  rows, each as a multiset;
+- runs killed with SIGKILL :data:`KILLS` times at random requests (seeded:
+  ``FIDELITY_SEED``, default 10; the failure message names the seed and the kill points)
+  and then the same command run to the end fetch every page of the reference and leave
+  the same feed items as a multiset, and the same table rows as a set (pipelines see an
+  item at least once after a kill; see :func:`crawl_killed_and_compare`).
+
+Known failures are marked ``xfail(strict=True)`` with their kind, to be unmarked when
+the kind is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scrapy_checkpoint import FileStore, read_stage
+
+from ..conftest import PYTHON, python_env
+from .shop import ShopSite
+
+PROJECT = Path(__file__).resolve().parent / "project"
+SEED = int(os.environ.get("FIDELITY_SEED", "10"))
+KILLS = 3
+#: The add-on, committing every 2 finished requests (the default 10 would leave the small
+#: crawls of this suite with few commits to resume from).
+ADDON = ["-s", 'ADDONS={"scrapy_checkpoint.Addon": 100}', "-s", "CHECKPOINT_SAVE_EVERY=2"]
+
+DONT_FILTER_REPEATS = pytest.mark.xfail(
+    strict=True,
+    reason="dont_filter repeats: the add-on fetches a URL once per stage, so the order pages "
+           "read again under the 2nd and 3rd cookiejar session (dont_filter=True) are dropped")
+
+SPIDERS = [
+    "catalog",
+    "sitemap",
+    "login",
+    pytest.param("sessions", marks=DONT_FILTER_REPEATS),
+    "two_step",
+]
+
+
+@dataclass
+class Crawl:
+    returncode: int
+    hits: int  # requests the site received during the run
+    requests: Counter[str]  # the same by path (with query), e.g. {"/product/3": 1}
+    log: str
+
+
+@dataclass
+class Outputs:
+    """What the crawls of one directory left: the feed's items and the table's rows."""
+
+    items: Counter[str]
+    rows: Counter[str]
+
+
+def read_outputs(directory: Path) -> Outputs:
+    feed = directory / "items.jl"
+    data = feed.read_text() if feed.exists() else ""
+    assert data == "" or data.endswith("\n"), "the feed ends with a partial line"
+    items = Counter(json.dumps(json.loads(line), sort_keys=True) for line in data.splitlines())
+    rows: Counter[str] = Counter()
+    if (directory / "items.db").exists():
+        with sqlite3.connect(directory / "items.db") as db:
+            rows.update(data for (data,) in db.execute("SELECT data FROM items"))
+    return Outputs(items, rows)
+
+
+def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None
+          ) -> Crawl:
+    """Run ``scrapy crawl SPIDER`` of the project to the end, or SIGKILL it while the site
+    holds its ``kill_after``-th request of this run (so it is surely still running)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
+           "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
+    start, before = site.total_hits, site.requests()
+    log_path = directory / "crawl.log"
+    with log_path.open("ab") as log:
+        if kill_after is not None:
+            site.hold_at(start + kill_after)
+        try:
+            proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            if kill_after is not None:
+                while not site.wait_for(start + kill_after, timeout=0.1) and proc.poll() is None:
+                    pass  # waits on the site's request count, checking that the crawl still runs
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=300)
+        finally:
+            site.release()
+    return Crawl(proc.returncode, site.total_hits - start, site.requests() - before,
+                 log_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[ShopSite]:
+    s = ShopSite()
+    yield s
+    s.close()
+
+
+References = dict[str, tuple[Crawl, Outputs]]
+
+
+@pytest.fixture(scope="module")
+def references(site: ShopSite, tmp_path_factory: pytest.TempPathFactory) -> References:
+    """The plain Scrapy run of a spider, made once per module: ``references[spider]``."""
+    class Runs(dict[str, tuple[Crawl, Outputs]]):
+        def __missing__(self, spider: str) -> tuple[Crawl, Outputs]:
+            directory = tmp_path_factory.mktemp(f"plain-{spider}")
+            run = crawl(site, spider, directory)
+            assert run.returncode == 0, run.log[-3000:]
+            outputs = read_outputs(directory)
+            assert outputs.items, f"the plain run of {spider} scraped nothing"
+            assert outputs.rows == outputs.items, "the table holds the feed's items"
+            self[spider] = (run, outputs)
+            return self[spider]
+
+    return Runs()
+
+
+def diff(label: str, got: Counter[str], expected: Counter[str]) -> str:
+    missing, extra = expected - got, got - expected
+    return (f"{label}: {sum(missing.values())} missing, {sum(extra.values())} extra "
+            f"(of {sum(expected.values())} expected)\n"
+            f"missing: {sorted(missing.elements())[:5]}\nextra: {sorted(extra.elements())[:5]}")
+
+
+def done_requests(directory: Path, spider: str) -> int:
+    """Requests the stage in ``directory`` has committed done (fetched, failed or not)."""
+    try:
+        view = read_stage(FileStore(directory / "checkpoints"), spider)
+    except FileNotFoundError:
+        return 0
+    progress = view.state.progress
+    return progress.processed_items - progress.skipped_items
+
+
+def assert_completed(spider: str, run: Crawl) -> None:
+    assert run.returncode == 0, run.log[-3000:]
+    assert f"[{spider}] Completed." in run.log, run.log[-3000:]
+    assert "Traceback" not in run.log, run.log[-3000:]
+
+
+@pytest.mark.parametrize("spider", SPIDERS)
+def test_unkilled_crawls_with_the_addon_end_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References, spider: str
+) -> None:
+    _, expected = references[spider]
+    run = crawl(site, spider, tmp_path, *ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}")
+    assert_completed(spider, run)
+    reference = references[spider][0]
+    assert run.requests == reference.requests, diff("requests", run.requests, reference.requests)
+    got = read_outputs(tmp_path)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
+    # With no kill a pipeline sees every item once: the table is the reference's, row by row.
+    assert got.rows == expected.rows, diff("table", got.rows, expected.rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spider", SPIDERS)
+def test_killed_crawls_end_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References, spider: str,
+    record_property: pytest.RecordProperty,
+) -> None:
+    repeated = crawl_killed_and_compare(site, references, spider, tmp_path)
+    record_property("sqlite_repeated_rows", repeated)
+
+
+NONE_LOSES_FEED_COMMITS = pytest.mark.xfail(
+    strict=True,
+    reason="feed repeats with CHECKPOINT_DURABILITY='none': each commit flushes the feed to the "
+           "OS (OutputSet.changed_lengths) while the journal group recording the feed (its base "
+           "length, then its lengths) stays in the 1 MiB process buffer; after a kill -9 the next "
+           "run finds no record of the feed, so OutputSet.open takes its current size, killed "
+           "run's items included, as the base, cuts nothing and redoes those requests: their "
+           "items are in the feed twice, and the stage ends 'Completed. Progress: 100.0%'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["flush", pytest.param("none", marks=NONE_LOSES_FEED_COMMITS)])
+def test_killed_crawls_end_as_plain_scrapy_in_every_durability_mode(
+    tmp_path: Path, site: ShopSite, references: References, durability: str
+) -> None:
+    # "fsync", the default, is the mode of the tests above.
+    crawl_killed_and_compare(site, references, "catalog", tmp_path,
+                             "-s", f"CHECKPOINT_DURABILITY={durability}")
+
+
+SETUP_REQUESTS = pytest.mark.xfail(
+    strict=True,
+    reason="setup requests: the sessions expire while the crawl is stopped; the login marked "
+           "meta['checkpoint_setup'] is not made again before the resumed order pages, which are "
+           "redirected to the login page and scraped from it")
+
+
+@pytest.mark.slow
+@SETUP_REQUESTS
+def test_killed_crawls_behind_a_login_that_expires_end_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # The reference is the plain uninterrupted login crawl: its session never expires.
+    crawl_killed_and_compare(site, references, "login", tmp_path, "-a", "setup=1",
+                             between_runs=site.forget)
+
+
+def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
+                             *extra: str, between_runs: Callable[[], None] | None = None) -> int:
+    """Crawl ``spider`` with the add-on, killed :data:`KILLS` times, then to the end; assert
+    the outputs are the plain crawl's; returns how many rows the table holds more than once.
+
+    ``between_runs()`` is called after each killed run."""
+    reference, expected = references[spider]
+    rng = random.Random(f"{SEED}-{spider}{''.join(extra)}")
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}", *extra]
+    kills: list[int] = []
+    requests: Counter[str] = Counter()
+    while True:
+        # Kill at a random one of the requests left to make: the plain crawl's requests but
+        # the ones the stage has committed done (the rest are made again), keeping one for
+        # each kill still to come. The site holds that request unanswered, so the crawl is
+        # surely running when it is killed, however fast the machine.
+        remaining = reference.hits - done_requests(directory, spider)
+        kill_after = rng.randint(1, max(1, remaining - (KILLS - len(kills) - 1)))
+        last = crawl(site, spider, directory, *addon,
+                     kill_after=kill_after if len(kills) < KILLS else None)
+        requests += last.requests
+        if len(kills) == KILLS or last.returncode != -signal.SIGKILL:
+            break  # the crawl ended by itself
+        kills.append(kill_after)
+        if between_runs is not None:
+            between_runs()
+    assert_completed(spider, last)
+    context = f"{' '.join([spider, *extra])}, FIDELITY_SEED={SEED}, killed after {kills} requests of each run"
+    assert set(requests) == set(reference.requests), f"{context}\n" + diff(
+        "pages fetched", Counter(set(requests)), Counter(set(reference.requests)))
+    got = read_outputs(directory)
+    assert got.items == expected.items, f"{context}\n" + diff("feed", got.items, expected.items)
+    # An item pipeline sees items at least once after a crash (the items of requests in
+    # flight or not yet committed are scraped again by the next run; exactly-once into
+    # databases is not promised yet): no row may be lost or wrong, repeats are allowed here
+    # because there were kills (with no kill the table must match row by row, see above).
+    missing = expected.rows - got.rows
+    wrong = set(got.rows) - set(expected.rows)
+    assert not missing, f"{context}: rows lost\n" + diff("table", got.rows, expected.rows)
+    assert not wrong, f"{context}: wrong rows\n" + diff("table", got.rows, expected.rows)
+    repeated = sum((got.rows - expected.rows).values())
+    print(f"{context}: {repeated} repeated row(s) of {sum(expected.rows.values())} in the table")
+    assert len(kills) == KILLS, (
+        f"{context}: the run after them ended before its request {kill_after}, made fewer "
+        f"requests than the plain crawl's {reference.hits} minus the ones committed done")
+    return repeated
