@@ -185,6 +185,11 @@ class OutputSet:
             base = 0 if overwrite else size
             length = base
             self.cp.record_output(key, base, length)
+            # On disk before any item is written to the file, whatever the durability mode:
+            # a run that finds no record would take the killed run's items for the file's
+            # earlier content and never cut them. (Later lengths need no wait: a length
+            # lost with a buffer belongs to units whose done records were lost with it.)
+            self.cp.save(force=True)
         else:
             base, length = recorded
             length = min(length, size)

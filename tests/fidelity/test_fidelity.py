@@ -189,18 +189,8 @@ def test_killed_crawls_end_as_plain_scrapy(
     record_property("sqlite_repeated_rows", repeated)
 
 
-NONE_LOSES_FEED_COMMITS = pytest.mark.xfail(
-    strict=True,
-    reason="feed repeats with CHECKPOINT_DURABILITY='none': each commit flushes the feed to the "
-           "OS (OutputSet.changed_lengths) while the journal group recording the feed (its base "
-           "length, then its lengths) stays in the 1 MiB process buffer; after a kill -9 the next "
-           "run finds no record of the feed, so OutputSet.open takes its current size, killed "
-           "run's items included, as the base, cuts nothing and redoes those requests: their "
-           "items are in the feed twice, and the stage ends 'Completed. Progress: 100.0%'")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("durability", ["flush", pytest.param("none", marks=NONE_LOSES_FEED_COMMITS)])
+@pytest.mark.parametrize("durability", ["flush", "none"])
 def test_killed_crawls_end_as_plain_scrapy_in_every_durability_mode(
     tmp_path: Path, site: ShopSite, references: References, durability: str
 ) -> None:
