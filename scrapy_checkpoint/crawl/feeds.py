@@ -34,6 +34,7 @@ from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage, apply_ur
 from scrapy.utils.misc import build_from_crawler, load_object
 from w3lib.url import file_uri_to_path
 
+from .batches import BatchedOutput
 from .extension import CheckpointExtension
 from .outputs import LINES, Framing
 
@@ -158,9 +159,9 @@ class CheckpointFeedStorage(FileFeedStorage):
         overwrite = self.write_mode == "wb"
         if self.batches is not None:
             feed, size, path_of = self.batches
-            batched = ext.outputs.open_batches(feed=feed, size=size, path_of=path_of,
-                                               overwrite=overwrite, header=header,
-                                               framing=framing)
+            batched = BatchedOutput(ext.outputs, feed=feed, size=size, path_of=path_of,
+                                    overwrite=overwrite, header=header, framing=framing)
+            ext.outputs.add(batched)
             return cast("IO[bytes]", batched)
         output = ext.outputs.open(self.path, overwrite=overwrite, has_header=header,
                                   framing=framing)

@@ -28,7 +28,6 @@ from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_I
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
-    from .batches import BatchedOutput
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -401,16 +400,9 @@ class OutputSet:
         self._recorded[key] = output.record()
         return output
 
-    def open_batches(self, *, feed: str, size: int, path_of: Callable[[int], str],
-                     overwrite: bool, header: bool, framing: Framing) -> BatchedOutput:
-        """The output of a batch feed (``feed``: its URI template; ``size``: items per file;
-        ``path_of(batch_id)``: the file of a new batch); see :class:`~.batches.BatchedOutput`."""
-        from .batches import BatchedOutput
-
-        output = BatchedOutput(self, feed=feed, size=size, path_of=path_of,
-                               overwrite=overwrite, header=header, framing=framing)
-        self._writers.append(output)
-        return output
+    def add(self, writer: HeldRecords) -> None:
+        """Release units into ``writer`` too (a :class:`~.batches.BatchedOutput`)."""
+        self._writers.append(writer)
 
     def open_batch_file(self, path: str, *, overwrite: bool, framing: Framing,
                         extra: dict[str, Any]) -> DurableOutput:
