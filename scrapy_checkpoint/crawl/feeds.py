@@ -134,7 +134,7 @@ class CheckpointFeedStorage(FileFeedStorage):
         if ext is not None and not ext.active:
             # A feed opened after the checkpoint closed (FEED_STORE_EMPTY): never empty what
             # earlier runs committed, never add a second document to a file of the stage.
-            if ext.outputs is not None and ext.outputs.recorded(self.path) is not None:
+            if ext.outputs is not None and ext.outputs.wrote(self.path):
                 return io.BytesIO()
             self.write_mode = "ab"
         if ext is None or not ext.active:

@@ -309,6 +309,7 @@ class OutputSet:
         self._outputs: dict[str, DurableOutput] = {}
         self._writers: list[HeldRecords] = []
         self._recorded: dict[str, list[Any]] = {}
+        self._files: set[str] = set()
 
     def cut(self, recorded: dict[str, list[Any]]) -> None:
         """Cut every output in ``recorded`` (absolute path -> its journal entry, see
@@ -316,6 +317,7 @@ class OutputSet:
         bytes after it belong to requests that run again (even if this run never reopens the
         file). A closed document keeps its closing when the closing is what follows."""
         for key, entry in recorded.items():
+            self._files.add(key)
             length = entry[1]
             size = os.path.getsize(key) if os.path.exists(key) else 0
             document = entry[2] if len(entry) > 2 else None
@@ -349,8 +351,12 @@ class OutputSet:
             return b""
 
     def recorded(self, path: str) -> list[Any] | None:
-        """The journal entry of ``path`` in this stage, if it has one."""
+        """The journal entry of ``path`` in this stage, if it has one (the stage is open)."""
         return self.cp.live.outputs.get(os.path.abspath(path))
+
+    def wrote(self, path: str) -> bool:
+        """True if the stage has written ``path`` (also once the checkpoint is closed)."""
+        return os.path.abspath(path) in self._files
 
     def open(self, path: str, *, overwrite: bool, has_header: bool,
              framing: Framing = LINES, document: bool = False,
@@ -376,6 +382,7 @@ class OutputSet:
                    hold_all: bool) -> DurableOutput:
         size = os.path.getsize(key) if os.path.exists(key) else 0
         recorded = self.cp.live.outputs.get(key)
+        self._files.add(key)
         if recorded is None and self.claim_file is not None:
             overwrite = self.claim_file(key, overwrite)
         items = 0

@@ -4,7 +4,6 @@ across runs, batch files hold N committed items each and a resumed stage continu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -217,3 +216,18 @@ def test_csv_header_fields_reads_the_feeds_dialect() -> None:
     assert csv_header_fields(b'url,"a,b",name\r\n', {}) == ["url", "a,b", "name"]
     options = {"item_export_kwargs": {"delimiter": ";", "include_headers_line": True}}
     assert csv_header_fields(b"url;name\n", options) == ["url", "name"]
+
+
+def test_batch_path_names_a_batch_as_scrapy_does(tmp_path: Path) -> None:
+    """Scrapy's private ``_get_uri_params`` gives the names: the feed's ``uri_params`` and the
+    spider's attributes, with the batch id asked for."""
+    from scrapy import Spider
+
+    from scrapy_checkpoint.crawl.feeds import CheckpointFeedExporter
+
+    template = f"file://{tmp_path}/%(name)s-%(batch_id)03d.jl"
+    crawler = get_crawler(Spider, {"FEEDS": {template: {"format": "jsonlines"}},
+                                   "FEED_EXPORT_BATCH_ITEM_COUNT": 2})
+    spider = Spider(name="shop")
+    exporter = CheckpointFeedExporter(crawler)
+    assert exporter.batch_path(spider, template, 7) == f"{tmp_path}/shop-007.jl"
