@@ -117,11 +117,12 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "indent"), [(1, None), (2, "2"), (3, None)])
+@pytest.mark.parametrize(("seed", "flag", "indent"), [(1, "-o", None), (2, "-O", "2"),
+                                                     (3, "-O", None)])
 def test_json_and_xml_feeds_after_kills_are_one_document_with_the_uninterrupted_items(
-    tmp_path: Path, site: Site, seed: int, indent: str | None
+    tmp_path: Path, site: Site, seed: int, flag: str, indent: str | None
 ) -> None:
-    feeds = ["-o", "items.json", "-o", "items.xml"]
+    feeds = [flag, "items.json", flag, "items.xml"]  # -O: emptied only when the stage starts
     if indent is not None:
         feeds += ["-s", f"FEED_EXPORT_INDENT={indent}"]
     _plain(site, tmp_path / "plain", *feeds)
