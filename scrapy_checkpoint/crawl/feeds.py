@@ -102,6 +102,7 @@ class CheckpointFeedStorage(FileFeedStorage):
         self.batches: tuple[str, int, Any] | None = None
         #: The CSV columns fixed by the header earlier runs wrote (None: not fixed here).
         self.fixed_fields: list[str] | None = None
+        self._framing = LINES
 
     @classmethod
     def from_crawler(cls, crawler: Any, uri: str, *,
@@ -120,6 +121,11 @@ class CheckpointFeedStorage(FileFeedStorage):
         if ext.worker is not None and (options.get("batch_item_count")
                                        or issubclass(cls, (JsonItemExporter, XmlItemExporter))):
             return "a shared stage with a batch or document feed"
+        if not issubclass(cls, CsvItemExporter):  # a CSV's header is read from its first write
+            try:
+                self._framing = probe_framing(self._crawler, cls, options)
+            except Exception as exc:  # a subclass that cannot write to memory
+                return f"an exporter that failed to write a test item to memory ({exc!r})"
         return None
 
     def open(self, spider: Spider) -> IO[bytes]:
@@ -153,7 +159,7 @@ class CheckpointFeedStorage(FileFeedStorage):
         is_csv = issubclass(cls, CsvItemExporter)
         header = is_csv and bool(options.get("item_export_kwargs", {}).get(
             "include_headers_line", True))
-        framing = LINES if is_csv else probe_framing(self._crawler, cls, options)
+        framing = self._framing
         if header and not options.get("fields"):
             self._fix_csv_fields(ext)
         overwrite = self.write_mode == "wb"
