@@ -155,14 +155,21 @@ def test_a_paused_json_feed_is_a_valid_document_and_the_resume_continues_inside_
     assert data.count(b"]") == 1
 
 
+def _csv_items(path: Path) -> list[dict[str, str]]:
+    header, rows = _csv_rows(path)
+    assert header == ["page", "title", "url"]
+    return rows
+
+
 def _batch_files(directory: Path, suffix: str) -> dict[str, list[dict[str, str]]]:
-    read = _json_items if suffix == "json" else _jl_items
+    read = {"json": _json_items, "xml": _xml_items, "csv": _csv_items}.get(suffix, _jl_items)
     return {p.name: read(p) for p in sorted(directory.glob(f"feed-*.{suffix}"))}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("flag", "suffix", "seed"), [
-    ("-O", "jl", 4), ("-O", "jl", 5), ("-o", "jl", 6), ("-O", "json", 7), ("-o", "json", 8)])
+    ("-O", "jl", 4), ("-O", "jl", 5), ("-o", "jl", 6), ("-O", "json", 7), ("-o", "json", 8),
+    ("-O", "xml", 11), ("-o", "csv", 12)])
 def test_batch_feeds_after_kills_are_the_files_of_an_uninterrupted_run(
     tmp_path: Path, site: Site, flag: str, suffix: str, seed: int
 ) -> None:
