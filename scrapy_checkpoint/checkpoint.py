@@ -403,10 +403,12 @@ class EnhancedCheckpoint(StageReadings):
         journaled output length is never on disk before the output's bytes."""
         self._committer.add_sync_hook(fn)
 
-    def record_output(self, path: str, base: int, length: int) -> None:
-        """Record a durable output's starting and committed length (bytes), journaled now
-        in a group of its own (the group being built may be waiting for the commit gate)."""
-        fields = {OUTPUTS: {path: [base, length]}}
+    def record_output(self, path: str, base: int, length: int,
+                      document: dict[str, Any] | None = None) -> None:
+        """Record a durable output's starting and committed length (bytes), and for a feed
+        document what :data:`~.journal.groups.OUTPUTS` says, journaled now in a group of its
+        own (the group being built may be waiting for the commit gate)."""
+        fields = {OUTPUTS: {path: [base, length] if document is None else [base, length, document]}}
         self.live.apply([], [], fields)
         self._committer.write_fields(fields)
 

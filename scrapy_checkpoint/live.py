@@ -73,7 +73,7 @@ class LiveState:
         #: Pending units that were handed to a worker (in flight) at some point.
         self.started: set[int] = set()
         #: Durable output file -> [its length when the stage first wrote it, committed length].
-        self.outputs: dict[str, list[int]] = {}
+        self.outputs: dict[str, list[Any]] = {}
         #: Data a front end keeps with the stage, by name (JSON values; see ATTACHED).
         self.attached: dict[str, Any] = {}
         #: The user's own state (a JSON value; None: never recorded), see ``USER_STATE``.

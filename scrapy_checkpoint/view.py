@@ -42,8 +42,9 @@ class StageView:
         return len(self._live.started & self._live.pending.keys())
 
     @property
-    def outputs(self) -> dict[str, list[int]]:
-        """Durable outputs the stage recorded: absolute path -> [base, committed length] in bytes."""
+    def outputs(self) -> dict[str, list[Any]]:
+        """Durable outputs the stage recorded: absolute path -> [base, committed length] in bytes,
+        with a third element for a feed document (see :data:`.journal.groups.OUTPUTS`)."""
         return dict(self._live.outputs) if self._live is not None else {}
 
     @property

@@ -132,6 +132,10 @@ def test_a_crawl_killed_before_its_stage_was_marked_completed_keeps_every_item_o
     assert _status(outputs) is Status.COMPLETED
     assert again.hits == {}
     assert _bytes(outputs, LINE_FEEDS) == written
+    # The JSON array: closed once by the run that resumed it, no second document appended.
+    pages = [item["page"] for item in json.loads((outputs.directory / "items.json").read_bytes())]
+    assert sorted(pages) == list(range(N_PAGES))
+    assert "ERROR" not in again.log, again.log[-3000:]
 
     third = crawl(site, outputs, *_feeds(outputs))
     assert third.returncode == 0, third.log[-3000:]

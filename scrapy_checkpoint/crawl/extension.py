@@ -230,11 +230,6 @@ class CheckpointExtension:
 
     # -- used by the feeds ---------------------------------------------------------------------
 
-    def open_output(self, path: str, *, overwrite: bool, has_header: bool) -> DurableOutput:
-        """A durable output at ``path`` (see :meth:`OutputSet.open`); the stage must be open."""
-        assert self.outputs is not None
-        return self.outputs.open(path, overwrite=overwrite, has_header=has_header)
-
     def warn_once(self, kind: str, message: str) -> None:
         """Log ``message`` as a warning the first time ``kind`` comes up in this crawl."""
         if kind not in self._warned:
@@ -409,6 +404,8 @@ class CheckpointExtension:
             reason = worker.finish(reason, len(live.pending))
         if reason == "finished" and live.pending:
             self._record_never_done(cp)
+        if self.outputs is not None:
+            self.outputs.close_documents()  # committed with the status below
         cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
         publish(self.stats, cp)
         if self.totals is not None:

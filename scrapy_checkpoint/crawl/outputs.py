@@ -1,12 +1,19 @@
 """Exactly-once outputs: item bytes reach the file together with their request's done record.
 
 An exporter writes an item's bytes while the unit (request) that produced it is
-"current"; :class:`DurableOutput` keeps them aside per unit and appends them to
-the file only when the unit is done. Before each journal commit the file is
-flushed and its length recorded in the group, so the committed length only
+"current"; the output keeps them aside per unit, one record per item, and appends
+them to the file only when the unit is done. Before each journal commit the file
+is flushed and its length recorded in the group, so the committed length only
 ever covers items of done units. On resume the file is cut back to that length;
 the units whose items were cut are not done, so they run again and write them
 once more.
+
+A feed whose file is a document (a JSON array, an XML root element) has a
+:class:`Framing`: the output writes the opening before its first item, the
+separator between items and the closing when the run ends, so the document is
+valid whenever no crawl is writing it. The committed length stops before the
+closing; a resumed run removes the closing and continues inside the document.
+Batch feeds are :class:`~.batches.BatchedOutput`: files of N committed items each.
 """
 
 from __future__ import annotations
@@ -14,105 +21,130 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
+
+from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
 
 logger = logging.getLogger("scrapy_checkpoint")
 
-class UnitRouter:
-    """Which unit's output is being written right now (None: not a tracked unit)."""
 
-    __slots__ = ("current",)
+class UnitRouter:
+    """Which unit's output is being written right now (``current``; None: not a tracked unit),
+    and which item (``item``: a number per exported item; None while an exporter writes its
+    own opening or closing bytes, outside any item)."""
+
+    __slots__ = ("current", "item")
 
     def __init__(self) -> None:
         self.current: int | None = None
+        self.item: int | None = None
 
 
-class DurableOutput:
-    """A file written per unit; see the module docstring.
+@dataclass(frozen=True)
+class Framing:
+    """What makes a feed file a document: the bytes before its first item (``opening``),
+    between two items (``separator``) and after the last (``closing``). Line formats
+    (jsonlines, csv, marshal, pickle) have none."""
 
-    With ``header``, the first write of this run is a header line (CSV): it is
-    written at once, outside any request, or dropped with ``drop_header`` when the
-    file already has it, or when the file already begins with that same line.
-    """
-
-    def __init__(self, path: str, router: UnitRouter, *, length: int,
-                 header: bool = False, drop_header: bool = False) -> None:
-        self.path = path
-        self._router = router
-        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
-        self._file.truncate(length)
-        self._file.seek(0, os.SEEK_END)  # truncate() does not move the position tell() reports
-        self._pending: dict[int, list[bytes]] = {}
-        self._header = header
-        self._drop_header = drop_header
-        self._closed_length: int | None = None
-        self.length = length
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Write ``data``: kept with the current unit until it is released, or at once
-        (no current unit, or the header line). Returns ``len(data)``."""
-        if self._header:
-            self._header = False
-            if not self._drop_header and not self._starts_with(bytes(data)):
-                self._file.write(data)
-            return len(data)
-        unit = self._router.current
-        if unit is None:
-            self._file.write(data)
-        else:
-            self._pending.setdefault(unit, []).append(bytes(data))
-        return len(data)
-
-    def _starts_with(self, header: bytes) -> bool:
-        """True if the file already begins with ``header`` (appending to a file that has it,
-        e.g. an earlier pass's CSV feed: the header is not written twice)."""
-        if self.length < len(header) or not header:
-            return False
-        with open(self.path, "rb") as f:
-            return f.read(len(header)) == header
-
-    def release(self, unit: int) -> None:
-        """The unit is done: append its bytes (they reach the OS at the next commit)."""
-        chunks = self._pending.pop(unit, None)
-        if chunks and self._closed_length is None:
-            self._file.write(b"".join(chunks))
-
-    def committed_length(self) -> int:
-        """Flush to the OS and return the file's length (called before each commit)."""
-        if self._closed_length is not None:
-            return self._closed_length
-        self._file.flush()
-        return self._file.tell()
-
-    def fileno(self) -> int | None:
-        """The descriptor to fsync with the journal (None once closed: close fsyncs)."""
-        return None if self._closed_length is not None else self._file.fileno()
-
-    # The file-object protocol the exporters use.
-    def flush(self) -> None:
-        """Hand what was written to the OS."""
-        if self._closed_length is None:
-            self._file.flush()
-
-    def close(self) -> None:
-        """Flush, fsync and close; bytes of units never released are dropped (their requests run again)."""
-        if self._closed_length is None:
-            self._closed_length = self.committed_length()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            dropped = sum(len(c) for c in self._pending.values())
-            if dropped:
-                logger.debug("%s: %d byte(s) of unfinished requests not written", self.path, dropped)
-            self._pending.clear()
+    opening: bytes = b""
+    separator: bytes = b""
+    closing: bytes = b""
 
     @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._closed_length is not None
+    def framed(self) -> bool:
+        """True for a document format (JSON, XML): the exporter's own framing is replaced."""
+        return bool(self.opening or self.separator or self.closing)
 
+    def record(self) -> dict[str, Any]:
+        """The framing as kept in the journal (latin-1 text: any bytes round-trip)."""
+        return {DOC_OPENING: self.opening.decode("latin-1"),
+                DOC_CLOSING: self.closing.decode("latin-1")}
+
+    @classmethod
+    def recorded(cls, document: dict[str, Any]) -> Framing:
+        """The framing of a journaled document (its separator is not needed to close it)."""
+        return cls(document.get(DOC_OPENING, "").encode("latin-1"), b"",
+                   document.get(DOC_CLOSING, "").encode("latin-1"))
+
+
+#: No framing: items are whole records one after another.
+LINES = Framing()
+
+
+class HeldRecords:
+    """The file-object face an exporter writes to: each item's bytes are held with its unit
+    until the unit is released (see the module docstring), then handed to :meth:`_append`.
+
+    ``header``: the exporter's first write is a header line (CSV), handed to
+    :meth:`_set_header`. ``framing``: a document format, whose exporter writes outside an
+    item (its own opening and closing) are dropped: the output writes its own. ``hold_all``:
+    bytes of no unit are held too (released with :meth:`release` ``(None)`` after the item),
+    so each item stays one record.
+    """
+
+    def __init__(self, router: UnitRouter, *, header: bool, framing: Framing,
+                 hold_all: bool) -> None:
+        self._router = router
+        self._header = header
+        self.framing = framing
+        self._hold_all = hold_all or framing.framed
+        self._held: dict[int | None, list[bytearray]] = {}
+        self._last_item: int | None = None
+        self._finished = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Hold ``data`` with the current unit and item, or write it at once (no current unit,
+        or the header line). Returns ``len(data)``."""
+        if self._header:
+            self._header = False
+            self._set_header(bytes(data))
+            return len(data)
+        router = self._router
+        item = router.item
+        if item is None and self.framing.framed:
+            return len(data)  # the exporter's own opening or closing: ours are written
+        unit = router.current
+        if unit is None and not self._hold_all:
+            self._append([bytearray(data)])
+            return len(data)
+        records = self._held.get(unit)
+        if records is None:
+            self._held[unit] = [bytearray(data)]
+        elif item is None or item != self._last_item:
+            records.append(bytearray(data))
+        else:
+            records[-1] += data
+        self._last_item = item
+        return len(data)
+
+    def release(self, unit: int | None) -> None:
+        """The unit is done: append its records (they reach the OS at the next commit)."""
+        records = self._held.pop(unit, None)
+        if records and not self._finished:
+            separator = self.framing.separator
+            if separator:  # the exporter's own separator (before all but its first item)
+                for record in records:
+                    if record.startswith(separator):
+                        del record[:len(separator)]
+            self._append(records)
+
+    def _drop_held(self, path: str) -> None:
+        dropped = sum(len(r) for records in self._held.values() for r in records)
+        if dropped:
+            logger.debug("%s: %d byte(s) of unfinished requests not written", path, dropped)
+        self._held.clear()
+
+    def _append(self, records: list[bytearray]) -> None:
+        raise NotImplementedError
+
+    def _set_header(self, header: bytes) -> None:
+        raise NotImplementedError
+
+    # The rest of the file-object protocol the exporters use.
     def writable(self) -> bool:
         """Always True (file-object protocol)."""
         return True
@@ -124,6 +156,135 @@ class DurableOutput:
     def seekable(self) -> bool:
         """Always False (file-object protocol)."""
         return False
+
+
+class DurableOutput(HeldRecords):
+    """One durable file; see the module docstring.
+
+    It is opened at ``length`` (the committed length: anything after it is cut). With
+    ``header``, the first write of this run is a header line (CSV): it is written at once,
+    outside any request, or dropped when the file already has it (``drop_header``, or the
+    file already begins with that same line). ``framing``: the document's framing;
+    ``opened``: its opening is already in the file; ``items``: items already in it.
+    ``base``: where the stage's bytes begin; ``document``: journal the document fields
+    (see :meth:`record`), with ``extra`` (a batch file's feed and id).
+    """
+
+    def __init__(self, path: str, router: UnitRouter, *, length: int,
+                 header: bool = False, drop_header: bool = False, framing: Framing = LINES,
+                 opened: bool = False, items: int = 0, base: int = 0, document: bool = False,
+                 extra: dict[str, Any] | None = None, hold_all: bool = False) -> None:
+        super().__init__(router, header=header, framing=framing, hold_all=hold_all)
+        self.path = path
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._file.truncate(length)  # a document's closing, if any, goes: it is reopened
+        self._file.seek(0, os.SEEK_END)  # truncate() does not move the position tell() reports
+        self._drop_header = drop_header
+        self._closed_length: int | None = None
+        self.length = length
+        self.base = base
+        self.items = items
+        self._opened = opened
+        self._document_closed = False
+        self._document = document
+        self._extra = extra or {}
+
+    def _set_header(self, header: bytes) -> None:
+        if not self._drop_header and not self._starts_with(header):
+            self._file.write(header)
+        self._opened = True
+
+    def _starts_with(self, header: bytes) -> bool:
+        """True if the file already begins with ``header`` (appending to a file that has it,
+        e.g. an earlier pass's CSV feed: the header is not written twice)."""
+        if self.length < len(header) or not header:
+            return False
+        with open(self.path, "rb") as f:
+            return f.read(len(header)) == header
+
+    def _append(self, records: list[bytearray]) -> None:
+        self.append(records)
+
+    def append(self, records: list[bytearray]) -> None:
+        """Append items (one record each) to the document: its opening before the first,
+        its separator between them."""
+        if self._closed_length is not None or self._document_closed:
+            return
+        f, framing = self._file, self.framing
+        if not self._opened:
+            f.write(framing.opening)
+            self._opened = True
+        separator = framing.separator
+        if separator:
+            for record in records:
+                if self.items:
+                    f.write(separator)
+                f.write(record)
+                self.items += 1
+        else:
+            f.write(b"".join(records))
+            self.items += len(records)
+
+    def close_document(self) -> None:
+        """Write the closing (and the opening, if no item came): a valid document. Items
+        released afterwards are not written."""
+        if self._document_closed or self._closed_length is not None:
+            return
+        self._file.flush()
+        self.length = self._file.tell()
+        if self.framing.framed:
+            if not self._opened:
+                self._file.write(self.framing.opening)
+                self._opened = True
+                self.length = self._file.tell()
+            self._file.write(self.framing.closing)
+            self._file.flush()
+        self._document_closed = True
+
+    def committed_length(self) -> int:
+        """Flush to the OS and return the file's length before any closing (called before
+        each commit)."""
+        if self._closed_length is not None:
+            return self._closed_length
+        self._file.flush()
+        if not self._document_closed:
+            self.length = self._file.tell()
+        return self.length
+
+    def record(self) -> list[Any]:
+        """The journal's entry for this file: ``[base, length]``, or with the document's
+        fields (see :data:`~scrapy_checkpoint.journal.groups.OUTPUTS`)."""
+        length = self.committed_length()
+        if not self._document:
+            return [self.base, length]
+        document = {DOC_ITEMS: self.items, **self.framing.record(), **self._extra}
+        if self._document_closed and self.framing.framed:
+            document[DOC_CLOSED] = 1
+        return [self.base, length, document]
+
+    def fileno(self) -> int | None:
+        """The descriptor to fsync with the journal (None once closed: close fsyncs)."""
+        return None if self._closed_length is not None else self._file.fileno()
+
+    def flush(self) -> None:
+        """Hand what was written to the OS."""
+        if self._closed_length is None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close; bytes of units never released are dropped (their requests
+        run again)."""
+        if self._closed_length is None:
+            self._closed_length = self.committed_length()
+            self._finished = True
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._drop_held(self.path)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._closed_length is not None
 
     def tell(self) -> int:
         """The committed length in bytes (flushes first)."""
@@ -146,14 +307,27 @@ class OutputSet:
         self.router = UnitRouter()
         self.claim_file = claim_file
         self._outputs: dict[str, DurableOutput] = {}
-        self._recorded_lengths: dict[str, int] = {}
+        self._writers: list[HeldRecords] = []
+        self._recorded: dict[str, list[Any]] = {}
+        self._files: set[str] = set()
 
-    def cut(self, recorded: dict[str, list[int]]) -> None:
-        """Cut every output in ``recorded`` (absolute path -> [base, committed length], bytes)
-        back to its committed length: the bytes after it belong to requests that run again
-        (even if this run never reopens the file)."""
-        for key, (_, length) in recorded.items():
+    def cut(self, recorded: dict[str, list[Any]]) -> None:
+        """Cut every output in ``recorded`` (absolute path -> its journal entry, see
+        :data:`~scrapy_checkpoint.journal.groups.OUTPUTS`) back to its committed length: the
+        bytes after it belong to requests that run again (even if this run never reopens the
+        file). A closed document keeps its closing when the closing is what follows."""
+        for key, entry in recorded.items():
+            self._files.add(key)
+            length = entry[1]
             size = os.path.getsize(key) if os.path.exists(key) else 0
+            document = entry[2] if len(entry) > 2 else None
+            if document is not None and document.get(DOC_CLOSED):
+                closing = Framing.recorded(document).closing
+                if self._bytes_at(key, length, len(closing)) == closing:
+                    length += len(closing)
+                else:  # reopened by a run that was then killed: the document is open
+                    recorded[key] = [entry[0], entry[1], {k: v for k, v in document.items()
+                                                          if k != DOC_CLOSED}]
             if size > length:
                 with open(key, "r+b") as f:
                     f.seek(length)
@@ -167,52 +341,127 @@ class OutputSet:
                              "requests are missing (was the disk lost?). Writing on from its end.",
                              key, size, length)
 
-    def open(self, path: str, *, overwrite: bool, has_header: bool) -> DurableOutput:
+    @staticmethod
+    def _bytes_at(path: str, offset: int, n: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(n)
+        except OSError:
+            return b""
+
+    def recorded(self, path: str) -> list[Any] | None:
+        """The journal entry of ``path`` in this stage, if it has one (the stage is open)."""
+        return self.cp.live.outputs.get(os.path.abspath(path))
+
+    def wrote(self, path: str) -> bool:
+        """True if the stage has written ``path`` (also once the checkpoint is closed)."""
+        return os.path.abspath(path) in self._files
+
+    def open(self, path: str, *, overwrite: bool, has_header: bool,
+             framing: Framing = LINES, document: bool = False,
+             extra: dict[str, Any] | None = None) -> DurableOutput:
         """A durable output at ``path``, at its committed length (see :meth:`cut`).
 
         ``overwrite``: start the file empty the first time this stage writes it (``-O``).
         ``has_header``: the first write of each run is a header line (CSV), dropped when
-        the file already has one. May raise ConfigError from ``claim_file``.
+        the file already has one. ``framing``: a document's framing; ``document``: journal
+        its document fields, with ``extra``. May raise ConfigError from ``claim_file``.
         """
         key = os.path.abspath(path)
         if key in self._outputs and not self._outputs[key].closed:
             return self._outputs[key]
+        output = self._open_file(key, overwrite=overwrite, has_header=has_header,
+                                 framing=framing, document=document or framing.framed,
+                                 extra=extra, hold_all=False)
+        self._writers.append(output)
+        return output
+
+    def _open_file(self, key: str, *, overwrite: bool, has_header: bool, framing: Framing,
+                   document: bool, extra: dict[str, Any] | None,
+                   hold_all: bool) -> DurableOutput:
         size = os.path.getsize(key) if os.path.exists(key) else 0
         recorded = self.cp.live.outputs.get(key)
+        self._files.add(key)
         if recorded is None and self.claim_file is not None:
             overwrite = self.claim_file(key, overwrite)
+        items = 0
         if recorded is None:  # first time this stage writes the file
             base = 0 if overwrite else size
             length = base
-            self.cp.record_output(key, base, length)
+            if document:
+                fields = {DOC_ITEMS: 0, **framing.record(), **(extra or {})}
+                self.cp.record_output(key, base, length, fields)
+            else:
+                self.cp.record_output(key, base, length)
             # On disk before any item is written to the file, whatever the durability mode:
             # a run that finds no record would take the killed run's items for the file's
             # earlier content and never cut them. (Later lengths need no wait: a length
             # lost with a buffer belongs to units whose done records were lost with it.)
             self.cp.save(force=True)
         else:
-            base, length = recorded
+            base, length = recorded[0], recorded[1]
             length = min(length, size)
+            if len(recorded) > 2:
+                items = recorded[2].get(DOC_ITEMS, 0)
         output = DurableOutput(key, self.router, length=length, header=has_header,
-                               drop_header=has_header and length > base)
+                               drop_header=has_header and length > base, framing=framing,
+                               opened=length > base, items=items, base=base,
+                               document=document, extra=extra, hold_all=hold_all)
         self._outputs[key] = output
-        self._recorded_lengths[key] = length
+        self._recorded[key] = output.record()
         return output
 
-    def release(self, unit: int) -> None:
-        """The unit is done: its bytes go to every output it wrote."""
-        for output in self._outputs.values():
-            output.release(unit)
+    def add(self, writer: HeldRecords) -> None:
+        """Release units into ``writer`` too (a :class:`~.batches.BatchedOutput`)."""
+        self._writers.append(writer)
 
-    def changed_lengths(self) -> dict[str, list[int]]:
-        """Outputs whose committed length changed since the last call: path -> [base, length]
+    def open_batch_file(self, path: str, *, overwrite: bool, framing: Framing,
+                        extra: dict[str, Any]) -> DurableOutput:
+        """One file of a batch feed (used by :class:`~.batches.BatchedOutput`)."""
+        return self._open_file(os.path.abspath(path), overwrite=overwrite, has_header=False,
+                               framing=framing, document=True, extra=extra, hold_all=True)
+
+    def batch_files(self, feed: str) -> dict[int, tuple[str, list[Any]]]:
+        """The files this stage wrote for the batch feed ``feed``: batch id -> (path, entry)."""
+        found = {}
+        for key, entry in self.cp.live.outputs.items():
+            document = entry[2] if len(entry) > 2 else None
+            if document is not None and document.get(DOC_FEED) == feed:
+                found[int(document[DOC_BATCH])] = (key, entry)
+        return found
+
+    def release(self, unit: int | None) -> None:
+        """The unit is done: its bytes go to every output it wrote."""
+        for writer in self._writers:
+            writer.release(unit)
+
+    def close_documents(self) -> None:
+        """End of the run: close every open document of the stage (its closing written), also
+        those this run did not write to (their framing is in the journal)."""
+        for output in list(self._outputs.values()):
+            output.close_document()
+        for key, entry in list(self.cp.live.outputs.items()):
+            document = entry[2] if len(entry) > 2 else None
+            if (key in self._outputs or document is None or document.get(DOC_CLOSED)
+                    or not document.get(DOC_CLOSING)):
+                continue
+            extra = {k: v for k, v in document.items() if k in (DOC_FEED, DOC_BATCH)}
+            output = self._open_file(key, overwrite=False, has_header=False,
+                                     framing=Framing.recorded(document), document=True,
+                                     extra=extra, hold_all=True)
+            output.close_document()
+            output.close()
+
+    def changed_lengths(self) -> dict[str, list[Any]]:
+        """Outputs whose journal entry changed since the last call: path -> entry
         (flushes them to the OS first; called before each journal commit)."""
         changed = {}
         for key, output in self._outputs.items():
-            length = output.committed_length()
-            if length != self._recorded_lengths.get(key):
-                self._recorded_lengths[key] = length
-                changed[key] = [self.cp.live.outputs.get(key, [length, length])[0], length]
+            entry = output.record()
+            if entry != self._recorded.get(key):
+                self._recorded[key] = entry
+                changed[key] = entry
         return changed
 
     def fds(self) -> list[int]:

@@ -47,7 +47,17 @@ STARTED = "s"            # codes of pending units handed to a worker (in flight)
 HANDED = "h"             # codes of pending units given to another process (a shared stage's
 #                          worker): no longer pending here, and not done
 OUTPUTS = "fo"           # durable output files: {path: [base length, committed length]} in
-#                          bytes (written by the Scrapy integration's commit hook)
+#                          bytes (written by the Scrapy integration's commit hook), with a
+#                          third element for a feed document (JSON array, XML, batch file):
+#                          {DOC_ITEMS: n, DOC_OPENING: str, DOC_CLOSING: str, DOC_CLOSED: 1,
+#                          DOC_FEED: str, DOC_BATCH: int}; the committed length never
+#                          counts the closing bytes, which follow it when DOC_CLOSED
+DOC_ITEMS = "n"          # in an OUTPUTS document: items within the committed length
+DOC_OPENING = "o"        # ... the bytes before its first item (as latin-1 text)
+DOC_CLOSING = "c"        # ... the bytes after its last item (as latin-1 text)
+DOC_CLOSED = "x"         # ... 1: the closing bytes follow the committed length
+DOC_FEED = "f"           # ... the feed URI template of a batch file
+DOC_BATCH = "k"          # ... its batch id
 ATTACHED = "at"          # data a front end keeps with the stage: {name: JSON value}, each name
 #                          replaced whole (the Scrapy integration's cookie jars: "cookies")
 LOST = "x"               # units whose work was lost: {reason: count} deltas (summed)
