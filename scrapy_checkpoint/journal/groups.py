@@ -56,6 +56,9 @@ USER_STATE = "us"        # the user's own state, whole, as of this group: a JSON
 #                          spider's ``state`` dict), changed only by units done here or before
 STAGE_TOTALS = "sx"      # totals over every run of the stage, whole: {name: int} (a crawl's
 #                          items, responses, errors of units done here or before)
+SEGMENT_OF = "sg"        # the segment's name tag, alone in the first group of a journal segment:
+#                          {"stage": stage name, "gen": generation}; replay checks it and
+#                          applies nothing (segments written before it was kept lack it)
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
@@ -140,6 +143,8 @@ _CHECKS: dict[str, Any] = {
     DROPPED: _codes,
     USER_STATE: lambda v: True,
     STAGE_TOTALS: _counts_by_name,
+    SEGMENT_OF: lambda v: (type(v) is dict and len(v) == 2 and type(v.get("stage")) is str
+                           and _count(v.get("gen"))),
 }
 
 
@@ -219,6 +224,12 @@ def decode_group(payload: bytes | memoryview) -> Group:
         raise ValueError("group key section has the wrong length")
     check_fields(fields)
     return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
+
+
+def segment_tag(stage: str, generation: int) -> bytes:
+    """The first group of a journal segment: it names its stage and generation (see
+    ``SEGMENT_OF``), so a segment copied from elsewhere is recognised on replay."""
+    return encode_group([], [], {SEGMENT_OF: {"stage": stage, "gen": generation}})
 
 
 class GroupBuilder:
