@@ -29,7 +29,7 @@ from .journal.groups import (
     LAST_INDEX,
     LAST_ITEM,
     LOST,
-    MAX_COUNT as _MAX_COUNT,
+    MAX_COUNT,
     METADATA,
     OUTPUT_FILE,
     OUTPUTS,
@@ -156,7 +156,7 @@ class LiveState:
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
         counts = (live.processed, live.successful, live.failed, live.skipped)
-        if not all(-_MAX_COUNT - 1 <= n <= _MAX_COUNT for n in counts):
+        if not all(-MAX_COUNT - 1 <= n <= MAX_COUNT for n in counts):
             raise CorruptCheckpointError(
                 f"The journal of stage {stage!r} adds its counters up to {counts}, beyond a "
                 f"64-bit count: it was not written by this package. Reset the stage to start "

@@ -22,8 +22,8 @@ import operator
 import sys
 from array import array
 from bisect import bisect_left
-from itertools import islice
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 
 _MIN_RECENT = 1 << 16
 #: The largest done time a set holds (uint32 Unix seconds: until 2106).

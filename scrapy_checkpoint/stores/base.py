@@ -14,7 +14,8 @@ from ..journal.doneset import DoneSet
 from ..journal.groups import Group
 from ..state import CheckpointState, Owner
 
-_STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: "$" would let a final newline in
+#: A valid stage name, matched whole (fullmatch: "$" would let a final newline in).
+_STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Endings a stage name may not have: the file store uses them for its own files.
 _RESERVED = (".json", ".bak", ".lock", ".tmp", ".corrupt")
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from ..errors import CheckpointLockedError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
-from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
+from ..journal.frames import SEGMENT_MAGIC, frame, scan_segment
 from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner

@@ -23,7 +23,6 @@ and arguments are.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -84,23 +83,23 @@ def decompress(data: bytes) -> bytes:
     """Inverse of :func:`compress` (zstandard data is recognised by its magic number).
 
     Raises ValueError for data that is not whole zstandard data or that would expand past
-    ``max(MIN_EXPANDED, MAX_RATIO * len(data))`` bytes: read in a stream with that cap, a
-    crafted value never allocates more.
+    ``max(MIN_EXPANDED, MAX_RATIO * len(data))`` bytes: decompressed into a buffer of at
+    most that size, a crafted value never allocates more.
     """
     if not data.startswith(_ZSTD_MAGIC):
         return data
     import zstandard
 
     cap = max(MIN_EXPANDED, MAX_RATIO * len(data))
+    refused = f"a {len(data)}-byte compressed value expands past {cap} bytes; refused"
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            out = reader.read(cap + 1)
+        declared = zstandard.frame_content_size(data)
+        if declared > cap:  # said by its header: refused before anything is allocated
+            raise ValueError(refused)
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=cap)
     except zstandard.ZstdError as exc:
-        raise ValueError(f"damaged compressed value ({exc})") from None
-    if len(out) > cap:
-        raise ValueError(f"a {len(data)}-byte compressed value expands past {cap} bytes; "
-                         f"refused")
-    return out
+        # Cut short, damaged, or (its size not declared) longer than the cap.
+        raise ValueError(f"damaged compressed value, or {refused} ({exc})") from None
 
 
 @cache
@@ -124,7 +123,7 @@ def _permission_error_class() -> type[Exception]:
 
 
 @cache
-def _client_class() -> type:
+def _client_class() -> Any:
     """redis-py's client (and its pipelines) raising RedisPermissionError, still a
     NoPermissionError, when the user's ACL denies a command: one clear message naming the
     command instead of redis-py's traceback."""
@@ -144,11 +143,11 @@ def _client_class() -> type:
                 raise error(str(exc)) from None
         return call
 
-    class CheckpointPipeline(Pipeline):  # type: ignore[misc]
+    class CheckpointPipeline(Pipeline):
         execute_command = translated(Pipeline.execute_command)
         execute = translated(Pipeline.execute)
 
-    class CheckpointRedis(redis.Redis):  # type: ignore[misc]
+    class CheckpointRedis(redis.Redis):
         execute_command = translated(redis.Redis.execute_command)
 
         def pipeline(self, *args: Any, **kwargs: Any) -> Any:
