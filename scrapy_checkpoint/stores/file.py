@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from ..errors import CheckpointLockedError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
-from ..journal.frames import SEGMENT_MAGIC, frame, scan_segment
+from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner
@@ -407,7 +407,10 @@ class FileStore:
         unreachable: list[Path] = []
         for gen in reversed(snaps):
             path = self.snapshot_path(stage, gen)
-            data = read_regular(path)
+            try:
+                data = read_regular(path)
+            except FileNotFoundError:  # removed by a writer's retention meanwhile
+                continue
             try:
                 header, done = decode_snapshot(data)
                 _check_snapshot_owner(header, stage, gen)
@@ -440,7 +443,10 @@ class FileStore:
                 loaded.unreachable.append(path)
                 loaded.dropped_bytes += path.stat().st_size
                 continue
-            scan = scan_segment(read_regular(path), decode_group)
+            try:
+                scan = scan_segment(read_regular(path), decode_group)
+            except FileNotFoundError as exc:  # removed meanwhile (a reset): stop before it
+                scan = SegmentScan(problem=str(exc))
             stranger = _stranger(scan.payloads, stage, gen)
             if stranger:
                 problems.append(f"{path.name} {stranger}: the journal stops before it; it and "
