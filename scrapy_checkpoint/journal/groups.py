@@ -73,8 +73,14 @@ def _count(v: Any) -> bool:
     return type(v) is int and 0 <= v <= MAX_COUNT
 
 
-def _delta(v: Any) -> bool:
-    return type(v) is int and -MAX_COUNT <= v <= MAX_COUNT
+def _counters(v: Any) -> bool:
+    # Unrolled: it is checked in nearly every group, on the resume path.
+    if type(v) is not list or len(v) != 4:
+        return False
+    a, b, c, d = v
+    m = MAX_COUNT
+    return (type(a) is int and type(b) is int and type(c) is int and type(d) is int
+            and -m <= a <= m and -m <= b <= m and -m <= c <= m and -m <= d <= m)
 
 
 def _seconds(v: Any) -> bool:
@@ -114,7 +120,7 @@ def _owner(v: Any) -> bool:
 #: whole by :func:`decode_group`, so replay stops before it as before a torn record.
 _CHECKS: dict[str, Any] = {
     INIT: _state,
-    COUNTERS: lambda v: type(v) is list and len(v) == 4 and all(_delta(n) for n in v),
+    COUNTERS: _counters,
     LAST_ITEM: _str_or_none,
     LAST_INDEX: lambda v: v is None or type(v) is int,
     BATCH_ID: _str_or_none,
