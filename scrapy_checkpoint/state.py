@@ -63,7 +63,9 @@ class Owner(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    pid: int
+    #: A process id (-1: not known); read back from a lock file, an owner record or a
+    #: journal, it must fit the OS's pid type.
+    pid: int = Field(ge=-1, le=(1 << 31) - 1)
     host: str
     started_at: datetime
 
