@@ -138,7 +138,19 @@ def pass_ctx(command: Callable[..., None]) -> Callable[..., None]:
                         help=DIR_HELP + AFTER_HELP)(with_context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group: a CheckpointError no command handles (e.g. a Redis user whose
+    ACL denies a command) is one clear line on stderr and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CheckpointError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dir", "directory", default=_default_dir, show_default="$CHECKPOINT_DIR or ./checkpoints",
               metavar="PATH", help=DIR_HELP + " Also accepted after the command.")
 @click.option("--backend", default=lambda: os.environ.get("CHECKPOINT_BACKEND") or "file",

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .clock import utcnow
+from .errors import CorruptCheckpointError
 from .journal.doneset import MAX_TIME, DoneSet
 from .journal.groups import (
     ADDED,
@@ -28,6 +29,7 @@ from .journal.groups import (
     LAST_INDEX,
     LAST_ITEM,
     LOST,
+    MAX_COUNT,
     METADATA,
     OUTPUT_FILE,
     OUTPUTS,
@@ -153,6 +155,12 @@ class LiveState:
             live.totals = dict(header.get("totals") or {})
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
+        counts = (live.processed, live.successful, live.failed, live.skipped)
+        if not all(-MAX_COUNT - 1 <= n <= MAX_COUNT for n in counts):
+            raise CorruptCheckpointError(
+                f"The journal of stage {stage!r} adds its counters up to {counts}, beyond a "
+                f"64-bit count: it was not written by this package. Reset the stage to start "
+                f"over.")
         return live
 
     # -- applying a group ------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 import socket
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,10 @@ from .clock import utcnow
 from .errors import InvalidTransitionError
 
 SCHEMA_VERSION = 1
+
+#: A counter read back from a state file or a journal: a signed 64-bit int (a value out of
+#: range makes the state damaged, not an OverflowError later).
+Count = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
 class Status(str, Enum):
@@ -59,7 +63,9 @@ class Owner(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    pid: int
+    #: A process id (-1: not known); read back from a lock file, an owner record or a
+    #: journal, it must fit the OS's pid type.
+    pid: int = Field(ge=-1, le=(1 << 31) - 1)
     host: str
     started_at: datetime
 
@@ -85,11 +91,11 @@ class Progress(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    total_items: int | None = None
-    processed_items: int = 0
-    successful_items: int = 0
-    failed_items: int = 0
-    skipped_items: int = 0
+    total_items: Count | None = None
+    processed_items: Count = 0
+    successful_items: Count = 0
+    failed_items: Count = 0
+    skipped_items: Count = 0
     start_time: datetime | None = None
     last_update_time: datetime | None = None
     estimated_completion_time: datetime | None = None
@@ -113,19 +119,19 @@ class CheckpointState(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     error_message: str | None = None
-    error_count: int = 0
+    error_count: Count = 0
     last_error_time: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     owner: Owner | None = None
     #: Units recorded done (the journal's done-set size).
-    done_units: int = 0
+    done_units: Count = 0
     #: Units added and not yet done (for stages that journal their frontier).
-    pending_units: int = 0
+    pending_units: Count = 0
     #: How many times the stage was found crashed and recovered.
-    recoveries: int = 0
+    recoveries: Count = 0
     #: Units whose work was lost, by reason (e.g. ``unjournaled``: a crawl request that could
     #: not be journaled was pending at a crash). A stage with any ends ``incomplete``.
-    lost: dict[str, int] = Field(default_factory=dict)
+    lost: dict[str, Count] = Field(default_factory=dict)
     #: Recent throughput in items/s when the state was written.
     throughput: float | None = None
     #: Percentiles (p50, p95, p99) of recent journal commit durations, in microseconds.

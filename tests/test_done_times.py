@@ -84,7 +84,7 @@ def test_a_set_without_times_answers_membership_only() -> None:
 
 
 def test_snapshots_keep_done_times_and_old_snapshots_read_as_done_when_last_updated() -> None:
-    header = {"generation": 3, "state": {"updated_at": "2026-09-21T12:00:00Z"}}
+    header = {"generation": 3, "state": {"stage": "s", "updated_at": "2026-09-21T12:00:00Z"}}
     done = DoneSet(now=T0)
     for i, code in enumerate([5, 1, 9]):
         done.now = T0 + i

@@ -10,14 +10,20 @@ bytes a key), for sets that only answer "is it in?".
 The time of a unit added with :meth:`add_new` is :attr:`DoneSet.now`, which the
 owner moves forward (a stage moves it at each journal commit, see
 :meth:`scrapy_checkpoint.live.LiveState.apply`), so adding a unit costs no clock read.
+
+Removing codes (:meth:`discard_many`) only notes them in a set of removed codes, purged
+from the arrays when it outgrows a quarter of them (or at the next :meth:`compact`):
+replaying many small removals costs time in proportion to the removals, not to the set.
 """
 
 from __future__ import annotations
 
+import operator
 import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 
 _MIN_RECENT = 1 << 16
 #: The largest done time a set holds (uint32 Unix seconds: until 2106).
@@ -27,7 +33,7 @@ MAX_TIME = (1 << 32) - 1
 class DoneSet:
     """A set of 64-bit unit codes with their done times (see the module docstring)."""
 
-    __slots__ = ("_base", "_recent", "_times", "now")
+    __slots__ = ("_base", "_gone", "_recent", "_times", "now")
 
     def __init__(self, codes: Iterable[int] = (), *, sorted_codes: array[int] | None = None,
                  times: array[int] | None = None, now: int = 0, timed: bool = True) -> None:
@@ -50,6 +56,8 @@ class DoneSet:
         self._base = base
         self._times = times
         self._recent: dict[int, int] = dict.fromkeys(codes, now)
+        #: Codes of ``_base`` removed since the last compaction (never in ``_recent``).
+        self._gone: set[int] = set()
         self.compact()
 
     @property
@@ -64,10 +72,12 @@ class DoneSet:
         if not base or code > base[-1]:  # e.g. a new index: no search needed
             return False
         i = bisect_left(base, code)
-        return i < len(base) and base[i] == code
+        if i < len(base) and base[i] == code:
+            return not self._gone or code not in self._gone
+        return False
 
     def __len__(self) -> int:
-        return len(self._base) + len(self._recent)
+        return len(self._base) + len(self._recent) - len(self._gone)
 
     def __iter__(self) -> Iterator[int]:
         self.compact()
@@ -82,6 +92,9 @@ class DoneSet:
 
     def add_new(self, code: int) -> None:
         """Add a code the caller has just checked is absent, done at :attr:`now`."""
+        if self._gone and code in self._gone:
+            self._revive(code)
+            return
         recent = self._recent
         recent[code] = self.now
         if len(recent) > _MIN_RECENT and len(recent) > len(self._base) >> 2:
@@ -89,19 +102,56 @@ class DoneSet:
 
     def add_many_new(self, codes: Iterable[int]) -> None:
         """Add codes known to be absent (journal replay), done at :attr:`now`."""
+        gone = self._gone
+        if gone:
+            revived = gone.intersection(codes := list(codes))
+            for code in revived:
+                self._revive(code)
+            if revived:
+                codes = [c for c in codes if c not in revived]
         recent = self._recent
         recent.update(dict.fromkeys(codes, self.now))
         if len(recent) > _MIN_RECENT and len(recent) > len(self._base) >> 2:
             self.compact()
 
+    def _revive(self, code: int) -> None:
+        """Add back a removed code still in the arrays, done at :attr:`now`."""
+        self._gone.discard(code)
+        if self._times is not None:
+            self._times[bisect_left(self._base, code)] = min(max(self.now, 0), MAX_TIME)
+
     def discard_many(self, codes: Iterable[int]) -> None:
-        """Remove ``codes`` (those absent are ignored). Rebuilds the arrays: O(n)."""
-        drop = set(codes)
-        if not drop:
+        """Remove ``codes`` (those absent are ignored): O(len(codes) log n), the arrays
+        being rebuilt only once the removed codes outgrow a quarter of them."""
+        recent, base, gone = self._recent, self._base, self._gone
+        for code in codes:
+            recent.pop(code, None)
+            i = bisect_left(base, code)
+            if i < len(base) and base[i] == code:
+                gone.add(code)
+        if len(gone) > _MIN_RECENT and len(gone) > len(base) >> 2:
+            self._purge()
+
+    def _purge(self) -> None:
+        """Drop the removed codes from the arrays (copying the runs between them)."""
+        gone = self._gone
+        if not gone:
             return
-        for code in drop:
-            self._recent.pop(code, None)
-        self._keep(lambda code, _time: code not in drop)
+        base, times = self._base, self._times
+        codes, kept_times = array("Q"), array("I")
+        start = 0
+        for code in sorted(gone):
+            i = bisect_left(base, code, start)
+            codes.extend(base[start:i])
+            if times is not None:
+                kept_times.extend(times[start:i])
+            start = i + 1
+        codes.extend(base[start:])
+        if times is not None:
+            kept_times.extend(times[start:])
+            self._times = kept_times
+        self._base = codes
+        self._gone = set()
 
     def time_of(self, code: int) -> int | None:
         """When ``code`` was done (Unix seconds; 0: unknown), None if it is not in the set
@@ -111,6 +161,8 @@ class DoneSet:
         recent = self._recent.get(code)
         if recent is not None:
             return recent
+        if code in self._gone:
+            return None
         base = self._base
         i = bisect_left(base, code)
         return self._times[i] if i < len(base) and base[i] == code else None
@@ -135,7 +187,8 @@ class DoneSet:
         return dropped
 
     def _keep(self, keep: Callable[[int, int], bool]) -> None:
-        """Rebuild the arrays with the entries for which ``keep(code, time)`` is true."""
+        """Rebuild the arrays with the entries for which ``keep(code, time)`` is true (call
+        :meth:`compact` first)."""
         if self._times is None:
             self._base = array("Q", (c for c in self._base if keep(c, 0)))
             return
@@ -147,7 +200,9 @@ class DoneSet:
         self._base, self._times = codes, times
 
     def compact(self) -> None:
-        """Merge the recent additions into the sorted arrays."""
+        """Drop the removed codes from the sorted arrays and merge the recent additions into
+        them (a recent code already in the arrays is kept once, with its older time)."""
+        self._purge()
         recent = self._recent
         if not recent:
             return
@@ -160,6 +215,7 @@ class DoneSet:
                 in_order = list(recent)
                 times.extend(recent.values() if in_order == new else [recent[c] for c in new])
         elif times is None:
+            n = len(base)
             # Merge without turning the whole array into Python ints (36+ bytes each):
             # copy the runs of the old array between the insertion points.
             merged = array("Q")
@@ -167,12 +223,15 @@ class DoneSet:
             for code in new:
                 i = bisect_left(base, code, start)
                 merged.extend(base[start:i])
-                merged.append(code)
                 start = i
+                if i < n and base[i] == code:  # already there (a replayed duplicate)
+                    continue
+                merged.append(code)
             merged.extend(base[start:])
             self._base = merged
         else:
             # The same, with the times: one pass finds each insertion point for both arrays.
+            n = len(base)
             merged, merged_times = array("Q"), array("I")
             add_run, add_times = merged.extend, merged_times.extend
             add_code, add_time = merged.append, merged_times.append
@@ -182,13 +241,21 @@ class DoneSet:
                 if i > start:
                     add_run(base[start:i])
                     add_times(times[start:i])
+                start = i
+                if i < n and base[i] == code:  # already there (a replayed duplicate)
+                    continue
                 add_code(code)
                 add_time(recent[code])
-                start = i
             add_run(base[start:])
             add_times(times[start:])
             self._base, self._times = merged, merged_times
         self._recent = {}
+
+    def is_strictly_sorted(self) -> bool:
+        """True if the sorted array really is sorted, without repeats (a set read from
+        bytes, e.g. a snapshot, is checked before it is used: its lookups bisect)."""
+        base = self._base
+        return len(base) < 2 or all(map(operator.lt, base, islice(base, 1, None)))
 
     def to_bytes(self) -> bytes:
         """Sorted little-endian uint64 codes."""

@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from ..state import Status
+from ..state import CheckpointState, Owner, Status
 
 # The header keys: constant = key      # what its value holds
 DONE_COUNT = "d"         # number of done codes after the header (always present)
@@ -66,9 +66,114 @@ USER_STATE = "us"        # the user's own state, whole, as of this group: a JSON
 #                          spider's ``state`` dict), changed only by units done here or before
 STAGE_TOTALS = "sx"      # totals over every run of the stage, whole: {name: int} (a crawl's
 #                          items, responses, errors of units done here or before)
+SEGMENT_OF = "sg"        # the segment's name tag, alone in the first group of a journal segment:
+#                          {"stage": stage name, "gen": generation}; replay checks it and
+#                          applies nothing (segments written before it was kept lack it)
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
+#: The largest counter (or counter delta) a group may hold: a signed 64-bit int.
+MAX_COUNT = (1 << 63) - 1
+#: The largest Unix time a group may hold (that of a done time: uint32 seconds).
+MAX_SECONDS = (1 << 32) - 1
+_CODE_END = 1 << 64
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_COUNT
+
+
+def _counters(v: Any) -> bool:
+    # Unrolled: it is checked in nearly every group, on the resume path.
+    if type(v) is not list or len(v) != 4:
+        return False
+    a, b, c, d = v
+    m = MAX_COUNT
+    return (type(a) is int and type(b) is int and type(c) is int and type(d) is int
+            and -m <= a <= m and -m <= b <= m and -m <= c <= m and -m <= d <= m)
+
+
+def _seconds(v: Any) -> bool:
+    return type(v) in (int, float) and 0 <= v <= MAX_SECONDS
+
+
+def _codes(v: Any) -> bool:
+    return type(v) is list and all(type(c) is int and 0 <= c < _CODE_END for c in v)
+
+
+def _str_or_none(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _counts_by_name(v: Any, check: Any = _count) -> bool:
+    return type(v) is dict and all(check(n) for n in v.values())
+
+
+def _state(v: Any) -> bool:
+    try:
+        CheckpointState.model_validate(v)
+    except ValueError:
+        return False
+    return type(v) is dict
+
+
+def _owner(v: Any) -> bool:
+    try:
+        Owner.model_validate(v)
+    except ValueError:
+        return False
+    return type(v) is dict
+
+
+#: What each header key may hold (besides DONE_COUNT and FAILED_COUNT): a group holding
+#: anything else (a wrong type, a counter out of range, a key no writer writes) is refused
+#: whole by :func:`decode_group`, so replay stops before it as before a torn record.
+_CHECKS: dict[str, Any] = {
+    INIT: _state,
+    COUNTERS: _counters,
+    LAST_ITEM: _str_or_none,
+    LAST_INDEX: lambda v: v is None or type(v) is int,
+    BATCH_ID: _str_or_none,
+    COMMITTED_AT: _seconds,
+    STATUS: lambda v: type(v) is str and v in _STATUSES,
+    RECOVERIES: _count,
+    OWNER: _owner,
+    TOTAL: lambda v: v is None or _count(v),
+    INPUT_FILE: lambda v: type(v) is list and len(v) == 2 and all(_str_or_none(x) for x in v),
+    OUTPUT_FILE: _str_or_none,
+    START_TIME: lambda v: v is None or _seconds(v),
+    METADATA: lambda v: type(v) is dict,
+    ERROR: lambda v: (type(v) is list and len(v) == 3 and _str_or_none(v[0]) and _count(v[1])
+                      and (v[2] is None or _seconds(v[2]))),
+    RETRY_FAILED: _codes,
+    REFRESH_BEFORE: _seconds,
+    ADDED: lambda v: type(v) is list and all(
+        type(a) is list and len(a) == 2 and type(a[0]) is int and 0 <= a[0] < _CODE_END
+        for a in v),
+    STARTED: _codes,
+    HANDED: _codes,
+    OUTPUTS: lambda v: type(v) is dict and all(
+        type(n) is list and len(n) == 2 and _count(n[0]) and _count(n[1]) for n in v.values()),
+    ATTACHED: lambda v: type(v) is dict,
+    LOST: _counts_by_name,
+    DROPPED: _codes,
+    USER_STATE: lambda v: True,
+    STAGE_TOTALS: _counts_by_name,
+    SEGMENT_OF: lambda v: (type(v) is dict and len(v) == 2 and type(v.get("stage")) is str
+                           and _count(v.get("gen"))),
+}
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """Raise ValueError naming the first header field (keys above) that is unknown or holds
+    a value no writer writes."""
+    checks = _CHECKS
+    for key, value in fields.items():
+        check = checks.get(key)
+        if check is None:
+            raise ValueError(f"unknown group field {key!r}")
+        if not check(value):
+            raise ValueError(f"group field {key!r} holds a bad value")
 
 
 def _codes_bytes(codes: list[int]) -> bytes:
@@ -119,26 +224,28 @@ def decode_group(payload: bytes | memoryview) -> Group:
     """Inverse of :func:`encode_group`.
 
     Raises ValueError (or KeyError, struct.error for a truncated one) on a malformed
-    payload: wrong lengths, a header that is not an object, an unknown status, bad
-    counters.
+    payload: wrong lengths, a header that is not an object, a field that is unknown or
+    holds a bad value (:func:`check_fields`), so a group is applied whole or not at all.
     """
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
     fields = json.loads(bytes(payload[start : start + hlen]))
     if not isinstance(fields, dict):
         raise ValueError("group header is not an object")
-    n_done, n_failed = int(fields.pop(DONE_COUNT)), int(fields.pop(FAILED_COUNT))
+    n_done, n_failed = fields.pop(DONE_COUNT), fields.pop(FAILED_COUNT)
+    if type(n_done) is not int or type(n_failed) is not int or n_done < 0 or n_failed < 0:
+        raise ValueError("bad code counts")
     view = memoryview(payload)[start + hlen :]
     if len(view) != 8 * (n_done + n_failed):
         raise ValueError("group key section has the wrong length")
-    if STATUS in fields and fields[STATUS] not in _STATUSES:
-        raise ValueError(f"unknown status {fields[STATUS]!r}")
-    if COUNTERS in fields and not (isinstance(fields[COUNTERS], list) and len(fields[COUNTERS]) == 4):
-        raise ValueError("bad counters")
-    if LOST in fields and not (isinstance(fields[LOST], dict)
-                               and all(type(n) is int for n in fields[LOST].values())):
-        raise ValueError("bad lost counts")
+    check_fields(fields)
     return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
+
+
+def segment_tag(stage: str, generation: int) -> bytes:
+    """The first group of a journal segment: it names its stage and generation (see
+    ``SEGMENT_OF``), so a segment copied from elsewhere is recognised on replay."""
+    return encode_group([], [], {SEGMENT_OF: {"stage": stage, "gen": generation}})
 
 
 class GroupBuilder:

@@ -17,7 +17,9 @@ import zlib
 from datetime import datetime
 from typing import Any
 
+from ..state import CheckpointState
 from .doneset import MAX_TIME, DoneSet
+from .groups import MAX_COUNT
 
 #: Snapshots without done times (read only).
 SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
@@ -92,12 +94,66 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     elif len(data) != pos:
         raise ValueError("snapshot key section checksum mismatch")
     header = json.loads(head)
-    if not isinstance(header, dict):
-        raise ValueError("snapshot header is not an object")
+    check_header(header)
     now = header.get(DONE_NOW)
     if not isinstance(now, int) or not 0 <= now <= MAX_TIME:
         now = _updated_at(header)
-    return header, DoneSet.from_bytes(codes, times, now=now)
+    done = DoneSet.from_bytes(codes, times, now=now)
+    if not done.is_strictly_sorted():
+        # Lookups bisect the codes: unsorted, the count and the lookups would disagree.
+        raise ValueError("snapshot codes are not sorted (or repeat)")
+    return header, done
+
+
+def _is_code_list(v: Any) -> bool:
+    return type(v) is list and all(type(c) is int and 0 <= c < 1 << 64 for c in v)
+
+
+def _is_unit_list(v: Any) -> bool:
+    return type(v) is list and all(
+        type(u) is list and len(u) == 2 and type(u[0]) is int and 0 <= u[0] < 1 << 64 for u in v)
+
+
+def _is_state(v: Any) -> bool:
+    try:
+        CheckpointState.model_validate(v)
+    except ValueError:
+        return False
+    return type(v) is dict
+
+
+#: What each snapshot header key may hold (see :meth:`LiveState.snapshot_header`); only
+#: ``state`` is required (older snapshots lack some of the others).
+_HEADER_CHECKS: dict[str, Any] = {
+    "generation": lambda v: type(v) is int and v >= 0,
+    "state": _is_state,
+    "failed": _is_unit_list,
+    "pending": _is_unit_list,
+    "started": _is_code_list,
+    "outputs": lambda v: type(v) is dict and all(
+        type(n) is list and len(n) == 2 and all(type(x) is int and 0 <= x <= MAX_COUNT for x in n)
+        for n in v.values()),
+    "attached": lambda v: type(v) is dict,
+    "user_state": lambda v: True,
+    "totals": lambda v: v is None or (type(v) is dict and all(
+        type(n) is int and 0 <= n <= MAX_COUNT for n in v.values())),
+    DONE_NOW: lambda v: type(v) is int and 0 <= v <= MAX_TIME,
+}
+
+
+def check_header(header: Any) -> None:
+    """Raise ValueError unless ``header`` is a snapshot header a writer could have written:
+    an object with a valid ``state`` and no unknown key or value of the wrong shape."""
+    if not isinstance(header, dict):
+        raise ValueError("snapshot header is not an object")
+    if "state" not in header:
+        raise ValueError("snapshot header has no state")
+    for key, value in header.items():
+        check = _HEADER_CHECKS.get(key)
+        if check is None:
+            raise ValueError(f"unknown snapshot header field {key!r}")
+        if not check(value):
+            raise ValueError(f"snapshot header field {key!r} holds a bad value")
 
 
 def _updated_at(header: dict[str, Any]) -> int:

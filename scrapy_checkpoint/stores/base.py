@@ -14,14 +14,15 @@ from ..journal.doneset import DoneSet
 from ..journal.groups import Group
 from ..state import CheckpointState, Owner
 
-_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: A valid stage name, matched whole (fullmatch: "$" would let a final newline in).
+_STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Endings a stage name may not have: the file store uses them for its own files.
 _RESERVED = (".json", ".bak", ".lock", ".tmp", ".corrupt")
 
 
 def is_stage_name(name: str) -> bool:
     """True if ``name`` is a valid stage name (see :func:`check_stage_name`)."""
-    return isinstance(name, str) and bool(_STAGE_RE.match(name)) and not name.endswith(_RESERVED)
+    return isinstance(name, str) and bool(_STAGE_RE.fullmatch(name)) and not name.endswith(_RESERVED)
 
 
 def check_stage_name(stage: str) -> str:

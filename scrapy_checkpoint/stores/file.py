@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from ..errors import CheckpointLockedError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
-from ..journal.groups import decode_group
+from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner
 from .base import Loaded, is_stage_name
@@ -37,6 +38,46 @@ from .base import Loaded, is_stage_name
 logger = logging.getLogger("scrapy_checkpoint")
 
 _GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file. Raises OSError (FileNotFoundError,
+    PermissionError, ...) as reading does, and NotARegularFileError for a directory, FIFO,
+    device or socket: opened without blocking, so a FIFO never hangs the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFileError(path, info.st_mode)
+        chunks = []
+        while chunk := os.read(fd, 1 << 24):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class NotARegularFileError(OSError):
+    """A directory, FIFO, device or socket where a stage's file should be."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        super().__init__(errno.EINVAL, f"{kind}, not a regular file", str(path))
+
+
+def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
+    """The error for a file of ``stage`` that cannot be read (nothing is changed)."""
+    path = exc.filename or "a file"
+    reason = exc.strerror or str(exc)
+    extra = ""
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        extra = f" (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)})"
+    return CorruptCheckpointError(
+        f"Cannot read {path}{extra} of stage {stage!r}: {reason}. Nothing was changed. Run "
+        f"as the user who owns the checkpoint, fix the file's permissions, or move the "
+        f"file away.")
+
 
 class StageLock:
     """An exclusive ``flock`` on ``<stage>.lock``; the OS drops it when the process dies."""
@@ -112,16 +153,17 @@ class SegmentWriter:
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
-                 buffer_limit: int = 1 << 20) -> None:
+                 buffer_limit: int = 1 << 20, tag: bytes | None = None) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
         size = os.fstat(self._fd).st_size
         if truncate_at is not None and truncate_at < size:
             os.ftruncate(self._fd, truncate_at)
             size = truncate_at
-        if size == 0:
-            _write_all(self._fd, SEGMENT_MAGIC)
-            size = len(SEGMENT_MAGIC)
+        if size == 0:  # a new segment: the magic, then its name tag (``tag``) if given
+            head = SEGMENT_MAGIC + (frame(tag) if tag is not None else b"")
+            _write_all(self._fd, head)
+            size = len(head)
         self.size = size
         self._buffered = buffered
         self._buffer_limit = buffer_limit
@@ -285,7 +327,7 @@ class FileStore:
     def read_lock_owner(self, stage: str) -> Owner | None:
         """The owner the lock file names, alive or not (None if unreadable)."""
         try:
-            return Owner.model_validate_json(self.lock_path(stage).read_bytes())
+            return Owner.model_validate_json(read_regular(self.lock_path(stage)))
         except (OSError, ValueError):
             return None
 
@@ -293,7 +335,7 @@ class FileStore:
         """The owner if a live process holds the stage's lock, else None. Takes no lock."""
         path = self.lock_path(stage)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return None
         try:
@@ -320,8 +362,11 @@ class FileStore:
         problems: list[str] = []
         for path in (self.state_path(stage), self.backup_path(stage)):
             try:
-                raw = path.read_bytes()
+                raw = read_regular(path)
             except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(f"{path.name} cannot be read ({exc.strerror or exc})")
                 continue
             try:
                 state = CheckpointState.model_validate_json(raw)
@@ -338,7 +383,20 @@ class FileStore:
 
     def load(self, stage: str) -> Loaded:
         """Read the newest valid snapshot and the journal after it. Read-only, never raises
-        for damage it can work around (it reports it in ``problems``)."""
+        for damage it can work around (it reports it in ``problems``).
+
+        A snapshot or segment that names another stage or generation, and a segment
+        missing between two others, end replay like a torn record (the files from there
+        on are set aside by :meth:`set_aside`). A file that cannot be read (permissions,
+        a directory or FIFO in its place) raises CorruptCheckpointError: nothing is
+        treated as damage, so nothing readable is ever cut.
+        """
+        try:
+            return self._load(stage)
+        except OSError as exc:  # unreadable, not damaged: refuse, change nothing
+            raise _unreadable(stage, exc) from None
+
+    def _load(self, stage: str) -> Loaded:
         snaps = self._generations(stage, "snapshot")
         segs = self._generations(stage, "journal")
         exists = bool(snaps or segs) or self.state_path(stage).exists()
@@ -350,35 +408,60 @@ class FileStore:
         for gen in reversed(snaps):
             path = self.snapshot_path(stage, gen)
             try:
-                data = path.read_bytes()
+                data = read_regular(path)
+            except FileNotFoundError:  # removed by a writer's retention meanwhile
+                continue
+            try:
                 header, done = decode_snapshot(data)
-            except (OSError, ValueError, struct.error) as exc:
+                _check_snapshot_owner(header, stage, gen)
+            except (ValueError, struct.error) as exc:
+                header, done = None, DoneSet()
                 problems.append(f"{path.name} is damaged ({exc}); trying an older one")
                 unreachable.append(path)
                 continue
             base_gen, snap_bytes = gen, len(data)
             break
-        if header is None and snaps and (not segs or segs[0] != 0):
+        if header is None and (snaps or segs) and (not segs or segs[0] != 0):
             raise CorruptCheckpointError(
-                f"Every snapshot of stage {stage!r} in {self.data_dir(stage)} is damaged and the "
-                f"journal does not reach back to the start, so its state cannot be rebuilt. The "
-                f"files are left as they are; move them away or reset the stage to start over."
+                f"Every snapshot of stage {stage!r} in {self.data_dir(stage)} is damaged or "
+                f"missing and the journal does not reach back to the start, so its state "
+                f"cannot be rebuilt. The files are left as they are; move them away or reset "
+                f"the stage to start over."
             )
         loaded = Loaded(header, done, base_gen, snap_bytes, exists=exists, problems=problems,
                         unreachable=unreachable, generation=base_gen)
         stopped = False
+        expected = base_gen
         for gen in [g for g in segs if g >= base_gen]:
             path = self.segment_path(stage, gen)
+            if not stopped and gen != expected:
+                problems.append(
+                    f"{self.segment_path(stage, expected).name} is missing: the journal stops "
+                    f"before it; {path.name} and the files after it are set aside")
+                stopped = True
             if stopped:
                 loaded.unreachable.append(path)
                 loaded.dropped_bytes += path.stat().st_size
                 continue
             try:
-                scan = scan_segment(path.read_bytes(), decode_group)
-            except OSError as exc:
+                scan = scan_segment(read_regular(path), decode_group)
+            except FileNotFoundError as exc:  # removed meanwhile (a reset): stop before it
                 scan = SegmentScan(problem=str(exc))
+            stranger = _stranger(scan.payloads, stage, gen)
+            if stranger:
+                problems.append(f"{path.name} {stranger}: the journal stops before it; it and "
+                                f"the files after it are set aside")
+                loaded.unreachable.append(path)
+                loaded.dropped_bytes += path.stat().st_size
+                if gen == base_gen:  # nothing of ours in it: a new segment replaces it
+                    loaded.generation, loaded.good_bytes = gen, 0
+                stopped = True
+                continue
+            if scan.payloads and SEGMENT_OF in scan.payloads[0].fields:
+                del scan.payloads[0]  # the tag: nothing to apply
             loaded.payloads.extend(scan.payloads)
             loaded.generation, loaded.good_bytes = gen, scan.good_bytes
+            expected = gen + 1
             if scan.problem:
                 loaded.dropped_bytes += scan.dropped_bytes
                 problems.append(
@@ -413,7 +496,7 @@ class FileStore:
         """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes."""
         self.data_dir(stage).mkdir(parents=True, exist_ok=True)
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
-                             buffered=buffered)
+                             buffered=buffered, tag=segment_tag(stage, gen))
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
         """See :meth:`Store.write_snapshot` (:func:`atomic_write`)."""
@@ -456,6 +539,31 @@ class FileStore:
             if p.exists():
                 usage["state_bytes"] += p.stat().st_size
         return usage
+
+
+def _check_snapshot_owner(header: dict[str, Any], stage: str, gen: int) -> None:
+    """Raise ValueError if a snapshot's header names another stage or generation."""
+    other = header["state"].get("stage")
+    if other != stage:
+        raise ValueError(f"it belongs to stage {other!r}")
+    if header.get("generation", gen) != gen:
+        raise ValueError(f"it is generation {header['generation']}, not {gen}")
+
+
+def _stranger(groups: list[Group], stage: str, gen: int) -> str | None:
+    """Why a segment's groups do not belong to generation ``gen`` of ``stage`` (None if
+    they may): its name tag says otherwise, or it (re)creates another stage."""
+    if groups and SEGMENT_OF in groups[0].fields:
+        tag = groups[0].fields[SEGMENT_OF]
+        if tag["stage"] != stage:
+            return f"belongs to stage {tag['stage']!r}"
+        if tag["gen"] != gen:
+            return f"is generation {tag['gen']} (copied or renamed)"
+    for group in groups:
+        init = group.fields.get(INIT)
+        if init is not None and init.get("stage") != stage:
+            return f"belongs to stage {init.get('stage')!r}"
+    return None
 
 
 def _epoch() -> Any:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
+import struct
 import threading
 import uuid
 from collections import deque
@@ -48,7 +50,7 @@ from ..journal.doneset import DoneSet
 from ..journal.groups import ADDED, HANDED, decode_group
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
-from .base import Loaded, check_stage_name
+from .base import Loaded, check_stage_name, is_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -86,13 +88,89 @@ def compress(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(data)
 
 
-def decompress(data: bytes) -> bytes:
-    """Inverse of :func:`compress` (zstandard data is recognised by its magic number)."""
-    if data.startswith(_ZSTD_MAGIC):
-        import zstandard
+#: The most a compressed value may expand to: :data:`MAX_RATIO` times its size, at least
+#: :data:`MIN_EXPANDED` bytes (a frontier's JSON compresses about 70 times, done codes 12).
+MAX_RATIO = 1024
+MIN_EXPANDED = 64 << 20
 
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
-    return data
+
+def decompress(data: bytes) -> bytes:
+    """Inverse of :func:`compress` (zstandard data is recognised by its magic number).
+
+    Raises ValueError for data that is not whole zstandard data or that would expand past
+    ``max(MIN_EXPANDED, MAX_RATIO * len(data))`` bytes: decompressed into a buffer of at
+    most that size, a crafted value never allocates more.
+    """
+    if not data.startswith(_ZSTD_MAGIC):
+        return data
+    import zstandard
+
+    cap = max(MIN_EXPANDED, MAX_RATIO * len(data))
+    refused = f"a {len(data)}-byte compressed value expands past {cap} bytes; refused"
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared > cap:  # said by its header: refused before anything is allocated
+            raise ValueError(refused)
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=cap)
+    except zstandard.ZstdError as exc:
+        # Cut short, damaged, or (its size not declared) longer than the cap.
+        raise ValueError(f"damaged compressed value, or {refused} ({exc})") from None
+
+
+@cache
+def _permission_error_class() -> type[Exception]:
+    """redis-py's NoPermissionError as a CheckpointError whose message names the command."""
+    from redis.exceptions import NoPermissionError
+
+    class RedisPermissionError(CheckpointError, NoPermissionError):
+        """The Redis user's ACL denies a command this package runs."""
+
+        def __init__(self, message: str = "") -> None:
+            m = re.search(r"run the '([^']+)' command", message)
+            self.command = m.group(1).replace("|", " ").upper() if m else "a command"
+            super().__init__(
+                f"The Redis user may not run {self.command} ({message}). scrapy-checkpoint "
+                f"needs it: grant it (ACL SETUSER <user> +{self.command.split()[0].lower()}) "
+                f"or use a user that may.")
+
+    RedisPermissionError.__qualname__ = RedisPermissionError.__name__
+    return RedisPermissionError
+
+
+@cache
+def _client_class() -> Any:
+    """redis-py's client (and its pipelines) raising RedisPermissionError, still a
+    NoPermissionError, when the user's ACL denies a command: one clear message naming the
+    command instead of redis-py's traceback."""
+    import redis
+    from redis.client import Pipeline
+    from redis.exceptions import NoPermissionError
+
+    error = _permission_error_class()
+
+    def translated(method: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except NoPermissionError as exc:
+                if isinstance(exc, error):
+                    raise
+                raise error(str(exc)) from None
+        return call
+
+    class CheckpointPipeline(Pipeline):
+        execute_command = translated(Pipeline.execute_command)
+        execute = translated(Pipeline.execute)
+
+    class CheckpointRedis(redis.Redis):
+        execute_command = translated(redis.Redis.execute_command)
+
+        def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+            pipe = super().pipeline(*args, **kwargs)
+            pipe.__class__ = CheckpointPipeline
+            return pipe
+
+    return CheckpointRedis
 
 
 @dataclass(frozen=True)
@@ -273,8 +351,9 @@ class RedisStore:
         self.buffer_bytes = buffer_bytes
         self.ttls = {**DEFAULT_TTLS, **(ttls or {})}
         # redis-py's annotations are loose (str | bytes | Awaitable everywhere): keep it Any.
-        self.client: Any = redis.Redis.from_url(clean, socket_timeout=10,
-                                                socket_connect_timeout=5, health_check_interval=30)
+        self.client: Any = _client_class().from_url(clean, socket_timeout=10,
+                                                    socket_connect_timeout=5,
+                                                    health_check_interval=30)
         try:
             self.client.ping()
         except redis.exceptions.RedisError as exc:
@@ -390,7 +469,8 @@ class RedisStore:
 
     def stages(self) -> list[str]:
         """See :meth:`Store.stages`: the stages set, less those with no data left."""
-        names = sorted(n.decode() for n in self.client.smembers(f"{self.prefix}:stages"))
+        names = sorted(n.decode(errors="replace") for n in self.client.smembers(f"{self.prefix}:stages"))
+        names = [n for n in names if is_stage_name(n)]  # a value put there by others: ignored
         return [n for n in names if self.client.exists(self.key(n, "state"), self.key(n, "journal"),
                                                         self.key(n, "snapshot"))]
 
@@ -442,12 +522,22 @@ class RedisStore:
             pipe.lrange(self.key(stage, "journal"), 0, -1)
             pipe.exists(self.key(stage, "state"))
             blob, meta, records, has_state = pipe.execute()
-        meta = {k.decode(): int(v) for k, v in meta.items()}
+        try:
+            meta = {k.decode(): int(v) for k, v in meta.items()}
+            if any(v < 0 for v in meta.values()):
+                raise ValueError("a negative count")
+        except ValueError as exc:
+            raise CorruptCheckpointError(
+                f"The meta hash of stage {stage!r} in Redis ({self.key(stage, 'meta')}) is "
+                f"damaged ({exc}): it was not written by this package. Nothing was changed; "
+                f"reset the stage to start over.") from None
         problems: list[str] = []
         header, done, snap_bytes = None, DoneSet(), 0
         if blob is not None:
             try:
                 header, done = decode_snapshot(decompress(blob))
+                if header["state"].get("stage") != stage:
+                    raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
                 snap_bytes = len(blob)
             except ValueError as exc:
                 header, done = None, DoneSet()
@@ -467,7 +557,7 @@ class RedisStore:
         for record in records:
             try:
                 loaded.payloads.append(decode_group(record))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, struct.error) as exc:
                 problems.append(f"unreadable journal record {meta.get('base', 0) + good} ({exc}); "
                                 f"later records ignored")
                 break
