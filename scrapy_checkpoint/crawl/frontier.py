@@ -24,6 +24,7 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
 from .outputs import OutputSet
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
+from .setup_requests import SETUP_META, SetupRequests
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
@@ -114,6 +115,7 @@ class Frontier:
         self.skipped = 0
         self._failures: set[int] = set()
         self._ignored: set[int] = set()
+        self._expired: set[int] = set()
         self._just_registered: Request | None = None
         # The request objects that carry a unit: scheduled through request_scheduled. Others
         # (an inline engine.download() with copied meta) must not start or finish it.
@@ -127,6 +129,8 @@ class Frontier:
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
         self.on_leave: Callable[[int], None] | None = None
+        #: The crawl's setup requests (``meta["checkpoint_setup"]``), see :mod:`.setup_requests`.
+        self.setup: SetupRequests | None = None
         #: Shared stages: this worker's claims, and (scrapy-redis) the shared queue.
         self.shared: Claims | None = None
         self.pairing: SharedQueue | None = None
@@ -139,10 +143,22 @@ class Frontier:
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
         """``request_scheduled`` signal: register the request as a unit, or drop it
-        (``IgnoreRequest``) when it is done, a duplicate, or another worker's."""
+        (``IgnoreRequest``) when it is done, a duplicate, another worker's, or a unit's
+        redirect to the login page (the URL of a setup request)."""
         if not self.active:
             return
         meta = request.meta
+        setup = self.setup
+        if setup is not None:
+            if meta.get(SETUP_META):  # runs in every run: not a unit
+                meta.pop(UNIT_META, None)
+                setup.scheduled(request)
+                return
+            if meta.get(UNIT_META) in self.live and setup.redirected_to_setup(request):
+                # The session expired: the unit's page was not scraped, its login page must not be.
+                self._expired.add(meta[UNIT_META])
+                raise IgnoreRequest(f"redirected to the login page {request.url} (the URL of a "
+                                    f"setup request): the session expired")
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
             return
@@ -198,7 +214,11 @@ class Frontier:
         raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
 
     def request_dropped(self, request: Request, spider: Spider) -> None:
-        """``request_dropped`` signal: the scheduler refused a request just registered."""
+        """``request_dropped`` signal: the scheduler refused a request just registered (or a
+        setup request)."""
+        if self.setup is not None and request.meta.get(SETUP_META):
+            self.setup.dropped(request)
+            return
         # Only a request registered just now can be refused by the scheduler as ours.
         if request is self._just_registered and self.active:
             self._just_registered = None
@@ -258,6 +278,11 @@ class Frontier:
         if unrestorable:
             self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
         return scheduled
+
+    def taken(self, code: int) -> bool:
+        """Unit ``code`` is done, or was scheduled in this run (a resumed copy of it is not
+        needed)."""
+        return code in self.live or code in self.cp.live.done
 
     def record_skips(self) -> None:
         """Journal the count of requests dropped as done by earlier runs."""
@@ -320,6 +345,9 @@ class Frontier:
 
     def request_finished(self, request: Request) -> None:
         """The engine is done with ``request``: its unit is done, with its outcome."""
+        if self.setup is not None and request.meta.get(SETUP_META):
+            self.setup.finished(request)
+            return
         code = request.meta.get(UNIT_META)
         if code not in self.live or not self.active or request not in self._registered:
             return
@@ -338,10 +366,13 @@ class Frontier:
             self.on_done(code)
         cp = self.cp
         try:
-            if code in self._failures:
+            if code in self._expired or code in self._failures:
                 self._failures.discard(code)
                 cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
                 self.stats.inc_value("checkpoint/failed")
+                if code in self._expired and self.setup is not None:
+                    self._expired.discard(code)
+                    self.setup.note_expired(code)
             elif code in self._ignored:
                 self._ignored.discard(code)
                 cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
@@ -368,6 +399,7 @@ class Frontier:
         self.live.discard(code)
         self._failures.discard(code)
         self._ignored.discard(code)
+        self._expired.discard(code)
         if self.on_leave is not None:
             self.on_leave(code)
         request = self._requests.pop(code, None)
