@@ -3,8 +3,8 @@
 A members-only site whose login takes a CSRF token (GET /login, then POST /login with
 it); both are marked ``meta["checkpoint_setup"]``. The server forgets every session
 (and its CSRF secret) between runs, as a server restarted or a session timed out
-while the crawl was stopped; a second site variant ends each session after a number
-of pages. Pages asked for without a valid session answer 302 to
+while the crawl was stopped; other variants end each session after a number of
+pages, and refuse a second login until they forget. Pages asked for without a valid session answer 302 to
 ``/login?next=<page>``, whose body is the login form: scraping it would write a wrong
 item. Every crawl is a real ``scrapy runspider`` process, killed with SIGKILL.
 """
@@ -77,12 +77,15 @@ class ExpiringSite:
     """The members-only site (see the module docstring).
 
     ``forget()`` drops every session and the CSRF secret; with ``pages_per_session`` a
-    session ends after that many member pages. Item answers are held once ``hold_after``
+    session ends after that many member pages; with ``one_login`` a second login is
+    refused (403) until ``forget()``. Item answers are held once ``hold_after``
     item pages were asked for, until ``release()``.
     """
 
-    def __init__(self, pages_per_session: int | None = None) -> None:
+    def __init__(self, pages_per_session: int | None = None, one_login: bool = False) -> None:
         self.sessions: dict[str, int] = {}
+        self.one_login = one_login
+        self.logins = 0
         self.csrf = secrets.token_hex(8)
         self.pages_per_session = pages_per_session
         self.log: list[Hit] = []
@@ -113,7 +116,8 @@ class ExpiringSite:
             def do_POST(self) -> None:
                 form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
                 with site._cond:
-                    ok = form.get("csrf") == [site.csrf]
+                    ok = form.get("csrf") == [site.csrf] and not (site.one_login and site.logins)
+                    site.logins += ok
                     site.log.append(Hit("POST", self.path, ok))
                     token = secrets.token_hex(8)
                     if ok:
@@ -172,6 +176,7 @@ class ExpiringSite:
         """Every session expires, and the CSRF secret changes (a restarted server)."""
         with self._cond:
             self.sessions.clear()
+            self.logins = 0
             self.csrf = secrets.token_hex(8)
 
     def hold(self, after: int) -> None:
@@ -202,6 +207,13 @@ def site():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def short_sessions():  # type: ignore[no-untyped-def]
     s = ExpiringSite(pages_per_session=25)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def short_sessions_one_login():  # type: ignore[no-untyped-def]
+    s = ExpiringSite(pages_per_session=25, one_login=True)
     yield s
     s.close()
 
@@ -313,17 +325,35 @@ def test_resumed_requests_are_not_sent_before_the_setup_requests_finish(
     assert [item["n"] for item in _items(tmp_path)] == list(range(N_ITEMS))
 
 
-def test_a_page_redirected_to_the_login_counts_as_failed_and_is_fetched_again(
+def test_a_session_that_expires_during_the_run_is_renewed_and_its_pages_sent_again(
     tmp_path: Path, short_sessions: ExpiringSite
 ) -> None:
     site = short_sessions  # a session ends after 25 member pages: the last 15 go to the login
+    log = _run(site, tmp_path)
+    items = _items(tmp_path)
+    assert [item["n"] for item in items] == list(range(N_ITEMS)), "no login page scraped"
+    assert items == [{"n": n, "secret": str(n * n)} for n in range(N_ITEMS)]
+    assert sum(hit.method == "POST" and hit.logged_in for hit in site.log) == 2
+    stats = _stats(log)
+    assert "'checkpoint/session_expired_sent_again': 15," in stats
+    assert "'checkpoint/setup_requests_again': 1," in stats
+    assert "checkpoint/session_expired'" not in stats
+    assert "[members] Completed." in log
+
+
+def test_a_page_redirected_to_the_login_counts_as_failed_and_is_fetched_again(
+    tmp_path: Path, short_sessions_one_login: ExpiringSite
+) -> None:
+    site = short_sessions_one_login  # 25 pages a session, and no second login in this run
     first = _run(site, tmp_path)
     items = _items(tmp_path)
     assert None not in [item["n"] for item in items], "a login page was scraped as an item"
     scraped = len(items)
     expired = N_ITEMS - scraped
-    assert expired > 0
-    assert f"'checkpoint/session_expired': {expired}," in _stats(first)
+    assert expired == 15
+    stats = _stats(first)
+    assert f"'checkpoint/session_expired': {expired}," in stats
+    assert "'checkpoint/setup_requests_again': 1," in stats  # tried, refused
     assert f"{expired} request(s) were redirected to the login page" in first
     assert "Completed" not in first
     view = read_stage(FileStore(tmp_path / "checkpoints"), "members")
@@ -332,12 +362,13 @@ def test_a_page_redirected_to_the_login_counts_as_failed_and_is_fetched_again(
     assert view.state.progress.failed_items == expired
     assert view.state.progress.successful_items == scraped
 
+    site.forget()
     second_from = len(site.log)
     second = _run(site, tmp_path)
     assert f"{expired} request(s) redirected to the login page (a setup request's URL) in an " \
            f"earlier run are fetched again" in second
     assert "[members] Completed." in second
-    assert [item["n"] for item in _items(tmp_path)] == list(range(N_ITEMS))
+    assert _items(tmp_path) == [{"n": n, "secret": str(n * n)} for n in range(N_ITEMS)]
     fetched = [hit.path for hit in site.log[second_from:] if hit.path.startswith("/item/")]
     assert len(fetched) == expired, "only the pages redirected to the login are fetched again"
     view = read_stage(FileStore(tmp_path / "checkpoints"), "members")

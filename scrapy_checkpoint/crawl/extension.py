@@ -197,7 +197,8 @@ class CheckpointExtension:
         outputs.cut(cp.live.outputs)
         self.cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), self.warn_once)
         setup = self.setup = frontier.setup = SetupRequests(
-            cp.live.attached.get(SETUP_ATTACHED), self.stats, self.warn_once, self.stage)
+            cp.live.attached.get(SETUP_ATTACHED), self.stats, self.warn_once, self.stage,
+            lambda request: self.crawler.engine.crawl(request))  # noqa: PLW0108 (no engine yet)
         setup.retry_expired(cp)
         cp.add_commit_hook(self._before_commit)
         cp.add_sync_hook(outputs.fds)

@@ -37,6 +37,8 @@ UNIT_META = "_checkpoint_unit"
 IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
+#: A unit's request sent again after the setup requests ran again (its session had expired).
+AGAIN_META = "_checkpoint_again"
 
 #: Reasons of lost units (``lost`` in the state, ``checkpoint/lost/<reason>`` in the stats):
 #: a request that could not be journaled was pending at an interruption;
@@ -155,10 +157,7 @@ class Frontier:
                 setup.scheduled(request)
                 return
             if meta.get(UNIT_META) in self.live and setup.redirected_to_setup(request):
-                # The session expired: the unit's page was not scraped, its login page must not be.
-                self._expired.add(meta[UNIT_META])
-                raise IgnoreRequest(f"redirected to the login page {request.url} (the URL of a "
-                                    f"setup request): the session expired")
+                self._session_expired(meta[UNIT_META], request, spider)
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
             return
@@ -178,6 +177,9 @@ class Frontier:
             self.pairing.queue(request, code, spider)
             return
         if code in self.live:
+            if meta.get(UNIT_META) == code and request.dont_filter and meta.pop(AGAIN_META, None):
+                self._registered.add(request)  # sent again after the setup requests: the unit's
+                return
             if meta.get(UNIT_META) == code and request.dont_filter:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
                 # and its own outcome is the unit's.
@@ -203,6 +205,35 @@ class Frontier:
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
             cp.add_unit(code, self.payload(request, spider))
+
+    def _session_expired(self, code: int, redirect: Request, spider: Spider) -> None:
+        """Unit ``code``'s request is redirected to the login page (a setup request's URL): the
+        redirect is dropped (the login page is not the unit's page). The unit's request is sent
+        once more after the setup requests ran again, when it can be (see
+        :meth:`SetupRequests.requeue`); else the unit is done as failed, for the next run."""
+        assert self.setup is not None
+        alone = self.pairing is None and self.shared is None
+        if alone and self.setup.requeue(code, lambda: self._request_again(code, spider)):
+            self.continued[code] = self.continued.get(code, 0) + 1  # the redirected one ends
+            raise IgnoreRequest(f"redirected to the login page {redirect.url}: sent again "
+                                f"after the setup requests")
+        self._expired.add(code)
+        raise IgnoreRequest(f"redirected to the login page {redirect.url} (the URL of a setup "
+                            f"request): the session expired")
+
+    def _request_again(self, code: int, spider: Spider) -> Request | None:
+        """Unit ``code``'s request rebuilt from the journal, to send again (None: it cannot be)."""
+        payload = self.cp.live.pending.get(code)
+        if payload is None:
+            return None
+        try:
+            request = payload_to_request(payload, spider)
+        except Exception:
+            return None
+        request.meta[UNIT_META] = code
+        request.meta[AGAIN_META] = True
+        request.dont_filter = True
+        return request
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
@@ -378,6 +409,8 @@ class Frontier:
                 cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             else:
                 cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+                if self.setup is not None:
+                    self.setup.worked()
         except CheckpointError as exc:
             self.stop(exc)
             return

@@ -21,10 +21,13 @@ The stage records the URLs of its setup requests (scheme, host and path). From t
   included (so a chain of marked requests is waited for as a whole); if the run
   goes idle without issuing one, they are released with one warning;
 - a unit whose request is redirected to the URL of a setup request (the login page:
-  the session expired) is not done and successful: the redirect is dropped, the unit
-  counts as failed (``checkpoint/session_expired``), the stage ends ``incomplete``
-  rather than ``completed``, and the next run fetches it again after its setup
-  requests (:meth:`SetupRequests.retry_expired`).
+  the session expired) is not done and successful, and the login page is not scraped
+  for it (the redirect is dropped). The setup requests ``start()`` yielded run again
+  and the unit's request is sent once more after them (:meth:`SetupRequests.requeue`).
+  A unit redirected again, or when that cannot be done, counts as failed
+  (``checkpoint/session_expired``): the stage ends ``incomplete`` rather than
+  ``completed``, and the next run fetches it again after its setup requests
+  (:meth:`SetupRequests.retry_expired`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ ATTACHED_NAME = "setup"
 LOST_SESSION_EXPIRED = "session_expired"
 #: At most this many setup URLs are kept (a spider that marks every request stays cheap).
 MAX_URLS = 32
+#: A setup request from ``start()`` issued again by this module (not a new one of the run).
+_AGAIN_META = "_checkpoint_setup_again"
 
 
 def url_key(url: str) -> str:
@@ -66,13 +71,16 @@ class SetupRequests:
     """The setup requests of one crawl, and the resumed requests they hold back.
 
     ``saved`` is what the stage holds under :data:`ATTACHED_NAME` (None: nothing yet);
-    ``warn_once(kind, message)`` logs a warning once; ``stage`` names the stage in messages.
+    ``warn_once(kind, message)`` logs a warning once; ``stage`` names the stage in messages;
+    ``crawl(request)`` hands a request to the engine (setup requests issued again, and the
+    requests sent again after them).
     """
 
     def __init__(self, saved: Any, stats: Any, warn_once: Callable[[str, str], None],
-                 stage: str) -> None:
+                 stage: str, crawl: Callable[[Request], None]) -> None:
         saved = saved if isinstance(saved, dict) else {}
         self.stats = stats
+        self.crawl = crawl
         self.warn_once = warn_once
         self.stage = stage
         #: The setup URLs of the stage (see :func:`url_key`), earlier runs' first.
@@ -90,6 +98,15 @@ class SetupRequests:
         self._held: list[Any] | None = None
         self._release: Callable[[list[Any]], int] | None = None
         self._dirty = False
+        # Sessions that expire during the run: the setup requests start() yielded (issued
+        # again when a unit is redirected to a setup URL), the units' requests waiting for
+        # them, the units sent again in this run (once each), whether the setup requests were
+        # issued again and have not finished, and whether a unit succeeded since they last were.
+        self._roots: list[Request] = []
+        self._again: list[Request] = []
+        self._sent_again: set[int] = set()
+        self._rerunning = False
+        self._worked = False
 
     @property
     def known(self) -> bool:
@@ -137,8 +154,10 @@ class SetupRequests:
         """A setup request was handed to the scheduler."""
         self._outstanding.add(request)
         meta = request.meta
-        if "redirect_urls" in meta or "retry_times" in meta:
-            return  # the same setup request, continued
+        if "redirect_urls" in meta or "retry_times" in meta or _AGAIN_META in meta:
+            return  # the same setup request, continued or issued again
+        if meta.get("is_start_request"):
+            self._roots.append(request.replace(dont_filter=True))
         self.issued += 1
         self.stats.inc_value("checkpoint/setup_requests")
         key = url_key(request.url)
@@ -157,12 +176,21 @@ class SetupRequests:
         if request not in self._outstanding:
             return
         self._outstanding.discard(request)
-        if self._held is not None and not self._outstanding:
+        if self._outstanding:
+            return
+        if self._held is not None:
             self._do_release("after this run's setup requests finished")
+        if self._rerunning:
+            self._rerunning = False
+            self._send_again()
 
     def idle(self) -> bool:
         """The engine is about to go idle (``spider_idle``): release the held requests. True
         if there were some (keep the spider open: they are scheduled now)."""
+        if self._again:  # the setup requests issued again never finished (dropped unseen)
+            self._rerunning = False
+            self._send_again()
+            return True
         if self._held is None:
             return False
         if not self.issued:
@@ -190,6 +218,47 @@ class SetupRequests:
         (scheme, host and path compared)."""
         return (bool(self._url_set) and bool(request.meta.get("redirect_urls"))
                 and url_key(request.url) in self._url_set)
+
+    def worked(self) -> None:
+        """A unit was done successfully: the session worked (since the setup requests last ran,
+        unless they run again now)."""
+        if not self._rerunning:
+            self._worked = True
+
+    def requeue(self, code: int, rebuild: Callable[[], Request | None]) -> bool:
+        """Unit ``code``'s request was redirected to a setup URL during this run: keep
+        ``rebuild()`` (its request, to send again) until the setup requests ``start()``
+        yielded have run again (issued now, unless they are running again already), then
+        send it. False, and nothing kept, when it cannot be: the unit was sent again already
+        in this run, ``start()`` yielded no setup request, ``rebuild()`` returns None, or the
+        setup requests ran again and no unit succeeded since (the login does not work)."""
+        if code in self._sent_again or not self._roots:
+            return False
+        if not self._rerunning and not self._worked:
+            return False
+        request = rebuild()
+        if request is None:
+            return False
+        self._sent_again.add(code)
+        self._again.append(request)
+        self.stats.inc_value("checkpoint/session_expired_sent_again")
+        if not self._rerunning:
+            self._rerunning, self._worked = True, False
+            self.stats.inc_value("checkpoint/setup_requests_again")
+            logger.info("Stage %s: %s was redirected to the login page (the session "
+                        "expired); the %d setup request(s) of start() run again, and the "
+                        "requests redirected so are sent once more after them.", self.stage,
+                        request.url, len(self._roots))
+            for root in self._roots:
+                again = root.replace()
+                again.meta[_AGAIN_META] = True
+                self.crawl(again)
+        return True
+
+    def _send_again(self) -> None:
+        again, self._again = self._again, []
+        for request in again:
+            self.crawl(request)
 
     def note_expired(self, code: int) -> None:
         """Unit ``code`` was redirected to a setup URL: it is done as failed, and fetched again

@@ -23,10 +23,12 @@ from scrapy_checkpoint.journal.groups import ATTACHED
 LOGIN = "https://example.com/login"
 
 
-def _setup(saved: Any = None) -> tuple[SetupRequests, list[str]]:
+def _setup(saved: Any = None, crawled: list[Request] | None = None
+           ) -> tuple[SetupRequests, list[str]]:
     warnings: list[str] = []
+    sent = crawled if crawled is not None else []
     setup = SetupRequests(saved, get_crawler().stats, lambda kind, msg: warnings.append(msg),
-                          "s")
+                          "s", sent.append)
     return setup, warnings
 
 
@@ -157,3 +159,33 @@ def test_expired_units_make_the_stage_incomplete_and_run_again_next_time(
     assert (live.processed, live.failed, live.successful) == (1, 0, 1)
     assert setup2.changed() == {"urls": [LOGIN], "expired": []}
     again.close()
+
+
+def test_a_session_that_expires_during_the_run_runs_the_start_setup_again_then_the_page() -> None:
+    crawled: list[Request] = []
+    setup, _ = _setup(crawled=crawled)
+    login = _login(is_start_request=True)
+    setup.scheduled(login)
+    setup.finished(login)
+    page = Request("https://example.com/item/3", dont_filter=True)
+    assert not setup.requeue(3, lambda: page), "no page worked since the login: it does not work"
+    setup.worked()
+    assert setup.requeue(3, lambda: page)
+    assert setup.requeue(4, lambda: Request("https://example.com/item/4"))
+    assert [r.url for r in crawled] == [LOGIN], "the login again, once, and the pages wait"
+    again = crawled[0]
+    setup.scheduled(again)
+    assert setup.issued == 1, "the login issued again is not a new setup request of the run"
+    setup.finished(again)
+    assert [r.url for r in crawled[1:]] == ["https://example.com/item/3",
+                                            "https://example.com/item/4"]
+    assert not setup.requeue(3, lambda: page), "a page is sent again once per run"
+
+
+def test_no_setup_request_from_start_means_nothing_is_sent_again() -> None:
+    setup, _ = _setup()
+    login = _login()  # yielded by a callback, not by start()
+    setup.scheduled(login)
+    setup.finished(login)
+    setup.worked()
+    assert not setup.requeue(3, lambda: Request("https://example.com/item/3"))
