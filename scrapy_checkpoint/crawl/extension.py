@@ -32,7 +32,6 @@ from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
 from ..errors import CheckpointError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
-from ..live import LiveState
 from ..stores.base import Store
 from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
 from .frontier import (
@@ -50,7 +49,7 @@ from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
 from .setup_requests import ATTACHED_NAME as SETUP_ATTACHED
-from .setup_requests import LOST_SESSION_EXPIRED, SETUP_META, SetupRequests, finish_expired
+from .setup_requests import SETUP_META, SetupRequests, finish_expired
 from .shared_worker import SharedWorker
 from .spider_state import SpiderStateError, SpiderStateKeeper
 from .stage_totals import StageTotals
@@ -239,7 +238,7 @@ class CheckpointExtension:
         if attached:
             fields[ATTACHED] = attached
         live = self.cp.live
-        total = _stage_total(live)
+        total = len(live.done) + len(live.pending) + live.lost_total
         if total != live.info.progress.total_items:
             fields[TOTAL] = total
         return fields or None
@@ -442,7 +441,7 @@ class CheckpointExtension:
             _record_never_done(cp, self.stage)
         if self.setup is not None:
             finish_expired(self.setup, cp, self.stage, finished=reason == "finished")
-        cp.set_total(_stage_total(live))
+        cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
@@ -476,13 +475,6 @@ def _record_never_done(cp: EnhancedCheckpoint, stage: str) -> None:
         cp.record_lost(LOST_NEVER_DONE, len(never_done), never_done)
         logger.warning("Stage %s finished with %d journaled request(s) never done; they "
                        "are counted as lost.", stage, len(never_done))
-
-
-def _stage_total(live: LiveState) -> int:
-    """The stage's units: done, pending and lost (units redirected to the login page are done,
-    as failed, and counted lost too while they wait for the next run: once here)."""
-    expired: int = live.info.lost.get(LOST_SESSION_EXPIRED, 0)
-    return int(len(live.done) + len(live.pending) + live.lost_total - expired)
 
 
 __all__ = ["FAILED_REASONS", "IGNORE_META", "SETUP_META", "UNIT_META", "CheckpointExtension"]

@@ -140,7 +140,8 @@ class SetupRequests:
     def hold(self, payloads: list[Any], release: Callable[[list[Any]], int]) -> bool:
         """Keep ``payloads`` (the resumed requests) until this run's setup requests finished,
         when the stage uses setup requests; ``release(payloads)`` schedules them then and
-        returns how many it scheduled. True if they are held."""
+        returns how many it scheduled (not those the crawl scheduled again meanwhile). True
+        if they are held."""
         if not self.known or not payloads:
             return False
         self._held, self._release = payloads, release
@@ -209,7 +210,9 @@ class SetupRequests:
         assert held is not None
         assert release is not None
         sent = release(held)
-        logger.info("Stage %s: %d resumed request(s) released %s.", self.stage, sent, how)
+        logger.info("Stage %s: %d resumed request(s) released %s (%d sent, %d already "
+                    "scheduled again by the crawl meanwhile).", self.stage, len(held), how,
+                    sent, len(held) - sent)
 
     # -- sessions that expired -------------------------------------------------------------
 
