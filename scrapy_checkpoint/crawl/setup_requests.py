@@ -181,9 +181,8 @@ class SetupRequests:
             return
         if self._held is not None:
             self._do_release("after this run's setup requests finished")
-        if self._rerunning:
-            self._rerunning = False
-            self._send_again()
+        self._rerunning = False
+        self._send_again()
 
     def idle(self) -> bool:
         """The engine is about to go idle (``spider_idle``): release the held requests. True
@@ -230,14 +229,14 @@ class SetupRequests:
 
     def requeue(self, code: int, rebuild: Callable[[], Request | None]) -> bool:
         """Unit ``code``'s request was redirected to a setup URL during this run: keep
-        ``rebuild()`` (its request, to send again) until the setup requests ``start()``
-        yielded have run again (issued now, unless they are running again already), then
-        send it. False, and nothing kept, when it cannot be: the unit was sent again already
-        in this run, ``start()`` yielded no setup request, ``rebuild()`` returns None, or the
-        setup requests ran again and no unit succeeded since (the login does not work)."""
-        if code in self._sent_again or not self._roots:
-            return False
-        if not self._rerunning and not self._worked:
+        ``rebuild()`` (its request, to send again) until no setup request is running (the
+        setup requests ``start()`` yielded are issued again now, unless some are running),
+        then send it. False, and nothing kept, when it cannot be: the unit was sent again
+        already in this run, ``rebuild()`` returns None, or no setup request runs and they
+        cannot run again (``start()`` yielded none, or they ran again and no unit succeeded
+        since: the login does not work)."""
+        running = bool(self._outstanding)  # the run's first setup requests, or again
+        if code in self._sent_again or not (running or (self._roots and self._worked)):
             return False
         request = rebuild()
         if request is None:
@@ -245,7 +244,7 @@ class SetupRequests:
         self._sent_again.add(code)
         self._again.append(request)
         self.stats.inc_value("checkpoint/session_expired_sent_again")
-        if not self._rerunning:
+        if not running:
             self._rerunning, self._worked = True, False
             self.stats.inc_value("checkpoint/setup_requests_again")
             logger.info("Stage %s: %s was redirected to the login page (the session "

@@ -171,11 +171,12 @@ def test_a_session_that_expires_during_the_run_runs_the_start_setup_again_then_t
     assert not setup.requeue(3, lambda: page), "no page worked since the login: it does not work"
     setup.worked()
     assert setup.requeue(3, lambda: page)
-    assert setup.requeue(4, lambda: Request("https://example.com/item/4"))
-    assert [r.url for r in crawled] == [LOGIN], "the login again, once, and the pages wait"
+    assert [r.url for r in crawled] == [LOGIN], "the login again, and the page waits"
     again = crawled[0]
-    setup.scheduled(again)
+    setup.scheduled(again)  # what the engine's crawl() does at once
     assert setup.issued == 1, "the login issued again is not a new setup request of the run"
+    assert setup.requeue(4, lambda: Request("https://example.com/item/4"))
+    assert len(crawled) == 1, "one login again for the pages redirected while it runs"
     setup.finished(again)
     assert [r.url for r in crawled[1:]] == ["https://example.com/item/3",
                                             "https://example.com/item/4"]
@@ -189,3 +190,15 @@ def test_no_setup_request_from_start_means_nothing_is_sent_again() -> None:
     setup.finished(login)
     setup.worked()
     assert not setup.requeue(3, lambda: Request("https://example.com/item/3"))
+
+
+def test_a_page_redirected_while_the_login_runs_waits_for_it_without_a_second_login() -> None:
+    crawled: list[Request] = []
+    setup, _ = _setup(crawled=crawled)
+    login = _login(is_start_request=True)
+    setup.scheduled(login)  # start() yields the login and a members page at once
+    page = Request("https://example.com/item/3", dont_filter=True)
+    assert setup.requeue(3, lambda: page)
+    assert crawled == [], "the login runs already: it is not issued again"
+    setup.finished(login)
+    assert crawled == [page]
