@@ -376,6 +376,13 @@ def test_a_page_redirected_to_the_login_counts_as_failed_and_is_fetched_again(
     assert view.state.lost == {"session_expired": expired}
     assert view.state.progress.failed_items == expired
     assert view.state.progress.successful_items == scraped
+    show = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir",
+                           str(tmp_path / "checkpoints"), "show", "members"], env=python_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert show.returncode == 0, show.stderr
+    assert "incomplete" in show.stdout
+    assert f"{expired} unit(s) (session_expired: {expired}); the next run does them again" \
+        in " ".join(show.stdout.split()), show.stdout
 
     site.forget()
     second_from = len(site.log)

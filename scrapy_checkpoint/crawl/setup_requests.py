@@ -40,6 +40,8 @@ from weakref import WeakSet
 
 from scrapy import Request
 
+from ..state import LOST_SESSION_EXPIRED
+
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
 
@@ -51,9 +53,6 @@ SETUP_META = "checkpoint_setup"
 #: The name the setup URLs and the session-expired units are kept under in the stage's
 #: attached data: ``{"urls": [str, ...], "expired": [code, ...]}``.
 ATTACHED_NAME = "setup"
-#: Reason (``lost`` in the state, ``checkpoint/lost/<reason>``) of units redirected to a setup
-#: request's URL at the end of a run: not scraped, fetched again by the next run.
-LOST_SESSION_EXPIRED = "session_expired"
 #: At most this many setup URLs are kept (a spider that marks every request stays cheap).
 MAX_URLS = 32
 #: A setup request from ``start()`` issued again by this module (not a new one of the run).
