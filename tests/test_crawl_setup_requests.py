@@ -44,9 +44,12 @@ class MembersSpider(scrapy.Spider):
         "TELNETCONSOLE_ENABLED": False,
     }
 
+    no_login = "0"
+
     async def start(self):
-        yield scrapy.Request(self.base + "/login", callback=self.login, dont_filter=True,
-                             meta={"checkpoint_setup": True})
+        if self.no_login != "1":
+            yield scrapy.Request(self.base + "/login", callback=self.login, dont_filter=True,
+                                 meta={"checkpoint_setup": True})
 
     def login(self, response):
         yield scrapy.FormRequest.from_response(response, formdata={"user": "demo"},
@@ -223,23 +226,24 @@ def short_sessions_one_login():  # type: ignore[no-untyped-def]
     s.close()
 
 
-def _cmd(site: ExpiringSite, directory: Path, *, plain: bool = False, chain: bool = False
-         ) -> list[str]:
+def _cmd(site: ExpiringSite, directory: Path, *extra: str, plain: bool = False,
+         chain: bool = False) -> list[str]:
     spider = directory / "members.py"
     spider.write_text(SPIDER)
     addons = "{}" if plain else '{"scrapy_checkpoint.Addon": 100}'
     return [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
             "-a", f"chain={int(chain)}",
             "-o", str(directory / "items.jl"), "-s", f"ADDONS={addons}",
-            "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}"]
+            "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}", *extra]
 
 
-def _run(site: ExpiringSite, directory: Path, *, plain: bool = False, chain: bool = False
-         ) -> str:
+def _run(site: ExpiringSite, directory: Path, *extra: str, plain: bool = False,
+         chain: bool = False) -> str:
     """Run the crawl to its end; returns its log."""
     log_path = directory / f"run-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
-        done = subprocess.run(_cmd(site, directory, plain=plain, chain=chain), cwd=directory,
+        done = subprocess.run(_cmd(site, directory, *extra, plain=plain, chain=chain),
+                              cwd=directory,
                               env=python_env(),
                               stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
     text = log_path.read_text()
@@ -337,6 +341,17 @@ def test_resumed_requests_are_not_sent_before_the_setup_requests_finish(
     assert not any(hit.path.startswith("/login?next=") for hit in run)
     assert ("1 resumed request(s) released after this run's setup requests finished (1 sent, "
             "0 already scheduled again by the crawl meanwhile)") in log
+    assert [item["n"] for item in _items(tmp_path)] == list(range(N_ITEMS))
+
+
+def test_a_run_that_issues_no_setup_request_releases_the_resumed_ones_when_idle(
+    tmp_path: Path, site: ExpiringSite
+) -> None:
+    _run_killed(site, tmp_path, 10, chain=True)
+    # The session is still valid; start() no longer logs in (it yields nothing at all).
+    log = _run(site, tmp_path, "-a", "no_login=1", chain=True)
+    assert log.count("but this run issued none: 1 resumed request(s) are sent without them") == 1
+    assert "[members] Completed." in log
     assert [item["n"] for item in _items(tmp_path)] == list(range(N_ITEMS))
 
 
