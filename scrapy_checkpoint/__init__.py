@@ -35,6 +35,8 @@ _SCRAPY_PIECES = {
     "CheckpointFeedStorage": "crawl.feeds",
     "CheckpointFeedExporter": "crawl.feeds",
     "CheckpointSettings": "crawl.settings",
+    "IGNORE_META": "crawl.frontier",
+    "SETUP_META": "crawl.setup_requests",
 }
 
 
@@ -48,6 +50,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "IGNORE_META",
+    "SETUP_META",
     "Addon",
     "AsyncCheckpointTracker",
     "CheckpointConfig",

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -374,11 +374,23 @@ class EnhancedCheckpoint(StageReadings):
     def record_lost(self, reason: str, count: int, codes: list[int] | None = None) -> None:
         """Count ``count`` units whose work is lost, for ``reason`` (a short word such as
         ``unjournaled``); ``codes`` are pending units given up (no longer pending, not done).
-        A stage with lost units ends ``incomplete`` instead of ``completed``."""
+        A stage with lost units ends ``incomplete`` instead of ``completed``. A negative
+        ``count`` takes units back (their work is to be done again)."""
         fields: dict[str, Any] = {LOST: {reason: count}}
         if codes:
             fields[DROPPED] = list(codes)
         self._record(fields)
+
+    def retry_units(self, codes: Iterable[int]) -> int:
+        """Make the failed units among ``codes`` run again, as ``start(retry_failed=True)``
+        does for every failed unit: no longer done nor counted, pending with what redoes
+        them. Returns how many."""
+        failed = self.live.failed_units
+        again = sorted({code for code in codes if code in failed})
+        if again:
+            n = len(again)
+            self._record({RETRY_FAILED: again, COUNTERS: [-n, 0, -n, 0]})
+        return len(again)
 
     def start_unit(self, code: int) -> None:
         """Record that a pending unit was handed to a worker (it is in flight)."""

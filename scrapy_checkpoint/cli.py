@@ -39,7 +39,7 @@ from .errors import (
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration
 from .shared import Worker, shared_stage_of
-from .state import ACTIVE_STATUSES
+from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
 from .stores.base import check_stage_name
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3
@@ -328,10 +328,15 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             ("Units", f"{s.done_units} done, {s.pending_units} pending, {view.in_flight} in flight "
                       f"at the last stop, {s.recoveries} recoveries"),
         ]
-        if s.lost:
-            rows.append(("Lost", f"{sum(s.lost.values())} unit(s) whose work cannot be done "
-                                 f"({describe_lost(s.lost)}); the stage cannot complete: "
+        gone = {why: n for why, n in s.lost.items() if why not in LOST_REDONE_NEXT_RUN}
+        redone = {why: n for why, n in s.lost.items() if why in LOST_REDONE_NEXT_RUN}
+        if gone:
+            rows.append(("Lost", f"{sum(gone.values())} unit(s) whose work cannot be done "
+                                 f"({describe_lost(gone)}); the stage cannot complete: "
                                  f"reset it to start over"))
+        if redone:
+            rows.append(("Not done", f"{sum(redone.values())} unit(s) ({describe_lost(redone)}); "
+                                     f"the next run does them again"))
         if s.error_message:
             rows.append(("Last error", f"{s.error_message} ({s.error_count} in all, "
                                        f"{s.last_error_time:%Y-%m-%d %H:%M:%S} UTC)"

@@ -229,6 +229,8 @@ class LiveState:
             lost = dict(info.lost)
             for reason, n in fields[LOST].items():
                 lost[reason] = lost.get(reason, 0) + n
+                if not lost[reason]:  # taken back (its units run again)
+                    del lost[reason]
             updates["lost"] = lost
         if STATUS in fields:
             updates["status"] = Status(fields[STATUS])

@@ -101,6 +101,14 @@ class Progress(BaseModel):
     estimated_completion_time: datetime | None = None
 
 
+#: Reason of lost units that are a crawl's pages redirected to the login page (the Scrapy
+#: integration's setup requests): not scraped, kept as failed units.
+LOST_SESSION_EXPIRED = "session_expired"
+#: Reasons of lost units whose units are known and done again by the next run, which takes
+#: them off the count.
+LOST_REDONE_NEXT_RUN = frozenset({LOST_SESSION_EXPIRED})
+
+
 class CheckpointState(BaseModel):
     """The human-facing state of one stage, as written to ``<stage>.json``."""
 
@@ -130,7 +138,8 @@ class CheckpointState(BaseModel):
     #: How many times the stage was found crashed and recovered.
     recoveries: Count = 0
     #: Units whose work was lost, by reason (e.g. ``unjournaled``: a crawl request that could
-    #: not be journaled was pending at a crash). A stage with any ends ``incomplete``.
+    #: not be journaled was pending at a crash). A stage with any ends ``incomplete``. Those of
+    #: a reason in :data:`LOST_REDONE_NEXT_RUN` are known, and the next run does them again.
     lost: dict[str, Count] = Field(default_factory=dict)
     #: Recent throughput in items/s when the state was written.
     throughput: float | None = None

@@ -8,6 +8,8 @@ status the close reason calls for. The work lives in named collaborators:
 - :class:`~.outputs.OutputSet`: durable outputs, cut back on resume;
 - :class:`~.shared_worker.SharedWorker`: this crawl as one worker of a shared stage;
 - :class:`~.sessions.CookieJars`: the cookie jars, kept with the checkpoint;
+- :class:`~.setup_requests.SetupRequests`: requests every run makes again (a login), and
+  the resumed requests held until they finish;
 - :class:`~.spider_state.SpiderStateKeeper`: ``spider.state``, journaled with the requests;
 - :class:`~.stage_totals.StageTotals`: Scrapy's counters over every run, ``CLOSESPIDER_*``;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
@@ -21,7 +23,7 @@ from weakref import WeakKeyDictionary
 
 from itemadapter import ItemAdapter
 from scrapy import Spider, signals
-from scrapy.exceptions import CloseSpider, NotConfigured
+from scrapy.exceptions import CloseSpider, DontCloseSpider, NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.serialize import ScrapyJSONEncoder
@@ -46,6 +48,8 @@ from .outputs import DurableOutput, OutputSet
 from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
+from .setup_requests import ATTACHED_NAME as SETUP_ATTACHED
+from .setup_requests import SETUP_META, SetupRequests, finish_expired
 from .shared_worker import SharedWorker
 from .spider_state import SpiderStateError, SpiderStateKeeper
 from .stage_totals import StageTotals
@@ -82,6 +86,7 @@ class CheckpointExtension:
         self.outputs: OutputSet | None = None
         self.worker: SharedWorker | None = None
         self.cookies: CookieJars | None = None
+        self.setup: SetupRequests | None = None
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
         self._own_output: DurableOutput | None = None
@@ -190,6 +195,10 @@ class CheckpointExtension:
         cp.set_commit_gate(keeper.ready)
         outputs.cut(cp.live.outputs)
         self.cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), self.warn_once)
+        setup = self.setup = frontier.setup = SetupRequests(
+            cp.live.attached.get(SETUP_ATTACHED), self.stats, self.warn_once, self.stage,
+            lambda request: self.crawler.engine.crawl(request))  # noqa: PLW0108 (no engine yet)
+        setup.retry_expired(cp)
         cp.add_commit_hook(self._before_commit)
         cp.add_sync_hook(outputs.fds)
         self.cp = cp
@@ -219,9 +228,15 @@ class CheckpointExtension:
         lengths = self.outputs.changed_lengths()
         if lengths:
             fields[OUTPUTS] = lengths
+        attached: dict[str, Any] = {}
         jars = self.cookies.changed() if self.cookies is not None else None
         if jars is not None:
-            fields[ATTACHED] = {ATTACHED_NAME: jars}
+            attached[ATTACHED_NAME] = jars
+        setup = self.setup.changed() if self.setup is not None else None
+        if setup is not None:
+            attached[SETUP_ATTACHED] = setup
+        if attached:
+            fields[ATTACHED] = attached
         live = self.cp.live
         total = len(live.done) + len(live.pending) + live.lost_total
         if total != live.info.progress.total_items:
@@ -276,8 +291,14 @@ class CheckpointExtension:
                 "crawl finds them again; the stage will end 'incomplete'.", self.stage,
                 unjournaled)
         lifo = "lifo" in str(self.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
-        resumed = frontier.schedule(resume_order(live.pending, frontier.inflight_at_crash,
-                                                 lifo=lifo))
+        # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
+        pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
+                             frontier.inflight_at_crash, lifo=lifo)
+        assert self.setup is not None
+        if self.setup.hold(pairs, self._release_held):
+            resumed = sum(payload is not None for _, payload in pairs)
+        else:
+            resumed = frontier.schedule(payload for _, payload in pairs)
         if self.worker is not None:
             resumed += self.worker.hand_over_adopted()
         inflight = len(frontier.inflight_at_crash)
@@ -290,6 +311,13 @@ class CheckpointExtension:
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.log_interval:
             self._start_loop(self.log_progress, self.config.log_interval)
+
+    def _release_held(self, pairs: list[Any]) -> int:
+        """Schedule the resumed requests held for the setup requests (see :meth:`spider_opened`)."""
+        frontier = self.frontier
+        if frontier is None or not self.active:
+            return 0
+        return frontier.schedule(payload for code, payload in pairs if not frontier.taken(code))
 
     def _start_loop(self, fn: Any, interval: float) -> None:
         loop = create_looping_call(fn)
@@ -319,6 +347,8 @@ class CheckpointExtension:
         :meth:`SharedWorker.idle`."""
         if not self.active or self.cp is None:
             return
+        if self.setup is not None and self.setup.idle():
+            raise DontCloseSpider  # the held resumed requests were just scheduled
         try:
             self.cp.request_durable()
             if self.worker is not None:
@@ -403,7 +433,9 @@ class CheckpointExtension:
         if worker is not None:
             reason = worker.finish(reason, len(live.pending))
         if reason == "finished" and live.pending:
-            self._record_never_done(cp)
+            _record_never_done(cp, self.stage)
+        if self.setup is not None:
+            finish_expired(self.setup, cp, self.stage, finished=reason == "finished")
         if self.outputs is not None:
             self.outputs.close_documents()  # committed with the status below
         cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
@@ -426,19 +458,20 @@ class CheckpointExtension:
         if worker is not None:
             worker.leave(reason == "finished")
 
-    def _record_never_done(self, cp: EnhancedCheckpoint) -> None:
-        """The crawl finished with pending units it never did: count them as lost."""
-        pending = cp.live.pending
-        unjournaled = [code for code, payload in pending.items() if payload is None]
-        never_done = [code for code, payload in pending.items() if payload is not None]
-        if unjournaled:
-            cp.record_lost(LOST_UNJOURNALED, len(unjournaled), unjournaled)
-            logger.warning("Stage %s: %d request(s) that could not be journaled were lost at an "
-                           "interruption and not found again.", self.stage, len(unjournaled))
-        if never_done:
-            cp.record_lost(LOST_NEVER_DONE, len(never_done), never_done)
-            logger.warning("Stage %s finished with %d journaled request(s) never done; they "
-                           "are counted as lost.", self.stage, len(never_done))
+
+def _record_never_done(cp: EnhancedCheckpoint, stage: str) -> None:
+    """The crawl finished with pending units it never did: count them as lost."""
+    pending = cp.live.pending
+    unjournaled = [code for code, payload in pending.items() if payload is None]
+    never_done = [code for code, payload in pending.items() if payload is not None]
+    if unjournaled:
+        cp.record_lost(LOST_UNJOURNALED, len(unjournaled), unjournaled)
+        logger.warning("Stage %s: %d request(s) that could not be journaled were lost at an "
+                       "interruption and not found again.", stage, len(unjournaled))
+    if never_done:
+        cp.record_lost(LOST_NEVER_DONE, len(never_done), never_done)
+        logger.warning("Stage %s finished with %d journaled request(s) never done; they "
+                       "are counted as lost.", stage, len(never_done))
 
 
-__all__ = ["FAILED_REASONS", "IGNORE_META", "UNIT_META", "CheckpointExtension"]
+__all__ = ["FAILED_REASONS", "IGNORE_META", "SETUP_META", "UNIT_META", "CheckpointExtension"]

@@ -24,6 +24,7 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
 from .outputs import OutputSet
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
+from .setup_requests import SETUP_META, SetupRequests
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
@@ -36,6 +37,8 @@ UNIT_META = "_checkpoint_unit"
 IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
+#: A unit's request sent again after the setup requests ran again (its session had expired).
+AGAIN_META = "_checkpoint_again"
 
 #: Reasons of lost units (``lost`` in the state, ``checkpoint/lost/<reason>`` in the stats):
 #: a request that could not be journaled was pending at an interruption;
@@ -114,6 +117,7 @@ class Frontier:
         self.skipped = 0
         self._failures: set[int] = set()
         self._ignored: set[int] = set()
+        self._expired: set[int] = set()
         self._just_registered: Request | None = None
         # The request objects that carry a unit: scheduled through request_scheduled. Others
         # (an inline engine.download() with copied meta) must not start or finish it.
@@ -127,6 +131,8 @@ class Frontier:
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
         self.on_leave: Callable[[int], None] | None = None
+        #: The crawl's setup requests (``meta["checkpoint_setup"]``), see :mod:`.setup_requests`.
+        self.setup: SetupRequests | None = None
         #: Shared stages: this worker's claims, and (scrapy-redis) the shared queue.
         self.shared: Claims | None = None
         self.pairing: SharedQueue | None = None
@@ -139,10 +145,19 @@ class Frontier:
 
     def request_scheduled(self, request: Request, spider: Spider) -> None:
         """``request_scheduled`` signal: register the request as a unit, or drop it
-        (``IgnoreRequest``) when it is done, a duplicate, or another worker's."""
+        (``IgnoreRequest``) when it is done, a duplicate, another worker's, or a unit's
+        redirect to the login page (the URL of a setup request)."""
         if not self.active:
             return
         meta = request.meta
+        setup = self.setup
+        if setup is not None:
+            if meta.get(SETUP_META):  # runs in every run: not a unit
+                meta.pop(UNIT_META, None)
+                setup.scheduled(request)
+                return
+            if meta.get(UNIT_META) in self.live and setup.redirected_to_setup(request):
+                self._session_expired(meta[UNIT_META], request, spider)
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
             return
@@ -162,6 +177,9 @@ class Frontier:
             self.pairing.queue(request, code, spider)
             return
         if code in self.live:
+            if meta.get(UNIT_META) == code and request.dont_filter and meta.pop(AGAIN_META, None):
+                self._registered.add(request)  # sent again after the setup requests: the unit's
+                return
             if meta.get(UNIT_META) == code and request.dont_filter:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
                 # and its own outcome is the unit's.
@@ -188,6 +206,35 @@ class Frontier:
             # crash before it is done loses its work, and the next run counts that.
             cp.add_unit(code, self.payload(request, spider))
 
+    def _session_expired(self, code: int, redirect: Request, spider: Spider) -> None:
+        """Unit ``code``'s request is redirected to the login page (a setup request's URL): the
+        redirect is dropped (the login page is not the unit's page). The unit's request is sent
+        once more after the setup requests ran again, when it can be (see
+        :meth:`SetupRequests.requeue`); else the unit is done as failed, for the next run."""
+        assert self.setup is not None
+        alone = self.pairing is None and self.shared is None
+        if alone and self.setup.requeue(code, lambda: self._request_again(code, spider)):
+            self.continued[code] = self.continued.get(code, 0) + 1  # the redirected one ends
+            raise IgnoreRequest(f"redirected to the login page {redirect.url}: sent again "
+                                f"after the setup requests")
+        self._expired.add(code)
+        raise IgnoreRequest(f"redirected to the login page {redirect.url} (the URL of a setup "
+                            f"request): the session expired")
+
+    def _request_again(self, code: int, spider: Spider) -> Request | None:
+        """Unit ``code``'s request rebuilt from the journal, to send again (None: it cannot be)."""
+        payload = self.cp.live.pending.get(code)
+        if payload is None:
+            return None
+        try:
+            request = payload_to_request(payload, spider)
+        except Exception:
+            return None
+        request.meta[UNIT_META] = code
+        request.meta[AGAIN_META] = True
+        request.dont_filter = True
+        return request
+
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
         which saw the unit in this run (cheaper than raising); a ``dont_filter`` copy, or
@@ -198,7 +245,11 @@ class Frontier:
         raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
 
     def request_dropped(self, request: Request, spider: Spider) -> None:
-        """``request_dropped`` signal: the scheduler refused a request just registered."""
+        """``request_dropped`` signal: the scheduler refused a request just registered (or a
+        setup request)."""
+        if self.setup is not None and request.meta.get(SETUP_META):
+            self.setup.dropped(request)
+            return
         # Only a request registered just now can be refused by the scheduler as ours.
         if request is self._just_registered and self.active:
             self._just_registered = None
@@ -258,6 +309,11 @@ class Frontier:
         if unrestorable:
             self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
         return scheduled
+
+    def taken(self, code: int) -> bool:
+        """Unit ``code`` is done, or was scheduled in this run (a resumed copy of it is not
+        needed)."""
+        return code in self.live or code in self.cp.live.done
 
     def record_skips(self) -> None:
         """Journal the count of requests dropped as done by earlier runs."""
@@ -320,6 +376,9 @@ class Frontier:
 
     def request_finished(self, request: Request) -> None:
         """The engine is done with ``request``: its unit is done, with its outcome."""
+        if self.setup is not None and request.meta.get(SETUP_META):
+            self.setup.finished(request)
+            return
         code = request.meta.get(UNIT_META)
         if code not in self.live or not self.active or request not in self._registered:
             return
@@ -338,15 +397,20 @@ class Frontier:
             self.on_done(code)
         cp = self.cp
         try:
-            if code in self._failures:
+            if code in self._expired or code in self._failures:
                 self._failures.discard(code)
                 cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
                 self.stats.inc_value("checkpoint/failed")
+                if code in self._expired and self.setup is not None:
+                    self._expired.discard(code)
+                    self.setup.note_expired(code)
             elif code in self._ignored:
                 self._ignored.discard(code)
                 cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             else:
                 cp.finish_unit(code, processed=1, successful=1, last_item=request.url)
+                if self.setup is not None:
+                    self.setup.worked()
         except CheckpointError as exc:
             self.stop(exc)
             return
@@ -368,6 +432,7 @@ class Frontier:
         self.live.discard(code)
         self._failures.discard(code)
         self._ignored.discard(code)
+        self._expired.discard(code)
         if self.on_leave is not None:
             self.on_leave(code)
         request = self._requests.pop(code, None)
