@@ -376,3 +376,27 @@ def test_lost_work_survives_a_crash_and_makes_the_stage_end_incomplete(
     fresh.complete()
     assert (fresh.status, fresh.state.lost) == (Status.COMPLETED, {})
     fresh.close()
+
+
+def test_every_field_the_crawl_writes_is_read_back_from_the_journal_and_a_snapshot(
+    location: str,
+) -> None:
+    """What the crawl journals passes the replay checks: feed documents' third output
+    element, lost counts taken back (negative deltas). A writer and the checks that read
+    its records back must agree, or replay stops at the first such group."""
+    cp = _run(location, "s", range(3))
+    cp.record_output("/data/items.json", 0, 120, {"n": 3, "closing": "\n]"})
+    cp.record_lost("session_expired", 2)
+    cp.record_lost("session_expired", -1)
+    _abandon(cp)
+    view = read_stage(open_store(location), "s")
+    assert view.problems == []
+    assert view.state.lost == {"session_expired": 1}
+    assert view.outputs["/data/items.json"][:2] == [0, 120]
+    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp.start()
+    cp.close()  # writes a snapshot: the next read starts from it
+    view = read_stage(open_store(location), "s")
+    assert view.problems == []
+    assert view.state.lost == {"session_expired": 1}
+    assert view.outputs["/data/items.json"][2] == {"n": 3, "closing": "\n]"}

@@ -105,6 +105,19 @@ def _str_or_none(v: Any) -> bool:
     return v is None or type(v) is str
 
 
+def _delta(v: Any) -> bool:
+    return type(v) is int and -MAX_COUNT <= v <= MAX_COUNT
+
+
+def output_entry(n: Any) -> bool:
+    """An output's entry: ``[base, length]`` (bytes), or ``[base, length, document]`` for a
+    feed document or batch file (``document`` an object: see :data:`OUTPUTS`)."""
+    return (type(n) is list and len(n) in (2, 3) and _count(n[0]) and _count(n[1])
+            and (len(n) == 2 or type(n[2]) is dict))
+
+
+
+
 def _counts_by_name(v: Any, check: Any = _count) -> bool:
     return type(v) is dict and all(check(n) for n in v.values())
 
@@ -152,10 +165,9 @@ _CHECKS: dict[str, Any] = {
         for a in v),
     STARTED: _codes,
     HANDED: _codes,
-    OUTPUTS: lambda v: type(v) is dict and all(
-        type(n) is list and len(n) == 2 and _count(n[0]) and _count(n[1]) for n in v.values()),
+    OUTPUTS: lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     ATTACHED: lambda v: type(v) is dict,
-    LOST: _counts_by_name,
+    LOST: lambda v: _counts_by_name(v, _delta),  # a negative count takes units back
     DROPPED: _codes,
     USER_STATE: lambda v: True,
     STAGE_TOTALS: _counts_by_name,

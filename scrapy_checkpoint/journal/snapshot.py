@@ -19,7 +19,7 @@ from typing import Any
 
 from ..state import CheckpointState
 from .doneset import MAX_TIME, DoneSet
-from .groups import MAX_COUNT
+from .groups import MAX_COUNT, output_entry
 
 #: Snapshots without done times (read only).
 SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
@@ -130,9 +130,7 @@ _HEADER_CHECKS: dict[str, Any] = {
     "failed": _is_unit_list,
     "pending": _is_unit_list,
     "started": _is_code_list,
-    "outputs": lambda v: type(v) is dict and all(
-        type(n) is list and len(n) == 2 and all(type(x) is int and 0 <= x <= MAX_COUNT for x in n)
-        for n in v.values()),
+    "outputs": lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     "attached": lambda v: type(v) is dict,
     "user_state": lambda v: True,
     "totals": lambda v: v is None or (type(v) is dict and all(
