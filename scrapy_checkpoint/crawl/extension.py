@@ -44,7 +44,7 @@ from .frontier import (
 )
 from .invocation import borrowing_command, describe
 from .open_policy import open_stage
-from .outputs import DurableOutput, OutputSet
+from .outputs import DurableOutput, OutputSet, configured_outputs
 from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
@@ -181,8 +181,12 @@ class CheckpointExtension:
             self.cp = cp
             return
         worker = self.worker
-        outputs = self.outputs = OutputSet(cp, self.stats, claim_file=self._claim_file
-                                           if worker is not None else None)
+        outputs = self.outputs = OutputSet(
+            cp, self.stats, claim_file=self._claim_file if worker is not None else None,
+            configured=configured_outputs(self.crawler.settings,
+                                          getattr(self.crawler.spidercls, "name", "") or "",
+                                          self.config.output),
+            warn_once=self.warn_once)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self._stop)
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)

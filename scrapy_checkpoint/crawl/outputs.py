@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
+
+from w3lib.url import file_uri_to_path
 
 from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
 
@@ -291,6 +294,45 @@ class DurableOutput(HeldRecords):
         return self.committed_length()
 
 
+#: A ``%(name)s``-style parameter of a feed URI (with any printf flags, width or type).
+_URI_PARAM = re.compile(r"%\((\w+)\)[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]")
+
+
+def configured_outputs(settings: Any, spider_name: str,
+                       own_output: str | None) -> Callable[[str], bool]:
+    """Whether an absolute path is an output this run's configuration names: the
+    ``CHECKPOINT_OUTPUT`` file, or a local file of a ``FEEDS`` URI (its ``%(name)s`` the
+    spider's name, any other parameter (``%(batch_id)d``, ``%(time)s``, a custom one)
+    matching within one path component). Recorded outputs that match nothing are not
+    touched (see :class:`~.outputs.OutputSet`)."""
+    exact: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
+    if own_output:
+        exact.add(os.path.abspath(own_output))
+    for uri in settings.getdict("FEEDS"):
+        text = str(uri)
+        if text.startswith("file:"):
+            text = file_uri_to_path(text)
+        elif "://" in text:
+            continue  # not a local file: never a durable output
+        template = os.path.abspath(text)
+        if not _URI_PARAM.search(template):
+            exact.add(template)
+            continue
+        pieces, end = [], 0
+        for m in _URI_PARAM.finditer(template):
+            pieces.append(re.escape(template[end:m.start()]))
+            pieces.append(re.escape(spider_name) if m.group(1) == "name" else "[^/]*")
+            end = m.end()
+        pieces.append(re.escape(template[end:]))
+        patterns.append(re.compile("".join(pieces)))
+
+    def configured(path: str) -> bool:
+        return path in exact or any(p.fullmatch(path) for p in patterns)
+
+    return configured
+
+
 class OutputSet:
     """The durable outputs of one stage: opened at their committed length, cut back on
     resume, their lengths journaled with every group.
@@ -301,11 +343,17 @@ class OutputSet:
     """
 
     def __init__(self, cp: EnhancedCheckpoint, stats: Any, *,
-                 claim_file: Callable[[str, bool], bool] | None = None) -> None:
+                 claim_file: Callable[[str, bool], bool] | None = None,
+                 configured: Callable[[str], bool] | None = None,
+                 warn_once: Callable[[str, str], None] | None = None) -> None:
         self.cp = cp
         self.stats = stats
         self.router = UnitRouter()
         self.claim_file = claim_file
+        #: Whether a path the journal records is one this run's configuration names (None:
+        #: any). A path read from the store is never cut, closed or written otherwise.
+        self.configured = configured
+        self._warn_once = warn_once
         self._outputs: dict[str, DurableOutput] = {}
         self._writers: list[HeldRecords] = []
         self._recorded: dict[str, list[Any]] = {}
@@ -317,6 +365,8 @@ class OutputSet:
         bytes after it belong to requests that run again (even if this run never reopens the
         file). A closed document keeps its closing when the closing is what follows."""
         for key, entry in recorded.items():
+            if not self._may_touch(key):
+                continue
             self._files.add(key)
             length = entry[1]
             size = os.path.getsize(key) if os.path.exists(key) else 0
@@ -340,6 +390,21 @@ class OutputSet:
                 logger.error("Output %s is %d bytes but %d were committed: items of finished "
                              "requests are missing (was the disk lost?). Writing on from its end.",
                              key, size, length)
+
+    def _may_touch(self, key: str) -> bool:
+        """True if this run's configuration names ``key``; else say once that it is left
+        alone (a journal entry, like anything read from the store, never names a file to
+        cut or write by itself: the run's FEEDS and CHECKPOINT_OUTPUT do)."""
+        if self.configured is None or self.configured(key):
+            return True
+        self.stats.inc_value("checkpoint/outputs_not_configured")
+        if self._warn_once is not None:
+            self._warn_once(f"not-configured:{key}", (
+                f"The checkpoint records output {key}, which this run's FEEDS and "
+                f"CHECKPOINT_OUTPUT do not name: it is left as it is. If an earlier run of "
+                f"the stage wrote it, run with that output again to have it cut back to what "
+                f"was committed."))
+        return False
 
     @staticmethod
     def _bytes_at(path: str, offset: int, n: int) -> bytes:
@@ -444,7 +509,7 @@ class OutputSet:
         for key, entry in list(self.cp.live.outputs.items()):
             document = entry[2] if len(entry) > 2 else None
             if (key in self._outputs or document is None or document.get(DOC_CLOSED)
-                    or not document.get(DOC_CLOSING)):
+                    or not document.get(DOC_CLOSING) or not self._may_touch(key)):
                 continue
             extra = {k: v for k, v in document.items() if k in (DOC_FEED, DOC_BATCH)}
             output = self._open_file(key, overwrite=False, has_header=False,
