@@ -359,13 +359,15 @@ class OutputSet:
         self._recorded: dict[str, list[Any]] = {}
         self._files: set[str] = set()
 
-    def cut(self, recorded: dict[str, list[Any]]) -> None:
+    def cut(self, recorded: dict[str, list[Any]], *, configured_only: bool = True) -> None:
         """Cut every output in ``recorded`` (absolute path -> its journal entry, see
         :data:`~scrapy_checkpoint.journal.groups.OUTPUTS`) back to its committed length: the
         bytes after it belong to requests that run again (even if this run never reopens the
-        file). A closed document keeps its closing when the closing is what follows."""
+        file). A closed document keeps its closing when the closing is what follows.
+        ``configured_only``: only outputs this run's configuration names (a dead worker's
+        adopter passes False for the files that worker recorded as its own)."""
         for key, entry in recorded.items():
-            if not self._may_touch(key):
+            if configured_only and not self._may_touch(key):
                 continue
             self._files.add(key)
             length = entry[1]

@@ -195,7 +195,8 @@ class SharedWorker:
                 logger.error("Stage %s: cannot adopt worker %s: %s", self.stage, worker.id, exc)
                 continue
             if on_this_host:
-                outputs.cut(self._only_theirs(worker, other.live.outputs))
+                outputs.cut(self._only_theirs(worker, other.live.outputs),
+                            configured_only=False)  # the dead worker's own files
             self._adopting.append((worker, other, on_this_host))
 
     def _cut_outputs_of(self, worker: Worker) -> None:
@@ -208,7 +209,7 @@ class SharedWorker:
             logger.warning("Stage %s: cannot read worker %s to cut its outputs (%s)",
                            self.stage, worker.id, exc)
             return
-        self.outputs.cut(self._only_theirs(worker, view.outputs))
+        self.outputs.cut(self._only_theirs(worker, view.outputs), configured_only=False)
         self.shared.record_outputs_cut(worker)
 
     def _only_theirs(self, dead: Worker, recorded: dict[str, list[int]]) -> dict[str, list[int]]:
