@@ -6,6 +6,7 @@ Imports neither Scrapy nor Twisted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any, Generic, Literal, TypeVar
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
+from .errors import CheckpointWriteError
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -49,7 +51,9 @@ class AsyncCheckpointTracker(Generic[T]):
 
     Leaving the block normally marks the stage ``completed``; an exception marks it
     ``failed`` (and is re-raised); cancellation, Ctrl-C or ``SystemExit`` marks it
-    ``paused``.
+    ``paused``. If the checkpoint cannot be written (a full disk: ``update()`` raises
+    :class:`~scrapy_checkpoint.errors.CheckpointWriteError`), nothing more is recorded:
+    the stage is left at its last commit, as after a crash, and the error propagates.
     Subclasses may override :meth:`on_success` and :meth:`on_failure`.
     """
 
@@ -87,7 +91,10 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp.running:
+            if cp.write_failure is not None and exc is not None:  # nothing more recorded
+                if isinstance(exc, Exception):
+                    await self.on_failure(exc)
+            elif cp.running:
                 if exc is None:
                     cp.complete()
                     await self.on_success()
@@ -99,7 +106,7 @@ class AsyncCheckpointTracker(Generic[T]):
             await cp.wait_hooks()
         finally:
             self._stop_bar()
-            await asyncio.to_thread(cp.close)
+            await asyncio.to_thread(cp.abandon if cp.write_failure is not None else cp.close)
         return False
 
     async def on_success(self) -> None:
@@ -256,7 +263,8 @@ class AsyncCheckpointTracker(Generic[T]):
         period = timer_period(cfg)
         while True:
             await asyncio.sleep(period)
-            self.checkpoint.tick()
+            with contextlib.suppress(CheckpointWriteError):  # the next update() raises it
+                self.checkpoint.tick()
             if self._bar is not None:
                 self._refresh_bar()
 

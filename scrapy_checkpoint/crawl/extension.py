@@ -28,7 +28,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, CheckpointWriteError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..stores.base import Store
 from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
@@ -357,12 +357,17 @@ class CheckpointExtension:
     def _stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
         crawl on with nothing recorded."""
+        if self._say_stopped(exc):
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
+
+    def _say_stopped(self, exc: Exception) -> bool:
+        """Log why the crawl stops, once (False if it was said before)."""
         if self._stopping:
-            return
+            return False
         self._stopping = True
         logger.error("Stage %s: %s The crawl stops; run the same command again to resume.",
                      self.stage, exc)
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
+        return True
 
     # -- close -----------------------------------------------------------------------------------
 
@@ -383,6 +388,8 @@ class CheckpointExtension:
                 except SpiderStateError as exc:
                     logger.error("Stage %s: %s", self.stage, exc)
                     broken = True
+                except CheckpointWriteError as exc:  # left at its last commit (below)
+                    self._say_stopped(exc)
         finally:
             self.active = False
             if self.frontier is not None:
@@ -394,8 +401,13 @@ class CheckpointExtension:
                              "journaled. Fix the spider, then run the same command again to "
                              "resume.", self.stage)
                 cp.abandon()
+            elif cp.write_failure is not None:  # as after a crash: resumes from the last commit
+                cp.abandon()
             else:
-                cp.close()
+                try:
+                    cp.close()
+                except CheckpointWriteError as exc:
+                    self._say_stopped(exc)
             closer = getattr(cp.store, "close", None)
             if closer is not None:
                 closer()

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import time
 from pathlib import Path
@@ -26,11 +27,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import CheckpointLockedError, CorruptCheckpointError
+from ..errors import CheckpointLockedError, CheckpointWriteError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import decode_group
-from ..journal.snapshot import decode_snapshot
+from ..journal.snapshot import SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1, decode_snapshot
 from ..state import CheckpointState, Owner
 from .base import Loaded, is_stage_name
 
@@ -78,29 +79,108 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, backup: Path | None = None) -> None:
+def atomic_write(path: Path, data: bytes, *, backup: Path | None = None,
+                 mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, whole.
 
-    Temp file, fsync, hard-link the current file to ``backup``, rename, fsync the
-    directory.
+    A temp file with an unpredictable name beside ``path`` (created exclusively, never
+    through a link), fsync, hard-link the current file to ``backup``, rename, fsync the
+    directory. The file keeps the mode of the one it replaces; a new one gets ``mode``
+    (by default 0o644 less the umask). A failure removes the temp file; one a crash
+    leaves is removed by the next :meth:`FileStore.lock` of the stage. Raises
+    CheckpointWriteError if ``path`` is a symbolic link, OSError as writing does.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        mode = stat.S_IMODE(_regular_mode(path))
+    fd, tmp = _create_temp(path, 0o644 if mode is None else mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if backup is not None and path.exists():
-        bak_tmp = backup.with_name(f".{backup.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            bak_tmp.unlink()
-        os.link(path, bak_tmp)
-        os.replace(bak_tmp, backup)
-    os.replace(tmp, path)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly the user's mode, whatever the umask
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if backup is not None and os.path.lexists(path):
+            bak_tmp = _link_temp(path, backup)
+            try:
+                os.replace(bak_tmp, backup)
+            except BaseException:
+                _unlink_quietly(bak_tmp)
+                raise
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     _fsync_dir(path.parent)
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Temp and trash names of stage ``s``'s files, removed by the next lock of ``s``.
+_TEMP_RE = r"\.{stage}\.json(?:\.bak)?\.[0-9a-f]+\.tmp|\.{stage}\.removing-[0-9a-f]+"
+_DATA_TEMP_RE = re.compile(r"\.snapshot-\d{8}\.bin\.[0-9a-f]+\.tmp")
+
+
+def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` itself: a link raises
+    CheckpointWriteError (a checkpoint writing through a planted link could overwrite any
+    file the job may write). Other errors are OSError."""
+    try:
+        return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link_error(path) from None
+        raise
+
+
+def _link_error(path: str | os.PathLike[str]) -> CheckpointWriteError:
+    return CheckpointWriteError(
+        f"{os.fspath(path)} is a symbolic link. A checkpoint's files are never written or "
+        f"deleted through a link (it could change a file outside the checkpoint directory): "
+        f"remove the link (or move the real files to its place) and run again.")
+
+
+def _regular_mode(path: Path) -> int:
+    """``path``'s ``st_mode`` without following a link; CheckpointWriteError for a link,
+    FileNotFoundError if there is nothing."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        raise _link_error(path)
+    return mode
+
+
+def _create_temp(path: Path, mode: int) -> tuple[int, Path]:
+    """Create ``.<name>.<random hex>.tmp`` beside ``path`` (O_EXCL, no link followed):
+    nobody can plant a link at a name they cannot guess. Returns its fd and path."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+        try:
+            return open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
+        except FileExistsError:
+            continue
+
+
+def _link_temp(path: Path, backup: Path) -> Path:
+    """Hard-link ``path`` (not a link's target) to an unpredictable temp name beside ``backup``."""
+    while True:
+        tmp = backup.with_name(f".{backup.name}.{os.urandom(8).hex()}.tmp")
+        try:
+            os.link(path, tmp, follow_symlinks=False)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _dir_id(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of a directory: which directory a path names now."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 class SegmentWriter:
@@ -109,12 +189,19 @@ class SegmentWriter:
     In ``none`` durability frames are kept in the process up to ``buffer_limit``
     bytes; otherwise each group reaches the OS when it is committed, so it
     survives the death of the process. Fsync is the caller's decision.
+
+    A write that fails (a full disk, an I/O error) cuts the file back to the end of its
+    last whole frame, so no later frame ever sits behind a torn one, and keeps the
+    frames it could not write: the next append or flush writes them first (a retry once
+    there is space loses nothing and writes nothing twice). If the cut itself fails, or
+    an fsync failed (the OS may have dropped the data), or the segment was deleted or its
+    directory replaced, nothing more is written: every later append raises.
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
                  buffer_limit: int = 1 << 20) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(self._fd).st_size
         if truncate_at is not None and truncate_at < size:
             os.ftruncate(self._fd, truncate_at)
@@ -126,6 +213,12 @@ class SegmentWriter:
         self._buffered = buffered
         self._buffer_limit = buffer_limit
         self._buf = bytearray()
+        #: Bytes in the file that end with a whole frame (where a failed write cuts back to).
+        self._written = size
+        #: The error every later write raises, once nothing more may be written.
+        self._broken: OSError | CheckpointWriteError | None = None
+        self._dir = os.path.dirname(path)
+        self._dir_id = _dir_id(self._dir)
 
     @property
     def fd(self) -> int:
@@ -133,41 +226,99 @@ class SegmentWriter:
         return self._fd
 
     def append(self, payload: bytes) -> None:
-        """Frame ``payload`` (length, crc32) and write it (see :meth:`JournalWriter.append`)."""
+        """Frame ``payload`` (length, crc32) and write it (see :meth:`JournalWriter.append`).
+
+        Raises OSError if the write fails (the frame is kept and written by the next
+        append or flush), CheckpointWriteError if the segment was deleted or its directory
+        replaced."""
         data = frame(payload)
         self.size += len(data)
-        if self._buffered:
+        if self._buffered or self._buf:
             self._buf += data
-            if len(self._buf) >= self._buffer_limit:
+            if not self._buffered or len(self._buf) >= self._buffer_limit:
                 self.flush()
         else:
-            _write_all(self._fd, data)
+            try:
+                self._write(data)
+            except OSError:
+                self._buf += data
+                raise
 
     def flush(self) -> None:
-        """Write the buffered frames (``none`` durability) with ``os.write``."""
+        """Write the buffered frames (``none`` durability, or kept after a failed write)
+        with ``os.write``; on failure they stay buffered (see the class doc)."""
         if self._buf:
-            _write_all(self._fd, bytes(self._buf))
+            self._write(bytes(self._buf))
             self._buf.clear()
+
+    def _write(self, data: bytes) -> None:
+        """Write whole frames at the end of the file, or cut back and raise."""
+        if self._broken is not None:
+            raise type(self._broken)(*self._broken.args)
+        self.check_place()
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._written)  # O_APPEND: the next write lands here
+            except OSError as cut:
+                self._broken = OSError(cut.errno, f"a torn frame after byte {self._written} "
+                                       f"could not be cut ({cut.strerror})", self.path)
+            raise exc
+        self._written += len(data)
+
+    def check_place(self) -> None:
+        """Raise CheckpointWriteError if the segment is no longer linked in the directory it
+        was opened in (deleted, or the directory deleted or replaced)."""
+        try:
+            gone = os.fstat(self._fd).st_nlink == 0 or _dir_id(self._dir) != self._dir_id
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            self._broken = CheckpointWriteError(
+                f"The checkpoint directory was deleted or replaced while the job ran: the "
+                f"journal segment {self.path} is no longer in it, so nothing more can be "
+                f"recorded. Nothing is recreated: restore the directory to resume, or run "
+                f"again to start over.")
+            raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:
         """:meth:`flush`, then fsync the segment."""
         self.flush()
-        os.fsync(self._fd)
+        self._fsync()
 
     def sync(self) -> None:
         """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
         try:
-            os.fsync(self._fd)
+            self._fsync()
         except OSError as exc:
-            if exc.errno != 9:  # EBADF: rotated and closed meanwhile
+            if exc.errno != errno.EBADF:  # rotated and closed meanwhile
                 raise
 
-    def close(self) -> None:
-        """Flush and close the file (no fsync). Idempotent."""
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                # The OS may have dropped the pages it could not write: what the file
+                # shows may not be on disk, and no later fsync would tell.
+                self._broken = OSError(exc.errno, f"an fsync failed ({exc.strerror}): the "
+                                       f"OS may have dropped what it could not write", self.path)
+            raise
+
+    def close(self, *, discard: bool = False) -> None:
+        """Flush and close the file (no fsync). Idempotent. ``discard``: drop what is still
+        buffered instead (a writer given up after a failure); the file is closed even if
+        the flush fails."""
         if self._fd >= 0:
-            self.flush()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                if discard:
+                    self._buf.clear()
+                else:
+                    self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -183,6 +334,10 @@ class FileStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
+        #: ``(st_dev, st_ino)`` of each open stage's data directory, to notice it deleted
+        #: or replaced; and the new segment this store made last (stage -> gen, identity).
+        self._places: dict[str, tuple[int, int]] = {}
+        self._made: dict[str, tuple[int, tuple[int, int]]] = {}
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -223,9 +378,30 @@ class FileStore:
             if (entry.is_file() and name.endswith(".json") and not name.startswith(".")
                     and self._is_state_file(entry, name[: -len(".json")])):
                 names.add(name[: -len(".json")])
-            elif entry.is_dir() and any(_GEN_RE.match(p.name) for p in entry.iterdir()):
+            elif entry.is_dir() and is_stage_name(name) and self._is_data_dir(entry, name):
                 names.add(name)
         return sorted(n for n in names if is_stage_name(n))
+
+    @staticmethod
+    def _is_data_dir(path: Path, stage: str) -> bool:
+        """A directory is ``stage``'s data only if a snapshot or journal segment in it starts
+        with its magic and names ``stage`` (a user folder holding files named like them,
+        or a copy of another stage's, is left alone)."""
+        try:
+            names = sorted(p.name for p in path.iterdir())
+        except OSError:
+            return False
+        needle = f'"stage":"{stage}"'.encode()
+        for name in names:
+            m = _GEN_RE.match(name)
+            head = _read_head(path / name, 4096) if m else None
+            if head is None:
+                continue
+            magics = (SEGMENT_MAGIC,) if m and m.group(1) == "journal" else (
+                SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1)
+            if head.startswith(magics) and needle in head.replace(b'"stage": "', b'"stage":"'):
+                return True
+        return False
 
     @staticmethod
     def _is_state_file(path: Path, stage: str) -> bool:
@@ -252,11 +428,13 @@ class FileStore:
     # -- ownership -----------------------------------------------------------
 
     def lock(self, stage: str, owner: Owner) -> StageLock:
-        """Take the stage's lock or raise :class:`CheckpointLockedError`."""
+        """Take the stage's lock or raise :class:`CheckpointLockedError`; then remove the temp
+        files and the half-removed data a crash of an earlier holder left. Raises
+        CheckpointWriteError if the lock file is a symbolic link."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(stage)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 _flock_briefly(fd)
             except OSError as exc:
@@ -280,7 +458,25 @@ class FileStore:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        self._remove_leftovers(stage)
         return StageLock(path, fd)
+
+    def _remove_leftovers(self, stage: str) -> None:
+        """Delete what a crash may leave of ``stage`` besides its files: temp files of
+        atomic writes and a data directory :meth:`remove` had set apart (the lock is held)."""
+        ours = re.compile(_TEMP_RE.format(stage=re.escape(stage)))
+        places = [(self.directory, ours), (self.data_dir(stage), _DATA_TEMP_RE)]
+        for directory, pattern in places:
+            if directory.is_symlink():
+                continue
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(directory):
+                    if not pattern.fullmatch(entry.name):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        _unlink_quietly(Path(entry.path))
 
     def read_lock_owner(self, stage: str) -> Owner | None:
         """The owner the lock file names, alive or not (None if unreadable)."""
@@ -311,8 +507,13 @@ class FileStore:
     # -- the human-readable state file ----------------------------------------
 
     def write_state(self, stage: str, data: bytes) -> None:
-        """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup.
+        Raises CheckpointWriteError if the stage's directory was deleted or replaced since
+        it was opened (nothing is recreated)."""
+        if stage in self._places:
+            self._check_place(stage)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
@@ -410,14 +611,71 @@ class FileStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> SegmentWriter:
-        """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes."""
-        self.data_dir(stage).mkdir(parents=True, exist_ok=True)
+        """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes.
+
+        Never through a link (CheckpointWriteError). A compaction's new segment is created
+        exclusively, with the mode of the one before, in the directory the stage was opened
+        in: if that was deleted or replaced, CheckpointWriteError (nothing is recreated)."""
+        if truncate_at is None:
+            self._create_segment(stage, gen)
+        else:
+            self._open_data_dir(stage)
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
                              buffered=buffered)
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
-        """See :meth:`Store.write_snapshot` (:func:`atomic_write`)."""
-        atomic_write(self.snapshot_path(stage, gen), blob)
+        """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
+        mode of its segment)."""
+        self._check_place(stage)
+        atomic_write(self.snapshot_path(stage, gen), blob,
+                     mode=_mode_of(self.segment_path(stage, gen)))
+
+    def _open_data_dir(self, stage: str) -> None:
+        """Make the stage's data directory if needed (not its parent: the lock made it)
+        and note which directory it is. CheckpointWriteError if it is a link."""
+        path = self.data_dir(stage)
+        if path.is_symlink():
+            raise _link_error(path)
+        path.mkdir(exist_ok=True)
+        self._places[stage] = _dir_id(path)
+
+    def _check_place(self, stage: str) -> None:
+        """Raise CheckpointWriteError if the stage's data directory is not the one it was
+        opened in (deleted, or replaced by another) while this process writes it."""
+        expected = self._places.get(stage)
+        if expected is None:
+            return
+        try:
+            same = _dir_id(self.data_dir(stage)) == expected
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise CheckpointWriteError(
+                f"The checkpoint directory of stage {stage!r} ({self.data_dir(stage)}) was "
+                f"deleted or replaced while the job ran, so nothing more can be recorded. "
+                f"Nothing is recreated: restore the directory to resume, or run again to "
+                f"start over.")
+
+    def _create_segment(self, stage: str, gen: int) -> None:
+        """Create segment ``gen`` (empty) exclusively, with the mode of segment ``gen - 1``.
+        One this store made before and could not finish (its header not written: a full
+        disk) is made again; any other file in its place is refused (FileExistsError)."""
+        self._check_place(stage)
+        path = self.segment_path(stage, gen)
+        mode = _mode_of(self.segment_path(stage, gen - 1))
+        made = self._made.get(stage)
+        if made is not None and made[0] == gen:
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino) == made[1]:
+                    path.unlink()
+        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            info = os.fstat(fd)
+            self._made[stage] = (gen, (info.st_dev, info.st_ino))
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def retain(self, stage: str, keep: int) -> None:
         """Keep the newest ``keep`` snapshots and the journal segments they need."""
@@ -436,11 +694,29 @@ class FileStore:
     # -- whole stages ------------------------------------------------------------
 
     def remove(self, stage: str) -> None:
-        """Delete every file of the stage. The caller holds the lock."""
-        shutil.rmtree(self.data_dir(stage), ignore_errors=True)
+        """Delete every file of the stage. The caller holds the lock.
+
+        In an order that leaves the stage whole or removed wherever a crash cuts it, never
+        an older state: the state file and its backup first (the journal alone is the
+        whole stage), then the data directory is renamed away in one step and deleted
+        (what a crash leaves of it, the next :meth:`lock` deletes). Raises
+        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link.
+        """
+        data = self.data_dir(stage)
+        if data.is_symlink():
+            raise _link_error(data)
         for path in (self.state_path(stage), self.backup_path(stage)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._places.pop(stage, None)
+        trash = self.directory / f".{stage}.removing-{os.urandom(8).hex()}"
+        try:
+            _fsync_dir(self.directory)
+            os.rename(data, trash)
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.directory)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage` (file sizes)."""
@@ -456,6 +732,29 @@ class FileStore:
             if p.exists():
                 usage["state_bytes"] += p.stat().st_size
         return usage
+
+
+def _mode_of(path: Path) -> int:
+    """The permission bits of ``path`` (0o644 if it is not there): what a new file of the
+    stage is given, so files keep the mode the user gave them."""
+    try:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+    except OSError:
+        return 0o644
+
+
+def _read_head(path: Path, size: int) -> bytes | None:
+    """The first ``size`` bytes of ``path`` if it is a regular file (a FIFO never blocks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _epoch() -> Any:
