@@ -334,10 +334,7 @@ class FileStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
-        #: ``(st_dev, st_ino)`` of each open stage's data directory, to notice it deleted
-        #: or replaced; and the new segment this store made last (stage -> gen, identity).
-        self._places: dict[str, tuple[int, int]] = {}
-        self._made: dict[str, tuple[int, tuple[int, int]]] = {}
+        self._dirs = DataDirs()
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -378,30 +375,9 @@ class FileStore:
             if (entry.is_file() and name.endswith(".json") and not name.startswith(".")
                     and self._is_state_file(entry, name[: -len(".json")])):
                 names.add(name[: -len(".json")])
-            elif entry.is_dir() and is_stage_name(name) and self._is_data_dir(entry, name):
+            elif entry.is_dir() and is_stage_name(name) and _is_data_dir(entry, name):
                 names.add(name)
         return sorted(n for n in names if is_stage_name(n))
-
-    @staticmethod
-    def _is_data_dir(path: Path, stage: str) -> bool:
-        """A directory is ``stage``'s data only if a snapshot or journal segment in it starts
-        with its magic and names ``stage`` (a user folder holding files named like them,
-        or a copy of another stage's, is left alone)."""
-        try:
-            names = sorted(p.name for p in path.iterdir())
-        except OSError:
-            return False
-        needle = f'"stage":"{stage}"'.encode()
-        for name in names:
-            m = _GEN_RE.match(name)
-            head = _read_head(path / name, 4096) if m else None
-            if head is None:
-                continue
-            magics = (SEGMENT_MAGIC,) if m and m.group(1) == "journal" else (
-                SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1)
-            if head.startswith(magics) and needle in head.replace(b'"stage": "', b'"stage":"'):
-                return True
-        return False
 
     @staticmethod
     def _is_state_file(path: Path, stage: str) -> bool:
@@ -458,25 +434,8 @@ class FileStore:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.model_dump_json().encode(), 0)
-        self._remove_leftovers(stage)
+        _remove_leftovers(self.directory, self.data_dir(stage), stage)
         return StageLock(path, fd)
-
-    def _remove_leftovers(self, stage: str) -> None:
-        """Delete what a crash may leave of ``stage`` besides its files: temp files of
-        atomic writes and a data directory :meth:`remove` had set apart (the lock is held)."""
-        ours = re.compile(_TEMP_RE.format(stage=re.escape(stage)))
-        places = [(self.directory, ours), (self.data_dir(stage), _DATA_TEMP_RE)]
-        for directory, pattern in places:
-            if directory.is_symlink():
-                continue
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(directory):
-                    if not pattern.fullmatch(entry.name):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        _unlink_quietly(Path(entry.path))
 
     def read_lock_owner(self, stage: str) -> Owner | None:
         """The owner the lock file names, alive or not (None if unreadable)."""
@@ -510,8 +469,8 @@ class FileStore:
         """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup.
         Raises CheckpointWriteError if the stage's directory was deleted or replaced since
         it was opened (nothing is recreated)."""
-        if stage in self._places:
-            self._check_place(stage)
+        if self._dirs.is_open(stage):
+            self._dirs.check(stage, self.data_dir(stage))
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
@@ -617,65 +576,19 @@ class FileStore:
         exclusively, with the mode of the one before, in the directory the stage was opened
         in: if that was deleted or replaced, CheckpointWriteError (nothing is recreated)."""
         if truncate_at is None:
-            self._create_segment(stage, gen)
+            self._dirs.create_segment(stage, self.segment_path(stage, gen),
+                                      self.segment_path(stage, gen - 1))
         else:
-            self._open_data_dir(stage)
+            self._dirs.open(stage, self.data_dir(stage))
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
                              buffered=buffered)
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
         """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
         mode of its segment)."""
-        self._check_place(stage)
+        self._dirs.check(stage, self.data_dir(stage))
         atomic_write(self.snapshot_path(stage, gen), blob,
                      mode=_mode_of(self.segment_path(stage, gen)))
-
-    def _open_data_dir(self, stage: str) -> None:
-        """Make the stage's data directory if needed (not its parent: the lock made it)
-        and note which directory it is. CheckpointWriteError if it is a link."""
-        path = self.data_dir(stage)
-        if path.is_symlink():
-            raise _link_error(path)
-        path.mkdir(exist_ok=True)
-        self._places[stage] = _dir_id(path)
-
-    def _check_place(self, stage: str) -> None:
-        """Raise CheckpointWriteError if the stage's data directory is not the one it was
-        opened in (deleted, or replaced by another) while this process writes it."""
-        expected = self._places.get(stage)
-        if expected is None:
-            return
-        try:
-            same = _dir_id(self.data_dir(stage)) == expected
-        except FileNotFoundError:
-            same = False
-        if not same:
-            raise CheckpointWriteError(
-                f"The checkpoint directory of stage {stage!r} ({self.data_dir(stage)}) was "
-                f"deleted or replaced while the job ran, so nothing more can be recorded. "
-                f"Nothing is recreated: restore the directory to resume, or run again to "
-                f"start over.")
-
-    def _create_segment(self, stage: str, gen: int) -> None:
-        """Create segment ``gen`` (empty) exclusively, with the mode of segment ``gen - 1``.
-        One this store made before and could not finish (its header not written: a full
-        disk) is made again; any other file in its place is refused (FileExistsError)."""
-        self._check_place(stage)
-        path = self.segment_path(stage, gen)
-        mode = _mode_of(self.segment_path(stage, gen - 1))
-        made = self._made.get(stage)
-        if made is not None and made[0] == gen:
-            with contextlib.suppress(OSError):
-                info = os.lstat(path)
-                if (info.st_dev, info.st_ino) == made[1]:
-                    path.unlink()
-        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            info = os.fstat(fd)
-            self._made[stage] = (gen, (info.st_dev, info.st_ino))
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
 
     def retain(self, stage: str, keep: int) -> None:
         """Keep the newest ``keep`` snapshots and the journal segments they need."""
@@ -708,7 +621,7 @@ class FileStore:
         for path in (self.state_path(stage), self.backup_path(stage)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        self._places.pop(stage, None)
+        self._dirs.forget(stage)
         trash = self.directory / f".{stage}.removing-{os.urandom(8).hex()}"
         try:
             _fsync_dir(self.directory)
@@ -732,6 +645,108 @@ class FileStore:
             if p.exists():
                 usage["state_bytes"] += p.stat().st_size
         return usage
+
+
+def _is_data_dir(path: Path, stage: str) -> bool:
+    """A directory is ``stage``'s data only if a snapshot or journal segment in it starts
+    with its magic and names ``stage`` (a user folder holding files named like them,
+    or a copy of another stage's, is left alone)."""
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError:
+        return False
+    needle = f'"stage":"{stage}"'.encode()
+    for name in names:
+        m = _GEN_RE.match(name)
+        head = _read_head(path / name, 4096) if m else None
+        if head is None:
+            continue
+        magics = (SEGMENT_MAGIC,) if m and m.group(1) == "journal" else (
+            SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1)
+        if head.startswith(magics) and needle in head.replace(b'"stage": "', b'"stage":"'):
+            return True
+    return False
+
+
+def _remove_leftovers(directory: Path, data_dir: Path, stage: str) -> None:
+    """Delete what a crash may leave of ``stage`` besides its files: temp files of
+    atomic writes and a data directory :meth:`remove` had set apart (the lock is held)."""
+    ours = re.compile(_TEMP_RE.format(stage=re.escape(stage)))
+    for place, pattern in ((directory, ours), (data_dir, _DATA_TEMP_RE)):
+        if place.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(place):
+                if not pattern.fullmatch(entry.name):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _unlink_quietly(Path(entry.path))
+
+
+class DataDirs:
+    """Which directory each stage a store writes keeps its journal in (by ``st_dev`` and
+    ``st_ino``), so that a job notices it deleted or replaced at its next write and never
+    recreates it; and the journal segments it creates."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, tuple[int, int]] = {}
+        #: The segment made last per stage: (path, identity), to make again after a failure.
+        self._made: dict[str, tuple[Path, tuple[int, int]]] = {}
+
+    def is_open(self, stage: str) -> bool:
+        """True once :meth:`open` noted ``stage``'s directory (until :meth:`forget`)."""
+        return stage in self._ids
+
+    def open(self, stage: str, path: Path) -> None:
+        """Make ``stage``'s data directory ``path`` if needed (not its parent: the lock made
+        it) and note which directory it is. CheckpointWriteError if it is a link."""
+        if path.is_symlink():
+            raise _link_error(path)
+        path.mkdir(exist_ok=True)
+        self._ids[stage] = _dir_id(path)
+
+    def forget(self, stage: str) -> None:
+        """``stage``'s directory is removed on purpose (a reset)."""
+        self._ids.pop(stage, None)
+
+    def check(self, stage: str, path: Path) -> None:
+        """Raise CheckpointWriteError if ``path`` is not the directory :meth:`open` noted
+        (deleted, or replaced by another) while this process writes the stage."""
+        expected = self._ids.get(stage)
+        if expected is None:
+            return
+        try:
+            same = _dir_id(path) == expected
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise CheckpointWriteError(
+                f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
+                f"while the job ran, so nothing more can be recorded. Nothing is recreated: "
+                f"restore the directory to resume, or run again to start over.")
+
+    def create_segment(self, stage: str, path: Path, previous: Path) -> None:
+        """Create the segment ``path`` (empty) exclusively, with the mode of ``previous``,
+        in the stage's noted directory. One made here before whose header could not be
+        written (a full disk) is made again; any other file in its place is refused
+        (FileExistsError)."""
+        self.check(stage, path.parent)
+        mode = _mode_of(previous)
+        made = self._made.get(stage)
+        if made is not None and made[0] == path:
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino) == made[1]:
+                    path.unlink()
+        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            info = os.fstat(fd)
+            self._made[stage] = (path, (info.st_dev, info.st_ino))
+            os.fchmod(fd, mode)  # exactly the mode before, whatever the umask
+        finally:
+            os.close(fd)
 
 
 def _mode_of(path: Path) -> int:
