@@ -112,6 +112,9 @@ class GroupCommitter:
         #: The write failure raised last, until a commit reaches the journal again (None
         #: while writes succeed). Set, the job must stop (a crawl does at once).
         self.failure: CheckpointWriteError | None = None
+        #: A failed fsync (the OS may have dropped what it could not write): every later
+        #: commit is refused, the job must stop.
+        self._fsync_failed: BaseException | None = None
 
     def _write_error(self, exc: OSError | CheckpointWriteError) -> CheckpointWriteError:
         """``exc``, met while writing, as the error the job stops with (kept in
@@ -256,6 +259,7 @@ class GroupCommitter:
             return
         if due and self._gate is not None and not self._gate():
             return  # the group grows on; the next update or tick asks again
+        self._refuse_after_fsync_failure()
         if self._io is not None:
             self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
         began = monotonic()
@@ -308,6 +312,7 @@ class GroupCommitter:
         writer = self._writer
         if writer is None:
             return
+        self._refuse_after_fsync_failure()
         if self._io is not None:
             self._io.raise_error()
         writer.append(encode_group([], [], {**fields, COMMITTED_AT: walltime()}))
@@ -353,8 +358,17 @@ class GroupCommitter:
             future = io.submit(_sync_all, fds, writer)
             future.add_done_callback(self._sync_done)
 
-    def _sync_done(self, _future: Any) -> None:
+    def _sync_done(self, future: Any) -> None:
         self._sync_inflight = False
+        if future.exception() is not None:
+            self._fsync_failed = future.exception()
+
+    def _refuse_after_fsync_failure(self) -> None:
+        if self._fsync_failed is not None:
+            raise CheckpointWriteError(
+                f"An fsync of the checkpoint of stage {self.stage!r} failed "
+                f"({self._fsync_failed}): what it held may not be on disk, so nothing more is "
+                f"recorded. Fix the disk, then run the same command again to resume.")
 
     def write_state(self) -> None:
         """Queue a write of the state file (its bytes are made now, on this thread)."""
@@ -392,7 +406,11 @@ class GroupCommitter:
         assert self.stage is not None
         blob = encode_snapshot(header, done_bytes, times_bytes)
         if old is not new:  # a store with one journal (Redis) keeps its writer
-            old.fsync()
+            try:
+                old.fsync()
+            except OSError as exc:
+                self._fsync_failed = exc
+                raise
             old.close()
         self.store.write_snapshot(self.stage, gen, blob)
         self.store.retain(self.stage, self.config.keep_snapshots)
