@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -237,6 +238,23 @@ def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     assert proc.returncode != 0, "the job went on without its checkpoint"
     assert err.count("Traceback") == 1, err
     assert "deleted or replaced" in err.strip().splitlines()[-1]
+    assert not directory.exists(), "a partial checkpoint directory was recreated"
+
+
+def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recreate_it(
+    tmp_path: Path,
+) -> None:
+    site = Site(600, delay=0.004)
+    outputs = Outputs(tmp_path)
+    directory = tmp_path / "checkpoints"
+    try:
+        first = crawl(site, outputs, interrupt=lambda _proc: shutil.rmtree(directory),
+                      interrupt_after_hits=60)
+    finally:
+        site.close()
+    assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+    assert first.log.count("deleted or replaced while the job ran") == 1, first.log[-5000:]
+    assert "Traceback" not in first.log
     assert not directory.exists(), "a partial checkpoint directory was recreated"
 
 

@@ -88,6 +88,9 @@ class CheckpointExtension:
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
         self._stopping = False
+        #: A checkpoint write failed: nothing more is committed, the stage is left at its
+        #: last commit (as after a crash) and this run's later work is redone.
+        self._write_failed = False
         self._skip_completed = False
         self._loops: list[Any] = []
         #: SCHEDULER is scrapy-redis's: its queue hands back copies of the requests.
@@ -322,7 +325,7 @@ class CheckpointExtension:
         """Commit what is done: a crawl about to finish has it journaled before it closes
         (killed while closing, its next run finds everything done). Shared stages: see
         :meth:`SharedWorker.idle`."""
-        if not self.active or self.cp is None:
+        if not self.active or self.cp is None or self._write_failed:
             return
         try:
             self.cp.request_durable()
@@ -334,7 +337,7 @@ class CheckpointExtension:
     def _tick(self) -> None:
         # A looping call whose function raises stops for good: never let it.
         try:
-            if self.cp is not None and self.active:
+            if self.cp is not None and self.active and not self._write_failed:
                 self.cp.tick()
                 if self.worker is not None:
                     self.worker.tick()
@@ -356,9 +359,19 @@ class CheckpointExtension:
 
     def _stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
-        crawl on with nothing recorded."""
+        crawl on with nothing recorded. After a failed write nothing more is committed
+        (an item whose feed could not be opened must not be recorded done)."""
+        if isinstance(exc, CheckpointWriteError) and not self._write_failed:
+            self._write_failed = True
+            if self.cp is not None:
+                self.cp.set_commit_gate(lambda: False)
         if self._say_stopped(exc):
             deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
+
+    def stop(self, exc: Exception) -> None:
+        """The checkpoint cannot record progress (``exc``): log it once and stop the crawl
+        with close reason ``checkpoint_error`` (the feeds call this)."""
+        self._stop(exc)
 
     def _say_stopped(self, exc: Exception) -> bool:
         """Log why the crawl stops, once (False if it was said before)."""
@@ -382,7 +395,7 @@ class CheckpointExtension:
             return
         broken = self.spider_state is not None and self.spider_state.error is not None
         try:
-            if self.active and not broken:
+            if self.active and not broken and not self._write_failed:
                 try:
                     self._finish(cp, reason)
                 except SpiderStateError as exc:
@@ -401,7 +414,7 @@ class CheckpointExtension:
                              "journaled. Fix the spider, then run the same command again to "
                              "resume.", self.stage)
                 cp.abandon()
-            elif cp.write_failure is not None:  # as after a crash: resumes from the last commit
+            elif self._write_failed or cp.write_failure is not None:  # resumes from the last commit
                 cp.abandon()
             else:
                 try:

@@ -16,6 +16,7 @@ from typing import IO, Any, cast
 from scrapy import Spider
 from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
 
+from ..errors import CheckpointError
 from .extension import CheckpointExtension
 
 #: Feed formats whose items are whole lines, so a cut at a committed length is clean.
@@ -109,5 +110,7 @@ class CheckpointFeedExporter(FeedExporter):
         previous, router.current = router.current, frontier.unit_of(response)
         try:
             super().item_scraped(item, spider)
+        except CheckpointError as exc:  # a feed's start could not be journaled (full disk)
+            ext.stop(exc)
         finally:
             router.current = previous

@@ -278,8 +278,8 @@ class SegmentWriter:
             self._broken = CheckpointWriteError(
                 f"The checkpoint directory was deleted or replaced while the job ran: the "
                 f"journal segment {self.path} is no longer in it, so nothing more can be "
-                f"recorded. Nothing is recreated: restore the directory to resume, or run "
-                f"again to start over.")
+                f"recorded (and nothing is recreated). Put the directory back to resume from "
+                f"it; without it, the next run starts the stage over.")
             raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:
@@ -724,8 +724,9 @@ class DataDirs:
         if not same:
             raise CheckpointWriteError(
                 f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
-                f"while the job ran, so nothing more can be recorded. Nothing is recreated: "
-                f"restore the directory to resume, or run again to start over.")
+                f"while the job ran, so nothing more can be recorded (and nothing is "
+                f"recreated). Put the directory back to resume from it; without it, the next "
+                f"run starts the stage over.")
 
     def create_segment(self, stage: str, path: Path, previous: Path) -> None:
         """Create the segment ``path`` (empty) exclusively, with the mode of ``previous``,
