@@ -88,9 +88,7 @@ class CheckpointExtension:
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
         self._stopping = False
-        #: A checkpoint write failed: nothing more is committed, the stage is left at its
-        #: last commit (as after a crash) and this run's later work is redone.
-        self._write_failed = False
+        self._write_failed = False  # then nothing more is committed (see stop())
         self._skip_completed = False
         self._loops: list[Any] = []
         #: SCHEDULER is scrapy-redis's: its queue hands back copies of the requests.
@@ -182,7 +180,7 @@ class CheckpointExtension:
         outputs = self.outputs = OutputSet(cp, self.stats, claim_file=self._claim_file
                                            if worker is not None else None)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
-                                            stop=self._stop)
+                                            stop=self.stop)
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         keeper = self.spider_state = SpiderStateKeeper(
@@ -207,7 +205,7 @@ class CheckpointExtension:
 
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
-        return self.worker.claim_file(key, overwrite, stop=self._stop)
+        return self.worker.claim_file(key, overwrite, stop=self.stop)
 
     def _before_commit(self) -> dict[str, Any] | None:
         """Fields added to every journal group: output lengths, the known frontier, the
@@ -332,7 +330,7 @@ class CheckpointExtension:
             if self.worker is not None:
                 self.worker.idle()
         except CheckpointError as exc:
-            self._stop(exc)
+            self.stop(exc)
 
     def _tick(self) -> None:
         # A looping call whose function raises stops for good: never let it.
@@ -342,7 +340,7 @@ class CheckpointExtension:
                 if self.worker is not None:
                     self.worker.tick()
         except CheckpointError as exc:
-            self._stop(exc)
+            self.stop(exc)
         except Exception:
             logger.exception("Stage %s: checkpoint timer failed", self.stage)
 
@@ -357,7 +355,7 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
 
-    def _stop(self, exc: Exception) -> None:
+    def stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
         crawl on with nothing recorded. After a failed write nothing more is committed
         (an item whose feed could not be opened must not be recorded done)."""
@@ -367,11 +365,6 @@ class CheckpointExtension:
                 self.cp.set_commit_gate(lambda: False)
         if self._say_stopped(exc):
             deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
-
-    def stop(self, exc: Exception) -> None:
-        """The checkpoint cannot record progress (``exc``): log it once and stop the crawl
-        with close reason ``checkpoint_error`` (the feeds call this)."""
-        self._stop(exc)
 
     def _say_stopped(self, exc: Exception) -> bool:
         """Log why the crawl stops, once (False if it was said before)."""
