@@ -513,15 +513,18 @@ class EnhancedCheckpoint(StageReadings):
             self._release()
 
     def _release(self) -> None:
-        """Close the journal, release the lock and (if it is ours) the store."""
-        self._committer.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self._live = None
-        closer = getattr(self.store, "close", None)
-        if self._owns_store and closer is not None:
-            closer()
+        """Close the journal, release the lock and (if it is ours) the store (all of them
+        even if closing the journal raises a write failure)."""
+        try:
+            self._committer.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._live = None
+            closer = getattr(self.store, "close", None)
+            if self._owns_store and closer is not None:
+                closer()
 
     def __enter__(self) -> EnhancedCheckpoint:
         return self

@@ -162,7 +162,7 @@ class SegmentWriter:
         self._written = size
         #: The error every later write raises, once nothing more may be written.
         self._broken: OSError | CheckpointWriteError | None = None
-        self._dir = os.path.dirname(path)
+        self._dir = os.path.dirname(path) or "."
         self._dir_id = dir_id(self._dir)
 
     @property
@@ -251,16 +251,12 @@ class SegmentWriter:
                                        f"OS may have dropped what it could not write", self.path)
             raise
 
-    def close(self, *, discard: bool = False) -> None:
-        """Flush and close the file (no fsync). Idempotent. ``discard``: drop what is still
-        buffered instead (a writer given up after a failure); the file is closed even if
-        the flush fails."""
+    def close(self) -> None:
+        """Flush and close the file (no fsync). Idempotent. The file is closed even if the
+        flush fails (what it could not write is dropped, as if the process had died)."""
         if self._fd >= 0:
             try:
-                if discard:
-                    self._buf.clear()
-                else:
-                    self.flush()
+                self.flush()
             finally:
                 os.close(self._fd)
                 self._fd = -1
