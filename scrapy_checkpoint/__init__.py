@@ -11,6 +11,7 @@ from .config import CheckpointConfig
 from .errors import (
     CheckpointError,
     CheckpointLockedError,
+    CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
     InputChangedError,
@@ -63,6 +64,7 @@ __all__ = [
     "CheckpointMiddleware",
     "CheckpointSettings",
     "CheckpointState",
+    "CheckpointWriteError",
     "ConfigError",
     "CorruptCheckpointError",
     "EnhancedCheckpoint",

@@ -22,7 +22,7 @@ from typing import Any
 from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
 from .durability import GroupCommitter
-from .errors import CheckpointError, InputChangedError
+from .errors import CheckpointError, CheckpointWriteError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
     COUNTERS,
@@ -175,6 +175,12 @@ class StageReadings:
     def commit_latency_us(self) -> dict[str, int] | None:
         """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds."""
         return self._committer.commit_latency_us()
+
+    @property
+    def write_failure(self) -> CheckpointWriteError | None:
+        """The checkpoint write that failed last, until a later commit reaches the journal
+        again (None while writes succeed): the job must stop (see :meth:`abandon`)."""
+        return self._committer.failure
 
 
 class EnhancedCheckpoint(StageReadings):
@@ -505,25 +511,34 @@ class EnhancedCheckpoint(StageReadings):
     def abandon(self) -> None:
         """Release the stage without committing what was not committed yet, as if the
         process had died there: the next start recovers it from the last commit (its
-        units after that run again). For a run that cannot record a consistent state."""
+        units after that run again). For a run that cannot record a consistent state, or
+        whose checkpoint cannot be written (:attr:`write_failure`): that failure is not
+        raised again."""
         if self._live is None or not self._committer.is_open:
             return
+        known = self._committer.failure
         try:
             self._committer.drain()
+        except CheckpointWriteError:
+            if known is None:  # a failure not reported before
+                raise
         finally:
             self._running = False
             self._release()
 
     def _release(self) -> None:
-        """Close the journal, release the lock and (if it is ours) the store."""
-        self._committer.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self._live = None
-        closer = getattr(self.store, "close", None)
-        if self._owns_store and closer is not None:
-            closer()
+        """Close the journal, release the lock and (if it is ours) the store (all of them
+        even if closing the journal raises a write failure)."""
+        try:
+            self._committer.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._live = None
+            closer = getattr(self.store, "close", None)
+            if self._owns_store and closer is not None:
+                closer()
 
     def __enter__(self) -> EnhancedCheckpoint:
         return self
@@ -640,7 +655,12 @@ def _close_all() -> None:
     # A normal interpreter exit must not lose buffered updates.
     for cp in list(_open_checkpoints):
         try:
-            cp.close()
+            if cp.write_failure is not None:  # raised to its caller already
+                cp.abandon()
+            else:
+                cp.close()
+        except CheckpointWriteError as exc:  # said once, without a traceback
+            logger.error("Closing checkpoint %s at exit failed: %s", cp.stage, exc)
         except Exception:
             logger.exception("Closing checkpoint %s at exit failed", cp.stage)
 

@@ -32,6 +32,7 @@ from .checkpoint import describe_lost, file_hash
 from .errors import (
     CheckpointError,
     CheckpointLockedError,
+    CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
     redact,
@@ -580,6 +581,10 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         except ConfigError as exc:  # a worker's sub-stage of a shared stage
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
+        except CheckpointWriteError as exc:  # e.g. its data directory is a symbolic link
+            click.echo(f"{exc} Stage {s!r} not reset.", err=True)
+            refused = True
+            continue
         except CheckpointLockedError as exc:
             if not force:  # its owner started while we asked
                 click.echo(f"{exc} Not reset.", err=True)
@@ -594,7 +599,7 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
 
 
 @main.command()
-@click.option("--days", type=float, default=None,
+@click.option("--days", type=click.FloatRange(min=0), default=None,
               help="Remove stages not updated for this many days (default: 1, the TTL).")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @pass_ctx

@@ -10,15 +10,17 @@ interval when updates stop arriving.
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .clock import monotonic, walltime
 from .config import CheckpointConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointWriteError
 from .io import BackgroundIO
 from .journal.groups import COMMITTED_AT, GroupBuilder, encode_group
 from .journal.snapshot import encode_snapshot
@@ -31,6 +33,22 @@ logger = logging.getLogger("scrapy_checkpoint")
 
 #: The timer never runs more often than this (seconds): a tick is cheap, not free.
 MIN_TIMER_PERIOD = 0.05
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _stops_on_write_error(method: _F) -> _F:
+    """Raise an OSError (or CheckpointWriteError) met by ``method`` as the
+    CheckpointWriteError the job stops with (see :attr:`GroupCommitter.failure`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: GroupCommitter, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, CheckpointWriteError) as exc:
+            raise self._write_error(exc) from None
+
+    return cast(_F, wrapper)
 
 
 def timer_period(config: CheckpointConfig) -> float:
@@ -52,6 +70,13 @@ class GroupCommitter:
     Redis call); every wait on the disk (fsync, the atomic state-file write, the
     snapshot) runs on the background I/O thread, in submission order. A failure
     there is raised by the next :meth:`commit` (or :meth:`drain`).
+
+    A write that fails (a full disk, an I/O error, the directory deleted or replaced, a
+    file that is a link) raises :class:`~scrapy_checkpoint.errors.CheckpointWriteError`
+    from whichever method met it, and is kept in :attr:`failure` until a later commit
+    reaches the journal again. What was committed before is kept, and the file store's
+    journal is never left with a torn record that later groups would sit behind (its
+    writer keeps the group it could not write and writes it first next time).
 
     ``progress`` gives the state file's content, and its throughput window is sampled
     with the processed count at most once a second, at commits and ticks. The
@@ -84,6 +109,29 @@ class GroupCommitter:
         self._dirty = False  # groups appended since the last sync
         self._since_snapshot = False  # groups appended since the last snapshot
         self._sync_inflight = False
+        #: The write failure raised last, until a commit reaches the journal again (None
+        #: while writes succeed). Set, the job must stop (a crawl does at once).
+        self.failure: CheckpointWriteError | None = None
+        #: A failed fsync (the OS may have dropped what it could not write): every later
+        #: commit is refused, the job must stop.
+        self._fsync_failed: BaseException | None = None
+
+    def _write_error(self, exc: OSError | CheckpointWriteError) -> CheckpointWriteError:
+        """``exc``, met while writing, as the error the job stops with (kept in
+        :attr:`failure`)."""
+        if isinstance(exc, CheckpointWriteError):
+            error = CheckpointWriteError(*exc.args)  # a short traceback: from the caller's call
+        else:
+            what = exc.strerror or str(exc)
+            where = exc.filename or self.store.location
+            fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else "fix the cause")
+            error = CheckpointWriteError(
+                f"Cannot write the checkpoint of stage {self.stage!r} ({where}): {what}. "
+                f"Everything committed before is kept; {fix}, then run the same command "
+                f"again to resume.")
+        self.failure = error
+        return error
 
     # -- opening and closing -----------------------------------------------------------
 
@@ -126,6 +174,7 @@ class GroupCommitter:
         self.group.updates = 0
         return self._live
 
+    @_stops_on_write_error
     def finish(self) -> None:
         """Commit, snapshot what the journal holds past the last snapshot, write the
         state file, wait for the I/O thread and fsync: all on disk when it returns.
@@ -141,14 +190,26 @@ class GroupCommitter:
 
     def close(self) -> None:
         """Close the journal writer and stop the I/O thread (without committing: call
-        :meth:`finish` first). Does nothing if not open."""
-        if self._writer is None:
+        :meth:`finish` first). Does nothing if not open. Everything is released even if a
+        write fails; a failure not raised before is raised then (what the writer still
+        held is dropped, as if the process had died)."""
+        writer = self._writer
+        if writer is None:
             return
-        self._writer.close()
         self._writer = None
+        error: OSError | CheckpointWriteError | None = None
+        try:
+            writer.close()
+        except (OSError, CheckpointWriteError) as exc:
+            error = exc
         if self._io is not None:
-            self._io.close()
+            try:
+                self._io.close()
+            except (OSError, CheckpointWriteError) as exc:
+                error = error or exc
         self._live = None
+        if error is not None and self.failure is None:
+            raise self._write_error(error) from None
 
     # -- hooks and readings ---------------------------------------------------------------
 
@@ -180,6 +241,7 @@ class GroupCommitter:
 
     # -- the cadence ---------------------------------------------------------------------------
 
+    @_stops_on_write_error
     def commit(self, now: float, *, due: bool = False) -> None:
         """Write the group being built to the journal, if it holds anything (``now``:
         monotonic seconds). Then fsync, write the state file or compact if one is due.
@@ -197,6 +259,7 @@ class GroupCommitter:
             return
         if due and self._gate is not None and not self._gate():
             return  # the group grows on; the next update or tick asks again
+        self._refuse_after_fsync_failure()
         if self._io is not None:
             self._io.raise_error()  # a failed fsync or snapshot must stop the run, not hide
         began = monotonic()
@@ -213,6 +276,7 @@ class GroupCommitter:
         payload = group.seal((live.last_item, live.last_index, live.batch_id), committed_at)
         live.done.now = int(committed_at)  # as replay does (LiveState.apply)
         writer.append(payload)
+        self.failure = None
         self.last_commit = now
         self._latencies.append(monotonic() - began)
         self._dirty = True
@@ -225,6 +289,7 @@ class GroupCommitter:
         if writer.size > max(self.config.compact_min_bytes, self._snapshot_bytes):
             self.compact()
 
+    @_stops_on_write_error
     def tick(self) -> None:
         """Timer work: commit, fsync and refresh the state file when due; sample the rate.
         Cheap when nothing is due; does nothing when not open."""
@@ -239,6 +304,7 @@ class GroupCommitter:
         if now - self._rate.last_sample >= 1.0:
             self._rate.add(now, self._live.processed)
 
+    @_stops_on_write_error
     def write_fields(self, fields: dict[str, Any]) -> None:
         """Journal ``fields`` now as a group of their own, apart from the group being built
         (which may be waiting for the commit gate). The caller has applied them to the live
@@ -246,18 +312,22 @@ class GroupCommitter:
         writer = self._writer
         if writer is None:
             return
+        self._refuse_after_fsync_failure()
         if self._io is not None:
             self._io.raise_error()
         writer.append(encode_group([], [], {**fields, COMMITTED_AT: walltime()}))
+        self.failure = None
         self._dirty = True
         self._since_snapshot = True
 
+    @_stops_on_write_error
     def make_durable(self) -> None:
         """Commit, and queue a state-file write and an fsync (does not wait for them)."""
         self.commit(monotonic())
         self.write_state()
         self.sync(force=True)
 
+    @_stops_on_write_error
     def drain(self) -> None:
         """Block until the queued disk work is done; re-raise its first failure."""
         if self._io is not None:
@@ -270,6 +340,7 @@ class GroupCommitter:
                 and now - self._last_sync >= self.config.sync_interval):
             self.sync()
 
+    @_stops_on_write_error
     def sync(self, force: bool = False) -> None:
         """Hand buffered frames to the OS and queue an fsync (in ``fsync`` mode or forced).
 
@@ -287,8 +358,17 @@ class GroupCommitter:
             future = io.submit(_sync_all, fds, writer)
             future.add_done_callback(self._sync_done)
 
-    def _sync_done(self, _future: Any) -> None:
+    def _sync_done(self, future: Any) -> None:
         self._sync_inflight = False
+        if future.exception() is not None:
+            self._fsync_failed = future.exception()
+
+    def _refuse_after_fsync_failure(self) -> None:
+        if self._fsync_failed is not None:
+            raise CheckpointWriteError(
+                f"An fsync of the checkpoint of stage {self.stage!r} failed "
+                f"({self._fsync_failed}): what it held may not be on disk, so nothing more is "
+                f"recorded. Fix the disk, then run the same command again to resume.")
 
     def write_state(self) -> None:
         """Queue a write of the state file (its bytes are made now, on this thread)."""
@@ -298,6 +378,7 @@ class GroupCommitter:
         data = self._progress.state(self.live, self.commit_latency_us()).model_dump_json(indent=2)
         self._io.submit(self.store.write_state, self.stage, data.encode())
 
+    @_stops_on_write_error
     def compact(self) -> None:
         """Start a new journal segment and queue a snapshot of everything committed."""
         writer, io, live = self._writer, self._io, self._live
@@ -325,7 +406,11 @@ class GroupCommitter:
         assert self.stage is not None
         blob = encode_snapshot(header, done_bytes, times_bytes)
         if old is not new:  # a store with one journal (Redis) keeps its writer
-            old.fsync()
+            try:
+                old.fsync()
+            except OSError as exc:
+                self._fsync_failed = exc
+                raise
             old.close()
         self.store.write_snapshot(self.stage, gen, blob)
         self.store.retain(self.stage, self.config.keep_snapshots)

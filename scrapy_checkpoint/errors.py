@@ -86,3 +86,9 @@ class InvalidTransitionError(CheckpointError):
     def __init__(self, stage: str, old: str, new: str) -> None:
         self.stage, self.old, self.new = stage, old, new
         super().__init__(f"Stage {stage!r} cannot go from {old!r} to {new!r}.")
+
+
+class CheckpointWriteError(CheckpointError):
+    """The checkpoint could not be written: the disk is full, an I/O error, its directory
+    was deleted or replaced, or one of its files is a symbolic link (never written
+    through). Everything committed before stays; the job must stop."""

@@ -16,8 +16,9 @@ logger = logging.getLogger("scrapy_checkpoint")
 class BackgroundIO:
     """A single worker thread (made on first use) running blocking disk tasks in order.
 
-    A task's failure is logged and kept; :meth:`raise_error`, :meth:`drain` and
-    :meth:`close` raise the first one (once).
+    A task's failure is kept (and logged at DEBUG: whoever drives the checkpoint
+    reports it once); :meth:`raise_error`, :meth:`drain` and :meth:`close` raise the
+    first one (once).
     """
 
     def __init__(self, name: str) -> None:
@@ -44,7 +45,7 @@ class BackgroundIO:
     def _record_error(self, future: Future[Any]) -> None:
         exc = future.exception()
         if exc is not None:
-            logger.error("Checkpoint I/O failed for %s: %s", self._name, exc)
+            logger.debug("Checkpoint I/O failed for %s: %s", self._name, exc)
             if self.error is None:
                 self.error = exc
 

@@ -12,7 +12,7 @@ from typing import Any
 from .checkpoint import EnhancedCheckpoint, describe_lost
 from .clock import utcnow
 from .config import CheckpointConfig
-from .errors import CheckpointLockedError, ConfigError, CorruptCheckpointError
+from .errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
 from .metrics import format_duration
 from .shared import OVER, SharedStage, Worker, shared_stage_of, sub_stage_name
 from .state import CheckpointState, Owner, Status
@@ -130,7 +130,10 @@ class UnifiedCheckpointManager:
     def reset(self, stage: str) -> None:
         """Delete a stage so its next start begins from nothing.
 
-        Raises :class:`CheckpointLockedError` if a live process owns it.
+        A crash in the middle leaves the stage whole or deleted, never an older state (see
+        :meth:`Store.remove`). Raises :class:`CheckpointLockedError` if a live process
+        owns it, :class:`CheckpointWriteError` (deleting nothing) if a file store's stage
+        directory is a symbolic link.
         """
         check_stage_name(stage)
         parent = shared_stage_of(stage)
@@ -174,7 +177,7 @@ class UnifiedCheckpointManager:
                 continue
             try:
                 self.reset(stage)
-            except CheckpointLockedError as exc:
+            except (CheckpointLockedError, CheckpointWriteError) as exc:
                 logger.warning("%s", exc)
             else:
                 reset.append(stage)
@@ -183,7 +186,10 @@ class UnifiedCheckpointManager:
     def cleanup(self, older_than_days: float | None = None, *, dry_run: bool = False
                 ) -> dict[str, int]:
         """Remove stages not updated for ``older_than_days`` (default: the ``ttl_hours``
-        option) that no live process owns. Returns ``{stage: bytes freed}``."""
+        option) that no live process owns. Returns ``{stage: bytes freed}``. Only stages
+        are removed (see :meth:`Store.stages`); ConfigError for a negative age."""
+        if older_than_days is not None and not older_than_days >= 0:
+            raise ConfigError(f"older_than_days must be 0 or more, not {older_than_days!r}.")
         age = (timedelta(days=older_than_days) if older_than_days is not None
                else timedelta(hours=self.config.ttl_hours))
         cutoff = utcnow() - age
@@ -205,6 +211,9 @@ class UnifiedCheckpointManager:
                 try:
                     self.reset(stage)
                 except CheckpointLockedError:
+                    continue
+                except CheckpointWriteError as exc:
+                    logger.warning("%s", exc)
                     continue
             removed[stage] = freed
         return removed

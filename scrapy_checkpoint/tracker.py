@@ -6,6 +6,7 @@ Imports neither Scrapy nor Twisted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any, Generic, Literal, TypeVar
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
+from .errors import CheckpointWriteError
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -57,7 +59,9 @@ class AsyncCheckpointTracker(Generic[T]):
 
     Leaving the block normally marks the stage ``completed``; an exception marks it
     ``failed`` (and is re-raised); cancellation, Ctrl-C or ``SystemExit`` marks it
-    ``paused``.
+    ``paused``. If the checkpoint cannot be written (a full disk: ``update()`` raises
+    :class:`~scrapy_checkpoint.errors.CheckpointWriteError`), nothing more is recorded:
+    the stage is left at its last commit, as after a crash, and the error propagates.
     Subclasses may override :meth:`on_success` and :meth:`on_failure`.
     """
 
@@ -102,7 +106,11 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp.running:
+            if cp.write_failure is not None and exc is not None:  # nothing more recorded
+                _quiet_uncaught()  # the program ends with the error's paragraph alone
+                if isinstance(exc, Exception):
+                    await self.on_failure(exc)
+            elif cp.running:
                 if exc is None:
                     cp.complete()
                     await self.on_success()
@@ -112,12 +120,13 @@ class AsyncCheckpointTracker(Generic[T]):
                 else:  # cancelled, Ctrl-C, SystemExit: stopped, not broken
                     cp.pause()
                     if not isinstance(exc, SystemExit):
-                        _quiet_keyboard_interrupt()
+                        _quiet_uncaught()
             await cp.wait_hooks()
         finally:
             self._stop_bar()
             try:
-                await asyncio.to_thread(cp.close)
+                await asyncio.to_thread(cp.abandon if cp.write_failure is not None
+                                        else cp.close)
             finally:
                 _remove_handler(self._log_handler)
                 self._log_handler = None
@@ -286,7 +295,8 @@ class AsyncCheckpointTracker(Generic[T]):
         period = timer_period(cfg)
         while True:
             await asyncio.sleep(period)
-            self.checkpoint.tick()
+            with contextlib.suppress(CheckpointWriteError):  # the next update() raises it
+                self.checkpoint.tick()
             if self._bar is not None:
                 self._refresh_bar()
 
@@ -349,11 +359,13 @@ def _remove_handler(handler: logging.Handler | None) -> None:
         logger.setLevel(logging.NOTSET)
 
 
-def _quiet_keyboard_interrupt() -> None:
-    """A Ctrl-C that paused a stage ends the program with :data:`INTERRUPTED` instead of a
-    KeyboardInterrupt traceback (the stage's pause line says where it stopped). Other
-    exceptions, and a KeyboardInterrupt the program catches, are untouched; the exit status
-    stays that of a Ctrl-C."""
+def _quiet_uncaught() -> None:
+    """The program's end, when the exception that left a tracker's block is not caught: a
+    Ctrl-C that paused a stage prints :data:`INTERRUPTED`, a checkpoint that could not be
+    written (:class:`~scrapy_checkpoint.errors.CheckpointWriteError`) its one paragraph
+    (what happened, what is kept, what to do), each instead of a traceback through the
+    program and this package. Other exceptions, and any the program catches, are untouched;
+    the exit status stays what Python gives them (130 for Ctrl-C, 1 otherwise)."""
     previous = sys.excepthook
     if getattr(previous, "_scrapy_checkpoint", False):
         return
@@ -361,6 +373,9 @@ def _quiet_keyboard_interrupt() -> None:
     def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
         if issubclass(exc_type, KeyboardInterrupt):
             print(INTERRUPTED, file=sys.stderr, flush=True)
+            return
+        if issubclass(exc_type, CheckpointWriteError):
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
             return
         previous(exc_type, exc, tb)
 

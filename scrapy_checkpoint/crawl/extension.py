@@ -30,7 +30,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, CheckpointWriteError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..stores.base import Store
 from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
@@ -93,6 +93,7 @@ class CheckpointExtension:
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
         self._stopping = False
+        self._write_failed = False  # then nothing more is committed (see stop())
         self._skip_completed = False
         self._loops: list[Any] = []
         #: SCHEDULER is scrapy-redis's: its queue hands back copies of the requests.
@@ -188,7 +189,7 @@ class CheckpointExtension:
                                           self.config.output),
             warn_once=self.warn_once)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
-                                            stop=self._stop)
+                                            stop=self.stop)
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         keeper = self.spider_state = SpiderStateKeeper(
@@ -217,7 +218,7 @@ class CheckpointExtension:
 
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
-        return self.worker.claim_file(key, overwrite, stop=self._stop)
+        return self.worker.claim_file(key, overwrite, stop=self.stop)
 
     def _before_commit(self) -> dict[str, Any] | None:
         """Fields added to every journal group: output lengths, the known frontier, the
@@ -349,7 +350,7 @@ class CheckpointExtension:
         """Commit what is done: a crawl about to finish has it journaled before it closes
         (killed while closing, its next run finds everything done). Shared stages: see
         :meth:`SharedWorker.idle`."""
-        if not self.active or self.cp is None:
+        if not self.active or self.cp is None or self._write_failed:
             return
         if self.setup is not None and self.setup.idle():
             raise DontCloseSpider  # the held resumed requests were just scheduled
@@ -358,17 +359,17 @@ class CheckpointExtension:
             if self.worker is not None:
                 self.worker.idle()
         except CheckpointError as exc:
-            self._stop(exc)
+            self.stop(exc)
 
     def _tick(self) -> None:
         # A looping call whose function raises stops for good: never let it.
         try:
-            if self.cp is not None and self.active:
+            if self.cp is not None and self.active and not self._write_failed:
                 self.cp.tick()
                 if self.worker is not None:
                     self.worker.tick()
         except CheckpointError as exc:
-            self._stop(exc)
+            self.stop(exc)
         except Exception:
             logger.exception("Stage %s: checkpoint timer failed", self.stage)
 
@@ -383,15 +384,25 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
 
-    def _stop(self, exc: Exception) -> None:
+    def stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
-        crawl on with nothing recorded."""
+        crawl on with nothing recorded. After a failed write nothing more is committed
+        (an item whose feed could not be opened must not be recorded done)."""
+        if isinstance(exc, CheckpointWriteError) and not self._write_failed:
+            self._write_failed = True
+            if self.cp is not None:
+                self.cp.set_commit_gate(lambda: False)
+        if self._say_stopped(exc):
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
+
+    def _say_stopped(self, exc: Exception) -> bool:
+        """Log why the crawl stops, once (False if it was said before)."""
         if self._stopping:
-            return
+            return False
         self._stopping = True
         logger.error("Stage %s: %s The crawl stops; run the same command again to resume.",
                      self.stage, exc)
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
+        return True
 
     # -- close -----------------------------------------------------------------------------------
 
@@ -406,12 +417,14 @@ class CheckpointExtension:
             return
         broken = self.spider_state is not None and self.spider_state.error is not None
         try:
-            if self.active and not broken:
+            if self.active and not broken and not self._write_failed:
                 try:
                     self._finish(cp, reason)
                 except SpiderStateError as exc:
                     logger.error("Stage %s: %s", self.stage, exc)
                     broken = True
+                except CheckpointWriteError as exc:  # left at its last commit (below)
+                    self._say_stopped(exc)
         finally:
             self.active = False
             if self.frontier is not None:
@@ -423,8 +436,13 @@ class CheckpointExtension:
                              "journaled. Fix the spider, then run the same command again to "
                              "resume.", self.stage)
                 cp.abandon()
+            elif self._write_failed or cp.write_failure is not None:  # resumes from the last commit
+                cp.abandon()
             else:
-                cp.close()
+                try:
+                    cp.close()
+                except CheckpointWriteError as exc:
+                    self._say_stopped(exc)
             closer = getattr(cp.store, "close", None)
             if closer is not None:
                 closer()

@@ -34,6 +34,7 @@ from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage, apply_ur
 from scrapy.utils.misc import build_from_crawler, load_object
 from w3lib.url import file_uri_to_path
 
+from ..errors import CheckpointError
 from .batches import BatchedOutput
 from .extension import CheckpointExtension
 from .outputs import LINES, Framing
@@ -270,6 +271,8 @@ class CheckpointFeedExporter(FeedExporter):
         previous, router.current, router.item = router.current, unit, self._item
         try:
             super().item_scraped(item, spider)
+        except CheckpointError as exc:  # a feed's start could not be journaled (full disk)
+            ext.stop(exc)
         finally:
             router.current, router.item = previous, None
             if unit is None:

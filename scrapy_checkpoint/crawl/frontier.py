@@ -256,7 +256,10 @@ class Frontier:
             code = request.meta[UNIT_META]
             self.live.discard(code)
             self.unfiltered.discard(code)
-            self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+            try:
+                self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
+            except CheckpointError as exc:
+                self.stop(exc)
 
     def payload(self, request: Request, spider: Spider, *,
                 then: str = "it is crawled but kept in memory only, so a crash before it "

@@ -213,9 +213,9 @@ class Store(Protocol):
 
     def remove(self, stage: str) -> None:
         """Delete every key or file of ``stage`` except its lock (and the owner record the
-        lock names). Redis does it in one transaction; the file store does not: a crash
-        may leave the readable state without the journal, which the next open treats as
-        a missing journal (counters from the state file, units redone)."""
+        lock names). Redis does it in one transaction; the file store deletes the readable
+        state first, then renames the journal's directory away in one step: a crash
+        leaves the stage whole (its journal) or removed, never an older state."""
 
     def disk_usage(self, stage: str) -> dict[str, int]:
         """Bytes the stage takes: ``journal_bytes``, ``snapshot_bytes``, ``state_bytes``

@@ -27,13 +27,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import CheckpointLockedError, CorruptCheckpointError
+from ..errors import CheckpointLockedError, CheckpointWriteError, CorruptCheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner
 from .base import Loaded, is_stage_name
+from .files import (
+    DataDirs,
+    create_temp,
+    dir_id,
+    is_data_dir,
+    link_error,
+    link_temp,
+    mode_of,
+    open_nofollow,
+    regular_mode,
+    remove_leftovers,
+    unlink_quietly,
+)
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -119,28 +132,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, backup: Path | None = None) -> None:
+def atomic_write(path: Path, data: bytes, *, backup: Path | None = None,
+                 mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, whole.
 
-    Temp file, fsync, hard-link the current file to ``backup``, rename, fsync the
-    directory.
+    A temp file with an unpredictable name beside ``path`` (created exclusively, never
+    through a link), fsync, hard-link the current file to ``backup``, rename, fsync the
+    directory. The file keeps the mode of the one it replaces; a new one gets ``mode``
+    (by default 0o644 less the umask). A failure removes the temp file; one a crash
+    leaves is removed by the next :meth:`FileStore.lock` of the stage. Raises
+    CheckpointWriteError if ``path`` is a symbolic link, OSError as writing does.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        mode = stat.S_IMODE(regular_mode(path))
+    fd, tmp = create_temp(path, 0o644 if mode is None else mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if backup is not None and path.exists():
-        bak_tmp = backup.with_name(f".{backup.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            bak_tmp.unlink()
-        os.link(path, bak_tmp)
-        os.replace(bak_tmp, backup)
-    os.replace(tmp, path)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly the user's mode, whatever the umask
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if backup is not None and os.path.lexists(path):
+            bak_tmp = link_temp(path, backup)
+            try:
+                os.replace(bak_tmp, backup)
+            except BaseException:
+                unlink_quietly(bak_tmp)
+                raise
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -150,12 +174,19 @@ class SegmentWriter:
     In ``none`` durability frames are kept in the process up to ``buffer_limit``
     bytes; otherwise each group reaches the OS when it is committed, so it
     survives the death of the process. Fsync is the caller's decision.
+
+    A write that fails (a full disk, an I/O error) cuts the file back to the end of its
+    last whole frame, so no later frame ever sits behind a torn one, and keeps the
+    frames it could not write: the next append or flush writes them first (a retry once
+    there is space loses nothing and writes nothing twice). If the cut itself fails, or
+    an fsync failed (the OS may have dropped the data), or the segment was deleted or its
+    directory replaced, nothing more is written: every later append raises.
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
                  buffer_limit: int = 1 << 20, tag: bytes | None = None) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(self._fd).st_size
         if truncate_at is not None and truncate_at < size:
             os.ftruncate(self._fd, truncate_at)
@@ -168,6 +199,12 @@ class SegmentWriter:
         self._buffered = buffered
         self._buffer_limit = buffer_limit
         self._buf = bytearray()
+        #: Bytes in the file that end with a whole frame (where a failed write cuts back to).
+        self._written = size
+        #: The error every later write raises, once nothing more may be written.
+        self._broken: OSError | CheckpointWriteError | None = None
+        self._dir = os.path.dirname(path) or "."
+        self._dir_id = dir_id(self._dir)
 
     @property
     def fd(self) -> int:
@@ -175,41 +212,95 @@ class SegmentWriter:
         return self._fd
 
     def append(self, payload: bytes) -> None:
-        """Frame ``payload`` (length, crc32) and write it (see :meth:`JournalWriter.append`)."""
+        """Frame ``payload`` (length, crc32) and write it (see :meth:`JournalWriter.append`).
+
+        Raises OSError if the write fails (the frame is kept and written by the next
+        append or flush), CheckpointWriteError if the segment was deleted or its directory
+        replaced."""
         data = frame(payload)
         self.size += len(data)
-        if self._buffered:
+        if self._buffered or self._buf:
             self._buf += data
-            if len(self._buf) >= self._buffer_limit:
+            if not self._buffered or len(self._buf) >= self._buffer_limit:
                 self.flush()
         else:
-            _write_all(self._fd, data)
+            try:
+                self._write(data)
+            except OSError:
+                self._buf += data
+                raise
 
     def flush(self) -> None:
-        """Write the buffered frames (``none`` durability) with ``os.write``."""
+        """Write the buffered frames (``none`` durability, or kept after a failed write)
+        with ``os.write``; on failure they stay buffered (see the class doc)."""
         if self._buf:
-            _write_all(self._fd, bytes(self._buf))
+            self._write(bytes(self._buf))
             self._buf.clear()
+
+    def _write(self, data: bytes) -> None:
+        """Write whole frames at the end of the file, or cut back and raise."""
+        if self._broken is not None:
+            raise type(self._broken)(*self._broken.args)
+        self.check_place()
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._written)  # O_APPEND: the next write lands here
+            except OSError as cut:
+                self._broken = OSError(cut.errno, f"a torn frame after byte {self._written} "
+                                       f"could not be cut ({cut.strerror})", self.path)
+            raise exc
+        self._written += len(data)
+
+    def check_place(self) -> None:
+        """Raise CheckpointWriteError if the segment is no longer linked in the directory it
+        was opened in (deleted, or the directory deleted or replaced)."""
+        try:
+            gone = os.fstat(self._fd).st_nlink == 0 or dir_id(self._dir) != self._dir_id
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            self._broken = CheckpointWriteError(
+                f"The checkpoint directory was deleted or replaced while the job ran: the "
+                f"journal segment {self.path} is no longer in it, so nothing more can be "
+                f"recorded (and nothing is recreated). Put the directory back to resume from "
+                f"it; without it, the next run starts the stage over.")
+            raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:
         """:meth:`flush`, then fsync the segment."""
         self.flush()
-        os.fsync(self._fd)
+        self._fsync()
 
     def sync(self) -> None:
         """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
         try:
-            os.fsync(self._fd)
+            self._fsync()
         except OSError as exc:
-            if exc.errno != 9:  # EBADF: rotated and closed meanwhile
+            if exc.errno != errno.EBADF:  # rotated and closed meanwhile
                 raise
 
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                # The OS may have dropped the pages it could not write: what the file
+                # shows may not be on disk, and no later fsync would tell.
+                self._broken = OSError(exc.errno, f"an fsync failed ({exc.strerror}): the "
+                                       f"OS may have dropped what it could not write", self.path)
+            raise
+
     def close(self) -> None:
-        """Flush and close the file (no fsync). Idempotent."""
+        """Flush and close the file (no fsync). Idempotent. The file is closed even if the
+        flush fails (what it could not write is dropped, as if the process had died)."""
         if self._fd >= 0:
-            self.flush()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -225,6 +316,7 @@ class FileStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
+        self._dirs = DataDirs()
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"
@@ -265,7 +357,7 @@ class FileStore:
             if (entry.is_file() and name.endswith(".json") and not name.startswith(".")
                     and self._is_state_file(entry, name[: -len(".json")])):
                 names.add(name[: -len(".json")])
-            elif entry.is_dir() and any(_GEN_RE.match(p.name) for p in entry.iterdir()):
+            elif entry.is_dir() and is_stage_name(name) and is_data_dir(entry, name, _GEN_RE):
                 names.add(name)
         return sorted(n for n in names if is_stage_name(n))
 
@@ -294,11 +386,13 @@ class FileStore:
     # -- ownership -----------------------------------------------------------
 
     def lock(self, stage: str, owner: Owner) -> StageLock:
-        """Take the stage's lock or raise :class:`CheckpointLockedError`."""
+        """Take the stage's lock or raise :class:`CheckpointLockedError`; then remove the temp
+        files and the half-removed data a crash of an earlier holder left. Raises
+        CheckpointWriteError if the lock file is a symbolic link."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(stage)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 _flock_briefly(fd)
             except OSError as exc:
@@ -322,6 +416,7 @@ class FileStore:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        remove_leftovers(self.directory, self.data_dir(stage), stage)
         return StageLock(path, fd)
 
     def read_lock_owner(self, stage: str) -> Owner | None:
@@ -353,8 +448,13 @@ class FileStore:
     # -- the human-readable state file ----------------------------------------
 
     def write_state(self, stage: str, data: bytes) -> None:
-        """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """See :meth:`Store.write_state`: :func:`atomic_write`, the old file kept as backup.
+        Raises CheckpointWriteError if the stage's directory was deleted or replaced since
+        it was opened (nothing is recreated)."""
+        if self._dirs.is_open(stage):
+            self._dirs.check(stage, self.data_dir(stage))
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
@@ -493,14 +593,25 @@ class FileStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> SegmentWriter:
-        """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes."""
-        self.data_dir(stage).mkdir(parents=True, exist_ok=True)
+        """See :meth:`Store.open_segment`: segment file ``gen``, cut at ``truncate_at`` bytes.
+
+        Never through a link (CheckpointWriteError). A compaction's new segment is created
+        exclusively, with the mode of the one before, in the directory the stage was opened
+        in: if that was deleted or replaced, CheckpointWriteError (nothing is recreated)."""
+        if truncate_at is None:
+            self._dirs.create_segment(stage, self.segment_path(stage, gen),
+                                      self.segment_path(stage, gen - 1))
+        else:
+            self._dirs.open(stage, self.data_dir(stage))
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
                              buffered=buffered, tag=segment_tag(stage, gen))
 
     def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
-        """See :meth:`Store.write_snapshot` (:func:`atomic_write`)."""
-        atomic_write(self.snapshot_path(stage, gen), blob)
+        """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
+        mode of its segment)."""
+        self._dirs.check(stage, self.data_dir(stage))
+        atomic_write(self.snapshot_path(stage, gen), blob,
+                     mode=mode_of(self.segment_path(stage, gen)))
 
     def retain(self, stage: str, keep: int) -> None:
         """Keep the newest ``keep`` snapshots and the journal segments they need."""
@@ -519,11 +630,29 @@ class FileStore:
     # -- whole stages ------------------------------------------------------------
 
     def remove(self, stage: str) -> None:
-        """Delete every file of the stage. The caller holds the lock."""
-        shutil.rmtree(self.data_dir(stage), ignore_errors=True)
+        """Delete every file of the stage. The caller holds the lock.
+
+        In an order that leaves the stage whole or removed wherever a crash cuts it, never
+        an older state: the state file and its backup first (the journal alone is the
+        whole stage), then the data directory is renamed away in one step and deleted
+        (what a crash leaves of it, the next :meth:`lock` deletes). Raises
+        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link.
+        """
+        data = self.data_dir(stage)
+        if data.is_symlink():
+            raise link_error(data)
         for path in (self.state_path(stage), self.backup_path(stage)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._dirs.forget(stage)
+        trash = self.directory / f".{stage}.removing-{os.urandom(8).hex()}"
+        try:
+            _fsync_dir(self.directory)
+            os.rename(data, trash)
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.directory)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage` (file sizes)."""

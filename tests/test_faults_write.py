@@ -1,0 +1,492 @@
+"""Write faults, injected for real: a full disk (a small tmpfs), the checkpoint directory
+deleted or replaced under a running job, reset killed with SIGKILL at every step, planted
+symbolic links, user folders beside the stages, permissions the user set.
+
+Each test counts the committed units it loses; the goal, and what each asserts, is zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scrapy import Request
+from scrapy.utils.request import RequestFingerprinter
+
+from scrapy_checkpoint import (
+    CheckpointWriteError,
+    EnhancedCheckpoint,
+    FileStore,
+    Status,
+    UnifiedCheckpointManager,
+    read_stage,
+)
+from scrapy_checkpoint.journal.doneset import DoneSet
+from scrapy_checkpoint.journal.frames import scan_segment
+from scrapy_checkpoint.journal.keys import key_code
+
+from .conftest import PYTHON, SCRIPTS, python_env
+from .crawl import Outputs, crawl
+from .site import Site
+
+CLI = [PYTHON, "-m", "scrapy_checkpoint.cli"]
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with this tree's package; its exit code is the caller's to check."""
+    return subprocess.run(cmd, check=False, env=python_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(*CLI, "--dir", str(directory), *args)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (needs root), unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          check=False, capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system is full (another process filling the disk)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
+def done_units(directory: Path, stage: str) -> DoneSet:
+    """The done-set of ``stage`` as committed on disk (read without its lock)."""
+    live = read_stage(FileStore(directory), stage)._live
+    assert live is not None
+    return live.done
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("journal-*.log"))
+
+
+# -- 1. a full disk --------------------------------------------------------------------------
+
+
+def test_a_full_disk_never_leaves_a_torn_frame_behind_later_groups(tmp_path: Path) -> None:
+    """Every update that returned is replayed, and so is each one that raised once space
+    came back: nothing committed is dropped behind a torn frame."""
+    n = 5000
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        cp = EnhancedCheckpoint(mnt / "cp", "s", save_every=1, log_every=0, durability="flush",
+                                state_interval=3600.0)
+        cp.start(total_items=n)
+        failures: list[BaseException] = []
+        torn = 0
+        for i in range(n):
+            if i == 1500:
+                fill(mnt / "filler")
+            try:
+                cp.update(processed=1, successful=1, index=i)
+            except (CheckpointWriteError, OSError) as exc:
+                failures.append(exc)
+                for seg in segments(mnt / "cp" / "s"):  # cut back: no torn bytes on disk
+                    torn += scan_segment(seg.read_bytes()).problem is not None
+                (mnt / "filler").unlink()  # the operator frees space; the job goes on
+        assert failures
+        cp.abandon()  # the process dies here (no closing snapshot): replay tells
+        view = read_stage(FileStore(mnt / "cp"), "s")
+        lost = n - len(done_units(mnt / "cp", "s"))
+        assert lost == 0, f"{lost} committed units lost"
+        assert torn == 0
+        assert {type(exc) for exc in failures} == {CheckpointWriteError}
+        assert all("No space left on device" in str(exc) for exc in failures)
+        assert view.problems == []
+        assert not list((mnt / "cp").rglob("*.tmp")), "a failed write left a temp file"
+
+
+def test_a_tracker_on_a_full_disk_stops_with_one_clear_error_and_resumes_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    n = 20000
+    log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
+        cp_dir = mnt / "cp"
+
+        def job(log: Path) -> subprocess.CompletedProcess[str]:
+            return run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(cp_dir), "s", str(n),
+                       str(log), "8", "3", "flush")
+
+        first = job(log1)
+        assert first.returncode != 0, "the job went on with a full disk"
+        assert "Traceback" not in first.stderr, first.stderr  # one paragraph, said once
+        errors = [line for line in first.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, first.stderr
+        assert errors[0].startswith("Error: Cannot write the checkpoint of stage 's'"), errors
+        assert "No space left on device" in errors[0]
+        assert "free disk space" in errors[0]
+        committed = done_units(cp_dir, "s")
+        assert 0 < len(committed) < n
+        remount(mnt, "20m")
+        second = job(log2)
+        assert second.returncode == 0, second.stderr[-3000:]
+        redone = [int(x) for x in log2.read_text().split() if key_code(int(x)) in committed]
+        assert redone == [], f"{len(redone)} committed units were done again (lost)"
+        view = read_stage(FileStore(cp_dir), "s")
+        assert len(done_units(cp_dir, "s")) == n
+        assert view.state.status is Status.COMPLETED
+        assert not list(cp_dir.rglob("*.tmp"))
+
+
+def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_resumes(
+    tmp_path: Path,
+) -> None:
+    n_pages = 1500
+    site = Site(n_pages)
+    outputs = Outputs(tmp_path)
+    try:
+        with tmpfs(tmp_path / "checkpoints", "128k") as mnt:
+            first = crawl(site, outputs)
+            log = first.log
+            assert "'finish_reason': 'checkpoint_error'" in log, log[-3000:]
+            assert log.count("The crawl stops; run the same command again to resume.") == 1
+            assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:5000]
+            assert "No space left on device" in log
+            view = read_stage(FileStore(mnt), "site")
+            fingerprint = RequestFingerprinter().fingerprint
+            committed = {p for p in range(n_pages)
+                         if view.is_done(fingerprint(Request(f"{site.url}/p/{p}")))}
+            assert 0 < len(committed) < n_pages
+            remount(mnt, "50m")
+            second = crawl(site, outputs)
+            assert "'finish_reason': 'finished'" in second.log, second.log[-3000:]
+            assert "Traceback" not in second.log
+            fetched_again = committed & set(second.hits)
+            assert not fetched_again, f"{len(fetched_again)} committed pages were lost"
+            for name in ("items.jl", "own.jl"):
+                pages = outputs.jsonlines(name)
+                assert sorted(pages) == list(range(n_pages)), f"{name}: lost or duplicated items"
+            assert read_stage(FileStore(mnt), "site").state.status is Status.COMPLETED
+    finally:
+        site.close()
+
+
+# -- 2. the directory deleted or replaced ------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_checkpoint_directory_deleted_or_replaced_stops_the_job_and_is_not_recreated(
+    tmp_path: Path, how: str,
+) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", save_every=1, log_every=0)
+    cp.start(total_items=100)
+    for i in range(50):
+        cp.update(processed=1, successful=1, index=i)
+    if how == "deleted":
+        subprocess.run(["rm", "-rf", str(directory)], check=True)
+    else:
+        directory.rename(tmp_path / "moved")
+        directory.mkdir()
+    with pytest.raises(CheckpointWriteError, match="deleted or replaced"):
+        cp.update(processed=1, successful=1, index=50)
+    with pytest.raises(CheckpointWriteError):
+        cp.update(processed=1, successful=1, index=51)
+    cp.abandon()
+    if how == "deleted":
+        assert not directory.exists(), "a partial checkpoint directory was recreated"
+    else:
+        assert list(directory.iterdir()) == [], "the job wrote into the directory put in its place"
+        assert len(done_units(tmp_path / "moved", "s")) == 50, "committed units lost"
+
+
+def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cp"
+    proc = subprocess.Popen([PYTHON, str(SCRIPTS / "tracker_job.py"), str(directory), "s",
+                             "30000", str(tmp_path / "run.log"), "8", "4", "flush"],
+                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    for _ in range(300):  # the job has committed work
+        assert proc.stdout.readline()
+    subprocess.run(["rm", "-rf", str(directory)], check=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "the job went on without its checkpoint"
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("Error: "), err
+    assert "deleted or replaced" in err.strip().splitlines()[-1]
+    assert not directory.exists(), "a partial checkpoint directory was recreated"
+
+
+def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recreate_it(
+    tmp_path: Path,
+) -> None:
+    site = Site(600, delay=0.004)
+    outputs = Outputs(tmp_path)
+    directory = tmp_path / "checkpoints"
+    try:
+        first = crawl(site, outputs, interrupt=lambda _proc: shutil.rmtree(directory),
+                      interrupt_after_hits=60)
+    finally:
+        site.close()
+    assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+    assert first.log.count("deleted or replaced while the job ran") == 1, first.log[-5000:]
+    assert "Traceback" not in first.log
+    assert not directory.exists(), "a partial checkpoint directory was recreated"
+
+
+# -- 4. reset killed at every step ---------------------------------------------------------------
+
+_KILLED_RESET = """
+import os, shutil, signal, sys
+step, calls = int(sys.argv[2]), [0]
+def killing(fn):
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapper
+for name in ("unlink", "remove", "rmdir", "rename", "replace"):
+    setattr(os, name, killing(getattr(os, name)))
+from scrapy_checkpoint import UnifiedCheckpointManager
+UnifiedCheckpointManager(sys.argv[1]).reset("s")
+print(calls[0])
+"""
+
+
+def test_reset_killed_at_any_step_leaves_the_stage_whole_or_reset(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    n = 3000
+    cp = EnhancedCheckpoint(template, "s", save_every=25, log_every=0, compact_min_bytes=4096,
+                            keep_snapshots=4)
+    cp.start(total_items=n)
+    for i in range(n):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    assert len(list((template / "s").glob("snapshot-*.bin"))) >= 3  # older states to fall to
+
+    def killed_at(step: int) -> tuple[int, Path]:
+        directory = tmp_path / f"k{step}"
+        subprocess.run(["cp", "-a", str(template), str(directory)], check=True)
+        return run(PYTHON, "-c", _KILLED_RESET, str(directory), str(step)).returncode, directory
+
+    rc, _ = killed_at(0)  # not killed: how many steps a reset takes
+    assert rc == 0
+    outcomes = []
+    step = 1
+    while True:
+        rc, directory = killed_at(step)
+        if rc == 0:
+            break
+        assert rc == -signal.SIGKILL
+        cp = EnhancedCheckpoint(directory, "s", log_every=0)
+        cp.start()
+        done, processed = len(cp.live.done), cp.live.processed
+        cp.pause()
+        cp.close()
+        assert (done, processed) in ((n, n), (0, 0)), (
+            f"killed at step {step}: {done} done, {processed} processed: an older state")
+        outcomes.append(done)
+        assert not [p.name for p in directory.iterdir() if ".removing-" in p.name], (
+            "the next open left the half-removed data")
+        step += 1
+    assert step > 3
+    assert 0 in outcomes, outcomes
+    assert n in outcomes, outcomes
+
+
+# -- 10. symbolic links --------------------------------------------------------------------------
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    directory.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    (directory / "s.lock").symlink_to(target)
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    with pytest.raises(CheckpointWriteError, match="symbolic link"):
+        cp.start(total_items=1)
+    assert target.read_text() == "PRECIOUS\n"
+
+
+def test_a_journal_segment_that_is_a_link_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cp"
+    (directory / "s").mkdir(parents=True)
+    target = tmp_path / "precious.log"
+    target.write_text("PRECIOUS\n")
+    (directory / "s" / "journal-00000000.log").symlink_to(target)
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    with pytest.raises(CheckpointWriteError, match="symbolic link"):
+        cp.start(total_items=1)
+    assert target.read_text() == "PRECIOUS\n"
+
+
+def test_planted_temp_file_links_are_never_written_through(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    directory.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    # The names a writer that names its temp files after its pid would use.
+    for name in (f".s.json.{os.getpid()}.tmp", f".s.json.bak.{os.getpid()}.tmp"):
+        (directory / name).symlink_to(target)
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=2)
+    cp.update(processed=1, successful=1, index=0)
+    cp.complete()
+    cp.close()
+    assert target.read_text() == "PRECIOUS\n"
+    assert not list(directory.glob(".*.tmp")), "planted links not cleaned at open"
+    assert read_stage(FileStore(directory), "s").state.progress.processed_items == 1
+
+
+def test_reset_through_a_linked_data_directory_refuses_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=10)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    (directory / "s").rename(tmp_path / "elsewhere")
+    (directory / "s").symlink_to(tmp_path / "elsewhere")
+    before = sorted(p.name for p in (tmp_path / "elsewhere").iterdir())
+    done = cli(directory, "reset", "s", "--force")
+    assert done.returncode != 0
+    assert "symbolic link" in done.stderr
+    assert "not reset" in done.stderr
+    assert "Reset s." not in done.stdout
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == before
+    assert (directory / "s.json").exists(), "the state file was deleted"
+
+
+# -- 12. reset all and cleanup delete only stages ---------------------------------------------
+
+
+def test_reset_all_and_cleanup_leave_a_user_folder_with_a_segment_like_file(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    cp.complete()
+    cp.close()
+    backups = directory / "backups"
+    backups.mkdir()
+    (backups / "journal-00000001.log").write_text("my own log\n")
+    (backups / "important.csv").write_text("a,b\n")
+    # A copy of the stage's own first segment names stage 's', not 'backups'.
+    (backups / "journal-00000000.log").write_bytes(
+        (directory / "s" / "journal-00000000.log").read_bytes())
+    assert UnifiedCheckpointManager(directory).stages() == ["s"]
+    listed = cli(directory, "list")
+    assert "backups" not in listed.stdout
+    done = cli(directory, "reset", "all", "--force")
+    assert done.returncode == 0, done.stderr
+    assert "backups" not in done.stdout
+    cleaned = cli(directory, "cleanup", "--days", "0")
+    assert "backups" not in cleaned.stdout
+    assert sorted(p.name for p in backups.iterdir()) == [
+        "important.csv", "journal-00000000.log", "journal-00000001.log"]
+
+
+def test_cleanup_refuses_a_negative_age(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    cp.complete()
+    cp.close()
+    done = cli(directory, "cleanup", "--days", "-1")
+    assert done.returncode == 2
+    assert "--days" in done.stderr
+    assert UnifiedCheckpointManager(directory).stages() == ["s"]
+    with pytest.raises(ValueError, match="0 or more"):
+        UnifiedCheckpointManager(directory).cleanup(older_than_days=-1)
+
+
+# -- 15. modes and temp files ---------------------------------------------------------------------
+
+
+def test_files_keep_the_mode_the_user_gave_them(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, compact_min_bytes=4096)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    cp.pause()
+    cp.close()
+    for path in [directory / "s.json", *directory.joinpath("s").iterdir()]:
+        path.chmod(0o600)
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, compact_min_bytes=4096, save_every=1)
+    cp.start()
+    for i in range(1, 400):  # past compact_min_bytes: a new segment and a snapshot
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    files = [directory / "s.json", directory / "s.json.bak", *directory.joinpath("s").iterdir()]
+    assert len(list(directory.joinpath("s").glob("snapshot-*"))) >= 2
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o600"}, modes
+
+
+_KILLED_AT_RENAME = """
+import os, signal, sys
+real = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("s.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+from scrapy_checkpoint import EnhancedCheckpoint
+cp = EnhancedCheckpoint(sys.argv[1], "s", log_every=0)
+cp.start(total_items=3)
+cp.update(processed=1, successful=1, index=0)
+cp.save(force=True)
+"""
+
+
+def test_a_temp_file_left_by_a_crash_is_removed_by_the_next_open(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    done = run(PYTHON, "-c", _KILLED_AT_RENAME, str(directory))
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert list(directory.glob(".s.json.*.tmp")), "the crash left no temp file to clean"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.open()  # writes nothing yet (a start queues a state write, with its own temp file)
+    assert not list(directory.rglob("*.tmp")), "the next open left the temp file"
+    cp.start()
+    assert len(cp.live.done) == 1
+    cp.complete()
+    cp.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
