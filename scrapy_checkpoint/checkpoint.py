@@ -217,6 +217,7 @@ class EnhancedCheckpoint(StageReadings):
         self._live: LiveState | None = None
         self._lock: Lock | None = None
         self._running = self._started = self._created = False
+        self._vanished: str | None = None
         self._progress = ProgressLog(self.config.log_every, self.config.throughput_window)
         self._committer = GroupCommitter(self.config, self.store, self._progress)
         #: The group being built (the committer's; read on the update path).
@@ -250,6 +251,7 @@ class EnhancedCheckpoint(StageReadings):
             raise
         self._lock, self._live = lock, live
         self._created = loaded.exists
+        self._vanished = loaded.vanished
         if from_state_file is not None:  # journaled again, so the next open finds it
             self._record({INIT: from_state_file.model_dump(mode="json")})
         _close_at_exit(self)
@@ -272,6 +274,9 @@ class EnhancedCheckpoint(StageReadings):
         self.open(stage)
         stage = self.stage
         assert stage is not None
+        if self._vanished is not None and not reset:
+            self.abandon()  # nothing written: the marker stays for the next run
+            raise CheckpointError(self._vanished)
         live = self.live
         in_hash = None if input_file is None else _input_hash(
             stage, input_file, live.info.input_file_hash if self._created and not reset else None)

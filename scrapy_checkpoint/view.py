@@ -104,7 +104,7 @@ def read_stage(store: Store, stage: str) -> StageView:
     """
     loaded = store.load(stage)
     file_state, problems = store.read_state(stage)
-    if not loaded.exists and file_state is None:
+    if not loaded.exists and file_state is None and loaded.vanished is None:
         raise FileNotFoundError(f"No checkpoint for stage {stage!r} in {store.location}.")
     live = LiveState.from_loaded(stage, loaded)
     if loaded.snapshot is None and not loaded.payloads and file_state is not None:

@@ -147,11 +147,12 @@ class PrivateRedis:
     """A redis-server of the test's own, on a free port, with an fsynced append-only file:
     it can be stopped and started again with its data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
         self.port = _free_port()
         directory.mkdir()
         self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                    str(directory), "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+                    str(directory), "--appendonly", "yes" if persistent else "no",
+                    "--appendfsync", "always", "--save", ""]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -328,3 +329,88 @@ def test_a_stale_owner_record_never_lets_a_third_process_take_a_live_holders_sta
             lock.release()
     finally:
         store.close()
+
+
+@needs_redis_server
+def test_a_redis_restarted_empty_stops_the_job_and_the_next_run_does_not_start_from_zero(
+    tmp_path: Path,
+) -> None:
+    """Redis without persistence restarted under a running tracker: the job stops with one
+    paragraph saying Redis lost the stage; the next run refuses to start it from zero
+    silently (nothing redone), and starts over only when told to."""
+    private = PrivateRedis(tmp_path / "redis", persistent=False)
+    url = private.url
+    log = tmp_path / "work.log"
+    args = [PYTHON, str(SCRIPTS / "tracker_job.py"), url, "stage3", "3000", str(log), "8", "5",
+            "fsync"]
+    try:
+        job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=python_env())
+        assert job.stdout is not None
+        for n, _ in enumerate(job.stdout):
+            if n == 500:
+                private.restart()  # comes back empty
+                break
+        _, err = job.communicate(timeout=300)
+        assert job.returncode != 0, "the job went on with its checkpoint gone"
+        text = err.decode()
+        assert "Traceback" not in text, text
+        assert "no longer holds stage 'stage3': its keys are gone" in text
+        done_first = len(log.read_text().split())
+        assert done_first < 3000
+
+        again = subprocess.run(args, capture_output=True, env=python_env(), timeout=300,
+                               check=False)
+        assert again.returncode != 0
+        assert "lost the checkpoint of stage 'stage3'" in again.stderr.decode()
+        assert "not started from zero silently" in again.stderr.decode()
+        assert len(log.read_text().split()) == done_first, "the next run started from zero"
+        reader = RedisStore(url)
+        try:
+            assert "stage3" in reader.stages()  # list and show see it, and can reset it
+            view = read_stage(reader, "stage3")
+            assert any("lost the checkpoint" in p for p in view.problems)
+            reader.remove("stage3")  # what `scrapy-checkpoint reset stage3` does
+        finally:
+            reader.close()
+        over = subprocess.run(args, capture_output=True, env=python_env(), timeout=300,
+                              check=False)
+        assert over.returncode == 0, over.stderr.decode()[-3000:]
+    finally:
+        private.stop()
+
+
+@needs_redis_server
+def test_a_crawl_whose_redis_restarts_empty_stops_and_is_not_redone_silently(
+    tmp_path: Path,
+) -> None:
+    """A real `scrapy crawl` on a Redis without persistence, restarted empty mid-crawl: the
+    crawl stops with close reason checkpoint_error; the same command run again refuses to
+    crawl the stage from zero (no feed line written twice) until it is reset."""
+    from .crawl import Outputs, crawl
+    from .site import Site
+
+    private = PrivateRedis(tmp_path / "redis", persistent=False)
+    site = Site(300, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private.url)
+    outputs.directory.mkdir()
+    try:
+        def restart_midway() -> None:
+            if site.wait_for_hits(100):
+                private.restart()
+
+        threading.Thread(target=restart_midway, daemon=True).start()
+        first = crawl(site, outputs)
+        assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+        assert "no longer holds stage 'site': its keys are gone" in first.log
+        written = outputs.jsonlines("items.jl")
+        assert len(written) == len(set(written)) < 300
+        again = crawl(site, outputs)
+        assert again.returncode == 1, again.log[-3000:]
+        assert "The crawl cannot start. Redis at" in again.log
+        assert "lost the checkpoint of stage 'site'" in again.log
+        assert again.hits == {}
+        assert outputs.jsonlines("items.jl") == written
+    finally:
+        site.close()
+        private.stop()

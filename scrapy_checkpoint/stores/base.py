@@ -69,6 +69,9 @@ class Loaded:
     problems: list[str] = field(default_factory=list)
     #: True when at least one file (or key) of the stage exists.
     exists: bool = False
+    #: The store lost the stage's data while a process was running it (a Redis restarted
+    #: empty): what happened, for the error that keeps it from starting from zero silently.
+    vanished: str | None = None
 
 
 class JournalWriter(Protocol):

@@ -23,6 +23,7 @@ and arguments are.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -39,9 +40,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
+from ..clock import utcnow
 from ..errors import (
     CheckpointError,
     CheckpointLockedError,
+    CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
     redact,
@@ -290,6 +293,8 @@ class RedisJournalWriter:
                                exc, len(self._pending))
                 return
             except ResponseError as exc:
+                if "STAGE_GONE" in str(exc):
+                    raise self._store.stage_gone(self._stage, seq - 1) from None
                 if "LOST_LOCK" in str(exc):
                     raise CheckpointLockedError(self._stage, None, None, None) from exc
                 raise
@@ -383,7 +388,8 @@ class RedisStore:
     def stage_keys(self, stage: str) -> list[str]:
         """Every key the store keeps for ``stage`` (lock and owner included)."""
         return [self.key(stage, part) for part in
-                ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt")]
+                ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt",
+                 "gone")]
 
     def lua_script(self, name: str, package: str = __package__) -> Any:
         """The script ``<package>/lua/<name>.lua`` registered with this store's client: a
@@ -472,7 +478,7 @@ class RedisStore:
         names = sorted(n.decode(errors="replace") for n in self.client.smembers(f"{self.prefix}:stages"))
         names = [n for n in names if is_stage_name(n)]  # a value put there by others: ignored
         return [n for n in names if self.client.exists(self.key(n, "state"), self.key(n, "journal"),
-                                                        self.key(n, "snapshot"))]
+                                                        self.key(n, "snapshot"), self.key(n, "gone"))]
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -521,7 +527,8 @@ class RedisStore:
             pipe.hgetall(self.key(stage, "meta"))
             pipe.lrange(self.key(stage, "journal"), 0, -1)
             pipe.exists(self.key(stage, "state"))
-            blob, meta, records, has_state = pipe.execute()
+            pipe.get(self.key(stage, "gone"))
+            blob, meta, records, has_state, gone = pipe.execute()
         try:
             meta = {k.decode(): int(v) for k, v in meta.items()}
             if any(v < 0 for v in meta.values()):
@@ -553,6 +560,9 @@ class RedisStore:
                 f"was trimmed, so the stage cannot be rebuilt. Reset the stage to start over.")
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems)
+        if gone is not None and not loaded.exists:
+            loaded.vanished = self._vanished_message(stage, gone)
+            problems.append(loaded.vanished)
         good = 0
         for record in records:
             try:
@@ -566,6 +576,38 @@ class RedisStore:
         loaded.dropped_bytes = sum(len(r) for r in records[good:])
         loaded.generation = meta.get("seq", 0)
         return loaded
+
+    def stage_gone(self, stage: str, committed: int) -> CheckpointWriteError:
+        """The stage's keys vanished under its writer after ``committed`` journal groups:
+        leave a marker (``p:s:gone``) so that the next run does not start it from zero
+        silently (see :attr:`Loaded.vanished`), and return the error the job stops with."""
+        owner = Owner.current()
+        if committed > 0:
+            with contextlib.suppress(Exception):  # the error below is what matters
+                marker = json.dumps({"at": utcnow().isoformat(timespec="seconds"),
+                                     "host": owner.host, "pid": owner.pid, "groups": committed})
+                self.client.pipeline().set(self.key(stage, "gone"), marker, nx=True).sadd(
+                    f"{self.prefix}:stages", stage).execute()
+        return CheckpointWriteError(
+            f"Redis at {self.location} no longer holds stage {stage!r}: its keys are gone "
+            f"(Redis was restarted without its data, or flushed or replaced), with the "
+            f"{committed} journal group(s) this stage had recorded. This run stops: nothing "
+            f"more can be recorded. The next run will not start the stage from zero silently; "
+            f"run Redis with persistence (appendonly yes) to keep checkpoints across restarts.")
+
+    def _vanished_message(self, stage: str, raw: bytes) -> str:
+        try:
+            info = json.loads(raw)
+            when = f" at {info['at']}, while pid {int(info['pid'])} on host {info['host']} was " \
+                   f"running it, after {int(info['groups'])} journal group(s)"
+        except (ValueError, KeyError, TypeError):
+            when = ""
+        return (f"Redis at {self.location} lost the checkpoint of stage {stage!r}{when} (Redis "
+                f"was restarted without its data, or flushed or replaced). How much of the stage "
+                f"was done is not known, so it is not started from zero silently. To start it "
+                f"over: scrapy-checkpoint --backend URL reset {stage} (in a crawl: -s "
+                f"CHECKPOINT_RESET=True). Run Redis with persistence (appendonly yes) to keep "
+                f"checkpoints across restarts.")
 
     def set_aside(self, stage: str, loaded: Loaded) -> None:
         """See :meth:`Store.set_aside`: the unreadable records move to the ``corrupt``

@@ -7,9 +7,15 @@
 -- group; with unit tracking also ARGV[4] the value finished units get, ARGV[5] how
 -- many finished units follow, then their codes, then the codes of the units it adds.
 --
--- Fails with LOST_LOCK unless the caller still holds the lock. Returns 0 without
+-- Fails with STAGE_GONE when the stage's keys are gone, with LOST_LOCK when the caller no
+-- longer holds the lock. Returns 0 without
 -- appending if the sequence number is not new (a retry after a lost reply), else 1.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  -- No lock, no journal, no meta: the stage's keys vanished under its writer (a Redis
+  -- restarted without its data, flushed or replaced), not a lease another process took.
+  if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) == 0 then
+    return redis.error_reply('STAGE_GONE the stage lock, journal and meta are gone')
+  end
   return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
 end
 local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
