@@ -1,12 +1,13 @@
 """The crawl's requests as units of the checkpoint: which are tracked, and when each is done.
 
-A request is a unit keyed by the code of its fingerprint. It is journaled as
-*added* when the scheduler is handed it (``request_scheduled``), *started* when
-it begins downloading and *done* when the engine has finished with it (callback
-or errback output processed, items through the pipelines and released to the
-durable outputs). Requests whose fingerprint is done are dropped wherever they
-come from (``start()`` included), and at open the added-but-not-done requests
-are scheduled again.
+A request is a unit keyed by the code of its fingerprint, or for a ``dont_filter``
+request, of its fingerprint and its place among what its parent yielded
+(:mod:`.identity`). It is journaled as *added* when the scheduler is handed it
+(``request_scheduled``), *started* when it begins downloading and *done* when the
+engine has finished with it (callback or errback output processed, items through
+the pipelines and released to the durable outputs). Requests whose unit is done
+are dropped wherever they come from (``start()`` included), and at open the
+added-but-not-done requests are scheduled again, each with its unit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scrapy.exceptions import IgnoreRequest
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
+from .identity import IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_checkpoint")
 
-#: ``request.meta`` key holding the request's unit code (survives retries and redirects).
-UNIT_META = "_checkpoint_unit"
-#: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
-IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
 
@@ -69,8 +67,9 @@ class Claims(Protocol):
 class SharedQueue(Protocol):
     """A queue all workers of a shared stage pop from (:class:`~.scrapy_redis.ScrapyRedisPairing`)."""
 
-    def queue(self, request: Request, code: int, spider: Spider) -> None:
-        """Send a newly scheduled unit to the shared queue (``IgnoreRequest``: not this time)."""
+    def queue(self, request: Request, code: int, spider: Spider, *, continuation: bool) -> None:
+        """Send a newly scheduled unit to the shared queue (``IgnoreRequest``: not this time);
+        ``continuation``: the request continues unit ``code`` of this worker (a retry)."""
         ...
 
     def take(self, request: Request, code: int) -> None:
@@ -103,7 +102,10 @@ class Frontier:
         self.live: set[int] = set()
         #: Units done in this run (8 bytes each).
         self.done_here = DoneSet(timed=False)
-        #: Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
+        #: Which unit each request is (its fingerprint, or its place for dont_filter ones).
+        self.identity = UnitIdentity(crawler.request_fingerprinter.fingerprint)
+        #: Units of this run keyed by their fingerprint whose request bypassed the dupefilter
+        #: (scheduled again with dont_filter, see schedule()): few, kept.
         self.unfiltered: set[int] = set()
         #: Units whose request is queued again (a retry or continuation): unit -> how many.
         self.continued: dict[int, int] = {}
@@ -115,6 +117,8 @@ class Frontier:
         self._failures: set[int] = set()
         self._ignored: set[int] = set()
         self._just_registered: Request | None = None
+        # The journaled request schedule() is handing to the engine: its meta holds its unit.
+        self._rescheduled: Request | None = None
         # The request objects that carry a unit: scheduled through request_scheduled. Others
         # (an inline engine.download() with copied meta) must not start or finish it.
         self._registered: WeakSet[Request] = WeakSet()
@@ -148,7 +152,13 @@ class Frontier:
             return
         cp = self.cp
         self._just_registered = None
-        code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
+        continued = False
+        if request is self._rescheduled:
+            code = meta[UNIT_META]
+        elif request.dont_filter:
+            code, continued = self.identity.unfiltered_code(request, self.live)
+        else:
+            code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
         if code in cp.live.done:
             if code not in self.done_here:
                 self.skipped += 1
@@ -159,10 +169,10 @@ class Frontier:
             self._drop_duplicate(request, code)
             return
         if self.pairing is not None:
-            self.pairing.queue(request, code, spider)
+            self.pairing.queue(request, code, spider, continuation=continued)
             return
         if code in self.live:
-            if meta.get(UNIT_META) == code and request.dont_filter:
+            if continued:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
                 # and its own outcome is the unit's.
                 self.continued[code] = self.continued.get(code, 0) + 1
@@ -181,7 +191,7 @@ class Frontier:
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
-        if request.dont_filter:
+        if request.dont_filter and code == self.identity.plain_code(request):
             self.unfiltered.add(code)
         if code not in cp.live.pending:
             # A request that cannot be journaled is recorded as existing (payload None): a
@@ -190,8 +200,9 @@ class Frontier:
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
-        which saw the unit in this run (cheaper than raising); a ``dont_filter`` copy, or
-        one of a unit that bypassed the dupefilter, is dropped here."""
+        which saw the unit in this run (cheaper than raising); a ``dont_filter`` request of a
+        unit already here (what a callback done again yields again, a ``start()`` request
+        resumed), or a duplicate of a unit that bypassed the dupefilter, is dropped here."""
         if not request.dont_filter and code not in self.unfiltered:
             return
         self.stats.inc_value("checkpoint/duplicates_dropped")
@@ -205,6 +216,7 @@ class Frontier:
             code = request.meta[UNIT_META]
             self.live.discard(code)
             self.unfiltered.discard(code)
+            self.identity.forget(code)
             self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
 
     def payload(self, request: Request, spider: Spider, *,
@@ -242,16 +254,21 @@ class Frontier:
                 self.stats.inc_value("checkpoint/unrestorable")
                 unrestorable += foreign
                 continue
+            # Its unit, whatever dont_filter becomes: never a continuation of one here.
+            request.meta[UNIT_META] = self.identity.journaled_code(request)
             if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
                 request.dont_filter = True
             if foreign:
-                # Not a continuation of the unit it had in another worker; past the dupefilter,
-                # which may have seen it here before it was given away or taken by a dead one.
-                request.meta.pop(UNIT_META, None)
+                # Past the dupefilter, which may have seen it here before it was given away or
+                # taken by a dead one.
                 request.dont_filter = True
                 if self.pairing is not None:  # back to the shared queue
                     request.meta[REQUEUE_META] = True
-            engine.crawl(request)
+            self._rescheduled = request
+            try:
+                engine.crawl(request)
+            finally:
+                self._rescheduled = None
             scheduled += 1
         if unjournaled:
             self.cp.record_lost(LOST_UNJOURNALED, unjournaled)
@@ -278,6 +295,12 @@ class Frontier:
         # Not a copy this worker drops (given away, or another worker's): only its own.
         if request.meta.get(UNIT_META) in self.live and request in self._registered:
             self._ignored.add(request.meta[UNIT_META])
+
+    def child_yielded(self, request: Request, parent: Request) -> None:
+        """A callback or errback of ``parent`` yielded ``request`` (before it is scheduled):
+        a ``dont_filter`` one is given its origin (see :mod:`.identity`)."""
+        if request.dont_filter and self.active and request is not parent:
+            self.identity.tag(request, self.unit_of_request(parent))
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         """``spider_error`` signal: the callback raised."""
@@ -332,6 +355,7 @@ class Frontier:
                 self.continued[code] = continued - 1
             return
         self.live.discard(code)
+        self.identity.forget(code)
         self.done_here.add_new(code)
         self.outputs.release(code)
         if self.on_done is not None:
@@ -366,6 +390,7 @@ class Frontier:
     def let_go(self, code: int) -> None:
         """The unit left this worker (given away, or queued for any worker to take)."""
         self.live.discard(code)
+        self.identity.forget(code)
         self._failures.discard(code)
         self._ignored.discard(code)
         if self.on_leave is not None:
@@ -377,7 +402,7 @@ class Frontier:
 
     def spare(self) -> list[int]:
         """Pending units of this worker that may be given away: scheduled here, not started,
-        not continued, not past the dupefilter."""
+        not continued, not keyed by a fingerprint that bypassed the dupefilter here."""
         live = self.cp.live
         started = live.started
         pending = live.pending
