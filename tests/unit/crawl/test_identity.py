@@ -274,3 +274,35 @@ def test_a_start_request_with_dont_filter_is_a_unit_apart_from_links_to_its_page
     assert _stats(second)["checkpoint/skipped"] >= 1  # the start request, done in the first run
     assert site.page_hits() == plain_hits
     assert _items(feed) == plain_items
+
+
+class RedirectedSpider(scrapy.Spider):
+    """Asks for /r/1 (302 to /p/1) once per jar, with dont_filter."""
+
+    name = "tree"
+
+    def __init__(self, base: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base = base
+
+    async def start(self) -> AsyncIterator[Any]:
+        for jar in range(JARS):
+            yield scrapy.Request(f"{self.base}/r/1", meta={"cookiejar": jar}, dont_filter=True)
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
+        yield {"jar": response.meta["cookiejar"], "page": int(response.url.rsplit("/", 1)[1])}
+
+
+@pytest_twisted.inlineCallbacks
+def test_redirects_of_dont_filter_requests_are_units_of_their_own(
+    make_crawler: MakeCrawler, site: Site, tmp_path: Path
+) -> Iterator[Any]:
+    yield from _crawl(make_crawler, RedirectedSpider, tmp_path / "plain.jl", plain=True,
+                      base=site.url)
+    assert site.page_hits() == {1: JARS}
+    site.hits.clear()
+    crawler = yield from _crawl(make_crawler, RedirectedSpider, tmp_path / "items.jl",
+                                base=site.url)
+    assert site.page_hits() == {1: JARS}
+    assert _items(tmp_path / "items.jl") == _items(tmp_path / "plain.jl")
+    assert _stats(crawler)["checkpoint/done"] == 2 * JARS  # each redirect, and its target
