@@ -324,6 +324,8 @@ class CheckpointExtension:
         :meth:`SharedWorker.idle`."""
         if not self.active or self.cp is None:
             return
+        if self.frontier is not None:
+            self.frontier.release_holds()
         try:
             self.cp.request_durable()
             if self.worker is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
-from weakref import WeakSet, WeakValueDictionary
+from weakref import WeakKeyDictionary, WeakSet, WeakValueDictionary
 
 from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest
@@ -23,7 +23,7 @@ from scrapy.exceptions import IgnoreRequest
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
-from .identity import IGNORE_META, UNIT_META, UnitIdentity
+from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 
@@ -54,6 +54,40 @@ def resume_order(pending: dict[int, Any], inflight: set[int], *, lifo: bool) -> 
     again = [payload for code, payload in pending.items() if code in inflight]
     rest = [payload for code, payload in pending.items() if code not in inflight]
     return rest + again if lifo else again + rest
+
+
+class Holds:
+    """``checkpoint_ignore`` requests that a unit's callback yielded hold that unit: it is done
+    once they are finished (their items are its items), so a crash before then redoes them
+    with it. A few per unit whose callback runs; nothing once they are finished."""
+
+    def __init__(self) -> None:
+        self._count: dict[int, int] = {}
+        self._holder: WeakKeyDictionary[Request, int] = WeakKeyDictionary()
+        #: Units whose own request is finished, waiting for the requests that hold them.
+        self.waiting: dict[int, Request] = {}
+
+    def hold(self, request: Request, unit: int) -> None:
+        """``request`` (scheduled) holds ``unit`` until :meth:`release`."""
+        if request not in self._holder:
+            self._holder[request] = unit
+            self._count[unit] = self._count.get(unit, 0) + 1
+
+    def held(self, unit: int) -> bool:
+        return unit in self._count
+
+    def release(self, request: Request) -> int | None:
+        """``request`` is finished (or was dropped): the unit it held if that unit now waits
+        for nothing (and is no longer waiting), else None."""
+        unit = self._holder.pop(request, None)
+        if unit is None:
+            return None
+        left = self._count[unit] - 1
+        if left:
+            self._count[unit] = left
+            return None
+        del self._count[unit]
+        return unit if self.waiting.get(unit) is not None else None
 
 
 class Claims(Protocol):
@@ -109,6 +143,8 @@ class Frontier:
         self.unfiltered: set[int] = set()
         #: Units whose request is queued again (a retry or continuation): unit -> how many.
         self.continued: dict[int, int] = {}
+        #: Units held by the checkpoint_ignore requests their callbacks yielded.
+        self.holds = Holds()
         #: Units pending at open that had started (in flight at the crash): redone now.
         live = cp.live
         self.inflight_at_crash: set[int] = live.started & live.pending.keys()
@@ -149,6 +185,9 @@ class Frontier:
         meta = request.meta
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
+            holder = meta.get(HOLDER_META)
+            if holder is not None and holder in self.live:
+                self.holds.hold(request, holder)
             return
         cp = self.cp
         self._just_registered = None
@@ -209,9 +248,13 @@ class Frontier:
         raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
 
     def request_dropped(self, request: Request, spider: Spider) -> None:
-        """``request_dropped`` signal: the scheduler refused a request just registered."""
+        """``request_dropped`` signal: the scheduler refused a request just registered (or a
+        ``checkpoint_ignore`` one holding a unit)."""
+        if not self.active:
+            return
+        self._release(request)
         # Only a request registered just now can be refused by the scheduler as ours.
-        if request is self._just_registered and self.active:
+        if request is self._just_registered:
             self._just_registered = None
             code = request.meta[UNIT_META]
             self.live.discard(code)
@@ -298,8 +341,18 @@ class Frontier:
 
     def child_yielded(self, request: Request, parent: Request) -> None:
         """A callback or errback of ``parent`` yielded ``request`` (before it is scheduled):
-        a ``dont_filter`` one is given its origin (see :mod:`.identity`)."""
-        if request.dont_filter and self.active and request is not parent:
+        a ``checkpoint_ignore`` one holds the parent's unit (:class:`Holds`), a ``dont_filter``
+        one is given its origin (see :mod:`.identity`)."""
+        if not self.active or request is parent:
+            return
+        meta = request.meta
+        if meta.get(IGNORE_META):
+            holder = self.unit_of_request(parent)
+            if holder is None:
+                meta.pop(HOLDER_META, None)
+            else:
+                meta[HOLDER_META] = holder
+        elif request.dont_filter:
             self.identity.tag(request, self.unit_of_request(parent))
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
@@ -317,8 +370,13 @@ class Frontier:
         return self.unit_of_request(getattr(response, "request", None))
 
     def unit_of_request(self, request: Request | None) -> int | None:
-        """The unit ``request`` carries in this run (None: none)."""
-        unit = request.meta.get(UNIT_META) if request is not None else None
+        """The unit ``request`` carries in this run, or the one it holds (None: none)."""
+        if request is None:
+            return None
+        meta = request.meta
+        unit = meta.get(UNIT_META)
+        if unit is None:
+            unit = meta.get(HOLDER_META)
         return unit if unit in self.live else None
 
     # -- the engine's request lifecycle (see engine_hooks) ---------------------------------
@@ -345,6 +403,8 @@ class Frontier:
         """The engine is done with ``request``: its unit is done, with its outcome."""
         code = request.meta.get(UNIT_META)
         if code not in self.live or not self.active or request not in self._registered:
+            if self.active:
+                self._release(request)
             return
         self._registered.discard(request)
         continued = self.continued.get(code)
@@ -354,6 +414,28 @@ class Frontier:
             else:
                 self.continued[code] = continued - 1
             return
+        if self.holds.held(code):  # checkpoint_ignore requests it yielded are not finished
+            self.holds.waiting[code] = request
+            return
+        self._finish(code, request)
+
+    def _release(self, request: Request) -> None:
+        """``request`` is finished or dropped: finish the unit it held, if that waited only
+        for it."""
+        unit = self.holds.release(request)
+        if unit is not None:
+            self._finish(unit, self.holds.waiting.pop(unit))
+
+    def release_holds(self) -> None:
+        """The crawl is idle: every request is finished, so units still held (a
+        ``checkpoint_ignore`` request dropped unseen, e.g. by another ``request_scheduled``
+        handler) are finished now."""
+        waiting, self.holds = self.holds.waiting, Holds()
+        for code, request in waiting.items():
+            self._finish(code, request)
+
+    def _finish(self, code: int, request: Request) -> None:
+        """Unit ``code`` is done; ``request`` is the last request that carried it."""
         self.live.discard(code)
         self.identity.forget(code)
         self.done_here.add_new(code)

@@ -44,6 +44,9 @@ UNIT_META = "_checkpoint_unit"
 ORIGIN_META = "_checkpoint_origin"
 #: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
 IGNORE_META = "checkpoint_ignore"
+#: ``request.meta`` key holding the unit a ``checkpoint_ignore`` request belongs to: the
+#: unit whose callback or errback yielded it (done only once that request is finished).
+HOLDER_META = "_checkpoint_holder"
 #: The parent of ``dont_filter`` requests that no unit's callback yielded (``start()``).
 ROOT = 0
 

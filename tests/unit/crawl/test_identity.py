@@ -306,3 +306,45 @@ def test_redirects_of_dont_filter_requests_are_units_of_their_own(
     assert site.page_hits() == {1: JARS}
     assert _items(tmp_path / "items.jl") == _items(tmp_path / "plain.jl")
     assert _stats(crawler)["checkpoint/done"] == 2 * JARS  # each redirect, and its target
+
+
+class IgnoredChildrenSpider(scrapy.Spider):
+    """Page 0 (a unit) asks for pages 1-9 with ``checkpoint_ignore``; one item per page.
+    ``stop_after``: stop as Ctrl-C does after that many items."""
+
+    name = "tree"
+
+    def __init__(self, base: str, stop_after: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base, self.stop_after, self.seen = base, stop_after, 0
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(f"{self.base}/p/0")
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
+        page = int(response.url.rsplit("/", 1)[1])
+        yield {"page": page}
+        self.seen += 1
+        if self.seen == self.stop_after:
+            deferred_from_coro(self.crawler.stop_async())
+        if page == 0:
+            for n in range(1, 10):
+                yield scrapy.Request(f"{self.base}/p/{n}", meta={"checkpoint_ignore": True})
+
+
+@pytest_twisted.inlineCallbacks
+def test_checkpoint_ignore_requests_a_unit_yielded_are_done_with_it(
+    make_crawler: MakeCrawler, site: Site, tmp_path: Path
+) -> Iterator[Any]:
+    feed = tmp_path / "items.jl"
+    first = yield from _crawl(make_crawler, IgnoredChildrenSpider, feed, base=site.url,
+                              stop_after=3)
+    assert _stats(first)["finish_reason"] == "shutdown"
+    paused = read_stage(FileStore(tmp_path / "checkpoints"), "tree").state
+    # Page 0's unit waits for the ignored pages it asked for: not done, so it runs again.
+    assert (paused.status, paused.done_units, paused.pending_units) == (Status.PAUSED, 0, 1)
+    second = yield from _crawl(make_crawler, IgnoredChildrenSpider, feed, base=site.url)
+    assert _stats(second)["finish_reason"] == "finished"
+    assert _items(feed) == Counter((("page", n),) for n in range(10))  # each once
+    state = read_stage(FileStore(tmp_path / "checkpoints"), "tree").state
+    assert (state.status, state.done_units) == (Status.COMPLETED, 1)
