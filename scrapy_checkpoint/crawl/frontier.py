@@ -186,7 +186,9 @@ class Frontier:
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
             holder = meta.get(HOLDER_META)
-            if holder is not None and holder in self.live:
+            # Not with scrapy-redis: the request that finishes is a copy from its queue.
+            if (holder is not None and holder in self.live and self.pairing is None
+                    and not self.copies_from_queue):
                 self.holds.hold(request, holder)
             return
         cp = self.cp
