@@ -74,11 +74,13 @@ Item = tuple[str, int, int]  # user, page, visit
 
 class BoardSite:
     """POST /login (user=NAME) starts a session; /board/N shows page N to the session's user
-    (403 without one). Counts board hits per (user, page)."""
+    (403 without one). Counts board hits per (user, page), and per User-Agent (each run of
+    a test sends its own, so a killed run's last requests are never counted as the next's)."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, str] = {}
         self.hits: Counter[tuple[str, int]] = Counter()
+        self.hits_by_agent: dict[str, Counter[tuple[str, int]]] = {}
         self.total = 0
         self._cond = threading.Condition()
         site = self
@@ -112,11 +114,13 @@ class BoardSite:
                     self._answer(403, "<title>login</title>")
                     return
                 page = int(self.path.rsplit("/", 1)[1])
-                time.sleep(0.01)
-                with site._cond:
+                agent = self.headers.get("User-Agent", "")
+                with site._cond:  # counted as it arrives
                     site.hits[user, page] += 1
+                    site.hits_by_agent.setdefault(agent, Counter())[user, page] += 1
                     site.total += 1
                     site._cond.notify_all()
+                time.sleep(0.01)
                 self._answer(200, f"<title>board</title><h1>{page}</h1>"
                                   f"<span class=user>{user}</span>")
 
@@ -136,6 +140,10 @@ class BoardSite:
     def snapshot(self) -> Counter[tuple[str, int]]:
         with self._cond:
             return Counter(self.hits)
+
+    def hits_of(self, agent: str) -> Counter[tuple[str, int]]:
+        with self._cond:
+            return Counter(self.hits_by_agent.get(agent, ()))
 
     def wait_for_total(self, total: int, proc: subprocess.Popen[bytes]) -> bool:
         """Block until ``total`` board pages were served (False: the crawl ended first)."""
@@ -235,10 +243,10 @@ def test_kill_9_at_random_moments_loses_nothing_and_refetches_nothing_done(
     kills = 0
     while True:
         final = kills == 3
-        before = board.snapshot()
-        code = _crawl(board, tmp_path, "-s", "CHECKPOINT_SAVE_EVERY=5",
+        agent = f"run-{kills}"
+        code = _crawl(board, tmp_path, "-s", "CHECKPOINT_SAVE_EVERY=5", "-s", f"USER_AGENT={agent}",
                       kill_after=None if final else rng.randint(1, 60))
-        fetched = board.snapshot() - before
+        fetched = board.hits_of(agent)
         for (user, page), times in fetched.items():
             not_done = sum((user, page, v) not in done_before for v in range(VISITS))
             assert times <= not_done, f"{user}'s page {page} was done, and fetched again"
