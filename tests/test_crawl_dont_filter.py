@@ -5,7 +5,9 @@ The same board pages read by three users, each in their own cookie session (meta
 ``cookiejar``, ``dont_filter=True`` on the same URLs: scrapy/scrapy#1987, the Scrapy docs'
 way to keep several sessions), each page twice per user. Plain Scrapy writes every
 (user, page, visit) once; the add-on must write the same items, with no kill and after
-kills at random moments, and never fetch again what the stage recorded done.
+kills at random moments, and never fetch again what the stage recorded done. The same
+with the board requests kept out of the checkpoint (``checkpoint_ignore``): they belong
+to the login that asked for them.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ class BoardSpider(scrapy.Spider):
                                      dont_filter=True)
 
     def after_login(self, response):
+        ignore = {{"checkpoint_ignore": True}} if getattr(self, "ignore", "0") == "1" else {{}}
         for visit in range({VISITS}):
             for n in range({PAGES}):
                 yield scrapy.Request(f"{{self.base}}/board/{{n}}", callback=self.parse_board,
                                      dont_filter=True, cb_kwargs={{"visit": visit}},
-                                     meta={{"cookiejar": response.meta["cookiejar"]}})
+                                     meta={{"cookiejar": response.meta["cookiejar"], **ignore}})
 
     def parse_board(self, response, visit):
         yield {{"user": response.css(".user::text").get(),
@@ -262,3 +265,18 @@ def test_kill_9_at_random_moments_loses_nothing_and_refetches_nothing_done(
     assert set(board.snapshot()) == {(u, n) for u in USERS for n in range(PAGES)}
     state = read_stage(FileStore(tmp_path / "checkpoints"), "board").state
     assert state.status is Status.COMPLETED
+
+
+@pytest.mark.parametrize("seed", [51, 52, 53])
+def test_checkpoint_ignore_requests_of_a_killed_crawl_are_written_once(
+    tmp_path: Path, board: BoardSite, plain_items: Counter[Item], seed: int
+) -> None:
+    rng = random.Random(seed)
+    args = ("-a", "ignore=1", "-s", "CHECKPOINT_SAVE_EVERY=1")  # each login committed when done
+    code = _crawl(board, tmp_path, *args, kill_after=rng.randint(1, 80))
+    if code != 0:  # else the crawl ended before the kill point
+        assert code == -signal.SIGKILL
+        assert _crawl(board, tmp_path, *args) == 0
+    assert _items(tmp_path) == plain_items
+    state = read_stage(FileStore(tmp_path / "checkpoints"), "board").state
+    assert (state.status, state.done_units) == (Status.COMPLETED, len(USERS))
