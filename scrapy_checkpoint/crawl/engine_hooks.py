@@ -5,7 +5,11 @@ Scrapy has no public "request finished" signal. The engine's slot calls
 ``remove_request`` when it is finished: its callback or errback output fully
 processed (items through the pipelines), or, when a downloader middleware
 turned it into another request (redirect, retry), after that request was
-scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them. ``wake()``
+scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
+``hook_spider_output()`` sees what each callback or errback yields, after the spider
+middlewares, through the scraper's ``handle_spider_output_async`` (2.13 to 2.19):
+errback output bypasses the spider middlewares, so a spider middleware would miss it.
+``wake()``
 uses the slot's ``nextcall`` to make an idle engine look at its scheduler now,
 ``crawl_started()`` reads the crawler's engine slot without the error ``crawler.engine`` raises
 before the crawl starts, and ``callbacks_idle()`` reads the scraper's slot: the requests whose
@@ -16,7 +20,7 @@ callback or errback output is being processed (``Scraper.slot.queue`` and ``.act
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from scrapy import Request
@@ -56,6 +60,47 @@ def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: Reques
 
     slot.add_request = add
     slot.remove_request = remove
+
+
+def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None]) -> None:
+    """Call ``on_request(child, request)`` for every request a callback or errback of
+    ``request`` yields, in the order it yields them, after the spider middlewares and before
+    the engine schedules it. A hook that raises is logged, never breaks the crawl. Raises
+    RuntimeError on a Scrapy without ``ExecutionEngine.scraper.handle_spider_output_async``."""
+    scraper: Any = getattr(engine, "scraper", None)
+    handle = getattr(scraper, "handle_spider_output_async", None)
+    if not callable(handle):
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see what callbacks yield in this Scrapy version "
+            "(ExecutionEngine.scraper.handle_spider_output_async is missing). "
+            "Use Scrapy 2.13-2.19."
+        )
+
+    def seen(child: Request, request: Request) -> None:
+        try:
+            on_request(child, request)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
+
+    def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
+        for out in result:
+            if isinstance(out, Request):
+                seen(out, request)
+            yield out
+
+    async def each_async(result: AsyncIterator[Any], request: Request) -> AsyncIterator[Any]:
+        async for out in result:
+            if isinstance(out, Request):
+                seen(out, request)
+            yield out
+
+    async def handle_spider_output_async(result: Any, request: Request, response: Any) -> None:
+        if isinstance(result, AsyncIterator):
+            await handle(each_async(result, request), request, response)
+        else:
+            await handle(each(result, request), request, response)
+
+    scraper.handle_spider_output_async = handle_spider_output_async
 
 
 def crawl_started(crawler: Any) -> bool:

@@ -33,15 +33,14 @@ from ..durability import timer_period
 from ..errors import CheckpointError, CheckpointWriteError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..stores.base import Store
-from .engine_hooks import callbacks_idle, crawl_started, hook_request_lifecycle
-from .frontier import (
-    IGNORE_META,
-    LOST_NEVER_DONE,
-    LOST_UNJOURNALED,
-    UNIT_META,
-    Frontier,
-    resume_order,
+from .engine_hooks import (
+    callbacks_idle,
+    crawl_started,
+    hook_request_lifecycle,
+    hook_spider_output,
 )
+from .frontier import LOST_NEVER_DONE, LOST_UNJOURNALED, Frontier, resume_order
+from .identity import IGNORE_META, UNIT_META
 from .invocation import borrowing_command, describe
 from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet, configured_outputs
@@ -282,6 +281,7 @@ class CheckpointExtension:
             raise CloseSpider(f"closespider_{counter}")
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
+        hook_spider_output(self.crawler.engine, frontier.child_yielded)
         live = cp.live
         if self.cookies is not None:
             restored = self.cookies.attach(self.crawler)
@@ -352,6 +352,8 @@ class CheckpointExtension:
         :meth:`SharedWorker.idle`."""
         if not self.active or self.cp is None or self._write_failed:
             return
+        if self.frontier is not None:
+            self.frontier.release_holds()
         if self.setup is not None and self.setup.idle():
             raise DontCloseSpider  # the held resumed requests were just scheduled
         try:

@@ -1,12 +1,13 @@
 """The crawl's requests as units of the checkpoint: which are tracked, and when each is done.
 
-A request is a unit keyed by the code of its fingerprint. It is journaled as
-*added* when the scheduler is handed it (``request_scheduled``), *started* when
-it begins downloading and *done* when the engine has finished with it (callback
-or errback output processed, items through the pipelines and released to the
-durable outputs). Requests whose fingerprint is done are dropped wherever they
-come from (``start()`` included), and at open the added-but-not-done requests
-are scheduled again.
+A request is a unit keyed by the code of its fingerprint, or for a ``dont_filter``
+request, of its fingerprint and its place among what its parent yielded
+(:mod:`.identity`). It is journaled as *added* when the scheduler is handed it
+(``request_scheduled``), *started* when it begins downloading and *done* when the
+engine has finished with it (callback or errback output processed, items through
+the pipelines and released to the durable outputs). Requests whose unit is done
+are dropped wherever they come from (``start()`` included), and at open the
+added-but-not-done requests are scheduled again, each with its unit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
-from weakref import WeakSet, WeakValueDictionary
+from weakref import WeakKeyDictionary, WeakSet, WeakValueDictionary
 
 from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest
@@ -22,6 +23,7 @@ from scrapy.exceptions import IgnoreRequest
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
+from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .requests import UnserializableRequest, payload_to_request, request_to_payload
 from .setup_requests import SETUP_META, SetupRequests
@@ -31,10 +33,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_checkpoint")
 
-#: ``request.meta`` key holding the request's unit code (survives retries and redirects).
-UNIT_META = "_checkpoint_unit"
-#: Set ``request.meta["checkpoint_ignore"] = True`` to keep a request out of the checkpoint.
-IGNORE_META = "checkpoint_ignore"
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
 #: A unit's request sent again after the setup requests ran again (its session had expired).
@@ -61,6 +59,40 @@ def resume_order(pending: dict[int, Any], inflight: set[int], *, lifo: bool) -> 
     return rest + again if lifo else again + rest
 
 
+class Holds:
+    """``checkpoint_ignore`` requests that a unit's callback yielded hold that unit: it is done
+    once they are finished (their items are its items), so a crash before then redoes them
+    with it. A few per unit whose callback runs; nothing once they are finished."""
+
+    def __init__(self) -> None:
+        self._count: dict[int, int] = {}
+        self._holder: WeakKeyDictionary[Request, int] = WeakKeyDictionary()
+        #: Units whose own request is finished, waiting for the requests that hold them.
+        self.waiting: dict[int, Request] = {}
+
+    def hold(self, request: Request, unit: int) -> None:
+        """``request`` (scheduled) holds ``unit`` until :meth:`release`."""
+        if request not in self._holder:
+            self._holder[request] = unit
+            self._count[unit] = self._count.get(unit, 0) + 1
+
+    def held(self, unit: int) -> bool:
+        return unit in self._count
+
+    def release(self, request: Request) -> int | None:
+        """``request`` is finished (or was dropped): the unit it held if that unit now waits
+        for nothing (and is no longer waiting), else None."""
+        unit = self._holder.pop(request, None)
+        if unit is None:
+            return None
+        left = self._count[unit] - 1
+        if left:
+            self._count[unit] = left
+            return None
+        del self._count[unit]
+        return unit if self.waiting.get(unit) is not None else None
+
+
 class Claims(Protocol):
     """Units owned by one worker of a shared stage (a :class:`~.shared_worker.SharedWorker`)."""
 
@@ -72,8 +104,9 @@ class Claims(Protocol):
 class SharedQueue(Protocol):
     """A queue all workers of a shared stage pop from (:class:`~.scrapy_redis.ScrapyRedisPairing`)."""
 
-    def queue(self, request: Request, code: int, spider: Spider) -> None:
-        """Send a newly scheduled unit to the shared queue (``IgnoreRequest``: not this time)."""
+    def queue(self, request: Request, code: int, spider: Spider, *, continuation: bool) -> None:
+        """Send a newly scheduled unit to the shared queue (``IgnoreRequest``: not this time);
+        ``continuation``: the request continues unit ``code`` of this worker (a retry)."""
         ...
 
     def take(self, request: Request, code: int) -> None:
@@ -106,10 +139,15 @@ class Frontier:
         self.live: set[int] = set()
         #: Units done in this run (8 bytes each).
         self.done_here = DoneSet(timed=False)
-        #: Units of this run whose request bypassed the dupefilter (dont_filter): few, kept.
+        #: Which unit each request is (its fingerprint, or its place for dont_filter ones).
+        self.identity = UnitIdentity(crawler.request_fingerprinter.fingerprint)
+        #: Units of this run keyed by their fingerprint whose request bypassed the dupefilter
+        #: (scheduled again with dont_filter, see schedule()): few, kept.
         self.unfiltered: set[int] = set()
         #: Units whose request is queued again (a retry or continuation): unit -> how many.
         self.continued: dict[int, int] = {}
+        #: Units held by the checkpoint_ignore requests their callbacks yielded.
+        self.holds = Holds()
         #: Units pending at open that had started (in flight at the crash): redone now.
         live = cp.live
         self.inflight_at_crash: set[int] = live.started & live.pending.keys()
@@ -119,6 +157,8 @@ class Frontier:
         self._ignored: set[int] = set()
         self._expired: set[int] = set()
         self._just_registered: Request | None = None
+        # The journaled request schedule() is handing to the engine: its meta holds its unit.
+        self._rescheduled: Request | None = None
         # The request objects that carry a unit: scheduled through request_scheduled. Others
         # (an inline engine.download() with copied meta) must not start or finish it.
         self._registered: WeakSet[Request] = WeakSet()
@@ -160,10 +200,25 @@ class Frontier:
                 self._session_expired(meta[UNIT_META], request, spider)
         if meta.get(IGNORE_META):
             meta.pop(UNIT_META, None)  # a copied unit key must not make it count as its parent
+            holder = meta.get(HOLDER_META)
+            # Not with scrapy-redis: the request that finishes is a copy from its queue.
+            if (holder is not None and holder in self.live and self.pairing is None
+                    and not self.copies_from_queue):
+                self.holds.hold(request, holder)
+            return
+        if meta.get(AGAIN_META) and meta.get(UNIT_META) in self.live:
+            del meta[AGAIN_META]  # sent again after the setup requests: the unit's request
+            self._registered.add(request)
             return
         cp = self.cp
         self._just_registered = None
-        code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
+        continued = False
+        if request is self._rescheduled:
+            code = meta[UNIT_META]
+        elif request.dont_filter:
+            code, continued = self.identity.unfiltered_code(request, self.live)
+        else:
+            code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
         if code in cp.live.done:
             if code not in self.done_here:
                 self.skipped += 1
@@ -174,13 +229,10 @@ class Frontier:
             self._drop_duplicate(request, code)
             return
         if self.pairing is not None:
-            self.pairing.queue(request, code, spider)
+            self.pairing.queue(request, code, spider, continuation=continued)
             return
         if code in self.live:
-            if meta.get(UNIT_META) == code and request.dont_filter and meta.pop(AGAIN_META, None):
-                self._registered.add(request)  # sent again after the setup requests: the unit's
-                return
-            if meta.get(UNIT_META) == code and request.dont_filter:
+            if continued:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
                 # and its own outcome is the unit's.
                 self.continued[code] = self.continued.get(code, 0) + 1
@@ -199,7 +251,7 @@ class Frontier:
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
-        if request.dont_filter:
+        if request.dont_filter and code == self.identity.plain_code(request):
             self.unfiltered.add(code)
         if code not in cp.live.pending:
             # A request that cannot be journaled is recorded as existing (payload None): a
@@ -237,8 +289,9 @@ class Frontier:
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
-        which saw the unit in this run (cheaper than raising); a ``dont_filter`` copy, or
-        one of a unit that bypassed the dupefilter, is dropped here."""
+        which saw the unit in this run (cheaper than raising); a ``dont_filter`` request of a
+        unit already here (what a callback done again yields again, a ``start()`` request
+        resumed), or a duplicate of a unit that bypassed the dupefilter, is dropped here."""
         if not request.dont_filter and code not in self.unfiltered:
             return
         self.stats.inc_value("checkpoint/duplicates_dropped")
@@ -246,16 +299,20 @@ class Frontier:
 
     def request_dropped(self, request: Request, spider: Spider) -> None:
         """``request_dropped`` signal: the scheduler refused a request just registered (or a
-        setup request)."""
+        setup request, or a ``checkpoint_ignore`` one holding a unit)."""
+        if not self.active:
+            return
         if self.setup is not None and request.meta.get(SETUP_META):
             self.setup.dropped(request)
             return
+        self._release(request)
         # Only a request registered just now can be refused by the scheduler as ours.
-        if request is self._just_registered and self.active:
+        if request is self._just_registered:
             self._just_registered = None
             code = request.meta[UNIT_META]
             self.live.discard(code)
             self.unfiltered.discard(code)
+            self.identity.forget(code)
             try:
                 self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             except CheckpointError as exc:
@@ -296,16 +353,21 @@ class Frontier:
                 self.stats.inc_value("checkpoint/unrestorable")
                 unrestorable += foreign
                 continue
+            # Its unit, whatever dont_filter becomes: never a continuation of one here.
+            request.meta[UNIT_META] = self.identity.journaled_code(request)
             if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
                 request.dont_filter = True
             if foreign:
-                # Not a continuation of the unit it had in another worker; past the dupefilter,
-                # which may have seen it here before it was given away or taken by a dead one.
-                request.meta.pop(UNIT_META, None)
+                # Past the dupefilter, which may have seen it here before it was given away or
+                # taken by a dead one.
                 request.dont_filter = True
                 if self.pairing is not None:  # back to the shared queue
                     request.meta[REQUEUE_META] = True
-            engine.crawl(request)
+            self._rescheduled = request
+            try:
+                engine.crawl(request)
+            finally:
+                self._rescheduled = None
             scheduled += 1
         if unjournaled:
             self.cp.record_lost(LOST_UNJOURNALED, unjournaled)
@@ -338,6 +400,22 @@ class Frontier:
         if request.meta.get(UNIT_META) in self.live and request in self._registered:
             self._ignored.add(request.meta[UNIT_META])
 
+    def child_yielded(self, request: Request, parent: Request) -> None:
+        """A callback or errback of ``parent`` yielded ``request`` (before it is scheduled):
+        a ``checkpoint_ignore`` one holds the parent's unit (:class:`Holds`), a ``dont_filter``
+        one is given its origin (see :mod:`.identity`)."""
+        if not self.active or request is parent:
+            return
+        meta = request.meta
+        if meta.get(IGNORE_META):
+            holder = self.unit_of_request(parent)
+            if holder is None:
+                meta.pop(HOLDER_META, None)
+            else:
+                meta[HOLDER_META] = holder
+        elif request.dont_filter:
+            self.identity.tag(request, self.unit_of_request(parent))
+
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         """``spider_error`` signal: the callback raised."""
         self.note_failure(getattr(response, "request", None))
@@ -353,8 +431,13 @@ class Frontier:
         return self.unit_of_request(getattr(response, "request", None))
 
     def unit_of_request(self, request: Request | None) -> int | None:
-        """The unit ``request`` carries in this run (None: none)."""
-        unit = request.meta.get(UNIT_META) if request is not None else None
+        """The unit ``request`` carries in this run, or the one it holds (None: none)."""
+        if request is None:
+            return None
+        meta = request.meta
+        unit = meta.get(UNIT_META)
+        if unit is None:
+            unit = meta.get(HOLDER_META)
         return unit if unit in self.live else None
 
     # -- the engine's request lifecycle (see engine_hooks) ---------------------------------
@@ -384,6 +467,8 @@ class Frontier:
             return
         code = request.meta.get(UNIT_META)
         if code not in self.live or not self.active or request not in self._registered:
+            if self.active:
+                self._release(request)
             return
         self._registered.discard(request)
         continued = self.continued.get(code)
@@ -393,7 +478,30 @@ class Frontier:
             else:
                 self.continued[code] = continued - 1
             return
+        if self.holds.held(code):  # checkpoint_ignore requests it yielded are not finished
+            self.holds.waiting[code] = request
+            return
+        self._finish(code, request)
+
+    def _release(self, request: Request) -> None:
+        """``request`` is finished or dropped: finish the unit it held, if that waited only
+        for it."""
+        unit = self.holds.release(request)
+        if unit is not None:
+            self._finish(unit, self.holds.waiting.pop(unit))
+
+    def release_holds(self) -> None:
+        """The crawl is idle: every request is finished, so units still held (a
+        ``checkpoint_ignore`` request dropped unseen, e.g. by another ``request_scheduled``
+        handler) are finished now."""
+        waiting, self.holds = self.holds.waiting, Holds()
+        for code, request in waiting.items():
+            self._finish(code, request)
+
+    def _finish(self, code: int, request: Request) -> None:
+        """Unit ``code`` is done; ``request`` is the last request that carried it."""
         self.live.discard(code)
+        self.identity.forget(code)
         self.done_here.add_new(code)
         self.outputs.release(code)
         if self.on_done is not None:
@@ -433,6 +541,7 @@ class Frontier:
     def let_go(self, code: int) -> None:
         """The unit left this worker (given away, or queued for any worker to take)."""
         self.live.discard(code)
+        self.identity.forget(code)
         self._failures.discard(code)
         self._ignored.discard(code)
         self._expired.discard(code)
@@ -445,7 +554,7 @@ class Frontier:
 
     def spare(self) -> list[int]:
         """Pending units of this worker that may be given away: scheduled here, not started,
-        not continued, not past the dupefilter."""
+        not continued, not keyed by a fingerprint that bypassed the dupefilter here."""
         live = self.cp.live
         started = live.started
         pending = live.pending

@@ -17,7 +17,8 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import Response
 
 from .extension import CheckpointExtension
-from .frontier import UNIT_META, Frontier
+from .frontier import Frontier
+from .identity import UNIT_META
 
 
 class CheckpointMiddleware:

@@ -24,7 +24,8 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.misc import load_object
 
 from ..errors import ConfigError
-from .frontier import REQUEUE_META, UNIT_META
+from .frontier import REQUEUE_META
+from .identity import UNIT_META
 
 if TYPE_CHECKING:
     from ..shared import SharedStage
@@ -91,16 +92,15 @@ class ScrapyRedisPairing:
         self.frontier = frontier
         self.shared = shared
 
-    def queue(self, request: Request, code: int, spider: Spider) -> None:
+    def queue(self, request: Request, code: int, spider: Spider, *, continuation: bool) -> None:
         """The request goes to the shared queue, its payload kept in Redis until the worker
         that pops it has journaled it; ``IgnoreRequest`` if the unit is done, queued or in
-        flight anywhere in the stage."""
+        flight anywhere in the stage. ``continuation``: it continues unit ``code`` of this
+        worker (a retry): whoever pops it finishes the unit."""
         frontier, shared, cp = self.frontier, self.shared, self.frontier.cp
         meta = request.meta
         requeue = bool(meta.pop(REQUEUE_META, False))
-        live = frontier.live
-        continuation = code in live and meta.get(UNIT_META) == code and request.dont_filter
-        if code in live and not continuation:
+        if code in frontier.live and not continuation:
             raise IgnoreRequest("duplicate of a request in flight in this worker")
         payload = frontier.payload(request, spider, then="it goes to the shared queue untracked, "
                                    "so a crash of the worker that pops it loses it")

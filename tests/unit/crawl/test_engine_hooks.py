@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from scrapy import Request
+from scrapy.core.scraper import Scraper
 
-from scrapy_checkpoint.crawl.engine_hooks import hook_request_lifecycle, wake
+from scrapy_checkpoint.crawl.engine_hooks import hook_request_lifecycle, hook_spider_output, wake
 
 
 class Slot:
@@ -68,3 +72,63 @@ def test_wake_schedules_the_next_call_when_there_is_one() -> None:
     wake(SimpleNamespace(_slot=slot))
     assert slot.woken == 1
     wake(SimpleNamespace())  # no slot (the engine is closed): nothing to do
+
+
+class FakeScraper:
+    """What the hook wraps: ``handle_spider_output_async(result, request, response)``."""
+
+    def __init__(self) -> None:
+        self.handled: list[Any] = []
+
+    async def handle_spider_output_async(self, result: Any, request: Request,
+                                         response: Any) -> None:
+        if isinstance(result, AsyncIterator):
+            self.handled += [out async for out in result]
+        else:
+            self.handled += list(result)
+
+
+def test_the_scraper_method_the_output_hook_wraps_exists() -> None:
+    assert callable(getattr(Scraper, "handle_spider_output_async", None))
+
+
+@pytest.mark.parametrize("kind", ["list", "generator", "async generator"])
+def test_the_output_hook_sees_each_request_a_callback_yields_in_order(kind: str) -> None:
+    parent = Request("http://127.0.0.1/parent")
+    output = [Request("http://127.0.0.1/1"), {"item": 1}, Request("http://127.0.0.1/2")]
+    scraper = FakeScraper()
+    seen: list[tuple[str, str]] = []
+    hook_spider_output(SimpleNamespace(scraper=scraper),
+                       lambda child, request: seen.append((child.url, request.url)))
+
+    async def agen() -> AsyncIterator[Any]:
+        for out in output:
+            yield out
+
+    result: Iterable[Any] | AsyncIterator[Any] = {
+        "list": lambda: output, "generator": lambda: iter(output), "async generator": agen,
+    }[kind]()
+    asyncio.run(scraper.handle_spider_output_async(result, parent, None))
+    assert scraper.handled == output
+    assert seen == [("http://127.0.0.1/1", parent.url), ("http://127.0.0.1/2", parent.url)]
+
+
+def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    scraper = FakeScraper()
+
+    def fail(child: Request, request: Request) -> None:
+        raise ValueError("boom")
+
+    hook_spider_output(SimpleNamespace(scraper=scraper), fail)
+    child = Request("http://127.0.0.1/c")
+    asyncio.run(scraper.handle_spider_output_async([child], Request("http://127.0.0.1/p"), None))
+    assert scraper.handled == [child]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"scrapy-checkpoint failed to record where {child} comes from"]
+
+
+def test_an_engine_without_the_scraper_method_is_refused() -> None:
+    with pytest.raises(RuntimeError, match=r"handle_spider_output_async is missing"):
+        hook_spider_output(SimpleNamespace(scraper=None), print)
