@@ -282,37 +282,7 @@ class CheckpointExtension:
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
         hook_spider_output(self.crawler.engine, frontier.child_yielded)
-        live = cp.live
-        if self.cookies is not None:
-            restored = self.cookies.attach(self.crawler)
-            if restored:
-                logger.info("Stage %s: %d cookie(s) of earlier runs restored before the "
-                            "resumed requests.", self.stage, restored)
-        unjournaled = sum(payload is None for payload in live.pending.values())
-        if unjournaled:
-            logger.warning(
-                "Stage %s: %d request(s) that could not be journaled were pending at the "
-                "interruption: they cannot be sent again, so their work is lost unless the "
-                "crawl finds them again; the stage will end 'incomplete'.", self.stage,
-                unjournaled)
-        lifo = "lifo" in str(self.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
-        # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
-        pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
-                             frontier.inflight_at_crash, lifo=lifo)
-        assert self.setup is not None
-        if self.setup.hold(pairs, self._release_held):
-            resumed = sum(payload is not None for _, payload in pairs)
-        else:
-            resumed = frontier.schedule(payload for _, payload in pairs)
-        if self.worker is not None:
-            resumed += self.worker.hand_over_adopted()
-        inflight = len(frontier.inflight_at_crash)
-        if resumed or len(live.done):
-            logger.info("Stage %s: %d request(s) scheduled again (%d were in flight at the "
-                        "interruption), %d done request(s) will not be fetched again.",
-                        self.stage, resumed, inflight, len(live.done))
-        self.stats.set_value("checkpoint/resumed", resumed)
-        self.stats.set_value("checkpoint/recovered_inflight", inflight)
+        _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.log_interval:
             self._start_loop(self.log_progress, self.config.log_interval)
@@ -498,4 +468,41 @@ def _record_never_done(cp: EnhancedCheckpoint, stage: str) -> None:
                        "are counted as lost.", stage, len(never_done))
 
 
+def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint) -> None:
+    """Resume: restore the cookie jars, then schedule the journaled pending requests (held
+    while setup requests run), in the order the interrupted run had them; say how many."""
+    live = cp.live
+    if ext.cookies is not None:
+        restored = ext.cookies.attach(ext.crawler)
+        if restored:
+            logger.info("Stage %s: %d cookie(s) of earlier runs restored before the "
+                        "resumed requests.", ext.stage, restored)
+    unjournaled = sum(payload is None for payload in live.pending.values())
+    if unjournaled:
+        logger.warning(
+            "Stage %s: %d request(s) that could not be journaled were pending at the "
+            "interruption: they cannot be sent again, so their work is lost unless the "
+            "crawl finds them again; the stage will end 'incomplete'.", ext.stage,
+            unjournaled)
+    lifo = "lifo" in str(ext.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
+    # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
+    pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
+                         frontier.inflight_at_crash, lifo=lifo)
+    assert ext.setup is not None
+    if ext.setup.hold(pairs, ext._release_held):
+        resumed = sum(payload is not None for _, payload in pairs)
+    else:
+        resumed = frontier.schedule(payload for _, payload in pairs)
+    if ext.worker is not None:
+        resumed += ext.worker.hand_over_adopted()
+    inflight = len(frontier.inflight_at_crash)
+    if resumed or len(live.done):
+        logger.info("Stage %s: %d request(s) scheduled again (%d were in flight at the "
+                    "interruption), %d done request(s) will not be fetched again.",
+                    ext.stage, resumed, inflight, len(live.done))
+    ext.stats.set_value("checkpoint/resumed", resumed)
+    ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
 __all__ = ["FAILED_REASONS", "IGNORE_META", "SETUP_META", "UNIT_META", "CheckpointExtension"]
+

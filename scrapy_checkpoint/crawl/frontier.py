@@ -114,7 +114,101 @@ class SharedQueue(Protocol):
         ...
 
 
-class Frontier:
+class WorkerUnits:
+    """The part of :class:`Frontier` for units that move between the workers of a shared
+    stage (given away, taken from the shared queue, another worker's). Uses the frontier's
+    unit sets, declared here."""
+
+    cp: EnhancedCheckpoint
+    live: set[int]
+    identity: UnitIdentity
+    continued: dict[int, int]
+    unfiltered: set[int]
+    on_leave: Callable[[int], None] | None
+    _failures: set[int]
+    _ignored: set[int]
+    _expired: set[int]
+    _registered: WeakSet[Request]
+    _requests: WeakValueDictionary[int, Request]
+    _not_ours: WeakSet[Request]
+
+    def own(self, request: Request, code: int) -> None:
+        """Track ``request`` as unit ``code`` of this worker (the scrapy-redis pairing took it)."""
+        self.live.add(code)
+        self._registered.add(request)
+
+    def not_ours(self, request: Request) -> None:
+        """``request`` is queued here but another worker has its unit: drop it when it comes up."""
+        self._not_ours.add(request)
+
+    def let_go(self, code: int) -> None:
+        """The unit left this worker (given away, or queued for any worker to take)."""
+        self.live.discard(code)
+        self.identity.forget(code)
+        self._failures.discard(code)
+        self._ignored.discard(code)
+        self._expired.discard(code)
+        if self.on_leave is not None:
+            self.on_leave(code)
+        request = self._requests.pop(code, None)
+        if request is not None:  # still queued here: dropped when it comes up
+            self._registered.discard(request)
+            self._not_ours.add(request)
+
+    def spare(self) -> list[int]:
+        """Pending units of this worker that may be given away: scheduled here, not started,
+        not continued, not keyed by a fingerprint that bypassed the dupefilter here."""
+        live = self.cp.live
+        started = live.started
+        pending = live.pending
+        return [code for code in pending if code in self.live and code not in started
+                and code not in self.continued and code not in self.unfiltered
+                and pending[code] is not None]
+
+
+class ExpiredSessions:
+    """The part of :class:`Frontier` for units whose request was redirected to the login page
+    (the URL of a setup request, see :mod:`.setup_requests`). Uses the frontier's fields,
+    declared here."""
+
+    cp: EnhancedCheckpoint
+    setup: SetupRequests | None
+    pairing: SharedQueue | None
+    shared: Claims | None
+    continued: dict[int, int]
+    _expired: set[int]
+
+    def _session_expired(self, code: int, redirect: Request, spider: Spider) -> None:
+        """Unit ``code``'s request is redirected to the login page (a setup request's URL): the
+        redirect is dropped (the login page is not the unit's page). The unit's request is sent
+        once more after the setup requests ran again, when it can be (see
+        :meth:`SetupRequests.requeue`); else the unit is done as failed, for the next run."""
+        assert self.setup is not None
+        alone = self.pairing is None and self.shared is None
+        if alone and self.setup.requeue(code, lambda: self._request_again(code, spider)):
+            self.continued[code] = self.continued.get(code, 0) + 1  # the redirected one ends
+            raise IgnoreRequest(f"redirected to the login page {redirect.url}: sent again "
+                                f"after the setup requests")
+        self._expired.add(code)
+        raise IgnoreRequest(f"redirected to the login page {redirect.url} (the URL of a setup "
+                            f"request): the session expired")
+
+    def _request_again(self, code: int, spider: Spider) -> Request | None:
+        """Unit ``code``'s request rebuilt from the journal, to send again (None: it cannot be)."""
+        payload = self.cp.live.pending.get(code)
+        if payload is None:
+            return None
+        try:
+            request = payload_to_request(payload, spider)
+        except Exception:
+            return None
+        request.meta[UNIT_META] = code
+        request.meta[AGAIN_META] = True
+        request.dont_filter = True
+        return request
+
+
+class Frontier(WorkerUnits, ExpiredSessions):
     """Per-request unit bookkeeping of one crawl (the checkpoint holds the journaled state).
 
     ``crawler`` is Scrapy's crawler, ``cp`` the open checkpoint, ``outputs`` the stage's
@@ -258,35 +352,6 @@ class Frontier:
             # crash before it is done loses its work, and the next run counts that.
             cp.add_unit(code, self.payload(request, spider))
 
-    def _session_expired(self, code: int, redirect: Request, spider: Spider) -> None:
-        """Unit ``code``'s request is redirected to the login page (a setup request's URL): the
-        redirect is dropped (the login page is not the unit's page). The unit's request is sent
-        once more after the setup requests ran again, when it can be (see
-        :meth:`SetupRequests.requeue`); else the unit is done as failed, for the next run."""
-        assert self.setup is not None
-        alone = self.pairing is None and self.shared is None
-        if alone and self.setup.requeue(code, lambda: self._request_again(code, spider)):
-            self.continued[code] = self.continued.get(code, 0) + 1  # the redirected one ends
-            raise IgnoreRequest(f"redirected to the login page {redirect.url}: sent again "
-                                f"after the setup requests")
-        self._expired.add(code)
-        raise IgnoreRequest(f"redirected to the login page {redirect.url} (the URL of a setup "
-                            f"request): the session expired")
-
-    def _request_again(self, code: int, spider: Spider) -> Request | None:
-        """Unit ``code``'s request rebuilt from the journal, to send again (None: it cannot be)."""
-        payload = self.cp.live.pending.get(code)
-        if payload is None:
-            return None
-        try:
-            request = payload_to_request(payload, spider)
-        except Exception:
-            return None
-        request.meta[UNIT_META] = code
-        request.meta[AGAIN_META] = True
-        request.dont_filter = True
-        return request
-
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
         which saw the unit in this run (cheaper than raising); a ``dont_filter`` request of a
@@ -354,7 +419,11 @@ class Frontier:
                 unrestorable += foreign
                 continue
             # Its unit, whatever dont_filter becomes: never a continuation of one here.
-            request.meta[UNIT_META] = self.identity.journaled_code(request)
+            code = request.meta[UNIT_META] = self.identity.journaled_code(request)
+            if code in self.inflight_at_crash:
+                # Taken from the queue before the crash: it comes out first again. A start
+                # request would wait in Scrapy's start queue behind every other request.
+                request.meta.pop("is_start_request", None)
             if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
                 request.dont_filter = True
             if foreign:
@@ -526,38 +595,3 @@ class Frontier:
             self.stop(exc)
             return
         self.stats.inc_value("checkpoint/done")
-
-    # -- units that move between workers (shared stages) -----------------------------------
-
-    def own(self, request: Request, code: int) -> None:
-        """Track ``request`` as unit ``code`` of this worker (the scrapy-redis pairing took it)."""
-        self.live.add(code)
-        self._registered.add(request)
-
-    def not_ours(self, request: Request) -> None:
-        """``request`` is queued here but another worker has its unit: drop it when it comes up."""
-        self._not_ours.add(request)
-
-    def let_go(self, code: int) -> None:
-        """The unit left this worker (given away, or queued for any worker to take)."""
-        self.live.discard(code)
-        self.identity.forget(code)
-        self._failures.discard(code)
-        self._ignored.discard(code)
-        self._expired.discard(code)
-        if self.on_leave is not None:
-            self.on_leave(code)
-        request = self._requests.pop(code, None)
-        if request is not None:  # still queued here: dropped when it comes up
-            self._registered.discard(request)
-            self._not_ours.add(request)
-
-    def spare(self) -> list[int]:
-        """Pending units of this worker that may be given away: scheduled here, not started,
-        not continued, not keyed by a fingerprint that bypassed the dupefilter here."""
-        live = self.cp.live
-        started = live.started
-        pending = live.pending
-        return [code for code in pending if code in self.live and code not in started
-                and code not in self.continued and code not in self.unfiltered
-                and pending[code] is not None]
