@@ -14,8 +14,8 @@ Scrapy run is the reference. With the add-on:
   the same feed items as a multiset, and the same table rows as a set (pipelines see an
   item at least once after a kill; see :func:`crawl_killed_and_compare`).
 
-Known failures are marked ``xfail(strict=True)`` with their kind, to be unmarked when
-the kind is fixed.
+A spider that cannot end as plain Scrapy ends is a bug of the add-on: mark its test
+``xfail(strict=True)`` with the kind, and unmark it with the fix.
 """
 
 from __future__ import annotations
@@ -45,16 +45,11 @@ KILLS = 3
 #: crawls of this suite with few commits to resume from).
 ADDON = ["-s", 'ADDONS={"scrapy_checkpoint.Addon": 100}', "-s", "CHECKPOINT_SAVE_EVERY=2"]
 
-DONT_FILTER_REPEATS = pytest.mark.xfail(
-    strict=True,
-    reason="dont_filter repeats: the add-on fetches a URL once per stage, so the order pages "
-           "read again under the 2nd and 3rd cookiejar session (dont_filter=True) are dropped")
-
 SPIDERS = [
     "catalog",
     "sitemap",
     "login",
-    pytest.param("sessions", marks=DONT_FILTER_REPEATS),
+    "sessions",
     "two_step",
 ]
 
@@ -199,15 +194,8 @@ def test_killed_crawls_end_as_plain_scrapy_in_every_durability_mode(
                              "-s", f"CHECKPOINT_DURABILITY={durability}")
 
 
-SETUP_REQUESTS = pytest.mark.xfail(
-    strict=True,
-    reason="setup requests: the sessions expire while the crawl is stopped; the login marked "
-           "meta['checkpoint_setup'] is not made again before the resumed order pages, which are "
-           "redirected to the login page and scraped from it")
-
 
 @pytest.mark.slow
-@SETUP_REQUESTS
 def test_killed_crawls_behind_a_login_that_expires_end_as_plain_scrapy(
     tmp_path: Path, site: ShopSite, references: References
 ) -> None:
