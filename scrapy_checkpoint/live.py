@@ -155,6 +155,10 @@ class LiveState:
             live.totals = dict(header.get("totals") or {})
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
             live.apply(group.done, group.failed, group.fields, replay=True)
+        if loaded.payloads:
+            # Merged now: a code a crafted journal repeats is then counted once, so the count
+            # and should_skip agree from the start (the merge is due soon anyway).
+            live.done.compact()
         counts = (live.processed, live.successful, live.failed, live.skipped)
         if not all(-MAX_COUNT - 1 <= n <= MAX_COUNT for n in counts):
             raise CorruptCheckpointError(

@@ -123,6 +123,23 @@ def test_a_checksummed_group_with_a_bad_value_ends_replay_like_a_torn_record(
     assert segment.read_bytes().startswith(good)  # cut where the good records end
 
 
+def test_a_done_code_a_crafted_journal_repeats_is_counted_once(tmp_path: Path) -> None:
+    """Writers never record a unit done twice; a crafted journal may. The count and
+    should_skip must agree all the same, from the first read on."""
+    make_stage(tmp_path, n=10, save_every=1)
+    from scrapy_checkpoint.journal.keys import key_code
+
+    again = [key_code(3), key_code(7)]  # done already: recorded done once more
+    with newest_segment(tmp_path).open("ab") as f:
+        f.write(frame(encode_group(again, [], {"c": [2, 2, 0, 0], "ts": 1.7e9})))
+    view = read_stage(FileStore(tmp_path), "s")
+    assert view.state.done_units == 10
+    cp = reopen(tmp_path)
+    assert_consistent(cp, 10)
+    cp.pause()
+    cp.close()
+
+
 def test_a_snapshot_with_unsorted_codes_is_not_used(tmp_path: Path) -> None:
     make_stage(tmp_path, n=100, save_every=1, compact_min_bytes=4096, keep_snapshots=10)
     snaps = sorted((tmp_path / "s").glob("snapshot-*.bin"))
