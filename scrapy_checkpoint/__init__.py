@@ -11,6 +11,7 @@ from .config import CheckpointConfig
 from .errors import (
     CheckpointError,
     CheckpointLockedError,
+    CheckpointLostError,
     CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
@@ -61,6 +62,7 @@ __all__ = [
     "CheckpointFeedExporter",
     "CheckpointFeedStorage",
     "CheckpointLockedError",
+    "CheckpointLostError",
     "CheckpointMiddleware",
     "CheckpointSettings",
     "CheckpointState",

@@ -120,7 +120,7 @@ class GroupCommitter:
         """``exc``, met while writing, as the error the job stops with (kept in
         :attr:`failure`)."""
         if isinstance(exc, CheckpointWriteError):
-            error = CheckpointWriteError(*exc.args)  # a short traceback: from the caller's call
+            error = type(exc)(*exc.args)  # a short traceback: from the caller's call
         else:
             what = exc.strerror or str(exc)
             where = exc.filename or self.store.location

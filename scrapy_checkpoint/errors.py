@@ -92,3 +92,9 @@ class CheckpointWriteError(CheckpointError):
     """The checkpoint could not be written: the disk is full, an I/O error, its directory
     was deleted or replaced, or one of its files is a symbolic link (never written
     through). Everything committed before stays; the job must stop."""
+
+
+class CheckpointLostError(CheckpointWriteError):
+    """The checkpoint itself is gone while the job runs (its directory deleted or replaced,
+    a Redis restarted empty): what it had recorded is not there to resume from, and the
+    job's outputs hold work the next run does not know of."""

@@ -171,7 +171,9 @@ def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_res
             first = crawl(site, outputs)
             log = first.log
             assert "'finish_reason': 'checkpoint_error'" in log, log[-3000:]
-            assert log.count("The crawl stops; run the same command again to resume.") == 1
+            stops = [line for line in log.splitlines() if "the crawl stops." in line]
+            assert len(stops) == 1, log[-3000:]  # once, and the advice once
+            assert stops[0].count("run the same command again to resume") == 1, stops
             assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:5000]
             assert "No space left on device" in log
             view = read_stage(FileStore(mnt), "site")
@@ -255,6 +257,11 @@ def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recrea
         site.close()
     assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
     assert first.log.count("deleted or replaced while the job ran") == 1, first.log[-5000:]
+    stop = next(line for line in first.log.splitlines() if "the crawl stops." in line)
+    assert "run the same command again to resume" not in stop  # it cannot resume: says so
+    assert "the next run starts the stage over" in stop
+    assert f"Its outputs ({tmp_path / 'items.csv'}, {tmp_path / 'items.jl'}" in stop
+    assert "move them aside before the next run" in stop
     assert "Traceback" not in first.log
     assert not directory.exists(), "a partial checkpoint directory was recreated"
 

@@ -30,7 +30,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
-from ..errors import CheckpointError, CheckpointWriteError, ConfigError
+from ..errors import CheckpointError, CheckpointLostError, CheckpointWriteError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..stores.base import Store
 from .engine_hooks import (
@@ -372,8 +372,17 @@ class CheckpointExtension:
         if self._stopping:
             return False
         self._stopping = True
-        logger.error("Stage %s: %s The crawl stops; run the same command again to resume.",
-                     self.stage, exc)
+        if not isinstance(exc, CheckpointWriteError):
+            logger.error("Stage %s: %s The crawl stops; run the same command again to resume.",
+                         self.stage, exc)
+        elif isinstance(exc, CheckpointLostError) and self.outputs is not None and self.outputs.files:
+            # The next run cannot know what these hold: say it before they are written twice.
+            logger.error("Stage %s: the crawl stops. %s Its outputs (%s) keep the items written "
+                         "so far: move them aside before the next run, or those items will be "
+                         "written to them again.", self.stage, exc,
+                         ", ".join(sorted(self.outputs.files)))
+        else:  # the error says what happened, what is kept and what to do
+            logger.error("Stage %s: the crawl stops. %s", self.stage, exc)
         return True
 
     # -- close -----------------------------------------------------------------------------------

@@ -421,6 +421,11 @@ class OutputSet:
         """The journal entry of ``path`` in this stage, if it has one (the stage is open)."""
         return self.cp.live.outputs.get(os.path.abspath(path))
 
+    @property
+    def files(self) -> frozenset[str]:
+        """Absolute paths of the outputs this stage has written (also in earlier runs)."""
+        return frozenset(self._files)
+
     def wrote(self, path: str) -> bool:
         """True if the stage has written ``path`` (also once the checkpoint is closed)."""
         return os.path.abspath(path) in self._files

@@ -27,7 +27,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import CheckpointLockedError, CheckpointWriteError, CorruptCheckpointError
+from ..errors import (
+    CheckpointLockedError,
+    CheckpointLostError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+)
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
@@ -261,7 +266,7 @@ class SegmentWriter:
         except FileNotFoundError:
             gone = True
         if gone:
-            self._broken = CheckpointWriteError(
+            self._broken = CheckpointLostError(
                 f"The checkpoint directory was deleted or replaced while the job ran: the "
                 f"journal segment {self.path} is no longer in it, so nothing more can be "
                 f"recorded (and nothing is recreated). Put the directory back to resume from "

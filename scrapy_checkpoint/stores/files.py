@@ -13,7 +13,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from ..errors import CheckpointWriteError
+from ..errors import CheckpointLostError, CheckpointWriteError
 from ..journal.frames import SEGMENT_MAGIC
 from ..journal.snapshot import SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1
 
@@ -162,7 +162,7 @@ class DataDirs:
         except FileNotFoundError:
             same = False
         if not same:
-            raise CheckpointWriteError(
+            raise CheckpointLostError(
                 f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
                 f"while the job ran, so nothing more can be recorded (and nothing is "
                 f"recreated). Put the directory back to resume from it; without it, the next "

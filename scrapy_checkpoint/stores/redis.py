@@ -44,7 +44,7 @@ from ..clock import utcnow
 from ..errors import (
     CheckpointError,
     CheckpointLockedError,
-    CheckpointWriteError,
+    CheckpointLostError,
     ConfigError,
     CorruptCheckpointError,
     redact,
@@ -577,7 +577,7 @@ class RedisStore:
         loaded.generation = meta.get("seq", 0)
         return loaded
 
-    def stage_gone(self, stage: str, committed: int) -> CheckpointWriteError:
+    def stage_gone(self, stage: str, committed: int) -> CheckpointLostError:
         """The stage's keys vanished under its writer after ``committed`` journal groups:
         leave a marker (``p:s:gone``) so that the next run does not start it from zero
         silently (see :attr:`Loaded.vanished`), and return the error the job stops with."""
@@ -588,7 +588,7 @@ class RedisStore:
                                      "host": owner.host, "pid": owner.pid, "groups": committed})
                 self.client.pipeline().set(self.key(stage, "gone"), marker, nx=True).sadd(
                     f"{self.prefix}:stages", stage).execute()
-        return CheckpointWriteError(
+        return CheckpointLostError(
             f"Redis at {self.location} no longer holds stage {stage!r}: its keys are gone "
             f"(Redis was restarted without its data, or flushed or replaced), with the "
             f"{committed} journal group(s) this stage had recorded. This run stops: nothing "
