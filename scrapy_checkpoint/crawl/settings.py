@@ -191,19 +191,28 @@ def setting_names() -> list[str]:
 
 
 def check_names(settings: Any) -> None:
-    """Raise :class:`~scrapy_checkpoint.errors.ConfigError` for the first ``CHECKPOINT_*``
-    name in ``settings`` that is not a setting of the plugin, with the closest valid name
-    (``difflib``) when there is one."""
+    """Raise :class:`~scrapy_checkpoint.errors.ConfigError` naming every ``CHECKPOINT_*``
+    name in ``settings`` that is not a setting of the plugin, each with the closest valid
+    name (``difflib``) when there is one."""
     known = setting_names()
-    for name in sorted(str(key) for key in settings):
-        if not name.startswith(PREFIX) or name in known:
-            continue
+    unknown = [name for name in sorted(str(key) for key in settings)
+               if name.startswith(PREFIX) and name not in known]
+    if not unknown:
+        return
+    fix = ("Fix the name in settings.py, custom_settings or -s (docs/scrapy.md lists every "
+           "CHECKPOINT_* setting).")
+    if len(unknown) == 1:
+        name = unknown[0]
         close = _closest(name, known)
         hint = f"did you mean {close}? " if close else ""
         raise ConfigError(
             f"Unknown setting {name}: {hint}scrapy-checkpoint has no such setting, so it would "
-            f"be ignored and the crawl would run with the default. Fix the name in settings.py, "
-            f"custom_settings or -s (docs/scrapy.md lists every CHECKPOINT_* setting).")
+            f"be ignored and the crawl would run with the default. {fix}")
+    names = ", ".join(f"{name} (did you mean {close}?)" if (close := _closest(name, known))
+                      else name for name in unknown)
+    raise ConfigError(
+        f"Unknown settings {names}: scrapy-checkpoint has no such settings, so they would be "
+        f"ignored and the crawl would run with the defaults. {fix.replace('name', 'names', 1)}")
 
 
 #: Names users reach for that mean another setting (without the prefix).

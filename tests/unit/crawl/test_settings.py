@@ -238,3 +238,12 @@ def test_refresh_after_takes_durations(text: str, seconds: float) -> None:
 def test_a_refresh_after_that_is_no_duration_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match=r"CHECKPOINT_REFRESH_AFTER=.*such as 30m, 12h or 7d"):
         CheckpointSettings.from_settings(Settings({"CHECKPOINT_REFRESH_AFTER": text}))
+
+
+def test_every_unknown_name_is_reported_at_once() -> None:
+    """Two misspelled names: both in the one error, not the second on the next run."""
+    with pytest.raises(ConfigError) as err:
+        read(CHECKPOINT_ENABLED=True, CHECKPOINT_DIRECTORY="cp", CHECKPOINT_ONCOMPLETE="skip")
+    assert str(err.value).startswith(
+        "Unknown settings CHECKPOINT_DIRECTORY (did you mean CHECKPOINT_DIR?), "
+        "CHECKPOINT_ONCOMPLETE (did you mean CHECKPOINT_ON_COMPLETE?): ")
