@@ -331,6 +331,11 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
     assert set(hits) == set(range(N_PAGES))
     assert giver.stat("given") > 0
     assert giver.stat("workers_adopted") == 1
+    # The adopted sub-stage is closed as handed over, not "resumed" and "Completed" there.
+    assert "is closed as handed over" in giver.log
+    assert "Detected incomplete checkpoint for site.w." not in giver.log
+    completed = [line for line in giver.log.splitlines() if "] Completed. Progress" in line]
+    assert len(completed) == 1, completed  # its own sub-stage's line only
 
 
 def test_giving_work_keeps_the_takers_record_readable(shared_backend: str) -> None:

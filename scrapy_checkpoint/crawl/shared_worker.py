@@ -10,8 +10,10 @@ they die. The Redis-level pieces live in :mod:`scrapy_checkpoint.shared`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import DontCloseSpider
@@ -243,19 +245,24 @@ class SharedWorker:
             inbox = shared.inbox(worker.id)
             scheduled += frontier.schedule(
                 [*live.pending.values(), *(payload for _, payload in inbox)], foreign=True)
-            try:
-                cp.save()  # their claims are ours now: journal them before the dead one lets go
-                shared.trim_inbox(len(inbox), worker.id)
-                other.start()
-                for code in list(live.pending):
-                    other.finish_unit(code, processed=1, skipped=1)
-                other.set_metadata(adopted_by=shared.worker)
-                other.complete()
-            finally:
-                other.close()
-            logger.info("Stage %s: adopted worker %s (%s, pid %d on %s): its pending requests "
-                        "are scheduled here.", self.stage, worker.id, worker.status, worker.pid,
-                        worker.host)
+            handed = len(live.pending) + len(inbox)
+            # Its sub-stage's own lines ("Detected incomplete checkpoint", "Completed 100%")
+            # would read as a crash resumed and finished there: the line below says what is.
+            with _quiet(other.stage):
+                try:
+                    cp.save()  # their claims are ours now: journal them before the dead one lets go
+                    shared.trim_inbox(len(inbox), worker.id)
+                    other.start()
+                    for code in list(live.pending):
+                        other.finish_unit(code, processed=1, skipped=1)
+                    other.set_metadata(adopted_by=shared.worker)
+                    other.complete()
+                finally:
+                    other.close()
+            logger.info("Stage %s: adopted worker %s (%s, pid %d on %s): its %d pending "
+                        "request(s) are scheduled here; its sub-stage %s (%d done there) is "
+                        "closed as handed over.", self.stage, worker.id, worker.status,
+                        worker.pid, worker.host, handed, other.stage, len(live.done))
             shared.record_adoption(worker, outputs_cut=cut)
             self.stats.inc_value("checkpoint/workers_adopted")
         if scheduled:
@@ -433,3 +440,17 @@ class SharedWorker:
     def leave(self, finished: bool) -> None:
         """This worker leaves the stage, finished or paused."""
         self.shared.leave("finished" if finished else "paused")
+
+
+@contextlib.contextmanager
+def _quiet(stage: str | None) -> Iterator[None]:
+    """Leave out the checkpoint's log lines about ``stage`` (their first argument) meanwhile."""
+    def other_stages(record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and args[0] == stage)
+
+    logger.addFilter(other_stages)
+    try:
+        yield
+    finally:
+        logger.removeFilter(other_stages)
