@@ -348,8 +348,8 @@ class CheckpointExtension:
     def log_progress(self) -> None:
         """Log the progress line and refresh the stats (every ``CHECKPOINT_LOG_INTERVAL``)."""
         cp, frontier = self.cp, self.frontier
-        if cp is None or frontier is None or not self.active:
-            return
+        if cp is None or frontier is None or not self.active or self._write_failed:
+            return  # (after a failed write the in-memory counts are not what is recorded)
         frontier.record_skips()
         logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(cp.live.pending))
         publish(self.stats, cp)
