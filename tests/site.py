@@ -14,6 +14,23 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class QuietServer(ThreadingHTTPServer):
+    """The threaded HTTP server of a test site: threads die with the test, and the resets
+    of a killed crawler's connections are not printed (killing crawlers is the point)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[QuietServer, str]:
+    """Serve ``handler`` on a free port of 127.0.0.1 in a daemon thread: (server, base URL)."""
+    server = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def page_html(i: int, n: int, redirect_every: int = 0) -> bytes:
     links = [c for c in (3 * i + 1, 3 * i + 2, 3 * i + 3) if c < n]
     links += [0, max(0, (i - 1) // 3)]

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -33,6 +33,7 @@ from scrapy_checkpoint import FileStore, Status, read_stage
 from scrapy_checkpoint.crawl.identity import ROOT, derived_code
 
 from .conftest import PYTHON, python_env
+from .site import serve
 
 USERS = ("ann", "bob", "cat")
 PAGES, VISITS = 15, 2
@@ -130,15 +131,7 @@ class BoardSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a killed crawler resets its connections
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def snapshot(self) -> Counter[tuple[str, int]]:
         with self._cond:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ import pytest
 from scrapy_checkpoint import FileStore, read_stage
 
 from .conftest import PYTHON, python_env
+from .site import serve
 
 N_ITEMS = 40
 
@@ -114,15 +115,7 @@ class MembersSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a killed crawler resets its connections
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def wait_for_item_hits(self, n: int) -> bool:
         with self._cond:

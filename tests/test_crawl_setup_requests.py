@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,6 +29,7 @@ import pytest
 from scrapy_checkpoint import FileStore, Status, read_stage
 
 from .conftest import PYTHON, python_env
+from .site import serve
 
 N_ITEMS = 40
 
@@ -170,15 +171,7 @@ class ExpiringSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a killed crawler resets its connections
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def forget(self) -> None:
         """Every session expires, and the CSRF secret changes (a restarted server)."""

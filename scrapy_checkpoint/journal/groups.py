@@ -97,7 +97,8 @@ def _seconds(v: Any) -> bool:
     return type(v) in (int, float) and 0 <= v <= MAX_SECONDS
 
 
-def _codes(v: Any) -> bool:
+def is_codes(v: Any) -> bool:
+    """A list of unit codes (u64)."""
     return type(v) is list and all(type(c) is int and 0 <= c < _CODE_END for c in v)
 
 
@@ -122,7 +123,15 @@ def _counts_by_name(v: Any, check: Any = _count) -> bool:
     return type(v) is dict and all(check(n) for n in v.values())
 
 
-def _state(v: Any) -> bool:
+def is_units(v: Any) -> bool:
+    """A list of ``[code, payload]`` pairs (code u64, payload anything JSON)."""
+    return type(v) is list and all(
+        type(a) is list and len(a) == 2 and type(a[0]) is int and 0 <= a[0] < _CODE_END
+        for a in v)
+
+
+def is_state(v: Any) -> bool:
+    """A CheckpointState as JSON."""
     try:
         CheckpointState.model_validate(v)
     except ValueError:
@@ -142,7 +151,7 @@ def _owner(v: Any) -> bool:
 #: anything else (a wrong type, a counter out of range, a key no writer writes) is refused
 #: whole by :func:`decode_group`, so replay stops before it as before a torn record.
 _CHECKS: dict[str, Any] = {
-    INIT: _state,
+    INIT: is_state,
     COUNTERS: _counters,
     LAST_ITEM: _str_or_none,
     LAST_INDEX: lambda v: v is None or type(v) is int,
@@ -158,17 +167,15 @@ _CHECKS: dict[str, Any] = {
     METADATA: lambda v: type(v) is dict,
     ERROR: lambda v: (type(v) is list and len(v) == 3 and _str_or_none(v[0]) and _count(v[1])
                       and (v[2] is None or _seconds(v[2]))),
-    RETRY_FAILED: _codes,
+    RETRY_FAILED: is_codes,
     REFRESH_BEFORE: _seconds,
-    ADDED: lambda v: type(v) is list and all(
-        type(a) is list and len(a) == 2 and type(a[0]) is int and 0 <= a[0] < _CODE_END
-        for a in v),
-    STARTED: _codes,
-    HANDED: _codes,
+    ADDED: is_units,
+    STARTED: is_codes,
+    HANDED: is_codes,
     OUTPUTS: lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     ATTACHED: lambda v: type(v) is dict,
     LOST: lambda v: _counts_by_name(v, _delta),  # a negative count takes units back
-    DROPPED: _codes,
+    DROPPED: is_codes,
     USER_STATE: lambda v: True,
     STAGE_TOTALS: _counts_by_name,
     SEGMENT_OF: lambda v: (type(v) is dict and len(v) == 2 and type(v.get("stage")) is str

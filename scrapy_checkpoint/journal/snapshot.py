@@ -17,9 +17,8 @@ import zlib
 from datetime import datetime
 from typing import Any
 
-from ..state import CheckpointState
 from .doneset import MAX_TIME, DoneSet
-from .groups import MAX_COUNT, output_entry
+from .groups import MAX_COUNT, is_codes, is_state, is_units, output_entry
 
 #: Snapshots without done times (read only).
 SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
@@ -105,31 +104,14 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     return header, done
 
 
-def _is_code_list(v: Any) -> bool:
-    return type(v) is list and all(type(c) is int and 0 <= c < 1 << 64 for c in v)
-
-
-def _is_unit_list(v: Any) -> bool:
-    return type(v) is list and all(
-        type(u) is list and len(u) == 2 and type(u[0]) is int and 0 <= u[0] < 1 << 64 for u in v)
-
-
-def _is_state(v: Any) -> bool:
-    try:
-        CheckpointState.model_validate(v)
-    except ValueError:
-        return False
-    return type(v) is dict
-
-
 #: What each snapshot header key may hold (see :meth:`LiveState.snapshot_header`); only
 #: ``state`` is required (older snapshots lack some of the others).
 _HEADER_CHECKS: dict[str, Any] = {
     "generation": lambda v: type(v) is int and v >= 0,
-    "state": _is_state,
-    "failed": _is_unit_list,
-    "pending": _is_unit_list,
-    "started": _is_code_list,
+    "state": is_state,
+    "failed": is_units,
+    "pending": is_units,
+    "started": is_codes,
     "outputs": lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     "attached": lambda v: type(v) is dict,
     "user_state": lambda v: True,

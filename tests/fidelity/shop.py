@@ -25,8 +25,10 @@ import contextlib
 import secrets
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from ..site import serve
 
 CATEGORIES = ("books", "games", "music", "tools")
 PRODUCTS_PER_CATEGORY = 9
@@ -252,16 +254,7 @@ class ShopSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a killed crawler resets its connections; that is the point of the tests
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server, self.url = serve(Handler)
 
     def hold_at(self, total: int) -> None:
         """Make the request that brings :attr:`total_hits` to ``total`` wait for :meth:`release`."""
