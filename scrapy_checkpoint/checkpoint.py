@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import os
 import weakref
@@ -41,8 +42,10 @@ from .journal.groups import (
     START_TIME,
     STATUS,
     TOTAL,
+    GroupBuilder,
 )
 from .journal.keys import UnitKey, key_code
+from .journal.pending import NO_REF, clamp_priority
 from .live import LiveState, recover
 from .metrics import Metrics, ProgressLog
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
@@ -50,6 +53,7 @@ from .stores import open_backend
 from .stores.base import Lock, Store, check_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
@@ -183,7 +187,70 @@ class StageReadings:
         return self._committer.failure
 
 
-class EnhancedCheckpoint(StageReadings):
+class UnitRecords(StageReadings):
+    """The part of :class:`EnhancedCheckpoint` that records units apart from finishing
+    them: pending units with what redoes them (the frontier), hand-offs, losses and
+    retries. Uses the checkpoint's group and committer."""
+
+    _group: GroupBuilder
+    _committer: GroupCommitter
+
+    def _record(self, fields: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def add_unit(self, code: int, payload: Any, priority: int = 0) -> bool:
+        """Record a new pending unit (unless it is done or pending), with what redoes it:
+        ``payload`` (a JSON value, or its UTF-8 JSON text as bytes, e.g. a crawl's request)
+        is written once, as a request record in the journal, and read back decoded on
+        demand (``live.pending.get(code)``); None records a unit nothing can redo (its work
+        is lost if it is not done in this run). ``priority`` orders resumed units (higher
+        first; int32, larger values clamped). True if it was added. Raises
+        CheckpointWriteError if the record cannot be written, TypeError if ``payload`` is
+        not JSON-serialisable."""
+        live = self.live
+        if code in live.done or code in live.pending:
+            return False
+        if payload is None:
+            ref, length = NO_REF, 0
+        else:
+            data = payload if isinstance(payload, bytes) else _JSON.encode(payload).encode()
+            ref, length = self._committer.put_request(code, data), len(data)
+        live.pending.add(code, ref, length, priority)
+        self._group.added.append(code, ref, length, clamp_priority(priority))
+        return True
+
+    def hand_off(self, codes: list[int]) -> None:
+        """Pending units given to another process: neither pending here nor done."""
+        self._group.handed.extend(self.live.drop_pending(codes))
+
+    def record_lost(self, reason: str, count: int, codes: list[int] | None = None) -> None:
+        """Count ``count`` units whose work is lost, for ``reason`` (a short word such as
+        ``unjournaled``); ``codes`` are pending units given up (no longer pending, not done).
+        A stage with lost units ends ``incomplete`` instead of ``completed``. A negative
+        ``count`` takes units back (their work is to be done again)."""
+        fields: dict[str, Any] = {LOST: {reason: count}}
+        if codes:
+            fields[DROPPED] = list(codes)
+        self._record(fields)
+
+    def retry_units(self, codes: Iterable[int]) -> int:
+        """Make the failed units among ``codes`` run again, as ``start(retry_failed=True)``
+        does for every failed unit: no longer done nor counted, pending with what redoes
+        them. Returns how many."""
+        failed = self.live.failed_units
+        again = sorted({code for code in codes if code in failed})
+        if again:
+            n = len(again)
+            self._record({RETRY_FAILED: again, COUNTERS: [-n, 0, -n, 0]})
+        return len(again)
+
+    def start_unit(self, code: int) -> None:
+        """Record that a pending unit was handed to a worker (it is in flight)."""
+        if self.live.start_pending(code):
+            self._group.started.append(code)
+
+
+class EnhancedCheckpoint(UnitRecords):
     """Crash-safe progress of one stage.
 
     >>> cp = EnhancedCheckpoint("data/checkpoints", "stage2")   # doctest: +SKIP
@@ -336,12 +403,12 @@ class EnhancedCheckpoint(StageReadings):
                 return False
             done.add_new(code)
             if failed and not successful:
-                live.failed_units[code] = live.pending.pop(code, None)
+                live.failed_units[code] = live.pending.pop_entry(code)
                 live.started.discard(code)
                 group.failed.append(code)
             else:
                 if live.pending:
-                    live.pending.pop(code, None)
+                    live.pending.discard(code)
                     live.started.discard(code)
                 group.done.append(code)
         if processed or successful or failed or skipped:
@@ -372,41 +439,6 @@ class EnhancedCheckpoint(StageReadings):
                 self.log_progress()
             self._hooks.emit("progress", self)
         return True
-
-    def add_unit(self, code: int, payload: Any) -> None:
-        """Record a new pending unit with what is needed to redo it (JSON-serialisable)."""
-        if self.live.add_pending(code, payload):
-            self._group.added.append([code, payload])
-
-    def hand_off(self, codes: list[int]) -> None:
-        """Pending units given to another process: neither pending here nor done."""
-        self._group.handed.extend(self.live.drop_pending(codes))
-
-    def record_lost(self, reason: str, count: int, codes: list[int] | None = None) -> None:
-        """Count ``count`` units whose work is lost, for ``reason`` (a short word such as
-        ``unjournaled``); ``codes`` are pending units given up (no longer pending, not done).
-        A stage with lost units ends ``incomplete`` instead of ``completed``. A negative
-        ``count`` takes units back (their work is to be done again)."""
-        fields: dict[str, Any] = {LOST: {reason: count}}
-        if codes:
-            fields[DROPPED] = list(codes)
-        self._record(fields)
-
-    def retry_units(self, codes: Iterable[int]) -> int:
-        """Make the failed units among ``codes`` run again, as ``start(retry_failed=True)``
-        does for every failed unit: no longer done nor counted, pending with what redoes
-        them. Returns how many."""
-        failed = self.live.failed_units
-        again = sorted({code for code in codes if code in failed})
-        if again:
-            n = len(again)
-            self._record({RETRY_FAILED: again, COUNTERS: [-n, 0, -n, 0]})
-        return len(again)
-
-    def start_unit(self, code: int) -> None:
-        """Record that a pending unit was handed to a worker (it is in flight)."""
-        if self.live.start_pending(code):
-            self._group.started.append(code)
 
     def add_commit_hook(self, fn: Callable[[], dict[str, Any] | None]) -> None:
         """Call ``fn()`` before each group is written; the fields it returns join the group

@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from .clock import monotonic, walltime
@@ -145,6 +145,14 @@ class GroupCommitter:
         self.stage, self._live = stage, live
         self._generation, self._snapshot_bytes = loaded.generation, loaded.snapshot_bytes
         self._io = BackgroundIO(stage)
+        self._attach_reader()
+
+    def _attach_reader(self) -> None:
+        """Read the pending units' request records through the store, including those the
+        writer still holds."""
+        assert self._live is not None
+        assert self.stage is not None
+        self._live.pending.reader = self.store.request_reader(self.stage, self._writer)
 
     @property
     def live(self) -> LiveState:
@@ -170,9 +178,19 @@ class GroupCommitter:
         self._live = LiveState(CheckpointState(stage=self.stage))
         self._generation, self._snapshot_bytes = 0, 0
         self._writer = self.store.open_segment(self.stage, 0, truncate_at=0, buffered=self._buffered)
+        self._attach_reader()
         self.group.clear()
         self.group.updates = 0
         return self._live
+
+    @_stops_on_write_error
+    def put_request(self, code: int, data: bytes) -> int:
+        """Write the request record of pending unit ``code`` (``data``: what redoes it) with
+        the next group; returns its ref. Raises as :meth:`commit`."""
+        writer = self._writer
+        if writer is None:
+            raise CheckpointError("The checkpoint is not open: call start() first.")
+        return writer.put_request(code, data)
 
     @_stops_on_write_error
     def finish(self) -> None:
@@ -390,21 +408,28 @@ class GroupCommitter:
         # Only the copies are made here; encoding and checksums run on the I/O thread.
         header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
         times_bytes = live.done.times_bytes()
+        pending_bytes = live.pending.to_bytes()
+        freed = live.pending.take_freed()
         writer.flush()
         self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
                                                buffered=self._buffered)
-        self._generation, self._snapshot_bytes = gen, len(done_bytes)
+        self._attach_reader()
+        # The next compaction is due once the journal outgrows this snapshot: the bytes
+        # written per unit stay constant however large the frontier grows.
+        self._generation = gen
+        self._snapshot_bytes = len(done_bytes) + len(times_bytes or b"") + len(pending_bytes)
         self._since_snapshot = False
         io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes,
-                  times_bytes)
+                  times_bytes, pending_bytes, freed)
 
     def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
                            header: dict[str, Any], done_bytes: bytes,
-                           times_bytes: bytes | None) -> None:
+                           times_bytes: bytes | None, pending_bytes: bytes,
+                           freed: Sequence[int]) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
-        blob = encode_snapshot(header, done_bytes, times_bytes)
+        blob = encode_snapshot(header, done_bytes, times_bytes, pending_bytes)
         if old is not new:  # a store with one journal (Redis) keeps its writer
             try:
                 old.fsync()
@@ -412,7 +437,7 @@ class GroupCommitter:
                 self._fsync_failed = exc
                 raise
             old.close()
-        self.store.write_snapshot(self.stage, gen, blob)
+        self.store.write_snapshot(self.stage, gen, blob, freed)
         self.store.retain(self.stage, self.config.keep_snapshots)
 
     @property

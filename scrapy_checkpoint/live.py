@@ -7,6 +7,7 @@ checkpoint records its own changes as groups and applies them the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -43,8 +44,10 @@ from .journal.groups import (
     STATUS,
     TOTAL,
     USER_STATE,
+    Added,
 )
-from .journal.snapshot import DONE_NOW
+from .journal.pending import MAX_REF, PendingIndex, place_of
+from .journal.snapshot import DONE_NOW, PENDING_INDEX, PLACES
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.base import Loaded, Store
@@ -68,10 +71,11 @@ class LiveState:
     def __init__(self, info: CheckpointState, done: DoneSet | None = None) -> None:
         self._set_info(info)
         self.done = done if done is not None else DoneSet()
-        #: Units done with a failure -> what is needed to redo them (None: nothing).
+        #: Units done with a failure -> what redoes them: ``(ref, length, priority)`` of
+        #: their request record, a payload kept as JSON, or None (nothing).
         self.failed_units: dict[int, Any] = {}
-        #: Units added and not done -> what is needed to redo them.
-        self.pending: dict[int, Any] = {}
+        #: Units added and not done, and where what redoes each is (the frontier's index).
+        self.pending = PendingIndex()
         #: Pending units that were handed to a worker (in flight) at some point.
         self.started: set[int] = set()
         #: Durable output file -> [its length when the stage first wrote it, committed length].
@@ -94,13 +98,12 @@ class LiveState:
 
     # -- the frontier: pending units ------------------------------------------------
 
-    def add_pending(self, code: int, payload: Any) -> bool:
-        """Make unit ``code`` pending, ``payload`` being what redoes it, unless it is done
-        or pending already. True if it was added."""
-        if code in self.done or code in self.pending:
+    def add_pending(self, code: int, ref: int, length: int = 0, priority: int = 0) -> bool:
+        """Make unit ``code`` pending, its request record at ``ref`` (``length`` bytes; see
+        :mod:`.journal.pending`), unless it is done or pending already. True if it was added."""
+        if code in self.done:
             return False
-        self.pending[code] = payload
-        return True
+        return self.pending.add(code, ref, length, priority)
 
     def start_pending(self, code: int) -> bool:
         """Mark a pending unit started (in flight). True if it was pending and not started."""
@@ -114,8 +117,7 @@ class LiveState:
         dropped = []
         pending, started = self.pending, self.started
         for code in codes:
-            if code in pending:
-                del pending[code]
+            if pending.discard(code):
                 started.discard(code)
                 dropped.append(code)
         return dropped
@@ -123,12 +125,20 @@ class LiveState:
     # -- snapshots ----------------------------------------------------------------
 
     def snapshot_header(self, generation: int) -> dict[str, Any]:
-        """A header made of copies: it is encoded on the I/O thread while the state moves on."""
+        """A header made of copies: it is encoded on the I/O thread while the state moves on.
+        The pending units go in the snapshot's index (``pending.to_bytes()``), except the
+        payloads kept in memory (``inline``)."""
+        failed = [[code, list(value) if type(value) is tuple else value]
+                  for code, value in self.failed_units.items()]
+        places = set(self.pending.places())
+        places.update(place_of(value[0]) for value in self.failed_units.values()
+                      if type(value) is tuple and value[0] <= MAX_REF)
         return {
             "generation": generation,
             "state": self.to_state().model_dump(mode="json"),
-            "failed": [[code, payload] for code, payload in self.failed_units.items()],
-            "pending": [[code, payload] for code, payload in self.pending.items()],
+            "failed": failed,
+            "inline": self.pending.inline_pairs(),
+            PLACES: sorted(places),
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
             "attached": dict(self.attached),
@@ -140,21 +150,29 @@ class LiveState:
 
     @classmethod
     def from_loaded(cls, stage: str, loaded: Loaded) -> LiveState:
-        """Rebuild the state: the snapshot, then every good group after it."""
+        """Rebuild the state: the snapshot, then every good group after it. The pending
+        units' payloads are read through ``loaded.requests`` when asked for."""
         if loaded.snapshot is None:
             live = cls(CheckpointState(stage=stage), loaded.done)
         else:
             header = loaded.snapshot
             live = cls(CheckpointState.model_validate(header["state"]), loaded.done)
-            live.failed_units = {int(code): payload for code, payload in header.get("failed", ())}
-            live.pending = {int(code): payload for code, payload in header.get("pending", ())}
+            live.failed_units = {int(code): tuple(value) if type(value) is list else value
+                                 for code, value in header.get("failed", ())}
+            index = header.get(PENDING_INDEX)
+            if index is None:  # written before request records: the payloads themselves
+                index = PendingIndex()
+                for code, payload in header.get("pending", ()):
+                    index.add_inline(int(code), payload)
+            live.pending = index
             live.started = set(header.get("started", ()))
             live.outputs = dict(header.get("outputs", {}))
             live.attached = dict(header.get("attached", {}))
             live.user_state = header.get("user_state")
             live.totals = dict(header.get("totals") or {})
+        live.pending.reader = loaded.requests
         for group in loaded.payloads:  # decoded (and so validated) by the store's scan
-            live.apply(group.done, group.failed, group.fields, replay=True)
+            live.apply(group.done, group.failed, group.fields, replay=True, added=group.added)
         if loaded.payloads:
             # Merged now: a code a crafted journal repeats is then counted once, so the count
             # and should_skip agree from the start (the merge is due soon anyway).
@@ -170,14 +188,16 @@ class LiveState:
     # -- applying a group ------------------------------------------------------------
 
     def apply(self, done: Sequence[int], failed: Sequence[int], fields: dict[str, Any], *,
-              replay: bool = False) -> None:
-        """Apply one group. In ``replay`` its done codes are known to be new (the writer
-        refuses a unit that is already done), so they are added without a lookup."""
+              replay: bool = False, added: Added | None = None) -> None:
+        """Apply one group (``added``: the pending units it adds with their request
+        records). In ``replay`` its done codes are known to be new (the writer refuses a
+        unit that is already done), so they are added without a lookup."""
         info = self.info
         if INIT in fields:
             # A stage (re)created: start from its initial state and nothing done.
             self._set_info(CheckpointState.model_validate(fields[INIT]))
-            self.done, self.failed_units, self.pending = DoneSet(now=self.done.now), {}, {}
+            self.done, self.failed_units = DoneSet(now=self.done.now), {}
+            self.pending = PendingIndex(self.pending.reader)
             self.started, self.outputs, self.attached = set(), {}, {}
             self.user_state, self.totals = None, {}
             info = self.info
@@ -199,22 +219,28 @@ class LiveState:
             released = fields[RETRY_FAILED]
             self.done.discard_many(released)
             for code in released:
-                payload = self.failed_units.pop(code, None)
-                if payload is not None:
-                    self.pending[code] = payload
+                value = self.failed_units.pop(code, None)
+                if value is not None:
+                    self.pending.restore(code, value)
         if REFRESH_BEFORE in fields:  # a new pass of a completed stage (incremental)
             for code in self.done.drop_before(fields[REFRESH_BEFORE]):
                 self.failed_units.pop(code, None)
             self.outputs = {}
-        if ADDED in fields:
+        if ADDED in fields:  # written before request records: the payloads themselves
             for code, payload in fields[ADDED]:
                 if code not in self.done:
-                    self.pending[code] = payload
+                    self.pending.add_inline(code, payload)
+        if added is not None:
+            add_pending, is_done = self.pending.add, self.done.__contains__
+            for code, ref, length, priority in zip(added.codes, added.refs, added.lengths,
+                                                   added.priorities, strict=True):
+                if not is_done(code):
+                    add_pending(code, ref, length, priority)
         if STARTED in fields:
             self.started.update(fields[STARTED])
         if HANDED in fields:  # handed to another worker of a shared stage: not pending here
             for code in fields[HANDED]:
-                self.pending.pop(code, None)
+                self.pending.discard(code)
                 self.started.discard(code)
         if OUTPUTS in fields:
             self.outputs.update(fields[OUTPUTS])
@@ -222,7 +248,7 @@ class LiveState:
             self.attached.update(fields[ATTACHED])
         if DROPPED in fields:  # lost: not pending, and not done
             for code in fields[DROPPED]:
-                self.pending.pop(code, None)
+                self.pending.discard(code)
                 self.started.discard(code)
         if USER_STATE in fields:
             self.user_state = fields[USER_STATE]
@@ -266,20 +292,32 @@ class LiveState:
                 if not contains(code):
                     add(code)
         if pending:
+            discard = pending.discard
             for code in done:
-                pending.pop(code, None)
+                discard(code)
                 started.discard(code)
         add = self.done.add_new
         contains = self.done.__contains__
         for code in failed:
             if not contains(code):
                 add(code)
-            self.failed_units[code] = pending.pop(code, None)
+            self.failed_units[code] = pending.pop_entry(code)
             started.discard(code)
         if COMMITTED_AT in fields:
             # Units done after this commit are stamped with its second; so are those the
             # next group records, on replay as when they were done.
             self.done.now = min(max(int(fields[COMMITTED_AT]), 0), MAX_TIME)
+
+    def failed_payload(self, code: int) -> Any:
+        """What redoes failed unit ``code`` (decoded JSON; None: nothing, or not failed).
+        Raises as :meth:`PendingIndex.payload_bytes`."""
+        value = self.failed_units.get(code)
+        if type(value) is not tuple:
+            return value
+        ref, length, _ = value
+        if self.pending.reader is None:
+            raise OSError(f"no reader for the request record of unit {code}")
+        return json.loads(self.pending.reader.read(ref, length, code))
 
     @property
     def lost_total(self) -> int:

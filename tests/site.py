@@ -1,6 +1,6 @@
 """A local test site: a tree of pages several levels deep with duplicate links.
 
-Page i links to its children 3i+1..3i+3, to its parent and to the home page,
+Page i links to its children 3i+1..3i+3 (``fanout`` of them), to its parent and to the home page,
 so most links are duplicates. Every page yields one item. The server counts
 hits per path; pages listed in ``fail`` answer 500, ``slow`` ones take a while.
 """
@@ -31,8 +31,8 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[QuietServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def page_html(i: int, n: int, redirect_every: int = 0) -> bytes:
-    links = [c for c in (3 * i + 1, 3 * i + 2, 3 * i + 3) if c < n]
+def page_html(i: int, n: int, redirect_every: int = 0, fanout: int = 3) -> bytes:
+    links = [c for c in range(fanout * i + 1, fanout * i + fanout + 1) if c < n]
     links += [0, max(0, (i - 1) // 3)]
     body = "".join(
         f'<a href="/{"r" if redirect_every and c % redirect_every == 0 else "p"}/{c}">page {c}</a> '
@@ -43,8 +43,13 @@ def page_html(i: int, n: int, redirect_every: int = 0) -> bytes:
 
 class Site:
     def __init__(self, n_pages: int, *, fail: frozenset[int] = frozenset(),
-                 delay: float = 0.0, redirect_every: int = 0, flaky_every: int = 0) -> None:
+                 delay: float = 0.0, redirect_every: int = 0, flaky_every: int = 0,
+                 fanout: int = 3) -> None:
         self.n = n_pages
+        #: Page i links to its children fanout*i+1 .. fanout*i+fanout.
+        self.fanout = fanout
+        #: The pages fetched, in the order their requests arrived.
+        self.order: list[int] = []
         self.fail = set(fail)
         #: Links to pages that are multiples of this go through /r/<i> -> 302 -> /p/<i>.
         self.redirect_every = redirect_every
@@ -65,6 +70,8 @@ class Site:
                 with site._lock:
                     site.hits[path] += 1
                     site.total_hits += 1
+                    if path.startswith("/p/") and path[3:].isdigit():
+                        site.order.append(int(path[3:]))
                     site._lock.notify_all()
                 site.gate.wait(60)
                 if site.delay:
@@ -87,7 +94,7 @@ class Site:
                 if site.flaky_every and i % site.flaky_every == 0 and site.hits[path] == 1:
                     self.send_error(503)
                     return
-                data = page_html(i, site.n, site.redirect_every)
+                data = page_html(i, site.n, site.redirect_every, site.fanout)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(data)))

@@ -15,10 +15,12 @@ from scrapy_checkpoint.journal import doneset
 from scrapy_checkpoint.journal.doneset import DoneSet
 from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.journal.snapshot import (
-    SNAPSHOT_MAGIC,
     SNAPSHOT_MAGIC_V1,
     decode_snapshot,
     encode_snapshot,
+)
+from scrapy_checkpoint.journal.snapshot import (
+    SNAPSHOT_MAGIC_V2 as SNAPSHOT_MAGIC,
 )
 from scrapy_checkpoint.live import LiveState
 

@@ -39,15 +39,18 @@ def test_a_sealed_group_writes_its_keys_in_one_order_and_leaves_the_builder_empt
     group.failed.append(3)
     group.counts[0] += 3
     group.updates = 3
-    group.added.append([7, {"url": "u"}])
+    group.added.append(7, 1 << 40, 12, -3)
     group.started.append(7)
     group.handed.append(8)
     payload = group.seal(("item", 2, None), 12.5)
-    assert list(_header(payload)) == ["st", "a", "s", "h", "c", "l", "i", "b", "ts", "d", "f"]
+    assert list(_header(payload)) == ["st", "s", "h", "c", "l", "i", "b", "ts", "d", "f", "r"]
     decoded = decode_group(payload)
     assert list(decoded.done) == [1, 2]
     assert list(decoded.failed) == [3]
     assert decoded.fields[HANDED] == [8]
+    assert decoded.added is not None
+    assert [list(a) for a in (decoded.added.codes, decoded.added.refs, decoded.added.lengths,
+                              decoded.added.priorities)] == [[7], [1 << 40], [12], [-3]]
     assert group.is_empty()
 
 
@@ -58,13 +61,15 @@ def test_counter_fields_add_up_and_a_stage_reinit_drops_what_came_before_but_han
     assert group.counts == [3, 2, 1, 0]
     assert COUNTERS not in group.fields
     group.done.append(4)
-    group.added.append([5, None])
+    group.added.append(5, 0, 0, 0)
     group.handed.append(6)
     group.add_fields({INIT: {"stage": "s"}})
-    assert (group.done, group.added, group.counts) == ([], [], [0, 0, 0, 0])
+    assert (group.done, len(group.added), group.counts) == ([], 0, [0, 0, 0, 0])
     assert group.fields == {INIT: {"stage": "s"}}
     assert group.handed == [6]
-    assert ADDED not in _header(group.seal((None, None, None), 1.0))
+    sealed = group.seal((None, None, None), 1.0)
+    assert ADDED not in _header(sealed)
+    assert decode_group(sealed).added is None
 
 
 def test_a_group_is_committed_every_save_every_updates_or_at_a_tick_once_save_interval_passed(

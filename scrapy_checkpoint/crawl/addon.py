@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from scrapy.core.scheduler import Scheduler
 from scrapy.utils.misc import load_object
 
 from ..errors import ConfigError
@@ -24,6 +25,7 @@ from .start_errors import report
 logger = logging.getLogger("scrapy_checkpoint")
 
 _FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
+_SCHEDULER = "scrapy.core.scheduler.Scheduler"
 
 
 class Addon:
@@ -41,8 +43,9 @@ class Addon:
         return cls(crawler.spidercls)
 
     def update_settings(self, settings: Any) -> None:
-        """Install the extension, the middleware, the feed exporter and storage at "addon"
-        priority, unless the plugin is disabled or the command does not crawl. Raises
+        """Install the extension, the middleware, the feed exporter and storage, and the
+        scheduler (in place of Scrapy's default one) at "addon" priority, unless the plugin
+        is disabled or the command does not crawl. Raises
         ConfigError for a CHECKPOINT_ENABLED that is not a bool."""
         enabled = settings.get("CHECKPOINT_ENABLED")
         if enabled is not None and not _as_bool(settings):
@@ -63,6 +66,10 @@ class Addon:
             extensions[_FEED_EXPORTER] = None
             extensions[CheckpointFeedExporter] = 0
             settings.set("EXTENSIONS", extensions, settings.getpriority("EXTENSIONS") or 0)
+        # The journal is the frontier: Scrapy's scheduler, with journaled requests queued on
+        # disk, unless the user chose another scheduler (scrapy-redis, their own).
+        if settings.get("SCHEDULER") in (_SCHEDULER, Scheduler):
+            settings.set("SCHEDULER", "scrapy_checkpoint.CheckpointScheduler", priority="addon")
         # Local feeds go through the durable storage unless the user chose a storage for them.
         storage = "scrapy_checkpoint.CheckpointFeedStorage"
         storages = settings.getdict("FEED_STORAGES")

@@ -89,6 +89,8 @@ class CheckpointExtension:
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
         self._own_output: DurableOutput | None = None
+        #: The :class:`~.scheduler.CheckpointScheduler`, when the crawl uses it.
+        self.scheduler: Any = None
         self._encoder = ScrapyJSONEncoder()
         self._warned: set[str] = set()
         self._stopping = False
@@ -287,12 +289,20 @@ class CheckpointExtension:
         if self.config.log_interval:
             self._start_loop(self.log_progress, self.config.log_interval)
 
-    def _release_held(self, pairs: list[Any]) -> int:
-        """Schedule the resumed requests held for the setup requests (see :meth:`spider_opened`)."""
+    def _release_held(self, held: list[Any]) -> int:
+        """Schedule the resumed requests held for the setup requests (see :meth:`spider_opened`):
+        ``(code, payload)`` pairs, or with the checkpoint scheduler the units' codes."""
         frontier = self.frontier
         if frontier is None or not self.active:
             return 0
-        return frontier.schedule(payload for code, payload in pairs if not frontier.taken(code))
+        if self.scheduler is not None:
+            assert self.cp is not None
+            pending = self.cp.live.pending
+            codes = [code for code in held if not frontier.taken(code)]
+            priorities = [(pending.entry(code) or (0, 0, 0))[2] for code in codes]
+            self.scheduler.resume(codes, priorities)
+            return len(codes)
+        return frontier.schedule(payload for code, payload in held if not frontier.taken(code))
 
     def _start_loop(self, fn: Any, interval: float) -> None:
         loop = create_looping_call(fn)
@@ -465,8 +475,8 @@ class CheckpointExtension:
 def _record_never_done(cp: EnhancedCheckpoint, stage: str) -> None:
     """The crawl finished with pending units it never did: count them as lost."""
     pending = cp.live.pending
-    unjournaled = [code for code, payload in pending.items() if payload is None]
-    never_done = [code for code, payload in pending.items() if payload is not None]
+    unjournaled = [code for code in pending if not pending.has_payload(code)]
+    never_done = [code for code in pending if pending.has_payload(code)]
     if unjournaled:
         cp.record_lost(LOST_UNJOURNALED, len(unjournaled), unjournaled)
         logger.warning("Stage %s: %d request(s) that could not be journaled were lost at an "
@@ -486,22 +496,25 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
         if restored:
             logger.info("Stage %s: %d cookie(s) of earlier runs restored before the "
                         "resumed requests.", ext.stage, restored)
-    unjournaled = sum(payload is None for payload in live.pending.values())
+    unjournaled = live.pending.unjournaled()
     if unjournaled:
         logger.warning(
             "Stage %s: %d request(s) that could not be journaled were pending at the "
             "interruption: they cannot be sent again, so their work is lost unless the "
             "crawl finds them again; the stage will end 'incomplete'.", ext.stage,
             unjournaled)
-    lifo = "lifo" in str(ext.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
-    # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
-    pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
-                         frontier.inflight_at_crash, lifo=lifo)
     assert ext.setup is not None
-    if ext.setup.hold(pairs, ext._release_held):
-        resumed = sum(payload is not None for _, payload in pairs)
+    if ext.scheduler is not None:  # queued by code: nothing is rebuilt before its turn
+        resumed = _queue_resumed(ext, frontier, cp)
     else:
-        resumed = frontier.schedule(payload for _, payload in pairs)
+        lifo = "lifo" in str(ext.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
+        # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
+        pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
+                             frontier.inflight_at_crash, lifo=lifo)
+        if ext.setup.hold(pairs, ext._release_held):
+            resumed = sum(payload is not None for _, payload in pairs)
+        else:
+            resumed = frontier.schedule(payload for _, payload in pairs)
     if ext.worker is not None:
         resumed += ext.worker.hand_over_adopted()
     inflight = len(frontier.inflight_at_crash)
@@ -511,6 +524,23 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
                     ext.stage, resumed, inflight, len(live.done))
     ext.stats.set_value("checkpoint/resumed", resumed)
     ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
+def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint) -> int:
+    """Queue the pending units in the checkpoint scheduler by code, the units in flight at
+    the interruption due first (or hold them for the setup requests); returns how many."""
+    pending = cp.live.pending
+    pending.compact()
+    inflight = [code for code in frontier.inflight_at_crash if pending.has_payload(code)]
+    resumed = len(pending) - pending.unjournaled()
+    if not resumed:
+        return 0
+    assert ext.setup is not None
+    if ext.setup.hold(list(pending.codes), ext._release_held):
+        return resumed
+    ext.scheduler.resume(pending.codes, pending.priorities,
+                         first=[(code, (pending.entry(code) or (0, 0, 0))[2]) for code in inflight])
+    return resumed
 
 
 __all__ = ["FAILED_REASONS", "IGNORE_META", "SETUP_META", "UNIT_META", "CheckpointExtension"]

@@ -121,6 +121,7 @@ class WorkerUnits:
 
     cp: EnhancedCheckpoint
     live: set[int]
+    lazy: bool
     identity: UnitIdentity
     continued: dict[int, int]
     unfiltered: set[int]
@@ -156,14 +157,16 @@ class WorkerUnits:
             self._not_ours.add(request)
 
     def spare(self) -> list[int]:
-        """Pending units of this worker that may be given away: scheduled here, not started,
-        not continued, not keyed by a fingerprint that bypassed the dupefilter here."""
+        """Pending units of this worker that may be given away: scheduled here (or queued
+        on disk), not started, not continued, not keyed by a fingerprint that bypassed the
+        dupefilter here."""
         live = self.cp.live
         started = live.started
         pending = live.pending
-        return [code for code in pending if code in self.live and code not in started
+        here = self.live
+        return [code for code in pending if (code in here or self.lazy) and code not in started
                 and code not in self.continued and code not in self.unfiltered
-                and pending[code] is not None]
+                and pending.has_payload(code)]
 
 
 class ExpiredSessions:
@@ -274,6 +277,14 @@ class Frontier(WorkerUnits, ExpiredSessions):
         #: a stage that is not shared): a copy of a unit of this run is registered when it
         #: starts, and requests scheduled again bypass the scheduler's dupefilter.
         self.copies_from_queue = False
+        #: The :class:`~.scheduler.CheckpointScheduler` queues journaled units by code (see
+        #: :meth:`queued`, :meth:`popped`): a queued unit is pending, not in :attr:`live`.
+        self.lazy = False
+        #: A duplicate of a unit queued or done in this run, for the checkpoint scheduler to
+        #: filter (Scrapy's dupefilter never saw the units it queues).
+        self.duplicate: Request | None = None
+        # The journaled unit request_scheduled just registered (lazy: for the queue).
+        self._admitted: Request | None = None
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -325,6 +336,9 @@ class Frontier(WorkerUnits, ExpiredSessions):
         if self.pairing is not None:
             self.pairing.queue(request, code, spider, continuation=continued)
             return
+        if self.lazy and code not in self.live and cp.live.pending.has_payload(code):
+            self._drop_duplicate(request, code)  # queued on disk
+            return
         if code in self.live:
             if continued:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
@@ -350,7 +364,10 @@ class Frontier(WorkerUnits, ExpiredSessions):
         if code not in cp.live.pending:
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
-            cp.add_unit(code, self.payload(request, spider))
+            payload = self.payload(request, spider)
+            cp.add_unit(code, payload, request.priority)
+            if payload is not None and self.lazy:
+                self._admitted = request
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
         """A unit is fetched once per stage. A plain duplicate is left to the dupefilter,
@@ -358,6 +375,7 @@ class Frontier(WorkerUnits, ExpiredSessions):
         unit already here (what a callback done again yields again, a ``start()`` request
         resumed), or a duplicate of a unit that bypassed the dupefilter, is dropped here."""
         if not request.dont_filter and code not in self.unfiltered:
+            self.duplicate = request
             return
         self.stats.inc_value("checkpoint/duplicates_dropped")
         raise IgnoreRequest("duplicate of a request already scheduled or done in this run")
@@ -418,6 +436,7 @@ class Frontier(WorkerUnits, ExpiredSessions):
                 self.stats.inc_value("checkpoint/unrestorable")
                 unrestorable += foreign
                 continue
+            self.stats.inc_value("checkpoint/rebuilt")
             # Its unit, whatever dont_filter becomes: never a continuation of one here.
             code = request.meta[UNIT_META] = self.identity.journaled_code(request)
             if code in self.inflight_at_crash:
@@ -448,6 +467,51 @@ class Frontier(WorkerUnits, ExpiredSessions):
         """Unit ``code`` is done, or was scheduled in this run (a resumed copy of it is not
         needed)."""
         return code in self.live or code in self.cp.live.done
+
+    # -- the checkpoint scheduler's queue (see .scheduler) ---------------------------------
+
+    def queued(self, request: Request) -> int | None:
+        """The unit ``request`` carries if it is the journaled unit just registered: it is
+        queued by code now (no longer in :attr:`live` until :meth:`popped`); else None."""
+        if request is not self._admitted:
+            return None
+        self._admitted = None
+        code: int = request.meta[UNIT_META]
+        self.live.discard(code)
+        return code
+
+    def popped(self, code: int, request: Request | None) -> Request | None:
+        """Unit ``code`` comes out of the queue: its request (``request``, or rebuilt from
+        its record), now a unit of this run again; None if it is no longer pending here
+        (done, given away, dropped, or already out) or cannot be rebuilt (counted lost)."""
+        pending = self.cp.live.pending
+        if code in self.live or not pending.has_payload(code):
+            return None
+        if request is None:
+            spider = self.crawler.spider
+            try:
+                request = payload_to_request(pending.get(code), spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped and counted as lost.")
+                self.stats.inc_value("checkpoint/unrestorable")
+                try:
+                    self.cp.record_lost(LOST_UNRESTORABLE, 1, [code])
+                except CheckpointError as error:
+                    self.stop(error)
+                return None
+            self.stats.inc_value("checkpoint/rebuilt")
+            meta = request.meta
+            meta[UNIT_META] = code
+            if code in self.inflight_at_crash:
+                meta.pop("is_start_request", None)
+            if self.copies_from_queue:
+                request.dont_filter = True
+            self._registered.add(request)
+            if self.shared is not None:
+                self._requests[code] = request
+        self.live.add(code)
+        return request
 
     def record_skips(self) -> None:
         """Journal the count of requests dropped as done by earlier runs."""

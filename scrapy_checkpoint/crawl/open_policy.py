@@ -17,6 +17,7 @@ or (completed) leave it alone.
 from __future__ import annotations
 
 import logging
+from itertools import chain
 from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
@@ -91,7 +92,9 @@ def _unrestorable(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoi
     spider = crawler.spider if crawler.spider is not None else crawler.spidercls
     live = cp.live
     # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
-    payloads = {**live.failed_units, **live.pending} if config.retry_failed else live.pending
+    payloads = live.pending.items()
+    if config.retry_failed:
+        payloads = chain(payloads, ((code, live.failed_payload(code)) for code in live.failed_units))
     problems = unrestorable(payloads, spider)
     if problems and not config.drop_unrestorable:
         raise UnrestorableRequestsError(

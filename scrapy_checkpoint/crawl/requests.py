@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from scrapy import Request, Spider
@@ -134,8 +134,8 @@ def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
     return request_from_dict(d, spider=spider)
 
 
-def unrestorable(pending: Mapping[int, Any], spider: Any) -> dict[str, list[int]]:
-    """What the journaled requests in ``pending`` (code -> payload) need and ``spider`` (the
+def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, list[int]]:
+    """What the journaled requests in ``pending`` ((code, payload) pairs) need and ``spider`` (the
     spider or its class) or the imported modules no longer have: ``{what: [codes]}``, each
     ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"`` or
     ``"item class 'path'"``. Each distinct name is looked up once; payloads that are None
@@ -162,7 +162,7 @@ def unrestorable(pending: Mapping[int, Any], spider: Any) -> dict[str, list[int]
             found[key] = ok
         return not ok
 
-    for code, payload in pending.items():
+    for code, payload in pending:
         if payload is None:
             continue
         needs = [("callback", payload.get("callback")), ("errback", payload.get("errback")),

@@ -143,5 +143,5 @@ class ScrapyRedisPairing:
                 shared.beat("running")
         payload = frontier.payload(request, frontier.crawler.spider)
         if payload is not None:
-            cp.add_unit(code, payload)
+            cp.add_unit(code, payload, request.priority)
         cp.start_unit(code)

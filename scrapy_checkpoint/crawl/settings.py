@@ -36,6 +36,8 @@ CHECKPOINT_SHARED            bool       False               Several workers shar
 CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
 CHECKPOINT_DROP_UNRESTORABLE bool       False               Drop (and count as lost) journaled
                                                             requests the spider cannot rebuild.
+CHECKPOINT_FRONTIER_MEMORY   int        1000                Queued requests kept as objects (the
+                                                            rest are rebuilt from the journal).
 ===========================  =========  ==================  ==========================================
 
 An unknown ``CHECKPOINT_*`` name stops a crawl that has the plugin enabled, with the
@@ -96,6 +98,7 @@ class CheckpointSettings(BaseModel):
     shared: bool = False
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
     drop_unrestorable: bool = False
+    frontier_memory: int = Field(1000, ge=0)
     checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
     @field_validator("redis_ttl")

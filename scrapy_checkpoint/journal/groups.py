@@ -1,10 +1,17 @@
 """Journal groups: one commit's worth of changes as one record (bytes only, no I/O).
 
-A group is ``<u32 header length><JSON header><done codes><failed codes>``; the
-codes are packed little-endian uint64 (see :mod:`.keys`). The header is a JSON
-object under the short keys below (short to keep records small); every key but
-``d`` and ``f`` is optional. :meth:`scrapy_checkpoint.live.LiveState.apply` is
-what each one means on replay.
+A group is ``<u32 header length><JSON header><done codes><failed codes>``, then,
+when it adds pending units (``r`` in the header), ``<codes><refs><lengths>
+<priorities>`` of those units; codes and refs are packed little-endian uint64 (see
+:mod:`.keys`), lengths uint32, priorities int32. The header is a JSON object under
+the short keys below (short to keep records small); every key but ``d`` and ``f``
+is optional. :meth:`scrapy_checkpoint.live.LiveState.apply` is what each one means
+on replay.
+
+A journal also holds *request records* (:func:`encode_request`): the bytes of what
+redoes one pending unit (a crawl's request), written before the group that adds
+the unit and found again by their ``ref`` (:mod:`.pending`). Replay skips them
+(:func:`decode_record` returns None); they are read one by one, when needed.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..state import CheckpointState, Owner, Status
@@ -42,7 +49,10 @@ REFRESH_BEFORE = "rb"    # a new pass of a completed stage: units done before th
 #                          are no longer done (fetched again when reached), and the durable
 #                          outputs are opened afresh, as by a first run
 ADDED = "a"              # new pending units: [[code, payload], ...] (payload: JSON, what is
-#                          needed to redo the unit)
+#                          needed to redo the unit), as written before request records
+ADDED_REFS = "r"         # number of new pending units in the binary section after the codes:
+#                          their codes, refs (where their request record is), lengths (of
+#                          what the record holds) and priorities (see .pending)
 STARTED = "s"            # codes of pending units handed to a worker (in flight)
 HANDED = "h"             # codes of pending units given to another process (a shared stage's
 #                          worker): no longer pending here, and not done
@@ -72,6 +82,11 @@ SEGMENT_OF = "sg"        # the segment's name tag, alone in the first group of a
 
 _STATUSES = frozenset(s.value for s in Status)
 _GROUP_HEADER = struct.Struct("<I")
+#: The first four bytes of a request record: a header length no group has (see MAX_PAYLOAD).
+REQUEST_MARK = b"\xff\xff\xff\xff"
+_REQUEST_HEAD = struct.Struct("<4sQ")  # mark, unit code
+#: Bytes a request record adds to what it holds (mark, code).
+REQUEST_OVERHEAD = _REQUEST_HEAD.size
 #: The largest counter (or counter delta) a group may hold: a signed 64-bit int.
 MAX_COUNT = (1 << 63) - 1
 #: The largest Unix time a group may hold (that of a done time: uint32 seconds).
@@ -170,6 +185,7 @@ _CHECKS: dict[str, Any] = {
     RETRY_FAILED: is_codes,
     REFRESH_BEFORE: _seconds,
     ADDED: is_units,
+    ADDED_REFS: _count,
     STARTED: is_codes,
     HANDED: is_codes,
     OUTPUTS: lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
@@ -195,36 +211,86 @@ def check_fields(fields: dict[str, Any]) -> None:
             raise ValueError(f"group field {key!r} holds a bad value")
 
 
-def _codes_bytes(codes: list[int]) -> bytes:
-    a = array("Q", codes)
+def _packed(values: Any, typecode: str) -> bytes:
+    a = values if isinstance(values, array) and values.typecode == typecode else array(typecode, values)
     if sys.byteorder != "little":
+        a = array(typecode, a)
         a.byteswap()
     return a.tobytes()
 
 
-def _codes_from(data: memoryview) -> array[int]:
+def _codes_bytes(codes: list[int]) -> bytes:
+    return _packed(codes, "Q")
+
+
+def _unpacked(data: memoryview, typecode: str) -> array[int]:
     # Kept as an array (8 bytes a code): replay may hold many groups at once.
-    a = array("Q")
+    a = array(typecode)
     a.frombytes(data)
     if sys.byteorder != "little":
         a.byteswap()
     return a
 
 
+def _codes_from(data: memoryview) -> array[int]:
+    return _unpacked(data, "Q")
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+#: Bytes per added unit in a group's binary section: code, ref, length, priority.
+_ADDED_ENTRY = 8 + 8 + 4 + 4
 
 
-def encode_group(done: list[int], failed: list[int], fields: dict[str, Any]) -> bytes:
+@dataclass
+class Added:
+    """Pending units a group adds, as parallel arrays (see :data:`ADDED_REFS`)."""
+
+    codes: array[int] = field(default_factory=lambda: array("Q"))
+    refs: array[int] = field(default_factory=lambda: array("Q"))
+    lengths: array[int] = field(default_factory=lambda: array("I"))
+    priorities: array[int] = field(default_factory=lambda: array("i"))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def append(self, code: int, ref: int, length: int, priority: int) -> None:
+        self.codes.append(code)
+        self.refs.append(ref)
+        self.lengths.append(length)
+        self.priorities.append(priority)
+
+    def to_bytes(self) -> bytes:
+        return b"".join((_packed(self.codes, "Q"), _packed(self.refs, "Q"),
+                         _packed(self.lengths, "I"), _packed(self.priorities, "i")))
+
+    @classmethod
+    def from_bytes(cls, data: memoryview, n: int) -> Added:
+        """Raise ValueError unless ``data`` holds ``n`` entries exactly."""
+        if len(data) != _ADDED_ENTRY * n:
+            raise ValueError("group's added units have the wrong length")
+        a, b, c = 8 * n, 16 * n, 20 * n
+        return cls(_unpacked(data[:a], "Q"), _unpacked(data[a:b], "Q"),
+                   _unpacked(data[b:c], "I"), _unpacked(data[c:], "i"))
+
+
+def encode_group(done: list[int], failed: list[int], fields: dict[str, Any],
+                 added: Added | None = None) -> bytes:
     """One group: counters and other fields as JSON, unit codes as packed uint64.
 
     ``done`` holds the codes of units finished successfully, ``failed`` those
-    finished with a failure (also done: they are skipped unless retried).
+    finished with a failure (also done: they are skipped unless retried); ``added``
+    the pending units the group adds (their request records are written before it).
     """
     header = dict(fields)
     header[DONE_COUNT] = len(done)
     header[FAILED_COUNT] = len(failed)
+    if added:
+        header[ADDED_REFS] = len(added)
     head = _ENCODER.encode(header).encode()
-    return b"".join((_GROUP_HEADER.pack(len(head)), head, _codes_bytes(done), _codes_bytes(failed)))
+    parts = [_GROUP_HEADER.pack(len(head)), head, _codes_bytes(done), _codes_bytes(failed)]
+    if added:
+        parts.append(added.to_bytes())
+    return b"".join(parts)
 
 
 @dataclass
@@ -235,8 +301,17 @@ class Group:
     done: array[int]
     #: Codes of units finished with a failure (done too: skipped unless retried).
     failed: array[int]
-    #: The header without ``d`` and ``f`` (see the keys above).
+    #: The header without ``d``, ``f`` and ``r`` (see the keys above).
     fields: dict[str, Any]
+    #: The pending units it adds with their request records (None: none).
+    added: Added | None = None
+
+    def added_codes(self) -> list[int]:
+        """Codes of the pending units the group adds, either way (records or payloads)."""
+        codes = [code for code, _ in self.fields.get(ADDED, ())]
+        if self.added is not None:
+            codes.extend(self.added.codes)
+        return codes
 
 
 def decode_group(payload: bytes | memoryview) -> Group:
@@ -255,10 +330,44 @@ def decode_group(payload: bytes | memoryview) -> Group:
     if type(n_done) is not int or type(n_failed) is not int or n_done < 0 or n_failed < 0:
         raise ValueError("bad code counts")
     view = memoryview(payload)[start + hlen :]
-    if len(view) != 8 * (n_done + n_failed):
+    n_added = fields.pop(ADDED_REFS, 0)
+    if type(n_added) is not int or n_added < 0:
+        raise ValueError("bad added count")
+    codes_end = 8 * (n_done + n_failed)
+    if len(view) != codes_end + _ADDED_ENTRY * n_added:
         raise ValueError("group key section has the wrong length")
     check_fields(fields)
-    return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done :]), fields)
+    added = Added.from_bytes(view[codes_end:], n_added) if n_added else None
+    return Group(_codes_from(view[: 8 * n_done]), _codes_from(view[8 * n_done : codes_end]),
+                 fields, added)
+
+
+def encode_request(code: int, data: bytes) -> bytes:
+    """A request record: what redoes pending unit ``code`` (``data``, e.g. a crawl's request
+    as JSON), framed and appended to the journal like a group."""
+    return _REQUEST_HEAD.pack(REQUEST_MARK, code) + data
+
+
+def decode_request(payload: bytes | memoryview, code: int) -> bytes:
+    """What request record ``payload`` holds; ValueError unless it is one, of unit ``code``."""
+    if len(payload) < REQUEST_OVERHEAD:
+        raise ValueError("request record cut short")
+    mark, found = _REQUEST_HEAD.unpack_from(payload, 0)
+    if mark != REQUEST_MARK:
+        raise ValueError("not a request record")
+    if found != code:
+        raise ValueError(f"request record of unit {found}, not {code}")
+    return bytes(payload[REQUEST_OVERHEAD:])
+
+
+def decode_record(payload: bytes | memoryview) -> Group | None:
+    """A journal record: its group (:func:`decode_group`), or None for a request record
+    (skipped by replay). Raises as :func:`decode_group`."""
+    if payload[:4] == REQUEST_MARK:
+        if len(payload) < REQUEST_OVERHEAD:
+            raise ValueError("request record cut short")
+        return None
+    return decode_group(payload)
 
 
 def segment_tag(stage: str, generation: int) -> bytes:
@@ -289,8 +398,8 @@ class GroupBuilder:
         self.counts = [0, 0, 0, 0]
         #: Updates recorded (each writes the last item, index and batch id at commit).
         self.updates = 0
-        #: ``[code, payload]`` of new pending units (header key ``a``).
-        self.added: list[list[Any]] = []
+        #: New pending units, with their request records' refs (``r``).
+        self.added = Added()
         #: Codes of pending units handed to a worker (``s``).
         self.started: list[int] = []
         #: Codes of pending units given to another process (``h``).
@@ -328,20 +437,20 @@ class GroupBuilder:
         and the next commit still writes the last item."""
         self.done, self.failed, self.fields = [], [], {}
         self.counts = [0, 0, 0, 0]
-        self.added, self.started = [], []
+        self.added, self.started = Added(), []
 
     def seal(self, position: tuple[str | None, int | None, str | None], committed_at: float) -> bytes:
         """Encode the group (see :func:`encode_group`) and start an empty one.
 
         ``position`` is ``(last item, last index, batch id)``, written if an update was
         recorded; ``committed_at`` is the commit's Unix time in seconds. The header keys
-        come in a fixed order (the fields, then ``a s h c l i b ts``), so the same
+        come in a fixed order (the fields, then ``s h c l i b ts``), so the same
         changes always make the same bytes.
         """
         fields = self.fields
-        if self.added:
-            fields[ADDED] = self.added
-            self.added = []
+        added = self.added
+        if added:
+            self.added = Added()
         if self.started:
             fields[STARTED] = self.started
             self.started = []
@@ -354,7 +463,7 @@ class GroupBuilder:
         if self.updates:
             fields[LAST_ITEM], fields[LAST_INDEX], fields[BATCH_ID] = position
         fields[COMMITTED_AT] = committed_at
-        payload = encode_group(self.done, self.failed, fields)
+        payload = encode_group(self.done, self.failed, fields, added)
         # Detached before the caller appends it: if the append fails, the group must
         # not be sent again with the next one.
         self.done, self.failed, self.fields = [], [], {}

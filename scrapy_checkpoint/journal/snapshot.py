@@ -3,10 +3,13 @@
 ``<8-byte magic><u32 header length><u32 crc32(header)><JSON header>
 <u64 number of codes><u32 crc32(codes)><done codes as little-endian uint64>``, and
 in a ``SCKSNAP2`` snapshot then ``<u32 crc32(times)><done times as little-endian
-uint32>``, one Unix second per code, in the codes' order. A ``SCKSNAP1`` snapshot
-(written before done times were kept) is still read: its units are taken as done
-at the time its state was last updated. The same bytes are kept by every store (a
-file, a Redis value). Bytes only, no I/O.
+uint32>``, one Unix second per code, in the codes' order, and in a ``SCKSNAP3``
+snapshot then the frontier's index (:meth:`.pending.PendingIndex.to_bytes`: the
+pending units and where their request records are; the payloads themselves stay
+in the journal). A ``SCKSNAP1`` snapshot (written before done times were kept) is
+still read: its units are taken as done at the time its state was last updated;
+``SCKSNAP1`` and ``SCKSNAP2`` headers hold the pending payloads themselves. The same
+bytes are kept by every store (a file, a Redis value). Bytes only, no I/O.
 """
 
 from __future__ import annotations
@@ -19,27 +22,39 @@ from typing import Any
 
 from .doneset import MAX_TIME, DoneSet
 from .groups import MAX_COUNT, is_codes, is_state, is_units, output_entry
+from .pending import PendingIndex
 
 #: Snapshots without done times (read only).
 SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
-#: Snapshots with a done time per code (written).
-SNAPSHOT_MAGIC = b"SCKSNAP2"
+#: Snapshots with a done time per code, pending payloads in the header (read only).
+SNAPSHOT_MAGIC_V2 = b"SCKSNAP2"
+#: Snapshots with a done time per code and the frontier's index (written).
+SNAPSHOT_MAGIC = b"SCKSNAP3"
 _SNAP_HEAD = struct.Struct("<II")  # header length, crc32(header)
 _SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
 _SNAP_TIMES = struct.Struct("<I")  # crc32(times)
 #: Header key: the done set's ``now`` when the snapshot was taken (Unix seconds), the
 #: time of the units the next group records.
 DONE_NOW = "done_now"
+#: Header key of a decoded ``SCKSNAP3`` snapshot: its frontier's index (a PendingIndex
+#: without a reader; never in the stored JSON).
+PENDING_INDEX = "pending_index"
+#: Header key: the journal generations the records of its pending and failed units are
+#: in (retention keeps them).
+PLACES = "places"
 
 
 def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
-                    times_bytes: bytes | None = None) -> bytes:
-    """A snapshot of ``header`` (JSON-serialisable), ``done_bytes`` (packed codes) and
-    ``times_bytes`` (packed done times, one per code: :meth:`DoneSet.times_bytes`).
-    Without ``times_bytes`` it is a ``SCKSNAP1`` snapshot, as written before times were kept."""
+                    times_bytes: bytes | None = None, pending_bytes: bytes | None = None) -> bytes:
+    """A snapshot of ``header`` (JSON-serialisable), ``done_bytes`` (packed codes),
+    ``times_bytes`` (packed done times, one per code: :meth:`DoneSet.times_bytes`) and
+    ``pending_bytes`` (:meth:`PendingIndex.to_bytes`). Without ``pending_bytes`` it is a
+    ``SCKSNAP2`` snapshot, without ``times_bytes`` too a ``SCKSNAP1`` one, as written before."""
     head = json.dumps(header, separators=(",", ":"), default=str).encode()
+    magic = (SNAPSHOT_MAGIC_V1 if times_bytes is None
+             else SNAPSHOT_MAGIC_V2 if pending_bytes is None else SNAPSHOT_MAGIC)
     parts = [
-        SNAPSHOT_MAGIC if times_bytes is not None else SNAPSHOT_MAGIC_V1,
+        magic,
         _SNAP_HEAD.pack(len(head), zlib.crc32(head)),
         head,
         _SNAP_CODES.pack(len(done_bytes) // 8, zlib.crc32(done_bytes)),
@@ -49,6 +64,8 @@ def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
         if len(times_bytes) * 2 != len(done_bytes):
             raise ValueError("one done time (4 bytes) is needed per code (8 bytes)")
         parts += [_SNAP_TIMES.pack(zlib.crc32(times_bytes)), times_bytes]
+        if pending_bytes is not None:
+            parts.append(pending_bytes)
     return b"".join(parts)
 
 
@@ -62,9 +79,11 @@ def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
 
 def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     if data.startswith(SNAPSHOT_MAGIC):
-        timed = True
+        timed, indexed = True, True
+    elif data.startswith(SNAPSHOT_MAGIC_V2):
+        timed, indexed = True, False
     elif data.startswith(SNAPSHOT_MAGIC_V1):
-        timed = False
+        timed, indexed = False, False
     else:
         raise ValueError("not a snapshot (bad magic)")
     pos = len(SNAPSHOT_MAGIC)
@@ -82,14 +101,21 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     if len(codes) != 8 * count or zlib.crc32(codes) != ccrc:
         raise ValueError("snapshot key section checksum mismatch")
     times = None
+    index = None
     if timed:
         if len(data) < pos + _SNAP_TIMES.size:
             raise ValueError("snapshot time section is missing")
         (tcrc,) = _SNAP_TIMES.unpack_from(data, pos)
         pos += _SNAP_TIMES.size
-        times = view[pos:]
+        times = view[pos : pos + 4 * count]
         if len(times) != 4 * count or zlib.crc32(times) != tcrc:
             raise ValueError("snapshot time section checksum mismatch")
+        pos += 4 * count
+        if indexed:
+            index, size = PendingIndex.from_bytes(view[pos:])
+            pos += size
+        if len(data) != pos:
+            raise ValueError("snapshot has bytes after its last section")
     elif len(data) != pos:
         raise ValueError("snapshot key section checksum mismatch")
     header = json.loads(head)
@@ -101,6 +127,11 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     if not done.is_strictly_sorted():
         # Lookups bisect the codes: unsorted, the count and the lookups would disagree.
         raise ValueError("snapshot codes are not sorted (or repeat)")
+    if index is not None:
+        if "pending" in header:
+            raise ValueError("snapshot holds pending units twice")
+        index.keep_inline(header.pop("inline", []))
+        header[PENDING_INDEX] = index
     return header, done
 
 
@@ -111,6 +142,8 @@ _HEADER_CHECKS: dict[str, Any] = {
     "state": is_state,
     "failed": is_units,
     "pending": is_units,
+    "inline": is_units,
+    PLACES: is_codes,
     "started": is_codes,
     "outputs": lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     "attached": lambda v: type(v) is dict,

@@ -5,6 +5,7 @@ the Scrapy pieces never know which one they use."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 from ..errors import ConfigError
 from ..journal.doneset import DoneSet
 from ..journal.groups import Group
+from ..journal.pending import RequestReader
 from ..state import CheckpointState, Owner
 
 #: A valid stage name, matched whole (fullmatch: "$" would let a final newline in).
@@ -72,6 +74,8 @@ class Loaded:
     #: The store lost the stage's data while a process was running it (a Redis restarted
     #: empty): what happened, for the error that keeps it from starting from zero silently.
     vanished: str | None = None
+    #: Reads the stage's request records (the payloads of its pending units) on demand.
+    requests: RequestReader | None = None
 
 
 class JournalWriter(Protocol):
@@ -99,6 +103,13 @@ class JournalWriter(Protocol):
         is never applied twice. Raises OSError (file), CheckpointError (Redis away for
         longer than its buffer holds) or CheckpointLockedError (the lock was lost).
         """
+
+    def put_request(self, code: int, data: bytes) -> int:
+        """Add the request record of pending unit ``code`` (``data``: what redoes it, e.g.
+        a crawl's request as JSON) and return its ref (:mod:`~..journal.pending`), at most
+        ``MAX_REF``. The record reaches the store with the next group, before it, and is
+        read back by ref through :meth:`Store.request_reader` (from the writer's buffer
+        until then). Raises as :meth:`append`."""
 
     def flush(self) -> None:
         """Hand every buffered record to the OS (or Redis). Raises as :meth:`append`."""
@@ -167,6 +178,11 @@ class Store(Protocol):
         consistent state can be rebuilt.
         """
 
+    def request_reader(self, stage: str, writer: JournalWriter | None = None) -> RequestReader:
+        """A reader of ``stage``'s request records (by the refs :meth:`JournalWriter.put_request`
+        returned); with ``writer`` (this process's) it also reads those still buffered.
+        :meth:`load` puts one without a writer in ``loaded.requests``."""
+
     def set_aside(self, stage: str, loaded: Loaded) -> None:
         """Keep what :meth:`load` could not use (``loaded.dropped_bytes``,
         ``loaded.unreachable``) where no later load reads it (``*.corrupt`` files, the
@@ -186,9 +202,12 @@ class Store(Protocol):
         writer keep records in the process until it flushes.
         """
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
         """Store ``blob`` (:func:`~scrapy_checkpoint.journal.snapshot.encode_snapshot`
-        bytes) as the state at the start of journal generation ``gen``.
+        bytes) as the state at the start of journal generation ``gen``. ``freed``: refs of
+        request records no unit needed from the snapshot before this one on (a store that
+        keeps records apart from its journal, Redis, deletes them once no kept snapshot
+        can need them; the file store's retention deletes whole segments instead).
 
         Atomic: a reader sees the previous snapshot or this one, whole. Runs on the I/O
         thread once the segment before ``gen`` is durable; a crash before it completes

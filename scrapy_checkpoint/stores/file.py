@@ -6,7 +6,8 @@ Layout for stage ``s`` in ``<dir>``::
     s.json.bak             the previous state file
     s.lock                 the OS lock one writer holds; names the owner
     s/snapshot-<gen>.bin   snapshot generation <gen> (state at the start of journal <gen>)
-    s/journal-<gen>.log    journal segment <gen>
+    s/journal-<gen>.log    journal segment <gen>: groups, and the request records of the
+                           pending units they add (kept while a unit needs its record)
     s/*.corrupt            damaged bytes moved aside, never deleted by us
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -22,6 +24,8 @@ import shutil
 import stat
 import struct
 import time
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,18 @@ from ..errors import (
 )
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
-from ..journal.groups import INIT, SEGMENT_OF, Group, decode_group, segment_tag
-from ..journal.snapshot import decode_snapshot
+from ..journal.groups import (
+    INIT,
+    REQUEST_OVERHEAD,
+    SEGMENT_OF,
+    Group,
+    decode_record,
+    decode_request,
+    encode_request,
+    segment_tag,
+)
+from ..journal.pending import OFFSET_BITS
+from ..journal.snapshot import PLACES, decode_snapshot
 from ..state import CheckpointState, Owner
 from .base import Loaded, is_stage_name
 from .files import (
@@ -189,8 +203,10 @@ class SegmentWriter:
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
-                 buffer_limit: int = 1 << 20, tag: bytes | None = None) -> None:
+                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0) -> None:
         self.path = path
+        #: The segment's generation (the high bits of the refs of its request records).
+        self.gen = gen
         self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(self._fd).st_size
         if truncate_at is not None and truncate_at < size:
@@ -234,6 +250,27 @@ class SegmentWriter:
             except OSError:
                 self._buf += data
                 raise
+
+    def put_request(self, code: int, data: bytes) -> int:
+        """Add a request record for unit ``code`` (see :meth:`JournalWriter.put_request`):
+        buffered, it is written with the next group; returns its ref (generation, offset)."""
+        if self._broken is not None:
+            raise type(self._broken)(*self._broken.args)
+        framed = frame(encode_request(code, data))
+        ref = (self.gen << OFFSET_BITS) | self.size
+        self.size += len(framed)
+        self._buf += framed
+        if len(self._buf) >= self._buffer_limit:
+            self.flush()
+        return ref
+
+    def unwritten(self, ref: int, size: int) -> bytes | None:
+        """The ``size`` bytes at ``ref`` if they are still in the buffer, else None."""
+        offset = ref & ((1 << OFFSET_BITS) - 1)
+        if ref >> OFFSET_BITS != self.gen or offset < self._written:
+            return None
+        start = offset - self._written
+        return bytes(self._buf[start:start + size])
 
     def flush(self) -> None:
         """Write the buffered frames (``none`` durability, or kept after a failed write)
@@ -313,6 +350,50 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class FileRequestReader:
+    """Reads a stage's request records from its journal segments (``pread``), and from
+    its writer's buffer for records not yet written (:attr:`writer`)."""
+
+    def __init__(self, store: FileStore, stage: str) -> None:
+        self._store, self._stage = store, stage
+        self._fds: dict[int, int] = {}
+        #: The stage's writer, when this process writes it.
+        self.writer: SegmentWriter | None = None
+
+    def read(self, ref: int, length: int, code: int) -> bytes:
+        """See :meth:`RequestReader.read`."""
+        size = 8 + REQUEST_OVERHEAD + length
+        raw = self.writer.unwritten(ref, size) if self.writer is not None else None
+        if raw is None:
+            raw = os.pread(self._fd(ref >> OFFSET_BITS), size, ref & ((1 << OFFSET_BITS) - 1))
+        if len(raw) != size:
+            raise ValueError("request record cut short")
+        n, crc = struct.unpack_from("<II", raw, 0)
+        body = memoryview(raw)[8:]
+        if n != len(body) or zlib.crc32(body) != crc:
+            raise ValueError("request record damaged (length or checksum)")
+        return decode_request(body, code)
+
+    def _fd(self, gen: int) -> int:
+        fd = self._fds.get(gen)
+        if fd is None:
+            if len(self._fds) >= 8:
+                self.close()
+            fd = self._fds[gen] = open_nofollow(self._store.segment_path(self._stage, gen),
+                                                os.O_RDONLY)
+        return fd
+
+    def close(self) -> None:
+        """Close the files it keeps open (reopened when needed)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class FileStore:
@@ -534,7 +615,8 @@ class FileStore:
                 f"the stage to start over."
             )
         loaded = Loaded(header, done, base_gen, snap_bytes, exists=exists, problems=problems,
-                        unreachable=unreachable, generation=base_gen)
+                        unreachable=unreachable, generation=base_gen,
+                        requests=self.request_reader(stage))
         stopped = False
         expected = base_gen
         for gen in [g for g in segs if g >= base_gen]:
@@ -549,9 +631,10 @@ class FileStore:
                 loaded.dropped_bytes += path.stat().st_size
                 continue
             try:
-                scan = scan_segment(read_regular(path), decode_group)
+                scan = scan_segment(read_regular(path), decode_record)
             except FileNotFoundError as exc:  # removed meanwhile (a reset): stop before it
                 scan = SegmentScan(problem=str(exc))
+            scan.payloads = [group for group in scan.payloads if group is not None]
             stranger = _stranger(scan.payloads, stage, gen)
             if stranger:
                 problems.append(f"{path.name} {stranger}: the journal stops before it; it and "
@@ -609,9 +692,15 @@ class FileStore:
         else:
             self._dirs.open(stage, self.data_dir(stage))
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
-                             buffered=buffered, tag=segment_tag(stage, gen))
+                             buffered=buffered, tag=segment_tag(stage, gen), gen=gen)
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+    def request_reader(self, stage: str, writer: Any = None) -> FileRequestReader:
+        """See :meth:`Store.request_reader`."""
+        reader = FileRequestReader(self, stage)
+        reader.writer = writer
+        return reader
+
+    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
         mode of its segment)."""
         self._dirs.check(stage, self.data_dir(stage))
@@ -619,16 +708,24 @@ class FileStore:
                      mode=mode_of(self.segment_path(stage, gen)))
 
     def retain(self, stage: str, keep: int) -> None:
-        """Keep the newest ``keep`` snapshots and the journal segments they need."""
+        """Keep the newest ``keep`` snapshots and the journal segments they need: those
+        from the oldest kept one on, and older ones holding request records of their
+        pending or failed units (their ``places``)."""
         snaps = self._generations(stage, "snapshot")
         if len(snaps) <= keep:
             return
         oldest_kept = snaps[-keep]
+        needed: set[int] = set()
+        for gen in snaps[-keep:]:
+            places = _snapshot_places(self.snapshot_path(stage, gen))
+            if places is None:  # unreadable: keep every segment it might need
+                return
+            needed.update(places)
         for gen in snaps[:-keep]:
             with contextlib.suppress(FileNotFoundError):
                 self.snapshot_path(stage, gen).unlink()
         for gen in self._generations(stage, "journal"):
-            if gen < oldest_kept:
+            if gen < oldest_kept and gen not in needed:
                 with contextlib.suppress(FileNotFoundError):
                     self.segment_path(stage, gen).unlink()
 
@@ -673,6 +770,29 @@ class FileStore:
             if p.exists():
                 usage["state_bytes"] += p.stat().st_size
         return usage
+
+
+def _snapshot_places(path: Path) -> list[int] | None:
+    """The ``places`` a snapshot's header names (segments holding its units' request
+    records), read without its sections; None if it cannot be read."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 16, 0)
+        if len(head) != 16:
+            return None
+        hlen, crc = struct.unpack_from("<II", head, 8)
+        data = os.pread(fd, hlen, 16)
+        if len(data) != hlen or zlib.crc32(data) != crc:
+            return None
+        places = json.loads(data).get(PLACES, [])
+        return [int(p) for p in places]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _check_snapshot_owner(header: dict[str, Any], stage: str, gen: int) -> None:

@@ -6,8 +6,12 @@ Keys for stage ``s`` under the prefix ``p`` (default ``scrapy_checkpoint``)::
     p:s:lock            the owner's token; expires after the lease unless renewed
     p:s:owner           JSON of the owner (pid, host, start time)
     p:s:journal         LIST of group records, oldest first
+    p:s:requests        HASH: ref -> request record (what redoes a pending unit, see
+                        journal.pending), written in the script call that appends the
+                        group adding the unit, deleted a snapshot after it is done
     p:s:meta            HASH: base (records trimmed into the snapshot so far),
-                        seq (last group appended), version (state writes)
+                        seq (last group appended), rq (last request ref), version
+                        (state writes)
     p:s:snapshot        the newest snapshot (same bytes as a file snapshot)
     p:s:snapshot:prev   the one before it
     p:s:state           JSON of the human-readable state
@@ -32,6 +36,7 @@ import struct
 import threading
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -50,7 +55,7 @@ from ..errors import (
     redact,
 )
 from ..journal.doneset import DoneSet
-from ..journal.groups import ADDED, HANDED, decode_group
+from ..journal.groups import HANDED, REQUEST_OVERHEAD, decode_group, decode_request, encode_request
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
 from .base import Loaded, check_stage_name, is_stage_name
@@ -236,24 +241,50 @@ class RedisJournalWriter:
     """
 
     def __init__(self, store: RedisStore, stage: str, token: str, seq: int,
-                 buffer_limit: int, tracked: TrackedUnits | None = None) -> None:
+                 buffer_limit: int, tracked: TrackedUnits | None = None, rseq: int = 0) -> None:
         self._store, self._stage, self._token = store, stage, token
         self.seq = seq
+        #: The last request ref handed out.
+        self.rseq = rseq
         self.size = 0
-        self._pending: deque[tuple[int, bytes]] = deque()
+        #: Groups not yet in Redis: sequence number, group, the request records sent with it.
+        self._pending: deque[tuple[int, bytes, list[tuple[int, bytes]]]] = deque()
         self._pending_bytes = 0
+        #: Request records waiting for the next group: (ref, record).
+        self._requests: list[tuple[int, bytes]] = []
         self._buffer_limit = buffer_limit
-        self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta")]
+        self._keys = [store.key(stage, "lock"), store.key(stage, "journal"), store.key(stage, "meta"),
+                      store.key(stage, "requests")]
         self._append = store.lua_script("append")
         self._tracked = tracked
         if tracked is not None:
             self._keys += [tracked.finished, tracked.unjournaled]
 
+    def put_request(self, code: int, data: bytes) -> int:
+        """See :meth:`JournalWriter.put_request`: sent with the next group, in its script call."""
+        self.rseq += 1
+        record = encode_request(code, data)
+        self._requests.append((self.rseq, record))
+        return self.rseq
+
+    def unwritten(self, ref: int) -> bytes | None:
+        """The request record ``ref`` if it has not reached Redis yet, else None."""
+        if ref <= self.rseq - len(self._requests) and not self._pending:
+            return None
+        for batch in (self._requests, *(requests for _, _, requests in self._pending)):
+            for r, record in batch:
+                if r == ref:
+                    return record
+        return None
+
     def append(self, payload: bytes) -> None:
-        """Give the group a sequence number and send it (buffered if Redis is away)."""
+        """Give the group a sequence number and send it with the request records put since
+        the last one (buffered if Redis is away)."""
         self.seq += 1
-        self._pending.append((self.seq, payload))
-        self._pending_bytes += len(payload)
+        requests, self._requests = self._requests, []
+        self._pending.append((self.seq, payload, requests))
+        size = len(payload) + sum(len(record) for _, record in requests)
+        self._pending_bytes += size
         self.size += len(payload)
         self.flush()
 
@@ -268,8 +299,10 @@ class RedisJournalWriter:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         while self._pending:
-            seq, payload = self._pending[0]
-            args: list[Any] = [self._token, seq, payload]
+            seq, payload, requests = self._pending[0]
+            args: list[Any] = [self._token, seq, payload, len(requests)]
+            for ref, record in requests:
+                args += [ref, record]
             if self._tracked is not None:
                 group = decode_group(payload)
                 args += [self._tracked.mark, len(group.done) + len(group.failed)]
@@ -278,7 +311,7 @@ class RedisJournalWriter:
                 # Journaled here now: they leave the unjournaled hash (not those handed off
                 # in this same group: a retry's payload is queued again).
                 handed = set(group.fields.get(HANDED, ()))
-                args += [str(code) for code, _ in group.fields.get(ADDED, ()) if code not in handed]
+                args += [str(code) for code in group.added_codes() if code not in handed]
             try:
                 self._append(keys=self._keys, args=args)
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -299,7 +332,7 @@ class RedisJournalWriter:
                     raise CheckpointLockedError(self._stage, None, None, None) from exc
                 raise
             self._pending.popleft()
-            self._pending_bytes -= len(payload)
+            self._pending_bytes -= len(payload) + sum(len(record) for _, record in requests)
 
     @property
     def backlog(self) -> int:
@@ -323,6 +356,25 @@ class RedisJournalWriter:
         except Exception as exc:
             logger.error("Stage %s: %d journal group(s) could not reach Redis (%s).",
                          self._stage, len(self._pending), exc)
+
+
+class RedisRequestReader:
+    """Reads a stage's request records from its ``requests`` hash, and from its writer's
+    buffer for records not sent yet."""
+
+    def __init__(self, store: RedisStore, stage: str, writer: RedisJournalWriter | None) -> None:
+        self._client, self._key, self.writer = store.client, store.key(stage, "requests"), writer
+
+    def read(self, ref: int, length: int, code: int) -> bytes:
+        """See :meth:`RequestReader.read`."""
+        raw = self.writer.unwritten(ref) if self.writer is not None else None
+        if raw is None:
+            raw = self._client.hget(self._key, ref)
+            if raw is None:
+                raise ValueError(f"request record {ref} is missing from {self._key}")
+        if len(raw) != REQUEST_OVERHEAD + length:
+            raise ValueError(f"request record {ref} has the wrong length")
+        return decode_request(raw, code)
 
 
 class RedisStore:
@@ -372,6 +424,8 @@ class RedisStore:
         self._tokens: dict[str, str] = {}
         self._writers: dict[str, RedisJournalWriter] = {}
         self._rotations: dict[tuple[str, int], int] = {}
+        #: Refs of request records freed, by snapshot, not yet deleted (see write_snapshot).
+        self._freed: dict[str, list[list[int]]] = {}
         self._tracked: dict[str, TrackedUnits] = {}
 
     def __repr__(self) -> str:
@@ -388,8 +442,8 @@ class RedisStore:
     def stage_keys(self, stage: str) -> list[str]:
         """Every key the store keeps for ``stage`` (lock and owner included)."""
         return [self.key(stage, part) for part in
-                ("lock", "owner", "journal", "meta", "snapshot", "snapshot:prev", "state", "corrupt",
-                 "gone")]
+                ("lock", "owner", "journal", "requests", "meta", "snapshot", "snapshot:prev",
+                 "state", "corrupt", "gone")]
 
     def lua_script(self, name: str, package: str = __package__) -> Any:
         """The script ``<package>/lua/<name>.lua`` registered with this store's client: a
@@ -559,7 +613,7 @@ class RedisStore:
                 f"The snapshot of stage {stage!r} is missing from Redis and the journal before it "
                 f"was trimmed, so the stage cannot be rebuilt. Reset the stage to start over.")
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
-                        problems=problems)
+                        problems=problems, requests=self.request_reader(stage))
         if gone is not None and not loaded.exists:
             loaded.vanished = self._vanished_message(stage, gone)
             problems.append(loaded.vanished)
@@ -642,22 +696,39 @@ class RedisStore:
             previous.size = 0
             writer = previous
         else:
-            seq = int(self.client.hget(self.key(stage, "meta"), "seq") or 0)
-            writer = RedisJournalWriter(self, stage, token, seq, self.buffer_bytes,
-                                        tracked=self._tracked.get(stage))
+            seq, rseq = self.client.hmget(self.key(stage, "meta"), ["seq", "rq"])
+            writer = RedisJournalWriter(self, stage, token, int(seq or 0), self.buffer_bytes,
+                                        tracked=self._tracked.get(stage), rseq=int(rseq or 0))
+            self._freed.pop(stage, None)
         self._writers[stage] = writer
         return writer
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes) -> None:
+    def request_reader(self, stage: str, writer: Any = None) -> RedisRequestReader:
+        """See :meth:`Store.request_reader` (``HGET`` of the ``requests`` hash)."""
+        return RedisRequestReader(self, stage, writer)
+
+    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot`: installed, and the records it covers trimmed,
-        by one script (which fails with LOST_LOCK if the lease was lost)."""
+        by one script (which fails with LOST_LOCK if the lease was lost). The request
+        records ``freed`` at the snapshot before are deleted then (the previous snapshot,
+        kept as a fallback, may need those of this one)."""
+        waiting = self._freed.setdefault(stage, [])
+        waiting.append(list(freed))
         covered = self._rotations.pop((stage, gen), None)
         if covered is None:
             return
-        self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
-                             self.key(stage, "meta"), self.key(stage, "snapshot"),
-                             self.key(stage, "snapshot:prev")],
-                       args=[self._tokens[stage], compress(blob), covered])
+        done = self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
+                                    self.key(stage, "meta"), self.key(stage, "snapshot"),
+                                    self.key(stage, "snapshot:prev")],
+                              args=[self._tokens[stage], compress(blob), covered])
+        if done and len(waiting) > 1:
+            old = [ref for batch in waiting[:-1] for ref in batch]
+            del waiting[:-1]
+            key = self.key(stage, "requests")
+            with self.client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(old), 10_000):
+                    pipe.hdel(key, *old[start:start + 10_000])
+                pipe.execute()
 
     def retain(self, stage: str, keep: int) -> None:
         """Redis keeps the newest snapshot and the one before it."""
@@ -673,7 +744,8 @@ class RedisStore:
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage` (``MEMORY USAGE`` of the keys)."""
         usage = {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
-        for part, field in (("journal", "journal_bytes"), ("snapshot", "snapshot_bytes"),
+        for part, field in (("journal", "journal_bytes"), ("requests", "journal_bytes"),
+                            ("snapshot", "snapshot_bytes"),
                             ("snapshot:prev", "snapshot_bytes"), ("state", "state_bytes")):
             usage[field] += int(self.client.memory_usage(self.key(stage, part)) or 0)
         return usage

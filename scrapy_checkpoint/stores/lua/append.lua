@@ -1,10 +1,11 @@
 -- Append one journal group to a stage's list, once.
 --
--- KEYS[1] the stage's lock, KEYS[2] its journal (LIST), KEYS[3] its meta (HASH);
--- with unit tracking (RedisStore.track_units) also KEYS[4] the hash of finished units
--- and KEYS[5] the hash of units not yet journaled.
+-- KEYS[1] the stage's lock, KEYS[2] its journal (LIST), KEYS[3] its meta (HASH), KEYS[4]
+-- its request records (HASH); with unit tracking (RedisStore.track_units) also KEYS[5]
+-- the hash of finished units and KEYS[6] the hash of units not yet journaled.
 -- ARGV[1] the caller's lock token, ARGV[2] the group's sequence number, ARGV[3] the
--- group; with unit tracking also ARGV[4] the value finished units get, ARGV[5] how
+-- group, ARGV[4] how many request records follow (written before the group, each as
+-- a ref then the record); with unit tracking then the value finished units get, how
 -- many finished units follow, then their codes, then the codes of the units it adds.
 --
 -- Fails with STAGE_GONE when the stage's keys are gone, with LOST_LOCK when the caller no
@@ -20,15 +21,22 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
+local n_requests = tonumber(ARGV[4])
+for i = 5, 4 + 2 * n_requests, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+if n_requests > 0 then redis.call('HSET', KEYS[3], 'rq', ARGV[3 + 2 * n_requests]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'seq', ARGV[2])
 local ttl = redis.call('TTL', KEYS[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[2], ttl)
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('EXPIRE', KEYS[4], ttl) end
+end
 -- The units the group finishes are marked finished, and the units it adds leave the
 -- hash of units not yet journaled, in this same call.
-if #KEYS >= 5 then
-  local n_finished = tonumber(ARGV[5])
-  for i = 6, 5 + n_finished do redis.call('HSET', KEYS[4], ARGV[i], ARGV[4]) end
-  for i = 6 + n_finished, #ARGV do redis.call('HDEL', KEYS[5], ARGV[i]) end
+if #KEYS >= 6 then
+  local t = 5 + 2 * n_requests
+  local n_finished = tonumber(ARGV[t + 1])
+  for i = t + 2, t + 1 + n_finished do redis.call('HSET', KEYS[5], ARGV[i], ARGV[t]) end
+  for i = t + 2 + n_finished, #ARGV do redis.call('HDEL', KEYS[6], ARGV[i]) end
 end
 return 1

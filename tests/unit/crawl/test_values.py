@@ -213,7 +213,7 @@ def test_unrestorable_names_each_missing_name_with_its_requests() -> None:
     moved = json.loads(json.dumps(item).replace(f"{__name__}:Product", f"{__name__}:Moved"))
     pending: dict[int, Any] = {1: ok, 2: item, 3: renamed[0], 4: renamed[1], 5: renamed[2],
                                6: no_errback, 7: moved, 8: None}
-    problems = unrestorable(pending, Spider)
+    problems = unrestorable(pending.items(), Spider)
     assert problems == {"callback 'parse_product'": [3, 4, 5], "errback 'gone'": [6],
                         f"item class '{__name__}:Moved'": [7]}
-    assert unrestorable({1: ok, 2: item}, spider) == {}
+    assert unrestorable({1: ok, 2: item}.items(), spider) == {}

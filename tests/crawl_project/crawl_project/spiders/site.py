@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import scrapy
@@ -11,14 +13,19 @@ class SiteSpider(scrapy.Spider):
 
     ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback;
     ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta;
-    ``-a extra=1`` gives every item one more field, ``extra``, after ``page``.
+    ``-a extra=1`` gives every item one more field, ``extra``, after ``page``;
+    ``-a priority=1`` gives each link the priority ``page * 7 % 10`` of the page it leads to;
+    ``-a probe=PATH`` writes, at the first callback of the process, the crawl's
+    ``checkpoint/rebuilt`` and ``checkpoint/resumed`` stats to PATH (JSON).
     """
 
     name = "site"
 
     def __init__(self, base: str = "", fail_in_callback: str = "", unserializable: str = "",
-                 extra: str = "", **kwargs: Any) -> None:
+                 extra: str = "", priority: str = "", probe: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.priority = bool(priority)
+        self.probe = probe
         self.extra = bool(extra)
         self.unserializable = bool(unserializable)
         self.base = base
@@ -31,6 +38,12 @@ class SiteSpider(scrapy.Spider):
 
     def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
         page = int(response.css("h1::text").get().split()[1])
+        if self.probe:
+            stats = self.crawler.stats
+            Path(self.probe).write_text(json.dumps({
+                "rebuilt": stats.get_value("checkpoint/rebuilt", 0),
+                "resumed": stats.get_value("checkpoint/resumed", 0)}))
+            self.probe = ""
         if page in self.fail_in_callback:
             raise ValueError(f"callback failed on page {page}")
         item: dict[str, Any] = {"page": page}
@@ -39,4 +52,6 @@ class SiteSpider(scrapy.Spider):
         yield {**item, "title": response.css("title::text").get(), "url": response.url}
         meta = {"handle": object()} if self.unserializable else {}
         for href in response.css("a::attr(href)").getall():
-            yield response.follow(href, callback=self.parse, meta=meta)
+            target = int(href.rsplit("/", 1)[1])
+            priority = target * 7 % 10 if self.priority else 0
+            yield response.follow(href, callback=self.parse, meta=meta, priority=priority)

@@ -1,0 +1,310 @@
+"""The frontier's index: the pending units of a stage, and where what redoes each one is.
+
+What redoes a pending unit (a crawl's request as JSON) is written once, as a request
+record in the journal (:func:`~.groups.encode_request`), and found again by its *ref*,
+a position in the store (the file store: journal generation and byte offset; the Redis
+store: the record's number). Memory holds, per pending unit, its code, ref, length
+and priority in parallel arrays (24 bytes) and the code's place in them: no payload.
+
+Refs above :data:`MAX_REF` say there is no record: :data:`NO_REF` for a unit that could
+not be journaled (nothing can redo it), :data:`INLINE` for a payload kept in memory
+(a journal written before request records held them in its groups).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+#: The largest ref a store hands out.
+MAX_REF = (1 << 64) - 3
+#: A unit that could not be journaled: pending, but nothing can redo it.
+NO_REF = (1 << 64) - 1
+#: A unit whose payload is kept in memory (``inline``).
+INLINE = (1 << 64) - 2
+#: Priorities are kept as int32: larger ones are clamped (their order among themselves
+#: is then the order they were added in).
+MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
+#: Bits of a file store ref that hold the byte offset (the generation above them).
+OFFSET_BITS = 40
+
+_SECTION = struct.Struct("<QI")  # entries, crc32 of the arrays
+
+
+def clamp_priority(priority: int) -> int:
+    """``priority`` within int32."""
+    return MIN_PRIORITY if priority < MIN_PRIORITY else MAX_PRIORITY if priority > MAX_PRIORITY \
+        else priority
+
+
+def place_of(ref: int) -> int:
+    """The journal generation a file store ref points into (0 for a Redis ref)."""
+    return ref >> OFFSET_BITS
+
+
+class RequestReader(Protocol):
+    """Reads request records back (a store's, see :meth:`Store.request_reader`)."""
+
+    def read(self, ref: int, length: int, code: int) -> bytes:
+        """What the record at ``ref`` holds (``length`` bytes) for unit ``code``. Raises
+        OSError if it cannot be read, ValueError if it is not that unit's whole record."""
+        ...
+
+
+class PendingIndex:
+    """Pending units in the order they were added (see the module docstring).
+
+    A mapping of code -> payload for readers (``get``, ``items``, ``values``: the payload
+    decoded from its record, read through :attr:`reader`), and of code -> entry for the
+    frontier (:meth:`entry`, :meth:`entries`). Removing a unit leaves a hole in the
+    arrays, filled at the next :meth:`compact` (the snapshot's).
+    """
+
+    __slots__ = ("_holes", "_inline", "_where", "codes", "freed", "lengths", "priorities",
+                 "reader", "refs")
+
+    def __init__(self, reader: RequestReader | None = None) -> None:
+        self.codes = array("Q")
+        self.refs = array("Q")
+        self.lengths = array("I")
+        self.priorities = array("i")
+        #: code -> position in the arrays.
+        self._where: dict[int, int] = {}
+        #: Payloads kept in memory (ref INLINE), by code.
+        self._inline: dict[int, Any] = {}
+        self._holes = 0
+        #: Reads request records (None: payloads cannot be read, only counted).
+        self.reader = reader
+        #: Refs of the records of units no longer pending (done, handed, dropped), since the
+        #: owner last took them (:meth:`take_freed`): a store may delete those records.
+        self.freed = array("Q")
+
+    # -- membership -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __bool__(self) -> bool:
+        return bool(self._where)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._where
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._where)
+
+    def keys(self) -> Any:
+        """The pending codes (a live view: a set-like ``dict_keys``)."""
+        return self._where.keys()
+
+    # -- changes ----------------------------------------------------------------------
+
+    def add(self, code: int, ref: int, length: int = 0, priority: int = 0) -> bool:
+        """Make ``code`` pending, its record at ``ref`` (``length`` bytes); False if it is."""
+        where = self._where
+        if code in where:
+            return False
+        where[code] = len(self.codes)
+        self.codes.append(code)
+        self.refs.append(ref)
+        self.lengths.append(length)
+        self.priorities.append(clamp_priority(priority))
+        return True
+
+    def add_inline(self, code: int, payload: Any) -> bool:
+        """Make ``code`` pending with ``payload`` kept in memory (None: nothing redoes it)."""
+        if not self.add(code, INLINE if payload is not None else NO_REF):
+            return False
+        if payload is not None:
+            self._inline[code] = payload
+        return True
+
+    def discard(self, code: int, *, free: bool = True) -> bool:
+        """``code`` is no longer pending (done, handed, dropped); False if it was not.
+        ``free``: nothing needs its record any more (see :attr:`freed`)."""
+        pos = self._where.pop(code, None)
+        if pos is None:
+            return False
+        if free and self.refs[pos] <= MAX_REF:
+            self.freed.append(self.refs[pos])
+        self.refs[pos] = NO_REF
+        self.codes[pos] = 0
+        self._holes += 1
+        if self._inline:
+            self._inline.pop(code, None)
+        return True
+
+    def pop_entry(self, code: int) -> Any:
+        """Remove ``code``; what redoes it: ``(ref, length, priority)`` of its record, its
+        payload kept in memory, or None (nothing; or it was not pending)."""
+        pos = self._where.get(code)
+        if pos is None:
+            return None
+        ref = self.refs[pos]
+        if ref == INLINE:
+            value: Any = self._inline.get(code)
+        elif ref == NO_REF:
+            value = None
+        else:
+            value = (ref, self.lengths[pos], self.priorities[pos])
+        self.discard(code, free=False)
+        return value
+
+    def take_freed(self) -> array[int]:
+        """The refs freed since the last call (see :attr:`freed`)."""
+        freed, self.freed = self.freed, array("Q")
+        return freed
+
+    def restore(self, code: int, value: Any) -> bool:
+        """Make ``code`` pending again with what :meth:`pop_entry` returned for it (a
+        failed unit released for a retry); False if it is pending."""
+        if type(value) is tuple:
+            return self.add(code, *value)
+        return self.add_inline(code, value)
+
+    def compact(self) -> None:
+        """Close the holes left by removed units (kept order)."""
+        if not self._holes:
+            return
+        keep = sorted(self._where.values())
+        self.codes = array("Q", [self.codes[i] for i in keep])
+        self.refs = array("Q", [self.refs[i] for i in keep])
+        self.lengths = array("I", [self.lengths[i] for i in keep])
+        self.priorities = array("i", [self.priorities[i] for i in keep])
+        self._where = dict(zip(self.codes, range(len(keep)), strict=True))
+        self._holes = 0
+
+    # -- reading ----------------------------------------------------------------------
+
+    def entry(self, code: int) -> tuple[int, int, int] | None:
+        """``(ref, length, priority)`` of a pending unit (None: not pending)."""
+        pos = self._where.get(code)
+        if pos is None:
+            return None
+        return self.refs[pos], self.lengths[pos], self.priorities[pos]
+
+    def entries(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(code, ref, length, priority)`` of each pending unit, in the order added."""
+        codes, refs, lengths, priorities = self.codes, self.refs, self.lengths, self.priorities
+        for pos in sorted(self._where.values()) if self._holes else range(len(codes)):
+            yield codes[pos], refs[pos], lengths[pos], priorities[pos]
+
+    def has_payload(self, code: int) -> bool:
+        """True if something can redo pending unit ``code`` (a record or a kept payload)."""
+        pos = self._where.get(code)
+        return pos is not None and self.refs[pos] != NO_REF
+
+    def payload_bytes(self, code: int) -> bytes | None:
+        """The record of pending unit ``code`` as bytes (None: no record). Raises OSError or
+        ValueError when the record cannot be read whole."""
+        pos = self._where.get(code)
+        if pos is None:
+            return None
+        ref = self.refs[pos]
+        if ref == NO_REF:
+            return None
+        if ref == INLINE:
+            return json.dumps(self._inline[code], separators=(",", ":")).encode()
+        if self.reader is None:
+            raise OSError(f"no reader for the request record of unit {code}")
+        return self.reader.read(ref, self.lengths[pos], code)
+
+    def get(self, code: int, default: Any = None) -> Any:
+        """The payload of pending unit ``code`` (decoded JSON), ``default`` if it is not
+        pending, None if nothing can redo it. Raises as :meth:`payload_bytes`."""
+        if code not in self._where:
+            return default
+        if self._inline and code in self._inline:
+            return self._inline[code]
+        data = self.payload_bytes(code)
+        return None if data is None else json.loads(data)
+
+    def __getitem__(self, code: int) -> Any:
+        if code not in self._where:
+            raise KeyError(code)
+        return self.get(code)
+
+    def items(self) -> Iterator[tuple[int, Any]]:
+        """``(code, payload)`` in the order added, each payload read when reached."""
+        for code, *_ in self.entries():
+            yield code, self.get(code)
+
+    def values(self) -> Iterator[Any]:
+        for _, payload in self.items():
+            yield payload
+
+    def unjournaled(self) -> int:
+        """Pending units nothing can redo."""
+        return sum(1 for _, ref, _, _ in self.entries() if ref == NO_REF)
+
+    def places(self) -> list[int]:
+        """The journal generations the records of pending units are in, sorted."""
+        return sorted({place_of(ref) for _, ref, _, _ in self.entries() if ref <= MAX_REF})
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The index as a snapshot section: ``<u64 n><u32 crc32>`` then the codes, refs,
+        lengths and priorities of its ``n`` units (little-endian), in the order added.
+        Payloads kept in memory are not in it, only their units (see :meth:`inline_pairs`)."""
+        self.compact()
+        arrays = [self.codes, self.refs, self.lengths, self.priorities]
+        if sys.byteorder != "little":
+            arrays = [array(a.typecode, a) for a in arrays]
+            for a in arrays:
+                a.byteswap()
+        body = b"".join(a.tobytes() for a in arrays)
+        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body
+
+    def inline_pairs(self) -> list[list[Any]]:
+        """``[code, payload]`` of the payloads kept in memory (a snapshot header's)."""
+        return [[code, payload] for code, payload in self._inline.items()]
+
+    def keep_inline(self, pairs: list[list[Any]]) -> None:
+        """Take the payloads :meth:`inline_pairs` listed, for the units whose ref is INLINE.
+        Raises ValueError unless they match those units one to one."""
+        inline = {int(code): payload for code, payload in pairs}
+        marked = self.refs.count(INLINE)
+        if len(inline) != len(pairs) or marked != len(inline) or any(
+                code not in self._where or self.refs[self._where[code]] != INLINE
+                for code in inline):
+            raise ValueError("pending index and its kept payloads disagree")
+        self._inline = inline
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview,
+                   reader: RequestReader | None = None) -> tuple[PendingIndex, int]:
+        """An index from :meth:`to_bytes` bytes at the start of ``data`` (its kept payloads
+        come next with :meth:`keep_inline`); returns it and the bytes it took. Raises
+        ValueError if the section is cut short, fails its checksum or repeats a code."""
+        n, crc = _SECTION.unpack_from(data, 0)
+        size = _SECTION.size + 24 * n
+        body = memoryview(data)[_SECTION.size:size]
+        if len(body) != 24 * n:
+            raise ValueError("pending index cut short")
+        if zlib.crc32(body) != crc:
+            raise ValueError("pending index checksum mismatch")
+        index = cls(reader)
+        parts = []
+        pos = 0
+        for typecode, width in (("Q", 8), ("Q", 8), ("I", 4), ("i", 4)):
+            a = array(typecode)
+            a.frombytes(body[pos:pos + width * n])
+            if sys.byteorder != "little":
+                a.byteswap()
+            parts.append(a)
+            pos += width * n
+        index.codes, index.refs, index.lengths, index.priorities = parts
+        index._where = dict(zip(index.codes, range(n), strict=True))
+        if len(index._where) != n:
+            raise ValueError("pending index repeats a unit")
+        return index, size
+
+
+__all__ = ["INLINE", "MAX_REF", "NO_REF", "PendingIndex", "RequestReader", "clamp_priority",
+           "place_of"]
