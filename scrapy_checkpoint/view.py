@@ -39,7 +39,7 @@ class StageView:
         """Pending units that had started when the stage was last written (redone on resume)."""
         if self._live is None:
             return 0
-        return len(self._live.started & self._live.pending.keys())
+        return sum(1 for c in self._live.started if c in self._live.pending)
 
     @property
     def outputs(self) -> dict[str, list[Any]]:

@@ -44,6 +44,7 @@ from .identity import IGNORE_META, UNIT_META
 from .invocation import borrowing_command, describe
 from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet, configured_outputs
+from .requests import NEEDS_ATTACHED
 from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
 from .settings import CheckpointSettings
@@ -241,6 +242,9 @@ class CheckpointExtension:
         setup = self.setup.changed() if self.setup is not None else None
         if setup is not None:
             attached[SETUP_ATTACHED] = setup
+        needs = self.frontier.needs_changed() if self.frontier is not None else None
+        if needs is not None:
+            attached[NEEDS_ATTACHED] = needs
         if attached:
             fields[ATTACHED] = attached
         live = self.cp.live
@@ -288,21 +292,6 @@ class CheckpointExtension:
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.log_interval:
             self._start_loop(self.log_progress, self.config.log_interval)
-
-    def _release_held(self, held: list[Any]) -> int:
-        """Schedule the resumed requests held for the setup requests (see :meth:`spider_opened`):
-        ``(code, payload)`` pairs, or with the checkpoint scheduler the units' codes."""
-        frontier = self.frontier
-        if frontier is None or not self.active:
-            return 0
-        if self.scheduler is not None:
-            assert self.cp is not None
-            pending = self.cp.live.pending
-            codes = [code for code in held if not frontier.taken(code)]
-            priorities = [(pending.entry(code) or (0, 0, 0))[2] for code in codes]
-            self.scheduler.resume(codes, priorities)
-            return len(codes)
-        return frontier.schedule(payload for code, payload in held if not frontier.taken(code))
 
     def _start_loop(self, fn: Any, interval: float) -> None:
         loop = create_looping_call(fn)
@@ -472,6 +461,22 @@ class CheckpointExtension:
             worker.leave(reason == "finished")
 
 
+def _release_held(ext: CheckpointExtension, held: list[Any]) -> int:
+    """Schedule the resumed requests held for the setup requests (see :meth:`spider_opened`):
+    ``(code, payload)`` pairs, or with the checkpoint scheduler the units' codes."""
+    frontier = ext.frontier
+    if frontier is None or not ext.active:
+        return 0
+    if ext.scheduler is not None:
+        assert ext.cp is not None
+        pending = ext.cp.live.pending
+        codes = [code for code in held if not frontier.taken(code)]
+        priorities = [(pending.entry(code) or (0, 0, 0))[2] for code in codes]
+        ext.scheduler.resume(codes, priorities)
+        return len(codes)
+    return frontier.schedule(payload for code, payload in held if not frontier.taken(code))
+
+
 def _record_never_done(cp: EnhancedCheckpoint, stage: str) -> None:
     """The crawl finished with pending units it never did: count them as lost."""
     pending = cp.live.pending
@@ -511,7 +516,7 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
         # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
         pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
                              frontier.inflight_at_crash, lifo=lifo)
-        if ext.setup.hold(pairs, ext._release_held):
+        if ext.setup.hold(pairs, lambda held: _release_held(ext, held)):
             resumed = sum(payload is not None for _, payload in pairs)
         else:
             resumed = frontier.schedule(payload for _, payload in pairs)
@@ -536,7 +541,7 @@ def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedChe
     if not resumed:
         return 0
     assert ext.setup is not None
-    if ext.setup.hold(list(pending.codes), ext._release_held):
+    if ext.setup.hold(list(pending.codes), lambda held: _release_held(ext, held)):
         return resumed
     ext.scheduler.resume(pending.codes, pending.priorities,
                          first=[(code, (pending.entry(code) or (0, 0, 0))[2]) for code in inflight])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary, WeakSet, WeakValueDictionary
 
@@ -25,7 +26,13 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
 from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
-from .requests import UnserializableRequest, payload_to_request, request_to_payload
+from .requests import (
+    NEEDS_ATTACHED,
+    UnserializableRequest,
+    needs_of,
+    payload_to_request,
+    request_to_payload,
+)
 from .setup_requests import SETUP_META, SetupRequests
 
 if TYPE_CHECKING:
@@ -57,6 +64,21 @@ def resume_order(pending: dict[int, Any], inflight: set[int], *, lifo: bool) -> 
     again = [payload for code, payload in pending.items() if code in inflight]
     rest = [payload for code, payload in pending.items() if code not in inflight]
     return rest + again if lifo else again + rest
+
+
+def _needs_of_journaled(cp: EnhancedCheckpoint) -> set[tuple[str, str]]:
+    """What the pending and failed units' payloads need (a stage journaled before what they
+    need was recorded: read once, then recorded)."""
+    live = cp.live
+    needs: set[tuple[str, str]] = set()
+    for code in chain(live.pending, live.failed_units):
+        try:
+            payload = live.pending.get(code) if code in live.pending else live.failed_payload(code)
+        except (OSError, ValueError):
+            continue  # unreadable: the resume counts it when it comes to it
+        if isinstance(payload, dict):
+            needs.update(needs_of(payload))
+    return needs
 
 
 class Holds:
@@ -211,7 +233,121 @@ class ExpiredSessions:
         return request
 
 
-class Frontier(WorkerUnits, ExpiredSessions):
+class RebuiltUnits:
+    """The part of :class:`Frontier` that sends journaled units again: rebuilt from their
+    request records all at once (:meth:`schedule`), or queued by code in the checkpoint
+    scheduler and rebuilt at their turn (:meth:`queued`, :meth:`popped`). Uses the
+    frontier's fields, declared here."""
+
+    crawler: Any
+    cp: EnhancedCheckpoint
+    stats: Any
+    live: set[int]
+    identity: UnitIdentity
+    inflight_at_crash: set[int]
+    copies_from_queue: bool
+    pairing: SharedQueue | None
+    shared: Claims | None
+    warn_once: Callable[[str, str], None]
+    stop: Callable[[Exception], None]
+    _admitted: Request | None
+    _rescheduled: Request | None
+    _registered: WeakSet[Request]
+    _requests: WeakValueDictionary[int, Request]
+
+    def schedule(self, payloads: Iterable[Any], *, foreign: bool = False) -> int:
+        """Rebuild journaled requests and hand them to the engine; returns how many.
+
+        ``foreign``: they come from another worker of a shared stage (adopted or given);
+        those that cannot be sent (no payload, or not rebuilt) are counted as lost here.
+        Own pending units that cannot be sent stay pending (the close counts them).
+        """
+        engine, spider = self.crawler.engine, self.crawler.spider
+        scheduled = unjournaled = unrestorable = 0
+        for payload in payloads:
+            if payload is None:  # a request that could not be journaled
+                unjournaled += foreign
+                continue
+            try:
+                request = payload_to_request(payload, spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped.")
+                self.stats.inc_value("checkpoint/unrestorable")
+                unrestorable += foreign
+                continue
+            self.stats.inc_value("checkpoint/rebuilt")
+            # Its unit, whatever dont_filter becomes: never a continuation of one here.
+            code = request.meta[UNIT_META] = self.identity.journaled_code(request)
+            if code in self.inflight_at_crash:
+                # Taken from the queue before the crash: it comes out first again. A start
+                # request would wait in Scrapy's start queue behind every other request.
+                request.meta.pop("is_start_request", None)
+            if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
+                request.dont_filter = True
+            if foreign:
+                # Past the dupefilter, which may have seen it here before it was given away or
+                # taken by a dead one.
+                request.dont_filter = True
+                if self.pairing is not None:  # back to the shared queue
+                    request.meta[REQUEUE_META] = True
+            self._rescheduled = request
+            try:
+                engine.crawl(request)
+            finally:
+                self._rescheduled = None
+            scheduled += 1
+        if unjournaled:
+            self.cp.record_lost(LOST_UNJOURNALED, unjournaled)
+        if unrestorable:
+            self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
+        return scheduled
+
+    def queued(self, request: Request) -> int | None:
+        """The unit ``request`` carries if it is the journaled unit just registered: it is
+        queued by code now (no longer in :attr:`live` until :meth:`popped`); else None."""
+        if request is not self._admitted:
+            return None
+        self._admitted = None
+        code: int = request.meta[UNIT_META]
+        self.live.discard(code)
+        return code
+
+    def popped(self, code: int, request: Request | None) -> Request | None:
+        """Unit ``code`` comes out of the queue: its request (``request``, or rebuilt from
+        its record), now a unit of this run again; None if it is no longer pending here
+        (done, given away, dropped, or already out) or cannot be rebuilt (counted lost)."""
+        pending = self.cp.live.pending
+        if code in self.live or not pending.has_payload(code):
+            return None
+        if request is None:
+            spider = self.crawler.spider
+            try:
+                request = payload_to_request(pending.get(code), spider)
+            except Exception as exc:
+                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                               f"it is skipped and counted as lost.")
+                self.stats.inc_value("checkpoint/unrestorable")
+                try:
+                    self.cp.record_lost(LOST_UNRESTORABLE, 1, [code])
+                except CheckpointError as error:
+                    self.stop(error)
+                return None
+            self.stats.inc_value("checkpoint/rebuilt")
+            meta = request.meta
+            meta[UNIT_META] = code
+            if code in self.inflight_at_crash:
+                meta.pop("is_start_request", None)
+            if self.copies_from_queue:
+                request.dont_filter = True
+            self._registered.add(request)
+            if self.shared is not None:
+                self._requests[code] = request
+        self.live.add(code)
+        return request
+
+
+class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
     """Per-request unit bookkeeping of one crawl (the checkpoint holds the journaled state).
 
     ``crawler`` is Scrapy's crawler, ``cp`` the open checkpoint, ``outputs`` the stage's
@@ -247,7 +383,7 @@ class Frontier(WorkerUnits, ExpiredSessions):
         self.holds = Holds()
         #: Units pending at open that had started (in flight at the crash): redone now.
         live = cp.live
-        self.inflight_at_crash: set[int] = live.started & live.pending.keys()
+        self.inflight_at_crash: set[int] = {c for c in live.started if c in live.pending}
         #: Requests done by earlier runs dropped at scheduling, not yet counted in the journal.
         self.skipped = 0
         self._failures: set[int] = set()
@@ -285,6 +421,12 @@ class Frontier(WorkerUnits, ExpiredSessions):
         self.duplicate: Request | None = None
         # The journaled unit request_scheduled just registered (lazy: for the queue).
         self._admitted: Request | None = None
+        #: What the journaled requests need from the spider (see :meth:`needs_changed`).
+        recorded = cp.live.attached.get(NEEDS_ATTACHED)
+        self.needs: set[tuple[str, str]] = (
+            {(str(k), str(n)) for k, n in recorded} if isinstance(recorded, list)
+            else _needs_of_journaled(cp))
+        self._needs_changed = not isinstance(recorded, list)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -408,110 +550,31 @@ class Frontier(WorkerUnits, ExpiredSessions):
         """The request as a journal payload, or None (one warning per kind, and a stat) when it
         cannot be one; ``then`` says what becomes of it."""
         try:
-            return request_to_payload(request, spider)
+            payload = request_to_payload(request, spider)
         except UnserializableRequest as exc:
             self.warn_once(f"unserializable:{exc.kind}",
                            f"A request cannot be journaled ({exc}); {then}.")
             self.stats.inc_value("checkpoint/unserializable")
             return None
+        needs = self.needs
+        for need in needs_of(payload):
+            if need not in needs:
+                needs.add(need)
+                self._needs_changed = True
+        return payload
 
-    def schedule(self, payloads: Iterable[Any], *, foreign: bool = False) -> int:
-        """Rebuild journaled requests and hand them to the engine; returns how many.
-
-        ``foreign``: they come from another worker of a shared stage (adopted or given);
-        those that cannot be sent (no payload, or not rebuilt) are counted as lost here.
-        Own pending units that cannot be sent stay pending (the close counts them).
-        """
-        engine, spider = self.crawler.engine, self.crawler.spider
-        scheduled = unjournaled = unrestorable = 0
-        for payload in payloads:
-            if payload is None:  # a request that could not be journaled
-                unjournaled += foreign
-                continue
-            try:
-                request = payload_to_request(payload, spider)
-            except Exception as exc:
-                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped.")
-                self.stats.inc_value("checkpoint/unrestorable")
-                unrestorable += foreign
-                continue
-            self.stats.inc_value("checkpoint/rebuilt")
-            # Its unit, whatever dont_filter becomes: never a continuation of one here.
-            code = request.meta[UNIT_META] = self.identity.journaled_code(request)
-            if code in self.inflight_at_crash:
-                # Taken from the queue before the crash: it comes out first again. A start
-                # request would wait in Scrapy's start queue behind every other request.
-                request.meta.pop("is_start_request", None)
-            if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
-                request.dont_filter = True
-            if foreign:
-                # Past the dupefilter, which may have seen it here before it was given away or
-                # taken by a dead one.
-                request.dont_filter = True
-                if self.pairing is not None:  # back to the shared queue
-                    request.meta[REQUEUE_META] = True
-            self._rescheduled = request
-            try:
-                engine.crawl(request)
-            finally:
-                self._rescheduled = None
-            scheduled += 1
-        if unjournaled:
-            self.cp.record_lost(LOST_UNJOURNALED, unjournaled)
-        if unrestorable:
-            self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
-        return scheduled
+    def needs_changed(self) -> list[list[str]] | None:
+        """What every journaled request needs (see :func:`.requests.needs_of`), for the
+        stage's attached data, if it grew since the last call; else None."""
+        if not self._needs_changed:
+            return None
+        self._needs_changed = False
+        return sorted([kind, name] for kind, name in self.needs)
 
     def taken(self, code: int) -> bool:
         """Unit ``code`` is done, or was scheduled in this run (a resumed copy of it is not
         needed)."""
         return code in self.live or code in self.cp.live.done
-
-    # -- the checkpoint scheduler's queue (see .scheduler) ---------------------------------
-
-    def queued(self, request: Request) -> int | None:
-        """The unit ``request`` carries if it is the journaled unit just registered: it is
-        queued by code now (no longer in :attr:`live` until :meth:`popped`); else None."""
-        if request is not self._admitted:
-            return None
-        self._admitted = None
-        code: int = request.meta[UNIT_META]
-        self.live.discard(code)
-        return code
-
-    def popped(self, code: int, request: Request | None) -> Request | None:
-        """Unit ``code`` comes out of the queue: its request (``request``, or rebuilt from
-        its record), now a unit of this run again; None if it is no longer pending here
-        (done, given away, dropped, or already out) or cannot be rebuilt (counted lost)."""
-        pending = self.cp.live.pending
-        if code in self.live or not pending.has_payload(code):
-            return None
-        if request is None:
-            spider = self.crawler.spider
-            try:
-                request = payload_to_request(pending.get(code), spider)
-            except Exception as exc:
-                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped and counted as lost.")
-                self.stats.inc_value("checkpoint/unrestorable")
-                try:
-                    self.cp.record_lost(LOST_UNRESTORABLE, 1, [code])
-                except CheckpointError as error:
-                    self.stop(error)
-                return None
-            self.stats.inc_value("checkpoint/rebuilt")
-            meta = request.meta
-            meta[UNIT_META] = code
-            if code in self.inflight_at_crash:
-                meta.pop("is_start_request", None)
-            if self.copies_from_queue:
-                request.dont_filter = True
-            self._registered.add(request)
-            if self.shared is not None:
-                self._requests[code] = request
-        self.live.add(code)
-        return request
 
     def record_skips(self) -> None:
         """Journal the count of requests dropped as done by earlier runs."""

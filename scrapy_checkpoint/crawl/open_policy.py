@@ -26,7 +26,7 @@ from ..errors import ConfigError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
 from .frontier import LOST_UNRESTORABLE
-from .requests import unrestorable
+from .requests import NEEDS_ATTACHED, Needs, unrestorable
 from .scrapy_redis import own_scrapy_redis_queue
 from .settings import CheckpointSettings
 
@@ -91,6 +91,11 @@ def _unrestorable(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoi
     ``CHECKPOINT_DROP_UNRESTORABLE`` says to drop them."""
     spider = crawler.spider if crawler.spider is not None else crawler.spidercls
     live = cp.live
+    needs = live.attached.get(NEEDS_ATTACHED)
+    if isinstance(needs, list):  # what every journaled request needs, by name
+        checker = Needs(spider)
+        if not any(checker.missing(str(kind), str(name)) for kind, name in needs):
+            return {}  # all there: no payload needs reading
     # With CHECKPOINT_RETRY_FAILED, start() makes the failed units pending too.
     payloads = live.pending.items()
     if config.retry_failed:

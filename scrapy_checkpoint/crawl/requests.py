@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from scrapy import Request, Spider
@@ -134,21 +134,40 @@ def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
     return request_from_dict(d, spider=spider)
 
 
-def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, list[int]]:
-    """What the journaled requests in ``pending`` ((code, payload) pairs) need and ``spider`` (the
-    spider or its class) or the imported modules no longer have: ``{what: [codes]}``, each
-    ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"`` or
-    ``"item class 'path'"``. Each distinct name is looked up once; payloads that are None
-    (requests that could not be journaled) are left out."""
-    found: dict[tuple[str, str], bool] = {}
-    problems: dict[str, list[int]] = {}
+#: The stage's attached data naming what its journaled requests need: ``[[kind, name], ...]``
+#: (see :func:`needs_of`), so a resume checks names, not every payload.
+NEEDS_ATTACHED = "needs"
 
-    def missing(kind: str, name: str) -> bool:
+
+def needs_of(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What a journaled request needs from the spider and the imported modules to be rebuilt:
+    ``(kind, name)`` pairs, ``kind`` being ``"callback"``, ``"errback"``, ``"request class"``
+    or ``"item class"``."""
+    needs = [(kind, name) for kind, name in (("callback", payload.get("callback")),
+                                             ("errback", payload.get("errback")),
+                                             ("request class", payload.get("_class"))) if name]
+    if TAGGED in payload:
+        classes: set[str] = set()
+        for part in payload[TAGGED]:
+            values.item_classes(payload.get(part), classes)
+        needs += [("item class", path) for path in sorted(classes)]
+    return needs
+
+
+class Needs:
+    """Whether each need (:func:`needs_of`) is met by ``spider`` (the spider or its class) and
+    the imported modules, each looked up once."""
+
+    def __init__(self, spider: Any) -> None:
+        self.spider = spider
+        self._found: dict[tuple[str, str], bool] = {}
+
+    def missing(self, kind: str, name: str) -> bool:
         key = (kind, name)
-        ok = found.get(key)
+        ok = self._found.get(key)
         if ok is None:
             if kind in ("callback", "errback"):
-                ok = callable(getattr(spider, name, None))
+                ok = callable(getattr(self.spider, name, None))
             elif kind == "request class":
                 module_name, _, cls_name = name.rpartition(".")
                 cls = getattr(sys.modules.get(module_name), cls_name, None)
@@ -159,20 +178,22 @@ def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, l
                     ok = True
                 except ValueError:
                     ok = False
-            found[key] = ok
+            self._found[key] = ok
         return not ok
 
+
+def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, list[int]]:
+    """What the journaled requests in ``pending`` ((code, payload) pairs) need and ``spider`` (the
+    spider or its class) or the imported modules no longer have: ``{what: [codes]}``, each
+    ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"`` or
+    ``"item class 'path'"``. Each distinct name is looked up once; payloads that are None
+    (requests that could not be journaled) are left out."""
+    needs = Needs(spider)
+    problems: dict[str, list[int]] = {}
     for code, payload in pending:
         if payload is None:
             continue
-        needs = [("callback", payload.get("callback")), ("errback", payload.get("errback")),
-                 ("request class", payload.get("_class"))]
-        if TAGGED in payload:
-            classes: set[str] = set()
-            for part in payload[TAGGED]:
-                values.item_classes(payload.get(part), classes)
-            needs += [("item class", path) for path in classes]
-        for kind, name in needs:
-            if name and missing(kind, name):
+        for kind, name in needs_of(payload):
+            if needs.missing(kind, name):
                 problems.setdefault(f"{kind} {name!r}", []).append(code)
     return problems

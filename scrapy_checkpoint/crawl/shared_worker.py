@@ -240,7 +240,7 @@ class SharedWorker:
         while self._adopting:
             worker, other, cut = self._adopting.pop(0)
             live = other.live
-            frontier.inflight_at_crash |= live.started & live.pending.keys()
+            frontier.inflight_at_crash |= {c for c in live.started if c in live.pending}
             self._elsewhere = DoneSet(timed=False)  # it may hold units the dead worker had claimed
             inbox = shared.inbox(worker.id)
             scheduled += frontier.schedule(

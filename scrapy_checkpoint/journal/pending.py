@@ -4,7 +4,8 @@ What redoes a pending unit (a crawl's request as JSON) is written once, as a req
 record in the journal (:func:`~.groups.encode_request`), and found again by its *ref*,
 a position in the store (the file store: journal generation and byte offset; the Redis
 store: the record's number). Memory holds, per pending unit, its code, ref, length
-and priority in parallel arrays (24 bytes) and the code's place in them: no payload.
+and priority in parallel arrays (24 bytes) and the code's place in them (a
+:class:`~.codemap.CodeMap`, about 24 bytes): no payload, no object per unit.
 
 Refs above :data:`MAX_REF` say there is no record: :data:`NO_REF` for a unit that could
 not be journaled (nothing can redo it), :data:`INLINE` for a payload kept in memory
@@ -21,6 +22,8 @@ from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from .codemap import CodeMap
+
 #: The largest ref a store hands out.
 MAX_REF = (1 << 64) - 3
 #: A unit that could not be journaled: pending, but nothing can redo it.
@@ -34,6 +37,10 @@ MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
 OFFSET_BITS = 40
 
 _SECTION = struct.Struct("<QI")  # entries, crc32 of the arrays
+#: The length of a hole: a removed unit's place, until the arrays are compacted.
+_HOLE = (1 << 32) - 1
+#: Holes are closed once they outnumber the units (and this many).
+_MIN_HOLES = 4096
 
 
 def clamp_priority(priority: int) -> int:
@@ -62,11 +69,11 @@ class PendingIndex:
     A mapping of code -> payload for readers (``get``, ``items``, ``values``: the payload
     decoded from its record, read through :attr:`reader`), and of code -> entry for the
     frontier (:meth:`entry`, :meth:`entries`). Removing a unit leaves a hole in the
-    arrays, filled at the next :meth:`compact` (the snapshot's).
+    arrays; the holes are closed once they outnumber the units (:meth:`compact`).
     """
 
-    __slots__ = ("_holes", "_inline", "_where", "codes", "freed", "lengths", "priorities",
-                 "reader", "refs")
+    __slots__ = ("_holes", "_inline", "_unjournaled", "_where", "codes", "freed", "lengths",
+                 "priorities", "reader", "refs")
 
     def __init__(self, reader: RequestReader | None = None) -> None:
         self.codes = array("Q")
@@ -74,10 +81,11 @@ class PendingIndex:
         self.lengths = array("I")
         self.priorities = array("i")
         #: code -> position in the arrays.
-        self._where: dict[int, int] = {}
+        self._where = CodeMap()
         #: Payloads kept in memory (ref INLINE), by code.
         self._inline: dict[int, Any] = {}
         self._holes = 0
+        self._unjournaled = 0
         #: Reads request records (None: payloads cannot be read, only counted).
         self.reader = reader
         #: Refs of the records of units no longer pending (done, handed, dropped), since the
@@ -90,17 +98,19 @@ class PendingIndex:
         return len(self._where)
 
     def __bool__(self) -> bool:
-        return bool(self._where)
+        return len(self._where) > 0
 
     def __contains__(self, code: object) -> bool:
         return code in self._where
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._where)
+        """The pending codes, in the order added."""
+        for code, *_ in self.entries():
+            yield code
 
-    def keys(self) -> Any:
-        """The pending codes (a live view: a set-like ``dict_keys``)."""
-        return self._where.keys()
+    def unjournaled(self) -> int:
+        """Pending units nothing can redo."""
+        return self._unjournaled
 
     # -- changes ----------------------------------------------------------------------
 
@@ -114,6 +124,8 @@ class PendingIndex:
         self.refs.append(ref)
         self.lengths.append(length)
         self.priorities.append(clamp_priority(priority))
+        if ref == NO_REF:
+            self._unjournaled += 1
         return True
 
     def add_inline(self, code: int, payload: Any) -> bool:
@@ -127,16 +139,21 @@ class PendingIndex:
     def discard(self, code: int, *, free: bool = True) -> bool:
         """``code`` is no longer pending (done, handed, dropped); False if it was not.
         ``free``: nothing needs its record any more (see :attr:`freed`)."""
-        pos = self._where.pop(code, None)
+        pos = self._where.pop(code)
         if pos is None:
             return False
-        if free and self.refs[pos] <= MAX_REF:
-            self.freed.append(self.refs[pos])
-        self.refs[pos] = NO_REF
-        self.codes[pos] = 0
-        self._holes += 1
-        if self._inline:
+        ref = self.refs[pos]
+        if ref <= MAX_REF:
+            if free:
+                self.freed.append(ref)
+        elif ref == NO_REF:
+            self._unjournaled -= 1
+        elif self._inline:
             self._inline.pop(code, None)
+        self.lengths[pos] = _HOLE
+        self._holes += 1
+        if self._holes > _MIN_HOLES and self._holes > len(self._where):
+            self.compact()
         return True
 
     def pop_entry(self, code: int) -> Any:
@@ -171,12 +188,15 @@ class PendingIndex:
         """Close the holes left by removed units (kept order)."""
         if not self._holes:
             return
-        keep = sorted(self._where.values())
+        lengths = self.lengths
+        keep = [pos for pos in range(len(lengths)) if lengths[pos] != _HOLE]
         self.codes = array("Q", [self.codes[i] for i in keep])
         self.refs = array("Q", [self.refs[i] for i in keep])
-        self.lengths = array("I", [self.lengths[i] for i in keep])
+        self.lengths = array("I", [lengths[i] for i in keep])
         self.priorities = array("i", [self.priorities[i] for i in keep])
-        self._where = dict(zip(self.codes, range(len(keep)), strict=True))
+        where = self._where = CodeMap(len(keep) * 2)
+        for pos, code in enumerate(self.codes):
+            where[code] = pos
         self._holes = 0
 
     # -- reading ----------------------------------------------------------------------
@@ -191,8 +211,10 @@ class PendingIndex:
     def entries(self) -> Iterator[tuple[int, int, int, int]]:
         """``(code, ref, length, priority)`` of each pending unit, in the order added."""
         codes, refs, lengths, priorities = self.codes, self.refs, self.lengths, self.priorities
-        for pos in sorted(self._where.values()) if self._holes else range(len(codes)):
-            yield codes[pos], refs[pos], lengths[pos], priorities[pos]
+        for pos in range(len(codes)):
+            length = lengths[pos]
+            if length != _HOLE:
+                yield codes[pos], refs[pos], length, priorities[pos]
 
     def has_payload(self, code: int) -> bool:
         """True if something can redo pending unit ``code`` (a record or a kept payload)."""
@@ -238,10 +260,6 @@ class PendingIndex:
         for _, payload in self.items():
             yield payload
 
-    def unjournaled(self) -> int:
-        """Pending units nothing can redo."""
-        return sum(1 for _, ref, _, _ in self.entries() if ref == NO_REF)
-
     def places(self) -> list[int]:
         """The journal generations the records of pending units are in, sorted."""
         return sorted({place_of(ref) for _, ref, _, _ in self.entries() if ref <= MAX_REF})
@@ -250,16 +268,30 @@ class PendingIndex:
 
     def to_bytes(self) -> bytes:
         """The index as a snapshot section: ``<u64 n><u32 crc32>`` then the codes, refs,
-        lengths and priorities of its ``n`` units (little-endian), in the order added.
+        lengths and priorities of its ``n`` places (little-endian), in the order added,
+        holes included (length 2**32-1), then its code map (:meth:`CodeMap.to_bytes`).
         Payloads kept in memory are not in it, only their units (see :meth:`inline_pairs`)."""
-        self.compact()
         arrays = [self.codes, self.refs, self.lengths, self.priorities]
         if sys.byteorder != "little":
             arrays = [array(a.typecode, a) for a in arrays]
             for a in arrays:
                 a.byteswap()
         body = b"".join(a.tobytes() for a in arrays)
-        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body
+        small = self._where.small
+        if small:  # the codes 0 and 1: rare enough to close the holes for
+            self.compact()
+            return self.to_bytes_compacted()
+        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + self._where.to_bytes()
+
+    def to_bytes_compacted(self) -> bytes:
+        """:meth:`to_bytes` of an index without holes, whose map is rebuilt on load."""
+        arrays = [self.codes, self.refs, self.lengths, self.priorities]
+        if sys.byteorder != "little":
+            arrays = [array(a.typecode, a) for a in arrays]
+            for a in arrays:
+                a.byteswap()
+        body = b"".join(a.tobytes() for a in arrays)
+        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + CodeMap().to_bytes()
 
     def inline_pairs(self) -> list[list[Any]]:
         """``[code, payload]`` of the payloads kept in memory (a snapshot header's)."""
@@ -269,10 +301,9 @@ class PendingIndex:
         """Take the payloads :meth:`inline_pairs` listed, for the units whose ref is INLINE.
         Raises ValueError unless they match those units one to one."""
         inline = {int(code): payload for code, payload in pairs}
-        marked = self.refs.count(INLINE)
+        marked = sum(1 for _, ref, _, _ in self.entries() if ref == INLINE)
         if len(inline) != len(pairs) or marked != len(inline) or any(
-                code not in self._where or self.refs[self._where[code]] != INLINE
-                for code in inline):
+                (self.entry(code) or (0,))[0] != INLINE for code in inline):
             raise ValueError("pending index and its kept payloads disagree")
         self._inline = inline
 
@@ -281,7 +312,8 @@ class PendingIndex:
                    reader: RequestReader | None = None) -> tuple[PendingIndex, int]:
         """An index from :meth:`to_bytes` bytes at the start of ``data`` (its kept payloads
         come next with :meth:`keep_inline`); returns it and the bytes it took. Raises
-        ValueError if the section is cut short, fails its checksum or repeats a code."""
+        ValueError if the section is cut short, fails its checksum or its map does not
+        match its units."""
         n, crc = _SECTION.unpack_from(data, 0)
         size = _SECTION.size + 24 * n
         body = memoryview(data)[_SECTION.size:size]
@@ -300,10 +332,22 @@ class PendingIndex:
             parts.append(a)
             pos += width * n
         index.codes, index.refs, index.lengths, index.priorities = parts
-        index._where = dict(zip(index.codes, range(n), strict=True))
-        if len(index._where) != n:
-            raise ValueError("pending index repeats a unit")
-        return index, size
+        where, used = CodeMap.from_bytes(memoryview(data)[size:])
+        holes = index.lengths.count(_HOLE)
+        if len(where) == 0 and n > holes:  # written without its map: rebuilt
+            where = CodeMap(2 * n)
+            for i, length in enumerate(index.lengths):
+                if length != _HOLE:
+                    if index.codes[i] in where:
+                        raise ValueError("pending index repeats a unit")
+                    where[index.codes[i]] = i
+        if len(where) != n - holes:
+            raise ValueError("pending index and its code map disagree")
+        index._where, index._holes = where, holes
+        index._unjournaled = sum(1 for i, ref in enumerate(index.refs)
+                                 if ref == NO_REF and index.lengths[i] != _HOLE) \
+            if NO_REF in index.refs else 0
+        return index, size + used
 
 
 __all__ = ["INLINE", "MAX_REF", "NO_REF", "PendingIndex", "RequestReader", "clamp_priority",
