@@ -534,8 +534,7 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
 def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint) -> int:
     """Queue the pending units in the checkpoint scheduler by code, the units in flight at
     the interruption due first (or hold them for the setup requests); returns how many."""
-    pending = cp.live.pending
-    pending.compact()
+    pending = cp.live.pending  # holes stay: their codes are no longer pending, and skipped
     inflight = [code for code in frontier.inflight_at_crash if pending.has_payload(code)]
     resumed = len(pending) - pending.unjournaled()
     if not resumed:
