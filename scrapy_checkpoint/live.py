@@ -47,7 +47,7 @@ from .journal.groups import (
     Added,
 )
 from .journal.pending import MAX_REF, PendingIndex, place_of
-from .journal.snapshot import DONE_NOW, PENDING_INDEX, PLACES
+from .journal.snapshot import DONE_NOW, INDEX_COUNTS, PENDING_INDEX, PLACES
 from .metrics import Metrics
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.base import Loaded, Store
@@ -139,6 +139,7 @@ class LiveState:
             "failed": failed,
             "inline": self.pending.inline_pairs(),
             PLACES: sorted(places),
+            INDEX_COUNTS: self.pending.counts(),
             "started": sorted(self.started),
             "outputs": {path: list(lengths) for path, lengths in self.outputs.items()},
             "attached": dict(self.attached),

@@ -129,6 +129,14 @@ def test_compaction_and_retention_keep_the_records_of_pending_units_only(
     still = [code for code in range(2, 3002) if code % 100 == 0]
     assert [code for code in pending if code != 1] == still
     assert all(pending.get(code)["url"] == f"u{code}" for code in still)
+    for code in range(5000, 7000):  # more compactions after a load: the counts carry on
+        cp.add_unit(code, {"url": f"u{code}", "pad": pad})
+        cp.finish_unit(code, processed=1, successful=1)
+    cp.drain_io()
+    _abandon(cp)
+    cp = _reopen(location, **options)
+    assert cp.live.pending.get(1) == {"url": "first"}
+    assert [code for code in cp.live.pending if code != 1] == still
     cp.close()
 
 

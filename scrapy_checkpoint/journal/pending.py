@@ -72,8 +72,8 @@ class PendingIndex:
     arrays; the holes are closed once they outnumber the units (:meth:`compact`).
     """
 
-    __slots__ = ("_holes", "_inline", "_unjournaled", "_where", "codes", "freed", "lengths",
-                 "priorities", "reader", "refs")
+    __slots__ = ("_holes", "_inline", "_places", "_unjournaled", "_where", "codes", "freed",
+                 "lengths", "priorities", "reader", "refs")
 
     def __init__(self, reader: RequestReader | None = None) -> None:
         self.codes = array("Q")
@@ -86,6 +86,8 @@ class PendingIndex:
         self._inline: dict[int, Any] = {}
         self._holes = 0
         self._unjournaled = 0
+        #: Journal generation -> pending units whose record is there.
+        self._places: dict[int, int] = {}
         #: Reads request records (None: payloads cannot be read, only counted).
         self.reader = reader
         #: Refs of the records of units no longer pending (done, handed, dropped), since the
@@ -124,7 +126,10 @@ class PendingIndex:
         self.refs.append(ref)
         self.lengths.append(length)
         self.priorities.append(clamp_priority(priority))
-        if ref == NO_REF:
+        if ref <= MAX_REF:
+            place = ref >> OFFSET_BITS
+            self._places[place] = self._places.get(place, 0) + 1
+        elif ref == NO_REF:
             self._unjournaled += 1
         return True
 
@@ -146,6 +151,12 @@ class PendingIndex:
         if ref <= MAX_REF:
             if free:
                 self.freed.append(ref)
+            place = ref >> OFFSET_BITS
+            left = self._places[place] - 1
+            if left:
+                self._places[place] = left
+            else:
+                del self._places[place]
         elif ref == NO_REF:
             self._unjournaled -= 1
         elif self._inline:
@@ -262,7 +273,7 @@ class PendingIndex:
 
     def places(self) -> list[int]:
         """The journal generations the records of pending units are in, sorted."""
-        return sorted({place_of(ref) for _, ref, _, _ in self.entries() if ref <= MAX_REF})
+        return sorted(self._places)
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -308,10 +319,11 @@ class PendingIndex:
         self._inline = inline
 
     @classmethod
-    def from_bytes(cls, data: bytes | memoryview,
-                   reader: RequestReader | None = None) -> tuple[PendingIndex, int]:
+    def from_bytes(cls, data: bytes | memoryview, reader: RequestReader | None = None,
+                   counts: Any = None) -> tuple[PendingIndex, int]:
         """An index from :meth:`to_bytes` bytes at the start of ``data`` (its kept payloads
-        come next with :meth:`keep_inline`); returns it and the bytes it took. Raises
+        come next with :meth:`keep_inline`), with its :meth:`counts` (None: counted);
+        returns it and the bytes it took. Raises
         ValueError if the section is cut short, fails its checksum or its map does not
         match its units."""
         n, crc = _SECTION.unpack_from(data, 0)
@@ -344,10 +356,30 @@ class PendingIndex:
         if len(where) != n - holes:
             raise ValueError("pending index and its code map disagree")
         index._where, index._holes = where, holes
-        index._unjournaled = sum(1 for i, ref in enumerate(index.refs)
-                                 if ref == NO_REF and index.lengths[i] != _HOLE) \
-            if NO_REF in index.refs else 0
+        index.set_counts(counts)
         return index, size + used
+
+    def counts(self) -> dict[str, Any]:
+        """What :meth:`set_counts` takes back: the units per journal generation and those
+        nothing can redo (a snapshot header keeps them, so loading needs no pass)."""
+        return {"places": sorted([place, n] for place, n in self._places.items()),
+                "unjournaled": self._unjournaled}
+
+    def set_counts(self, counts: Any) -> None:
+        """Take :meth:`counts` from a snapshot header, or count (None, or not that shape)."""
+        try:
+            places = {int(place): int(n) for place, n in counts["places"]}
+            unjournaled = int(counts["unjournaled"])
+        except (TypeError, KeyError, ValueError):
+            places, unjournaled = {}, 0
+            for ref, length in zip(self.refs, self.lengths, strict=True):
+                if length != _HOLE:
+                    if ref <= MAX_REF:
+                        place = ref >> OFFSET_BITS
+                        places[place] = places.get(place, 0) + 1
+                    elif ref == NO_REF:
+                        unjournaled += 1
+        self._places, self._unjournaled = places, unjournaled
 
 
 __all__ = ["INLINE", "MAX_REF", "NO_REF", "PendingIndex", "RequestReader", "clamp_priority",

@@ -42,6 +42,8 @@ PENDING_INDEX = "pending_index"
 #: Header key: the journal generations the records of its pending and failed units are
 #: in (retention keeps them).
 PLACES = "places"
+#: Header key: the index's counts (:meth:`PendingIndex.counts`), read back without a pass.
+INDEX_COUNTS = "index_counts"
 
 
 def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
@@ -92,6 +94,8 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
     head = data[pos : pos + hlen]
     if len(head) != hlen or zlib.crc32(head) != hcrc:
         raise ValueError("snapshot header checksum mismatch")
+    header = json.loads(head)
+    check_header(header)
     pos += hlen
     count, ccrc = _SNAP_CODES.unpack_from(data, pos)
     pos += _SNAP_CODES.size
@@ -112,14 +116,12 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
             raise ValueError("snapshot time section checksum mismatch")
         pos += 4 * count
         if indexed:
-            index, size = PendingIndex.from_bytes(view[pos:])
+            index, size = PendingIndex.from_bytes(view[pos:], counts=header.pop(INDEX_COUNTS, None))
             pos += size
         if len(data) != pos:
             raise ValueError("snapshot has bytes after its last section")
     elif len(data) != pos:
         raise ValueError("snapshot key section checksum mismatch")
-    header = json.loads(head)
-    check_header(header)
     now = header.get(DONE_NOW)
     if not isinstance(now, int) or not 0 <= now <= MAX_TIME:
         now = _updated_at(header)
@@ -144,6 +146,7 @@ _HEADER_CHECKS: dict[str, Any] = {
     "pending": is_units,
     "inline": is_units,
     PLACES: is_codes,
+    INDEX_COUNTS: lambda v: type(v) is dict,
     "started": is_codes,
     "outputs": lambda v: type(v) is dict and all(output_entry(n) for n in v.values()),
     "attached": lambda v: type(v) is dict,
