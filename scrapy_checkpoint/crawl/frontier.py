@@ -507,7 +507,11 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
             payload = self.payload(request, spider)
-            cp.add_unit(code, payload, request.priority)
+            try:
+                cp.add_unit(code, payload, request.priority)
+            except CheckpointError as exc:  # its record cannot be written: the crawl stops
+                self.stop(exc)
+                return
             if payload is not None and self.lazy:
                 self._admitted = request
 

@@ -23,7 +23,7 @@ from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.misc import load_object
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .frontier import REQUEUE_META
 from .identity import UNIT_META
 
@@ -142,6 +142,10 @@ class ScrapyRedisPairing:
             with contextlib.suppress(Exception):  # the heartbeat thread writes it later
                 shared.beat("running")
         payload = frontier.payload(request, frontier.crawler.spider)
-        if payload is not None:
-            cp.add_unit(code, payload, request.priority)
+        try:
+            if payload is not None:
+                cp.add_unit(code, payload, request.priority)
+        except CheckpointError as exc:  # its record cannot be written: the crawl stops
+            frontier.stop(exc)
+            return
         cp.start_unit(code)

@@ -541,7 +541,11 @@ class FileStore:
             self._dirs.check(stage, self.data_dir(stage))
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
+        try:
+            atomic_write(self.state_path(stage), data, backup=self.backup_path(stage))
+        except FileNotFoundError:
+            self._dirs.check(stage, self.data_dir(stage))  # deleted meanwhile: say so
+            raise
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
         """The state file, or its backup if it is damaged (with a warning)."""
