@@ -47,11 +47,7 @@ class FrontierQueue:
     def push(self, code: int, priority: int, request: Any = None) -> None:
         """Queue unit ``code`` at ``priority``, keeping ``request`` while it is among the
         most recent."""
-        queue = self._queues.get(priority)
-        if queue is None:
-            queue = self._queues[priority] = array("Q")
-            heapq.heappush(self._order, -priority)
-        queue.append(code)
+        self._queue(priority).append(code)
         self._len += 1
         if request is not None and self._hot_limit:
             hot = self._hot
@@ -68,21 +64,20 @@ class FrontierQueue:
         if not len(codes):
             return
         if min(priorities) == max(priorities):  # one priority: the codes go in as a block
-            priority = priorities[0]
-            queue = self._queues.get(priority)
-            if queue is None:
-                queue = self._queues[priority] = array("Q")
-                heapq.heappush(self._order, -priority)
-            queue.extend(codes if isinstance(codes, array) else array("Q", codes))
-            self._len += len(codes)
-            return
-        for code, priority in zip(codes, priorities, strict=True):
-            queue = self._queues.get(priority)
-            if queue is None:
-                queue = self._queues[priority] = array("Q")
-                heapq.heappush(self._order, -priority)
-            queue.append(code)
-            self._len += 1
+            self._queue(priorities[0]).extend(
+                codes if isinstance(codes, array) else array("Q", codes))
+        else:
+            for code, priority in zip(codes, priorities, strict=True):
+                self._queue(priority).append(code)
+        self._len += len(codes)
+
+    def _queue(self, priority: int) -> array[int]:
+        """The queue of ``priority``, made if there is none."""
+        queue = self._queues.get(priority)
+        if queue is None:
+            queue = self._queues[priority] = array("Q")
+            heapq.heappush(self._order, -priority)
+        return queue
 
     def top_priority(self) -> int | None:
         """The priority of the next unit out (None: empty)."""

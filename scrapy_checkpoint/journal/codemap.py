@@ -13,10 +13,11 @@ loads without a million inserts.
 from __future__ import annotations
 
 import struct
-import sys
 import zlib
 from array import array
 from collections.abc import Iterator
+
+from .arrays import checked, from_le, le_bytes
 
 _EMPTY, _REMOVED = 0, 1
 _HEAD = struct.Struct("<QQI")  # slots, keys in use, crc32 of the arrays
@@ -140,12 +141,7 @@ class CodeMap:
     def to_bytes(self) -> bytes:
         """``<u64 slots><u64 keys><u32 crc32>`` then the keys and values arrays as they are
         (little-endian); the codes 0 and 1 are not in it (see :attr:`small`)."""
-        keys, values = self._keys, self._values
-        if sys.byteorder != "little":
-            keys, values = array("Q", keys), array("I", values)
-            keys.byteswap()
-            values.byteswap()
-        body = keys.tobytes() + values.tobytes()
+        body = le_bytes(self._keys, "Q") + le_bytes(self._values, "I")
         return _HEAD.pack(len(self._keys), self._used, zlib.crc32(body)) + body
 
     @property
@@ -162,19 +158,10 @@ class CodeMap:
         if slots < _MIN_SLOTS or slots & (slots - 1) or slots > (1 << 40):
             raise ValueError("code map has a bad slot count")
         end = _HEAD.size + 12 * slots
-        body = memoryview(data)[_HEAD.size:end]
-        if len(body) != 12 * slots:
-            raise ValueError("code map cut short")
-        if zlib.crc32(body) != crc:
-            raise ValueError("code map checksum mismatch")
+        body = checked(data, _HEAD.size, 12 * slots, crc, "code map")
         m = cls.__new__(cls)
-        m._keys = array("Q")
-        m._keys.frombytes(body[:8 * slots])
-        m._values = array("I")
-        m._values.frombytes(body[8 * slots:])
-        if sys.byteorder != "little":
-            m._keys.byteswap()
-            m._values.byteswap()
+        m._keys = from_le(body[:8 * slots], "Q")
+        m._values = from_le(body[8 * slots:], "I")
         m._mask = slots - 1
         m._used = used
         m._filled = slots - m._keys.count(_EMPTY)

@@ -19,11 +19,12 @@ replaying many small removals costs time in proportion to the removals, not to t
 from __future__ import annotations
 
 import operator
-import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+
+from .arrays import from_le, le_bytes
 
 _MIN_RECENT = 1 << 16
 #: The largest done time a set holds (uint32 Unix seconds: until 2106).
@@ -260,7 +261,7 @@ class DoneSet:
     def to_bytes(self) -> bytes:
         """Sorted little-endian uint64 codes."""
         self.compact()
-        return _little_endian(self._base)
+        return le_bytes(self._base, "Q")
 
     def times_bytes(self) -> bytes | None:
         """The done times as little-endian uint32, in the order of :meth:`to_bytes` (call it
@@ -268,7 +269,7 @@ class DoneSet:
         if self._times is None:
             return None
         self.compact()
-        return _little_endian(self._times)
+        return le_bytes(self._times, "I")
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, times: bytes | memoryview | None = None, *,
@@ -276,22 +277,5 @@ class DoneSet:
         """Inverse of :meth:`to_bytes` (``data``: sorted little-endian uint64 codes) and
         :meth:`times_bytes` (``times``: little-endian uint32, one per code; None: every
         unit done at ``now``). Raises ValueError if the lengths differ."""
-        codes = array("Q")
-        codes.frombytes(data)
-        done_times = None
-        if times is not None:
-            done_times = array("I")
-            done_times.frombytes(times)
-        if sys.byteorder != "little":
-            codes.byteswap()
-            if done_times is not None:
-                done_times.byteswap()
-        return cls(sorted_codes=codes, times=done_times, now=now)
-
-
-def _little_endian(values: array[int]) -> bytes:
-    if sys.byteorder == "little":
-        return values.tobytes()
-    swapped = array(values.typecode, values)
-    swapped.byteswap()
-    return swapped.tobytes()
+        done_times = None if times is None else from_le(times, "I")
+        return cls(sorted_codes=from_le(data, "Q"), times=done_times, now=now)

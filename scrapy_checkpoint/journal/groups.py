@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..state import CheckpointState, Owner, Status
+from .arrays import from_le, le_bytes
 
 # The header keys: constant = key      # what its value holds
 DONE_COUNT = "d"         # number of done codes after the header (always present)
@@ -211,29 +211,13 @@ def check_fields(fields: dict[str, Any]) -> None:
             raise ValueError(f"group field {key!r} holds a bad value")
 
 
-def _packed(values: Any, typecode: str) -> bytes:
-    a = values if isinstance(values, array) and values.typecode == typecode else array(typecode, values)
-    if sys.byteorder != "little":
-        a = array(typecode, a)
-        a.byteswap()
-    return a.tobytes()
-
-
 def _codes_bytes(codes: list[int]) -> bytes:
-    return _packed(codes, "Q")
-
-
-def _unpacked(data: memoryview, typecode: str) -> array[int]:
-    # Kept as an array (8 bytes a code): replay may hold many groups at once.
-    a = array(typecode)
-    a.frombytes(data)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a
+    return le_bytes(codes, "Q")
 
 
 def _codes_from(data: memoryview) -> array[int]:
-    return _unpacked(data, "Q")
+    # Kept as an array (8 bytes a code): replay may hold many groups at once.
+    return from_le(data, "Q")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -260,8 +244,8 @@ class Added:
         self.priorities.append(priority)
 
     def to_bytes(self) -> bytes:
-        return b"".join((_packed(self.codes, "Q"), _packed(self.refs, "Q"),
-                         _packed(self.lengths, "I"), _packed(self.priorities, "i")))
+        return b"".join((le_bytes(self.codes, "Q"), le_bytes(self.refs, "Q"),
+                         le_bytes(self.lengths, "I"), le_bytes(self.priorities, "i")))
 
     @classmethod
     def from_bytes(cls, data: memoryview, n: int) -> Added:
@@ -269,8 +253,8 @@ class Added:
         if len(data) != _ADDED_ENTRY * n:
             raise ValueError("group's added units have the wrong length")
         a, b, c = 8 * n, 16 * n, 20 * n
-        return cls(_unpacked(data[:a], "Q"), _unpacked(data[a:b], "Q"),
-                   _unpacked(data[b:c], "I"), _unpacked(data[c:], "i"))
+        return cls(from_le(data[:a], "Q"), from_le(data[a:b], "Q"),
+                   from_le(data[b:c], "I"), from_le(data[c:], "i"))
 
 
 def encode_group(done: list[int], failed: list[int], fields: dict[str, Any],

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import zlib
 from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from .arrays import checked, from_le, le_bytes
 from .codemap import CodeMap
 
 #: The largest ref a store hands out.
@@ -280,29 +280,17 @@ class PendingIndex:
     def to_bytes(self) -> bytes:
         """The index as a snapshot section: ``<u64 n><u32 crc32>`` then the codes, refs,
         lengths and priorities of its ``n`` places (little-endian), in the order added,
-        holes included (length 2**32-1), then its code map (:meth:`CodeMap.to_bytes`).
-        Payloads kept in memory are not in it, only their units (see :meth:`inline_pairs`)."""
-        arrays = [self.codes, self.refs, self.lengths, self.priorities]
-        if sys.byteorder != "little":
-            arrays = [array(a.typecode, a) for a in arrays]
-            for a in arrays:
-                a.byteswap()
-        body = b"".join(a.tobytes() for a in arrays)
-        small = self._where.small
-        if small:  # the codes 0 and 1: rare enough to close the holes for
+        holes included (length 2**32-1), then its code map (:meth:`CodeMap.to_bytes`;
+        empty, to be rebuilt on load, if it holds the codes 0 or 1, kept apart from its
+        arrays). Payloads kept in memory are not in it, only their units (see
+        :meth:`inline_pairs`)."""
+        where = self._where
+        if where.small:  # rare enough to close the holes for, and rebuild the map on load
             self.compact()
-            return self.to_bytes_compacted()
-        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + self._where.to_bytes()
-
-    def to_bytes_compacted(self) -> bytes:
-        """:meth:`to_bytes` of an index without holes, whose map is rebuilt on load."""
-        arrays = [self.codes, self.refs, self.lengths, self.priorities]
-        if sys.byteorder != "little":
-            arrays = [array(a.typecode, a) for a in arrays]
-            for a in arrays:
-                a.byteswap()
-        body = b"".join(a.tobytes() for a in arrays)
-        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + CodeMap().to_bytes()
+            where = CodeMap()
+        body = b"".join((le_bytes(self.codes, "Q"), le_bytes(self.refs, "Q"),
+                         le_bytes(self.lengths, "I"), le_bytes(self.priorities, "i")))
+        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + where.to_bytes()
 
     def inline_pairs(self) -> list[list[Any]]:
         """``[code, payload]`` of the payloads kept in memory (a snapshot header's)."""
@@ -328,22 +316,11 @@ class PendingIndex:
         match its units."""
         n, crc = _SECTION.unpack_from(data, 0)
         size = _SECTION.size + 24 * n
-        body = memoryview(data)[_SECTION.size:size]
-        if len(body) != 24 * n:
-            raise ValueError("pending index cut short")
-        if zlib.crc32(body) != crc:
-            raise ValueError("pending index checksum mismatch")
+        body = checked(data, _SECTION.size, 24 * n, crc, "pending index")
         index = cls(reader)
-        parts = []
-        pos = 0
-        for typecode, width in (("Q", 8), ("Q", 8), ("I", 4), ("i", 4)):
-            a = array(typecode)
-            a.frombytes(body[pos:pos + width * n])
-            if sys.byteorder != "little":
-                a.byteswap()
-            parts.append(a)
-            pos += width * n
-        index.codes, index.refs, index.lengths, index.priorities = parts
+        index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
+        index.lengths = from_le(body[16 * n:20 * n], "I")
+        index.priorities = from_le(body[20 * n:], "i")
         where, used = CodeMap.from_bytes(memoryview(data)[size:])
         holes = index.lengths.count(_HOLE)
         if len(where) == 0 and n > holes:  # written without its map: rebuilt

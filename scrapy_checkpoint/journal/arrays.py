@@ -1,0 +1,41 @@
+"""Arrays of integers to and from little-endian bytes, the byte order of every format here."""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from array import array
+from collections.abc import Iterable
+
+
+def le_bytes(values: array[int] | Iterable[int], typecode: str) -> bytes:
+    """``values`` as little-endian ``typecode`` items (``"Q"``, ``"I"``, ``"i"``)."""
+    a = values if isinstance(values, array) and values.typecode == typecode \
+        else array(typecode, values)
+    if sys.byteorder != "little":
+        a = array(typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def from_le(data: bytes | memoryview, typecode: str) -> array[int]:
+    """An array of ``typecode`` items read from little-endian ``data``."""
+    a = array(typecode)
+    a.frombytes(data)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+def checked(data: bytes | memoryview, start: int, length: int, crc: int, what: str) -> memoryview:
+    """``length`` bytes of ``data`` from ``start``; ValueError naming ``what`` if they are
+    cut short or their CRC-32 is not ``crc``."""
+    body = memoryview(data)[start:start + length]
+    if len(body) != length:
+        raise ValueError(f"{what} cut short")
+    if zlib.crc32(body) != crc:
+        raise ValueError(f"{what} checksum mismatch")
+    return body
+
+
+__all__ = ["checked", "from_le", "le_bytes"]
