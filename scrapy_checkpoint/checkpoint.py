@@ -130,13 +130,14 @@ class StageReadings:
         """Stage-specific data; change it with :meth:`set_metadata`."""
         return dict(self.live.info.metadata)
 
-    def metrics(self) -> Metrics:
-        """Counters, throughput over ``throughput_window`` and elapsed time, now."""
-        return self._progress.metrics(self.live)
+    def metrics(self, total: int | None = None) -> Metrics:
+        """Counters, throughput over ``throughput_window`` and elapsed time, now; ``total``
+        in place of the recorded one (e.g. a crawl's units known at this moment)."""
+        return self._progress.metrics(self.live, total)
 
-    def progress_line(self) -> str:
-        """See :meth:`Metrics.progress_line`."""
-        return self.metrics().progress_line()
+    def progress_line(self, total: int | None = None) -> str:
+        """See :meth:`Metrics.progress_line` (``total`` as in :meth:`metrics`)."""
+        return self.metrics(total).progress_line()
 
     def log_progress(self) -> None:
         """Log the progress line (logger ``scrapy_checkpoint``, INFO)."""

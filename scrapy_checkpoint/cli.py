@@ -38,7 +38,7 @@ from .errors import (
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
-from .metrics import format_duration
+from .metrics import format_duration, format_percent
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
 from .stores.base import check_stage_name
@@ -198,7 +198,7 @@ def _read(ctx: Context, stage: str) -> StageView:
 def _progress(view: StageView) -> str:
     m = view.metrics()
     if m.total:
-        return f"{m.processed}/{m.total} ({m.percent:.1f}%)"
+        return f"{m.processed}/{m.total} ({format_percent(m.percent)})"
     return f"{m.processed}/?"
 
 

@@ -36,8 +36,9 @@ class CheckpointConfig(BaseModel):
     state_interval: float = Field(5.0, gt=0)
     #: Log the progress line every N processed items (0: never).
     log_every: int = Field(100, ge=0)
-    #: Window over which throughput (and so the ETA) is measured.
-    throughput_window: float = Field(60.0, gt=0)
+    #: Seconds over which throughput (and so the ETA) is measured (or the last 20 units,
+    #: when those took longer); see :class:`~scrapy_checkpoint.metrics.RateWindow`.
+    throughput_window: float = Field(3.0, gt=0)
     #: Snapshot generations kept per stage.
     keep_snapshots: int = Field(10, ge=1)
     #: A journal segment is compacted into a snapshot once it is larger than

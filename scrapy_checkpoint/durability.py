@@ -299,7 +299,7 @@ class GroupCommitter:
         self._latencies.append(monotonic() - began)
         self._dirty = True
         self._since_snapshot = True
-        if now - self._rate.last_sample >= 1.0:
+        if now - self._rate.last_sample >= self._rate.EVERY:
             self._rate.add(now, live.processed)
         self.maybe_sync(now)
         if now - self._last_state >= self.config.state_interval:
@@ -319,7 +319,7 @@ class GroupCommitter:
         self.maybe_sync(now)
         if now - self._last_state >= self.config.state_interval:
             self.write_state()
-        if now - self._rate.last_sample >= 1.0:
+        if now - self._rate.last_sample >= self._rate.EVERY:
             self._rate.add(now, self._live.processed)
 
     @_stops_on_write_error

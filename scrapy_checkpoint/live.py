@@ -327,13 +327,13 @@ class LiveState:
 
     # -- the readable form -------------------------------------------------------------
 
-    def metrics(self, throughput: float | None) -> Metrics:
+    def metrics(self, throughput: float | None, total: int | None = None) -> Metrics:
         """The counters now, with ``throughput`` (items/s) and the seconds since the
-        stage first started."""
+        stage first started; ``total`` in place of the recorded one."""
         start = self.info.progress.start_time
         elapsed = (utcnow() - start).total_seconds() if start else 0.0
         return Metrics(
-            total=self.info.progress.total_items,
+            total=self.info.progress.total_items if total is None else total,
             processed=self.processed,
             successful=self.successful,
             failed=self.failed,

@@ -13,7 +13,7 @@ from .checkpoint import EnhancedCheckpoint, describe_lost
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
-from .metrics import format_duration
+from .metrics import format_duration, format_percent
 from .shared import OVER, SharedStage, Worker, shared_stage_of, sub_stage_name
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
@@ -269,7 +269,7 @@ class UnifiedCheckpointManager:
                 lines.append(f"  last error ({s.error_count} in all): {s.error_message}")
             lines += [f"  warning: {p}" for p in view.problems]
             lines.append("")
-        pct = f"{100.0 * processed_known / total_known:.1f}%" if total_known else "n/a"
+        pct = format_percent(100.0 * processed_known / total_known) if total_known else "n/a"
         lines.append(
             f"Overall: {pct} ({processed_known}/{total_known} of known work) | "
             f"active {counts['active']} | completed {counts['completed']} | "

@@ -60,12 +60,20 @@ class Metrics:
     def progress_line(self) -> str:
         """``Progress: 45.5% (5000/11000) | Success: 98.2% | Throughput: 42.3 items/sec | ETA: 2.4 min``"""
         pct = self.percent
-        head = (f"Progress: {pct:.1f}% ({self.processed}/{self.total})" if pct is not None
+        head = (f"Progress: {format_percent(pct)} ({self.processed}/{self.total})" if pct is not None
                 else f"Progress: {self.processed} items")
         rate = self.success_rate
         success = "n/a" if rate is None else f"{rate:.1f}%"
         tput = "n/a" if self.throughput is None else f"{self.throughput:.1f} items/sec"
         return f"{head} | Success: {success} | Throughput: {tput} | ETA: {format_duration(self.eta_seconds)}"
+
+
+def format_percent(value: float | None) -> str:
+    """A percentage with one decimal (``n/a`` for None), ``99.9%`` at most until it is
+    100: never ``100.0%`` by rounding (2999 of 3000)."""
+    if value is None:
+        return "n/a"
+    return "99.9%" if 99.95 <= value < 100 else f"{value:.1f}%"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -82,36 +90,66 @@ def format_duration(seconds: float | None) -> str:
 
 
 class RateWindow:
-    """Processed-count samples over the last ``window`` seconds of this process.
+    """Units per second over the last ``window`` seconds of this process, or over the last
+    ``min_units`` units when those took longer (a slow stage's rate is not one or two
+    units), from samples of the processed count.
 
-    Only this process's samples count, so the rate is right straight after a
-    resume (items finished before the crash are not spread over the downtime).
+    The rate follows the work: the count at the window's start is interpolated between
+    the samples around it, so three seconds after the rate changes a three-second window
+    gives the new rate. It starts with the first unit finished in this process (a
+    resume does not count its start-up, nor spread old work over the downtime): samples
+    equal to the count at :meth:`begin` are not taken.
     """
 
-    __slots__ = ("_samples", "_window", "last_sample")
+    __slots__ = ("_base", "_min_units", "_samples", "_window", "last_sample")
 
-    def __init__(self, window: float) -> None:
+    #: Seconds between two samples at the most often.
+    EVERY = 0.25
+
+    def __init__(self, window: float, min_units: int = 20) -> None:
         self._window = window
+        self._min_units = min_units
         self._samples: deque[tuple[float, int]] = deque()
+        self._base: int | None = None
+        self.last_sample = 0.0
+
+    def begin(self, processed: int) -> None:
+        """A run starts with ``processed`` units done before it: no rate until one more."""
+        self._samples.clear()
+        self._base = processed
         self.last_sample = 0.0
 
     def add(self, now: float, processed: int) -> None:
         """Record the processed count at monotonic time ``now`` (seconds)."""
-        self._samples.append((now, processed))
         self.last_sample = now
-        cutoff = now - self._window
         samples = self._samples
-        while len(samples) > 2 and samples[1][0] <= cutoff:
+        if not samples and processed == self._base:
+            return  # nothing finished in this run yet
+        samples.append((now, processed))
+        cutoff = now - self._window
+        # Keep the newest sample before the window (to interpolate from) and enough units.
+        while (len(samples) > 2 and samples[1][0] <= cutoff
+               and processed - samples[1][1] >= self._min_units):
             samples.popleft()
 
     def rate(self, now: float | None = None, processed: int | None = None) -> float | None:
-        """Items per second from the oldest sample in the window to ``(now, processed)``
-        (default: the newest sample); None over less than half a second."""
-        if not self._samples:
+        """Units per second up to ``(now, processed)`` (default: the newest sample) over the
+        window (see the class doc); None before half a second of this run's work."""
+        samples = self._samples
+        if not samples:
             return None
-        t0, p0 = self._samples[0]
         if now is None or processed is None:
-            now, processed = self._samples[-1]
+            now, processed = samples[-1]
+        t0, p0 = samples[0][0], float(samples[0][1])
+        start = now - self._window
+        if start > t0 and len(samples) > 1:
+            # The count at the window's start, between the two samples around it.
+            for (ta, pa), (tb, pb) in zip(samples, list(samples)[1:], strict=False):
+                if ta <= start <= tb:
+                    at = pa + (pb - pa) * (start - ta) / (tb - ta) if tb > ta else pb
+                    if processed - at >= self._min_units:
+                        t0, p0 = start, at
+                    break
         dt = now - t0
         if dt < 0.5:
             return None
@@ -142,7 +180,7 @@ class ProgressLog:
 
     def begin(self, processed: int) -> None:
         """A run starts, ``processed`` items having been processed before."""
-        self.rate.add(monotonic(), processed)
+        self.rate.begin(processed)
         every = self.every
         self.next_at = (processed // every + 1) * every if every else 0
 
@@ -153,9 +191,10 @@ class ProgressLog:
         self.next_at = (processed // every + 1) * every
         return self.lines
 
-    def metrics(self, live: LiveState) -> Metrics:
-        """``live``'s counters with the current throughput (items per second)."""
-        return live.metrics(self.rate.rate(monotonic(), live.processed))
+    def metrics(self, live: LiveState, total: int | None = None) -> Metrics:
+        """``live``'s counters with the current throughput (items per second); ``total`` in
+        place of the recorded one."""
+        return live.metrics(self.rate.rate(monotonic(), live.processed), total)
 
     def state(self, live: LiveState, commit_latency_us: dict[str, int] | None) -> CheckpointState:
         """``live`` as users read it, with the throughput, the ETA and the commit latency."""
@@ -165,4 +204,5 @@ class ProgressLog:
         return state
 
 
-__all__ = ["Metrics", "ProgressLog", "RateWindow", "format_duration", "monotonic"]
+__all__ = ["Metrics", "ProgressLog", "RateWindow", "format_duration", "format_percent",
+           "monotonic"]

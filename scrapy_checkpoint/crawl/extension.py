@@ -350,7 +350,11 @@ class CheckpointExtension:
         if cp is None or frontier is None or not self.active or self._write_failed:
             return  # (after a failed write the in-memory counts are not what is recorded)
         frontier.record_skips()
-        logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(), len(cp.live.pending))
+        live = cp.live
+        pending = len(live.pending)
+        # The total and the pending count of one moment (the recorded total is a commit old).
+        total = len(live.done) + pending + live.lost_total
+        logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(total), pending)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
