@@ -26,6 +26,7 @@ from .durability import GroupCommitter
 from .errors import CheckpointError, CheckpointWriteError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
+    ATTACHED,
     COUNTERS,
     DROPPED,
     ERROR,
@@ -219,6 +220,11 @@ class UnitRecords(StageReadings):
         live.pending.add(code, ref, length, priority)
         self._group.added.append(code, ref, length, clamp_priority(priority))
         return True
+
+    def attach(self, name: str, value: Any) -> None:
+        """Keep ``value`` (JSON) with the stage under ``name`` (``live.attached``), journaled
+        with the next group; it replaces what was there."""
+        self._record({ATTACHED: {name: value}})
 
     def hand_off(self, codes: list[int]) -> None:
         """Pending units given to another process: neither pending here nor done."""

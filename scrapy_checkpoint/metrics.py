@@ -25,6 +25,8 @@ class Metrics:
     #: Items per second over the recent window (None until measurable).
     throughput: float | None
     elapsed_seconds: float
+    #: The total is an estimate, still uncertain (a crawl whose frontier grows): ``~``.
+    estimated: bool = False
 
     @property
     def percent(self) -> float | None:
@@ -60,8 +62,9 @@ class Metrics:
     def progress_line(self) -> str:
         """``Progress: 45.5% (5000/11000) | Success: 98.2% | Throughput: 42.3 items/sec | ETA: 2.4 min``"""
         pct = self.percent
-        head = (f"Progress: {format_percent(pct)} ({self.processed}/{self.total})" if pct is not None
-                else f"Progress: {self.processed} items")
+        about = "~" if self.estimated else ""
+        head = (f"Progress: {about}{format_percent(pct)} ({self.processed}/{about}{self.total})"
+                if pct is not None else f"Progress: {self.processed} items")
         rate = self.success_rate
         success = "n/a" if rate is None else f"{rate:.1f}%"
         tput = "n/a" if self.throughput is None else f"{self.throughput:.1f} items/sec"

@@ -33,7 +33,7 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[QuietServer, str]:
 
 def page_html(i: int, n: int, redirect_every: int = 0, fanout: int = 3) -> bytes:
     links = [c for c in range(fanout * i + 1, fanout * i + fanout + 1) if c < n]
-    links += [0, max(0, (i - 1) // 3)]
+    links += [0, max(0, (i - 1) // fanout)]
     body = "".join(
         f'<a href="/{"r" if redirect_every and c % redirect_every == 0 else "p"}/{c}">page {c}</a> '
         for c in links)

@@ -18,6 +18,7 @@ status the close reason calls for. The work lives in named collaborators:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -44,6 +45,7 @@ from .identity import IGNORE_META, UNIT_META
 from .invocation import borrowing_command, describe
 from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet, configured_outputs
+from .progress import CrawlProgress
 from .requests import NEEDS_ATTACHED
 from .scrapy_redis import uses_scrapy_redis
 from .sessions import ATTACHED_NAME, CookieJars
@@ -89,6 +91,7 @@ class CheckpointExtension:
         self.setup: SetupRequests | None = None
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
+        self.progress: CrawlProgress | None = None
         self._own_output: DurableOutput | None = None
         #: The :class:`~.scheduler.CheckpointScheduler`, when the crawl uses it.
         self.scheduler: Any = None
@@ -192,6 +195,8 @@ class CheckpointExtension:
             warn_once=self.warn_once)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self.stop)
+        frontier.progress = self.progress = CrawlProgress(
+            cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         keeper = self.spider_state = SpiderStateKeeper(
@@ -206,7 +211,7 @@ class CheckpointExtension:
             cp.live.attached.get(SETUP_ATTACHED), self.stats, self.warn_once, self.stage,
             lambda request: self.crawler.engine.crawl(request))  # noqa: PLW0108 (no engine yet)
         setup.retry_expired(cp)
-        cp.add_commit_hook(self._before_commit)
+        cp.add_commit_hook(lambda: _commit_fields(self))
         cp.add_sync_hook(outputs.fds)
         self.cp = cp
         self.active = True
@@ -221,37 +226,6 @@ class CheckpointExtension:
     def _claim_file(self, key: str, overwrite: bool) -> bool:
         assert self.worker is not None
         return self.worker.claim_file(key, overwrite, stop=self.stop)
-
-    def _before_commit(self) -> dict[str, Any] | None:
-        """Fields added to every journal group: output lengths, the known frontier, the
-        stage totals and spider.state when they changed, and the cookie jars when they
-        changed."""
-        assert self.cp is not None
-        assert self.outputs is not None
-        assert self.totals is not None
-        assert self.spider_state is not None
-        fields: dict[str, Any] = self.spider_state.fields() or {}  # first: it may raise
-        fields.update(self.totals.fields() or {})
-        lengths = self.outputs.changed_lengths()
-        if lengths:
-            fields[OUTPUTS] = lengths
-        attached: dict[str, Any] = {}
-        jars = self.cookies.changed() if self.cookies is not None else None
-        if jars is not None:
-            attached[ATTACHED_NAME] = jars
-        setup = self.setup.changed() if self.setup is not None else None
-        if setup is not None:
-            attached[SETUP_ATTACHED] = setup
-        needs = self.frontier.needs_changed() if self.frontier is not None else None
-        if needs is not None:
-            attached[NEEDS_ATTACHED] = needs
-        if attached:
-            fields[ATTACHED] = attached
-        live = self.cp.live
-        total = len(live.done) + len(live.pending) + live.lost_total
-        if total != live.info.progress.total_items:
-            fields[TOTAL] = total
-        return fields or None
 
     # -- used by the feeds ---------------------------------------------------------------------
 
@@ -350,11 +324,16 @@ class CheckpointExtension:
         if cp is None or frontier is None or not self.active or self._write_failed:
             return  # (after a failed write the in-memory counts are not what is recorded)
         frontier.record_skips()
-        live = cp.live
-        pending = len(live.pending)
-        # The total and the pending count of one moment (the recorded total is a commit old).
-        total = len(live.done) + pending + live.lost_total
-        logger.info("[%s] %s | pending %d", self.stage, cp.progress_line(total), pending)
+        # The estimate and the pending count of one moment (the recorded total is a commit old).
+        pending = len(cp.live.pending)
+        metrics = cp.metrics()
+        if self.progress is not None:
+            estimate = self.progress.estimate()
+            metrics = replace(cp.metrics(estimate.total), estimated=estimate.wide)
+            self.stats.set_value("checkpoint/estimated_total", estimate.total)
+        if metrics.eta_seconds is not None:
+            self.stats.set_value("checkpoint/eta_seconds", round(metrics.eta_seconds, 1))
+        logger.info("[%s] %s | pending %d", self.stage, metrics.progress_line(), pending)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
@@ -444,7 +423,10 @@ class CheckpointExtension:
             finish_expired(self.setup, cp, self.stage, finished=reason == "finished")
         if self.outputs is not None:
             self.outputs.close_documents()  # committed with the status below
-        cp.set_total(len(live.done) + len(live.pending) + live.lost_total)
+        total = len(live.done) + len(live.pending) + live.lost_total
+        cp.set_total(total)
+        if reason == "finished" and self.progress is not None:
+            self.progress.finished(total)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
@@ -463,6 +445,39 @@ class CheckpointExtension:
                             self.stage, worker.shared.worker, reason, len(live.pending))
         if worker is not None:
             worker.leave(reason == "finished")
+
+
+def _commit_fields(ext: CheckpointExtension) -> dict[str, Any] | None:
+    """Fields added to every journal group: output lengths, the total (the estimate of the
+    crawl's final size), the stage totals and spider.state when they changed, and the
+    attached data (cookie jars, setup requests, what the requests need, the depth
+    profile and the estimate's range) when it changed."""
+    assert ext.cp is not None
+    assert ext.outputs is not None
+    assert ext.totals is not None
+    assert ext.spider_state is not None
+    fields: dict[str, Any] = ext.spider_state.fields() or {}  # first: it may raise
+    fields.update(ext.totals.fields() or {})
+    lengths = ext.outputs.changed_lengths()
+    if lengths:
+        fields[OUTPUTS] = lengths
+    attached: dict[str, Any] = {}
+    for name, part in ((ATTACHED_NAME, ext.cookies), (SETUP_ATTACHED, ext.setup)):
+        changed = part.changed() if part is not None else None
+        if changed is not None:
+            attached[name] = changed
+    needs = ext.frontier.needs_changed() if ext.frontier is not None else None
+    if needs is not None:
+        attached[NEEDS_ATTACHED] = needs
+    live = ext.cp.live
+    total = len(live.done) + len(live.pending) + live.lost_total
+    if ext.progress is not None:
+        total = ext.progress.commit(attached)
+    if attached:
+        fields[ATTACHED] = attached
+    if total != live.info.progress.total_items:
+        fields[TOTAL] = total
+    return fields or None
 
 
 def _release_held(ext: CheckpointExtension, held: list[Any]) -> int:

@@ -26,6 +26,7 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
 from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
+from .progress import CrawlProgress
 from .requests import (
     NEEDS_ATTACHED,
     UnserializableRequest,
@@ -400,6 +401,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         # Queued requests not to download: their unit was given to another worker, or (with
         # scrapy-redis) another worker has it or it is done.
         self._not_ours: WeakSet[Request] = WeakSet()
+        #: The crawl's depth profile and estimate (see .progress), fed as units come and go.
+        self.progress: CrawlProgress | None = None
         #: Called with a unit's code when it is done here, and when it leaves this run
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
@@ -512,6 +515,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             except CheckpointError as exc:  # its record cannot be written: the crawl stops
                 self.stop(exc)
                 return
+            if self.progress is not None:
+                self.progress.add(meta.get("depth", 0))
             if payload is not None and self.lazy:
                 self._admitted = request
 
@@ -542,6 +547,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             self.live.discard(code)
             self.unfiltered.discard(code)
             self.identity.forget(code)
+            if self.progress is not None:
+                self.progress.finish(request.meta.get("depth", 0))
             try:
                 self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             except CheckpointError as exc:
@@ -704,6 +711,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         self.identity.forget(code)
         self.done_here.add_new(code)
         self.outputs.release(code)
+        if self.progress is not None:
+            self.progress.finish(request.meta.get("depth", 0))
         if self.on_done is not None:
             self.on_done(code)
         cp = self.cp

@@ -26,6 +26,7 @@ from ..errors import ConfigError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
 from .frontier import LOST_UNRESTORABLE
+from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
 from .scrapy_redis import own_scrapy_redis_queue
 from .settings import CheckpointSettings
@@ -74,8 +75,11 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
             own_scrapy_redis_queue(crawler, name, new_stage=not (
                 reset or live.pending or len(live.done)))
         problems = {} if reset else _unrestorable(crawler, config, cp, name)
+        history = completed_size(cp) if reset else None
         cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
                  refresh_before=refresh_before)
+        if history is not None:  # a new run of it: the best prior of its size
+            cp.attach(HISTORY_ATTACHED, history)
         if problems:
             _drop_unrestorable(crawler, cp, problems, name)
     except BaseException:
