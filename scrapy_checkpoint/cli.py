@@ -197,9 +197,15 @@ def _read(ctx: Context, stage: str) -> StageView:
 
 def _progress(view: StageView) -> str:
     m = view.metrics()
-    if m.total:
-        return f"{m.processed}/{m.total} ({format_percent(m.percent)})"
-    return f"{m.processed}/?"
+    if not m.total:
+        return f"{m.processed}/?"
+    about = "~" if m.estimated else ""
+    line = f"{m.processed}/{about}{m.total} ({about}{format_percent(m.percent)})"
+    estimate = view.estimate
+    if estimate is not None and estimate.get("source") != "known":
+        line += (f", of an estimated total ({estimate.get('source')}; {estimate.get('low')} "
+                 f"found so far, at most about {estimate.get('high')})")
+    return line
 
 
 def _rate(value: float | None) -> str:

@@ -63,6 +63,15 @@ class StageView:
         ``"cookies"``), as last committed."""
         return dict(self._live.attached) if self._live is not None else {}
 
+    @property
+    def estimate(self) -> dict[str, Any] | None:
+        """A crawl's estimate of its final size as last committed: the total is
+        ``state.progress.total_items``; this gives its range, ``{"low", "high", "wide",
+        "source"}`` (``low``: units found; ``source``: ``"model"``, ``"history"`` or
+        ``"known"``). None for a stage whose total is given (a tracker's)."""
+        value = self.attached.get("estimate")
+        return dict(value) if isinstance(value, dict) else None
+
     def is_done(self, key: UnitKey) -> bool:
         """True if the unit ``key`` (index, str or bytes) is done in the stage as last committed."""
         return self._live is not None and key_code(key) in self._live.done
@@ -78,6 +87,7 @@ class StageView:
             success_rate=m.success_rate,
             eta_seconds=m.eta_seconds,
             in_flight_units=self.in_flight,
+            estimate=self.estimate,
             totals=self.totals,
             problems=self.problems,
             disk=self.disk,
@@ -93,6 +103,7 @@ class StageView:
             failed=p.failed_items, skipped=p.skipped_items,
             throughput=self.state.throughput if self.live_owner is not None else None,
             elapsed_seconds=(self.state.updated_at - start).total_seconds() if start else 0.0,
+            estimated=bool((self.estimate or {}).get("wide")),
         )
 
 
