@@ -559,7 +559,8 @@ def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedChe
     if not resumed:
         return 0
     assert ext.setup is not None
-    if ext.setup.hold(list(pending.codes), lambda held: _release_held(ext, held)):
+    if ext.setup.known and ext.setup.hold([code for code in pending if pending.has_payload(code)],
+                                          lambda held: _release_held(ext, held)):
         return resumed
     ext.scheduler.resume(pending.codes, pending.priorities,
                          first=[(code, (pending.entry(code) or (0, 0, 0))[2]) for code in inflight])
