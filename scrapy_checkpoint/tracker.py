@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from .bar import ProgressBar
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
@@ -80,8 +81,7 @@ class AsyncCheckpointTracker(Generic[T]):
                                              store=store, **options)
         self.stage = stage
         self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-        self._bar: Any = None
-        self._bar_task: Any = None
+        self._bar: ProgressBar | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -301,38 +301,19 @@ class AsyncCheckpointTracker(Generic[T]):
                 self._refresh_bar()
 
     def _start_bar(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
         if self._bar is not None:
             return
         self.checkpoint.disable_progress_log()
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-            MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            transient=False, console=Console(stderr=True),
-        )
-        m = self.checkpoint.metrics()
-        self._bar_task = self._bar.add_task(self.stage, total=m.total, completed=m.processed,
-                                            rate="")
-        self._bar.start()
+        self._bar = ProgressBar(self.stage)
+        self._bar.start(self.checkpoint.metrics())
 
     def _refresh_bar(self) -> None:
-        m = self.checkpoint.metrics()
-        rate = "" if m.throughput is None else f"{m.throughput:.1f} items/s"
-        self._bar.update(self._bar_task, total=m.total, completed=m.processed, rate=rate)
+        if self._bar is not None:
+            self._bar.update(self.checkpoint.metrics())
 
     def _stop_bar(self) -> None:
         if self._bar is not None:
-            self._refresh_bar()
-            self._bar.stop()
+            self._bar.stop(self.checkpoint.metrics())
             self._bar = None
 
 

@@ -29,10 +29,12 @@ from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.serialize import ScrapyJSONEncoder
 
+from ..bar import ProgressBar
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
 from ..errors import CheckpointError, CheckpointLostError, CheckpointWriteError, ConfigError
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
+from ..metrics import Metrics
 from ..stores.base import Store
 from .engine_hooks import (
     callbacks_idle,
@@ -92,6 +94,8 @@ class CheckpointExtension:
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
         self.progress: CrawlProgress | None = None
+        #: The live progress bar (CHECKPOINT_PROGRESS_BAR), while it is shown.
+        self.bar: ProgressBar | None = None
         self._own_output: DurableOutput | None = None
         #: The :class:`~.scheduler.CheckpointScheduler`, when the crawl uses it.
         self.scheduler: Any = None
@@ -264,6 +268,10 @@ class CheckpointExtension:
         hook_spider_output(self.crawler.engine, frontier.child_yielded)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
+        if self.config.progress_bar:
+            self.bar = ProgressBar(self.stage)
+            self.bar.start(self._metrics())
+            self._start_loop(lambda: self.bar.update(self._metrics()) if self.bar else None, 0.5)
         if self.config.log_interval:
             self._start_loop(self.log_progress, self.config.log_interval)
 
@@ -324,19 +332,25 @@ class CheckpointExtension:
         if cp is None or frontier is None or not self.active or self._write_failed:
             return  # (after a failed write the in-memory counts are not what is recorded)
         frontier.record_skips()
-        # The estimate and the pending count of one moment (the recorded total is a commit old).
-        pending = len(cp.live.pending)
-        metrics = cp.metrics()
-        if self.progress is not None:
-            estimate = self.progress.estimate()
-            metrics = replace(cp.metrics(estimate.total), estimated=estimate.wide)
-            self.stats.set_value("checkpoint/estimated_total", estimate.total)
+        metrics = self._metrics()
         if metrics.eta_seconds is not None:
             self.stats.set_value("checkpoint/eta_seconds", round(metrics.eta_seconds, 1))
-        logger.info("[%s] %s | pending %d", self.stage, metrics.progress_line(), pending)
+        if self.bar is None:
+            logger.info("[%s] %s | pending %d", self.stage, metrics.progress_line(),
+                        len(cp.live.pending))
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
+
+    def _metrics(self) -> Metrics:
+        """The stage's figures now, against the estimate of the crawl's final size (the
+        estimate and the pending count of one moment: the recorded total is a commit old)."""
+        assert self.cp is not None
+        if self.progress is None:
+            return self.cp.metrics()
+        estimate = self.progress.estimate()
+        self.stats.set_value("checkpoint/estimated_total", estimate.total)
+        return replace(self.cp.metrics(estimate.total), estimated=estimate.wide)
 
     def stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
@@ -375,6 +389,9 @@ class CheckpointExtension:
             if loop.running:
                 loop.stop()
         self._loops.clear()
+        if self.bar is not None:
+            self.bar.stop(self._metrics() if self.active and self.cp is not None else None)
+            self.bar = None
         cp = self.cp
         if cp is None:
             return

@@ -38,6 +38,8 @@ CHECKPOINT_DROP_UNRESTORABLE bool       False               Drop (and count as l
                                                             requests the spider cannot rebuild.
 CHECKPOINT_FRONTIER_MEMORY   int        1000                Queued requests kept as objects (the
                                                             rest are rebuilt from the journal).
+CHECKPOINT_PROGRESS_BAR      bool       False               A live progress bar on stderr instead
+                                                            of the progress lines.
 ===========================  =========  ==================  ==========================================
 
 An unknown ``CHECKPOINT_*`` name stops a crawl that has the plugin enabled, with the
@@ -99,6 +101,7 @@ class CheckpointSettings(BaseModel):
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
     drop_unrestorable: bool = False
     frontier_memory: int = Field(1000, ge=0)
+    progress_bar: bool = False
     checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
     @field_validator("redis_ttl")
