@@ -1,15 +1,19 @@
-"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables."""
+"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables, and the
+generated Scrapy project, web server and subprocess handling of the crawl benchmarks."""
 
 from __future__ import annotations
 
 import os
 import platform
+import select
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """The same table in Markdown (pipes; the first ``left`` columns left-aligned)."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (str(c).ljust(w) if i < left else str(c).rjust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ("-" if i < left else ":"))
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
+    """Slope and intercept of the least-squares line through the points (None below two
+    distinct x)."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+             / sum((x - mx) ** 2 for x in xs))
+    return slope, my - slope * mx
+
+
 def wait_to_be_killed(cp: Any) -> None:
     """The crash point of a stage builder: make everything durable, say so, and wait for
     the parent's SIGKILL."""
@@ -130,3 +159,115 @@ def local_redis_stat(client: Any) -> Path | None:
     except OSError:
         pass
     return None
+
+
+
+# -- crawls of a generated Scrapy project (bench_crawl.py, bench_frontier.py) -----------------
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+ADDON = '{"scrapy_checkpoint.Addon": 100}'
+
+#: The generated project's settings common to every crawl benchmark.
+SETTINGS = {
+    "BOT_NAME": "benchproject",
+    "SPIDER_MODULES": ["benchproject.spiders"],
+    "ROBOTSTXT_OBEY": False,
+    "REMOTE_CONTROL_ENABLED": False,
+    "TELNETCONSOLE_ENABLED": False,
+    "CONCURRENT_REQUESTS": 16,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+    "DOWNLOAD_DELAY": 0,
+    "RETRY_ENABLED": False,
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "%(created).6f [%(name)s] %(levelname)s: %(message)s",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    #: extra scrapy arguments; "{run}" is the crawl's own directory, "{redis}" a Redis URL
+    #: with a key prefix of its own (bench_crawl.py's redis_backend)
+    args: tuple[str, ...]
+
+    @property
+    def redis(self) -> bool:
+        return any("{redis}" in a for a in self.args)
+
+
+PLAIN = Config("plain Scrapy", ())
+JOBDIR = Config("JOBDIR", ("-s", "JOBDIR={run}/jobdir"))
+JOBDIR_SQLITE = Config("JOBDIR + SQLite queues", (
+    "-s", "JOBDIR={run}/jobdir", "-s", "SCHEDULER_DISK_QUEUE=scrapy.squeues.PickleLifoSQLiteQueue"))
+CHECKPOINT = Config("checkpoint (default)", (
+    "-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints"))
+
+
+def slug(name: str) -> str:
+    """A directory name for a configuration or case."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with the repository first on PYTHONPATH (the code measured)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    return env
+
+
+def write_project(root: Path, files: Mapping[str, str], settings: Mapping[str, Any]) -> Path:
+    """A Scrapy project ``benchproject`` under ``root``: ``files`` maps paths inside the
+    package (``spiders/site.py``) to their code; ``settings`` becomes its settings.py."""
+    package = root / "benchproject"
+    (package / "spiders").mkdir(parents=True)
+    (root / "scrapy.cfg").write_text("[settings]\ndefault = benchproject.settings\n")
+    (package / "__init__.py").write_text("")
+    (package / "spiders" / "__init__.py").write_text("")
+    for name, code in files.items():
+        (package / name).write_text(code)
+    (package / "settings.py").write_text(
+        "".join(f"{name} = {value!r}\n" for name, value in settings.items()))
+    return root
+
+
+class Server:
+    """A web server in its own process: ``script --worker serve *args``, which prints its port
+    on its first line (within ``timeout`` seconds) and serves until SIGTERM."""
+
+    def __init__(self, script: str, *args: str, timeout: float = 60) -> None:
+        self.proc = subprocess.Popen([PYTHON, script, "--worker", "serve", *args],
+                                     stdout=subprocess.PIPE, text=True, env=child_env(),
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        port = self.proc.stdout.readline().strip() if ready else ""
+        if not port.isdigit():
+            self.close()
+            raise RuntimeError(f"the web server did not start (said {port!r})")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU time the server has used so far."""
+        return process_cpu_seconds(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_waited(cmd: list[str], cwd: Path, **env: str) -> tuple[int, float, float]:
+    """Run ``cmd``; return its exit code, wall time and CPU time (its own, from wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**child_env(), **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage.ru_utime + usage.ru_stime

@@ -90,7 +90,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -98,44 +97,41 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    ADDON,
+    CHECKPOINT,
+    JOBDIR,
+    JOBDIR_SQLITE,
+    PLAIN,
+    PYTHON,
+    Config,
+    Server,
+    child_env,
     default_redis_url,
     delete_keys,
     local_redis_stat,
     median,
     print_header,
     process_cpu_seconds,
+    run_waited,
+    slug,
     spread,
     table,
     wait_to_be_killed,
     with_prefix,
 )
+from _common import SETTINGS as COMMON_SETTINGS
+from _common import write_project as write_package
 
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 SPIDER = "site"
-ADDON = '{"scrapy_checkpoint.Addon": 100}'
 GOAL_RATIO = 0.95  # the plugin keeps at least 95% of plain Scrapy's pages/s
 GROUP = 10  # requests added per journal group (a crawl of this site adds ~9.4 per group)
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    #: extra scrapy arguments; "{run}" is the crawl's own directory, "{redis}" a Redis URL
-    #: with a key prefix of its own (see redis_backend)
-    args: tuple[str, ...]
-
-    @property
-    def redis(self) -> bool:
-        return any("{redis}" in a for a in self.args)
-
-
 CONFIGS = (
-    Config("plain Scrapy", ()),
-    Config("JOBDIR", ("-s", "JOBDIR={run}/jobdir")),
-    Config("JOBDIR + SQLite queues", ("-s", "JOBDIR={run}/jobdir",
-                                      "-s", "SCHEDULER_DISK_QUEUE=scrapy.squeues.PickleLifoSQLiteQueue")),
-    Config("checkpoint (default)", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints")),
+    PLAIN,
+    JOBDIR,
+    JOBDIR_SQLITE,
+    CHECKPOINT,
     Config("checkpoint, flush", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints",
                                  "-s", "CHECKPOINT_DURABILITY=flush")),
     Config("checkpoint, redis", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_BACKEND={redis}")),
@@ -166,20 +162,7 @@ def generate_site(root: Path, n: int) -> None:
     (root / "index.html").write_text(page_html(0, n))
 
 
-SETTINGS = {
-    "BOT_NAME": "benchproject",
-    "SPIDER_MODULES": ["benchproject.spiders"],
-    "ROBOTSTXT_OBEY": False,
-    "REMOTE_CONTROL_ENABLED": False,
-    "TELNETCONSOLE_ENABLED": False,
-    "CONCURRENT_REQUESTS": 16,
-    "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
-    "DOWNLOAD_DELAY": 0,
-    "RETRY_ENABLED": False,
-    "LOG_LEVEL": "INFO",
-    "LOG_FORMAT": "%(created).6f [%(name)s] %(levelname)s: %(message)s",
-    "STATS_CLASS": "benchproject.stats.JsonFileStats",
-}
+SETTINGS = {**COMMON_SETTINGS, "STATS_CLASS": "benchproject.stats.JsonFileStats"}
 
 SPIDER_CODE = '''\
 import json
@@ -334,29 +317,8 @@ def dump():
 
 
 def write_project(root: Path) -> Path:
-    package = root / "benchproject"
-    (package / "spiders").mkdir(parents=True)
-    (root / "scrapy.cfg").write_text("[settings]\ndefault = benchproject.settings\n")
-    (package / "__init__.py").write_text("")
-    (package / "spiders" / "__init__.py").write_text("")
-    (package / "spiders" / "site.py").write_text(SPIDER_CODE)
-    (package / "stats.py").write_text(STATS_CODE)
-    (package / "attribute.py").write_text(ATTRIBUTE_CODE)
-    (package / "settings.py").write_text(
-        "".join(f"{name} = {value!r}\n" for name, value in SETTINGS.items()))
-    return root
-
-
-def slug(name: str) -> str:
-    """A directory name for a configuration or case."""
-    return "".join(c if c.isalnum() else "_" for c in name)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("SCRAPY_SETTINGS_MODULE", None)
-    return env
+    return write_package(root, {"spiders/site.py": SPIDER_CODE, "stats.py": STATS_CODE,
+                                "attribute.py": ATTRIBUTE_CODE}, SETTINGS)
 
 
 # -- the web server (its own process) ----------------------------------------------------
@@ -375,31 +337,6 @@ def serve_worker(root: str) -> None:
     port = reactor.listenTCP(0, QuietSite(File(root)), interface="127.0.0.1", backlog=256)
     print(port.getHost().port, flush=True)
     reactor.run()
-
-
-class Server:
-    def __init__(self, root: Path) -> None:
-        self.proc = subprocess.Popen([PYTHON, __file__, "--worker", "serve", str(root)],
-                                     stdout=subprocess.PIPE, text=True, env=child_env())
-        assert self.proc.stdout is not None
-        port = self.proc.stdout.readline().strip()
-        if not port.isdigit():
-            self.proc.kill()
-            raise RuntimeError(f"the web server did not start (said {port!r})")
-        self.url = f"http://127.0.0.1:{port}"
-
-    def cpu_seconds(self) -> float:
-        """user + system CPU time the server has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- crawls ---------------------------------------------------------------------------------
@@ -445,17 +382,6 @@ def crawl_command(config: Config, base: str, run_dir: Path) -> list[str]:
     return [PYTHON, "-m", "scrapy", "crawl", SPIDER, "-a", f"base={base}",
             "-o", str(run_dir / "items.jl"), "-s", f"LOG_FILE={run_dir / 'crawl.log'}",
             "-s", f"BENCH_STATS_FILE={run_dir / 'stats.json'}", *extra]
-
-
-def run_waited(cmd: list[str], cwd: Path, **env: str) -> tuple[int, float, float]:
-    """Run ``cmd``; return its exit code, wall time and CPU time (its own, from wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**child_env(), **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_utime + usage.ru_stime
 
 
 def check_crawl(config: Config, run_dir: Path, code: int, n: int) -> dict[str, Any]:
@@ -917,7 +843,7 @@ def main() -> None:
         print(f"site: {args.pages:,} pages generated in {time.perf_counter() - t0:.1f} s "
               f"under {work / 'site'}")
         project = write_project(work / "project")
-        server = Server(work / "site")
+        server = Server(__file__, str(work / "site"))
         print(f"serving it at {server.url} (pid {server.proc.pid})\n", flush=True)
         try:
             if not args.skip_crawl:
