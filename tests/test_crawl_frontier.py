@@ -48,6 +48,28 @@ def test_resumed_requests_come_out_by_priority(tmp_path: Path, leaves: Site) -> 
     assert sorted(outputs.jsonlines("items.jl")) == list(range(301))
 
 
+def test_requests_come_out_in_the_order_plain_scrapy_sends_them(tmp_path: Path) -> None:
+    """Start requests (first in first out, after the others of their priority), links
+    (last in first out) and priorities: one request at a time, the add-on fetches the
+    pages in the very order plain Scrapy does."""
+    site = Site(400, fanout=4)
+    try:
+        orders = []
+        for name, extra in (("plain", ("-s", "CHECKPOINT_ENABLED=False")), ("addon", ())):
+            outputs = Outputs(tmp_path / name)
+            (tmp_path / name).mkdir()
+            begin = len(site.order)
+            run = crawl(site, outputs, "-a", "starts=30", "-a", "priority=1",
+                        "-s", "CONCURRENT_REQUESTS=1", "-s", "CHECKPOINT_FRONTIER_MEMORY=5",
+                        *extra)
+            assert run.returncode == 0, run.log[-3000:]
+            orders.append(site.order[begin:])
+        assert len(orders[0]) == 400
+        assert orders[1] == orders[0]
+    finally:
+        site.close()
+
+
 def test_a_resume_downloads_before_it_reads_the_frontier(tmp_path: Path) -> None:
     site = Site(6000, fanout=100)
     try:

@@ -14,9 +14,11 @@ refilled at open without rebuilding every request, and only exists with ``JOBDIR
 which the checkpoint replaces. Everything else is Scrapy's: requests that are not
 journaled (not serialisable, retries, setup requests) go to Scrapy's memory queues
 (``SCHEDULER_PRIORITY_QUEUE``, ``SCHEDULER_MEMORY_QUEUE``, the start queues) as
-without the add-on, and ``DUPEFILTER_CLASS`` filters them. The two queues are merged
-by priority; at equal priority a request in memory goes first, unless it is a start
-request (Scrapy's rule: other requests take precedence over start requests).
+without the add-on, and ``DUPEFILTER_CLASS`` filters them. Journaled start requests
+wait in a lane of their own, first in first out (as ``SCHEDULER_START_MEMORY_QUEUE``;
+with it set to None they are queued as other requests). The queues are merged by
+priority; at equal priority a request in memory goes first, then journaled ones, then
+start requests (Scrapy's rule: other requests take precedence over start requests).
 
 Order within a priority follows ``SCHEDULER_MEMORY_QUEUE``: LIFO (Scrapy's default)
 or FIFO. ``DownloaderAwarePriorityQueue`` balances the requests of its memory queues
@@ -44,6 +46,9 @@ class CheckpointScheduler(Scheduler):
         """Open Scrapy's queues, then hand the checkpoint's frontier this scheduler."""
         result = super().open(spider)
         self.frontier_queue: FrontierQueue | None = None
+        #: Journaled start requests: first in first out, after other requests of their
+        #: priority (Scrapy's start queues); None when SCHEDULER_START_MEMORY_QUEUE is None.
+        self.start_queue: FrontierQueue | None = None
         self._frontier: Any = None
         from .extension import CheckpointExtension  # the extension imports this module
 
@@ -52,7 +57,10 @@ class CheckpointScheduler(Scheduler):
         if frontier is not None and ext is not None:
             settings = self.crawler.settings if self.crawler is not None else {}
             lifo = "fifo" not in str(settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
-            self.frontier_queue = FrontierQueue(lifo=lifo, hot=ext.config.frontier_memory)
+            hot = ext.config.frontier_memory
+            self.frontier_queue = FrontierQueue(lifo=lifo, hot=hot)
+            if self._smqclass is not None:
+                self.start_queue = FrontierQueue(lifo=False, hot=hot)
             self._frontier = frontier
             frontier.lazy = True
             ext.scheduler = self
@@ -68,8 +76,11 @@ class CheckpointScheduler(Scheduler):
                 return False
             code = frontier.queued(request)
             if code is not None:
-                assert self.frontier_queue is not None
-                self.frontier_queue.push(code, request.priority, request)
+                queue = self.frontier_queue
+                if self.start_queue is not None and request.meta.get("is_start_request"):
+                    queue = self.start_queue
+                assert queue is not None
+                queue.push(code, request.priority, request)
                 stats = self.stats
                 assert stats is not None
                 stats.inc_value("scheduler/enqueued/disk")
@@ -80,7 +91,9 @@ class CheckpointScheduler(Scheduler):
     def resume(self, codes: Any, priorities: Any, first: Any = ()) -> None:
         """Queue the units a resumed run finds pending, in the order they were queued
         (codes and priorities, e.g. arrays), ``first`` (``(code, priority)`` pairs: those
-        in flight at the interruption) to come out before the others of their priority."""
+        in flight at the interruption) to come out before the others of their priority.
+        (Whether a unit was a start request is not kept: resumed ones are all queued as
+        other requests.)"""
         queue = self.frontier_queue
         assert queue is not None
         if queue.lifo:
@@ -91,41 +104,47 @@ class CheckpointScheduler(Scheduler):
             queue.extend(codes, priorities)
 
     def next_request(self) -> Any:
-        """The next request by priority, from the journaled units or Scrapy's memory queues
-        (see the module docstring); a journaled one rebuilt from its record if needed."""
-        queue = self.frontier_queue
-        if not queue:
+        """The next request by priority (see the module docstring): of Scrapy's memory
+        queues, the journaled units, and the journaled start requests; at equal priority
+        in that order, start requests after the others. A journaled one is rebuilt from its
+        record if its object was not kept."""
+        lanes = [q for q in (self.frontier_queue, self.start_queue) if q]
+        if not lanes:
             return super().next_request()
-        top = queue.top_priority()
-        if top is not None and self.mqs:
-            try:
-                head = self.mqs.peek()
-            except NotImplementedError:  # a queue that cannot peek: memory first
-                head = None
-                return super().next_request()
-            if head is not None and (head.priority > top or (
-                    head.priority == top and not head.meta.get("is_start_request"))):
-                return super().next_request()
         stats = self.stats
         assert stats is not None
-        frontier = self._frontier
         while True:
-            item = queue.pop()
-            if item is None:
+            best, rank = None, (-(1 << 64), -1)
+            for order, queue in ((2, self.frontier_queue), (0, self.start_queue)):
+                top = queue.top_priority() if queue else None
+                if top is not None and (top, order) > rank:
+                    best, rank = queue, (top, order)
+            if best is None:
                 return super().next_request()
-            code, request = item
-            request = frontier.popped(code, request)
+            if self.mqs:
+                try:
+                    head = self.mqs.peek()
+                except NotImplementedError:  # a queue that cannot peek: memory first
+                    return super().next_request()
+                if head is not None and (head.priority, 1 if head.meta.get("is_start_request")
+                                         else 3) > rank:
+                    return super().next_request()
+            item = best.pop()
+            assert item is not None
+            request = self._frontier.popped(*item)
             if request is not None:
                 stats.inc_value("scheduler/dequeued/disk")
                 stats.inc_value("scheduler/dequeued")
                 return request
 
     def has_pending_requests(self) -> bool:
-        return bool(self.frontier_queue) or super().has_pending_requests()
+        return (bool(self.frontier_queue) or bool(self.start_queue)
+                or super().has_pending_requests())
 
     def __len__(self) -> int:
-        queue = self.frontier_queue if hasattr(self, "frontier_queue") else None
-        return super().__len__() + (len(queue) if queue is not None else 0)
+        queued = sum(len(q) for q in (getattr(self, "frontier_queue", None),
+                                      getattr(self, "start_queue", None)) if q is not None)
+        return super().__len__() + queued
 
 
 __all__ = ["CheckpointScheduler"]

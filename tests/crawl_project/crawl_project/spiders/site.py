@@ -15,6 +15,7 @@ class SiteSpider(scrapy.Spider):
     ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta;
     ``-a extra=1`` gives every item one more field, ``extra``, after ``page``;
     ``-a priority=1`` gives each link the priority ``page * 7 % 10`` of the page it leads to;
+    ``-a starts=N`` makes start() yield pages 0 to N-1 (instead of page 0 only);
     ``-a probe=PATH`` writes, at the first callback of the process, the crawl's
     ``checkpoint/rebuilt`` and ``checkpoint/resumed`` stats to PATH (JSON).
     """
@@ -22,8 +23,10 @@ class SiteSpider(scrapy.Spider):
     name = "site"
 
     def __init__(self, base: str = "", fail_in_callback: str = "", unserializable: str = "",
-                 extra: str = "", priority: str = "", probe: str = "", **kwargs: Any) -> None:
+                 extra: str = "", priority: str = "", probe: str = "", starts: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.starts = int(starts or 1)
         self.priority = bool(priority)
         self.probe = probe
         self.extra = bool(extra)
@@ -34,7 +37,8 @@ class SiteSpider(scrapy.Spider):
     async def start(self) -> AsyncIterator[Any]:
         # Without dont_filter: with it, plain Scrapy fetches page 0 twice (every page links
         # to it, and the dupefilter never sees a dont_filter request); so does the add-on.
-        yield scrapy.Request(f"{self.base}/p/0", callback=self.parse)
+        for page in range(self.starts):
+            yield scrapy.Request(f"{self.base}/p/{page}", callback=self.parse)
 
     def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
         page = int(response.css("h1::text").get().split()[1])
