@@ -22,7 +22,7 @@ from .clock import monotonic, walltime
 from .config import CheckpointConfig
 from .errors import CheckpointError, CheckpointWriteError
 from .io import BackgroundIO
-from .journal.groups import COMMITTED_AT, GroupBuilder, encode_group
+from .journal.groups import COMMITTED_AT, GroupBuilder, check_fields, encode_group
 from .journal.snapshot import encode_snapshot
 from .live import LiveState
 from .metrics import ProgressLog
@@ -287,6 +287,12 @@ class GroupCommitter:
         for hook in self._commit_hooks:
             extra = hook()
             if extra:
+                try:  # a value replay would refuse must never reach the journal
+                    check_fields(extra)
+                except ValueError as exc:
+                    raise CheckpointError(
+                        f"Stage {self.stage!r}: a commit hook gave a value the journal cannot "
+                        f"hold ({exc}); nothing of it was written.") from None
                 live.apply([], [], extra)  # so snapshots carry it too
                 fields.update(extra)
         committed_at = walltime()

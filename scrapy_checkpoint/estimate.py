@@ -35,6 +35,9 @@ UNSEEN_DECAY = 0.5
 MAX_DEPTH = 64
 #: The estimate is wide when ``(high - low) / estimate`` is above this.
 WIDE = 0.10
+#: An estimate is at most this many times what is known: a site whose every level finds
+#: more than it was (an endless one) is "far bigger than known", not a number of 40 digits.
+MAX_FACTOR = 1000
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,9 @@ class DepthProfile:
         known = done + pending + lost
         if not pending:
             return Estimate(known, known, known, False, "known")
-        model = max(known, done + lost + self.expected(recent=True))
-        high = max(model, done + lost + self.expected(recent=False))
+        bound = known * MAX_FACTOR
+        model = min(bound, max(known, done + lost + self.expected(recent=True)))
+        high = min(bound, max(model, done + lost + self.expected(recent=False)))
         if self.history_total is not None and known <= self.history_total:
             total = max(known, self.history_total)
             return Estimate(total, known, max(high, total), False, "history")

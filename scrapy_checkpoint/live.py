@@ -55,6 +55,10 @@ from .stores.base import Loaded, Store
 logger = logging.getLogger("scrapy_checkpoint")
 
 
+#: An ETA further than this (seconds: about 100 years) is not shown as a date.
+_MAX_ETA = 100 * 365 * 86400.0
+
+
 def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
@@ -349,7 +353,7 @@ class LiveState:
         info = self.info
         updated = _ts(self.updated_ts) or info.updated_at
         eta = None
-        if eta_seconds is not None:
+        if eta_seconds is not None and eta_seconds < _MAX_ETA:
             eta = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + eta_seconds,
                                          timezone.utc)
         progress = Progress(

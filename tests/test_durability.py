@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scrapy_checkpoint import EnhancedCheckpoint, durability
+from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint, durability
 from scrapy_checkpoint.hooks import Hooks
 from scrapy_checkpoint.journal.groups import (
     ADDED,
@@ -19,6 +19,7 @@ from scrapy_checkpoint.journal.groups import (
     HANDED,
     INIT,
     STATUS,
+    TOTAL,
     GroupBuilder,
     decode_group,
 )
@@ -156,3 +157,18 @@ def test_a_tracked_stage_marks_its_finished_units_and_clears_the_ones_it_journal
     cp.complete()
     cp.close()
     store.close()
+
+
+def test_a_commit_hook_value_replay_would_refuse_is_never_written(checkpoint_dir: Path) -> None:
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=1)
+    cp.start()
+    cp.update(processed=1, successful=1, index=0)
+    cp.add_commit_hook(lambda: {TOTAL: 1 << 70})  # beyond a 64-bit count
+    with pytest.raises(CheckpointError, match="a commit hook gave a value the journal cannot hold"):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
+    again = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    again.open()
+    assert again.dropped_bytes == 0  # nothing damaged: the bad group was not written
+    assert again.should_skip(0)
+    again.close()

@@ -128,13 +128,20 @@ class CodeMap:
         size = self._mask + 1
         if self._used * 5 > size * 2:
             size <<= 1
-        pairs = [(k, v) for k, v in zip(self._keys, self._values, strict=True) if k > _REMOVED]
-        self._keys = array("Q", bytes(8 * size))
-        self._values = array("I", bytes(4 * size))
-        self._mask = size - 1
-        self._used = self._filled = 0
-        for k, v in pairs:
-            self[k] = v
+        old_keys, old_values = self._keys, self._values
+        keys = self._keys = array("Q", bytes(8 * size))
+        values = self._values = array("I", bytes(4 * size))
+        mask = self._mask = size - 1
+        used = 0
+        for i, k in enumerate(old_keys):  # no list of the pairs: a resize costs its arrays only
+            if k > _REMOVED:
+                j = k & mask
+                while keys[j]:
+                    j = (j + 1) & mask
+                keys[j] = k
+                values[j] = old_values[i]
+                used += 1
+        self._used = self._filled = used
 
     # -- snapshots ----------------------------------------------------------------------
 

@@ -199,15 +199,22 @@ class PendingIndex:
         """Close the holes left by removed units (kept order)."""
         if not self._holes:
             return
-        lengths = self.lengths
-        keep = [pos for pos in range(len(lengths)) if lengths[pos] != _HOLE]
-        self.codes = array("Q", [self.codes[i] for i in keep])
-        self.refs = array("Q", [self.refs[i] for i in keep])
-        self.lengths = array("I", [lengths[i] for i in keep])
-        self.priorities = array("i", [self.priorities[i] for i in keep])
-        where = self._where = CodeMap(len(keep) * 2)
-        for pos, code in enumerate(self.codes):
-            where[code] = pos
+        codes, refs, lengths, priorities = self.codes, self.refs, self.lengths, self.priorities
+        new = (array("Q"), array("Q"), array("I"), array("i"))
+        n = len(self._where)
+        where = CodeMap(n * 2)
+        pos = 0
+        for i, length in enumerate(lengths):  # no lists of the kept units: arrays only
+            if length != _HOLE:
+                code = codes[i]
+                new[0].append(code)
+                new[1].append(refs[i])
+                new[2].append(length)
+                new[3].append(priorities[i])
+                where[code] = pos
+                pos += 1
+        self.codes, self.refs, self.lengths, self.priorities = new
+        self._where = where
         self._holes = 0
 
     # -- reading ----------------------------------------------------------------------

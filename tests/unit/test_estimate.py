@@ -50,3 +50,11 @@ def test_nothing_left_to_find_is_exact_and_a_depth_limit_caps_the_expectation() 
     limited = DepthProfile({0: 1, 1: 10, 2: 100}, {0: 1, 1: 5}, depth_limit=2)
     # Each pending unit at depth 1 finds 20 (100 found by 5 done), those at the limit none.
     assert limited.estimate(6, 105, 0).total == 6 + 5 * (1 + 20) + 100
+
+
+def test_an_endless_site_is_far_bigger_than_known_not_a_number_of_forty_digits() -> None:
+    depths = range(40)
+    profile = DepthProfile({d: 100 ** min(d, 3) for d in depths}, {d: 1 for d in depths})
+    estimate = profile.estimate(40, 10_000, 0)
+    assert estimate.total == (40 + 10_000) * 1000
+    assert estimate.wide
