@@ -23,7 +23,7 @@ from .config import CheckpointConfig
 from .errors import CheckpointError, CheckpointWriteError
 from .io import BackgroundIO
 from .journal.groups import COMMITTED_AT, GroupBuilder, check_fields, encode_group
-from .journal.snapshot import encode_snapshot
+from .journal.snapshot import snapshot_parts
 from .live import LiveState
 from .metrics import ProgressLog
 from .state import CheckpointState
@@ -414,7 +414,7 @@ class GroupCommitter:
         # Only the copies are made here; encoding and checksums run on the I/O thread.
         header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
         times_bytes = live.done.times_bytes()
-        pending_bytes = live.pending.to_bytes()
+        pending_parts = live.pending.to_parts()
         freed = live.pending.take_freed()
         writer.flush()
         self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
@@ -423,19 +423,20 @@ class GroupCommitter:
         # The next compaction is due once the journal outgrows this snapshot: the bytes
         # written per unit stay constant however large the frontier grows.
         self._generation = gen
-        self._snapshot_bytes = len(done_bytes) + len(times_bytes or b"") + len(pending_bytes)
+        self._snapshot_bytes = (len(done_bytes) + len(times_bytes or b"")
+                                + sum(len(part) for part in pending_parts))
         self._since_snapshot = False
         io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes,
-                  times_bytes, pending_bytes, freed)
+                  times_bytes, pending_parts, freed)
 
     def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
                            header: dict[str, Any], done_bytes: bytes,
-                           times_bytes: bytes | None, pending_bytes: bytes,
+                           times_bytes: bytes | None, pending_parts: list[bytes],
                            freed: Sequence[int]) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
-        blob = encode_snapshot(header, done_bytes, times_bytes, pending_bytes)
+        blob = snapshot_parts(header, done_bytes, times_bytes, pending_parts)
         if old is not new:  # a store with one journal (Redis) keeps its writer
             try:
                 old.fsync()

@@ -27,6 +27,14 @@ def from_le(data: bytes | memoryview, typecode: str) -> array[int]:
     return a
 
 
+def crc_of(parts: Iterable[bytes]) -> int:
+    """The CRC-32 of ``parts`` one after the other (as of their concatenation)."""
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
 def checked(data: bytes | memoryview, start: int, length: int, crc: int, what: str) -> memoryview:
     """``length`` bytes of ``data`` from ``start``; ValueError naming ``what`` if they are
     cut short or their CRC-32 is not ``crc``."""
@@ -38,4 +46,4 @@ def checked(data: bytes | memoryview, start: int, length: int, crc: int, what: s
     return body
 
 
-__all__ = ["checked", "from_le", "le_bytes"]
+__all__ = ["checked", "crc_of", "from_le", "le_bytes"]

@@ -13,11 +13,10 @@ loads without a million inserts.
 from __future__ import annotations
 
 import struct
-import zlib
 from array import array
 from collections.abc import Iterator
 
-from .arrays import checked, from_le, le_bytes
+from .arrays import checked, crc_of, from_le, le_bytes
 
 _EMPTY, _REMOVED = 0, 1
 _HEAD = struct.Struct("<QQI")  # slots, keys in use, crc32 of the arrays
@@ -148,8 +147,13 @@ class CodeMap:
     def to_bytes(self) -> bytes:
         """``<u64 slots><u64 keys><u32 crc32>`` then the keys and values arrays as they are
         (little-endian); the codes 0 and 1 are not in it (see :attr:`small`)."""
-        body = le_bytes(self._keys, "Q") + le_bytes(self._values, "I")
-        return _HEAD.pack(len(self._keys), self._used, zlib.crc32(body)) + body
+        return b"".join(self.to_parts())
+
+    def to_parts(self) -> list[bytes]:
+        """:meth:`to_bytes` in parts (copies of the arrays, not joined: a snapshot writes
+        them one after the other)."""
+        body = [le_bytes(self._keys, "Q"), le_bytes(self._values, "I")]
+        return [_HEAD.pack(len(self._keys), self._used, crc_of(body)), *body]
 
     @property
     def small(self) -> dict[int, int]:

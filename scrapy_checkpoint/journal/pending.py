@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .arrays import checked, from_le, le_bytes
+from .arrays import checked, crc_of, from_le, le_bytes
 from .codemap import CodeMap
 
 #: The largest ref a store hands out.
@@ -291,13 +290,18 @@ class PendingIndex:
         empty, to be rebuilt on load, if it holds the codes 0 or 1, kept apart from its
         arrays). Payloads kept in memory are not in it, only their units (see
         :meth:`inline_pairs`)."""
+        return b"".join(self.to_parts())
+
+    def to_parts(self) -> list[bytes]:
+        """:meth:`to_bytes` in parts (copies of the arrays, not joined: a snapshot writes
+        them one after the other; a million units are 48 MB once, not three times)."""
         where = self._where
         if where.small:  # rare enough to close the holes for, and rebuild the map on load
             self.compact()
             where = CodeMap()
-        body = b"".join((le_bytes(self.codes, "Q"), le_bytes(self.refs, "Q"),
-                         le_bytes(self.lengths, "I"), le_bytes(self.priorities, "i")))
-        return _SECTION.pack(len(self.codes), zlib.crc32(body)) + body + where.to_bytes()
+        body = [le_bytes(self.codes, "Q"), le_bytes(self.refs, "Q"),
+                le_bytes(self.lengths, "I"), le_bytes(self.priorities, "i")]
+        return [_SECTION.pack(len(self.codes), crc_of(body)), *body, *where.to_parts()]
 
     def inline_pairs(self) -> list[list[Any]]:
         """``[code, payload]`` of the payloads kept in memory (a snapshot header's)."""

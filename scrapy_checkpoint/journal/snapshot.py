@@ -47,11 +47,20 @@ INDEX_COUNTS = "index_counts"
 
 
 def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
-                    times_bytes: bytes | None = None, pending_bytes: bytes | None = None) -> bytes:
+                    times_bytes: bytes | None = None,
+                    pending_bytes: bytes | list[bytes] | None = None) -> bytes:
     """A snapshot of ``header`` (JSON-serialisable), ``done_bytes`` (packed codes),
     ``times_bytes`` (packed done times, one per code: :meth:`DoneSet.times_bytes`) and
-    ``pending_bytes`` (:meth:`PendingIndex.to_bytes`). Without ``pending_bytes`` it is a
-    ``SCKSNAP2`` snapshot, without ``times_bytes`` too a ``SCKSNAP1`` one, as written before."""
+    ``pending_bytes`` (:meth:`PendingIndex.to_bytes`, or its parts). Without
+    ``pending_bytes`` it is a ``SCKSNAP2`` snapshot, without ``times_bytes`` too a
+    ``SCKSNAP1`` one, as written before."""
+    return b"".join(snapshot_parts(header, done_bytes, times_bytes, pending_bytes))
+
+
+def snapshot_parts(header: dict[str, Any], done_bytes: bytes, times_bytes: bytes | None = None,
+                   pending_bytes: bytes | list[bytes] | None = None) -> list[bytes]:
+    """:func:`encode_snapshot` in parts, not joined (a store writes them one after the
+    other: the large sections are not copied again)."""
     head = json.dumps(header, separators=(",", ":"), default=str).encode()
     magic = (SNAPSHOT_MAGIC_V1 if times_bytes is None
              else SNAPSHOT_MAGIC_V2 if pending_bytes is None else SNAPSHOT_MAGIC)
@@ -66,9 +75,11 @@ def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
         if len(times_bytes) * 2 != len(done_bytes):
             raise ValueError("one done time (4 bytes) is needed per code (8 bytes)")
         parts += [_SNAP_TIMES.pack(zlib.crc32(times_bytes)), times_bytes]
-        if pending_bytes is not None:
+        if isinstance(pending_bytes, list):
+            parts += pending_bytes
+        elif pending_bytes is not None:
             parts.append(pending_bytes)
-    return b"".join(parts)
+    return parts
 
 
 def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:

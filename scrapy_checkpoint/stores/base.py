@@ -202,9 +202,11 @@ class Store(Protocol):
         writer keep records in the process until it flushes.
         """
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
+    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+                       freed: Sequence[int] = ()) -> None:
         """Store ``blob`` (:func:`~scrapy_checkpoint.journal.snapshot.encode_snapshot`
-        bytes) as the state at the start of journal generation ``gen``. ``freed``: refs of
+        bytes, or :func:`~scrapy_checkpoint.journal.snapshot.snapshot_parts`) as the state at
+        the start of journal generation ``gen``. ``freed``: refs of
         request records no unit needed from the snapshot before this one on (a store that
         keeps records apart from its journal, Redis, deletes them once no kept snapshot
         can need them; the file store's retention deletes whole segments instead).

@@ -151,9 +151,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, backup: Path | None = None,
+def atomic_write(path: Path, data: bytes | Sequence[bytes], *, backup: Path | None = None,
                  mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new file, whole.
+    """Write ``data`` (bytes, or parts written one after the other) to ``path`` so a reader
+    sees the old or the new file, whole.
 
     A temp file with an unpredictable name beside ``path`` (created exclusively, never
     through a link), fsync, hard-link the current file to ``backup``, rename, fsync the
@@ -169,7 +170,8 @@ def atomic_write(path: Path, data: bytes, *, backup: Path | None = None,
         try:
             if mode is not None:
                 os.fchmod(fd, mode)  # exactly the user's mode, whatever the umask
-            _write_all(fd, data)
+            for part in [data] if isinstance(data, bytes) else data:
+                _write_all(fd, part)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -704,7 +706,8 @@ class FileStore:
         reader.writer = writer
         return reader
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
+    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+                       freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
         mode of its segment)."""
         self._dirs.check(stage, self.data_dir(stage))

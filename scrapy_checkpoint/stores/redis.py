@@ -707,7 +707,8 @@ class RedisStore:
         """See :meth:`Store.request_reader` (``HGET`` of the ``requests`` hash)."""
         return RedisRequestReader(self, stage, writer)
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes, freed: Sequence[int] = ()) -> None:
+    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+                       freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot`: installed, and the records it covers trimmed,
         by one script (which fails with LOST_LOCK if the lease was lost). The request
         records ``freed`` at the snapshot before are deleted then (the previous snapshot,
@@ -720,7 +721,8 @@ class RedisStore:
         done = self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
                                     self.key(stage, "meta"), self.key(stage, "snapshot"),
                                     self.key(stage, "snapshot:prev")],
-                              args=[self._tokens[stage], compress(blob), covered])
+                              args=[self._tokens[stage], compress(
+                                  blob if isinstance(blob, bytes) else b"".join(blob)), covered])
         if done and len(waiting) > 1:
             old = [ref for batch in waiting[:-1] for ref in batch]
             del waiting[:-1]
