@@ -1,10 +1,12 @@
-"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables."""
+"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables, child
+processes (their environment, a web server in its own process, log time stamps)."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -12,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def command_line() -> str:
@@ -37,7 +41,7 @@ def filesystem_of(path: str) -> str:
 
 def code_version() -> str:
     """The git commit of the code measured, and whether the work tree differs from it."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -90,6 +94,58 @@ def wait_to_be_killed(cp: Any) -> None:
     cp.save(force=True)
     print("saved", flush=True)
     time.sleep(3600)
+
+
+# -- child processes (bench_crawl.py, bench_eta.py) -------------------------------------------
+
+
+def slug(name: str) -> str:
+    """A directory name for a configuration or case."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with the code measured (this checkout) first on PYTHONPATH and no
+    Scrapy settings module of the caller's."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    return env
+
+
+def log_time(log: str, needle: str) -> float | None:
+    """The Unix time stamped on the first log line containing ``needle`` (the crawls' LOG_FORMAT
+    starts each line with ``%(created).6f``)."""
+    for line in log.splitlines():
+        if needle in line:
+            return float(line.split(" ", 1)[0])
+    return None
+
+
+class Server:
+    """A web server in its own process: ``cmd`` starts it, and it prints its port on its first
+    line of stdout once it listens on 127.0.0.1."""
+
+    def __init__(self, cmd: Sequence[str]) -> None:
+        self.proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, text=True, env=child_env())
+        assert self.proc.stdout is not None
+        port = self.proc.stdout.readline().strip()
+        if not port.isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"the web server did not start (said {port!r})")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU time the server has used so far."""
+        return process_cpu_seconds(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # -- Redis (bench_redis.py, and the Redis column of bench_crawl.py) ---------------------------

@@ -98,19 +98,22 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    Server,
+    child_env,
     default_redis_url,
     delete_keys,
     local_redis_stat,
+    log_time,
     median,
     print_header,
     process_cpu_seconds,
+    slug,
     spread,
     table,
     wait_to_be_killed,
     with_prefix,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SPIDER = "site"
 ADDON = '{"scrapy_checkpoint.Addon": 100}'
@@ -347,18 +350,6 @@ def write_project(root: Path) -> Path:
     return root
 
 
-def slug(name: str) -> str:
-    """A directory name for a configuration or case."""
-    return "".join(c if c.isalnum() else "_" for c in name)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("SCRAPY_SETTINGS_MODULE", None)
-    return env
-
-
 # -- the web server (its own process) ----------------------------------------------------
 
 
@@ -375,31 +366,6 @@ def serve_worker(root: str) -> None:
     port = reactor.listenTCP(0, QuietSite(File(root)), interface="127.0.0.1", backlog=256)
     print(port.getHost().port, flush=True)
     reactor.run()
-
-
-class Server:
-    def __init__(self, root: Path) -> None:
-        self.proc = subprocess.Popen([PYTHON, __file__, "--worker", "serve", str(root)],
-                                     stdout=subprocess.PIPE, text=True, env=child_env())
-        assert self.proc.stdout is not None
-        port = self.proc.stdout.readline().strip()
-        if not port.isdigit():
-            self.proc.kill()
-            raise RuntimeError(f"the web server did not start (said {port!r})")
-        self.url = f"http://127.0.0.1:{port}"
-
-    def cpu_seconds(self) -> float:
-        """user + system CPU time the server has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- crawls ---------------------------------------------------------------------------------
@@ -664,14 +630,6 @@ def build_stage(layout: str, directory: Path, n: int, base: str) -> None:
         proc.wait()
 
 
-def log_time(log: str, needle: str) -> float | None:
-    """The Unix time stamped on the first log line containing ``needle``."""
-    for line in log.splitlines():
-        if needle in line:
-            return float(line.split(" ", 1)[0])
-    return None
-
-
 @dataclass(frozen=True)
 class ResumeCase:
     name: str
@@ -917,7 +875,7 @@ def main() -> None:
         print(f"site: {args.pages:,} pages generated in {time.perf_counter() - t0:.1f} s "
               f"under {work / 'site'}")
         project = write_project(work / "project")
-        server = Server(work / "site")
+        server = Server([PYTHON, __file__, "--worker", "serve", str(work / "site")])
         print(f"serving it at {server.url} (pid {server.proc.pid})\n", flush=True)
         try:
             if not args.skip_crawl:
