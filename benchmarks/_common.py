@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables, and the
-generated Scrapy project, web server and subprocess handling of the crawl benchmarks."""
+"""Helpers shared by the benchmark scripts: the run header, medians, aligned tables, child
+processes (their environment, a web server in its own process, log time stamps), and the
+generated Scrapy project and crawl configurations of the crawl benchmarks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
 
 
 def command_line() -> str:
@@ -41,7 +45,7 @@ def filesystem_of(path: str) -> str:
 
 def code_version() -> str:
     """The git commit of the code measured, and whether the work tree differs from it."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -121,6 +125,62 @@ def wait_to_be_killed(cp: Any) -> None:
     time.sleep(3600)
 
 
+# -- child processes (bench_crawl.py, bench_eta.py, bench_frontier.py) ------------------------
+
+
+def slug(name: str) -> str:
+    """A directory name for a configuration or case."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with the code measured (this checkout) first on PYTHONPATH and no
+    Scrapy settings module of the caller's."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    return env
+
+
+def log_time(log: str, needle: str) -> float | None:
+    """The Unix time stamped on the first log line containing ``needle`` (the crawls' LOG_FORMAT
+    starts each line with ``%(created).6f``)."""
+    for line in log.splitlines():
+        if needle in line:
+            return float(line.split(" ", 1)[0])
+    return None
+
+
+class Server:
+    """A web server in its own process (and session): ``cmd`` starts it, typically
+    ``[PYTHON, script, "--worker", "serve", *args]``; it prints its port on its first line of
+    stdout once it listens on 127.0.0.1 (within ``timeout`` seconds) and serves until SIGTERM."""
+
+    def __init__(self, cmd: Sequence[str], timeout: float = 60) -> None:
+        self.proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, text=True, env=child_env(),
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        port = self.proc.stdout.readline().strip() if ready else ""
+        if not port.isdigit():
+            self.close()
+            raise RuntimeError(f"the web server did not start (said {port!r})")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU time the server has used so far."""
+        return process_cpu_seconds(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 # -- Redis (bench_redis.py, and the Redis column of bench_crawl.py) ---------------------------
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -161,11 +221,8 @@ def local_redis_stat(client: Any) -> Path | None:
     return None
 
 
-
 # -- crawls of a generated Scrapy project (bench_crawl.py, bench_frontier.py) -----------------
 
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 ADDON = '{"scrapy_checkpoint.Addon": 100}'
 
 #: The generated project's settings common to every crawl benchmark.
@@ -204,19 +261,6 @@ CHECKPOINT = Config("checkpoint (default)", (
     "-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints"))
 
 
-def slug(name: str) -> str:
-    """A directory name for a configuration or case."""
-    return "".join(c if c.isalnum() else "_" for c in name)
-
-
-def child_env() -> dict[str, str]:
-    """This environment, with the repository first on PYTHONPATH (the code measured)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("SCRAPY_SETTINGS_MODULE", None)
-    return env
-
-
 def write_project(root: Path, files: Mapping[str, str], settings: Mapping[str, Any]) -> Path:
     """A Scrapy project ``benchproject`` under ``root``: ``files`` maps paths inside the
     package (``spiders/site.py``) to their code; ``settings`` becomes its settings.py."""
@@ -230,36 +274,6 @@ def write_project(root: Path, files: Mapping[str, str], settings: Mapping[str, A
     (package / "settings.py").write_text(
         "".join(f"{name} = {value!r}\n" for name, value in settings.items()))
     return root
-
-
-class Server:
-    """A web server in its own process: ``script --worker serve *args``, which prints its port
-    on its first line (within ``timeout`` seconds) and serves until SIGTERM."""
-
-    def __init__(self, script: str, *args: str, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen([PYTHON, script, "--worker", "serve", *args],
-                                     stdout=subprocess.PIPE, text=True, env=child_env(),
-                                     start_new_session=True)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        port = self.proc.stdout.readline().strip() if ready else ""
-        if not port.isdigit():
-            self.close()
-            raise RuntimeError(f"the web server did not start (said {port!r})")
-        self.url = f"http://127.0.0.1:{port}"
-
-    def cpu_seconds(self) -> float:
-        """user + system CPU time the server has used so far."""
-        return process_cpu_seconds(Path(f"/proc/{self.proc.pid}/stat"))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def run_waited(cmd: list[str], cwd: Path, **env: str) -> tuple[int, float, float]:

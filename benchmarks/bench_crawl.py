@@ -109,6 +109,7 @@ from _common import (
     default_redis_url,
     delete_keys,
     local_redis_stat,
+    log_time,
     median,
     print_header,
     process_cpu_seconds,
@@ -590,14 +591,6 @@ def build_stage(layout: str, directory: Path, n: int, base: str) -> None:
         proc.wait()
 
 
-def log_time(log: str, needle: str) -> float | None:
-    """The Unix time stamped on the first log line containing ``needle``."""
-    for line in log.splitlines():
-        if needle in line:
-            return float(line.split(" ", 1)[0])
-    return None
-
-
 @dataclass(frozen=True)
 class ResumeCase:
     name: str
@@ -843,7 +836,7 @@ def main() -> None:
         print(f"site: {args.pages:,} pages generated in {time.perf_counter() - t0:.1f} s "
               f"under {work / 'site'}")
         project = write_project(work / "project")
-        server = Server(__file__, str(work / "site"))
+        server = Server([PYTHON, __file__, "--worker", "serve", str(work / "site")])
         print(f"serving it at {server.url} (pid {server.proc.pid})\n", flush=True)
         try:
             if not args.skip_crawl:

@@ -347,7 +347,7 @@ class FanoutServer(Server):
     def __init__(self, log_path: Path) -> None:
         log_path.touch()
         self.log_path = log_path
-        super().__init__(__file__, str(log_path))
+        super().__init__([PYTHON, __file__, "--worker", "serve", str(log_path)])
 
     def next_page(self) -> int:
         with urllib.request.urlopen(f"{self.url}/_next", timeout=30) as answer:
