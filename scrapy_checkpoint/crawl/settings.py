@@ -8,9 +8,10 @@ Two kinds of settings, one name rule (``CHECKPOINT_`` + the field name in upper 
   ``CHECKPOINT_SYNC_INTERVAL``, ``CHECKPOINT_STATE_INTERVAL``, ``CHECKPOINT_LOG_EVERY``,
   ``CHECKPOINT_THROUGHPUT_WINDOW``, ``CHECKPOINT_KEEP_SNAPSHOTS``,
   ``CHECKPOINT_COMPACT_MIN_BYTES``, ``CHECKPOINT_TTL_HOURS``), with the core's defaults
-  except ``log_every`` (0: a crawl logs every ``CHECKPOINT_LOG_INTERVAL`` seconds instead).
-  They are read from the fields of ``CheckpointConfig`` itself, so a new core option is a
-  Scrapy setting with no second list to keep in step. docs/options.md describes each.
+  except ``log_every`` (0: a crawl logs every ``CHECKPOINT_LOG_INTERVAL`` seconds instead)
+  and ``keep_snapshots`` (2: each snapshot holds the frontier's index). They are read
+  from the fields of ``CheckpointConfig`` itself, so a new core option is a Scrapy
+  setting with no second list to keep in step. docs/options.md describes each.
 
 ===========================  =========  ==================  ==========================================
 Setting                      Type       Default             Meaning
@@ -71,7 +72,9 @@ from ..stores.file import FileStore
 PREFIX = "CHECKPOINT_"
 
 #: Core options whose crawl default differs from the core's.
-CRAWL_DEFAULTS: dict[str, Any] = {"log_every": 0}
+#: A crawl's snapshots carry its frontier's index (about 50 bytes a pending request): two
+#: of them (the newest and a fallback) keep its disk near what its requests take.
+CRAWL_DEFAULTS: dict[str, Any] = {"log_every": 0, "keep_snapshots": 2}
 
 
 class CheckpointSettings(BaseModel):

@@ -35,7 +35,8 @@ def test_defaults() -> None:
 def test_the_crawl_logs_by_time_not_by_count() -> None:
     assert CheckpointConfig().log_every == 100  # the core's default ...
     assert read().checkpoint.log_every == 0  # ... is not the crawl's
-    assert read().checkpoint == CheckpointConfig(log_every=0)
+    assert read().checkpoint == CheckpointConfig(log_every=0, keep_snapshots=2)
+    assert CheckpointConfig().keep_snapshots == 10  # a crawl's snapshots hold its frontier
     assert read(CHECKPOINT_LOG_EVERY="50").checkpoint.log_every == 50
 
 
