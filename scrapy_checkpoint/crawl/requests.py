@@ -39,6 +39,12 @@ def _b64(data: bytes) -> str:
 
 
 _SLOW = object()
+#: A payload leaves out the attributes that have Request's default values (a record of a
+#: plain GET is about 100 bytes, not 260); payloads written with them still load.
+_DEFAULTS: dict[str, Any] = {
+    "errback": None, "method": "GET", "headers": {}, "body": "", "cookies": {}, "meta": {},
+    "encoding": "utf-8", "priority": 0, "dont_filter": False, "flags": [], "cb_kwargs": {},
+}
 
 
 def _method_name(spider: Spider, func: Any) -> Any:
@@ -78,6 +84,9 @@ def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
         raise UnserializableRequest("callback", str(exc)) from None
     d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs] for k, vs in d["headers"].items()}
     d["body"] = _b64(d["body"])
+    for key, default in _DEFAULTS.items():  # left out: a record is its request's own values
+        if key in d and d[key] == default:
+            del d[key]
     tagged = None
     for part in ("meta", "cb_kwargs"):
         value = d.get(part)
@@ -129,8 +138,8 @@ def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
     for part in d.pop(TAGGED, ()):
         d[part] = values.decode(d[part])
     d["headers"] = {k.encode("latin-1"): [base64.b64decode(v) for v in vs]
-                    for k, vs in d["headers"].items()}
-    d["body"] = base64.b64decode(d["body"])
+                    for k, vs in d.get("headers", {}).items()}
+    d["body"] = base64.b64decode(d.get("body", ""))
     return request_from_dict(d, spider=spider)
 
 
