@@ -28,8 +28,9 @@ def test_a_restarted_crawl_takes_its_last_completed_size_as_its_estimate(
     outputs = Outputs(tmp_path)
     first = crawl(site, outputs)
     assert first.returncode == 0, first.log[-3000:]
+    # A commit every 10 requests: the killed run has committed its estimate, however slow.
     again = crawl(site, outputs, "-s", "CHECKPOINT_ON_COMPLETE=restart",
-                  interrupt=sigkill, interrupt_after_hits=100)
+                  "-s", "CHECKPOINT_SAVE_EVERY=10", interrupt=sigkill, interrupt_after_hits=100)
     assert again.returncode == -9
     view = read_stage(open_store(outputs.location), "site")
     assert view.estimate is not None
