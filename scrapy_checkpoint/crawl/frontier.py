@@ -263,29 +263,16 @@ class RebuiltUnits:
         those that cannot be sent (no payload, or not rebuilt) are counted as lost here.
         Own pending units that cannot be sent stay pending (the close counts them).
         """
-        engine, spider = self.crawler.engine, self.crawler.spider
+        engine = self.crawler.engine
         scheduled = unjournaled = unrestorable = 0
         for payload in payloads:
             if payload is None:  # a request that could not be journaled
                 unjournaled += foreign
                 continue
-            try:
-                request = payload_to_request(payload, spider)
-            except Exception as exc:
-                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped.")
-                self.stats.inc_value("checkpoint/unrestorable")
+            request = self._rebuilt(payload, None)
+            if request is None:
                 unrestorable += foreign
                 continue
-            self.stats.inc_value("checkpoint/rebuilt")
-            # Its unit, whatever dont_filter becomes: never a continuation of one here.
-            code = request.meta[UNIT_META] = self.identity.journaled_code(request)
-            if code in self.inflight_at_crash:
-                # Taken from the queue before the crash: it comes out first again. A start
-                # request would wait in Scrapy's start queue behind every other request.
-                request.meta.pop("is_start_request", None)
-            if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
-                request.dont_filter = True
             if foreign:
                 # Past the dupefilter, which may have seen it here before it was given away or
                 # taken by a dead one.
@@ -303,6 +290,31 @@ class RebuiltUnits:
         if unrestorable:
             self.cp.record_lost(LOST_UNRESTORABLE, unrestorable)
         return scheduled
+
+    def _rebuilt(self, payload: Any, code: int | None) -> Request | None:
+        """The request of a journaled ``payload`` as unit ``code`` (None: the unit its
+        payload names), ready to send again; None (a warning, a stat) if it cannot be
+        rebuilt."""
+        try:
+            request = payload_to_request(payload, self.crawler.spider)
+        except Exception as exc:
+            self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
+                           f"it is skipped.")
+            self.stats.inc_value("checkpoint/unrestorable")
+            return None
+        self.stats.inc_value("checkpoint/rebuilt")
+        meta = request.meta
+        # Its unit, whatever dont_filter becomes: never a continuation of one here.
+        if code is None:
+            code = self.identity.journaled_code(request)
+        meta[UNIT_META] = code
+        if code in self.inflight_at_crash:
+            # Taken from the queue before the crash: it comes out first again. A start
+            # request would wait in Scrapy's start queue behind every other request.
+            meta.pop("is_start_request", None)
+        if self.copies_from_queue:  # scrapy-redis's dupefilter saw it in an earlier run
+            request.dont_filter = True
+        return request
 
     def queued(self, request: Request) -> int | None:
         """The unit ``request`` carries if it is the journaled unit just registered: it is
@@ -322,25 +334,13 @@ class RebuiltUnits:
         if code in self.live or not pending.has_payload(code):
             return None
         if request is None:
-            spider = self.crawler.spider
-            try:
-                request = payload_to_request(pending.get(code), spider)
-            except Exception as exc:
-                self.warn_once("resume", f"A journaled request could not be rebuilt ({exc}); "
-                               f"it is skipped and counted as lost.")
-                self.stats.inc_value("checkpoint/unrestorable")
+            request = self._rebuilt(pending.get(code), code)
+            if request is None:
                 try:
                     self.cp.record_lost(LOST_UNRESTORABLE, 1, [code])
                 except CheckpointError as error:
                     self.stop(error)
                 return None
-            self.stats.inc_value("checkpoint/rebuilt")
-            meta = request.meta
-            meta[UNIT_META] = code
-            if code in self.inflight_at_crash:
-                meta.pop("is_start_request", None)
-            if self.copies_from_queue:
-                request.dont_filter = True
             self._registered.add(request)
             if self.shared is not None:
                 self._requests[code] = request
