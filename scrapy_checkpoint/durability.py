@@ -411,45 +411,61 @@ class GroupCommitter:
         assert live is not None
         assert self.stage is not None
         gen = self._generation + 1
-        # Only the copies are made here; encoding and checksums run on the I/O thread.
         header, done_bytes = live.snapshot_header(gen), live.done.to_bytes()
         times_bytes = live.done.times_bytes()
-        pending_parts = live.pending.to_parts()
+        # The frontier's arrays are lent, not copied (a million pending units are 32 MB):
+        # the store takes the snapshot's bytes here, on this thread, before they change
+        # (fsync and rename run on the I/O thread). Taken before the new segment is
+        # opened: if they cannot be (a full disk), nothing has changed.
+        pending_parts = live.pending.to_parts(copy=False)
+        size = len(done_bytes) + len(times_bytes or b"") + sum(map(len, pending_parts))
+        try:
+            staged = self.store.stage_snapshot(self.stage, gen, snapshot_parts(
+                header, done_bytes, times_bytes, pending_parts))
+        finally:
+            _release(pending_parts)
+        try:
+            writer.flush()
+            self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
+                                                   buffered=self._buffered)
+        except BaseException:
+            self.store.discard_snapshot(staged)
+            raise
         freed = live.pending.take_freed()
-        writer.flush()
-        self._writer = self.store.open_segment(self.stage, gen, truncate_at=None,
-                                               buffered=self._buffered)
         self._attach_reader()
         # The next compaction is due once the journal outgrows this snapshot: the bytes
         # written per unit stay constant however large the frontier grows.
         self._generation = gen
-        self._snapshot_bytes = (len(done_bytes) + len(times_bytes or b"")
-                                + sum(len(part) for part in pending_parts))
+        self._snapshot_bytes = size
         self._since_snapshot = False
-        io.submit(self._finish_compaction, writer, self._writer, gen, header, done_bytes,
-                  times_bytes, pending_parts, freed)
+        io.submit(self._finish_compaction, writer, self._writer, gen, staged, freed)
 
     def _finish_compaction(self, old: JournalWriter, new: JournalWriter, gen: int,
-                           header: dict[str, Any], done_bytes: bytes,
-                           times_bytes: bytes | None, pending_parts: list[bytes],
-                           freed: Sequence[int]) -> None:
+                           staged: Any, freed: Sequence[int]) -> None:
         # Runs on the I/O thread, in order: the old segment is durable, then the
         # snapshot; only then may retention delete what the snapshot replaces.
         assert self.stage is not None
-        blob = snapshot_parts(header, done_bytes, times_bytes, pending_parts)
         if old is not new:  # a store with one journal (Redis) keeps its writer
             try:
                 old.fsync()
             except OSError as exc:
                 self._fsync_failed = exc
+                self.store.discard_snapshot(staged)
                 raise
             old.close()
-        self.store.write_snapshot(self.stage, gen, blob, freed)
+        self.store.write_snapshot(self.stage, gen, staged, freed)
         self.store.retain(self.stage, self.config.keep_snapshots)
 
     @property
     def _buffered(self) -> bool:
         return self.config.durability == "none"
+
+
+def _release(parts: list[bytes | memoryview]) -> None:
+    """Give back the memory ``parts`` lent (the arrays can grow again)."""
+    for part in parts:
+        if isinstance(part, memoryview):
+            part.release()
 
 
 def _sync_all(fds: list[int], writer: JournalWriter) -> None:

@@ -127,6 +127,40 @@ def test_a_full_disk_never_leaves_a_torn_frame_behind_later_groups(tmp_path: Pat
         assert not list((mnt / "cp").rglob("*.tmp")), "a failed write left a temp file"
 
 
+def test_a_snapshot_that_does_not_fit_leaves_no_temp_file_and_loses_no_pending_unit(
+        tmp_path: Path) -> None:
+    """A frontier's snapshot is written from its arrays when a compaction falls due; with
+    room for the next group but not for the snapshot, the compaction stops the job with
+    one clear error, leaves no temp file and no new segment, and every pending unit is
+    there after a restart."""
+    codes = [key_code(f"https://example.com/{i}".encode()) for i in range(20_000)]
+    with tmpfs(tmp_path / "mnt", "8m") as mnt:
+        cp = EnhancedCheckpoint(mnt / "cp", "s", save_every=1000, log_every=0,
+                                compact_min_bytes=64 << 20, state_interval=3600.0)
+        cp.start()
+        for code in codes:  # no compaction yet: all in the journal
+            cp.add_unit(code, {"url": "https://example.com/"})
+        cp.save(force=True)
+        cp.abandon()  # dies: no closing snapshot
+        fill(mnt / "filler")
+        with open(mnt / "filler", "r+b") as filler:  # room for a group, not a snapshot
+            filler.truncate(os.path.getsize(mnt / "filler") - (64 << 10))
+        cp = EnhancedCheckpoint(mnt / "cp", "s", save_every=1, log_every=0,
+                                compact_min_bytes=4096, state_interval=3600.0)
+        with pytest.raises(CheckpointWriteError, match="No space left on device"):
+            cp.start()  # the journal is past 4 KB: opening it commits, and compacts
+        assert not list((mnt / "cp").rglob("*.tmp")), "a failed snapshot left its temp file"
+        assert [p.name for p in segments(mnt / "cp" / "s")] == ["journal-00000000.log"]
+        (mnt / "filler").unlink()
+        cp.abandon()
+        cp = EnhancedCheckpoint(mnt / "cp", "s", log_every=0)
+        cp.start()
+        pending = cp.live.pending
+        assert all(code in pending for code in codes)
+        assert pending.get(codes[-1]) == {"url": "https://example.com/"}
+        cp.close()
+
+
 def test_a_tracker_on_a_full_disk_stops_with_one_clear_error_and_resumes_losing_nothing(
     tmp_path: Path,
 ) -> None:

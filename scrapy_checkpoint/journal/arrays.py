@@ -18,6 +18,15 @@ def le_bytes(values: array[int] | Iterable[int], typecode: str) -> bytes:
     return a.tobytes()
 
 
+def le_view(values: array[int], typecode: str, copy: bool = True) -> bytes | memoryview:
+    """``values`` (an array of ``typecode``) as little-endian bytes: :func:`le_bytes`, or
+    with ``copy`` False on a little-endian machine the array's own memory (a memoryview:
+    while it is held the array cannot grow; release it first)."""
+    if copy or sys.byteorder != "little" or values.typecode != typecode:
+        return le_bytes(values, typecode)
+    return memoryview(values).cast("B")
+
+
 def from_le(data: bytes | memoryview, typecode: str) -> array[int]:
     """An array of ``typecode`` items read from little-endian ``data``."""
     a = array(typecode)
@@ -27,7 +36,7 @@ def from_le(data: bytes | memoryview, typecode: str) -> array[int]:
     return a
 
 
-def crc_of(parts: Iterable[bytes]) -> int:
+def crc_of(parts: Iterable[bytes | memoryview]) -> int:
     """The CRC-32 of ``parts`` one after the other (as of their concatenation)."""
     crc = 0
     for part in parts:
@@ -46,4 +55,4 @@ def checked(data: bytes | memoryview, start: int, length: int, crc: int, what: s
     return body
 
 
-__all__ = ["checked", "crc_of", "from_le", "le_bytes"]
+__all__ = ["checked", "crc_of", "from_le", "le_bytes", "le_view"]

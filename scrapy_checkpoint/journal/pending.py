@@ -4,8 +4,8 @@ What redoes a pending unit (a crawl's request as JSON) is written once, as a req
 record in the journal (:func:`~.groups.encode_request`), and found again by its *ref*,
 a position in the store (the file store: journal generation and byte offset; the Redis
 store: the record's number). Memory holds, per pending unit, its code, ref, length
-and priority in parallel arrays (24 bytes) and the code's place in them (a
-:class:`~.codemap.CodeMap`, about 24 bytes): no payload, no object per unit.
+and priority in parallel arrays (24 bytes) and its position in a table that finds it by
+code (6 to 8 bytes, :class:`PendingIndex`): no payload, no object per unit.
 
 Refs above :data:`MAX_REF` say there is no record: :data:`NO_REF` for a unit that could
 not be journaled (nothing can redo it), :data:`INLINE` for a payload kept in memory
@@ -20,8 +20,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .arrays import checked, crc_of, from_le, le_bytes
-from .codemap import CodeMap
+from .arrays import checked, crc_of, from_le, le_view
 
 #: The largest ref a store hands out.
 MAX_REF = (1 << 64) - 3
@@ -36,6 +35,8 @@ MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
 OFFSET_BITS = 40
 
 _SECTION = struct.Struct("<QI")  # entries, crc32 of the arrays
+_SLOTS = struct.Struct("<QQI")  # slots, slots filled, crc32 of the table
+_MIN_SLOTS = 8
 #: The length of a hole: a removed unit's place, until the arrays are compacted.
 _HOLE = (1 << 32) - 1
 #: Holes are closed once they outnumber the units (and this many).
@@ -69,18 +70,28 @@ class PendingIndex:
     decoded from its record, read through :attr:`reader`), and of code -> entry for the
     frontier (:meth:`entry`, :meth:`entries`). Removing a unit leaves a hole in the
     arrays; the holes are closed once they outnumber the units (:meth:`compact`).
+
+    Units are found by code through :attr:`slots`, a table of positions in the arrays
+    (u32, position + 1; 0: empty) probed linearly from the code's low bits (a code is
+    already a hash, :func:`~.keys.key_code`), at most 70% full: 4 bytes a slot, 6 to 8
+    bytes a unit, where a table of codes and positions would hold 12 a slot and a dict
+    about 100 bytes a unit. A removed unit's slot keeps pointing at its hole (passed over
+    by lookups, taken over if the unit comes back) until the table is rebuilt.
     """
 
-    __slots__ = ("_holes", "_inline", "_places", "_unjournaled", "_where", "codes", "freed",
-                 "lengths", "priorities", "reader", "refs")
+    __slots__ = ("_filled", "_holes", "_inline", "_live", "_mask", "_places", "_unjournaled",
+                 "codes", "freed", "lengths", "priorities", "reader", "refs", "slots")
 
     def __init__(self, reader: RequestReader | None = None) -> None:
         self.codes = array("Q")
         self.refs = array("Q")
         self.lengths = array("I")
         self.priorities = array("i")
-        #: code -> position in the arrays.
-        self._where = CodeMap()
+        #: Where each unit is in the arrays (see the class docstring).
+        self.slots = array("I", bytes(4 * _MIN_SLOTS))
+        self._mask = _MIN_SLOTS - 1
+        self._filled = 0  # slots not empty
+        self._live = 0
         #: Payloads kept in memory (ref INLINE), by code.
         self._inline: dict[int, Any] = {}
         self._holes = 0
@@ -95,14 +106,27 @@ class PendingIndex:
 
     # -- membership -------------------------------------------------------------------
 
+    def _pos(self, code: int) -> int:
+        """The position of pending unit ``code`` in the arrays; -1 if it is not pending."""
+        slots, codes, lengths, mask = self.slots, self.codes, self.lengths, self._mask
+        i = code & mask
+        while True:
+            s = slots[i]
+            if not s:
+                return -1
+            s -= 1
+            if codes[s] == code and lengths[s] != _HOLE:
+                return s
+            i = (i + 1) & mask
+
     def __len__(self) -> int:
-        return len(self._where)
+        return self._live
 
     def __bool__(self) -> bool:
-        return len(self._where) > 0
+        return self._live > 0
 
     def __contains__(self, code: object) -> bool:
-        return code in self._where
+        return type(code) is int and code >= 0 and self._pos(code) >= 0
 
     def __iter__(self) -> Iterator[int]:
         """The pending codes, in the order added."""
@@ -117,19 +141,32 @@ class PendingIndex:
 
     def add(self, code: int, ref: int, length: int = 0, priority: int = 0) -> bool:
         """Make ``code`` pending, its record at ``ref`` (``length`` bytes); False if it is."""
-        where = self._where
-        if code in where:
-            return False
-        where[code] = len(self.codes)
-        self.codes.append(code)
+        slots, codes, lengths, mask = self.slots, self.codes, self.lengths, self._mask
+        i = code & mask
+        while True:
+            s = slots[i]
+            if not s:
+                self._filled += 1
+                break
+            s -= 1
+            if codes[s] == code:
+                if lengths[s] != _HOLE:
+                    return False
+                break  # its hole from before: the slot is taken over
+            i = (i + 1) & mask
+        slots[i] = len(codes) + 1
+        codes.append(code)
         self.refs.append(ref)
-        self.lengths.append(length)
+        lengths.append(length)
         self.priorities.append(clamp_priority(priority))
+        self._live += 1
         if ref <= MAX_REF:
             place = ref >> OFFSET_BITS
             self._places[place] = self._places.get(place, 0) + 1
         elif ref == NO_REF:
             self._unjournaled += 1
+        if self._filled * 10 > (mask + 1) * 7:
+            self._rebuild_slots()
         return True
 
     def add_inline(self, code: int, payload: Any) -> bool:
@@ -143,8 +180,8 @@ class PendingIndex:
     def discard(self, code: int, *, free: bool = True) -> bool:
         """``code`` is no longer pending (done, handed, dropped); False if it was not.
         ``free``: nothing needs its record any more (see :attr:`freed`)."""
-        pos = self._where.pop(code)
-        if pos is None:
+        pos = self._pos(code) if type(code) is int and code >= 0 else -1
+        if pos < 0:
             return False
         ref = self.refs[pos]
         if ref <= MAX_REF:
@@ -162,15 +199,16 @@ class PendingIndex:
             self._inline.pop(code, None)
         self.lengths[pos] = _HOLE
         self._holes += 1
-        if self._holes > _MIN_HOLES and self._holes > len(self._where):
+        self._live -= 1
+        if self._holes > _MIN_HOLES and self._holes > self._live:
             self.compact()
         return True
 
     def pop_entry(self, code: int) -> Any:
         """Remove ``code``; what redoes it: ``(ref, length, priority)`` of its record, its
         payload kept in memory, or None (nothing; or it was not pending)."""
-        pos = self._where.get(code)
-        if pos is None:
+        pos = self._pos(code)
+        if pos < 0:
             return None
         ref = self.refs[pos]
         if ref == INLINE:
@@ -195,33 +233,50 @@ class PendingIndex:
         return self.add_inline(code, value)
 
     def compact(self) -> None:
-        """Close the holes left by removed units (kept order)."""
+        """Close the holes left by removed units (kept order), and rebuild :attr:`slots`."""
         if not self._holes:
             return
         codes, refs, lengths, priorities = self.codes, self.refs, self.lengths, self.priorities
         new = (array("Q"), array("Q"), array("I"), array("i"))
-        n = len(self._where)
-        where = CodeMap(n * 2)
-        pos = 0
-        for i, length in enumerate(lengths):  # no lists of the kept units: arrays only
-            if length != _HOLE:
-                code = codes[i]
-                new[0].append(code)
-                new[1].append(refs[i])
-                new[2].append(length)
-                new[3].append(priorities[i])
-                where[code] = pos
-                pos += 1
+        start = 0
+        end = len(lengths)
+        while start < end:  # runs between holes, copied as slices: no object per unit
+            try:
+                hole = lengths.index(_HOLE, start)
+            except ValueError:
+                hole = end
+            if hole > start:
+                new[0].extend(codes[start:hole])
+                new[1].extend(refs[start:hole])
+                new[2].extend(lengths[start:hole])
+                new[3].extend(priorities[start:hole])
+            start = hole + 1
         self.codes, self.refs, self.lengths, self.priorities = new
-        self._where = where
         self._holes = 0
+        self._rebuild_slots()
+
+    def _rebuild_slots(self) -> None:
+        """A new :attr:`slots` for the units, at most half full (removed units left out)."""
+        size = _MIN_SLOTS
+        while size < 2 * self._live:
+            size <<= 1
+        slots = array("I", bytes(4 * size))
+        mask = size - 1
+        codes = self.codes
+        for pos, length in enumerate(self.lengths, 1):  # pos: position + 1, as slots hold
+            if length != _HOLE:
+                i = codes[pos - 1] & mask
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = pos
+        self.slots, self._mask, self._filled = slots, mask, self._live
 
     # -- reading ----------------------------------------------------------------------
 
     def entry(self, code: int) -> tuple[int, int, int] | None:
         """``(ref, length, priority)`` of a pending unit (None: not pending)."""
-        pos = self._where.get(code)
-        if pos is None:
+        pos = self._pos(code)
+        if pos < 0:
             return None
         return self.refs[pos], self.lengths[pos], self.priorities[pos]
 
@@ -235,14 +290,14 @@ class PendingIndex:
 
     def has_payload(self, code: int) -> bool:
         """True if something can redo pending unit ``code`` (a record or a kept payload)."""
-        pos = self._where.get(code)
-        return pos is not None and self.refs[pos] != NO_REF
+        pos = self._pos(code)
+        return pos >= 0 and self.refs[pos] != NO_REF
 
     def payload_bytes(self, code: int) -> bytes | None:
         """The record of pending unit ``code`` as bytes (None: no record). Raises OSError or
         ValueError when the record cannot be read whole."""
-        pos = self._where.get(code)
-        if pos is None:
+        pos = self._pos(code)
+        if pos < 0:
             return None
         ref = self.refs[pos]
         if ref == NO_REF:
@@ -256,7 +311,7 @@ class PendingIndex:
     def get(self, code: int, default: Any = None) -> Any:
         """The payload of pending unit ``code`` (decoded JSON), ``default`` if it is not
         pending, None if nothing can redo it. Raises as :meth:`payload_bytes`."""
-        if code not in self._where:
+        if code not in self:
             return default
         if self._inline and code in self._inline:
             return self._inline[code]
@@ -264,7 +319,7 @@ class PendingIndex:
         return None if data is None else json.loads(data)
 
     def __getitem__(self, code: int) -> Any:
-        if code not in self._where:
+        if code not in self:
             raise KeyError(code)
         return self.get(code)
 
@@ -285,23 +340,26 @@ class PendingIndex:
 
     def to_bytes(self) -> bytes:
         """The index as a snapshot section: ``<u64 n><u32 crc32>`` then the codes, refs,
-        lengths and priorities of its ``n`` places (little-endian), in the order added,
-        holes included (length 2**32-1), then its code map (:meth:`CodeMap.to_bytes`;
-        empty, to be rebuilt on load, if it holds the codes 0 or 1, kept apart from its
-        arrays). Payloads kept in memory are not in it, only their units (see
-        :meth:`inline_pairs`)."""
+        lengths and priorities of its ``n`` positions (little-endian), in the order added,
+        holes included (length 2**32-1), then ``<u64 slots><u64 filled><u32 crc32>`` and
+        :attr:`slots` as they are. Payloads kept in memory are not in it, only their units
+        (see :meth:`inline_pairs`)."""
         return b"".join(self.to_parts())
 
-    def to_parts(self) -> list[bytes]:
-        """:meth:`to_bytes` in parts (copies of the arrays, not joined: a snapshot writes
-        them one after the other; a million units are 48 MB once, not three times)."""
-        where = self._where
-        if where.small:  # rare enough to close the holes for, and rebuild the map on load
+    def to_parts(self, *, copy: bool = True) -> list[bytes | memoryview]:
+        """:meth:`to_bytes` in parts, not joined (a snapshot writes them one after the
+        other). ``copy=False``: the arrays' own memory where the machine is little-endian,
+        no copy (a million units are 32 MB); such parts are valid only until the index
+        changes, and must be released (``memoryview.release``) before it does: an array
+        that lends its memory cannot grow. Holes that make up more than a fifth of the
+        arrays are closed first: a snapshot's size follows the pending units."""
+        if self._holes * 4 > self._live:
             self.compact()
-            where = CodeMap()
-        body = [le_bytes(self.codes, "Q"), le_bytes(self.refs, "Q"),
-                le_bytes(self.lengths, "I"), le_bytes(self.priorities, "i")]
-        return [_SECTION.pack(len(self.codes), crc_of(body)), *body, *where.to_parts()]
+        body = [le_view(self.codes, "Q", copy), le_view(self.refs, "Q", copy),
+                le_view(self.lengths, "I", copy), le_view(self.priorities, "i", copy)]
+        slots = le_view(self.slots, "I", copy)
+        return [_SECTION.pack(len(self.codes), crc_of(body)), *body,
+                _SLOTS.pack(len(self.slots), self._filled, crc_of([slots])), slots]
 
     def inline_pairs(self) -> list[list[Any]]:
         """``[code, payload]`` of the payloads kept in memory (a snapshot header's)."""
@@ -319,33 +377,44 @@ class PendingIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, reader: RequestReader | None = None,
-                   counts: Any = None) -> tuple[PendingIndex, int]:
+                   counts: Any = None, *, code_map: bool = False) -> tuple[PendingIndex, int]:
         """An index from :meth:`to_bytes` bytes at the start of ``data`` (its kept payloads
         come next with :meth:`keep_inline`), with its :meth:`counts` (None: counted);
-        returns it and the bytes it took. Raises
-        ValueError if the section is cut short, fails its checksum or its map does not
-        match its units."""
-        n, crc = _SECTION.unpack_from(data, 0)
+        returns it and the bytes it took. ``code_map``: the arrays are followed by the
+        code map of a ``SCKSNAP3`` snapshot (``<u64 slots><u64 keys><u32 crc32>``, codes
+        and values), checked and left for :attr:`slots` built anew. Raises ValueError if
+        the section is cut short, fails its checksum, or its table cannot be the table of
+        its units (a slot count that is not a power of two, too full, a position past the
+        arrays)."""
+        view = memoryview(data)
+        n, crc = _SECTION.unpack_from(view, 0)
         size = _SECTION.size + 24 * n
-        body = checked(data, _SECTION.size, 24 * n, crc, "pending index")
+        body = checked(view, _SECTION.size, 24 * n, crc, "pending index")
         index = cls(reader)
         index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
         index.lengths = from_le(body[16 * n:20 * n], "I")
         index.priorities = from_le(body[20 * n:], "i")
-        where, used = CodeMap.from_bytes(memoryview(data)[size:])
-        holes = index.lengths.count(_HOLE)
-        if len(where) == 0 and n > holes:  # written without its map: rebuilt
-            where = CodeMap(2 * n)
-            for i, length in enumerate(index.lengths):
-                if length != _HOLE:
-                    if index.codes[i] in where:
-                        raise ValueError("pending index repeats a unit")
-                    where[index.codes[i]] = i
-        if len(where) != n - holes:
-            raise ValueError("pending index and its code map disagree")
-        index._where, index._holes = where, holes
+        index._holes = index.lengths.count(_HOLE)
+        index._live = n - index._holes
+        slots, filled, crc = _SLOTS.unpack_from(view, size)
+        width = 12 if code_map else 4
+        if slots < _MIN_SLOTS or slots & (slots - 1) or slots > (1 << 40):
+            raise ValueError("pending index has a bad slot count")
+        table = checked(view, size + _SLOTS.size, width * slots, crc, "pending index table")
+        size += _SLOTS.size + width * slots
+        if code_map:
+            index._rebuild_slots()
+            if filled not in (0, index._live):  # 0: written without its map (codes 0, 1)
+                raise ValueError("pending index and its code map disagree")
+        else:
+            index.slots = from_le(table, "I")
+            index._mask = slots - 1
+            index._filled = filled
+            if (slots - index.slots.count(0) != filled or filled * 10 > slots * 7
+                    or filled < index._live or max(index.slots) > n):
+                raise ValueError("pending index and its table disagree")
         index.set_counts(counts)
-        return index, size + used
+        return index, size
 
     def counts(self) -> dict[str, Any]:
         """What :meth:`set_counts` takes back: the units per journal generation and those

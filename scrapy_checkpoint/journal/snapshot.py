@@ -3,10 +3,12 @@
 ``<8-byte magic><u32 header length><u32 crc32(header)><JSON header>
 <u64 number of codes><u32 crc32(codes)><done codes as little-endian uint64>``, and
 in a ``SCKSNAP2`` snapshot then ``<u32 crc32(times)><done times as little-endian
-uint32>``, one Unix second per code, in the codes' order, and in a ``SCKSNAP3``
+uint32>``, one Unix second per code, in the codes' order, and in a ``SCKSNAP4``
 snapshot then the frontier's index (:meth:`.pending.PendingIndex.to_bytes`: the
-pending units and where their request records are; the payloads themselves stay
-in the journal). A ``SCKSNAP1`` snapshot (written before done times were kept) is
+pending units and where their request records are, and the table that finds them by
+code; the payloads themselves stay in the journal). A ``SCKSNAP3`` snapshot (its index
+followed by a code map of codes and positions) is still read, its table built anew. A
+``SCKSNAP1`` snapshot (written before done times were kept) is
 still read: its units are taken as done at the time its state was last updated;
 ``SCKSNAP1`` and ``SCKSNAP2`` headers hold the pending payloads themselves. The same
 bytes are kept by every store (a file, a Redis value). Bytes only, no I/O.
@@ -28,8 +30,12 @@ from .pending import PendingIndex
 SNAPSHOT_MAGIC_V1 = b"SCKSNAP1"
 #: Snapshots with a done time per code, pending payloads in the header (read only).
 SNAPSHOT_MAGIC_V2 = b"SCKSNAP2"
-#: Snapshots with a done time per code and the frontier's index (written).
-SNAPSHOT_MAGIC = b"SCKSNAP3"
+#: Snapshots with a done time per code and the frontier's index with a code map (read only).
+SNAPSHOT_MAGIC_V3 = b"SCKSNAP3"
+#: Snapshots with a done time per code and the frontier's index with its table (written).
+SNAPSHOT_MAGIC = b"SCKSNAP4"
+#: Every snapshot magic a reader takes.
+SNAPSHOT_MAGICS = (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V3, SNAPSHOT_MAGIC_V2, SNAPSHOT_MAGIC_V1)
 _SNAP_HEAD = struct.Struct("<II")  # header length, crc32(header)
 _SNAP_CODES = struct.Struct("<QI")  # number of codes, crc32(codes)
 _SNAP_TIMES = struct.Struct("<I")  # crc32(times)
@@ -48,7 +54,7 @@ INDEX_COUNTS = "index_counts"
 
 def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
                     times_bytes: bytes | None = None,
-                    pending_bytes: bytes | list[bytes] | None = None) -> bytes:
+                    pending_bytes: bytes | list[bytes | memoryview] | None = None) -> bytes:
     """A snapshot of ``header`` (JSON-serialisable), ``done_bytes`` (packed codes),
     ``times_bytes`` (packed done times, one per code: :meth:`DoneSet.times_bytes`) and
     ``pending_bytes`` (:meth:`PendingIndex.to_bytes`, or its parts). Without
@@ -58,13 +64,14 @@ def encode_snapshot(header: dict[str, Any], done_bytes: bytes,
 
 
 def snapshot_parts(header: dict[str, Any], done_bytes: bytes, times_bytes: bytes | None = None,
-                   pending_bytes: bytes | list[bytes] | None = None) -> list[bytes]:
+                   pending_bytes: bytes | list[bytes | memoryview] | None = None
+                   ) -> list[bytes | memoryview]:
     """:func:`encode_snapshot` in parts, not joined (a store writes them one after the
     other: the large sections are not copied again)."""
     head = json.dumps(header, separators=(",", ":"), default=str).encode()
     magic = (SNAPSHOT_MAGIC_V1 if times_bytes is None
              else SNAPSHOT_MAGIC_V2 if pending_bytes is None else SNAPSHOT_MAGIC)
-    parts = [
+    parts: list[bytes | memoryview] = [
         magic,
         _SNAP_HEAD.pack(len(head), zlib.crc32(head)),
         head,
@@ -91,7 +98,8 @@ def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
 
 
 def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
-    if data.startswith(SNAPSHOT_MAGIC):
+    code_map = data.startswith(SNAPSHOT_MAGIC_V3)
+    if data.startswith(SNAPSHOT_MAGIC) or code_map:
         timed, indexed = True, True
     elif data.startswith(SNAPSHOT_MAGIC_V2):
         timed, indexed = True, False
@@ -127,7 +135,8 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
             raise ValueError("snapshot time section checksum mismatch")
         pos += 4 * count
         if indexed:
-            index, size = PendingIndex.from_bytes(view[pos:], counts=header.pop(INDEX_COUNTS, None))
+            index, size = PendingIndex.from_bytes(view[pos:], counts=header.pop(INDEX_COUNTS, None),
+                                                 code_map=code_map)
             pos += size
         if len(data) != pos:
             raise ValueError("snapshot has bytes after its last section")

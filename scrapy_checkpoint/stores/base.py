@@ -202,10 +202,25 @@ class Store(Protocol):
         writer keep records in the process until it flushes.
         """
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+    def stage_snapshot(self, stage: str, gen: int, parts: Sequence[bytes | memoryview]) -> Any:
+        """Take the bytes of snapshot ``gen`` (:func:`~scrapy_checkpoint.journal.snapshot.
+        snapshot_parts`) now, on the caller's thread: ``parts`` may lend memory that
+        changes once the call returns (the frontier's arrays, not copied). Returns what
+        :meth:`write_snapshot` then takes as its ``blob`` on the I/O thread, or
+        :meth:`discard_snapshot` if it is not written. Raises OSError as writing does.
+        This one joins the parts (one copy); the file store writes them to the snapshot's
+        temp file instead (no copy in memory)."""
+        return b"".join(parts)
+
+    def discard_snapshot(self, staged: Any) -> None:
+        """Give up a :meth:`stage_snapshot` that will not be written (what it made is
+        removed)."""
+
+    def write_snapshot(self, stage: str, gen: int, blob: Any,
                        freed: Sequence[int] = ()) -> None:
         """Store ``blob`` (:func:`~scrapy_checkpoint.journal.snapshot.encode_snapshot`
-        bytes, or :func:`~scrapy_checkpoint.journal.snapshot.snapshot_parts`) as the state at
+        bytes, :func:`~scrapy_checkpoint.journal.snapshot.snapshot_parts`, or what
+        :meth:`stage_snapshot` returned) as the state at
         the start of journal generation ``gen``. ``freed``: refs of
         request records no unit needed from the snapshot before this one on (a store that
         keeps records apart from its journal, Redis, deletes them once no kept snapshot

@@ -151,8 +151,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | Sequence[bytes], *, backup: Path | None = None,
-                 mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], *,
+                 backup: Path | None = None, mode: int | None = None) -> None:
     """Write ``data`` (bytes, or parts written one after the other) to ``path`` so a reader
     sees the old or the new file, whole.
 
@@ -163,30 +163,60 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes], *, backup: Path | No
     leaves is removed by the next :meth:`FileStore.lock` of the stage. Raises
     CheckpointWriteError if ``path`` is a symbolic link, OSError as writing does.
     """
-    with contextlib.suppress(FileNotFoundError):
-        mode = stat.S_IMODE(regular_mode(path))
-    fd, tmp = create_temp(path, 0o644 if mode is None else mode)
-    try:
+    StagedWrite(path, data, mode=mode).install(backup=backup)
+
+
+class StagedWrite:
+    """An :func:`atomic_write` in two steps: the bytes go to the temp file when it is made
+    (on the caller's thread: ``data`` may be memory that is only valid during the call),
+    :meth:`install` (fsync, rename) comes later, or :meth:`discard`. Raises as
+    :func:`atomic_write`; a failure removes the temp file."""
+
+    def __init__(self, path: Path, data: bytes | Sequence[bytes | memoryview], *,
+                 mode: int | None = None) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(regular_mode(path))
+        self._fd, self._tmp = create_temp(path, 0o644 if mode is None else mode)
         try:
             if mode is not None:
-                os.fchmod(fd, mode)  # exactly the user's mode, whatever the umask
+                os.fchmod(self._fd, mode)  # exactly the user's mode, whatever the umask
             for part in [data] if isinstance(data, bytes) else data:
-                _write_all(fd, part)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if backup is not None and os.path.lexists(path):
-            bak_tmp = link_temp(path, backup)
+                _write_all(self._fd, part)
+        except BaseException:
+            self.discard()
+            raise
+
+    def install(self, *, backup: Path | None = None) -> None:
+        """Make the written file ``path`` (see :func:`atomic_write`)."""
+        path, tmp = self.path, self._tmp
+        try:
             try:
-                os.replace(bak_tmp, backup)
-            except BaseException:
-                unlink_quietly(bak_tmp)
-                raise
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
+                os.fsync(self._fd)
+            finally:
+                self._close()
+            if backup is not None and os.path.lexists(path):
+                bak_tmp = link_temp(path, backup)
+                try:
+                    os.replace(bak_tmp, backup)
+                except BaseException:
+                    unlink_quietly(bak_tmp)
+                    raise
+            os.replace(tmp, path)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+    def discard(self) -> None:
+        """Give the write up: the temp file is removed."""
+        self._close()
+        unlink_quietly(self._tmp)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 class SegmentWriter:
@@ -347,7 +377,7 @@ class SegmentWriter:
                 self._fd = -1
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -706,11 +736,28 @@ class FileStore:
         reader.writer = writer
         return reader
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+    def stage_snapshot(self, stage: str, gen: int,
+                       parts: Sequence[bytes | memoryview]) -> StagedWrite:
+        """See :meth:`Store.stage_snapshot`: the parts go to the snapshot's temp file (a
+        :class:`StagedWrite`; a new snapshot gets the mode of the segment before it, taken
+        before segment ``gen`` is made)."""
+        self._dirs.check(stage, self.data_dir(stage))
+        return StagedWrite(self.snapshot_path(stage, gen), parts,
+                           mode=mode_of(self.segment_path(stage, gen - 1)))
+
+    def discard_snapshot(self, staged: Any) -> None:
+        """See :meth:`Store.discard_snapshot`: the temp file goes."""
+        if isinstance(staged, StagedWrite):
+            staged.discard()
+
+    def write_snapshot(self, stage: str, gen: int, blob: Any,
                        freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot` (:func:`atomic_write`; a new snapshot gets the
         mode of its segment)."""
         self._dirs.check(stage, self.data_dir(stage))
+        if isinstance(blob, StagedWrite):
+            blob.install()
+            return
         atomic_write(self.snapshot_path(stage, gen), blob,
                      mode=mode_of(self.segment_path(stage, gen)))
 

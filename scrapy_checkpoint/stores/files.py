@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import CheckpointLostError, CheckpointWriteError
 from ..journal.frames import SEGMENT_MAGIC
-from ..journal.snapshot import SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1
+from ..journal.snapshot import SNAPSHOT_MAGICS
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -101,8 +101,7 @@ def is_data_dir(path: Path, stage: str, gen_re: re.Pattern[str]) -> bool:
         head = read_head(path / name, 4096) if m else None
         if head is None:
             continue
-        magics = (SEGMENT_MAGIC,) if m and m.group(1) == "journal" else (
-            SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1)
+        magics = (SEGMENT_MAGIC,) if m and m.group(1) == "journal" else SNAPSHOT_MAGICS
         if head.startswith(magics) and needle in head.replace(b'"stage": "', b'"stage":"'):
             return True
     return False

@@ -707,7 +707,15 @@ class RedisStore:
         """See :meth:`Store.request_reader` (``HGET`` of the ``requests`` hash)."""
         return RedisRequestReader(self, stage, writer)
 
-    def write_snapshot(self, stage: str, gen: int, blob: bytes | Sequence[bytes],
+    def stage_snapshot(self, stage: str, gen: int,
+                       parts: Sequence[bytes | memoryview]) -> bytes:
+        """See :meth:`Store.stage_snapshot`: joined (a Redis value is one string)."""
+        return b"".join(parts)
+
+    def discard_snapshot(self, staged: Any) -> None:
+        """See :meth:`Store.discard_snapshot`: nothing was made."""
+
+    def write_snapshot(self, stage: str, gen: int, blob: Any,
                        freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot`: installed, and the records it covers trimmed,
         by one script (which fails with LOST_LOCK if the lease was lost). The request
