@@ -196,7 +196,9 @@ class LiveState:
               replay: bool = False, added: Added | None = None) -> None:
         """Apply one group (``added``: the pending units it adds with their request
         records). In ``replay`` its done codes are known to be new (the writer refuses a
-        unit that is already done), so they are added without a lookup."""
+        unit that is already done), so they are added without a lookup, and so are its
+        added units known not to be done (``add_unit`` refuses a done unit; a unit added
+        and done in the same group is added first, as here)."""
         info = self.info
         if INIT in fields:
             # A stage (re)created: start from its initial state and nothing done.
@@ -236,11 +238,8 @@ class LiveState:
                 if code not in self.done:
                     self.pending.add_inline(code, payload)
         if added is not None:
-            add_pending, is_done = self.pending.add, self.done.__contains__
-            for code, ref, length, priority in zip(added.codes, added.refs, added.lengths,
-                                                   added.priorities, strict=True):
-                if not is_done(code):
-                    add_pending(code, ref, length, priority)
+            self.pending.add_many(added.codes, added.refs, added.lengths, added.priorities,
+                                  () if replay else self.done)
         if STARTED in fields:
             self.started.update(fields[STARTED])
         if HANDED in fields:  # handed to another worker of a shared stage: not pending here

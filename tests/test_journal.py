@@ -9,7 +9,7 @@ import pytest
 
 from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
 from scrapy_checkpoint.journal.frames import SEGMENT_MAGIC, scan_segment
-from scrapy_checkpoint.journal.groups import decode_group, encode_group
+from scrapy_checkpoint.journal.groups import BATCH_MARK, REQUEST_MARK, decode_group, encode_group
 from scrapy_checkpoint.stores.file import SegmentWriter
 
 
@@ -64,6 +64,47 @@ def test_a_flipped_byte_stops_replay_before_the_damaged_record(tmp_path: Path) -
         intact = sum(1 for end in ends if end <= pos)  # records wholly before the damage
         assert scan.payloads == payloads[:intact], pos
         assert scan.problem is not None
+
+
+def test_request_records_go_in_one_batch_frame_per_group_and_a_cut_keeps_whole_groups(
+    tmp_path: Path,
+) -> None:
+    """The records written before a group share one frame (one checksum), so replay
+    skips them in one step; each is still a frame of its own at its ref, read back and
+    checked alone. A cut anywhere keeps the groups before it, each with its records."""
+    store = FileStore(tmp_path)
+    path = store.segment_path("s", 0)
+    path.parent.mkdir()
+    writer = SegmentWriter(str(path), buffer_limit=600)  # a group's records: two batches
+    groups, refs, ends = [], [], []
+    for g in range(6):
+        mine = []
+        for k in range(g % 3 * 4):  # groups of 0, 4 and 8 records
+            data = f'{{"url":"https://example.com/{g}/{k}"}}'.encode()
+            mine.append((g * 100 + k, writer.put_request(g * 100 + k, data), data))
+        group = encode_group([g], [], {"c": [g, g, 0, 0]})
+        writer.append(group)
+        groups.append(group)
+        refs.append(mine)
+        ends.append(writer.size)
+    writer.close()
+    data = path.read_bytes()
+    scan = scan_segment(data, skip=(REQUEST_MARK, BATCH_MARK))
+    assert scan.payloads == groups
+    assert scan.problem is None
+    frames = scan_segment(data)  # every frame: groups and batches, no loose record
+    assert {bytes(p[:4]) for p in frames.payloads if p not in groups} == {BATCH_MARK}
+    assert len(frames.payloads) < len(groups) + sum(map(len, refs))
+    reader = store.request_reader("s")
+    for mine in refs:
+        for code, ref, record in mine:
+            assert reader.read(ref, len(record), code) == record
+    reader.close()
+    for cut in range(ends[1], len(data) + 1):
+        scan = scan_segment(data[:cut], skip=(REQUEST_MARK, BATCH_MARK))
+        whole = sum(1 for end in ends if end <= cut)
+        assert scan.payloads == groups[:whole], cut
+        assert scan.good_bytes <= cut
 
 
 def test_damaged_segment_header_replays_nothing_and_reports_it() -> None:

@@ -41,10 +41,13 @@ class SegmentScan:
     problem: str | None = None
 
 
-def scan_segment(data: bytes, decode: Callable[[bytes], Any] | None = None) -> SegmentScan:
+def scan_segment(data: bytes, decode: Callable[[bytes], Any] | None = None, *,
+                 skip: tuple[bytes, ...] = ()) -> SegmentScan:
     """Split a segment into payloads, stopping at the first bad frame (or the first
     payload ``decode`` rejects with ValueError); with ``decode``, ``payloads`` holds what
-    it returned. Never raises."""
+    it returned. Payloads that start with one of ``skip`` (4 bytes each: request records
+    and batches of them) are checked (frame and checksum) and left out, without a call
+    to ``decode``. Never raises."""
     scan = SegmentScan()
     if len(data) < len(SEGMENT_MAGIC) or not data.startswith(SEGMENT_MAGIC):
         scan.dropped_bytes = len(data)
@@ -67,6 +70,9 @@ def scan_segment(data: bytes, decode: Callable[[bytes], Any] | None = None) -> S
         if zlib.crc32(payload) != crc:
             scan.problem = "checksum mismatch"
             break
+        if skip and bytes(payload[:4]) in skip:
+            pos = start + length
+            continue
         record: Any = bytes(payload) if decode is None else payload
         if decode is not None:
             try:

@@ -10,8 +10,12 @@ on replay.
 
 A journal also holds *request records* (:func:`encode_request`): the bytes of what
 redoes one pending unit (a crawl's request), written before the group that adds
-the unit and found again by their ``ref`` (:mod:`.pending`). Replay skips them
-(:func:`decode_record` returns None); they are read one by one, when needed.
+the unit and found again by their ``ref`` (:mod:`.pending`). Each is a frame of its
+own; the file store writes those of a group inside one *batch* frame
+(:data:`BATCH_MARK` then the record frames, one checksum over them all), so replay
+checks and skips a group's records in one step instead of one per request. Replay
+skips them (:func:`decode_record` returns None); they are read one by one, when
+needed, and each is checked again then (its own frame).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ _GROUP_HEADER = struct.Struct("<I")
 #: The first four bytes of a request record: a header length no group has (see MAX_PAYLOAD).
 REQUEST_MARK = b"\xff\xff\xff\xff"
 _REQUEST_HEAD = struct.Struct("<4sQ")  # mark, unit code
+#: The first four bytes of a batch of request records (their frames follow).
+BATCH_MARK = b"\xfe\xff\xff\xff"
 #: Bytes a request record adds to what it holds (mark, code).
 REQUEST_OVERHEAD = _REQUEST_HEAD.size
 #: The largest counter (or counter delta) a group may hold: a signed 64-bit int.
@@ -346,10 +352,12 @@ def decode_request(payload: bytes | memoryview, code: int) -> bytes:
 
 def decode_record(payload: bytes | memoryview) -> Group | None:
     """A journal record: its group (:func:`decode_group`), or None for a request record
-    (skipped by replay). Raises as :func:`decode_group`."""
+    or a batch of them (skipped by replay). Raises as :func:`decode_group`."""
     if payload[:4] == REQUEST_MARK:
         if len(payload) < REQUEST_OVERHEAD:
             raise ValueError("request record cut short")
+        return None
+    if payload[:4] == BATCH_MARK:
         return None
     return decode_group(payload)
 

@@ -169,6 +169,58 @@ class PendingIndex:
             self._rebuild_slots()
         return True
 
+    def add_many(self, codes: array[int], refs: array[int], lengths: array[int],
+                 priorities: array[int], done: Any = ()) -> int:
+        """:meth:`add` each unit of the parallel arrays in order (a replayed group's added
+        units), leaving out those pending already or in ``done`` (a container of codes, a
+        :class:`~.doneset.DoneSet`); returns how many were added. Priorities must be int32
+        already. The arrays are extended as blocks: only finding a slot is per unit."""
+        if done or len(set(codes)) != len(codes):
+            return sum(self.add(code, refs[k], lengths[k], priorities[k])
+                       for k, code in enumerate(codes) if code not in done)
+        if (self._filled + len(codes)) * 10 > len(self.slots) * 7:
+            self._rebuild_slots(room=len(codes))
+        slots, mask, my_codes, my_lengths = self.slots, self._mask, self.codes, self.lengths
+        base = pos = len(my_codes)
+        for code in codes:
+            pos += 1
+            i = code & mask
+            while True:
+                s = slots[i]
+                if not s:
+                    self._filled += 1
+                    break
+                if s <= base and my_codes[s - 1] == code:  # not one of these: in the arrays
+                    if my_lengths[s - 1] != _HOLE:  # pending already: a repeating journal
+                        self._rebuild_slots()  # forgets the slots set here
+                        return sum(self.add(code, refs[k], lengths[k], priorities[k])
+                                   for k, code in enumerate(codes))
+                    break  # its hole from before: the slot is taken over
+                i = (i + 1) & mask
+            slots[i] = pos
+        my_codes.extend(codes)
+        self.refs.extend(refs)
+        my_lengths.extend(lengths)
+        self.priorities.extend(priorities)
+        self._live += len(codes)
+        self._count_places(refs)
+        return len(codes)
+
+    def _count_places(self, refs: array[int]) -> None:
+        """Count units with these refs as added (their places, those without a record)."""
+        places = self._places
+        top = max(refs, default=NO_REF)
+        if top <= MAX_REF and top >> OFFSET_BITS == min(refs) >> OFFSET_BITS:  # one place
+            place = top >> OFFSET_BITS
+            places[place] = places.get(place, 0) + len(refs)
+            return
+        for ref in refs:
+            if ref <= MAX_REF:
+                place = ref >> OFFSET_BITS
+                places[place] = places.get(place, 0) + 1
+            elif ref == NO_REF:
+                self._unjournaled += 1
+
     def add_inline(self, code: int, payload: Any) -> bool:
         """Make ``code`` pending with ``payload`` kept in memory (None: nothing redoes it)."""
         if not self.add(code, INLINE if payload is not None else NO_REF):
@@ -255,10 +307,11 @@ class PendingIndex:
         self._holes = 0
         self._rebuild_slots()
 
-    def _rebuild_slots(self) -> None:
-        """A new :attr:`slots` for the units, at most half full (removed units left out)."""
+    def _rebuild_slots(self, room: int = 0) -> None:
+        """A new :attr:`slots` for the units and ``room`` more, at most half full (removed
+        units left out)."""
         size = _MIN_SLOTS
-        while size < 2 * self._live:
+        while size < 2 * (self._live + room):
             size <<= 1
         slots = array("I", bytes(4 * size))
         mask = size - 1
@@ -369,7 +422,8 @@ class PendingIndex:
         """Take the payloads :meth:`inline_pairs` listed, for the units whose ref is INLINE.
         Raises ValueError unless they match those units one to one."""
         inline = {int(code): payload for code, payload in pairs}
-        marked = sum(1 for _, ref, _, _ in self.entries() if ref == INLINE)
+        # Each unit has a record (counted per place), none, or its payload kept here.
+        marked = self._live - sum(self._places.values()) - self._unjournaled
         if len(inline) != len(pairs) or marked != len(inline) or any(
                 (self.entry(code) or (0,))[0] != INLINE for code in inline):
             raise ValueError("pending index and its kept payloads disagree")

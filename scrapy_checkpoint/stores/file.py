@@ -40,7 +40,9 @@ from ..errors import (
 from ..journal.doneset import DoneSet
 from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import (
+    BATCH_MARK,
     INIT,
+    REQUEST_MARK,
     REQUEST_OVERHEAD,
     SEGMENT_OF,
     Group,
@@ -219,6 +221,11 @@ class StagedWrite:
             os.close(fd)
 
 
+_BATCH_FRAME = struct.Struct("<II")  # a frame's length and crc32 (journal.frames)
+#: A batch frame's header as first buffered: length and crc32 to come, then the mark.
+_BATCH_HEAD = bytes(_BATCH_FRAME.size) + BATCH_MARK
+
+
 class SegmentWriter:
     """Appends frames to one segment file with ``os.write`` (no Python buffer).
 
@@ -252,6 +259,8 @@ class SegmentWriter:
         self._buffered = buffered
         self._buffer_limit = buffer_limit
         self._buf = bytearray()
+        #: Where the open batch of request records starts in ``_buf`` (None: none open).
+        self._batch: int | None = None
         #: Bytes in the file that end with a whole frame (where a failed write cuts back to).
         self._written = size
         #: The error every later write raises, once nothing more may be written.
@@ -272,6 +281,7 @@ class SegmentWriter:
         replaced."""
         data = frame(payload)
         self.size += len(data)
+        self._close_batch()
         if self._buffered or self._buf:
             self._buf += data
             if not self._buffered or len(self._buf) >= self._buffer_limit:
@@ -285,9 +295,14 @@ class SegmentWriter:
 
     def put_request(self, code: int, data: bytes) -> int:
         """Add a request record for unit ``code`` (see :meth:`JournalWriter.put_request`):
-        buffered, it is written with the next group; returns its ref (generation, offset)."""
+        buffered, it is written with the next group, in a batch frame with the other
+        records before it; returns its ref (generation, offset of its own frame)."""
         if self._broken is not None:
             raise type(self._broken)(*self._broken.args)
+        if self._batch is None:  # the batch's frame header and mark, filled in when closed
+            self._batch = len(self._buf)
+            self._buf += _BATCH_HEAD
+            self.size += len(_BATCH_HEAD)
         framed = frame(encode_request(code, data))
         ref = (self.gen << OFFSET_BITS) | self.size
         self.size += len(framed)
@@ -295,6 +310,17 @@ class SegmentWriter:
         if len(self._buf) >= self._buffer_limit:
             self.flush()
         return ref
+
+    def _close_batch(self) -> None:
+        """Fill in the open batch's frame header (its length and checksum)."""
+        start = self._batch
+        if start is None:
+            return
+        self._batch = None
+        with memoryview(self._buf) as buf:
+            body = buf[start + 8:]
+            _BATCH_FRAME.pack_into(buf, start, len(body), zlib.crc32(body))
+            body.release()
 
     def unwritten(self, ref: int, size: int) -> bytes | None:
         """The ``size`` bytes at ``ref`` if they are still in the buffer, else None."""
@@ -307,6 +333,7 @@ class SegmentWriter:
     def flush(self) -> None:
         """Write the buffered frames (``none`` durability, or kept after a failed write)
         with ``os.write``; on failure they stay buffered (see the class doc)."""
+        self._close_batch()
         if self._buf:
             self._write(bytes(self._buf))
             self._buf.clear()
@@ -667,7 +694,8 @@ class FileStore:
                 loaded.dropped_bytes += path.stat().st_size
                 continue
             try:
-                scan = scan_segment(read_regular(path), decode_record)
+                scan = scan_segment(read_regular(path), decode_record,
+                                    skip=(REQUEST_MARK, BATCH_MARK))
             except FileNotFoundError as exc:  # removed meanwhile (a reset): stop before it
                 scan = SegmentScan(problem=str(exc))
             scan.payloads = [group for group in scan.payloads if group is not None]
