@@ -789,6 +789,9 @@ def parse_args() -> argparse.Namespace:
                         help="run the JOBDIR + SQLite cases only up to this F (200000): each "
                              "push commits a transaction, about 2 ms a request, so F = "
                              "1,000,000 takes over half an hour per case")
+    parser.add_argument("--cases", default="",
+                        help="run only the cases whose name contains one of these words, "
+                             "comma-separated (e.g. 'checkpoint,JOBDIR,'; default: all)")
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where the temporary site log, project and crawls go")
@@ -797,6 +800,10 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.pending, args.rounds = str(QUICK_PENDING), 1
     args.targets = [int(x.replace("_", "")) for x in args.pending.split(",") if x.strip()]
+    words = [w.strip() for w in args.cases.split(",") if w.strip()]
+    args.cases = [c for c in CASES if not words or any(w in c.name for w in words)]
+    if not args.cases:
+        parser.error(f"--cases matches none of: {', '.join(c.name for c in CASES)}")
     if not args.targets or min(args.targets) <= BASELINE_PENDING or args.rounds < 1:
         parser.error(f"--pending values must be above {BASELINE_PENDING}, --rounds at least 1")
     return args
@@ -855,9 +862,10 @@ def run_all(args: argparse.Namespace) -> None:
 
 def measure(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, list[float]],
                                                             dict[int, dict[str, list[Run]]]]:
-    baselines: dict[str, list[float]] = {c.name: [] for c in CONFIGS}
+    configs = [c for c in CONFIGS if any(case.config is c for case in args.cases)]
+    baselines: dict[str, list[float]] = {c.name: [] for c in configs}
     for r in range(args.rounds):
-        for config in CONFIGS:
+        for config in configs:
             run = bench.crawl(Case(config.name, config, "SIGKILL"), BASELINE_PENDING,
                               bench.work / f"baseline{r}" / slug(config.name))
             baselines[config.name].append(run.peak_rss_mib)
@@ -868,7 +876,8 @@ def measure(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, list[floa
     for target in sorted(args.targets):
         runs[target] = {c.name: [] for c in CASES}
         for r in range(args.rounds):
-            order = CASES[r % len(CASES):] + CASES[:r % len(CASES)]
+            cases = args.cases
+            order = cases[r % len(cases):] + cases[:r % len(cases)]
             for case in order:
                 if case.name in guarded:
                     continue
