@@ -32,6 +32,7 @@ from .requests import (
     UnserializableRequest,
     needs_of,
     payload_to_request,
+    request_record,
     request_to_payload,
 )
 from .setup_requests import SETUP_META, SetupRequests
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
 
 logger = logging.getLogger("scrapy_checkpoint")
+
+#: What becomes of a request that cannot be journaled (see Frontier.payload).
+_UNJOURNALED = ("it is crawled but kept in memory only, so a crash before it finishes loses it "
+                "(the loss is counted, and the stage then ends 'incomplete')")
 
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
@@ -374,7 +379,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         #: Units done in this run (8 bytes each).
         self.done_here = DoneSet(timed=False)
         #: Which unit each request is (its fingerprint, or its place for dont_filter ones).
-        self.identity = UnitIdentity(crawler.request_fingerprinter.fingerprint)
+        self._fingerprint = crawler.request_fingerprinter.fingerprint
+        self.identity = UnitIdentity(self._fingerprint)
         #: Units of this run keyed by their fingerprint whose request bypassed the dupefilter
         #: (scheduled again with dont_filter, see schedule()): few, kept.
         self.unfiltered: set[int] = set()
@@ -430,13 +436,16 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             {(str(k), str(n)) for k, n in recorded} if isinstance(recorded, list)
             else _needs_of_journaled(cp))
         self._needs_changed = not isinstance(recorded, list)
+        # The distinct needs of the requests journaled in this run (see _note_needs).
+        self._needs_seen: set[tuple[tuple[str, str], ...]] = set()
 
     # -- scheduling --------------------------------------------------------------------------
 
-    def request_scheduled(self, request: Request, spider: Spider) -> None:
+    def request_scheduled(self, request: Request, spider: Spider, **_: Any) -> None:
         """``request_scheduled`` signal: register the request as a unit, or drop it
         (``IgnoreRequest``) when it is done, a duplicate, another worker's, or a unit's
-        redirect to the login page (the URL of a setup request)."""
+        redirect to the login page (the URL of a setup request). (``**_``: the signal's
+        other arguments, so the dispatcher passes them all rather than pick them.)"""
         if not self.active:
             return
         meta = request.meta
@@ -461,6 +470,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             self._registered.add(request)
             return
         cp = self.cp
+        journal = cp.live
         self._just_registered = None
         continued = False
         if request is self._rescheduled:
@@ -468,8 +478,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         elif request.dont_filter:
             code, continued = self.identity.unfiltered_code(request, self.live)
         else:
-            code = key_code(self.crawler.request_fingerprinter.fingerprint(request))
-        if code in cp.live.done:
+            code = key_code(self._fingerprint(request))
+        if code in journal.done:
             if code not in self.done_here:
                 self.skipped += 1
                 self.stats.inc_value("checkpoint/skipped")
@@ -481,7 +491,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         if self.pairing is not None:
             self.pairing.queue(request, code, spider, continuation=continued)
             return
-        if self.lazy and code not in self.live and cp.live.pending.has_payload(code):
+        if self.lazy and code not in self.live and journal.pending.has_payload(code):
             self._drop_duplicate(request, code)  # queued on disk
             return
         if code in self.live:
@@ -506,18 +516,18 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         self._just_registered = request
         if request.dont_filter and code == self.identity.plain_code(request):
             self.unfiltered.add(code)
-        if code not in cp.live.pending:
+        if code not in journal.pending:
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
-            payload = self.payload(request, spider)
+            record = self.record(request, spider)
             try:
-                cp.add_unit(code, payload, request.priority)
+                cp.add_unit(code, record, request.priority)
             except CheckpointError as exc:  # its record cannot be written: the crawl stops
                 self.stop(exc)
                 return
             if self.progress is not None:
                 self.progress.add(meta.get("depth", 0))
-            if payload is not None and self.lazy:
+            if record is not None and self.lazy:
                 self._admitted = request
 
     def _drop_duplicate(self, request: Request, code: int) -> None:
@@ -555,24 +565,45 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
                 self.stop(exc)
 
     def payload(self, request: Request, spider: Spider, *,
-                then: str = "it is crawled but kept in memory only, so a crash before it "
-                            "finishes loses it (the loss is counted, and the stage then ends "
-                            "'incomplete')") -> dict[str, Any] | None:
+                then: str = _UNJOURNALED) -> dict[str, Any] | None:
         """The request as a journal payload, or None (one warning per kind, and a stat) when it
         cannot be one; ``then`` says what becomes of it."""
         try:
             payload = request_to_payload(request, spider)
         except UnserializableRequest as exc:
-            self.warn_once(f"unserializable:{exc.kind}",
-                           f"A request cannot be journaled ({exc}); {then}.")
-            self.stats.inc_value("checkpoint/unserializable")
+            self._unserializable(exc, then)
             return None
-        needs = self.needs
-        for need in needs_of(payload):
-            if need not in needs:
-                needs.add(need)
-                self._needs_changed = True
+        self._note_needs(tuple(needs_of(payload)))
         return payload
+
+    def record(self, request: Request, spider: Spider, *,
+               then: str = _UNJOURNALED) -> bytes | None:
+        """:meth:`payload` as the request record's bytes (UTF-8 JSON, encoded once), for
+        :meth:`EnhancedCheckpoint.add_unit`."""
+        try:
+            data, needs = request_record(request, spider)
+        except UnserializableRequest as exc:
+            self._unserializable(exc, then)
+            return None
+        self._note_needs(needs)
+        return data
+
+    def _unserializable(self, exc: UnserializableRequest, then: str) -> None:
+        self.warn_once(f"unserializable:{exc.kind}",
+                       f"A request cannot be journaled ({exc}); {then}.")
+        self.stats.inc_value("checkpoint/unserializable")
+
+    def _note_needs(self, needs: tuple[tuple[str, str], ...]) -> None:
+        """Add what a journaled request needs to :attr:`needs` (each distinct tuple looked
+        at once: most requests of a crawl need the same)."""
+        if needs in self._needs_seen:
+            return
+        self._needs_seen.add(needs)
+        known = self.needs
+        for need in needs:
+            if need not in known:
+                known.add(need)
+                self._needs_changed = True
 
     def needs_changed(self) -> list[list[str]] | None:
         """What every journaled request needs (see :func:`.requests.needs_of`), for the

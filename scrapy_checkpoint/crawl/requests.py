@@ -76,17 +76,75 @@ def _request_dict(request: Request, spider: Spider) -> dict[str, Any]:
     return d
 
 
-def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
-    """A JSON-serialisable dict that :func:`payload_to_request` turns back into the request."""
-    try:
-        d = _request_dict(request, spider)
-    except ValueError as exc:  # a callback that is not a spider method
-        raise UnserializableRequest("callback", str(exc)) from None
-    d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs] for k, vs in d["headers"].items()}
-    d["body"] = _b64(d["body"])
-    for key, default in _DEFAULTS.items():  # left out: a record is its request's own values
-        if key in d and d[key] == default:
-            del d[key]
+def _b64_cached(data: bytes, cache: dict[bytes, str]) -> str:
+    """:func:`_b64` of a header value, remembered: the requests a page yields share their
+    Referer (the cache is emptied when it holds 64 values)."""
+    text = cache.get(data)
+    if text is None:
+        if len(cache) >= 64:
+            cache.clear()
+        text = cache[data] = _b64(data)
+    return text
+
+
+_HEADER_TEXT: dict[bytes, str] = {}
+
+
+def _plain_dict(request: Request, spider: Spider) -> dict[str, Any] | None:
+    """:func:`_request_dict` as journaled (headers and body as base64, attributes with
+    Request's defaults left out), built in one pass for a :class:`Request` whose callback
+    and errback are named directly; else (``None``) the caller takes the general path. The
+    keys come in the same order, so the record is the same bytes."""
+    if request.attributes is not _PLAIN_ATTRIBUTES:
+        return None
+    callback = _method_name(spider, request.callback)
+    errback = _method_name(spider, request.errback)
+    if callback is _SLOW or errback is _SLOW:
+        return None
+    d: dict[str, Any] = {"url": request.url, "callback": callback}
+    if errback is not None:
+        d["errback"] = errback
+    headers: dict[Any, Any] = dict(request.headers)
+    if headers:
+        cache = _HEADER_TEXT
+        d["headers"] = {k.decode("latin-1"): [_b64_cached(v, cache) for v in vs]
+                        for k, vs in headers.items()}
+    for attr, default in _PLAIN_DEFAULTS:  # left out as the general path does
+        value = getattr(request, attr)
+        if value != default:
+            d[attr] = value
+    if "body" in d:
+        d["body"] = _b64(d["body"])
+    if type(request) is not Request:
+        d["_class"] = f"{type(request).__module__}.{type(request).__name__}"
+    return d
+
+
+#: The attributes of the requests :func:`_plain_dict` builds (a subclass that adds some
+#: takes the general path).
+_PLAIN_ATTRIBUTES = Request.attributes
+#: The attributes :func:`_plain_dict` copies, in Request.attributes' order (so in the
+#: general path's), and the values left out (``_SLOW``: none; the body before base64).
+_PLAIN_DEFAULTS = tuple((attr, b"" if attr == "body" else _DEFAULTS.get(attr, _SLOW))
+                        for attr in _PLAIN_ATTRIBUTES
+                        if attr not in ("url", "callback", "errback", "headers"))
+
+
+def _payload_dict(request: Request, spider: Spider) -> dict[str, Any]:
+    """The request's payload, not detached: ``meta``, ``cb_kwargs``, ``cookies`` and
+    ``flags`` may be the live request's own (encode it at once)."""
+    d = _plain_dict(request, spider)
+    if d is None:
+        try:
+            d = _request_dict(request, spider)
+        except ValueError as exc:  # a callback that is not a spider method
+            raise UnserializableRequest("callback", str(exc)) from None
+        d["headers"] = {k.decode("latin-1"): [_b64(v) for v in vs]
+                        for k, vs in d["headers"].items()}
+        d["body"] = _b64(d["body"])
+        for key, default in _DEFAULTS.items():  # left out: a record is its request's own values
+            if key in d and d[key] == default:
+                del d[key]
     tagged = None
     for part in ("meta", "cb_kwargs"):
         value = d.get(part)
@@ -98,8 +156,13 @@ def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
             if tagged is None:
                 tagged = d[TAGGED] = []
             tagged.append(part)
+    return d
+
+
+def _dumps_checked(d: dict[str, Any]) -> str:
+    """``json.dumps(d)``; UnserializableRequest naming the part that is not JSON."""
     try:
-        text = json.dumps(d)
+        return json.dumps(d)
     except (TypeError, ValueError):
         for part in ("meta", "cb_kwargs", "cookies"):
             try:
@@ -111,6 +174,59 @@ def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise UnserializableRequest("attribute", str(exc)) from None
         raise
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _fast_compact() -> Any:
+    """``_COMPACT.encode`` without building an encoder per call (``json`` makes one on each
+    ``encode``, a third of the cost of a request's record): the C encoder, made once, without
+    the circular-reference check (a cycle raises RecursionError, and the caller takes the
+    checked path). None when this Python has no C encoder or it does not write what
+    ``_COMPACT`` writes."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",",
+                       False, False, True)
+        sample = {"a": [1, 2.5, None, True, "\u00e9"], "b": {"c": float("inf")}, "d": 1 << 64}
+        if "".join(encoder(sample, 0)) != _COMPACT.encode(sample):
+            return None
+    except Exception:
+        return None
+    return encoder
+
+
+_FAST_COMPACT = _fast_compact()
+
+
+def request_record(request: Request, spider: Spider) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    """The request's record (its :func:`request_to_payload` payload as compact UTF-8 JSON,
+    encoded once) and what it needs (:func:`needs_of`, as a tuple). Raises
+    UnserializableRequest as :func:`request_to_payload`."""
+    d = _payload_dict(request, spider)
+    text = None
+    if _FAST_COMPACT is not None:
+        try:
+            text = "".join(_FAST_COMPACT(d, 0))
+        except (TypeError, ValueError, RecursionError):
+            text = None  # the checked path says what is wrong
+    if text is None:
+        _dumps_checked(d)
+        text = _COMPACT.encode(d)
+    return text.encode(), _needs(d)
+
+
+def request_to_payload(request: Request, spider: Spider) -> dict[str, Any]:
+    """A JSON-serialisable dict that :func:`payload_to_request` turns back into the request."""
+    d = _payload_dict(request, spider)
+    text = _dumps_checked(d)
     # A detached copy: the live request's meta keeps changing (download_slot, latency...)
     # after it was journaled, and snapshots are encoded on another thread.
     payload: dict[str, Any] = json.loads(text)
@@ -152,14 +268,25 @@ def needs_of(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What a journaled request needs from the spider and the imported modules to be rebuilt:
     ``(kind, name)`` pairs, ``kind`` being ``"callback"``, ``"errback"``, ``"request class"``
     or ``"item class"``."""
-    needs = [(kind, name) for kind, name in (("callback", payload.get("callback")),
-                                             ("errback", payload.get("errback")),
-                                             ("request class", payload.get("_class"))) if name]
+    return list(_needs(payload))
+
+
+def _needs(payload: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """:func:`needs_of` as a tuple (the same for most requests of a crawl: a set key)."""
+    get = payload.get
+    callback, errback, cls = get("callback"), get("errback"), get("_class")
+    needs: tuple[tuple[str, str], ...] = ()
+    if callback:
+        needs = (("callback", callback),)
+    if errback:
+        needs += (("errback", errback),)
+    if cls:
+        needs += (("request class", cls),)
     if TAGGED in payload:
         classes: set[str] = set()
         for part in payload[TAGGED]:
             values.item_classes(payload.get(part), classes)
-        needs += [("item class", path) for path in sorted(classes)]
+        needs += tuple(("item class", path) for path in sorted(classes))
     return needs
 
 

@@ -141,10 +141,10 @@ class ScrapyRedisPairing:
         if shared.status != "running":
             with contextlib.suppress(Exception):  # the heartbeat thread writes it later
                 shared.beat("running")
-        payload = frontier.payload(request, frontier.crawler.spider)
+        record = frontier.record(request, frontier.crawler.spider)
         try:
-            if payload is not None:
-                cp.add_unit(code, payload, request.priority)
+            if record is not None:
+                cp.add_unit(code, record, request.priority)
         except CheckpointError as exc:  # its record cannot be written: the crawl stops
             frontier.stop(exc)
             return
