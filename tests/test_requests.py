@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 import scrapy
-from scrapy.http import FormRequest
+from scrapy.http import FormRequest, JsonRequest
 from scrapy.http.request import NO_CALLBACK
 
 from scrapy_checkpoint.crawl.requests import (
     UnserializableRequest,
     _request_dict,
+    needs_of,
     payload_to_request,
+    request_record,
     request_to_payload,
 )
 
@@ -63,6 +65,23 @@ def test_round_trip_through_json() -> None:
         assert back.to_dict(spider=spider) == request.to_dict(spider=spider)
 
 
+def test_the_record_is_the_payload_encoded_once() -> None:
+    """request_record(): the compact JSON of request_to_payload's dict (the bytes journaled
+    before it existed) and what it needs."""
+    spider = Spider()
+    requests = [*_requests(spider),
+                scrapy.Request("http://127.0.0.1/e", callback=spider.parse, priority=0,
+                               flags=(), cookies=[{"name": "n", "value": "v"}],
+                               meta={"when": (1, 2), "b": b"x", 1: "not a str key"},
+                               headers={"Referer": "http://127.0.0.1/\u00e9"}),
+                JsonRequest("http://127.0.0.1/f", data={"q": 1}, callback=spider.parse)]
+    for request in requests:
+        payload = request_to_payload(request, spider)
+        data, needs = request_record(request, spider)
+        assert data == json.dumps(payload, separators=(",", ":")).encode()
+        assert list(needs) == needs_of(payload)
+
+
 def test_the_payload_is_detached_from_the_live_request() -> None:
     spider = Spider()
     request = _requests(spider)[0]
@@ -73,14 +92,24 @@ def test_the_payload_is_detached_from_the_live_request() -> None:
     assert payload["meta"]["tags"] == ["x"]
 
 
+def _cyclic() -> dict[str, Any]:
+    cookies: dict[str, Any] = {}
+    cookies["me"] = cookies
+    return cookies
+
+
 @pytest.mark.parametrize(("make", "kind"), [
     (lambda s: scrapy.Request("http://127.0.0.1/", callback=lambda r: None), "callback"),
     (lambda s: scrapy.Request("http://127.0.0.1/", callback=NO_CALLBACK), "callback"),
     (lambda s: scrapy.Request("http://127.0.0.1/", meta={"obj": object()}), "meta"),
     (lambda s: scrapy.Request("http://127.0.0.1/", cb_kwargs={"s": {1, object()}}), "cb_kwargs"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", cookies={"c": object()}), "cookies"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", cookies=_cyclic()), "cookies"),
+    (lambda s: scrapy.Request("http://127.0.0.1/", flags=[object()]), "attribute"),
 ])
 def test_what_cannot_be_journaled_says_why(make: Any, kind: str) -> None:
     spider = Spider()
-    with pytest.raises(UnserializableRequest) as info:
-        request_to_payload(make(spider), spider)
-    assert info.value.kind == kind
+    for journal in (request_to_payload, request_record):
+        with pytest.raises(UnserializableRequest) as info:
+            journal(make(spider), spider)
+        assert info.value.kind == kind
