@@ -213,3 +213,51 @@ def test_crawler_process_script_resumes_after_a_kill(tmp_path: Path, site: Site)
     pages = [json.loads(line)["page"] for line in (tmp_path / "items.jl").read_text().splitlines()]
     assert sorted(pages) == list(range(N_PAGES))
     assert _state(tmp_path).status is Status.COMPLETED
+
+
+_OFFSITE_SPIDER = '''
+import scrapy
+
+
+class OffsiteLinks(scrapy.Spider):
+    name = "offsite_links"
+    allowed_domains = ["127.0.0.1"]
+    custom_settings = {"ADDONS": {"scrapy_checkpoint.Addon": 100}, "RETRY_ENABLED": False,
+                       "TELNETCONSOLE_ENABLED": False}
+
+    def __init__(self, base="", **kwargs):
+        super().__init__(**kwargs)
+        self.start_urls = [f"{base}/p/0"]
+
+    def parse(self, response):
+        page = int(response.css("h1::text").get().split()[1])
+        yield {"page": page}
+        yield scrapy.Request(f"http://offsite.invalid/p/{page}")  # outside allowed_domains
+        yield from response.follow_all(css="a", callback=self.parse)
+'''
+
+
+def test_requests_outside_allowed_domains_are_not_units(tmp_path: Path, site: Site) -> None:
+    """OffsiteMiddleware refuses them in its request_scheduled handler, which the engine
+    drops without a signal: they must not be journaled as pending (the stage would end
+    'incomplete', a unit lost for each), and the crawl is plain Scrapy's."""
+    spider = tmp_path / "offsite_spider.py"
+    spider.write_text(_OFFSITE_SPIDER)
+
+    def crawl_into(directory: Path, *extra: str) -> tuple[list[int], str]:
+        directory.mkdir()
+        result = run(site, [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a",
+                            f"base={site.url}", "-o", str(directory / "items.jl"),
+                            "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}", *extra],
+                     directory, cwd=tmp_path)
+        assert result.returncode == 0, result.log[-3000:]
+        lines = (directory / "items.jl").read_text().splitlines()
+        filtered = result.log.split("'offsite/filtered': ", 1)[1].split(",", 1)[0]
+        return sorted(json.loads(line)["page"] for line in lines), filtered
+
+    plain = crawl_into(tmp_path / "plain", "-s", "CHECKPOINT_ENABLED=False")
+    assert crawl_into(tmp_path / "addon") == plain
+    assert set(plain[0]) == set(range(N_PAGES))
+    state = read_stage(FileStore(tmp_path / "addon" / "checkpoints"), "offsite_links").state
+    assert state.status is Status.COMPLETED, state.lost
+    assert state.lost == {}

@@ -9,6 +9,8 @@ scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
 ``hook_spider_output()`` sees what each callback or errback yields, after the spider
 middlewares, through the scraper's ``handle_spider_output_async`` (2.13 to 2.19):
 errback output bypasses the spider middlewares, so a spider middleware would miss it.
+``hook_refusals()`` sees the requests a ``request_scheduled`` receiver refused, which the
+engine drops without a signal (``_schedule_request``, the scheduler's ``enqueue_request``).
 ``wake()``
 uses the slot's ``nextcall`` to make an idle engine look at its scheduler now,
 ``crawl_started()`` reads the crawler's engine slot without the error ``crawler.engine`` raises
@@ -60,6 +62,41 @@ def hook_request_lifecycle(engine: Any, on_start: RequestHook, on_finish: Reques
 
     slot.add_request = add
     slot.remove_request = remove
+
+
+def hook_refusals(engine: Any, on_refused: RequestHook) -> None:
+    """Call ``on_refused(request)`` when a request the engine was given to schedule reached
+    neither the scheduler nor ``request_dropped``: a ``request_scheduled`` receiver raised
+    IgnoreRequest (OffsiteMiddleware's, or the checkpoint's own), and the engine dropped it
+    without a signal. Every receiver is called whatever the others do, so a receiver cannot
+    tell. Wraps ``ExecutionEngine._schedule_request`` and the scheduler's ``enqueue_request``
+    (Scrapy 2.13 to 2.19). A hook that raises is logged, never breaks the crawl. Raises
+    RuntimeError on a Scrapy without them."""
+    schedule = getattr(engine, "_schedule_request", None)
+    scheduler: Any = getattr(getattr(engine, "_slot", None), "scheduler", None)
+    enqueue = getattr(scheduler, "enqueue_request", None)
+    if not callable(schedule) or not callable(enqueue):
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see which requests the engine schedules in this Scrapy "
+            "version (ExecutionEngine._schedule_request or the scheduler's enqueue_request is "
+            "missing). Use Scrapy 2.13-2.19.")
+    reached: list[Request | None] = [None]
+
+    def enqueue_request(request: Request) -> bool:
+        reached[0] = request
+        return bool(enqueue(request))
+
+    def schedule_request(request: Request) -> None:
+        reached[0] = None
+        schedule(request)
+        if reached[0] is not request:
+            try:
+                on_refused(request)
+            except Exception:
+                logger.exception("scrapy-checkpoint failed to record a refused %s", request)
+
+    scheduler.enqueue_request = enqueue_request
+    engine._schedule_request = schedule_request
 
 
 def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None]) -> None:

@@ -39,6 +39,7 @@ from ..stores.base import Store
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
+    hook_refusals,
     hook_request_lifecycle,
     hook_spider_output,
 )
@@ -263,6 +264,7 @@ class CheckpointExtension:
                         "nothing to do. Raise the limit to crawl on, or start over with "
                         "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
             raise CloseSpider(f"closespider_{counter}")
+        hook_refusals(self.crawler.engine, frontier.refused)
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
         hook_spider_output(self.crawler.engine, frontier.child_yielded)

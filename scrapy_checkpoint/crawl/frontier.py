@@ -564,6 +564,26 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             except CheckpointError as exc:
                 self.stop(exc)
 
+    def refused(self, request: Request) -> None:
+        """The engine dropped ``request`` without a signal: a ``request_scheduled`` receiver
+        raised IgnoreRequest (OffsiteMiddleware's for a URL outside ``allowed_domains``).
+        If it became a unit just now, the unit is taken back: neither pending nor done, as
+        without the add-on, where the request never existed."""
+        if not self.active or request is not self._just_registered:
+            return
+        self._just_registered = None
+        self._admitted = None
+        code = request.meta.pop(UNIT_META)
+        self.unfiltered.discard(code)
+        self._registered.discard(request)
+        self.let_go(code)
+        if self.progress is not None:
+            self.progress.finish(request.meta.get("depth", 0))
+        try:
+            self.cp.hand_off([code])
+        except CheckpointError as exc:
+            self.stop(exc)
+
     def payload(self, request: Request, spider: Spider, *,
                 then: str = _UNJOURNALED) -> dict[str, Any] | None:
         """The request as a journal payload, or None (one warning per kind, and a stat) when it

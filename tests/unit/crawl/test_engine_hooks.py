@@ -11,7 +11,12 @@ import pytest
 from scrapy import Request
 from scrapy.core.scraper import Scraper
 
-from scrapy_checkpoint.crawl.engine_hooks import hook_request_lifecycle, hook_spider_output, wake
+from scrapy_checkpoint.crawl.engine_hooks import (
+    hook_refusals,
+    hook_request_lifecycle,
+    hook_spider_output,
+    wake,
+)
 
 
 class Slot:
@@ -132,3 +137,45 @@ def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
 def test_an_engine_without_the_scraper_method_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"handle_spider_output_async is missing"):
         hook_spider_output(SimpleNamespace(scraper=None), print)
+
+
+def test_refusals_are_the_requests_that_reach_neither_scheduler_nor_drop() -> None:
+    """As ExecutionEngine._schedule_request: a receiver's IgnoreRequest returns before the
+    scheduler; otherwise the scheduler takes the request, or refuses it (request_dropped)."""
+    refused_by_receiver = {"http://127.0.0.1/offsite"}
+    enqueued: list[str] = []
+
+    class Engine:
+        def __init__(self) -> None:
+            self._slot = SimpleNamespace(scheduler=SimpleNamespace(enqueue_request=self.enqueue))
+
+        def enqueue(self, request: Request) -> bool:
+            enqueued.append(request.url)
+            return not request.url.endswith("dup")
+
+        def _schedule_request(self, request: Request) -> None:
+            if request.url in refused_by_receiver:
+                return
+            self._slot.scheduler.enqueue_request(request)
+
+        def crawl(self, request: Request) -> None:
+            self._schedule_request(request)
+
+    engine = Engine()
+    refused: list[str] = []
+    hook_refusals(engine, lambda r: refused.append(r.url))
+    for url in ("http://127.0.0.1/a", "http://127.0.0.1/offsite", "http://127.0.0.1/dup"):
+        engine.crawl(Request(url))
+    assert refused == ["http://127.0.0.1/offsite"]
+    assert enqueued == ["http://127.0.0.1/a", "http://127.0.0.1/dup"]
+
+
+def test_scrapys_engine_schedules_through_the_methods_the_refusal_hook_wraps() -> None:
+    import inspect
+
+    from scrapy.core.engine import ExecutionEngine
+
+    assert "self._schedule_request(" in inspect.getsource(ExecutionEngine.crawl)
+    source = inspect.getsource(ExecutionEngine._schedule_request)
+    assert "IgnoreRequest" in source
+    assert ".scheduler.enqueue_request(" in source
