@@ -141,23 +141,14 @@ class PendingIndex:
 
     def add(self, code: int, ref: int, length: int = 0, priority: int = 0) -> bool:
         """Make ``code`` pending, its record at ``ref`` (``length`` bytes); False if it is."""
-        slots, codes, lengths, mask = self.slots, self.codes, self.lengths, self._mask
-        i = code & mask
-        while True:
-            s = slots[i]
-            if not s:
-                self._filled += 1
-                break
-            s -= 1
-            if codes[s] == code:
-                if lengths[s] != _HOLE:
-                    return False
-                break  # its hole from before: the slot is taken over
-            i = (i + 1) & mask
-        slots[i] = len(codes) + 1
+        codes = self.codes
+        i = self._free_slot(code, len(codes))
+        if i < 0:
+            return False
+        self.slots[i] = len(codes) + 1
         codes.append(code)
         self.refs.append(ref)
-        lengths.append(length)
+        self.lengths.append(length)
         self.priorities.append(clamp_priority(priority))
         self._live += 1
         if ref <= MAX_REF:
@@ -165,9 +156,24 @@ class PendingIndex:
             self._places[place] = self._places.get(place, 0) + 1
         elif ref == NO_REF:
             self._unjournaled += 1
-        if self._filled * 10 > (mask + 1) * 7:
+        if self._filled * 10 > len(self.slots) * 7:
             self._rebuild_slots()
         return True
+
+    def _free_slot(self, code: int, known: int) -> int:
+        """The slot for ``code`` as a new unit: an empty one (now counted as filled), or the
+        one of its hole from before (taken over); -1 if it is pending. Slots of positions
+        past ``known`` belong to units not in the arrays yet (others: :meth:`add_many`)."""
+        slots, codes, lengths, mask = self.slots, self.codes, self.lengths, self._mask
+        i = code & mask
+        while True:
+            s = slots[i]
+            if not s:
+                self._filled += 1
+                return i
+            if s <= known and codes[s - 1] == code:
+                return -1 if lengths[s - 1] != _HOLE else i
+            i = (i + 1) & mask
 
     def add_many(self, codes: array[int], refs: array[int], lengths: array[int],
                  priorities: array[int], done: Any = ()) -> int:
@@ -180,27 +186,19 @@ class PendingIndex:
                        for k, code in enumerate(codes) if code not in done)
         if (self._filled + len(codes)) * 10 > len(self.slots) * 7:
             self._rebuild_slots(room=len(codes))
-        slots, mask, my_codes, my_lengths = self.slots, self._mask, self.codes, self.lengths
-        base = pos = len(my_codes)
+        slots, free_slot = self.slots, self._free_slot
+        known = pos = len(self.codes)
         for code in codes:
             pos += 1
-            i = code & mask
-            while True:
-                s = slots[i]
-                if not s:
-                    self._filled += 1
-                    break
-                if s <= base and my_codes[s - 1] == code:  # not one of these: in the arrays
-                    if my_lengths[s - 1] != _HOLE:  # pending already: a repeating journal
-                        self._rebuild_slots()  # forgets the slots set here
-                        return sum(self.add(code, refs[k], lengths[k], priorities[k])
-                                   for k, code in enumerate(codes))
-                    break  # its hole from before: the slot is taken over
-                i = (i + 1) & mask
+            i = free_slot(code, known)
+            if i < 0:  # pending already: a journal that repeats a unit
+                self._rebuild_slots()  # forgets the slots set here
+                return sum(self.add(code, refs[k], lengths[k], priorities[k])
+                           for k, code in enumerate(codes))
             slots[i] = pos
-        my_codes.extend(codes)
+        self.codes.extend(codes)
         self.refs.extend(refs)
-        my_lengths.extend(lengths)
+        self.lengths.extend(lengths)
         self.priorities.extend(priorities)
         self._live += len(codes)
         self._count_places(refs)

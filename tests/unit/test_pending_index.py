@@ -148,3 +148,27 @@ def test_an_index_with_a_code_map_after_it_still_loads() -> None:
                                                struct.pack("<QQI", 1024, 3, zlib.crc32(body))),
                                 code_map=True)
     assert INLINE not in back
+
+
+def test_add_many_is_add_one_by_one() -> None:
+    """A replayed group's units go in as blocks; what they leave out (pending already,
+    repeated in the group, done) and the holes they take over are those of add()."""
+    rng = random.Random(11)
+    pool = [rng.getrandbits(64) for _ in range(400)] + list(range(16))
+    blocks, one = PendingIndex(), PendingIndex()
+    for step in range(300):
+        codes = array("Q", rng.sample(pool, rng.randrange(0, 40)))
+        if step % 7 == 0 and codes:
+            codes.append(codes[0])  # a group that repeats a unit
+        refs = array("Q", (rng.getrandbits(41) for _ in codes))
+        lengths = array("I", (rng.getrandbits(10) for _ in codes))
+        priorities = array("i", (rng.randint(-3, 3) for _ in codes))
+        done = set(rng.sample(pool, 5)) if step % 5 == 0 else ()
+        added = blocks.add_many(codes, refs, lengths, priorities, done)
+        assert added == sum(one.add(code, refs[k], lengths[k], priorities[k])
+                            for k, code in enumerate(codes) if code not in done)
+        for code in rng.sample(pool, 15):
+            assert blocks.discard(code) == one.discard(code)
+        assert list(blocks.entries()) == list(one.entries())
+        assert blocks.counts() == one.counts()
+    assert all((code in blocks) == (code in one) for code in pool)
