@@ -801,8 +801,8 @@ def parse_args() -> argparse.Namespace:
         args.pending, args.rounds = str(QUICK_PENDING), 1
     args.targets = [int(x.replace("_", "")) for x in args.pending.split(",") if x.strip()]
     words = [w.strip() for w in args.cases.split(",") if w.strip()]
-    args.cases = [c for c in CASES if not words or any(w in c.name for w in words)]
-    if not args.cases:
+    args.selected = [c for c in CASES if not words or any(w in c.name for w in words)]
+    if not args.selected:
         parser.error(f"--cases matches none of: {', '.join(c.name for c in CASES)}")
     if not args.targets or min(args.targets) <= BASELINE_PENDING or args.rounds < 1:
         parser.error(f"--pending values must be above {BASELINE_PENDING}, --rounds at least 1")
@@ -862,7 +862,7 @@ def run_all(args: argparse.Namespace) -> None:
 
 def measure(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, list[float]],
                                                             dict[int, dict[str, list[Run]]]]:
-    configs = [c for c in CONFIGS if any(case.config is c for case in args.cases)]
+    configs = [c for c in CONFIGS if any(case.config is c for case in args.selected)]
     baselines: dict[str, list[float]] = {c.name: [] for c in configs}
     for r in range(args.rounds):
         for config in configs:
@@ -876,7 +876,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, list[floa
     for target in sorted(args.targets):
         runs[target] = {c.name: [] for c in CASES}
         for r in range(args.rounds):
-            cases = args.cases
+            cases = args.selected
             order = cases[r % len(cases):] + cases[:r % len(cases)]
             for case in order:
                 if case.name in guarded:
@@ -922,7 +922,7 @@ def report(args: argparse.Namespace, baselines: dict[str, list[float]],
     if args.json:
         data = {"command": command_line(), "code": code_version(), "time": time.time(),
                 "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
-                "args": {k: v for k, v in vars(args).items() if k != "worker"},
+                "args": {k: v for k, v in vars(args).items() if k not in ("worker", "selected")},
                 "baseline_peak_rss_mib": baselines,
                 "runs": {str(t): {n: [asdict(r) for r in rs] for n, rs in per.items()}
                          for t, per in runs.items()},
