@@ -16,7 +16,11 @@ What is measured
       listing   listing pages 1..P, each linking first to the next listing page and then to
                 20 detail pages; a detail page links only back to listing page 1 (P * 21 is
                 about ``--pages``). Scrapy's scheduler is LIFO, so the details are fetched
-                before the next listing page: the frontier grows 20 pages at a time
+                before the next listing page: the frontier grows 20 pages at a time. Crawled
+                the way listing spiders are written: a ``parse_listing`` callback follows the
+                next listing page (``parse_listing``) and the details (``parse_detail``)
+      listing1  the same site, crawled by the spider that follows every link with one
+                callback (``parse``): nothing tells a listing page from a detail page
       sitemap   a sitemap index -> 6 sitemaps -> ``--pages`` pages, crawled by a
                 SitemapSpider (the pages have no links)
 
@@ -38,8 +42,9 @@ What is measured
       ETA err %   (ETA shown - true remaining) / true remaining * 100 (negative: too early;
                   "unknown" when the line says so)
       lead pts    percent shown - true percent, in points (positive: ahead of the truth)
-    and over the whole run: the largest lead, and whether a line showed >= 99 % while more
-    than 1 % of the work was left ("false 99%": in how many of the rounds).
+    and over the whole run: the largest lead, the largest fall of the percent from one line to
+    the next ("max drop pts"), and whether a line showed >= 99 % while more than 1 % of the
+    work was left ("false 99%": in how many of the rounds).
     ``scrapy-checkpoint --dir DIR show STAGE --json`` is also sampled every ``--show-every``
     seconds during the fresh crawls (its ``percent`` and ``eta_seconds``), scored the same way.
 
@@ -52,8 +57,9 @@ What is measured
 
 How
     python benchmarks/bench_eta.py [--rounds 3] [--pages 2000] [--delay 20] [--concurrency 2]
-                                   [--sites tree,wide,listing,sitemap] [--quick] [--json FILE]
-                                   [--dir DIR] [--show-every 8]
+                                   [--sites tree,wide,listing,listing1,sitemap]
+                                   [--scenarios fresh,history,resume] [--skip-tracker]
+                                   [--quick] [--json FILE] [--dir DIR] [--show-every 8]
 
     ``--quick``: the tree site only, 400 pages, 1 round, short tracker phases (under a minute).
 """
@@ -63,6 +69,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import itertools
 import json
 import logging
 import math
@@ -98,6 +105,7 @@ from _common import (
 from _common import write_project as write_package
 
 QUARTILES = (25, 50, 75)
+SCENARIOS = ("fresh", "history", "resume")
 KILL_AT = 0.40  # the resume scenario's crash, as a fraction of the site's pages
 RESUME_WINDOW = 10.0  # seconds after the second run starts whose progress lines are scored
 SITEMAPS = 6
@@ -197,6 +205,7 @@ class Wide(SiteModel):
 
 class Listing(SiteModel):
     name = "listing"
+    spider = "listing"
 
     def __init__(self, pages: int) -> None:
         super().__init__(pages)
@@ -261,7 +270,13 @@ class Sitemap(SiteModel):
         return None
 
 
-SITE_CLASSES: dict[str, type[SiteModel]] = {c.name: c for c in (Tree, Wide, Listing, Sitemap)}
+class ListingOneCallback(Listing):
+    name = "listing1"
+    spider = "site"
+
+
+SITE_CLASSES: dict[str, type[SiteModel]] = {
+    c.name: c for c in (Tree, Wide, Listing, ListingOneCallback, Sitemap)}
 
 
 def make_sites(names: Sequence[str], pages: int) -> dict[str, SiteModel]:
@@ -280,6 +295,8 @@ def serve_worker(hits_path: str, delay_ms: float, names: str, pages: int) -> Non
 
     sites = make_sites(names.split(","), pages)
     by_prefix = {"tree": "tree", "wide": "wide", "list": "listing", "sm": "sitemap"}
+    if "listing" not in sites and "listing1" in sites:
+        sites["listing"] = sites["listing1"]  # the same site
     hits = open(hits_path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
 
     class Pages(Resource):
@@ -361,6 +378,33 @@ class SiteSpider(scrapy.Spider):
         yield {"url": response.url, "title": response.css("title::text").get()}
         for href in response.css("a::attr(href)").getall():
             yield response.follow(href, callback=self.parse)
+
+
+class ListingSpider(scrapy.Spider):
+    """A paginated listing from -a start=URL: each listing page's first link is the next
+    listing page, the others are detail pages; one item per page."""
+
+    name = "listing"
+
+    def __init__(self, start="", **kwargs):
+        super().__init__(**kwargs)
+        self.start_url = start
+
+    async def start(self):
+        yield scrapy.Request(self.start_url, callback=self.parse_listing)
+
+    def parse_listing(self, response):
+        yield {"url": response.url, "title": response.css("title::text").get()}
+        links = response.css("a::attr(href)").getall()
+        for href in links:
+            if "/list/p" in href:
+                yield response.follow(href, callback=self.parse_listing)
+            else:
+                yield response.follow(href, callback=self.parse_detail)
+
+    def parse_detail(self, response):
+        yield {"url": response.url, "title": response.css("title::text").get()}
+        # its link back to the first listing page is already known
 
 
 class PagesSpider(SitemapSpider):
@@ -527,6 +571,8 @@ class Score:
     eta_err: dict[int, float | None] = field(default_factory=dict)  # by quartile of true work
     lead: dict[int, float | None] = field(default_factory=dict)
     max_lead: float | None = None
+    #: the largest fall of the percent from one sample to the next (points)
+    max_drop: float | None = None
     false_99: bool = False
     samples: int = 0
 
@@ -548,6 +594,8 @@ def score(samples: list[Sample], truth: Truth, since: float = 0.0) -> Score:
             result.eta_err[q] = result.lead[q] = None
     leads = [x for x in (lead(s, truth) for s in samples) if x is not None]
     result.max_lead = max(leads) if leads else None
+    shown = [s.percent for s in samples if s.percent is not None]
+    result.max_drop = max([0.0, *(a - b for a, b in itertools.pairwise(shown))]) if shown else None
     result.false_99 = any(s.percent is not None and s.percent >= 99.0
                           and truth.fraction(s.t) < 0.99 for s in samples)
     return result
@@ -754,7 +802,7 @@ def med(values: Sequence[float | None], spec: str = "+.0f") -> str:
 def crawl_table(results: list[RunResult], attr: str = "lines") -> str:
     headers = ["site", "scenario", "pages", "crawl s",
                *(f"ETA err % @{q}%" for q in QUARTILES), *(f"lead pts @{q}%" for q in QUARTILES),
-               "max lead pts", "false 99%"]
+               "max lead pts", "max drop pts", "false 99%"]
     rows = []
     keys = list(dict.fromkeys((r.site, r.scenario) for r in results))
     for site, scenario in keys:
@@ -767,6 +815,7 @@ def crawl_table(results: list[RunResult], attr: str = "lines") -> str:
             *(med([s.eta_err[q] for s in scores if q in s.eta_err]) for q in QUARTILES),
             *(med([s.lead[q] for s in scores if q in s.lead], "+.1f") for q in QUARTILES),
             med([s.max_lead for s in scores], "+.1f"),
+            med([s.max_drop for s in scores], ".1f"),
             f"{sum(s.false_99 for s in scores)}/{len(scores)}",
         ])
     return markdown(headers, rows)
@@ -829,7 +878,8 @@ LEGEND = """
 ETA err %: (ETA shown - true remaining time) / true remaining time, at the first progress line
 after 25/50/75 % of the site's pages were answered (negative: the ETA promises the end too
 early; -90 means it said a tenth of the time really left). lead pts: percent shown - true
-percent (positive: ahead of the truth). max lead: the largest lead of any line. false 99%: in
+percent (positive: ahead of the truth). max lead: the largest lead of any line. max drop: the
+largest fall of the percent from one line to the next (0: it never went back). false 99%: in
 how many rounds a line showed >= 99 % with more than 1 % of the pages left. crawl s: first to
 last request the server saw. Medians of the rounds; "(n unknown)": rounds whose line said
 ETA unknown. resume: the resumed run's lines only (25 %, reached before the kill, has none).
@@ -849,6 +899,9 @@ def parse_args() -> argparse.Namespace:
                         help="CONCURRENT_REQUESTS of the crawls (2)")
     parser.add_argument("--sites", default=",".join(SITE_CLASSES),
                         help=f"comma-separated, of {', '.join(SITE_CLASSES)} (all)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated, of {', '.join(SCENARIOS)} (all; history needs "
+                             "fresh)")
     parser.add_argument("--show-every", type=float, default=8.0,
                         help="seconds between `scrapy-checkpoint show --json` samples during "
                              "the fresh crawls (8; 0: none)")
@@ -880,6 +933,10 @@ def main() -> None:
     unknown = [n for n in names if n not in SITE_CLASSES]
     if unknown:
         sys.exit(f"unknown site(s): {', '.join(unknown)}")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if any(s not in SCENARIOS for s in scenarios) or ("history" in scenarios
+                                                     and "fresh" not in scenarios):
+        sys.exit(f"--scenarios: of {', '.join(SCENARIOS)}, and history only with fresh")
     sites = make_sites(names, args.pages)
     print_header("Truthfulness of the progress percent and the ETA", args.dir)
     print(f"sites: {', '.join(f'{s.name} {s.pages:,} pages' for s in sites.values())}; server "
@@ -912,7 +969,7 @@ def main() -> None:
             for r in range(args.rounds):
                 for site in sites.values():
                     run_dir = work / f"round{r}" / slug(site.name)
-                    for scenario in ("fresh", "history", "resume"):
+                    for scenario in scenarios:
                         if scenario == "resume":
                             res = runner.resume(site, run_dir / "resume", r)
                         else:

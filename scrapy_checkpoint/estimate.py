@@ -15,17 +15,41 @@ Scrapy's default, reaches its deepest levels early). A completed earlier run of 
 stage is the best prior there is: while the units found stay below its total, that
 total is the estimate.
 
+**By kind.** When the crawl says which callback each unit goes to and which callback's
+unit found it (more than one kind), the ratios are by depth *and* kind: ``r(d, k)``
+units found per unit of kind ``k`` done at depth ``d``, split among kinds as the units of
+``k`` have split theirs, so ``E(d, k) = sum over k' of r(d, k) * share(k -> k') *
+(1 + E(d + 1, k'))``. A kind none of whose units is done at a depth yet (the next listing
+page, while its level's details are being fetched) gets what its units found elsewhere;
+a kind whose units found nothing (detail pages) is expected to find nothing.
+
+**Chains.** A kind whose units keep bringing units of their own kind, one each (a
+listing page the next listing page), and whose deepest unit done did so, is a chain, and
+how long it goes on is not in the counts. It is taken to go on for as many levels again
+as it has run so far (the median of "we are somewhere in its middle"), one unit of its
+kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
+then wide. With one kind only (a spider following every link with one callback) every
+growing crawl would look like a chain: the depth profile alone is used.
+
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units
-(older ratios are higher on a site whose links repeat). Between them the estimate
-is ``wide`` when they differ by more than a tenth (a ``~`` in the progress line).
-Pure arithmetic: the crawl feeds the counts (:mod:`scrapy_checkpoint.crawl`).
+(older ratios are higher on a site whose links repeat) and the longer chains. Between
+them the estimate is ``wide`` when they differ by more than a tenth (a ``~`` in the
+progress line).
+
+**What is shown** (:class:`ShownTotal`): while the estimate is wide, the total halfway
+from the estimate to the high one (the percent errs low); the percent falls back by at
+most ``MAX_FALL`` points a second unless the units found leave no choice; below 99 %
+while the model may find more. Pure arithmetic: the crawl feeds the counts
+(:mod:`scrapy_checkpoint.crawl`).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 #: Units done at a depth over which its recent ratio is measured (at least).
 RECENT_UNITS = 50
@@ -38,6 +62,25 @@ WIDE = 0.10
 #: An estimate is at most this many times what is known: a site whose every level finds
 #: more than it was (an endless one) is "far bigger than known", not a number of 40 digits.
 MAX_FACTOR = 1000
+#: Kinds (callbacks) counted apart, at most; the others are counted together.
+MAX_KINDS = 64
+OTHER_KIND = "*"
+#: Units of a kind done before its ratio stands for its units at depths not done yet.
+KIND_UNITS = 5
+#: A kind is a chain when its units bring at least this many of its kind each, over at
+#: least CHAIN_UNITS done.
+CHAIN_RATIO = 0.5
+CHAIN_UNITS = 1
+#: The high estimate runs a chain this many times as many more levels as it has run.
+CHAIN_HIGH = 3.0
+#: Levels a chain is followed beyond where it is, at most.
+CHAIN_LEVELS = 1024
+#: The shown percent falls by at most this many points a second.
+MAX_FALL = 2.0
+#: While the estimate is wide, the shown total leans this far from the model to the high one.
+WIDE_LEAN = 0.5
+#: The percent shown while more may be found stays below this.
+ALMOST_DONE = 99.0
 
 
 @dataclass(frozen=True)
@@ -53,54 +96,114 @@ class Estimate:
     source: str
 
 
+class _Kind:
+    """The counts of one kind of unit (a callback): added and done per depth, units found
+    at depth ``d + 1`` by its units at depth ``d``, and the kinds of the units it found."""
+
+    __slots__ = ("added", "children", "done", "found")
+
+    def __init__(self) -> None:
+        self.added: dict[int, int] = {}
+        self.done: dict[int, int] = {}
+        self.found: dict[int, int] = {}
+        self.children: dict[str, int] = {}
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {"added": _keyed(self.added), "done": _keyed(self.done),
+                "found": _keyed(self.found), "children": dict(self.children)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> _Kind:
+        kind = cls()
+        if isinstance(value, dict):
+            kind.added = _int_counts(value.get("added"))
+            kind.done = _int_counts(value.get("done"))
+            kind.found = _int_counts(value.get("found"))
+            children = value.get("children")
+            if isinstance(children, dict):
+                kind.children = {str(k): n for k, n in children.items()
+                                 if type(n) is int and n >= 0}
+        return kind
+
+
 class DepthProfile:
-    """Units added and done per depth, and recent discovery ratios (see the module doc).
+    """Units added and done per depth and per kind, and recent discovery ratios (see the
+    module doc).
 
     ``added[d]``/``done[d]`` are cumulative over every run of the stage (the crawl keeps
-    them with the stage totals); :meth:`sample` is called as units finish, to follow the
-    recent ratio of each depth.
+    them with the stage totals), and so are the counts by kind (:attr:`kinds`, by callback
+    name); :meth:`sample` is called as units finish, to follow the recent ratio of each
+    depth and kind.
     """
 
     def __init__(self, added: dict[int, int] | None = None, done: dict[int, int] | None = None,
-                 depth_limit: int = 0, history_total: int | None = None) -> None:
+                 depth_limit: int = 0, history_total: int | None = None,
+                 kinds: dict[str, _Kind] | None = None) -> None:
         self.added: dict[int, int] = dict(added or {})
         self.done: dict[int, int] = dict(done or {})
         self.depth_limit = depth_limit
         self.history_total = history_total
-        #: depth -> (done at depth d, added at depth d + 1) samples, oldest first.
-        self._samples: dict[int, deque[tuple[int, int]]] = {}
+        #: kind (callback name) -> its counts.
+        self.kinds: dict[str, _Kind] = dict(kinds or {})
+        #: (kind, depth) -> (done, found) samples, oldest first; kind None: every kind.
+        self._samples: dict[tuple[str | None, int], deque[tuple[int, int]]] = {}
 
-    def add(self, depth: int) -> None:
-        """A new unit at ``depth`` was found."""
+    def _kind(self, name: str) -> _Kind:
+        kind = self.kinds.get(name)
+        if kind is None:
+            if len(self.kinds) >= MAX_KINDS:
+                name = OTHER_KIND
+                kind = self.kinds.get(name)
+            if kind is None:
+                kind = self.kinds[name] = _Kind()
+        return kind
+
+    def add(self, depth: int, kind: str = "", parent: str | None = None) -> None:
+        """A new unit at ``depth``, of ``kind``, was found (by a unit of kind ``parent``,
+        at ``depth - 1``; None: not known, e.g. a start request)."""
         self.added[depth] = self.added.get(depth, 0) + 1
+        counts = self._kind(kind).added
+        counts[depth] = counts.get(depth, 0) + 1
+        if parent is not None and depth > 0:
+            by = self._kind(parent)
+            by.found[depth - 1] = by.found.get(depth - 1, 0) + 1
+            by.children[kind] = by.children.get(kind, 0) + 1
 
-    def finish(self, depth: int) -> None:
-        """A unit at ``depth`` is done."""
+    def finish(self, depth: int, kind: str = "") -> None:
+        """A unit at ``depth``, of ``kind``, is done."""
         self.done[depth] = self.done.get(depth, 0) + 1
+        counts = self._kind(kind).done
+        counts[depth] = counts.get(depth, 0) + 1
 
     def sample(self) -> None:
-        """Note the counts now, for the recent ratios."""
+        """Note the counts now, for the recent ratios (by depth, and by kind and depth
+        when there are kinds)."""
         for depth, done in self.done.items():
-            samples = self._samples.get(depth)
-            if samples is None:
-                samples = self._samples[depth] = deque()
-            found = self.added.get(depth + 1, 0)
-            if samples and samples[-1][0] == done:
-                samples[-1] = (done, found)  # children found since, by units already counted
-                continue
-            samples.append((done, found))
-            span = max(RECENT_UNITS, done // 5)
-            while len(samples) > 2 and done - samples[1][0] >= span:
-                samples.popleft()
+            _note(self._samples, (None, depth), done, self.added.get(depth + 1, 0))
+        if len(self.kinds) > 1:
+            for name, kind in self.kinds.items():
+                for depth, done in kind.done.items():
+                    _note(self._samples, (name, depth), done, kind.found.get(depth, 0))
 
-    def ratio(self, depth: int, *, recent: bool) -> float | None:
-        """New units found at ``depth + 1`` per unit done at ``depth`` (None: none done)."""
-        done = self.done.get(depth, 0)
+    def _attributed(self) -> bool:
+        """True when the units found are attributed to the kinds that found them (the
+        crawl says which callback yielded each request)."""
+        return any(kind.found for kind in self.kinds.values())
+
+    def ratio(self, depth: int, *, recent: bool, kind: str | None = None) -> float | None:
+        """New units found at ``depth + 1`` per unit done at ``depth`` (by units of ``kind``;
+        None: of every kind). None: none done."""
+        if kind is None:
+            done = self.done.get(depth, 0)
+            found = self.added.get(depth + 1, 0)
+        else:
+            counts = self.kinds[kind]
+            done = counts.done.get(depth, 0)
+            found = counts.found.get(depth, 0)
         if not done:
             return None
-        found = self.added.get(depth + 1, 0)
-        samples = self._samples.get(depth)
-        if recent and samples and len(samples) > 1:
+        samples = self._samples.get((kind, depth))
+        if recent and samples:
             old_done, old_found = samples[0]
             if done - old_done >= RECENT_UNITS:
                 return max(0.0, (found - old_found) / (done - old_done))
@@ -109,13 +212,87 @@ class DepthProfile:
     def pending(self, depth: int) -> int:
         return max(0, self.added.get(depth, 0) - self.done.get(depth, 0))
 
-    def expected(self, *, recent: bool) -> int:
-        """Units still to be done: each pending unit and what it is expected to find."""
+    def chains(self) -> dict[str, int]:
+        """Kinds whose units keep bringing units of their own kind (a listing page the next
+        listing page): kind -> the levels its chain has run so far. Only with more than one
+        kind whose finds are attributed (with one kind, every growing crawl looks like one)."""
+        if len(self.kinds) < 2 or not self._attributed():
+            return {}
+        chains = {}
+        for name, kind in self.kinds.items():
+            done = sum(kind.done.values())
+            if done < CHAIN_UNITS or kind.children.get(name, 0) < CHAIN_RATIO * done:
+                continue
+            # Still going: its deepest units done have found units of their kind deeper.
+            deepest = max((d for d, n in kind.done.items() if n), default=-1)
+            if kind.added.get(deepest + 1, 0):
+                chains[name] = len(kind.added)
+        return chains
+
+    def expected(self, *, recent: bool, chain_factor: float = 1.0) -> int:
+        """Units still to be done: each pending unit and what it is expected to find. A
+        chain (:meth:`chains`) is expected to run ``chain_factor`` times as many more levels
+        as it has run so far."""
         depths = set(self.added) | set(self.done)
         if not depths:
             return 0
         deepest_seen = max((d for d in self.done if self.done[d]), default=-1)
         top = self.depth_limit if self.depth_limit else min(MAX_DEPTH, max(depths) + MAX_DEPTH // 2)
+        by_kind = len(self.kinds) > 1 and self._attributed()
+        if not by_kind:
+            return self._expected_by_depth(recent, depths, deepest_seen, top)
+        chains = self.chains()
+        horizon = {name: max(self.kinds[name].added) + min(CHAIN_LEVELS, math.ceil(
+            chain_factor * levels)) for name, levels in chains.items()}
+        if not self.depth_limit:  # every level with units, and where the chains may go
+            top = max(top, *depths, *horizon.values())
+        kinds = self.kinds
+        names = list(kinds)
+        totals = {n: (sum(k.done.values()), sum(k.found.values()), sum(k.children.values()))
+                  for n, k in kinds.items()}
+        deepest = {n: max((d for d, m in kinds[n].done.items() if m), default=-1) for n in names}
+        below: dict[str, float] = dict.fromkeys(names, 0.0)  # E(d + 1, kind)
+        remaining = 0.0
+        for depth in range(top, -1, -1):
+            here: dict[str, float] = {}
+            for name in names:
+                kind = kinds[name]
+                done, found, children = totals[name]
+                if self.depth_limit and depth >= self.depth_limit:
+                    r = 0.0
+                elif kind.done.get(depth):
+                    r = self.ratio(depth, recent=recent, kind=name) or 0.0
+                elif done >= (1 if name in chains else KIND_UNITS):
+                    # none of its units done at this depth: what its units find
+                    r = found / done
+                    if name in chains:
+                        if depth > horizon[name]:
+                            r = 0.0
+                    elif depth > deepest[name]:
+                        r = min(r, 1.0) * UNSEEN_DECAY ** (depth - deepest[name])
+                else:
+                    r = 0.0 if depth <= deepest_seen else UNSEEN_DECAY ** (depth - deepest_seen)
+                if not children:  # what it finds is not known yet: no further
+                    here[name] = r
+                    continue
+                # Each unit finds r units, of the kinds its units found so far; a chain at
+                # most one more of its own kind (a chain, not a tree).
+                e = 0.0
+                for child, n in kind.children.items():
+                    a = r * n / children
+                    if child == name and name in chains:
+                        a = min(a, 1.0)
+                    e += a * (1.0 + below.get(child, 0.0))
+                here[name] = e
+            below = here
+            for name in names:
+                pending = kinds[name].added.get(depth, 0) - kinds[name].done.get(depth, 0)
+                if pending > 0:
+                    remaining += pending * (1.0 + here[name])
+        return round(remaining)
+
+    def _expected_by_depth(self, recent: bool, depths: set[int], deepest_seen: int,
+                           top: int) -> int:
         ratios: dict[int, float] = {}
         last = 0.0
         for depth in range(0, top + 1):
@@ -143,12 +320,124 @@ class DepthProfile:
             return Estimate(known, known, known, False, "known")
         bound = known * MAX_FACTOR
         model = min(bound, max(known, done + lost + self.expected(recent=True)))
-        high = min(bound, max(model, done + lost + self.expected(recent=False)))
+        high = min(bound, max(model, done + lost + self.expected(
+            recent=False, chain_factor=CHAIN_HIGH)))
         if self.history_total is not None and known <= self.history_total:
             total = max(known, self.history_total)
             return Estimate(total, known, max(high, total), False, "history")
         wide = (high - known) > WIDE * model
         return Estimate(model, known, high, wide, "model")
 
+    # -- kept with the stage --------------------------------------------------------------
 
-__all__ = ["DepthProfile", "Estimate"]
+    def to_json(self) -> dict[str, Any]:
+        """The counts, as attached data (JSON): what :meth:`from_json` restores, with the
+        samples of the recent ratios (so a resumed crawl's first estimates are as good)."""
+        return {"added": _keyed(self.added), "done": _keyed(self.done),
+                "kinds": {name: kind.to_json() for name, kind in self.kinds.items()},
+                # the start of each recent window: all the ratios need of the samples
+                "windows": [[name, depth, *samples[0]] for (name, depth), samples
+                            in self._samples.items() if samples]}
+
+    @classmethod
+    def from_json(cls, value: Any, *, depth_limit: int = 0,
+                  history_total: int | None = None) -> DepthProfile:
+        """A profile from :meth:`to_json`'s data (anything else: an empty one)."""
+        value = value if isinstance(value, dict) else {}
+        kinds = value.get("kinds")
+        profile = cls(_int_counts(value.get("added")), _int_counts(value.get("done")),
+                      depth_limit=depth_limit, history_total=history_total,
+                      kinds={str(name): _Kind.from_json(k) for name, k in kinds.items()}
+                      if isinstance(kinds, dict) else None)
+        if not profile.kinds and (profile.added or profile.done):  # counts of a depth profile
+            kind = profile.kinds[""] = _Kind()
+            kind.added, kind.done = dict(profile.added), dict(profile.done)
+        windows = value.get("windows")
+        for entry in windows if isinstance(windows, list) else ():
+            try:
+                name, depth, old_done, old_found = entry
+                key = (None if name is None else str(name), int(depth))
+                profile._samples[key] = deque([(int(old_done), int(old_found))])
+            except (TypeError, ValueError):
+                continue
+        return profile
+
+
+class ShownTotal:
+    """The total the progress shows, from one estimate to the next: the percent it gives
+    falls by at most ``max_fall`` points a second, unless the units known (done, pending
+    and lost) leave no choice (the total is never below them), and it stays below 99 %
+    while there is work left and the model may find more.
+
+    While the estimate is wide the total is between the model's and the high one
+    (``lean``: 0 the model's, 1 the high one): the percent errs on the side of the crawl
+    being bigger, not smaller.
+    """
+
+    __slots__ = ("at", "lean", "max_fall", "percent")
+
+    def __init__(self, max_fall: float = MAX_FALL, lean: float = WIDE_LEAN) -> None:
+        self.max_fall = max_fall
+        self.lean = lean
+        #: The percent last shown (None: none yet), and when (monotonic seconds).
+        self.percent: float | None = None
+        self.at: float | None = None
+
+    def update(self, done: int, estimate: Estimate, now: float) -> Estimate:
+        """The estimate to show at ``now`` (seconds) with ``done`` units processed (its
+        total adjusted, see the class doc)."""
+        last, at = self.percent, self.at
+        self.at = now
+        if estimate.source == "known" or estimate.total <= 0:
+            self.percent = 100.0 * done / estimate.total if estimate.total > 0 else None
+            return estimate
+        total = estimate.total
+        if estimate.wide:
+            total = max(total, round(total + self.lean * (estimate.high - total)))
+        if last is not None and done > 0:
+            floor = last - self.max_fall * max(0.0, now - at if at is not None else 0.0)
+            if floor > 0 and 100.0 * done / total < floor:
+                total = max(estimate.low, math.floor(100.0 * done / floor))
+        if done and estimate.source == "model" and 100.0 * done / total >= ALMOST_DONE:
+            # Nothing says no more will be found: not "99 %" until the stage is complete.
+            total = max(total, math.floor(100.0 * done / ALMOST_DONE) + 1)
+        self.percent = 100.0 * done / total
+        if total == estimate.total:
+            return estimate
+        return Estimate(total, estimate.low, max(estimate.high, total), estimate.wide,
+                        estimate.source)
+
+
+def _note(store: dict[tuple[str | None, int], deque[tuple[int, int]]], key: tuple[str | None, int],
+          done: int, found: int) -> None:
+    samples = store.get(key)
+    if samples is None:
+        samples = store[key] = deque()
+    if samples and samples[-1][0] == done:
+        samples[-1] = (done, found)  # children found since, by units already counted
+        return
+    samples.append((done, found))
+    span = max(RECENT_UNITS, done // 5)
+    while len(samples) > 2 and done - samples[1][0] >= span:
+        samples.popleft()
+
+
+def _keyed(counts: dict[int, int]) -> dict[str, int]:
+    return {str(d): n for d, n in counts.items()}
+
+
+def _int_counts(value: Any) -> dict[int, int]:
+    if not isinstance(value, dict):
+        return {}
+    counts = {}
+    for depth, n in value.items():
+        try:
+            d = int(depth)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= d <= 10_000 and type(n) is int and n >= 0:
+            counts[d] = n
+    return counts
+
+
+__all__ = ["DepthProfile", "Estimate", "ShownTotal"]

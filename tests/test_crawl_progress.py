@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from scrapy_checkpoint import read_stage
+from scrapy_checkpoint.crawl.progress import CrawlProgress
 from scrapy_checkpoint.stores import open_store
 
 from .crawl import Outputs, crawl, sigkill
@@ -49,3 +53,45 @@ def test_the_progress_bar_replaces_the_lines_and_ends_at_the_whole_crawl(
     assert "[site] Progress:" not in run.log  # (the completion line still says it)
     assert "Logging error" not in run.log
     assert sorted(outputs.jsonlines("items.jl")) == list(range(N_PAGES))
+
+
+def _stage(attached: dict[str, Any], done: int, pending: int, total: int | None) -> Any:
+    """What CrawlProgress reads of a checkpoint: its live counts and attached data."""
+    info = SimpleNamespace(progress=SimpleNamespace(total_items=total))
+    live = SimpleNamespace(attached=attached, done=range(done), pending=range(pending),
+                           lost_total=0, processed=done, info=info)
+    return SimpleNamespace(live=live)
+
+
+def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped() -> None:
+    """The profile, by depth and by callback, with where its recent ratios start, is kept
+    with the committed units: restored from it, the first estimate is the one before."""
+    attached: dict[str, Any] = {}
+    cp = _stage(attached, 0, 0, None)
+    progress = CrawlProgress(cp, depth_limit=0)
+    progress.add(0, "parse_listing")
+    done = pending = 0
+    pending += 1
+    for page in range(30):  # listing pages, each with the next one and 20 details
+        progress.add(page + 1, "parse_listing", "parse_listing")
+        for _ in range(20):
+            progress.add(page + 1, "parse_detail", "parse_listing")
+        progress.finish(page, "parse_listing")
+        pending += 20
+        done += 1
+        for _ in range(20):
+            progress.finish(page + 1, "parse_detail")
+        pending -= 20
+        done += 20
+        cp.live.done, cp.live.pending, cp.live.processed = range(done), range(pending), done
+        total = progress.commit(attached)
+        cp.live.info.progress.total_items = total
+    before = progress.estimate()
+    resumed = CrawlProgress(_stage(json.loads(json.dumps(attached)), done, pending, total),
+                            depth_limit=0)
+    assert resumed.profile.estimate(done, pending, 0) == progress.profile.estimate(
+        done, pending, 0)
+    after = resumed.estimate(now=0.0)
+    assert after == before
+    assert after.wide
+    assert after.source == "model"

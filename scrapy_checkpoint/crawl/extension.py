@@ -350,7 +350,7 @@ class CheckpointExtension:
         assert self.cp is not None
         if self.progress is None:
             return self.cp.metrics()
-        estimate = self.progress.estimate()
+        estimate = self.progress.estimate()  # the one the commits record too
         self.stats.set_value("checkpoint/estimated_total", estimate.total)
         return replace(self.cp.metrics(estimate.total), estimated=estimate.wide)
 

@@ -26,7 +26,7 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import key_code
 from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
-from .progress import CrawlProgress
+from .progress import CrawlProgress, callback_name
 from .requests import (
     NEEDS_ATTACHED,
     UnserializableRequest,
@@ -409,6 +409,9 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         self._not_ours: WeakSet[Request] = WeakSet()
         #: The crawl's depth profile and estimate (see .progress), fed as units come and go.
         self.progress: CrawlProgress | None = None
+        #: Requests callbacks yielded, not scheduled yet: the name of the callback (the
+        #: scheduler sees them a little later, after others of the same callback's output).
+        self._found_by: dict[Request, str] = {}
         #: Called with a unit's code when it is done here, and when it leaves this run
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
@@ -448,6 +451,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         other arguments, so the dispatcher passes them all rather than pick them.)"""
         if not self.active:
             return
+        found_by = self._found_by.pop(request, None) if self._found_by else None
         meta = request.meta
         setup = self.setup
         if setup is not None:
@@ -526,7 +530,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
                 self.stop(exc)
                 return
             if self.progress is not None:
-                self.progress.add(meta.get("depth", 0))
+                self.progress.add(meta.get("depth", 0), callback_name(request), found_by)
             if record is not None and self.lazy:
                 self._admitted = request
 
@@ -558,7 +562,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             self.unfiltered.discard(code)
             self.identity.forget(code)
             if self.progress is not None:
-                self.progress.finish(request.meta.get("depth", 0))
+                self.progress.finish(request.meta.get("depth", 0), callback_name(request))
             try:
                 self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             except CheckpointError as exc:
@@ -578,7 +582,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         self._registered.discard(request)
         self.let_go(code)
         if self.progress is not None:
-            self.progress.finish(request.meta.get("depth", 0))
+            self.progress.finish(request.meta.get("depth", 0), callback_name(request))
         try:
             self.cp.hand_off([code])
         except CheckpointError as exc:
@@ -664,6 +668,11 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         one is given its origin (see :mod:`.identity`)."""
         if not self.active or request is parent:
             return
+        if self.progress is not None:  # for the estimate: which kind of unit found it
+            found_by = self._found_by
+            if len(found_by) >= 100_000:  # never scheduled (cannot be: a safety net)
+                found_by.clear()
+            found_by[request] = callback_name(parent)
         meta = request.meta
         if meta.get(IGNORE_META):
             holder = self.unit_of_request(parent)
@@ -763,7 +772,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
         self.done_here.add_new(code)
         self.outputs.release(code)
         if self.progress is not None:
-            self.progress.finish(request.meta.get("depth", 0))
+            self.progress.finish(request.meta.get("depth", 0), callback_name(request))
         if self.on_done is not None:
             self.on_done(code)
         cp = self.cp

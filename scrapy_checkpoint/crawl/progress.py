@@ -1,12 +1,16 @@
 """A crawl's progress against an estimate of its final size (:mod:`scrapy_checkpoint.estimate`).
 
 The frontier feeds a :class:`~scrapy_checkpoint.estimate.DepthProfile` with the depth
-(``request.meta["depth"]``, set by Scrapy's DepthMiddleware) of each unit it adds and
-finishes; the counts are kept with the stage (attached data ``"depths"``, journaled with
-the units they count), so a resumed crawl learns on from where it was. The estimate is
-the crawl's total (``t``, so ``show``, ``report`` and the state file use it), its range
-is kept as attached data ``"estimate"``, and a completed run leaves its size
-(``"history"``) for the next run of the stage.
+(``request.meta["depth"]``, set by Scrapy's DepthMiddleware) and the kind (the callback's
+name) of each unit it adds and finishes, and the kind of the unit whose callback yielded
+it; the counts, and where the recent ratios start, are kept with the stage (attached data
+``"depths"``, journaled with the units they count), so a resumed crawl estimates as it
+did before it stopped and learns on from there. The estimate shown
+(:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back by at most a
+couple of points a second) is the crawl's total (``t``, so
+``show``, ``report`` and the state file use it) and the line's and the stats'; its range is
+kept as attached data ``"estimate"``, and a completed run leaves its size (``"history"``)
+for the next run of the stage.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
-from ..estimate import DepthProfile, Estimate
+from ..clock import monotonic
+from ..estimate import DepthProfile, Estimate, ShownTotal
 from ..state import Status
 
-#: Attached data: ``{"added": {depth: n}, "done": {depth: n}}`` over every run.
+#: Attached data: :meth:`DepthProfile.to_json` (``{"added": {depth: n}, "done": {depth: n},
+#: "kinds": {callback: counts}, "windows": [...]}``) over every run.
 DEPTHS_ATTACHED = "depths"
 #: Attached data: the estimate's range, ``{"low", "high", "wide", "source"}``.
 ESTIMATE_ATTACHED = "estimate"
@@ -38,40 +44,47 @@ class CrawlProgress:
 
     def __init__(self, cp: EnhancedCheckpoint, depth_limit: int) -> None:
         self.cp = cp
-        attached = cp.live.attached
-        depths = attached.get(DEPTHS_ATTACHED)
+        live = cp.live
+        attached = live.attached
         history = attached.get(HISTORY_ATTACHED)
-        self.profile = DepthProfile(
-            _counts(depths, "added"), _counts(depths, "done"), depth_limit=max(0, depth_limit),
+        self.profile = DepthProfile.from_json(
+            attached.get(DEPTHS_ATTACHED), depth_limit=max(0, depth_limit),
             history_total=_int(history.get("total")) if isinstance(history, dict) else None)
-        self._changed = False
+        self.shown = ShownTotal()
+        total = live.info.progress.total_items
+        if total and live.processed and live.pending:  # what was shown before a restart
+            self.shown.percent = 100.0 * live.processed / total
+        #: Units added and finished: counted, sampled (for the recent ratios), saved.
+        self._events = self._sampled = self._saved = 0
         self._last: dict[str, Any] | None = None
 
-    def add(self, depth: Any) -> None:
-        """A new unit at ``depth`` (a request's ``meta.get("depth")``) was found."""
-        self.profile.add(depth if type(depth) is int else 0)
-        self._changed = True
+    def add(self, depth: Any, kind: str = "", parent: str | None = None) -> None:
+        """A new unit at ``depth`` (a request's ``meta.get("depth")``), of ``kind`` (its
+        callback's name), was found by a unit of kind ``parent`` (None: not known)."""
+        self.profile.add(depth if type(depth) is int else 0, kind, parent)
+        self._events += 1
 
-    def finish(self, depth: Any) -> None:
-        """A unit at ``depth`` is done."""
-        self.profile.finish(depth if type(depth) is int else 0)
-        self._changed = True
+    def finish(self, depth: Any, kind: str = "") -> None:
+        """A unit at ``depth``, of ``kind``, is done."""
+        self.profile.finish(depth if type(depth) is int else 0, kind)
+        self._events += 1
 
-    def estimate(self) -> Estimate:
-        """The estimate now."""
+    def estimate(self, now: float | None = None) -> Estimate:
+        """The estimate shown now (``now``: monotonic seconds)."""
         live = self.cp.live
-        return self.profile.estimate(len(live.done), len(live.pending), live.lost_total)
+        if self._sampled != self._events:
+            self._sampled = self._events
+            self.profile.sample()
+        raw = self.profile.estimate(len(live.done), len(live.pending), live.lost_total)
+        return self.shown.update(live.processed, raw, monotonic() if now is None else now)
 
     def commit(self, attached: dict[str, Any]) -> int:
-        """Add to ``attached`` (the group's attached data) the depth counts and the
-        estimate's range when they changed; return the estimate (the group's total)."""
-        if self._changed:
-            self._changed = False
-            self.profile.sample()
-            attached[DEPTHS_ATTACHED] = {
-                "added": {str(d): n for d, n in self.profile.added.items()},
-                "done": {str(d): n for d, n in self.profile.done.items()}}
+        """Add to ``attached`` (the group's attached data) the profile and the estimate's
+        range when they changed; return the estimate (the group's total)."""
         estimate = self.estimate()
+        if self._saved != self._events:  # journaled with the units they count
+            self._saved = self._events
+            attached[DEPTHS_ATTACHED] = self.profile.to_json()
         bounds = {"low": estimate.low, "high": estimate.high, "wide": estimate.wide,
                   "source": estimate.source}
         if bounds != self._last:
@@ -83,23 +96,18 @@ class CrawlProgress:
         self.cp.attach(HISTORY_ATTACHED, {"total": total})
 
 
+def callback_name(request: Any) -> str:
+    """The kind of a request's unit for the estimate: its callback's name (``parse`` for
+    none, Scrapy's default)."""
+    callback = request.callback
+    if callback is None:
+        return "parse"
+    return getattr(callback, "__name__", None) or "?"
+
+
 def _int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
-def _counts(depths: Any, key: str) -> dict[int, int]:
-    if not isinstance(depths, dict) or not isinstance(depths.get(key), dict):
-        return {}
-    counts = {}
-    for depth, n in depths[key].items():
-        try:
-            d = int(depth)
-        except ValueError:
-            continue
-        if 0 <= d <= 10_000 and type(n) is int and n >= 0:
-            counts[d] = n
-    return counts
-
-
 __all__ = ["DEPTHS_ATTACHED", "ESTIMATE_ATTACHED", "HISTORY_ATTACHED", "CrawlProgress",
-           "completed_size"]
+           "callback_name", "completed_size"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from scrapy_checkpoint.estimate import DepthProfile
+import itertools
+import json
+
+from scrapy_checkpoint.estimate import DepthProfile, Estimate, ShownTotal
 
 
 def _crawl(n: int, fanout: int, profile: DepthProfile, *, checks: int = 20) -> list[float]:
@@ -58,3 +61,120 @@ def test_an_endless_site_is_far_bigger_than_known_not_a_number_of_forty_digits()
     estimate = profile.estimate(40, 10_000, 0)
     assert estimate.total == (40 + 10_000) * 1000
     assert estimate.wide
+
+
+# -- what is shown: the percent does not fall back, nor claim 99 % with work left ----------
+
+
+def test_the_shown_percent_falls_back_at_most_a_couple_of_points_a_second() -> None:
+    shown = ShownTotal(max_fall=2.0)
+    first = shown.update(500, Estimate(1000, 800, 1000, False, "model"), now=0.0)
+    assert first.total == 1000  # 50 %
+    # The model now says 2,000: the percent falls by 2 points a second, not 25 at once.
+    percents = [100 * 520 / shown.update(520, Estimate(2000, 820, 2000, False, "model"),
+                                         now=t).total for t in (1.0, 2.0, 2.5, 3.5, 4.5)]
+    assert all(round(a - b, 6) <= 2.0 for a, b in zip([50.0, *percents], percents, strict=False))
+    assert percents[-1] < percents[0]  # on its way to the model's, not stuck
+    assert 100 * 520 / shown.update(520, Estimate(2000, 820, 2000, False, "model"),
+                                    now=100.0).total == 26.0  # there, in time
+    # The units known leave no choice: never a total below them.
+    assert shown.update(530, Estimate(3000, 3000, 3000, False, "model"), now=100.5).total == 3000
+
+
+def test_no_99_percent_while_work_is_left_and_exact_once_nothing_is() -> None:
+    shown = ShownTotal()
+    almost = shown.update(995, Estimate(1000, 1000, 1000, False, "model"), now=0.0)
+    assert 100 * 995 / almost.total < 99.0
+    done = shown.update(1000, Estimate(1000, 1000, 1000, False, "known"), now=1.0)
+    assert done.total == 1000
+
+
+def test_a_wide_estimate_shows_a_bigger_crawl_than_the_model() -> None:
+    wide, narrow = Estimate(400, 200, 800, True, "model"), Estimate(400, 200, 420, False, "model")
+    assert ShownTotal(lean=0.5).update(100, wide, now=0.0).total == 600
+    assert ShownTotal(lean=0.5).update(100, narrow, now=0.0).total == 400
+
+
+# -- kinds: what each callback's units find ----------------------------------------------
+
+
+def _listing(pages: int, details: int, profile: DepthProfile, *, callbacks: bool,
+             checks: int = 20, stop: int = 0) -> list[tuple[float, float]]:
+    """A LIFO crawl of a paginated listing (each listing page: the next one, then
+    ``details`` detail pages finding nothing new); the true and the shown percent at
+    ``checks`` moments (through a :class:`ShownTotal`); ``stop``: after that many units."""
+    n = pages * (details + 1)
+    listing, detail = ("parse_listing", "parse_detail") if callbacks else ("parse", "parse")
+    stack = [(("p", 1), 0, listing)]
+    profile.add(0, listing)
+    shown, done, moments = ShownTotal(), 0, []  # a moment a second
+    while stack:
+        (what, k), depth, kind = stack.pop()
+        if what == "p":
+            found = ([(("p", k + 1), listing)] if k < pages else []) + [
+                (("d", (k, i)), detail) for i in range(details)]
+            for page, child_kind in found:
+                stack.append((page, depth + 1, child_kind))
+                profile.add(depth + 1, child_kind, kind)
+        profile.finish(depth, kind)
+        done += 1
+        if done % 10 == 0:
+            profile.sample()
+        if done % (n // checks) == 0 and stack:
+            estimate = shown.update(done, profile.estimate(done, len(stack), 0), now=len(moments))
+            moments.append((100 * done / n, 100 * done / estimate.total))
+        if done == stop:
+            break
+    return moments
+
+
+def test_a_chain_of_listing_pages_is_an_unknown_length_shown_wide_and_conservative() -> None:
+    profile = DepthProfile()
+    _listing(100, 20, profile, callbacks=True, stop=1000)
+    assert profile.chains()  # parse_listing brings one more parse_listing
+    estimate = profile.estimate(1000, 21, 0)
+    assert estimate.wide
+    assert estimate.total >= 2 * 1000  # as long again, at least
+    moments = _listing(100, 20, DepthProfile(), callbacks=True)
+    # While the chain goes on, the crawl is shown as about three times what is done (the
+    # middle of "as long again" and "three times as long again"): a third, not more.
+    assert all(shown < 34 for true, shown in moments)
+    assert all(shown <= true + 10 for true, shown in moments if true >= 25)
+    assert all(shown < 99 for true, shown in moments if true < 99)
+    falls = [a[1] - b[1] for a, b in itertools.pairwise(moments)]
+    assert max(falls) <= 2.0 + 1e-9  # (its moments a second apart)
+
+
+def test_without_callbacks_to_tell_them_apart_the_listing_is_not_a_chain() -> None:
+    profile = DepthProfile()
+    _listing(30, 20, profile, callbacks=False, stop=300)
+    assert profile.chains() == {}  # one kind: every growing crawl would look like a chain
+
+
+def test_a_kind_whose_units_find_nothing_is_expected_to_find_nothing() -> None:
+    profile = DepthProfile()
+    profile.add(0, "parse_index")
+    for _ in range(30):
+        profile.add(1, "parse_item", "parse_index")
+    profile.finish(0, "parse_index")
+    for _ in range(10):
+        profile.finish(1, "parse_item")
+    assert profile.estimate(11, 20, 0).total == 31  # the 20 items left find nothing
+
+
+# -- kept with the stage ---------------------------------------------------------------------
+
+
+def test_the_profile_is_restored_as_it_was_recent_ratios_included() -> None:
+    profile = DepthProfile()
+    _crawl(2000, 3, profile)
+    for callbacks in (True,):
+        _listing(40, 20, profile, callbacks=callbacks)
+    restored = DepthProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    for recent in (True, False):
+        assert restored.expected(recent=recent) == profile.expected(recent=recent)
+    assert restored.estimate(3000, 500, 0) == profile.estimate(3000, 500, 0)
+    # The counts of a depth profile before kinds (added/done by depth) still read.
+    old = DepthProfile.from_json({"added": {"0": 1, "1": 10}, "done": {"0": 1, "1": 4}})
+    assert old.estimate(5, 6, 0).total == DepthProfile({0: 1, 1: 10}, {0: 1, 1: 4}).estimate(
+        5, 6, 0).total
