@@ -3,7 +3,9 @@
 A crawl knows the units it has found (done and pending), not those its pending units
 will find. This module learns how the frontier grows, depth by depth: how many new
 units a finished unit at depth ``d`` found at depth ``d + 1`` (recently: the ratio
-falls as more of the site's links turn out to be known already), and from those ratios
+falls as more of the site's links turn out to be known already; over the last 50 units
+done at that depth, or over the last 5 when that is higher, so that units finding more
+than those before them count at once, erring on the side of a bigger crawl), and from those ratios
 how many units each pending unit will bring in, down to ``DEPTH_LIMIT``:
 
     E(d) = r(d) * (1 + E(d + 1)),   E(limit) = 0
@@ -53,6 +55,9 @@ from typing import Any
 
 #: Units done at a depth over which its recent ratio is measured (at least).
 RECENT_UNITS = 50
+#: ... and over the last few, when that is higher: units that now find more than those
+#: before them (a fan-out's first pages, which Scrapy's LIFO order takes last) count at once.
+SHORT_UNITS = 5
 #: Beyond the deepest depth with finished units, the ratio is halved per level.
 UNSEEN_DECAY = 0.5
 #: The deepest level the expectation looks at without a DEPTH_LIMIT.
@@ -203,11 +208,17 @@ class DepthProfile:
         if not done:
             return None
         samples = self._samples.get((kind, depth))
+        ratio = found / done
         if recent and samples:
             old_done, old_found = samples[0]
             if done - old_done >= RECENT_UNITS:
-                return max(0.0, (found - old_found) / (done - old_done))
-        return found / done
+                ratio = max(0.0, (found - old_found) / (done - old_done))
+            if SHORT_UNITS:
+                for old_done, old_found in reversed(samples):
+                    if done - old_done >= SHORT_UNITS:
+                        ratio = max(ratio, (found - old_found) / (done - old_done))
+                        break
+        return ratio
 
     def pending(self, depth: int) -> int:
         return max(0, self.added.get(depth, 0) - self.done.get(depth, 0))

@@ -178,3 +178,24 @@ def test_the_profile_is_restored_as_it_was_recent_ratios_included() -> None:
     old = DepthProfile.from_json({"added": {"0": 1, "1": 10}, "done": {"0": 1, "1": 4}})
     assert old.estimate(5, 6, 0).total == DepthProfile({0: 1, 1: 10}, {0: 1, 1: 4}).estimate(
         5, 6, 0).total
+
+
+def test_on_a_fan_out_the_units_now_finding_many_count_at_once() -> None:
+    """Scrapy's LIFO order takes a fan-out's last pages first: here the 81 pages without
+    links, then the 19 with 100 each. The ratio over the last few units done (the higher
+    of it and the one over the last 50) sees the change within a page or two."""
+    n, fanout = 2000, 100
+    profile, stack, done, leads = DepthProfile(), [(0, 0)], 0, []
+    profile.add(0, "parse")
+    while stack:
+        page, depth = stack.pop()
+        for child in range(fanout * page + 1, min(n, fanout * page + fanout + 1)):
+            stack.append((child, depth + 1))
+            profile.add(depth + 1, "parse", "parse")
+        profile.finish(depth, "parse")
+        done += 1
+        if done % 20 == 0:
+            profile.sample()
+        if done % 100 == 0 and stack:
+            leads.append((100 * done / n, 100 * done / profile.estimate(done, len(stack), 0).total))
+    assert all(shown - true < 10 for true, shown in leads if true >= 40)
