@@ -347,8 +347,16 @@ class DepthProfile:
         return {"added": _keyed(self.added), "done": _keyed(self.done),
                 "kinds": {name: kind.to_json() for name, kind in self.kinds.items()},
                 # the start of each recent window: all the ratios need of the samples
-                "windows": [[name, depth, *samples[0]] for (name, depth), samples
-                            in self._samples.items() if samples]}
+                "windows": [[name, depth, *self._starts(name, depth, samples)]
+                            for (name, depth), samples in self._samples.items() if samples]}
+
+    def _starts(self, name: str | None, depth: int,
+                samples: deque[tuple[int, int]]) -> list[int]:
+        """Where the recent windows of ``(name, depth)`` start: the oldest sample, and the
+        newest one at least SHORT_UNITS units back, flat (done, found, done, found)."""
+        done = (self.done if name is None else self.kinds[name].done).get(depth, 0)
+        short = next((s for s in reversed(samples) if done - s[0] >= SHORT_UNITS), samples[0])
+        return [*samples[0], *short] if short != samples[0] else [*samples[0]]
 
     @classmethod
     def from_json(cls, value: Any, *, depth_limit: int = 0,
@@ -366,9 +374,11 @@ class DepthProfile:
         windows = value.get("windows")
         for entry in windows if isinstance(windows, list) else ():
             try:
-                name, depth, old_done, old_found = entry
+                name, depth, *starts = entry
                 key = (None if name is None else str(name), int(depth))
-                profile._samples[key] = deque([(int(old_done), int(old_found))])
+                points = [(int(starts[i]), int(starts[i + 1])) for i in (0, 2)[:len(starts) // 2]]
+                if points:
+                    profile._samples[key] = deque(points)
             except (TypeError, ValueError):
                 continue
         return profile

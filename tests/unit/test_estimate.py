@@ -165,12 +165,29 @@ def test_a_kind_whose_units_find_nothing_is_expected_to_find_nothing() -> None:
 # -- kept with the stage ---------------------------------------------------------------------
 
 
+def _fan_out_partly(profile: DepthProfile) -> None:
+    """Units at depth 7 that found nothing, then some that found 30 each (sampled often:
+    the last few units' ratio is higher than the last 50's)."""
+    for i in range(80):
+        profile.add(7, "parse")
+        if i >= 70:
+            for _ in range(30):
+                profile.add(8, "parse", "parse")
+        profile.finish(7, "parse")
+        profile.sample()
+
+
 def test_the_profile_is_restored_as_it_was_recent_ratios_included() -> None:
     profile = DepthProfile()
     _crawl(2000, 3, profile)
     for callbacks in (True,):
         _listing(40, 20, profile, callbacks=callbacks)
+    _fan_out_partly(profile)
     restored = DepthProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    for kind in (None, *profile.kinds):
+        for depth in range(8):
+            assert restored.ratio(depth, recent=True, kind=kind) == profile.ratio(
+                depth, recent=True, kind=kind)
     for recent in (True, False):
         assert restored.expected(recent=recent) == profile.expected(recent=recent)
     assert restored.estimate(3000, 500, 0) == profile.estimate(3000, 500, 0)
