@@ -5,8 +5,8 @@ will find. This module learns how the frontier grows, depth by depth: how many n
 units a finished unit at depth ``d`` found at depth ``d + 1`` (recently: the ratio
 falls as more of the site's links turn out to be known already; over the last 50 units
 done at that depth, or over the last 5 when that is higher, so that units finding more
-than those before them count at once, erring on the side of a bigger crawl), and from those ratios
-how many units each pending unit will bring in, down to ``DEPTH_LIMIT``:
+than those before them count at once, erring on the side of a bigger crawl), and from
+those ratios how many units each pending unit will bring in, down to ``DEPTH_LIMIT``:
 
     E(d) = r(d) * (1 + E(d + 1)),   E(limit) = 0
     estimate = done + lost + sum over d of pending(d) * (1 + E(d))
