@@ -84,8 +84,9 @@ CHAIN_LEVELS = 1024
 MAX_FALL = 2.0
 #: While the estimate is wide, the shown total leans this far from the model to the high one.
 WIDE_LEAN = 0.5
-#: The percent shown while more may be found stays below this.
-ALMOST_DONE = 99.0
+#: The percent shown while more may be found stays below this: "98.9 %" at most, not a
+#: "99.0 %" by rounding.
+ALMOST_DONE = 98.9
 
 
 @dataclass(frozen=True)
