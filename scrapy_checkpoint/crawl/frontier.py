@@ -353,7 +353,67 @@ class RebuiltUnits:
         return request
 
 
-class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
+class JournaledRecords:
+    """What the frontier journals of each request: its record, and the names the journaled
+    requests need from the spider (see :func:`.requests.needs_of`)."""
+
+    stats: Any
+    needs: set[tuple[str, str]]
+    warn_once: Callable[[str, str], None]
+    _needs_seen: set[tuple[tuple[str, str], ...]]
+    _needs_changed: bool
+
+    def payload(self, request: Request, spider: Spider, *,
+                then: str = _UNJOURNALED) -> dict[str, Any] | None:
+        """The request as a journal payload, or None (one warning per kind, and a stat) when it
+        cannot be one; ``then`` says what becomes of it."""
+        try:
+            payload = request_to_payload(request, spider)
+        except UnserializableRequest as exc:
+            self._unserializable(exc, then)
+            return None
+        self._note_needs(tuple(needs_of(payload)))
+        return payload
+
+    def record(self, request: Request, spider: Spider, *,
+               then: str = _UNJOURNALED) -> bytes | None:
+        """:meth:`payload` as the request record's bytes (UTF-8 JSON, encoded once), for
+        :meth:`EnhancedCheckpoint.add_unit`."""
+        try:
+            data, needs = request_record(request, spider)
+        except UnserializableRequest as exc:
+            self._unserializable(exc, then)
+            return None
+        self._note_needs(needs)
+        return data
+
+    def _unserializable(self, exc: UnserializableRequest, then: str) -> None:
+        self.warn_once(f"unserializable:{exc.kind}",
+                       f"A request cannot be journaled ({exc}); {then}.")
+        self.stats.inc_value("checkpoint/unserializable")
+
+    def _note_needs(self, needs: tuple[tuple[str, str], ...]) -> None:
+        """Add what a journaled request needs to :attr:`needs` (each distinct tuple looked
+        at once: most requests of a crawl need the same)."""
+        if needs in self._needs_seen:
+            return
+        self._needs_seen.add(needs)
+        known = self.needs
+        for need in needs:
+            if need not in known:
+                known.add(need)
+                self._needs_changed = True
+
+    def needs_changed(self) -> list[list[str]] | None:
+        """What every journaled request needs (see :func:`.requests.needs_of`), for the
+        stage's attached data, if it grew since the last call; else None."""
+        if not self._needs_changed:
+            return None
+        self._needs_changed = False
+        return sorted([kind, name] for kind, name in self.needs)
+
+
+class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
     """Per-request unit bookkeeping of one crawl (the checkpoint holds the journaled state).
 
     ``crawler`` is Scrapy's crawler, ``cp`` the open checkpoint, ``outputs`` the stage's
@@ -587,55 +647,6 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits):
             self.cp.hand_off([code])
         except CheckpointError as exc:
             self.stop(exc)
-
-    def payload(self, request: Request, spider: Spider, *,
-                then: str = _UNJOURNALED) -> dict[str, Any] | None:
-        """The request as a journal payload, or None (one warning per kind, and a stat) when it
-        cannot be one; ``then`` says what becomes of it."""
-        try:
-            payload = request_to_payload(request, spider)
-        except UnserializableRequest as exc:
-            self._unserializable(exc, then)
-            return None
-        self._note_needs(tuple(needs_of(payload)))
-        return payload
-
-    def record(self, request: Request, spider: Spider, *,
-               then: str = _UNJOURNALED) -> bytes | None:
-        """:meth:`payload` as the request record's bytes (UTF-8 JSON, encoded once), for
-        :meth:`EnhancedCheckpoint.add_unit`."""
-        try:
-            data, needs = request_record(request, spider)
-        except UnserializableRequest as exc:
-            self._unserializable(exc, then)
-            return None
-        self._note_needs(needs)
-        return data
-
-    def _unserializable(self, exc: UnserializableRequest, then: str) -> None:
-        self.warn_once(f"unserializable:{exc.kind}",
-                       f"A request cannot be journaled ({exc}); {then}.")
-        self.stats.inc_value("checkpoint/unserializable")
-
-    def _note_needs(self, needs: tuple[tuple[str, str], ...]) -> None:
-        """Add what a journaled request needs to :attr:`needs` (each distinct tuple looked
-        at once: most requests of a crawl need the same)."""
-        if needs in self._needs_seen:
-            return
-        self._needs_seen.add(needs)
-        known = self.needs
-        for need in needs:
-            if need not in known:
-                known.add(need)
-                self._needs_changed = True
-
-    def needs_changed(self) -> list[list[str]] | None:
-        """What every journaled request needs (see :func:`.requests.needs_of`), for the
-        stage's attached data, if it grew since the last call; else None."""
-        if not self._needs_changed:
-            return None
-        self._needs_changed = False
-        return sorted([kind, name] for kind, name in self.needs)
 
     def taken(self, code: int) -> bool:
         """Unit ``code`` is done, or was scheduled in this run (a resumed copy of it is not

@@ -430,43 +430,9 @@ class PendingIndex:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, reader: RequestReader | None = None,
                    counts: Any = None, *, code_map: bool = False) -> tuple[PendingIndex, int]:
-        """An index from :meth:`to_bytes` bytes at the start of ``data`` (its kept payloads
-        come next with :meth:`keep_inline`), with its :meth:`counts` (None: counted);
-        returns it and the bytes it took. ``code_map``: the arrays are followed by the
-        code map of a ``SCKSNAP3`` snapshot (``<u64 slots><u64 keys><u32 crc32>``, codes
-        and values), checked and left for :attr:`slots` built anew. Raises ValueError if
-        the section is cut short, fails its checksum, or its table cannot be the table of
-        its units (a slot count that is not a power of two, too full, a position past the
-        arrays)."""
-        view = memoryview(data)
-        n, crc = _SECTION.unpack_from(view, 0)
-        size = _SECTION.size + 24 * n
-        body = checked(view, _SECTION.size, 24 * n, crc, "pending index")
-        index = cls(reader)
-        index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
-        index.lengths = from_le(body[16 * n:20 * n], "I")
-        index.priorities = from_le(body[20 * n:], "i")
-        index._holes = index.lengths.count(_HOLE)
-        index._live = n - index._holes
-        slots, filled, crc = _SLOTS.unpack_from(view, size)
-        width = 12 if code_map else 4
-        if slots < _MIN_SLOTS or slots & (slots - 1) or slots > (1 << 40):
-            raise ValueError("pending index has a bad slot count")
-        table = checked(view, size + _SLOTS.size, width * slots, crc, "pending index table")
-        size += _SLOTS.size + width * slots
-        if code_map:
-            index._rebuild_slots()
-            if filled not in (0, index._live):  # 0: written without its map (codes 0, 1)
-                raise ValueError("pending index and its code map disagree")
-        else:
-            index.slots = from_le(table, "I")
-            index._mask = slots - 1
-            index._filled = filled
-            if (slots - index.slots.count(0) != filled or filled * 10 > slots * 7
-                    or filled < index._live or max(index.slots) > n):
-                raise ValueError("pending index and its table disagree")
-        index.set_counts(counts)
-        return index, size
+        """An index from :meth:`to_bytes` bytes at the start of ``data`` and the bytes it
+        took: see :func:`load_index`."""
+        return load_index(data, reader, counts, code_map=code_map)
 
     def counts(self) -> dict[str, Any]:
         """What :meth:`set_counts` takes back: the units per journal generation and those
@@ -491,5 +457,47 @@ class PendingIndex:
         self._places, self._unjournaled = places, unjournaled
 
 
+def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
+               counts: Any = None, *, code_map: bool = False) -> tuple[PendingIndex, int]:
+    """A :class:`PendingIndex` from :meth:`~PendingIndex.to_bytes` bytes at the start of
+    ``data`` (its kept payloads come next with :meth:`~PendingIndex.keep_inline`), with its
+    :meth:`~PendingIndex.counts` (None: counted); returns it and the bytes it took.
+    ``code_map``: the arrays are followed by the code map of a ``SCKSNAP3`` snapshot
+    (``<u64 slots><u64 keys><u32 crc32>``, codes and values), checked and left for its
+    slots built anew. Raises ValueError if
+    the section is cut short, fails its checksum, or its table cannot be the table of
+    its units (a slot count that is not a power of two, too full, a position past the
+    arrays)."""
+    view = memoryview(data)
+    n, crc = _SECTION.unpack_from(view, 0)
+    size = _SECTION.size + 24 * n
+    body = checked(view, _SECTION.size, 24 * n, crc, "pending index")
+    index = PendingIndex(reader)
+    index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
+    index.lengths = from_le(body[16 * n:20 * n], "I")
+    index.priorities = from_le(body[20 * n:], "i")
+    index._holes = index.lengths.count(_HOLE)
+    index._live = n - index._holes
+    slots, filled, crc = _SLOTS.unpack_from(view, size)
+    width = 12 if code_map else 4
+    if slots < _MIN_SLOTS or slots & (slots - 1) or slots > (1 << 40):
+        raise ValueError("pending index has a bad slot count")
+    table = checked(view, size + _SLOTS.size, width * slots, crc, "pending index table")
+    size += _SLOTS.size + width * slots
+    if code_map:
+        index._rebuild_slots()
+        if filled not in (0, index._live):  # 0: written without its map (codes 0, 1)
+            raise ValueError("pending index and its code map disagree")
+    else:
+        index.slots = from_le(table, "I")
+        index._mask = slots - 1
+        index._filled = filled
+        if (slots - index.slots.count(0) != filled or filled * 10 > slots * 7
+                or filled < index._live or max(index.slots) > n):
+            raise ValueError("pending index and its table disagree")
+    index.set_counts(counts)
+    return index, size
+
+
 __all__ = ["INLINE", "MAX_REF", "NO_REF", "PendingIndex", "RequestReader", "clamp_priority",
-           "place_of"]
+           "load_index", "place_of"]
