@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SEGMENT_MAGIC = b"SCKJRNL1"
-_FRAME = struct.Struct("<II")
+#: A frame's header: the payload's length and CRC-32 (``<u32 length><u32 crc32>``).
+FRAME_HEAD = struct.Struct("<II")
 #: A frame longer than this is treated as garbage, not as a reason to allocate.
 MAX_PAYLOAD = 1 << 30
 
 
 def frame(payload: bytes) -> bytes:
     """``payload`` framed: ``<u32 length><u32 crc32>`` then the payload bytes."""
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    return FRAME_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 @dataclass
@@ -58,11 +59,11 @@ def scan_segment(data: bytes, decode: Callable[[bytes], Any] | None = None, *,
     end = len(data)
     view = memoryview(data)
     while pos < end:
-        if end - pos < _FRAME.size:
+        if end - pos < FRAME_HEAD.size:
             scan.problem = "torn frame header"
             break
-        length, crc = _FRAME.unpack_from(data, pos)
-        start = pos + _FRAME.size
+        length, crc = FRAME_HEAD.unpack_from(data, pos)
+        start = pos + FRAME_HEAD.size
         if length > MAX_PAYLOAD or start + length > end:
             scan.problem = "torn or oversized frame"
             break

@@ -38,7 +38,7 @@ from ..errors import (
     CorruptCheckpointError,
 )
 from ..journal.doneset import DoneSet
-from ..journal.frames import SEGMENT_MAGIC, SegmentScan, frame, scan_segment
+from ..journal.frames import FRAME_HEAD, SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import (
     BATCH_MARK,
     INIT,
@@ -221,9 +221,8 @@ class StagedWrite:
             os.close(fd)
 
 
-_BATCH_FRAME = struct.Struct("<II")  # a frame's length and crc32 (journal.frames)
 #: A batch frame's header as first buffered: length and crc32 to come, then the mark.
-_BATCH_HEAD = bytes(_BATCH_FRAME.size) + BATCH_MARK
+_BATCH_HEAD = bytes(FRAME_HEAD.size) + BATCH_MARK
 
 
 class SegmentWriter:
@@ -319,7 +318,7 @@ class SegmentWriter:
         self._batch = None
         with memoryview(self._buf) as buf:
             body = buf[start + 8:]
-            _BATCH_FRAME.pack_into(buf, start, len(body), zlib.crc32(body))
+            FRAME_HEAD.pack_into(buf, start, len(body), zlib.crc32(body))
             body.release()
 
     def unwritten(self, ref: int, size: int) -> bytes | None:
@@ -423,14 +422,14 @@ class FileRequestReader:
 
     def read(self, ref: int, length: int, code: int) -> bytes:
         """See :meth:`RequestReader.read`."""
-        size = 8 + REQUEST_OVERHEAD + length
+        size = FRAME_HEAD.size + REQUEST_OVERHEAD + length
         raw = self.writer.unwritten(ref, size) if self.writer is not None else None
         if raw is None:
             raw = os.pread(self._fd(ref >> OFFSET_BITS), size, ref & ((1 << OFFSET_BITS) - 1))
         if len(raw) != size:
             raise ValueError("request record cut short")
-        n, crc = struct.unpack_from("<II", raw, 0)
-        body = memoryview(raw)[8:]
+        n, crc = FRAME_HEAD.unpack_from(raw, 0)
+        body = memoryview(raw)[FRAME_HEAD.size:]
         if n != len(body) or zlib.crc32(body) != crc:
             raise ValueError("request record damaged (length or checksum)")
         return decode_request(body, code)
