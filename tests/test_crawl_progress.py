@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from scrapy_checkpoint import read_stage
+from scrapy_checkpoint.crawl import progress as progress_module
 from scrapy_checkpoint.crawl.progress import CrawlProgress
 from scrapy_checkpoint.stores import open_store
 
@@ -63,9 +64,11 @@ def _stage(attached: dict[str, Any], done: int, pending: int, total: int | None)
     return SimpleNamespace(live=live)
 
 
-def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped() -> None:
+def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The profile, by depth and by callback, with where its recent ratios start, is kept
     with the committed units: restored from it, the first estimate is the one before."""
+    monkeypatch.setattr(progress_module, "MODEL_INTERVAL", 0.0)  # the model at every commit
     attached: dict[str, Any] = {}
     cp = _stage(attached, 0, 0, None)
     progress = CrawlProgress(cp, depth_limit=0)
@@ -95,3 +98,30 @@ def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped() -> None:
     assert after == before
     assert after.wide
     assert after.source == "model"
+
+
+def test_the_model_runs_at_most_every_interval_and_never_below_the_units_known() -> None:
+    """Between two runs of the model the estimate is the last one's, with the counts of
+    now: units found in between raise it only when they go past it."""
+    cp = _stage({}, 0, 0, None)
+    progress = CrawlProgress(cp, depth_limit=0)
+    progress.add(0, "parse")
+    for depth in range(1, 4):  # each page finds 3 new ones
+        for _ in range(3 ** depth):
+            progress.add(depth, "parse", "parse")
+        for _ in range(3 ** (depth - 1)):
+            progress.finish(depth - 1, "parse")
+    done, pending = 1 + 3 + 9, 27
+    cp.live.done, cp.live.pending, cp.live.processed = range(done), range(pending), done
+    first = progress.estimate(now=100.0)
+    assert first.source == "model"
+    assert first.total > done + pending  # the 27 pending pages find more
+    cp.live.pending = range(first.total)  # far more found than the model expected
+    soon = progress.estimate(now=100.0 + progress_module.MODEL_INTERVAL / 2)
+    assert soon.low == done + first.total
+    assert soon.total >= done + first.total  # never below the units known
+    cp.live.pending = range(pending + 1)
+    again = progress.estimate(now=100.0 + progress_module.MODEL_INTERVAL / 2)
+    assert again.total == max(first.total, done + pending + 1)  # the model of a moment ago
+    later = progress.estimate(now=100.0 + progress_module.MODEL_INTERVAL)
+    assert later == progress.profile.estimate(done, pending + 1, 0)  # run again

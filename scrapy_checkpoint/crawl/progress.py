@@ -25,6 +25,9 @@ from ..state import Status
 #: Attached data: :meth:`DepthProfile.to_json` (``{"added": {depth: n}, "done": {depth: n},
 #: "kinds": {callback: counts}, "windows": [...]}``) over every run.
 DEPTHS_ATTACHED = "depths"
+#: Seconds between two runs of the model (it walks every depth and kind: about 50 us;
+#: commits come every few milliseconds): in between, the last one with the counts of now.
+MODEL_INTERVAL = 0.5
 #: Attached data: the estimate's range, ``{"low", "high", "wide", "source"}``.
 ESTIMATE_ATTACHED = "estimate"
 #: Attached data: ``{"total": n}``, the size of the stage's last completed run.
@@ -57,6 +60,9 @@ class CrawlProgress:
         #: Units added and finished: counted, sampled (for the recent ratios), saved.
         self._events = self._sampled = self._saved = 0
         self._last: dict[str, Any] | None = None
+        #: The model's last estimate and when it was made (monotonic seconds).
+        self._model: Estimate | None = None
+        self._model_at = 0.0
 
     def add(self, depth: Any, kind: str = "", parent: str | None = None) -> None:
         """A new unit at ``depth`` (a request's ``meta.get("depth")``), of ``kind`` (its
@@ -72,11 +78,21 @@ class CrawlProgress:
     def estimate(self, now: float | None = None) -> Estimate:
         """The estimate shown now (``now``: monotonic seconds)."""
         live = self.cp.live
+        now = monotonic() if now is None else now
         if self._sampled != self._events:
             self._sampled = self._events
             self.profile.sample()
-        raw = self.profile.estimate(len(live.done), len(live.pending), live.lost_total)
-        return self.shown.update(live.processed, raw, monotonic() if now is None else now)
+        done, pending, lost = len(live.done), len(live.pending), live.lost_total
+        model = self._model
+        if (model is None or not pending or model.source == "known"
+                or now - self._model_at >= MODEL_INTERVAL):
+            model = self._model = self.profile.estimate(done, pending, lost)
+            self._model_at = now
+        else:  # the model of a moment ago: units found since were expected in it
+            known = done + pending + lost
+            model = Estimate(max(model.total, known), known, max(model.high, known), model.wide,
+                             model.source)
+        return self.shown.update(live.processed, model, now)
 
     def commit(self, attached: dict[str, Any]) -> int:
         """Add to ``attached`` (the group's attached data) the profile and the estimate's
