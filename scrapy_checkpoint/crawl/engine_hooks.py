@@ -99,11 +99,15 @@ def hook_refusals(engine: Any, on_refused: RequestHook) -> None:
     engine._schedule_request = schedule_request
 
 
-def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None]) -> None:
+def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None],
+                       on_item: Callable[[Any, Request], bool]) -> None:
     """Call ``on_request(child, request)`` for every request a callback or errback of
     ``request`` yields, in the order it yields them, after the spider middlewares and before
-    the engine schedules it. A hook that raises is logged, never breaks the crawl. Raises
-    RuntimeError on a Scrapy without ``ExecutionEngine.scraper.handle_spider_output_async``."""
+    the engine schedules it, and ``on_item(item, request)`` for every item (anything else it
+    yields, None excepted) before the item pipelines: when it returns False the item is
+    dropped there, as if never yielded. A hook that raises is logged, never breaks the crawl
+    (the item goes on). Raises RuntimeError on a Scrapy without
+    ``ExecutionEngine.scraper.handle_spider_output_async``."""
     scraper: Any = getattr(engine, "scraper", None)
     handle = getattr(scraper, "handle_spider_output_async", None)
     if not callable(handle):
@@ -119,16 +123,27 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         except Exception:
             logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
 
+    def kept(item: Any, request: Request) -> bool:
+        try:
+            return on_item(item, request)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to record an item of %s", request)
+            return True
+
     def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
         for out in result:
             if isinstance(out, Request):
                 seen(out, request)
+            elif out is not None and not kept(out, request):
+                continue
             yield out
 
     async def each_async(result: AsyncIterator[Any], request: Request) -> AsyncIterator[Any]:
         async for out in result:
             if isinstance(out, Request):
                 seen(out, request)
+            elif out is not None and not kept(out, request):
+                continue
             yield out
 
     async def handle_spider_output_async(result: Any, request: Request, response: Any) -> None:

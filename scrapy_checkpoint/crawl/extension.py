@@ -36,6 +36,7 @@ from ..errors import CheckpointError, CheckpointLostError, CheckpointWriteError,
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
+from .deliveries import Deliveries
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
@@ -94,6 +95,7 @@ class CheckpointExtension:
         self.setup: SetupRequests | None = None
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
+        self.deliveries: Deliveries | None = None
         self.progress: CrawlProgress | None = None
         #: The live progress bar (CHECKPOINT_PROGRESS_BAR), while it is shown.
         self.bar: ProgressBar | None = None
@@ -160,6 +162,8 @@ class CheckpointExtension:
             connect(totals.item_dropped, signal=signals.item_dropped)
             connect(totals.response_received, signal=signals.response_received)
             connect(totals.spider_error, signal=signals.spider_error)
+            assert ext.deliveries is not None
+            ext.deliveries.connect(crawler.signals)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
         if ext.active:
@@ -204,6 +208,7 @@ class CheckpointExtension:
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
+        self.deliveries = Deliveries(cp, frontier.live, outputs, totals, self.stats)
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
@@ -267,7 +272,8 @@ class CheckpointExtension:
         hook_refusals(self.crawler.engine, frontier.refused)
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
-        hook_spider_output(self.crawler.engine, frontier.child_yielded)
+        assert self.deliveries is not None
+        hook_spider_output(self.crawler.engine, frontier.child_yielded, self.deliveries.yielded)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.progress_bar:
@@ -469,18 +475,20 @@ class CheckpointExtension:
 def _commit_fields(ext: CheckpointExtension) -> dict[str, Any] | None:
     """Fields added to every journal group: output lengths, the total (the estimate of the
     crawl's final size), the stage totals and spider.state when they changed, and the
-    attached data (cookie jars, setup requests, what the requests need, the depth
-    profile and the estimate's range) when it changed."""
+    attached data (items delivered by units in flight, cookie jars, setup requests, what
+    the requests need, the depth profile and the estimate's range) when it changed."""
     assert ext.cp is not None
     assert ext.outputs is not None
     assert ext.totals is not None
     assert ext.spider_state is not None
+    assert ext.deliveries is not None
     fields: dict[str, Any] = ext.spider_state.fields() or {}  # first: it may raise
+    attached: dict[str, Any] = {}
+    ext.deliveries.commit(attached)  # before the lengths and totals: it releases items
     fields.update(ext.totals.fields() or {})
     lengths = ext.outputs.changed_lengths()
     if lengths:
         fields[OUTPUTS] = lengths
-    attached: dict[str, Any] = {}
     for name, part in ((ATTACHED_NAME, ext.cookies), (SETUP_ATTACHED, ext.setup)):
         changed = part.changed() if part is not None else None
         if changed is not None:

@@ -32,6 +32,8 @@ DROPPED = "item_dropped_count"
 RESPONSES = "response_received_count"
 STATUS = "response_status_count/"  # + the status
 ERRORS = "spider_exceptions/count"
+#: The counts of a unit's items (released before the unit is done, see release_items).
+ITEM_COUNTS = (ITEMS, DROPPED)
 
 #: The stats prefix of the stage totals: ``checkpoint/stage/item_scraped_count``...
 STATS_PREFIX = "checkpoint/stage/"
@@ -76,6 +78,20 @@ class StageTotals:
             for name, n in counts.items():
                 totals[name] = totals.get(name, 0) + n
             self._changed = True
+
+    def release_items(self, unit: int) -> None:
+        """The items the unit's callback yielded so far are through the pipelines and kept
+        (see :mod:`.deliveries`): their counts join the totals, the unit's other counts wait
+        for it to be done."""
+        counts = self._units.get(unit)
+        if not counts:
+            return
+        totals = self.totals
+        for name in ITEM_COUNTS:
+            n = counts.pop(name, 0)
+            if n:
+                totals[name] = totals.get(name, 0) + n
+                self._changed = True
 
     def discard(self, unit: int) -> None:
         """The unit left this run without being done here: its counts go with it."""

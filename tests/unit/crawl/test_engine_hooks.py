@@ -98,13 +98,21 @@ def test_the_scraper_method_the_output_hook_wraps_exists() -> None:
 
 
 @pytest.mark.parametrize("kind", ["list", "generator", "async generator"])
-def test_the_output_hook_sees_each_request_a_callback_yields_in_order(kind: str) -> None:
+def test_the_output_hook_sees_each_request_and_item_a_callback_yields_in_order(
+        kind: str) -> None:
     parent = Request("http://127.0.0.1/parent")
-    output = [Request("http://127.0.0.1/1"), {"item": 1}, Request("http://127.0.0.1/2")]
+    output = [Request("http://127.0.0.1/1"), {"item": 1}, Request("http://127.0.0.1/2"),
+              {"item": 2}, None, {"item": 3}]
     scraper = FakeScraper()
     seen: list[tuple[str, str]] = []
+    items: list[Any] = []
+
+    def item_seen(item: Any, request: Request) -> bool:
+        items.append((item, request.url))
+        return item != {"item": 2}  # that one is dropped
+
     hook_spider_output(SimpleNamespace(scraper=scraper),
-                       lambda child, request: seen.append((child.url, request.url)))
+                       lambda child, request: seen.append((child.url, request.url)), item_seen)
 
     async def agen() -> AsyncIterator[Any]:
         for out in output:
@@ -114,8 +122,9 @@ def test_the_output_hook_sees_each_request_a_callback_yields_in_order(kind: str)
         "list": lambda: output, "generator": lambda: iter(output), "async generator": agen,
     }[kind]()
     asyncio.run(scraper.handle_spider_output_async(result, parent, None))
-    assert scraper.handled == output
+    assert scraper.handled == [out for out in output if out != {"item": 2}]
     assert seen == [("http://127.0.0.1/1", parent.url), ("http://127.0.0.1/2", parent.url)]
+    assert items == [({"item": n}, parent.url) for n in (1, 2, 3)]
 
 
 def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
@@ -126,17 +135,21 @@ def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
     def fail(child: Request, request: Request) -> None:
         raise ValueError("boom")
 
-    hook_spider_output(SimpleNamespace(scraper=scraper), fail)
-    child = Request("http://127.0.0.1/c")
-    asyncio.run(scraper.handle_spider_output_async([child], Request("http://127.0.0.1/p"), None))
-    assert scraper.handled == [child]
+    def fail_item(item: Any, request: Request) -> bool:
+        raise ValueError("boom")
+
+    hook_spider_output(SimpleNamespace(scraper=scraper), fail, fail_item)
+    child, parent = Request("http://127.0.0.1/c"), Request("http://127.0.0.1/p")
+    asyncio.run(scraper.handle_spider_output_async([child, {"a": 1}], parent, None))
+    assert scraper.handled == [child, {"a": 1}]
     assert [r.getMessage() for r in caplog.records] == [
-        f"scrapy-checkpoint failed to record where {child} comes from"]
+        f"scrapy-checkpoint failed to record where {child} comes from",
+        f"scrapy-checkpoint failed to record an item of {parent}"]
 
 
 def test_an_engine_without_the_scraper_method_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"handle_spider_output_async is missing"):
-        hook_spider_output(SimpleNamespace(scraper=None), print)
+        hook_spider_output(SimpleNamespace(scraper=None), print, print)
 
 
 def test_refusals_are_the_requests_that_reach_neither_scheduler_nor_drop() -> None:

@@ -1,0 +1,215 @@
+"""Items handed to the pipelines are not handed again when their request is redone.
+
+A unit (request) is done when its callback's output has been processed, items through
+the item pipelines included; a crash before its group is committed redoes the unit, and
+its callback yields its items again. A long callback (a listing page of thousands of
+items, a slow pipeline) spans many commits, so without more every item it yielded
+before the crash would reach the pipelines twice.
+
+So each item a unit's callback yields gets an **ordinal**, its place in that callback's
+output (0, 1, 2...); an item is **delivered** when the pipelines are done with it
+(``item_scraped``, ``item_dropped`` or ``item_error``). At each commit the ordinals
+delivered by units still in flight are kept with the stage (attached data
+``"delivered"``, ``{unit code hex: [[first, last], ...]}``), together with those items'
+bytes in the feeds (released to the files before the commit records their lengths) and
+their item counts in the stage totals. When such a unit is redone after a crash, its
+callback's items with those ordinals are dropped before the pipelines (stat
+``checkpoint/items_already_delivered``); only items delivered after the unit's last
+commit are handed again (``checkpoint/items_replayed``), so the replays are bounded by
+what the last, uncommitted group saw.
+
+Limits: ordinals count the items of the callback of the request that carries the unit,
+in the order it yields them; a unit that holds ``checkpoint_ignore`` requests (whose
+items are the unit's output too, and which run again when it is redone) keeps all its
+items until it is done, as before. A callback must yield the same items in the same order when it is redone (a
+deterministic callback, as for every replay). A unit's entry is dropped when the unit is
+done. Memory: one entry per item between the callback yielding it and the pipelines being
+done with it, and one small entry per unit in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.utils.reactor import CallLaterOnce
+
+from .identity import HOLDER_META, UNIT_META
+
+if TYPE_CHECKING:
+    from ..checkpoint import EnhancedCheckpoint
+    from .outputs import OutputSet
+    from .stage_totals import StageTotals
+
+#: Attached data: ``{unit code as hex: [[first, last], ...]}``, ordinals of delivered items
+#: of units not done yet (ranges, both ends included).
+DELIVERED_ATTACHED = "delivered"
+
+#: Items yielded and not yet through the pipelines above which the bookkeeping is reset
+#: (cannot happen with Scrapy's scraper, which limits the items in progress: a safety net).
+_MAX_IN_PROGRESS = 100_000
+
+
+def to_ranges(ordinals: set[int]) -> list[list[int]]:
+    """``{0, 1, 2, 5}`` -> ``[[0, 2], [5, 5]]``."""
+    ranges: list[list[int]] = []
+    for n in sorted(ordinals):
+        if ranges and ranges[-1][1] == n - 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    return ranges
+
+
+def from_ranges(value: Any) -> set[int]:
+    """The ordinals of :func:`to_ranges`'s output; malformed parts are ignored (the items
+    concerned are then handed again, as before this record existed)."""
+    ordinals: set[int] = set()
+    if not isinstance(value, list):
+        return ordinals
+    for pair in value:
+        if (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)
+                and 0 <= pair[0] <= pair[1] and pair[1] - pair[0] < 10_000_000):
+            ordinals.update(range(pair[0], pair[1] + 1))
+    return ordinals
+
+
+class Deliveries:
+    """Which items of the units in flight were delivered (see the module docstring).
+
+    ``cp``: the open stage (its attached data holds the ordinals delivered before this
+    run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
+    ``totals``: the feeds and counters released at each commit for the items delivered so
+    far. :meth:`yielded` is called for every item a callback yields (False: drop it), the
+    ``item_*`` signal handlers when the pipelines are done with one, and :meth:`commit`
+    from the commit hook.
+    """
+
+    def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
+                 totals: StageTotals, stats: Any) -> None:
+        self.cp = cp
+        self.in_flight = in_flight
+        self.outputs = outputs
+        self.totals = totals
+        self.stats = stats
+        #: Ordinals delivered before this run: unit -> ordinals (units redone in this run).
+        self._before: dict[int, set[int]] = {}
+        recorded = cp.live.attached.get(DELIVERED_ATTACHED)
+        if isinstance(recorded, dict):
+            pending = cp.live.pending
+            for key, ranges in recorded.items():
+                try:
+                    code = int(key, 16)
+                except (TypeError, ValueError):
+                    continue
+                if code in pending:
+                    self._before[code] = from_ranges(ranges)
+        #: The request whose callback output is being counted, per unit, and its next ordinal.
+        self._counting: dict[int, tuple[Request, int]] = {}
+        #: Items between their callback and the end of the pipelines: id(item) -> (unit, ordinal).
+        self._in_progress: dict[int, tuple[int, int]] = {}
+        #: Ordinals delivered in this run by units not done (or done since the last commit).
+        self._delivered: dict[int, set[int]] = {}
+        #: Items the pipelines finished in this turn of the reactor (see _promote).
+        self._finishing: list[tuple[int, int]] = []
+        self._promote_soon = CallLaterOnce(self._promote)
+        self._changed = bool(recorded)  # also: a record of units no longer pending is dropped
+        #: Units whose output also holds items of checkpoint_ignore requests they yielded:
+        #: those requests run again with the unit, so its items are released only when done.
+        self._mixed: set[int] = set()
+
+    def yielded(self, item: Any, request: Request) -> bool:
+        """The callback of ``request`` yielded ``item``: False when the item was delivered by
+        an earlier run (drop it), else True (it goes to the pipelines)."""
+        meta = request.meta
+        code = meta.get(UNIT_META)
+        if code is None:
+            holder = meta.get(HOLDER_META)
+            if holder is not None:  # its items are held with the unit's own: see _mixed
+                self._mixed.add(holder)
+            return True
+        counting = self._counting.get(code)
+        ordinal = counting[1] if counting is not None and counting[0] is request else 0
+        self._counting[code] = (request, ordinal + 1)
+        before = self._before.get(code)
+        if before is not None and ordinal in before:
+            self.stats.inc_value("checkpoint/items_already_delivered")
+            return False
+        in_progress = self._in_progress
+        if len(in_progress) >= _MAX_IN_PROGRESS:
+            in_progress.clear()
+        in_progress[id(item)] = (code, ordinal)
+        return True
+
+    def _done_with(self, item: Any) -> None:
+        where = self._in_progress.pop(id(item), None)
+        if where is not None:
+            self._finishing.append(where)
+            self._promote_soon.schedule()
+
+    def _promote(self) -> None:
+        """After the ``item_*`` signal's receivers: the feeds have the items' bytes (a commit
+        made while a receiver runs, e.g. by a feed opening its file, must not count an item
+        whose bytes are not written yet)."""
+        delivered = self._delivered
+        for code, ordinal in self._finishing:
+            ordinals = delivered.get(code)
+            if ordinals is None:
+                delivered[code] = {ordinal}
+            else:
+                ordinals.add(ordinal)
+        self._finishing.clear()
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def connect(self, crawler_signals: Any) -> None:
+        """Connect the ``item_*`` handlers to ``crawler.signals``."""
+        for handler, signal in ((self.item_scraped, signals.item_scraped),
+                                (self.item_dropped, signals.item_dropped),
+                                (self.item_error, signals.item_error)):
+            crawler_signals.connect(handler, signal=signal)
+
+    def item_scraped(self, item: Any, response: Any, spider: Any) -> None:
+        self._done_with(item)
+
+    def item_dropped(self, item: Any, response: Any, exception: BaseException, spider: Any) -> None:
+        self._done_with(item)
+
+    def item_error(self, item: Any, response: Any, spider: Any, failure: Any) -> None:
+        self._done_with(item)
+
+    # -- the commit hook -------------------------------------------------------------------------
+
+    def commit(self, attached: dict[str, Any]) -> None:
+        """Before a commit: release the feed bytes and item counts of the items delivered by
+        units still in flight, and put the ordinals delivered into ``attached`` when they
+        changed. Units done are forgotten."""
+        live = self.cp.live
+        done, pending = live.done, live.pending
+        in_flight = self.in_flight
+        mixed = self._mixed
+        released = self.outputs.take_released()  # (not once the feeds are closed)
+        for code, ordinals in self._delivered.items():
+            if code not in in_flight or code in mixed or not released:
+                continue  # done (its items were released with it), or see _mixed
+            self.outputs.release(code)
+            self.totals.release_items(code)
+            self._before.setdefault(code, set()).update(ordinals)
+            self._changed = True
+        self._delivered.clear()
+        gone = [code for code in self._before if code in done or code not in pending]
+        for code in gone:
+            del self._before[code]
+        counting = self._counting
+        if len(counting) > 4 * len(self._before) + 1000:
+            self._counting = {c: v for c, v in counting.items() if c in in_flight}
+            self._mixed = {c for c in mixed if c in in_flight}
+        if not (self._changed or gone):
+            return
+        self._changed = False
+        attached[DELIVERED_ATTACHED] = {f"{code:x}": to_ranges(ordinals)
+                                        for code, ordinals in self._before.items()}
+
+
+__all__ = ["DELIVERED_ATTACHED", "Deliveries", "from_ranges", "to_ranges"]

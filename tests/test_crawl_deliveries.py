@@ -1,0 +1,189 @@
+"""Items handed to the pipelines are not handed again after a crash (scrapy_checkpoint.crawl.deliveries).
+
+Real ``scrapy runspider`` processes killed with SIGKILL: listing pages whose callbacks
+yield many items, each going through a pipeline that takes a round trip to the test
+site, so units stay in flight across many commits. After every kill, the items the
+stage committed as delivered (every item of a done unit, the delivered ordinals of the
+units in flight) must never reach the pipeline again; the feeds end with every item
+exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scrapy import Request
+from scrapy.utils.request import fingerprint
+
+from scrapy_checkpoint import read_stage
+from scrapy_checkpoint.crawl.deliveries import DELIVERED_ATTACHED, from_ranges
+from scrapy_checkpoint.journal.keys import key_code
+from scrapy_checkpoint.stores import open_store
+
+from .conftest import PYTHON
+from .crawl import run, sigkill
+from .site import Site
+
+PAGES = 10
+ITEMS = 12  # per page
+
+SPIDER = '''
+import json
+
+import scrapy
+from scrapy.utils.defer import maybe_deferred_to_future
+
+
+class HandedPipeline:
+    """Logs every item it is handed (flushed: a kill -9 keeps it), after a round trip."""
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+        self.log = open(crawler.settings["HANDED_LOG"], "a")
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    async def process_item(self, item):
+        self.log.write(json.dumps([item["page"], item["n"]]) + "\\n")
+        self.log.flush()
+        request = scrapy.Request(f"{self.crawler.spider.base}/item/{item['page']}/{item['n']}")
+        await maybe_deferred_to_future(self.crawler.engine.download(request))
+        return item
+
+
+class ListingSpider(scrapy.Spider):
+    name = "listing"
+    custom_settings = {"ITEM_PIPELINES": {HandedPipeline: 300}, "CONCURRENT_ITEMS": 1}
+
+    def __init__(self, base="", **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    async def start(self):
+        for page in range(PAGES):
+            yield scrapy.Request(f"{self.base}/p/{page}")
+
+    def parse(self, response):
+        page = int(response.url.rsplit("/", 1)[1])
+        for n in range(ITEMS):
+            yield {"page": page, "n": n}
+'''.replace("range(PAGES)", f"range({PAGES})").replace("range(ITEMS)", f"range({ITEMS})")
+
+Item = tuple[int, int]
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    s = Site(PAGES, delay=0.005)
+    yield s
+    s.close()
+
+
+def _command(site: Site, directory: Path) -> list[str]:
+    spider = directory / "listing.py"
+    if not spider.exists():
+        spider.write_text(SPIDER)
+    return [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
+            "-o", f"{directory / 'items.jl'}", "-o", f"{directory / 'items.csv'}",
+            "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
+            "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}",
+            "-s", f"HANDED_LOG={directory / 'handed.jl'}",
+            "-s", "CHECKPOINT_SAVE_INTERVAL=0.1", "-s", "LOG_LEVEL=INFO"]
+
+
+def _handed(directory: Path) -> list[Item]:
+    path = directory / "handed.jl"
+    if not path.exists():
+        return []
+    return [tuple(json.loads(line)) for line in path.read_text().splitlines()  # type: ignore[misc]
+            if line.endswith("]")]
+
+
+def _committed_as_delivered(directory: Path) -> tuple[set[Item], int]:
+    """Items the stage holds as delivered: every item of a done page, and the delivered
+    ordinals of pages in flight; and how many of the latter there are."""
+    view = read_stage(open_store(directory / "checkpoints"), "listing")
+    assert view._live is not None
+    done = view._live.done
+    codes = {key_code(fingerprint(Request(f"{base}/p/{page}"))): page
+             for base in {_BASE} for page in range(PAGES)}
+    delivered: set[Item] = set()
+    for code, page in codes.items():
+        if code in done:
+            delivered.update((page, n) for n in range(ITEMS))
+    partial = 0
+    for key, ranges in (view.attached.get(DELIVERED_ATTACHED) or {}).items():
+        page = codes[int(key, 16)]
+        for n in from_ranges(ranges):
+            delivered.add((page, n))
+            partial += 1
+    return delivered, partial
+
+
+_BASE = ""
+
+
+def _kill_once_partly_delivered(directory: Path) -> object:
+    """SIGKILL once the stage has committed some items of a page still in flight (polls
+    the stage's committed state: the condition, not a time)."""
+    def interrupt(proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if _committed_as_delivered(directory)[1]:
+                    break
+            except Exception:  # the stage may not exist yet, or be mid-write
+                pass
+            time.sleep(0.01)  # polls the committed state for the condition
+        sigkill(proc)
+    return interrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [3, 11])
+def test_items_committed_as_delivered_never_reach_the_pipelines_again(
+        site: Site, tmp_path: Path, seed: int) -> None:
+    global _BASE
+    _BASE = site.url
+    rng = random.Random(seed)
+    expected = Counter((page, n) for page in range(PAGES) for n in range(ITEMS))
+    cmd = _command(site, tmp_path)
+    partly = last = 0
+    for kill in range(5):
+        before = len(_handed(tmp_path))
+        delivered = _committed_as_delivered(tmp_path)[0] if kill else set()
+        interrupt = _kill_once_partly_delivered(tmp_path) if kill == 0 else sigkill
+        result = run(site, cmd, tmp_path, cwd=tmp_path, interrupt=interrupt,  # type: ignore[arg-type]
+                     interrupt_after_hits=rng.randint(5, PAGES * ITEMS // 3))
+        handed_now = _handed(tmp_path)[before:]
+        again = [item for item in handed_now if item in delivered]
+        assert not again, f"kill {kill}: items committed as delivered handed again: {again[:5]}"
+        if result.returncode != -9:
+            break
+        last = _committed_as_delivered(tmp_path)[1]
+        partly += last
+    assert partly, "no kill left a page in flight with items committed as delivered"
+    before = len(_handed(tmp_path))
+    delivered = _committed_as_delivered(tmp_path)[0]
+    final = run(site, cmd, tmp_path, cwd=tmp_path)
+    assert final.returncode == 0, final.log[-3000:]
+    assert not [item for item in _handed(tmp_path)[before:] if item in delivered]
+    if last and "checkpoint_completed" not in final.log:  # each dropped once, before the pipelines
+        assert f"'checkpoint/items_already_delivered': {last}," in final.log
+    feed = Counter(tuple(json.loads(line).values())
+                   for line in (tmp_path / "items.jl").read_text().splitlines())
+    assert feed == expected  # every item once
+    csv_rows = (tmp_path / "items.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(expected)
+    assert set(_handed(tmp_path)) == set(expected)  # nothing lost
+    view = read_stage(open_store(tmp_path / "checkpoints"), "listing")
+    assert view.totals["item_scraped_count"] == len(expected)
