@@ -1,6 +1,6 @@
 """The Redis store's own promises: atomic, idempotent group commits; outages; clear errors.
 
-Everything else the file store proves runs against Redis too (the ``location``
+Everything else the file store proves runs against Redis too (the ``store_location``
 fixture parametrises those tests).
 """
 

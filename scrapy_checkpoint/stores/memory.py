@@ -104,7 +104,8 @@ class MemoryJournalWriter:
     """Appends groups to one segment of a memory stage; every record is in the store when
     the call returns (nothing is buffered: ``flush``, ``sync`` and ``fsync`` do nothing).
 
-    ``size`` counts the payload bytes appended to the segment since the writer was made.
+    ``size`` counts the bytes of the groups and request records put in the segment since
+    the writer was made (as the file store counts its segment's).
     Raises CheckpointLockedError once ``lock`` no longer holds the stage.
     """
 
@@ -136,6 +137,7 @@ class MemoryJournalWriter:
         if position > _POSITION:
             raise CheckpointError(f"Stage {self._stage!r}: over {_POSITION} request records in "
                                   f"one journal segment; lower compact_min_bytes.")
+        self.size += len(record)
         return self._gen << OFFSET_BITS | position
 
     def flush(self) -> None:
@@ -325,6 +327,13 @@ class MemoryStore(Store):
         """See :meth:`Store.remove`: one step; the lock stays with its holder."""
         with self._shelf.mutex:
             self._shelf.stages.pop(stage, None)
+
+    def segments(self, stage: str) -> list[int]:
+        """The generations of the journal segments ``stage`` holds, oldest first (those
+        :meth:`retain` kept)."""
+        with self._shelf.mutex:
+            held = self._shelf.stages.get(stage)
+            return sorted(held.segments) if held is not None else []
 
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage`: the bytes held (payloads, not Python's overhead)."""
