@@ -41,6 +41,7 @@ from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
 from .metrics import format_duration, format_percent
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
+from .stores import BACKEND_SCHEMES
 from .stores.base import check_stage_name
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3
@@ -114,7 +115,8 @@ def _default_dir() -> str:
 
 
 DIR_HELP = "Checkpoint directory."
-BACKEND_HELP = "'file' (the --dir directory) or a Redis URL (redis://host:6379/0)."
+BACKEND_HELP = ("'file' (the --dir directory), a Redis URL (redis://host:6379/0) or memory:// "
+                "(this process only).")
 AFTER_HELP = " Also accepted before the command; given in both places, this one wins."
 
 
@@ -126,8 +128,9 @@ def pass_ctx(command: Callable[..., None]) -> Callable[..., None]:
         location = click.get_current_context().find_object(Location)
         assert location is not None
         backend = location.backend if backend is None else backend
-        if backend != "file" and not backend.startswith(("redis://", "rediss://", "unix://")):
-            raise click.UsageError(f"--backend {redact(repr(backend))}: use 'file' or a redis:// URL.")
+        if backend != "file" and not backend.startswith(BACKEND_SCHEMES):
+            raise click.UsageError(f"--backend {redact(repr(backend))}: use 'file', a redis:// URL "
+                                   f"or memory://.")
         ctx = Context(location.directory if directory is None else directory, backend,
                       location.verbose)
         command(ctx, *args, **kwargs)

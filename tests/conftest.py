@@ -105,21 +105,50 @@ def drop_redis_prefix(prefix: str) -> None:
 @pytest.fixture
 def redis_backend():  # type: ignore[no-untyped-def]
     """A Redis URL with a fresh key prefix, its keys deleted after the test."""
-    require_redis()
-    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
-    yield redis_location(prefix)
-    drop_redis_prefix(prefix)
+    yield from _store_location("redis")
 
 
-@pytest.fixture(params=["file", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Where a test's checkpoints live: a directory, or a Redis URL with a fresh prefix.
+#: The stores every store-level test runs on: a new store adds its name here (and a branch
+#: in :func:`_store_location`), and the same tests prove it.
+STORES = ["file", "redis", "memory"]
+#: The memory store keeps nothing across processes: tests whose stage outlives a process (a
+#: real process killed, or holding the stage while this one looks) do not apply to it.
+NOT_ACROSS_PROCESSES = pytest.mark.skip(
+    reason="the memory store keeps nothing across processes: a stage never outlives its process")
 
-    The tests that take ``location`` prove the same behaviour for both stores."""
-    if request.param == "file":
+
+def _store_location(kind: str, tmp_path: Path | None = None):  # type: ignore[no-untyped-def]
+    """Where a test's checkpoints live on store ``kind``, emptied after the test."""
+    name = f"sctest-{uuid.uuid4().hex[:12]}"
+    if kind == "file":
+        assert tmp_path is not None
         yield str(tmp_path / "checkpoints")
-        return
-    require_redis()
-    prefix = f"sctest-{uuid.uuid4().hex[:12]}"
-    yield redis_location(prefix)
-    drop_redis_prefix(prefix)
+    elif kind == "redis":
+        require_redis()
+        yield redis_location(name)
+        drop_redis_prefix(name)
+    else:
+        from scrapy_checkpoint.stores.memory import forget_memory_store
+
+        yield f"memory://{name}"  # named: every open_store() of the test sees the same stages
+        forget_memory_store(name)
+
+
+@pytest.fixture(params=STORES)
+def store_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Where a test's checkpoints live, once per store in :data:`STORES`: a directory, a
+    Redis URL with a fresh prefix, or a named memory store (``memory://NAME``).
+
+    The tests that take it are the store conformance suite: the same behaviour, proven
+    for every store through the Store protocol, the checkpoint, the tracker or the
+    manager."""
+    yield from _store_location(request.param, tmp_path)
+
+
+@pytest.fixture(params=[pytest.param(kind, marks=NOT_ACROSS_PROCESSES) if kind == "memory"
+                        else kind for kind in STORES])
+def persistent_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """:func:`store_location` for the tests whose stage must outlive a process or be seen
+    from another one (kill -9, a stage held by a second process): the memory store is
+    listed, not run, with the reason."""
+    yield from _store_location(request.param, tmp_path)

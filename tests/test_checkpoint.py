@@ -70,8 +70,8 @@ def test_invalid_transitions_raise_naming_both_states() -> None:
     check_transition("s", Status.FAILED, Status.RUNNING)
 
 
-def test_completing_a_paused_stage_is_refused(location: str) -> None:
-    cp = _run(location, "s", range(3))
+def test_completing_a_paused_stage_is_refused(store_location: str) -> None:
+    cp = _run(store_location, "s", range(3))
     cp.pause()
     with pytest.raises(InvalidTransitionError, match="'paused' to 'completed'"):
         cp.complete()
@@ -79,11 +79,11 @@ def test_completing_a_paused_stage_is_refused(location: str) -> None:
 
 
 def test_a_crashed_stage_is_detected_logged_and_resumed(
-    location: str, caplog: pytest.LogCaptureFixture
+    store_location: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _abandon(_run(location, "s", range(40)))
+    _abandon(_run(store_location, "s", range(40)))
     caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     state = cp.start()
     assert "Detected incomplete checkpoint for s. Resuming from 40 items" in caplog.text
     assert state.status is Status.RUNNING
@@ -92,9 +92,9 @@ def test_a_crashed_stage_is_detected_logged_and_resumed(
     cp.close()
 
 
-def test_closing_a_running_stage_leaves_it_paused_not_crashed(location: str) -> None:
-    _run(location, "s", range(10)).close()
-    view = read_stage(open_store(location), "s")
+def test_closing_a_running_stage_leaves_it_paused_not_crashed(store_location: str) -> None:
+    _run(store_location, "s", range(10)).close()
+    view = read_stage(open_store(store_location), "s")
     assert view.state.status is Status.PAUSED
     assert not view.crashed
 
@@ -117,23 +117,23 @@ def test_a_second_process_on_the_stage_is_refused_and_nothing_is_written(
     cp.close()
 
 
-def test_a_changed_input_file_stops_the_resume_until_reset(location: str,
+def test_a_changed_input_file_stops_the_resume_until_reset(store_location: str,
                                                             tmp_path: Path) -> None:
     source = tmp_path / "input.csv"
     source.write_text("a\nb\n")
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     cp.start(total_items=2, input_file=source)
     cp.update(processed=1, successful=1, index=0)
     cp.close()
     source.write_text("a\nB\n")
-    cp = EnhancedCheckpoint(location, "s")
+    cp = EnhancedCheckpoint(store_location, "s")
     with pytest.raises(InputChangedError, match=r"CHECKPOINT_RESET=True"):
         cp.start(input_file=source)
     assert cp.validate_input_file(source)[0] is False
     cp.close()
-    assert read_stage(open_store(location), "s").state.progress.processed_items == 1
+    assert read_stage(open_store(store_location), "s").state.progress.processed_items == 1
 
-    cp = EnhancedCheckpoint(location, "s")
+    cp = EnhancedCheckpoint(store_location, "s")
     state = cp.start(input_file=source, reset=True)
     assert state.progress.processed_items == 0
     assert not cp.is_done(0)
@@ -163,21 +163,21 @@ def test_a_corrupt_state_file_is_restored_from_the_backup_with_a_warning(
     assert json.loads((checkpoint_dir / "s.json").read_text())["progress"]["processed_items"] == 20
 
 
-def test_repeated_updates_of_a_done_unit_are_ignored(location: str) -> None:
-    cp = _run(location, "s", range(5))
+def test_repeated_updates_of_a_done_unit_are_ignored(store_location: str) -> None:
+    cp = _run(store_location, "s", range(5))
     assert cp.update(processed=1, successful=1, index=3) is False
     assert cp.state.progress.processed_items == 5
     cp.close()
 
 
-def test_keys_of_any_kind_are_skipped_after_a_resume(location: str) -> None:
+def test_keys_of_any_kind_are_skipped_after_a_resume(store_location: str) -> None:
     keys: list[Any] = ["https://example.com/a", b"\x01" * 20, 2**70, -3, 7]
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     cp.start()
     for k in keys:
         cp.update(processed=1, successful=1, key=k)
     _abandon(cp)
-    cp = EnhancedCheckpoint(location, "s")
+    cp = EnhancedCheckpoint(store_location, "s")
     cp.start()
     assert all(cp.should_skip(k) for k in keys)
     assert not cp.should_skip("https://example.com/b")
@@ -186,21 +186,21 @@ def test_keys_of_any_kind_are_skipped_after_a_resume(location: str) -> None:
     cp.close()
 
 
-def test_failed_units_are_skipped_unless_retried(location: str) -> None:
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+def test_failed_units_are_skipped_unless_retried(store_location: str) -> None:
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     cp.start(total_items=3)
     cp.update(processed=1, successful=1, index=0)
     cp.update(processed=1, failed=1, index=1)
     cp.update(processed=1, successful=1, index=2)
     cp.fail(RuntimeError("boom"))
     cp.close()
-    cp = EnhancedCheckpoint(location, "s")
+    cp = EnhancedCheckpoint(store_location, "s")
     state = cp.start()
     assert state.error_message == "RuntimeError: boom"
     assert state.error_count == 1
     assert cp.is_done(1)
     cp.close()
-    cp = EnhancedCheckpoint(location, "s")
+    cp = EnhancedCheckpoint(store_location, "s")
     state = cp.start(retry_failed=True)
     assert not cp.is_done(1)
     assert cp.is_done(0)
@@ -208,17 +208,17 @@ def test_failed_units_are_skipped_unless_retried(location: str) -> None:
     cp.update(processed=1, successful=1, index=1)
     cp.complete()
     cp.close()
-    final = read_stage(open_store(location), "s").state.progress
+    final = read_stage(open_store(store_location), "s").state.progress
     assert (final.processed_items, final.successful_items, final.failed_items) == (3, 3, 0)
 
 
-def test_metadata_errors_and_batch_survive_a_crash(location: str) -> None:
-    cp = _run(location, "s", range(3))
+def test_metadata_errors_and_batch_survive_a_crash(store_location: str) -> None:
+    cp = _run(store_location, "s", range(3))
     cp.set_metadata(source="feed-a", page=3)
     cp.record_error("timeout on item 2")
     cp.update(processed=1, successful=1, index=3, batch_id="b-7")
     _abandon(cp)
-    state = read_stage(open_store(location), "s").state
+    state = read_stage(open_store(store_location), "s").state
     assert state.metadata == {"source": "feed-a", "page": 3}
     assert state.error_message == "timeout on item 2"
     assert state.error_count == 1
@@ -226,8 +226,8 @@ def test_metadata_errors_and_batch_survive_a_crash(location: str) -> None:
     assert state.batch_id == "b-7"
 
 
-def test_stale_when_not_updated_for_max_age(location: str) -> None:
-    cp = _run(location, "s", range(3))
+def test_stale_when_not_updated_for_max_age(store_location: str) -> None:
+    cp = _run(store_location, "s", range(3))
     assert not cp.is_stale(max_age_hours=1)
     assert cp.is_stale(max_age_hours=0)
     cp.close()
@@ -286,7 +286,7 @@ def test_update_before_start_is_an_error(checkpoint_dir: Path) -> None:
         EnhancedCheckpoint(checkpoint_dir, "s").update(processed=1)
 
 
-def test_hooks_sync_and_async_are_called(location: str) -> None:
+def test_hooks_sync_and_async_are_called(store_location: str) -> None:
     calls: list[str] = []
 
     async def on_complete(cp: EnhancedCheckpoint) -> None:
@@ -294,7 +294,7 @@ def test_hooks_sync_and_async_are_called(location: str) -> None:
         calls.append(f"complete:{cp.state.progress.processed_items}")
 
     cp = EnhancedCheckpoint(
-        location, "s", log_every=2,
+        store_location, "s", log_every=2,
         on_start=lambda cp: calls.append("start"),
         on_progress=lambda cp: calls.append(f"progress:{cp.state.progress.processed_items}"),
         on_complete=on_complete,
@@ -337,21 +337,21 @@ def test_done_set_stays_exact_across_compactions() -> None:
 
 
 def test_lost_work_survives_a_crash_and_makes_the_stage_end_incomplete(
-    location: str, caplog: pytest.LogCaptureFixture
+    store_location: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cp = _run(location, "s", range(3))
+    cp = _run(store_location, "s", range(3))
     cp.add_unit(1001, {"redo": 1})
     cp.add_unit(1002, {"redo": 2})
     cp.record_lost("unjournaled", 2)
     cp.record_lost("unjournaled", 1)
     cp.record_lost("unrestorable", 1, [1001])
     _abandon(cp)  # replayed from the journal, not from memory
-    view = read_stage(open_store(location), "s")
+    view = read_stage(open_store(store_location), "s")
     assert view.state.lost == {"unjournaled": 3, "unrestorable": 1}
     assert view.state.pending_units == 1  # 1001 given up, 1002 still pending
 
     caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     cp.start()
     cp.finish_unit(1002, processed=1, successful=1)
     cp.complete()
@@ -360,18 +360,18 @@ def test_lost_work_survives_a_crash_and_makes_the_stage_end_incomplete(
         in caplog.text
     assert "Completed" not in caplog.text
     cp.close()
-    state = read_stage(open_store(location), "s").state
+    state = read_stage(open_store(store_location), "s").state
     assert (state.status, state.lost) == (Status.INCOMPLETE, {"unjournaled": 3,
                                                               "unrestorable": 1})
 
-    again = EnhancedCheckpoint(location, "s", log_every=0)  # an incomplete stage resumes
+    again = EnhancedCheckpoint(store_location, "s", log_every=0)  # an incomplete stage resumes
     assert again.start().status is Status.RUNNING
     assert again.should_skip(0)
     again.complete()
     assert again.status is Status.INCOMPLETE  # the lost work is still lost
     again.close()
 
-    fresh = EnhancedCheckpoint(location, "s", log_every=0)
+    fresh = EnhancedCheckpoint(store_location, "s", log_every=0)
     fresh.start(reset=True)
     fresh.complete()
     assert (fresh.status, fresh.state.lost) == (Status.COMPLETED, {})
@@ -379,24 +379,24 @@ def test_lost_work_survives_a_crash_and_makes_the_stage_end_incomplete(
 
 
 def test_every_field_the_crawl_writes_is_read_back_from_the_journal_and_a_snapshot(
-    location: str,
+    store_location: str,
 ) -> None:
     """What the crawl journals passes the replay checks: feed documents' third output
     element, lost counts taken back (negative deltas). A writer and the checks that read
     its records back must agree, or replay stops at the first such group."""
-    cp = _run(location, "s", range(3))
+    cp = _run(store_location, "s", range(3))
     cp.record_output("/data/items.json", 0, 120, {"n": 3, "closing": "\n]"})
     cp.record_lost("session_expired", 2)
     cp.record_lost("session_expired", -1)
     _abandon(cp)
-    view = read_stage(open_store(location), "s")
+    view = read_stage(open_store(store_location), "s")
     assert view.problems == []
     assert view.state.lost == {"session_expired": 1}
     assert view.outputs["/data/items.json"][:2] == [0, 120]
-    cp = EnhancedCheckpoint(location, "s", log_every=0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0)
     cp.start()
     cp.close()  # writes a snapshot: the next read starts from it
-    view = read_stage(open_store(location), "s")
+    view = read_stage(open_store(store_location), "s")
     assert view.problems == []
     assert view.state.lost == {"session_expired": 1}
     assert view.outputs["/data/items.json"][2] == {"n": 3, "closing": "\n]"}

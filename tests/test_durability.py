@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,12 +73,12 @@ def test_counter_fields_add_up_and_a_stage_reinit_drops_what_came_before_but_han
 
 
 def test_a_group_is_committed_every_save_every_updates_or_at_a_tick_once_save_interval_passed(
-    checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store_location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(durability, "monotonic", lambda: now[0])
     monkeypatch.setattr("scrapy_checkpoint.checkpoint.monotonic", lambda: now[0])
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=5, save_interval=10.0)
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0, save_every=5, save_interval=10.0)
     cp.start()
     start = cp.journal_bytes or 0
     for i in range(4):
@@ -159,15 +158,15 @@ def test_a_tracked_stage_marks_its_finished_units_and_clears_the_ones_it_journal
     store.close()
 
 
-def test_a_commit_hook_value_replay_would_refuse_is_never_written(checkpoint_dir: Path) -> None:
-    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=1)
+def test_a_commit_hook_value_replay_would_refuse_is_never_written(store_location: str) -> None:
+    cp = EnhancedCheckpoint(store_location, "s", log_every=0, save_every=1)
     cp.start()
     cp.update(processed=1, successful=1, index=0)
     cp.add_commit_hook(lambda: {TOTAL: 1 << 70})  # beyond a 64-bit count
     with pytest.raises(CheckpointError, match="a commit hook gave a value the journal cannot hold"):
         cp.update(processed=1, successful=1, index=1)
     cp.abandon()
-    again = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    again = EnhancedCheckpoint(store_location, "s", log_every=0)
     again.open()
     assert again.dropped_bytes == 0  # nothing damaged: the bad group was not written
     assert again.should_skip(0)

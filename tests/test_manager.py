@@ -34,8 +34,8 @@ def _pipeline(location: str) -> UnifiedCheckpointManager:
     return manager
 
 
-def test_report_shows_each_stage_then_the_pipeline(location: str) -> None:
-    report = _pipeline(location).report()
+def test_report_shows_each_stage_then_the_pipeline(store_location: str) -> None:
+    report = _pipeline(store_location).report()
     assert "stage1_discovery  [completed]" in report
     assert "Progress: 100.0% (4/4)" in report
     assert "stage2_parse  [failed]" in report
@@ -47,8 +47,8 @@ def test_report_shows_each_stage_then_the_pipeline(location: str) -> None:
         "paused 0 | crashed 1")
 
 
-def test_export_writes_every_stage_as_json(location: str, tmp_path: Path) -> None:
-    manager = _pipeline(location)
+def test_export_writes_every_stage_as_json(store_location: str, tmp_path: Path) -> None:
+    manager = _pipeline(store_location)
     out = tmp_path / "export.json"
     doc = manager.export(out)
     assert json.loads(out.read_text()) == doc
@@ -62,16 +62,17 @@ def test_export_writes_every_stage_as_json(location: str, tmp_path: Path) -> Non
     assert sum(by_stage["stage1_discovery"]["disk"].values()) > 0
 
 
-def test_list_checkpoints_and_stages(location: str) -> None:
-    manager = _pipeline(location)
+def test_list_checkpoints_and_stages(store_location: str) -> None:
+    manager = _pipeline(store_location)
     assert manager.stages() == ["stage1_discovery", "stage2_parse", "stage3_enrich"]
     statuses = [s.status for s in manager.list_checkpoints()]
     assert statuses == [Status.COMPLETED, Status.FAILED, Status.RUNNING]
 
 
-def test_reset_refuses_a_stage_with_a_live_owner(location: str, hold_stage: Any) -> None:
-    manager = _pipeline(location)
-    holder = hold_stage(location, "live")
+def test_reset_refuses_a_stage_with_a_live_owner(persistent_location: str,
+                                                 hold_stage: Any) -> None:
+    manager = _pipeline(persistent_location)
+    holder = hold_stage(persistent_location, "live")
     with pytest.raises(CheckpointLockedError, match=f"pid {holder.pid}"):
         manager.reset("live")
     assert sorted(manager.reset_all()) == ["stage1_discovery", "stage2_parse", "stage3_enrich"]
@@ -84,10 +85,10 @@ def test_reset_refuses_a_stage_with_a_live_owner(location: str, hold_stage: Any)
     cp.close()
 
 
-def test_cleanup_removes_idle_stages_but_not_live_ones(location: str,
+def test_cleanup_removes_idle_stages_but_not_live_ones(persistent_location: str,
                                                        hold_stage: Any) -> None:
-    manager = _pipeline(location)
-    hold_stage(location, "live")
+    manager = _pipeline(persistent_location)
+    hold_stage(persistent_location, "live")
     assert manager.cleanup(older_than_days=1) == {}
     planned = manager.cleanup(older_than_days=0, dry_run=True)
     assert sorted(planned) == ["stage1_discovery", "stage2_parse", "stage3_enrich"]

@@ -1,6 +1,6 @@
 """The Redis store's own promises: atomic, idempotent group commits; outages; clear errors.
 
-Everything else the file store proves runs against Redis too (the ``location``
+Everything else the file store proves runs against Redis too (the ``store_location``
 fixture parametrises those tests).
 """
 
@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from scrapy_checkpoint.errors import CheckpointLockedError
 from scrapy_checkpoint.state import Owner
 from scrapy_checkpoint.stores.redis import RedisStore, compress, decompress
 
-from .conftest import PYTHON, SCRIPTS, python_env, redis_location, require_redis
+from .conftest import PYTHON, SCRIPTS, python_env
 
 
 def _free_port() -> int:
@@ -89,23 +88,12 @@ class CuttingProxy:
         self._server.close()
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    require_redis()
-    prefix = f"sctest-{os.urandom(6).hex()}"
-    yield redis_location(prefix)
-    client = redis.Redis.from_url(redis_location(prefix).split("?")[0])
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
-
-
-def test_a_group_whose_reply_was_lost_is_applied_exactly_once(redis_url: str) -> None:
-    store = RedisStore(redis_url)
+def test_a_group_whose_reply_was_lost_is_applied_exactly_once(redis_backend: str) -> None:
+    store = RedisStore(redis_backend)
     port = store.client.connection_pool.connection_kwargs["port"]
     proxy = CuttingProxy(port)
     try:
-        proxied = redis_url.replace(f":{port}/", f":{proxy.port}/")
+        proxied = redis_backend.replace(f":{port}/", f":{proxy.port}/")
         # Commits only every 10 updates (never by time: a slow machine must not shift them).
         cp = EnhancedCheckpoint(proxied, "s", log_every=0, save_every=10, save_interval=3600)
         cp.start(total_items=30)
@@ -121,7 +109,7 @@ def test_a_group_whose_reply_was_lost_is_applied_exactly_once(redis_url: str) ->
         cp.close()
     finally:
         proxy.close()
-    reader = RedisStore(redis_url)
+    reader = RedisStore(redis_backend)
     state = read_stage(reader, "s").state
     reader.close()
     store.close()
@@ -255,10 +243,10 @@ def test_a_crawl_survives_a_redis_restart_mid_crawl(tmp_path: Path) -> None:
     assert state.done_units == n_pages
 
 
-def test_state_writes_never_fail_while_groups_are_appended(redis_url: str) -> None:
+def test_state_writes_never_fail_while_groups_are_appended(redis_backend: str) -> None:
     """A stage committing without pause (a group per update) while its state is written
     over and over on another thread: every state write lands, none is refused."""
-    cp = EnhancedCheckpoint(redis_url, "busy", save_every=1)
+    cp = EnhancedCheckpoint(redis_backend, "busy", save_every=1)
     cp.start()
     store = cp.store
     stop = threading.Event()
@@ -287,7 +275,7 @@ def test_state_writes_never_fail_while_groups_are_appended(redis_url: str) -> No
     cp.close()
     assert not errors, errors[0]
     assert writes > 0
-    assert read_stage(RedisStore(redis_url), "busy").state.progress.processed_items == 3000
+    assert read_stage(RedisStore(redis_backend), "busy").state.progress.processed_items == 3000
 
 
 def _dead_pid() -> int:

@@ -21,14 +21,14 @@ def _status(location: str, stage: str = "stage3") -> Status:
     return read_stage(open_store(location), stage).state.status
 
 
-def test_the_documented_form_runs_and_completes(location: str, tmp_path: Path,
+def test_the_documented_form_runs_and_completes(store_location: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "rows.txt"
     source.write_text("\n".join(f"row{i}" for i in range(50)))
     rows = source.read_text().split()
 
     async def main() -> None:
-        async with AsyncCheckpointTracker(location, "stage3") as tracker:
+        async with AsyncCheckpointTracker(store_location, "stage3") as tracker:
             tracker.start(total_items=len(rows), input_file=source)
             for i, row in enumerate(rows):
                 if tracker.should_skip(i):
@@ -39,7 +39,7 @@ def test_the_documented_form_runs_and_completes(location: str, tmp_path: Path,
 
     asyncio.run(main())
     assert "[stage3] Progress: 100.0% (50/50) | Success: 100.0%" in capsys.readouterr().out
-    state = read_stage(open_store(location), "stage3").state
+    state = read_stage(open_store(store_location), "stage3").state
     assert state.status is Status.COMPLETED
     assert state.last_processed_item == "row49"
     assert state.input_file == str(source)
@@ -47,7 +47,7 @@ def test_the_documented_form_runs_and_completes(location: str, tmp_path: Path,
     assert state.input_file_hash.startswith("sha256:")
 
 
-def test_an_exception_marks_the_stage_failed_and_is_reraised(location: str) -> None:
+def test_an_exception_marks_the_stage_failed_and_is_reraised(store_location: str) -> None:
     seen: list[BaseException] = []
 
     class Tracker(AsyncCheckpointTracker[Any]):
@@ -55,23 +55,23 @@ def test_an_exception_marks_the_stage_failed_and_is_reraised(location: str) -> N
             seen.append(error)
 
     async def main() -> None:
-        async with Tracker(location, "stage3") as tracker:
+        async with Tracker(store_location, "stage3") as tracker:
             tracker.start(total_items=10)
             tracker.update(processed=1, successful=1, index=0)
             raise ValueError("bad row 1")
 
     with pytest.raises(ValueError, match="bad row 1"):
         asyncio.run(main())
-    state = read_stage(open_store(location), "stage3").state
+    state = read_stage(open_store(store_location), "stage3").state
     assert state.status is Status.FAILED
     assert state.error_message == "ValueError: bad row 1"
     assert state.progress.processed_items == 1
     assert [type(e) for e in seen] == [ValueError]
 
 
-def test_cancellation_marks_the_stage_paused(location: str) -> None:
+def test_cancellation_marks_the_stage_paused(store_location: str) -> None:
     async def stage(started: asyncio.Event) -> None:
-        async with AsyncCheckpointTracker(location, "stage3") as tracker:
+        async with AsyncCheckpointTracker(store_location, "stage3") as tracker:
             tracker.start(total_items=10)
             tracker.update(processed=1, successful=1, index=0)
             started.set()
@@ -86,21 +86,21 @@ def test_cancellation_marks_the_stage_paused(location: str) -> None:
             await task
 
     asyncio.run(main())
-    assert _status(location) is Status.PAUSED
+    assert _status(store_location) is Status.PAUSED
 
 
-def test_keyboard_interrupt_marks_the_stage_paused(location: str) -> None:
+def test_keyboard_interrupt_marks_the_stage_paused(store_location: str) -> None:
     async def main() -> None:
-        async with AsyncCheckpointTracker(location, "stage3") as tracker:
+        async with AsyncCheckpointTracker(store_location, "stage3") as tracker:
             tracker.start()
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(main())
-    assert _status(location) is Status.PAUSED
+    assert _status(store_location) is Status.PAUSED
 
 
-def test_on_success_runs_after_completion(location: str) -> None:
+def test_on_success_runs_after_completion(store_location: str) -> None:
     statuses: list[Status] = []
 
     class Tracker(AsyncCheckpointTracker[Any]):
@@ -108,19 +108,19 @@ def test_on_success_runs_after_completion(location: str) -> None:
             statuses.append(self.status)
 
     async def main() -> None:
-        async with Tracker(location, "stage3") as tracker:
+        async with Tracker(store_location, "stage3") as tracker:
             tracker.start(total_items=0)
 
     asyncio.run(main())
     assert statuses == [Status.COMPLETED]
 
 
-def test_url_keys_are_skipped_on_the_next_run(location: str) -> None:
+def test_url_keys_are_skipped_on_the_next_run(store_location: str) -> None:
     urls = [f"https://example.com/p/{i}" for i in range(30)]
     handled: list[str] = []
 
     async def run(stop_after: int | None) -> None:
-        async with AsyncCheckpointTracker(location, "urls") as tracker:
+        async with AsyncCheckpointTracker(store_location, "urls") as tracker:
             tracker.start(total_items=len(urls))
             for url in urls:
                 if tracker.should_skip(url):
@@ -134,16 +134,16 @@ def test_url_keys_are_skipped_on_the_next_run(location: str) -> None:
         asyncio.run(run(stop_after=12))
     asyncio.run(run(stop_after=None))
     assert handled == urls
-    assert _status(location, "urls") is Status.COMPLETED
+    assert _status(store_location, "urls") is Status.COMPLETED
 
 
-def test_out_of_order_completion_never_skips_an_unfinished_item(location: str) -> None:
+def test_out_of_order_completion_never_skips_an_unfinished_item(store_location: str) -> None:
     """Many tasks finish out of order; the run stops mid-way. The next run does
     exactly the unfinished ones: tracking the last index would skip some."""
     processed: list[int] = []
 
     async def run(stop_at: int | None) -> None:
-        async with AsyncCheckpointTracker(location, "stage3") as tracker:
+        async with AsyncCheckpointTracker(store_location, "stage3") as tracker:
             tracker.start(total_items=200)
             slots = asyncio.Semaphore(20)
             stop = asyncio.Event()
@@ -169,12 +169,12 @@ def test_out_of_order_completion_never_skips_an_unfinished_item(location: str) -
     assert first != sorted(first), "the test needs out-of-order completion"
     asyncio.run(run(stop_at=None))
     assert sorted(processed) == list(range(200))
-    state = read_stage(open_store(location), "stage3").state
+    state = read_stage(open_store(store_location), "stage3").state
     assert state.progress.processed_items == 200
     assert state.status is Status.COMPLETED
 
 
-def test_map_does_the_bookkeeping(location: str) -> None:
+def test_map_does_the_bookkeeping(store_location: str) -> None:
     calls: list[int] = []
 
     async def worker(item: int) -> None:
@@ -183,12 +183,12 @@ def test_map_does_the_bookkeeping(location: str) -> None:
             raise RuntimeError("unlucky")
 
     async def main() -> Any:
-        async with AsyncCheckpointTracker(location, "m") as tracker:
+        async with AsyncCheckpointTracker(store_location, "m") as tracker:
             return await tracker.map(worker, list(range(40)), concurrency=5)
 
     result = asyncio.run(main())
     assert (result.succeeded, result.failed, result.skipped) == (39, 1, 0)
-    state = read_stage(open_store(location), "m").state
+    state = read_stage(open_store(store_location), "m").state
     assert (state.progress.processed_items, state.progress.failed_items) == (40, 1)
     assert state.error_message == "RuntimeError: unlucky"
     assert state.progress.total_items == 40
@@ -198,7 +198,7 @@ def test_map_does_the_bookkeeping(location: str) -> None:
     assert result.skipped == 40
 
 
-def test_map_with_keys_and_raise_redoes_only_unfinished_items(location: str) -> None:
+def test_map_with_keys_and_raise_redoes_only_unfinished_items(store_location: str) -> None:
     calls: list[str] = []
     fail = {"c"}
 
@@ -209,30 +209,30 @@ def test_map_with_keys_and_raise_redoes_only_unfinished_items(location: str) -> 
         calls.append(item)
 
     async def main() -> None:
-        async with AsyncCheckpointTracker(location, "k") as tracker:
+        async with AsyncCheckpointTracker(store_location, "k") as tracker:
             await tracker.map(worker, iter("abcdef"), concurrency=1, key=lambda s: f"id:{s}",
                               on_error="raise")
 
     with pytest.raises(RuntimeError, match="c"):
         asyncio.run(main())
-    assert _status(location, "k") is Status.FAILED
+    assert _status(store_location, "k") is Status.FAILED
     fail.clear()
     calls.clear()
     asyncio.run(main())
     assert calls == ["c", "d", "e", "f"]
-    assert _status(location, "k") is Status.COMPLETED
+    assert _status(store_location, "k") is Status.COMPLETED
 
 
-def test_progress_bar_on_a_terminal_does_not_disturb_the_run(location: str) -> None:
+def test_progress_bar_on_a_terminal_does_not_disturb_the_run(store_location: str) -> None:
     async def noop(item: int) -> None:
         await asyncio.sleep(0)
 
     async def main() -> None:
-        async with AsyncCheckpointTracker(location, "bar", progress_bar=True) as tracker:
+        async with AsyncCheckpointTracker(store_location, "bar", progress_bar=True) as tracker:
             await tracker.map(noop, range(300))
 
     asyncio.run(main())
-    assert read_stage(open_store(location), "bar").state.progress.processed_items == 300
+    assert read_stage(open_store(store_location), "bar").state.progress.processed_items == 300
 
 
 def test_importing_the_tracker_imports_neither_scrapy_nor_twisted() -> None:

@@ -58,11 +58,11 @@ def _logged(path: Path) -> list[int]:
 @pytest.mark.parametrize(("seed", "durability"), [(1, "fsync"), (2, "fsync"), (3, "fsync"),
                                                   (4, "flush")])
 def test_kill_at_random_moments_loses_nothing_and_redoes_only_the_last_group(
-    tmp_path: Path, location: str, seed: int, durability: str
+    tmp_path: Path, persistent_location: str, seed: int, durability: str
 ) -> None:
     rng = random.Random(seed)
-    directory = location
-    store = open_store(location)
+    directory = persistent_location
+    store = open_store(persistent_location)
     done_before: set[int] = set()
     all_logged: list[int] = []
     kills = 0

@@ -7,6 +7,8 @@ import argparse
 
 from scrapy.commands import ScrapyCommand
 
+from ..stores import MEMORY
+
 
 class Command(ScrapyCommand):
     """``scrapy checkpoint ...``: the scrapy-checkpoint CLI with the project's settings."""
@@ -37,7 +39,7 @@ class Command(ScrapyCommand):
         backend = self.settings.get("CHECKPOINT_BACKEND")
         prefix = self.settings.get("CHECKPOINT_REDIS_PREFIX")
         if backend and backend != "file" and "--backend" not in args:
-            if prefix and "prefix=" not in backend:
+            if prefix and "prefix=" not in backend and not backend.startswith(MEMORY):
                 backend += ("&" if "?" in backend else "?") + f"prefix={prefix}"
             args = ["--backend", backend, *args]
         self.exitcode = run(args, prog_name="scrapy checkpoint",

@@ -20,7 +20,8 @@ CHECKPOINT_ENABLED           bool       False (True with    Turn the plugin on.
                                         the add-on)
 CHECKPOINT_DIR               str        "checkpoints"       Directory of the file store.
 CHECKPOINT_STAGE_NAME        str        the spider's name   Name of the stage (one per crawl).
-CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR) or a Redis URL.
+CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis URL, or
+                                                            "memory://" (kept by this process only).
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
 CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
 CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis is away.
@@ -66,6 +67,7 @@ from pydantic.fields import FieldInfo
 
 from ..config import CheckpointConfig
 from ..errors import ConfigError, redact
+from ..stores import BACKEND_SCHEMES, MEMORY, open_store
 from ..stores.base import Store
 from ..stores.file import FileStore
 
@@ -138,8 +140,8 @@ class CheckpointSettings(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value != "file" and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("use 'file' or a Redis URL such as redis://127.0.0.1:6379/0")
+        if value != "file" and not value.startswith(BACKEND_SCHEMES):
+            raise ValueError("use 'file', memory:// or a Redis URL such as redis://127.0.0.1:6379/0")
         return value
 
     @classmethod
@@ -176,7 +178,8 @@ class CheckpointSettings(BaseModel):
                 f"scrapy-checkpoint {where} reset {stage} first.")
 
     def store(self) -> Store:
-        """The store these settings name (a :class:`FileStore` or a ``RedisStore``).
+        """The store these settings name (a :class:`FileStore`, a ``MemoryStore`` or a
+        ``RedisStore``).
 
         For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
         written in it and removed: a directory that cannot be used raises
@@ -186,6 +189,8 @@ class CheckpointSettings(BaseModel):
         if self.backend == "file":
             _check_dir(self.dir)
             return FileStore(self.dir)
+        if self.backend.startswith(MEMORY):
+            return open_store(self.backend)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,

@@ -97,15 +97,19 @@ def decode_snapshot(data: bytes) -> tuple[dict[str, Any], DoneSet]:
         raise ValueError("snapshot is cut short") from None
 
 
-def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
-    code_map = data.startswith(SNAPSHOT_MAGIC_V3)
-    if data.startswith(SNAPSHOT_MAGIC) or code_map:
-        timed, indexed = True, True
-    elif data.startswith(SNAPSHOT_MAGIC_V2):
-        timed, indexed = True, False
-    elif data.startswith(SNAPSHOT_MAGIC_V1):
-        timed, indexed = False, False
-    else:
+def decode_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of snapshot ``data``, checked (magic, checksum, shape), without
+    reading its sections (e.g. its :data:`PLACES`). Raises ValueError as
+    :func:`decode_snapshot` does for a damaged header."""
+    try:
+        return _header(data)[0]
+    except struct.error:
+        raise ValueError("snapshot is cut short") from None
+
+
+def _header(data: bytes) -> tuple[dict[str, Any], int]:
+    """The checked header of snapshot ``data`` and the offset of the section after it."""
+    if not data.startswith(SNAPSHOT_MAGICS):
         raise ValueError("not a snapshot (bad magic)")
     pos = len(SNAPSHOT_MAGIC)
     hlen, hcrc = _SNAP_HEAD.unpack_from(data, pos)
@@ -115,7 +119,14 @@ def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
         raise ValueError("snapshot header checksum mismatch")
     header = json.loads(head)
     check_header(header)
-    pos += hlen
+    return header, pos + hlen
+
+
+def _decode(data: bytes) -> tuple[dict[str, Any], DoneSet]:
+    header, pos = _header(data)
+    code_map = data.startswith(SNAPSHOT_MAGIC_V3)
+    timed = not data.startswith(SNAPSHOT_MAGIC_V1)
+    indexed = data.startswith(SNAPSHOT_MAGIC) or code_map
     count, ccrc = _SNAP_CODES.unpack_from(data, pos)
     pos += _SNAP_CODES.size
     view = memoryview(data)

@@ -1,6 +1,6 @@
 """What the checkpoint core needs from a store: the :class:`Store`, :class:`JournalWriter`
-and :class:`Lock` protocols. ``FileStore`` and ``RedisStore`` provide them; the core and
-the Scrapy pieces never know which one they use."""
+and :class:`Lock` protocols. ``FileStore``, ``RedisStore`` and ``MemoryStore`` provide them;
+the core and the Scrapy pieces never know which one they use."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Loaded:
     ``generation`` and ``good_bytes`` are positions in the store's own units, handed
     back to :meth:`Store.open_segment` unchanged: for the file store a segment number
     and a byte offset in it, for the Redis store the last sequence number and a count
-    of journal records.
+    of journal records, for the memory store a segment number and a count of its groups.
     """
 
     #: Header of the newest valid snapshot (None: replay from an empty stage).

@@ -19,6 +19,7 @@ from scrapy.crawler import Crawler
 from scrapy.utils.defer import deferred_from_coro
 
 from scrapy_checkpoint import FileStore, Status, read_stage
+from scrapy_checkpoint.stores import open_store
 from scrapy_checkpoint.view import StageView
 
 from ...site import Site
@@ -157,17 +158,21 @@ def test_a_completed_stage_run_again_fetches_nothing_by_default(
 @pytest.mark.parametrize("reason", ["closespider_itemcount", "shutdown"])
 @pytest_twisted.inlineCallbacks
 def test_a_stopped_crawl_pauses_and_the_next_one_resumes_it(
-    make_crawler: MakeCrawler, site: Site, feed: Path, tmp_path: Path, reason: str
+    make_crawler: MakeCrawler, site: Site, feed: Path, store_location: str, reason: str
 ) -> Iterator[Any]:
+    """On every store (``store_location``): both runs are in this process, so the memory
+    store (``memory://NAME``) resumes too."""
+    where = ({"CHECKPOINT_BACKEND": store_location} if "://" in store_location
+             else {"CHECKPOINT_DIR": store_location})
     if reason == "shutdown":
-        first = make_crawler(TreeSpider, **_settings(feed))
+        first = make_crawler(TreeSpider, **_settings(feed, **where))
         yield first.crawl(base=site.url, stop_after=5)
     else:
-        first = make_crawler(TreeSpider, **_settings(feed, CLOSESPIDER_ITEMCOUNT=5))
+        first = make_crawler(TreeSpider, **_settings(feed, CLOSESPIDER_ITEMCOUNT=5, **where))
         yield first.crawl(base=site.url)
     stats = _stats(first)
     assert stats["finish_reason"] == reason
-    paused = _stage(tmp_path).state
+    paused = read_stage(open_store(store_location), "tree").state
     assert paused.status is Status.PAUSED
     done, pending = paused.done_units, paused.pending_units
     assert done >= 5
@@ -178,7 +183,7 @@ def test_a_stopped_crawl_pauses_and_the_next_one_resumes_it(
     assert _feed_pages(feed) == sorted(site.page_hits())  # one item per page fetched
     first_hits = site.page_hits()
 
-    second = make_crawler(TreeSpider, **_settings(feed))
+    second = make_crawler(TreeSpider, **_settings(feed, **where))
     yield second.crawl(base=site.url)
     stats = _stats(second)
     assert stats["finish_reason"] == "finished"
@@ -188,7 +193,7 @@ def test_a_stopped_crawl_pauses_and_the_next_one_resumes_it(
     assert site.page_hits() == dict.fromkeys(range(N_PAGES), 1)
     assert not set(first_hits) & (set(site.page_hits()) - set(first_hits))
     assert _feed_pages(feed) == list(range(N_PAGES))
-    state = _stage(tmp_path).state
+    state = read_stage(open_store(store_location), "tree").state
     assert state.status is Status.COMPLETED
     assert (state.done_units, state.pending_units) == (N_PAGES, 0)
 

@@ -13,7 +13,9 @@ from scrapy_checkpoint.config import CheckpointConfig
 from scrapy_checkpoint.crawl import settings as settings_module
 from scrapy_checkpoint.crawl.settings import CheckpointSettings
 from scrapy_checkpoint.errors import ConfigError
+from scrapy_checkpoint.stores import open_store
 from scrapy_checkpoint.stores.file import FileStore
+from scrapy_checkpoint.stores.memory import MemoryStore, forget_memory_store
 
 
 def read(**values: Any) -> CheckpointSettings:
@@ -142,6 +144,17 @@ def test_a_bad_value_names_the_setting(values: dict[str, Any], message: str) -> 
         CheckpointSettings.from_settings(Settings(values))
     assert str(info.value).startswith(message), str(info.value)
     assert "Fix it in settings.py" in str(info.value)
+
+
+def test_a_memory_backend_is_a_memory_store_shared_by_its_name() -> None:
+    store = read(CHECKPOINT_BACKEND="memory://settings-test").store()
+    try:
+        assert isinstance(store, MemoryStore)
+        assert store.location == "memory://settings-test"
+        store.write_state("s", b"{}")
+        assert open_store("memory://settings-test").stages() == ["s"]
+    finally:
+        forget_memory_store("settings-test")
 
 
 def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> None:
