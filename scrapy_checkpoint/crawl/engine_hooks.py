@@ -9,6 +9,8 @@ scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
 ``hook_spider_output()`` sees what each callback or errback yields, after the spider
 middlewares, through the scraper's ``handle_spider_output_async`` (2.13 to 2.19):
 errback output bypasses the spider middlewares, so a spider middleware would miss it.
+``hook_item_processing()`` sees the items of ``start()`` and the end of every item's trip
+through the pipelines (the scraper's ``_start_itemproc_nowait`` and ``start_itemproc_async``).
 ``hook_refusals()`` sees the requests a ``request_scheduled`` receiver refused, which the
 engine drops without a signal (``_schedule_request``, the scheduler's ``enqueue_request``).
 ``wake()``
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from scrapy import Request
 
@@ -99,11 +101,31 @@ def hook_refusals(engine: Any, on_refused: RequestHook) -> None:
     engine._schedule_request = schedule_request
 
 
-def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None]) -> None:
+class ItemHooks(Protocol):
+    """What the engine hooks tell about items (:class:`.item_ids.ItemIds` is one)."""
+
+    def prefix(self, request: Request) -> str:
+        """Called once per callback or errback output, at its first item."""
+
+    def yielded(self, item: Any, prefix: str, n: int) -> None:
+        """``item`` is the ``n``-th item (0, 1...) of that output."""
+
+    def from_start(self, item: Any) -> None:
+        """``item`` is the next item ``start()`` yielded."""
+
+    def finished(self, item: Any) -> None:
+        """``item``'s processing by the pipelines ended (scraped, dropped or failed)."""
+
+
+def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None],
+                       items: ItemHooks | None = None) -> None:
     """Call ``on_request(child, request)`` for every request a callback or errback of
     ``request`` yields, in the order it yields them, after the spider middlewares and before
-    the engine schedules it. A hook that raises is logged, never breaks the crawl. Raises
-    RuntimeError on a Scrapy without ``ExecutionEngine.scraper.handle_spider_output_async``."""
+    the engine schedules it; and with ``items``, ``items.yielded(item, prefix, n)`` for its
+    ``n``-th item (anything else but None: the scraper sends it to the pipelines), ``prefix``
+    being ``items.prefix(request)``. A hook that raises is logged, never breaks the crawl.
+    Raises RuntimeError on a Scrapy without
+    ``ExecutionEngine.scraper.handle_spider_output_async``."""
     scraper: Any = getattr(engine, "scraper", None)
     handle = getattr(scraper, "handle_spider_output_async", None)
     if not callable(handle):
@@ -119,16 +141,36 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         except Exception:
             logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
 
+    def numbered(item: Any, request: Request, prefix: str | None, n: int) -> str | None:
+        assert items is not None
+        try:
+            if prefix is None:
+                prefix = items.prefix(request)
+            items.yielded(item, prefix, n)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to number an item of %s", request)
+        return prefix
+
     def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
+        prefix: str | None = None
+        n = 0
         for out in result:
             if isinstance(out, Request):
                 seen(out, request)
+            elif out is not None and items is not None:
+                prefix = numbered(out, request, prefix, n)
+                n += 1
             yield out
 
     async def each_async(result: AsyncIterator[Any], request: Request) -> AsyncIterator[Any]:
+        prefix: str | None = None
+        n = 0
         async for out in result:
             if isinstance(out, Request):
                 seen(out, request)
+            elif out is not None and items is not None:
+                prefix = numbered(out, request, prefix, n)
+                n += 1
             yield out
 
     async def handle_spider_output_async(result: Any, request: Request, response: Any) -> None:
@@ -138,6 +180,40 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
             await handle(each(result, request), request, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async
+
+
+def hook_item_processing(engine: Any, items: ItemHooks) -> None:
+    """Call ``items.from_start(item)`` for every item ``start()`` yields, in its order, before
+    the pipelines see it, and ``items.finished(item)`` when the pipelines are done with any
+    item (the object the spider yielded, whatever a pipeline returned), after the
+    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. Wraps the scraper's
+    ``_start_itemproc_nowait`` and ``start_itemproc_async`` (Scrapy 2.14 to 2.19). A hook
+    that raises is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without
+    them."""
+    scraper: Any = getattr(engine, "scraper", None)
+    from_start = getattr(scraper, "_start_itemproc_nowait", None)
+    process = getattr(scraper, "start_itemproc_async", None)
+    if not callable(from_start) or not callable(process):
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see items reach the item pipelines in this Scrapy "
+            "version (Scraper._start_itemproc_nowait or start_itemproc_async is missing). "
+            "Use Scrapy 2.14-2.19.")
+
+    def start_item(item: Any) -> None:
+        try:
+            items.from_start(item)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to number an item of start()")
+        from_start(item)
+
+    async def start_itemproc_async(item: Any, *, response: Any) -> None:
+        try:
+            await process(item, response=response)
+        finally:
+            items.finished(item)
+
+    scraper._start_itemproc_nowait = start_item
+    scraper.start_itemproc_async = start_itemproc_async
 
 
 def crawl_started(crawler: Any) -> bool:

@@ -12,6 +12,7 @@ status the close reason calls for. The work lives in named collaborators:
   the resumed requests held until they finish;
 - :class:`~.spider_state.SpiderStateKeeper`: ``spider.state``, journaled with the requests;
 - :class:`~.stage_totals.StageTotals`: Scrapy's counters over every run, ``CLOSESPIDER_*``;
+- :class:`~.item_ids.ItemIds`: the items' ids, attached by :class:`~.pipeline.CheckpointItemPipeline`;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
 """
 
@@ -39,6 +40,7 @@ from ..stores.base import Store
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
+    hook_item_processing,
     hook_refusals,
     hook_request_lifecycle,
     hook_spider_output,
@@ -46,6 +48,7 @@ from .engine_hooks import (
 from .frontier import LOST_NEVER_DONE, LOST_UNJOURNALED, Frontier, resume_order
 from .identity import IGNORE_META, UNIT_META
 from .invocation import borrowing_command, describe
+from .item_ids import ItemIds
 from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet, configured_outputs
 from .progress import CrawlProgress
@@ -95,6 +98,8 @@ class CheckpointExtension:
         self.spider_state: SpiderStateKeeper | None = None
         self.totals: StageTotals | None = None
         self.progress: CrawlProgress | None = None
+        #: The item ids, when :class:`~.pipeline.CheckpointItemPipeline` is installed.
+        self.item_ids: ItemIds | None = None
         #: The live progress bar (CHECKPOINT_PROGRESS_BAR), while it is shown.
         self.bar: ProgressBar | None = None
         self._own_output: DurableOutput | None = None
@@ -158,6 +163,7 @@ class CheckpointExtension:
             assert totals is not None
             connect(totals.item_scraped, signal=signals.item_scraped)
             connect(totals.item_dropped, signal=signals.item_dropped)
+            connect(totals.item_error, signal=signals.item_error)
             connect(totals.response_received, signal=signals.response_received)
             connect(totals.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
@@ -267,7 +273,9 @@ class CheckpointExtension:
         hook_refusals(self.crawler.engine, frontier.refused)
         hook_request_lifecycle(self.crawler.engine, frontier.request_started,
                                frontier.request_finished)
-        hook_spider_output(self.crawler.engine, frontier.child_yielded)
+        hook_spider_output(self.crawler.engine, frontier.child_yielded, self.item_ids)
+        if self.item_ids is not None:
+            hook_item_processing(self.crawler.engine, self.item_ids)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.progress_bar:
