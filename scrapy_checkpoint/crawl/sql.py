@@ -12,8 +12,7 @@ the checkpoint records done is in the table first. A crash loses only rows of re
 not recorded done; those requests are redone, and the rows written before the crash come
 again with the same keys and are left as they were. Batches are also written when
 ``CHECKPOINT_SQL_BATCH_SIZE`` rows wait, every ``CHECKPOINT_SQL_FLUSH_INTERVAL`` seconds and
-when the spider closes. The writes run on the crawl's thread (a local database answers a
-batch in about a millisecond).
+when the spider closes. The writes run on the crawl's thread.
 
 A batch that cannot be written stops the crawl as a checkpoint write failure does: nothing
 more is recorded done, and the next run redoes the requests whose rows were not written.

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from scrapy_checkpoint import ConfigError
 
+from ...conftest import ROOT
 from ...site import Site
 from ..conftest import MakeCrawler
 
@@ -41,15 +42,19 @@ class PagesSpider(scrapy.Spider):
             yield response.follow(href)
 
 
-def _rows(url: str, table: str = "items") -> list[tuple[str, str, Any]]:
+def _select(url: str, table: str, columns: str) -> list[tuple[Any, ...]]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text(f"SELECT stage, item_id, data FROM {table}")).all()
+            return [tuple(row) for row in conn.execute(sa.text(f"SELECT {columns} FROM {table}"))]
     finally:
         engine.dispose()
+
+
+def _rows(url: str, table: str = "items") -> list[tuple[str, str, Any]]:
+    """SQLPipeline's rows: stage, item id, the item's fields."""
     return [(stage, key, json.loads(data) if isinstance(data, str) else data)
-            for stage, key, data in rows]
+            for stage, key, data in _select(url, table, "stage, item_id, data")]
 
 
 def _assert_each_item_once(url: str, table: str = "items") -> None:
@@ -115,3 +120,35 @@ def test_an_unreachable_database_stops_the_crawl_at_start_without_showing_the_pa
     assert "s3cret" not in caplog.text
     assert "\n" not in str(info.value)
     assert site.total_hits == 0
+
+
+class TitlesSpider(PagesSpider):
+    """One item per page: its number and title."""
+
+    def parse(self, response: scrapy.http.Response) -> Iterator[Any]:
+        page = int(response.url.rsplit("/", 1)[1])
+        yield {"page": page, "title": response.css("title::text").get()}
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href)
+
+
+def _docs_example(heading: str) -> str:
+    """The first Python block under ``heading`` in docs/items.md."""
+    text = (ROOT / "docs" / "items.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_pipeline_example_of_the_items_page_keeps_one_row_per_item(
+    make_crawler: MakeCrawler, site: Site, tmp_path: Path
+) -> Iterator[Any]:
+    namespace: dict[str, Any] = {}
+    exec(_docs_example("## Your own pipeline, keyed by `item_id`"), namespace)
+    db = tmp_path / "pages.db"
+    for reset in (False, True):  # every item handed to the pipeline twice
+        crawler = make_crawler(TitlesSpider, ITEMS_DB=str(db), CHECKPOINT_RESET=reset,
+                               ITEM_PIPELINES={namespace["ItemIdSQLitePipeline"]: 300})
+        yield crawler.crawl(base=site.url)
+    rows = _select(f"sqlite:///{db}", "pages", "item_id, page")
+    assert sorted(page for _, page in rows) == list(range(N_PAGES))
