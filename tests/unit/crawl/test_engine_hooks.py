@@ -12,6 +12,7 @@ from scrapy import Request
 from scrapy.core.scraper import Scraper
 
 from scrapy_checkpoint.crawl.engine_hooks import (
+    hook_item_processing,
     hook_refusals,
     hook_request_lifecycle,
     hook_spider_output,
@@ -179,3 +180,80 @@ def test_scrapys_engine_schedules_through_the_methods_the_refusal_hook_wraps() -
     source = inspect.getsource(ExecutionEngine._schedule_request)
     assert "IgnoreRequest" in source
     assert ".scheduler.enqueue_request(" in source
+
+
+class ItemLog:
+    """Records what the item hooks are told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def prefix(self, request: Request) -> str:
+        self.events.append(("prefix", request.url))
+        return "p"
+
+    def yielded(self, item: Any, prefix: str, n: int) -> None:
+        self.events.append(("yielded", item, prefix, n))
+
+    def from_start(self, item: Any) -> None:
+        self.events.append(("start", item))
+
+    def finished(self, item: Any) -> None:
+        self.events.append(("finished", item))
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_the_output_hook_numbers_the_items_of_each_output_from_zero(kind: str) -> None:
+    parent = Request("http://127.0.0.1/parent")
+    output = [{"a": 1}, Request("http://127.0.0.1/1"), None, {"b": 2}, "text"]
+    scraper = FakeScraper()
+    log = ItemLog()
+    hook_spider_output(SimpleNamespace(scraper=scraper), lambda child, request: None, log)
+
+    async def agen() -> AsyncIterator[Any]:
+        for out in output:
+            yield out
+
+    for _ in range(2):
+        result = iter(output) if kind == "generator" else agen()
+        asyncio.run(scraper.handle_spider_output_async(result, parent, None))
+    once = [("prefix", parent.url), ("yielded", {"a": 1}, "p", 0),
+            ("yielded", {"b": 2}, "p", 1), ("yielded", "text", "p", 2)]
+    assert log.events == once + once  # requests and None are not items
+    assert scraper.handled == output + output
+
+
+def test_the_processing_hook_numbers_start_items_and_ends_every_item_even_on_failure() -> None:
+    log = ItemLog()
+
+    class Scraper:
+        def __init__(self) -> None:
+            self.started: list[Any] = []
+
+        def _start_itemproc_nowait(self, item: Any) -> None:
+            self.started.append(item)
+
+        async def start_itemproc_async(self, item: Any, *, response: Any) -> Any:
+            if item == "bad":
+                raise ValueError("pipeline bug")
+            return {"other": "object"}  # a pipeline may hand on another object
+
+    scraper = Scraper()
+    hook_item_processing(SimpleNamespace(scraper=scraper), log)
+    scraper._start_itemproc_nowait("s0")
+    asyncio.run(scraper.start_itemproc_async("good", response=None))
+    with pytest.raises(ValueError, match="pipeline bug"):
+        asyncio.run(scraper.start_itemproc_async("bad", response=None))
+    assert scraper.started == ["s0"]
+    assert log.events == [("start", "s0"), ("finished", "good"), ("finished", "bad")]
+
+
+def test_the_scraper_methods_the_processing_hook_wraps_exist() -> None:
+    import inspect
+
+    from scrapy.core.engine import ExecutionEngine
+
+    assert callable(getattr(Scraper, "start_itemproc_async", None))
+    assert callable(getattr(Scraper, "_start_itemproc_nowait", None))
+    assert "self.start_itemproc_async(" in inspect.getsource(Scraper._process_spidermw_output_async)
+    assert "_start_itemproc_nowait(" in inspect.getsource(ExecutionEngine)

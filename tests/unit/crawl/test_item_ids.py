@@ -256,3 +256,26 @@ def test_items_are_counted_per_stage_by_outcome_and_type_over_every_run(
     assert (f"{len(scraped)} scraped, {len(dropped)} dropped, 1 errors (all runs); scraped by "
             f"type: PageItem {expected['types']['PageItem']}, dict {expected['types']['dict']}"
             in show())
+
+
+class ReplacingPipeline:
+    """Hands on a copy of every item: the object the spider yielded leaves the pipelines."""
+
+    def process_item(self, item: Any) -> Any:
+        return dict(ItemAdapter(item).asdict())
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_id_stays_behind_whatever_the_pipelines_do_with_the_items(
+    make_crawler: MakeCrawler, site: Site
+) -> Iterator[Any]:
+    crawler = make_crawler(PagesSpider, ITEM_PIPELINES={
+        RecordingPipeline: 100, SortingPipeline: 300, ReplacingPipeline: 400})
+    yield crawler.crawl(base=site.url)
+    assert crawler.stats is not None
+    stats = crawler.stats.get_stats()
+    assert (stats["checkpoint/items/scraped"], stats["checkpoint/items/dropped"],
+            stats["checkpoint/items/errors"]) == (N_PAGES - 5, 4, 1)
+    assert stats["checkpoint/items/type/dict"] == N_PAGES - 5  # the copies are dicts
+    assert len(crawler.recorded) == N_PAGES
+    assert crawler.left == 0
