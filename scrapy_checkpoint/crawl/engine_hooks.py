@@ -123,7 +123,8 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
     ``request`` yields, in the order it yields them, after the spider middlewares and before
     the engine schedules it; and with ``items``, ``items.yielded(item, prefix, n)`` for its
     ``n``-th item (anything else but None: the scraper sends it to the pipelines), ``prefix``
-    being ``items.prefix(request)``. A hook that raises is logged, never breaks the crawl.
+    being ``items.prefix(request)``. ``on_request`` or ``items.prefix`` raising is logged,
+    never breaks the crawl (``items.yielded`` must not raise: it is called bare, per item).
     Raises RuntimeError on a Scrapy without
     ``ExecutionEngine.scraper.handle_spider_output_async``."""
     scraper: Any = getattr(engine, "scraper", None)
@@ -141,15 +142,15 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         except Exception:
             logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
 
-    def numbered(item: Any, request: Request, prefix: str | None, n: int) -> str | None:
+    yielded = items.yielded if items is not None else None
+
+    def prefix_of(request: Request) -> str:
         assert items is not None
         try:
-            if prefix is None:
-                prefix = items.prefix(request)
-            items.yielded(item, prefix, n)
+            return items.prefix(request)
         except Exception:
-            logger.exception("scrapy-checkpoint failed to number an item of %s", request)
-        return prefix
+            logger.exception("scrapy-checkpoint failed to number the items of %s", request)
+            return "?"
 
     def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
         prefix: str | None = None
@@ -157,8 +158,10 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         for out in result:
             if isinstance(out, Request):
                 seen(out, request)
-            elif out is not None and items is not None:
-                prefix = numbered(out, request, prefix, n)
+            elif out is not None and yielded is not None:
+                if prefix is None:
+                    prefix = prefix_of(request)
+                yielded(out, prefix, n)
                 n += 1
             yield out
 
@@ -168,8 +171,10 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         async for out in result:
             if isinstance(out, Request):
                 seen(out, request)
-            elif out is not None and items is not None:
-                prefix = numbered(out, request, prefix, n)
+            elif out is not None and yielded is not None:
+                if prefix is None:
+                    prefix = prefix_of(request)
+                yielded(out, prefix, n)
                 n += 1
             yield out
 
