@@ -40,9 +40,10 @@ class CheckpointItemPipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> CheckpointItemPipeline:
-        """Attach an :class:`~.item_ids.ItemIds` to the crawl's checkpoint extension."""
-        ext = CheckpointExtension.of(crawler)
-        if ext is None or not ext.active:
+        """Attach an :class:`~.item_ids.ItemIds` to the crawl's checkpoint extension (built
+        if needed, as the middleware does)."""
+        ext = CheckpointExtension.of(crawler) or CheckpointExtension.from_crawler(crawler)
+        if not ext.active:
             raise NotConfigured("the crawl has no open checkpoint")
         ids = ext.item_ids = ItemIds(crawler.request_fingerprinter.fingerprint)
         return cls(ids)

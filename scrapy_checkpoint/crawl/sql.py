@@ -64,6 +64,11 @@ class SQLPipeline:
         checkpoint is off, ``CHECKPOINT_SQL_URL`` is not set, SQLAlchemy is missing, or the
         database cannot be reached or written."""
         ext = CheckpointExtension.of(crawler)
+        if ext is None:
+            try:
+                ext = CheckpointExtension.from_crawler(crawler)
+            except NotConfigured:
+                ext = None  # the checkpoint is off: said below
         if ext is not None and ext.skipping_completed:
             raise NotConfigured("the stage is completed: nothing to write")
         try:

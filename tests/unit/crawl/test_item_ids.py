@@ -279,3 +279,15 @@ def test_no_id_stays_behind_whatever_the_pipelines_do_with_the_items(
     assert stats["checkpoint/items/type/dict"] == N_PAGES - 5  # the copies are dicts
     assert len(crawler.recorded) == N_PAGES
     assert crawler.left == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_explicit_form_gives_ids_with_the_pipeline_listed_in_item_pipelines(
+    make_crawler: MakeCrawler, site: Site
+) -> Iterator[Any]:
+    crawler = make_crawler(KindsSpider, ADDONS={}, CHECKPOINT_ENABLED=True, ITEM_PIPELINES={
+        "scrapy_checkpoint.CheckpointItemPipeline": 0, RecordingPipeline: 500})
+    yield crawler.crawl(base=site.url)
+    keys = [key for _, _, key in crawler.recorded]
+    assert len(keys) == len(set(keys)) == 4 * N_PAGES + 4
+    assert not [key for key in keys if key.startswith("unknown")]

@@ -152,3 +152,14 @@ def test_the_pipeline_example_of_the_items_page_keeps_one_row_per_item(
         yield crawler.crawl(base=site.url)
     rows = _select(f"sqlite:///{db}", "pages", "item_id, page")
     assert sorted(page for _, page in rows) == list(range(N_PAGES))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_crawl_with_the_checkpoint_off_refuses_the_sql_pipeline(
+    make_crawler: MakeCrawler, site: Site, tmp_path: Path
+) -> Iterator[Any]:
+    crawler = make_crawler(PagesSpider, CHECKPOINT_ENABLED=False,
+                           CHECKPOINT_SQL_URL=f"sqlite:///{tmp_path / 'items.db'}", **SQL)
+    with pytest.raises(ConfigError, match="SQLPipeline needs the checkpoint"):
+        yield crawler.crawl(base=site.url)
+    assert site.total_hits == 0
