@@ -129,8 +129,7 @@ class StageTotals:
         self.count(getattr(response, "request", None), ITEMS_FAILED)
 
     def response_received(self, response: Any, request: Request, spider: Spider) -> None:
-        self.count(request, RESPONSES)
-        self.count(request, STATUS + str(response.status))
+        self.count(request, RESPONSES, STATUS + str(response.status))
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         self.count(getattr(response, "request", None), ERRORS)
