@@ -17,6 +17,7 @@ from .errors import (
     CorruptCheckpointError,
     InputChangedError,
     InvalidTransitionError,
+    UnknownItemError,
     UnrestorableRequestsError,
 )
 from .manager import UnifiedCheckpointManager
@@ -36,10 +37,12 @@ _SCRAPY_PIECES = {
     "CheckpointMiddleware": "crawl.middleware",
     "CheckpointFeedStorage": "crawl.feeds",
     "CheckpointFeedExporter": "crawl.feeds",
+    "CheckpointItemPipeline": "crawl.pipeline",
     "CheckpointScheduler": "crawl.scheduler",
     "CheckpointSettings": "crawl.settings",
     "IGNORE_META": "crawl.frontier",
     "SETUP_META": "crawl.setup_requests",
+    "item_id": "crawl.item_ids",
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "CheckpointExtension",
     "CheckpointFeedExporter",
     "CheckpointFeedStorage",
+    "CheckpointItemPipeline",
     "CheckpointLockedError",
     "CheckpointLostError",
     "CheckpointMiddleware",
@@ -81,6 +85,8 @@ __all__ = [
     "StageView",
     "Status",
     "UnifiedCheckpointManager",
+    "UnknownItemError",
     "UnrestorableRequestsError",
+    "item_id",
     "read_stage",
 ]

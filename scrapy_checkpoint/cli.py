@@ -338,6 +338,12 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             ("Units", f"{s.done_units} done, {s.pending_units} pending, {view.in_flight} in flight "
                       f"at the last stop, {s.recoveries} recoveries"),
         ]
+        items = view.items
+        if any(items[key] for key in ("scraped", "dropped", "errors")):
+            types = ", ".join(f"{name} {n}" for name, n in items["types"].items())
+            rows.append(("Items", f"{items['scraped']} scraped, {items['dropped']} dropped, "
+                                  f"{items['errors']} errors (all runs)"
+                                  + (f"; scraped by type: {types}" if types else "")))
         gone = {why: n for why, n in s.lost.items() if why not in LOST_REDONE_NEXT_RUN}
         redone = {why: n for why, n in s.lost.items() if why in LOST_REDONE_NEXT_RUN}
         if gone:

@@ -283,7 +283,6 @@ class GroupCommitter:
         began = monotonic()
         live = self._live
         assert live is not None
-        fields = group.fields
         for hook in self._commit_hooks:
             extra = hook()
             if extra:
@@ -294,7 +293,7 @@ class GroupCommitter:
                         f"Stage {self.stage!r}: a commit hook gave a value the journal cannot "
                         f"hold ({exc}); nothing of it was written.") from None
                 live.apply([], [], extra)  # so snapshots carry it too
-                fields.update(extra)
+                group.add_fields(extra)
         committed_at = walltime()
         live.updated_ts = committed_at
         payload = group.seal((live.last_item, live.last_index, live.batch_id), committed_at)

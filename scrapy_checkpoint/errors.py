@@ -98,3 +98,17 @@ class CheckpointLostError(CheckpointWriteError):
     """The checkpoint itself is gone while the job runs (its directory deleted or replaced,
     a Redis restarted empty): what it had recorded is not there to resume from, and the
     job's outputs hold work the next run does not know of."""
+
+
+class UnknownItemError(CheckpointError, LookupError):
+    """``item_id(item)`` was given an item the checkpoint never saw yielded."""
+
+    def __init__(self, item: object) -> None:
+        super().__init__(
+            f"scrapy_checkpoint.item_id() does not know this {type(item).__name__} item: it "
+            f"knows the items a callback, an errback or start() yielded, while the item "
+            f"pipelines process them, in a crawl with the checkpoint on (the add-on, or "
+            f"CheckpointItemPipeline in ITEM_PIPELINES with CHECKPOINT_ENABLED = True). Call it "
+            f"in process_item() on the item the spider yielded, before any pipeline replaces "
+            f"it with another object (keep the id in a field if a pipeline must)."
+        )

@@ -11,6 +11,26 @@ from .metrics import Metrics
 from .state import ACTIVE_STATUSES, CheckpointState, Owner
 from .stores.base import Store
 
+#: The names of a crawl's item counts among a stage's totals (``StageView.totals``): items
+#: scraped, dropped (``DropItem``) and failed (``item_error``) over every run, and scraped
+#: per item class (``item_type_count/<class name>``).
+ITEMS_SCRAPED = "item_scraped_count"
+ITEMS_DROPPED = "item_dropped_count"
+ITEMS_FAILED = "item_error_count"
+ITEM_TYPE = "item_type_count/"
+
+
+def item_counts(totals: dict[str, int]) -> dict[str, Any]:
+    """A crawl's item counts from a stage's totals: ``{"scraped": int, "dropped": int,
+    "errors": int, "types": {class name: scraped items of that class}}``."""
+    return {
+        "scraped": totals.get(ITEMS_SCRAPED, 0),
+        "dropped": totals.get(ITEMS_DROPPED, 0),
+        "errors": totals.get(ITEMS_FAILED, 0),
+        "types": {name[len(ITEM_TYPE):]: n for name, n in sorted(totals.items())
+                  if name.startswith(ITEM_TYPE)},
+    }
+
 
 @dataclass
 class StageView:
@@ -58,6 +78,11 @@ class StageView:
         return dict(self._live.totals) if self._live is not None else {}
 
     @property
+    def items(self) -> dict[str, Any]:
+        """A crawl's items over every run as last committed (see :func:`item_counts`)."""
+        return item_counts(self.totals)
+
+    @property
     def attached(self) -> dict[str, Any]:
         """Data a front end keeps with the stage, by name (the crawl's cookie jars under
         ``"cookies"``), as last committed."""
@@ -89,6 +114,7 @@ class StageView:
             in_flight_units=self.in_flight,
             estimate=self.estimate,
             totals=self.totals,
+            items=self.items,
             problems=self.problems,
             disk=self.disk,
         )
@@ -132,4 +158,5 @@ def read_stage(store: Store, stage: str) -> StageView:
                      disk=store.disk_usage(stage), _live=live)
 
 
-__all__ = ["StageView", "read_stage"]
+__all__ = ["ITEMS_DROPPED", "ITEMS_FAILED", "ITEMS_SCRAPED", "ITEM_TYPE", "StageView", "item_counts",
+           "read_stage"]

@@ -152,3 +152,40 @@ def persistent_location(request: pytest.FixtureRequest, tmp_path: Path):  # type
     from another one (kill -9, a stage held by a second process): the memory store is
     listed, not run, with the reason."""
     yield from _store_location(request.param, tmp_path)
+
+
+#: The PostgreSQL server of the SQL tests (role postgres, no password): each test gets a
+#: database of its own on it.
+POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def require_postgres() -> None:
+    """Skip when no PostgreSQL answers, with the reason; under CI=true that is a failure."""
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        message = (f"no PostgreSQL at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]}); "
+                   f"start one (pg_ctlcluster 15 main start) or set POSTGRES_URL to run the "
+                   f"PostgreSQL tests")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_database():  # type: ignore[no-untyped-def]
+    """The SQLAlchemy URL of a new PostgreSQL database, dropped after the test."""
+    require_postgres()
+    import psycopg
+    from psycopg import sql
+
+    name = f"sctest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    server = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{server}/{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))

@@ -130,6 +130,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "eta_seconds": (float, type(None)), "done_units": int, "pending_units": int,
     "in_flight_units": int, "problems": list, "disk": dict, "updated_at": str,
     "error_message": (str, type(None)), "recoveries": int, "totals": dict,
+    "items": dict,
 }
 
 

@@ -164,3 +164,22 @@ def test_reopening_a_damaged_journal_resumes_from_the_last_good_group_and_keeps_
     state = read_stage(FileStore(checkpoint_dir), "s").state
     assert state.progress.processed_items == 95
     assert state.done_units == 95
+
+
+def test_attached_data_of_one_group_is_replayed_by_name_whoever_recorded_it(
+        tmp_path: Path) -> None:
+    """Data attached with attach() and data a commit hook attaches in the same group are
+    all journaled: each name replaces its own entry, not the others'."""
+    hooked = {"depths": [1]}
+    cp = EnhancedCheckpoint(tmp_path, "s", log_every=0, save_every=1000, save_interval=3600)
+    cp.add_commit_hook(lambda: {"at": dict(hooked)} if hooked else None)
+    cp.start()
+    cp.attach("history", {"total": 7})
+    cp.attach("cookies", [1, 2])
+    cp.update(processed=1, successful=1, index=0)
+    cp.save(force=True)  # one group: the three names
+    hooked.clear()
+    cp._lock.release()  # type: ignore[union-attr]  # as kill -9 leaves it: no last commit,
+    cp._committer.close()  # no snapshot
+    assert read_stage(FileStore(tmp_path), "s").attached == {"history": {"total": 7}, "cookies": [1, 2],
+                                      "depths": [1]}

@@ -1,6 +1,9 @@
 """The add-on: ``ADDONS = {"scrapy_checkpoint.Addon": 100}`` enables everything.
 
-Components and defaults are set at the "addon" priority, so the user's own
+It installs :class:`~.extension.CheckpointExtension` (``EXTENSIONS``, order 0),
+:class:`~.middleware.CheckpointMiddleware` (``DOWNLOADER_MIDDLEWARES``, 100),
+:class:`~.pipeline.CheckpointItemPipeline` (``ITEM_PIPELINES``, 0), the feed exporter
+and storage, and the scheduler. Components and defaults are set at the "addon" priority, so the user's own
 settings still win. With ``CHECKPOINT_ENABLED = False`` it installs nothing, and
 nothing either for the Scrapy commands that build a crawler without crawling
 (``scrapy shell``, ``fetch``, ``view``, ``parse``, ``check``, ``bench``; see
@@ -20,6 +23,8 @@ from .extension import CheckpointExtension
 from .feeds import CheckpointFeedExporter
 from .invocation import borrowing_command, describe
 from .middleware import CheckpointMiddleware
+from .pipeline import ORDER as PIPELINE_ORDER
+from .pipeline import CheckpointItemPipeline
 from .start_errors import report
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -43,8 +48,8 @@ class Addon:
         return cls(crawler.spidercls)
 
     def update_settings(self, settings: Any) -> None:
-        """Install the extension, the middleware, the feed exporter and storage, and the
-        scheduler (in place of Scrapy's default one) at "addon" priority, unless the plugin
+        """Install the extension, the middleware, the item pipeline, the feed exporter and
+        storage, and the scheduler (in place of Scrapy's default one) at "addon" priority, unless the plugin
         is disabled or the command does not crawl. Raises
         ConfigError for a CHECKPOINT_ENABLED that is not a bool."""
         enabled = settings.get("CHECKPOINT_ENABLED")
@@ -57,7 +62,8 @@ class Addon:
         settings.set("CHECKPOINT_ENABLED", True, priority="addon")
         # A component the user placed already keeps the user's order.
         for name, cls, order in (("EXTENSIONS", CheckpointExtension, 0),
-                                 ("DOWNLOADER_MIDDLEWARES", CheckpointMiddleware, 100)):
+                                 ("DOWNLOADER_MIDDLEWARES", CheckpointMiddleware, 100),
+                                 ("ITEM_PIPELINES", CheckpointItemPipeline, PIPELINE_ORDER)):
             if not _configured(settings, name, cls):
                 settings.set_in_component_priority_dict(name, cls, order)
         # Swap Scrapy's FeedExporter for the subclass that attributes items to requests.

@@ -7,9 +7,10 @@ items, a slow pipeline) spans many commits, so without more every item it yielde
 before the crash would reach the pipelines twice.
 
 So each item a unit's callback yields gets an **ordinal**, its place in that callback's
-output (0, 1, 2...); an item is **delivered** when the pipelines are done with it
-(``item_scraped``, ``item_dropped`` or ``item_error``). At each commit the ordinals
-delivered by units still in flight are kept with the stage (attached data
+output (0, 1, 2...), the same as in its id (:mod:`.item_ids`); an item is **delivered** when
+the pipelines are done with it (scraped, dropped or failed), after the receivers of its
+``item_*`` signal, the feeds among them (:func:`.engine_hooks.hook_item_processing`).
+At each commit the ordinals delivered by units still in flight are kept with the stage (attached data
 ``"delivered"``, ``{unit code hex: [[first, last], ...]}``), together with those items'
 bytes in the feeds (released to the files before the commit records their lengths) and
 their item counts in the stage totals. When such a unit is redone after a crash, its
@@ -32,13 +33,13 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
-from scrapy import Request, signals
-from scrapy.utils.reactor import CallLaterOnce
+from scrapy import Request
 
 from .identity import HOLDER_META, UNIT_META
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
+    from .item_ids import ItemIds
     from .outputs import OutputSet
     from .stage_totals import StageTotals
 
@@ -81,9 +82,9 @@ class Deliveries:
     ``cp``: the open stage (its attached data holds the ordinals delivered before this
     run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
     ``totals``: the feeds and counters released at each commit for the items delivered so
-    far. :meth:`yielded` is called for every item a callback yields (False: drop it), the
-    ``item_*`` signal handlers when the pipelines are done with one, and :meth:`commit`
-    from the commit hook.
+    far. :meth:`yielded` is called for every item a callback yields (False: drop it),
+    :meth:`finished` when the pipelines are done with one, :meth:`commit` from the commit
+    hook.
     """
 
     def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
@@ -96,6 +97,8 @@ class Deliveries:
         #: Ordinals delivered before this run: unit -> ordinals (units redone in this run).
         self._before: dict[int, set[int]] = {}
         recorded = cp.live.attached.get(DELIVERED_ATTACHED)
+        #: What the journal holds (what a commit before the next change would keep).
+        self._journaled: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         if isinstance(recorded, dict):
             pending = cp.live.pending
             for key, ranges in recorded.items():
@@ -105,23 +108,19 @@ class Deliveries:
                     continue
                 if code in pending:
                     self._before[code] = from_ranges(ranges)
-        #: The request whose callback output is being counted, per unit, and its next ordinal.
-        self._counting: dict[int, tuple[Request, int]] = {}
         #: Items between their callback and the end of the pipelines: id(item) -> (unit, ordinal).
         self._in_progress: dict[int, tuple[int, int]] = {}
         #: Ordinals delivered in this run by units not done (or done since the last commit).
         self._delivered: dict[int, set[int]] = {}
-        #: Items the pipelines finished in this turn of the reactor (see _promote).
-        self._finishing: list[tuple[int, int]] = []
-        self._promote_soon = CallLaterOnce(self._promote)
         self._changed = bool(recorded)  # also: a record of units no longer pending is dropped
         #: Units whose output also holds items of checkpoint_ignore requests they yielded:
         #: those requests run again with the unit, so its items are released only when done.
         self._mixed: set[int] = set()
 
-    def yielded(self, item: Any, request: Request) -> bool:
-        """The callback of ``request`` yielded ``item``: False when the item was delivered by
-        an earlier run (drop it), else True (it goes to the pipelines)."""
+    def yielded(self, item: Any, request: Request, ordinal: int) -> bool:
+        """The callback of ``request`` yielded ``item``, its ``ordinal``-th item: False when
+        the item was delivered by an earlier run (drop it), else True (it goes on to the
+        pipelines)."""
         meta = request.meta
         code = meta.get(UNIT_META)
         if code is None:
@@ -129,9 +128,6 @@ class Deliveries:
             if holder is not None:  # its items are held with the unit's own: see _mixed
                 self._mixed.add(holder)
             return True
-        counting = self._counting.get(code)
-        ordinal = counting[1] if counting is not None and counting[0] is request else 0
-        self._counting[code] = (request, ordinal + 1)
         before = self._before.get(code)
         if before is not None and ordinal in before:
             self.stats.inc_value("checkpoint/items_already_delivered")
@@ -142,42 +138,19 @@ class Deliveries:
         in_progress[id(item)] = (code, ordinal)
         return True
 
-    def _done_with(self, item: Any) -> None:
+    def finished(self, item: Any) -> None:
+        """The pipelines are done with ``item`` (scraped, dropped or failed), and the
+        receivers of its ``item_*`` signal have run: the feeds hold its bytes."""
         where = self._in_progress.pop(id(item), None)
         if where is not None:
-            self._finishing.append(where)
-            self._promote_soon.schedule()
-
-    def _promote(self) -> None:
-        """After the ``item_*`` signal's receivers: the feeds have the items' bytes (a commit
-        made while a receiver runs, e.g. by a feed opening its file, must not count an item
-        whose bytes are not written yet)."""
-        delivered = self._delivered
-        for code, ordinal in self._finishing:
-            ordinals = delivered.get(code)
-            if ordinals is None:
-                delivered[code] = {ordinal}
+            code, ordinal = where
+            if not self._delivered:  # the next commit is due even if no unit is done by then
+                self.cp.attach(DELIVERED_ATTACHED, self._journaled)
+            delivered = self._delivered.get(code)
+            if delivered is None:
+                self._delivered[code] = {ordinal}
             else:
-                ordinals.add(ordinal)
-        self._finishing.clear()
-
-    # -- signals -------------------------------------------------------------------------------
-
-    def connect(self, crawler_signals: Any) -> None:
-        """Connect the ``item_*`` handlers to ``crawler.signals``."""
-        for handler, signal in ((self.item_scraped, signals.item_scraped),
-                                (self.item_dropped, signals.item_dropped),
-                                (self.item_error, signals.item_error)):
-            crawler_signals.connect(handler, signal=signal)
-
-    def item_scraped(self, item: Any, response: Any, spider: Any) -> None:
-        self._done_with(item)
-
-    def item_dropped(self, item: Any, response: Any, exception: BaseException, spider: Any) -> None:
-        self._done_with(item)
-
-    def item_error(self, item: Any, response: Any, spider: Any, failure: Any) -> None:
-        self._done_with(item)
+                delivered.add(ordinal)
 
     # -- the commit hook -------------------------------------------------------------------------
 
@@ -201,15 +174,41 @@ class Deliveries:
         gone = [code for code in self._before if code in done or code not in pending]
         for code in gone:
             del self._before[code]
-        counting = self._counting
-        if len(counting) > 4 * len(self._before) + 1000:
-            self._counting = {c: v for c, v in counting.items() if c in in_flight}
+        if len(mixed) > 1000:
             self._mixed = {c for c in mixed if c in in_flight}
         if not (self._changed or gone):
             return
         self._changed = False
-        attached[DELIVERED_ATTACHED] = {f"{code:x}": to_ranges(ordinals)
-                                        for code, ordinals in self._before.items()}
+        self._journaled = attached[DELIVERED_ATTACHED] = {
+            f"{code:x}": to_ranges(ordinals) for code, ordinals in self._before.items()}
 
 
-__all__ = ["DELIVERED_ATTACHED", "Deliveries", "from_ranges", "to_ranges"]
+class ItemTracking:
+    """The engine hooks' :class:`~.engine_hooks.ItemHooks`: the :class:`Deliveries` of the
+    crawl, and the item ids (:class:`~.item_ids.ItemIds`) when they are on."""
+
+    def __init__(self, deliveries: Deliveries, ids: ItemIds | None) -> None:
+        self.deliveries = deliveries
+        self.ids = ids
+
+    def prefix(self, request: Request) -> str:
+        return self.ids.prefix(request) if self.ids is not None else ""
+
+    def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
+        if not self.deliveries.yielded(item, request, n):
+            return False
+        if self.ids is not None:
+            self.ids.yielded(item, prefix, n)
+        return True
+
+    def from_start(self, item: Any) -> None:
+        if self.ids is not None:
+            self.ids.from_start(item)
+
+    def finished(self, item: Any) -> None:
+        self.deliveries.finished(item)
+        if self.ids is not None:
+            self.ids.finished(item)
+
+
+__all__ = ["DELIVERED_ATTACHED", "Deliveries", "ItemTracking", "from_ranges", "to_ranges"]

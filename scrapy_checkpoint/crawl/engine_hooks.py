@@ -9,6 +9,8 @@ scheduled. Both exist in Scrapy 2.13 to 2.19; the tests check them.
 ``hook_spider_output()`` sees what each callback or errback yields, after the spider
 middlewares, through the scraper's ``handle_spider_output_async`` (2.13 to 2.19):
 errback output bypasses the spider middlewares, so a spider middleware would miss it.
+``hook_item_processing()`` sees the items of ``start()`` and the end of every item's trip
+through the pipelines (the scraper's ``_start_itemproc_nowait`` and ``start_itemproc_async``).
 ``hook_refusals()`` sees the requests a ``request_scheduled`` receiver refused, which the
 engine drops without a signal (``_schedule_request``, the scheduler's ``enqueue_request``).
 ``wake()``
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from scrapy import Request
 
@@ -99,14 +101,32 @@ def hook_refusals(engine: Any, on_refused: RequestHook) -> None:
     engine._schedule_request = schedule_request
 
 
+class ItemHooks(Protocol):
+    """What the engine hooks tell about items (:class:`.deliveries.ItemTracking` is one)."""
+
+    def prefix(self, request: Request) -> str:
+        """Called once per callback or errback output, at its first item."""
+
+    def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
+        """``item`` is the ``n``-th item (0, 1...) of that output; False: drop it (it never
+        reaches the pipelines)."""
+
+    def from_start(self, item: Any) -> None:
+        """``item`` is the next item ``start()`` yielded."""
+
+    def finished(self, item: Any) -> None:
+        """``item``'s processing by the pipelines ended (scraped, dropped or failed)."""
+
+
 def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None],
-                       on_item: Callable[[Any, Request], bool]) -> None:
+                       items: ItemHooks) -> None:
     """Call ``on_request(child, request)`` for every request a callback or errback of
     ``request`` yields, in the order it yields them, after the spider middlewares and before
-    the engine schedules it, and ``on_item(item, request)`` for every item (anything else it
-    yields, None excepted) before the item pipelines: when it returns False the item is
-    dropped there, as if never yielded. A hook that raises is logged, never breaks the crawl
-    (the item goes on). Raises RuntimeError on a Scrapy without
+    the engine schedules it; and ``items.yielded(item, request, prefix, n)`` for its ``n``-th
+    item (anything else but None: the scraper sends it to the pipelines unless that returns
+    False), ``prefix`` being ``items.prefix(request)``. ``on_request`` or ``items.prefix``
+    raising is logged, never breaks the crawl (``items.yielded`` must not raise: it is called
+    bare, per item). Raises RuntimeError on a Scrapy without
     ``ExecutionEngine.scraper.handle_spider_output_async``."""
     scraper: Any = getattr(engine, "scraper", None)
     handle = getattr(scraper, "handle_spider_output_async", None)
@@ -123,27 +143,41 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
         except Exception:
             logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
 
-    def kept(item: Any, request: Request) -> bool:
+    yielded = items.yielded
+
+    def prefix_of(request: Request) -> str:
         try:
-            return on_item(item, request)
+            return items.prefix(request)
         except Exception:
-            logger.exception("scrapy-checkpoint failed to record an item of %s", request)
-            return True
+            logger.exception("scrapy-checkpoint failed to number the items of %s", request)
+            return "?"
 
     def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
+        prefix: str | None = None
+        n = 0
         for out in result:
             if isinstance(out, Request):
                 seen(out, request)
-            elif out is not None and not kept(out, request):
-                continue
+            elif out is not None:
+                if prefix is None:
+                    prefix = prefix_of(request)
+                n += 1
+                if not yielded(out, request, prefix, n - 1):
+                    continue
             yield out
 
     async def each_async(result: AsyncIterator[Any], request: Request) -> AsyncIterator[Any]:
+        prefix: str | None = None
+        n = 0
         async for out in result:
             if isinstance(out, Request):
                 seen(out, request)
-            elif out is not None and not kept(out, request):
-                continue
+            elif out is not None:
+                if prefix is None:
+                    prefix = prefix_of(request)
+                n += 1
+                if not yielded(out, request, prefix, n - 1):
+                    continue
             yield out
 
     async def handle_spider_output_async(result: Any, request: Request, response: Any) -> None:
@@ -153,6 +187,40 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
             await handle(each(result, request), request, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async
+
+
+def hook_item_processing(engine: Any, items: ItemHooks) -> None:
+    """Call ``items.from_start(item)`` for every item ``start()`` yields, in its order, before
+    the pipelines see it, and ``items.finished(item)`` when the pipelines are done with any
+    item (the object the spider yielded, whatever a pipeline returned), after the
+    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. Wraps the scraper's
+    ``_start_itemproc_nowait`` and ``start_itemproc_async`` (Scrapy 2.14 to 2.19). A hook
+    that raises is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without
+    them."""
+    scraper: Any = getattr(engine, "scraper", None)
+    from_start = getattr(scraper, "_start_itemproc_nowait", None)
+    process = getattr(scraper, "start_itemproc_async", None)
+    if not callable(from_start) or not callable(process):
+        raise RuntimeError(
+            "scrapy-checkpoint cannot see items reach the item pipelines in this Scrapy "
+            "version (Scraper._start_itemproc_nowait or start_itemproc_async is missing). "
+            "Use Scrapy 2.14-2.19.")
+
+    def start_item(item: Any) -> None:
+        try:
+            items.from_start(item)
+        except Exception:
+            logger.exception("scrapy-checkpoint failed to number an item of start()")
+        from_start(item)
+
+    async def start_itemproc_async(item: Any, *, response: Any) -> None:
+        try:
+            await process(item, response=response)
+        finally:
+            items.finished(item)
+
+    scraper._start_itemproc_nowait = start_item
+    scraper.start_itemproc_async = start_itemproc_async
 
 
 def crawl_started(crawler: Any) -> bool:

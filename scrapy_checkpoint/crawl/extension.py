@@ -12,6 +12,7 @@ status the close reason calls for. The work lives in named collaborators:
   the resumed requests held until they finish;
 - :class:`~.spider_state.SpiderStateKeeper`: ``spider.state``, journaled with the requests;
 - :class:`~.stage_totals.StageTotals`: Scrapy's counters over every run, ``CLOSESPIDER_*``;
+- :class:`~.item_ids.ItemIds`: the items' ids, attached by :class:`~.pipeline.CheckpointItemPipeline`;
 - :func:`~.stats.publish`: the ``checkpoint/*`` stats.
 """
 
@@ -36,10 +37,11 @@ from ..errors import CheckpointError, CheckpointLostError, CheckpointWriteError,
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
-from .deliveries import Deliveries
+from .deliveries import Deliveries, ItemTracking
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
+    hook_item_processing,
     hook_refusals,
     hook_request_lifecycle,
     hook_spider_output,
@@ -47,6 +49,7 @@ from .engine_hooks import (
 from .frontier import LOST_NEVER_DONE, LOST_UNJOURNALED, Frontier, resume_order
 from .identity import IGNORE_META, UNIT_META
 from .invocation import borrowing_command, describe
+from .item_ids import ItemIds
 from .open_policy import open_stage
 from .outputs import DurableOutput, OutputSet, configured_outputs
 from .progress import CrawlProgress
@@ -97,6 +100,8 @@ class CheckpointExtension:
         self.totals: StageTotals | None = None
         self.deliveries: Deliveries | None = None
         self.progress: CrawlProgress | None = None
+        #: The item ids, when :class:`~.pipeline.CheckpointItemPipeline` is installed.
+        self.item_ids: ItemIds | None = None
         #: The live progress bar (CHECKPOINT_PROGRESS_BAR), while it is shown.
         self.bar: ProgressBar | None = None
         self._own_output: DurableOutput | None = None
@@ -160,10 +165,9 @@ class CheckpointExtension:
             assert totals is not None
             connect(totals.item_scraped, signal=signals.item_scraped)
             connect(totals.item_dropped, signal=signals.item_dropped)
+            connect(totals.item_error, signal=signals.item_error)
             connect(totals.response_received, signal=signals.response_received)
             connect(totals.spider_error, signal=signals.spider_error)
-            assert ext.deliveries is not None
-            ext.deliveries.connect(crawler.signals)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
         if ext.active:
@@ -269,11 +273,7 @@ class CheckpointExtension:
                         "nothing to do. Raise the limit to crawl on, or start over with "
                         "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
             raise CloseSpider(f"closespider_{counter}")
-        hook_refusals(self.crawler.engine, frontier.refused)
-        hook_request_lifecycle(self.crawler.engine, frontier.request_started,
-                               frontier.request_finished)
-        assert self.deliveries is not None
-        hook_spider_output(self.crawler.engine, frontier.child_yielded, self.deliveries.yielded)
+        _hook_engine(self, frontier)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
         if self.config.progress_bar:
@@ -470,6 +470,18 @@ class CheckpointExtension:
                             self.stage, worker.shared.worker, reason, len(live.pending))
         if worker is not None:
             worker.leave(reason == "finished")
+
+
+def _hook_engine(ext: CheckpointExtension, frontier: Frontier) -> None:
+    """Have the engine tell the frontier about refused requests, the requests' lifecycle
+    and what callbacks yield, and the deliveries and item ids about items."""
+    engine = ext.crawler.engine
+    hook_refusals(engine, frontier.refused)
+    hook_request_lifecycle(engine, frontier.request_started, frontier.request_finished)
+    assert ext.deliveries is not None
+    items = ItemTracking(ext.deliveries, ext.item_ids)
+    hook_spider_output(engine, frontier.child_yielded, items)
+    hook_item_processing(engine, items)
 
 
 def _commit_fields(ext: CheckpointExtension) -> dict[str, Any] | None:

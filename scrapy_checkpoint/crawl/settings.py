@@ -42,6 +42,11 @@ CHECKPOINT_FRONTIER_MEMORY   int        1000                Queued requests kept
                                                             rest are rebuilt from the journal).
 CHECKPOINT_PROGRESS_BAR      bool       False               A live progress bar on stderr instead
                                                             of the progress lines.
+CHECKPOINT_SQL_URL           str        None                SQLPipeline's database (sqlite:///...,
+                                                            postgresql+psycopg://...).
+CHECKPOINT_SQL_TABLE         str        "items"             SQLPipeline's table.
+CHECKPOINT_SQL_BATCH_SIZE    int        500                 SQLPipeline: rows buffered at most.
+CHECKPOINT_SQL_FLUSH_INTERVAL float     1.0                 SQLPipeline: seconds between writes.
 ===========================  =========  ==================  ==========================================
 
 An unknown ``CHECKPOINT_*`` name stops a crawl that has the plugin enabled, with the
@@ -107,6 +112,10 @@ class CheckpointSettings(BaseModel):
     drop_unrestorable: bool = False
     frontier_memory: int = Field(1000, ge=0)
     progress_bar: bool = False
+    sql_url: str | None = None
+    sql_table: str = Field("items", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    sql_batch_size: int = Field(500, ge=1)
+    sql_flush_interval: float = Field(1.0, gt=0)
     checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
     @field_validator("redis_ttl")
@@ -135,7 +144,7 @@ class CheckpointSettings(BaseModel):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, redact(value) if name == "backend" else value
+            yield name, redact(value) if name in ("backend", "sql_url") and value else value
 
     @field_validator("backend")
     @classmethod

@@ -5,6 +5,10 @@ crawl that is killed and resumed is one crawl: its items, responses and callback
 errors are counted for the stage, so that ``CLOSESPIDER_ITEMCOUNT = 100`` stops
 the resumed crawl where the uninterrupted one stops.
 
+Items are counted by outcome (scraped, dropped by ``DropItem``, failed with an
+``item_error``) and the scraped ones by class, on Scrapy's item signals: they carry the
+final outcome of every item whatever the order of the pipelines.
+
 A count belongs to the request (unit) whose callback produced it: it is held with
 the unit and added to the totals when the unit is done, so the totals journaled
 with a group (field ``sx``) count exactly the units done in it or before. A
@@ -24,19 +28,23 @@ from scrapy.extensions.closespider import CloseSpider as CloseSpiderExtension
 
 from ..checkpoint import EnhancedCheckpoint
 from ..journal.groups import STAGE_TOTALS
+from ..view import ITEM_TYPE, ITEMS_DROPPED, ITEMS_FAILED, ITEMS_SCRAPED, item_counts
 
 logger = logging.getLogger("scrapy_checkpoint")
 
-ITEMS = "item_scraped_count"
-DROPPED = "item_dropped_count"
+ITEMS = ITEMS_SCRAPED
+DROPPED = ITEMS_DROPPED
 RESPONSES = "response_received_count"
 STATUS = "response_status_count/"  # + the status
 ERRORS = "spider_exceptions/count"
 #: The counts of a unit's items (released before the unit is done, see release_items).
-ITEM_COUNTS = (ITEMS, DROPPED)
+ITEM_COUNTS = (ITEMS, DROPPED, ITEMS_FAILED)
 
 #: The stats prefix of the stage totals: ``checkpoint/stage/item_scraped_count``...
 STATS_PREFIX = "checkpoint/stage/"
+#: The stats prefix of the stage's item counts: ``checkpoint/items/scraped``, ``.../dropped``,
+#: ``.../errors`` and ``checkpoint/items/type/<class name>``.
+ITEM_STATS_PREFIX = "checkpoint/items/"
 
 #: CloseSpider's counter -> the stage total it counts.
 CLOSESPIDER_COUNTERS = {"itemcount": ITEMS, "pagecount": RESPONSES, "errorcount": ERRORS}
@@ -59,15 +67,21 @@ class StageTotals:
         self.totals: dict[str, int] = dict(cp.live.totals)
         self._units: dict[int, dict[str, int]] = {}
         self._changed = False
+        self._type_names: dict[type, str] = {}
 
-    def count(self, request: Request | None, name: str) -> None:
-        """Count one ``name`` for the unit ``request`` carries (or for the stage at once)."""
+    def count(self, request: Request | None, *names: str) -> None:
+        """Count one of each of ``names`` for the unit ``request`` carries (or for the stage
+        at once)."""
         unit = self.unit_of(request)
+        counts: dict[str, int] | None
         if unit is None:
-            self.totals[name] = self.totals.get(name, 0) + 1
+            counts = self.totals
             self._changed = True
         else:
-            counts = self._units.setdefault(unit, {})
+            counts = self._units.get(unit)
+            if counts is None:
+                counts = self._units[unit] = {}
+        for name in names:
             counts[name] = counts.get(name, 0) + 1
 
     def release(self, unit: int) -> None:
@@ -87,11 +101,9 @@ class StageTotals:
         if not counts:
             return
         totals = self.totals
-        for name in ITEM_COUNTS:
-            n = counts.pop(name, 0)
-            if n:
-                totals[name] = totals.get(name, 0) + n
-                self._changed = True
+        for name in [n for n in counts if n in ITEM_COUNTS or n.startswith(ITEM_TYPE)]:
+            totals[name] = totals.get(name, 0) + counts.pop(name)
+            self._changed = True
 
     def discard(self, unit: int) -> None:
         """The unit left this run without being done here: its counts go with it."""
@@ -108,19 +120,30 @@ class StageTotals:
         """Set the ``checkpoint/stage/*`` stats to the totals."""
         for name, n in self.totals.items():
             stats.set_value(STATS_PREFIX + name, n)
+        items = item_counts(self.totals)
+        for key in ("scraped", "dropped", "errors"):
+            stats.set_value(ITEM_STATS_PREFIX + key, items[key])
+        for name, n in items["types"].items():
+            stats.set_value(f"{ITEM_STATS_PREFIX}type/{name}", n)
 
     # -- signals ---------------------------------------------------------------------------
 
     def item_scraped(self, item: Any, response: Any, spider: Spider) -> None:
-        self.count(getattr(response, "request", None), ITEMS)
+        cls = type(item)
+        name = self._type_names.get(cls)
+        if name is None:
+            name = self._type_names[cls] = ITEM_TYPE + cls.__name__
+        self.count(getattr(response, "request", None), ITEMS, name)
 
     def item_dropped(self, item: Any, response: Any, exception: BaseException,
                      spider: Spider) -> None:
         self.count(getattr(response, "request", None), DROPPED)
 
+    def item_error(self, item: Any, response: Any, spider: Spider, failure: Any) -> None:
+        self.count(getattr(response, "request", None), ITEMS_FAILED)
+
     def response_received(self, response: Any, request: Request, spider: Spider) -> None:
-        self.count(request, RESPONSES)
-        self.count(request, STATUS + str(response.status))
+        self.count(request, RESPONSES, STATUS + str(response.status))
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         self.count(getattr(response, "request", None), ERRORS)
@@ -145,4 +168,4 @@ class StageTotals:
         return reached
 
 
-__all__ = ["CLOSESPIDER_COUNTERS", "STATS_PREFIX", "StageTotals"]
+__all__ = ["CLOSESPIDER_COUNTERS", "ITEM_STATS_PREFIX", "STATS_PREFIX", "StageTotals"]

@@ -404,9 +404,9 @@ class GroupBuilder:
 
     def add_fields(self, fields: dict[str, Any]) -> None:
         """Add header fields (keys above). Counter deltas (``c``, ``x``) are summed, dropped
-        codes (``xd``) joined; ``init``
-        drops what was recorded before it (see :meth:`clear`); any other key replaces an
-        earlier value."""
+        codes (``xd``) joined, attached data (``at``) and outputs (``fo``) merged by name;
+        ``init`` drops what was recorded before it (see :meth:`clear`); any other key
+        replaces an earlier value."""
         if COUNTERS in fields:
             delta, counts = fields[COUNTERS], self.counts
             for i in range(4):
@@ -419,6 +419,9 @@ class GroupBuilder:
             fields = {**fields, LOST: lost}
         if DROPPED in fields and DROPPED in self.fields:
             fields = {**fields, DROPPED: self.fields[DROPPED] + list(fields[DROPPED])}
+        for key in (ATTACHED, OUTPUTS):  # by name, by path: each replaces its own entry
+            if key in fields and key in self.fields:
+                fields = {**fields, key: {**self.fields[key], **fields[key]}}
         if INIT in fields:
             self.clear()
         self.fields.update(fields)

@@ -18,8 +18,10 @@ PACKAGE = "scrapy_checkpoint"
 #: The only layer allowed to import these.
 CRAWL = f"{PACKAGE}.crawl"
 FRAMEWORKS = ("scrapy", "twisted", "scrapy_redis")
-#: Old import paths of crawl classes, kept as re-exports: they import Scrapy by design.
-REEXPORTS = frozenset({f"{PACKAGE}.middleware", f"{PACKAGE}.extension", f"{PACKAGE}.outputs"})
+#: Old import paths of crawl classes, kept as re-exports, and the path of the ready item
+#: pipelines (``scrapy_checkpoint.pipelines``): they import Scrapy by design.
+REEXPORTS = frozenset({f"{PACKAGE}.middleware", f"{PACKAGE}.extension", f"{PACKAGE}.outputs",
+                       f"{PACKAGE}.pipelines"})
 
 
 def _walk(path: Path, prefix: str) -> Iterator[tuple[str, Path]]:

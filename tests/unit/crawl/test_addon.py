@@ -16,6 +16,7 @@ import scrapy_checkpoint
 from scrapy_checkpoint.crawl.extension import CheckpointExtension
 from scrapy_checkpoint.crawl.feeds import CheckpointFeedExporter, CheckpointFeedStorage
 from scrapy_checkpoint.crawl.middleware import CheckpointMiddleware
+from scrapy_checkpoint.crawl.pipeline import CheckpointItemPipeline
 from scrapy_checkpoint.errors import ConfigError
 
 from ..conftest import MakeCrawler
@@ -47,6 +48,7 @@ def test_the_addon_installs_everything(make_crawler: MakeCrawler, tmp_path: Path
     assert _orders(extensions, CheckpointFeedExporter) == [0]
     assert extensions[FEED_EXPORTER] is None
     assert _orders(settings.getdict("DOWNLOADER_MIDDLEWARES"), CheckpointMiddleware) == [100]
+    assert _orders(settings.getdict("ITEM_PIPELINES"), CheckpointItemPipeline) == [0]
     storages = settings.getdict("FEED_STORAGES")
     assert (storages[""], storages["file"]) == (STORAGE, STORAGE)
     assert load_object(STORAGE) is CheckpointFeedStorage
@@ -73,6 +75,7 @@ def test_disabled_installs_nothing(make_crawler: MakeCrawler, tmp_path: Path, en
     assert _orders(extensions, CheckpointFeedExporter) == []
     assert extensions[FEED_EXPORTER] is not None  # Scrapy's own exporter stays
     assert _orders(settings.getwithbase("DOWNLOADER_MIDDLEWARES"), CheckpointMiddleware) == []
+    assert _orders(settings.getwithbase("ITEM_PIPELINES"), CheckpointItemPipeline) == []
     storages = settings.getwithbase("FEED_STORAGES")
     assert STORAGE not in storages.values()
     built = [type(e) for e in crawler.extensions.middlewares]

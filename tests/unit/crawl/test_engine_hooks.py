@@ -12,11 +12,34 @@ from scrapy import Request
 from scrapy.core.scraper import Scraper
 
 from scrapy_checkpoint.crawl.engine_hooks import (
+    hook_item_processing,
     hook_refusals,
     hook_request_lifecycle,
     hook_spider_output,
     wake,
 )
+
+
+class ItemLog:
+    """Records what the item hooks are told; drops the items whose ordinals are in ``drop``."""
+
+    def __init__(self, drop: frozenset[int] | set[int] = frozenset()) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.drop = drop
+
+    def prefix(self, request: Request) -> str:
+        self.events.append(("prefix", request.url))
+        return "p"
+
+    def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
+        self.events.append(("yielded", item, prefix, n))
+        return n not in self.drop
+
+    def from_start(self, item: Any) -> None:
+        self.events.append(("start", item))
+
+    def finished(self, item: Any) -> None:
+        self.events.append(("finished", item))
 
 
 class Slot:
@@ -98,21 +121,15 @@ def test_the_scraper_method_the_output_hook_wraps_exists() -> None:
 
 
 @pytest.mark.parametrize("kind", ["list", "generator", "async generator"])
-def test_the_output_hook_sees_each_request_and_item_a_callback_yields_in_order(
-        kind: str) -> None:
+def test_the_output_hook_sees_each_request_a_callback_yields_in_order(kind: str) -> None:
     parent = Request("http://127.0.0.1/parent")
     output = [Request("http://127.0.0.1/1"), {"item": 1}, Request("http://127.0.0.1/2"),
               {"item": 2}, None, {"item": 3}]
     scraper = FakeScraper()
     seen: list[tuple[str, str]] = []
-    items: list[Any] = []
-
-    def item_seen(item: Any, request: Request) -> bool:
-        items.append((item, request.url))
-        return item != {"item": 2}  # that one is dropped
-
     hook_spider_output(SimpleNamespace(scraper=scraper),
-                       lambda child, request: seen.append((child.url, request.url)), item_seen)
+                       lambda child, request: seen.append((child.url, request.url)),
+                       ItemLog(drop={1}))
 
     async def agen() -> AsyncIterator[Any]:
         for out in output:
@@ -122,9 +139,8 @@ def test_the_output_hook_sees_each_request_and_item_a_callback_yields_in_order(
         "list": lambda: output, "generator": lambda: iter(output), "async generator": agen,
     }[kind]()
     asyncio.run(scraper.handle_spider_output_async(result, parent, None))
-    assert scraper.handled == [out for out in output if out != {"item": 2}]
+    assert scraper.handled == [out for out in output if out != {"item": 2}]  # item 1 dropped
     assert seen == [("http://127.0.0.1/1", parent.url), ("http://127.0.0.1/2", parent.url)]
-    assert items == [({"item": n}, parent.url) for n in (1, 2, 3)]
 
 
 def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
@@ -135,21 +151,22 @@ def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
     def fail(child: Request, request: Request) -> None:
         raise ValueError("boom")
 
-    def fail_item(item: Any, request: Request) -> bool:
-        raise ValueError("boom")
+    class FailingPrefix(ItemLog):
+        def prefix(self, request: Request) -> str:
+            raise ValueError("boom")
 
-    hook_spider_output(SimpleNamespace(scraper=scraper), fail, fail_item)
+    hook_spider_output(SimpleNamespace(scraper=scraper), fail, FailingPrefix())
     child, parent = Request("http://127.0.0.1/c"), Request("http://127.0.0.1/p")
     asyncio.run(scraper.handle_spider_output_async([child, {"a": 1}], parent, None))
     assert scraper.handled == [child, {"a": 1}]
     assert [r.getMessage() for r in caplog.records] == [
         f"scrapy-checkpoint failed to record where {child} comes from",
-        f"scrapy-checkpoint failed to record an item of {parent}"]
+        f"scrapy-checkpoint failed to number the items of {parent}"]
 
 
 def test_an_engine_without_the_scraper_method_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"handle_spider_output_async is missing"):
-        hook_spider_output(SimpleNamespace(scraper=None), print, print)
+        hook_spider_output(SimpleNamespace(scraper=None), print, ItemLog())
 
 
 def test_refusals_are_the_requests_that_reach_neither_scheduler_nor_drop() -> None:
@@ -192,3 +209,60 @@ def test_scrapys_engine_schedules_through_the_methods_the_refusal_hook_wraps() -
     source = inspect.getsource(ExecutionEngine._schedule_request)
     assert "IgnoreRequest" in source
     assert ".scheduler.enqueue_request(" in source
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_the_output_hook_numbers_the_items_of_each_output_from_zero(kind: str) -> None:
+    parent = Request("http://127.0.0.1/parent")
+    output = [{"a": 1}, Request("http://127.0.0.1/1"), None, {"b": 2}, "text"]
+    scraper = FakeScraper()
+    log = ItemLog()
+    hook_spider_output(SimpleNamespace(scraper=scraper), lambda child, request: None, log)
+
+    async def agen() -> AsyncIterator[Any]:
+        for out in output:
+            yield out
+
+    for _ in range(2):
+        result = iter(output) if kind == "generator" else agen()
+        asyncio.run(scraper.handle_spider_output_async(result, parent, None))
+    once = [("prefix", parent.url), ("yielded", {"a": 1}, "p", 0),
+            ("yielded", {"b": 2}, "p", 1), ("yielded", "text", "p", 2)]
+    assert log.events == once + once  # requests and None are not items
+    assert scraper.handled == output + output
+
+
+def test_the_processing_hook_numbers_start_items_and_ends_every_item_even_on_failure() -> None:
+    log = ItemLog()
+
+    class Scraper:
+        def __init__(self) -> None:
+            self.started: list[Any] = []
+
+        def _start_itemproc_nowait(self, item: Any) -> None:
+            self.started.append(item)
+
+        async def start_itemproc_async(self, item: Any, *, response: Any) -> Any:
+            if item == "bad":
+                raise ValueError("pipeline bug")
+            return {"other": "object"}  # a pipeline may hand on another object
+
+    scraper = Scraper()
+    hook_item_processing(SimpleNamespace(scraper=scraper), log)
+    scraper._start_itemproc_nowait("s0")
+    asyncio.run(scraper.start_itemproc_async("good", response=None))
+    with pytest.raises(ValueError, match="pipeline bug"):
+        asyncio.run(scraper.start_itemproc_async("bad", response=None))
+    assert scraper.started == ["s0"]
+    assert log.events == [("start", "s0"), ("finished", "good"), ("finished", "bad")]
+
+
+def test_the_scraper_methods_the_processing_hook_wraps_exist() -> None:
+    import inspect
+
+    from scrapy.core.engine import ExecutionEngine
+
+    assert callable(getattr(Scraper, "start_itemproc_async", None))
+    assert callable(getattr(Scraper, "_start_itemproc_nowait", None))
+    assert "self.start_itemproc_async(" in inspect.getsource(Scraper._process_spidermw_output_async)
+    assert "_start_itemproc_nowait(" in inspect.getsource(ExecutionEngine)
