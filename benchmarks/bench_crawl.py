@@ -256,10 +256,12 @@ from scrapy.extensions.feedexport import FeedExporter
 from scrapy.utils import request as request_utils
 
 from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
+from scrapy_checkpoint.crawl.deliveries import ItemTracking
 from scrapy_checkpoint.crawl.extension import CheckpointExtension
 from scrapy_checkpoint.crawl.feeds import CheckpointFeedExporter
 from scrapy_checkpoint.crawl.frontier import Frontier
 from scrapy_checkpoint.crawl.middleware import CheckpointMiddleware
+from scrapy_checkpoint.crawl.stage_totals import StageTotals
 
 clock = time.thread_time
 seconds = defaultdict(float)
@@ -301,6 +303,10 @@ for name in ("request_scheduled", "request_dropped", "spider_error", "request_st
     timed(Frontier, name)
 for name in ("process_request", "process_response", "process_exception"):
     timed(CheckpointMiddleware, name)
+for name in ("prefix", "yielded", "from_start", "finished"):  # the item hooks, per item
+    timed(ItemTracking, name)
+for name in ("item_scraped", "item_dropped", "item_error", "response_received", "spider_error"):
+    timed(StageTotals, name)
 timed(CheckpointFeedExporter, "item_scraped")
 timed(FeedExporter, "item_scraped", own=False)  # Scrapy's own work, called by the subclass
 # The fingerprint the plugin computes first is cached and reused by the dupefilter: it is moved

@@ -6,25 +6,30 @@ its callback yields its items again. A long callback (a listing page of thousand
 items, a slow pipeline) spans many commits, so without more every item it yielded
 before the crash would reach the pipelines twice.
 
-So each item a unit's callback yields gets an **ordinal**, its place in that callback's
-output (0, 1, 2...), the same as in its id (:mod:`.item_ids`); an item is **delivered** when
-the pipelines are done with it (scraped, dropped or failed), after the receivers of its
-``item_*`` signal, the feeds among them (:func:`.engine_hooks.hook_item_processing`).
-At each commit the ordinals delivered by units still in flight are kept with the stage (attached data
-``"delivered"``, ``{unit code hex: [[first, last], ...]}``), together with those items'
-bytes in the feeds (released to the files before the commit records their lengths) and
-their item counts in the stage totals. When such a unit is redone after a crash, its
-callback's items with those ordinals are dropped before the pipelines (stat
+So each item a unit's callback yields gets an **ordinal**, its place in that
+callback's output (0, 1, 2...), the same as in its id (:mod:`.item_ids`); an item is
+**delivered** when the pipelines are done with it (scraped, dropped or failed), after the
+receivers of its ``item_*`` signal (:func:`.engine_hooks.hook_item_processing`). At each
+commit the ordinals delivered by units still in flight are kept with the stage (attached
+data ``"delivered"``, ``{unit code hex: [[first, last], ...]}``), with those items'
+counts in the stage totals; the first item delivered after a commit makes the next
+timer commit due. When such a unit is redone after a crash, its callback's items with
+those ordinals are dropped before the pipelines (stat
 ``checkpoint/items_already_delivered``); only items delivered after the unit's last
-commit are handed again (``checkpoint/items_replayed``), so the replays are bounded by
-what the last, uncommitted group saw.
+commit are handed again (``checkpoint/items_replayed``): the replays are bounded by what
+the last, uncommitted group saw.
 
-Limits: ordinals count the items of the callback of the request that carries the unit,
-in the order it yields them; a unit that holds ``checkpoint_ignore`` requests (whose
-items are the unit's output too, and which run again when it is redone) keeps all its
-items until it is done, as before. A callback must yield the same items in the same order when it is redone (a
-deterministic callback, as for every replay). A unit's entry is dropped when the unit is
-done. Memory: one entry per item between the callback yielding it and the pipelines being
+Limits:
+
+- Not in a crawl with durable outputs (feeds, ``CHECKPOINT_OUTPUT``): their bytes are
+  kept per unit until it is done, and an item dropped before the pipelines would never
+  reach them, so there every item of a redone unit is handed again, as before.
+- A unit that holds ``checkpoint_ignore`` requests (whose items are the unit's output
+  too, and which run again when it is redone) keeps all its items until it is done.
+- A callback must yield the same items in the same order when it is redone (a
+  deterministic callback, as for every replay).
+
+Memory: one entry per item between the callback yielding it and the pipelines being
 done with it, and one small entry per unit in flight.
 """
 
@@ -40,7 +45,6 @@ from .identity import HOLDER_META, UNIT_META
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
     from .item_ids import ItemIds
-    from .outputs import OutputSet
     from .stage_totals import StageTotals
 
 #: Attached data: ``{unit code as hex: [[first, last], ...]}``, ordinals of delivered items
@@ -80,18 +84,20 @@ class Deliveries:
     """Which items of the units in flight were delivered (see the module docstring).
 
     ``cp``: the open stage (its attached data holds the ordinals delivered before this
-    run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
-    ``totals``: the feeds and counters released at each commit for the items delivered so
-    far. :meth:`yielded` is called for every item a callback yields (False: drop it),
+    run); ``in_flight``: the units of this run not done (the frontier's); ``totals``: the
+    counters released at each commit for the items delivered so far; ``enabled``: False
+    in a crawl with durable outputs (every item is handed again, as before).
+    :meth:`yielded` is called for every item a callback yields (False: drop it),
     :meth:`finished` when the pipelines are done with one, :meth:`commit` from the commit
     hook.
     """
 
-    def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
-                 totals: StageTotals, stats: Any) -> None:
+    def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], totals: StageTotals,
+                 stats: Any, *, enabled: bool = True) -> None:
         self.cp = cp
+        #: False in a crawl with feeds or CHECKPOINT_OUTPUT (see the module docstring).
+        self.enabled = enabled
         self.in_flight = in_flight
-        self.outputs = outputs
         self.totals = totals
         self.stats = stats
         #: Ordinals delivered before this run: unit -> ordinals (units redone in this run).
@@ -99,7 +105,7 @@ class Deliveries:
         recorded = cp.live.attached.get(DELIVERED_ATTACHED)
         #: What the journal holds (what a commit before the next change would keep).
         self._journaled: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-        if isinstance(recorded, dict):
+        if isinstance(recorded, dict) and enabled:
             pending = cp.live.pending
             for key, ranges in recorded.items():
                 try:
@@ -121,6 +127,8 @@ class Deliveries:
         """The callback of ``request`` yielded ``item``, its ``ordinal``-th item: False when
         the item was delivered by an earlier run (drop it), else True (it goes on to the
         pipelines)."""
+        if not self.enabled:
+            return True
         meta = request.meta
         code = meta.get(UNIT_META)
         if code is None:
@@ -155,22 +163,25 @@ class Deliveries:
     # -- the commit hook -------------------------------------------------------------------------
 
     def commit(self, attached: dict[str, Any]) -> None:
-        """Before a commit: release the feed bytes and item counts of the items delivered by
-        units still in flight, and put the ordinals delivered into ``attached`` when they
-        changed. Units done are forgotten."""
+        """Before a commit: release the item counts of the items delivered by units still in
+        flight, and put the ordinals delivered into ``attached`` when they changed. Units
+        done are forgotten."""
+        if not self.enabled:
+            return
         live = self.cp.live
         done, pending = live.done, live.pending
         in_flight = self.in_flight
         mixed = self._mixed
-        released = self.outputs.take_released()  # (not once the feeds are closed)
+        kept: dict[int, set[int]] = {}
         for code, ordinals in self._delivered.items():
-            if code not in in_flight or code in mixed or not released:
-                continue  # done (its items were released with it), or see _mixed
-            self.outputs.release(code)
-            self.totals.release_items(code)
+            if code not in in_flight or code in mixed:
+                continue  # done (its items are counted with it), or see _mixed
+            if not self.totals.release_items(code):
+                kept[code] = ordinals  # an item of it is still being finished: next time
+                continue
             self._before.setdefault(code, set()).update(ordinals)
             self._changed = True
-        self._delivered.clear()
+        self._delivered = kept
         gone = [code for code in self._before if code in done or code not in pending]
         for code in gone:
             del self._before[code]
@@ -185,10 +196,12 @@ class Deliveries:
 
 class ItemTracking:
     """The engine hooks' :class:`~.engine_hooks.ItemHooks`: the :class:`Deliveries` of the
-    crawl, and the item ids (:class:`~.item_ids.ItemIds`) when they are on."""
+    crawl, its item counts (:class:`~.stage_totals.StageTotals`) and the item ids
+    (:class:`~.item_ids.ItemIds`) when they are on."""
 
-    def __init__(self, deliveries: Deliveries, ids: ItemIds | None) -> None:
+    def __init__(self, deliveries: Deliveries, totals: StageTotals, ids: ItemIds | None) -> None:
         self.deliveries = deliveries
+        self.totals = totals
         self.ids = ids
 
     def prefix(self, request: Request) -> str:
@@ -205,7 +218,8 @@ class ItemTracking:
         if self.ids is not None:
             self.ids.from_start(item)
 
-    def finished(self, item: Any) -> None:
+    def finished(self, item: Any, response: Any) -> None:
+        self.totals.item_finished(response)
         self.deliveries.finished(item)
         if self.ids is not None:
             self.ids.finished(item)

@@ -114,8 +114,9 @@ class ItemHooks(Protocol):
     def from_start(self, item: Any) -> None:
         """``item`` is the next item ``start()`` yielded."""
 
-    def finished(self, item: Any) -> None:
-        """``item``'s processing by the pipelines ended (scraped, dropped or failed)."""
+    def finished(self, item: Any, response: Any) -> None:
+        """``item``'s processing by the pipelines ended (scraped, dropped or failed);
+        ``response``: the one its callback had (None: an item of ``start()``)."""
 
 
 def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], None],
@@ -191,8 +192,8 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
 
 def hook_item_processing(engine: Any, items: ItemHooks) -> None:
     """Call ``items.from_start(item)`` for every item ``start()`` yields, in its order, before
-    the pipelines see it, and ``items.finished(item)`` when the pipelines are done with any
-    item (the object the spider yielded, whatever a pipeline returned), after the
+    the pipelines see it, and ``items.finished(item, response)`` when the pipelines are done
+    with any item (the object the spider yielded, whatever a pipeline returned), after the
     ``item_scraped``, ``item_dropped`` or ``item_error`` signal. Wraps the scraper's
     ``_start_itemproc_nowait`` and ``start_itemproc_async`` (Scrapy 2.14 to 2.19). A hook
     that raises is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without
@@ -217,7 +218,7 @@ def hook_item_processing(engine: Any, items: ItemHooks) -> None:
         try:
             await process(item, response=response)
         finally:
-            items.finished(item)
+            items.finished(item, response)
 
     scraper._start_itemproc_nowait = start_item
     scraper.start_itemproc_async = start_itemproc_async

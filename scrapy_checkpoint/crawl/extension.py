@@ -212,7 +212,8 @@ class CheckpointExtension:
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
-        self.deliveries = Deliveries(cp, frontier.live, outputs, totals, self.stats)
+        self.deliveries = Deliveries(cp, frontier.live, totals, self.stats, enabled=not (
+            self.crawler.settings.getdict("FEEDS") or self.config.output))
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
@@ -479,7 +480,8 @@ def _hook_engine(ext: CheckpointExtension, frontier: Frontier) -> None:
     hook_refusals(engine, frontier.refused)
     hook_request_lifecycle(engine, frontier.request_started, frontier.request_finished)
     assert ext.deliveries is not None
-    items = ItemTracking(ext.deliveries, ext.item_ids)
+    assert ext.totals is not None
+    items = ItemTracking(ext.deliveries, ext.totals, ext.item_ids)
     hook_spider_output(engine, frontier.child_yielded, items)
     hook_item_processing(engine, items)
 

@@ -68,6 +68,9 @@ class StageTotals:
         self._units: dict[int, dict[str, int]] = {}
         self._changed = False
         self._type_names: dict[type, str] = {}
+        #: Per unit, items counted whose processing has not ended (their signal's receivers
+        #: still running): the unit's item counts are not released meanwhile.
+        self._unsettled: dict[int, int] = {}
 
     def count(self, request: Request | None, *names: str) -> None:
         """Count one of each of ``names`` for the unit ``request`` carries (or for the stage
@@ -93,21 +96,26 @@ class StageTotals:
                 totals[name] = totals.get(name, 0) + n
             self._changed = True
 
-    def release_items(self, unit: int) -> None:
+    def release_items(self, unit: int) -> bool:
         """The items the unit's callback yielded so far are through the pipelines and kept
         (see :mod:`.deliveries`): their counts join the totals, the unit's other counts wait
-        for it to be done."""
+        for it to be done. False (nothing released) while an item counted has not finished
+        its processing."""
+        if unit in self._unsettled:
+            return False
         counts = self._units.get(unit)
         if not counts:
-            return
+            return True
         totals = self.totals
         for name in [n for n in counts if n in ITEM_COUNTS or n.startswith(ITEM_TYPE)]:
             totals[name] = totals.get(name, 0) + counts.pop(name)
             self._changed = True
+        return True
 
     def discard(self, unit: int) -> None:
         """The unit left this run without being done here: its counts go with it."""
         self._units.pop(unit, None)
+        self._unsettled.pop(unit, None)
 
     def fields(self) -> dict[str, Any] | None:
         """The totals, for the group being committed, if they changed."""
@@ -133,14 +141,32 @@ class StageTotals:
         name = self._type_names.get(cls)
         if name is None:
             name = self._type_names[cls] = ITEM_TYPE + cls.__name__
-        self.count(getattr(response, "request", None), ITEMS, name)
+        self._outcome(response, ITEMS, name)
 
     def item_dropped(self, item: Any, response: Any, exception: BaseException,
                      spider: Spider) -> None:
-        self.count(getattr(response, "request", None), DROPPED)
+        self._outcome(response, DROPPED)
 
     def item_error(self, item: Any, response: Any, spider: Spider, failure: Any) -> None:
-        self.count(getattr(response, "request", None), ITEMS_FAILED)
+        self._outcome(response, ITEMS_FAILED)
+
+    def _outcome(self, response: Any, *names: str) -> None:
+        request = getattr(response, "request", None)
+        self.count(request, *names)
+        unit = self.unit_of(request)
+        if unit is not None:  # until its processing ends (item_finished)
+            self._unsettled[unit] = self._unsettled.get(unit, 0) + 1
+
+    def item_finished(self, response: Any) -> None:
+        """The processing of an item of ``response`` ended: its signal's receivers have run."""
+        unit = self.unit_of(getattr(response, "request", None))
+        if unit is None:
+            return
+        n = self._unsettled.get(unit, 0)
+        if n > 1:
+            self._unsettled[unit] = n - 1
+        elif n:
+            del self._unsettled[unit]
 
     def response_received(self, response: Any, request: Request, spider: Spider) -> None:
         self.count(request, RESPONSES, STATUS + str(response.status))

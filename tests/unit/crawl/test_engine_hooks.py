@@ -38,7 +38,7 @@ class ItemLog:
     def from_start(self, item: Any) -> None:
         self.events.append(("start", item))
 
-    def finished(self, item: Any) -> None:
+    def finished(self, item: Any, response: Any) -> None:
         self.events.append(("finished", item))
 
 
