@@ -93,6 +93,8 @@ def _command(site: Site, directory: Path) -> list[str]:
     if not spider.exists():
         spider.write_text(SPIDER)
     return [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
+            "-o", f"{directory / 'items.jl'}", "-o", f"{directory / 'items.csv'}",
+            "-s", f"CHECKPOINT_OUTPUT={directory / 'own.jl'}",
             "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
             "-s", f"CHECKPOINT_DIR={directory / 'checkpoints'}",
             "-s", f"HANDED_LOG={directory / 'handed.jl'}",
@@ -181,3 +183,8 @@ def test_items_committed_as_delivered_never_reach_the_pipelines_again(
     assert set(_handed(tmp_path)) == set(expected)  # nothing lost
     view = read_stage(open_store(tmp_path / "checkpoints"), "listing")
     assert view.totals["item_scraped_count"] == len(expected)  # each counted once
+    for name in ("items.jl", "own.jl"):  # every item once in the outputs
+        lines = (tmp_path / name).read_text().splitlines()
+        assert Counter((json.loads(line)["page"], json.loads(line)["n"]) for line in lines) \
+            == expected, name
+    assert len((tmp_path / "items.csv").read_text().splitlines()) == 1 + len(expected)

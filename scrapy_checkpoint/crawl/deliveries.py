@@ -21,9 +21,11 @@ the last, uncommitted group saw.
 
 Limits:
 
-- Not in a crawl with durable outputs (feeds, ``CHECKPOINT_OUTPUT``): their bytes are
-  kept per unit until it is done, and an item dropped before the pipelines would never
-  reach them, so there every item of a redone unit is handed again, as before.
+- The outputs (feeds, ``CHECKPOINT_OUTPUT``) keep a unit's bytes until it is done, or
+  until a commit finds every item of it that reached an ``item_*`` signal finished
+  (:meth:`StageTotals.settled <.stage_totals.StageTotals.settled>`): then they are
+  released with the ordinals. Not in a crawl with a remote, batch or postprocessed feed
+  (:func:`possible`): every item of a redone unit is handed again there, as before.
 - A unit that holds ``checkpoint_ignore`` requests (whose items are the unit's output
   too, and which run again when it is redone) keeps all its items until it is done.
 - A callback must yield the same items in the same order when it is redone (a
@@ -45,6 +47,7 @@ from .identity import HOLDER_META, UNIT_META
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
     from .item_ids import ItemIds
+    from .outputs import OutputSet
     from .stage_totals import StageTotals
 
 #: Attached data: ``{unit code as hex: [[first, last], ...]}``, ordinals of delivered items
@@ -80,24 +83,49 @@ def from_ranges(value: Any) -> set[int]:
     return ordinals
 
 
+#: Feed formats whose exporters write each item as one record of its own (Scrapy's).
+_RECORD_FORMATS = frozenset({"jsonlines", "jl", "json", "csv", "xml", "marshal", "pickle"})
+
+
+def possible(settings: Any) -> bool:
+    """True when the crawl's feeds can keep the items of a unit in flight item by item:
+    every feed a local file of a format Scrapy ships, without batches or postprocessing.
+    A remote feed (Scrapy writes it as in a plain crawl) would never get an item dropped
+    before the pipelines; a batch feed opens its next file (a commit) while it appends."""
+    if settings.getint("FEED_EXPORT_BATCH_ITEM_COUNT"):
+        return False
+    for uri, given in settings.getdict("FEEDS").items():
+        text = str(uri)
+        if "://" in text and not text.startswith("file:"):
+            return False
+        options = given if isinstance(given, dict) else {}
+        if (options.get("batch_item_count") or options.get("postprocessing")
+                or "%(batch_" in text or options.get("format") not in _RECORD_FORMATS):
+            return False
+    return True
+
+
 class Deliveries:
     """Which items of the units in flight were delivered (see the module docstring).
 
     ``cp``: the open stage (its attached data holds the ordinals delivered before this
-    run); ``in_flight``: the units of this run not done (the frontier's); ``totals``: the
-    counters released at each commit for the items delivered so far; ``enabled``: False
-    in a crawl with durable outputs (every item is handed again, as before).
+    run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
+    ``totals``: the files and counters released at each commit for the items delivered so
+    far; ``enabled``: False when :func:`possible` says so (every item of a redone unit is
+    handed again, as before).
     :meth:`yielded` is called for every item a callback yields (False: drop it),
     :meth:`finished` when the pipelines are done with one, :meth:`commit` from the commit
     hook.
     """
 
-    def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], totals: StageTotals,
-                 stats: Any, *, enabled: bool = True) -> None:
+    def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
+                 totals: StageTotals, stats: Any, *, enabled: bool = True) -> None:
         self.cp = cp
-        #: False in a crawl with feeds or CHECKPOINT_OUTPUT (see the module docstring).
+        #: False in a crawl with outputs whose items cannot be kept per item (see
+        #: :func:`possible`).
         self.enabled = enabled
         self.in_flight = in_flight
+        self.outputs = outputs
         self.totals = totals
         self.stats = stats
         #: Ordinals delivered before this run: unit -> ordinals (units redone in this run).
@@ -163,9 +191,10 @@ class Deliveries:
     # -- the commit hook -------------------------------------------------------------------------
 
     def commit(self, attached: dict[str, Any]) -> None:
-        """Before a commit: release the item counts of the items delivered by units still in
-        flight, and put the ordinals delivered into ``attached`` when they changed. Units
-        done are forgotten."""
+        """Before a commit: release the output bytes and item counts of the items delivered
+        by units still in flight (those with no item between its signal and the end of its
+        processing), and put the ordinals delivered into ``attached`` when they changed.
+        Units done are forgotten."""
         if not self.enabled:
             return
         live = self.cp.live
@@ -173,12 +202,17 @@ class Deliveries:
         in_flight = self.in_flight
         mixed = self._mixed
         kept: dict[int, set[int]] = {}
+        totals, outputs = self.totals, self.outputs
+        writing = outputs.take_released()  # (not once the outputs are closed)
         for code, ordinals in self._delivered.items():
-            if code not in in_flight or code in mixed:
-                continue  # done (its items are counted with it), or see _mixed
-            if not self.totals.release_items(code):
+            if code not in in_flight or code in mixed or not writing:
+                continue  # done (its items are released with it), or see _mixed
+            if not totals.settled(code):
                 kept[code] = ordinals  # an item of it is still being finished: next time
                 continue
+            # Every byte the outputs hold for the unit is of an item finished: all delivered.
+            outputs.release(code)
+            totals.release_items(code)
             self._before.setdefault(code, set()).update(ordinals)
             self._changed = True
         self._delivered = kept

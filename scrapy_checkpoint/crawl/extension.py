@@ -38,6 +38,7 @@ from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
 from .deliveries import Deliveries, ItemTracking
+from .deliveries import possible as deliveries_possible
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
@@ -212,8 +213,8 @@ class CheckpointExtension:
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
-        self.deliveries = Deliveries(cp, frontier.live, totals, self.stats, enabled=not (
-            self.crawler.settings.getdict("FEEDS") or self.config.output))
+        self.deliveries = Deliveries(cp, frontier.live, outputs, totals, self.stats,
+                                     enabled=deliveries_possible(self.crawler.settings))
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)

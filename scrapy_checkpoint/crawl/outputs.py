@@ -135,6 +135,11 @@ class HeldRecords:
                         del record[:len(separator)]
             self._append(records)
 
+    @property
+    def finished(self) -> bool:
+        """True once closed: bytes released from then on are dropped."""
+        return self._finished
+
     def _drop_held(self, path: str) -> None:
         dropped = sum(len(r) for records in self._held.values() for r in records)
         if dropped:
@@ -507,6 +512,11 @@ class OutputSet:
         """The unit is done: its bytes go to every output it wrote."""
         for writer in self._writers:
             writer.release(unit)
+
+    def take_released(self) -> bool:
+        """True while every output still writes what :meth:`release` gives it (none closed:
+        a closed one drops the bytes of units not done)."""
+        return not any(writer.finished for writer in self._writers)
 
     def close_documents(self) -> None:
         """End of the run: close every open document of the stage (its closing written), also

@@ -96,21 +96,22 @@ class StageTotals:
                 totals[name] = totals.get(name, 0) + n
             self._changed = True
 
-    def release_items(self, unit: int) -> bool:
+    def settled(self, unit: int) -> bool:
+        """True when every item of the unit counted so far has finished its processing (no
+        receiver of its signal is still running)."""
+        return unit not in self._unsettled
+
+    def release_items(self, unit: int) -> None:
         """The items the unit's callback yielded so far are through the pipelines and kept
-        (see :mod:`.deliveries`): their counts join the totals, the unit's other counts wait
-        for it to be done. False (nothing released) while an item counted has not finished
-        its processing."""
-        if unit in self._unsettled:
-            return False
+        (see :mod:`.deliveries`; the unit is :meth:`settled`): their counts join the totals,
+        the unit's other counts wait for it to be done."""
         counts = self._units.get(unit)
         if not counts:
-            return True
+            return
         totals = self.totals
         for name in [n for n in counts if n in ITEM_COUNTS or n.startswith(ITEM_TYPE)]:
             totals[name] = totals.get(name, 0) + counts.pop(name)
             self._changed = True
-        return True
 
     def discard(self, unit: int) -> None:
         """The unit left this run without being done here: its counts go with it."""
