@@ -212,6 +212,7 @@ class CheckpointExtension:
         frontier.progress = self.progress = CrawlProgress(
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
+        totals.log_earlier_items(self.stage)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         self.deliveries = Deliveries(cp, frontier.live, outputs, totals, self.stats,
                                      enabled=deliveries_possible(self.crawler.settings))

@@ -72,6 +72,14 @@ class StageTotals:
         #: still running): the unit's item counts are not released meanwhile.
         self._unsettled: dict[int, int] = {}
 
+    def log_earlier_items(self, stage: str) -> None:
+        """Say what earlier runs of the stage scraped (nothing for a new stage)."""
+        totals = self.totals
+        scraped, dropped, failed = (totals.get(n, 0) for n in (ITEMS, DROPPED, ITEMS_FAILED))
+        if scraped or dropped or failed:
+            logger.info("Stage %s: earlier runs scraped %d item(s) (%d dropped, %d failed in "
+                        "the pipelines); counting on from there.", stage, scraped, dropped, failed)
+
     def count(self, request: Request | None, *names: str) -> None:
         """Count one of each of ``names`` for the unit ``request`` carries (or for the stage
         at once)."""
