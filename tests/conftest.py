@@ -111,10 +111,9 @@ def redis_backend():  # type: ignore[no-untyped-def]
 #: The stores every store-level test runs on: a new store adds its name here (and a branch
 #: in :func:`_store_location`), and the same tests prove it.
 STORES = ["file", "redis", "memory"]
-#: The memory store keeps nothing across processes: tests whose stage outlives a process (a
-#: real process killed, or holding the stage while this one looks) do not apply to it.
-NOT_ACROSS_PROCESSES = pytest.mark.skip(
-    reason="the memory store keeps nothing across processes: a stage never outlives its process")
+#: The stores whose stages outlive a process: all but the memory store, which keeps nothing
+#: across processes (a real process killed, or holding the stage while this one looks).
+PERSISTENT_STORES = [kind for kind in STORES if kind != "memory"]
 
 
 def _store_location(kind: str, tmp_path: Path | None = None):  # type: ignore[no-untyped-def]
@@ -145,12 +144,11 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ign
     yield from _store_location(request.param, tmp_path)
 
 
-@pytest.fixture(params=[pytest.param(kind, marks=NOT_ACROSS_PROCESSES) if kind == "memory"
-                        else kind for kind in STORES])
+@pytest.fixture(params=PERSISTENT_STORES)
 def persistent_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """:func:`store_location` for the tests whose stage must outlive a process or be seen
-    from another one (kill -9, a stage held by a second process): the memory store is
-    listed, not run, with the reason."""
+    from another one (kill -9, a stage held by a second process): every store of
+    :data:`PERSISTENT_STORES` (not the memory store: those tests do not apply to it)."""
     yield from _store_location(request.param, tmp_path)
 
 
