@@ -26,6 +26,9 @@ Limits:
   (:meth:`StageTotals.settled <.stage_totals.StageTotals.settled>`): then they are
   released with the ordinals. Not in a crawl with a remote, batch or postprocessed feed
   (:func:`possible`): every item of a redone unit is handed again there, as before.
+- Not in a shared stage, nor with scrapy-redis's scheduler: a unit redone by another
+  worker (adopted from a dead one, or popped from the shared queue) would not know the
+  ordinals its first worker kept.
 - A unit that holds ``checkpoint_ignore`` requests (whose items are the unit's output
   too, and which run again when it is redone) keeps all its items until it is done.
 - A callback must yield the same items in the same order when it is redone (a

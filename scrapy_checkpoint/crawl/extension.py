@@ -214,8 +214,9 @@ class CheckpointExtension:
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         totals.log_earlier_items(self.stage)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
-        self.deliveries = Deliveries(cp, frontier.live, outputs, totals, self.stats,
-                                     enabled=deliveries_possible(self.crawler.settings))
+        self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
+            cp, frontier.live, outputs, totals, self.stats, enabled=worker is None
+            and not self._scrapy_redis and deliveries_possible(self.crawler.settings))
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
