@@ -446,6 +446,44 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
         pass
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; one other than loopback needs a token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the bearer token (else $SCRAPY_CHECKPOINT_TOKEN). Needed for "
+                   "actions, and for any request when not on loopback.")
+@click.option("--stuck-after", default=300.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without a commit after which a running stage is called stuck.")
+@click.option("--sample-interval", default=5.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds between two samples of every stage (history and chart).")
+@pass_ctx
+def serve(ctx: Context, host: str, port: int, token_file: str | None, stuck_after: float,
+          sample_interval: float) -> None:
+    """Serve a live page, a JSON API and Prometheus metrics (docs/server.md)."""
+    try:
+        from .server import ServerConfig, load_token, run
+    except ImportError as exc:
+        click.echo(f"The status server needs the 'server' extra ({exc.name} is missing): "
+                   f"pip install 'scrapy-checkpoint[server]'.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    try:
+        config = ServerConfig(host=host, port=port, token=load_token(token_file),
+                              stuck_after=stuck_after, sample_interval=sample_interval)
+        config.check_bind()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        run(ctx.manager, config)
+    except OSError as exc:
+        click.echo(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+
+
 def _fit(text: str, width: int) -> str:
     """Wrap each line of text to width terminal cells at spaces (a longer word is cut), its
     continuation lines indented two spaces more than the line."""
