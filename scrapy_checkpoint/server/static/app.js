@@ -46,7 +46,7 @@ function drawChart(canvas, samples) {
   ctx.clearRect(0, 0, width, height);
   ctx.fillStyle = "#999"; ctx.font = (10 * ratio) + "px sans-serif";
   if (points.length < 2) { ctx.fillText("items/s: waiting for samples", 4, 12 * ratio); return; }
-  const top = Math.max(...points.map(p => p.rate)) || 1;
+  const peak = Math.max(...points.map(p => p.rate)), top = peak || 1;
   const t0 = points[0].t, span = (points[points.length - 1].t - t0) || 1;
   ctx.strokeStyle = "#1565c0"; ctx.lineWidth = 1.5 * ratio; ctx.beginPath();
   points.forEach((p, i) => {
@@ -55,7 +55,7 @@ function drawChart(canvas, samples) {
     if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
   });
   ctx.stroke();
-  ctx.fillText("items/s, max " + top.toFixed(1), 4, 12 * ratio);
+  ctx.fillText("items/s, max " + peak.toFixed(1), 4, 12 * ratio);
 }
 
 function stageCard(entry, stuck) {
