@@ -70,10 +70,14 @@ def serve() -> Iterator[Any]:
         server.stop()
 
 
-def call(method: str, url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request with aiohttp's client: status, headers, body."""
+def call(method: str, url: str, token: str | None = None,
+         host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request with aiohttp's client (``host``: the Host header to send): status,
+    headers, body."""
     async def go() -> tuple[int, dict[str, str], bytes]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if host is not None:
+            headers["Host"] = host
         async with aiohttp.ClientSession() as session, \
                 session.request(method, url, headers=headers) as response:
             return response.status, dict(response.headers), await response.read()
@@ -282,6 +286,10 @@ def test_actions_need_the_token_even_on_loopback(tmp_path: Path, serve: Any) -> 
     assert call("POST", requeue)[0] == 401
     assert call("POST", requeue, WRONG)[0] == 401
     assert get_json(server.url + "api/v1/stages")["stages"]  # reads stay open on loopback
+    # ... to requests addressed to loopback: another name resolved to 127.0.0.1 (DNS
+    # rebinding, a page of that site read by the browser) needs the token.
+    assert call("GET", server.url + "api/v1/stages", host="rebound.example:8000")[0] == 401
+    assert call("GET", server.url + "api/v1/stages", TOKEN, host="rebound.example:8000")[0] == 200
     status, _, body = call("POST", requeue, TOKEN)
     assert (status, json.loads(body)) == (200, {"stage": "fetch", "requeued": 4})
     assert TOKEN not in server.stop()

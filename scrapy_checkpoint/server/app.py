@@ -37,6 +37,9 @@ from .prometheus import StageCollector
 logger = logging.getLogger("scrapy_checkpoint.server")
 T = TypeVar("T")
 _dumps = functools.partial(json.dumps, default=str)
+#: The page loads only its own files and talks only to this server, and is never framed.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _package_version() -> str:
@@ -119,7 +122,7 @@ class StatusServer:
     async def page(self, request: web.Request) -> web.Response:
         """``GET /``: the live page (static HTML that polls the API)."""
         html = (resources.files(__package__) / "static" / "index.html").read_text("utf-8")
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
     async def openapi(self, request: web.Request) -> web.Response:
         """``GET /api/v1/openapi.json``."""

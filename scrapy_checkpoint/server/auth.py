@@ -4,6 +4,7 @@ failed attempts."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -18,6 +19,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Paths anyone may fetch: the page and its files hold no stage data (they read the API).
 PUBLIC_PREFIXES = ("/static/",)
 PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
+#: Host names a browser uses for a loopback server. Open reads are only for requests
+#: addressed to one of them: a page of another site whose name was made to resolve to
+#: 127.0.0.1 (DNS rebinding) sends its own name, and needs the token.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _loopback_host(request: web.Request) -> bool:
+    host = request.host
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class FailureLimiter:
@@ -52,8 +68,9 @@ class FailureLimiter:
 
 
 class Guard:
-    """Decides each request: reads are open on a loopback server, else they need the
-    token; actions (POST) always need it, and are refused outright without one.
+    """Decides each request: reads are open on a loopback server (to requests addressed
+    to a loopback name, see :data:`LOOPBACK_NAMES`), else they need the token; actions
+    (POST) always need it, and are refused outright without one.
 
     ``token`` None: no token configured. Responses: 401 (missing or wrong token, with
     ``WWW-Authenticate: Bearer``), 403 (an action on a server without a token), 429 (too
@@ -81,7 +98,7 @@ class Guard:
         action = request.method not in ("GET", "HEAD", "OPTIONS")
         if not action and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)):
             return None
-        if not action and self.open_reads:
+        if not action and self.open_reads and _loopback_host(request):
             return None
         if action and self._token is None:
             return _error(403, "Actions need a token: start the server with --token-file FILE "
