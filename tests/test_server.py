@@ -18,6 +18,7 @@ import pytest
 from scrapy_checkpoint import EnhancedCheckpoint
 from scrapy_checkpoint.shared import SharedStage, sub_stage_name
 from scrapy_checkpoint.stores import open_store
+from scrapy_checkpoint.stores.redis import RedisStore
 
 from .conftest import PYTHON, SCRIPTS, StageHolder, python_env, require_redis
 
@@ -194,6 +195,36 @@ def test_the_api_serves_the_cli_documents_of_a_completed_and_a_killed_stage(
         assert path in openapi["paths"]
 
 
+def test_a_running_stage_that_stopped_committing_is_flagged_stuck(tmp_path: Path,
+                                                                  serve: Any) -> None:
+    location = str(tmp_path / "checkpoints")
+    gated = subprocess.Popen([PYTHON, str(SCRIPTS / "gated_job.py"), location, "gated", "3"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=python_env(),
+                             text=True)
+    assert gated.stdout is not None
+    assert gated.stdin is not None
+    try:
+        assert gated.stdout.readline().strip() == "ready"  # then waits, committing nothing
+        server = serve(location, "--stuck-after", "0.5")
+        while not (health := get_json(server.url + "api/v1/health"))["stuck"]:
+            pass  # until its last commit is older than 0.5 s
+        assert health["status"] == "degraded"
+        (stuck,) = health["stuck"]
+        assert (stuck["stage"], stuck["owner_pid"]) == ("gated", gated.pid)
+        assert stuck["seconds_since_commit"] >= 0.5
+        gated.stdin.write("go\n")
+        gated.stdin.close()
+        assert gated.wait(timeout=120) == 0
+        health = get_json(server.url + "api/v1/health")
+        assert (health["status"], health["stuck"]) == ("ok", [])
+    finally:
+        if gated.poll() is None:
+            gated.kill()
+            gated.wait()
+        gated.stdout.close()
+        gated.stdin.close()
+
+
 def test_the_history_holds_samples_taken_by_the_server(tmp_path: Path, serve: Any) -> None:
     location = str(tmp_path / "checkpoints")
     run_tracker_job(location, "finished", 20, tmp_path)
@@ -213,7 +244,7 @@ def test_a_shared_stage_shows_its_workers(tmp_path: Path, serve: Any) -> None:
     prefix = f"sctest-server-shared-{os.getpid()}"
     backend = redis_location(prefix)
     try:
-        store = open_store(backend)
+        store = RedisStore(backend)
         for worker in ("a", "b"):
             cp = EnhancedCheckpoint(stage=sub_stage_name("site", worker), store=store,
                                     log_every=0)
@@ -222,7 +253,8 @@ def test_a_shared_stage_shows_its_workers(tmp_path: Path, serve: Any) -> None:
             cp.finish_unit(1, processed=1, successful=1)
             cp.complete()
             cp.close()
-            SharedStage(store, "site", worker=worker).beat("finished")  # type: ignore[arg-type]
+            SharedStage(store, "site", worker=worker).beat("finished")
+        store.close()
         server = serve(backend)
         doc = get_json(server.url + "api/v1/stages/site")
         assert doc == json.loads(cli(backend, "show", "site", "--json").stdout)
@@ -485,3 +517,4 @@ def test_the_page_shows_each_stage_and_follows_a_commit(tmp_path: Path, serve: A
             gated.kill()
             gated.wait()
         gated.stdout.close()
+        gated.stdin.close()
