@@ -28,7 +28,17 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .checkpoint import describe_lost, file_hash
+from .checkpoint import describe_lost
+from .documents import (
+    damaged,
+    entries,
+    input_file_matches,
+    list_document,
+    read_views,
+    report_document,
+    shared_stage_document,
+    stage_document,
+)
 from .errors import (
     CheckpointError,
     CheckpointLockedError,
@@ -175,13 +185,7 @@ def main(ctx: click.Context, directory: str, backend: str, verbose: bool) -> Non
 
 
 def _views(ctx: Context) -> list[tuple[str, StageView | Exception]]:
-    out: list[tuple[str, StageView | Exception]] = []
-    for stage in ctx.manager.stages():
-        try:
-            out.append((stage, ctx.manager.read(stage)))
-        except (CorruptCheckpointError, FileNotFoundError, ValueError) as exc:
-            out.append((stage, exc))
-    return out
+    return read_views(ctx.manager)
 
 
 def _read(ctx: Context, stage: str) -> StageView:
@@ -215,10 +219,6 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
 
-def _entry(view: StageView) -> dict[str, Any]:
-    return view.to_dict()
-
-
 def _na(value: Any) -> str:
     return "n/a" if value is None else repr(value) if isinstance(value, str) else str(value)
 
@@ -238,10 +238,7 @@ def list_(ctx: Context, as_json: bool) -> None:
     views = _views(ctx)
     shared = ctx.manager.shared_stages()
     if as_json:
-        _dump({"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
-               "stages": [_entry(v) if isinstance(v, StageView) else {"stage": s, "error": str(v)}
-                          for s, v in views],
-               "shared": {stage: _workers_json(workers) for stage, workers in shared.items()}})
+        _dump(list_document(ctx.manager, views, shared))
     else:
         if not views:
             click.echo(f"No checkpoints in {ctx.manager.directory}.")
@@ -275,12 +272,8 @@ def _worker_rows(ctx: Context, workers: list[Worker]) -> Table:
     return table
 
 
-def _workers_json(workers: list[Worker]) -> list[dict[str, Any]]:
-    return [w.model_dump(mode="json") for w in workers]
-
-
 def _damaged(views: list[tuple[str, StageView | Exception]]) -> bool:
-    return any(not isinstance(v, StageView) or v.problems for _, v in views)
+    return damaged(views)
 
 
 @main.command()
@@ -293,7 +286,7 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
     if workers is not None and stage not in ctx.manager.stages():
         summary = ctx.manager.shared_summary(stage, workers)
         if as_json:
-            _dump({"stage": stage, "shared": True, **summary, "workers": _workers_json(workers)})
+            _dump(shared_stage_document(ctx.manager, stage, workers))
         else:
             lost = summary["lost"]
             click.echo(f"Shared stage {stage}: {summary['status']}, {summary['done']} done, "
@@ -308,18 +301,11 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             ctx.print(_worker_rows(ctx, workers))
         return
     view = _read(ctx, stage)
-    s, m = view.state, view.metrics()
-    input_ok: bool | None = None
-    if s.input_file and s.input_file_hash:
-        try:
-            input_ok = file_hash(s.input_file) == s.input_file_hash
-        except OSError:
-            input_ok = False
     if as_json:
-        entry = _entry(view)
-        entry["input_file_matches"] = input_ok
-        _dump(entry)
+        _dump(stage_document(view))
     else:
+        s, m = view.state, view.metrics()
+        input_ok = input_file_matches(view)
         p = s.progress
         owner = s.owner
         rows: list[tuple[str, str]] = [
@@ -391,20 +377,7 @@ def report(ctx: Context, as_json: bool) -> None:
     """Every stage, then the whole pipeline."""
     views = _views(ctx)
     if as_json:
-        entries = [_entry(v) for _, v in views if isinstance(v, StageView)]
-        known = [e for e in entries if e["progress"]["total_items"]]
-        total = sum(e["progress"]["total_items"] for e in known)
-        done = sum(min(e["progress"]["processed_items"], e["progress"]["total_items"]) for e in known)
-        statuses = [e["display_status"] for e in entries]
-        _dump({"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
-               "stages": entries, "overall": {
-                   "percent": 100.0 * done / total if total else None, "processed": done,
-                   "total": total,
-                   "active": sum(st in ("running", "recovering", "initialized") for st in statuses),
-                   "completed": statuses.count("completed"), "failed": statuses.count("failed"),
-                   "paused": statuses.count("paused"), "crashed": statuses.count("crashed"),
-                   "incomplete": statuses.count("incomplete"),
-                   "damaged": [s for s, v in views if not isinstance(v, StageView) or v.problems]}})
+        _dump(report_document(ctx.manager, views))
     elif not views:
         click.echo(f"No checkpoints in {ctx.manager.directory}.")
         sys.exit(EXIT_NOT_FOUND)
@@ -473,6 +446,44 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
         pass
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; one other than loopback needs a token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the bearer token (else $SCRAPY_CHECKPOINT_TOKEN). Needed for "
+                   "actions, and for any request when not on loopback.")
+@click.option("--stuck-after", default=300.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without a commit after which a running stage is called stuck.")
+@click.option("--sample-interval", default=5.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds between two samples of every stage (history and chart).")
+@pass_ctx
+def serve(ctx: Context, host: str, port: int, token_file: str | None, stuck_after: float,
+          sample_interval: float) -> None:
+    """Serve a live page, a JSON API and Prometheus metrics (docs/server.md)."""
+    try:
+        from .server import ServerConfig, load_token, run
+    except ImportError as exc:
+        click.echo(f"The status server needs the 'server' extra ({exc.name} is missing): "
+                   f"pip install 'scrapy-checkpoint[server]'.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    try:
+        config = ServerConfig(host=host, port=port, token=load_token(token_file),
+                              stuck_after=stuck_after, sample_interval=sample_interval)
+        config.check_bind()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        run(ctx.manager, config)
+    except OSError as exc:
+        click.echo(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+
+
 def _fit(text: str, width: int) -> str:
     """Wrap each line of text to width terminal cells at spaces (a longer word is cut), its
     continuation lines indented two spaces more than the line."""
@@ -510,8 +521,7 @@ def export(ctx: Context, output: str) -> None:
     """Write every stage as one JSON document (schema in docs/cli.md)."""
     views = _views(ctx)
     doc = {"schema_version": SCHEMA_VERSION, "checkpoint_dir": str(ctx.manager.directory),
-           "stages": [_entry(v) if isinstance(v, StageView) else {"stage": s, "error": str(v)}
-                      for s, v in views]}
+           "stages": entries(views)}
     text = json.dumps(doc, indent=2, default=str) + "\n"
     if output == "-":
         click.echo(text, nl=False)
@@ -611,6 +621,33 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         click.echo(f"Reset {s}.")
     if refused:
         sys.exit(EXIT_NOT_FOUND)
+
+
+@main.command()
+@click.argument("stage")
+@click.option("--failed", is_flag=True, required=True,
+              help="Requeue the units that finished with a failure (required: the only kind).")
+@pass_ctx
+def requeue(ctx: Context, stage: str, failed: bool) -> None:
+    """Make a stage's failed units pending again: its next run does them again."""
+    try:
+        n = ctx.manager.requeue_failed(stage)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except FileNotFoundError:
+        click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except CheckpointLockedError as exc:
+        click.echo(f"{exc} Not requeued: stop that process first.", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except CorruptCheckpointError as exc:
+        click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
+        sys.exit(EXIT_DAMAGED)
+    if not n:
+        click.echo(f"Stage {stage} has no failed units to requeue.")
+        sys.exit(EXIT_NOT_FOUND)
+    click.echo(f"Requeued {n} failed unit(s) of {stage}: its next run does them again.")
 
 
 @main.command()

@@ -148,6 +148,37 @@ class UnifiedCheckpointManager:
             lock.release(unlink=True)
         logger.info("Stage %s reset.", stage)
 
+    def requeue_failed(self, stage: str) -> int:
+        """Make the stage's failed units pending again, so its next run does them again
+        (as ``start(retry_failed=True)`` or ``CHECKPOINT_RETRY_FAILED`` would): a journaled
+        change made under the stage's lock, that takes them off the done-set and the
+        counters (processed and failed) and restores what redoes them (a crawl's request).
+        The status is left as it is; a completed crawl stage with units pending resumes
+        them. Returns how many units were requeued (0: none had failed).
+
+        Raises :class:`FileNotFoundError` (no such stage), :class:`CheckpointLockedError`
+        (a live process owns it: nothing written), :class:`ConfigError` (an invalid name, or
+        a worker's sub-stage of a shared stage), :class:`CorruptCheckpointError`.
+        """
+        check_stage_name(stage)
+        parent = shared_stage_of(stage)
+        if parent is not None and parent[0] in self.shared_stages():
+            raise ConfigError(f"{stage!r} is a worker's part of a shared stage: its failed "
+                              f"units cannot be requeued alone.")
+        if stage not in self.stages():
+            raise FileNotFoundError(f"No checkpoint for stage {stage!r} in {self.directory}.")
+        cp = EnhancedCheckpoint(stage=stage, config=self.config, store=self.store)
+        cp.open()
+        try:
+            n = cp.retry_units(list(cp.live.failed_units))
+        except BaseException:
+            cp.abandon()
+            raise
+        cp.close()
+        if n:
+            logger.info("Stage %s: %d failed unit(s) requeued.", stage, n)
+        return n
+
     def reset_shared(self, stage: str) -> list[str]:
         """Delete a shared stage: its claims, its workers and their sub-stages. Raises
         :class:`CheckpointLockedError` while one of its workers is alive."""

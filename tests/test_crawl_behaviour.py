@@ -65,6 +65,35 @@ def test_failed_requests_are_counted_and_fetched_again_with_retry_failed(
     assert (state.progress.failed_items, state.status) == (0, Status.COMPLETED)
 
 
+def test_failed_requests_requeued_by_the_cli_are_fetched_by_the_next_plain_run(
+    tmp_path: Path, site: Site
+) -> None:
+    outputs = Outputs(tmp_path)
+    site.fail = {5}  # answers 500
+    first = crawl(site, outputs, "-a", "fail_in_callback=7")
+    assert first.returncode == 0, first.log[-3000:]
+    assert _state(tmp_path).progress.failed_items == 2
+
+    requeue = subprocess.run(
+        [PYTHON, "-m", "scrapy", "checkpoint", "requeue", "site", "--failed", "--dir",
+         str(tmp_path / "checkpoints")],
+        cwd=PROJECT, env=python_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert requeue.returncode == 0, requeue.stderr
+    assert "Requeued 2 failed unit(s) of site" in requeue.stdout
+    state = _state(tmp_path)
+    assert (state.status, state.progress.failed_items, state.pending_units) == (
+        Status.COMPLETED, 0, 2)
+
+    site.fail = set()
+    second = crawl(site, outputs)  # no CHECKPOINT_RETRY_FAILED
+    assert second.returncode == 0, second.log[-3000:]
+    assert "2 requeued request(s) are pending: fetching them" in second.log
+    assert set(second.hits) == _reachable(set()) - _reachable({5, 7}) | {5, 7}
+    assert sorted(outputs.jsonlines("own.jl")) == list(range(N_PAGES))
+    state = _state(tmp_path)
+    assert (state.progress.failed_items, state.status) == (0, Status.COMPLETED)
+
+
 def test_a_completed_stage_starts_over_with_on_complete_restart(tmp_path: Path, site: Site) -> None:
     outputs = Outputs(tmp_path)
     assert crawl(site, outputs).returncode == 0

@@ -19,7 +19,7 @@ class Command(ScrapyCommand):
 
     def syntax(self) -> str:
         """The usage line ``scrapy checkpoint -h`` shows."""
-        return "[--dir PATH] {list,show,report,watch,reset,export,cleanup} [ARGS]"
+        return "[--dir PATH] {list,show,report,watch,serve,reset,requeue,export,cleanup} [ARGS]"
 
     def short_desc(self) -> str:
         """One line for ``scrapy -h``."""

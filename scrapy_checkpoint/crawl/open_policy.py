@@ -5,7 +5,9 @@ or (completed) leave it alone.
 
 - a stage paused, failed, crashed or incomplete is resumed;
 - ``CHECKPOINT_RESET`` starts it over;
-- a completed stage is left alone (``CHECKPOINT_ON_COMPLETE = "skip"``, the default),
+- a completed stage with pending requests (its failed ones requeued by
+  ``scrapy-checkpoint requeue``) is resumed for them;
+- else a completed stage is left alone (``CHECKPOINT_ON_COMPLETE = "skip"``, the default),
   started over (``"restart"``), refreshed (``"incremental"``: requests done longer than
   ``CHECKPOINT_REFRESH_AFTER`` ago are fetched again) or reopened for its failed requests
   (``CHECKPOINT_RETRY_FAILED``);
@@ -55,7 +57,10 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
         reset = config.reset and not shared  # a shared stage was reset as a whole
         refresh_before = None
         if cp.status is Status.COMPLETED and not reset:
-            if config.retry_failed and cp.live.failed_units:
+            if cp.live.pending:  # its failed requests requeued (scrapy-checkpoint requeue)
+                logger.info("Stage %s was completed; %d requeued request(s) are pending: "
+                            "fetching them.", name, len(cp.live.pending))
+            elif config.retry_failed and cp.live.failed_units:
                 logger.info("Stage %s was completed with %d failed request(s); fetching "
                             "them again (CHECKPOINT_RETRY_FAILED).", name,
                             len(cp.live.failed_units))
