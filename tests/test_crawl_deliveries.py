@@ -27,7 +27,7 @@ from scrapy_checkpoint.crawl.deliveries import DELIVERED_ATTACHED, from_ranges
 from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.stores import open_store
 
-from .conftest import PYTHON
+from .conftest import PYTHON, REDIS_URL
 from .crawl import run, sigkill
 from .site import Site
 
@@ -192,3 +192,34 @@ def test_items_committed_as_delivered_never_reach_the_pipelines_again(
         assert Counter((json.loads(line)["page"], json.loads(line)["n"]) for line in lines) \
             == expected, name
     assert len((tmp_path / "items.csv").read_text().splitlines()) == 1 + len(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["checkpoint", "scrapy-redis"])
+def test_a_shared_stage_killed_and_resumed_by_new_workers_writes_each_item_once(
+        site: Site, tmp_path: Path, redis_backend: str, scheduler: str) -> None:
+    """A unit adopted from a dead worker is redone whole: the new worker does not know what
+    the dead one delivered, so the items of units in flight are kept only when done."""
+    rng = random.Random(5)
+    expected = Counter((page, n) for page in range(PAGES) for n in range(ITEMS))
+    cmd = [*_command(site, tmp_path), "-s", f"CHECKPOINT_BACKEND={redis_backend}",
+           "-s", "CHECKPOINT_SHARED=True"]
+    if scheduler == "scrapy-redis":
+        prefix = redis_backend.rsplit("prefix=", 1)[1]
+        cmd += ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
+                "-s", "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter",
+                "-s", f"REDIS_URL={REDIS_URL}", "-s", "SCHEDULER_PERSIST=True",
+                "-s", f"SCHEDULER_QUEUE_KEY={prefix}:requests",
+                "-s", f"SCHEDULER_DUPEFILTER_KEY={prefix}:dupefilter"]
+    for _ in range(3):
+        result = run(site, cmd, tmp_path, cwd=tmp_path, interrupt=sigkill,
+                     interrupt_after_hits=rng.randint(PAGES, PAGES * ITEMS // 2))
+        if result.returncode != -9:
+            break
+    final = run(site, cmd, tmp_path, cwd=tmp_path)
+    assert final.returncode == 0, final.log[-3000:]
+    for name in ("items.jl", "own.jl"):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert Counter((json.loads(line)["page"], json.loads(line)["n"]) for line in lines) \
+            == expected, name
+    assert set(_handed(tmp_path)) == set(expected)
