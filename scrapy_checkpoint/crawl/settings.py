@@ -72,7 +72,7 @@ from pydantic.fields import FieldInfo
 
 from ..config import CheckpointConfig
 from ..errors import ConfigError, redact
-from ..stores import BACKEND_SCHEMES, MEMORY, open_store
+from ..stores import BACKEND_SCHEMES, MEMORY, POSTGRES, open_store
 from ..stores.base import Store
 from ..stores.file import FileStore
 
@@ -150,7 +150,8 @@ class CheckpointSettings(BaseModel):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value != "file" and not value.startswith(BACKEND_SCHEMES):
-            raise ValueError("use 'file', memory:// or a Redis URL such as redis://127.0.0.1:6379/0")
+            raise ValueError("use 'file', memory://, a Redis URL such as redis://127.0.0.1:6379/0 "
+                             "or a PostgreSQL URL such as postgresql://user@127.0.0.1:5432/db")
         return value
 
     @classmethod
@@ -187,8 +188,8 @@ class CheckpointSettings(BaseModel):
                 f"scrapy-checkpoint {where} reset {stage} first.")
 
     def store(self) -> Store:
-        """The store these settings name (a :class:`FileStore`, a ``MemoryStore`` or a
-        ``RedisStore``).
+        """The store these settings name (a :class:`FileStore`, a ``MemoryStore``, a
+        ``RedisStore`` or a ``PostgresStore``).
 
         For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
         written in it and removed: a directory that cannot be used raises
@@ -198,7 +199,7 @@ class CheckpointSettings(BaseModel):
         if self.backend == "file":
             _check_dir(self.dir)
             return FileStore(self.dir)
-        if self.backend.startswith(MEMORY):
+        if self.backend.startswith((MEMORY, *POSTGRES)):
             return open_store(self.backend)
         from ..stores.redis import RedisStore
 

@@ -1,0 +1,785 @@
+"""The PostgreSQL store: the same journal, snapshots and state as the file store, in
+tables of one schema (default ``scrapy_checkpoint``; ``?schema=NAME`` in the URL).
+
+Tables (created by the store on first use, see :data:`SCHEMA_VERSION`)::
+
+    schema_version  version, applied_at: the versions of this layout applied
+    stages          one row per stage: stage, created_at, state (the readable state,
+                    JSONB), version (bumped by each state write: optimistic locking),
+                    updated_at (of the state)
+    owners          stage, owner (JSONB: pid, host, started_at), backend_pid (the server
+                    session holding the lock), locked_at; kept through a reset
+    journal         stage, gen, seq, payload: group records
+                    (:func:`~scrapy_checkpoint.journal.groups.encode_group` bytes), in
+                    order of (gen, seq)
+    requests        stage, gen, pos, record: request records
+                    (:func:`~scrapy_checkpoint.journal.groups.encode_request` bytes); a
+                    record's ref is ``gen << OFFSET_BITS | pos``
+    snapshots       stage, gen, data (:mod:`~scrapy_checkpoint.journal.snapshot` bytes),
+                    places (the generations its pending units' records are in), created_at
+    corrupt         journal records set aside as unreadable, with when
+    stage_status    a view: one row per stage, its status, counters and live owner
+
+A group and the request records put since the one before it are written by one SQL
+statement (one round trip, one transaction): in the table whole or not at all. The
+stage's lock is a session-level advisory lock (``pg_try_advisory_lock`` on
+``hashtextextended('<schema>:<stage>', 0)``) held by a connection of its own, which
+also carries every write of the holder: the server drops the lock when that session
+ends (the process died, its connection was cut), and a writer whose session ended can
+write nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import ValidationError
+
+from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError, redact
+from ..journal.doneset import DoneSet
+from ..journal.groups import REQUEST_OVERHEAD, decode_group, decode_request, encode_request
+from ..journal.pending import OFFSET_BITS
+from ..journal.snapshot import PLACES, decode_header, decode_snapshot
+from ..state import CheckpointState, Owner, pid_alive
+from .base import Loaded, Store, check_stage_name, is_stage_name
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+DEFAULT_SCHEMA = "scrapy_checkpoint"
+#: The layout of the tables this version of the package reads and writes.
+SCHEMA_VERSION = 1
+#: URL schemes of a PostgreSQL store.
+SCHEMES = ("postgresql://", "postgres://")
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+_POSITION = (1 << OFFSET_BITS) - 1
+#: Server-side TCP keepalives of a lock's session: a holder whose machine vanished (no
+#: FIN ever comes) loses the lock after about 30 + 3 * 10 seconds.
+_KEEPALIVES = ("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+               "SET tcp_keepalives_count = 3")
+#: Seconds a lock waits for the session of a dead holder on this host to end.
+_DEAD_HOLDER_WAIT = "10s"
+# A JSON escape of U+0000 (not preceded by an escaped backslash): JSONB refuses it.
+_JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.stages (
+    stage text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    state jsonb,
+    version bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz);
+CREATE TABLE IF NOT EXISTS {s}.owners (
+    stage text PRIMARY KEY,
+    owner jsonb NOT NULL,
+    backend_pid integer NOT NULL,
+    locked_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.journal (
+    stage text NOT NULL,
+    gen bigint NOT NULL,
+    seq integer NOT NULL,
+    payload bytea NOT NULL,
+    PRIMARY KEY (stage, gen, seq));
+CREATE TABLE IF NOT EXISTS {s}.requests (
+    stage text NOT NULL,
+    gen bigint NOT NULL,
+    pos bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (stage, gen, pos));
+CREATE TABLE IF NOT EXISTS {s}.snapshots (
+    stage text NOT NULL,
+    gen bigint NOT NULL,
+    data bytea NOT NULL,
+    places bigint[] NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stage, gen));
+CREATE TABLE IF NOT EXISTS {s}.corrupt (
+    stage text NOT NULL,
+    gen bigint NOT NULL,
+    seq integer NOT NULL,
+    payload bytea NOT NULL,
+    set_aside_at timestamptz NOT NULL DEFAULT now());
+CREATE OR REPLACE VIEW {s}.stage_status AS
+SELECT st.stage,
+       st.state ->> 'status' AS status,
+       (st.state -> 'progress' ->> 'total_items')::bigint AS total_items,
+       (st.state -> 'progress' ->> 'processed_items')::bigint AS processed_items,
+       (st.state -> 'progress' ->> 'successful_items')::bigint AS successful_items,
+       (st.state -> 'progress' ->> 'failed_items')::bigint AS failed_items,
+       (st.state -> 'progress' ->> 'skipped_items')::bigint AS skipped_items,
+       (st.state ->> 'pending_units')::bigint AS pending_units,
+       (st.state ->> 'throughput')::double precision AS throughput,
+       (st.state -> 'progress' ->> 'start_time')::timestamptz AS start_time,
+       (st.state -> 'progress' ->> 'estimated_completion_time')::timestamptz AS eta,
+       st.state ->> 'error_message' AS error_message,
+       st.updated_at,
+       st.version,
+       CASE WHEN held.pid IS NOT NULL THEN ow.owner ->> 'host' END AS owner_host,
+       CASE WHEN held.pid IS NOT NULL THEN (ow.owner ->> 'pid')::integer END AS owner_pid,
+       CASE WHEN held.pid IS NOT NULL THEN (ow.owner ->> 'started_at')::timestamptz END
+           AS owner_since
+FROM {s}.stages st
+LEFT JOIN {s}.owners ow ON ow.stage = st.stage
+LEFT JOIN LATERAL (
+    SELECT l.pid FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = ow.backend_pid
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = ((hashtextextended({schema_text} || ':' || st.stage, 0) >> 32)
+                       & 4294967295)::oid
+      AND l.objid = (hashtextextended({schema_text} || ':' || st.stage, 0) & 4294967295)::oid
+    LIMIT 1) held ON true;
+INSERT INTO {s}.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+"""
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - an install problem, said plainly
+        raise ConfigError("The PostgreSQL backend needs psycopg 3: "
+                          "pip install 'scrapy-checkpoint[postgres]'.") from None
+    return psycopg
+
+
+def _one_line(exc: BaseException) -> str:
+    return redact(" ".join(str(exc).split())).rstrip(".")
+
+
+class PostgresLock:
+    """A stage's lock: a session-level advisory lock held by ``conn``, a connection of its
+    own, until :meth:`release` or the end of that session. The holder's writes go through
+    ``conn`` (serialised by ``mutex``), so none can land once the lock is gone."""
+
+    def __init__(self, store: PostgresStore, stage: str, conn: Any) -> None:
+        self._store, self._stage, self.conn = store, stage, conn
+        self.mutex = threading.Lock()
+        self.released = False
+
+    def run(self, query: Any, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+        """Execute ``query`` on the lock's session (one statement, its own transaction) and
+        return the cursor. Raises CheckpointError if the session is gone (the lock with
+        it) or the lock was released."""
+        psycopg = _driver()
+        with self.mutex:
+            if self.released:
+                raise CheckpointError(f"Stage {self._stage!r} is not locked by this process.")
+            try:
+                return self.conn.execute(query, params)
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc) from None
+
+    def transaction(self) -> Any:
+        """A context manager: the lock's mutex held and a transaction open on its session."""
+        return _LockTransaction(self)
+
+    def _lost(self, exc: BaseException) -> CheckpointError:
+        return CheckpointError(
+            f"The connection to PostgreSQL at {self._store.location} that held the lock of "
+            f"stage {self._stage!r} was lost ({_one_line(exc)}); the lock went with it, so this "
+            f"run records nothing more. Run it again to resume from the last committed group.")
+
+    def release(self, *, unlink: bool = False) -> None:
+        """See :meth:`~.base.Lock.release` (``unlink`` has no meaning here). Idempotent; a
+        server error is logged (the lock then goes with the session, closed here)."""
+        with self.mutex:
+            if self.released:
+                return
+            self.released = True
+            try:
+                if not self.conn.closed:
+                    self.conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                                      [self._store.lock_key(self._stage)])
+            except Exception as exc:
+                logger.warning("Stage %s: cannot release the PostgreSQL lock (%s); it goes with "
+                               "its session.", self._stage, _one_line(exc))
+            finally:
+                self.conn.close()
+        self._store.forget_lock(self._stage, self)
+
+    def __del__(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+class _LockTransaction:
+    def __init__(self, lock: PostgresLock) -> None:
+        self._lock = lock
+        self._tx: Any = None
+
+    def __enter__(self) -> Any:
+        lock = self._lock
+        lock.mutex.acquire()
+        if lock.released:
+            lock.mutex.release()
+            raise CheckpointError(f"Stage {lock._stage!r} is not locked by this process.")
+        try:
+            self._tx = lock.conn.transaction()
+            self._tx.__enter__()
+        except _driver().OperationalError as exc:
+            lock.mutex.release()
+            raise lock._lost(exc) from None
+        return lock.conn
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._tx.__exit__(*exc_info)
+        except _driver().OperationalError as exc:
+            raise self._lock._lost(exc) from None
+        finally:
+            self._lock.mutex.release()
+
+
+class PostgresJournalWriter:
+    """Appends groups to segment ``gen`` of a stage, each with the request records put
+    since the group before it, in one statement on the lock's session.
+
+    ``size`` counts the bytes of the groups and request records put since the writer was
+    made (as the file store counts its segment's). Raises CheckpointError once the lock's
+    session is gone.
+    """
+
+    def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
+                 seq: int, pos: int) -> None:
+        self._store, self._lock, self._stage, self._gen = store, lock, stage, gen
+        self._seq, self._pos = seq, pos
+        #: Request records waiting for the next group: (position, record).
+        self._requests: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def put_request(self, code: int, data: bytes) -> int:
+        """See :meth:`~.base.JournalWriter.put_request`: sent with the next group, in its
+        statement (or by :meth:`flush`)."""
+        if self._pos >= _POSITION:
+            raise CheckpointError(f"Stage {self._stage!r}: over {_POSITION} request records in "
+                                  f"one journal segment; lower compact_min_bytes.")
+        self._pos += 1
+        record = encode_request(code, data)
+        self._requests.append((self._pos, record))
+        self.size += len(record)
+        return self._gen << OFFSET_BITS | self._pos
+
+    def unwritten(self, ref: int) -> bytes | None:
+        """The request record ``ref`` if it has not reached the server yet, else None."""
+        if ref >> OFFSET_BITS != self._gen or not self._requests:
+            return None
+        position = ref & _POSITION
+        first = self._requests[0][0]
+        if first <= position <= self._requests[-1][0]:
+            return self._requests[position - first][1]
+        return None
+
+    def append(self, payload: bytes) -> None:
+        """See :meth:`~.base.JournalWriter.append`: one statement, one transaction."""
+        s, stage, gen = self._store.schema_sql, self._stage, self._gen
+        sql = _driver().sql
+        if self._requests:
+            positions = [p for p, _ in self._requests]
+            records = [r for _, r in self._requests]
+            self._lock.run(sql.SQL(
+                "WITH r AS (INSERT INTO {s}.requests (stage, gen, pos, record) "
+                "SELECT %s, %s, p, r FROM unnest(%s::bigint[], %s::bytea[]) AS t(p, r)) "
+                "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s)"
+            ).format(s=s), [stage, gen, positions, records, stage, gen, self._seq, bytes(payload)])
+        else:
+            self._lock.run(sql.SQL(
+                "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s)"
+            ).format(s=s), [stage, gen, self._seq, bytes(payload)])
+        self._requests = []
+        self._seq += 1
+        self.size += len(payload)
+
+    def flush(self) -> None:
+        """Send the request records no group has carried yet (before a compaction, whose
+        new segment's groups may name them)."""
+        if not self._requests:
+            return
+        self._lock.run(_driver().sql.SQL(
+            "INSERT INTO {s}.requests (stage, gen, pos, record) "
+            "SELECT %s, %s, p, r FROM unnest(%s::bigint[], %s::bytea[]) AS t(p, r)"
+        ).format(s=self._store.schema_sql), [self._stage, self._gen,
+                                             [p for p, _ in self._requests],
+                                             [r for _, r in self._requests]])
+        self._requests = []
+
+    def sync(self) -> None:
+        """A committed statement is durable by the server's own settings
+        (``synchronous_commit``)."""
+
+    def fsync(self) -> None:
+        """:meth:`flush`."""
+        self.flush()
+
+    def close(self) -> None:
+        """:meth:`flush`; a lost session is logged (what was not sent is redone)."""
+        try:
+            self.flush()
+        except CheckpointError as exc:
+            logger.error("Stage %s: %s", self._stage, exc)
+
+
+class PostgresRequestReader:
+    """Reads a stage's request records by ref (one indexed ``SELECT`` each), and from its
+    writer's buffer for records not sent yet."""
+
+    def __init__(self, store: PostgresStore, stage: str,
+                 writer: PostgresJournalWriter | None) -> None:
+        self._store, self._stage, self.writer = store, stage, writer
+
+    def read(self, ref: int, length: int, code: int) -> bytes:
+        """See :meth:`~scrapy_checkpoint.journal.pending.RequestReader.read` (ValueError for
+        a record that is not there)."""
+        raw = self.writer.unwritten(ref) if self.writer is not None else None
+        if raw is None:
+            row = self._store.query_one(
+                "SELECT record FROM {s}.requests WHERE stage = %s AND gen = %s AND pos = %s",
+                [self._stage, ref >> OFFSET_BITS, ref & _POSITION])
+            if row is None:
+                raise ValueError(f"request record {ref} of stage {self._stage!r} is missing from "
+                                 f"{self._store.schema}.requests")
+            raw = row[0]
+        if len(raw) != REQUEST_OVERHEAD + length:
+            raise ValueError(f"request record {ref} has the wrong length")
+        return decode_request(raw, code)
+
+
+class PostgresStore(Store):
+    """Stages kept in PostgreSQL (see the module docstring for the tables).
+
+    ``url``: ``postgresql://[user[:password]@]host[:port]/dbname`` (or ``postgres://``),
+    with libpq's query parameters (``sslmode=...``) and optionally ``?schema=NAME`` (or
+    ``?prefix=NAME``, the same) for the schema holding the tables; ``schema`` wins over
+    the URL's. Raises :class:`~scrapy_checkpoint.errors.CheckpointError` when the server
+    cannot be reached or refuses the connection, ConfigError for a bad schema name or a
+    schema made by a newer version of the package.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        psycopg = _driver()
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        named = [v for k, v in query if k in ("schema", "prefix")]
+        self.schema = schema or (named[-1] if named else DEFAULT_SCHEMA)
+        if not _SCHEMA_RE.fullmatch(self.schema):
+            raise ConfigError(f"Invalid PostgreSQL schema name {self.schema!r}: use 1-63 letters, "
+                              f"digits, '_' or '-', starting with a letter or '_'.")
+        rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
+        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0] if "@" in parts.netloc else ""
+        host = parts.netloc.rsplit("@", 1)[-1]
+        shown = [(k, v) for k, v in rest if k != "password"]
+        if self.schema != DEFAULT_SCHEMA:
+            shown.append(("schema", self.schema))
+        self.location = redact(urlunsplit(parts._replace(
+            netloc=f"{user}@{host}" if user else host, query=urlencode(shown))))
+        self.directory = self.location
+        self.schema_sql = psycopg.sql.Identifier(self.schema)
+        self._mutex = threading.Lock()
+        self._locks: dict[str, PostgresLock] = {}
+        #: The state row's version each held stage last wrote (optimistic locking).
+        self._versions: dict[str, int] = {}
+        self._conn: Any = None
+        with self._mutex:
+            self._connection()
+        self._create_schema()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.location!r}, schema={self.schema!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """A new autocommit connection to the server (psycopg ``Connection``). Raises
+        CheckpointError, with the server's reason, if it cannot be made."""
+        psycopg = _driver()
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
+                                   application_name="scrapy-checkpoint")
+        except psycopg.Error as exc:
+            raise CheckpointError(
+                f"Cannot reach PostgreSQL at {self.location}: {_one_line(exc)}. Start PostgreSQL, "
+                f"or fix the URL in CHECKPOINT_BACKEND (or --backend / backend=).") from None
+
+    def _connection(self) -> Any:
+        """The store's connection for reads and for writes of stages it does not lock
+        (call with ``_mutex`` held); made again if the last one broke."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self.connect()
+        return self._conn
+
+    def query(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of ``query`` (``{s}`` stands for the schema) on the store's connection."""
+        with self._mutex:
+            return self._connection().execute(self._sql(query), params).fetchall()  # type: ignore[no-any-return]
+
+    def query_one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        """The first row of ``query`` (``{s}``: the schema), or None."""
+        rows = self.query(query, params)
+        return rows[0] if rows else None
+
+    def _sql(self, query: str) -> Any:
+        return _driver().sql.SQL(query).format(s=self.schema_sql)
+
+    def _write(self, stage: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run ``statements`` in one transaction: on the lock's session if this store holds
+        ``stage``, else on the store's connection."""
+        lock = self._locks.get(stage)
+        if lock is not None:
+            with lock.transaction() as conn:
+                for query, params in statements:
+                    conn.execute(self._sql(query), params)
+            return
+        with self._mutex:
+            conn = self._connection()
+            with conn.transaction():
+                for query, params in statements:
+                    conn.execute(self._sql(query), params)
+
+    def _create_schema(self) -> None:
+        """Create the schema and its tables unless they are there (serialised between
+        processes by a transaction-level advisory lock). Raises ConfigError if the schema
+        is of a newer layout than :data:`SCHEMA_VERSION`."""
+        sql = _driver().sql
+        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
+                               [self.schema])
+        version = None
+        if found is not None and found[0] is not None:
+            version = (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"The tables in schema {self.schema!r} of {self.location} are of layout version "
+                f"{version}, newer than this version of scrapy-checkpoint reads "
+                f"({SCHEMA_VERSION}): upgrade scrapy-checkpoint.")
+        if version == SCHEMA_VERSION:
+            return
+        logger.info("Creating the checkpoint tables in schema %s of %s (layout version %d).",
+                    self.schema, self.location, SCHEMA_VERSION)
+        with self._mutex:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             [f"scrapy_checkpoint schema {self.schema}"])
+                conn.execute(sql.SQL(_DDL).format(s=self.schema_sql,
+                                                  schema_text=sql.Literal(self.schema)))
+
+    def close(self) -> None:
+        """Close the store's connection (held locks keep theirs until released)."""
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __del__(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None and not conn.closed:
+            conn.close()
+
+    def lock_key(self, stage: str) -> str:
+        """The text whose ``hashtextextended(text, 0)`` is ``stage``'s advisory lock key."""
+        return f"{self.schema}:{stage}"
+
+    def forget_lock(self, stage: str, lock: PostgresLock) -> None:
+        """Called by ``lock`` on release: this store no longer holds ``stage``."""
+        if self._locks.get(stage) is lock:
+            del self._locks[stage]
+            self._versions.pop(stage, None)
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def stages(self) -> list[str]:
+        """See :meth:`Store.stages`."""
+        return [name for (name,) in self.query("SELECT stage FROM {s}.stages ORDER BY stage")
+                if is_stage_name(name)]
+
+    def lock(self, stage: str, owner: Owner) -> PostgresLock:
+        """See :meth:`Store.lock`: ``pg_try_advisory_lock`` on a connection of the lock's
+        own; the owner is recorded in ``owners`` once it is held. A holder on this host
+        whose process is gone is waited for (its session ends within moments, at most 10
+        s). Raises CheckpointLockedError naming the holder, CheckpointError if the server
+        cannot be reached."""
+        check_stage_name(stage)
+        psycopg = _driver()
+        conn = self.connect()
+        key = self.lock_key(stage)
+        try:
+            conn.execute(_KEEPALIVES)
+            held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                [key]).fetchone()[0]
+            recorded = None if held else self._recorded_owner(stage)
+            if (not held and recorded is not None and recorded.host == socket.gethostname()
+                    and not pid_alive(recorded.pid)):
+                try:
+                    conn.execute(f"SET lock_timeout = '{_DEAD_HOLDER_WAIT}'")
+                    conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
+                    held = True
+                except psycopg.errors.LockNotAvailable:
+                    pass
+                conn.execute("SET lock_timeout = 0")
+            if not held:
+                conn.close()
+                if recorded is None:
+                    raise CheckpointLockedError(stage, None, None, None)
+                raise CheckpointLockedError(stage, recorded.pid, recorded.host,
+                                            recorded.started_at.isoformat())
+            conn.execute(self._sql(
+                "INSERT INTO {s}.owners (stage, owner, backend_pid) "
+                "VALUES (%s, %s::jsonb, pg_backend_pid()) ON CONFLICT (stage) DO UPDATE SET "
+                "owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, locked_at = now()"),
+                [stage, owner.model_dump_json()])
+            row = conn.execute(self._sql("SELECT version FROM {s}.stages WHERE stage = %s"),
+                               [stage]).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise CheckpointError(f"Cannot lock stage {stage!r} in PostgreSQL at {self.location}: "
+                                  f"{_one_line(exc)}.") from None
+        lock = PostgresLock(self, stage, conn)
+        self._locks[stage] = lock
+        self._versions[stage] = row[0] if row is not None else 0
+        return lock
+
+    def _recorded_owner(self, stage: str) -> Owner | None:
+        row = self.query_one("SELECT owner::text FROM {s}.owners WHERE stage = %s", [stage])
+        try:
+            return Owner.model_validate_json(row[0]) if row is not None else None
+        except ValidationError:
+            return None
+
+    def live_owner(self, stage: str) -> Owner | None:
+        """See :meth:`Store.live_owner`: the recorded owner if its session holds the
+        advisory lock now (``pg_locks``), and on this host its pid lives."""
+        row = self.query_one(
+            "SELECT o.owner::text FROM {s}.owners o, pg_locks l "
+            "WHERE o.stage = %s AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.pid = o.backend_pid "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = ((hashtextextended(%s, 0) >> 32) & 4294967295)::oid "
+            "AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid",
+            [stage, self.lock_key(stage), self.lock_key(stage)])
+        if row is None:
+            return None
+        try:
+            owner = Owner.model_validate_json(row[0])
+        except ValidationError:
+            return None
+        if owner.host == socket.gethostname() and not pid_alive(owner.pid):
+            return None
+        return owner
+
+    # -- state -------------------------------------------------------------------------------
+
+    def write_state(self, stage: str, data: bytes) -> None:
+        """See :meth:`Store.write_state`: one upsert of the ``stages`` row. While this store
+        holds ``stage`` the update applies only if the row's ``version`` is still the one it
+        last wrote (optimistic locking; else it is logged and skipped); ``version`` is
+        bumped and ``updated_at`` set. A lost connection is logged (the state is a
+        summary: the next write replaces it)."""
+        text = _JSON_NUL.sub(rb"\1\\ufffd", bytes(data)).decode("utf-8")
+        expected = self._versions.get(stage)
+        query = ("INSERT INTO {s}.stages AS t (stage, state, version, updated_at) "
+                 "VALUES (%s, %s::jsonb, 1, now()) ON CONFLICT (stage) DO UPDATE SET "
+                 "state = EXCLUDED.state, version = t.version + 1, updated_at = now()")
+        params: list[Any] = [stage, text]
+        if expected is not None:
+            query += " WHERE t.version = %s"
+            params.append(expected)
+        query += " RETURNING version"
+        lock = self._locks.get(stage)
+        try:
+            if lock is not None:
+                row = lock.run(self._sql(query), params).fetchone()
+            else:
+                row = self.query_one(query, params)
+        except CheckpointError as exc:
+            logger.warning("Stage %s: state not written (%s).", stage, exc)
+            return
+        except _driver().OperationalError as exc:
+            logger.warning("Stage %s: state not written, PostgreSQL unreachable (%s).", stage,
+                           _one_line(exc))
+            return
+        if row is None:
+            logger.error("Stage %s: not writing the state, its row in %s.stages was changed by "
+                         "another process (version %s expected).", stage, self.schema, expected)
+        elif expected is not None:
+            self._versions[stage] = row[0]
+
+    def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
+        """See :meth:`Store.read_state`."""
+        row = self.query_one("SELECT state::text FROM {s}.stages WHERE stage = %s", [stage])
+        if row is None or row[0] is None:
+            return None, []
+        try:
+            return CheckpointState.model_validate_json(row[0]), []
+        except ValidationError as exc:
+            return None, [f"the state in {self.schema}.stages is damaged "
+                          f"({exc.error_count()} problem(s))"]
+
+    # -- journal and snapshots ---------------------------------------------------------------
+
+    def load(self, stage: str) -> Loaded:
+        """See :meth:`Store.load`: the newest snapshot that decodes and the groups of the
+        segments from its generation on, read in one REPEATABLE READ transaction.
+        ``generation`` is the last segment, ``good_bytes`` its number of good groups. A
+        record that does not decode ends replay there (``problems``, ``dropped_bytes``)."""
+        with self._mutex:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                exists = conn.execute(self._sql("SELECT 1 FROM {s}.stages WHERE stage = %s"),
+                                      [stage]).fetchone() is not None
+                snapshots = conn.execute(self._sql(
+                    "SELECT gen, data FROM {s}.snapshots WHERE stage = %s ORDER BY gen DESC"),
+                    [stage]).fetchall()
+                first = conn.execute(self._sql(
+                    "SELECT min(gen) FROM {s}.journal WHERE stage = %s"), [stage]).fetchone()[0]
+                base, header, done, blob, problems = 0, None, DoneSet(), b"", []
+                for gen, data in snapshots:
+                    try:
+                        header, done = decode_snapshot(data)
+                        if header["state"].get("stage") != stage:
+                            raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
+                    except (ValueError, KeyError, TypeError) as exc:
+                        header, done = None, DoneSet()
+                        problems.append(f"snapshot {gen} in {self.schema}.snapshots is damaged "
+                                        f"({exc}); using the one before it")
+                        continue
+                    base, blob = gen, data
+                    break
+                if snapshots and header is None and first not in (None, 0):
+                    raise CorruptCheckpointError(
+                        f"Every snapshot of stage {stage!r} in {self.location} is damaged and the "
+                        f"journal before them was deleted, so the stage cannot be rebuilt. Reset "
+                        f"the stage to start over.")
+                rows = conn.execute(self._sql(
+                    "SELECT gen, seq, payload FROM {s}.journal WHERE stage = %s AND gen >= %s "
+                    "ORDER BY gen, seq"), [stage, base]).fetchall()
+        loaded = Loaded(header, done, base, len(blob), exists=exists or bool(snapshots or rows),
+                        problems=problems, generation=base, requests=self.request_reader(stage))
+        expected_gen, good = None, 0
+        for index, (gen, seq, payload) in enumerate(rows):
+            if gen != expected_gen:
+                expected_gen, good = gen, 0
+            try:
+                if seq != good:
+                    raise ValueError(f"record {good} is missing")
+                loaded.payloads.append(decode_group(payload))
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(f"unreadable journal record {seq} of segment {gen} ({exc}); "
+                                f"later records ignored")
+                loaded.dropped_bytes = sum(len(r[2]) for r in rows[index:])
+                break
+            good += 1
+        if expected_gen is not None:
+            loaded.generation, loaded.good_bytes = expected_gen, good
+        return loaded
+
+    def request_reader(self, stage: str, writer: Any = None) -> PostgresRequestReader:
+        """See :meth:`Store.request_reader`."""
+        return PostgresRequestReader(self, stage, writer if isinstance(writer, PostgresJournalWriter)
+                                     else None)
+
+    def set_aside(self, stage: str, loaded: Loaded) -> None:
+        """See :meth:`Store.set_aside`: the records after the last good one move to
+        ``corrupt``, in one transaction."""
+        self._write(stage, [(
+            "WITH moved AS (DELETE FROM {s}.journal WHERE stage = %s AND "
+            "(gen = %s AND seq >= %s OR gen > %s) RETURNING stage, gen, seq, payload) "
+            "INSERT INTO {s}.corrupt (stage, gen, seq, payload) SELECT * FROM moved",
+            [stage, loaded.generation, loaded.good_bytes, loaded.generation])])
+
+    def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
+                     buffered: bool) -> PostgresJournalWriter:
+        """See :meth:`Store.open_segment` (``truncate_at`` counts groups; ``buffered`` has
+        no meaning here: each group is sent at once). Raises CheckpointError unless this
+        store holds ``stage``'s lock."""
+        lock = self._locks.get(stage)
+        if lock is None:
+            raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
+        with lock.transaction() as conn:
+            conn.execute(self._sql("INSERT INTO {s}.stages (stage) VALUES (%s) "
+                                   "ON CONFLICT DO NOTHING"), [stage])
+            if truncate_at is not None:
+                conn.execute(self._sql("DELETE FROM {s}.journal WHERE stage = %s AND "
+                                       "(gen = %s AND seq >= %s OR gen > %s)"),
+                             [stage, gen, truncate_at, gen])
+                conn.execute(self._sql("DELETE FROM {s}.requests WHERE stage = %s AND gen > %s"),
+                             [stage, gen])
+            seq, pos = conn.execute(self._sql(
+                "SELECT (SELECT coalesce(max(seq) + 1, 0) FROM {s}.journal "
+                "        WHERE stage = %s AND gen = %s), "
+                "       (SELECT coalesce(max(pos), 0) FROM {s}.requests "
+                "        WHERE stage = %s AND gen = %s)"), [stage, gen, stage, gen]).fetchone()
+        return PostgresJournalWriter(self, lock, stage, gen, seq, pos)
+
+    def write_snapshot(self, stage: str, gen: int, blob: Any,
+                       freed: Sequence[int] = ()) -> None:
+        """See :meth:`Store.write_snapshot`: one upsert of the ``snapshots`` row (``freed``
+        is not needed: :meth:`retain` keeps the segments the kept snapshots' ``places``
+        name)."""
+        data = blob if isinstance(blob, bytes) else b"".join(blob)
+        places = [int(p) for p in decode_header(data).get(PLACES, [])]
+        self._write(stage, [(
+            "INSERT INTO {s}.snapshots (stage, gen, data, places) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (stage, gen) DO UPDATE SET data = EXCLUDED.data, "
+            "places = EXCLUDED.places, created_at = now()", [stage, gen, data, places])])
+
+    def retain(self, stage: str, keep: int) -> None:
+        """See :meth:`Store.retain`: the newest ``keep`` snapshots, the journal from the
+        oldest of them on, and the request records of older segments they need; one
+        transaction."""
+        rows = self.query("SELECT gen, places FROM {s}.snapshots WHERE stage = %s "
+                          "ORDER BY gen DESC", [stage])
+        if len(rows) <= keep:
+            return
+        oldest = rows[keep - 1][0]
+        needed = sorted({int(p) for _, places in rows[:keep] for p in places})
+        self._write(stage, [
+            ("DELETE FROM {s}.snapshots WHERE stage = %s AND gen < %s", [stage, oldest]),
+            ("DELETE FROM {s}.journal WHERE stage = %s AND gen < %s", [stage, oldest]),
+            ("DELETE FROM {s}.requests WHERE stage = %s AND gen < %s AND gen <> ALL(%s)",
+             [stage, oldest, needed]),
+        ])
+
+    # -- whole stages ------------------------------------------------------------------------
+
+    def remove(self, stage: str) -> None:
+        """See :meth:`Store.remove`: every row of ``stage`` but its ``owners`` one, in one
+        transaction."""
+        self._write(stage, [(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage])
+                            for table in ("journal", "requests", "snapshots", "corrupt", "stages")])
+
+    def segments(self, stage: str) -> list[int]:
+        """The generations of the journal segments of ``stage`` with groups or request
+        records in the tables, oldest first."""
+        return [gen for (gen,) in self.query(
+            "SELECT gen FROM {s}.journal WHERE stage = %s UNION "
+            "SELECT gen FROM {s}.requests WHERE stage = %s ORDER BY gen", [stage, stage])]
+
+    def disk_usage(self, stage: str) -> dict[str, int]:
+        """See :meth:`Store.disk_usage`: the bytes the stage's values take in the tables
+        (``pg_column_size``: after the server's compression, without row overhead)."""
+        row = self.query_one(
+            "SELECT (SELECT coalesce(sum(pg_column_size(payload)), 0) FROM {s}.journal "
+            "        WHERE stage = %s) "
+            "     + (SELECT coalesce(sum(pg_column_size(record)), 0) FROM {s}.requests "
+            "        WHERE stage = %s), "
+            "       (SELECT coalesce(sum(pg_column_size(data)), 0) FROM {s}.snapshots "
+            "        WHERE stage = %s), "
+            "       (SELECT coalesce(sum(pg_column_size(state)), 0) FROM {s}.stages "
+            "        WHERE stage = %s)", [stage] * 4)
+        journal, snapshot, state = (int(v) for v in row) if row is not None else (0, 0, 0)
+        return {"journal_bytes": journal, "snapshot_bytes": snapshot, "state_bytes": state}
+
+
+__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "SCHEMES", "PostgresJournalWriter", "PostgresLock",
+           "PostgresRequestReader", "PostgresStore"]
