@@ -62,5 +62,5 @@ def open_backend(backend: str | None, checkpoint_dir: str | Any) -> Store:
     return open_store(backend)
 
 
-__all__ = ["BACKEND_SCHEMES", "MEMORY", "FileStore", "JournalWriter", "Loaded", "Lock", "MemoryStore",
-           "POSTGRES", "StageLock", "Store", "check_stage_name", "open_backend", "open_store"]
+__all__ = ["BACKEND_SCHEMES", "MEMORY", "POSTGRES", "FileStore", "JournalWriter", "Loaded", "Lock",
+           "MemoryStore", "StageLock", "Store", "check_stage_name", "open_backend", "open_store"]

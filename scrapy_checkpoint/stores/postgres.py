@@ -197,7 +197,7 @@ class PostgresLock:
             try:
                 if not self.conn.closed:
                     self.conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                                      [self._store.lock_key(self._stage)])
+                                      [self._store.db.lock_key(self._stage)])
             except Exception as exc:
                 logger.warning("Stage %s: cannot release the PostgreSQL lock (%s); it goes with "
                                "its session.", self._stage, _one_line(exc))
@@ -280,7 +280,7 @@ class PostgresJournalWriter:
 
     def append(self, payload: bytes) -> None:
         """See :meth:`~.base.JournalWriter.append`: one statement, one transaction."""
-        s, stage, gen = self._store.schema_sql, self._stage, self._gen
+        s, stage, gen = self._store.db.schema_sql, self._stage, self._gen
         sql = _driver().sql
         if self._requests:
             positions = [p for p, _ in self._requests]
@@ -306,7 +306,7 @@ class PostgresJournalWriter:
         self._lock.run(_driver().sql.SQL(
             "INSERT INTO {s}.requests (stage, gen, pos, record) "
             "SELECT %s, %s, p, r FROM unnest(%s::bigint[], %s::bytea[]) AS t(p, r)"
-        ).format(s=self._store.schema_sql), [self._stage, self._gen,
+        ).format(s=self._store.db.schema_sql), [self._stage, self._gen,
                                              [p for p, _ in self._requests],
                                              [r for _, r in self._requests]])
         self._requests = []
@@ -340,7 +340,7 @@ class PostgresRequestReader:
         a record that is not there)."""
         raw = self.writer.unwritten(ref) if self.writer is not None else None
         if raw is None:
-            row = self._store.query_one(
+            row = self._store.db.query_one(
                 "SELECT record FROM {s}.requests WHERE stage = %s AND gen = %s AND pos = %s",
                 [self._stage, ref >> OFFSET_BITS, ref & _POSITION])
             if row is None:
@@ -352,15 +352,17 @@ class PostgresRequestReader:
         return decode_request(raw, code)
 
 
-class PostgresStore(Store):
-    """Stages kept in PostgreSQL (see the module docstring for the tables).
+class PostgresDatabase:
+    """The server and schema of a :class:`PostgresStore`: its URL, its connections, its
+    tables (created on first use).
 
     ``url``: ``postgresql://[user[:password]@]host[:port]/dbname`` (or ``postgres://``),
     with libpq's query parameters (``sslmode=...``) and optionally ``?schema=NAME`` (or
     ``?prefix=NAME``, the same) for the schema holding the tables; ``schema`` wins over
-    the URL's. Raises :class:`~scrapy_checkpoint.errors.CheckpointError` when the server
-    cannot be reached or refuses the connection, ConfigError for a bad schema name or a
-    schema made by a newer version of the package.
+    the URL's. ``location`` is the URL without its password. Raises
+    :class:`~scrapy_checkpoint.errors.CheckpointError` when the server cannot be reached
+    or refuses the connection, ConfigError for a bad schema name or a schema made by a
+    newer version of the package.
     """
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
@@ -381,21 +383,12 @@ class PostgresStore(Store):
             shown.append(("schema", self.schema))
         self.location = redact(urlunsplit(parts._replace(
             netloc=f"{user}@{host}" if user else host, query=urlencode(shown))))
-        self.directory = self.location
         self.schema_sql = psycopg.sql.Identifier(self.schema)
         self._mutex = threading.Lock()
-        self._locks: dict[str, PostgresLock] = {}
-        #: The state row's version each held stage last wrote (optimistic locking).
-        self._versions: dict[str, int] = {}
         self._conn: Any = None
         with self._mutex:
             self._connection()
-        self._create_schema()
-
-    def __repr__(self) -> str:
-        return f"PostgresStore({self.location!r}, schema={self.schema!r})"
-
-    # -- connections -----------------------------------------------------------------------
+        self.create_schema()
 
     def connect(self) -> Any:
         """A new autocommit connection to the server (psycopg ``Connection``). Raises
@@ -410,8 +403,8 @@ class PostgresStore(Store):
                 f"or fix the URL in CHECKPOINT_BACKEND (or --backend / backend=).") from None
 
     def _connection(self) -> Any:
-        """The store's connection for reads and for writes of stages it does not lock
-        (call with ``_mutex`` held); made again if the last one broke."""
+        """The shared connection, for reads and for writes of stages the store does not
+        lock (call with ``_mutex`` held); made again if the last one broke."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
@@ -419,34 +412,34 @@ class PostgresStore(Store):
         return self._conn
 
     def query(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Rows of ``query`` (``{s}`` stands for the schema) on the store's connection."""
+        """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection."""
         with self._mutex:
-            return self._connection().execute(self._sql(query), params).fetchall()  # type: ignore[no-any-return]
+            return self._connection().execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
 
     def query_one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
         """The first row of ``query`` (``{s}``: the schema), or None."""
         rows = self.query(query, params)
         return rows[0] if rows else None
 
-    def _sql(self, query: str) -> Any:
+    def sql(self, query: str) -> Any:
         return _driver().sql.SQL(query).format(s=self.schema_sql)
 
-    def _write(self, stage: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run ``statements`` in one transaction: on the lock's session if this store holds
-        ``stage``, else on the store's connection."""
-        lock = self._locks.get(stage)
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
+              lock: PostgresLock | None = None) -> None:
+        """Run ``statements`` (``{s}``: the schema) in one transaction: on ``lock``'s session
+        if given, else on the shared connection."""
         if lock is not None:
             with lock.transaction() as conn:
                 for query, params in statements:
-                    conn.execute(self._sql(query), params)
+                    conn.execute(self.sql(query), params)
             return
         with self._mutex:
             conn = self._connection()
             with conn.transaction():
                 for query, params in statements:
-                    conn.execute(self._sql(query), params)
+                    conn.execute(self.sql(query), params)
 
-    def _create_schema(self) -> None:
+    def create_schema(self) -> None:
         """Create the schema and its tables unless they are there (serialised between
         processes by a transaction-level advisory lock). Raises ConfigError if the schema
         is of a newer layout than :data:`SCHEMA_VERSION`."""
@@ -473,8 +466,13 @@ class PostgresStore(Store):
                 conn.execute(sql.SQL(_DDL).format(s=self.schema_sql,
                                                   schema_text=sql.Literal(self.schema)))
 
+    def reading(self) -> Any:
+        """A context manager: the shared connection (psycopg ``Connection``), no other
+        thread using it, in a REPEATABLE READ, READ ONLY transaction."""
+        return _Reading(self)
+
     def close(self) -> None:
-        """Close the store's connection (held locks keep theirs until released)."""
+        """Close the shared connection (held locks keep theirs until released)."""
         with self._mutex:
             if self._conn is not None:
                 self._conn.close()
@@ -489,6 +487,54 @@ class PostgresStore(Store):
         """The text whose ``hashtextextended(text, 0)`` is ``stage``'s advisory lock key."""
         return f"{self.schema}:{stage}"
 
+
+
+class _Reading:
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+        self._tx: Any = None
+
+    def __enter__(self) -> Any:
+        self._db._mutex.acquire()
+        try:
+            conn = self._db._connection()
+            self._tx = conn.transaction()
+            self._tx.__enter__()
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:
+            if self._tx is not None:
+                self._tx.__exit__(None, None, None)
+            self._db._mutex.release()
+            raise
+        return conn
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._tx.__exit__(*exc_info)
+        finally:
+            self._db._mutex.release()
+
+
+class PostgresStore(Store):
+    """Stages kept in PostgreSQL (see the module docstring for the tables), in the
+    database and schema of ``url`` (see :class:`PostgresDatabase`, which raises
+    CheckpointError when the server cannot be reached, ConfigError for a bad schema)."""
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.db = PostgresDatabase(url, schema=schema)
+        self.schema, self.location = self.db.schema, self.db.location
+        self.directory = self.location
+        self._locks: dict[str, PostgresLock] = {}
+        #: The state row's version each held stage last wrote (optimistic locking).
+        self._versions: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.location!r}, schema={self.schema!r})"
+
+    def close(self) -> None:
+        """Close the shared connection (held locks keep theirs until released)."""
+        self.db.close()
+
     def forget_lock(self, stage: str, lock: PostgresLock) -> None:
         """Called by ``lock`` on release: this store no longer holds ``stage``."""
         if self._locks.get(stage) is lock:
@@ -499,7 +545,7 @@ class PostgresStore(Store):
 
     def stages(self) -> list[str]:
         """See :meth:`Store.stages`."""
-        return [name for (name,) in self.query("SELECT stage FROM {s}.stages ORDER BY stage")
+        return [name for (name,) in self.db.query("SELECT stage FROM {s}.stages ORDER BY stage")
                 if is_stage_name(name)]
 
     def lock(self, stage: str, owner: Owner) -> PostgresLock:
@@ -510,8 +556,8 @@ class PostgresStore(Store):
         cannot be reached."""
         check_stage_name(stage)
         psycopg = _driver()
-        conn = self.connect()
-        key = self.lock_key(stage)
+        conn = self.db.connect()
+        key = self.db.lock_key(stage)
         try:
             conn.execute(_KEEPALIVES)
             held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
@@ -532,12 +578,12 @@ class PostgresStore(Store):
                     raise CheckpointLockedError(stage, None, None, None)
                 raise CheckpointLockedError(stage, recorded.pid, recorded.host,
                                             recorded.started_at.isoformat())
-            conn.execute(self._sql(
+            conn.execute(self.db.sql(
                 "INSERT INTO {s}.owners (stage, owner, backend_pid) "
                 "VALUES (%s, %s::jsonb, pg_backend_pid()) ON CONFLICT (stage) DO UPDATE SET "
                 "owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, locked_at = now()"),
                 [stage, owner.model_dump_json()])
-            row = conn.execute(self._sql("SELECT version FROM {s}.stages WHERE stage = %s"),
+            row = conn.execute(self.db.sql("SELECT version FROM {s}.stages WHERE stage = %s"),
                                [stage]).fetchone()
         except psycopg.Error as exc:
             conn.close()
@@ -549,7 +595,7 @@ class PostgresStore(Store):
         return lock
 
     def _recorded_owner(self, stage: str) -> Owner | None:
-        row = self.query_one("SELECT owner::text FROM {s}.owners WHERE stage = %s", [stage])
+        row = self.db.query_one("SELECT owner::text FROM {s}.owners WHERE stage = %s", [stage])
         try:
             return Owner.model_validate_json(row[0]) if row is not None else None
         except ValidationError:
@@ -558,14 +604,14 @@ class PostgresStore(Store):
     def live_owner(self, stage: str) -> Owner | None:
         """See :meth:`Store.live_owner`: the recorded owner if its session holds the
         advisory lock now (``pg_locks``), and on this host its pid lives."""
-        row = self.query_one(
+        row = self.db.query_one(
             "SELECT o.owner::text FROM {s}.owners o, pg_locks l "
             "WHERE o.stage = %s AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
             "AND l.pid = o.backend_pid "
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = ((hashtextextended(%s, 0) >> 32) & 4294967295)::oid "
             "AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid",
-            [stage, self.lock_key(stage), self.lock_key(stage)])
+            [stage, self.db.lock_key(stage), self.db.lock_key(stage)])
         if row is None:
             return None
         try:
@@ -597,9 +643,9 @@ class PostgresStore(Store):
         lock = self._locks.get(stage)
         try:
             if lock is not None:
-                row = lock.run(self._sql(query), params).fetchone()
+                row = lock.run(self.db.sql(query), params).fetchone()
             else:
-                row = self.query_one(query, params)
+                row = self.db.query_one(query, params)
         except CheckpointError as exc:
             logger.warning("Stage %s: state not written (%s).", stage, exc)
             return
@@ -615,7 +661,7 @@ class PostgresStore(Store):
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
         """See :meth:`Store.read_state`."""
-        row = self.query_one("SELECT state::text FROM {s}.stages WHERE stage = %s", [stage])
+        row = self.db.query_one("SELECT state::text FROM {s}.stages WHERE stage = %s", [stage])
         if row is None or row[0] is None:
             return None, []
         try:
@@ -631,38 +677,35 @@ class PostgresStore(Store):
         segments from its generation on, read in one REPEATABLE READ transaction.
         ``generation`` is the last segment, ``good_bytes`` its number of good groups. A
         record that does not decode ends replay there (``problems``, ``dropped_bytes``)."""
-        with self._mutex:
-            conn = self._connection()
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                exists = conn.execute(self._sql("SELECT 1 FROM {s}.stages WHERE stage = %s"),
-                                      [stage]).fetchone() is not None
-                snapshots = conn.execute(self._sql(
-                    "SELECT gen, data FROM {s}.snapshots WHERE stage = %s ORDER BY gen DESC"),
-                    [stage]).fetchall()
-                first = conn.execute(self._sql(
-                    "SELECT min(gen) FROM {s}.journal WHERE stage = %s"), [stage]).fetchone()[0]
-                base, header, done, blob, problems = 0, None, DoneSet(), b"", []
-                for gen, data in snapshots:
-                    try:
-                        header, done = decode_snapshot(data)
-                        if header["state"].get("stage") != stage:
-                            raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
-                    except (ValueError, KeyError, TypeError) as exc:
-                        header, done = None, DoneSet()
-                        problems.append(f"snapshot {gen} in {self.schema}.snapshots is damaged "
-                                        f"({exc}); using the one before it")
-                        continue
-                    base, blob = gen, data
-                    break
-                if snapshots and header is None and first not in (None, 0):
-                    raise CorruptCheckpointError(
-                        f"Every snapshot of stage {stage!r} in {self.location} is damaged and the "
-                        f"journal before them was deleted, so the stage cannot be rebuilt. Reset "
-                        f"the stage to start over.")
-                rows = conn.execute(self._sql(
-                    "SELECT gen, seq, payload FROM {s}.journal WHERE stage = %s AND gen >= %s "
-                    "ORDER BY gen, seq"), [stage, base]).fetchall()
+        with self.db.reading() as conn:
+            exists = conn.execute(self.db.sql("SELECT 1 FROM {s}.stages WHERE stage = %s"),
+                                  [stage]).fetchone() is not None
+            snapshots = conn.execute(self.db.sql(
+                "SELECT gen, data FROM {s}.snapshots WHERE stage = %s ORDER BY gen DESC"),
+                [stage]).fetchall()
+            first = conn.execute(self.db.sql(
+                "SELECT min(gen) FROM {s}.journal WHERE stage = %s"), [stage]).fetchone()[0]
+            base, header, done, blob, problems = 0, None, DoneSet(), b"", []
+            for gen, data in snapshots:
+                try:
+                    header, done = decode_snapshot(data)
+                    if header["state"].get("stage") != stage:
+                        raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    header, done = None, DoneSet()
+                    problems.append(f"snapshot {gen} in {self.schema}.snapshots is damaged "
+                                    f"({exc}); using the one before it")
+                    continue
+                base, blob = gen, data
+                break
+            if snapshots and header is None and first not in (None, 0):
+                raise CorruptCheckpointError(
+                    f"Every snapshot of stage {stage!r} in {self.location} is damaged and the "
+                    f"journal before them was deleted, so the stage cannot be rebuilt. Reset "
+                    f"the stage to start over.")
+            rows = conn.execute(self.db.sql(
+                "SELECT gen, seq, payload FROM {s}.journal WHERE stage = %s AND gen >= %s "
+                "ORDER BY gen, seq"), [stage, base]).fetchall()
         loaded = Loaded(header, done, base, len(blob), exists=exists or bool(snapshots or rows),
                         problems=problems, generation=base, requests=self.request_reader(stage))
         expected_gen, good = None, 0
@@ -683,6 +726,9 @@ class PostgresStore(Store):
             loaded.generation, loaded.good_bytes = expected_gen, good
         return loaded
 
+    def discard_snapshot(self, staged: Any) -> None:
+        """See :meth:`Store.discard_snapshot`: nothing was made."""
+
     def request_reader(self, stage: str, writer: Any = None) -> PostgresRequestReader:
         """See :meth:`Store.request_reader`."""
         return PostgresRequestReader(self, stage, writer if isinstance(writer, PostgresJournalWriter)
@@ -691,7 +737,7 @@ class PostgresStore(Store):
     def set_aside(self, stage: str, loaded: Loaded) -> None:
         """See :meth:`Store.set_aside`: the records after the last good one move to
         ``corrupt``, in one transaction."""
-        self._write(stage, [(
+        self.db.write(lock=self._locks.get(stage), statements=[(
             "WITH moved AS (DELETE FROM {s}.journal WHERE stage = %s AND "
             "(gen = %s AND seq >= %s OR gen > %s) RETURNING stage, gen, seq, payload) "
             "INSERT INTO {s}.corrupt (stage, gen, seq, payload) SELECT * FROM moved",
@@ -706,15 +752,15 @@ class PostgresStore(Store):
         if lock is None:
             raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
         with lock.transaction() as conn:
-            conn.execute(self._sql("INSERT INTO {s}.stages (stage) VALUES (%s) "
+            conn.execute(self.db.sql("INSERT INTO {s}.stages (stage) VALUES (%s) "
                                    "ON CONFLICT DO NOTHING"), [stage])
             if truncate_at is not None:
-                conn.execute(self._sql("DELETE FROM {s}.journal WHERE stage = %s AND "
+                conn.execute(self.db.sql("DELETE FROM {s}.journal WHERE stage = %s AND "
                                        "(gen = %s AND seq >= %s OR gen > %s)"),
                              [stage, gen, truncate_at, gen])
-                conn.execute(self._sql("DELETE FROM {s}.requests WHERE stage = %s AND gen > %s"),
+                conn.execute(self.db.sql("DELETE FROM {s}.requests WHERE stage = %s AND gen > %s"),
                              [stage, gen])
-            seq, pos = conn.execute(self._sql(
+            seq, pos = conn.execute(self.db.sql(
                 "SELECT (SELECT coalesce(max(seq) + 1, 0) FROM {s}.journal "
                 "        WHERE stage = %s AND gen = %s), "
                 "       (SELECT coalesce(max(pos), 0) FROM {s}.requests "
@@ -728,7 +774,7 @@ class PostgresStore(Store):
         name)."""
         data = blob if isinstance(blob, bytes) else b"".join(blob)
         places = [int(p) for p in decode_header(data).get(PLACES, [])]
-        self._write(stage, [(
+        self.db.write(lock=self._locks.get(stage), statements=[(
             "INSERT INTO {s}.snapshots (stage, gen, data, places) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (stage, gen) DO UPDATE SET data = EXCLUDED.data, "
             "places = EXCLUDED.places, created_at = now()", [stage, gen, data, places])])
@@ -737,13 +783,13 @@ class PostgresStore(Store):
         """See :meth:`Store.retain`: the newest ``keep`` snapshots, the journal from the
         oldest of them on, and the request records of older segments they need; one
         transaction."""
-        rows = self.query("SELECT gen, places FROM {s}.snapshots WHERE stage = %s "
+        rows = self.db.query("SELECT gen, places FROM {s}.snapshots WHERE stage = %s "
                           "ORDER BY gen DESC", [stage])
         if len(rows) <= keep:
             return
         oldest = rows[keep - 1][0]
         needed = sorted({int(p) for _, places in rows[:keep] for p in places})
-        self._write(stage, [
+        self.db.write(lock=self._locks.get(stage), statements=[
             ("DELETE FROM {s}.snapshots WHERE stage = %s AND gen < %s", [stage, oldest]),
             ("DELETE FROM {s}.journal WHERE stage = %s AND gen < %s", [stage, oldest]),
             ("DELETE FROM {s}.requests WHERE stage = %s AND gen < %s AND gen <> ALL(%s)",
@@ -755,20 +801,21 @@ class PostgresStore(Store):
     def remove(self, stage: str) -> None:
         """See :meth:`Store.remove`: every row of ``stage`` but its ``owners`` one, in one
         transaction."""
-        self._write(stage, [(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage])
-                            for table in ("journal", "requests", "snapshots", "corrupt", "stages")])
+        tables = ("journal", "requests", "snapshots", "corrupt", "stages")
+        self.db.write([(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage]) for table in tables],
+                      self._locks.get(stage))
 
     def segments(self, stage: str) -> list[int]:
         """The generations of the journal segments of ``stage`` with groups or request
         records in the tables, oldest first."""
-        return [gen for (gen,) in self.query(
+        return [gen for (gen,) in self.db.query(
             "SELECT gen FROM {s}.journal WHERE stage = %s UNION "
             "SELECT gen FROM {s}.requests WHERE stage = %s ORDER BY gen", [stage, stage])]
 
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage`: the bytes the stage's values take in the tables
         (``pg_column_size``: after the server's compression, without row overhead)."""
-        row = self.query_one(
+        row = self.db.query_one(
             "SELECT (SELECT coalesce(sum(pg_column_size(payload)), 0) FROM {s}.journal "
             "        WHERE stage = %s) "
             "     + (SELECT coalesce(sum(pg_column_size(record)), 0) FROM {s}.requests "
