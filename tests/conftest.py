@@ -196,7 +196,7 @@ def drop_postgres_schema(schema: str) -> None:
 
 
 @pytest.fixture
-def postgres_backend():  # type: ignore[no-untyped-def]
+def postgresql_backend():  # type: ignore[no-untyped-def]
     """A PostgreSQL store URL with a fresh schema, dropped after the test."""
     yield from _store_location("postgresql")
 

@@ -41,7 +41,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ..errors import CheckpointError, CheckpointLockedError, ConfigError, CorruptCheckpointError, redact
+from ..errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    ConfigError,
+    CorruptCheckpointError,
+    redact,
+)
 from ..journal.doneset import DoneSet
 from ..journal.groups import REQUEST_OVERHEAD, decode_group, decode_request, encode_request
 from ..journal.pending import OFFSET_BITS
@@ -166,8 +173,8 @@ class PostgresLock:
 
     def run(self, query: Any, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
         """Execute ``query`` on the lock's session (one statement, its own transaction) and
-        return the cursor. Raises CheckpointError if the session is gone (the lock with
-        it) or the lock was released."""
+        return the cursor. Raises CheckpointWriteError if the session is gone (the lock
+        with it), CheckpointError if the lock was released."""
         psycopg = _driver()
         with self.mutex:
             if self.released:
@@ -181,8 +188,8 @@ class PostgresLock:
         """A context manager: the lock's mutex held and a transaction open on its session."""
         return _LockTransaction(self)
 
-    def _lost(self, exc: BaseException) -> CheckpointError:
-        return CheckpointError(
+    def _lost(self, exc: BaseException) -> CheckpointWriteError:
+        return CheckpointWriteError(
             f"The connection to PostgreSQL at {self._store.location} that held the lock of "
             f"stage {self._stage!r} was lost ({_one_line(exc)}); the lock went with it, so this "
             f"run records nothing more. Run it again to resume from the last committed group.")
@@ -244,7 +251,7 @@ class PostgresJournalWriter:
     since the group before it, in one statement on the lock's session.
 
     ``size`` counts the bytes of the groups and request records put since the writer was
-    made (as the file store counts its segment's). Raises CheckpointError once the lock's
+    made (as the file store counts its segment's). Raises CheckpointWriteError once the lock's
     session is gone.
     """
 

@@ -1,0 +1,178 @@
+"""What only the PostgreSQL store has: its URL and messages, its tables and view, the
+advisory lock's session, the state row's version. The store protocol itself is proven by
+the conformance suite (``store_location``), on PostgreSQL as on the other stores."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from scrapy_checkpoint import CheckpointError, CheckpointWriteError, EnhancedCheckpoint, Status
+from scrapy_checkpoint.errors import ConfigError
+from scrapy_checkpoint.state import CheckpointState, Owner
+from scrapy_checkpoint.stores import open_backend, open_store
+from scrapy_checkpoint.stores.postgres import SCHEMA_VERSION, PostgresStore
+
+from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, python_env
+
+
+def _schema(url: str) -> str:
+    return url.rsplit("schema=", 1)[1]
+
+
+def _rows(url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        return conn.execute(sql.SQL(query).format(s=sql.Identifier(_schema(url)))).fetchall()
+
+
+def test_an_unreachable_server_at_start_is_one_clear_error_without_the_password() -> None:
+    with pytest.raises(CheckpointError) as caught:
+        open_backend("postgresql://app:s3cret@127.0.0.1:1/jobs?schema=crawls", "unused")
+    message = str(caught.value)
+    assert message.startswith("Cannot reach PostgreSQL at postgresql://app@127.0.0.1:1/jobs?schema=crawls: ")
+    assert "Start PostgreSQL, or fix the URL in CHECKPOINT_BACKEND" in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_the_location_names_the_server_and_schema_never_the_password(postgresql_backend: str) -> None:
+    head, schema = postgresql_backend.split("?schema=")
+    url = head.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
+    store = PostgresStore(f"{url}?schema={schema}&password=other")
+    try:
+        assert "s3cret" not in store.location + repr(store)
+        assert "other" not in store.location + repr(store)
+        assert store.location == f"{head}?schema={schema}"
+        assert store.schema == schema
+    finally:
+        store.close()
+    postgres = PostgresStore(postgresql_backend.replace("postgresql://", "postgres://", 1)
+                             .replace("?schema=", "?prefix="))
+    assert postgres.schema == schema
+    postgres.close()
+
+
+def test_a_bad_schema_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="Invalid PostgreSQL schema name 'a b'"):
+        PostgresStore(f"{POSTGRES_URL}?schema=a b")
+
+
+def test_the_tables_are_created_once_with_their_version(postgresql_backend: str) -> None:
+    open_store(postgresql_backend).close()
+    open_store(postgresql_backend).close()  # already there: nothing to do
+    assert _rows(postgresql_backend, "SELECT version FROM {s}.schema_version") == [(SCHEMA_VERSION,)]
+    tables = {name for (name,) in _rows(
+        postgresql_backend, "SELECT table_name FROM information_schema.tables "
+        f"WHERE table_schema = '{_schema(postgresql_backend)}'")}
+    assert tables == {"schema_version", "stages", "owners", "journal", "requests", "snapshots",
+                      "corrupt", "stage_status"}
+    _rows(postgresql_backend, "INSERT INTO {s}.schema_version (version) VALUES (99) RETURNING 1")
+    with pytest.raises(ConfigError, match="layout version 99, newer than this version"):
+        open_store(postgresql_backend)
+
+
+def test_the_stage_status_view_has_one_row_per_stage_with_its_live_owner(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=4)
+    cp.update(processed=1, successful=1, index=0)
+    cp.save(force=True)
+    cp.drain_io()
+    query = ("SELECT stage, status, total_items, processed_items, owner_pid, owner_host, "
+             "updated_at IS NOT NULL FROM {s}.stage_status")
+    ((stage, status, total, processed, pid, host, updated),) = _rows(postgresql_backend, query)
+    assert (stage, status, total, processed, pid, updated) == ("s", "running", 4, 1, os.getpid(), True)
+    assert host == Owner.current().host
+    cp.close()
+    ((stage, status, total, processed, pid, host, updated),) = _rows(postgresql_backend, query)
+    assert (status, processed, pid, host) == ("paused", 1, None, None)
+
+
+def test_a_killed_holder_leaves_the_stage_to_the_next_run_at_once(postgresql_backend: str) -> None:
+    holder = subprocess.Popen([PYTHON, str(SCRIPTS / "hold_stage.py"), postgresql_backend, "s"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=python_env())
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"ready"
+    store = open_store(postgresql_backend)
+    owner = store.live_owner("s")
+    assert owner is not None
+    assert owner.pid == holder.pid
+    with pytest.raises(CheckpointError, match=f"in use by pid {holder.pid} on host"):
+        EnhancedCheckpoint(postgresql_backend, "s", log_every=0).start()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+    assert holder.stdin is not None
+    holder.stdin.close()
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    state = cp.start()
+    assert state.progress.processed_items == 1
+    assert state.recoveries == 1
+    cp.close()
+    store.close()
+
+
+def test_a_lost_lock_session_stops_the_writer_and_the_next_run_resumes(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    ((backend_pid,),) = _rows(postgresql_backend, "SELECT backend_pid FROM {s}.owners")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+    with pytest.raises(CheckpointWriteError, match="that held the lock of stage 's' was lost"):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    state = again.start()
+    assert state.progress.processed_items == 1
+    again.close()
+
+
+def test_a_state_write_over_a_row_changed_by_another_is_refused(
+    postgresql_backend: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = open_store(postgresql_backend)
+    lock = store.lock("s", Owner.current())
+    try:
+        first = CheckpointState(stage="s", done_units=1).model_dump_json().encode()
+        store.write_state("s", first)
+        store.write_state("s", first)
+        assert _rows(postgresql_backend, "SELECT version FROM {s}.stages") == [(2,)]
+        _rows(postgresql_backend, "UPDATE {s}.stages SET version = version + 1 RETURNING 1")
+        with caplog.at_level(logging.ERROR, logger="scrapy_checkpoint"):
+            store.write_state("s", CheckpointState(stage="s", done_units=2).model_dump_json().encode())
+        assert "was changed by another process (version 2 expected)" in caplog.text
+        state, _ = store.read_state("s")
+        assert state is not None
+        assert state.done_units == 1
+    finally:
+        lock.release()
+        store.close()
+
+
+def test_a_completed_stage_reads_back_through_the_manager_and_the_cli(
+    postgresql_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from scrapy_checkpoint.cli import run
+
+    with EnhancedCheckpoint(postgresql_backend, "s", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+    state, problems = open_store(postgresql_backend).read_state("s")
+    assert state is not None
+    assert state.status is Status.COMPLETED
+    assert problems == []
+    assert run(["--backend", postgresql_backend, "show", "s"]) == 0
+    assert "2/2 (100.0%)" in capsys.readouterr().out
+    assert run(["--backend", postgresql_backend, "reset", "s"]) == 0
+    assert open_store(postgresql_backend).stages() == []
