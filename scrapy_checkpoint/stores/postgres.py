@@ -158,7 +158,15 @@ def _driver() -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The server's or driver's message on one line, passwords redacted, without a final
+    full stop."""
     return redact(" ".join(str(exc).split())).rstrip(".")
+
+
+def _sentence(exc: BaseException) -> str:
+    """:func:`_one_line` ending as a sentence."""
+    text = _one_line(exc)
+    return text if text.endswith(("?", "!")) else text + "."
 
 
 class PostgresLock:
@@ -406,7 +414,7 @@ class PostgresDatabase:
                                    application_name="scrapy-checkpoint")
         except psycopg.Error as exc:
             raise CheckpointError(
-                f"Cannot reach PostgreSQL at {self.location}: {_one_line(exc)}. Start PostgreSQL, "
+                f"Cannot reach PostgreSQL at {self.location}: {_sentence(exc)} Start PostgreSQL, "
                 f"or fix the URL in CHECKPOINT_BACKEND (or --backend / backend=).") from None
 
     def _connection(self) -> Any:
@@ -595,7 +603,7 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             conn.close()
             raise CheckpointError(f"Cannot lock stage {stage!r} in PostgreSQL at {self.location}: "
-                                  f"{_one_line(exc)}.") from None
+                                  f"{_sentence(exc)}") from None
         lock = PostgresLock(self, stage, conn)
         self._locks[stage] = lock
         self._versions[stage] = row[0] if row is not None else 0
