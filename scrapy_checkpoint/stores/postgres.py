@@ -391,6 +391,10 @@ class PostgresDatabase:
                               f"digits, '_' or '-', starting with a letter or '_'.")
         rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
         self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        #: libpq parameters the URL may set otherwise.
+        self._defaults = {k: v for k, v in (("connect_timeout", 10),
+                                            ("application_name", "scrapy-checkpoint"))
+                          if k not in dict(rest)}
         user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0] if "@" in parts.netloc else ""
         host = parts.netloc.rsplit("@", 1)[-1]
         shown = [(k, v) for k, v in rest if k != "password"]
@@ -410,8 +414,7 @@ class PostgresDatabase:
         CheckpointError, with the server's reason, if it cannot be made."""
         psycopg = _driver()
         try:
-            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
-                                   application_name="scrapy-checkpoint")
+            return psycopg.connect(self._conninfo, autocommit=True, **self._defaults)
         except psycopg.Error as exc:
             raise CheckpointError(
                 f"Cannot reach PostgreSQL at {self.location}: {_sentence(exc)} Start PostgreSQL, "
