@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +18,12 @@ from scrapy_checkpoint import CheckpointError, CheckpointWriteError, EnhancedChe
 from scrapy_checkpoint.errors import ConfigError
 from scrapy_checkpoint.state import CheckpointState, Owner
 from scrapy_checkpoint.stores import open_backend, open_store
-from scrapy_checkpoint.stores.postgres import SCHEMA_VERSION, PostgresStore
+from scrapy_checkpoint.stores.postgres import (
+    SCHEMA_VERSION,
+    PostgresLock,
+    PostgresStore,
+    PostgresUnreachable,
+)
 
 from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, python_env
 
@@ -119,21 +125,146 @@ def test_a_killed_holder_leaves_the_stage_to_the_next_run_at_once(postgresql_bac
     store.close()
 
 
-def test_a_lost_lock_session_stops_the_writer_and_the_next_run_resumes(
-    postgresql_backend: str,
+def _terminate(url: str) -> None:
+    """End the server session holding the stage's lock, as a restart or a cut would."""
+    ((backend_pid,),) = _rows(url, "SELECT backend_pid FROM {s}.owners")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+
+
+def _unreachable(store: PostgresStore) -> None:
+    """Make ``store`` unable to reach the server until the attribute is deleted."""
+    def refuse() -> None:
+        raise CheckpointError(f"Cannot reach PostgreSQL at {store.location}: refused.")
+
+    store.db.connect = refuse  # type: ignore[method-assign]
+
+
+def _journal_seqs(url: str) -> list[tuple[object, ...]]:
+    return _rows(url, "SELECT gen, seq FROM {s}.journal ORDER BY gen, seq")
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconnect at the next write, not a second later (no timing in tests)."""
+    monkeypatch.setattr(PostgresLock, "RETRY_SECONDS", 0.0)
+
+
+def test_a_cut_session_is_taken_again_and_the_buffered_group_applied_once(
+    postgresql_backend: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
     cp.start(total_items=10)
     cp.update(processed=1, successful=1, index=0)
-    ((backend_pid,),) = _rows(postgresql_backend, "SELECT backend_pid FROM {s}.owners")
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
-    with pytest.raises(CheckpointWriteError, match="that held the lock of stage 's' was lost"):
-        cp.update(processed=1, successful=1, index=1)
-    cp.abandon()
+    _terminate(postgresql_backend)
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):
+        cp.update(processed=1, successful=1, index=1)  # cut: kept in the process
+        assert "is lost (terminating connection due to administrator command). 1 group(s) " \
+               "buffered until it is back." in caplog.text
+        cp.update(processed=1, successful=1, index=2)  # the lock taken again, both sent
+        assert "reconnected to PostgreSQL" in caplog.text
+    assert cp.store.live_owner("s") is not None
+    cp.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 3
+    again.close()
+    seqs = _journal_seqs(postgresql_backend)
+    assert len(seqs) == len(set(seqs))
+
+
+def test_a_group_whose_commit_was_cut_is_applied_once(
+    postgresql_backend: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    lock = store._locks["s"]
+    real_run = lock.run
+
+    def commit_then_cut(query: Any, params: Any = None) -> Any:
+        real_run(query, params)  # committed; the answer never arrives
+        monkeypatch.setattr(lock, "run", real_run)
+        lock.conn.close()
+        lock.conn = None
+        raise PostgresUnreachable("cut after COMMIT")
+
+    monkeypatch.setattr(lock, "run", commit_then_cut)
+    cp.update(processed=1, successful=1, index=1)  # applied, but not known to be
+    cp.update(processed=1, successful=1, index=2)  # sent again with the next one
+    cp.close()
     again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
     state = again.start()
-    assert state.progress.processed_items == 1
+    assert state.progress.processed_items == 3
+    assert state.progress.successful_items == 3
+    again.close()
+
+
+def test_groups_wait_while_the_server_is_unreachable_and_go_once_it_is_back(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    for index in range(1, 5):
+        cp.update(processed=1, successful=1, index=index)
+    assert len(_journal_seqs(postgresql_backend)) == 2  # init and the first update
+    del store.db.connect  # back
+    cp.update(processed=1, successful=1, index=5)
+    assert len(_journal_seqs(postgresql_backend)) == 7
+    cp.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 6
+    again.close()
+
+
+def test_past_its_buffer_an_unreachable_server_stops_the_job_and_the_next_run_resumes(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    store = PostgresStore(postgresql_backend, buffer_bytes=0)
+    cp = EnhancedCheckpoint(stage="s", store=store, log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    with pytest.raises(CheckpointWriteError, match=(
+            r"PostgreSQL at postgresql://postgres@.* has been unreachable for 1 journal groups "
+            r"\(\d+ bytes, over CHECKPOINT_REDIS_BUFFER=0\); stopping rather than losing records")):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
+    store.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 1
+    again.close()
+
+
+def test_a_stage_taken_by_another_while_the_session_was_cut_stops_the_writer(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    cp.update(processed=1, successful=1, index=1)  # buffered
+    other = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    other.start()  # the stage is free: another run takes it, recovers and goes on
+    other.update(processed=1, successful=1, index=7)
+    other.close()
+    del store.db.connect
+    with pytest.raises(CheckpointWriteError, match="was taken by another process while the "
+                                                   "connection to PostgreSQL"):
+        cp.update(processed=1, successful=1, index=2)
+    cp.abandon()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 2  # the other run's, not the lost ones
     again.close()
 
 

@@ -24,7 +24,7 @@ CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_D
                                                             "memory://" (kept by this process only).
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
 CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
-CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis is away.
+CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis (or PostgreSQL) is away.
 CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between progress lines (0: off).
 CHECKPOINT_INPUT_FILE        str        None                File whose change stops a resume.
 CHECKPOINT_RESET             bool       False               Start the stage over.
@@ -199,8 +199,12 @@ class CheckpointSettings(BaseModel):
         if self.backend == "file":
             _check_dir(self.dir)
             return FileStore(self.dir)
-        if self.backend.startswith((MEMORY, *POSTGRES)):
+        if self.backend.startswith(MEMORY):
             return open_store(self.backend)
+        if self.backend.startswith(POSTGRES):
+            from ..stores.postgres import PostgresStore
+
+            return PostgresStore(self.backend, buffer_bytes=self.redis_buffer)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,

@@ -35,6 +35,9 @@ import logging
 import re
 import socket
 import threading
+import time
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -89,6 +92,7 @@ CREATE TABLE IF NOT EXISTS {s}.owners (
     stage text PRIMARY KEY,
     owner jsonb NOT NULL,
     backend_pid integer NOT NULL,
+    token text NOT NULL,
     locked_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS {s}.journal (
     stage text NOT NULL,
@@ -169,38 +173,164 @@ def _sentence(exc: BaseException) -> str:
     return text if text.endswith(("?", "!")) else text + "."
 
 
+def _columns(records: list[tuple[int, int, bytes]]) -> list[list[Any]]:
+    """Request records as the three arrays a statement unnests: gens, positions, records."""
+    return [[g for g, _, _ in records], [p for _, p, _ in records], [r for _, _, r in records]]
+
+
+class PostgresUnreachable(CheckpointWriteError):
+    """The session of a stage's lock is gone (the connection was cut, the server
+    restarted) and the server cannot be reached to take the lock again yet. A journal
+    writer keeps its groups meanwhile; anything else stops."""
+
+
 class PostgresLock:
     """A stage's lock: a session-level advisory lock held by ``conn``, a connection of its
     own, until :meth:`release` or the end of that session. The holder's writes go through
-    ``conn`` (serialised by ``mutex``), so none can land once the lock is gone."""
+    ``conn`` (serialised by ``mutex``), so none can land once the lock is gone.
 
-    def __init__(self, store: PostgresStore, stage: str, conn: Any) -> None:
-        self._store, self._stage, self.conn = store, stage, conn
+    ``token`` (random) is recorded with the owner: when the session is cut, the next
+    write takes the lock again on a new connection only if the ``owners`` row still holds
+    this token, i.e. no other process took the stage meanwhile (:meth:`run`).
+    """
+
+    #: Seconds between two attempts to reach the server while the session is gone.
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, store: PostgresStore, stage: str, owner: Owner) -> None:
+        self._store, self._stage, self._owner = store, stage, owner
+        self.token = uuid.uuid4().hex
+        self.conn: Any = None
         self.mutex = threading.Lock()
         self.released = False
+        self._retry_at = 0.0
+        #: The version of the stage's state row when the lock was (last) taken.
+        self.version = 0
+
+    def take(self) -> None:
+        """Take the lock on a new connection and record the owner (see
+        :meth:`PostgresStore.lock` for what it raises)."""
+        psycopg = _driver()
+        db, stage = self._store.db, self._stage
+        conn = db.connect()
+        key = db.lock_key(stage)
+        try:
+            conn.execute(_KEEPALIVES)
+            held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                [key]).fetchone()[0]
+            recorded = None if held else self._store.recorded_owner(stage)
+            if (not held and recorded is not None and recorded.host == socket.gethostname()
+                    and not pid_alive(recorded.pid)):
+                try:
+                    conn.execute(f"SET lock_timeout = '{_DEAD_HOLDER_WAIT}'")
+                    conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
+                    held = True
+                except psycopg.errors.LockNotAvailable:
+                    pass
+                conn.execute("SET lock_timeout = 0")
+            if not held:
+                conn.close()
+                if recorded is None:
+                    raise CheckpointLockedError(stage, None, None, None)
+                raise CheckpointLockedError(stage, recorded.pid, recorded.host,
+                                            recorded.started_at.isoformat())
+            conn.execute(db.sql(
+                "INSERT INTO {s}.owners (stage, owner, backend_pid, token) "
+                "VALUES (%s, %s::jsonb, pg_backend_pid(), %s) ON CONFLICT (stage) DO UPDATE SET "
+                "owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, "
+                "token = EXCLUDED.token, locked_at = now()"),
+                [stage, self._owner.model_dump_json(), self.token])
+            row = conn.execute(db.sql("SELECT version FROM {s}.stages WHERE stage = %s"),
+                               [stage]).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise CheckpointError(f"Cannot lock stage {stage!r} in PostgreSQL at {db.location}: "
+                                  f"{_sentence(exc)}") from None
+        self.conn, self.version = conn, (row[0] if row is not None else 0)
+
+    def _restore(self) -> None:
+        """Take the lock again on a new connection after its session was lost (call with
+        ``mutex`` held). Raises PostgresUnreachable while the server cannot be reached,
+        CheckpointLockedError if another process holds the stage now, CheckpointWriteError
+        if one held it meanwhile."""
+        psycopg = _driver()
+        db, stage = self._store.db, self._stage
+        if time.monotonic() < self._retry_at:
+            raise PostgresUnreachable(self._lost_message("not reachable yet"))
+        try:
+            conn = db.connect()
+        except CheckpointError as exc:
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            raise PostgresUnreachable(self._lost_message(str(exc))) from None
+        try:
+            conn.execute(_KEEPALIVES)
+            held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                [db.lock_key(stage)]).fetchone()[0]
+            row = conn.execute(db.sql("SELECT token FROM {s}.owners WHERE stage = %s"),
+                               [stage]).fetchone()
+            if held and row is not None and row[0] == self.token:
+                conn.execute(db.sql("UPDATE {s}.owners SET backend_pid = pg_backend_pid() "
+                                    "WHERE stage = %s"), [stage])
+                version = conn.execute(db.sql("SELECT version FROM {s}.stages WHERE stage = %s"),
+                                       [stage]).fetchone()
+                self.conn, self.version = conn, (version[0] if version is not None else 0)
+                self._store.lock_restored(stage, self)
+                logger.warning("Stage %s: reconnected to PostgreSQL at %s and took the lock "
+                               "again.", stage, db.location)
+                return
+        except psycopg.OperationalError as exc:
+            conn.close()
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            raise PostgresUnreachable(self._lost_message(_one_line(exc))) from None
+        conn.close()
+        self.released = True
+        recorded = self._store.recorded_owner(stage) if not held else None
+        if recorded is not None:
+            raise CheckpointLockedError(stage, recorded.pid, recorded.host,
+                                        recorded.started_at.isoformat())
+        raise CheckpointWriteError(
+            f"Stage {stage!r} was taken by another process while the connection to PostgreSQL "
+            f"at {db.location} was lost: this run records nothing more. Run it again to resume "
+            f"from what the stage holds now.")
+
+    def _lost_message(self, reason: str) -> str:
+        return (f"The connection to PostgreSQL at {self._store.location} that held the lock of "
+                f"stage {self._stage!r} is lost ({reason.rstrip('.')}).")
+
+    def _check(self) -> Any:
+        """The lock's live connection (call with ``mutex`` held): taken again if its
+        session was lost. Raises as :meth:`_restore`, CheckpointError once released."""
+        if self.released:
+            raise CheckpointError(f"Stage {self._stage!r} is not locked by this process.")
+        if self.conn is None:
+            self._restore()
+        return self.conn
+
+    def _drop(self, exc: BaseException) -> PostgresUnreachable:
+        """The session broke under a statement: forget it, return the error to raise."""
+        self.conn.close()
+        self.conn = None
+        return PostgresUnreachable(self._lost_message(_one_line(exc)))
 
     def run(self, query: Any, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
         """Execute ``query`` on the lock's session (one statement, its own transaction) and
-        return the cursor. Raises CheckpointWriteError if the session is gone (the lock
-        with it), CheckpointError if the lock was released."""
+        return the cursor. Raises PostgresUnreachable if the session is gone and cannot be
+        restored now, CheckpointLockedError or CheckpointWriteError if the stage was taken
+        meanwhile, CheckpointError if the lock was released."""
         psycopg = _driver()
         with self.mutex:
-            if self.released:
-                raise CheckpointError(f"Stage {self._stage!r} is not locked by this process.")
+            conn = self._check()
             try:
-                return self.conn.execute(query, params)
+                return conn.execute(query, params)
             except psycopg.OperationalError as exc:
-                raise self._lost(exc) from None
+                if conn.broken or conn.closed:
+                    raise self._drop(exc) from None
+                raise
 
     def transaction(self) -> Any:
-        """A context manager: the lock's mutex held and a transaction open on its session."""
+        """A context manager: the lock's mutex held and a transaction open on its session
+        (raises as :meth:`run`)."""
         return _LockTransaction(self)
-
-    def _lost(self, exc: BaseException) -> CheckpointWriteError:
-        return CheckpointWriteError(
-            f"The connection to PostgreSQL at {self._store.location} that held the lock of "
-            f"stage {self._stage!r} was lost ({_one_line(exc)}); the lock went with it, so this "
-            f"run records nothing more. Run it again to resume from the last committed group.")
 
     def release(self, *, unlink: bool = False) -> None:
         """See :meth:`~.base.Lock.release` (``unlink`` has no meaning here). Idempotent; a
@@ -209,15 +339,17 @@ class PostgresLock:
             if self.released:
                 return
             self.released = True
+            conn, self.conn = self.conn, None
             try:
-                if not self.conn.closed:
-                    self.conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                                      [self._store.db.lock_key(self._stage)])
+                if conn is not None and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                                 [self._store.db.lock_key(self._stage)])
             except Exception as exc:
                 logger.warning("Stage %s: cannot release the PostgreSQL lock (%s); it goes with "
                                "its session.", self._stage, _one_line(exc))
             finally:
-                self.conn.close()
+                if conn is not None:
+                    conn.close()
         self._store.forget_lock(self._stage, self)
 
     def __del__(self) -> None:
@@ -230,46 +362,78 @@ class _LockTransaction:
     def __init__(self, lock: PostgresLock) -> None:
         self._lock = lock
         self._tx: Any = None
+        self._conn: Any = None
 
     def __enter__(self) -> Any:
         lock = self._lock
         lock.mutex.acquire()
-        if lock.released:
-            lock.mutex.release()
-            raise CheckpointError(f"Stage {lock._stage!r} is not locked by this process.")
         try:
-            self._tx = lock.conn.transaction()
+            self._conn = lock._check()
+            self._tx = self._conn.transaction()
             self._tx.__enter__()
         except _driver().OperationalError as exc:
+            error = lock._drop(exc) if self._broken() else None
             lock.mutex.release()
-            raise lock._lost(exc) from None
-        return lock.conn
+            if error is None:
+                raise
+            raise error from None
+        except BaseException:
+            lock.mutex.release()
+            raise
+        return self._conn
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def _broken(self) -> bool:
+        return self._conn is not None and (self._conn.broken or self._conn.closed)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        lock, operational = self._lock, _driver().OperationalError
         try:
-            self._tx.__exit__(*exc_info)
-        except _driver().OperationalError as exc:
-            raise self._lock._lost(exc) from None
+            try:
+                self._tx.__exit__(exc_type, exc, tb)
+            except operational as error:
+                if self._broken():
+                    raise lock._drop(error) from None
+                raise
+            if isinstance(exc, operational) and self._broken():
+                raise lock._drop(exc) from None
         finally:
-            self._lock.mutex.release()
+            lock.mutex.release()
 
 
 class PostgresJournalWriter:
-    """Appends groups to segment ``gen`` of a stage, each with the request records put
-    since the group before it, in one statement on the lock's session.
+    """Appends groups to a stage's journal, each with the request records put since the
+    group before it, in one statement on the lock's session; one writer per stage, kept
+    through compactions (:meth:`rotate`).
 
-    ``size`` counts the bytes of the groups and request records put since the writer was
-    made (as the file store counts its segment's). Raises CheckpointWriteError once the lock's
-    session is gone.
+    While the lock's session is lost and the server cannot be reached, groups wait in
+    the process, in order, up to ``buffer_limit`` bytes (then CheckpointWriteError); each
+    is sent once the lock is taken again. A group whose statement was cut after its
+    COMMIT is sent again and refused by the journal's key (``ON CONFLICT DO NOTHING``):
+    applied once. ``size`` counts the bytes of the groups and request records put in the
+    current segment. Raises CheckpointLockedError or CheckpointWriteError if another
+    process took the stage meanwhile.
     """
 
     def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
-                 seq: int, pos: int) -> None:
-        self._store, self._lock, self._stage, self._gen = store, lock, stage, gen
-        self._seq, self._pos = seq, pos
-        #: Request records waiting for the next group: (position, record).
-        self._requests: list[tuple[int, bytes]] = []
+                 seq: int, pos: int, buffer_limit: int) -> None:
+        self._store, self.lock, self._stage = store, lock, stage
+        self._gen, self._seq, self._pos = gen, seq, pos
+        #: Request records waiting for the next group: (gen, position, record).
+        self._requests: list[tuple[int, int, bytes]] = []
+        #: Groups not yet in the table: gen, seq, payload, the request records sent with it.
+        self._pending: deque[tuple[int, int, bytes, list[tuple[int, int, bytes]]]] = deque()
+        self._pending_bytes = 0
+        self._buffer_limit = buffer_limit
         self.size = 0
+
+    def rotate(self, gen: int) -> None:
+        """Start segment ``gen`` (a compaction): later groups and records go there."""
+        self._gen, self._seq, self._pos, self.size = gen, 0, 0, 0
+
+    @property
+    def backlog(self) -> int:
+        """Groups waiting in the process, not yet in the table."""
+        return len(self._pending)
 
     def put_request(self, code: int, data: bytes) -> int:
         """See :meth:`~.base.JournalWriter.put_request`: sent with the next group, in its
@@ -279,52 +443,66 @@ class PostgresJournalWriter:
                                   f"one journal segment; lower compact_min_bytes.")
         self._pos += 1
         record = encode_request(code, data)
-        self._requests.append((self._pos, record))
+        self._requests.append((self._gen, self._pos, record))
         self.size += len(record)
         return self._gen << OFFSET_BITS | self._pos
 
     def unwritten(self, ref: int) -> bytes | None:
         """The request record ``ref`` if it has not reached the server yet, else None."""
-        if ref >> OFFSET_BITS != self._gen or not self._requests:
-            return None
-        position = ref & _POSITION
-        first = self._requests[0][0]
-        if first <= position <= self._requests[-1][0]:
-            return self._requests[position - first][1]
+        gen, position = ref >> OFFSET_BITS, ref & _POSITION
+        for batch in (self._requests, *(requests for *_, requests in self._pending)):
+            for g, p, record in batch:
+                if (g, p) == (gen, position):
+                    return record
         return None
 
     def append(self, payload: bytes) -> None:
-        """See :meth:`~.base.JournalWriter.append`: one statement, one transaction."""
-        s, stage, gen = self._store.db.schema_sql, self._stage, self._gen
-        sql = _driver().sql
-        if self._requests:
-            positions = [p for p, _ in self._requests]
-            records = [r for _, r in self._requests]
-            self._lock.run(sql.SQL(
-                "WITH r AS (INSERT INTO {s}.requests (stage, gen, pos, record) "
-                "SELECT %s, %s, p, r FROM unnest(%s::bigint[], %s::bytea[]) AS t(p, r)) "
-                "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s)"
-            ).format(s=s), [stage, gen, positions, records, stage, gen, self._seq, bytes(payload)])
-        else:
-            self._lock.run(sql.SQL(
-                "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s)"
-            ).format(s=s), [stage, gen, self._seq, bytes(payload)])
-        self._requests = []
+        """See :meth:`~.base.JournalWriter.append`: one statement, one transaction (the
+        group is buffered while the server is unreachable)."""
+        requests, self._requests = self._requests, []
+        self._pending.append((self._gen, self._seq, bytes(payload), requests))
+        self._pending_bytes += len(payload) + sum(len(r) for *_, r in requests)
         self._seq += 1
         self.size += len(payload)
+        self.flush()
 
     def flush(self) -> None:
-        """Send the request records no group has carried yet (before a compaction, whose
-        new segment's groups may name them)."""
-        if not self._requests:
-            return
-        self._lock.run(_driver().sql.SQL(
-            "INSERT INTO {s}.requests (stage, gen, pos, record) "
-            "SELECT %s, %s, p, r FROM unnest(%s::bigint[], %s::bytea[]) AS t(p, r)"
-        ).format(s=self._store.db.schema_sql), [self._stage, self._gen,
-                                             [p for p, _ in self._requests],
-                                             [r for _, r in self._requests]])
-        self._requests = []
+        """Send the buffered groups, oldest first, each in one statement, then the request
+        records no group has carried yet (before a compaction, whose new segment's groups
+        may name them). Returns quietly, keeping them, while the server is unreachable;
+        raises CheckpointWriteError once they pass ``buffer_limit``."""
+        s = self._store.db.schema_sql
+        sql = _driver().sql
+        insert = ("INSERT INTO {s}.requests (stage, gen, pos, record) SELECT %s, g, p, r "
+                  "FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[]) AS t(g, p, r) "
+                  "ON CONFLICT DO NOTHING")
+        try:
+            while self._pending:
+                gen, seq, payload, requests = self._pending[0]
+                group = [self._stage, gen, seq, payload]
+                if requests:
+                    self.lock.run(sql.SQL(
+                        f"WITH r AS ({insert}) INSERT INTO {{s}}.journal (stage, gen, seq, payload) "
+                        f"VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING").format(s=s),
+                        [self._stage, *_columns(requests), *group])
+                else:
+                    self.lock.run(sql.SQL(
+                        "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING").format(s=s), group)
+                self._pending.popleft()
+                self._pending_bytes -= len(payload) + sum(len(r) for *_, r in requests)
+            if self._requests:
+                self.lock.run(sql.SQL(insert).format(s=s),
+                              [self._stage, *_columns(self._requests)])
+                self._requests = []
+        except PostgresUnreachable as exc:
+            if self._pending_bytes > self._buffer_limit:
+                raise CheckpointWriteError(
+                    f"PostgreSQL at {self._store.location} has been unreachable for "
+                    f"{len(self._pending)} journal groups ({self._pending_bytes} bytes, over "
+                    f"CHECKPOINT_REDIS_BUFFER={self._buffer_limit}); stopping rather than "
+                    f"losing records. Bring PostgreSQL back and run again.") from exc
+            logger.warning("%s %d group(s) buffered until it is back.", exc, len(self._pending))
 
     def sync(self) -> None:
         """A committed statement is durable by the server's own settings
@@ -335,11 +513,13 @@ class PostgresJournalWriter:
         self.flush()
 
     def close(self) -> None:
-        """:meth:`flush`; a lost session is logged (what was not sent is redone)."""
-        try:
+        """:meth:`flush`; groups that still cannot be sent, or that may not be since the
+        lock was lost, are logged (their units are redone by the next run)."""
+        if not self.lock.released:
             self.flush()
-        except CheckpointError as exc:
-            logger.error("Stage %s: %s", self._stage, exc)
+        if self._pending:
+            logger.error("Stage %s: %d journal group(s) could not reach PostgreSQL at %s.",
+                         self._stage, len(self._pending), self._store.location)
 
 
 class PostgresRequestReader:
@@ -487,7 +667,12 @@ class PostgresDatabase:
     def reading(self) -> Any:
         """A context manager: the shared connection (psycopg ``Connection``), no other
         thread using it, in a REPEATABLE READ, READ ONLY transaction."""
-        return _Reading(self)
+        return _Shared(self, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def transaction(self) -> Any:
+        """A context manager: the shared connection, no other thread using it, in a
+        transaction."""
+        return _Shared(self, None)
 
     def close(self) -> None:
         """Close the shared connection (held locks keep theirs until released)."""
@@ -507,9 +692,9 @@ class PostgresDatabase:
 
 
 
-class _Reading:
-    def __init__(self, db: PostgresDatabase) -> None:
-        self._db = db
+class _Shared:
+    def __init__(self, db: PostgresDatabase, first: str | None) -> None:
+        self._db, self._first = db, first
         self._tx: Any = None
 
     def __enter__(self) -> Any:
@@ -518,7 +703,8 @@ class _Reading:
             conn = self._db._connection()
             self._tx = conn.transaction()
             self._tx.__enter__()
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if self._first is not None:
+                conn.execute(self._first)
         except BaseException:
             if self._tx is not None:
                 self._tx.__exit__(None, None, None)
@@ -536,10 +722,18 @@ class _Reading:
 class PostgresStore(Store):
     """Stages kept in PostgreSQL (see the module docstring for the tables), in the
     database and schema of ``url`` (see :class:`PostgresDatabase`, which raises
-    CheckpointError when the server cannot be reached, ConfigError for a bad schema)."""
+    CheckpointError when the server cannot be reached, ConfigError for a bad schema).
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    ``buffer_bytes``: journal groups a writer keeps in the process while the server is
+    unreachable (then it stops with CheckpointWriteError), 64 MiB by default."""
+
+    def __init__(self, url: str, *, schema: str | None = None,
+                 buffer_bytes: int = 64 << 20) -> None:
         self.db = PostgresDatabase(url, schema=schema)
+        self.buffer_bytes = buffer_bytes
+        self._writers: dict[str, PostgresJournalWriter] = {}
+        #: Compactions whose snapshot may be written: (stage, gen) -> no group was buffered.
+        self._rotations: dict[tuple[str, int], bool] = {}
         self.schema, self.location = self.db.schema, self.db.location
         self.directory = self.location
         self._locks: dict[str, PostgresLock] = {}
@@ -558,6 +752,7 @@ class PostgresStore(Store):
         if self._locks.get(stage) is lock:
             del self._locks[stage]
             self._versions.pop(stage, None)
+            self._writers.pop(stage, None)
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -573,46 +768,18 @@ class PostgresStore(Store):
         s). Raises CheckpointLockedError naming the holder, CheckpointError if the server
         cannot be reached."""
         check_stage_name(stage)
-        psycopg = _driver()
-        conn = self.db.connect()
-        key = self.db.lock_key(stage)
-        try:
-            conn.execute(_KEEPALIVES)
-            held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                [key]).fetchone()[0]
-            recorded = None if held else self._recorded_owner(stage)
-            if (not held and recorded is not None and recorded.host == socket.gethostname()
-                    and not pid_alive(recorded.pid)):
-                try:
-                    conn.execute(f"SET lock_timeout = '{_DEAD_HOLDER_WAIT}'")
-                    conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
-                    held = True
-                except psycopg.errors.LockNotAvailable:
-                    pass
-                conn.execute("SET lock_timeout = 0")
-            if not held:
-                conn.close()
-                if recorded is None:
-                    raise CheckpointLockedError(stage, None, None, None)
-                raise CheckpointLockedError(stage, recorded.pid, recorded.host,
-                                            recorded.started_at.isoformat())
-            conn.execute(self.db.sql(
-                "INSERT INTO {s}.owners (stage, owner, backend_pid) "
-                "VALUES (%s, %s::jsonb, pg_backend_pid()) ON CONFLICT (stage) DO UPDATE SET "
-                "owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, locked_at = now()"),
-                [stage, owner.model_dump_json()])
-            row = conn.execute(self.db.sql("SELECT version FROM {s}.stages WHERE stage = %s"),
-                               [stage]).fetchone()
-        except psycopg.Error as exc:
-            conn.close()
-            raise CheckpointError(f"Cannot lock stage {stage!r} in PostgreSQL at {self.location}: "
-                                  f"{_sentence(exc)}") from None
-        lock = PostgresLock(self, stage, conn)
+        lock = PostgresLock(self, stage, owner)
+        lock.take()
         self._locks[stage] = lock
-        self._versions[stage] = row[0] if row is not None else 0
+        self._versions[stage] = lock.version
         return lock
 
-    def _recorded_owner(self, stage: str) -> Owner | None:
+    def lock_restored(self, stage: str, lock: PostgresLock) -> None:
+        """Called by ``lock`` once it took the stage again after its session was lost."""
+        if self._locks.get(stage) is lock:
+            self._versions[stage] = lock.version
+
+    def recorded_owner(self, stage: str) -> Owner | None:
         row = self.db.query_one("SELECT owner::text FROM {s}.owners WHERE stage = %s", [stage])
         try:
             return Owner.model_validate_json(row[0]) if row is not None else None
@@ -764,17 +931,24 @@ class PostgresStore(Store):
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> PostgresJournalWriter:
         """See :meth:`Store.open_segment` (``truncate_at`` counts groups; ``buffered`` has
-        no meaning here: each group is sent at once). Raises CheckpointError unless this
-        store holds ``stage``'s lock."""
+        no meaning here: each group is sent at once). At a compaction the stage's writer
+        is kept (:meth:`PostgresJournalWriter.rotate`), with the groups it may buffer, and
+        the snapshot is skipped if it holds any. Raises CheckpointError unless this store
+        holds ``stage``'s lock."""
         lock = self._locks.get(stage)
         if lock is None:
             raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
+        writer = self._writers.get(stage)
+        if writer is not None and writer.lock is lock and truncate_at is None and gen > 0:
+            self._rotations[(stage, gen)] = not writer.backlog
+            writer.rotate(gen)
+            return writer
         with lock.transaction() as conn:
             conn.execute(self.db.sql("INSERT INTO {s}.stages (stage) VALUES (%s) "
-                                   "ON CONFLICT DO NOTHING"), [stage])
+                                     "ON CONFLICT DO NOTHING"), [stage])
             if truncate_at is not None:
                 conn.execute(self.db.sql("DELETE FROM {s}.journal WHERE stage = %s AND "
-                                       "(gen = %s AND seq >= %s OR gen > %s)"),
+                                         "(gen = %s AND seq >= %s OR gen > %s)"),
                              [stage, gen, truncate_at, gen])
                 conn.execute(self.db.sql("DELETE FROM {s}.requests WHERE stage = %s AND gen > %s"),
                              [stage, gen])
@@ -783,36 +957,54 @@ class PostgresStore(Store):
                 "        WHERE stage = %s AND gen = %s), "
                 "       (SELECT coalesce(max(pos), 0) FROM {s}.requests "
                 "        WHERE stage = %s AND gen = %s)"), [stage, gen, stage, gen]).fetchone()
-        return PostgresJournalWriter(self, lock, stage, gen, seq, pos)
+        writer = PostgresJournalWriter(self, lock, stage, gen, seq, pos, self.buffer_bytes)
+        self._writers[stage] = writer
+        return writer
 
     def write_snapshot(self, stage: str, gen: int, blob: Any,
                        freed: Sequence[int] = ()) -> None:
         """See :meth:`Store.write_snapshot`: one upsert of the ``snapshots`` row (``freed``
         is not needed: :meth:`retain` keeps the segments the kept snapshots' ``places``
-        name)."""
+        name). Skipped, and logged, when groups before ``gen`` were still buffered at the
+        compaction or the server cannot be reached now: the journal keeps what it covers."""
+        if not self._rotations.pop((stage, gen), True):
+            logger.info("Stage %s: snapshot %d skipped, journal groups before it were waiting "
+                        "for PostgreSQL.", stage, gen)
+            return
         data = blob if isinstance(blob, bytes) else b"".join(blob)
         places = [int(p) for p in decode_header(data).get(PLACES, [])]
-        self.db.write(lock=self._locks.get(stage), statements=[(
-            "INSERT INTO {s}.snapshots (stage, gen, data, places) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (stage, gen) DO UPDATE SET data = EXCLUDED.data, "
-            "places = EXCLUDED.places, created_at = now()", [stage, gen, data, places])])
+        try:
+            self.db.write(lock=self._locks.get(stage), statements=[(
+                "INSERT INTO {s}.snapshots (stage, gen, data, places) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (stage, gen) DO UPDATE SET data = EXCLUDED.data, "
+                "places = EXCLUDED.places, created_at = now()", [stage, gen, data, places])])
+        except PostgresUnreachable as exc:
+            logger.warning("Stage %s: snapshot %d not written (%s); the journal keeps what it "
+                           "covers.", stage, gen, exc)
 
     def retain(self, stage: str, keep: int) -> None:
         """See :meth:`Store.retain`: the newest ``keep`` snapshots, the journal from the
         oldest of them on, and the request records of older segments they need; one
-        transaction."""
-        rows = self.db.query("SELECT gen, places FROM {s}.snapshots WHERE stage = %s "
-                          "ORDER BY gen DESC", [stage])
-        if len(rows) <= keep:
+        transaction (skipped while the server cannot be reached)."""
+        lock = self._locks.get(stage)
+        try:
+            with lock.transaction() if lock is not None else self.db.transaction() as conn:
+                rows = conn.execute(self.db.sql("SELECT gen, places FROM {s}.snapshots "
+                                                "WHERE stage = %s ORDER BY gen DESC"),
+                                    [stage]).fetchall()
+                if len(rows) <= keep:
+                    return
+                oldest = rows[keep - 1][0]
+                needed = sorted({int(p) for _, places in rows[:keep] for p in places})
+                for query, params in (
+                    ("DELETE FROM {s}.snapshots WHERE stage = %s AND gen < %s", [stage, oldest]),
+                    ("DELETE FROM {s}.journal WHERE stage = %s AND gen < %s", [stage, oldest]),
+                    ("DELETE FROM {s}.requests WHERE stage = %s AND gen < %s AND gen <> ALL(%s)",
+                     [stage, oldest, needed]),
+                ):
+                    conn.execute(self.db.sql(query), params)
+        except PostgresUnreachable:
             return
-        oldest = rows[keep - 1][0]
-        needed = sorted({int(p) for _, places in rows[:keep] for p in places})
-        self.db.write(lock=self._locks.get(stage), statements=[
-            ("DELETE FROM {s}.snapshots WHERE stage = %s AND gen < %s", [stage, oldest]),
-            ("DELETE FROM {s}.journal WHERE stage = %s AND gen < %s", [stage, oldest]),
-            ("DELETE FROM {s}.requests WHERE stage = %s AND gen < %s AND gen <> ALL(%s)",
-             [stage, oldest, needed]),
-        ])
 
     # -- whole stages ------------------------------------------------------------------------
 
@@ -820,6 +1012,7 @@ class PostgresStore(Store):
         """See :meth:`Store.remove`: every row of ``stage`` but its ``owners`` one, in one
         transaction."""
         tables = ("journal", "requests", "snapshots", "corrupt", "stages")
+        self._writers.pop(stage, None)
         self.db.write([(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage]) for table in tables],
                       self._locks.get(stage))
 
