@@ -20,11 +20,12 @@ CHECKPOINT_ENABLED           bool       False (True with    Turn the plugin on.
                                         the add-on)
 CHECKPOINT_DIR               str        "checkpoints"       Directory of the file store.
 CHECKPOINT_STAGE_NAME        str        the spider's name   Name of the stage (one per crawl).
-CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis URL, or
-                                                            "memory://" (kept by this process only).
+CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis or PostgreSQL
+                                                            URL, or "memory://" (this process only).
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
 CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
-CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis (or PostgreSQL) is away.
+CHECKPOINT_REDIS_BUFFER      int        67108864            Journal bytes kept while Redis (or
+                                                            PostgreSQL) is away.
 CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between progress lines (0: off).
 CHECKPOINT_INPUT_FILE        str        None                File whose change stops a resume.
 CHECKPOINT_RESET             bool       False               Start the stage over.

@@ -8,7 +8,8 @@ Tables (created by the store on first use, see :data:`SCHEMA_VERSION`)::
                     JSONB), version (bumped by each state write: optimistic locking),
                     updated_at (of the state)
     owners          stage, owner (JSONB: pid, host, started_at), backend_pid (the server
-                    session holding the lock), locked_at; kept through a reset
+                    session holding the lock), token (random, one per taking of the
+                    lock), locked_at; kept through a reset
     journal         stage, gen, seq, payload: group records
                     (:func:`~scrapy_checkpoint.journal.groups.encode_group` bytes), in
                     order of (gen, seq)
@@ -25,8 +26,11 @@ statement (one round trip, one transaction): in the table whole or not at all. T
 stage's lock is a session-level advisory lock (``pg_try_advisory_lock`` on
 ``hashtextextended('<schema>:<stage>', 0)``) held by a connection of its own, which
 also carries every write of the holder: the server drops the lock when that session
-ends (the process died, its connection was cut), and a writer whose session ended can
-write nothing more.
+ends (the process died, its connection was cut). A holder whose session was cut takes
+the lock again at its next write only if no other process took the stage meanwhile (the
+``owners`` row still holds its token); until the server answers, its journal writer
+keeps the groups in the process, in order, and sends each once (``ON CONFLICT DO
+NOTHING`` on the journal's key).
 """
 
 from __future__ import annotations
@@ -610,8 +614,18 @@ class PostgresDatabase:
         return self._conn
 
     def query(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection."""
+        """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection; run
+        again on a new connection once if the shared one turns out broken (the server
+        restarted since it was made). Raises CheckpointError if the server cannot be
+        reached, psycopg's errors otherwise."""
+        operational = _driver().OperationalError
         with self._mutex:
+            conn = self._connection()
+            try:
+                return conn.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
+            except operational:
+                if not (conn.broken or conn.closed):
+                    raise
             return self._connection().execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
 
     def query_one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
@@ -620,6 +634,8 @@ class PostgresDatabase:
         return rows[0] if rows else None
 
     def sql(self, query: str) -> Any:
+        """``query`` as a psycopg ``sql.Composed`` with ``{s}`` replaced by the quoted
+        schema name."""
         return _driver().sql.SQL(query).format(s=self.schema_sql)
 
     def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
