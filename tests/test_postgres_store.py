@@ -14,7 +14,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scrapy_checkpoint import CheckpointError, CheckpointWriteError, EnhancedCheckpoint, Status
+from scrapy_checkpoint import (
+    CheckpointError,
+    CheckpointLostError,
+    CheckpointWriteError,
+    EnhancedCheckpoint,
+    Status,
+)
 from scrapy_checkpoint.errors import ConfigError
 from scrapy_checkpoint.state import CheckpointState, Owner
 from scrapy_checkpoint.stores import open_backend, open_store
@@ -25,7 +31,7 @@ from scrapy_checkpoint.stores.postgres import (
     PostgresUnreachable,
 )
 
-from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, python_env
+from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, drop_postgres_schema, python_env
 
 
 def _schema(url: str) -> str:
@@ -266,6 +272,18 @@ def test_a_stage_taken_by_another_while_the_session_was_cut_stops_the_writer(
     again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
     assert again.start().progress.processed_items == 2  # the other run's, not the lost ones
     again.close()
+
+
+def test_tables_dropped_under_a_running_stage_stop_it_as_a_lost_checkpoint(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    drop_postgres_schema(_schema(postgresql_backend))
+    with pytest.raises(CheckpointLostError, match="no longer holds the tables of schema"):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
 
 
 def test_a_state_write_over_a_row_changed_by_another_is_refused(

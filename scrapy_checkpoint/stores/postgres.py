@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from ..errors import (
     CheckpointError,
     CheckpointLockedError,
+    CheckpointLostError,
     CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
@@ -288,6 +289,7 @@ class PostgresLock:
             raise PostgresUnreachable(self._lost_message(_one_line(exc))) from None
         conn.close()
         self.released = True
+        self._store.forget_lock(stage, self)
         recorded = self._store.recorded_owner(stage) if not held else None
         if recorded is not None:
             raise CheckpointLockedError(stage, recorded.pid, recorded.host,
@@ -415,7 +417,7 @@ class PostgresJournalWriter:
     COMMIT is sent again and refused by the journal's key (``ON CONFLICT DO NOTHING``):
     applied once. ``size`` counts the bytes of the groups and request records put in the
     current segment. Raises CheckpointLockedError or CheckpointWriteError if another
-    process took the stage meanwhile.
+    process took the stage meanwhile, CheckpointLostError if the tables were dropped.
     """
 
     def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
@@ -499,6 +501,12 @@ class PostgresJournalWriter:
                 self.lock.run(sql.SQL(insert).format(s=s),
                               [self._stage, *_columns(self._requests)])
                 self._requests = []
+        except _driver().errors.UndefinedTable:
+            raise CheckpointLostError(
+                f"PostgreSQL at {self._store.location} no longer holds the tables of schema "
+                f"{self._store.schema!r} (dropped while stage {self._stage!r} was running), with "
+                f"the journal this stage had recorded. This run stops: nothing more can be "
+                f"recorded.") from None
         except PostgresUnreachable as exc:
             if self._pending_bytes > self._buffer_limit:
                 raise CheckpointWriteError(
