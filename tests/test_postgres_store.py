@@ -308,6 +308,21 @@ def test_a_state_write_over_a_row_changed_by_another_is_refused(
         store.close()
 
 
+def test_a_state_holding_a_nul_character_is_stored_as_jsonb(postgresql_backend: str) -> None:
+    store = open_store(postgresql_backend)
+    lock = store.lock("s", Owner.current())
+    try:
+        state = CheckpointState(stage="s", error_message="bad byte \x00 here, a \\u0000 kept")
+        store.write_state("s", state.model_dump_json().encode())
+        read, problems = store.read_state("s")
+        assert read is not None
+        assert read.error_message == "bad byte \ufffd here, a \\u0000 kept"
+        assert problems == []
+    finally:
+        lock.release()
+        store.close()
+
+
 def test_a_completed_stage_reads_back_through_the_manager_and_the_cli(
     postgresql_backend: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
