@@ -178,6 +178,28 @@ def test_a_cut_session_is_taken_again_and_the_buffered_group_applied_once(
     assert len(seqs) == len(set(seqs))
 
 
+def test_a_session_the_server_still_holds_is_ended_and_the_lock_taken_again(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    lock = store._locks["s"]
+    stale, lock.conn = lock.conn, None  # lost to this process, still alive on the server
+    cp.update(processed=1, successful=1, index=1)
+    assert lock.conn is not None
+    with pytest.raises(psycopg.OperationalError, match="terminating connection"):
+        stale.execute("SELECT 1")  # ended by the server
+    assert cp.store.live_owner("s") is not None
+    cp.close()
+    stale.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 2
+    again.close()
+
+
 def test_a_group_whose_commit_was_cut_is_applied_once(
     postgresql_backend: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -273,7 +273,21 @@ class PostgresLock:
                                 [db.lock_key(stage)]).fetchone()[0]
             row = conn.execute(db.sql("SELECT token FROM {s}.owners WHERE stage = %s"),
                                [stage]).fetchone()
-            if held and row is not None and row[0] == self.token:
+            ours = row is not None and row[0] == self.token
+            if not held and ours:
+                # The server has not seen the end of this process's previous session yet
+                # (a cut network): end it (waiting up to 5 s) and take the lock.
+                conn.execute(db.sql("SELECT pg_terminate_backend(backend_pid, 5000) "
+                                    "FROM {s}.owners WHERE stage = %s AND token = %s"),
+                             [stage, self.token])
+                held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                    [db.lock_key(stage)]).fetchone()[0]
+                if not held:
+                    conn.close()
+                    self._retry_at = time.monotonic() + self.RETRY_SECONDS
+                    raise PostgresUnreachable(self._lost_message(
+                        "the server still holds the lock for this process's previous session"))
+            if held and ours:
                 conn.execute(db.sql("UPDATE {s}.owners SET backend_pid = pg_backend_pid() "
                                     "WHERE stage = %s"), [stage])
                 version = conn.execute(db.sql("SELECT version FROM {s}.stages WHERE stage = %s"),
