@@ -25,7 +25,7 @@ _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class PostgresStore(Store):
-    """Stages kept in PostgreSQL (see the module docstring for the tables), in the
+    """Stages kept in PostgreSQL (see the package docstring for the tables), in the
     database and schema of ``url`` (see :class:`PostgresDatabase`, which raises
     CheckpointError when the server cannot be reached, ConfigError for a bad schema).
 
