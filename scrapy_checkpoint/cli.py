@@ -125,8 +125,8 @@ def _default_dir() -> str:
 
 
 DIR_HELP = "Checkpoint directory."
-BACKEND_HELP = ("'file' (the --dir directory), a Redis URL (redis://host:6379/0) or memory:// "
-                "(this process only).")
+BACKEND_HELP = ("'file' (the --dir directory), a Redis URL (redis://host:6379/0), a PostgreSQL "
+                "URL (postgresql://user@host:5432/db) or memory:// (this process only).")
 AFTER_HELP = " Also accepted before the command; given in both places, this one wins."
 
 
@@ -139,8 +139,8 @@ def pass_ctx(command: Callable[..., None]) -> Callable[..., None]:
         assert location is not None
         backend = location.backend if backend is None else backend
         if backend != "file" and not backend.startswith(BACKEND_SCHEMES):
-            raise click.UsageError(f"--backend {redact(repr(backend))}: use 'file', a redis:// URL "
-                                   f"or memory://.")
+            raise click.UsageError(f"--backend {redact(repr(backend))}: use 'file', a redis:// or "
+                                   f"postgresql:// URL or memory://.")
         ctx = Context(location.directory if directory is None else directory, backend,
                       location.verbose)
         command(ctx, *args, **kwargs)

@@ -110,7 +110,7 @@ def redis_backend():  # type: ignore[no-untyped-def]
 
 #: The stores every store-level test runs on: a new store adds its name here (and a branch
 #: in :func:`_store_location`), and the same tests prove it.
-STORES = ["file", "redis", "memory"]
+STORES = ["file", "redis", "postgresql", "memory"]
 #: The stores whose stages outlive a process: all but the memory store, which keeps nothing
 #: across processes (a real process killed, or holding the stage while this one looks).
 PERSISTENT_STORES = [kind for kind in STORES if kind != "memory"]
@@ -126,6 +126,11 @@ def _store_location(kind: str, tmp_path: Path | None = None):  # type: ignore[no
         require_redis()
         yield redis_location(name)
         drop_redis_prefix(name)
+    elif kind == "postgresql":
+        require_postgres()
+        schema = name.replace("-", "_")
+        yield postgres_location(schema)
+        drop_postgres_schema(schema)
     else:
         from scrapy_checkpoint.stores.memory import forget_memory_store
 
@@ -136,7 +141,8 @@ def _store_location(kind: str, tmp_path: Path | None = None):  # type: ignore[no
 @pytest.fixture(params=STORES)
 def store_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Where a test's checkpoints live, once per store in :data:`STORES`: a directory, a
-    Redis URL with a fresh prefix, or a named memory store (``memory://NAME``).
+    Redis URL with a fresh prefix, a PostgreSQL URL with a fresh schema, or a named memory
+    store (``memory://NAME``).
 
     The tests that take it are the store conformance suite: the same behaviour, proven
     for every store through the Store protocol, the checkpoint, the tracker or the
@@ -170,6 +176,27 @@ def require_postgres() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def postgres_location(schema: str) -> str:
+    """The PostgreSQL store URL of the test server with its tables in ``schema``."""
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{sep}schema={schema}"
+
+
+def drop_postgres_schema(schema: str) -> None:
+    """Drop ``schema`` and every table and view in it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def postgresql_backend():  # type: ignore[no-untyped-def]
+    """A PostgreSQL store URL with a fresh schema, dropped after the test."""
+    yield from _store_location("postgresql")
 
 
 @pytest.fixture

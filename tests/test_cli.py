@@ -324,7 +324,7 @@ def test_dir_and_backend_may_follow_the_command(pipeline: Path, tmp_path: Path) 
     assert "stage2_parse" in files.stdout
     bad = run_cli("list", "--backend", "redis", "--dir", str(pipeline))
     assert bad.returncode == 2
-    assert "--backend 'redis': use 'file', a redis:// URL or memory://." in bad.stderr
+    assert "--backend 'redis': use 'file', a redis:// or postgresql:// URL or memory://." in bad.stderr
 
     helped = run_cli("show", "--help")
     assert helped.returncode == 0

@@ -50,12 +50,14 @@ def _assert_exact(outputs: Outputs) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("seed", "store"), [(11, "file"), (12, "file"), (13, "file"),
-                                             (14, "redis")])
+                                             (14, "redis"), (15, "postgresql"),
+                                             (16, "postgresql")])
 def test_kill_during_crawl_loses_no_item_and_refetches_only_in_flight_pages(
     tmp_path: Path, site: Site, seed: int, store: str, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(seed)
-    backend = request.getfixturevalue("redis_backend") if store == "redis" else None
+    backend = (request.getfixturevalue(f"{store}_backend") if store in ("redis", "postgresql")
+               else None)
     outputs = Outputs(tmp_path, backend)
     all_hits: dict[int, int] = {}
     done_before: set[int] = set()

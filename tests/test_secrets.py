@@ -1,8 +1,8 @@
 """No password of a backend URL in any output: messages, locations, reprs, the CLI.
 
 Passwords are checked in every URL form redis-py accepts (user info of ``redis://``,
-``rediss://`` and ``unix://`` URLs, and a ``password=`` query parameter), against a real
-Redis where a store is opened.
+``rediss://`` and ``unix://`` URLs, and a ``password=`` query parameter), and in the
+``postgresql://`` and ``postgres://`` forms, against a real Redis where a store is opened.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ URLS = [
     f"unix://:{SECRET}@/run/redis/redis.sock",
     f"unix:///run/redis/redis.sock?password={SECRET}&db=0",
     f"redis://:p@ss{SECRET}@127.0.0.1:6379/0",
+    f"postgresql://app:{SECRET}@127.0.0.1:5432/jobs",
+    f"postgres://app:{SECRET}@127.0.0.1:5432/jobs?schema=crawls",
+    f"postgresql://app@127.0.0.1:5432/jobs?password={SECRET}&sslmode=disable",
 ]
 
 
@@ -85,8 +88,18 @@ def test_crawl_settings_never_show_the_password() -> None:
     assert SECRET not in str(err.value)
 
 
+@pytest.mark.parametrize("url", [u for u in URLS if u.startswith("postgres")])
+def test_an_unreachable_postgresql_server_error_names_no_password(url: str) -> None:
+    unreachable = url.replace(":5432/", ":1/")
+    with pytest.raises(CheckpointError) as err:
+        open_store(unreachable)
+    assert SECRET not in str(err.value)
+    assert "Cannot reach PostgreSQL at postgres" in str(err.value)
+
+
 def test_the_cli_never_prints_the_password() -> None:
-    for backend in (f"mysql://:{SECRET}@h/0", f"unix://:{SECRET}@/nonexistent/redis.sock"):
+    for backend in (f"mysql://:{SECRET}@h/0", f"unix://:{SECRET}@/nonexistent/redis.sock",
+                    f"postgresql://app:{SECRET}@127.0.0.1:1/jobs"):
         run = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend", backend, "list"],
                              capture_output=True, text=True, env=python_env(), timeout=60,
                              check=False)

@@ -20,11 +20,12 @@ CHECKPOINT_ENABLED           bool       False (True with    Turn the plugin on.
                                         the add-on)
 CHECKPOINT_DIR               str        "checkpoints"       Directory of the file store.
 CHECKPOINT_STAGE_NAME        str        the spider's name   Name of the stage (one per crawl).
-CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis URL, or
-                                                            "memory://" (kept by this process only).
+CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis or PostgreSQL
+                                                            URL, or "memory://" (this process only).
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
 CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
-CHECKPOINT_REDIS_BUFFER      int        67108864            Bytes of journal kept while Redis is away.
+CHECKPOINT_REDIS_BUFFER      int        67108864            Journal bytes kept while Redis (or
+                                                            PostgreSQL) is away.
 CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between progress lines (0: off).
 CHECKPOINT_INPUT_FILE        str        None                File whose change stops a resume.
 CHECKPOINT_RESET             bool       False               Start the stage over.
@@ -72,7 +73,7 @@ from pydantic.fields import FieldInfo
 
 from ..config import CheckpointConfig
 from ..errors import ConfigError, redact
-from ..stores import BACKEND_SCHEMES, MEMORY, open_store
+from ..stores import BACKEND_SCHEMES, MEMORY, POSTGRES, open_store
 from ..stores.base import Store
 from ..stores.file import FileStore
 
@@ -150,7 +151,8 @@ class CheckpointSettings(BaseModel):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value != "file" and not value.startswith(BACKEND_SCHEMES):
-            raise ValueError("use 'file', memory:// or a Redis URL such as redis://127.0.0.1:6379/0")
+            raise ValueError("use 'file', memory://, a Redis URL such as redis://127.0.0.1:6379/0 "
+                             "or a PostgreSQL URL such as postgresql://user@127.0.0.1:5432/db")
         return value
 
     @classmethod
@@ -187,8 +189,8 @@ class CheckpointSettings(BaseModel):
                 f"scrapy-checkpoint {where} reset {stage} first.")
 
     def store(self) -> Store:
-        """The store these settings name (a :class:`FileStore`, a ``MemoryStore`` or a
-        ``RedisStore``).
+        """The store these settings name (a :class:`FileStore`, a ``MemoryStore``, a
+        ``RedisStore`` or a ``PostgresStore``).
 
         For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
         written in it and removed: a directory that cannot be used raises
@@ -200,6 +202,10 @@ class CheckpointSettings(BaseModel):
             return FileStore(self.dir)
         if self.backend.startswith(MEMORY):
             return open_store(self.backend)
+        if self.backend.startswith(POSTGRES):
+            from ..stores.postgres import PostgresStore
+
+            return PostgresStore(self.backend, buffer_bytes=self.redis_buffer)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,

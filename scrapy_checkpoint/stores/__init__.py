@@ -12,12 +12,19 @@ from .memory import MemoryStore
 
 #: The scheme of a memory store's location (``memory://`` or ``memory://NAME``).
 MEMORY = "memory://"
-#: What a backend other than ``"file"`` starts with: a Redis URL or a memory store.
-BACKEND_SCHEMES = ("redis://", "rediss://", "unix://", MEMORY)
+#: The schemes of a PostgreSQL store's URL.
+POSTGRES = ("postgresql://", "postgres://")
+#: What a backend other than ``"file"`` starts with: a Redis or PostgreSQL URL, or a memory
+#: store.
+BACKEND_SCHEMES = ("redis://", "rediss://", "unix://", *POSTGRES, MEMORY)
+#: What the messages about a bad backend say it may be.
+_ACCEPTED = ("'file', memory://, a Redis URL such as redis://127.0.0.1:6379/0 or a PostgreSQL "
+             "URL such as postgresql://user@127.0.0.1:5432/db")
 
 
 def open_store(location: str | Any) -> Store:
     """A store for ``location``: a ``redis://``, ``rediss://`` or ``unix://`` URL, a
+    ``postgresql://`` or ``postgres://`` URL (:class:`~.postgres.PostgresStore`), a
     ``memory://`` or ``memory://NAME`` store (:class:`~.memory.MemoryStore`: nothing kept
     across processes), or a directory. Raises :class:`~scrapy_checkpoint.errors.ConfigError`
     for another URL."""
@@ -26,11 +33,14 @@ def open_store(location: str | Any) -> Store:
         from .redis import RedisStore
 
         return RedisStore(text)
+    if text.startswith(POSTGRES):
+        from .postgres import PostgresStore
+
+        return PostgresStore(text)
     if text.startswith(MEMORY):
         return MemoryStore(text[len(MEMORY):])
-    if "://" in text or text in ("redis", "rediss", "memory"):
-        raise ConfigError(f"Unknown backend {redact(repr(text))}: use a directory, 'file', "
-                          f"memory:// or a Redis URL such as redis://127.0.0.1:6379/0.")
+    if "://" in text or text in ("redis", "rediss", "memory", "postgresql", "postgres"):
+        raise ConfigError(f"Unknown backend {redact(repr(text))}: use a directory, {_ACCEPTED}.")
     return FileStore(location)
 
 
@@ -39,18 +49,18 @@ def open_backend(backend: str | None, checkpoint_dir: str | Any) -> Store:
 
     ``backend`` None or ``"file"``: a :class:`FileStore` in ``checkpoint_dir``; else
     ``backend`` must be ``memory://`` or ``memory://NAME`` (a :class:`MemoryStore`, see
-    :func:`open_store`) or a Redis URL (``redis://127.0.0.1:6379/0``). Raises
+    :func:`open_store`), a Redis URL (``redis://127.0.0.1:6379/0``) or a PostgreSQL URL
+    (``postgresql://user@127.0.0.1:5432/db``). Raises
     :class:`~scrapy_checkpoint.errors.ConfigError` for anything else, and whatever
     opening the store raises (:class:`~scrapy_checkpoint.errors.CheckpointError` when
-    Redis is unreachable).
+    the server is unreachable).
     """
     if backend is None or backend == "file":
         return open_store(checkpoint_dir)
     if backend in ("redis", "rediss") or "://" not in backend:
-        raise ConfigError(f"Unknown backend {redact(repr(backend))}: use 'file', memory:// or a Redis "
-                          f"URL such as redis://127.0.0.1:6379/0.")
+        raise ConfigError(f"Unknown backend {redact(repr(backend))}: use {_ACCEPTED}.")
     return open_store(backend)
 
 
-__all__ = ["BACKEND_SCHEMES", "MEMORY", "FileStore", "JournalWriter", "Loaded", "Lock", "MemoryStore",
-           "StageLock", "Store", "check_stage_name", "open_backend", "open_store"]
+__all__ = ["BACKEND_SCHEMES", "MEMORY", "POSTGRES", "FileStore", "JournalWriter", "Loaded", "Lock",
+           "MemoryStore", "StageLock", "Store", "check_stage_name", "open_backend", "open_store"]

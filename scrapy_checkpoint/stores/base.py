@@ -1,6 +1,7 @@
 """What the checkpoint core needs from a store: the :class:`Store`, :class:`JournalWriter`
-and :class:`Lock` protocols. ``FileStore``, ``RedisStore`` and ``MemoryStore`` provide them;
-the core and the Scrapy pieces never know which one they use."""
+and :class:`Lock` protocols. ``FileStore``, ``RedisStore``, ``PostgresStore`` and
+``MemoryStore`` provide them; the core and the Scrapy pieces never know which one they
+use."""
 
 from __future__ import annotations
 
@@ -144,12 +145,12 @@ class Store(Protocol):
     stage is called by the holder of its :class:`Lock` (except :meth:`lock` itself);
     the readers (:meth:`stages`, :meth:`live_owner`, :meth:`load`, :meth:`read_state`,
     :meth:`disk_usage`) take no lock, change nothing and are safe while a process
-    writes the stage. Store errors (OSError, redis-py's errors) propagate unless a
-    method says otherwise.
+    writes the stage. Store errors (OSError, redis-py's or psycopg's errors) propagate
+    unless a method says otherwise.
     """
 
-    #: Where the stages live, for messages (a directory, or a Redis URL without its
-    #: credentials).
+    #: Where the stages live, for messages (a directory, or a Redis or PostgreSQL URL
+    #: without its password).
     location: str
 
     def stages(self) -> list[str]:

@@ -157,6 +157,19 @@ def test_a_memory_backend_is_a_memory_store_shared_by_its_name() -> None:
         forget_memory_store("settings-test")
 
 
+def test_a_postgresql_backend_is_a_postgres_store_with_the_crawl_buffer(
+    postgresql_backend: str,
+) -> None:
+    from scrapy_checkpoint.stores.postgres import PostgresStore
+
+    for url in (postgresql_backend, postgresql_backend.replace("postgresql://", "postgres://", 1)):
+        store = read(CHECKPOINT_BACKEND=url, CHECKPOINT_REDIS_BUFFER=4096).store()
+        assert isinstance(store, PostgresStore)
+        assert store.buffer_bytes == 4096
+        assert store.schema == postgresql_backend.rsplit("schema=", 1)[1]
+        store.close()
+
+
 def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> None:
     store = read(CHECKPOINT_DIR=str(tmp_path / "cp")).store()
     assert isinstance(store, FileStore)

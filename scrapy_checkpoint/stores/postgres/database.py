@@ -1,0 +1,239 @@
+"""The server and the schema of a PostgreSQL store: the URL, the shared connection, the
+tables (``schema.sql``, created on first use) and the helpers every part uses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ...errors import CheckpointError, ConfigError, redact
+
+if TYPE_CHECKING:
+    from .lock import PostgresLock
+
+logger = logging.getLogger("scrapy_checkpoint")
+
+DEFAULT_SCHEMA = "scrapy_checkpoint"
+#: The layout of the tables this version of the package reads and writes (``schema.sql``).
+SCHEMA_VERSION = 1
+#: URL schemes of a PostgreSQL store.
+SCHEMES = ("postgresql://", "postgres://")
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+
+
+def schema_sql() -> str:
+    """The text of ``schema.sql`` (package data): the DDL of layout :data:`SCHEMA_VERSION`,
+    with ``{s}`` and ``{schema_text}`` placeholders for psycopg's ``sql.SQL.format``."""
+    return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - an install problem, said plainly
+        raise ConfigError("The PostgreSQL backend needs psycopg 3: "
+                          "pip install 'scrapy-checkpoint[postgres]'.") from None
+    return psycopg
+
+
+def one_line(exc: BaseException) -> str:
+    """The server's or driver's message on one line, passwords redacted, without a final
+    full stop."""
+    return redact(" ".join(str(exc).split())).rstrip(".")
+
+
+def sentence(exc: BaseException) -> str:
+    """:func:`one_line` ending as a sentence."""
+    text = one_line(exc)
+    return text if text.endswith(("?", "!")) else text + "."
+
+
+class PostgresDatabase:
+    """The server and schema of a :class:`PostgresStore`: its URL, its connections, its
+    tables (created on first use).
+
+    ``url``: ``postgresql://[user[:password]@]host[:port]/dbname`` (or ``postgres://``),
+    with libpq's query parameters (``sslmode=...``) and optionally ``?schema=NAME`` (or
+    ``?prefix=NAME``, the same) for the schema holding the tables; ``schema`` wins over
+    the URL's. ``location`` is the URL without its password. Raises
+    :class:`~scrapy_checkpoint.errors.CheckpointError` when the server cannot be reached
+    or refuses the connection, ConfigError for a bad schema name or a schema made by a
+    newer version of the package.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        psycopg = driver()
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        named = [v for k, v in query if k in ("schema", "prefix")]
+        self.schema = schema or (named[-1] if named else DEFAULT_SCHEMA)
+        if not _SCHEMA_RE.fullmatch(self.schema):
+            raise ConfigError(f"Invalid PostgreSQL schema name {self.schema!r}: use 1-63 letters, "
+                              f"digits, '_' or '-', starting with a letter or '_'.")
+        rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
+        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        #: libpq parameters the URL may set otherwise.
+        self._defaults = {k: v for k, v in (("connect_timeout", 10),
+                                            ("application_name", "scrapy-checkpoint"))
+                          if k not in dict(rest)}
+        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0] if "@" in parts.netloc else ""
+        host = parts.netloc.rsplit("@", 1)[-1]
+        shown = [(k, v) for k, v in rest if k != "password"]
+        if self.schema != DEFAULT_SCHEMA:
+            shown.append(("schema", self.schema))
+        self.location = redact(urlunsplit(parts._replace(
+            netloc=f"{user}@{host}" if user else host, query=urlencode(shown))))
+        self.schema_sql = psycopg.sql.Identifier(self.schema)
+        self._mutex = threading.Lock()
+        self._conn: Any = None
+        with self._mutex:
+            self._connection()
+        self.create_schema()
+
+    def connect(self) -> Any:
+        """A new autocommit connection to the server (psycopg ``Connection``). Raises
+        CheckpointError, with the server's reason, if it cannot be made."""
+        psycopg = driver()
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True, **self._defaults)
+        except psycopg.Error as exc:
+            raise CheckpointError(
+                f"Cannot reach PostgreSQL at {self.location}: {sentence(exc)} Start PostgreSQL, "
+                f"or fix the URL in CHECKPOINT_BACKEND (or --backend / backend=).") from None
+
+    def _connection(self) -> Any:
+        """The shared connection, for reads and for writes of stages the store does not
+        lock (call with ``_mutex`` held); made again if the last one broke."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self.connect()
+        return self._conn
+
+    def query(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection; run
+        again on a new connection once if the shared one turns out broken (the server
+        restarted since it was made). Raises CheckpointError if the server cannot be
+        reached, psycopg's errors otherwise."""
+        operational = driver().OperationalError
+        with self._mutex:
+            conn = self._connection()
+            try:
+                return conn.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
+            except operational:
+                if not (conn.broken or conn.closed):
+                    raise
+            return self._connection().execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
+
+    def query_one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        """The first row of ``query`` (``{s}``: the schema), or None."""
+        rows = self.query(query, params)
+        return rows[0] if rows else None
+
+    def sql(self, query: str) -> Any:
+        """``query`` as a psycopg ``sql.Composed`` with ``{s}`` replaced by the quoted
+        schema name."""
+        return driver().sql.SQL(query).format(s=self.schema_sql)
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
+              lock: PostgresLock | None = None) -> None:
+        """Run ``statements`` (``{s}``: the schema) in one transaction: on ``lock``'s session
+        if given, else on the shared connection."""
+        if lock is not None:
+            with lock.transaction() as conn:
+                for query, params in statements:
+                    conn.execute(self.sql(query), params)
+            return
+        with self._mutex:
+            conn = self._connection()
+            with conn.transaction():
+                for query, params in statements:
+                    conn.execute(self.sql(query), params)
+
+    def create_schema(self) -> None:
+        """Create the schema and its tables unless they are there (serialised between
+        processes by a transaction-level advisory lock). Raises ConfigError if the schema
+        is of a newer layout than :data:`SCHEMA_VERSION`."""
+        sql = driver().sql
+        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
+                               [self.schema])
+        version = None
+        if found is not None and found[0] is not None:
+            version = (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"The tables in schema {self.schema!r} of {self.location} are of layout version "
+                f"{version}, newer than this version of scrapy-checkpoint reads "
+                f"({SCHEMA_VERSION}): upgrade scrapy-checkpoint.")
+        if version == SCHEMA_VERSION:
+            return
+        logger.info("Creating the checkpoint tables in schema %s of %s (layout version %d).",
+                    self.schema, self.location, SCHEMA_VERSION)
+        with self._mutex:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             [f"scrapy_checkpoint schema {self.schema}"])
+                conn.execute(sql.SQL(schema_sql()).format(s=self.schema_sql,
+                                                  schema_text=sql.Literal(self.schema)))
+
+    def reading(self) -> Any:
+        """A context manager: the shared connection (psycopg ``Connection``), no other
+        thread using it, in a REPEATABLE READ, READ ONLY transaction."""
+        return _Shared(self, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def transaction(self) -> Any:
+        """A context manager: the shared connection, no other thread using it, in a
+        transaction."""
+        return _Shared(self, None)
+
+    def close(self) -> None:
+        """Close the shared connection (held locks keep theirs until released)."""
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __del__(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None and not conn.closed:
+            conn.close()
+
+    def lock_key(self, stage: str) -> str:
+        """The text whose ``hashtextextended(text, 0)`` is ``stage``'s advisory lock key."""
+        return f"{self.schema}:{stage}"
+
+
+
+class _Shared:
+    def __init__(self, db: PostgresDatabase, first: str | None) -> None:
+        self._db, self._first = db, first
+        self._tx: Any = None
+
+    def __enter__(self) -> Any:
+        self._db._mutex.acquire()
+        try:
+            conn = self._db._connection()
+            self._tx = conn.transaction()
+            self._tx.__enter__()
+            if self._first is not None:
+                conn.execute(self._first)
+        except BaseException:
+            if self._tx is not None:
+                self._tx.__exit__(None, None, None)
+            self._db._mutex.release()
+            raise
+        return conn
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._tx.__exit__(*exc_info)
+        finally:
+            self._db._mutex.release()
+
+

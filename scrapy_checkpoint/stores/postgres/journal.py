@@ -1,0 +1,179 @@
+"""A PostgreSQL stage's journal writer (one statement per group, an outage buffer) and
+its request reader (one indexed SELECT per record)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ...errors import CheckpointError, CheckpointLostError, CheckpointWriteError
+from ...journal.groups import REQUEST_OVERHEAD, decode_request, encode_request
+from ...journal.pending import OFFSET_BITS
+from .database import driver, logger
+from .lock import PostgresLock, PostgresUnreachable
+
+if TYPE_CHECKING:
+    from .store import PostgresStore
+
+#: The position part of a request record's ref (``gen << OFFSET_BITS | pos``).
+POSITION_MASK = (1 << OFFSET_BITS) - 1
+
+
+def _columns(records: list[tuple[int, int, bytes]]) -> list[list[Any]]:
+    """Request records as the three arrays a statement unnests: gens, positions, records."""
+    return [[g for g, _, _ in records], [p for _, p, _ in records], [r for _, _, r in records]]
+
+
+class PostgresJournalWriter:
+    """Appends groups to a stage's journal, each with the request records put since the
+    group before it, in one statement on the lock's session; one writer per stage, kept
+    through compactions (:meth:`rotate`).
+
+    While the lock's session is lost and the server cannot be reached, groups wait in
+    the process, in order, up to ``buffer_limit`` bytes (then CheckpointWriteError); each
+    is sent once the lock is taken again. A group whose statement was cut after its
+    COMMIT is sent again and refused by the journal's key (``ON CONFLICT DO NOTHING``):
+    applied once. ``size`` counts the bytes of the groups and request records put in the
+    current segment. Raises CheckpointLockedError or CheckpointWriteError if another
+    process took the stage meanwhile, CheckpointLostError if the tables were dropped.
+    """
+
+    def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
+                 seq: int, pos: int, buffer_limit: int) -> None:
+        self._store, self.lock, self._stage = store, lock, stage
+        self._gen, self._seq, self._pos = gen, seq, pos
+        #: Request records waiting for the next group: (gen, position, record).
+        self._requests: list[tuple[int, int, bytes]] = []
+        #: Groups not yet in the table: gen, seq, payload, the request records sent with it.
+        self._pending: deque[tuple[int, int, bytes, list[tuple[int, int, bytes]]]] = deque()
+        self._pending_bytes = 0
+        self._buffer_limit = buffer_limit
+        self.size = 0
+
+    def rotate(self, gen: int) -> None:
+        """Start segment ``gen`` (a compaction): later groups and records go there."""
+        self._gen, self._seq, self._pos, self.size = gen, 0, 0, 0
+
+    @property
+    def backlog(self) -> int:
+        """Groups waiting in the process, not yet in the table."""
+        return len(self._pending)
+
+    def put_request(self, code: int, data: bytes) -> int:
+        """See :meth:`~.base.JournalWriter.put_request`: sent with the next group, in its
+        statement (or by :meth:`flush`)."""
+        if self._pos >= POSITION_MASK:
+            raise CheckpointError(f"Stage {self._stage!r}: over {POSITION_MASK} request records in "
+                                  f"one journal segment; lower compact_min_bytes.")
+        self._pos += 1
+        record = encode_request(code, data)
+        self._requests.append((self._gen, self._pos, record))
+        self.size += len(record)
+        return self._gen << OFFSET_BITS | self._pos
+
+    def unwritten(self, ref: int) -> bytes | None:
+        """The request record ``ref`` if it has not reached the server yet, else None."""
+        gen, position = ref >> OFFSET_BITS, ref & POSITION_MASK
+        for batch in (self._requests, *(requests for *_, requests in self._pending)):
+            for g, p, record in batch:
+                if (g, p) == (gen, position):
+                    return record
+        return None
+
+    def append(self, payload: bytes) -> None:
+        """See :meth:`~.base.JournalWriter.append`: one statement, one transaction (the
+        group is buffered while the server is unreachable)."""
+        requests, self._requests = self._requests, []
+        self._pending.append((self._gen, self._seq, bytes(payload), requests))
+        self._pending_bytes += len(payload) + sum(len(r) for *_, r in requests)
+        self._seq += 1
+        self.size += len(payload)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered groups, oldest first, each in one statement, then the request
+        records no group has carried yet (before a compaction, whose new segment's groups
+        may name them). Returns quietly, keeping them, while the server is unreachable;
+        raises CheckpointWriteError once they pass ``buffer_limit``."""
+        s = self._store.db.schema_sql
+        sql = driver().sql
+        insert = ("INSERT INTO {s}.requests (stage, gen, pos, record) SELECT %s, g, p, r "
+                  "FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[]) AS t(g, p, r) "
+                  "ON CONFLICT DO NOTHING")
+        try:
+            while self._pending:
+                gen, seq, payload, requests = self._pending[0]
+                group = [self._stage, gen, seq, payload]
+                if requests:
+                    self.lock.run(sql.SQL(
+                        f"WITH r AS ({insert}) INSERT INTO {{s}}.journal (stage, gen, seq, payload) "
+                        f"VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING").format(s=s),
+                        [self._stage, *_columns(requests), *group])
+                else:
+                    self.lock.run(sql.SQL(
+                        "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING").format(s=s), group)
+                self._pending.popleft()
+                self._pending_bytes -= len(payload) + sum(len(r) for *_, r in requests)
+            if self._requests:
+                self.lock.run(sql.SQL(insert).format(s=s),
+                              [self._stage, *_columns(self._requests)])
+                self._requests = []
+        except driver().errors.UndefinedTable:
+            raise CheckpointLostError(
+                f"PostgreSQL at {self._store.location} no longer holds the tables of schema "
+                f"{self._store.schema!r} (dropped while stage {self._stage!r} was running), with "
+                f"the journal this stage had recorded. This run stops: nothing more can be "
+                f"recorded.") from None
+        except PostgresUnreachable as exc:
+            if self._pending_bytes > self._buffer_limit:
+                raise CheckpointWriteError(
+                    f"PostgreSQL at {self._store.location} has been unreachable for "
+                    f"{len(self._pending)} journal groups ({self._pending_bytes} bytes, over "
+                    f"CHECKPOINT_REDIS_BUFFER={self._buffer_limit}); stopping rather than "
+                    f"losing records. Bring PostgreSQL back and run again.") from exc
+            logger.warning("%s %d group(s) buffered until it is back.", exc, len(self._pending))
+
+    def sync(self) -> None:
+        """A committed statement is durable by the server's own settings
+        (``synchronous_commit``)."""
+
+    def fsync(self) -> None:
+        """:meth:`flush`."""
+        self.flush()
+
+    def close(self) -> None:
+        """:meth:`flush`; groups that still cannot be sent, or that may not be since the
+        lock was lost, are logged (their units are redone by the next run)."""
+        if not self.lock.released:
+            self.flush()
+        if self._pending:
+            logger.error("Stage %s: %d journal group(s) could not reach PostgreSQL at %s.",
+                         self._stage, len(self._pending), self._store.location)
+
+
+class PostgresRequestReader:
+    """Reads a stage's request records by ref (one indexed ``SELECT`` each), and from its
+    writer's buffer for records not sent yet."""
+
+    def __init__(self, store: PostgresStore, stage: str,
+                 writer: PostgresJournalWriter | None) -> None:
+        self._store, self._stage, self.writer = store, stage, writer
+
+    def read(self, ref: int, length: int, code: int) -> bytes:
+        """See :meth:`~scrapy_checkpoint.journal.pending.RequestReader.read` (ValueError for
+        a record that is not there)."""
+        raw = self.writer.unwritten(ref) if self.writer is not None else None
+        if raw is None:
+            row = self._store.db.query_one(
+                "SELECT record FROM {s}.requests WHERE stage = %s AND gen = %s AND pos = %s",
+                [self._stage, ref >> OFFSET_BITS, ref & POSITION_MASK])
+            if row is None:
+                raise ValueError(f"request record {ref} of stage {self._stage!r} is missing from "
+                                 f"{self._store.schema}.requests")
+            raw = row[0]
+        if len(raw) != REQUEST_OVERHEAD + length:
+            raise ValueError(f"request record {ref} has the wrong length")
+        return decode_request(raw, code)
+
+

@@ -1,0 +1,364 @@
+"""What only the PostgreSQL store has: its URL and messages, its tables and view, the
+advisory lock's session, the state row's version. The store protocol itself is proven by
+the conformance suite (``store_location``), on PostgreSQL as on the other stores."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from scrapy_checkpoint import (
+    CheckpointError,
+    CheckpointLostError,
+    CheckpointWriteError,
+    EnhancedCheckpoint,
+    Status,
+)
+from scrapy_checkpoint.errors import ConfigError
+from scrapy_checkpoint.state import CheckpointState, Owner
+from scrapy_checkpoint.stores import open_backend, open_store
+from scrapy_checkpoint.stores.postgres import (
+    SCHEMA_VERSION,
+    PostgresLock,
+    PostgresStore,
+    PostgresUnreachable,
+)
+
+from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, drop_postgres_schema, python_env
+
+
+def _schema(url: str) -> str:
+    return url.rsplit("schema=", 1)[1]
+
+
+def _rows(url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        return conn.execute(sql.SQL(query).format(s=sql.Identifier(_schema(url)))).fetchall()
+
+
+def test_an_unreachable_server_at_start_is_one_clear_error_without_the_password() -> None:
+    with pytest.raises(CheckpointError) as caught:
+        open_backend("postgresql://app:s3cret@127.0.0.1:1/jobs?schema=crawls", "unused")
+    message = str(caught.value)
+    assert message.startswith("Cannot reach PostgreSQL at postgresql://app@127.0.0.1:1/jobs?schema=crawls: ")
+    assert "Start PostgreSQL, or fix the URL in CHECKPOINT_BACKEND" in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_the_location_names_the_server_and_schema_never_the_password(postgresql_backend: str) -> None:
+    head, schema = postgresql_backend.split("?schema=")
+    url = head.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
+    store = PostgresStore(f"{url}?schema={schema}&password=other")
+    try:
+        assert "s3cret" not in store.location + repr(store)
+        assert "other" not in store.location + repr(store)
+        assert store.location == f"{head}?schema={schema}"
+        assert store.schema == schema
+    finally:
+        store.close()
+    postgres = PostgresStore(postgresql_backend.replace("postgresql://", "postgres://", 1)
+                             .replace("?schema=", "?prefix="))
+    assert postgres.schema == schema
+    postgres.close()
+
+
+def test_a_bad_schema_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="Invalid PostgreSQL schema name 'a b'"):
+        PostgresStore(f"{POSTGRES_URL}?schema=a b")
+
+
+def test_the_tables_are_created_once_with_their_version(postgresql_backend: str) -> None:
+    open_store(postgresql_backend).close()
+    open_store(postgresql_backend).close()  # already there: nothing to do
+    assert _rows(postgresql_backend, "SELECT version FROM {s}.schema_version") == [(SCHEMA_VERSION,)]
+    tables = {name for (name,) in _rows(
+        postgresql_backend, "SELECT table_name FROM information_schema.tables "
+        f"WHERE table_schema = '{_schema(postgresql_backend)}'")}
+    assert tables == {"schema_version", "stages", "owners", "journal", "requests", "snapshots",
+                      "corrupt", "stage_status"}
+    _rows(postgresql_backend, "INSERT INTO {s}.schema_version (version) VALUES (99) RETURNING 1")
+    with pytest.raises(ConfigError, match="layout version 99, newer than this version"):
+        open_store(postgresql_backend)
+
+
+def test_the_stage_status_view_has_one_row_per_stage_with_its_live_owner(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=4)
+    cp.update(processed=1, successful=1, index=0)
+    cp.save(force=True)
+    cp.drain_io()
+    query = ("SELECT stage, status, total_items, processed_items, owner_pid, owner_host, "
+             "updated_at IS NOT NULL FROM {s}.stage_status")
+    ((stage, status, total, processed, pid, host, updated),) = _rows(postgresql_backend, query)
+    assert (stage, status, total, processed, pid, updated) == ("s", "running", 4, 1, os.getpid(), True)
+    assert host == Owner.current().host
+    cp.close()
+    ((stage, status, total, processed, pid, host, updated),) = _rows(postgresql_backend, query)
+    assert (status, processed, pid, host) == ("paused", 1, None, None)
+
+
+def test_a_killed_holder_leaves_the_stage_to_the_next_run_at_once(postgresql_backend: str) -> None:
+    holder = subprocess.Popen([PYTHON, str(SCRIPTS / "hold_stage.py"), postgresql_backend, "s"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=python_env())
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"ready"
+    store = open_store(postgresql_backend)
+    owner = store.live_owner("s")
+    assert owner is not None
+    assert owner.pid == holder.pid
+    with pytest.raises(CheckpointError, match=f"in use by pid {holder.pid} on host"):
+        EnhancedCheckpoint(postgresql_backend, "s", log_every=0).start()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+    assert holder.stdin is not None
+    holder.stdin.close()
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    state = cp.start()
+    assert state.progress.processed_items == 1
+    assert state.recoveries == 1
+    cp.close()
+    store.close()
+
+
+def _terminate(url: str) -> None:
+    """End the server session holding the stage's lock, as a restart or a cut would."""
+    ((backend_pid,),) = _rows(url, "SELECT backend_pid FROM {s}.owners")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+
+
+def _unreachable(store: PostgresStore) -> None:
+    """Make ``store`` unable to reach the server until the attribute is deleted."""
+    def refuse() -> None:
+        raise CheckpointError(f"Cannot reach PostgreSQL at {store.location}: refused.")
+
+    store.db.connect = refuse  # type: ignore[method-assign]
+
+
+def _journal_seqs(url: str) -> list[tuple[object, ...]]:
+    return _rows(url, "SELECT gen, seq FROM {s}.journal ORDER BY gen, seq")
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconnect at the next write, not a second later (no timing in tests)."""
+    monkeypatch.setattr(PostgresLock, "RETRY_SECONDS", 0.0)
+
+
+def test_a_cut_session_is_taken_again_and_the_buffered_group_applied_once(
+    postgresql_backend: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    _terminate(postgresql_backend)
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):
+        cp.update(processed=1, successful=1, index=1)  # cut: kept in the process
+        assert "is lost (terminating connection due to administrator command). 1 group(s) " \
+               "buffered until it is back." in caplog.text
+        cp.update(processed=1, successful=1, index=2)  # the lock taken again, both sent
+        assert "reconnected to PostgreSQL" in caplog.text
+    assert cp.store.live_owner("s") is not None
+    cp.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 3
+    again.close()
+    seqs = _journal_seqs(postgresql_backend)
+    assert len(seqs) == len(set(seqs))
+
+
+def test_a_session_the_server_still_holds_is_ended_and_the_lock_taken_again(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    lock = store._locks["s"]
+    stale, lock.conn = lock.conn, None  # lost to this process, still alive on the server
+    cp.update(processed=1, successful=1, index=1)
+    assert lock.conn is not None
+    with pytest.raises(psycopg.OperationalError, match="terminating connection"):
+        stale.execute("SELECT 1")  # ended by the server
+    assert cp.store.live_owner("s") is not None
+    cp.close()
+    stale.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 2
+    again.close()
+
+
+def test_a_group_whose_commit_was_cut_is_applied_once(
+    postgresql_backend: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    lock = store._locks["s"]
+    real_run = lock.run
+
+    def commit_then_cut(query: Any, params: Any = None) -> Any:
+        real_run(query, params)  # committed; the answer never arrives
+        monkeypatch.setattr(lock, "run", real_run)
+        lock.conn.close()
+        lock.conn = None
+        raise PostgresUnreachable("cut after COMMIT")
+
+    monkeypatch.setattr(lock, "run", commit_then_cut)
+    cp.update(processed=1, successful=1, index=1)  # applied, but not known to be
+    cp.update(processed=1, successful=1, index=2)  # sent again with the next one
+    cp.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    state = again.start()
+    assert state.progress.processed_items == 3
+    assert state.progress.successful_items == 3
+    again.close()
+
+
+def test_groups_wait_while_the_server_is_unreachable_and_go_once_it_is_back(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    for index in range(1, 5):
+        cp.update(processed=1, successful=1, index=index)
+    assert len(_journal_seqs(postgresql_backend)) == 2  # init and the first update
+    del store.db.connect  # back
+    cp.update(processed=1, successful=1, index=5)
+    assert len(_journal_seqs(postgresql_backend)) == 7
+    cp.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 6
+    again.close()
+
+
+def test_past_its_buffer_an_unreachable_server_stops_the_job_and_the_next_run_resumes(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    store = PostgresStore(postgresql_backend, buffer_bytes=0)
+    cp = EnhancedCheckpoint(stage="s", store=store, log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    with pytest.raises(CheckpointWriteError, match=(
+            r"PostgreSQL at postgresql://postgres@.* has been unreachable for 1 journal groups "
+            r"\(\d+ bytes, over CHECKPOINT_REDIS_BUFFER=0\); stopping rather than losing records")):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
+    store.close()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 1
+    again.close()
+
+
+def test_a_stage_taken_by_another_while_the_session_was_cut_stops_the_writer(
+    postgresql_backend: str, no_retry_wait: None,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    store = cp.store
+    assert isinstance(store, PostgresStore)
+    _unreachable(store)
+    _terminate(postgresql_backend)
+    cp.update(processed=1, successful=1, index=1)  # buffered
+    other = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    other.start()  # the stage is free: another run takes it, recovers and goes on
+    other.update(processed=1, successful=1, index=7)
+    other.close()
+    del store.db.connect
+    with pytest.raises(CheckpointWriteError, match="was taken by another process while the "
+                                                   "connection to PostgreSQL"):
+        cp.update(processed=1, successful=1, index=2)
+    cp.abandon()
+    again = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    assert again.start().progress.processed_items == 2  # the other run's, not the lost ones
+    again.close()
+
+
+def test_tables_dropped_under_a_running_stage_stop_it_as_a_lost_checkpoint(
+    postgresql_backend: str,
+) -> None:
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    cp.update(processed=1, successful=1, index=0)
+    drop_postgres_schema(_schema(postgresql_backend))
+    with pytest.raises(CheckpointLostError, match="no longer holds the tables of schema"):
+        cp.update(processed=1, successful=1, index=1)
+    cp.abandon()
+
+
+def test_a_state_write_over_a_row_changed_by_another_is_refused(
+    postgresql_backend: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = open_store(postgresql_backend)
+    lock = store.lock("s", Owner.current())
+    try:
+        first = CheckpointState(stage="s", done_units=1).model_dump_json().encode()
+        store.write_state("s", first)
+        store.write_state("s", first)
+        assert _rows(postgresql_backend, "SELECT version FROM {s}.stages") == [(2,)]
+        _rows(postgresql_backend, "UPDATE {s}.stages SET version = version + 1 RETURNING 1")
+        with caplog.at_level(logging.ERROR, logger="scrapy_checkpoint"):
+            store.write_state("s", CheckpointState(stage="s", done_units=2).model_dump_json().encode())
+        assert "was changed by another process (version 2 expected)" in caplog.text
+        state, _ = store.read_state("s")
+        assert state is not None
+        assert state.done_units == 1
+    finally:
+        lock.release()
+        store.close()
+
+
+def test_a_state_holding_a_nul_character_is_stored_as_jsonb(postgresql_backend: str) -> None:
+    store = open_store(postgresql_backend)
+    lock = store.lock("s", Owner.current())
+    try:
+        state = CheckpointState(stage="s", error_message="bad byte \x00 here, a \\u0000 kept")
+        store.write_state("s", state.model_dump_json().encode())
+        read, problems = store.read_state("s")
+        assert read is not None
+        assert read.error_message == "bad byte \ufffd here, a \\u0000 kept"
+        assert problems == []
+    finally:
+        lock.release()
+        store.close()
+
+
+def test_a_completed_stage_reads_back_through_the_manager_and_the_cli(
+    postgresql_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from scrapy_checkpoint.cli import run
+
+    with EnhancedCheckpoint(postgresql_backend, "s", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+    state, problems = open_store(postgresql_backend).read_state("s")
+    assert state is not None
+    assert state.status is Status.COMPLETED
+    assert problems == []
+    assert run(["--backend", postgresql_backend, "show", "s"]) == 0
+    assert "2/2 (100.0%)" in capsys.readouterr().out
+    assert run(["--backend", postgresql_backend, "reset", "s"]) == 0
+    assert open_store(postgresql_backend).stages() == []
