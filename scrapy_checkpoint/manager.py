@@ -294,6 +294,10 @@ class UnifiedCheckpointManager:
                 f"skipped {m.skipped}; success rate "
                 f"{'n/a' if rate is None else f'{rate:.1f}%'}; updated {s.updated_at:%Y-%m-%d %H:%M:%S} UTC",
             ]
+            items = view.items
+            if items["scraped"] or items["dropped"] or items["errors"]:
+                lines.append(f"  items {items['scraped']} scraped, {items['dropped']} dropped, "
+                             f"{items['errors']} errors (all runs)")
             if s.lost:
                 lines.append(f"  lost {sum(s.lost.values())} ({describe_lost(s.lost)})")
             if s.error_message:

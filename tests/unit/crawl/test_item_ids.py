@@ -246,9 +246,9 @@ def test_items_are_counted_per_stage_by_outcome_and_type_over_every_run(
         == expected["types"]
     assert read_stage(FileStore(tmp_path / "checkpoints"), "tree").items == expected
 
-    def show(*args: str) -> str:
+    def show(*args: str, command: tuple[str, ...] = ("show", "tree")) -> str:
         return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir",
-                               str(tmp_path / "checkpoints"), "show", "tree", *args],
+                               str(tmp_path / "checkpoints"), *command, *args],
                               capture_output=True, text=True, check=True,
                               env={**python_env(), "COLUMNS": "200"}).stdout
 
@@ -256,6 +256,8 @@ def test_items_are_counted_per_stage_by_outcome_and_type_over_every_run(
     assert (f"{len(scraped)} scraped, {len(dropped)} dropped, 1 errors (all runs); scraped by "
             f"type: PageItem {expected['types']['PageItem']}, dict {expected['types']['dict']}"
             in show())
+    assert (f"items {len(scraped)} scraped, {len(dropped)} dropped, 1 errors (all runs)"
+            in show(command=("report",)))
 
 
 class ReplacingPipeline:
