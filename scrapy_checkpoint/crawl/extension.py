@@ -348,8 +348,7 @@ class CheckpointExtension:
         if metrics.eta_seconds is not None:
             self.stats.set_value("checkpoint/eta_seconds", round(metrics.eta_seconds, 1))
         if self.bar is None:
-            logger.info("[%s] %s | pending %d", self.stage, metrics.progress_line(),
-                        len(cp.live.pending))
+            _log_line(self, metrics)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
@@ -474,6 +473,14 @@ class CheckpointExtension:
                             self.stage, worker.shared.worker, reason, len(live.pending))
         if worker is not None:
             worker.leave(reason == "finished")
+
+
+def _log_line(ext: CheckpointExtension, metrics: Metrics) -> None:
+    """The progress line: the metrics, the pending requests and the items of every run."""
+    assert ext.cp is not None
+    items = ext.totals.items_now() if ext.totals is not None else 0
+    logger.info("[%s] %s | pending %d | items %d", ext.stage, metrics.progress_line(),
+                len(ext.cp.live.pending), items)
 
 
 def _hook_engine(ext: CheckpointExtension, frontier: Frontier) -> None:

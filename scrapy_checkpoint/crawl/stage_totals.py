@@ -72,6 +72,10 @@ class StageTotals:
         #: still running): the unit's item counts are not released meanwhile.
         self._unsettled: dict[int, int] = {}
 
+    def items_now(self) -> int:
+        """Items scraped by the stage so far, every run, the units in flight included."""
+        return self.totals.get(ITEMS, 0) + sum(c.get(ITEMS, 0) for c in self._units.values())
+
     def log_earlier_items(self, stage: str) -> None:
         """Say what earlier runs of the stage scraped (nothing for a new stage)."""
         totals = self.totals
