@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -31,10 +32,53 @@ from .stores.base import JournalWriter, Loaded, Store
 
 logger = logging.getLogger("scrapy_checkpoint")
 
+#: Upper bounds (seconds) of the commit-latency histogram's buckets: Prometheus's default
+#: buckets (``prometheus_client.Histogram.DEFAULT_BUCKETS``) from 0.5 ms up.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+
 #: The timer never runs more often than this (seconds): a tick is cheap, not free.
 MIN_TIMER_PERIOD = 0.05
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class CommitLatencies:
+    """Durations of this process's group commits (hooks, encoding, write), in seconds: the
+    last 4,096 for percentiles, and all of them by bucket (:data:`LATENCY_BUCKETS`)."""
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=4096)
+        #: One count per LATENCY_BUCKETS bound, then one above them all.
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        """One more commit that took ``seconds``."""
+        self._recent.append(seconds)
+        self._buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._sum += seconds
+
+    def percentiles_us(self) -> dict[str, int] | None:
+        """p50/p95/p99 of the recent commits, in microseconds; None before the first."""
+        if not self._recent:
+            return None
+        ordered = sorted(self._recent)
+        return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
+                for q in (50, 95, 99)}
+
+    def histogram(self) -> dict[str, Any] | None:
+        """Every commit by duration (see
+        :attr:`~scrapy_checkpoint.state.CheckpointState.commit_latency_histogram`); None
+        before the first."""
+        if not any(self._buckets):
+            return None
+        cumulative, running = [], 0
+        for n in self._buckets:
+            running += n
+            cumulative.append(running)
+        return {"le": list(LATENCY_BUCKETS), "counts": cumulative[:-1], "count": running,
+                "sum_seconds": round(self._sum, 6)}
 
 
 def _stops_on_write_error(method: _F) -> _F:
@@ -103,7 +147,7 @@ class GroupCommitter:
         self._commit_hooks: list[Callable[[], dict[str, Any] | None]] = []
         self._sync_hooks: list[Callable[[], list[int]]] = []
         self._gate: Callable[[], bool] | None = None
-        self._latencies: deque[float] = deque(maxlen=4096)
+        self._latencies = CommitLatencies()
         self._last_sync = self.last_commit
         self._last_state = self.last_commit
         self._dirty = False  # groups appended since the last sync
@@ -248,14 +292,13 @@ class GroupCommitter:
         """Bytes in the current journal segment (None when not open)."""
         return self._writer.size if self._writer is not None else None
 
+    def commit_latency_histogram(self) -> dict[str, Any] | None:
+        """See :meth:`CommitLatencies.histogram`."""
+        return self._latencies.histogram()
+
     def commit_latency_us(self) -> dict[str, int] | None:
-        """p50/p95/p99 of recent group commits (hooks + encode + write), in microseconds;
-        None before the first commit."""
-        if not self._latencies:
-            return None
-        ordered = sorted(self._latencies)
-        return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1e6)
-                for q in (50, 95, 99)}
+        """See :meth:`CommitLatencies.percentiles_us`."""
+        return self._latencies.percentiles_us()
 
     # -- the cadence ---------------------------------------------------------------------------
 
@@ -301,7 +344,7 @@ class GroupCommitter:
         writer.append(payload)
         self.failure = None
         self.last_commit = now
-        self._latencies.append(monotonic() - began)
+        self._latencies.add(monotonic() - began)
         self._dirty = True
         self._since_snapshot = True
         if now - self._rate.last_sample >= self._rate.EVERY:
@@ -398,7 +441,9 @@ class GroupCommitter:
         if self._io is None or self.stage is None:
             return
         self._last_state = monotonic()
-        data = self._progress.state(self.live, self.commit_latency_us()).model_dump_json(indent=2)
+        state = self._progress.state(self.live, self.commit_latency_us())
+        state.commit_latency_histogram = self.commit_latency_histogram()
+        data = state.model_dump_json(indent=2)
         self._io.submit(self.store.write_state, self.stage, data.encode())
 
     @_stops_on_write_error

@@ -145,3 +145,7 @@ class CheckpointState(BaseModel):
     throughput: float | None = None
     #: Percentiles (p50, p95, p99) of recent journal commit durations, in microseconds.
     commit_latency_us: dict[str, int] | None = None
+    #: Every journal commit of the writing process so far, by duration: ``{"le": [upper
+    #: bounds in seconds], "counts": [commits at most that long, cumulative], "count": n,
+    #: "sum_seconds": s}`` (a Prometheus histogram; it starts again with each process).
+    commit_latency_histogram: dict[str, Any] | None = None

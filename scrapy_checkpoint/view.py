@@ -149,6 +149,7 @@ def read_stage(store: Store, stage: str) -> StageView:
     state = live.to_state(throughput=file_state.throughput if file_state else None)
     if file_state is not None:  # measured by the writer, not journaled
         state.commit_latency_us = file_state.commit_latency_us
+        state.commit_latency_histogram = file_state.commit_latency_histogram
     problems = problems + loaded.problems
     if loaded.dropped_bytes:
         problems.append(f"the next start drops {loaded.dropped_bytes} damaged byte(s) after the "

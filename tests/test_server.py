@@ -298,6 +298,15 @@ def test_metrics_parse_with_the_prometheus_parser(tmp_path: Path, serve: Any) ->
     assert value("stage_seconds_since_last_commit", "finished") >= 0
     assert value("stage_items", "finished", kind="scraped") == 0
     assert families["scrapy_checkpoint_stage_status"].type == "gauge"
+    durations = families["scrapy_checkpoint_stage_commit_duration_seconds"]
+    assert durations.type == "histogram"
+    finished = [s for s in durations.samples if s.labels["stage"] == "finished"]
+    count = next(s.value for s in finished if s.name.endswith("_count"))
+    buckets = [s.value for s in finished if s.name.endswith("_bucket")]
+    assert count >= 1  # every commit of the job's process, by duration
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == count  # the +Inf bucket
+    assert next(s.value for s in finished if s.name.endswith("_sum")) > 0
 
 
 # -- auth ---------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..clock import utcnow
@@ -51,6 +52,10 @@ class StageCollector(Collector):
         latency = gauge("stage_commit_latency_seconds", "Recent journal commit durations "
                                                         "measured by the writer, by quantile",
                         ["quantile"])
+        durations = HistogramMetricFamily(
+            f"{PREFIX}_stage_commit_duration_seconds", "Journal commits of the stage's writing "
+            "process so far by duration (hooks, encoding and write; it starts again with each "
+            "process)", labels=labels)
         now = utcnow()
         for stage, view in self._read():
             lv = [stage, self._store]
@@ -81,8 +86,30 @@ class StageCollector(Collector):
                 quantile = {"p50": "0.5", "p95": "0.95", "p99": "0.99"}.get(q)
                 if quantile is not None:
                     latency.add_metric([*lv, quantile], us / 1e6)
+            histogram = _histogram(s.commit_latency_histogram)
+            if histogram is not None:
+                durations.add_metric(lv, *histogram)
         yield from (readable, status, processed, total, failed, done, pending, items, throughput,
-                    eta, since, alive, latency)
+                    eta, since, alive, latency, durations)
+
+
+def _histogram(recorded: dict[str, Any] | None) -> tuple[list[tuple[str, float]], float] | None:
+    """A state's ``commit_latency_histogram`` as (cumulative buckets, sum) for
+    ``HistogramMetricFamily.add_metric``; None when absent or not of that shape (a state
+    written by another version is read, not trusted)."""
+    if not isinstance(recorded, dict):
+        return None
+    bounds, counts = recorded.get("le"), recorded.get("counts")
+    count, total = recorded.get("count"), recorded.get("sum_seconds")
+    if (not isinstance(bounds, list) or not isinstance(counts, list)
+            or len(bounds) != len(counts) or type(count) is not int
+            or not isinstance(total, (int, float))):
+        return None
+    try:
+        buckets = [(repr(float(le)), float(n)) for le, n in zip(bounds, counts, strict=True)]
+    except (TypeError, ValueError):
+        return None
+    return [*buckets, ("+Inf", float(count))], float(total)
 
 
 __all__ = ["PREFIX", "STATUSES", "StageCollector"]
