@@ -133,18 +133,11 @@ def make_failed_stage(location: str, stage: str, n: int = 10) -> list[int]:
     return failed
 
 
-@pytest.fixture(params=["file", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A checkpoint directory, or a Redis URL with a key prefix of its own."""
-    if request.param == "file":
-        yield str(tmp_path / "checkpoints")
-        return
-    require_redis()
-    from .conftest import drop_redis_prefix, redis_location
-
-    prefix = f"sctest-server-{os.getpid()}-{id(request)}"
-    yield redis_location(prefix)
-    drop_redis_prefix(prefix)
+@pytest.fixture
+def location(persistent_location: str) -> str:
+    """Where the stages live: a directory, a Redis URL or a PostgreSQL URL, each with a
+    prefix of its own (the stores whose stages outlive the jobs' processes)."""
+    return persistent_location
 
 
 # -- the JSON API -------------------------------------------------------------------------

@@ -35,8 +35,9 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 def store_health(store: Store, pings: int = PINGS) -> dict[str, Any]:
     """The store's health: ``{"kind", "location", "reachable", "latency_ms", "error"?}``,
     ``latency_ms`` the time to list the stages. A file store adds ``"directory":
-    {"exists", "readable", "writable", "free_bytes", "total_bytes"}``; a Redis store adds
-    ``"round_trip_ms": {"p50", "p95", "p99"}`` over ``pings`` PINGs. Never raises: a store
+    {"exists", "readable", "writable", "free_bytes", "total_bytes"}``; a Redis or PostgreSQL
+    store adds ``"round_trip_ms": {"p50", "p95", "p99"}`` over ``pings`` round trips (PING,
+    ``SELECT 1``). Never raises: a store
     that fails is ``reachable: False`` with the (redacted) error."""
     from ..stores.file import FileStore
 
@@ -51,7 +52,8 @@ def store_health(store: Store, pings: int = PINGS) -> dict[str, Any]:
     doc.update(reachable=True, latency_ms=round((time.perf_counter() - started) * 1000, 3))
     if isinstance(store, FileStore):
         doc["directory"] = directory_health(store.directory)
-    elif callable(ping := getattr(getattr(store, "client", None), "ping", None)):  # Redis
+    elif callable(ping := getattr(store, "ping", None)  # PostgreSQL: SELECT 1
+                  or getattr(getattr(store, "client", None), "ping", None)):  # Redis: PING
         times = []
         try:
             for _ in range(pings):

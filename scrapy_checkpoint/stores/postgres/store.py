@@ -59,6 +59,11 @@ class PostgresStore(Store):
             self._versions.pop(stage, None)
             self._writers.pop(stage, None)
 
+    def ping(self) -> None:
+        """One round trip to the server (``SELECT 1``): for health checks. Raises what the
+        driver raises when the server does not answer."""
+        self.db.query_one("SELECT 1")
+
     # -- ownership ---------------------------------------------------------------------------
 
     def stages(self) -> list[str]:
