@@ -75,8 +75,16 @@ def test_a_bad_schema_name_is_refused() -> None:
         PostgresStore(f"{POSTGRES_URL}?schema=a b")
 
 
-def test_the_tables_are_created_once_with_their_version(postgresql_backend: str) -> None:
-    open_store(postgresql_backend).close()
+def test_the_tables_are_created_by_the_first_writer_once_with_their_version(
+        postgresql_backend: str) -> None:
+    store = open_store(postgresql_backend)
+    assert store.stages() == []  # reading creates nothing
+    assert _rows(postgresql_backend, "SELECT count(*) FROM information_schema.schemata "
+                 f"WHERE schema_name = '{_schema(postgresql_backend)}'") == [(0,)]
+    store.close()
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    cp.start(total_items=1)  # a writer: it takes the stage's lock, the tables come first
+    cp.close()
     open_store(postgresql_backend).close()  # already there: nothing to do
     assert _rows(postgresql_backend, "SELECT version FROM {s}.schema_version") == [(SCHEMA_VERSION,)]
     tables = {name for (name,) in _rows(

@@ -93,7 +93,41 @@ class PostgresDatabase:
         self._conn: Any = None
         with self._mutex:
             self._connection()
-        self.create_schema()
+        #: True once the tables are known to be there, of this layout (see :attr:`ready`).
+        self._ready = False
+        self._check_layout()
+
+    @property
+    def ready(self) -> bool:
+        """True when the schema's tables exist (looked up again while they do not: another
+        process may create them). Reads of a database without them find no stage; only
+        a writer creates them (:meth:`ensure`)."""
+        if not self._ready:
+            self._check_layout()
+        return self._ready
+
+    def ensure(self) -> None:
+        """Create the tables unless they are there (a writer, before its first write)."""
+        if not self.ready:
+            self.create_schema()
+            self._ready = True
+
+    def _check_layout(self) -> None:
+        version = self._layout_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"The tables in schema {self.schema!r} of {self.location} are of layout version "
+                f"{version}, newer than this version of scrapy-checkpoint reads "
+                f"({SCHEMA_VERSION}): upgrade scrapy-checkpoint.")
+        self._ready = version == SCHEMA_VERSION
+
+    def _layout_version(self) -> int | None:
+        """The layout version of the schema's tables (None: no tables)."""
+        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
+                               [self.schema])
+        if found is None or found[0] is None:
+            return None
+        return (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
 
     def connect(self) -> Any:
         """A new autocommit connection to the server (psycopg ``Connection``). Raises
@@ -160,17 +194,8 @@ class PostgresDatabase:
         processes by a transaction-level advisory lock). Raises ConfigError if the schema
         is of a newer layout than :data:`SCHEMA_VERSION`."""
         sql = driver().sql
-        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
-                               [self.schema])
-        version = None
-        if found is not None and found[0] is not None:
-            version = (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
-        if version is not None and version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"The tables in schema {self.schema!r} of {self.location} are of layout version "
-                f"{version}, newer than this version of scrapy-checkpoint reads "
-                f"({SCHEMA_VERSION}): upgrade scrapy-checkpoint.")
-        if version == SCHEMA_VERSION:
+        self._check_layout()
+        if self._ready:
             return
         logger.info("Creating the checkpoint tables in schema %s of %s (layout version %d).",
                     self.schema, self.location, SCHEMA_VERSION)

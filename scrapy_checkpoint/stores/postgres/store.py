@@ -67,7 +67,10 @@ class PostgresStore(Store):
     # -- ownership ---------------------------------------------------------------------------
 
     def stages(self) -> list[str]:
-        """See :meth:`Store.stages`."""
+        """See :meth:`Store.stages` (none while the tables do not exist: reading creates
+        nothing)."""
+        if not self.db.ready:
+            return []
         return [name for (name,) in self.db.query("SELECT stage FROM {s}.stages ORDER BY stage")
                 if is_stage_name(name)]
 
@@ -78,6 +81,7 @@ class PostgresStore(Store):
         s). Raises CheckpointLockedError naming the holder, CheckpointError if the server
         cannot be reached."""
         check_stage_name(stage)
+        self.db.ensure()  # a writer: the tables are created now if they are not there
         lock = PostgresLock(self, stage, owner)
         lock.take()
         self._locks[stage] = lock
@@ -90,6 +94,8 @@ class PostgresStore(Store):
             self._versions[stage] = lock.version
 
     def recorded_owner(self, stage: str) -> Owner | None:
+        if not self.db.ready:
+            return None
         row = self.db.query_one("SELECT owner::text FROM {s}.owners WHERE stage = %s", [stage])
         try:
             return Owner.model_validate_json(row[0]) if row is not None else None
@@ -99,6 +105,8 @@ class PostgresStore(Store):
     def live_owner(self, stage: str) -> Owner | None:
         """See :meth:`Store.live_owner`: the recorded owner if its session holds the
         advisory lock now (``pg_locks``), and on this host its pid lives."""
+        if not self.db.ready:
+            return None
         row = self.db.query_one(
             "SELECT o.owner::text FROM {s}.owners o, pg_locks l "
             "WHERE o.stage = %s AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
@@ -156,6 +164,8 @@ class PostgresStore(Store):
 
     def read_state(self, stage: str) -> tuple[CheckpointState | None, list[str]]:
         """See :meth:`Store.read_state`."""
+        if not self.db.ready:
+            return None, []
         row = self.db.query_one("SELECT state::text FROM {s}.stages WHERE stage = %s", [stage])
         if row is None or row[0] is None:
             return None, []
@@ -172,6 +182,8 @@ class PostgresStore(Store):
         segments from its generation on, read in one REPEATABLE READ transaction.
         ``generation`` is the last segment, ``good_bytes`` its number of good groups. A
         record that does not decode ends replay there (``problems``, ``dropped_bytes``)."""
+        if not self.db.ready:  # no tables: no stage (and nothing created by reading)
+            return Loaded(None, DoneSet(), 0, 0, requests=self.request_reader(stage))
         with self.db.reading() as conn:
             exists = conn.execute(self.db.sql("SELECT 1 FROM {s}.stages WHERE stage = %s"),
                                   [stage]).fetchone() is not None
@@ -323,12 +335,16 @@ class PostgresStore(Store):
         transaction."""
         tables = ("journal", "requests", "snapshots", "corrupt", "stages")
         self._writers.pop(stage, None)
+        if not self.db.ready:
+            return
         self.db.write([(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage]) for table in tables],
                       self._locks.get(stage))
 
     def segments(self, stage: str) -> list[int]:
         """The generations of the journal segments of ``stage`` with groups or request
         records in the tables, oldest first."""
+        if not self.db.ready:
+            return []
         return [gen for (gen,) in self.db.query(
             "SELECT gen FROM {s}.journal WHERE stage = %s UNION "
             "SELECT gen FROM {s}.requests WHERE stage = %s ORDER BY gen", [stage, stage])]
@@ -336,6 +352,8 @@ class PostgresStore(Store):
     def disk_usage(self, stage: str) -> dict[str, int]:
         """See :meth:`Store.disk_usage`: the bytes the stage's values take in the tables
         (``pg_column_size``: after the server's compression, without row overhead)."""
+        if not self.db.ready:
+            return {"journal_bytes": 0, "snapshot_bytes": 0, "state_bytes": 0}
         row = self.db.query_one(
             "SELECT (SELECT coalesce(sum(pg_column_size(payload)), 0) FROM {s}.journal "
             "        WHERE stage = %s) "
