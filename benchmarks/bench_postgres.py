@@ -4,7 +4,7 @@ What is measured
     Completions per second of a loop that marks one unit done by index per
     update, as in ``bench_updates.py`` and ``bench_redis.py``:
     ``cp.update(processed=1, successful=1, index=i)`` for ``i in range(N)``, with
-    ``log_every=0``. N is ``--n`` (default 20,000) for (a), (a0), (d) and (e); (b),
+    ``log_every=0``. N is ``--n`` (default 100,000) for (a), (a0), (d) and (e); (b),
     (c), (c2) and (c0), which make a transaction (and a WAL flush on the server) per
     update, run N / 10. Configurations, interleaved within each round (in a rotated order):
 
@@ -72,7 +72,7 @@ Schemas
     anything left under ``bench_pg_<pid>_``. The Redis reference row uses a fresh
     key prefix, deleted after each run.
 
-    python benchmarks/bench_postgres.py [--rounds 5] [--n 20000] [--quick]
+    python benchmarks/bench_postgres.py [--rounds 5] [--n 100000] [--quick]
                                         [--postgres URL] [--redis URL] [--dir DIR]
 
     The PostgreSQL URL comes from ``--postgres``, else $POSTGRES_URL, else
@@ -512,9 +512,9 @@ def reachable_redis(url: str) -> str | None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per configuration (5)")
-    parser.add_argument("--n", type=int, default=20_000,
+    parser.add_argument("--n", type=int, default=100_000,
                         help="updates per run of (a), (a0), (d), (e); (b), (c), (c2), (c0) run a "
-                             "tenth (20000)")
+                             "tenth (100000)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2,000 updates, 1 round")
     parser.add_argument("--postgres", default=default_postgres_url(),
