@@ -33,6 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_updates.py
 	$(BIN)/python benchmarks/bench_redis.py
+	$(BIN)/python benchmarks/bench_postgres.py
 	$(BIN)/python benchmarks/bench_resume.py
 	$(BIN)/python benchmarks/bench_crawl.py
 

@@ -221,6 +221,55 @@ def local_redis_stat(client: Any) -> Path | None:
     return None
 
 
+# -- PostgreSQL (bench_postgres.py, and the PostgreSQL column of bench_crawl.py) --------------
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def default_postgres_url() -> str:
+    """$POSTGRES_URL, else the local PostgreSQL."""
+    return os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with ``?schema=`` (the store's schema) added."""
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+
+
+def drop_schema(url: str, schema: str) -> bool:
+    """``DROP SCHEMA ... CASCADE`` of ``schema`` at ``url``; True if it existed."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+        conn.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+            psycopg.sql.Identifier(schema)))
+    return found is not None
+
+
+def local_postgres_cpu_seconds() -> float | None:
+    """user + system CPU time so far of the PostgreSQL server on this machine: every live
+    ``postgres`` process (postmaster, background workers, backends) plus the postmaster's
+    reaped children (backends that exited: ``cutime`` + ``cstime``). Server-wide: other
+    clients count too. None if no ``postgres`` process is visible."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if (stat.parent / "comm").read_text().strip() != "postgres":
+                continue
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = Path(f"/proc/{fields[1]}/comm")
+            postmaster = not (parent.exists() and parent.read_text().strip() == "postgres")
+        except OSError:
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        if postmaster:
+            total += (int(fields[13]) + int(fields[14])) / ticks
+    return total if found else None
+
+
 # -- crawls of a generated Scrapy project (bench_crawl.py, bench_frontier.py) -----------------
 
 ADDON = '{"scrapy_checkpoint.Addon": 100}'
@@ -245,12 +294,17 @@ SETTINGS = {
 class Config:
     name: str
     #: extra scrapy arguments; "{run}" is the crawl's own directory, "{redis}" a Redis URL
-    #: with a key prefix of its own (bench_crawl.py's redis_backend)
+    #: with a key prefix of its own (bench_crawl.py's redis_backend), "{postgres}" a
+    #: PostgreSQL URL with a schema of its own (bench_crawl.py's postgres_backend)
     args: tuple[str, ...]
 
     @property
     def redis(self) -> bool:
         return any("{redis}" in a for a in self.args)
+
+    @property
+    def postgres(self) -> bool:
+        return any("{postgres}" in a for a in self.args)
 
 
 PLAIN = Config("plain Scrapy", ())

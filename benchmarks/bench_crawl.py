@@ -5,7 +5,7 @@ What is measured
        HTML pages, default 5,000: page i links to pages 3i+1..3i+3, to its
        parent and to the home page, so most links are duplicates; each page has
        a title and an <h1>) by a spider that follows every link and yields one
-       item per page into a jsonlines feed (``-o items.jl``), in five
+       item per page into a jsonlines feed (``-o items.jl``), in these
        configurations:
 
          plain Scrapy           no add-on
@@ -19,9 +19,15 @@ What is measured
                                 per crawl, whose keys are checked to exist and then deleted
                                 after the crawl; the Redis server's CPU time during these
                                 crawls is printed below the table when it runs on this machine)
+         checkpoint, postgresql ADDONS as above and -s CHECKPOINT_BACKEND=<PostgreSQL URL>?schema=<fresh>
+                                (the PostgreSQL store at default settings; URL from --postgres,
+                                else $POSTGRES_URL, else postgresql://postgres@127.0.0.1:5432/postgres;
+                                a fresh schema per crawl, checked to exist and then dropped
+                                after the crawl; the CPU time of the postgres processes of
+                                this machine during these crawls is printed below the table)
 
-       If Redis cannot be reached, the Redis configuration is left out (said so at
-       the start). Figures per crawl: pages/s from the crawl's own stats
+       If Redis or PostgreSQL cannot be reached, its configuration is left out (said so
+       at the start). Figures per crawl: pages/s from the crawl's own stats
        (response_received_count / elapsed_time_seconds, written as JSON by the
        project's stats collector when the crawl closes), the wall time around
        the ``scrapy crawl`` subprocess (interpreter start and imports included),
@@ -77,7 +83,7 @@ How
 
     python benchmarks/bench_crawl.py [--rounds 3] [--pages 5000] [--pending 100000]
                                      [--quick] [--dir DIR] [--skip-resume] [--skip-crawl]
-                                     [--redis URL]
+                                     [--redis URL] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -106,8 +112,11 @@ from _common import (
     Config,
     Server,
     child_env,
+    default_postgres_url,
     default_redis_url,
     delete_keys,
+    drop_schema,
+    local_postgres_cpu_seconds,
     local_redis_stat,
     log_time,
     median,
@@ -119,6 +128,7 @@ from _common import (
     table,
     wait_to_be_killed,
     with_prefix,
+    with_schema,
 )
 from _common import SETTINGS as COMMON_SETTINGS
 from _common import write_project as write_package
@@ -136,10 +146,15 @@ CONFIGS = (
     Config("checkpoint, flush", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_DIR={run}/checkpoints",
                                  "-s", "CHECKPOINT_DURABILITY=flush")),
     Config("checkpoint, redis", ("-s", f"ADDONS={ADDON}", "-s", "CHECKPOINT_BACKEND={redis}")),
+    Config("checkpoint, postgresql", ("-s", f"ADDONS={ADDON}",
+                                      "-s", "CHECKPOINT_BACKEND={postgres}")),
 )
 
 #: The Redis that "checkpoint, redis" uses (--redis, else $REDIS_URL, else the local one).
 REDIS_URL = default_redis_url()
+#: The PostgreSQL that "checkpoint, postgresql" uses (--postgres, else $POSTGRES_URL, else the
+#: local one).
+POSTGRES_URL = default_postgres_url()
 
 RESUME_LAYOUTS = ("killed, journal only", "killed, defaults", "closed, snapshot")
 
@@ -357,6 +372,8 @@ class Crawl:
     cpu_s: float
     server_cpu_s: float
     redis_cpu_s: float | None = None  # the Redis server's CPU during the crawl (Redis configs)
+    #: the local postgres processes' CPU during the crawl (PostgreSQL configs)
+    postgres_cpu_s: float | None = None
 
 
 def redis_prefix(run_dir: Path) -> str:
@@ -383,9 +400,25 @@ def redis_cleanup(config: Config, run_dir: Path) -> None:
         client.close()
 
 
+def postgres_backend(run_dir: Path) -> str:
+    """The PostgreSQL URL with a schema of the crawl's own (the same name as its Redis
+    prefix)."""
+    return with_schema(POSTGRES_URL, redis_prefix(run_dir))
+
+
+def postgres_cleanup(config: Config, run_dir: Path, check: bool = True) -> None:
+    """After a PostgreSQL crawl: drop its schema, which must have existed (the stage really
+    was in PostgreSQL) when ``check``."""
+    if not config.postgres:
+        return
+    if not drop_schema(POSTGRES_URL, redis_prefix(run_dir)) and check:
+        raise RuntimeError(f"{config.name}: no schema {redis_prefix(run_dir)} in PostgreSQL; "
+                           f"see {run_dir / 'crawl.log'}")
+
+
 def crawl_command(config: Config, base: str, run_dir: Path) -> list[str]:
     extra = [a.replace("{run}", str(run_dir)).replace("{redis}", redis_backend(run_dir))
-             for a in config.args]
+             .replace("{postgres}", postgres_backend(run_dir)) for a in config.args]
     return [PYTHON, "-m", "scrapy", "crawl", SPIDER, "-a", f"base={base}",
             "-o", str(run_dir / "items.jl"), "-s", f"LOG_FILE={run_dir / 'crawl.log'}",
             "-s", f"BENCH_STATS_FILE={run_dir / 'stats.json'}", *extra]
@@ -418,14 +451,26 @@ def run_crawl(config: Config, server: Server, project: Path, run_dir: Path, n: i
     cmd = crawl_command(config, server.url, run_dir)
     redis_stat = REDIS_STAT if config.redis else None
     redis_before = process_cpu_seconds(redis_stat) if redis_stat else 0.0
+    postgres_before = local_postgres_cpu_seconds() if config.postgres else None
     server_before = server.cpu_seconds()
-    code, wall, cpu = run_waited(cmd, project)
+    try:
+        code, wall, cpu = run_waited(cmd, project)
+    except BaseException:
+        postgres_cleanup(config, run_dir, check=False)
+        raise
     server_cpu = server.cpu_seconds() - server_before
     redis_cpu = process_cpu_seconds(redis_stat) - redis_before if redis_stat else None
-    stats = check_crawl(config, run_dir, code, n)
+    postgres_after = local_postgres_cpu_seconds() if postgres_before is not None else None
+    postgres_cpu = (postgres_after - postgres_before
+                    if postgres_before is not None and postgres_after is not None else None)
+    try:
+        stats = check_crawl(config, run_dir, code, n)
+    except BaseException:
+        postgres_cleanup(config, run_dir, check=False)
+        raise
     elapsed = float(stats["elapsed_time_seconds"])
     return Crawl(stats["response_received_count"] / elapsed, elapsed, wall, cpu, server_cpu,
-                 redis_cpu)
+                 redis_cpu, postgres_cpu)
 
 
 def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: int) -> None:
@@ -450,6 +495,7 @@ def crawl_benchmark(server: Server, project: Path, work: Path, n: int, rounds: i
                   f"crawler CPU {result.cpu_s:6.2f} s  server CPU {result.server_cpu_s:5.2f} s  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
             redis_cleanup(config, run_dir)
+            postgres_cleanup(config, run_dir)
             shutil.rmtree(run_dir)
     print()
     crawl_report(results, n)
@@ -495,6 +541,15 @@ def crawl_report(results: dict[str, list[Crawl]], n: int) -> None:
                   f"page, besides the crawler's CPU s above\n(server-wide: other clients count too); "
                   f"crawler + Redis CPU {both:.2f} s, {both / median([c.cpu_s for c in plain]):.3f} "
                   f"x plain Scrapy's crawler CPU\n")
+        runs = [c for c in results[config.name] if c.postgres_cpu_s is not None]
+        if runs:
+            pg_cpu = [c.postgres_cpu_s or 0.0 for c in runs]
+            both = median([c.cpu_s + (c.postgres_cpu_s or 0.0) for c in runs])
+            print(f"{config.name}: the postgres processes used {median(pg_cpu):.2f} s of CPU per "
+                  f"crawl (median; {spread(pg_cpu, '.2f')}), {median(pg_cpu) / n * 1000:.3f} ms per "
+                  f"page, besides the crawler's CPU s above\n(every postgres process of this "
+                  f"machine: other clients count too); crawler + postgres CPU {both:.2f} s, "
+                  f"{both / median([c.cpu_s for c in plain]):.3f} x plain Scrapy's crawler CPU\n")
     for config in CONFIGS[3:]:
         _, paired = ratios(results[config.name], "pages_per_s")
         mid = median(paired)
@@ -518,7 +573,10 @@ def attribution(config: Config, server: Server, project: Path, run_dir: Path, n:
     out = run_dir / "attribution.json"
     code, wall, _ = run_waited(crawl_command(config, server.url, run_dir), project,
                                BENCH_ATTRIBUTE=str(out))
-    check_crawl(config, run_dir, code, n)
+    try:
+        check_crawl(config, run_dir, code, n)
+    finally:
+        postgres_cleanup(config, run_dir, check=False)
     redis_cleanup(config, run_dir)
     data = json.loads(out.read_text())
     seconds, calls = data["seconds"], data["calls"]
@@ -535,9 +593,9 @@ def attribution(config: Config, server: Server, project: Path, run_dir: Path, n:
           "time inside each entry point, minus the Scrapy code it calls back\ninto: the feed "
           "exporter's own work, and the request fingerprint (cached, so the dupefilter does\n"
           "not compute it again). Not included: the signal dispatch to the plugin's receivers, "
-          "its imports, its I/O\nthread." + ("\nWith Redis, the time the main thread waits "
-          "for Redis's replies is not CPU time, so it is not counted here either." if config.redis
-          else "") + "\n")
+          "its imports, its I/O\nthread." + ("\nWith Redis or PostgreSQL, the time the main "
+          "thread waits for the server's replies is not CPU time, so it is not counted here "
+          "either." if config.redis or config.postgres else "") + "\n")
     shutil.rmtree(run_dir)
 
 
@@ -799,6 +857,28 @@ def use_redis(url: str) -> None:
           f"per crawl, deleted after it\n")
 
 
+def use_postgres(url: str) -> None:
+    """Point the PostgreSQL configuration at ``url``, or leave it out if it cannot be
+    reached."""
+    global CONFIGS, POSTGRES_URL
+    POSTGRES_URL = url
+    try:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            settings = {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                        for name in ("fsync", "synchronous_commit", "wal_sync_method")}
+    except Exception as exc:
+        CONFIGS = tuple(c for c in CONFIGS if not c.postgres)
+        print(f"*** PostgreSQL at {url} cannot be used ({exc}): the PostgreSQL configuration is "
+              "left out ***\n")
+        return
+    print(f"postgresql: {url}, PostgreSQL {version}, "
+          + ", ".join(f"{k} {v}" for k, v in settings.items())
+          + "; a fresh schema per crawl, dropped after it\n")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (3)")
@@ -814,6 +894,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis", default=REDIS_URL,
                         help="Redis URL of the 'checkpoint, redis' configuration "
                              "(default: $REDIS_URL, else redis://127.0.0.1:6379/0)")
+    parser.add_argument("--postgres", default=POSTGRES_URL,
+                        help="PostgreSQL URL of the 'checkpoint, postgresql' configuration "
+                             "(default: $POSTGRES_URL, else "
+                             "postgresql://postgres@127.0.0.1:5432/postgres)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -831,6 +915,7 @@ def main() -> None:
     print_header("Crawl overhead and resume of the Scrapy integration", args.dir)
     if not args.skip_crawl:
         use_redis(args.redis)
+        use_postgres(args.postgres)
     scrapy_version = subprocess.run([PYTHON, "-m", "scrapy", "version"], capture_output=True,
                                     text=True, check=True, env=child_env()).stdout.strip()
     print(f"{scrapy_version}; web server: twisted.web.static.File in its own process; "
