@@ -313,16 +313,19 @@ def test_actions_need_the_token_even_on_loopback(tmp_path: Path, serve: Any) -> 
     assert status == 403
     assert b"token" in body
     assert get_json(without.url + "api/v1/stages/fetch")["progress"]["failed_items"] == 4
+    # Reads are open on loopback without a token, to requests addressed to loopback only:
+    # another name resolved to 127.0.0.1 (DNS rebinding) is refused.
+    assert call("GET", without.url + "api/v1/stages", host="rebound.example:8000")[0] == 401
     without.stop()
 
     server = serve(location, token=TOKEN)
     requeue = server.url + "api/v1/stages/fetch/requeue"
     assert call("POST", requeue)[0] == 401
     assert call("POST", requeue, WRONG)[0] == 401
-    assert get_json(server.url + "api/v1/stages")["stages"]  # reads stay open on loopback
-    # ... to requests addressed to loopback: another name resolved to 127.0.0.1 (DNS
-    # rebinding, a page of that site read by the browser) needs the token.
-    assert call("GET", server.url + "api/v1/stages", host="rebound.example:8000")[0] == 401
+    # With a token every read needs it, on loopback too (a reverse proxy in front sends
+    # Host: 127.0.0.1 by default).
+    assert call("GET", server.url + "api/v1/stages")[0] == 401
+    assert call("GET", server.url + "api/v1/stages", TOKEN)[0] == 200
     assert call("GET", server.url + "api/v1/stages", TOKEN, host="rebound.example:8000")[0] == 200
     status, _, body = call("POST", requeue, TOKEN)
     assert (status, json.loads(body)) == (200, {"stage": "fetch", "requeued": 4})
@@ -383,7 +386,8 @@ def test_failed_attempts_are_limited_per_client(tmp_path: Path, serve: Any) -> N
     status, _, body = call("POST", requeue, TOKEN)  # blocked, even with the right token
     assert status == 429
     bodies.append(body)
-    assert get_json(server.url + "api/v1/stages/fetch")["progress"]["failed_items"] == 4
+    shown = json.loads(cli(location, "show", "fetch", "--json").stdout)
+    assert shown["progress"]["failed_items"] == 4  # nothing was requeued
     log = server.stop()
     assert "Failed authentication from 127.0.0.1" in log
     for secret in (TOKEN, WRONG):
@@ -401,7 +405,7 @@ def test_requeue_makes_the_failed_units_run_again(tmp_path: Path, serve: Any) ->
     server = serve(location, token=TOKEN)
     status, _, body = call("POST", server.url + "api/v1/stages/fetch/requeue", TOKEN)
     assert (status, json.loads(body)["requeued"]) == (200, len(failed))
-    doc = get_json(server.url + "api/v1/stages/fetch")
+    doc = get_json(server.url + "api/v1/stages/fetch", TOKEN)
     assert (doc["progress"]["processed_items"], doc["progress"]["failed_items"]) == (6, 0)
     assert doc["status"] == "completed"
     status, _, body = call("POST", server.url + "api/v1/stages/fetch/requeue", TOKEN)
@@ -424,7 +428,7 @@ def test_requeue_makes_the_failed_units_run_again(tmp_path: Path, serve: Any) ->
     cp.complete()
     cp.close()
     assert redone == failed
-    doc = get_json(server.url + "api/v1/stages/fetch")
+    doc = get_json(server.url + "api/v1/stages/fetch", TOKEN)
     assert (doc["progress"]["processed_items"], doc["progress"]["successful_items"]) == (10, 10)
 
 
@@ -443,7 +447,7 @@ def test_a_stage_with_a_live_owner_is_neither_reset_nor_requeued(tmp_path: Path,
     holder.close()
     status, _, body = call("POST", server.url + "api/v1/stages/held/reset", TOKEN)
     assert (status, json.loads(body)) == (200, {"stage": "held", "reset": True})
-    assert call("GET", server.url + "api/v1/stages/held")[0] == 404
+    assert call("GET", server.url + "api/v1/stages/held", TOKEN)[0] == 404
 
 
 # -- the page -----------------------------------------------------------------------------

@@ -30,7 +30,9 @@ Limits:
   worker (adopted from a dead one, or popped from the shared queue) would not know the
   ordinals its first worker kept.
 - A unit that holds ``checkpoint_ignore`` requests (whose items are the unit's output
-  too, and which run again when it is redone) keeps all its items until it is done.
+  too, and which run again when it is redone), whose errback yields items, or whose
+  callback runs a second time in one run (its request yielded again) keeps all its items
+  until it is done.
 - A callback must yield the same items in the same order when it is redone (a
   deterministic callback, as for every replay).
 
@@ -85,6 +87,11 @@ def from_ranges(value: Any) -> set[int]:
             ordinals.update(range(pair[0], pair[1] + 1))
     return ordinals
 
+
+#: Before the id prefix of an errback's items (``err<unit hex>:<n>``): an errback and a
+#: callback of one unit number their items apart (which of the two runs depends on the
+#: network, not on the spider). Never a prefix of a unit's hex code nor of ``r<code>``.
+ERRBACK_PREFIX = "err"
 
 #: Feed formats whose exporters write each item as one record of its own (Scrapy's).
 _RECORD_FORMATS = frozenset({"jsonlines", "jl", "json", "csv", "xml", "marshal", "pickle"})
@@ -150,9 +157,12 @@ class Deliveries:
         #: Ordinals delivered in this run by units not done (or done since the last commit).
         self._delivered: dict[int, set[int]] = {}
         self._changed = bool(recorded)  # also: a record of units no longer pending is dropped
-        #: Units whose output also holds items of checkpoint_ignore requests they yielded:
-        #: those requests run again with the unit, so its items are released only when done.
+        #: Units whose output also holds items of checkpoint_ignore requests they yielded
+        #: (those requests run again with the unit), of an errback, or of a second run of
+        #: their callback: their items are kept whole until done, none dropped.
         self._mixed: set[int] = set()
+        #: Outputs started per unit in this run (pruned at each commit to the units in flight).
+        self._passes: dict[int, int] = {}
 
     def yielded(self, item: Any, request: Request, ordinal: int) -> bool:
         """The callback of ``request`` yielded ``item``, its ``ordinal``-th item: False when
@@ -167,6 +177,12 @@ class Deliveries:
             if holder is not None:  # its items are held with the unit's own: see _mixed
                 self._mixed.add(holder)
             return True
+        if ordinal == 0:  # an output starts: a second one of the unit in this run is numbered
+            passes = self._passes[code] = self._passes.get(code, 0) + 1  # from 0 again
+            if passes > 1:
+                self._mixed.add(code)
+        if code in self._mixed:
+            return True  # kept whole until done: nothing dropped, nothing released early
         before = self._before.get(code)
         if before is not None and ordinal in before:
             self.stats.inc_value("checkpoint/items_already_delivered")
@@ -176,6 +192,15 @@ class Deliveries:
             in_progress.clear()
         in_progress[id(item)] = (code, ordinal)
         return True
+
+    def errback_output(self, request: Request) -> None:
+        """An errback of ``request`` yields items: its unit keeps them until it is done."""
+        meta = request.meta
+        code = meta.get(UNIT_META)
+        if code is None:
+            code = meta.get(HOLDER_META)
+        if code is not None:
+            self._mixed.add(code)
 
     def finished(self, item: Any) -> None:
         """The pipelines are done with ``item`` (scraped, dropped or failed), and the
@@ -224,6 +249,8 @@ class Deliveries:
             del self._before[code]
         if len(mixed) > 1000:
             self._mixed = {c for c in mixed if c in in_flight}
+        if self._passes:
+            self._passes = {c: n for c, n in self._passes.items() if c in in_flight}
         if not (self._changed or gone):
             return
         self._changed = False
@@ -241,11 +268,14 @@ class ItemTracking:
         self.totals = totals
         self.ids = ids
 
-    def prefix(self, request: Request) -> str:
-        return self.ids.prefix(request) if self.ids is not None else ""
+    def prefix(self, request: Request, errback: bool) -> str:
+        prefix = self.ids.prefix(request) if self.ids is not None else ""
+        return ERRBACK_PREFIX + prefix if errback else prefix
 
     def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
-        if not self.deliveries.yielded(item, request, n):
+        if prefix.startswith(ERRBACK_PREFIX):  # numbered apart: its items are never dropped
+            self.deliveries.errback_output(request)
+        elif not self.deliveries.yielded(item, request, n):
             return False
         if self.ids is not None:
             self.ids.yielded(item, prefix, n)
@@ -262,4 +292,5 @@ class ItemTracking:
             self.ids.finished(item)
 
 
-__all__ = ["DELIVERED_ATTACHED", "Deliveries", "ItemTracking", "from_ranges", "to_ranges"]
+__all__ = ["DELIVERED_ATTACHED", "ERRBACK_PREFIX", "Deliveries", "ItemTracking", "from_ranges",
+           "to_ranges"]

@@ -26,8 +26,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
+from weakref import WeakSet
 
 from scrapy import Request
+from twisted.python.failure import Failure
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -104,8 +106,9 @@ def hook_refusals(engine: Any, on_refused: RequestHook) -> None:
 class ItemHooks(Protocol):
     """What the engine hooks tell about items (:class:`.deliveries.ItemTracking` is one)."""
 
-    def prefix(self, request: Request) -> str:
-        """Called once per callback or errback output, at its first item."""
+    def prefix(self, request: Request, errback: bool) -> str:
+        """Called once per callback or errback output, at its first item (``errback``: the
+        output is an errback's)."""
 
     def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
         """``item`` is the ``n``-th item (0, 1...) of that output; False: drop it (it never
@@ -125,7 +128,9 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
     ``request`` yields, in the order it yields them, after the spider middlewares and before
     the engine schedules it; and ``items.yielded(item, request, prefix, n)`` for its ``n``-th
     item (anything else but None: the scraper sends it to the pipelines unless that returns
-    False), ``prefix`` being ``items.prefix(request)``. ``on_request`` or ``items.prefix``
+    False), ``prefix`` being ``items.prefix(request, errback)``, ``errback`` True for an
+    errback's output (the scraper's ``call_spider_async`` called with a Failure, also through
+    the spider middlewares: HttpError). ``on_request`` or ``items.prefix``
     raising is logged, never breaks the crawl (``items.yielded`` must not raise: it is called
     bare, per item). Raises RuntimeError on a Scrapy without
     ``ExecutionEngine.scraper.handle_spider_output_async``."""
@@ -145,15 +150,25 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
             logger.exception("scrapy-checkpoint failed to record where %s comes from", child)
 
     yielded = items.yielded
+    # The requests whose errback is being called (the output that follows is the errback's).
+    errbacks: WeakSet[Request] = WeakSet()
+    call = getattr(scraper, "call_spider_async", None)
+    if callable(call):
+        async def call_spider_async(result: Any, request: Request) -> Any:
+            if isinstance(result, Failure):
+                errbacks.add(request)
+            return await call(result, request)
 
-    def prefix_of(request: Request) -> str:
+        scraper.call_spider_async = call_spider_async
+
+    def prefix_of(request: Request, errback: bool) -> str:
         try:
-            return items.prefix(request)
+            return items.prefix(request, errback)
         except Exception:
             logger.exception("scrapy-checkpoint failed to number the items of %s", request)
             return "?"
 
-    def each(result: Iterable[Any], request: Request) -> Iterable[Any]:
+    def each(result: Iterable[Any], request: Request, errback: bool) -> Iterable[Any]:
         prefix: str | None = None
         n = 0
         for out in result:
@@ -161,13 +176,14 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
                 seen(out, request)
             elif out is not None:
                 if prefix is None:
-                    prefix = prefix_of(request)
+                    prefix = prefix_of(request, errback)
                 n += 1
                 if not yielded(out, request, prefix, n - 1):
                     continue
             yield out
 
-    async def each_async(result: AsyncIterator[Any], request: Request) -> AsyncIterator[Any]:
+    async def each_async(result: AsyncIterator[Any], request: Request,
+                         errback: bool) -> AsyncIterator[Any]:
         prefix: str | None = None
         n = 0
         async for out in result:
@@ -175,17 +191,19 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
                 seen(out, request)
             elif out is not None:
                 if prefix is None:
-                    prefix = prefix_of(request)
+                    prefix = prefix_of(request, errback)
                 n += 1
                 if not yielded(out, request, prefix, n - 1):
                     continue
             yield out
 
     async def handle_spider_output_async(result: Any, request: Request, response: Any) -> None:
+        errback = isinstance(response, Failure) or request in errbacks
+        errbacks.discard(request)
         if isinstance(result, AsyncIterator):
-            await handle(each_async(result, request), request, response)
+            await handle(each_async(result, request, errback), request, response)
         else:
-            await handle(each(result, request), request, response)
+            await handle(each(result, request, errback), request, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async
 

@@ -66,7 +66,9 @@ class StatusServer:
         self.manager = manager
         self.config = config
         self.history = History(config.history_size)
-        self.guard = Guard(config.token, config.loopback,
+        # Reads are open only on loopback without a token: with one, every read needs it (a
+        # reverse proxy in front passes Host: 127.0.0.1 by default, nginx's $proxy_host).
+        self.guard = Guard(config.token, config.loopback and not config.token,
                            FailureLimiter(config.max_auth_failures, config.auth_window))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
         self.registry = CollectorRegistry(auto_describe=False)

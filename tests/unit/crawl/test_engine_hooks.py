@@ -27,9 +27,9 @@ class ItemLog:
         self.events: list[tuple[Any, ...]] = []
         self.drop = drop
 
-    def prefix(self, request: Request) -> str:
+    def prefix(self, request: Request, errback: bool) -> str:
         self.events.append(("prefix", request.url))
-        return "p"
+        return "e" if errback else "p"
 
     def yielded(self, item: Any, request: Request, prefix: str, n: int) -> bool:
         self.events.append(("yielded", item, prefix, n))
@@ -152,7 +152,7 @@ def test_a_failing_output_hook_is_logged_and_the_output_goes_on(
         raise ValueError("boom")
 
     class FailingPrefix(ItemLog):
-        def prefix(self, request: Request) -> str:
+        def prefix(self, request: Request, errback: bool) -> str:
             raise ValueError("boom")
 
     hook_spider_output(SimpleNamespace(scraper=scraper), fail, FailingPrefix())
@@ -266,3 +266,32 @@ def test_the_scraper_methods_the_processing_hook_wraps_exist() -> None:
     assert callable(getattr(Scraper, "_start_itemproc_nowait", None))
     assert "self.start_itemproc_async(" in inspect.getsource(Scraper._process_spidermw_output_async)
     assert "_start_itemproc_nowait(" in inspect.getsource(ExecutionEngine)
+
+
+def test_an_errbacks_output_is_told_apart_from_a_callbacks() -> None:
+    """The errback's items are numbered apart: through the scraper's call_spider_async with a
+    Failure (as the spider middlewares call it for an HttpError, with a Response passed on),
+    or with the Failure itself passed to handle_spider_output_async."""
+    from scrapy.http import Response
+    from twisted.python.failure import Failure
+
+    class Scraper(FakeScraper):
+        async def call_spider_async(self, result: Any, request: Request) -> Any:
+            return [{"from": "errback" if isinstance(result, Failure) else "callback"}]
+
+    scraper, log = Scraper(), ItemLog()
+    hook_spider_output(SimpleNamespace(scraper=scraper), lambda child, request: None, log)
+    request = Request("http://127.0.0.1/p")
+    response = Response(request.url, request=request)
+    failure = Failure(ValueError("no"))
+
+    async def through(result: Any, passed: Any) -> None:
+        output = await scraper.call_spider_async(result, request)
+        await scraper.handle_spider_output_async(output, request, passed)
+
+    asyncio.run(through(response, response))  # a callback
+    asyncio.run(through(failure, response))  # an errback behind the spider middlewares
+    asyncio.run(scraper.handle_spider_output_async([{"x": 1}], request, failure))  # download error
+    asyncio.run(through(response, response))  # a callback again: the mark does not stay
+    prefixes = [event[2] for event in log.events if event[0] == "yielded"]
+    assert prefixes == ["p", "e", "e", "p"]
