@@ -748,14 +748,14 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             if self.active:
                 self._release(request)
             return
-        self._registered.discard(request)
         continued = self.continued.get(code)
-        if continued:
-            if continued == 1:
-                del self.continued[code]
+        if continued:  # a later request finishes the unit: it may be this very object,
+            if continued == 1:  # scheduled again (a callback yielding its response.request),
+                del self.continued[code]  # so it stays registered
             else:
                 self.continued[code] = continued - 1
             return
+        self._registered.discard(request)
         if self.holds.held(code):  # checkpoint_ignore requests it yielded are not finished
             self.holds.waiting[code] = request
             return

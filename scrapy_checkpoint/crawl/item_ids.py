@@ -11,7 +11,9 @@ added to the item and nothing computed from its contents. The id's form:
 - ``0:<n>``: the ``n``-th item ``start()`` yielded (0 is the parent of ``start()``'s
   requests, :data:`.identity.ROOT`);
 - ``r<code of the request's fingerprint, hex>:<n>``: the items of a request that is no
-  unit (``meta["checkpoint_ignore"]``, setup requests), fetched again in every run.
+  unit (``meta["checkpoint_ignore"]``, setup requests), fetched again in every run;
+- ``err`` before any of these: the items of an errback (:data:`.deliveries.ERRBACK_PREFIX`),
+  numbered apart from the callback's of the same request.
 
 Ids are unique within one stage; a table shared by several stages needs the stage too.
 

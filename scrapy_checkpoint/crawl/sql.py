@@ -83,6 +83,11 @@ class SQLPipeline:
                 "SQLPipeline needs the checkpoint: its rows are keyed by item_id(). Enable it "
                 "(ADDONS = {'scrapy_checkpoint.Addon': 100}, or CHECKPOINT_ENABLED = True with "
                 "the extension), or remove SQLPipeline from ITEM_PIPELINES.")
+        if ext.item_ids is None:
+            raise ConfigError(
+                "SQLPipeline keys its rows by item_id(), which CheckpointItemPipeline turns on: "
+                "add 'scrapy_checkpoint.CheckpointItemPipeline': 0 to ITEM_PIPELINES (the add-on "
+                "does it for you), or enable the add-on.")
         config = ext.config
         if not config.sql_url:
             raise ConfigError("SQLPipeline needs CHECKPOINT_SQL_URL, the database to write to: "

@@ -76,6 +76,11 @@ class SQLRows:
             sa.Column("data", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
                       nullable=False),
         )
+        if parsed.get_backend_name() == "postgresql":
+            encode = json_serializer
+
+            def json_serializer(value: Any) -> str:  # JSONB refuses NUL: U+FFFD in its place
+                return encode(value).replace("\\u0000", "\\ufffd")
         try:
             engine = sa.create_engine(parsed, json_serializer=json_serializer,
                                       pool_pre_ping=True)

@@ -407,6 +407,8 @@ class GroupBuilder:
         codes (``xd``) joined, attached data (``at``) and outputs (``fo``) merged by name;
         ``init`` drops what was recorded before it (see :meth:`clear`); any other key
         replaces an earlier value."""
+        if INIT in fields:  # first: nothing recorded before it survives it, merged or not
+            self.clear()
         if COUNTERS in fields:
             delta, counts = fields[COUNTERS], self.counts
             for i in range(4):
@@ -422,8 +424,6 @@ class GroupBuilder:
         for key in (ATTACHED, OUTPUTS):  # by name, by path: each replaces its own entry
             if key in fields and key in self.fields:
                 fields = {**fields, key: {**self.fields[key], **fields[key]}}
-        if INIT in fields:
-            self.clear()
         self.fields.update(fields)
 
     def clear(self) -> None:

@@ -62,14 +62,19 @@ class FailureLimiter:
         return max(1.0, self.window - (self._clock() - failures[0]))
 
     def fail(self, client: str) -> None:
-        """Count a failed attempt of ``client``."""
+        """Count a failed attempt of ``client``. Clients whose failures all left the window
+        are forgotten once many are kept (a scan from many addresses does not grow it)."""
         self._recent(client)
         self._failures.setdefault(client, deque()).append(self._clock())
+        if len(self._failures) > 1024:
+            for other in list(self._failures):
+                self._recent(other)
 
 
 class Guard:
-    """Decides each request: reads are open on a loopback server (to requests addressed
-    to a loopback name, see :data:`LOOPBACK_NAMES`), else they need the token; actions
+    """Decides each request: reads are open on a loopback server without a token (to
+    requests addressed to a loopback name, see :data:`LOOPBACK_NAMES`), else they need the
+    token; actions
     (POST) always need it, and are refused outright without one.
 
     ``token`` None: no token configured. Responses: 401 (missing or wrong token, with

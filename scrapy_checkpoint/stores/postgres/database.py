@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from ...errors import CheckpointError, ConfigError, redact
 
@@ -41,10 +41,31 @@ def driver() -> Any:
     return psycopg
 
 
+#: Passwords of the URLs opened in this process, and their pieces: the driver may echo them
+#: (a password libpq cannot decode, or one with an unescaped '@' taken for a host name).
+_SECRETS: set[str] = set()
+
+
+def _note_secrets(netloc: str) -> None:
+    """Remember the password of a URL's ``user:password@host`` part, as written, decoded,
+    and split where libpq may split it ('@'), pieces of 3 characters or more."""
+    if "@" not in netloc:
+        return
+    userinfo = netloc.rsplit("@", 1)[0]
+    _, colon, password = userinfo.partition(":")
+    if not colon or not password:
+        return
+    pieces = {password, unquote(password), *password.split("@"), *netloc.split("@")[1:-1]}
+    _SECRETS.update(piece for piece in pieces if len(piece) >= 3)
+
+
 def one_line(exc: BaseException) -> str:
     """The server's or driver's message on one line, passwords redacted, without a final
     full stop."""
-    return redact(" ".join(str(exc).split())).rstrip(".")
+    text = redact(" ".join(str(exc).split()))
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text.rstrip(".")
 
 
 def sentence(exc: BaseException) -> str:
@@ -76,7 +97,9 @@ class PostgresDatabase:
             raise ConfigError(f"Invalid PostgreSQL schema name {self.schema!r}: use 1-63 letters, "
                               f"digits, '_' or '-', starting with a letter or '_'.")
         rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
-        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        _note_secrets(parts.netloc)
+        # quote, not quote_plus: libpq decodes %20, not '+'.
+        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
         #: libpq parameters the URL may set otherwise.
         self._defaults = {k: v for k, v in (("connect_timeout", 10),
                                             ("application_name", "scrapy-checkpoint"))
@@ -87,7 +110,7 @@ class PostgresDatabase:
         if self.schema != DEFAULT_SCHEMA:
             shown.append(("schema", self.schema))
         self.location = redact(urlunsplit(parts._replace(
-            netloc=f"{user}@{host}" if user else host, query=urlencode(shown))))
+            netloc=f"{user}@{host}" if user else host, query=urlencode(shown, quote_via=quote))))
         self.schema_sql = psycopg.sql.Identifier(self.schema)
         self._mutex = threading.Lock()
         self._conn: Any = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import CheckpointError, CheckpointLostError, CheckpointWriteError
 from ...journal.groups import REQUEST_OVERHEAD, decode_request, encode_request
 from ...journal.pending import OFFSET_BITS
-from .database import driver, logger
+from .database import driver, logger, sentence
 from .lock import PostgresLock, PostgresUnreachable
 
 if TYPE_CHECKING:
@@ -133,6 +133,12 @@ class PostgresJournalWriter:
                     f"CHECKPOINT_REDIS_BUFFER={self._buffer_limit}); stopping rather than "
                     f"losing records. Bring PostgreSQL back and run again.") from exc
             logger.warning("%s %d group(s) buffered until it is back.", exc, len(self._pending))
+        except driver().Error as exc:  # on a live session: read-only (a standby), rights, disk
+            raise CheckpointWriteError(
+                f"PostgreSQL at {self._store.location} refused the journal of stage "
+                f"{self._stage!r}: {sentence(exc)} This run stops; fix the database (write "
+                f"access, disk space) and run the same command again to resume from the last "
+                f"group it recorded.") from None
 
     def sync(self) -> None:
         """A committed statement is durable by the server's own settings

@@ -163,3 +163,16 @@ def test_a_crawl_with_the_checkpoint_off_refuses_the_sql_pipeline(
     with pytest.raises(ConfigError, match="SQLPipeline needs the checkpoint"):
         yield crawler.crawl(base=site.url)
     assert site.total_hits == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_explicit_form_without_the_item_pipeline_refuses_the_sql_pipeline(
+    make_crawler: MakeCrawler, site: Site, tmp_path: Path
+) -> Iterator[Any]:
+    """Without CheckpointItemPipeline there are no item ids to key the rows by: every item
+    would fail; the crawl does not start."""
+    crawler = make_crawler(PagesSpider, ADDONS={}, CHECKPOINT_ENABLED=True,
+                           CHECKPOINT_SQL_URL=f"sqlite:///{tmp_path / 'items.db'}", **SQL)
+    with pytest.raises(ConfigError, match="which CheckpointItemPipeline turns on"):
+        yield crawler.crawl(base=site.url)
+    assert site.total_hits == 0
