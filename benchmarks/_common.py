@@ -13,10 +13,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -339,3 +339,51 @@ def run_waited(cmd: list[str], cwd: Path, **env: str) -> tuple[int, float, float
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, wall, usage.ru_utime + usage.ru_stime
+
+
+# -- interleaved rounds of update loops (bench_redis.py, bench_postgres.py) -------------------
+
+
+class LoopSample(Protocol):
+    """What :func:`measure_rounds` reads of one measured run."""
+
+    updates: int
+    seconds: float
+    cpu_seconds: float
+    error: str | None
+
+    @property
+    def rate(self) -> float: ...
+
+
+S = TypeVar("S", bound=LoopSample)
+
+
+def describe_sample(s: LoopSample) -> str:
+    """One run on one line: updates/s, updates, seconds, CPU, the load, a failure."""
+    line = (f"{s.rate:9,.0f} upd/s  {s.updates:>9,} upd  {s.seconds:6.2f} s  "
+            f"CPU {s.cpu_seconds:6.2f} s  load {os.getloadavg()[0]:.2f}")
+    return line + (f"  FAILED: {s.error}" if s.error else "")
+
+
+def measure_rounds(runs: Mapping[str, Callable[[], S]], rounds: int,
+                   width: int = 36) -> dict[str, list[S]]:
+    """Run every configuration once per round, interleaved (order rotated each round),
+    printing each run."""
+    names = list(runs)
+    samples: dict[str, list[S]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            sample = runs[name]()
+            samples[name].append(sample)
+            print(f"round {r + 1}: {name:<{width}} {describe_sample(sample)}", flush=True)
+    print()
+    return samples
+
+
+def paired_rates(samples: Mapping[str, Sequence[LoopSample]], num: str, den: str) -> list[float]:
+    """Per round, the rate of ``num`` over that of ``den`` (rounds where either failed left
+    out)."""
+    return [a.rate / b.rate for a, b in zip(samples[num], samples[den], strict=True)
+            if not (a.error or b.error)]

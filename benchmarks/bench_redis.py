@@ -91,7 +91,9 @@ from _common import (
     default_redis_url,
     delete_keys,
     local_redis_stat,
+    measure_rounds,
     median,
+    paired_rates,
     print_header,
     process_cpu_seconds,
     spread,
@@ -351,29 +353,9 @@ def count_round_trips(runs: dict[str, Callable[[], Sample]]) -> dict[str, Trips]
 # -- measuring and reporting --------------------------------------------------------------------
 
 
-def describe(s: Sample) -> str:
-    line = (f"{s.rate:9,.0f} upd/s  {s.updates:>9,} upd  {s.seconds:6.2f} s  "
-            f"CPU {s.cpu_seconds:6.2f} s  load {os.getloadavg()[0]:.2f}")
-    return line + (f"  FAILED: {s.error}" if s.error else "")
-
-
 def measure(runs: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
-    """Run every configuration once per round, interleaved (order rotated each round)."""
-    names = list(runs)
-    samples: dict[str, list[Sample]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            sample = runs[name]()
-            samples[name].append(sample)
-            print(f"round {r + 1}: {name:<36} {describe(sample)}", flush=True)
-    print()
-    return samples
-
-
-def paired(samples: dict[str, list[Sample]], num: str, den: str) -> list[float]:
-    return [a.rate / b.rate for a, b in zip(samples[num], samples[den], strict=True)
-            if not (a.error or b.error)]
+    """Every configuration once per round, interleaved (:func:`_common.measure_rounds`)."""
+    return measure_rounds(runs, rounds, width=36)
 
 
 def report(all_samples: dict[str, list[Sample]], trips: dict[str, Trips]) -> None:
@@ -413,7 +395,7 @@ def report(all_samples: dict[str, list[Sample]], trips: dict[str, Trips]) -> Non
                            (A, C2, "group commit vs naive, pipelined"),
                            (B, C2, "one EVALSHA per update vs one pipeline per update"),
                            (A, D, "Redis store vs file store, both default")):
-        p = paired(samples, num, den)
+        p = paired_rates(samples, num, den)
         if p:
             print(f"{num.split()[0]} / {den.split()[0]} ({what}): {rates[num] / rates[den]:.2f} "
                   f"(ratio of the medians); paired per round {median(p):.2f} "
