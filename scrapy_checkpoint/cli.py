@@ -8,13 +8,14 @@ damaged checkpoint. Exit codes: 0 success, 1 not found or nothing to do,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,9 +189,12 @@ def _views(ctx: Context) -> list[tuple[str, StageView | Exception]]:
     return read_views(ctx.manager)
 
 
-def _read(ctx: Context, stage: str) -> StageView:
+@contextlib.contextmanager
+def _stage_exits(ctx: Context, stage: str) -> Iterator[None]:
+    """Say why ``stage`` cannot be used and exit: a bad name (usage), no such stage (not
+    found), a damaged stage."""
     try:
-        return ctx.manager.read(stage)
+        yield
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)
@@ -200,6 +204,12 @@ def _read(ctx: Context, stage: str) -> StageView:
     except CorruptCheckpointError as exc:
         click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
         sys.exit(EXIT_DAMAGED)
+
+
+def _read(ctx: Context, stage: str) -> StageView:
+    with _stage_exits(ctx, stage):
+        return ctx.manager.read(stage)
+    raise AssertionError("unreachable")  # (for type checkers: _stage_exits exits)
 
 
 def _progress(view: StageView) -> str:
@@ -630,20 +640,12 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
 @pass_ctx
 def requeue(ctx: Context, stage: str, failed: bool) -> None:
     """Make a stage's failed units pending again: its next run does them again."""
-    try:
-        n = ctx.manager.requeue_failed(stage)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_USAGE)
-    except FileNotFoundError:
-        click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
-        sys.exit(EXIT_NOT_FOUND)
-    except CheckpointLockedError as exc:
-        click.echo(f"{exc} Not requeued: stop that process first.", err=True)
-        sys.exit(EXIT_NOT_FOUND)
-    except CorruptCheckpointError as exc:
-        click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
-        sys.exit(EXIT_DAMAGED)
+    with _stage_exits(ctx, stage):
+        try:
+            n = ctx.manager.requeue_failed(stage)
+        except CheckpointLockedError as exc:
+            click.echo(f"{exc} Not requeued: stop that process first.", err=True)
+            sys.exit(EXIT_NOT_FOUND)
     if not n:
         click.echo(f"Stage {stage} has no failed units to requeue.")
         sys.exit(EXIT_NOT_FOUND)
