@@ -37,12 +37,14 @@ Limits:
   deterministic callback, as for every replay).
 
 Memory: one entry per item between the callback yielding it and the pipelines being
-done with it, and one small entry per unit in flight.
+done with it, and per unit in flight its delivered ordinals as ranges (:class:`Ordinals`:
+one range for items delivered in order, however many).
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from bisect import bisect_right
+from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
@@ -75,16 +77,56 @@ def to_ranges(ordinals: set[int]) -> list[list[int]]:
     return ranges
 
 
-def from_ranges(value: Any) -> set[int]:
+class Ordinals:
+    """A set of ordinals kept as sorted, disjoint ranges (``[[first, last], ...]``, both ends
+    included): a unit that delivered a million items in order holds one range, and adding
+    the few delivered since the last commit merges them in, without sorting the rest."""
+
+    __slots__ = ("_firsts", "_lasts")
+
+    def __init__(self) -> None:
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+
+    def __contains__(self, n: object) -> bool:
+        if type(n) is not int:
+            return False
+        i = bisect_right(self._firsts, n) - 1
+        return i >= 0 and n <= self._lasts[i]
+
+    def __iter__(self) -> Iterator[int]:
+        for first, last in zip(self._firsts, self._lasts, strict=True):
+            yield from range(first, last + 1)
+
+    def update(self, ordinals: Iterable[int]) -> None:
+        """Add ``ordinals`` (any order)."""
+        self._merge(to_ranges(set(ordinals)))
+
+    def _merge(self, ranges: list[list[int]]) -> None:
+        merged: list[list[int]] = []
+        for first, last in sorted([*zip(self._firsts, self._lasts, strict=True),
+                                   *((a, b) for a, b in ranges)]):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        self._firsts = [a for a, _ in merged]
+        self._lasts = [b for _, b in merged]
+
+    def ranges(self) -> list[list[int]]:
+        """The ranges, for the journal."""
+        return [[a, b] for a, b in zip(self._firsts, self._lasts, strict=True)]
+
+
+def from_ranges(value: Any) -> Ordinals:
     """The ordinals of :func:`to_ranges`'s output; malformed parts are ignored (the items
     concerned are then handed again, as before this record existed)."""
-    ordinals: set[int] = set()
+    ordinals = Ordinals()
     if not isinstance(value, list):
         return ordinals
-    for pair in value:
-        if (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)
-                and 0 <= pair[0] <= pair[1] and pair[1] - pair[0] < 10_000_000):
-            ordinals.update(range(pair[0], pair[1] + 1))
+    ordinals._merge([pair for pair in value
+                     if isinstance(pair, list) and len(pair) == 2
+                     and all(type(n) is int for n in pair) and 0 <= pair[0] <= pair[1]])
     return ordinals
 
 
@@ -139,7 +181,7 @@ class Deliveries:
         self.totals = totals
         self.stats = stats
         #: Ordinals delivered before this run: unit -> ordinals (units redone in this run).
-        self._before: dict[int, set[int]] = {}
+        self._before: dict[int, Ordinals] = {}
         recorded = cp.live.attached.get(DELIVERED_ATTACHED)
         #: What the journal holds (what a commit before the next change would keep).
         self._journaled: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
@@ -241,7 +283,10 @@ class Deliveries:
             # Every byte the outputs hold for the unit is of an item finished: all delivered.
             outputs.release(code)
             totals.release_items(code)
-            self._before.setdefault(code, set()).update(ordinals)
+            kept_before = self._before.get(code)
+            if kept_before is None:
+                kept_before = self._before[code] = Ordinals()
+            kept_before.update(ordinals)
             self._changed = True
         self._delivered = kept
         gone = [code for code in self._before if code in done or code not in pending]
@@ -255,7 +300,7 @@ class Deliveries:
             return
         self._changed = False
         self._journaled = attached[DELIVERED_ATTACHED] = {
-            f"{code:x}": to_ranges(ordinals) for code, ordinals in self._before.items()}
+            f"{code:x}": ordinals.ranges() for code, ordinals in self._before.items()}
 
 
 class ItemTracking:
@@ -292,5 +337,5 @@ class ItemTracking:
             self.ids.finished(item)
 
 
-__all__ = ["DELIVERED_ATTACHED", "ERRBACK_PREFIX", "Deliveries", "ItemTracking", "from_ranges",
-           "to_ranges"]
+__all__ = ["DELIVERED_ATTACHED", "ERRBACK_PREFIX", "Deliveries", "ItemTracking", "Ordinals",
+           "from_ranges", "to_ranges"]
