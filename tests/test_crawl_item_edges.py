@@ -17,15 +17,14 @@ from .conftest import PYTHON
 from .crawl import run
 from .site import Site
 
-AGAIN = '''
+#: A pipeline making a round trip to the test site per item, so that commits happen while
+#: a callback's items are in the pipelines (the spiders below start with it).
+ROUND_TRIP = '''
 import scrapy
 from scrapy.utils.defer import maybe_deferred_to_future
 
 
 class RoundTripPipeline:
-    """A round trip to the site per item, so commits happen while the callback's items
-    are in the pipelines."""
-
     def __init__(self, crawler):
         self.crawler = crawler
 
@@ -34,10 +33,12 @@ class RoundTripPipeline:
         return cls(crawler)
 
     async def process_item(self, item):
-        request = scrapy.Request(f"{self.crawler.spider.base}/item/{item['round']}/{item['n']}")
+        request = scrapy.Request(f"{self.crawler.spider.base}/item/{item['n']}")
         await maybe_deferred_to_future(self.crawler.engine.download(request))
         return item
+'''
 
+AGAIN = ROUND_TRIP + '''
 
 class Again(scrapy.Spider):
     name = "again"
@@ -157,33 +158,16 @@ def test_an_item_with_a_nul_character_does_not_stop_sqlpipeline_on_postgresql() 
 
     from scrapy_checkpoint.crawl.sql_table import SQLRows
 
-    rows = SQLRows.connect(PG, "review_nul_items", ScrapyJSONEncoder().encode)
+    rows = SQLRows.connect(PG, "nul_items", ScrapyJSONEncoder().encode)
     try:
         rows.write([{"stage": "s", "item_id": "a:0", "data": {"title": "x\x00y"}}])
     finally:
         with rows.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS review_nul_items"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS nul_items"))
         rows.close()
 
 
-ERRBACK_THEN_CALLBACK = '''
-import scrapy
-from scrapy.utils.defer import maybe_deferred_to_future
-
-
-class RoundTripPipeline:
-    def __init__(self, crawler):
-        self.crawler = crawler
-
-    @classmethod
-    def from_crawler(cls, crawler):
-        return cls(crawler)
-
-    async def process_item(self, item):
-        request = scrapy.Request(f"{self.crawler.spider.base}/item/{item['kind']}/{item['n']}")
-        await maybe_deferred_to_future(self.crawler.engine.download(request))
-        return item
-
+ERRBACK_THEN_CALLBACK = ROUND_TRIP + '''
 
 class Flaky(scrapy.Spider):
     name = "flaky"
