@@ -14,7 +14,7 @@ from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
 from .metrics import format_duration, format_percent
-from .shared import OVER, SharedStage, Worker, shared_stage_of, sub_stage_name
+from .shared import OVER, Worker, open_shared, shared_stage_of, sub_stage_name, supports_shared
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
 from .stores.base import Store, check_stage_name
@@ -66,17 +66,15 @@ class UnifiedCheckpointManager:
         return self.store.stages()
 
     def shared_stages(self) -> dict[str, list[Worker]]:
-        """Stages shared by several workers (``CHECKPOINT_SHARED``, Redis only): their
-        workers, oldest first, with ``alive`` and the last heartbeat."""
-        from .stores.redis import RedisStore
-
-        if not isinstance(self.store, RedisStore):
+        """Stages shared by several workers (``CHECKPOINT_SHARED``, Redis and PostgreSQL
+        stores): their workers, oldest first, with ``alive`` and the last heartbeat."""
+        if not supports_shared(self.store):
             return {}
         parents = sorted({parent for name in self.stages()
                           if (parent := (shared_stage_of(name) or ("", ""))[0])})
         out = {}
         for parent in parents:
-            workers = SharedStage(self.store, parent, worker="-").workers()
+            workers = open_shared(self.store, parent, worker="-").workers()
             if workers:
                 out[parent] = workers
         return out
@@ -182,11 +180,9 @@ class UnifiedCheckpointManager:
     def reset_shared(self, stage: str) -> list[str]:
         """Delete a shared stage: its claims, its workers and their sub-stages. Raises
         :class:`CheckpointLockedError` while one of its workers is alive."""
-        from .stores.redis import RedisStore
-
-        if not isinstance(self.store, RedisStore):
+        if not supports_shared(self.store):
             raise FileNotFoundError(f"No shared stage {stage!r} in {self.store.location}.")
-        shared = SharedStage(self.store, check_stage_name(stage), worker="-")
+        shared = open_shared(self.store, check_stage_name(stage), worker="-")
         for w in shared.workers():
             if w.alive:
                 raise CheckpointLockedError(stage, w.pid, w.host, None)

@@ -150,6 +150,17 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ign
     yield from _store_location(request.param, tmp_path)
 
 
+#: The stores that keep shared stages (CHECKPOINT_SHARED): the shared-stage tests run on each.
+SHARED_STORES = ["redis", "postgresql"]
+
+
+@pytest.fixture(params=SHARED_STORES)
+def shared_location(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """:func:`store_location` for the shared-stage tests: every store of
+    :data:`SHARED_STORES`."""
+    yield from _store_location(request.param)
+
+
 @pytest.fixture(params=PERSISTENT_STORES)
 def persistent_location(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """:func:`store_location` for the tests whose stage must outlive a process or be seen

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from scrapy_checkpoint import EnhancedCheckpoint
-from scrapy_checkpoint.shared import SharedStage, sub_stage_name
+from scrapy_checkpoint.shared import open_shared, sub_stage_name
 from scrapy_checkpoint.stores import open_store
 from scrapy_checkpoint.stores.redis import RedisStore
 
@@ -246,7 +246,7 @@ def test_a_shared_stage_shows_its_workers(tmp_path: Path, serve: Any) -> None:
             cp.finish_unit(1, processed=1, successful=1)
             cp.complete()
             cp.close()
-            SharedStage(store, "site", worker=worker).beat("finished")
+            open_shared(store, "site", worker=worker).beat("finished")
         store.close()
         server = serve(backend)
         doc = get_json(server.url + "api/v1/stages/site")

@@ -1,4 +1,5 @@
-"""Several workers on one stage (CHECKPOINT_SHARED): real `scrapy crawl` processes, real Redis."""
+"""Several workers on one stage (CHECKPOINT_SHARED): real `scrapy crawl` processes, on real
+Redis and real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from click.testing import CliRunner
 from scrapy_checkpoint.checkpoint import EnhancedCheckpoint
 from scrapy_checkpoint.cli import main as cli_main
 from scrapy_checkpoint.manager import UnifiedCheckpointManager
-from scrapy_checkpoint.shared import SharedStage, sub_stage_name
+from scrapy_checkpoint.shared import SharedStage, open_shared, sub_stage_name
 from scrapy_checkpoint.state import Status
+from scrapy_checkpoint.stores import open_store
 from scrapy_checkpoint.stores.redis import RedisStore
 from scrapy_checkpoint.view import read_stage
 
-from .conftest import PYTHON, python_env
+from .conftest import PYTHON, REDIS_URL, drop_redis_prefix, python_env, require_redis
 from .crawl import PROJECT, Outputs
 from .site import Site
 
@@ -28,9 +30,17 @@ N_PAGES = 400
 LEASE = 3  # seconds: how soon a worker on another host would be seen dead
 
 
+def _prefix(backend: str) -> str:
+    """The test's own name in its store URL (Redis key prefix or PostgreSQL schema)."""
+    return backend.rsplit("prefix=", 1)[-1].rsplit("schema=", 1)[-1]
+
+
 @pytest.fixture
-def shared_backend(redis_backend: str) -> str:
-    return redis_backend
+def shared_backend(shared_location: str):  # type: ignore[no-untyped-def]
+    """A Redis or PostgreSQL store URL of the test's own (see ``SHARED_STORES``)."""
+    yield shared_location
+    if not shared_location.startswith("redis"):
+        drop_redis_prefix(_prefix(shared_location))  # scrapy-redis's keys, when it ran
 
 
 class Worker:
@@ -65,11 +75,11 @@ class Worker:
 def scrapy_redis_args(backend: str) -> list[str]:
     """Settings of workers that share scrapy-redis's scheduler, queue and dupefilter (under
     the test's key prefix)."""
-    prefix = backend.split("prefix=", 1)[1]
-    base = backend.split("?", 1)[0]
+    require_redis()
+    prefix = _prefix(backend)
     return ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
             "-s", "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter",
-            "-s", f"REDIS_URL={base}", "-s", "SCHEDULER_PERSIST=True",
+            "-s", f"REDIS_URL={REDIS_URL.split('?', 1)[0]}", "-s", "SCHEDULER_PERSIST=True",
             "-s", f"SCHEDULER_QUEUE_KEY={prefix}:%(spider)s:requests",
             "-s", f"SCHEDULER_DUPEFILTER_KEY={prefix}:%(spider)s:dupefilter"]
 
@@ -109,7 +119,16 @@ def _kill_left(*workers: Worker) -> None:
 
 
 def _shared(backend: str) -> SharedStage:
-    return SharedStage(RedisStore(backend), "site", worker="test")
+    return open_shared(open_store(backend), "site", worker="test")
+
+
+def _queued(backend: str) -> int:
+    """How many payloads the stage keeps for scrapy-redis's queue."""
+    shared = _shared(backend)
+    if isinstance(shared.store, RedisStore):
+        return int(shared.store.client.hlen(shared.store.key("site", "queued")))
+    row = shared.store.db.query_one("SELECT count(*) FROM {s}.shared_queued WHERE stage = 'site'")
+    return int(row[0]) if row else 0
 
 
 def _cli(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +144,7 @@ def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
     workers = _shared(shared_backend).workers()
     assert [w.status for w in workers] == ["finished", "finished"]
     assert sum(w.done for w in workers) == N_PAGES
-    assert RedisStore(shared_backend).client.hlen(_shared(shared_backend).queued_key) == 0
+    assert _queued(shared_backend) == 0
     # Run again with ON_COMPLETE=restart: the completed stage starts over, scrapy-redis's
     # dupefilter emptied with it.
     site = Site(N_PAGES)
@@ -161,7 +180,7 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
     assert a.stat("given") + b.stat("given") == a.stat("received") + b.stat("received") > 0
     workers = _shared(shared_backend).workers()
     assert [w.status for w in workers] == ["finished", "finished"]
-    store = RedisStore(shared_backend)
+    store = open_store(shared_backend)
     for w in workers:
         view = read_stage(store, sub_stage_name("site", w.id))
         assert view.state.status is Status.COMPLETED
@@ -219,7 +238,7 @@ def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
     workers = {w.status: w for w in _shared(shared_backend).workers()}
     assert sorted(workers) == ["adopted", "finished"]
     assert not any(w.alive for w in workers.values())
-    store = RedisStore(shared_backend)
+    store = open_store(shared_backend)
     dead = read_stage(store, sub_stage_name("site", workers["adopted"].id)).state
     assert dead.status is Status.COMPLETED
     assert dead.pending_units == 0
@@ -284,7 +303,7 @@ def test_two_live_workers_on_one_host_cannot_share_an_output_file(
             if any(w.outputs for w in shared.workers()):
                 break
             assert first.proc.poll() is None, first.log[-3000:]
-            time.sleep(0.02)  # polls Redis for the condition
+            time.sleep(0.02)  # polls the store for the condition
         second = Worker(site, shared_backend, tmp_path / "same")
         started.append(second)
         assert second.wait() != 0, "the second worker started on the first one's files"
@@ -317,7 +336,7 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
             if record and record[0].pending >= 8:
                 break
             assert taker.proc.poll() is None, taker.log[-3000:]
-            time.sleep(0.02)  # polls Redis for the condition
+            time.sleep(0.02)  # polls the store for the condition
         else:
             raise AssertionError("the taker was never given work")
         taker.proc.kill()
@@ -339,11 +358,11 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
 
 
 def test_giving_work_keeps_the_takers_record_readable(shared_backend: str) -> None:
-    """The give script marks the taker running by editing its record; the record must stay
-    a valid worker record (Redis's cjson would turn ``"outputs": []`` into ``{}``)."""
-    store = RedisStore(shared_backend)
-    giver = SharedStage(store, "site", worker="giver")
-    taker = SharedStage(store, "site", worker="taker")
+    """Giving marks the taker running by editing its record in the store; the record must
+    stay a valid worker record (Redis's cjson would turn ``"outputs": []`` into ``{}``)."""
+    store = open_store(shared_backend)
+    giver = open_shared(store, "site", worker="giver")
+    taker = open_shared(store, "site", worker="taker")
     for stage in (giver, taker):
         stage.status = "idle" if stage is taker else "running"
         stage.beat()
@@ -368,9 +387,9 @@ def test_a_worker_given_work_is_never_recorded_idle_before_it_schedules_it(
     inbox: a beat saying 'idle' in between must not overwrite the 'running' the give script
     recorded, or the giver takes the taker for idle, leaves the stage finished, and the
     given units are lost if the taker then dies."""
-    store = RedisStore(shared_backend)
-    giver = SharedStage(store, "site", worker="giver")
-    taker = SharedStage(store, "site", worker="taker")
+    store = open_store(shared_backend)
+    giver = open_shared(store, "site", worker="giver")
+    taker = open_shared(store, "site", worker="taker")
     giver.beat()
     taker.beat("idle")
     assert giver.claim(9)
@@ -387,7 +406,7 @@ def test_a_worker_given_work_is_never_recorded_idle_before_it_schedules_it(
 def test_a_shared_stage_whose_worker_lost_work_is_shown_incomplete(shared_backend: str) -> None:
     """`show` of a shared stage sums its workers' sub-stages: one worker that lost work makes
     the whole stage incomplete, with the count and the reason, never 'completed'."""
-    store = RedisStore(shared_backend)
+    store = open_store(shared_backend)
     for worker, lost in (("a", 0), ("b", 2)):
         cp = EnhancedCheckpoint(stage=sub_stage_name("site", worker), store=store)
         cp.start()
@@ -397,7 +416,7 @@ def test_a_shared_stage_whose_worker_lost_work_is_shown_incomplete(shared_backen
             cp.record_lost("unjournaled", lost)
         cp.complete()
         cp.close()
-        SharedStage(store, "site", worker=worker).beat("finished")
+        open_shared(store, "site", worker=worker).beat("finished")
     manager = UnifiedCheckpointManager(backend=shared_backend)
     summary = manager.shared_summary("site", manager.shared_stages()["site"])
     assert summary["status"] == "incomplete"

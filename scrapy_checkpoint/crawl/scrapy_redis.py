@@ -1,7 +1,7 @@
 """scrapy-redis's scheduler (``SCHEDULER`` names it or a subclass) with the checkpoint.
 
 A shared stage is paired with it: requests go through scrapy-redis's shared
-queue, each with its payload kept in Redis ("queued") until the worker that pops
+queue, each with its payload kept in the store ("queued") until the worker that pops
 it has journaled it; that worker takes the unit when the download starts. A
 retry of a unit this worker has goes back to the queue: whoever pops the retry
 finishes it.
@@ -77,7 +77,7 @@ def own_scrapy_redis_queue(crawler: Any, stage: str, *, new_stage: bool) -> None
         raise ConfigError(
             f"scrapy-redis's queue {queue} holds requests, but stage {stage} starts from nothing: "
             f"another crawl works from that queue, or left it. Several crawls on one scrapy-redis "
-            f"queue need CHECKPOINT_SHARED = True with a Redis CHECKPOINT_BACKEND. If no crawl "
+            f"queue need CHECKPOINT_SHARED = True with a Redis or PostgreSQL CHECKPOINT_BACKEND. If no crawl "
             f"uses it, delete the keys {queue} and {dupefilter} (redis-cli del) and run again.")
     client.delete(queue, dupefilter)
     logger.info("Stage %s: scrapy-redis's %s and %s emptied; the checkpoint schedules the "
@@ -93,7 +93,7 @@ class ScrapyRedisPairing:
         self.shared = shared
 
     def queue(self, request: Request, code: int, spider: Spider, *, continuation: bool) -> None:
-        """The request goes to the shared queue, its payload kept in Redis until the worker
+        """The request goes to the shared queue, its payload kept in the store until the worker
         that pops it has journaled it; ``IgnoreRequest`` if the unit is done, queued or in
         flight anywhere in the stage. ``continuation``: it continues unit ``code`` of this
         worker (a retry): whoever pops it finishes the unit."""
@@ -109,8 +109,8 @@ class ScrapyRedisPairing:
             return
         try:
             queued = shared.queue(code, payload, requeue=requeue or continuation)
-        except Exception as exc:  # Redis away: let it go (at worst crawled twice, never lost)
-            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in Redis "
+        except Exception as exc:  # server away: let it go (at worst crawled twice, never lost)
+            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in {shared.server} "
                                f"({exc}); queuing them untracked.")
             queued = True
         if not queued:
@@ -131,7 +131,7 @@ class ScrapyRedisPairing:
         try:
             ours = code not in cp.live.done and shared.take(code)
         except Exception as exc:
-            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in Redis "
+            frontier.warn_once("claim", f"Stage {frontier.stage}: cannot claim requests in {shared.server} "
                                f"({exc}); crawling them untracked.")
             return
         if not ours:

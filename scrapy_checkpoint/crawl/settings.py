@@ -23,7 +23,7 @@ CHECKPOINT_STAGE_NAME        str        the spider's name   Name of the stage (o
 CHECKPOINT_BACKEND           str        "file"              "file" (CHECKPOINT_DIR), a Redis or PostgreSQL
                                                             URL, or "memory://" (this process only).
 CHECKPOINT_REDIS_PREFIX      str        None                Key prefix in Redis ("scrapy_checkpoint").
-CHECKPOINT_LEASE_SECONDS     float      60.0                Redis lease of a stage's owner.
+CHECKPOINT_LEASE_SECONDS     float      60.0                Lease of a stage's owner (Redis) or worker.
 CHECKPOINT_REDIS_BUFFER      int        67108864            Journal bytes kept while Redis (or
                                                             PostgreSQL) is away.
 CHECKPOINT_LOG_INTERVAL      float      30.0                Seconds between progress lines (0: off).
@@ -205,7 +205,8 @@ class CheckpointSettings(BaseModel):
         if self.backend.startswith(POSTGRES):
             from ..stores.postgres import PostgresStore
 
-            return PostgresStore(self.backend, buffer_bytes=self.redis_buffer)
+            return PostgresStore(self.backend, buffer_bytes=self.redis_buffer,
+                                 lease_seconds=self.lease_seconds)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,

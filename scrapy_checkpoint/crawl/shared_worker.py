@@ -1,11 +1,12 @@
-"""One worker of a shared stage (``CHECKPOINT_SHARED``): several crawls, one stage in Redis.
+"""One worker of a shared stage (``CHECKPOINT_SHARED``): several crawls, one stage in Redis
+or PostgreSQL.
 
 Each worker journals its own sub-stage. It claims a unit before scheduling it,
 so a request is fetched by one worker; gives part of its unstarted frontier to
 idle workers (through their inbox); adopts the sub-stage of a worker that died
 (its pending requests are scheduled here, its outputs cut back on this host);
 and stays open while other workers are busy, since their work comes here if
-they die. The Redis-level pieces live in :mod:`scrapy_checkpoint.shared`.
+they die. The store-level pieces live in :mod:`scrapy_checkpoint.shared`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..checkpoint import EnhancedCheckpoint
 from ..clock import monotonic
 from ..errors import CheckpointError, CheckpointLockedError, ConfigError
 from ..journal.doneset import DoneSet
-from ..shared import OVER, SharedStage, Worker, sub_stage_name
+from ..shared import OVER, SharedStage, Worker, open_shared, sub_stage_name
 from ..state import Owner, pid_alive
 from ..stores.base import Store
 from ..view import read_stage
@@ -77,11 +78,7 @@ class SharedWorker:
 
         Raises ConfigError for settings a shared stage cannot run with.
         """
-        from ..stores.redis import RedisStore
-
-        if not isinstance(store, RedisStore):
-            raise ConfigError("CHECKPOINT_SHARED needs the Redis backend: set CHECKPOINT_BACKEND "
-                              "= 'redis://host:6379/0' on every worker.")
+        shared = open_shared(store, stage)  # ConfigError for a store that cannot share
         if config.retry_failed:
             raise ConfigError("CHECKPOINT_RETRY_FAILED is not available with CHECKPOINT_SHARED: "
                               "failed requests stay with the worker that failed them.")
@@ -94,7 +91,6 @@ class SharedWorker:
             raise ConfigError("CHECKPOINT_SHARED with scrapy-redis's scheduler needs "
                               "SCHEDULER_PERSIST = True: without it the first worker to close "
                               "empties the queue the others still work from.")
-        shared = SharedStage(store, stage)
         shared.hold_joining()  # until this worker has joined: no other resets the stage under it
         try:
             if config.reset:
@@ -155,11 +151,11 @@ class SharedWorker:
         try:
             if self.shared.claim(code):
                 return True
-        except Exception as exc:  # Redis away: crawl it (at worst twice), never lose it
+        except Exception as exc:  # server away: crawl it (at worst twice), never lose it
             assert self.frontier is not None
-            self.frontier.warn_once("claim", f"Stage {self.stage}: cannot claim requests in Redis "
-                                    f"({exc}); crawling them here, another worker may crawl "
-                                    f"some too.")
+            self.frontier.warn_once("claim", f"Stage {self.stage}: cannot claim requests in "
+                                    f"{self.shared.server} ({exc}); crawling them here, another "
+                                    f"worker may crawl some too.")
             return True
         self._elsewhere.add_new(code)
         return False
@@ -187,6 +183,8 @@ class SharedWorker:
                 if worker.status == "adopted" and on_this_host and not worker.outputs_cut:
                     self._cut_outputs_of(worker)
                 continue
+            if not on_this_host:
+                shared.release_dead(worker)  # a lock that outlives the lease (PostgreSQL)
             other = EnhancedCheckpoint(stage=sub_stage_name(self.stage, worker.id),
                                        config=cp.config, store=cp.store, units="requests")
             try:
@@ -340,12 +338,12 @@ class SharedWorker:
                 wake(self.crawler.engine)  # look at the shared queue now, not in 5 s
         except CheckpointError:
             raise
-        except Exception as exc:  # Redis away: the journal buffers; say so now and then
+        except Exception as exc:  # server away: the journal buffers; say so now and then
             now = monotonic()
             if now - self._shared_warned > 30:
                 self._shared_warned = now
-                logger.warning("Stage %s: cannot reach the other workers through Redis (%s); "
-                               "trying again.", self.stage, exc)
+                logger.warning("Stage %s: cannot reach the other workers through %s (%s); "
+                               "trying again.", self.stage, shared.server, exc)
 
     def idle(self) -> None:
         """``spider_idle``: adopt dead workers' work; stay (``DontCloseSpider``) while other
@@ -374,7 +372,7 @@ class SharedWorker:
                     raise DontCloseSpider
         except (CheckpointError, DontCloseSpider):
             raise
-        except Exception as exc:  # Redis away: do not close as finished while others may work
+        except Exception as exc:  # server away: do not close as finished while others may work
             logger.warning("Stage %s: cannot see the other workers (%s); staying open.",
                            self.stage, exc)
             raise DontCloseSpider from None

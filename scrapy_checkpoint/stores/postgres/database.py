@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -20,7 +20,14 @@ logger = logging.getLogger("scrapy_checkpoint")
 
 DEFAULT_SCHEMA = "scrapy_checkpoint"
 #: The layout of the tables this version of the package reads and writes (``schema.sql``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: What each layout version added (said before a schema is created or upgraded).
+LAYOUT_CHANGES = {
+    1: "tables schema_version, stages, owners, journal, requests, snapshots, corrupt; "
+       "view stage_status",
+    2: "tables shared_workers, shared_claims, shared_inbox, shared_queued; function "
+       "worker_alive (shared stages)",
+}
 #: URL schemes of a PostgreSQL store.
 SCHEMES = ("postgresql://", "postgres://")
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
@@ -116,24 +123,46 @@ class PostgresDatabase:
         self._conn: Any = None
         with self._mutex:
             self._connection()
-        #: True once the tables are known to be there, of this layout (see :attr:`ready`).
-        self._ready = False
+        #: The layout version of the schema's tables (None: no tables), as last looked up.
+        self.version: int | None = None
         self._check_layout()
 
     @property
     def ready(self) -> bool:
-        """True when the schema's tables exist (looked up again while they do not: another
-        process may create them). Reads of a database without them find no stage; only
-        a writer creates them (:meth:`ensure`)."""
-        if not self._ready:
+        """True when the schema's tables exist, of this layout or an older one that reads
+        the same (looked up again while they do not: another process may create them).
+        Reads of a database without them find no stage; only a writer creates or upgrades
+        them (:meth:`ensure`)."""
+        if self.version is None:
             self._check_layout()
-        return self._ready
+        return self.version is not None
+
+    @property
+    def current(self) -> bool:
+        """True when the tables are of this package's layout, :data:`SCHEMA_VERSION`."""
+        if self.version != SCHEMA_VERSION:
+            self._check_layout()
+        return self.version == SCHEMA_VERSION
 
     def ensure(self) -> None:
-        """Create the tables unless they are there (a writer, before its first write)."""
-        if not self.ready:
+        """Create or upgrade the tables unless they are of this layout (a writer, before
+        its first write): see :meth:`create_schema`."""
+        if not self.current:
             self.create_schema()
-            self._ready = True
+
+    def plan(self) -> str | None:
+        """What :meth:`create_schema` would do here, as a sentence; None if nothing."""
+        version = self.version if self.ready else None
+        if version == SCHEMA_VERSION:
+            return None
+        if version is None:
+            return (f"create schema {self.schema!r} in {self.location} with the checkpoint "
+                    f"tables of layout version {SCHEMA_VERSION}: "
+                    + "; ".join(LAYOUT_CHANGES[v] for v in range(1, SCHEMA_VERSION + 1)))
+        return (f"upgrade the checkpoint tables in schema {self.schema!r} of {self.location} "
+                f"from layout version {version} to {SCHEMA_VERSION}, adding "
+                + "; ".join(LAYOUT_CHANGES[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+                + " (nothing already there is changed)")
 
     def _check_layout(self) -> None:
         version = self._layout_version()
@@ -142,7 +171,7 @@ class PostgresDatabase:
                 f"The tables in schema {self.schema!r} of {self.location} are of layout version "
                 f"{version}, newer than this version of scrapy-checkpoint reads "
                 f"({SCHEMA_VERSION}): upgrade scrapy-checkpoint.")
-        self._ready = version == SCHEMA_VERSION
+        self.version = version
 
     def _layout_version(self) -> int | None:
         """The layout version of the schema's tables (None: no tables)."""
@@ -172,7 +201,8 @@ class PostgresDatabase:
             self._conn = self.connect()
         return self._conn
 
-    def query(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+              ) -> list[tuple[Any, ...]]:
         """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection; run
         again on a new connection once if the shared one turns out broken (the server
         restarted since it was made). Raises CheckpointError if the server cannot be
@@ -187,7 +217,8 @@ class PostgresDatabase:
                     raise
             return self._connection().execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
 
-    def query_one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+    def query_one(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+                  ) -> tuple[Any, ...] | None:
         """The first row of ``query`` (``{s}``: the schema), or None."""
         rows = self.query(query, params)
         return rows[0] if rows else None
@@ -215,13 +246,16 @@ class PostgresDatabase:
     def create_schema(self) -> None:
         """Create the schema and its tables unless they are there (serialised between
         processes by a transaction-level advisory lock). Raises ConfigError if the schema
-        is of a newer layout than :data:`SCHEMA_VERSION`."""
+        is of a newer layout than :data:`SCHEMA_VERSION`. An older layout is upgraded: the
+        DDL only adds (``IF NOT EXISTS``), so a reader of the older layout goes on reading.
+        What it does is logged first (:meth:`plan`); ``scrapy-checkpoint migrate`` says it
+        and asks before doing it."""
         sql = driver().sql
         self._check_layout()
-        if self._ready:
+        plan = self.plan()
+        if plan is None:
             return
-        logger.info("Creating the checkpoint tables in schema %s of %s (layout version %d).",
-                    self.schema, self.location, SCHEMA_VERSION)
+        logger.info("PostgreSQL store: about to %s.", plan)
         with self._mutex:
             conn = self._connection()
             with conn.transaction():
@@ -229,6 +263,7 @@ class PostgresDatabase:
                              [f"scrapy_checkpoint schema {self.schema}"])
                 conn.execute(sql.SQL(schema_sql()).format(s=self.schema_sql,
                                                   schema_text=sql.Literal(self.schema)))
+        self.version = SCHEMA_VERSION
 
     def reading(self) -> Any:
         """A context manager: the shared connection (psycopg ``Connection``), no other

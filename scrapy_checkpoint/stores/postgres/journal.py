@@ -7,7 +7,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ...errors import CheckpointError, CheckpointLostError, CheckpointWriteError
-from ...journal.groups import REQUEST_OVERHEAD, decode_request, encode_request
+from ...journal.groups import HANDED, REQUEST_OVERHEAD, decode_group, decode_request, encode_request
 from ...journal.pending import OFFSET_BITS
 from .database import driver, logger, sentence
 from .lock import PostgresLock, PostgresUnreachable
@@ -17,6 +17,16 @@ if TYPE_CHECKING:
 
 #: The position part of a request record's ref (``gen << OFFSET_BITS | pos``).
 POSITION_MASK = (1 << OFFSET_BITS) - 1
+
+
+def signed(code: int) -> int:
+    """A unit code (0 <= code < 2**64) as PostgreSQL's signed ``bigint``."""
+    return code - (1 << 64) if code >= 1 << 63 else code
+
+
+def unsigned(value: int) -> int:
+    """The unit code a signed ``bigint`` of :func:`signed` stands for."""
+    return value + (1 << 64) if value < 0 else value
 
 
 def _columns(records: list[tuple[int, int, bytes]]) -> list[list[Any]]:
@@ -36,11 +46,15 @@ class PostgresJournalWriter:
     applied once. ``size`` counts the bytes of the groups and request records put in the
     current segment. Raises CheckpointLockedError or CheckpointWriteError if another
     process took the stage meanwhile, CheckpointLostError if the tables were dropped.
+
+    ``shared``: the shared stage whose claims and queued payloads each group's statement
+    keeps in step (:meth:`PostgresStore.track_shared`).
     """
 
     def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
-                 seq: int, pos: int, buffer_limit: int) -> None:
+                 seq: int, pos: int, buffer_limit: int, shared: str | None = None) -> None:
         self._store, self.lock, self._stage = store, lock, stage
+        self._shared = shared
         self._gen, self._seq, self._pos = gen, seq, pos
         #: Request records waiting for the next group: (gen, position, record).
         self._requests: list[tuple[int, int, bytes]] = []
@@ -103,16 +117,20 @@ class PostgresJournalWriter:
         try:
             while self._pending:
                 gen, seq, payload, requests = self._pending[0]
-                group = [self._stage, gen, seq, payload]
+                ctes, params = [], []
                 if requests:
-                    self.lock.run(sql.SQL(
-                        f"WITH r AS ({insert}) INSERT INTO {{s}}.journal (stage, gen, seq, payload) "
-                        f"VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING").format(s=s),
-                        [self._stage, *_columns(requests), *group])
-                else:
-                    self.lock.run(sql.SQL(
-                        "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING").format(s=s), group)
+                    ctes.append(insert)
+                    params += [self._stage, *_columns(requests)]
+                if self._shared is not None:
+                    tracked, tracked_params = self._tracking(payload)
+                    ctes += tracked
+                    params += tracked_params
+                query = "INSERT INTO {s}.journal (stage, gen, seq, payload) VALUES (%s, %s, %s, %s) " \
+                        "ON CONFLICT DO NOTHING"
+                if ctes:
+                    query = "WITH " + ", ".join(f"c{i} AS ({cte})" for i, cte in enumerate(ctes)) \
+                            + " " + query
+                self.lock.run(sql.SQL(query).format(s=s), [*params, self._stage, gen, seq, payload])
                 self._pending.popleft()
                 self._pending_bytes -= len(payload) + sum(len(r) for *_, r in requests)
             if self._requests:
@@ -139,6 +157,27 @@ class PostgresJournalWriter:
                 f"{self._stage!r}: {sentence(exc)} This run stops; fix the database (write "
                 f"access, disk space) and run the same command again to resume from the last "
                 f"group it recorded.") from None
+
+    def _tracking(self, payload: bytes) -> tuple[list[str], list[Any]]:
+        """The statements (CTEs) keeping the shared stage in step with this group, and
+        their parameters: its finished units claimed ``=``, its added units (unless it
+        hands them off) out of ``shared_queued``."""
+        from ...shared.base import DONE_MARK
+
+        group = decode_group(payload)
+        finished = [signed(code) for code in (*group.done, *group.failed)]
+        handed = set(group.fields.get(HANDED, ()))
+        added = [signed(code) for code in group.added_codes() if code not in handed]
+        ctes, params = [], []
+        if finished:
+            ctes.append("INSERT INTO {s}.shared_claims AS c (stage, code, holder) "
+                        "SELECT %s, unnest(%s::bigint[]), %s ON CONFLICT (stage, code) "
+                        "DO UPDATE SET holder = EXCLUDED.holder")
+            params += [self._shared, finished, DONE_MARK]
+        if added:
+            ctes.append("DELETE FROM {s}.shared_queued WHERE stage = %s AND code = ANY(%s::bigint[])")
+            params += [self._shared, added]
+        return ctes, params
 
     def sync(self) -> None:
         """A committed statement is durable by the server's own settings

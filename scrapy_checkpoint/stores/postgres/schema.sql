@@ -1,4 +1,6 @@
--- The tables of a PostgreSQL store, layout version 1 (SCHEMA_VERSION in database.py).
+-- The tables of a PostgreSQL store, layout version 2 (SCHEMA_VERSION in database.py).
+-- Every statement is idempotent: run on a layout 1 schema, it adds what version 2 added
+-- (the shared_* tables and worker_alive).
 -- {s} is the quoted schema name and {schema_text} the same name as a string literal
 -- (psycopg's sql.SQL.format); run as one transaction by PostgresDatabase.create_schema().
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -71,4 +73,47 @@ LEFT JOIN LATERAL (
                        & 4294967295)::oid
       AND l.objid = (hashtextextended({schema_text} || ':' || st.stage, 0) & 4294967295)::oid
     LIMIT 1) held ON true;
-INSERT INTO {s}.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+-- Shared stages (CHECKPOINT_SHARED, scrapy_checkpoint.shared.postgres), added in version 2.
+-- A worker's record; heartbeat_at (the server's clock) is its lease, lease_seconds long.
+CREATE TABLE IF NOT EXISTS {s}.shared_workers (
+    stage text NOT NULL,
+    worker text NOT NULL,
+    record jsonb NOT NULL,
+    token text,
+    lease_seconds double precision NOT NULL DEFAULT 60,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stage, worker));
+-- Unit code (as a signed bigint) -> the worker that owns it, '=' once done, 'q' queued.
+CREATE TABLE IF NOT EXISTS {s}.shared_claims (
+    stage text NOT NULL,
+    code bigint NOT NULL,
+    holder text NOT NULL,
+    PRIMARY KEY (stage, code));
+-- Units given to an idle worker, not yet journaled by it, in the order given.
+CREATE TABLE IF NOT EXISTS {s}.shared_inbox (
+    stage text NOT NULL,
+    worker text NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    code bigint NOT NULL,
+    payload text NOT NULL,
+    PRIMARY KEY (stage, worker, seq));
+-- scrapy-redis pairing: payloads of queued units until a worker journals them.
+CREATE TABLE IF NOT EXISTS {s}.shared_queued (
+    stage text NOT NULL,
+    code bigint NOT NULL,
+    payload text NOT NULL,
+    PRIMARY KEY (stage, code));
+-- A worker is alive while its lease runs (a heartbeat within lease_seconds), it has not
+-- left (finished, paused with work left, or adopted) and its sub-stage's lock is still
+-- recorded as its own (a worker adopting it records its own token there first).
+CREATE OR REPLACE FUNCTION {s}.worker_alive(p_stage text, p_worker text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM {s}.shared_workers w
+        WHERE w.stage = p_stage AND w.worker = p_worker
+          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)
+          AND w.record ->> 'status' NOT IN ('finished', 'adopted', 'paused')
+          AND EXISTS (SELECT 1 FROM {s}.owners o
+                      WHERE o.stage = p_stage || '.w.' || p_worker AND o.token = w.token))
+$$;
+INSERT INTO {s}.schema_version (version) VALUES (1), (2) ON CONFLICT DO NOTHING;

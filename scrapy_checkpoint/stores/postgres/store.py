@@ -30,12 +30,17 @@ class PostgresStore(Store):
     CheckpointError when the server cannot be reached, ConfigError for a bad schema).
 
     ``buffer_bytes``: journal groups a writer keeps in the process while the server is
-    unreachable (then it stops with CheckpointWriteError), 64 MiB by default."""
+    unreachable (then it stops with CheckpointWriteError), 64 MiB by default.
+    ``lease_seconds``: how long a worker of a shared stage may be silent before it is
+    taken for dead (:mod:`scrapy_checkpoint.shared.postgres`)."""
 
     def __init__(self, url: str, *, schema: str | None = None,
-                 buffer_bytes: int = 64 << 20) -> None:
+                 buffer_bytes: int = 64 << 20, lease_seconds: float = 60.0) -> None:
         self.db = PostgresDatabase(url, schema=schema)
         self.buffer_bytes = buffer_bytes
+        self.lease_seconds = lease_seconds
+        #: Sub-stages whose journal appends keep their shared stage's claims in step.
+        self._tracked: dict[str, str] = {}
         self._writers: dict[str, PostgresJournalWriter] = {}
         #: Compactions whose snapshot may be written: (stage, gen) -> no group was buffered.
         self._rotations: dict[tuple[str, int], bool] = {}
@@ -87,6 +92,18 @@ class PostgresStore(Store):
         self._locks[stage] = lock
         self._versions[stage] = lock.version
         return lock
+
+    def token(self, stage: str) -> str | None:
+        """The token of the lock this process holds on ``stage`` (recorded in ``owners``)."""
+        lock = self._locks.get(stage)
+        return lock.token if lock is not None else None
+
+    def track_shared(self, sub_stage: str, stage: str) -> None:
+        """Have ``sub_stage``'s journal appends keep shared stage ``stage`` in step, in the
+        statement that appends each group: a unit the group finishes gets the claim
+        ``=``, a unit it adds leaves ``shared_queued`` (unless the group hands it off).
+        Call before the sub-stage is opened."""
+        self._tracked[sub_stage] = stage
 
     def lock_restored(self, stage: str, lock: PostgresLock) -> None:
         """Called by ``lock`` once it took the stage again after its session was lost."""
@@ -279,7 +296,8 @@ class PostgresStore(Store):
                 "        WHERE stage = %s AND gen = %s), "
                 "       (SELECT coalesce(max(pos), 0) FROM {s}.requests "
                 "        WHERE stage = %s AND gen = %s)"), [stage, gen, stage, gen]).fetchone()
-        writer = PostgresJournalWriter(self, lock, stage, gen, seq, pos, self.buffer_bytes)
+        writer = PostgresJournalWriter(self, lock, stage, gen, seq, pos, self.buffer_bytes,
+                                       shared=self._tracked.get(stage))
         self._writers[stage] = writer
         return writer
 
