@@ -89,6 +89,18 @@ class Context:
         """Print through rich without the spaces it pads each line with."""
         self.console.print(_Rstripped(renderable))
 
+    def schema_plan(self) -> str | None:
+        """What the store's first write will do to its tables first (a PostgreSQL store
+        without them, or of an older layout), as a sentence; None if nothing."""
+        db = getattr(self.manager.store, "db", None)
+        return db.plan() if db is not None else None
+
+    def announce_schema(self) -> None:
+        """A command that writes says on stderr what it will do to the tables first."""
+        plan = self.schema_plan()
+        if plan is not None:
+            click.echo(f"PostgreSQL: this command will first {plan}.", err=True)
+
 
 class _Rstripped:
     """A renderable whose lines end without whitespace (rich pads table lines to the width)."""
@@ -555,6 +567,7 @@ def export(ctx: Context, output: str) -> None:
 def reset(ctx: Context, stage: str, force: bool) -> None:
     """Delete a stage (or 'all') so its next run starts from nothing."""
     manager = ctx.manager
+    ctx.announce_schema()
     if stage != "all":
         try:
             check_stage_name(stage)
@@ -640,6 +653,7 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
 @pass_ctx
 def requeue(ctx: Context, stage: str, failed: bool) -> None:
     """Make a stage's failed units pending again: its next run does them again."""
+    ctx.announce_schema()
     with _stage_exits(ctx, stage):
         try:
             n = ctx.manager.requeue_failed(stage)
@@ -659,6 +673,8 @@ def requeue(ctx: Context, stage: str, failed: bool) -> None:
 @pass_ctx
 def cleanup(ctx: Context, days: float | None, dry_run: bool) -> None:
     """Remove old checkpoints no live process owns; print what and the space freed."""
+    if not dry_run:
+        ctx.announce_schema()
     removed = ctx.manager.cleanup(older_than_days=days, dry_run=dry_run)
     verb = "Would remove" if dry_run else "Removed"
     for stage, size in sorted(removed.items()):
@@ -667,6 +683,35 @@ def cleanup(ctx: Context, days: float | None, dry_run: bool) -> None:
         click.echo("Nothing to clean up.")
         sys.exit(EXIT_NOT_FOUND)
     click.echo(f"{verb} {len(removed)} stage(s), {sum(removed.values()):,} bytes.")
+
+
+@main.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be done.")
+@pass_ctx
+def migrate(ctx: Context, yes: bool, dry_run: bool) -> None:
+    """Create or upgrade the tables of a PostgreSQL store now, saying what first.
+
+    Runs and writers do it by themselves on their first write (and log it); this
+    command lets a database owner do it beforehand, e.g. with a role that may create.
+    """
+    store = ctx.manager.store
+    db = getattr(store, "db", None)
+    if db is None:
+        click.echo(f"{store.location} is not a PostgreSQL store: it has no tables to create.")
+        return
+    plan = db.plan()
+    if plan is None:
+        click.echo(f"The tables in schema {db.schema!r} of {db.location} are up to date "
+                   f"(layout version {db.version}).")
+        return
+    click.echo(f"This will {plan}.")
+    if dry_run:
+        return
+    if not yes:
+        click.confirm("Go on?", abort=True)
+    db.create_schema()
+    click.echo(f"Done: the tables in schema {db.schema!r} are of layout version {db.version}.")
 
 
 def run(argv: list[str] | None = None, *, prog_name: str = "scrapy-checkpoint",

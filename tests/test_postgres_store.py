@@ -86,15 +86,63 @@ def test_the_tables_are_created_by_the_first_writer_once_with_their_version(
     cp.start(total_items=1)  # a writer: it takes the stage's lock, the tables come first
     cp.close()
     open_store(postgresql_backend).close()  # already there: nothing to do
-    assert _rows(postgresql_backend, "SELECT version FROM {s}.schema_version") == [(SCHEMA_VERSION,)]
-    tables = {name for (name,) in _rows(
-        postgresql_backend, "SELECT table_name FROM information_schema.tables "
-        f"WHERE table_schema = '{_schema(postgresql_backend)}'")}
-    assert tables == {"schema_version", "stages", "owners", "journal", "requests", "snapshots",
-                      "corrupt", "stage_status"}
+    assert _rows(postgresql_backend, "SELECT max(version) FROM {s}.schema_version") == [
+        (SCHEMA_VERSION,)]
+    assert _tables(postgresql_backend) == {
+        "schema_version", "stages", "owners", "journal", "requests", "snapshots", "corrupt",
+        "stage_status", "shared_workers", "shared_claims", "shared_inbox", "shared_queued"}
     _rows(postgresql_backend, "INSERT INTO {s}.schema_version (version) VALUES (99) RETURNING 1")
     with pytest.raises(ConfigError, match="layout version 99, newer than this version"):
         open_store(postgresql_backend)
+
+
+def _tables(url: str) -> set[str]:
+    return {name for (name,) in _rows(url, "SELECT table_name FROM information_schema.tables "
+                                           f"WHERE table_schema = '{_schema(url)}'")}
+
+
+def _back_to_layout_1(url: str) -> None:
+    """The tables as layout 1 had them: the same without the shared ones."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for statement in ("DROP TABLE {s}.shared_workers, {s}.shared_claims, {s}.shared_inbox, "
+                          "{s}.shared_queued", "DROP FUNCTION {s}.worker_alive",
+                          "DELETE FROM {s}.schema_version WHERE version > 1"):
+            conn.execute(sql.SQL(statement).format(s=sql.Identifier(_schema(url))))
+
+
+def test_tables_of_layout_1_are_read_as_they_are_and_upgraded_by_migrate_saying_so(
+    postgresql_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from scrapy_checkpoint.cli import run
+
+    with EnhancedCheckpoint(postgresql_backend, "old", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+    _back_to_layout_1(postgresql_backend)
+    # Readers read layout 1 and change nothing.
+    assert run(["--backend", postgresql_backend, "show", "old"]) == 0
+    assert "2/2 (100.0%)" in capsys.readouterr().out
+    assert "shared_workers" not in _tables(postgresql_backend)
+    assert run(["--backend", postgresql_backend, "migrate", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "This will upgrade the checkpoint tables in schema" in out
+    assert "from layout version 1 to 2, adding tables shared_workers" in out
+    assert "shared_workers" not in _tables(postgresql_backend)
+    assert run(["--backend", postgresql_backend, "migrate", "--yes"]) == 0
+    assert "are of layout version 2" in capsys.readouterr().out
+    assert {"shared_workers", "shared_claims", "shared_inbox", "shared_queued"} <= \
+        _tables(postgresql_backend)
+    assert run(["--backend", postgresql_backend, "migrate"]) == 0
+    assert "are up to date (layout version 2)" in capsys.readouterr().out
+    # The stage recorded under layout 1 is untouched.
+    assert run(["--backend", postgresql_backend, "show", "old"]) == 0
+    assert "2/2 (100.0%)" in capsys.readouterr().out
+    # A command that writes says first, on stderr, what it will do to the tables.
+    _back_to_layout_1(postgresql_backend)
+    assert run(["--backend", postgresql_backend, "requeue", "old", "--failed"]) != 0
+    assert "PostgreSQL: this command will first upgrade the checkpoint tables" in \
+        capsys.readouterr().err
 
 
 def test_the_stage_status_view_has_one_row_per_stage_with_its_live_owner(

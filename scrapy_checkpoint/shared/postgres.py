@@ -12,10 +12,11 @@ Each change is one statement (one transaction), like one script call on Redis.
 ``heartbeat_at`` takes the server's clock, so the hosts' clocks do not matter. A worker
 is alive while its last heartbeat is younger than its lease, it has not left, and its
 sub-stage's lock is still recorded as its own (``worker_alive()`` in the schema): a
-worker adopting it takes that lock first, so from then on its claims are free. A crashed process's sub-stage lock, a session
-advisory lock, goes with its session; a worker frozen past its lease still holds it,
-so the worker adopting it ends that session first (:meth:`release_dead`), and the
-frozen process, when it wakes, finds its stage taken and stops.
+worker adopting it takes that lock first, so from then on its claims are free. A
+crashed process's sub-stage lock, a session advisory lock, goes with its session; a
+worker frozen past its lease still holds it, so the worker adopting it ends that
+session first (:meth:`release_dead`), and the frozen process, when it wakes, finds its
+stage taken and stops.
 
 **Claims** are single-row upserts: ``INSERT ... ON CONFLICT (stage, code) DO UPDATE ...
 WHERE`` the unit is free, the claimer's own or a dead worker's. The row lock taken by
