@@ -163,7 +163,7 @@ def test_checkpoint_enabled_false_behaves_like_plain_scrapy(tmp_path: Path, site
      "Invalid setting CHECKPOINT_REFRESH_AFTER='weekly': Value error, use a duration such as "
      "30m, 12h or 7d"),
     ("JOBDIR=jobdir", "JOBDIR and scrapy-checkpoint must not be combined"),
-    ("CHECKPOINT_SHARED=True", "CHECKPOINT_SHARED needs the Redis backend"),
+    ("CHECKPOINT_SHARED=True", "CHECKPOINT_SHARED needs a Redis or PostgreSQL backend"),
     ("CHECKPOINT_REDIS_TTL={\"done\": 5}",
      "Invalid setting CHECKPOINT_REDIS_TTL='done': Input should be 'active', 'completed' or"),
 ])

@@ -101,6 +101,31 @@ def _tables(url: str) -> set[str]:
                                            f"WHERE table_schema = '{_schema(url)}'")}
 
 
+def test_stages_past_their_ttl_are_removed_when_a_writer_starts_and_no_other(
+        postgresql_backend: str) -> None:
+    for stage, finish in (("done", True), ("running", False), ("held", True)):
+        cp = EnhancedCheckpoint(postgresql_backend, stage, log_every=0)
+        cp.start(total_items=2)
+        cp.update(processed=1, successful=1, index=0)
+        if finish:
+            cp.update(processed=1, successful=1, index=1)
+            cp.complete()
+        cp.close()
+    held = EnhancedCheckpoint(postgresql_backend, "held", log_every=0)
+    held.open()  # a live process holds it: never expired under it
+    _rows(postgresql_backend, "UPDATE {s}.stages SET updated_at = now() - interval '2 hours' "
+          "RETURNING 1")
+    store = PostgresStore(postgresql_backend, ttls={"completed": 3600})  # "active": never
+    writer = EnhancedCheckpoint(stage="new", store=store, log_every=0)
+    writer.start(total_items=1)  # a writer starting: expired stages go
+    writer.close()
+    assert sorted(store.stages()) == ["held", "new", "running"]
+    assert _rows(postgresql_backend, "SELECT count(*) FROM {s}.journal WHERE stage = 'done'") == [(0,)]
+    held.close()
+    assert store.expire() == []  # once "held" was written again it is young
+    store.close()
+
+
 def _back_to_layout_1(url: str) -> None:
     """The tables as layout 1 had them: the same without the shared ones."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:

@@ -37,6 +37,7 @@ CHECKPOINT_REFRESH_AFTER     str        None                "incremental": refet
 CHECKPOINT_OUTPUT            str        None                The plugin's own exactly-once JSON lines.
 CHECKPOINT_SHARED            bool       False               Several workers share the stage (Redis).
 CHECKPOINT_REDIS_TTL         dict       see docs/redis.md   Seconds Redis keeps a stage, by status.
+CHECKPOINT_POSTGRES_TTL      dict       None (no expiry)    Seconds PostgreSQL keeps a stage, by status.
 CHECKPOINT_DROP_UNRESTORABLE bool       False               Drop (and count as lost) journaled
                                                             requests the spider cannot rebuild.
 CHECKPOINT_FRONTIER_MEMORY   int        1000                Queued requests kept as objects (the
@@ -110,6 +111,7 @@ class CheckpointSettings(BaseModel):
     output: str | None = None
     shared: bool = False
     redis_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
+    postgres_ttl: dict[Literal["active", "completed", "failed"], int] | None = None
     drop_unrestorable: bool = False
     frontier_memory: int = Field(1000, ge=0)
     progress_bar: bool = False
@@ -119,7 +121,7 @@ class CheckpointSettings(BaseModel):
     sql_flush_interval: float = Field(1.0, gt=0)
     checkpoint: CheckpointConfig = CheckpointConfig(**CRAWL_DEFAULTS)
 
-    @field_validator("redis_ttl")
+    @field_validator("redis_ttl", "postgres_ttl")
     @classmethod
     def _positive_ttls(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and any(v <= 0 for v in value.values()):
@@ -206,7 +208,9 @@ class CheckpointSettings(BaseModel):
             from ..stores.postgres import PostgresStore
 
             return PostgresStore(self.backend, buffer_bytes=self.redis_buffer,
-                                 lease_seconds=self.lease_seconds)
+                                 lease_seconds=self.lease_seconds,
+                                 ttls={str(k): v for k, v in self.postgres_ttl.items()}
+                                 if self.postgres_ttl is not None else None)
         from ..stores.redis import RedisStore
 
         return RedisStore(self.backend, prefix=self.redis_prefix, lease_seconds=self.lease_seconds,

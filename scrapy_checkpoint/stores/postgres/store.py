@@ -32,13 +32,18 @@ class PostgresStore(Store):
     ``buffer_bytes``: journal groups a writer keeps in the process while the server is
     unreachable (then it stops with CheckpointWriteError), 64 MiB by default.
     ``lease_seconds``: how long a worker of a shared stage may be silent before it is
-    taken for dead (:mod:`scrapy_checkpoint.shared.postgres`)."""
+    taken for dead (:mod:`scrapy_checkpoint.shared.postgres`). ``ttls``: seconds a stage
+    is kept after its last state write, by status (keys ``active``, ``completed``,
+    ``failed``; a missing key never expires), applied by :meth:`expire`; None: no expiry."""
 
     def __init__(self, url: str, *, schema: str | None = None,
-                 buffer_bytes: int = 64 << 20, lease_seconds: float = 60.0) -> None:
+                 buffer_bytes: int = 64 << 20, lease_seconds: float = 60.0,
+                 ttls: dict[str, int] | None = None) -> None:
         self.db = PostgresDatabase(url, schema=schema)
         self.buffer_bytes = buffer_bytes
         self.lease_seconds = lease_seconds
+        self.ttls = dict(ttls) if ttls is not None else None
+        self._expired = False
         #: Sub-stages whose journal appends keep their shared stage's claims in step.
         self._tracked: dict[str, str] = {}
         self._writers: dict[str, PostgresJournalWriter] = {}
@@ -91,7 +96,47 @@ class PostgresStore(Store):
         lock.take()
         self._locks[stage] = lock
         self._versions[stage] = lock.version
+        if self.ttls is not None and not self._expired:
+            self._expired = True  # once per store: a writer does it as it starts
+            self.expire()
         return lock
+
+    def expire(self) -> list[str]:
+        """Remove the stages whose last state write is older than their status's TTL
+        (``ttls``), no live process holding them, in one statement; returns their names
+        (logged). Workers' sub-stages of shared stages are left to ``reset`` of the shared
+        stage. A server error is logged and nothing removed."""
+        if self.ttls is None or not self.db.ready:
+            return []
+        ttl = {key: self.ttls.get(key) for key in ("active", "completed", "failed")}
+        tables = ("journal", "requests", "snapshots", "corrupt")
+        deletes = ", ".join(f"d_{t} AS (DELETE FROM {{s}}.{t} WHERE stage IN "
+                            f"(SELECT stage FROM expired))" for t in tables)
+        query = (
+            "WITH expired AS (SELECT st.stage FROM {s}.stages st "
+            "  WHERE st.updated_at < now() - make_interval(secs => CASE st.state ->> 'status' "
+            "      WHEN 'completed' THEN %(completed)s::float8 WHEN 'failed' THEN %(failed)s::float8 "
+            "      ELSE %(active)s::float8 END) "
+            "    AND position('.w.' in st.stage) = 0 "
+            "    AND NOT EXISTS (SELECT 1 FROM {s}.owners o JOIN pg_locks l ON l.pid = o.backend_pid "
+            "      WHERE o.stage = st.stage AND l.locktype = 'advisory' AND l.granted "
+            "      AND l.objsubid = 1 AND l.database = "
+            "        (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "      AND l.classid = ((hashtextextended(%(schema)s || ':' || st.stage, 0) >> 32) "
+            "                       & 4294967295)::oid "
+            "      AND l.objid = (hashtextextended(%(schema)s || ':' || st.stage, 0) "
+            "                     & 4294967295)::oid)), "
+            f"{deletes} "
+            "DELETE FROM {s}.stages WHERE stage IN (SELECT stage FROM expired) RETURNING stage")
+        try:
+            removed = [name for (name,) in self.db.query(query, {**ttl, "schema": self.schema})]
+        except Exception as exc:
+            logger.warning("PostgreSQL store: expired stages not removed (%s).", one_line(exc))
+            return []
+        if removed:
+            logger.info("PostgreSQL store: removed %d expired stage(s) (CHECKPOINT_POSTGRES_TTL): "
+                        "%s.", len(removed), ", ".join(sorted(removed)))
+        return removed
 
     def token(self, stage: str) -> str | None:
         """The token of the lock this process holds on ``stage`` (recorded in ``owners``)."""
