@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from typing import Any
 
 import psycopg
@@ -16,6 +17,7 @@ from psycopg import sql
 
 from scrapy_checkpoint import (
     CheckpointError,
+    CheckpointLockedError,
     CheckpointLostError,
     CheckpointWriteError,
     EnhancedCheckpoint,
@@ -30,6 +32,7 @@ from scrapy_checkpoint.stores.postgres import (
     PostgresStore,
     PostgresUnreachable,
 )
+from scrapy_checkpoint.view import read_stage
 
 from .conftest import POSTGRES_URL, PYTHON, SCRIPTS, drop_postgres_schema, python_env
 
@@ -443,3 +446,51 @@ def test_a_completed_stage_reads_back_through_the_manager_and_the_cli(
     assert "2/2 (100.0%)" in capsys.readouterr().out
     assert run(["--backend", postgresql_backend, "reset", "s"]) == 0
     assert open_store(postgresql_backend).stages() == []
+
+
+def test_a_shared_stage_worker_frozen_past_its_lease_is_adopted_and_then_stops(
+        postgresql_backend: str) -> None:
+    """A worker on another host that stops beating (frozen) still holds its sub-stage
+    lock's session: once its lease ran out, the adopter ends that session and takes the
+    sub-stage; the frozen process's next write finds the stage taken."""
+    from scrapy_checkpoint.shared import open_shared, sub_stage_name
+
+    sub = sub_stage_name("site", "frozen")
+    frozen_store = PostgresStore(postgresql_backend, lease_seconds=0.5)
+    frozen_cp = EnhancedCheckpoint(stage=sub, store=frozen_store, log_every=0)
+    frozen_cp.start()
+    frozen_cp.add_unit(1, {"url": "http://127.0.0.1/1"})
+    frozen_cp.save()
+    frozen = open_shared(frozen_store, "site", worker="frozen")
+    frozen._host = "elsewhere"  # as if on another machine: its pid means nothing here
+    token = frozen_store.token(sub)
+    assert token is not None
+    frozen._register(token)
+    frozen.beat()  # its last heartbeat: no heartbeat thread, it is frozen from now on
+    assert frozen.claim(1)
+
+    store = PostgresStore(postgresql_backend, lease_seconds=0.5)
+    adopter = open_shared(store, "site", worker="adopter")
+    deadline = time.monotonic() + 30
+    while [w.alive for w in adopter.workers() if w.id == "frozen"] != [False]:
+        assert time.monotonic() < deadline, "the lease never ran out"
+        time.sleep(0.05)  # polls the store until the lease has run out
+    with pytest.raises(CheckpointLockedError):
+        EnhancedCheckpoint(stage=sub, store=store, log_every=0).open()  # its session holds it
+    [dead] = [w for w in adopter.workers() if w.id == "frozen"]
+    adopter.release_dead(dead)
+    taken = EnhancedCheckpoint(stage=sub, store=store, log_every=0)
+    taken.open()
+    assert list(taken.live.pending) == [1]
+    assert adopter.claim(1)
+    # The frozen process wakes: its next writes find the stage taken (the first finds its
+    # session ended and keeps its group; the next connects again and sees the new owner).
+    frozen_cp.add_unit(3, {"url": "http://127.0.0.1/3"})
+    frozen_cp.save()
+    frozen_cp.add_unit(4, {"url": "http://127.0.0.1/4"})
+    with pytest.raises((CheckpointWriteError, CheckpointLockedError)):
+        frozen_cp.save()
+    taken.close()
+    assert read_stage(store, sub).state.pending_units == 1  # nothing of the frozen one's landed
+    store.close()
+    frozen_store.close()
