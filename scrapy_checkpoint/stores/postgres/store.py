@@ -102,41 +102,8 @@ class PostgresStore(Store):
         return lock
 
     def expire(self) -> list[str]:
-        """Remove the stages whose last state write is older than their status's TTL
-        (``ttls``), no live process holding them, in one statement; returns their names
-        (logged). Workers' sub-stages of shared stages are left to ``reset`` of the shared
-        stage. A server error is logged and nothing removed."""
-        if self.ttls is None or not self.db.ready:
-            return []
-        ttl = {key: self.ttls.get(key) for key in ("active", "completed", "failed")}
-        tables = ("journal", "requests", "snapshots", "corrupt")
-        deletes = ", ".join(f"d_{t} AS (DELETE FROM {{s}}.{t} WHERE stage IN "
-                            f"(SELECT stage FROM expired))" for t in tables)
-        query = (
-            "WITH expired AS (SELECT st.stage FROM {s}.stages st "
-            "  WHERE st.updated_at < now() - make_interval(secs => CASE st.state ->> 'status' "
-            "      WHEN 'completed' THEN %(completed)s::float8 WHEN 'failed' THEN %(failed)s::float8 "
-            "      ELSE %(active)s::float8 END) "
-            "    AND position('.w.' in st.stage) = 0 "
-            "    AND NOT EXISTS (SELECT 1 FROM {s}.owners o JOIN pg_locks l ON l.pid = o.backend_pid "
-            "      WHERE o.stage = st.stage AND l.locktype = 'advisory' AND l.granted "
-            "      AND l.objsubid = 1 AND l.database = "
-            "        (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "      AND l.classid = ((hashtextextended(%(schema)s || ':' || st.stage, 0) >> 32) "
-            "                       & 4294967295)::oid "
-            "      AND l.objid = (hashtextextended(%(schema)s || ':' || st.stage, 0) "
-            "                     & 4294967295)::oid)), "
-            f"{deletes} "
-            "DELETE FROM {s}.stages WHERE stage IN (SELECT stage FROM expired) RETURNING stage")
-        try:
-            removed = [name for (name,) in self.db.query(query, {**ttl, "schema": self.schema})]
-        except Exception as exc:
-            logger.warning("PostgreSQL store: expired stages not removed (%s).", one_line(exc))
-            return []
-        if removed:
-            logger.info("PostgreSQL store: removed %d expired stage(s) (CHECKPOINT_POSTGRES_TTL): "
-                        "%s.", len(removed), ", ".join(sorted(removed)))
-        return removed
+        """Remove the stages past their TTL (``ttls``): see :func:`expire_stages`."""
+        return expire_stages(self.db, self.ttls) if self.ttls is not None else []
 
     def token(self, stage: str) -> str | None:
         """The token of the lock this process holds on ``stage`` (recorded in ``owners``)."""
@@ -430,3 +397,40 @@ class PostgresStore(Store):
         return {"journal_bytes": journal, "snapshot_bytes": snapshot, "state_bytes": state}
 
 
+def expire_stages(db: PostgresDatabase, ttls: dict[str, int]) -> list[str]:
+    """Remove the stages whose last state write is older than their status's TTL
+    (``ttls``: seconds by ``active``, ``completed``, ``failed``; a missing key never
+    expires), no live process holding them, in one statement; returns their names
+    (logged). Workers' sub-stages of shared stages are left to ``reset`` of the shared
+    stage. A server error is logged and nothing removed."""
+    if not db.ready:
+        return []
+    ttl = {key: ttls.get(key) for key in ("active", "completed", "failed")}
+    tables = ("journal", "requests", "snapshots", "corrupt")
+    deletes = ", ".join(f"d_{t} AS (DELETE FROM {{s}}.{t} WHERE stage IN "
+                        f"(SELECT stage FROM expired))" for t in tables)
+    query = (
+        "WITH expired AS (SELECT st.stage FROM {s}.stages st "
+        "  WHERE st.updated_at < now() - make_interval(secs => CASE st.state ->> 'status' "
+        "      WHEN 'completed' THEN %(completed)s::float8 WHEN 'failed' THEN %(failed)s::float8 "
+        "      ELSE %(active)s::float8 END) "
+        "    AND position('.w.' in st.stage) = 0 "
+        "    AND NOT EXISTS (SELECT 1 FROM {s}.owners o JOIN pg_locks l ON l.pid = o.backend_pid "
+        "      WHERE o.stage = st.stage AND l.locktype = 'advisory' AND l.granted "
+        "      AND l.objsubid = 1 AND l.database = "
+        "        (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "      AND l.classid = ((hashtextextended(%(schema)s || ':' || st.stage, 0) >> 32) "
+        "                       & 4294967295)::oid "
+        "      AND l.objid = (hashtextextended(%(schema)s || ':' || st.stage, 0) "
+        "                     & 4294967295)::oid)), "
+        f"{deletes} "
+        "DELETE FROM {s}.stages WHERE stage IN (SELECT stage FROM expired) RETURNING stage")
+    try:
+        removed = [name for (name,) in db.query(query, {**ttl, "schema": db.schema})]
+    except Exception as exc:
+        logger.warning("PostgreSQL store: expired stages not removed (%s).", one_line(exc))
+        return []
+    if removed:
+        logger.info("PostgreSQL store: removed %d expired stage(s) (CHECKPOINT_POSTGRES_TTL): "
+                    "%s.", len(removed), ", ".join(sorted(removed)))
+    return removed
