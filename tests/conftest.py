@@ -4,6 +4,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -67,6 +68,14 @@ def hold_stage():  # type: ignore[no-untyped-def]
             holder.close()
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for a missing server or tool, saying ``reason``; under CI=true that is
+    a failure (a CI run must not pass by skipping)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -78,11 +87,8 @@ def require_redis() -> None:
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
-        message = (f"no Redis at {REDIS_URL} ({exc}); start redis-server or set REDIS_URL "
-                   f"to run the Redis store tests")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no Redis at {REDIS_URL} ({exc}); start redis-server or set REDIS_URL "
+                    f"to run the Redis store tests")
     finally:
         client.close()
 
@@ -181,12 +187,9 @@ def require_postgres() -> None:
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
     except psycopg.Error as exc:
-        message = (f"no PostgreSQL at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]}); "
-                   f"start one (pg_ctlcluster 15 main start) or set POSTGRES_URL to run the "
-                   f"PostgreSQL tests")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no PostgreSQL at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]}); "
+                    f"start one (pg_ctlcluster 15 main start) or set POSTGRES_URL to run the "
+                    f"PostgreSQL tests")
 
 
 def postgres_location(schema: str) -> str:

@@ -68,6 +68,29 @@ class Outputs:
         return [int(r[0]) for r in rows[1:]]
 
 
+def by_page(items: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Feed items (field -> text) sorted by their page number."""
+    return sorted(items, key=lambda item: int(item["page"]))
+
+
+def once_per_page(plain: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The plain run's items, each page once: its start request (``dont_filter``) is not in
+    the dupefilter, so plain Scrapy fetches the home page a second time from a link, which
+    the checkpoint's done-set does not (kind 3 of the crawl-fidelity issue)."""
+    seen: dict[str, dict[str, str]] = {}
+    for item in plain:
+        seen.setdefault(item["page"], item)
+    return by_page(list(seen.values()))
+
+
+def jsonlines_items(path: Path) -> list[dict[str, str]]:
+    """The items of a JSON lines feed, in file order, values as text; fails on a partial
+    last line."""
+    data = path.read_text()
+    assert data == "" or data.endswith("\n"), f"{path.name} ends with a partial line"
+    return [{k: str(v) for k, v in json.loads(line).items()} for line in data.splitlines()]
+
+
 def crawl(site: Site, outputs: Outputs, *extra: str,
           interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
           interrupt_after_hits: int | None = None) -> CrawlRun:

@@ -28,7 +28,7 @@ import pytest
 from scrapy_checkpoint import FileStore, Status, read_stage
 
 from .conftest import PYTHON
-from .crawl import PROJECT, CrawlRun, run, sigint, sigkill
+from .crawl import PROJECT, CrawlRun, by_page, jsonlines_items, once_per_page, run, sigint, sigkill
 from .site import Site
 
 N_PAGES = 150
@@ -77,35 +77,15 @@ def _interrupted(site: Site, directory: Path, seed: int, *feed_args: str,
     return runs
 
 
-def _by_page(items: list[dict[str, str]]) -> list[dict[str, str]]:
-    return sorted(items, key=lambda item: int(item["page"]))
-
-
-def _once(plain: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The plain run's items, each page once: its start request (``dont_filter``) is not in
-    the dupefilter, so plain Scrapy fetches the home page a second time from a link, which
-    the checkpoint's done-set does not (kind 3 of the crawl-fidelity issue)."""
-    seen: dict[str, dict[str, str]] = {}
-    for item in plain:
-        seen.setdefault(item["page"], item)
-    return _by_page(list(seen.values()))
-
-
 def _json_items(path: Path) -> list[dict[str, str]]:
     items = json.loads(path.read_bytes())  # fails on a second document or a missing "]"
-    return _by_page([{k: str(v) for k, v in item.items()} for item in items])
+    return by_page([{k: str(v) for k, v in item.items()} for item in items])
 
 
 def _xml_items(path: Path) -> list[dict[str, str]]:
     root = ET.fromstring(path.read_bytes())  # fails on a second root or a missing end tag
     assert root.tag == "items"
-    return _by_page([{field.tag: field.text or "" for field in item} for item in root])
-
-
-def _jl_items(path: Path) -> list[dict[str, str]]:
-    data = path.read_text()
-    assert data == "" or data.endswith("\n"), f"{path.name} ends with a partial line"
-    return [{k: str(v) for k, v in json.loads(line).items()} for line in data.splitlines()]
+    return by_page([{field.tag: field.text or "" for field in item} for item in root])
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -113,7 +93,7 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     header, body = rows[0], rows[1:]
     assert all(len(row) == len(header) for row in body), "a row does not fit the header"
     assert header not in body, "the CSV header was written twice"
-    return header, _by_page([dict(zip(header, row, strict=True)) for row in body])
+    return header, by_page([dict(zip(header, row, strict=True)) for row in body])
 
 
 @pytest.mark.slow
@@ -129,7 +109,7 @@ def test_json_and_xml_feeds_after_kills_are_one_document_with_the_uninterrupted_
     runs = _interrupted(site, tmp_path / "resumed", seed, *feeds)
     assert any(r.returncode == -9 for r in runs)
     for name, read in (("items.json", _json_items), ("items.xml", _xml_items)):
-        plain = _once(read(tmp_path / "plain" / name))
+        plain = once_per_page(read(tmp_path / "plain" / name))
         resumed = read(tmp_path / "resumed" / name)
         assert [i["page"] for i in resumed] == [str(p) for p in range(N_PAGES)], name
         assert resumed == plain, name
@@ -162,7 +142,7 @@ def _csv_items(path: Path) -> list[dict[str, str]]:
 
 
 def _batch_files(directory: Path, suffix: str) -> dict[str, list[dict[str, str]]]:
-    read = {"json": _json_items, "xml": _xml_items, "csv": _csv_items}.get(suffix, _jl_items)
+    read = {"json": _json_items, "xml": _xml_items, "csv": _csv_items}.get(suffix, jsonlines_items)
     return {p.name: read(p) for p in sorted(directory.glob(f"feed-*.{suffix}"))}
 
 
@@ -176,7 +156,7 @@ def test_batch_feeds_after_kills_are_the_files_of_an_uninterrupted_run(
     feeds = [flag, f"feed-%(batch_id)d.{suffix}", "-s", f"FEED_EXPORT_BATCH_ITEM_COUNT={BATCH}"]
     _plain(site, tmp_path / "plain", *feeds)
     runs = _interrupted(site, tmp_path / "resumed", seed, *feeds)
-    plain = _once([item for items in _batch_files(tmp_path / "plain", suffix).values()
+    plain = once_per_page([item for items in _batch_files(tmp_path / "plain", suffix).values()
                    for item in items])
     resumed = _batch_files(tmp_path / "resumed", suffix)
     # The uninterrupted run's files for these items: feed-1.. with BATCH items each but the last.
@@ -185,7 +165,7 @@ def test_batch_feeds_after_kills_are_the_files_of_an_uninterrupted_run(
     if rest:
         expected[f"feed-{full + 1}.{suffix}"] = rest
     assert {name: len(items) for name, items in resumed.items()} == expected
-    everything = _by_page([item for items in resumed.values() for item in items])
+    everything = by_page([item for items in resumed.values() for item in items])
     assert everything == plain
     assert [i["page"] for i in everything] == [str(p) for p in range(N_PAGES)]
     assert "cannot make crash-safe" not in "".join(r.log for r in runs)
@@ -226,7 +206,7 @@ def test_a_csv_feed_resumed_after_the_item_gained_a_field_keeps_its_columns(
     header, rows = _csv_rows(resumed / "items.csv")
     plain_header, plain_rows = _csv_rows(tmp_path / "plain" / "items.csv")
     assert header == plain_header == ["page", "title", "url"]
-    assert rows == _once(plain_rows)
+    assert rows == once_per_page(plain_rows)
     warnings = [line for line in final.log.splitlines() if "CSV header" in line]
     assert len(warnings) == 1, final.log[-3000:]
     assert "['extra']" in warnings[0]

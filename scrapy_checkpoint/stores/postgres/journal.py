@@ -3,6 +3,7 @@ its request reader (one indexed SELECT per record)."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,9 @@ class PostgresJournalWriter:
     ``shared``: the shared stage whose claims and queued payloads each group's statement
     keeps in step (:meth:`PostgresStore.track_shared`).
     """
+
+    #: Seconds :meth:`fsync` (the end of a job) waits for an unreachable server.
+    END_WAIT_SECONDS = 30
 
     def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
                  seq: int, pos: int, buffer_limit: int, shared: str | None = None) -> None:
@@ -184,8 +188,21 @@ class PostgresJournalWriter:
         (``synchronous_commit``)."""
 
     def fsync(self) -> None:
-        """:meth:`flush`."""
+        """:meth:`flush`, at the end of a job (the checkpoint's last commit): no later group
+        will carry the groups still waiting, so while the server cannot be reached it is
+        tried again, every :attr:`PostgresLock.RETRY_SECONDS`, for up to
+        :attr:`END_WAIT_SECONDS` (a restarting server is back within it). What still waits
+        then is logged by :meth:`close`. Raises as :meth:`flush`."""
         self.flush()
+        if not self._pending or self.lock.released:
+            return
+        logger.warning("Stage %s: waiting up to %d s for PostgreSQL at %s to send the last %d "
+                       "journal group(s).", self._stage, self.END_WAIT_SECONDS,
+                       self._store.location, len(self._pending))
+        deadline = time.monotonic() + self.END_WAIT_SECONDS
+        while self._pending and not self.lock.released and time.monotonic() < deadline:
+            self.lock.wait_for_retry()
+            self.flush()
 
     def close(self) -> None:
         """:meth:`flush`; groups that still cannot be sent, or that may not be since the

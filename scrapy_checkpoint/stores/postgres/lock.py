@@ -160,6 +160,11 @@ class PostgresLock:
         return (f"The connection to PostgreSQL at {self._store.location} that held the lock of "
                 f"stage {self._stage!r} is lost ({reason.rstrip('.')}).")
 
+    def wait_for_retry(self) -> None:
+        """Sleep until the next attempt to reach the server is due (at most
+        :attr:`RETRY_SECONDS`; at once if none is pending)."""
+        time.sleep(max(0.0, self._retry_at - time.monotonic()))
+
     def _check(self) -> Any:
         """The lock's live connection (call with ``mutex`` held): taken again if its
         session was lost. Raises as :meth:`_restore`, CheckpointError once released."""
