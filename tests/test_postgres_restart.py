@@ -208,9 +208,14 @@ def _assert_same_items(outputs: Outputs, plain_items: list[dict[str, str]]) -> N
     assert by_page(items) == plain_items, "items.jl differs from the plain run's items"
     assert sorted(outputs.jsonlines("own.jl")) == list(range(N_PAGES)), "own.jl: lost or twice"
     assert sorted(outputs.csv_pages()) == list(range(N_PAGES)), "items.csv: lost or twice"
-    state = read_stage(open_store(outputs.location), "site").state
+    store = open_store(outputs.location)
+    state = read_stage(store, "site").state
     assert (state.status, state.done_units, state.pending_units) == (
         Status.COMPLETED, N_PAGES, 0)
+    row, _ = store.read_state("site")  # the stages row itself (what SQL users read)
+    assert row is not None
+    assert (row.status, row.done_units) == (Status.COMPLETED, N_PAGES), "a stale stages row"
+    store.close()
 
 
 def _done_pages(cluster: Cluster, site: Site) -> set[int]:

@@ -54,11 +54,14 @@ class PostgresJournalWriter:
 
     #: Seconds :meth:`fsync` (the end of a job) waits for an unreachable server.
     END_WAIT_SECONDS = 30
+    #: Seconds between two log lines about groups waiting for the server.
+    WARN_EVERY_SECONDS = 10
 
     def __init__(self, store: PostgresStore, lock: PostgresLock, stage: str, gen: int,
                  seq: int, pos: int, buffer_limit: int, shared: str | None = None) -> None:
         self._store, self.lock, self._stage = store, lock, stage
         self._shared = shared
+        self._warned_at = float("-inf")
         self._gen, self._seq, self._pos = gen, seq, pos
         #: Request records waiting for the next group: (gen, position, record).
         self._requests: list[tuple[int, int, bytes]] = []
@@ -154,13 +157,19 @@ class PostgresJournalWriter:
                     f"{len(self._pending)} journal groups ({self._pending_bytes} bytes, over "
                     f"CHECKPOINT_REDIS_BUFFER={self._buffer_limit}); stopping rather than "
                     f"losing records. Bring PostgreSQL back and run again.") from exc
-            logger.warning("%s %d group(s) buffered until it is back.", exc, len(self._pending))
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY_SECONDS:  # not a line per group
+                self._warned_at = now
+                logger.warning("%s %d group(s) buffered until it is back.", exc, len(self._pending))
+            return
         except driver().Error as exc:  # on a live session: read-only (a standby), rights, disk
             raise CheckpointWriteError(
                 f"PostgreSQL at {self._store.location} refused the journal of stage "
                 f"{self._stage!r}: {sentence(exc)} This run stops; fix the database (write "
                 f"access, disk space) and run the same command again to resume from the last "
                 f"group it recorded.") from None
+        self._warned_at = float("-inf")
+        self._store.state_caught_up(self._stage)
 
     def _tracking(self, payload: bytes) -> tuple[list[str], list[Any]]:
         """The statements (CTEs) keeping the shared stage in step with this group, and

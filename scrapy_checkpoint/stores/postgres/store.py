@@ -44,6 +44,8 @@ class PostgresStore(Store):
         self.lease_seconds = lease_seconds
         self.ttls = dict(ttls) if ttls is not None else None
         self._expired = False
+        #: The last state of each held stage that could not be written (server away).
+        self._unwritten: dict[str, bytes] = {}
         #: Sub-stages whose journal appends keep their shared stage's claims in step.
         self._tracked: dict[str, str] = {}
         self._writers: dict[str, PostgresJournalWriter] = {}
@@ -67,6 +69,7 @@ class PostgresStore(Store):
         if self._locks.get(stage) is lock:
             del self._locks[stage]
             self._versions.pop(stage, None)
+            self._unwritten.pop(stage, None)
             self._writers.pop(stage, None)
 
     def ping(self) -> None:
@@ -116,6 +119,15 @@ class PostgresStore(Store):
         ``=``, a unit it adds leaves ``shared_queued`` (unless the group hands it off).
         Call before the sub-stage is opened."""
         self._tracked[sub_stage] = stage
+
+    def state_caught_up(self, stage: str) -> None:
+        """Called by ``stage``'s journal writer once every group reached the server: the
+        last state that could not be written meanwhile is written now, so the ``stages``
+        row (and the ``stage_status`` view) does not stay at what it was before the
+        outage."""
+        data = self._unwritten.get(stage)
+        if data is not None:
+            self.write_state(stage, data)
 
     def lock_restored(self, stage: str, lock: PostgresLock) -> None:
         """Called by ``lock`` once it took the stage again after its session was lost."""
@@ -179,12 +191,15 @@ class PostgresStore(Store):
             else:
                 row = self.db.query_one(query, params)
         except CheckpointError as exc:
+            if lock is not None and not lock.released:
+                self._unwritten[stage] = bytes(data)  # written once the journal catches up
             logger.warning("Stage %s: state not written (%s).", stage, exc)
             return
         except driver().OperationalError as exc:
             logger.warning("Stage %s: state not written, PostgreSQL unreachable (%s).", stage,
                            one_line(exc))
             return
+        self._unwritten.pop(stage, None)
         if row is None:
             logger.error("Stage %s: not writing the state, its row in %s.stages was changed by "
                          "another process (version %s expected).", stage, self.schema, expected)
