@@ -219,8 +219,11 @@ class PostgresJournalWriter:
         if not self.lock.released:
             self.flush()
         if self._pending:
-            logger.error("Stage %s: %d journal group(s) could not reach PostgreSQL at %s.",
-                         self._stage, len(self._pending), self._store.location)
+            logger.error("Stage %s: %d journal group(s) could not reach PostgreSQL at %s, so the "
+                         "stage there ends at its last group received, not as this run ended: "
+                         "the work of those groups is redone (and their items written again, "
+                         "once) by the next run. Run the same command again once PostgreSQL "
+                         "is back.", self._stage, len(self._pending), self._store.location)
 
 
 class PostgresRequestReader:
