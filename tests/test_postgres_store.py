@@ -4,11 +4,14 @@ the conformance suite (``store_location``), on PostgreSQL as on the other stores
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import subprocess
+import threading
 import time
+import warnings
 from typing import Any
 
 import psycopg
@@ -76,6 +79,82 @@ def test_the_location_names_the_server_and_schema_never_the_password(postgresql_
 def test_a_bad_schema_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="Invalid PostgreSQL schema name 'a b'"):
         PostgresStore(f"{POSTGRES_URL}?schema=a b")
+
+
+def test_connections_ended_by_the_server_are_replaced_for_queries_and_transactions(
+        postgresql_backend: str) -> None:
+    name = f"sctest-{os.getpid()}-{id(object())}"
+    store = PostgresStore(f"{postgresql_backend}&application_name={name}")
+    try:
+        ((before,),) = store.db.query("SELECT pg_backend_pid()")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:  # as a server restart would
+            ended = conn.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                                 "FROM "
+                                 "pg_stat_activity WHERE application_name = %s", [name]).fetchone()
+        assert ended is not None
+        assert ended[0] >= 1
+        ((after,),) = store.db.query("SELECT pg_backend_pid()")
+        assert after != before
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                         "WHERE application_name = %s", [name])
+        with store.db.transaction() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with store.db.reading() as conn:
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+    finally:
+        store.close()
+
+
+def test_threads_each_get_a_connection_of_the_small_pool(postgresql_backend: str) -> None:
+    store = PostgresStore(postgresql_backend)
+    inside = threading.Barrier(3)
+    pids: list[int] = []
+
+    def hold() -> None:
+        with store.db.transaction() as conn:
+            pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+            inside.wait(timeout=60)  # all three transactions open at once: three connections
+
+    try:
+        workers = [threading.Thread(target=hold) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert len(set(pids)) == 3
+        assert store.db.query_one("SELECT 1") == (1,)
+    finally:
+        store.close()
+
+
+def test_a_store_closed_twice_or_collected_leaves_no_thread_and_no_warning(
+        postgresql_backend: str) -> None:
+    before = set(threading.enumerate())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = PostgresStore(postgresql_backend)
+        assert store.db.query_one("SELECT 1") == (1,)
+        store.close()
+        store.close()
+        assert set(threading.enumerate()) <= before
+        assert store.db.query_one("SELECT 2") == (2,)  # a connection of its own, closed after
+        collected = PostgresStore(postgresql_backend)
+        assert collected.db.query_one("SELECT 1") == (1,)
+        del collected
+        gc.collect()
+        assert set(threading.enumerate()) <= before
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_process_leaving_its_store_open_exits_at_once_without_a_word(
+        postgresql_backend: str) -> None:
+    code = ("import sys; from scrapy_checkpoint.stores.postgres import PostgresStore; "
+            "store = PostgresStore(sys.argv[1]); store.db.query_one('SELECT 1'); print('done')")
+    run = subprocess.run([PYTHON, "-X", "dev", "-W", "error", "-c", code, postgresql_backend],
+                         capture_output=True, text=True, env=python_env(), check=False)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")
 
 
 def test_the_tables_are_created_by_the_first_writer_once_with_their_version(

@@ -1,12 +1,15 @@
-"""The server and the schema of a PostgreSQL store: the URL, the shared connection, the
+"""The server and the schema of a PostgreSQL store: the URL, the pool of connections, the
 tables (``schema.sql``, created on first use) and the helpers every part uses."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
-import threading
-from collections.abc import Mapping, Sequence
+import sys
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -28,6 +31,12 @@ LAYOUT_CHANGES = {
     2: "tables shared_workers, shared_claims, shared_inbox, shared_queued; function "
        "worker_alive (shared stages)",
 }
+#: Connections a store's pool keeps open at least and at most: the reactor thread, a shared
+#: stage's heartbeat thread and the status server's handlers each take one while they use it.
+POOL_MIN_SIZE, POOL_MAX_SIZE = 1, 4
+#: Seconds a caller waits for a connection of the pool (all in use, or being replaced)
+#: before it makes one of its own for its call, which says why if the server is down.
+POOL_WAIT_SECONDS = 0.5
 #: URL schemes of a PostgreSQL store.
 SCHEMES = ("postgresql://", "postgres://")
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
@@ -46,6 +55,25 @@ def driver() -> Any:
         raise ConfigError("The PostgreSQL backend needs psycopg 3: "
                           "pip install 'scrapy-checkpoint[postgres]'.") from None
     return psycopg
+
+
+def pool_driver() -> Any:
+    try:
+        import psycopg_pool
+    except ImportError:  # pragma: no cover - an install problem, said plainly
+        raise ConfigError("The PostgreSQL backend needs psycopg's pool: "
+                          "pip install 'scrapy-checkpoint[postgres]'.") from None
+    return psycopg_pool
+
+
+#: The databases whose pool is open: closed at exit, while their threads still run.
+_OPEN: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_pools() -> None:
+    for db in list(_OPEN):
+        db.close()
 
 
 #: Passwords of the URLs opened in this process, and their pieces: the driver may echo them
@@ -82,8 +110,9 @@ def sentence(exc: BaseException) -> str:
 
 
 class PostgresDatabase:
-    """The server and schema of a :class:`PostgresStore`: its URL, its connections, its
-    tables (created on first use).
+    """The server and schema of a :class:`PostgresStore`: its URL, its pool of connections
+    (psycopg_pool ``ConnectionPool``, :data:`POOL_MIN_SIZE` to :data:`POOL_MAX_SIZE`
+    autocommit connections, each checked when taken), its tables (created on first use).
 
     ``url``: ``postgresql://[user[:password]@]host[:port]/dbname`` (or ``postgres://``),
     with libpq's query parameters (``sslmode=...``) and optionally ``?schema=NAME`` (or
@@ -119,13 +148,24 @@ class PostgresDatabase:
         self.location = redact(urlunsplit(parts._replace(
             netloc=f"{user}@{host}" if user else host, query=urlencode(shown, quote_via=quote))))
         self.schema_sql = psycopg.sql.Identifier(self.schema)
-        self._mutex = threading.Lock()
-        self._conn: Any = None
-        with self._mutex:
-            self._connection()
+        self._pool: Any = None
+        # A first connection of its own: an unreachable server is said at once, with why.
+        self.connect().close()
+        pool = pool_driver().ConnectionPool
+        # No callback of this object: the pool keeps no reference to it.
+        self._pool = pool(self._conninfo, kwargs={"autocommit": True, **self._defaults},
+                          min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE, open=False,
+                          check=pool.check_connection, timeout=POOL_WAIT_SECONDS,
+                          num_workers=1, name="scrapy-checkpoint")
+        self._pool.open()
+        _OPEN.add(self)
         #: The layout version of the schema's tables (None: no tables), as last looked up.
         self.version: int | None = None
-        self._check_layout()
+        try:
+            self._check_layout()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def ready(self) -> bool:
@@ -192,30 +232,42 @@ class PostgresDatabase:
                 f"Cannot reach PostgreSQL at {self.location}: {sentence(exc)} Start PostgreSQL, "
                 f"or fix the URL in CHECKPOINT_BACKEND (or --backend / backend=).") from None
 
-    def _connection(self) -> Any:
-        """The shared connection, for reads and for writes of stages the store does not
-        lock (call with ``_mutex`` held); made again if the last one broke."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = self.connect()
-        return self._conn
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection for the with-block, no other thread using it: one of the pool (given
+        back after; the pool replaces it if it broke), else, when none is free within
+        :data:`POOL_WAIT_SECONDS` or the pool is closed, one of its own, closed after.
+        Raises CheckpointError if the server cannot be reached."""
+        errors = pool_driver()
+        try:
+            conn = self._pool.getconn()
+        except (errors.PoolTimeout, errors.PoolClosed):
+            conn = None
+        if conn is None:
+            with self.connect() as own:
+                yield own
+            return
+        try:
+            yield conn
+        finally:
+            self._pool.putconn(conn)
 
     def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
               ) -> list[tuple[Any, ...]]:
-        """Rows of ``query`` (``{s}`` stands for the schema) on the shared connection; run
-        again on a new connection once if the shared one turns out broken (the server
-        restarted since it was made). Raises CheckpointError if the server cannot be
-        reached, psycopg's errors otherwise."""
+        """Rows of ``query`` (``{s}`` stands for the schema) on a connection of the pool;
+        run again once on another if that one turns out broken (the server restarted since
+        it was checked). Raises CheckpointError if the server cannot be reached, psycopg's
+        errors otherwise."""
         operational = driver().OperationalError
-        with self._mutex:
-            conn = self._connection()
+        statement = self.sql(query)
+        with self._connection() as conn:
             try:
-                return conn.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
+                return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
             except operational:
                 if not (conn.broken or conn.closed):
                     raise
-            return self._connection().execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
+        with self._connection() as conn:
+            return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
 
     def query_one(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
                   ) -> tuple[Any, ...] | None:
@@ -231,17 +283,15 @@ class PostgresDatabase:
     def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
               lock: PostgresLock | None = None) -> None:
         """Run ``statements`` (``{s}``: the schema) in one transaction: on ``lock``'s session
-        if given, else on the shared connection."""
+        if given, else on a connection of the pool."""
         if lock is not None:
             with lock.transaction() as conn:
                 for query, params in statements:
                     conn.execute(self.sql(query), params)
             return
-        with self._mutex:
-            conn = self._connection()
-            with conn.transaction():
-                for query, params in statements:
-                    conn.execute(self.sql(query), params)
+        with self.transaction() as conn:
+            for query, params in statements:
+                conn.execute(self.sql(query), params)
 
     def create_schema(self) -> None:
         """Create the schema and its tables unless they are there (serialised between
@@ -256,67 +306,46 @@ class PostgresDatabase:
         if plan is None:
             return
         logger.info("PostgreSQL store: about to %s.", plan)
-        with self._mutex:
-            conn = self._connection()
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                             [f"scrapy_checkpoint schema {self.schema}"])
-                conn.execute(sql.SQL(schema_sql()).format(s=self.schema_sql,
-                                                  schema_text=sql.Literal(self.schema)))
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                         [f"scrapy_checkpoint schema {self.schema}"])
+            conn.execute(sql.SQL(schema_sql()).format(s=self.schema_sql,
+                                              schema_text=sql.Literal(self.schema)))
         self.version = SCHEMA_VERSION
 
     def reading(self) -> Any:
-        """A context manager: the shared connection (psycopg ``Connection``), no other
-        thread using it, in a REPEATABLE READ, READ ONLY transaction."""
-        return _Shared(self, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        """A context manager: a connection (psycopg ``Connection``) no other thread uses, in
+        a REPEATABLE READ, READ ONLY transaction for the with-block."""
+        return self._transaction("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def transaction(self) -> Any:
-        """A context manager: the shared connection, no other thread using it, in a
-        transaction."""
-        return _Shared(self, None)
+        """A context manager: a connection no other thread uses, in a transaction for the
+        with-block (committed at its end, rolled back if it raises)."""
+        return self._transaction(None)
+
+    @contextmanager
+    def _transaction(self, first: str | None) -> Iterator[Any]:
+        with self._connection() as conn, conn.transaction():
+            if first is not None:
+                conn.execute(first)
+            yield conn
 
     def close(self) -> None:
-        """Close the shared connection (held locks keep theirs until released)."""
-        with self._mutex:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the pool and its connections (held locks keep theirs until released). A
+        query after this makes a connection of its own for itself. Closing again does
+        nothing."""
+        _OPEN.discard(self)
+        if self._pool is not None:
+            self._pool.close()
 
     def __del__(self) -> None:
-        conn = getattr(self, "_conn", None)
-        if conn is not None and not conn.closed:
-            conn.close()
+        pool = getattr(self, "_pool", None)
+        if pool is None or pool.closed or sys.is_finalizing():
+            return
+        # Collected on one of the pool's own threads, which cannot wait for itself.
+        with suppress(RuntimeError):
+            pool.close()
 
     def lock_key(self, stage: str) -> str:
         """The text whose ``hashtextextended(text, 0)`` is ``stage``'s advisory lock key."""
         return f"{self.schema}:{stage}"
-
-
-
-class _Shared:
-    def __init__(self, db: PostgresDatabase, first: str | None) -> None:
-        self._db, self._first = db, first
-        self._tx: Any = None
-
-    def __enter__(self) -> Any:
-        self._db._mutex.acquire()
-        try:
-            conn = self._db._connection()
-            self._tx = conn.transaction()
-            self._tx.__enter__()
-            if self._first is not None:
-                conn.execute(self._first)
-        except BaseException:
-            if self._tx is not None:
-                self._tx.__exit__(None, None, None)
-            self._db._mutex.release()
-            raise
-        return conn
-
-    def __exit__(self, *exc_info: Any) -> None:
-        try:
-            self._tx.__exit__(*exc_info)
-        finally:
-            self._db._mutex.release()
-
-
