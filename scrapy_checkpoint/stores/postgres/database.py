@@ -7,6 +7,7 @@ import atexit
 import logging
 import re
 import sys
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -37,6 +38,13 @@ POOL_MIN_SIZE, POOL_MAX_SIZE = 1, 4
 #: Seconds a caller waits for a connection of the pool (all in use, or being replaced)
 #: before it makes one of its own for its call, which says why if the server is down.
 POOL_WAIT_SECONDS = 0.5
+#: A connection of the pool idle this long (s) is checked, one round trip, when taken: a
+#: server restart meanwhile is found before the caller's statement. One used more recently
+#: is not checked (a round trip saved on every query of a busy crawl); if it turns out
+#: broken, :meth:`PostgresDatabase.query` runs again on another.
+CHECK_IDLE_SECONDS = 2.0
+#: When each pooled connection was last given back (connections are weakly referenced).
+_LAST_USED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 #: URL schemes of a PostgreSQL store.
 SCHEMES = ("postgresql://", "postgres://")
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
@@ -46,6 +54,22 @@ def schema_sql() -> str:
     """The text of ``schema.sql`` (package data): the DDL of layout :data:`SCHEMA_VERSION`,
     with ``{s}`` and ``{schema_text}`` placeholders for psycopg's ``sql.SQL.format``."""
     return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def _check_if_idle(conn: Any) -> None:
+    """The pool's check of a connection being taken: see :data:`CHECK_IDLE_SECONDS`.
+    Raises what the driver raises for a broken connection (the pool replaces it)."""
+    if time.monotonic() - _LAST_USED.get(conn, float("-inf")) >= CHECK_IDLE_SECONDS:
+        pool_driver().ConnectionPool.check_connection(conn)
+
+
+def _answers(conn: Any) -> bool:
+    """True if ``conn`` answers a round trip (False: the server ended its session)."""
+    try:
+        pool_driver().ConnectionPool.check_connection(conn)
+    except driver().OperationalError:
+        return False
+    return True
 
 
 def driver() -> Any:
@@ -155,7 +179,7 @@ class PostgresDatabase:
         # No callback of this object: the pool keeps no reference to it.
         self._pool = pool(self._conninfo, kwargs={"autocommit": True, **self._defaults},
                           min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE, open=False,
-                          check=pool.check_connection, timeout=POOL_WAIT_SECONDS,
+                          check=_check_if_idle, timeout=POOL_WAIT_SECONDS,
                           num_workers=1, name="scrapy-checkpoint")
         self._pool.open()
         _OPEN.add(self)
@@ -250,6 +274,7 @@ class PostgresDatabase:
         try:
             yield conn
         finally:
+            _LAST_USED[conn] = time.monotonic()
             self._pool.putconn(conn)
 
     def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
@@ -325,10 +350,17 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(self, first: str | None) -> Iterator[Any]:
-        with self._connection() as conn, conn.transaction():
-            if first is not None:
-                conn.execute(first)
-            yield conn
+        # A transaction is never run again: its connection is checked first, whatever
+        # CHECK_IDLE_SECONDS says, and one the server ended is given back for another.
+        for fresh in (False, True):
+            with self._connection() as conn:
+                if not fresh and not _answers(conn):
+                    continue
+                with conn.transaction():
+                    if first is not None:
+                        conn.execute(first)
+                    yield conn
+                return
 
     def close(self) -> None:
         """Close the pool and its connections (held locks keep theirs until released). A
