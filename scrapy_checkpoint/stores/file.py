@@ -52,9 +52,17 @@ from ..journal.groups import (
     segment_tag,
 )
 from ..journal.pending import OFFSET_BITS
-from ..journal.snapshot import PLACES, decode_snapshot
+from ..journal.snapshot import (
+    PLACES,
+    decode_snapshot,
+    encode_snapshot,  # noqa: F401 (beside decode_snapshot, for scripts)
+)
 from ..state import CheckpointState, Owner
-from .base import Loaded, is_stage_name
+from .base import (
+    Loaded,
+    check_stage_name,  # noqa: F401 (where scripts naming a stage find it)
+    is_stage_name,
+)
 from .files import (
     DataDirs,
     create_temp,

@@ -205,3 +205,19 @@ def test_no_class_is_longer_than_the_limit() -> None:
                 if lines > MAX_CLASS_LINES:
                     too_long.append(f"{path.relative_to(ROOT)}: {node.name} ({lines} lines)")
     assert not too_long, "split these classes along their concerns: " + "; ".join(too_long)
+
+
+def test_the_names_scripts_import_stay_where_they_were() -> None:
+    """Recovery scripts and bug reports import the byte formats from the journal package
+    and the stage-name check and snapshot codec from the file store: moving a module must
+    keep these names where scripts find them."""
+    import scrapy_checkpoint.stores.file as file_store
+    from scrapy_checkpoint import journal
+
+    for name in ("frame", "encode_group", "decode_group", "encode_snapshot", "decode_snapshot"):
+        assert callable(getattr(journal, name)), name
+    assert file_store.decode_snapshot is journal.decode_snapshot
+    assert file_store.encode_snapshot is journal.encode_snapshot
+    assert callable(file_store.check_stage_name)
+    group = journal.decode_group(journal.encode_group([1], [], {"c": [1, 1, 0, 0]}))
+    assert list(group.done) == [1]
