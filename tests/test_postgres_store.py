@@ -208,6 +208,14 @@ def test_stages_past_their_ttl_are_removed_when_a_writer_starts_and_no_other(
     store.close()
 
 
+def _completed_stage(url: str, stage: str) -> None:
+    """A stage of two units, both done, completed."""
+    with EnhancedCheckpoint(url, stage, log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+
+
 def _back_to_layout_1(url: str) -> None:
     """The tables as layout 1 had them: the same without the shared ones."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -222,10 +230,7 @@ def test_tables_of_layout_1_are_read_as_they_are_and_upgraded_by_migrate_saying_
 ) -> None:
     from scrapy_checkpoint.cli import run
 
-    with EnhancedCheckpoint(postgresql_backend, "old", log_every=0) as cp:
-        cp.start(total_items=2)
-        cp.update(processed=2, successful=2, index=1)
-        cp.complete()
+    _completed_stage(postgresql_backend, "old")
     _back_to_layout_1(postgresql_backend)
     # Readers read layout 1 and change nothing.
     assert run(["--backend", postgresql_backend, "show", "old"]) == 0
@@ -513,10 +518,7 @@ def test_a_completed_stage_reads_back_through_the_manager_and_the_cli(
 ) -> None:
     from scrapy_checkpoint.cli import run
 
-    with EnhancedCheckpoint(postgresql_backend, "s", log_every=0) as cp:
-        cp.start(total_items=2)
-        cp.update(processed=2, successful=2, index=1)
-        cp.complete()
+    _completed_stage(postgresql_backend, "s")
     state, problems = open_store(postgresql_backend).read_state("s")
     assert state is not None
     assert state.status is Status.COMPLETED

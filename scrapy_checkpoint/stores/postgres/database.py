@@ -4,6 +4,7 @@ tables (``schema.sql``, created on first use) and the helpers every part uses.""
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import re
 import sys
@@ -72,22 +73,22 @@ def _answers(conn: Any) -> bool:
     return True
 
 
-def driver() -> Any:
+def _needed(module: str, what: str) -> Any:
     try:
-        import psycopg
+        return importlib.import_module(module)
     except ImportError:  # pragma: no cover - an install problem, said plainly
-        raise ConfigError("The PostgreSQL backend needs psycopg 3: "
-                          "pip install 'scrapy-checkpoint[postgres]'.") from None
-    return psycopg
+        raise ConfigError(f"The PostgreSQL backend needs {what}: "
+                          f"pip install 'scrapy-checkpoint[postgres]'.") from None
+
+
+def driver() -> Any:
+    """The ``psycopg`` module (ConfigError, saying what to install, without it)."""
+    return _needed("psycopg", "psycopg 3")
 
 
 def pool_driver() -> Any:
-    try:
-        import psycopg_pool
-    except ImportError:  # pragma: no cover - an install problem, said plainly
-        raise ConfigError("The PostgreSQL backend needs psycopg's pool: "
-                          "pip install 'scrapy-checkpoint[postgres]'.") from None
-    return psycopg_pool
+    """The ``psycopg_pool`` module (ConfigError, saying what to install, without it)."""
+    return _needed("psycopg_pool", "psycopg's pool")
 
 
 #: The databases whose pool is open: closed at exit, while their threads still run.
