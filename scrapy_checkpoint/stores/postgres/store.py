@@ -94,7 +94,7 @@ class PostgresStore(Store):
         s). Raises CheckpointLockedError naming the holder, CheckpointError if the server
         cannot be reached."""
         check_stage_name(stage)
-        self.db.ensure()  # a writer: the tables are created now if they are not there
+        self.db.ensure(needed=1)  # a writer: the tables are created now if they are not there
         lock = PostgresLock(self, stage, owner)
         lock.take()
         self._locks[stage] = lock
