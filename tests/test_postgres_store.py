@@ -208,6 +208,29 @@ def test_stages_past_their_ttl_are_removed_when_a_writer_starts_and_no_other(
     store.close()
 
 
+def test_a_stage_whose_lock_is_being_taken_is_not_expired_under_its_taker(
+        postgresql_backend: str) -> None:
+    """A process taking a stage holds its advisory lock a moment before its ``owners`` row
+    says so (the row still names the last run's ended session): expiry, which runs as
+    another writer starts, must not remove the stage then, nor may the taker load it while
+    expiry removes it."""
+    with EnhancedCheckpoint(postgresql_backend, "old", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+    _rows(postgresql_backend, "UPDATE {s}.stages SET updated_at = now() - interval '2 hours' "
+          "RETURNING 1")
+    store = PostgresStore(postgresql_backend, ttls={"completed": 3600})
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as taker:  # between lock and row
+        assert taker.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                             [store.db.lock_key("old")]).fetchone() == (True,)
+        assert store.expire() == []
+        assert store.stages() == ["old"]
+    assert store.expire() == ["old"]  # once nobody holds it
+    assert store.stages() == []
+    store.close()
+
+
 def _back_to_layout_1(url: str) -> None:
     """The tables as layout 1 had them: the same without the shared ones."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
