@@ -216,6 +216,32 @@ def _completed_stage(url: str, stage: str) -> None:
         cp.complete()
 
 
+def test_a_stage_whose_lock_is_being_taken_is_not_expired_under_its_taker(
+        postgresql_backend: str) -> None:
+    """A process taking a stage holds its advisory lock a moment before its ``owners`` row
+    says so (the row still names the last run's ended session): expiry, which runs as
+    another writer starts, must not remove the stage then, nor may the taker load it while
+    expiry removes it."""
+    with EnhancedCheckpoint(postgresql_backend, "old", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=2, successful=2, index=1)
+        cp.complete()
+    _rows(postgresql_backend, "UPDATE {s}.stages SET updated_at = now() - interval '2 hours' "
+          "RETURNING 1")
+    store = PostgresStore(postgresql_backend, ttls={"completed": 3600})
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as taker:  # between lock and row
+        assert taker.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                             [store.db.lock_key("old")]).fetchone() == (True,)
+        assert store.expire() == []
+        assert store.stages() == ["old"]
+        # Let go here: a closed session's locks are freed a moment after it closes.
+        taker.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                      [store.db.lock_key("old")])
+    assert store.expire() == ["old"]  # once nobody holds it
+    assert store.stages() == []
+    store.close()
+
+
 def _back_to_layout_1(url: str) -> None:
     """The tables as layout 1 had them: the same without the shared ones."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -255,6 +281,51 @@ def test_tables_of_layout_1_are_read_as_they_are_and_upgraded_by_migrate_saying_
     assert run(["--backend", postgresql_backend, "requeue", "old", "--failed"]) != 0
     assert "PostgreSQL: this command will first upgrade the checkpoint tables" in \
         capsys.readouterr().err
+
+
+@pytest.fixture
+def job_role():  # type: ignore[no-untyped-def]
+    """A login role of its own (no password), with no right but those a test grants it."""
+    role = f"sctest_job_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield role
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_a_role_that_may_not_upgrade_layout_1_still_runs_stages_and_is_told_to_migrate(
+    postgresql_backend: str, job_role: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job role with only the documented grants on layout 1 tables: after the package is
+    upgraded, its plain stages run on as before (they need nothing of layout 2), saying
+    the tables wait for `migrate`; a shared stage, which needs layout 2, is refused with
+    that advice, not psycopg's bare "permission denied"."""
+    with EnhancedCheckpoint(postgresql_backend, "old", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=1, successful=1, index=0)
+    _back_to_layout_1(postgresql_backend)
+    schema = sql.Identifier(_schema(postgresql_backend))
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, sql.Identifier(job_role)))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} "
+                             "TO {}").format(schema, sql.Identifier(job_role)))
+    job = postgresql_backend.replace("postgres@", f"{job_role}@", 1)
+    assert job != postgresql_backend
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"), \
+            EnhancedCheckpoint(job, "old", log_every=0) as cp:
+        cp.start(total_items=2)
+        cp.update(processed=1, successful=1, index=1)
+        cp.complete()
+    assert read_stage(open_store(postgresql_backend), "old").state.status is Status.COMPLETED
+    assert "scrapy-checkpoint migrate" in caplog.text
+    assert "shared_workers" not in _tables(postgresql_backend)
+    from scrapy_checkpoint.shared import open_shared
+
+    store = open_store(job)
+    with pytest.raises(ConfigError, match="scrapy-checkpoint migrate"):
+        open_shared(store, "site", worker="w").hold_joining()
+    store.close()
 
 
 def test_the_stage_status_view_has_one_row_per_stage_with_its_live_owner(

@@ -186,6 +186,8 @@ class PostgresDatabase:
         _OPEN.add(self)
         #: The layout version of the schema's tables (None: no tables), as last looked up.
         self.version: int | None = None
+        #: This role was refused the upgrade of older tables (:meth:`ensure`).
+        self._upgrade_refused = False
         try:
             self._check_layout()
         except BaseException:
@@ -209,11 +211,31 @@ class PostgresDatabase:
             self._check_layout()
         return self.version == SCHEMA_VERSION
 
-    def ensure(self) -> None:
+    def ensure(self, needed: int = SCHEMA_VERSION) -> None:
         """Create or upgrade the tables unless they are of this layout (a writer, before
-        its first write): see :meth:`create_schema`."""
-        if not self.current:
+        its first write): see :meth:`create_schema`. ``needed``: the oldest layout the
+        caller can work with (1 for a plain stage; shared stages need 2). A role that may
+        not create or upgrade them goes on with tables of layout ``needed`` or newer, with
+        a warning (once) that ``scrapy-checkpoint migrate`` is due; raises ConfigError,
+        saying so, when they are older than that or missing."""
+        if self.current or (self._upgrade_refused and (self.version or 0) >= needed):
+            return
+        try:
             self.create_schema()
+        except driver().errors.InsufficientPrivilege as exc:
+            advice = (f"have `scrapy-checkpoint migrate` run with a role that may create in "
+                      f"schema {self.schema!r} (its owner), then grant this role "
+                      f"USAGE on the schema, EXECUTE on its function and SELECT, INSERT, "
+                      f"UPDATE, DELETE on its tables (docs/postgresql.md)")
+            if (self.version or 0) < needed:
+                raise ConfigError(f"PostgreSQL at {self.location}: cannot {self.plan()}: "
+                                  f"{sentence(exc)} To use it, {advice}.") from None
+            if not self._upgrade_refused:
+                logger.warning("PostgreSQL store: the tables in schema %r are of layout version "
+                               "%s and this role may not upgrade them (%s); plain stages work "
+                               "on them, shared stages need layout %d: %s.", self.schema,
+                               self.version, one_line(exc), SCHEMA_VERSION, advice)
+            self._upgrade_refused = True
 
     def plan(self) -> str | None:
         """What :meth:`create_schema` would do here, as a sentence; None if nothing."""

@@ -94,7 +94,7 @@ class PostgresStore(Store):
         s). Raises CheckpointLockedError naming the holder, CheckpointError if the server
         cannot be reached."""
         check_stage_name(stage)
-        self.db.ensure()  # a writer: the tables are created now if they are not there
+        self.db.ensure(needed=1)  # a writer: the tables are created now if they are not there
         lock = PostgresLock(self, stage, owner)
         lock.take()
         self._locks[stage] = lock
@@ -415,7 +415,8 @@ class PostgresStore(Store):
 def expire_stages(db: PostgresDatabase, ttls: dict[str, int]) -> list[str]:
     """Remove the stages whose last state write is older than their status's TTL
     (``ttls``: seconds by ``active``, ``completed``, ``failed``; a missing key never
-    expires), no live process holding them, in one statement; returns their names
+    expires) and whose lock no session holds (the statement takes each one's lock for
+    its transaction), in one statement; returns their names
     (logged). Workers' sub-stages of shared stages are left to ``reset`` of the shared
     stage. A server error is logged and nothing removed."""
     if not db.ready:
@@ -424,20 +425,17 @@ def expire_stages(db: PostgresDatabase, ttls: dict[str, int]) -> list[str]:
     tables = ("journal", "requests", "snapshots", "corrupt")
     deletes = ", ".join(f"d_{t} AS (DELETE FROM {{s}}.{t} WHERE stage IN "
                         f"(SELECT stage FROM expired))" for t in tables)
+    # A stage is expired only if this transaction takes its advisory lock (released at
+    # commit): nobody holds it, even a process that took it and has not yet recorded
+    # itself in ``owners``, and nobody takes and loads it while its rows go.
     query = (
-        "WITH expired AS (SELECT st.stage FROM {s}.stages st "
+        "WITH aged AS MATERIALIZED (SELECT st.stage FROM {s}.stages st "
         "  WHERE st.updated_at < now() - make_interval(secs => CASE st.state ->> 'status' "
         "      WHEN 'completed' THEN %(completed)s::float8 WHEN 'failed' THEN %(failed)s::float8 "
         "      ELSE %(active)s::float8 END) "
-        "    AND position('.w.' in st.stage) = 0 "
-        "    AND NOT EXISTS (SELECT 1 FROM {s}.owners o JOIN pg_locks l ON l.pid = o.backend_pid "
-        "      WHERE o.stage = st.stage AND l.locktype = 'advisory' AND l.granted "
-        "      AND l.objsubid = 1 AND l.database = "
-        "        (SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "      AND l.classid = ((hashtextextended(%(schema)s || ':' || st.stage, 0) >> 32) "
-        "                       & 4294967295)::oid "
-        "      AND l.objid = (hashtextextended(%(schema)s || ':' || st.stage, 0) "
-        "                     & 4294967295)::oid)), "
+        "    AND position('.w.' in st.stage) = 0), "
+        "expired AS MATERIALIZED (SELECT stage FROM aged "
+        "  WHERE pg_try_advisory_xact_lock(hashtextextended(%(schema)s || ':' || stage, 0))), "
         f"{deletes} "
         "DELETE FROM {s}.stages WHERE stage IN (SELECT stage FROM expired) RETURNING stage")
     try:
