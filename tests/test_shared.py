@@ -208,6 +208,11 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
     reset = _cli(shared_backend, "reset", "site")
     assert reset.returncode == 0, reset.stderr
     assert _shared(shared_backend).workers() == []
+    assert open_store(shared_backend).stages() == []  # the workers' sub-stages went with it
+    if shared_backend.startswith("postgres"):  # and their owners rows: no table grows per run
+        row = _shared(shared_backend).store.db.query_one(
+            "SELECT count(*) FROM {s}.owners WHERE stage LIKE 'site.w.%%'")
+        assert row == (0,)
 
 
 @pytest.mark.slow

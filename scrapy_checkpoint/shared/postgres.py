@@ -292,8 +292,10 @@ class PostgresSharedStage(SharedStage):
                    record=worker.model_dump_json(exclude={"alive"}), w=worker.id)
 
     def reset(self) -> list[str]:
-        """See :meth:`SharedStage.reset` (one transaction; the sub-stages' ``owners`` rows
-        stay, as :meth:`PostgresStore.remove` leaves them)."""
+        """See :meth:`SharedStage.reset` (one transaction). The sub-stages' ``owners`` rows
+        go too, unlike a plain stage's (:meth:`PostgresStore.remove`): worker ids are never
+        reused, so nothing will take those sub-stages again, and a reset runs only when no
+        worker is alive (a frozen one that wakes finds its row gone and stops)."""
         if not self.db.ready:
             return []
         subs = [sub_stage_name(self.stage, w.id) for w in self.workers()]
@@ -302,7 +304,8 @@ class PostgresSharedStage(SharedStage):
             for table in ("shared_claims", "shared_inbox", "shared_queued", "shared_workers")
             if self.db.current]
         statements += [(f"DELETE FROM {{s}}.{table} WHERE stage = ANY(%s)", [subs])
-                       for table in ("journal", "requests", "snapshots", "corrupt", "stages")]
+                       for table in ("journal", "requests", "snapshots", "corrupt", "stages",
+                                     "owners")]
         self.db.write(statements)
         return subs
 
