@@ -203,3 +203,24 @@ def test_a_killed_incremental_pass_resumes_and_ends_with_every_refetched_item_on
     assert sorted(outputs.jsonlines("items.jl")) == twice
     assert sorted(outputs.jsonlines("own.jl")) == twice
     assert _status(outputs) is Status.COMPLETED
+
+
+def test_a_new_stage_appending_to_a_feed_with_earlier_content_says_so(
+    tmp_path: Path, site: Site
+) -> None:
+    """The checkpoint directory is gone (deleted, or another directory given), the feed
+    still holds the earlier run's items: the new stage appends after them, as ``-o``
+    does, and says at start that they may be there twice and what to do."""
+    import shutil
+
+    outputs = Outputs(tmp_path)
+    first = crawl(site, outputs)
+    assert first.returncode == 0, first.log[-3000:]
+    shutil.rmtree(tmp_path / "checkpoints")
+    again = crawl(site, outputs)
+    assert again.returncode == 0, again.log[-3000:]
+    line = next(line for line in again.log.splitlines() if "already holds" in line)
+    assert "items.jl already holds" in line or "own.jl already holds" in line
+    assert "that stage site did not write" in line
+    assert "move the file aside (or use -O) and run again" in line
+    assert sorted(outputs.jsonlines("items.jl")) == sorted(list(range(N_PAGES)) * 2)

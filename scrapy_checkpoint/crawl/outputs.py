@@ -465,6 +465,14 @@ class OutputSet:
         items = 0
         if recorded is None:  # first time this stage writes the file
             base = 0 if overwrite else size
+            if base and not hold_all:
+                logger.warning(
+                    "Output %s already holds %d byte(s) that stage %s did not write (an earlier "
+                    "crawl's, or written under a checkpoint since deleted or reset): this crawl "
+                    "appends after them, as -o does. If they are items of an earlier run of this "
+                    "crawl, they will be there twice: move the file aside (or use -O) and run "
+                    "again.",
+                    key, base, self.cp.stage)
             length = base
             if document:
                 fields = {DOC_ITEMS: 0, **framing.record(), **(extra or {})}
