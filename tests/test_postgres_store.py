@@ -374,7 +374,8 @@ def _terminate(url: str) -> None:
     """End the server session holding the stage's lock, as a restart or a cut would."""
     ((backend_pid,),) = _rows(url, "SELECT backend_pid FROM {s}.owners")
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+        # With a timeout it returns once the session is gone, its lock freed with it.
+        conn.execute("SELECT pg_terminate_backend(%s, 5000)", [backend_pid])
 
 
 def _unreachable(store: PostgresStore) -> None:

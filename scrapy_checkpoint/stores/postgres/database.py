@@ -66,6 +66,8 @@ def _check_if_idle(conn: Any) -> None:
 
 def _answers(conn: Any) -> bool:
     """True if ``conn`` answers a round trip (False: the server ended its session)."""
+    if conn.broken or conn.closed:
+        return False
     try:
         pool_driver().ConnectionPool.check_connection(conn)
     except driver().OperationalError:
@@ -303,19 +305,19 @@ class PostgresDatabase:
     def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
               ) -> list[tuple[Any, ...]]:
         """Rows of ``query`` (``{s}`` stands for the schema) on a connection of the pool;
-        run again once on another if that one turns out broken (the server restarted since
-        it was checked). Raises CheckpointError if the server cannot be reached, psycopg's
-        errors otherwise."""
+        run again on another while the one used turns out to be a session the server ended
+        (a restart since it was last checked; every connection of the pool may be). Raises
+        CheckpointError if the server cannot be reached, psycopg's errors otherwise."""
         operational = driver().OperationalError
         statement = self.sql(query)
-        with self._connection() as conn:
-            try:
-                return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
-            except operational:
-                if not (conn.broken or conn.closed):
-                    raise
-        with self._connection() as conn:
-            return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
+        for attempt in range(POOL_MAX_SIZE + 1):
+            with self._connection() as conn:
+                try:
+                    return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
+                except operational:
+                    if attempt == POOL_MAX_SIZE or _answers(conn):
+                        raise  # the statement failed, not the session
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def query_one(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
                   ) -> tuple[Any, ...] | None:
@@ -374,10 +376,11 @@ class PostgresDatabase:
     @contextmanager
     def _transaction(self, first: str | None) -> Iterator[Any]:
         # A transaction is never run again: its connection is checked first, whatever
-        # CHECK_IDLE_SECONDS says, and one the server ended is given back for another.
-        for fresh in (False, True):
+        # CHECK_IDLE_SECONDS says, and one whose session the server ended is given back (the
+        # pool drops it) for another.
+        for attempt in range(POOL_MAX_SIZE + 1):
             with self._connection() as conn:
-                if not fresh and not _answers(conn):
+                if attempt < POOL_MAX_SIZE and not _answers(conn):
                     continue
                 with conn.transaction():
                     if first is not None:
