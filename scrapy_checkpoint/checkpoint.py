@@ -212,14 +212,20 @@ class UnitRecords(StageReadings):
         live = self.live
         if code in live.done or code in live.pending:
             return False
+        self.add_new_unit(code, payload, priority)
+        return True
+
+    def add_new_unit(self, code: int, payload: Any, priority: int = 0) -> None:
+        """:meth:`add_unit` of a unit the caller has just found neither done nor pending (a
+        crawl's frontier looks at both before it builds the request's record)."""
         if payload is None:
             ref, length = NO_REF, 0
         else:
             data = payload if isinstance(payload, bytes) else _JSON.encode(payload).encode()
             ref, length = self._committer.put_request(code, data), len(data)
-        live.pending.add(code, ref, length, priority)
-        self._group.added.append(code, ref, length, clamp_priority(priority))
-        return True
+        priority = clamp_priority(priority)
+        self.live.pending.add(code, ref, length, priority)
+        self._group.added.append(code, ref, length, priority)
 
     def attach(self, name: str, value: Any) -> None:
         """Keep ``value`` (JSON) with the stage under ``name`` (``live.attached``), journaled

@@ -164,22 +164,22 @@ class DepthProfile:
                 kind = self.kinds[name] = _Kind()
         return kind
 
-    def add(self, depth: int, kind: str = "", parent: str | None = None) -> None:
-        """A new unit at ``depth``, of ``kind``, was found (by a unit of kind ``parent``,
-        at ``depth - 1``; None: not known, e.g. a start request)."""
-        self.added[depth] = self.added.get(depth, 0) + 1
+    def add(self, depth: int, kind: str = "", parent: str | None = None, n: int = 1) -> None:
+        """``n`` new units at ``depth``, of ``kind``, were found (by units of kind ``parent``,
+        at ``depth - 1``; None: not known, e.g. start requests)."""
+        self.added[depth] = self.added.get(depth, 0) + n
         counts = self._kind(kind).added
-        counts[depth] = counts.get(depth, 0) + 1
+        counts[depth] = counts.get(depth, 0) + n
         if parent is not None and depth > 0:
             by = self._kind(parent)
-            by.found[depth - 1] = by.found.get(depth - 1, 0) + 1
-            by.children[kind] = by.children.get(kind, 0) + 1
+            by.found[depth - 1] = by.found.get(depth - 1, 0) + n
+            by.children[kind] = by.children.get(kind, 0) + n
 
-    def finish(self, depth: int, kind: str = "") -> None:
-        """A unit at ``depth``, of ``kind``, is done."""
-        self.done[depth] = self.done.get(depth, 0) + 1
+    def finish(self, depth: int, kind: str = "", n: int = 1) -> None:
+        """``n`` units at ``depth``, of ``kind``, are done."""
+        self.done[depth] = self.done.get(depth, 0) + n
         counts = self._kind(kind).done
-        counts[depth] = counts.get(depth, 0) + 1
+        counts[depth] = counts.get(depth, 0) + n
 
     def sample(self) -> None:
         """Note the counts now, for the recent ratios (by depth, and by kind and depth

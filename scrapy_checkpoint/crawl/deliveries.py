@@ -100,7 +100,12 @@ class Ordinals:
 
     def update(self, ordinals: Iterable[int]) -> None:
         """Add ``ordinals`` (any order)."""
-        self._merge(to_ranges(set(ordinals)))
+        ranges = to_ranges(set(ordinals))
+        if self._firsts:
+            self._merge(ranges)
+        else:  # the first ones of a unit (the usual case): nothing to merge with
+            self._firsts = [a for a, _ in ranges]
+            self._lasts = [b for _, b in ranges]
 
     def _merge(self, ranges: list[list[int]]) -> None:
         merged: list[list[int]] = []

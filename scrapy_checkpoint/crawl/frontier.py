@@ -23,7 +23,7 @@ from scrapy.exceptions import IgnoreRequest
 
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
-from ..journal.keys import key_code
+from ..journal.keys import fingerprint_code
 from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .progress import CrawlProgress, callback_name
@@ -93,7 +93,8 @@ class Holds:
     with it. A few per unit whose callback runs; nothing once they are finished."""
 
     def __init__(self) -> None:
-        self._count: dict[int, int] = {}
+        #: Unit -> how many requests hold it (empty: nothing to release, the usual case).
+        self.count: dict[int, int] = {}
         self._holder: WeakKeyDictionary[Request, int] = WeakKeyDictionary()
         #: Units whose own request is finished, waiting for the requests that hold them.
         self.waiting: dict[int, Request] = {}
@@ -102,10 +103,10 @@ class Holds:
         """``request`` (scheduled) holds ``unit`` until :meth:`release`."""
         if request not in self._holder:
             self._holder[request] = unit
-            self._count[unit] = self._count.get(unit, 0) + 1
+            self.count[unit] = self.count.get(unit, 0) + 1
 
     def held(self, unit: int) -> bool:
-        return unit in self._count
+        return unit in self.count
 
     def release(self, request: Request) -> int | None:
         """``request`` is finished (or was dropped): the unit it held if that unit now waits
@@ -113,11 +114,11 @@ class Holds:
         unit = self._holder.pop(request, None)
         if unit is None:
             return None
-        left = self._count[unit] - 1
+        left = self.count[unit] - 1
         if left:
-            self._count[unit] = left
+            self.count[unit] = left
             return None
-        del self._count[unit]
+        del self.count[unit]
         return unit if self.waiting.get(unit) is not None else None
 
 
@@ -428,6 +429,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self.crawler = crawler
         self.cp = cp
         self.stats = crawler.stats
+        self._count_done = self.stats.inc_value
         self.outputs = outputs
         self.warn_once = warn_once
         self.stop = stop
@@ -535,14 +537,15 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             return
         cp = self.cp
         journal = cp.live
+        live = self.live
         self._just_registered = None
         continued = False
         if request is self._rescheduled:
             code = meta[UNIT_META]
         elif request.dont_filter:
-            code, continued = self.identity.unfiltered_code(request, self.live)
+            code, continued = self.identity.unfiltered_code(request, live)
         else:
-            code = key_code(self._fingerprint(request))
+            code = fingerprint_code(self._fingerprint(request))
         if code in journal.done:
             if code not in self.done_here:
                 self.skipped += 1
@@ -555,10 +558,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         if self.pairing is not None:
             self.pairing.queue(request, code, spider, continuation=continued)
             return
-        if self.lazy and code not in self.live and journal.pending.has_payload(code):
-            self._drop_duplicate(request, code)  # queued on disk
-            return
-        if code in self.live:
+        if code in live:
             if continued:
                 # A retry (or the same unit continued): it finishes the unit, not the original,
                 # and its own outcome is the unit's.
@@ -569,23 +569,27 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
                 return
             self._drop_duplicate(request, code)
             return
+        pending = journal.pending
+        if self.lazy and pending.has_payload(code):
+            self._drop_duplicate(request, code)  # queued on disk
+            return
         if self.shared is not None and not self.shared.claimed(code):
             self.stats.inc_value("checkpoint/claimed_elsewhere")
             raise IgnoreRequest(f"another worker of checkpoint stage {self.stage} owns it")
         meta[UNIT_META] = code
-        self.live.add(code)
+        live.add(code)
         self._registered.add(request)
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
         if request.dont_filter and code == self.identity.plain_code(request):
             self.unfiltered.add(code)
-        if code not in journal.pending:
+        if code not in pending:  # (nor done: see above)
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
             record = self.record(request, spider)
             try:
-                cp.add_unit(code, record, request.priority)
+                cp.add_new_unit(code, record, request.priority)
             except CheckpointError as exc:  # its record cannot be written: the crawl stops
                 self.stop(exc)
                 return
@@ -764,6 +768,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
     def _release(self, request: Request) -> None:
         """``request`` is finished or dropped: finish the unit it held, if that waited only
         for it."""
+        if not self.holds.count:  # no request holds a unit (the usual case)
+            return
         unit = self.holds.release(request)
         if unit is not None:
             self._finish(unit, self.holds.waiting.pop(unit))
@@ -805,4 +811,4 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         except CheckpointError as exc:
             self.stop(exc)
             return
-        self.stats.inc_value("checkpoint/done")
+        self._count_done("checkpoint/done")

@@ -36,7 +36,7 @@ from typing import Any
 from scrapy import Request
 
 from ..journal.doneset import DoneSet
-from ..journal.keys import key_code
+from ..journal.keys import fingerprint_code, key_code
 
 #: ``request.meta`` key holding the request's unit code (survives retries and redirects).
 UNIT_META = "_checkpoint_unit"
@@ -81,7 +81,7 @@ class UnitIdentity:
 
     def plain_code(self, request: Request) -> int:
         """The code of ``request``'s fingerprint (the unit it is without ``dont_filter``)."""
-        return key_code(self.fingerprint(request))
+        return fingerprint_code(self.fingerprint(request))
 
     def tag(self, request: Request, parent: int | None) -> None:
         """``request`` (``dont_filter``) was yielded by the callback or errback of unit
@@ -99,7 +99,7 @@ class UnitIdentity:
         when it is a copy of the request of unit ``unit``, which is in ``live`` (a retry).
         Sets its origin in ``meta`` when it is a new unit."""
         fingerprint = self.fingerprint(request)
-        plain = key_code(fingerprint)
+        plain = fingerprint_code(fingerprint)
         meta = request.meta
         unit = meta.get(UNIT_META)
         origin = meta.get(ORIGIN_META)
@@ -131,7 +131,7 @@ class UnitIdentity:
             code = _origin_code(fingerprint, meta.get(ORIGIN_META))
             if code is not None:
                 return code
-        return key_code(fingerprint)
+        return fingerprint_code(fingerprint)
 
     def forget(self, parent: int) -> None:
         """Unit ``parent`` is done (or left this run): it yields nothing more."""

@@ -30,7 +30,7 @@ from typing import Any
 from scrapy import Request
 
 from ..errors import UnknownItemError
-from ..journal.keys import key_code
+from ..journal.keys import fingerprint_code
 from .identity import ROOT, UNIT_META
 
 #: What a live item maps to: (the item, the prefix of its id, its ordinal).
@@ -60,7 +60,7 @@ class ItemIds:
         unit = request.meta.get(UNIT_META)
         if type(unit) is int:
             return f"{unit:x}"
-        return f"r{key_code(self.fingerprint(request)):x}"
+        return f"r{fingerprint_code(self.fingerprint(request)):x}"
 
     def yielded(self, item: Any, prefix: str, n: int) -> None:
         """``item`` is the ``n``-th item of the callback whose ids start with ``prefix``."""

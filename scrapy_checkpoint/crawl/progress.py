@@ -32,6 +32,8 @@ MODEL_INTERVAL = 0.5
 ESTIMATE_ATTACHED = "estimate"
 #: Attached data: ``{"total": n}``, the size of the stage's last completed run.
 HISTORY_ATTACHED = "history"
+#: The first item of the keys of :attr:`CrawlProgress._counts`.
+_ADDED, _FINISHED = "added", "finished"
 
 
 def completed_size(cp: EnhancedCheckpoint) -> dict[str, int] | None:
@@ -50,7 +52,7 @@ class CrawlProgress:
         live = cp.live
         attached = live.attached
         history = attached.get(HISTORY_ATTACHED)
-        self.profile = DepthProfile.from_json(
+        self._profile = DepthProfile.from_json(
             attached.get(DEPTHS_ATTACHED), depth_limit=max(0, depth_limit),
             history_total=_int(history.get("total")) if isinstance(history, dict) else None)
         self.shown = ShownTotal()
@@ -59,20 +61,42 @@ class CrawlProgress:
             self.shown.percent = 100.0 * live.processed / total
         #: Units added and finished: counted, sampled (for the recent ratios), saved.
         self._events = self._sampled = self._saved = 0
+        #: Units added and finished since the profile last took them, by what the profile
+        #: counts them by: ``(ADDED, depth, kind, parent)`` and ``(FINISHED, depth, kind)`` ->
+        #: how many. A unit costs a dict increment; the profile takes them all before it is
+        #: read, in the order each key first came (so its kinds come in the same order).
+        self._counts: dict[tuple[Any, ...], int] = {}
         self._last: dict[str, Any] | None = None
         #: The model's last estimate and when it was made (monotonic seconds).
         self._model: Estimate | None = None
         self._model_at = 0.0
 
+    @property
+    def profile(self) -> DepthProfile:
+        """The depth profile, with every unit added and finished so far."""
+        if self._counts:
+            profile = self._profile
+            for key, n in self._counts.items():
+                if key[0] is _ADDED:
+                    profile.add(key[1], key[2], key[3], n)
+                else:
+                    profile.finish(key[1], key[2], n)
+            self._counts = {}
+        return self._profile
+
     def add(self, depth: Any, kind: str = "", parent: str | None = None) -> None:
         """A new unit at ``depth`` (a request's ``meta.get("depth")``), of ``kind`` (its
         callback's name), was found by a unit of kind ``parent`` (None: not known)."""
-        self.profile.add(depth if type(depth) is int else 0, kind, parent)
+        key = (_ADDED, depth if type(depth) is int else 0, kind, parent)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
         self._events += 1
 
     def finish(self, depth: Any, kind: str = "") -> None:
         """A unit at ``depth``, of ``kind``, is done."""
-        self.profile.finish(depth if type(depth) is int else 0, kind)
+        key = (_FINISHED, depth if type(depth) is int else 0, kind)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
         self._events += 1
 
     def estimate(self, now: float | None = None) -> Estimate:

@@ -68,6 +68,7 @@ class StageTotals:
         self._units: dict[int, dict[str, int]] = {}
         self._changed = False
         self._type_names: dict[type, str] = {}
+        self._status_names: dict[int, str] = {}
         #: Per unit, items counted whose processing has not ended (their signal's receivers
         #: still running): the unit's item counts are not released meanwhile.
         self._unsettled: dict[int, int] = {}
@@ -87,7 +88,10 @@ class StageTotals:
     def count(self, request: Request | None, *names: str) -> None:
         """Count one of each of ``names`` for the unit ``request`` carries (or for the stage
         at once)."""
-        unit = self.unit_of(request)
+        self._count(self.unit_of(request), names)
+
+    def _count(self, unit: int | None, names: tuple[str, ...]) -> None:
+        """Count one of each of ``names`` for ``unit`` (None: for the stage at once)."""
         counts: dict[str, int] | None
         if unit is None:
             counts = self.totals
@@ -164,9 +168,8 @@ class StageTotals:
         self._outcome(response, ITEMS_FAILED)
 
     def _outcome(self, response: Any, *names: str) -> None:
-        request = getattr(response, "request", None)
-        self.count(request, *names)
-        unit = self.unit_of(request)
+        unit = self.unit_of(getattr(response, "request", None))
+        self._count(unit, names)
         if unit is not None:  # until its processing ends (item_finished)
             self._unsettled[unit] = self._unsettled.get(unit, 0) + 1
 
@@ -182,7 +185,10 @@ class StageTotals:
             del self._unsettled[unit]
 
     def response_received(self, response: Any, request: Request, spider: Spider) -> None:
-        self.count(request, RESPONSES, STATUS + str(response.status))
+        status = self._status_names.get(response.status)
+        if status is None:
+            status = self._status_names[response.status] = STATUS + str(response.status)
+        self._count(self.unit_of(request), (RESPONSES, status))
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         self.count(getattr(response, "request", None), ERRORS)

@@ -30,3 +30,9 @@ def key_code(key: UnitKey) -> int:
     else:
         raise TypeError(f"A unit key must be an int, str or bytes, not {type(key).__name__}.")
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "little") | _TOP
+
+
+def fingerprint_code(fingerprint: bytes) -> int:
+    """``key_code(fingerprint)`` for a bytes key (a request fingerprint), without the type
+    dispatch: the crawl computes one per request it schedules."""
+    return int.from_bytes(blake2b(b"b" + fingerprint, digest_size=8).digest(), "little") | _TOP

@@ -307,9 +307,11 @@ class PendingIndex:
 
     def _rebuild_slots(self, room: int = 0) -> None:
         """A new :attr:`slots` for the units and ``room`` more, at most half full (removed
-        units left out)."""
+        units left out), and at least as large as the holes it walks past: a rebuild
+        reads every place, so the next one waits for as many additions (a small frontier
+        with many holes rebuilt it every few additions)."""
         size = _MIN_SLOTS
-        while size < 2 * (self._live + room):
+        while size < 2 * (self._live + room) or size < self._holes:
             size <<= 1
         slots = array("I", bytes(4 * size))
         mask = size - 1

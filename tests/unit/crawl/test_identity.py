@@ -23,7 +23,7 @@ from scrapy.utils.request import RequestFingerprinter
 from scrapy_checkpoint import FileStore, Status, read_stage
 from scrapy_checkpoint.crawl.identity import ORIGIN_META, ROOT, UNIT_META, UnitIdentity
 from scrapy_checkpoint.crawl.requests import payload_to_request, request_to_payload
-from scrapy_checkpoint.journal.keys import key_code
+from scrapy_checkpoint.journal.keys import fingerprint_code, key_code
 
 from ...site import Site
 from ..conftest import MakeCrawler
@@ -52,6 +52,16 @@ def _children(identity: UnitIdentity, parent: int | None, urls: list[str]) -> li
         codes.append(_register(identity, child, live))
     return codes
 
+
+
+def test_fingerprint_code_is_the_key_code_of_the_fingerprint() -> None:
+    """The frontier's shortcut gives a fingerprint the code ``key_code`` gives it (the code
+    journals written before it hold), and never an index's code."""
+    for url in (URL, "http://example.com/", "http://example.com/p?q=%C3%A9"):
+        fp = fingerprint(scrapy.Request(url))
+        assert fingerprint_code(fp) == key_code(fp)
+        assert fingerprint_code(fp) >= 1 << 63
+    assert fingerprint_code(b"") == key_code(b"")
 
 def test_dont_filter_requests_for_one_url_are_distinct_units_the_same_in_every_run() -> None:
     urls = [URL, URL, "http://example.com/other", URL]
