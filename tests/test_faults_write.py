@@ -502,17 +502,19 @@ def test_files_keep_the_mode_the_user_gave_them(tmp_path: Path) -> None:
 
 _KILLED_AT_RENAME = """
 import os, signal, sys
+from scrapy_checkpoint import EnhancedCheckpoint
+cp = EnhancedCheckpoint(sys.argv[1], "s", log_every=0)
+cp.start(total_items=3)
+cp.update(processed=1, successful=1, index=0)
+cp.save()  # the unit journaled
+cp.drain_io()  # and the state writes queued so far done, before the kill is armed
 real = os.replace
 def replace(src, dst, *args, **kwargs):
     if str(dst).endswith("s.json"):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, *args, **kwargs)
 os.replace = replace
-from scrapy_checkpoint import EnhancedCheckpoint
-cp = EnhancedCheckpoint(sys.argv[1], "s", log_every=0)
-cp.start(total_items=3)
-cp.update(processed=1, successful=1, index=0)
-cp.save(force=True)
+cp.save(force=True)  # its state write is killed at the rename
 """
 
 
