@@ -320,9 +320,11 @@ def test_redirects_of_dont_filter_requests_are_units_of_their_own(
 
 class IgnoredChildrenSpider(scrapy.Spider):
     """Page 0 (a unit) asks for pages 1-9 with ``checkpoint_ignore``; one item per page.
-    ``stop_after``: stop as Ctrl-C does after that many items."""
+    ``stop_after``: stop as Ctrl-C does after that many items. One request at a time: when
+    it stops after 3 items, one more page at most is downloading, the rest wait."""
 
     name = "tree"
+    custom_settings = {"CONCURRENT_REQUESTS": 1}
 
     def __init__(self, base: str, stop_after: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
