@@ -61,16 +61,21 @@ class Again(scrapy.Spider):
 '''
 
 
+def _runspider(spider: Path, site: Site, tmp_path: Path, *extra: str) -> list[str]:
+    """``scrapy runspider`` of ``spider`` on ``site`` with the add-on, its checkpoints in
+    ``tmp_path / "cp"``, and ``extra`` arguments."""
+    return [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
+            "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
+            "-s", f"CHECKPOINT_DIR={tmp_path / 'cp'}", "-s", "LOG_LEVEL=INFO", *extra]
+
+
 def test_a_unit_whose_callback_runs_twice_in_one_run_keeps_every_item(tmp_path: Path) -> None:
     site = Site(1, delay=0.01)
     try:
         spider = tmp_path / "again.py"
         spider.write_text(AGAIN)
-        cmd = [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
-               "-o", f"{tmp_path / 'items.jl'}",
-               "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
-               "-s", f"CHECKPOINT_DIR={tmp_path / 'cp'}", "-s", "CHECKPOINT_SAVE_INTERVAL=0.1",
-               "-s", "LOG_LEVEL=INFO"]
+        cmd = _runspider(spider, site, tmp_path, "-o", f"{tmp_path / 'items.jl'}",
+                         "-s", "CHECKPOINT_SAVE_INTERVAL=0.1")
         result = run(site, cmd, tmp_path, cwd=tmp_path)
     finally:
         site.close()
@@ -112,10 +117,7 @@ def test_a_requeued_unit_that_failed_into_its_errback_writes_its_real_item(
         spider = tmp_path / "errb.py"
         spider.write_text(ERRBACK)
         db = tmp_path / "items.db"
-        cmd = [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
-               "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
-               "-s", f"CHECKPOINT_DIR={tmp_path / 'cp'}",
-               "-s", f"CHECKPOINT_SQL_URL=sqlite:///{db}", "-s", "LOG_LEVEL=INFO"]
+        cmd = _runspider(spider, site, tmp_path, "-s", f"CHECKPOINT_SQL_URL=sqlite:///{db}")
         first = run(site, cmd, tmp_path, cwd=tmp_path)
         assert first.returncode == 0, first.log[-3000:]
         with contextlib.suppress(SystemExit):
@@ -206,11 +208,8 @@ def test_items_an_errback_yielded_before_a_kill_do_not_drop_the_callbacks_items(
     try:
         spider = tmp_path / "flaky.py"
         spider.write_text(ERRBACK_THEN_CALLBACK)
-        cmd = [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
-               "-o", f"{tmp_path / 'items.jl'}",
-               "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
-               "-s", f"CHECKPOINT_DIR={tmp_path / 'cp'}", "-s", "CHECKPOINT_SAVE_INTERVAL=0.1",
-               "-s", "LOG_LEVEL=INFO"]
+        cmd = _runspider(spider, site, tmp_path, "-o", f"{tmp_path / 'items.jl'}",
+                         "-s", "CHECKPOINT_SAVE_INTERVAL=0.1")
         # The page, then one round trip per errback item: killed after the 10th item.
         first = run(site, cmd, tmp_path, cwd=tmp_path, interrupt=sigkill,
                     interrupt_after_hits=11)

@@ -429,7 +429,6 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self.crawler = crawler
         self.cp = cp
         self.stats = crawler.stats
-        self._count_done = self.stats.inc_value
         self.outputs = outputs
         self.warn_once = warn_once
         self.stop = stop
@@ -811,4 +810,4 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         except CheckpointError as exc:
             self.stop(exc)
             return
-        self._count_done("checkpoint/done")
+        self.stats.inc_value("checkpoint/done")
