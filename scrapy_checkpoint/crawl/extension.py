@@ -453,8 +453,10 @@ class CheckpointExtension:
             self.outputs.close_documents()  # committed with the status below
         total = len(live.done) + len(live.pending) + live.lost_total
         cp.set_total(total)
-        if reason == "finished" and self.progress is not None:
-            self.progress.finished(total)
+        if self.progress is not None:
+            self.progress.save_next()  # the profile goes with the last commit
+            if reason == "finished":
+                self.progress.finished(total)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)
