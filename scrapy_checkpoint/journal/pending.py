@@ -41,6 +41,8 @@ _MIN_SLOTS = 8
 _HOLE = (1 << 32) - 1
 #: Holes are closed once they outnumber the units (and this many).
 _MIN_HOLES = 4096
+#: Zeros copied over :attr:`PendingIndex.slots` when it is rebuilt (64 KiB at a time).
+_ZERO_SLOTS = array("I", bytes(1 << 16))
 
 
 def clamp_priority(priority: int) -> int:
@@ -306,14 +308,27 @@ class PendingIndex:
         self._rebuild_slots()
 
     def _rebuild_slots(self, room: int = 0) -> None:
-        """A new :attr:`slots` for the units and ``room`` more, at most half full (removed
+        """:attr:`slots` rebuilt for the units and ``room`` more, at most half full (removed
         units left out), and at least as large as the holes it walks past: a rebuild
         reads every place, so the next one waits for as many additions (a small frontier
-        with many holes rebuilt it every few additions)."""
+        with many holes rebuilt it every few additions). The table is resized and zeroed
+        where it is: a new one beside it (and a zeroed bytes object to make it from)
+        would be up to three tables at once, and freeing the old one made glibc's malloc
+        raise its mmap threshold to its size, leaving the heap to take (and fragment
+        under) every later allocation up to that size. Not while :meth:`to_parts` lends
+        its memory."""
         size = _MIN_SLOTS
         while size < 2 * (self._live + room) or size < self._holes:
             size <<= 1
-        slots = array("I", bytes(4 * size))
+        slots = self.slots
+        if size > len(slots):  # grown in place (realloc), not made anew beside the old one:
+            slots *= size // len(slots)  # sizes are powers of two
+        elif size < len(slots):
+            del slots[size:]
+        step = min(size, len(_ZERO_SLOTS))
+        zeros = _ZERO_SLOTS if step == len(_ZERO_SLOTS) else _ZERO_SLOTS[:step]
+        for start in range(0, size, step):
+            slots[start:start + step] = zeros
         mask = size - 1
         codes = self.codes
         for pos, length in enumerate(self.lengths, 1):  # pos: position + 1, as slots hold
@@ -322,7 +337,7 @@ class PendingIndex:
                 while slots[i]:
                     i = (i + 1) & mask
                 slots[i] = pos
-        self.slots, self._mask, self._filled = slots, mask, self._live
+        self._mask, self._filled = mask, self._live
 
     # -- reading ----------------------------------------------------------------------
 
