@@ -311,24 +311,12 @@ class PendingIndex:
         """:attr:`slots` rebuilt for the units and ``room`` more, at most half full (removed
         units left out), and at least as large as the holes it walks past: a rebuild
         reads every place, so the next one waits for as many additions (a small frontier
-        with many holes rebuilt it every few additions). The table is resized and zeroed
-        where it is: a new one beside it (and a zeroed bytes object to make it from)
-        would be up to three tables at once, and freeing the old one made glibc's malloc
-        raise its mmap threshold to its size, leaving the heap to take (and fragment
-        under) every later allocation up to that size. Not while :meth:`to_parts` lends
-        its memory."""
+        with many holes rebuilt it every few additions). In place: see :func:`_zeroed`."""
         size = _MIN_SLOTS
         while size < 2 * (self._live + room) or size < self._holes:
             size <<= 1
         slots = self.slots
-        if size > len(slots):  # grown in place (realloc), not made anew beside the old one:
-            slots *= size // len(slots)  # sizes are powers of two
-        elif size < len(slots):
-            del slots[size:]
-        step = min(size, len(_ZERO_SLOTS))
-        zeros = _ZERO_SLOTS if step == len(_ZERO_SLOTS) else _ZERO_SLOTS[:step]
-        for start in range(0, size, step):
-            slots[start:start + step] = zeros
+        _zeroed(slots, size)
         mask = size - 1
         codes = self.codes
         for pos, length in enumerate(self.lengths, 1):  # pos: position + 1, as slots hold
@@ -472,6 +460,23 @@ class PendingIndex:
                     elif ref == NO_REF:
                         unjournaled += 1
         self._places, self._unjournaled = places, unjournaled
+
+
+def _zeroed(slots: array[int], size: int) -> None:
+    """Make ``slots`` (a table of :class:`PendingIndex`, a power of two long) ``size`` zeros
+    (a power of two) where it is: resized by realloc (mremap for a mapped block), zeroed
+    64 KiB at a time. A new table beside it, made from a zeroed bytes object, was up to
+    three tables at once, and freeing the bytes and the old table made glibc's malloc raise
+    its mmap threshold to their size, so the heap took (and fragmented under) every later
+    block up to that size. Not while :meth:`PendingIndex.to_parts` lends its memory."""
+    if size > len(slots):
+        slots *= size // len(slots)
+    elif size < len(slots):
+        del slots[size:]
+    step = min(size, len(_ZERO_SLOTS))
+    zeros = _ZERO_SLOTS if step == len(_ZERO_SLOTS) else _ZERO_SLOTS[:step]
+    for start in range(0, size, step):
+        slots[start:start + step] = zeros
 
 
 def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
