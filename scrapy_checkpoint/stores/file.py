@@ -229,6 +229,11 @@ class StagedWrite:
             os.close(fd)
 
 
+#: Bytes of request records a writer that does not buffer its groups (``flush`` and
+#: ``fsync`` durability) keeps before writing them: small, so the buffer stays a heap
+#: block of its own size rather than a megabyte grown and shrunk at every commit.
+RECORD_BUFFER = 1 << 16
+
 #: A batch frame's header as first buffered: length and crc32 to come, then the mark.
 _BATCH_HEAD = bytes(FRAME_HEAD.size) + BATCH_MARK
 
@@ -238,14 +243,13 @@ class SegmentWriter:
 
     In ``none`` durability frames are kept in the process up to ``buffer_limit``
     bytes; otherwise each group reaches the OS when it is committed, so it
-    survives the death of the process. Request records wait for the next group, or
-    reach the OS once ``buffer_limit`` bytes of them are buffered. Fsync is the
-    caller's decision.
+    survives the death of the process, and request records wait for the next group
+    or reach the OS once :data:`RECORD_BUFFER` bytes of them are buffered. Fsync is
+    the caller's decision.
 
-    The buffer is written from where it is (no copy) and kept small (64 KiB): a buffer
-    or a copy of a megabyte per commit made glibc's malloc raise its mmap threshold to
-    that size, after which such buffers came from the heap and left it fragmented (about
-    5 MiB more resident memory in a crawl of 200,000 pending requests).
+    The buffer is written from where it is (no copy): a copy of up to a megabyte per
+    commit, freed after the write, made glibc's malloc raise its mmap threshold to its
+    size, after which such blocks came from the heap and fragmented it.
 
     A write that fails (a full disk, an I/O error) cuts the file back to the end of its
     last whole frame, so no later frame ever sits behind a torn one, and keeps the
@@ -256,7 +260,7 @@ class SegmentWriter:
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
-                 buffer_limit: int = 1 << 16, tag: bytes | None = None, gen: int = 0) -> None:
+                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0) -> None:
         self.path = path
         #: The segment's generation (the high bits of the refs of its request records).
         self.gen = gen
@@ -321,7 +325,8 @@ class SegmentWriter:
         ref = (self.gen << OFFSET_BITS) | self.size
         self.size += len(framed)
         self._buf += framed
-        if len(self._buf) >= self._buffer_limit:
+        if len(self._buf) >= (self._buffer_limit if self._buffered
+                              else min(self._buffer_limit, RECORD_BUFFER)):
             self.flush()
         return ref
 
