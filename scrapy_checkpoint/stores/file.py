@@ -84,13 +84,19 @@ _GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
 def read_regular(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file. Raises OSError (FileNotFoundError,
     PermissionError, ...) as reading does, and NotARegularFileError for a directory, FIFO,
-    device or socket: opened without blocking, so a FIFO never hangs the reader."""
+    device or socket: opened without blocking, so a FIFO never hangs the reader. A file
+    read in one ``os.read`` (its size, and one byte to see it end) is returned as read:
+    chunks joined would hold it twice at once (a journal segment or snapshot of tens of
+    megabytes, at a resume)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotARegularFileError(path, info.st_mode)
-        chunks = []
+        data = os.read(fd, info.st_size + 1)
+        if len(data) == info.st_size:  # the whole file: one byte more was asked for
+            return data
+        chunks = [data]  # it changed since fstat, or a read stopped at 2 GiB: read on
         while chunk := os.read(fd, 1 << 24):
             chunks.append(chunk)
         return b"".join(chunks)
