@@ -31,7 +31,9 @@ from scrapy_checkpoint import (
 )
 from scrapy_checkpoint.journal.doneset import DoneSet
 from scrapy_checkpoint.journal.frames import scan_segment
+from scrapy_checkpoint.journal.groups import BATCH_MARK, REQUEST_MARK, encode_group
 from scrapy_checkpoint.journal.keys import key_code
+from scrapy_checkpoint.stores.file import SegmentWriter
 
 from .conftest import PYTHON, SCRIPTS, python_env
 from .crawl import Outputs, crawl
@@ -125,6 +127,50 @@ def test_a_full_disk_never_leaves_a_torn_frame_behind_later_groups(tmp_path: Pat
         assert all("No space left on device" in str(exc) for exc in failures)
         assert view.problems == []
         assert not list((mnt / "cp").rglob("*.tmp")), "a failed write left a temp file"
+
+
+def test_request_records_buffered_across_a_full_disk_are_all_written_once_space_is_back(
+    tmp_path: Path,
+) -> None:
+    """The writer writes its buffer of request records from where it is (no copy): a write
+    that fails on a full disk keeps them, the buffer grows again while the failure is
+    still held (its traceback and all), and once space is back every record and group is
+    on disk, each record read back at its ref."""
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
+        store = FileStore(mnt / "cp")
+        path = store.segment_path("s", 0)
+        path.parent.mkdir(parents=True)
+        writer = SegmentWriter(str(path))
+        records: list[tuple[int, int, bytes]] = []
+        groups: list[bytes] = []
+        failures: list[OSError] = []
+        for g in range(40):
+            if g == 5:
+                fill(mnt / "filler")
+            for k in range(50):
+                code = g * 1000 + k
+                data = f'{{"url":"https://example.com/{g}/{k}","pad":"{"x" * 200}"}}'.encode()
+                try:
+                    records.append((code, writer.put_request(code, data), data))
+                except OSError as exc:  # the buffer passed its limit: written, and refused
+                    failures.append(exc)
+            group = encode_group([g], [], {"c": [g, g, 0, 0]})
+            try:
+                writer.append(group)
+            except OSError as exc:
+                failures.append(exc)  # held: its traceback keeps the failed write's frames
+            groups.append(group)
+            if g == 8:
+                (mnt / "filler").unlink()
+        writer.close()
+        assert failures
+        scan = scan_segment(path.read_bytes(), skip=(REQUEST_MARK, BATCH_MARK))
+        assert scan.problem is None
+        assert scan.payloads == groups
+        reader = store.request_reader("s")
+        assert [reader.read(ref, len(d), code) for code, ref, d in records] == \
+            [d for _, _, d in records]
+        reader.close()
 
 
 def test_a_snapshot_that_does_not_fit_leaves_no_temp_file_and_loses_no_pending_unit(
