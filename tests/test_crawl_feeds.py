@@ -210,3 +210,28 @@ def test_a_csv_feed_resumed_after_the_item_gained_a_field_keeps_its_columns(
     warnings = [line for line in final.log.splitlines() if "CSV header" in line]
     assert len(warnings) == 1, final.log[-3000:]
     assert "['extra']" in warnings[0]
+
+
+def test_a_feed_that_cannot_be_opened_stops_the_crawl_and_records_nothing_done(
+    tmp_path: Path, site: Site
+) -> None:
+    # The feed's directory is a file, so opening the feed fails (for any user, as a
+    # read-only file or directory does): the crawl must not go on recording requests done
+    # whose items are written nowhere (a completed stage would then never write them).
+    _plain(site, tmp_path / "plain", "-o", "items.jl")
+    blocked = tmp_path / "resumed" / "out"
+    blocked.parent.mkdir()
+    blocked.write_text("a file where the feed's directory should be\n")
+    first = _crawl(site, tmp_path / "resumed", "-o", "out/items.jl")
+    errors = [line for line in first.log.splitlines() if "cannot be written" in line]
+    assert len(errors) == 1, first.log[-3000:]
+    assert "out/items.jl" in errors[0]
+    assert "Traceback" not in first.log
+    assert "Completed" not in first.log
+    state = read_stage(FileStore(tmp_path / "resumed" / "checkpoints"), "site").state
+    assert state.status is not Status.COMPLETED
+    blocked.unlink()
+    final = _crawl(site, tmp_path / "resumed", "-o", "out/items.jl")
+    assert final.returncode == 0, final.log[-3000:]
+    assert (by_page(jsonlines_items(tmp_path / "resumed" / "out" / "items.jl"))
+            == once_per_page(jsonlines_items(tmp_path / "plain" / "items.jl")))
