@@ -235,3 +235,26 @@ def test_a_feed_that_cannot_be_opened_stops_the_crawl_and_records_nothing_done(
     assert final.returncode == 0, final.log[-3000:]
     assert (by_page(jsonlines_items(tmp_path / "resumed" / "out" / "items.jl"))
             == once_per_page(jsonlines_items(tmp_path / "plain" / "items.jl")))
+
+
+def test_a_csv_feed_resumed_with_other_feed_export_fields_keeps_its_columns(
+    tmp_path: Path, site: Site
+) -> None:
+    # FEED_EXPORT_FIELDS gained a column between runs: the rows written by the resumed run
+    # must still fit the header the first run wrote, not be shifted under it.
+    fields = ["-s", "FEED_EXPORT_FIELDS=page,title"]
+    _plain(site, tmp_path / "plain", "-O", "items.csv", *fields)
+    resumed = tmp_path / "resumed"
+    killed = _crawl(site, resumed, "-O", "items.csv", *fields, interrupt=sigkill, after=30)
+    assert killed.returncode == -9
+    final = _crawl(site, resumed, "-O", "items.csv", "-a", "extra=1",
+                   "-s", "FEED_EXPORT_FIELDS=page,extra,title")
+    assert final.returncode == 0, final.log[-3000:]
+    header, rows = _csv_rows(resumed / "items.csv")
+    plain_header, plain_rows = _csv_rows(tmp_path / "plain" / "items.csv")
+    assert header == plain_header == ["page", "title"]
+    assert rows == once_per_page(plain_rows)
+    warnings = [line for line in final.log.splitlines()
+                if "FEED_EXPORT_FIELDS names" in line]
+    assert len(warnings) == 1, final.log[-3000:]
+    assert "['page', 'title']" in warnings[0]

@@ -166,7 +166,7 @@ class CheckpointFeedStorage(FileFeedStorage):
         header = is_csv and bool(options.get("item_export_kwargs", {}).get(
             "include_headers_line", True))
         framing = self._framing
-        if header and not options.get("fields"):
+        if header:
             self._fix_csv_fields(ext)
         overwrite = self.write_mode == "wb"
         if self.batches is not None:
@@ -197,9 +197,41 @@ class CheckpointFeedStorage(FileFeedStorage):
                 f.seek(base)
                 line = f.readline()
             if line.endswith(b"\n") and base + len(line) <= length:
-                self.fixed_fields = csv_header_fields(line, self._feed_options)
-                self._feed_options["fields"] = list(self.fixed_fields)
+                columns = csv_header_fields(line, self._feed_options)
+                configured = self._feed_options.get("fields")
+                if configured:
+                    self._keep_columns(ext, columns, configured)
+                else:
+                    self.fixed_fields = columns
+                    self._feed_options["fields"] = list(columns)
             return
+
+    def _keep_columns(self, ext: CheckpointExtension, columns: list[str],
+                      configured: Any) -> None:
+        """``FEED_EXPORT_FIELDS`` (a list of fields, or a dict of field -> column) given for
+        a CSV file whose header earlier runs wrote: if they name other columns, the header's
+        are kept (the values of each row stay under their column), with one warning."""
+        if isinstance(configured, dict):
+            by_column = {str(column): field for field, column in configured.items()}
+            if list(by_column) == columns:
+                return
+            kept: Any = ({by_column[c]: c for c in columns}
+                         if all(c in by_column for c in columns) else None)
+        else:
+            if [str(f) for f in configured] == columns:
+                return
+            kept = list(columns)
+        if kept is not None:
+            self._feed_options["fields"] = kept
+            outcome = ("the header's columns are kept: fields it lacks are not exported, and "
+                       "columns your setting no longer names stay empty")
+        else:
+            outcome = "its rows may not fit the header"
+        ext.warn_once(f"csv-export-fields:{self.path}", (
+            f"Feed {self.path!r}: FEED_EXPORT_FIELDS names the columns "
+            f"{list(configured.values() if isinstance(configured, dict) else configured)}, but "
+            f"the CSV header written by earlier runs of this stage has {columns}; {outcome}. "
+            f"To change the columns, start the stage over (CHECKPOINT_RESET=True) with -O."))
 
 
 def _unwritable_feed(path: str, exc: OSError) -> CheckpointWriteError:
