@@ -86,6 +86,13 @@ def encode_state(state: Any) -> str:
     return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
 
 
+def completed_state(cp: EnhancedCheckpoint) -> dict[str, Any]:
+    """The ``spider.state`` a completed stage ended with (a copy; ``{}`` if it kept none), for
+    a run of the stage that crawls nothing: its ``closed()`` and pipelines still read it."""
+    restored = cp.live.user_state
+    return json.loads(json.dumps(restored)) if isinstance(restored, dict) else {}
+
+
 class SpiderStateKeeper:
     """Gives the spider its ``state`` at open and journals it (see the module docstring).
 
