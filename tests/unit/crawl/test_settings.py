@@ -184,6 +184,13 @@ def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> No
     ("CHECKPOINT_DURABLE", "CHECKPOINT_DURABILITY"),
     ("CHECKPOINT_REDIS_URL", "CHECKPOINT_BACKEND"),
     ("CHECKPOINT_FOLDER", "CHECKPOINT_DIR"),
+    # Near the prefix, not on it: a plural, a transposition, lower or mixed case, a split word.
+    ("CHECKPOINTS_DIR", "CHECKPOINT_DIR"),
+    ("CHECKPIONT_DIR", "CHECKPOINT_DIR"),
+    ("checkpoint_dir", "CHECKPOINT_DIR"),
+    ("CHECKPOINT_dir", "CHECKPOINT_DIR"),
+    ("Checkpoint_Output", "CHECKPOINT_OUTPUT"),
+    ("CHECK_POINT_RESET", "CHECKPOINT_RESET"),
 ])
 def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -196,6 +203,11 @@ def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str)
 def test_an_unknown_setting_far_from_every_name_stops_too() -> None:
     with pytest.raises(ConfigError, match=r"^Unknown setting CHECKPOINT_XYZZY: scrapy-checkpoint"):
         read(CHECKPOINT_ENABLED=True, CHECKPOINT_XYZZY=1)
+
+
+def test_names_that_only_begin_like_the_prefix_are_left_alone() -> None:
+    # Nothing close to a setting of the plugin after the prefix-like start: not ours.
+    assert read(CHECKPOINT_ENABLED=True, CHECKPOINTER_URL="x", CHECK_INTERVAL=3).enabled
 
 
 def test_unknown_names_are_not_checked_when_the_plugin_is_off() -> None:
