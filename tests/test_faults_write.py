@@ -34,7 +34,8 @@ from scrapy_checkpoint.journal.frames import scan_segment
 from scrapy_checkpoint.journal.keys import key_code
 
 from .conftest import PYTHON, SCRIPTS, python_env
-from .crawl import Outputs, crawl
+from .crawl import PROJECT, CrawlRun, Outputs, crawl
+from .crawl import run as run_crawl
 from .site import Site
 
 CLI = [PYTHON, "-m", "scrapy_checkpoint.cli"]
@@ -225,6 +226,43 @@ def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_res
                 pages = outputs.jsonlines(name)
                 assert sorted(pages) == list(range(n_pages)), f"{name}: lost or duplicated items"
             assert read_stage(FileStore(mnt), "site").state.status is Status.COMPLETED
+    finally:
+        site.close()
+
+
+def test_a_crawl_whose_feed_disk_fills_stops_naming_the_feed_and_resumes(tmp_path: Path) -> None:
+    # The outputs are on the full disk, the checkpoint is not: the error must name the file
+    # that could not be written (not the checkpoint), be said once with no traceback (Scrapy
+    # flushes and closes the feeds again at close), and lose nothing.
+    n_pages = 1500
+    site = Site(n_pages)
+
+    def crawl_to(outputs: Outputs) -> CrawlRun:  # the log beside, not on the full disk
+        cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args,
+               "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+        return run_crawl(site, cmd, tmp_path, cwd=PROJECT)
+
+    try:
+        with tmpfs(tmp_path / "out", "128k") as mnt:
+            outputs = Outputs(mnt)
+            first = crawl_to(outputs)
+            log = first.log
+            assert "'finish_reason': 'checkpoint_error'" in log, log[-3000:]
+            stops = [line for line in log.splitlines() if "the crawl stops." in line]
+            assert len(stops) == 1, log[-3000:]
+            assert f"Cannot write '{mnt}" in stops[0], stops
+            assert "No space left on device" in stops[0]
+            assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:5000]
+            remount(mnt, "50m")
+            second = crawl_to(outputs)
+            assert "'finish_reason': 'finished'" in second.log, second.log[-3000:]
+            assert "Traceback" not in second.log
+            for name in ("items.jl", "own.jl"):
+                pages = outputs.jsonlines(name)
+                assert sorted(pages) == list(range(n_pages)), f"{name}: lost or duplicated items"
+            assert sorted(outputs.csv_pages()) == list(range(n_pages))
+            state = read_stage(FileStore(tmp_path / "checkpoints"), "site").state
+            assert state.status is Status.COMPLETED
     finally:
         site.close()
 
