@@ -197,8 +197,11 @@ class CheckpointSettings(BaseModel):
         For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
         written in it and removed: a directory that cannot be used raises
         :class:`~scrapy_checkpoint.errors.ConfigError` naming the setting, before any
-        stage is opened.
+        stage is opened. So does a ``CHECKPOINT_OUTPUT`` this user cannot write (nothing is
+        created or opened to tell).
         """
+        if self.output:
+            _check_output(self.output)
         if self.backend == "file":
             _check_dir(self.dir)
             return FileStore(self.dir)
@@ -315,6 +318,28 @@ def _check_dir(directory: str) -> None:
             f"CHECKPOINT_DIR={directory!r} {step} ({reason}). Set CHECKPOINT_DIR to a "
             f"directory this user may create and write, in settings.py, custom_settings or "
             f"-s CHECKPOINT_DIR=...") from None
+
+
+def _check_output(path: str) -> None:
+    """Raise :class:`~scrapy_checkpoint.errors.ConfigError` naming ``CHECKPOINT_OUTPUT`` if
+    ``path`` is a directory, or neither it nor the directory it would be created in (the
+    nearest that exists) may be written by this user (``os.access``: nothing is touched)."""
+    target = os.path.abspath(path)
+    reason = None
+    if os.path.isdir(target):
+        reason = "it is a directory"
+    else:
+        while not os.path.lexists(target) and os.path.dirname(target) != target:
+            target = os.path.dirname(target)
+        if os.path.lexists(target) and not os.path.isdir(target) and target != os.path.abspath(path):
+            reason = f"{target!r} is a file, not a directory"
+        elif not os.access(target, os.W_OK):
+            reason = f"{target!r} is not writable by this user"
+    if reason is not None:
+        raise ConfigError(
+            f"CHECKPOINT_OUTPUT={path!r} cannot be written ({reason}). Set CHECKPOINT_OUTPUT "
+            f"to a file this user may create and write, in settings.py, custom_settings or -s "
+            f"CHECKPOINT_OUTPUT=...")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

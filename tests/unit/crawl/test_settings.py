@@ -234,6 +234,31 @@ def test_an_unusable_dir_names_the_setting(tmp_path: Path, make: Any, message: s
     assert "Set CHECKPOINT_DIR to a directory" in text
 
 
+@pytest.mark.parametrize(("output", "reason"), [
+    ("{d}/afile/all.jl", "'{d}/afile' is a file, not a directory"),
+    ("{d}/afile/deeper/all.jl", "'{d}/afile' is a file, not a directory"),
+    ("{d}/adir", "it is a directory"),
+])
+def test_an_output_that_cannot_be_written_stops_at_start_naming_the_setting(
+    tmp_path: Path, output: str, reason: str
+) -> None:
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = output.format(d=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        read(CHECKPOINT_DIR=str(tmp_path / "cp"), CHECKPOINT_OUTPUT=path).store()
+    text = str(info.value)
+    assert text.startswith(f"CHECKPOINT_OUTPUT={path!r} cannot be written "
+                           f"({reason.format(d=tmp_path)})"), text
+    assert not (tmp_path / "cp").exists()  # refused before anything is created
+
+
+def test_a_new_output_in_a_writable_directory_is_accepted_untouched(tmp_path: Path) -> None:
+    read(CHECKPOINT_DIR=str(tmp_path / "cp"),
+         CHECKPOINT_OUTPUT=str(tmp_path / "new" / "all.jl")).store()
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_dir_that_cannot_be_written_names_the_setting(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(**kwargs: Any) -> Any:
