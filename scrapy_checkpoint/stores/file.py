@@ -544,7 +544,10 @@ class FileStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(stage)
         while True:
-            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError as exc:  # a lock file the user may not open: say which
+                raise _unreadable(stage, exc) from None
             try:
                 _flock_briefly(fd)
             except OSError as exc:
@@ -585,6 +588,8 @@ class FileStore:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return None
+        except PermissionError as exc:
+            raise _unreadable(stage, exc) from None
         try:
             # A shared lock conflicts with the writer's exclusive one, and only
             # while it is alive.
