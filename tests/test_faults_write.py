@@ -514,6 +514,19 @@ def test_cleanup_refuses_a_negative_age(tmp_path: Path) -> None:
         UnifiedCheckpointManager(directory).cleanup(older_than_days=-1)
 
 
+@pytest.mark.parametrize("days", ["inf", "1e400", "1e9", "3000000"])
+def test_cleanup_with_an_age_beyond_any_date_removes_nothing(tmp_path: Path, days: str) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    cp.complete()
+    cp.close()
+    done = cli(directory, "cleanup", "--days", days)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Nothing to clean up" in done.stdout + done.stderr
+    assert UnifiedCheckpointManager(directory).stages() == ["s"]
+
+
 # -- 15. modes and temp files ---------------------------------------------------------------------
 
 
