@@ -527,6 +527,43 @@ def test_cleanup_with_an_age_beyond_any_date_removes_nothing(tmp_path: Path, day
     assert UnifiedCheckpointManager(directory).stages() == ["s"]
 
 
+def test_a_stage_directory_made_read_only_fails_at_close_with_one_clear_error(
+        tmp_path: Path) -> None:
+    # Its segment stays writable, so the job runs; the snapshot at close cannot be created.
+    # The close must raise that CheckpointWriteError alone, not a ValueError of a queued
+    # fsync of the segment closed meanwhile, and lose nothing.
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run without root's file access")
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1)
+    cp.start(total_items=200)
+    for i in range(100):
+        cp.update(processed=1, successful=1, index=i)
+    cp.close()
+    (directory / "s").chmod(0o555)
+    code = ("import sys\n"
+            "from scrapy_checkpoint import EnhancedCheckpoint, CheckpointWriteError\n"
+            f"cp = EnhancedCheckpoint({str(directory)!r}, 's', log_every=0, save_every=1)\n"
+            "cp.start(total_items=200)\n"
+            "for i in range(100, 200):\n"
+            "    cp.update(processed=1, successful=1, index=i)\n"
+            "cp.complete()\n"
+            "try:\n    cp.close()\n"
+            "except CheckpointWriteError as exc:\n    print('STOPPED', exc)\n")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = [str(shutil.which("setpriv")), f"--bounding-set={caps}", f"--inh-caps={caps}",
+                  "--"]
+    done = run(*prefix, PYTHON, "-c", code)
+    (directory / "s").chmod(0o755)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "STOPPED Cannot write" in done.stdout, done.stdout
+    view = read_stage(FileStore(directory), "s")
+    assert view.state.done_units == 200
+    assert view.state.status is Status.COMPLETED
+
+
 # -- 15. modes and temp files ---------------------------------------------------------------------
 
 

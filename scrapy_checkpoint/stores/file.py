@@ -383,6 +383,8 @@ class SegmentWriter:
 
     def sync(self) -> None:
         """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
+        if self._fd < 0:  # closed before this queued sync ran (a close after a failed write)
+            return
         try:
             self._fsync()
         except OSError as exc:
