@@ -166,14 +166,7 @@ class GroupCommitter:
         if isinstance(exc, CheckpointWriteError):
             error = type(exc)(*exc.args)  # a short traceback: from the caller's call
         else:
-            what = exc.strerror or str(exc)
-            where = exc.filename or self.store.location
-            fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                   else "fix the cause")
-            error = CheckpointWriteError(
-                f"Cannot write the checkpoint of stage {self.stage!r} ({where}): {what}. "
-                f"Everything committed before is kept; {fix}, then run the same command "
-                f"again to resume.")
+            error = write_error(self.stage, self.store.location, exc)
         self.failure = error
         return error
 
@@ -525,3 +518,27 @@ def _sync_all(fds: list[int], writer: JournalWriter) -> None:
 
 
 __all__ = ["MIN_TIMER_PERIOD", "GroupCommitter", "timer_period"]
+
+
+def write_error(stage: str | None, location: object, exc: OSError) -> CheckpointWriteError:
+    """The error a job stops with when writing its checkpoint (in ``location``, the store's)
+    or one of its outputs failed with ``exc``: what could not be written, why, and what to do."""
+    what = exc.strerror or str(exc)
+    fix = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
+               if not exc.filename or _inside(str(exc.filename), location)
+               else f"{str(exc.filename)!r}, an output of stage {stage!r}")
+    return CheckpointWriteError(
+        f"Cannot write {written}: {what}. Everything committed before is kept; {fix}, then "
+        f"run the same command again to resume.")
+
+
+def _inside(path: str, location: object) -> bool:
+    """True if ``path`` is in the store's directory (False for a store that is no directory)."""
+    if not isinstance(location, str | os.PathLike) or "://" in str(location):
+        return False
+    try:
+        root = os.path.abspath(location)
+        return os.path.commonpath([root, os.path.abspath(path)]) == root
+    except ValueError:
+        return False

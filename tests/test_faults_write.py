@@ -36,7 +36,8 @@ from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.stores.file import SegmentWriter
 
 from .conftest import PYTHON, SCRIPTS, python_env
-from .crawl import Outputs, crawl
+from .crawl import PROJECT, CrawlRun, Outputs, crawl
+from .crawl import run as run_crawl
 from .site import Site
 
 CLI = [PYTHON, "-m", "scrapy_checkpoint.cli"]
@@ -271,6 +272,43 @@ def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_res
                 pages = outputs.jsonlines(name)
                 assert sorted(pages) == list(range(n_pages)), f"{name}: lost or duplicated items"
             assert read_stage(FileStore(mnt), "site").state.status is Status.COMPLETED
+    finally:
+        site.close()
+
+
+def test_a_crawl_whose_feed_disk_fills_stops_naming_the_feed_and_resumes(tmp_path: Path) -> None:
+    # The outputs are on the full disk, the checkpoint is not: the error must name the file
+    # that could not be written (not the checkpoint), be said once with no traceback (Scrapy
+    # flushes and closes the feeds again at close), and lose nothing.
+    n_pages = 1500
+    site = Site(n_pages)
+
+    def crawl_to(outputs: Outputs) -> CrawlRun:  # the log beside, not on the full disk
+        cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}", *outputs.args,
+               "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+        return run_crawl(site, cmd, tmp_path, cwd=PROJECT)
+
+    try:
+        with tmpfs(tmp_path / "out", "128k") as mnt:
+            outputs = Outputs(mnt)
+            first = crawl_to(outputs)
+            log = first.log
+            assert "'finish_reason': 'checkpoint_error'" in log, log[-3000:]
+            stops = [line for line in log.splitlines() if "the crawl stops." in line]
+            assert len(stops) == 1, log[-3000:]
+            assert f"Cannot write '{mnt}" in stops[0], stops
+            assert "No space left on device" in stops[0]
+            assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:5000]
+            remount(mnt, "50m")
+            second = crawl_to(outputs)
+            assert "'finish_reason': 'finished'" in second.log, second.log[-3000:]
+            assert "Traceback" not in second.log
+            for name in ("items.jl", "own.jl"):
+                pages = outputs.jsonlines(name)
+                assert sorted(pages) == list(range(n_pages)), f"{name}: lost or duplicated items"
+            assert sorted(outputs.csv_pages()) == list(range(n_pages))
+            state = read_stage(FileStore(tmp_path / "checkpoints"), "site").state
+            assert state.status is Status.COMPLETED
     finally:
         site.close()
 
@@ -520,6 +558,56 @@ def test_cleanup_refuses_a_negative_age(tmp_path: Path) -> None:
     assert UnifiedCheckpointManager(directory).stages() == ["s"]
     with pytest.raises(ValueError, match="0 or more"):
         UnifiedCheckpointManager(directory).cleanup(older_than_days=-1)
+
+
+@pytest.mark.parametrize("days", ["inf", "1e400", "1e9", "3000000"])
+def test_cleanup_with_an_age_beyond_any_date_removes_nothing(tmp_path: Path, days: str) -> None:
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    cp.complete()
+    cp.close()
+    done = cli(directory, "cleanup", "--days", days)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Nothing to clean up" in done.stdout + done.stderr
+    assert UnifiedCheckpointManager(directory).stages() == ["s"]
+
+
+def test_a_stage_directory_made_read_only_fails_at_close_with_one_clear_error(
+        tmp_path: Path) -> None:
+    # Its segment stays writable, so the job runs; the snapshot at close cannot be created.
+    # The close must raise that CheckpointWriteError alone, not a ValueError of a queued
+    # fsync of the segment closed meanwhile, and lose nothing.
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run without root's file access")
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1)
+    cp.start(total_items=200)
+    for i in range(100):
+        cp.update(processed=1, successful=1, index=i)
+    cp.close()
+    (directory / "s").chmod(0o555)
+    code = ("import sys\n"
+            "from scrapy_checkpoint import EnhancedCheckpoint, CheckpointWriteError\n"
+            f"cp = EnhancedCheckpoint({str(directory)!r}, 's', log_every=0, save_every=1)\n"
+            "cp.start(total_items=200)\n"
+            "for i in range(100, 200):\n"
+            "    cp.update(processed=1, successful=1, index=i)\n"
+            "cp.complete()\n"
+            "try:\n    cp.close()\n"
+            "except CheckpointWriteError as exc:\n    print('STOPPED', exc)\n")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = [str(shutil.which("setpriv")), f"--bounding-set={caps}", f"--inh-caps={caps}",
+                  "--"]
+    done = run(*prefix, PYTHON, "-c", code)
+    (directory / "s").chmod(0o755)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "STOPPED Cannot write" in done.stdout, done.stdout
+    view = read_stage(FileStore(directory), "s")
+    assert view.state.done_units == 200
+    assert view.state.status is Status.COMPLETED
 
 
 # -- 15. modes and temp files ---------------------------------------------------------------------

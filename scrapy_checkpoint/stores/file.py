@@ -127,6 +127,15 @@ def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
         f"file away.")
 
 
+def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
+    """Open ``stage``'s lock file (through a link only with ``follow``); a lock file the user
+    may not open raises the one-paragraph error of :func:`_unreadable`."""
+    try:
+        return os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
+    except PermissionError as exc:
+        raise _unreadable(stage, exc) from None
+
+
 class StageLock:
     """An exclusive ``flock`` on ``<stage>.lock``; the OS drops it when the process dies."""
 
@@ -401,6 +410,8 @@ class SegmentWriter:
 
     def sync(self) -> None:
         """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
+        if self._fd < 0:  # closed before this queued sync ran (a close after a failed write)
+            return
         try:
             self._fsync()
         except OSError as exc:
@@ -565,7 +576,7 @@ class FileStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(stage)
         while True:
-            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(stage, path, os.O_RDWR | os.O_CREAT)
             try:
                 _flock_briefly(fd)
             except OSError as exc:
@@ -603,7 +614,8 @@ class FileStore:
         """The owner if a live process holds the stage's lock, else None. Takes no lock."""
         path = self.lock_path(stage)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            fd = _open_lock(stage, path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                            follow=True)
         except FileNotFoundError:
             return None
         try:
