@@ -122,6 +122,9 @@ class AsyncCheckpointTracker(Generic[T]):
                     if not isinstance(exc, SystemExit):
                         _quiet_uncaught()
             await cp.wait_hooks()
+        except CheckpointWriteError:  # raised by the last commits (complete, fail, pause)
+            _quiet_uncaught()
+            raise
         finally:
             self._stop_bar()
             try:

@@ -145,6 +145,24 @@ def _permission_error_class() -> type[Exception]:
     return RedisPermissionError
 
 
+def _wrong_type(exc: Exception, args: tuple[Any, ...]) -> CorruptCheckpointError:
+    """A WRONGTYPE reply as one clear error naming the keys involved: a key of the store
+    holds a value of another Redis type, written by something other than this package."""
+    if args and str(args[0]).upper() in ("EVALSHA", "EVAL") and len(args) > 2:
+        keys = [str(k) for k in args[3:3 + int(args[2])]]
+    elif len(args) > 1 and isinstance(args[1], (str, bytes)):
+        keys = [args[1].decode(errors="replace") if isinstance(args[1], bytes) else args[1]]
+    else:  # a pipeline: its message names the command and the key
+        keys = []
+    where = f" (one of {', '.join(keys)})" if len(keys) > 1 else f" ({keys[0]})" if keys else ""
+    return CorruptCheckpointError(
+        f"A key of the checkpoint in Redis{where} holds a value of another type than this "
+        f"package writes ({str(exc).rstrip('.')}): something else wrote it, or another "
+        f"application uses the same key prefix. Nothing was changed. Check it with redis-cli "
+        f"TYPE; delete the stage's keys (or reset the stage) to start it over, or give this "
+        f"job its own prefix (?prefix=NAME in the URL).")
+
+
 @cache
 def _client_class() -> Any:
     """redis-py's client (and its pipelines) raising RedisPermissionError, still a
@@ -152,7 +170,7 @@ def _client_class() -> Any:
     command instead of redis-py's traceback."""
     import redis
     from redis.client import Pipeline
-    from redis.exceptions import NoPermissionError
+    from redis.exceptions import NoPermissionError, ResponseError
 
     error = _permission_error_class()
 
@@ -164,6 +182,10 @@ def _client_class() -> Any:
                 if isinstance(exc, error):
                     raise
                 raise error(str(exc)) from None
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                raise _wrong_type(exc, args) from None
         return call
 
     class CheckpointPipeline(Pipeline):
@@ -555,9 +577,14 @@ class RedisStore:
 
     def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
         token = self._tokens.get(stage)
-        lock, state, meta = (self.key(stage, p) for p in ("lock", "state", "meta"))
-        rest = [k for k in self.stage_keys(stage) if k not in (lock, state, meta)]
-        if not self._state(keys=[lock, state, meta, *rest], args=[token or "", compress(data), ttl]):
+        lock, state, meta, journal = (self.key(stage, p) for p in ("lock", "state", "meta", "journal"))
+        rest = [k for k in self.stage_keys(stage) if k not in (lock, state, meta, journal)]
+        written = self._state(keys=[lock, state, meta, journal, *rest],
+                              args=[token or "", compress(data), ttl])
+        if written == -1:  # the stage's keys vanished under its writer
+            writer = self._writers.get(stage)
+            raise self.stage_gone(stage, writer.seq - writer.backlog if writer is not None else 0)
+        if not written:
             logger.error("Stage %s: not writing the state, another process holds the stage now.",
                          stage)
 
