@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import json
 import logging
+import operator
 import os
 import weakref
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from typing import Any
 from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
 from .durability import GroupCommitter
-from .errors import CheckpointError, CheckpointWriteError, InputChangedError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
     ATTACHED,
@@ -351,6 +352,7 @@ class EnhancedCheckpoint(UnitRecords):
         ``input_file``'s content differs from the one recorded (unless ``reset``)."""
         if self._running:
             return self.state
+        total_items = _checked_total(total_items)  # before anything is opened or written
         self.open(stage)
         stage = self.stage
         assert stage is not None
@@ -481,8 +483,9 @@ class EnhancedCheckpoint(UnitRecords):
         self._committer.write_fields(fields)
 
     def set_total(self, total_items: int) -> None:
-        """Set the total number of items (for the percentage and the ETA)."""
-        self._record({TOTAL: int(total_items)})
+        """Set the total number of items (for the percentage and the ETA). Raises
+        ConfigError for a total that is not an integer from 0 to 2**63 - 1."""
+        self._record({TOTAL: _checked_total(total_items)})
 
     def set_metadata(self, **values: Any) -> None:
         """Merge JSON-serialisable ``values`` into the stage's metadata."""
@@ -669,6 +672,21 @@ def _log_resume(stage: str, live: LiveState, units: str) -> None:
 def describe_lost(lost: dict[str, int]) -> str:
     """``unjournaled: 3, unrestorable: 144``: the lost units by reason."""
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(lost.items()) if n)
+
+
+def _checked_total(total_items: Any) -> int | None:
+    """``total_items`` as an int, or None; ConfigError (one paragraph) if it is not a whole
+    number from 0 to 2**63 - 1: a journal group never records a total no state can hold."""
+    if total_items is None:
+        return None
+    try:
+        total = operator.index(total_items)
+    except TypeError:
+        total = None
+    if total is None or isinstance(total_items, bool) or not 0 <= total < 1 << 63:
+        raise ConfigError(f"Invalid total_items={total_items!r}: give the number of items, a whole "
+                          f"number from 0 to {(1 << 63) - 1}, or None when it is not known.")
+    return total
 
 
 def _run_fields(stage: str, live: LiveState, total_items: int | None,

@@ -400,3 +400,25 @@ def test_every_field_the_crawl_writes_is_read_back_from_the_journal_and_a_snapsh
     assert view.problems == []
     assert view.state.lost == {"session_expired": 1}
     assert view.outputs["/data/items.json"][2] == {"n": 3, "closing": "\n]"}
+
+
+@pytest.mark.parametrize("total", [-5, 1 << 63, 1 << 70, 2.5, "100", True])
+def test_a_total_no_state_can_hold_is_refused_before_anything_is_journaled(
+    checkpoint_dir: Path, total: object,
+) -> None:
+    """A negative total, one past 2**63 - 1 or not a whole number is one ConfigError from
+    start() and set_total(); the journal never records it (a bad total in a group made
+    the stage's own journal unreadable from there on)."""
+    with EnhancedCheckpoint(checkpoint_dir, "s", log_every=0) as cp:
+        with pytest.raises(ConfigError, match="Invalid total_items"):
+            cp.start(total_items=total)  # type: ignore[arg-type]
+        cp.start(total_items=4)
+        with pytest.raises(ConfigError, match="Invalid total_items"):
+            cp.set_total(total)  # type: ignore[arg-type]
+        for i in range(4):
+            cp.update(processed=1, successful=1, index=i)
+        cp.complete()
+    view = read_stage(open_store(checkpoint_dir), "s")
+    assert view.problems == []
+    assert view.state.progress.total_items == 4
+    assert view.state.progress.processed_items == 4

@@ -123,3 +123,31 @@ def test_a_key_of_another_redis_type_is_one_clear_error(
         assert client.type(key) == (b"string" if part == "journal" else b"list")  # as it was
     finally:
         client.close()
+
+
+def test_a_journal_evicted_from_redis_is_damage_not_a_fresh_start(
+    redis_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The journal key of an interrupted stage is gone (evicted under a maxmemory-policy
+    other than noeviction, or deleted by hand) while its meta says how many groups were
+    appended: the units those groups finished are not known. Reading or resuming the stage
+    says so; it is not resumed as if they had never been done (which redid them)."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=20)
+    for i in range(8):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()  # as if the process had died: the groups stay in the journal
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        assert client.llen(f"{prefix}:s:journal") >= 8
+        client.delete(f"{prefix}:s:journal")
+    finally:
+        client.close()
+    assert cli_run(["--backend", redis_backend, "show", "s"]) == 3
+    err = capsys.readouterr().err
+    assert "lacks" in err
+    assert "deleted or evicted" in err
+    again = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    with pytest.raises(CorruptCheckpointError, match="deleted or evicted"):
+        again.open()

@@ -609,7 +609,8 @@ class RedisStore:
             pipe.lrange(self.key(stage, "journal"), 0, -1)
             pipe.exists(self.key(stage, "state"))
             pipe.get(self.key(stage, "gone"))
-            blob, meta, records, has_state, gone = pipe.execute()
+            pipe.llen(self.key(stage, "corrupt"))
+            blob, meta, records, has_state, gone, set_aside = pipe.execute()
         try:
             meta = {k.decode(): int(v) for k, v in meta.items()}
             if any(v < 0 for v in meta.values()):
@@ -639,6 +640,19 @@ class RedisStore:
             raise CorruptCheckpointError(
                 f"The snapshot of stage {stage!r} is missing from Redis and the journal before it "
                 f"was trimmed, so the stage cannot be rebuilt. Reset the stage to start over.")
+        # Every group appended is in the journal, covered by the snapshot (base) or set aside
+        # as unreadable: fewer means groups were deleted or evicted behind the store, and
+        # the units they finished would be redone (their outputs written twice) unnoticed.
+        missing = meta.get("seq", 0) - meta.get("base", 0) - len(records) - set_aside
+        if missing > 0 and not problems:  # (a damaged snapshot is reported already)
+            raise CorruptCheckpointError(
+                f"The journal of stage {stage!r} in Redis ({self.key(stage, 'journal')}) lacks "
+                f"{missing} of the {meta['seq']} group(s) recorded: they were deleted or evicted "
+                f"(a maxmemory-policy other than noeviction, or keys deleted by hand). The units "
+                f"they finished are not known, so the stage is not resumed (it would redo them "
+                f"and write their outputs again). Nothing was changed; reset the stage to start "
+                f"it over (scrapy-checkpoint --backend URL reset {stage}), and set "
+                f"maxmemory-policy noeviction.")
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems, requests=self.request_reader(stage))
         if gone is not None and not loaded.exists:
