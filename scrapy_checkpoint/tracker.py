@@ -130,6 +130,9 @@ class AsyncCheckpointTracker(Generic[T]):
             try:
                 await asyncio.to_thread(cp.abandon if cp.write_failure is not None
                                         else cp.close)
+            except CheckpointWriteError:  # the close's own commits could not be recorded
+                _quiet_uncaught()
+                raise
             finally:
                 _remove_handler(self._log_handler)
                 self._log_handler = None

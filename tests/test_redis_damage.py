@@ -4,6 +4,7 @@ stage's keys vanished, keys holding another Redis type, the tracker's last commi
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from scrapy_checkpoint.cli import run as cli_run
 from scrapy_checkpoint.errors import CheckpointLostError, CorruptCheckpointError
 
 from .conftest import PYTHON, python_env
+from .test_redis_store import PrivateRedis, needs_redis_server
 
 
 def _client_and_prefix(url: str) -> tuple[redis.Redis, str]:
@@ -151,3 +153,62 @@ def test_a_journal_evicted_from_redis_is_damage_not_a_fresh_start(
     again = EnhancedCheckpoint(redis_backend, "s", log_every=0)
     with pytest.raises(CorruptCheckpointError, match="deleted or evicted"):
         again.open()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if needs_redis_server.args[0]:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path / "redis", persistent=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_command_the_acl_denies_inside_a_script_is_one_clear_error(
+    private_redis: PrivateRedis,
+) -> None:
+    """A user that may run the scripts but not a command they run (SET, EXPIRE): Redis's
+    reply does not name the command; the error says which commands the scripts need,
+    as a CheckpointError that is still redis-py's NoPermissionError."""
+    client = redis.Redis(port=private_redis.port)
+    client.execute_command("ACL", "SETUSER", "noset", "on", ">pw", "~*", "&*", "+@all", "-set")
+    client.close()
+    url = private_redis.url.replace("redis://", "redis://noset:pw@")
+    with pytest.raises(CheckpointError, match="scripts run") as caught:
+        EnhancedCheckpoint(url, "s", log_every=0).open()
+    assert isinstance(caught.value, redis.exceptions.NoPermissionError)
+    assert "+@write" in str(caught.value)
+    assert ":pw@" not in str(caught.value)
+
+
+def test_a_redis_gone_for_good_before_the_end_is_not_a_recorded_completion(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """Redis stops after the last update and before the block ends: the groups of the end
+    of the run (its completion) wait in the process and never reach Redis. The job does
+    not end as if the stage were recorded completed: it exits 1 with one paragraph saying
+    what was not recorded and that the next run does those units again."""
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import asyncio, redis
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def main():
+    async with AsyncCheckpointTracker({private_redis.url!r}, "s", progress_bar=False) as t:
+        t.start(total_items=5)
+        for i in range(5):
+            t.update(processed=1, successful=1, index=i)
+        await t.save(force=True)
+        redis.Redis(port={private_redis.port}).shutdown(nosave=True)
+
+asyncio.run(main())
+""")
+    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
+                          timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "Cannot record the end of stage 's'" in err
+    assert "never reached it" in err

@@ -136,6 +136,14 @@ def _permission_error_class() -> type[Exception]:
         def __init__(self, message: str = "") -> None:
             m = re.search(r"run the '([^']+)' command", message)
             self.command = m.group(1).replace("|", " ").upper() if m else "a command"
+            if m is None:  # denied inside a Lua script, whose reply does not name it
+                super().__init__(
+                    f"The Redis user may not run a command that scrapy-checkpoint's scripts "
+                    f"run ({message.rstrip('.')}). They need GET, SET, DEL, EXISTS, EXPIRE, "
+                    f"PEXPIRE, RENAME, HGET, HSET, HDEL, HINCRBY, LRANGE, RPUSH, LTRIM, LLEN, "
+                    f"SADD, SREM and TTL on keys under the prefix: grant them (e.g. ACL "
+                    f"SETUSER <user> +@read +@write +@scripting) or use a user that may.")
+                return
             super().__init__(
                 f"The Redis user may not run {self.command} ({message}). scrapy-checkpoint "
                 f"needs it: grant it (ACL SETUSER <user> +{self.command.split()[0].lower()}) "
@@ -183,6 +191,8 @@ def _client_class() -> Any:
                     raise
                 raise error(str(exc)) from None
             except ResponseError as exc:
+                if "can't run this command" in str(exc):  # an ACL denial inside a script
+                    raise error(str(exc)) from None
                 if "WRONGTYPE" not in str(exc):
                     raise
                 raise _wrong_type(exc, args) from None
