@@ -212,3 +212,24 @@ asyncio.run(main())
     assert "Traceback" not in err, err
     assert "Cannot record the end of stage 's'" in err
     assert "never reached it" in err
+
+
+def test_a_redis_that_evicts_keys_is_warned_of_at_open(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis with maxmemory and an evicting policy may drop a checkpoint's keys (they all
+    have an expiry, so volatile-* policies too): opening a stage there says so, once per
+    store, with the setting to change."""
+    client = redis.Redis(port=private_redis.port)
+    client.config_set("maxmemory", "50mb")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    with caplog.at_level("WARNING", logger="scrapy_checkpoint"), \
+            EnhancedCheckpoint(private_redis.url, "s", log_every=0) as cp:
+        cp.start(total_items=1)
+        cp.update(processed=1, successful=1, index=0)
+        cp.complete()
+    warned = [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
+    assert len(warned) == 1
+    assert "maxmemory-policy allkeys-lru" in warned[0]
+    assert "noeviction" in warned[0]

@@ -213,6 +213,23 @@ def _client_class() -> Any:
     return CheckpointRedis
 
 
+def _warn_if_evicting(client: Any, location: str) -> None:
+    """Log a warning if Redis evicts keys when full: every checkpoint key has an expiry,
+    so any policy but ``noeviction`` may evict them (``INFO memory``; nothing if denied)."""
+    try:
+        info = client.info("memory")
+    except Exception:  # an ACL without INFO, a proxy that hides it: nothing to tell
+        return
+    policy, limit = info.get("maxmemory_policy"), int(info.get("maxmemory") or 0)
+    if limit and policy and policy != "noeviction":
+        logger.warning(
+            "Redis at %s evicts keys when it is full (maxmemory %d bytes, maxmemory-policy "
+            "%s): an evicted journal stops its stage as damaged, and a stage whose keys are "
+            "all evicted starts over from nothing, redoing its finished units. Set "
+            "maxmemory-policy noeviction on a Redis that holds checkpoints.",
+            location, limit, policy)
+
+
 @dataclass(frozen=True)
 class TrackedUnits:
     """Two hashes a stage's journal appends keep in step (see :meth:`RedisStore.track_units`)."""
@@ -449,6 +466,7 @@ class RedisStore:
             raise CheckpointError(f"Cannot reach Redis at {self.location}: "
                                   f"{str(exc).rstrip('.')}. Start Redis or fix CHECKPOINT_BACKEND."
                                   ) from None
+        _warn_if_evicting(self.client, self.location)
         self._snapshot = self.lua_script("snapshot")
         self._state = self.lua_script("state")
         self._release = self.lua_script("release")
