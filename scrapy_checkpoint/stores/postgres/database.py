@@ -264,11 +264,19 @@ class PostgresDatabase:
 
     def _layout_version(self) -> int | None:
         """The layout version of the schema's tables (None: no tables)."""
-        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
-                               [self.schema])
-        if found is None or found[0] is None:
-            return None
-        return (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        try:
+            found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
+                                   [self.schema])
+            if found is None or found[0] is None:
+                return None
+            return (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        except driver().errors.InsufficientPrivilege as exc:  # the schema, not granted
+            raise ConfigError(
+                f"PostgreSQL at {self.location}: this role may not read the checkpoint tables "
+                f"in schema {self.schema!r}: {sentence(exc)} Have the schema's owner grant "
+                f"this role USAGE on the schema, EXECUTE on its function and SELECT, INSERT, "
+                f"UPDATE, DELETE on its tables (docs/postgresql.md), or use a role that may."
+            ) from None
 
     def connect(self) -> Any:
         """A new autocommit connection to the server (psycopg ``Connection``). Raises
