@@ -81,6 +81,14 @@ def test_a_bad_schema_name_is_refused() -> None:
         PostgresStore(f"{POSTGRES_URL}?schema=a b")
 
 
+def test_a_schema_name_postgresql_reserves_is_refused_before_the_server_is_asked() -> None:
+    """``pg_...`` passes the character rule, but PostgreSQL refuses to create such a schema
+    (psycopg's traceback at the first write): refused with the other bad names."""
+    for name in ("pg_x", "pg_checkpoints"):
+        with pytest.raises(ConfigError, match=f"Invalid PostgreSQL schema name '{name}'"):
+            PostgresStore(f"{POSTGRES_URL}?schema={name}")
+
+
 def test_connections_ended_by_the_server_are_replaced_for_queries_and_transactions(
         postgresql_backend: str) -> None:
     name = f"sctest-{os.getpid()}-{id(object())}"

@@ -156,9 +156,10 @@ class PostgresDatabase:
         query = parse_qsl(parts.query, keep_blank_values=True)
         named = [v for k, v in query if k in ("schema", "prefix")]
         self.schema = schema or (named[-1] if named else DEFAULT_SCHEMA)
-        if not _SCHEMA_RE.fullmatch(self.schema):
+        if not _SCHEMA_RE.fullmatch(self.schema) or self.schema.startswith("pg_"):
             raise ConfigError(f"Invalid PostgreSQL schema name {self.schema!r}: use 1-63 letters, "
-                              f"digits, '_' or '-', starting with a letter or '_'.")
+                              f"digits, '_' or '-', starting with a letter or '_' and not with "
+                              f"'pg_' (PostgreSQL keeps that prefix for its own schemas).")
         rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
         _note_secrets(parts.netloc)
         # quote, not quote_plus: libpq decodes %20, not '+'.
