@@ -367,6 +367,8 @@ class EnhancedCheckpoint(UnitRecords):
             live = self._live = self._committer.start_over()
             self._created = False
         if not self._created:  # (re)created: the group applies to ``live`` in place
+            if not reset:
+                _warn_output_not_empty(stage, self.store.location, output_file)
             self._record({INIT: CheckpointState(stage=stage).model_dump(mode="json")})
             self._created = True
         _log_resume(stage, live, self.units)
@@ -672,6 +674,26 @@ def _log_resume(stage: str, live: LiveState, units: str) -> None:
 def describe_lost(lost: dict[str, int]) -> str:
     """``unjournaled: 3, unrestorable: 144``: the lost units by reason."""
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(lost.items()) if n)
+
+
+def _warn_output_not_empty(stage: str, location: str,
+                           output_file: str | os.PathLike[str] | None) -> None:
+    """A new stage whose output file already holds bytes: an earlier run's, if its
+    checkpoint was deleted or its Redis emptied. Said once at start, with what to do:
+    nothing tells this run which of that work is done, so it does it all again."""
+    if output_file is None:
+        return
+    try:
+        size = os.stat(output_file).st_size
+    except (OSError, ValueError):
+        return
+    if size:
+        logger.warning(
+            "Stage %s has no checkpoint in %s, but its output file %s already holds %d "
+            "byte(s). If an earlier run of this stage wrote them (its checkpoint deleted, or "
+            "a Redis emptied), this run does all the work again and what it writes is added a "
+            "second time: stop it and move the file away to start clean. If the file holds "
+            "other work, nothing needs doing.", stage, location, os.fspath(output_file), size)
 
 
 def _checked_total(total_items: Any) -> int | None:

@@ -422,3 +422,28 @@ def test_a_total_no_state_can_hold_is_refused_before_anything_is_journaled(
     assert view.problems == []
     assert view.state.progress.total_items == 4
     assert view.state.progress.processed_items == 4
+
+
+def test_a_new_stage_whose_output_file_already_holds_bytes_says_so_at_start(
+    store_location: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The checkpoint is gone (a directory deleted, a Redis emptied between runs) but the
+    output file the stage appends to is not: nothing can tell the new run which work is
+    done, so it does it all again and appends it a second time. Its start says so, with
+    what to do; a stage resumed from its checkpoint, or started over with reset, does not."""
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1}\\n')
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:
+            cp.start(total_items=2, output_file=out)
+            cp.update(processed=1, successful=1, index=0)
+        warned = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+        assert len(warned) == 1
+        assert str(out) in warned[0]
+        assert "move the file away" in warned[0]
+        caplog.clear()
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:  # resumed: known
+            cp.start(total_items=2, output_file=out)
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:  # a chosen start over
+            cp.start(total_items=2, output_file=out, reset=True)
+        assert not [r for r in caplog.records if "already holds" in r.getMessage()]
