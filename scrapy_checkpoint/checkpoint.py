@@ -409,6 +409,8 @@ class EnhancedCheckpoint(UnitRecords):
             raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
         live = self._live
         assert live is not None
+        if (processed | successful | failed | skipped) >> 40:  # a huge (or negative) delta
+            _check_counters(live, processed, successful, failed, skipped)
         group = self._group
         if code is not None:
             done = live.done
@@ -694,6 +696,21 @@ def _warn_output_not_empty(stage: str, location: str,
             "a Redis emptied), this run does all the work again and what it writes is added a "
             "second time: stop it and move the file away to start clean. If the file holds "
             "other work, nothing needs doing.", stage, location, os.fspath(output_file), size)
+
+
+def _check_counters(live: LiveState, processed: int, successful: int, failed: int,
+                    skipped: int) -> None:
+    """Raise ConfigError, before anything is applied, if an update would take a counter
+    past the signed 64-bit range every store keeps (nothing could record it)."""
+    limit = 1 << 63
+    for name, now, delta in (("processed", live.processed, processed),
+                             ("successful", live.successful, successful),
+                             ("failed", live.failed, failed), ("skipped", live.skipped, skipped)):
+        if not -limit <= now + delta < limit:
+            raise ConfigError(
+                f"Invalid update {name}={delta!r}: the {name} counter would be {now + delta}, "
+                f"outside the range a checkpoint keeps (-2**63 to 2**63 - 1). Nothing was "
+                f"recorded for this update; pass counts of items (usually 1).")
 
 
 def _checked_total(total_items: Any) -> int | None:

@@ -447,3 +447,25 @@ def test_a_new_stage_whose_output_file_already_holds_bytes_says_so_at_start(
         with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:  # a chosen start over
             cp.start(total_items=2, output_file=out, reset=True)
         assert not [r for r in caplog.records if "already holds" in r.getMessage()]
+
+
+def test_an_update_past_the_counters_range_is_refused_and_nothing_is_recorded(
+    checkpoint_dir: Path,
+) -> None:
+    """Counters are signed 64-bit in every store: an update that would take one past that
+    is one ConfigError, before its unit or counts are applied (it made the stage's own
+    journal or snapshot unwritable, and the stage could not be completed)."""
+    with EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=1) as cp:
+        cp.start(total_items=3)
+        assert cp.update(processed=1 << 62, successful=1 << 62, index=0)
+        with pytest.raises(ConfigError, match="Invalid update processed"):
+            cp.update(processed=1 << 62, successful=1 << 62, index=1)
+        assert not cp.should_skip(1)  # the refused update marked nothing done
+        with pytest.raises(ConfigError, match="Invalid update failed"):
+            cp.update(failed=-(1 << 63) - 1)
+        assert cp.update(processed=1, successful=1, index=1)
+        cp.complete()
+    view = read_stage(open_store(checkpoint_dir), "s")
+    assert view.problems == []
+    assert view.state.status is Status.COMPLETED
+    assert view.state.progress.processed_items == (1 << 62) + 1
