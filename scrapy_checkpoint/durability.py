@@ -242,6 +242,14 @@ class GroupCommitter:
         assert self._writer is not None
         self._io.drain()
         self._writer.fsync()
+        waiting = getattr(self._writer, "backlog", 0)  # groups a store could not be sent yet
+        if waiting:
+            raise CheckpointWriteError(
+                f"Cannot record the end of stage {self.stage!r}: {self.store.location} is "
+                f"unreachable, and the last {waiting} journal group(s) of this run (its last "
+                f"updates and its status) never reached it. They are not in the checkpoint: "
+                f"the next run finds the stage as it was at its last recorded commit and does "
+                f"their units again. Bring the store back, then run the same command again.")
 
     def close(self) -> None:
         """Close the journal writer and stop the I/O thread (without committing: call
