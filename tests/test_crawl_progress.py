@@ -67,7 +67,7 @@ def _stage(attached: dict[str, Any], done: int, pending: int, total: int | None)
 def test_the_profile_is_journaled_at_most_every_interval_and_with_the_last_commit(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Commits within PROFILE_INTERVAL of the one that carried the profile leave it out;
-    save_next() (the crawl closing) puts the counts of now into the next commit."""
+    closing() (the crawl closing) puts the counts of now into the next commit."""
     monkeypatch.setattr(progress_module, "PROFILE_INTERVAL", 3600.0)
     cp = _stage({}, 0, 0, None)
     progress = CrawlProgress(cp, depth_limit=0)
@@ -80,7 +80,7 @@ def test_the_profile_is_journaled_at_most_every_interval_and_with_the_last_commi
         progress.commit(attached)
         carried.append(progress_module.DEPTHS_ATTACHED in attached)
     assert carried == [True, False, False, False, False]
-    progress.save_next()
+    progress.closing(None)
     attached = {}
     progress.commit(attached)
     assert attached[progress_module.DEPTHS_ATTACHED]["done"] == {str(d): 1 for d in range(5)}

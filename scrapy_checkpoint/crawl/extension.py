@@ -455,9 +455,7 @@ class CheckpointExtension:
         total = len(live.done) + len(live.pending) + live.lost_total
         cp.set_total(total)
         if self.progress is not None:
-            self.progress.save_next()  # the profile goes with the last commit
-            if reason == "finished":
-                self.progress.finished(total)
+            self.progress.closing(total if reason == "finished" else None)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)

@@ -141,14 +141,12 @@ class CrawlProgress:
             self._last = attached[ESTIMATE_ATTACHED] = bounds
         return estimate.total
 
-    def save_next(self) -> None:
-        """Journal the profile with the next commit whatever the interval (the stage's
-        last commit, when the crawl closes)."""
+    def closing(self, completed_total: int | None) -> None:
+        """The crawl closes: the profile goes with the stage's last commit whatever the
+        interval; ``completed_total``, when it completed, is the size for the next run."""
         self._saved_at = float("-inf")
-
-    def finished(self, total: int) -> None:
-        """The crawl completed with ``total`` units: the size for the next run."""
-        self.cp.attach(HISTORY_ATTACHED, {"total": total})
+        if completed_total is not None:
+            self.cp.attach(HISTORY_ATTACHED, {"total": completed_total})
 
 
 def callback_name(request: Any) -> str:

@@ -604,11 +604,9 @@ class RedisStore:
             logger.warning("Stage %s: state not written, Redis unreachable (%s).", stage, exc)
 
     def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
-        token = self._tokens.get(stage)
-        lock, state, meta, journal = (self.key(stage, p) for p in ("lock", "state", "meta", "journal"))
-        rest = [k for k in self.stage_keys(stage) if k not in (lock, state, meta, journal)]
-        written = self._state(keys=[lock, state, meta, journal, *rest],
-                              args=[token or "", compress(data), ttl])
+        first = [self.key(stage, p) for p in ("lock", "state", "meta", "journal")]  # state.lua's
+        keys = first + [k for k in self.stage_keys(stage) if k not in first]
+        written = self._state(keys=keys, args=[self._tokens.get(stage) or "", compress(data), ttl])
         if written == -1:  # the stage's keys vanished under its writer
             writer = self._writers.get(stage)
             raise self.stage_gone(stage, writer.seq - writer.backlog if writer is not None else 0)
