@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from scrapy_checkpoint import (
     CheckpointLockedError,
     CheckpointLostError,
     CheckpointWriteError,
+    CorruptCheckpointError,
     EnhancedCheckpoint,
     Status,
 )
@@ -678,3 +680,47 @@ def test_a_shared_stage_worker_frozen_past_its_lease_is_adopted_and_then_stops(
     assert read_stage(store, sub).state.pending_units == 1  # nothing of the frozen one's landed
     store.close()
     frozen_store.close()
+
+
+def _abandoned_stage(url: str, stage: str, updates: int) -> None:
+    """A stage of ``updates`` groups (one per update) whose process died after its state
+    was written: no snapshot holds them, the journal alone does."""
+    cp = EnhancedCheckpoint(url, stage, log_every=0, save_every=1)
+    cp.start(total_items=2 * updates)
+    for i in range(updates):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()
+    cp.store.close()
+
+
+@pytest.mark.parametrize("deleted", ["the last 5", "every"])
+def test_journal_rows_deleted_from_the_end_stop_the_stage_instead_of_redoing_them(
+        postgresql_backend: str, deleted: str) -> None:
+    """The state row records how many groups the journal held when it was written; rows
+    deleted from the end (a hole in the middle is seen anyway) make the next start refuse
+    the stage with one paragraph, not resume it with their finished units to redo."""
+    _abandoned_stage(postgresql_backend, "s", 20)
+    limit = "AND seq >= (SELECT max(seq) - 4 FROM {s}.journal WHERE stage = 's')" \
+        if deleted == "the last 5" else ""
+    _rows(postgresql_backend, f"DELETE FROM {{s}}.journal WHERE stage = 's' {limit} RETURNING 1")
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    with pytest.raises(CorruptCheckpointError) as caught:
+        cp.start(total_items=40)
+    found = re.search(r"lacks (\d+) of the (\d+) group", str(caught.value))
+    assert found is not None, caught.value
+    missing, recorded = int(found[1]), int(found[2])
+    assert missing == (5 if deleted == "the last 5" else recorded) and recorded >= 20
+    assert "reset the stage" in str(caught.value)
+    cp.store.close()
+    assert _rows(postgresql_backend, "SELECT count(*) FROM {s}.stages WHERE stage = 's'") == [(1,)]
+
+
+def test_an_intact_journal_after_a_crash_resumes_with_every_group(postgresql_backend: str) -> None:
+    """The check counts the groups present, and those set aside as damaged: an intact
+    journal resumes as before."""
+    _abandoned_stage(postgresql_backend, "s", 20)
+    with EnhancedCheckpoint(postgresql_backend, "s", log_every=0) as cp:
+        cp.start(total_items=40)
+        assert cp.live.processed == 20
+        assert all(cp.should_skip(i) for i in range(20))

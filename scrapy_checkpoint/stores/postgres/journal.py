@@ -63,6 +63,9 @@ class PostgresJournalWriter:
         self._shared = shared
         self._warned_at = float("-inf")
         self._gen, self._seq, self._pos = gen, seq, pos
+        #: The journal's end in the table: (segment, groups of it inserted); the state row
+        #: records it, so a load sees groups deleted from the end (see PostgresStore.load).
+        self.sent = (gen, seq)
         #: Request records waiting for the next group: (gen, position, record).
         self._requests: list[tuple[int, int, bytes]] = []
         #: Groups not yet in the table: gen, seq, payload, the request records sent with it.
@@ -139,6 +142,7 @@ class PostgresJournalWriter:
                             + " " + query
                 self.lock.run(sql.SQL(query).format(s=s), [*params, self._stage, gen, seq, payload])
                 self._pending.popleft()
+                self.sent = (gen, seq + 1)
                 self._pending_bytes -= len(payload) + sum(len(r) for *_, r in requests)
             if self._requests:
                 self.lock.run(sql.SQL(insert).format(s=s),

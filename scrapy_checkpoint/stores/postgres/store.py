@@ -3,6 +3,7 @@ tables of ``schema.sql`` (see the package docstring)."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Sequence
@@ -22,6 +23,20 @@ from .lock import PostgresLock, PostgresUnreachable
 
 # A JSON escape of U+0000 (not preceded by an escaped backslash): JSONB refuses it.
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+#: Key of the ``stages.state`` document holding the journal's end, ``[segment, groups]``,
+#: as the writer had inserted it when the state was written (not part of CheckpointState).
+JOURNAL_END = "journal_end"
+
+
+def _journal_end(value: Any) -> tuple[int, int] | None:
+    """``state -> 'journal_end'`` as (segment, groups), or None (none recorded, or not
+    two non-negative integers: a state written by an older version or by hand)."""
+    if (isinstance(value, list) and len(value) == 2
+            and all(type(v) is int and v >= 0 for v in value)):
+        return value[0], value[1]
+    return None
 
 
 class PostgresStore(Store):
@@ -176,10 +191,12 @@ class PostgresStore(Store):
         summary: the next write replaces it)."""
         text = _JSON_NUL.sub(rb"\1\\ufffd", bytes(data)).decode("utf-8")
         expected = self._versions.get(stage)
+        writer = self._writers.get(stage)  # the journal's end, for load() to check
+        end = json.dumps({JOURNAL_END: list(writer.sent)} if writer is not None else {})
         query = ("INSERT INTO {s}.stages AS t (stage, state, version, updated_at) "
-                 "VALUES (%s, %s::jsonb, 1, now()) ON CONFLICT (stage) DO UPDATE SET "
-                 "state = EXCLUDED.state, version = t.version + 1, updated_at = now()")
-        params: list[Any] = [stage, text]
+                 "VALUES (%s, %s::jsonb || %s::jsonb, 1, now()) ON CONFLICT (stage) DO UPDATE "
+                 "SET state = EXCLUDED.state, version = t.version + 1, updated_at = now()")
+        params: list[Any] = [stage, text, end]
         if expected is not None:
             query += " WHERE t.version = %s"
             params.append(expected)
@@ -229,8 +246,10 @@ class PostgresStore(Store):
         if not self.db.ready:  # no tables: no stage (and nothing created by reading)
             return Loaded(None, DoneSet(), 0, 0, requests=self.request_reader(stage))
         with self.db.reading() as conn:
-            exists = conn.execute(self.db.sql("SELECT 1 FROM {s}.stages WHERE stage = %s"),
-                                  [stage]).fetchone() is not None
+            row = conn.execute(self.db.sql(
+                "SELECT state -> %s FROM {s}.stages WHERE stage = %s"), [JOURNAL_END, stage]
+                ).fetchone()
+            exists, end = row is not None, _journal_end(row[0] if row is not None else None)
             snapshots = conn.execute(self.db.sql(
                 "SELECT gen, data FROM {s}.snapshots WHERE stage = %s ORDER BY gen DESC"),
                 [stage]).fetchall()
@@ -257,6 +276,11 @@ class PostgresStore(Store):
             rows = conn.execute(self.db.sql(
                 "SELECT gen, seq, payload FROM {s}.journal WHERE stage = %s AND gen >= %s "
                 "ORDER BY gen, seq"), [stage, base]).fetchall()
+            set_aside = -1
+            if end is not None and end[0] >= base:
+                set_aside = conn.execute(self.db.sql(
+                    "SELECT coalesce(max(seq), -1) FROM {s}.corrupt WHERE stage = %s AND "
+                    "gen = %s"), [stage, end[0]]).fetchone()[0]
         loaded = Loaded(header, done, base, len(blob), exists=exists or bool(snapshots or rows),
                         problems=problems, generation=base, requests=self.request_reader(stage))
         expected_gen, good = None, 0
@@ -275,6 +299,17 @@ class PostgresStore(Store):
             good += 1
         if expected_gen is not None:
             loaded.generation, loaded.good_bytes = expected_gen, good
+        if end is not None and end[0] >= base and not problems:
+            present = max(set_aside + 1, sum(1 for gen, *_ in rows if gen == end[0]))
+            if present < end[1]:
+                raise CorruptCheckpointError(
+                    f"The journal of stage {stage!r} in {self.schema}.journal lacks "
+                    f"{end[1] - present} of the {end[1]} group(s) of segment {end[0]} recorded "
+                    f"in its state: rows were deleted (by hand, a TRUNCATE, a restore of an "
+                    f"older backup). The units they finished are not known, so the stage is not "
+                    f"resumed (it would redo them and write their outputs again). Nothing was "
+                    f"changed; restore the rows, or reset the stage to start it over "
+                    f"(scrapy-checkpoint --backend URL reset {stage}).")
         return loaded
 
     def discard_snapshot(self, staged: Any) -> None:
