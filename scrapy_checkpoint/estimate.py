@@ -70,7 +70,7 @@ SHAPE_UNITS = 5
 #: Shapes counted apart, at most (units of other shapes count with their callback's).
 MAX_SHAPE_KINDS = 32
 #: Shapes followed until they have SHAPE_UNITS units, at most (then forgotten, all at once).
-MAX_CANDIDATES = 10_000
+MAX_CANDIDATES = 4096
 #: Units done at a depth over which its recent ratio is measured (at least).
 RECENT_UNITS = 50
 #: ... and over the last few, when that is higher: units that now find more than those
