@@ -307,9 +307,10 @@ class DepthProfile:
 
     def finish(self, depth: int, kind: str = "", n: int = 1, shape: str = "") -> None:
         """``n`` units at ``depth``, of callback ``kind`` and URL shape ``shape``, are done.
-        (Units found before their shape was split out, or done at another URL than they
-        were found at, a redirect's, are counted done where units of their callback are
-        pending at that depth.)"""
+        A unit counted in another kind of its callback than its shape gives now (done at
+        another URL than it was found at, a redirect's; or found before a resume, or before
+        the shapes followed were forgotten, and its shape split out since) is counted done
+        where units of its callback are pending at that depth, its shape's kind first."""
         self.done[depth] = self.done.get(depth, 0) + n
         name = self.kind_of(kind, shape)
         left = n

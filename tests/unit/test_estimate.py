@@ -221,6 +221,27 @@ def test_pages_named_by_words_are_not_a_kind_each() -> None:
     assert numbered._in_use() == 1
 
 
+def test_units_found_before_a_resume_count_once_when_their_shape_is_split_out_after() -> None:
+    """The shapes not split out yet are not kept with the stage: units of one found before
+    a resume stay in their callback's kind, and are done there once their shape has its own
+    kind (redirects too: done at a URL of another shape)."""
+    profile = DepthProfile()
+    profile.add(0, "parse", shape="/")
+    for _ in range(3):
+        profile.add(1, "parse", "parse", shape="/item/#", parent_shape="/")
+    profile.finish(0, "parse", shape="/")
+    resumed = DepthProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    for _ in range(6):  # the 5th of this run splits the shape out
+        resumed.add(1, "parse", "parse", shape="/item/#", parent_shape="/")
+    assert resumed.kind_of("parse", "/item/#") == "parse /item/#"
+    for _ in range(9):
+        resumed.finish(1, "parse", shape="/item/#")
+        for kind in resumed.kinds.values():
+            assert kind.done.get(1, 0) <= kind.added.get(1, 0)
+    assert all(k.done == k.added for k in resumed.kinds.values())
+    assert resumed.estimate(10, 0, 0).total == 10
+
+
 def test_a_url_shape_is_its_path_and_query_with_numbers_and_ids_as_hashes() -> None:
     assert url_shape("https://example.com/list?page=12&sort=new") == "/list?page=#&sort=new"
     assert url_shape("http://example.com/item/7#reviews") == "/item/#"
