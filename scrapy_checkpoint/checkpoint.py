@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import json
 import logging
+import operator
 import os
 import weakref
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from typing import Any
 from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
 from .durability import GroupCommitter
-from .errors import CheckpointError, CheckpointWriteError, InputChangedError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
     ATTACHED,
@@ -351,6 +352,7 @@ class EnhancedCheckpoint(UnitRecords):
         ``input_file``'s content differs from the one recorded (unless ``reset``)."""
         if self._running:
             return self.state
+        total_items = _checked_total(total_items)  # before anything is opened or written
         self.open(stage)
         stage = self.stage
         assert stage is not None
@@ -365,6 +367,8 @@ class EnhancedCheckpoint(UnitRecords):
             live = self._live = self._committer.start_over()
             self._created = False
         if not self._created:  # (re)created: the group applies to ``live`` in place
+            if not reset:
+                _warn_output_not_empty(stage, self.store.location, output_file)
             self._record({INIT: CheckpointState(stage=stage).model_dump(mode="json")})
             self._created = True
         _log_resume(stage, live, self.units)
@@ -405,6 +409,8 @@ class EnhancedCheckpoint(UnitRecords):
             raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
         live = self._live
         assert live is not None
+        if (processed | successful | failed | skipped) >> 40:  # a huge (or negative) delta
+            _check_counters(live, processed, successful, failed, skipped)
         group = self._group
         if code is not None:
             done = live.done
@@ -481,8 +487,9 @@ class EnhancedCheckpoint(UnitRecords):
         self._committer.write_fields(fields)
 
     def set_total(self, total_items: int) -> None:
-        """Set the total number of items (for the percentage and the ETA)."""
-        self._record({TOTAL: int(total_items)})
+        """Set the total number of items (for the percentage and the ETA). Raises
+        ConfigError for a total that is not an integer from 0 to 2**63 - 1."""
+        self._record({TOTAL: _checked_total(total_items)})
 
     def set_metadata(self, **values: Any) -> None:
         """Merge JSON-serialisable ``values`` into the stage's metadata."""
@@ -669,6 +676,56 @@ def _log_resume(stage: str, live: LiveState, units: str) -> None:
 def describe_lost(lost: dict[str, int]) -> str:
     """``unjournaled: 3, unrestorable: 144``: the lost units by reason."""
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(lost.items()) if n)
+
+
+def _warn_output_not_empty(stage: str, location: str,
+                           output_file: str | os.PathLike[str] | None) -> None:
+    """A new stage whose output file already holds bytes: an earlier run's, if its
+    checkpoint was deleted or its Redis emptied. Said once at start, with what to do:
+    nothing tells this run which of that work is done, so it does it all again."""
+    if output_file is None:
+        return
+    try:
+        size = os.stat(output_file).st_size
+    except (OSError, ValueError):
+        return
+    if size:
+        logger.warning(
+            "Stage %s has no checkpoint in %s, but its output file %s already holds %d "
+            "byte(s). If an earlier run of this stage wrote them (its checkpoint deleted, or "
+            "a Redis emptied), this run does all the work again and what it writes is added a "
+            "second time: stop it and move the file away to start clean. If the file holds "
+            "other work, nothing needs doing.", stage, location, os.fspath(output_file), size)
+
+
+def _check_counters(live: LiveState, processed: int, successful: int, failed: int,
+                    skipped: int) -> None:
+    """Raise ConfigError, before anything is applied, if an update would take a counter
+    past the signed 64-bit range every store keeps (nothing could record it)."""
+    limit = 1 << 63
+    for name, now, delta in (("processed", live.processed, processed),
+                             ("successful", live.successful, successful),
+                             ("failed", live.failed, failed), ("skipped", live.skipped, skipped)):
+        if not -limit <= now + delta < limit:
+            raise ConfigError(
+                f"Invalid update {name}={delta!r}: the {name} counter would be {now + delta}, "
+                f"outside the range a checkpoint keeps (-2**63 to 2**63 - 1). Nothing was "
+                f"recorded for this update; pass counts of items (usually 1).")
+
+
+def _checked_total(total_items: Any) -> int | None:
+    """``total_items`` as an int, or None; ConfigError (one paragraph) if it is not a whole
+    number from 0 to 2**63 - 1: a journal group never records a total no state can hold."""
+    if total_items is None:
+        return None
+    try:
+        total = operator.index(total_items)
+    except TypeError:
+        total = None
+    if total is None or isinstance(total_items, bool) or not 0 <= total < 1 << 63:
+        raise ConfigError(f"Invalid total_items={total_items!r}: give the number of items, a whole "
+                          f"number from 0 to {(1 << 63) - 1}, or None when it is not known.")
+    return total
 
 
 def _run_fields(stage: str, live: LiveState, total_items: int | None,

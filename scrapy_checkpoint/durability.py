@@ -166,14 +166,7 @@ class GroupCommitter:
         if isinstance(exc, CheckpointWriteError):
             error = type(exc)(*exc.args)  # a short traceback: from the caller's call
         else:
-            what = exc.strerror or str(exc)
-            where = exc.filename or self.store.location
-            fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                   else "fix the cause")
-            error = CheckpointWriteError(
-                f"Cannot write the checkpoint of stage {self.stage!r} ({where}): {what}. "
-                f"Everything committed before is kept; {fix}, then run the same command "
-                f"again to resume.")
+            error = write_error(self.stage, self.store.location, exc)
         self.failure = error
         return error
 
@@ -249,6 +242,14 @@ class GroupCommitter:
         assert self._writer is not None
         self._io.drain()
         self._writer.fsync()
+        waiting = getattr(self._writer, "backlog", 0)  # groups a store could not be sent yet
+        if waiting:
+            raise CheckpointWriteError(
+                f"Cannot record the end of stage {self.stage!r}: {self.store.location} is "
+                f"unreachable, and the last {waiting} journal group(s) of this run (its last "
+                f"updates and its status) never reached it. They are not in the checkpoint: "
+                f"the next run finds the stage as it was at its last recorded commit and does "
+                f"their units again. Bring the store back, then run the same command again.")
 
     def close(self) -> None:
         """Close the journal writer and stop the I/O thread (without committing: call
@@ -525,3 +526,27 @@ def _sync_all(fds: list[int], writer: JournalWriter) -> None:
 
 
 __all__ = ["MIN_TIMER_PERIOD", "GroupCommitter", "timer_period"]
+
+
+def write_error(stage: str | None, location: object, exc: OSError) -> CheckpointWriteError:
+    """The error a job stops with when writing its checkpoint (in ``location``, the store's)
+    or one of its outputs failed with ``exc``: what could not be written, why, and what to do."""
+    what = exc.strerror or str(exc)
+    fix = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
+               if not exc.filename or _inside(str(exc.filename), location)
+               else f"{str(exc.filename)!r}, an output of stage {stage!r}")
+    return CheckpointWriteError(
+        f"Cannot write {written}: {what}. Everything committed before is kept; {fix}, then "
+        f"run the same command again to resume.")
+
+
+def _inside(path: str, location: object) -> bool:
+    """True if ``path`` is in the store's directory (False for a store that is no directory)."""
+    if not isinstance(location, str | os.PathLike) or "://" in str(location):
+        return False
+    try:
+        root = os.path.abspath(location)
+        return os.path.commonpath([root, os.path.abspath(path)]) == root
+    except ValueError:
+        return False

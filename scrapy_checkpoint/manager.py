@@ -217,9 +217,12 @@ class UnifiedCheckpointManager:
         are removed (see :meth:`Store.stages`); ConfigError for a negative age."""
         if older_than_days is not None and not older_than_days >= 0:
             raise ConfigError(f"older_than_days must be 0 or more, not {older_than_days!r}.")
-        age = (timedelta(days=older_than_days) if older_than_days is not None
-               else timedelta(hours=self.config.ttl_hours))
-        cutoff = utcnow() - age
+        try:
+            age = (timedelta(days=older_than_days) if older_than_days is not None
+                   else timedelta(hours=self.config.ttl_hours))
+            cutoff = utcnow() - age
+        except OverflowError:  # an age beyond any date (inf, 1e400, 1e9 days): none is that old
+            return {}
         removed: dict[str, int] = {}
         shared = self.shared_stages()
         for stage in self.stages():

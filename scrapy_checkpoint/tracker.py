@@ -18,7 +18,7 @@ from .bar import ProgressBar
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
-from .errors import CheckpointWriteError
+from .errors import CheckpointError, CheckpointWriteError
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -92,9 +92,11 @@ class AsyncCheckpointTracker(Generic[T]):
         # Taking the lock and replaying the journal read files: keep them off the loop.
         try:
             await asyncio.to_thread(self.checkpoint.open)
-        except BaseException:
+        except BaseException as exc:
             _remove_handler(self._log_handler)
             self._log_handler = None
+            if isinstance(exc, CheckpointError):  # locked, damaged, unreachable: said in full
+                _quiet_uncaught()
             raise
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         return self
@@ -122,11 +124,17 @@ class AsyncCheckpointTracker(Generic[T]):
                     if not isinstance(exc, SystemExit):
                         _quiet_uncaught()
             await cp.wait_hooks()
+        except CheckpointWriteError:  # raised by the last commits (complete, fail, pause)
+            _quiet_uncaught()
+            raise
         finally:
             self._stop_bar()
             try:
                 await asyncio.to_thread(cp.abandon if cp.write_failure is not None
                                         else cp.close)
+            except CheckpointWriteError:  # the close's own commits could not be recorded
+                _quiet_uncaught()
+                raise
             finally:
                 _remove_handler(self._log_handler)
                 self._log_handler = None
@@ -150,8 +158,12 @@ class AsyncCheckpointTracker(Generic[T]):
         retry_failed: bool = False,
     ) -> CheckpointState:
         """Mark the stage running; see :meth:`EnhancedCheckpoint.start`."""
-        state = self.checkpoint.start(None, total_items, input_file, output_file,
-                                      reset=reset, retry_failed=retry_failed)
+        try:
+            state = self.checkpoint.start(None, total_items, input_file, output_file,
+                                          reset=reset, retry_failed=retry_failed)
+        except CheckpointError:  # input changed, a lost checkpoint, a bad total: said in full
+            _quiet_uncaught()
+            raise
         if self._progress_bar:
             self._start_bar()
         return state
@@ -344,8 +356,10 @@ def _quiet_uncaught() -> None:
     """The program's end, when the exception that left a tracker's block is not caught: a
     Ctrl-C that paused a stage prints :data:`INTERRUPTED`, a checkpoint that could not be
     written (:class:`~scrapy_checkpoint.errors.CheckpointWriteError`) its one paragraph
-    (what happened, what is kept, what to do), each instead of a traceback through the
-    program and this package. Other exceptions, and any the program catches, are untouched;
+    (what happened, what is kept, what to do), another CheckpointError (a stage locked,
+    damaged or lost, a changed input: raised entering the block or by ``start()``) as
+    ``ClassName: message``, each instead of a traceback through the program and this
+    package. Other exceptions, and any the program catches, are untouched;
     the exit status stays what Python gives them (130 for Ctrl-C, 1 otherwise)."""
     previous = sys.excepthook
     if getattr(previous, "_scrapy_checkpoint", False):
@@ -357,6 +371,9 @@ def _quiet_uncaught() -> None:
             return
         if issubclass(exc_type, CheckpointWriteError):
             print(f"Error: {exc}", file=sys.stderr, flush=True)
+            return
+        if issubclass(exc_type, CheckpointError):  # its message says what to do
+            print(f"{exc_type.__name__}: {exc}", file=sys.stderr, flush=True)
             return
         previous(exc_type, exc, tb)
 

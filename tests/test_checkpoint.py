@@ -400,3 +400,72 @@ def test_every_field_the_crawl_writes_is_read_back_from_the_journal_and_a_snapsh
     assert view.problems == []
     assert view.state.lost == {"session_expired": 1}
     assert view.outputs["/data/items.json"][2] == {"n": 3, "closing": "\n]"}
+
+
+@pytest.mark.parametrize("total", [-5, 1 << 63, 1 << 70, 2.5, "100", True])
+def test_a_total_no_state_can_hold_is_refused_before_anything_is_journaled(
+    checkpoint_dir: Path, total: object,
+) -> None:
+    """A negative total, one past 2**63 - 1 or not a whole number is one ConfigError from
+    start() and set_total(); the journal never records it (a bad total in a group made
+    the stage's own journal unreadable from there on)."""
+    with EnhancedCheckpoint(checkpoint_dir, "s", log_every=0) as cp:
+        with pytest.raises(ConfigError, match="Invalid total_items"):
+            cp.start(total_items=total)  # type: ignore[arg-type]
+        cp.start(total_items=4)
+        with pytest.raises(ConfigError, match="Invalid total_items"):
+            cp.set_total(total)  # type: ignore[arg-type]
+        for i in range(4):
+            cp.update(processed=1, successful=1, index=i)
+        cp.complete()
+    view = read_stage(open_store(checkpoint_dir), "s")
+    assert view.problems == []
+    assert view.state.progress.total_items == 4
+    assert view.state.progress.processed_items == 4
+
+
+def test_a_new_stage_whose_output_file_already_holds_bytes_says_so_at_start(
+    store_location: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The checkpoint is gone (a directory deleted, a Redis emptied between runs) but the
+    output file the stage appends to is not: nothing can tell the new run which work is
+    done, so it does it all again and appends it a second time. Its start says so, with
+    what to do; a stage resumed from its checkpoint, or started over with reset, does not."""
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1}\\n')
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:
+            cp.start(total_items=2, output_file=out)
+            cp.update(processed=1, successful=1, index=0)
+        warned = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+        assert len(warned) == 1
+        assert str(out) in warned[0]
+        assert "move the file away" in warned[0]
+        caplog.clear()
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:  # resumed: known
+            cp.start(total_items=2, output_file=out)
+        with EnhancedCheckpoint(store_location, "s", log_every=0) as cp:  # a chosen start over
+            cp.start(total_items=2, output_file=out, reset=True)
+        assert not [r for r in caplog.records if "already holds" in r.getMessage()]
+
+
+def test_an_update_past_the_counters_range_is_refused_and_nothing_is_recorded(
+    checkpoint_dir: Path,
+) -> None:
+    """Counters are signed 64-bit in every store: an update that would take one past that
+    is one ConfigError, before its unit or counts are applied (it made the stage's own
+    journal or snapshot unwritable, and the stage could not be completed)."""
+    with EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=1) as cp:
+        cp.start(total_items=3)
+        assert cp.update(processed=1 << 62, successful=1 << 62, index=0)
+        with pytest.raises(ConfigError, match="Invalid update processed"):
+            cp.update(processed=1 << 62, successful=1 << 62, index=1)
+        assert not cp.should_skip(1)  # the refused update marked nothing done
+        with pytest.raises(ConfigError, match="Invalid update failed"):
+            cp.update(failed=-(1 << 63) - 1)
+        assert cp.update(processed=1, successful=1, index=1)
+        cp.complete()
+    view = read_stage(open_store(checkpoint_dir), "s")
+    assert view.problems == []
+    assert view.state.status is Status.COMPLETED
+    assert view.state.progress.processed_items == (1 << 62) + 1

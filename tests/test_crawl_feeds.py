@@ -210,3 +210,51 @@ def test_a_csv_feed_resumed_after_the_item_gained_a_field_keeps_its_columns(
     warnings = [line for line in final.log.splitlines() if "CSV header" in line]
     assert len(warnings) == 1, final.log[-3000:]
     assert "['extra']" in warnings[0]
+
+
+def test_a_feed_that_cannot_be_opened_stops_the_crawl_and_records_nothing_done(
+    tmp_path: Path, site: Site
+) -> None:
+    # The feed's directory is a file, so opening the feed fails (for any user, as a
+    # read-only file or directory does): the crawl must not go on recording requests done
+    # whose items are written nowhere (a completed stage would then never write them).
+    _plain(site, tmp_path / "plain", "-o", "items.jl")
+    blocked = tmp_path / "resumed" / "out"
+    blocked.parent.mkdir()
+    blocked.write_text("a file where the feed's directory should be\n")
+    first = _crawl(site, tmp_path / "resumed", "-o", "out/items.jl")
+    errors = [line for line in first.log.splitlines() if "cannot be written" in line]
+    assert len(errors) == 1, first.log[-3000:]
+    assert "out/items.jl" in errors[0]
+    assert "Traceback" not in first.log
+    assert "Completed" not in first.log
+    state = read_stage(FileStore(tmp_path / "resumed" / "checkpoints"), "site").state
+    assert state.status is not Status.COMPLETED
+    blocked.unlink()
+    final = _crawl(site, tmp_path / "resumed", "-o", "out/items.jl")
+    assert final.returncode == 0, final.log[-3000:]
+    assert (by_page(jsonlines_items(tmp_path / "resumed" / "out" / "items.jl"))
+            == once_per_page(jsonlines_items(tmp_path / "plain" / "items.jl")))
+
+
+def test_a_csv_feed_resumed_with_other_feed_export_fields_keeps_its_columns(
+    tmp_path: Path, site: Site
+) -> None:
+    # FEED_EXPORT_FIELDS gained a column between runs: the rows written by the resumed run
+    # must still fit the header the first run wrote, not be shifted under it.
+    fields = ["-s", "FEED_EXPORT_FIELDS=page,title"]
+    _plain(site, tmp_path / "plain", "-O", "items.csv", *fields)
+    resumed = tmp_path / "resumed"
+    killed = _crawl(site, resumed, "-O", "items.csv", *fields, interrupt=sigkill, after=30)
+    assert killed.returncode == -9
+    final = _crawl(site, resumed, "-O", "items.csv", "-a", "extra=1",
+                   "-s", "FEED_EXPORT_FIELDS=page,extra,title")
+    assert final.returncode == 0, final.log[-3000:]
+    header, rows = _csv_rows(resumed / "items.csv")
+    plain_header, plain_rows = _csv_rows(tmp_path / "plain" / "items.csv")
+    assert header == plain_header == ["page", "title"]
+    assert rows == once_per_page(plain_rows)
+    warnings = [line for line in final.log.splitlines()
+                if "FEED_EXPORT_FIELDS names" in line]
+    assert len(warnings) == 1, final.log[-3000:]
+    assert "['page', 'title']" in warnings[0]

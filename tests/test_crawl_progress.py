@@ -64,11 +64,34 @@ def _stage(attached: dict[str, Any], done: int, pending: int, total: int | None)
     return SimpleNamespace(live=live)
 
 
+def test_the_profile_is_journaled_at_most_every_interval_and_with_the_last_commit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits within PROFILE_INTERVAL of the one that carried the profile leave it out;
+    closing() (the crawl closing) puts the counts of now into the next commit."""
+    monkeypatch.setattr(progress_module, "PROFILE_INTERVAL", 3600.0)
+    cp = _stage({}, 0, 0, None)
+    progress = CrawlProgress(cp, depth_limit=0)
+    carried = []
+    for page in range(5):
+        progress.add(page, "parse")
+        progress.finish(page, "parse")
+        cp.live.done, cp.live.processed = range(page + 1), page + 1
+        attached: dict[str, Any] = {}
+        progress.commit(attached)
+        carried.append(progress_module.DEPTHS_ATTACHED in attached)
+    assert carried == [True, False, False, False, False]
+    progress.closing(None)
+    attached = {}
+    progress.commit(attached)
+    assert attached[progress_module.DEPTHS_ATTACHED]["done"] == {str(d): 1 for d in range(5)}
+
+
 def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The profile, by depth and by callback, with where its recent ratios start, is kept
     with the committed units: restored from it, the first estimate is the one before."""
     monkeypatch.setattr(progress_module, "MODEL_INTERVAL", 0.0)  # the model at every commit
+    monkeypatch.setattr(progress_module, "PROFILE_INTERVAL", 0.0)  # the profile with each one
     attached: dict[str, Any] = {}
     cp = _stage(attached, 0, 0, None)
     progress = CrawlProgress(cp, depth_limit=0)

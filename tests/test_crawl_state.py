@@ -117,6 +117,22 @@ def test_spider_state_that_is_not_json_stops_the_crawl_naming_the_key(tmp_path: 
     assert (view.user_state or {}).get("pages", 0) == view.state.done_units
 
 
+def test_a_run_of_a_completed_stage_gives_the_spider_its_final_state(tmp_path: Path,
+                                                                      site: Site) -> None:
+    # The run fetches nothing, but the spider's closed() (and pipelines) still read
+    # self.state: it is the state the stage completed with, not a missing attribute.
+    first = counting(site, tmp_path / "done")
+    assert first.returncode == 0, first.log[-3000:]
+    completed = json.loads((tmp_path / "done" / "state.json").read_text())["state"]
+    (tmp_path / "done" / "state.json").unlink()
+    again = counting(site, tmp_path / "done")
+    assert again.returncode == 0, again.log[-3000:]
+    assert "is already completed" in again.log
+    assert "Traceback" not in again.log
+    closed = json.loads((tmp_path / "done" / "state.json").read_text())
+    assert closed == {"reason": "checkpoint_completed", "state": completed}
+
+
 # -- CLOSESPIDER_* and stage totals ---------------------------------------------------------
 
 

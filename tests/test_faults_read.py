@@ -401,6 +401,41 @@ def test_an_unreadable_segment_is_refused_and_never_cut(shared_dir: Path) -> Non
     assert view.problems == []
 
 
+def _modes_apply(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` so that file modes apply to it: as root, without the capabilities that
+    bypass them (``setpriv``); else as us."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to run without root's file access")
+        caps = "-dac_override,-dac_read_search"
+        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120,
+                          check=False, stdin=subprocess.DEVNULL, env=python_env())
+
+
+def test_a_lock_file_the_user_may_not_open_is_one_clear_error(tmp_path: Path) -> None:
+    make_stage(tmp_path, n=20)
+    lock = tmp_path / "s.lock"
+    lock.chmod(0)
+    code = ("from scrapy_checkpoint import EnhancedCheckpoint as E\n"
+            "from scrapy_checkpoint.errors import CorruptCheckpointError\n"
+            f"try:\n    E({str(tmp_path)!r}, 's', log_every=0).start()\n"
+            "except CorruptCheckpointError as exc:\n    print('REFUSED', exc)\n")
+    started = _modes_apply([PYTHON, "-c", code])
+    assert "Traceback" not in started.stderr, started.stderr
+    assert "REFUSED Cannot read" in started.stdout, started.stdout
+    assert "s.lock" in started.stdout
+    assert "Permission denied" in started.stdout
+    shown = _modes_apply([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(tmp_path),
+                          "show", "s"])
+    assert "Traceback" not in shown.stderr, shown.stderr
+    assert "s.lock" in shown.stdout + shown.stderr
+    lock.chmod(0o644)
+    assert read_stage(FileStore(tmp_path), "s").state.done_units == 20  # nothing lost
+
+
 # -- 8. stage names -------------------------------------------------------------------------
 
 

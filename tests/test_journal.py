@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
 from scrapy_checkpoint.journal.frames import SEGMENT_MAGIC, scan_segment
 from scrapy_checkpoint.journal.groups import BATCH_MARK, REQUEST_MARK, decode_group, encode_group
-from scrapy_checkpoint.stores.file import SegmentWriter
+from scrapy_checkpoint.stores.file import SegmentWriter, read_regular
 
 
 def _segment(tmp_path: Path, payloads: list[bytes]) -> tuple[bytes, list[int]]:
@@ -64,6 +66,28 @@ def test_a_flipped_byte_stops_replay_before_the_damaged_record(tmp_path: Path) -
         intact = sum(1 for end in ends if end <= pos)  # records wholly before the damage
         assert scan.payloads == payloads[:intact], pos
         assert scan.problem is not None
+
+
+def test_a_file_is_read_whole_without_holding_it_twice(tmp_path: Path) -> None:
+    """A segment or snapshot is read in one ``os.read`` and returned as read: chunks joined
+    held it twice at once (tens of MB at the resume of a large frontier). A file whose
+    size the file system does not tell (a /proc file) is still read to its end."""
+    data = os.urandom(20 << 20)
+    path = tmp_path / "journal-00000000.log"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        got = read_regular(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == data
+    assert peak < len(data) + (1 << 20)
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # st_size 0: read on until the end
+        text = read_regular(maps)
+        assert text.endswith(b"\n")
+        assert text.count(b"\n") > 3
 
 
 def test_request_records_go_in_one_batch_frame_per_group_and_a_cut_keeps_whole_groups(

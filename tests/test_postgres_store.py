@@ -81,6 +81,14 @@ def test_a_bad_schema_name_is_refused() -> None:
         PostgresStore(f"{POSTGRES_URL}?schema=a b")
 
 
+def test_a_schema_name_postgresql_reserves_is_refused_before_the_server_is_asked() -> None:
+    """``pg_...`` passes the character rule, but PostgreSQL refuses to create such a schema
+    (psycopg's traceback at the first write): refused with the other bad names."""
+    for name in ("pg_x", "pg_checkpoints"):
+        with pytest.raises(ConfigError, match=f"Invalid PostgreSQL schema name '{name}'"):
+            PostgresStore(f"{POSTGRES_URL}?schema={name}")
+
+
 def test_connections_ended_by_the_server_are_replaced_for_queries_and_transactions(
         postgresql_backend: str) -> None:
     name = f"sctest-{os.getpid()}-{id(object())}"
@@ -292,6 +300,29 @@ def job_role():  # type: ignore[no-untyped-def]
     yield role
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_a_role_not_granted_the_schema_gets_one_paragraph_not_psycopgs_error(
+    postgresql_backend: str, job_role: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The tables exist, made by their owner, and the job's role was granted nothing on
+    their schema: a job and every CLI command say what to grant, instead of psycopg's
+    InsufficientPrivilege traceback (the store is opened before any command runs)."""
+    from scrapy_checkpoint.cli import run
+
+    with EnhancedCheckpoint(postgresql_backend, "s", log_every=0) as cp:
+        cp.start(total_items=1)
+    job = postgresql_backend.replace("postgres@", f"{job_role}@", 1)
+    with pytest.raises(ConfigError, match="may not read the checkpoint tables") as caught:
+        EnhancedCheckpoint(job, "s", log_every=0).open()
+    assert "USAGE on the schema" in str(caught.value)
+    for command in (["list", "--json"], ["show", "s"], ["reset", "s", "--force"]):
+        assert run(["--backend", job, *command]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert "may not read the checkpoint tables" in err
+        assert "Traceback" not in err
+    assert read_stage(open_store(postgresql_backend), "s").state.status is Status.PAUSED
 
 
 def test_a_role_that_may_not_upgrade_layout_1_still_runs_stages_and_is_told_to_migrate(

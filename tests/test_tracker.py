@@ -316,3 +316,40 @@ def test_ctrl_c_pauses_the_stage_and_says_so_without_a_traceback(tmp_path: Path)
     assert "[enrich] Paused; run again to resume. Progress: 10.0% (10/100)" in err
     assert err.rstrip().endswith(INTERRUPTED)
     assert _status(str(tmp_path / "cp"), "enrich") is Status.PAUSED
+
+
+_CHANGED_INPUT_JOB = """
+import asyncio, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def main(directory, rows):
+    async with AsyncCheckpointTracker(directory, "enrich", progress_bar=False) as tracker:
+        tracker.start(total_items=3, input_file=rows)
+        for i in range(3):
+            tracker.update(processed=1, successful=1, index=i)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_a_checkpoint_error_at_start_ends_the_program_with_its_message_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A stage refused at start (here its input file changed; also a stage locked, damaged,
+    or lost with its Redis) ends an uncaught program with one line, the error's class and
+    its message (what happened, what to do), not a traceback through the program and the
+    package; the exit status stays 1."""
+    job = tmp_path / "job.py"
+    job.write_text(_CHANGED_INPUT_JOB)
+    rows = tmp_path / "rows.txt"
+    rows.write_text("a\nb\nc\n")
+    args = [PYTHON, str(job), str(tmp_path / "cp"), str(rows)]
+    first = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=120,
+                           check=False)
+    assert first.returncode == 0, first.stderr
+    rows.write_text("c\nb\na\n")
+    again = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=120,
+                           check=False)
+    assert again.returncode == 1
+    assert "Traceback" not in again.stderr, again.stderr
+    assert again.stderr.rstrip().splitlines()[-1].startswith("InputChangedError: Input file")

@@ -294,7 +294,9 @@ class Deliveries:
             kept_before.update(ordinals)
             self._changed = True
         self._delivered = kept
-        gone = [code for code in self._before if code in done or code not in pending]
+        # A unit in flight is pending and not done (a set lookup: most units are).
+        gone = [code for code in self._before
+                if code not in in_flight and (code in done or code not in pending)]
         for code in gone:
             del self._before[code]
         if len(mixed) > 1000:

@@ -61,7 +61,7 @@ from .settings import CheckpointSettings
 from .setup_requests import ATTACHED_NAME as SETUP_ATTACHED
 from .setup_requests import SETUP_META, SetupRequests, finish_expired
 from .shared_worker import SharedWorker
-from .spider_state import SpiderStateError, SpiderStateKeeper
+from .spider_state import SpiderStateError, SpiderStateKeeper, give_completed_state
 from .stage_totals import StageTotals
 from .start_errors import report
 from .stats import publish
@@ -197,8 +197,8 @@ class CheckpointExtension:
         cp, started = open_stage(self.crawler, self.config, store, stage, name=self.stage,
                                  shared=self.worker is not None, scrapy_redis=self._scrapy_redis)
         if not started:  # completed, and nothing to do
-            self._skip_completed = True
-            self.cp = cp
+            self._skip_completed, self.cp = True, cp
+            give_completed_state(getattr(self.crawler, "spider", None), cp)  # for open_spider()
             return
         worker = self.worker
         outputs = self.outputs = OutputSet(
@@ -263,6 +263,7 @@ class CheckpointExtension:
     def spider_opened(self, spider: Spider) -> None:
         """Hook the engine, schedule the pending requests again, start the timers."""
         if self._skip_completed:
+            give_completed_state(spider, self.cp)
             raise CloseSpider("checkpoint_completed")
         cp, frontier = self.cp, self.frontier
         if not self.active or cp is None or frontier is None:
@@ -453,8 +454,8 @@ class CheckpointExtension:
             self.outputs.close_documents()  # committed with the status below
         total = len(live.done) + len(live.pending) + live.lost_total
         cp.set_total(total)
-        if reason == "finished" and self.progress is not None:
-            self.progress.finished(total)
+        if self.progress is not None:
+            self.progress.closing(total if reason == "finished" else None)
         publish(self.stats, cp)
         if self.totals is not None:
             self.totals.publish(self.stats)

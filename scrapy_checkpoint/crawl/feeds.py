@@ -34,7 +34,7 @@ from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage, apply_ur
 from scrapy.utils.misc import build_from_crawler, load_object
 from w3lib.url import file_uri_to_path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWriteError
 from .batches import BatchedOutput
 from .extension import CheckpointExtension
 from .outputs import LINES, Framing
@@ -103,6 +103,9 @@ class CheckpointFeedStorage(FileFeedStorage):
         self.batches: tuple[str, int, Any] | None = None
         #: The CSV columns fixed by the header earlier runs wrote (None: not fixed here).
         self.fixed_fields: list[str] | None = None
+        #: Set when the file could not be opened: the crawl stopped, saying so; the feed is not
+        #: opened again at close (``FEED_STORE_EMPTY``), which would fail the same way.
+        self.unwritable = False
         self._framing = LINES
 
     @classmethod
@@ -134,6 +137,8 @@ class CheckpointFeedStorage(FileFeedStorage):
         Scrapy's own file (append-only when the stage is not worked on, so committed items
         are never emptied; nothing at all for a file the stage wrote)."""
         ext = _extension(self._crawler) if self._crawler is not None else None
+        if self.unwritable:
+            return io.BytesIO()
         if ext is not None and ext.skipping_completed:
             # A completed stage run again crawls nothing: the file is not even opened
             # (no truncation, no header, no empty JSON array appended).
@@ -161,7 +166,7 @@ class CheckpointFeedStorage(FileFeedStorage):
         header = is_csv and bool(options.get("item_export_kwargs", {}).get(
             "include_headers_line", True))
         framing = self._framing
-        if header and not options.get("fields"):
+        if header:
             self._fix_csv_fields(ext)
         overwrite = self.write_mode == "wb"
         if self.batches is not None:
@@ -192,9 +197,50 @@ class CheckpointFeedStorage(FileFeedStorage):
                 f.seek(base)
                 line = f.readline()
             if line.endswith(b"\n") and base + len(line) <= length:
-                self.fixed_fields = csv_header_fields(line, self._feed_options)
-                self._feed_options["fields"] = list(self.fixed_fields)
+                columns = csv_header_fields(line, self._feed_options)
+                configured = self._feed_options.get("fields")
+                if configured:
+                    self._keep_columns(ext, columns, configured)
+                else:
+                    self.fixed_fields = columns
+                    self._feed_options["fields"] = list(columns)
             return
+
+    def _keep_columns(self, ext: CheckpointExtension, columns: list[str],
+                      configured: Any) -> None:
+        """``FEED_EXPORT_FIELDS`` (a list of fields, or a dict of field -> column) given for
+        a CSV file whose header earlier runs wrote: if they name other columns, the header's
+        are kept (the values of each row stay under their column), with one warning."""
+        if isinstance(configured, dict):
+            by_column = {str(column): field for field, column in configured.items()}
+            if list(by_column) == columns:
+                return
+            kept: Any = ({by_column[c]: c for c in columns}
+                         if all(c in by_column for c in columns) else None)
+        else:
+            if [str(f) for f in configured] == columns:
+                return
+            kept = list(columns)
+        if kept is not None:
+            self._feed_options["fields"] = kept
+            outcome = ("the header's columns are kept: fields it lacks are not exported, and "
+                       "columns your setting no longer names stay empty")
+        else:
+            outcome = "its rows may not fit the header"
+        ext.warn_once(f"csv-export-fields:{self.path}", (
+            f"Feed {self.path!r}: FEED_EXPORT_FIELDS names the columns "
+            f"{list(configured.values() if isinstance(configured, dict) else configured)}, but "
+            f"the CSV header written by earlier runs of this stage has {columns}; {outcome}. "
+            f"To change the columns, start the stage over (CHECKPOINT_RESET=True) with -O."))
+
+
+def _unwritable_feed(path: str, exc: OSError) -> CheckpointWriteError:
+    """The error a crawl stops with when the local feed ``path`` cannot be opened."""
+    return CheckpointWriteError(
+        f"Feed {path!r} cannot be written ({exc.strerror or exc}). The request whose item it "
+        f"could not take is not recorded done, nor is anything after it: make the file (and "
+        f"its directory) writable for this user, or give the feed another path, then run the "
+        f"same command again to resume.")
 
 
 class _Batch:
@@ -261,7 +307,12 @@ class CheckpointFeedExporter(FeedExporter):
             # Started outside the item: what the exporter writes first is its opening.
             if (slot.exporter is None and isinstance(slot.storage, CheckpointFeedStorage)
                     and slot.filter.accepts(item)):
-                slot.start_exporting()
+                try:
+                    slot.start_exporting()
+                except OSError as exc:  # the feed cannot be opened: nothing more is recorded
+                    slot.storage.unwritable = True
+                    ext.stop(_unwritable_feed(slot.storage.path, exc))
+                    return
                 if slot.storage.fixed_fields is not None:
                     self._unwarned_csv.append(slot)
         if self._unwarned_csv:

@@ -791,13 +791,13 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self.live.discard(code)
         self.identity.forget(code)
         self.done_here.add_new(code)
-        self.outputs.release(code)
         if self.progress is not None:
             self.progress.finish(request.meta.get("depth", 0), *unit_kind(request))
         if self.on_done is not None:
             self.on_done(code)
         cp = self.cp
         try:
+            self.outputs.release(code)  # an output that cannot take them stops: not done
             if code in self._expired or code in self._failures:
                 self._failures.discard(code)
                 cp.finish_unit(code, processed=1, failed=1, last_item=request.url)

@@ -18,6 +18,7 @@ Batch feeds are :class:`~.batches.BatchedOutput`: files of N committed items eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from w3lib.url import file_uri_to_path
 
+from ..durability import write_error
 from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
 
 if TYPE_CHECKING:
@@ -196,10 +198,25 @@ class DurableOutput(HeldRecords):
         self._document_closed = False
         self._document = document
         self._extra = extra or {}
+        #: The write error met (a full disk): the crawl stops; nothing more is written, and
+        #: flushing or closing the file afterwards raises nothing more.
+        self._failed: OSError | None = None
+
+    def _failure(self, exc: OSError) -> OSError:
+        """``exc`` naming this file (a buffered write's error names none), kept as the
+        failure."""
+        if self._failed is None:
+            self._failed = exc if exc.filename else OSError(exc.errno, exc.strerror, self.path)
+        return self._failed
 
     def _set_header(self, header: bytes) -> None:
-        if not self._drop_header and not self._starts_with(header):
-            self._file.write(header)
+        if self._failed is not None:
+            return
+        try:
+            if not self._drop_header and not self._starts_with(header):
+                self._file.write(header)
+        except OSError as exc:
+            raise self._failure(exc) from exc
         self._opened = True
 
     def _starts_with(self, header: bytes) -> bool:
@@ -216,8 +233,14 @@ class DurableOutput(HeldRecords):
     def append(self, records: list[bytearray]) -> None:
         """Append items (one record each) to the document: its opening before the first,
         its separator between them."""
-        if self._closed_length is not None or self._document_closed:
+        if self._closed_length is not None or self._document_closed or self._failed is not None:
             return
+        try:
+            self._write(records)
+        except OSError as exc:
+            raise self._failure(exc) from exc
+
+    def _write(self, records: list[bytearray]) -> None:
         f, framing = self._file, self.framing
         if not self._opened:
             f.write(framing.opening)
@@ -236,8 +259,14 @@ class DurableOutput(HeldRecords):
     def close_document(self) -> None:
         """Write the closing (and the opening, if no item came): a valid document. Items
         released afterwards are not written."""
-        if self._document_closed or self._closed_length is not None:
+        if self._document_closed or self._closed_length is not None or self._failed is not None:
             return
+        try:
+            self._close_document()
+        except OSError as exc:
+            raise self._failure(exc) from exc
+
+    def _close_document(self) -> None:
         self._file.flush()
         self.length = self._file.tell()
         if self.framing.framed:
@@ -254,7 +283,12 @@ class DurableOutput(HeldRecords):
         each commit)."""
         if self._closed_length is not None:
             return self._closed_length
-        self._file.flush()
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._failure(exc) from exc
         if not self._document_closed:
             self.length = self._file.tell()
         return self.length
@@ -272,21 +306,37 @@ class DurableOutput(HeldRecords):
 
     def fileno(self) -> int | None:
         """The descriptor to fsync with the journal (None once closed: close fsyncs)."""
-        return None if self._closed_length is not None else self._file.fileno()
+        return None if self._closed_length is not None or self._file.closed else self._file.fileno()
 
     def flush(self) -> None:
         """Hand what was written to the OS."""
-        if self._closed_length is None:
-            self._file.flush()
+        if self._closed_length is None and self._failed is None:
+            try:
+                self._file.flush()
+            except OSError as exc:  # kept: the next commit fails with it (said once there)
+                self._failure(exc)
 
     def close(self) -> None:
         """Flush, fsync and close; bytes of units never released are dropped (their requests
-        run again)."""
-        if self._closed_length is None:
-            self._closed_length = self.committed_length()
+        run again). After a write error (then or before), only close the file: no length is
+        settled, so the next commit fails with that error (the crawl stops, saying it once)
+        and the next run cuts the file back to its committed length."""
+        if self._closed_length is None and self._failed is None:
+            try:
+                length = self.committed_length()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                self._failure(exc)
+            else:
+                self._closed_length = length
+                self._finished = True
+                self._file.close()
+                self._drop_held(self.path)
+                return
+        if self._failed is not None and not self._file.closed:
             self._finished = True
-            os.fsync(self._file.fileno())
-            self._file.close()
+            with contextlib.suppress(OSError):  # its flush fails again; the fd is closed
+                self._file.close()
             self._drop_held(self.path)
 
     @property
@@ -517,9 +567,13 @@ class OutputSet:
         return found
 
     def release(self, unit: int | None) -> None:
-        """The unit is done: its bytes go to every output it wrote."""
-        for writer in self._writers:
-            writer.release(unit)
+        """The unit is done: its bytes go to every output it wrote. Raises
+        CheckpointWriteError if one cannot take them (a full disk)."""
+        try:
+            for writer in self._writers:
+                writer.release(unit)
+        except OSError as exc:
+            raise write_error(self.cp.stage, self.cp.store.location, exc) from exc
 
     def take_released(self) -> bool:
         """True while every output still writes what :meth:`release` gives it (none closed:

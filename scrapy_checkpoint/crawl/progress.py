@@ -4,11 +4,15 @@ The frontier feeds a :class:`~scrapy_checkpoint.estimate.DepthProfile` with the 
 (``request.meta["depth"]``, set by Scrapy's DepthMiddleware) and the kind (the callback's
 name and the URL's shape, :func:`unit_kind`) of each unit it adds and finishes, and the
 kind of the unit whose callback yielded it; the counts, and where the recent ratios
-start, are kept with the stage (attached data ``"depths"``, journaled with the units they
-count), so a resumed crawl estimates as it did before it stopped and learns on from there.
-The estimate shown (:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back
-by at most a couple of points a second) is the crawl's total (``t``, so ``show``,
-``report`` and the state file use it) and the line's and the stats'; its range is
+start, are kept with the stage (attached data ``"depths"``, journaled at most every
+``PROFILE_INTERVAL`` seconds and with the stage's last commit), so a resumed crawl
+estimates as it did before it stopped and learns on from there. After a crash the
+profile restored may lag the units by up to that interval (the units found and finished
+in its last second are not in its counts): an estimate, it errs by those few units, never
+by the units themselves. The estimate shown
+(:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back by at most a
+couple of points a second) is the crawl's total (``t``, so ``show``, ``report`` and the
+state file use it) and the line's and the stats'; its range is
 kept as attached data ``"estimate"``, and a completed run leaves its size (``"history"``)
 for the next run of the stage.
 """
@@ -28,6 +32,10 @@ DEPTHS_ATTACHED = "depths"
 #: Seconds between two runs of the model (it walks every depth and kind: about 50 us;
 #: commits come every few milliseconds): in between, the last one with the counts of now.
 MODEL_INTERVAL = 0.5
+#: Seconds between two journalings of the depth profile (its JSON, with every depth and
+#: kind, is the largest part of a group's header: about a tenth of a commit's cost when
+#: written with every group of ten units).
+PROFILE_INTERVAL = 1.0
 #: Attached data: the estimate's range, ``{"low", "high", "wide", "source"}``.
 ESTIMATE_ATTACHED = "estimate"
 #: Attached data: ``{"total": n}``, the size of the stage's last completed run.
@@ -71,6 +79,8 @@ class CrawlProgress:
         #: The model's last estimate and when it was made (monotonic seconds).
         self._model: Estimate | None = None
         self._model_at = 0.0
+        #: When the profile was last journaled (monotonic seconds; -inf: at the next commit).
+        self._saved_at = float("-inf")
 
     @property
     def profile(self) -> DepthProfile:
@@ -127,9 +137,10 @@ class CrawlProgress:
     def commit(self, attached: dict[str, Any]) -> int:
         """Add to ``attached`` (the group's attached data) the profile and the estimate's
         range when they changed; return the estimate (the group's total)."""
-        estimate = self.estimate()
-        if self._saved != self._events:  # journaled with the units they count
-            self._saved = self._events
+        now = monotonic()
+        estimate = self.estimate(now)
+        if self._saved != self._events and now - self._saved_at >= PROFILE_INTERVAL:
+            self._saved, self._saved_at = self._events, now
             attached[DEPTHS_ATTACHED] = self.profile.to_json()
         bounds = {"low": estimate.low, "high": estimate.high, "wide": estimate.wide,
                   "source": estimate.source}
@@ -137,9 +148,12 @@ class CrawlProgress:
             self._last = attached[ESTIMATE_ATTACHED] = bounds
         return estimate.total
 
-    def finished(self, total: int) -> None:
-        """The crawl completed with ``total`` units: the size for the next run."""
-        self.cp.attach(HISTORY_ATTACHED, {"total": total})
+    def closing(self, completed_total: int | None) -> None:
+        """The crawl closes: the profile goes with the stage's last commit whatever the
+        interval; ``completed_total``, when it completed, is the size for the next run."""
+        self._saved_at = float("-inf")
+        if completed_total is not None:
+            self.cp.attach(HISTORY_ATTACHED, {"total": completed_total})
 
 
 def unit_kind(request: Any) -> tuple[str, str]:

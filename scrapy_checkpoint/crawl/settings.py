@@ -197,8 +197,11 @@ class CheckpointSettings(BaseModel):
         For the file backend, ``CHECKPOINT_DIR`` is created if missing and a file is
         written in it and removed: a directory that cannot be used raises
         :class:`~scrapy_checkpoint.errors.ConfigError` naming the setting, before any
-        stage is opened.
+        stage is opened. So does a ``CHECKPOINT_OUTPUT`` this user cannot write (nothing is
+        created or opened to tell).
         """
+        if self.output:
+            _check_output(self.output)
         if self.backend == "file":
             _check_dir(self.dir)
             return FileStore(self.dir)
@@ -230,7 +233,7 @@ def check_names(settings: Any) -> None:
     name (``difflib``) when there is one."""
     known = setting_names()
     unknown = [name for name in sorted(str(key) for key in settings)
-               if name.startswith(PREFIX) and name not in known]
+               if name not in known and (name.startswith(PREFIX) or _near_prefix(name, known))]
     if not unknown:
         return
     fix = ("Fix the name in settings.py, custom_settings or -s (docs/scrapy.md lists every "
@@ -254,9 +257,37 @@ _SYNONYMS = {"DIRECTORY": "DIR", "FOLDER": "DIR", "PATH": "DIR", "REDIS_URL": "B
              "URL": "BACKEND", "STORE": "BACKEND", "STAGE": "STAGE_NAME", "NAME": "STAGE_NAME"}
 
 
+def _near_prefix(name: str, known: list[str]) -> bool:
+    """True for a name that begins almost like ``CHECKPOINT_`` (another case, a plural, a
+    transposed or split word: ``checkpoint_dir``, ``CHECKPOINTS_DIR``, ``CHECKPIONT_DIR``,
+    ``CHECK_POINT_DIR``) and goes on with one of the plugin's settings: a misspelling that
+    would otherwise be ignored in silence."""
+    return _split_near_prefix(name, known) is not None
+
+
+def _split_near_prefix(name: str, known: list[str]) -> str | None:
+    """``name`` rewritten with the exact prefix (``CHECKPOINT_`` + its upper-cased rest)
+    when it begins almost like the prefix and its rest is close to a setting's; else None."""
+    upper = name.upper()
+    words = {k[len(PREFIX):] for k in known}
+    for cut in range(len(PREFIX) - 2, len(PREFIX) + 3):
+        head, rest = upper[:cut], upper[cut:].lstrip("_")
+        if not rest or not head.startswith("CHECK"):
+            continue
+        if difflib.SequenceMatcher(None, head.rstrip("_"), PREFIX.rstrip("_")).ratio() < 0.85:
+            continue
+        if rest in words or difflib.get_close_matches(rest, list(words), n=1, cutoff=0.8):
+            return PREFIX + rest
+    return None
+
+
 def _closest(name: str, known: list[str]) -> str | None:
     """The known name closest to ``name``: a synonym's, else the closest compared without
     the shared prefix (``difflib``), else one that starts like it; None when none is close."""
+    if not name.startswith(PREFIX) or name != name.upper():
+        name = _split_near_prefix(name, known) or name.upper()
+        if name in known:
+            return name
     word, words = name[len(PREFIX):], [k[len(PREFIX):] for k in known]
     if _SYNONYMS.get(word) in words:
         return PREFIX + _SYNONYMS[word]
@@ -287,6 +318,28 @@ def _check_dir(directory: str) -> None:
             f"CHECKPOINT_DIR={directory!r} {step} ({reason}). Set CHECKPOINT_DIR to a "
             f"directory this user may create and write, in settings.py, custom_settings or "
             f"-s CHECKPOINT_DIR=...") from None
+
+
+def _check_output(path: str) -> None:
+    """Raise :class:`~scrapy_checkpoint.errors.ConfigError` naming ``CHECKPOINT_OUTPUT`` if
+    ``path`` is a directory, or neither it nor the directory it would be created in (the
+    nearest that exists) may be written by this user (``os.access``: nothing is touched)."""
+    target = os.path.abspath(path)
+    reason = None
+    if os.path.isdir(target):
+        reason = "it is a directory"
+    else:
+        while not os.path.lexists(target) and os.path.dirname(target) != target:
+            target = os.path.dirname(target)
+        if os.path.lexists(target) and not os.path.isdir(target) and target != os.path.abspath(path):
+            reason = f"{target!r} is a file, not a directory"
+        elif not os.access(target, os.W_OK):
+            reason = f"{target!r} is not writable by this user"
+    if reason is not None:
+        raise ConfigError(
+            f"CHECKPOINT_OUTPUT={path!r} cannot be written ({reason}). Set CHECKPOINT_OUTPUT "
+            f"to a file this user may create and write, in settings.py, custom_settings or -s "
+            f"CHECKPOINT_OUTPUT=...")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

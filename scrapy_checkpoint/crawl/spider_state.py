@@ -86,6 +86,16 @@ def encode_state(state: Any) -> str:
     return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
 
 
+def give_completed_state(spider: Any, cp: EnhancedCheckpoint | None) -> None:
+    """Give ``spider`` (if any, and unless it has one) the ``spider.state`` its completed stage
+    ended with (a copy; ``{}`` if it kept none), for a run that crawls nothing: its
+    ``closed()`` and pipelines still read it."""
+    if spider is None or isinstance(getattr(spider, "state", None), dict):
+        return
+    restored = cp.live.user_state if cp is not None else None
+    spider.state = json.loads(json.dumps(restored)) if isinstance(restored, dict) else {}
+
+
 class SpiderStateKeeper:
     """Gives the spider its ``state`` at open and journals it (see the module docstring).
 

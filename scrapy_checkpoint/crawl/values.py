@@ -198,20 +198,54 @@ class MissingItemClass(ValueError):
 
 
 def _build_item(cls: Any, fields: dict[str, Any]) -> Any:
-    """An instance of item class ``cls`` with ``fields``: an Item from its dict; a dataclass
-    or attrs class through its constructor, then the fields it does not take set directly."""
+    """An instance of item class ``cls`` holding ``fields`` as they were journaled: an Item
+    from its dict; a dataclass or attrs instance made without calling its constructor, so
+    ``__post_init__``, attrs converters and validators (which ran when the item was first
+    built) do not run again on their own output. A field the journal lacks (one added to
+    the class since) takes its default. Raises ValueError for a missing field without one."""
     if issubclass(cls, Item):
         return cls(fields)
-    if dataclasses.is_dataclass(cls):
-        specs = [(f.name, f.name, f.init) for f in dataclasses.fields(cls)]
-    else:  # attrs: a private attribute ``_x`` is the constructor's ``x`` (its alias)
-        specs = [(a.name, getattr(a, "alias", None) or a.name.lstrip("_"), a.init)
-                 for a in _attr.fields(cls)]
-    obj = cls(**{arg: fields[name] for name, arg, init in specs if init and name in fields})
-    for name, _, init in specs:
-        if not init and name in fields:
-            object.__setattr__(obj, name, fields[name])
+    obj = object.__new__(cls)
+    for name, default in _field_defaults(cls):
+        if name in fields:
+            value = fields[name]
+        elif default is _NO_DEFAULT:
+            raise ValueError(f"item class {cls.__qualname__} has a field {name!r} without "
+                             f"default that the journaled item lacks")
+        else:
+            value = default()
+        object.__setattr__(obj, name, value)  # frozen classes too
     return obj
+
+
+_NO_DEFAULT = object()
+
+
+def _field_defaults(cls: Any) -> list[tuple[str, Any]]:
+    """``(name, make_default)`` of each field of a dataclass or attrs class
+    (``make_default`` is ``_NO_DEFAULT`` for a field without default)."""
+    out: list[tuple[str, Any]] = []
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out.append((f.name, lambda d=f.default: d))
+            elif f.default_factory is not dataclasses.MISSING:
+                out.append((f.name, f.default_factory))
+            else:
+                out.append((f.name, _NO_DEFAULT))
+        return out
+    for a in _attr.fields(cls):
+        d = a.default
+        if d is _attr.NOTHING:
+            out.append((a.name, _NO_DEFAULT))
+        elif isinstance(d, _attr.Factory):  # type: ignore[arg-type]
+            if d.takes_self:  # needs the instance: not supported, the field is required
+                out.append((a.name, _NO_DEFAULT))
+            else:
+                out.append((a.name, d.factory))
+        else:
+            out.append((a.name, lambda d=d: d))
+    return out
 
 
 # -- decoding -------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ _MIN_SLOTS = 8
 _HOLE = (1 << 32) - 1
 #: Holes are closed once they outnumber the units (and this many).
 _MIN_HOLES = 4096
+#: Zeros copied over :attr:`PendingIndex.slots` when it is rebuilt (64 KiB at a time).
+_ZERO_SLOTS = array("I", bytes(1 << 16))
 
 
 def clamp_priority(priority: int) -> int:
@@ -306,14 +308,15 @@ class PendingIndex:
         self._rebuild_slots()
 
     def _rebuild_slots(self, room: int = 0) -> None:
-        """A new :attr:`slots` for the units and ``room`` more, at most half full (removed
+        """:attr:`slots` rebuilt for the units and ``room`` more, at most half full (removed
         units left out), and at least as large as the holes it walks past: a rebuild
         reads every place, so the next one waits for as many additions (a small frontier
-        with many holes rebuilt it every few additions)."""
+        with many holes rebuilt it every few additions). In place: see :func:`_zeroed`."""
         size = _MIN_SLOTS
         while size < 2 * (self._live + room) or size < self._holes:
             size <<= 1
-        slots = array("I", bytes(4 * size))
+        slots = self.slots
+        _zeroed(slots, size)
         mask = size - 1
         codes = self.codes
         for pos, length in enumerate(self.lengths, 1):  # pos: position + 1, as slots hold
@@ -322,7 +325,7 @@ class PendingIndex:
                 while slots[i]:
                     i = (i + 1) & mask
                 slots[i] = pos
-        self.slots, self._mask, self._filled = slots, mask, self._live
+        self._mask, self._filled = mask, self._live
 
     # -- reading ----------------------------------------------------------------------
 
@@ -457,6 +460,23 @@ class PendingIndex:
                     elif ref == NO_REF:
                         unjournaled += 1
         self._places, self._unjournaled = places, unjournaled
+
+
+def _zeroed(slots: array[int], size: int) -> None:
+    """Make ``slots`` (a table of :class:`PendingIndex`, a power of two long) ``size`` zeros
+    (a power of two) where it is: resized by realloc (mremap for a mapped block), zeroed
+    64 KiB at a time. A new table beside it, made from a zeroed bytes object, was up to
+    three tables at once, and freeing the bytes and the old table made glibc's malloc raise
+    its mmap threshold to their size, so the heap took (and fragmented under) every later
+    block up to that size. Not while :meth:`PendingIndex.to_parts` lends its memory."""
+    if size > len(slots):
+        slots *= size // len(slots)
+    elif size < len(slots):
+        del slots[size:]
+    step = min(size, len(_ZERO_SLOTS))
+    zeros = _ZERO_SLOTS if step == len(_ZERO_SLOTS) else _ZERO_SLOTS[:step]
+    for start in range(0, size, step):
+        slots[start:start + step] = zeros
 
 
 def load_index(data: bytes | memoryview, reader: RequestReader | None = None,

@@ -84,13 +84,19 @@ _GEN_RE = re.compile(r"^(snapshot|journal)-(\d{8})\.(bin|log)$")
 def read_regular(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file. Raises OSError (FileNotFoundError,
     PermissionError, ...) as reading does, and NotARegularFileError for a directory, FIFO,
-    device or socket: opened without blocking, so a FIFO never hangs the reader."""
+    device or socket: opened without blocking, so a FIFO never hangs the reader. A file
+    read in one ``os.read`` (its size, and one byte to see it end) is returned as read:
+    chunks joined would hold it twice at once (a journal segment or snapshot of tens of
+    megabytes, at a resume)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotARegularFileError(path, info.st_mode)
-        chunks = []
+        data = os.read(fd, info.st_size + 1)
+        if len(data) == info.st_size:  # the whole file: one byte more was asked for
+            return data
+        chunks = [data]  # it changed since fstat, or a read stopped at 2 GiB: read on
         while chunk := os.read(fd, 1 << 24):
             chunks.append(chunk)
         return b"".join(chunks)
@@ -119,6 +125,15 @@ def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
         f"Cannot read {path}{extra} of stage {stage!r}: {reason}. Nothing was changed. Run "
         f"as the user who owns the checkpoint, fix the file's permissions, or move the "
         f"file away.")
+
+
+def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
+    """Open ``stage``'s lock file (through a link only with ``follow``); a lock file the user
+    may not open raises the one-paragraph error of :func:`_unreadable`."""
+    try:
+        return os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
+    except PermissionError as exc:
+        raise _unreadable(stage, exc) from None
 
 
 class StageLock:
@@ -229,6 +244,11 @@ class StagedWrite:
             os.close(fd)
 
 
+#: Bytes of request records a writer that does not buffer its groups (``flush`` and
+#: ``fsync`` durability) keeps before writing them: small, so the buffer stays a heap
+#: block of its own size rather than a megabyte grown and shrunk at every commit.
+RECORD_BUFFER = 1 << 16
+
 #: A batch frame's header as first buffered: length and crc32 to come, then the mark.
 _BATCH_HEAD = bytes(FRAME_HEAD.size) + BATCH_MARK
 
@@ -238,7 +258,13 @@ class SegmentWriter:
 
     In ``none`` durability frames are kept in the process up to ``buffer_limit``
     bytes; otherwise each group reaches the OS when it is committed, so it
-    survives the death of the process. Fsync is the caller's decision.
+    survives the death of the process, and request records wait for the next group
+    or reach the OS once :data:`RECORD_BUFFER` bytes of them are buffered. Fsync is
+    the caller's decision.
+
+    The buffer is written from where it is (no copy): a copy of up to a megabyte per
+    commit, freed after the write, made glibc's malloc raise its mmap threshold to its
+    size, after which such blocks came from the heap and fragmented it.
 
     A write that fails (a full disk, an I/O error) cuts the file back to the end of its
     last whole frame, so no later frame ever sits behind a torn one, and keeps the
@@ -314,7 +340,8 @@ class SegmentWriter:
         ref = (self.gen << OFFSET_BITS) | self.size
         self.size += len(framed)
         self._buf += framed
-        if len(self._buf) >= self._buffer_limit:
+        if len(self._buf) >= (self._buffer_limit if self._buffered
+                              else min(self._buffer_limit, RECORD_BUFFER)):
             self.flush()
         return ref
 
@@ -342,10 +369,10 @@ class SegmentWriter:
         with ``os.write``; on failure they stay buffered (see the class doc)."""
         self._close_batch()
         if self._buf:
-            self._write(bytes(self._buf))
+            self._write(self._buf)
             self._buf.clear()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         """Write whole frames at the end of the file, or cut back and raise."""
         if self._broken is not None:
             raise type(self._broken)(*self._broken.args)
@@ -383,6 +410,8 @@ class SegmentWriter:
 
     def sync(self) -> None:
         """fsync what reached the OS (from the I/O thread; a closed segment was synced)."""
+        if self._fd < 0:  # closed before this queued sync ran (a close after a failed write)
+            return
         try:
             self._fsync()
         except OSError as exc:
@@ -411,11 +440,14 @@ class SegmentWriter:
                 self._fd = -1
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` with ``os.write``. Views of ``data`` are released on return and
+    on failure: a bytearray (the writer's buffer) can grow again after either."""
+    with memoryview(data) as whole:
+        done, size = 0, len(whole)
+        while done < size:
+            with whole[done:] as rest:
+                done += os.write(fd, rest)
 
 
 class FileRequestReader:
@@ -544,7 +576,7 @@ class FileStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.lock_path(stage)
         while True:
-            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(stage, path, os.O_RDWR | os.O_CREAT)
             try:
                 _flock_briefly(fd)
             except OSError as exc:
@@ -582,7 +614,8 @@ class FileStore:
         """The owner if a live process holds the stage's lock, else None. Takes no lock."""
         path = self.lock_path(stage)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            fd = _open_lock(stage, path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                            follow=True)
         except FileNotFoundError:
             return None
         try:

@@ -136,6 +136,14 @@ def _permission_error_class() -> type[Exception]:
         def __init__(self, message: str = "") -> None:
             m = re.search(r"run the '([^']+)' command", message)
             self.command = m.group(1).replace("|", " ").upper() if m else "a command"
+            if m is None:  # denied inside a Lua script, whose reply does not name it
+                super().__init__(
+                    f"The Redis user may not run a command that scrapy-checkpoint's scripts "
+                    f"run ({message.rstrip('.')}). They need GET, SET, DEL, EXISTS, EXPIRE, "
+                    f"PEXPIRE, RENAME, HGET, HSET, HDEL, HINCRBY, LRANGE, RPUSH, LTRIM, LLEN, "
+                    f"SADD, SREM and TTL on keys under the prefix: grant them (e.g. ACL "
+                    f"SETUSER <user> +@read +@write +@scripting) or use a user that may.")
+                return
             super().__init__(
                 f"The Redis user may not run {self.command} ({message}). scrapy-checkpoint "
                 f"needs it: grant it (ACL SETUSER <user> +{self.command.split()[0].lower()}) "
@@ -145,6 +153,24 @@ def _permission_error_class() -> type[Exception]:
     return RedisPermissionError
 
 
+def _wrong_type(exc: Exception, args: tuple[Any, ...]) -> CorruptCheckpointError:
+    """A WRONGTYPE reply as one clear error naming the keys involved: a key of the store
+    holds a value of another Redis type, written by something other than this package."""
+    if args and str(args[0]).upper() in ("EVALSHA", "EVAL") and len(args) > 2:
+        keys = [str(k) for k in args[3:3 + int(args[2])]]
+    elif len(args) > 1 and isinstance(args[1], (str, bytes)):
+        keys = [args[1].decode(errors="replace") if isinstance(args[1], bytes) else args[1]]
+    else:  # a pipeline: its message names the command and the key
+        keys = []
+    where = f" (one of {', '.join(keys)})" if len(keys) > 1 else f" ({keys[0]})" if keys else ""
+    return CorruptCheckpointError(
+        f"A key of the checkpoint in Redis{where} holds a value of another type than this "
+        f"package writes ({str(exc).rstrip('.')}): something else wrote it, or another "
+        f"application uses the same key prefix. Nothing was changed. Check it with redis-cli "
+        f"TYPE; delete the stage's keys (or reset the stage) to start it over, or give this "
+        f"job its own prefix (?prefix=NAME in the URL).")
+
+
 @cache
 def _client_class() -> Any:
     """redis-py's client (and its pipelines) raising RedisPermissionError, still a
@@ -152,7 +178,7 @@ def _client_class() -> Any:
     command instead of redis-py's traceback."""
     import redis
     from redis.client import Pipeline
-    from redis.exceptions import NoPermissionError
+    from redis.exceptions import NoPermissionError, ResponseError
 
     error = _permission_error_class()
 
@@ -164,6 +190,12 @@ def _client_class() -> Any:
                 if isinstance(exc, error):
                     raise
                 raise error(str(exc)) from None
+            except ResponseError as exc:
+                if "can't run this command" in str(exc):  # an ACL denial inside a script
+                    raise error(str(exc)) from None
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                raise _wrong_type(exc, args) from None
         return call
 
     class CheckpointPipeline(Pipeline):
@@ -179,6 +211,23 @@ def _client_class() -> Any:
             return pipe
 
     return CheckpointRedis
+
+
+def _warn_if_evicting(client: Any, location: str) -> None:
+    """Log a warning if Redis evicts keys when full: every checkpoint key has an expiry,
+    so any policy but ``noeviction`` may evict them (``INFO memory``; nothing if denied)."""
+    try:
+        info = client.info("memory")
+    except Exception:  # an ACL without INFO, a proxy that hides it: nothing to tell
+        return
+    policy, limit = info.get("maxmemory_policy"), int(info.get("maxmemory") or 0)
+    if limit and policy and policy != "noeviction":
+        logger.warning(
+            "Redis at %s evicts keys when it is full (maxmemory %d bytes, maxmemory-policy "
+            "%s): an evicted journal stops its stage as damaged, and a stage whose keys are "
+            "all evicted starts over from nothing, redoing its finished units. Set "
+            "maxmemory-policy noeviction on a Redis that holds checkpoints.",
+            location, limit, policy)
 
 
 @dataclass(frozen=True)
@@ -417,6 +466,7 @@ class RedisStore:
             raise CheckpointError(f"Cannot reach Redis at {self.location}: "
                                   f"{str(exc).rstrip('.')}. Start Redis or fix CHECKPOINT_BACKEND."
                                   ) from None
+        _warn_if_evicting(self.client, self.location)
         self._snapshot = self.lua_script("snapshot")
         self._state = self.lua_script("state")
         self._release = self.lua_script("release")
@@ -554,10 +604,13 @@ class RedisStore:
             logger.warning("Stage %s: state not written, Redis unreachable (%s).", stage, exc)
 
     def _write_state(self, stage: str, data: bytes, ttl: int) -> None:
-        token = self._tokens.get(stage)
-        lock, state, meta = (self.key(stage, p) for p in ("lock", "state", "meta"))
-        rest = [k for k in self.stage_keys(stage) if k not in (lock, state, meta)]
-        if not self._state(keys=[lock, state, meta, *rest], args=[token or "", compress(data), ttl]):
+        first = [self.key(stage, p) for p in ("lock", "state", "meta", "journal")]  # state.lua's
+        keys = first + [k for k in self.stage_keys(stage) if k not in first]
+        written = self._state(keys=keys, args=[self._tokens.get(stage) or "", compress(data), ttl])
+        if written == -1:  # the stage's keys vanished under its writer
+            writer = self._writers.get(stage)
+            raise self.stage_gone(stage, writer.seq - writer.backlog if writer is not None else 0)
+        if not written:
             logger.error("Stage %s: not writing the state, another process holds the stage now.",
                          stage)
 
@@ -582,7 +635,8 @@ class RedisStore:
             pipe.lrange(self.key(stage, "journal"), 0, -1)
             pipe.exists(self.key(stage, "state"))
             pipe.get(self.key(stage, "gone"))
-            blob, meta, records, has_state, gone = pipe.execute()
+            pipe.llen(self.key(stage, "corrupt"))
+            blob, meta, records, has_state, gone, set_aside = pipe.execute()
         try:
             meta = {k.decode(): int(v) for k, v in meta.items()}
             if any(v < 0 for v in meta.values()):
@@ -612,6 +666,19 @@ class RedisStore:
             raise CorruptCheckpointError(
                 f"The snapshot of stage {stage!r} is missing from Redis and the journal before it "
                 f"was trimmed, so the stage cannot be rebuilt. Reset the stage to start over.")
+        # Every group appended is in the journal, covered by the snapshot (base) or set aside
+        # as unreadable: fewer means groups were deleted or evicted behind the store, and
+        # the units they finished would be redone (their outputs written twice) unnoticed.
+        missing = meta.get("seq", 0) - meta.get("base", 0) - len(records) - set_aside
+        if missing > 0 and not problems:  # (a damaged snapshot is reported already)
+            raise CorruptCheckpointError(
+                f"The journal of stage {stage!r} in Redis ({self.key(stage, 'journal')}) lacks "
+                f"{missing} of the {meta['seq']} group(s) recorded: they were deleted or evicted "
+                f"(a maxmemory-policy other than noeviction, or keys deleted by hand). The units "
+                f"they finished are not known, so the stage is not resumed (it would redo them "
+                f"and write their outputs again). Nothing was changed; reset the stage to start "
+                f"it over (scrapy-checkpoint --backend URL reset {stage}), and set "
+                f"maxmemory-policy noeviction.")
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems, requests=self.request_reader(stage))
         if gone is not None and not loaded.exists:

@@ -156,9 +156,10 @@ class PostgresDatabase:
         query = parse_qsl(parts.query, keep_blank_values=True)
         named = [v for k, v in query if k in ("schema", "prefix")]
         self.schema = schema or (named[-1] if named else DEFAULT_SCHEMA)
-        if not _SCHEMA_RE.fullmatch(self.schema):
+        if not _SCHEMA_RE.fullmatch(self.schema) or self.schema.startswith("pg_"):
             raise ConfigError(f"Invalid PostgreSQL schema name {self.schema!r}: use 1-63 letters, "
-                              f"digits, '_' or '-', starting with a letter or '_'.")
+                              f"digits, '_' or '-', starting with a letter or '_' and not with "
+                              f"'pg_' (PostgreSQL keeps that prefix for its own schemas).")
         rest = [(k, v) for k, v in query if k not in ("schema", "prefix")]
         _note_secrets(parts.netloc)
         # quote, not quote_plus: libpq decodes %20, not '+'.
@@ -264,11 +265,19 @@ class PostgresDatabase:
 
     def _layout_version(self) -> int | None:
         """The layout version of the schema's tables (None: no tables)."""
-        found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
-                               [self.schema])
-        if found is None or found[0] is None:
-            return None
-        return (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        try:
+            found = self.query_one("SELECT to_regclass(format('%%I.schema_version', %s::text))",
+                                   [self.schema])
+            if found is None or found[0] is None:
+                return None
+            return (self.query_one("SELECT max(version) FROM {s}.schema_version") or [None])[0]
+        except driver().errors.InsufficientPrivilege as exc:  # the schema, not granted
+            raise ConfigError(
+                f"PostgreSQL at {self.location}: this role may not read the checkpoint tables "
+                f"in schema {self.schema!r}: {sentence(exc)} Have the schema's owner grant "
+                f"this role USAGE on the schema, EXECUTE on its function and SELECT, INSERT, "
+                f"UPDATE, DELETE on its tables (docs/postgresql.md), or use a role that may."
+            ) from None
 
     def connect(self) -> Any:
         """A new autocommit connection to the server (psycopg ``Connection``). Raises

@@ -184,6 +184,13 @@ def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> No
     ("CHECKPOINT_DURABLE", "CHECKPOINT_DURABILITY"),
     ("CHECKPOINT_REDIS_URL", "CHECKPOINT_BACKEND"),
     ("CHECKPOINT_FOLDER", "CHECKPOINT_DIR"),
+    # Near the prefix, not on it: a plural, a transposition, lower or mixed case, a split word.
+    ("CHECKPOINTS_DIR", "CHECKPOINT_DIR"),
+    ("CHECKPIONT_DIR", "CHECKPOINT_DIR"),
+    ("checkpoint_dir", "CHECKPOINT_DIR"),
+    ("CHECKPOINT_dir", "CHECKPOINT_DIR"),
+    ("Checkpoint_Output", "CHECKPOINT_OUTPUT"),
+    ("CHECK_POINT_RESET", "CHECKPOINT_RESET"),
 ])
 def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -196,6 +203,11 @@ def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str)
 def test_an_unknown_setting_far_from_every_name_stops_too() -> None:
     with pytest.raises(ConfigError, match=r"^Unknown setting CHECKPOINT_XYZZY: scrapy-checkpoint"):
         read(CHECKPOINT_ENABLED=True, CHECKPOINT_XYZZY=1)
+
+
+def test_names_that_only_begin_like_the_prefix_are_left_alone() -> None:
+    # Nothing close to a setting of the plugin after the prefix-like start: not ours.
+    assert read(CHECKPOINT_ENABLED=True, CHECKPOINTER_URL="x", CHECK_INTERVAL=3).enabled
 
 
 def test_unknown_names_are_not_checked_when_the_plugin_is_off() -> None:
@@ -220,6 +232,31 @@ def test_an_unusable_dir_names_the_setting(tmp_path: Path, make: Any, message: s
     text = str(info.value)
     assert text.startswith(message.format(d=tmp_path)), text
     assert "Set CHECKPOINT_DIR to a directory" in text
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    ("{d}/afile/all.jl", "'{d}/afile' is a file, not a directory"),
+    ("{d}/afile/deeper/all.jl", "'{d}/afile' is a file, not a directory"),
+    ("{d}/adir", "it is a directory"),
+])
+def test_an_output_that_cannot_be_written_stops_at_start_naming_the_setting(
+    tmp_path: Path, output: str, reason: str
+) -> None:
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = output.format(d=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        read(CHECKPOINT_DIR=str(tmp_path / "cp"), CHECKPOINT_OUTPUT=path).store()
+    text = str(info.value)
+    assert text.startswith(f"CHECKPOINT_OUTPUT={path!r} cannot be written "
+                           f"({reason.format(d=tmp_path)})"), text
+    assert not (tmp_path / "cp").exists()  # refused before anything is created
+
+
+def test_a_new_output_in_a_writable_directory_is_accepted_untouched(tmp_path: Path) -> None:
+    read(CHECKPOINT_DIR=str(tmp_path / "cp"),
+         CHECKPOINT_OUTPUT=str(tmp_path / "new" / "all.jl")).store()
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_dir_that_cannot_be_written_names_the_setting(tmp_path: Path,

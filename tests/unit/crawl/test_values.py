@@ -50,6 +50,30 @@ class Listing:
     _secret: bytes = b""
 
 
+def _parse_price(text: str) -> float:
+    return float(text.replace("$", "").strip())
+
+
+@attr.s(auto_attribs=True)
+class Priced:
+    """An attrs item whose converter takes the listing's text: it must not run again."""
+
+    name: str
+    price: float = attr.ib(converter=_parse_price)
+
+
+@dataclasses.dataclass
+class Tagged:
+    """A dataclass whose ``__post_init__`` changes a field: it must not run again."""
+
+    name: str
+    tags: list[str] = dataclasses.field(default_factory=list)
+    checked: bool = False
+
+    def __post_init__(self) -> None:
+        self.tags.append("listing")
+
+
 class Spider(scrapy.Spider):
     name = "values"
 
@@ -126,6 +150,33 @@ def test_dataclass_and_attrs_items_come_back_as_their_classes() -> None:
     back_listing = _through_json(listing)
     assert type(back_listing) is Listing
     assert back_listing == listing
+
+
+def test_items_come_back_as_journaled_without_running_their_constructor() -> None:
+    # attrs converters and validators, and __post_init__, ran when the item was built; run
+    # again on what they produced, a converter fails ('float' has no 'replace') and a
+    # __post_init__ that appends appends twice.
+    priced = Priced("Lamp", "$ 1.25")
+    back = _through_json({"p": priced})["p"]
+    assert type(back) is Priced
+    assert back == priced
+    assert back.price == 1.25
+    tagged = Tagged("Lamp")
+    back_tagged = _through_json([tagged])[0]
+    assert type(back_tagged) is Tagged
+    assert back_tagged.tags == ["listing"]
+    assert back_tagged == tagged
+
+
+def test_a_field_the_journal_lacks_takes_its_default() -> None:
+    # A field added to the class since the request was journaled.
+    encoded = values.encode(Tagged("Lamp"))
+    del encoded["v"]["checked"], encoded["v"]["tags"]
+    back = values.decode(json.loads(json.dumps(encoded)))
+    assert (back.name, back.tags, back.checked) == ("Lamp", [], False)
+    del encoded["v"]["name"]  # a required field missing: the request cannot be rebuilt
+    with pytest.raises(ValueError, match="name"):
+        values.decode(json.loads(json.dumps(encoded)))
 
 
 def test_plain_json_is_not_tagged() -> None:

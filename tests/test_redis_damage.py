@@ -1,0 +1,235 @@
+"""The Redis store when its keys are emptied or replaced behind it: a state write after the
+stage's keys vanished, keys holding another Redis type, the tracker's last commit failing."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint
+from scrapy_checkpoint.cli import run as cli_run
+from scrapy_checkpoint.errors import CheckpointLostError, CorruptCheckpointError
+
+from .conftest import PYTHON, python_env
+from .test_redis_store import PrivateRedis, needs_redis_server
+
+
+def _client_and_prefix(url: str) -> tuple[redis.Redis, str]:
+    return redis.Redis.from_url(url.partition("?")[0]), url.partition("prefix=")[2]
+
+
+def _drop_stage_keys(url: str, stage: str) -> None:
+    """What a Redis restarted without its data does to a stage: every key gone."""
+    client, prefix = _client_and_prefix(url)
+    keys = list(client.scan_iter(f"{prefix}:{stage}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_a_state_write_after_the_stages_keys_vanished_does_not_bring_them_back(
+    redis_backend: str,
+) -> None:
+    """Redis emptied under a running stage, and the next thing the stage writes is its state
+    (a timer's refresh between two commits): that write must not recreate a state and a
+    meta with no journal, which the next run would take for a stage to resume from nothing
+    (redoing every finished unit). The job stops saying Redis lost the stage, and the next
+    run refuses to start it from zero."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    cp.start(total_items=20)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    _drop_stage_keys(redis_backend, "s")
+    with pytest.raises(CheckpointLostError, match="no longer holds stage 's'"):
+        cp.save(force=True)  # nothing to commit: the state write alone
+    cp.abandon()
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        assert not client.exists(f"{prefix}:s:state", f"{prefix}:s:meta")
+        assert client.exists(f"{prefix}:s:gone")
+    finally:
+        client.close()
+    again = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    try:
+        with pytest.raises(CheckpointError, match="lost the checkpoint of stage 's'"):
+            again.start(total_items=20)
+    finally:
+        again.close()
+
+
+def test_a_tracker_whose_last_commit_fails_ends_with_one_paragraph(
+    redis_backend: str, tmp_path: Path,
+) -> None:
+    """The stage's keys vanish after the last update: completing the stage at the end of the
+    block cannot be recorded. The program ends with the error's paragraph, not a
+    traceback through the program and this package."""
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import asyncio, redis
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def main():
+    async with AsyncCheckpointTracker({redis_backend!r}, "s", progress_bar=False) as t:
+        t.start(total_items=5)
+        for i in range(5):
+            t.update(processed=1, successful=1, index=i)
+        await t.save(force=True)
+        client = redis.Redis.from_url({redis_backend.partition("?")[0]!r})
+        client.delete(*client.scan_iter({redis_backend.partition("prefix=")[2] + ":s:*"!r}))
+
+asyncio.run(main())
+""")
+    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
+                          timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "Error: Redis at" in err
+    assert "no longer holds stage 's'" in err
+
+
+@pytest.mark.parametrize("part", ["journal", "meta", "snapshot", "state", "lock", "gone"])
+def test_a_key_of_another_redis_type_is_one_clear_error(
+    redis_backend: str, part: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stage key holding another Redis type (written by another program, or a shared
+    prefix): show and the next run say which key and what to do, instead of redis-py's
+    WRONGTYPE traceback; nothing is changed."""
+    with EnhancedCheckpoint(redis_backend, "s", log_every=0) as cp:
+        cp.start(total_items=3)
+        for i in range(3):
+            cp.update(processed=1, successful=1, index=i)
+        cp.complete()
+    client, prefix = _client_and_prefix(redis_backend)
+    key = f"{prefix}:s:{part}"
+    try:
+        client.delete(key)
+        if part == "journal":
+            client.set(key, b"garbage")
+        else:
+            client.rpush(key, b"garbage")
+        code = cli_run(["--backend", redis_backend, "show", "s", "--json"])
+        out, err = capsys.readouterr()
+        assert code == 3, err
+        assert out == ""
+        assert "Traceback" not in err
+        assert "another type than this package writes" in err
+        assert key in err
+        with pytest.raises(CorruptCheckpointError, match="another type than this package"):
+            EnhancedCheckpoint(redis_backend, "s", log_every=0).open()
+        assert client.type(key) == (b"string" if part == "journal" else b"list")  # as it was
+    finally:
+        client.close()
+
+
+def test_a_journal_evicted_from_redis_is_damage_not_a_fresh_start(
+    redis_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The journal key of an interrupted stage is gone (evicted under a maxmemory-policy
+    other than noeviction, or deleted by hand) while its meta says how many groups were
+    appended: the units those groups finished are not known. Reading or resuming the stage
+    says so; it is not resumed as if they had never been done (which redid them)."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=20)
+    for i in range(8):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()  # as if the process had died: the groups stay in the journal
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        assert client.llen(f"{prefix}:s:journal") >= 8
+        client.delete(f"{prefix}:s:journal")
+    finally:
+        client.close()
+    assert cli_run(["--backend", redis_backend, "show", "s"]) == 3
+    err = capsys.readouterr().err
+    assert "lacks" in err
+    assert "deleted or evicted" in err
+    again = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    with pytest.raises(CorruptCheckpointError, match="deleted or evicted"):
+        again.open()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if needs_redis_server.args[0]:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path / "redis", persistent=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_command_the_acl_denies_inside_a_script_is_one_clear_error(
+    private_redis: PrivateRedis,
+) -> None:
+    """A user that may run the scripts but not a command they run (SET, EXPIRE): Redis's
+    reply does not name the command; the error says which commands the scripts need,
+    as a CheckpointError that is still redis-py's NoPermissionError."""
+    client = redis.Redis(port=private_redis.port)
+    client.execute_command("ACL", "SETUSER", "noset", "on", ">pw", "~*", "&*", "+@all", "-set")
+    client.close()
+    url = private_redis.url.replace("redis://", "redis://noset:pw@")
+    with pytest.raises(CheckpointError, match="scripts run") as caught:
+        EnhancedCheckpoint(url, "s", log_every=0).open()
+    assert isinstance(caught.value, redis.exceptions.NoPermissionError)
+    assert "+@write" in str(caught.value)
+    assert ":pw@" not in str(caught.value)
+
+
+def test_a_redis_gone_for_good_before_the_end_is_not_a_recorded_completion(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """Redis stops after the last update and before the block ends: the groups of the end
+    of the run (its completion) wait in the process and never reach Redis. The job does
+    not end as if the stage were recorded completed: it exits 1 with one paragraph saying
+    what was not recorded and that the next run does those units again."""
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import asyncio, redis
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def main():
+    async with AsyncCheckpointTracker({private_redis.url!r}, "s", progress_bar=False) as t:
+        t.start(total_items=5)
+        for i in range(5):
+            t.update(processed=1, successful=1, index=i)
+        await t.save(force=True)
+        redis.Redis(port={private_redis.port}).shutdown(nosave=True)
+
+asyncio.run(main())
+""")
+    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
+                          timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "Cannot record the end of stage 's'" in err
+    assert "never reached it" in err
+
+
+def test_a_redis_that_evicts_keys_is_warned_of_at_open(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis with maxmemory and an evicting policy may drop a checkpoint's keys (they all
+    have an expiry, so volatile-* policies too): opening a stage there says so, once per
+    store, with the setting to change."""
+    client = redis.Redis(port=private_redis.port)
+    client.config_set("maxmemory", "50mb")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    with caplog.at_level("WARNING", logger="scrapy_checkpoint"), \
+            EnhancedCheckpoint(private_redis.url, "s", log_every=0) as cp:
+        cp.start(total_items=1)
+        cp.update(processed=1, successful=1, index=0)
+        cp.complete()
+    warned = [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
+    assert len(warned) == 1
+    assert "maxmemory-policy allkeys-lru" in warned[0]
+    assert "noeviction" in warned[0]
