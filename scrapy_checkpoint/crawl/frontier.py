@@ -470,11 +470,9 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self._not_ours: WeakSet[Request] = WeakSet()
         #: The crawl's depth profile and estimate (see .progress), fed as units come and go.
         self.progress: CrawlProgress | None = None
-        #: Requests callbacks yielded, not scheduled yet: the kind of the unit whose callback
-        #: it is (:func:`.progress.unit_kind`; the scheduler sees them a little later, after
-        #: others of the same callback's output); and the last such unit's request and kind.
+        #: Requests callbacks yielded, not scheduled yet: the kind of the unit that found each
+        #: (the scheduler sees them a little later, after others of the same callback's output).
         self._found_by: dict[Request, tuple[str, str]] = {}
-        self._parent_kind: tuple[Request | None, tuple[str, str]] = (None, ("", ""))
         #: Called with a unit's code when it is done here, and when it leaves this run
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
@@ -689,9 +687,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             found_by = self._found_by
             if len(found_by) >= 100_000:  # never scheduled (cannot be: a safety net)
                 found_by.clear()
-            if self._parent_kind[0] is not parent:  # a callback yields many: once for them
-                self._parent_kind = (parent, unit_kind(parent))
-            found_by[request] = self._parent_kind[1]
+            found_by[request] = self.progress.finder(parent)
         meta = request.meta
         if meta.get(IGNORE_META):
             holder = self.unit_of_request(parent)

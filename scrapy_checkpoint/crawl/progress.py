@@ -79,6 +79,8 @@ class CrawlProgress:
         #: The model's last estimate and when it was made (monotonic seconds).
         self._model: Estimate | None = None
         self._model_at = 0.0
+        #: The last request :meth:`finder` was asked about, and its unit's kind.
+        self._finder: tuple[Any, tuple[str, str]] = (None, ("", ""))
         #: When the profile was last journaled (monotonic seconds; -inf: at the next commit).
         self._saved_at = float("-inf")
 
@@ -107,6 +109,14 @@ class CrawlProgress:
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
         self._events += 1
+
+    def finder(self, request: Any) -> tuple[str, str]:
+        """The kind of ``request``'s unit (:func:`unit_kind`) as the finder of the requests
+        its callback yields (worked out once for all of them)."""
+        last = self._finder
+        if last[0] is not request:
+            last = self._finder = (request, unit_kind(request))
+        return last[1]
 
     def finish(self, depth: Any, kind: str = "", shape: str = "") -> None:
         """A unit at ``depth``, of ``kind`` and ``shape`` (as :meth:`add`'s), is done."""
