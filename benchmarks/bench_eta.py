@@ -23,6 +23,9 @@ What is measured
                 callback (``parse``): nothing tells a listing page from a detail page
       sitemap   a sitemap index -> 6 sitemaps -> ``--pages`` pages, crawled by a
                 SitemapSpider (the pages have no links)
+      blog      the tree, its pages named by words (``/blog/quiet-river-stone``, no digits):
+                every URL has a shape of its own (the estimate counts units by callback and
+                URL shape, a shape only once several units share it)
 
     Scenarios, per site:
       fresh     a crawl of a fresh stage
@@ -57,9 +60,10 @@ What is measured
 
 How
     python benchmarks/bench_eta.py [--rounds 3] [--pages 2000] [--delay 20] [--concurrency 2]
-                                   [--sites tree,wide,listing,listing1,sitemap]
+                                   [--sites tree,wide,listing,listing1,sitemap,blog]
                                    [--scenarios fresh,history,resume] [--skip-tracker]
                                    [--quick] [--json FILE] [--dir DIR] [--show-every 8]
+                                   [--setting NAME=VALUE ...]
 
     ``--quick``: the tree site only, 400 pages, 1 round, short tracker phases (under a minute).
 """
@@ -67,6 +71,7 @@ How
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import bisect
 import itertools
@@ -185,6 +190,44 @@ class Tree(SiteModel):
         return html(f"Page {i}", links)
 
 
+class Blog(Tree):
+    """The tree, its pages named by words (``/blog/quiet-river-stone``): no two URLs of
+    the same shape."""
+
+    name = "blog"
+    WORDS = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris",
+             "juniper", "kestrel", "lumen", "maple", "north", "opal", "pine", "quiet", "river",
+             "stone", "thistle", "umber", "vale", "willow", "yarrow", "zephyr")
+
+    def __init__(self, pages: int) -> None:
+        super().__init__(pages)
+        rng = random.Random(5678)
+        self.slugs: list[str] = []
+        taken: set[str] = set()
+        while len(self.slugs) < self.pages:
+            slug = "-".join(rng.choice(self.WORDS) for _ in range(3))
+            while slug in taken:
+                slug += "-" + rng.choice(self.WORDS)
+            taken.add(slug)
+            self.slugs.append(slug)
+        self.index = {slug: i for i, slug in enumerate(self.slugs)}
+
+    @property
+    def start(self) -> str:
+        return f"/blog/{self.slugs[0]}"
+
+    def paths(self) -> list[str]:
+        return [f"/blog/{slug}" for slug in self.slugs]
+
+    def render(self, path: str) -> tuple[bytes, str] | None:
+        i = self.index.get(path.removeprefix("/blog/"))
+        if i is None:
+            return None
+        links = [self.children[i], [self.parent[i], 0]]
+        return html(f"Post {self.slugs[i]}",
+                    [f"/blog/{self.slugs[c]}" for group in links for c in group])
+
+
 class Wide(SiteModel):
     name = "wide"
 
@@ -276,7 +319,7 @@ class ListingOneCallback(Listing):
 
 
 SITE_CLASSES: dict[str, type[SiteModel]] = {
-    c.name: c for c in (Tree, Wide, Listing, ListingOneCallback, Sitemap)}
+    c.name: c for c in (Tree, Wide, Listing, ListingOneCallback, Sitemap, Blog)}
 
 
 def make_sites(names: Sequence[str], pages: int) -> dict[str, SiteModel]:
@@ -294,7 +337,8 @@ def serve_worker(hits_path: str, delay_ms: float, names: str, pages: int) -> Non
     from twisted.web.server import NOT_DONE_YET, Site
 
     sites = make_sites(names.split(","), pages)
-    by_prefix = {"tree": "tree", "wide": "wide", "list": "listing", "sm": "sitemap"}
+    by_prefix = {"tree": "tree", "wide": "wide", "list": "listing", "sm": "sitemap",
+                 "blog": "blog"}
     if "listing" not in sites and "listing1" in sites:
         sites["listing"] = sites["listing1"]  # the same site
     hits = open(hits_path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
@@ -421,7 +465,16 @@ class PagesSpider(SitemapSpider):
 '''
 
 
-def settings(concurrency: int) -> dict[str, Any]:
+def settings(concurrency: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The generated project's settings; ``overrides``: ``NAME=VALUE`` (a Python literal,
+    else a string) each, from ``--setting``."""
+    extra = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        try:
+            extra[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[name] = value
     return {
         **SETTINGS,
         "CONCURRENT_REQUESTS": concurrency,
@@ -429,11 +482,12 @@ def settings(concurrency: int) -> dict[str, Any]:
         "ADDONS": {"scrapy_checkpoint.Addon": 100},
         "CHECKPOINT_LOG_INTERVAL": 1.0,
         "CHECKPOINT_STATE_INTERVAL": 1.0,
+        **extra,
     }
 
 
-def write_project(root: Path, concurrency: int) -> Path:
-    return write_package(root, {"spiders/sites.py": SPIDER_CODE}, settings(concurrency))
+def write_project(root: Path, concurrency: int, overrides: Sequence[str] = ()) -> Path:
+    return write_package(root, {"spiders/sites.py": SPIDER_CODE}, settings(concurrency, overrides))
 
 
 def crawl_command(site: SiteModel, base: str, run_dir: Path, log: str,
@@ -906,6 +960,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds between `scrapy-checkpoint show --json` samples during "
                              "the fresh crawls (8; 0: none)")
     parser.add_argument("--skip-tracker", action="store_true", help="no tracker scenario")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the generated project, e.g. "
+                             "CHECKPOINT_THROUGHPUT_WINDOW=10 (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: the tree site, 400 pages, 1 round, short tracker phases")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE")
@@ -946,14 +1003,14 @@ def main() -> None:
     tracker: list[TrackerResult] = []
     work = Path(tempfile.mkdtemp(dir=args.dir, prefix="bench_eta_"))
     try:
-        project = write_project(work / "project", args.concurrency)
+        project = write_project(work / "project", args.concurrency, args.setting)
         hits = HitLog(work / "hits.log")
         server = Server([PYTHON, __file__, "--worker", "serve", str(hits.path), str(args.delay),
                          ",".join(names), str(args.pages)])
         try:
             runner = Runner(server, hits, project, args.show_every)
             print("settings (the generated project's settings.py):")
-            for name, value in settings(args.concurrency).items():
+            for name, value in settings(args.concurrency, args.setting).items():
                 print(f"    {name} = {value!r}")
             print("commands (run in the generated project; RUN is the scenario's fresh "
                   "directory):")

@@ -25,13 +25,22 @@ units found per unit of kind ``k`` done at depth ``d``, split among kinds as the
 page, while its level's details are being fetched) gets what its units found elsewhere;
 a kind whose units found nothing (detail pages) is expected to find nothing.
 
+**By URL shape.** A kind is a callback, or a callback and a URL shape (:func:`url_shape`:
+``/list?page=#``, ``/item/#``) once ``SHAPE_UNITS`` units of that callback and shape were
+found (up to ``MAX_SHAPE_KINDS`` shapes): a spider with one callback for every link has
+its listing pages and its detail pages told apart by their URLs. The units of a shape
+found before it is split out, what they found and the counts of those that found them
+move to its kind, so a unit counts once. Pages named by words (``/post/some-title``) each
+have a shape of their own, never shared by enough units: they stay with their callback.
+
 **Chains.** A kind whose units keep bringing units of their own kind, one each (a
 listing page the next listing page), and whose deepest unit done did so, is a chain, and
 how long it goes on is not in the counts. It is taken to go on for as many levels again
 as it has run so far (the median of "we are somewhere in its middle"), one unit of its
 kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
-then wide. With one kind only (a spider following every link with one callback) every
-growing crawl would look like a chain: the depth profile alone is used.
+then wide. With one kind only in use (a spider following every link with one callback,
+its URLs of one shape or of none shared) every growing crawl would look like a chain:
+the depth profile alone is used.
 
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units
@@ -49,10 +58,19 @@ while the model may find more. Pure arithmetic: the crawl feeds the counts
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+#: A URL shape (:func:`url_shape`) is a kind of its own, apart from its callback's, once
+#: this many units of that callback and shape were found; before, and for a shape whose
+#: units are each alone of their shape (word slugs), its units count with their callback's.
+SHAPE_UNITS = 5
+#: Shapes counted apart, at most (units of other shapes count with their callback's).
+MAX_SHAPE_KINDS = 32
+#: Shapes followed until they have SHAPE_UNITS units, at most (then forgotten, all at once).
+MAX_CANDIDATES = 4096
 #: Units done at a depth over which its recent ratio is measured (at least).
 RECENT_UNITS = 50
 #: ... and over the last few, when that is higher: units that now find more than those
@@ -132,6 +150,49 @@ class _Kind:
         return kind
 
 
+#: In a URL's path and query: an id-like segment or value (8 or more hexadecimal digits and
+#: dashes, at least one a decimal digit: a hash, a UUID), or a run of decimal digits.
+_NUMBERS = re.compile(
+    r"(?<=[/=])(?=[0-9a-fA-F-]*[0-9])[0-9a-fA-F-]{8,}(?=[/?&;]|$)|[0-9]+")
+
+
+def url_shape(url: str) -> str:
+    """The shape of ``url``, for the kinds of units: its path and query (no scheme, host nor
+    fragment), each run of decimal digits a ``#`` and each id-like segment or query value
+    (8 or more hexadecimal digits and dashes, one a decimal digit: a hash, a UUID) a
+    single ``#``.
+
+    ``http://h/list?page=12`` -> ``/list?page=#``, ``http://h/item/7`` -> ``/item/#``,
+    ``http://h/post/some-title`` -> ``/post/some-title`` (pages named by words each have
+    their own shape: such a shape becomes a kind only once enough units share it,
+    see :data:`SHAPE_UNITS`).
+    """
+    _, sep, rest = url.partition("://")
+    if sep:
+        slash = rest.find("/")
+        rest = rest[slash:] if slash >= 0 else "/"
+    else:
+        rest = url
+    rest = rest.partition("#")[0]
+    return _NUMBERS.sub("#", rest)
+
+
+class _Candidate:
+    """The counts of a URL shape's units (of one callback) not counted apart yet: also
+    counted in their callback's kind, and moved from it to the shape's own kind when it is
+    split out. ``parents``: (callback, shape) of the units that found them -> how many."""
+
+    __slots__ = ("added", "children", "done", "found", "parents", "units")
+
+    def __init__(self) -> None:
+        self.units = 0
+        self.added: dict[int, int] = {}
+        self.done: dict[int, int] = {}
+        self.found: dict[int, int] = {}
+        self.children: dict[str, int] = {}
+        self.parents: dict[tuple[str, str], int] = {}
+
+
 class DepthProfile:
     """Units added and done per depth and per kind, and recent discovery ratios (see the
     module doc).
@@ -153,6 +214,17 @@ class DepthProfile:
         self.kinds: dict[str, _Kind] = dict(kinds or {})
         #: (kind, depth) -> (done, found) samples, oldest first; kind None: every kind.
         self._samples: dict[tuple[str | None, int], deque[tuple[int, int]]] = {}
+        #: (callback, URL shape) -> the name of the shape's own kind (``"callback shape"``),
+        #: for the shapes split out; and the shapes followed until they are.
+        self._shapes: dict[tuple[str, str], str] = {}
+        self._candidates: dict[tuple[str, str], _Candidate] = {}
+        #: callback -> the names of its shapes' kinds.
+        self._split_callbacks: dict[str, list[str]] = {}
+        for name in self.kinds:  # restored: the shapes split out before
+            callback, sep, shape = name.partition(" ")
+            if sep:
+                self._shapes[(callback, shape)] = name
+                self._split_callbacks.setdefault(callback, []).append(name)
 
     def _kind(self, name: str) -> _Kind:
         kind = self.kinds.get(name)
@@ -164,22 +236,102 @@ class DepthProfile:
                 kind = self.kinds[name] = _Kind()
         return kind
 
-    def add(self, depth: int, kind: str = "", parent: str | None = None, n: int = 1) -> None:
-        """``n`` new units at ``depth``, of ``kind``, were found (by units of kind ``parent``,
-        at ``depth - 1``; None: not known, e.g. start requests)."""
+    def kind_of(self, kind: str, shape: str = "") -> str:
+        """The name of the kind units of callback ``kind`` and URL shape ``shape`` count in:
+        the shape's own (``"kind shape"``) once it is split out, else ``kind``."""
+        return self._shapes.get((kind, shape), kind) if shape else kind
+
+    def add(self, depth: int, kind: str = "", parent: str | None = None, n: int = 1,
+            shape: str = "", parent_shape: str = "") -> None:
+        """``n`` new units at ``depth``, of callback ``kind`` and URL shape ``shape``
+        (:func:`url_shape`; "": not known), were found (by units of callback ``parent`` and
+        shape ``parent_shape``, at ``depth - 1``; ``parent`` None: not known, e.g. start
+        requests). A shape becomes a kind of its own once SHAPE_UNITS of its units were
+        found; until then its units count in their callback's kind."""
         self.added[depth] = self.added.get(depth, 0) + n
-        counts = self._kind(kind).added
+        name, candidate = kind, None
+        if shape:
+            key = (kind, shape)
+            split = self._shapes.get(key)
+            if split is not None:
+                name = split
+            else:
+                candidate = self._candidates.get(key)
+                if candidate is None:
+                    if len(self._candidates) >= MAX_CANDIDATES:
+                        self._candidates.clear()
+                    candidate = self._candidates[key] = _Candidate()
+                candidate.units += n
+                if (candidate.units >= SHAPE_UNITS and len(self._shapes) < MAX_SHAPE_KINDS
+                        and len(self.kinds) < MAX_KINDS and kind in self.kinds):
+                    name = self._split_out(kind, shape, candidate)
+                    candidate = None
+        counts = self._kind(name).added
         counts[depth] = counts.get(depth, 0) + n
         if parent is not None and depth > 0:
-            by = self._kind(parent)
+            parent_key = (parent, parent_shape)
+            by = self._kind(self.kind_of(parent, parent_shape))
             by.found[depth - 1] = by.found.get(depth - 1, 0) + n
-            by.children[kind] = by.children.get(kind, 0) + n
+            by.children[name] = by.children.get(name, 0) + n
+            finder = self._candidates.get(parent_key) if parent_shape else None
+            if finder is not None:
+                finder.found[depth - 1] = finder.found.get(depth - 1, 0) + n
+                finder.children[name] = finder.children.get(name, 0) + n
+            if candidate is not None:
+                candidate.parents[parent_key] = candidate.parents.get(parent_key, 0) + n
+        if candidate is not None:
+            candidate.added[depth] = candidate.added.get(depth, 0) + n
 
-    def finish(self, depth: int, kind: str = "", n: int = 1) -> None:
-        """``n`` units at ``depth``, of ``kind``, are done."""
+    def _split_out(self, kind: str, shape: str, candidate: _Candidate) -> str:
+        """Make ``shape``'s units (of callback ``kind``) a kind of their own: its counts move
+        from ``kind``'s to it, and so do the units it found, and its units in the counts of
+        the kinds that found them. Its name."""
+        name = f"{kind} {shape}"
+        self._shapes[(kind, shape)] = name
+        self._split_callbacks.setdefault(kind, []).append(name)
+        del self._candidates[(kind, shape)]
+        own, rest = self._kind(name), self.kinds[kind]
+        for attr in ("added", "done", "found"):
+            _move(getattr(candidate, attr), getattr(rest, attr), getattr(own, attr))
+        _move(candidate.children, rest.children, own.children)
+        for (callback, parent_shape), n in candidate.parents.items():
+            by = self.kinds.get(self.kind_of(callback, parent_shape))
+            if by is not None:
+                _move({kind: n}, by.children, by.children, to=name)
+            finder = self._candidates.get((callback, parent_shape))
+            if finder is not None:
+                _move({kind: n}, finder.children, finder.children, to=name)
+        for key in [k for k in self._samples if k[0] == kind]:  # its counts changed
+            del self._samples[key]
+        return name
+
+    def finish(self, depth: int, kind: str = "", n: int = 1, shape: str = "") -> None:
+        """``n`` units at ``depth``, of callback ``kind`` and URL shape ``shape``, are done.
+        A unit counted in another kind of its callback than its shape gives now (done at
+        another URL than it was found at, a redirect's; or found before a resume, or before
+        the shapes followed were forgotten, and its shape split out since) is counted done
+        where units of its callback are pending at that depth, its shape's kind first."""
         self.done[depth] = self.done.get(depth, 0) + n
-        counts = self._kind(kind).done
-        counts[depth] = counts.get(depth, 0) + n
+        name = self.kind_of(kind, shape)
+        left = n
+        if self._shapes and (name != kind or kind in self._split_callbacks):
+            for other in (name, kind, *self._split_callbacks.get(kind, ())):
+                where = self.kinds.get(other)
+                pending = 0 if where is None else (
+                    where.added.get(depth, 0) - where.done.get(depth, 0))
+                if pending > 0 and where is not None:
+                    m = min(left, pending)
+                    where.done[depth] = where.done.get(depth, 0) + m
+                    left -= m
+                    if not left:
+                        break
+        if left:
+            counts = self._kind(name).done
+            counts[depth] = counts.get(depth, 0) + left
+        if shape and name == kind:
+            candidate = self._candidates.get((kind, shape))
+            if candidate is not None:
+                candidate.done[depth] = candidate.done.get(depth, 0) + n
 
     def sample(self) -> None:
         """Note the counts now, for the recent ratios (by depth, and by kind and depth
@@ -190,6 +342,11 @@ class DepthProfile:
             for name, kind in self.kinds.items():
                 for depth, done in kind.done.items():
                     _note(self._samples, (name, depth), done, kind.found.get(depth, 0))
+
+    def _in_use(self) -> int:
+        """How many kinds have units (a callback's kind may have none left once its units'
+        shapes are split out)."""
+        return sum(1 for kind in self.kinds.values() if kind.added or kind.done)
 
     def _attributed(self) -> bool:
         """True when the units found are attributed to the kinds that found them (the
@@ -228,7 +385,7 @@ class DepthProfile:
         """Kinds whose units keep bringing units of their own kind (a listing page the next
         listing page): kind -> the levels its chain has run so far. Only with more than one
         kind whose finds are attributed (with one kind, every growing crawl looks like one)."""
-        if len(self.kinds) < 2 or not self._attributed():
+        if self._in_use() < 2 or not self._attributed():
             return {}
         chains = {}
         for name, kind in self.kinds.items():
@@ -250,7 +407,7 @@ class DepthProfile:
             return 0
         deepest_seen = max((d for d in self.done if self.done[d]), default=-1)
         top = self.depth_limit if self.depth_limit else min(MAX_DEPTH, max(depths) + MAX_DEPTH // 2)
-        by_kind = len(self.kinds) > 1 and self._attributed()
+        by_kind = self._in_use() > 1 and self._attributed()
         if not by_kind:
             return self._expected_by_depth(recent, depths, deepest_seen, top)
         chains = self.chains()
@@ -444,6 +601,22 @@ def _note(store: dict[tuple[str | None, int], deque[tuple[int, int]]], key: tupl
         samples.popleft()
 
 
+def _move(counts: dict[Any, int], source: dict[Any, int], target: dict[Any, int],
+          to: Any = None) -> None:
+    """Move ``counts`` (key -> n) from ``source`` to ``target`` (under the key ``to`` when
+    given), never below 0 in ``source``."""
+    for key, n in counts.items():
+        m = min(n, source.get(key, 0))
+        if m <= 0:
+            continue
+        if source[key] == m:
+            del source[key]
+        else:
+            source[key] -= m
+        dest = key if to is None else to
+        target[dest] = target.get(dest, 0) + m
+
+
 def _keyed(counts: dict[int, int]) -> dict[str, int]:
     return {str(d): n for d, n in counts.items()}
 
@@ -462,4 +635,4 @@ def _int_counts(value: Any) -> dict[int, int]:
     return counts
 
 
-__all__ = ["DepthProfile", "Estimate", "ShownTotal"]
+__all__ = ["DepthProfile", "Estimate", "ShownTotal", "url_shape"]

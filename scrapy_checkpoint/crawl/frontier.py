@@ -26,7 +26,7 @@ from ..journal.doneset import DoneSet
 from ..journal.keys import fingerprint_code
 from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
-from .progress import CrawlProgress, callback_name
+from .progress import CrawlProgress, unit_kind
 from .requests import (
     NEEDS_ATTACHED,
     UnserializableRequest,
@@ -470,9 +470,9 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self._not_ours: WeakSet[Request] = WeakSet()
         #: The crawl's depth profile and estimate (see .progress), fed as units come and go.
         self.progress: CrawlProgress | None = None
-        #: Requests callbacks yielded, not scheduled yet: the name of the callback (the
-        #: scheduler sees them a little later, after others of the same callback's output).
-        self._found_by: dict[Request, str] = {}
+        #: Requests callbacks yielded, not scheduled yet: the kind of the unit that found each
+        #: (the scheduler sees them a little later, after others of the same callback's output).
+        self._found_by: dict[Request, tuple[str, str]] = {}
         #: Called with a unit's code when it is done here, and when it leaves this run
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
@@ -593,7 +593,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
                 self.stop(exc)
                 return
             if self.progress is not None:
-                self.progress.add(meta.get("depth", 0), callback_name(request), found_by)
+                kind, shape = unit_kind(request)
+                self.progress.add(meta.get("depth", 0), kind, found_by, shape)
             if record is not None and self.lazy:
                 self._admitted = request
 
@@ -625,7 +626,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             self.unfiltered.discard(code)
             self.identity.forget(code)
             if self.progress is not None:
-                self.progress.finish(request.meta.get("depth", 0), callback_name(request))
+                self.progress.finish(request.meta.get("depth", 0), *unit_kind(request))
             try:
                 self.cp.finish_unit(code, processed=1, skipped=1, last_item=request.url)
             except CheckpointError as exc:
@@ -645,7 +646,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self._registered.discard(request)
         self.let_go(code)
         if self.progress is not None:
-            self.progress.finish(request.meta.get("depth", 0), callback_name(request))
+            self.progress.finish(request.meta.get("depth", 0), *unit_kind(request))
         try:
             self.cp.hand_off([code])
         except CheckpointError as exc:
@@ -686,7 +687,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             found_by = self._found_by
             if len(found_by) >= 100_000:  # never scheduled (cannot be: a safety net)
                 found_by.clear()
-            found_by[request] = callback_name(parent)
+            found_by[request] = self.progress.finder(parent)
         meta = request.meta
         if meta.get(IGNORE_META):
             holder = self.unit_of_request(parent)
@@ -787,7 +788,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self.identity.forget(code)
         self.done_here.add_new(code)
         if self.progress is not None:
-            self.progress.finish(request.meta.get("depth", 0), callback_name(request))
+            self.progress.finish(request.meta.get("depth", 0), *unit_kind(request))
         if self.on_done is not None:
             self.on_done(code)
         cp = self.cp

@@ -2,16 +2,17 @@
 
 The frontier feeds a :class:`~scrapy_checkpoint.estimate.DepthProfile` with the depth
 (``request.meta["depth"]``, set by Scrapy's DepthMiddleware) and the kind (the callback's
-name) of each unit it adds and finishes, and the kind of the unit whose callback yielded
-it; the counts, and where the recent ratios start, are kept with the stage (attached data
-``"depths"``, journaled at most every ``PROFILE_INTERVAL`` seconds and with the stage's
-last commit), so a resumed crawl estimates as it did before it stopped and learns on from
-there. After a crash the profile restored may lag the units by up to that interval (the
-units found and finished in its last second are not in its counts): an estimate, it errs
-by those few units, never by the units themselves. The estimate shown
+name and the URL's shape, :func:`unit_kind`) of each unit it adds and finishes, and the
+kind of the unit whose callback yielded it; the counts, and where the recent ratios
+start, are kept with the stage (attached data ``"depths"``, journaled at most every
+``PROFILE_INTERVAL`` seconds and with the stage's last commit), so a resumed crawl
+estimates as it did before it stopped and learns on from there. After a crash the
+profile restored may lag the units by up to that interval (the units found and finished
+in its last second are not in its counts): an estimate, it errs by those few units, never
+by the units themselves. The estimate shown
 (:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back by at most a
-couple of points a second) is the crawl's total (``t``, so
-``show``, ``report`` and the state file use it) and the line's and the stats'; its range is
+couple of points a second) is the crawl's total (``t``, so ``show``, ``report`` and the
+state file use it) and the line's and the stats'; its range is
 kept as attached data ``"estimate"``, and a completed run leaves its size (``"history"``)
 for the next run of the stage.
 """
@@ -22,11 +23,11 @@ from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
 from ..clock import monotonic
-from ..estimate import DepthProfile, Estimate, ShownTotal
+from ..estimate import DepthProfile, Estimate, ShownTotal, url_shape
 from ..state import Status
 
 #: Attached data: :meth:`DepthProfile.to_json` (``{"added": {depth: n}, "done": {depth: n},
-#: "kinds": {callback: counts}, "windows": [...]}``) over every run.
+#: "kinds": {callback or "callback shape": counts}, "windows": [...]}``) over every run.
 DEPTHS_ATTACHED = "depths"
 #: Seconds between two runs of the model (it walks every depth and kind: about 50 us;
 #: commits come every few milliseconds): in between, the last one with the counts of now.
@@ -69,7 +70,8 @@ class CrawlProgress:
         #: Units added and finished: counted, sampled (for the recent ratios), saved.
         self._events = self._sampled = self._saved = 0
         #: Units added and finished since the profile last took them, by what the profile
-        #: counts them by: ``(ADDED, depth, kind, parent)`` and ``(FINISHED, depth, kind)`` ->
+        #: counts them by: ``(ADDED, depth, kind, shape, parent, parent shape)`` and
+        #: ``(FINISHED, depth, kind, shape)`` ->
         #: how many. A unit costs a dict increment; the profile takes them all before it is
         #: read, in the order each key first came (so its kinds come in the same order).
         self._counts: dict[tuple[Any, ...], int] = {}
@@ -77,6 +79,8 @@ class CrawlProgress:
         #: The model's last estimate and when it was made (monotonic seconds).
         self._model: Estimate | None = None
         self._model_at = 0.0
+        #: The last request :meth:`finder` was asked about, and its unit's kind.
+        self._finder: tuple[Any, tuple[str, str]] = (None, ("", ""))
         #: When the profile was last journaled (monotonic seconds; -inf: at the next commit).
         self._saved_at = float("-inf")
 
@@ -87,23 +91,36 @@ class CrawlProgress:
             profile = self._profile
             for key, n in self._counts.items():
                 if key[0] is _ADDED:
-                    profile.add(key[1], key[2], key[3], n)
+                    _, depth, kind, shape, parent, parent_shape = key
+                    profile.add(depth, kind, parent, n, shape, parent_shape)
                 else:
-                    profile.finish(key[1], key[2], n)
+                    profile.finish(key[1], key[2], n, key[3])
             self._counts = {}
         return self._profile
 
-    def add(self, depth: Any, kind: str = "", parent: str | None = None) -> None:
+    def add(self, depth: Any, kind: str = "", parent: str | tuple[str, str] | None = None,
+            shape: str = "") -> None:
         """A new unit at ``depth`` (a request's ``meta.get("depth")``), of ``kind`` (its
-        callback's name), was found by a unit of kind ``parent`` (None: not known)."""
-        key = (_ADDED, depth if type(depth) is int else 0, kind, parent)
+        callback's name) and ``shape`` (its URL's, :func:`~scrapy_checkpoint.estimate.url_shape`;
+        "": not known), was found by a unit of ``parent``: its callback's name, or
+        ``(callback, shape)`` (:func:`unit_kind`); None: not known."""
+        parent_kind, parent_shape = (parent, "") if not isinstance(parent, tuple) else parent
+        key = (_ADDED, depth if type(depth) is int else 0, kind, shape, parent_kind, parent_shape)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
         self._events += 1
 
-    def finish(self, depth: Any, kind: str = "") -> None:
-        """A unit at ``depth``, of ``kind``, is done."""
-        key = (_FINISHED, depth if type(depth) is int else 0, kind)
+    def finder(self, request: Any) -> tuple[str, str]:
+        """The kind of ``request``'s unit (:func:`unit_kind`) as the finder of the requests
+        its callback yields (worked out once for all of them)."""
+        last = self._finder
+        if last[0] is not request:
+            last = self._finder = (request, unit_kind(request))
+        return last[1]
+
+    def finish(self, depth: Any, kind: str = "", shape: str = "") -> None:
+        """A unit at ``depth``, of ``kind`` and ``shape`` (as :meth:`add`'s), is done."""
+        key = (_FINISHED, depth if type(depth) is int else 0, kind, shape)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
         self._events += 1
@@ -149,6 +166,12 @@ class CrawlProgress:
             self.cp.attach(HISTORY_ATTACHED, {"total": completed_total})
 
 
+def unit_kind(request: Any) -> tuple[str, str]:
+    """What a request's unit counts by in the estimate: its callback's name
+    (:func:`callback_name`) and its URL's shape (:func:`~scrapy_checkpoint.estimate.url_shape`)."""
+    return callback_name(request), url_shape(request.url)
+
+
 def callback_name(request: Any) -> str:
     """The kind of a request's unit for the estimate: its callback's name (``parse`` for
     none, Scrapy's default)."""
@@ -163,4 +186,4 @@ def _int(value: Any) -> int | None:
 
 
 __all__ = ["DEPTHS_ATTACHED", "ESTIMATE_ATTACHED", "HISTORY_ATTACHED", "CrawlProgress",
-           "callback_name", "completed_size"]
+           "callback_name", "completed_size", "unit_kind"]

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+from collections.abc import Callable
 
-from scrapy_checkpoint.estimate import DepthProfile, Estimate, ShownTotal
+from scrapy_checkpoint.estimate import DepthProfile, Estimate, ShownTotal, url_shape
 
 
-def _crawl(n: int, fanout: int, profile: DepthProfile, *, checks: int = 20) -> list[float]:
+def _crawl(n: int, fanout: int, profile: DepthProfile, *, checks: int = 20,
+           url: Callable[[int], str] | None = None) -> list[float]:
     """A depth-first crawl (Scrapy's LIFO) of a tree of ``n`` pages where page i links to
     its ``fanout`` children, the home page and its parent; the shown percent's lead over
-    the true one (points) at ``checks`` moments."""
+    the true one (points) at ``checks`` moments. ``url``: page i's URL, to count units by
+    callback (``parse``) and URL shape; None: by depth only."""
     stack, seen = [(0, 0)], {0}
-    profile.add(0)
+
+    def kind(page: int) -> tuple[str, str]:
+        return ("parse", url_shape(url(page))) if url is not None else ("", "")
+
+    profile.add(0, kind(0)[0], shape=kind(0)[1])
     done, leads = 0, []
     while stack:
         page, depth = stack.pop()
@@ -22,8 +30,12 @@ def _crawl(n: int, fanout: int, profile: DepthProfile, *, checks: int = 20) -> l
             if c not in seen:
                 seen.add(c)
                 stack.append((c, depth + 1))
-                profile.add(depth + 1)
-        profile.finish(depth)
+                if url is None:
+                    profile.add(depth + 1)
+                else:
+                    profile.add(depth + 1, "parse", "parse", shape=kind(c)[1],
+                                parent_shape=kind(page)[1])
+        profile.finish(depth, kind(page)[0], shape=kind(page)[1])
         done += 1
         if done % 20 == 0:
             profile.sample()
@@ -102,24 +114,33 @@ def test_a_wide_estimate_shows_a_bigger_crawl_than_the_model() -> None:
 
 
 def _listing(pages: int, details: int, profile: DepthProfile, *, callbacks: bool,
-             checks: int = 20, stop: int = 0) -> list[tuple[float, float]]:
+             checks: int = 20, stop: int = 0, urls: bool = False) -> list[tuple[float, float]]:
     """A LIFO crawl of a paginated listing (each listing page: the next one, then
     ``details`` detail pages finding nothing new); the true and the shown percent at
-    ``checks`` moments (through a :class:`ShownTotal`); ``stop``: after that many units."""
+    ``checks`` moments (through a :class:`ShownTotal`); ``stop``: after that many units.
+    ``urls``: the units' URL shapes are given (``/list?page=#``, ``/item/#``)."""
     n = pages * (details + 1)
     listing, detail = ("parse_listing", "parse_detail") if callbacks else ("parse", "parse")
+
+    def shape(page: tuple[str, object]) -> str:
+        if not urls:
+            return ""
+        what, k = page
+        return url_shape(f"http://h/list?page={k}" if what == "p" else f"http://h/item/{k}")
+
     stack = [(("p", 1), 0, listing)]
-    profile.add(0, listing)
+    profile.add(0, listing, shape=shape(("p", 1)))
     shown, done, moments = ShownTotal(), 0, []  # a moment a second
     while stack:
         (what, k), depth, kind = stack.pop()
         if what == "p":
             found = ([(("p", k + 1), listing)] if k < pages else []) + [
-                (("d", (k, i)), detail) for i in range(details)]
+                (("d", k * details + i), detail) for i in range(details)]
             for page, child_kind in found:
                 stack.append((page, depth + 1, child_kind))
-                profile.add(depth + 1, child_kind, kind)
-        profile.finish(depth, kind)
+                profile.add(depth + 1, child_kind, kind, shape=shape(page),
+                            parent_shape=shape((what, k)))
+        profile.finish(depth, kind, shape=shape((what, k)))
         done += 1
         if done % 10 == 0:
             profile.sample()
@@ -152,6 +173,85 @@ def test_without_callbacks_to_tell_them_apart_the_listing_is_not_a_chain() -> No
     profile = DepthProfile()
     _listing(30, 20, profile, callbacks=False, stop=300)
     assert profile.chains() == {}  # one kind: every growing crawl would look like a chain
+
+
+def test_with_one_callback_the_listing_pages_url_shape_is_a_chain() -> None:
+    """``/list?page=#`` and ``/item/#``: once a few units share a shape, it is a kind of
+    its own; the listing crawled with one callback is then what it is with two."""
+    profile = DepthProfile()
+    _listing(100, 20, profile, callbacks=False, stop=1000, urls=True)
+    assert profile.kind_of("parse", "/list?page=#") == "parse /list?page=#"
+    assert set(profile.chains()) == {"parse /list?page=#"}
+    assert profile.kind_of("parse", "/item/#") == "parse /item/#"
+    # Every unit counts once, in the kind it was found in (the units found before their
+    # shape was split out moved to it).
+    for name, kind in profile.kinds.items():
+        assert all(kind.done.get(d, 0) <= n for d, n in kind.added.items()), name
+    assert sum(sum(k.added.values()) for k in profile.kinds.values()) == sum(
+        profile.added.values())
+    assert not any(profile.kinds["parse"].added.values())  # nothing left with the callback
+    estimate = profile.estimate(1000, 21, 0)
+    assert estimate.wide
+    assert estimate.total >= 2 * 1000  # as long again, at least
+    moments = _listing(100, 20, DepthProfile(), callbacks=False, urls=True)
+    assert all(shown <= true + 10 for true, shown in moments if true >= 25)
+    assert all(shown < 99 for true, shown in moments if true < 99)
+    falls = [a[1] - b[1] for a, b in itertools.pairwise(moments)]
+    assert max(falls) <= 2.0 + 1e-9
+
+
+def _slug(page: int) -> str:
+    words = ["alpha", "river", "stone", "maple", "quiet", "amber", "north", "cedar", "vivid"]
+    rng = random.Random(page)
+    return "http://h/post/" + "-".join(rng.choice(words) for _ in range(4)) + f"-{'x' * (page % 7)}"
+
+
+def test_pages_named_by_words_are_not_a_kind_each() -> None:
+    """A site whose URLs are word slugs: every page has a shape of its own, none shared by
+    enough units to count apart; the estimate is the one by depth, as without shapes."""
+    assert len({url_shape(_slug(i)) for i in range(2000)}) > 1000
+    by_depth, slugs, numbered = DepthProfile(), DepthProfile(), DepthProfile()
+    plain = _crawl(2000, 4, by_depth)
+    assert _crawl(2000, 4, slugs, url=_slug) == plain
+    assert slugs._in_use() == 1
+    # Numbered pages (``/tree/#``): one shape for them all, the callback's kind left
+    # empty: the same again.
+    assert _crawl(2000, 4, numbered, url=lambda i: f"http://h/tree/{i}") == plain
+    assert numbered.kind_of("parse", "/tree/#") == "parse /tree/#"
+    assert numbered._in_use() == 1
+
+
+def test_units_found_before_a_resume_count_once_when_their_shape_is_split_out_after() -> None:
+    """The shapes not split out yet are not kept with the stage: units of one found before
+    a resume stay in their callback's kind, and are done there once their shape has its own
+    kind (redirects too: done at a URL of another shape)."""
+    profile = DepthProfile()
+    profile.add(0, "parse", shape="/")
+    for _ in range(3):
+        profile.add(1, "parse", "parse", shape="/item/#", parent_shape="/")
+    profile.finish(0, "parse", shape="/")
+    resumed = DepthProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    for _ in range(6):  # the 5th of this run splits the shape out
+        resumed.add(1, "parse", "parse", shape="/item/#", parent_shape="/")
+    assert resumed.kind_of("parse", "/item/#") == "parse /item/#"
+    for _ in range(9):
+        resumed.finish(1, "parse", shape="/item/#")
+        for kind in resumed.kinds.values():
+            assert kind.done.get(1, 0) <= kind.added.get(1, 0)
+    assert all(k.done == k.added for k in resumed.kinds.values())
+    assert resumed.estimate(10, 0, 0).total == 10
+
+
+def test_a_url_shape_is_its_path_and_query_with_numbers_and_ids_as_hashes() -> None:
+    assert url_shape("https://example.com/list?page=12&sort=new") == "/list?page=#&sort=new"
+    assert url_shape("http://example.com/item/7#reviews") == "/item/#"
+    assert url_shape("http://example.com/list/p12") == "/list/p#"
+    assert url_shape("http://example.com/post/some-title") == "/post/some-title"
+    assert url_shape("http://example.com") == "/"
+    assert url_shape("http://example.com/u/123e4567-e89b-12d3-a456-426614174000/photos") == (
+        "/u/#/photos")
+    assert url_shape("http://example.com/blob/5f3a9c0e1b") == "/blob/#"
+    assert url_shape("http://example.com/decade-facade") == "/decade-facade"  # no digit
 
 
 def test_a_kind_whose_units_find_nothing_is_expected_to_find_nothing() -> None:
@@ -194,6 +294,12 @@ def test_the_profile_is_restored_as_it_was_recent_ratios_included() -> None:
     for recent in (True, False):
         assert restored.expected(recent=recent) == profile.expected(recent=recent)
     assert restored.estimate(3000, 500, 0) == profile.estimate(3000, 500, 0)
+    # Shapes split out are known again: their units count where they did.
+    shaped = DepthProfile()
+    _listing(40, 20, shaped, callbacks=False, stop=300, urls=True)
+    again = DepthProfile.from_json(json.loads(json.dumps(shaped.to_json())))
+    assert again.kind_of("parse", "/item/#") == "parse /item/#"
+    assert again.estimate(300, 21, 0) == shaped.estimate(300, 21, 0)
     # The counts of a depth profile before kinds (added/done by depth) still read.
     old = DepthProfile.from_json({"added": {"0": 1, "1": 10}, "done": {"0": 1, "1": 4}})
     assert old.estimate(5, 6, 0).total == DepthProfile({0: 1, 1: 10}, {0: 1, 1: 4}).estimate(
