@@ -39,6 +39,19 @@ def _journal_end(value: Any) -> tuple[int, int] | None:
     return None
 
 
+def _check_journal_end(table: str, stage: str, end: tuple[int, int], present: int) -> None:
+    """Raise CorruptCheckpointError if segment ``end[0]`` holds fewer than the ``end[1]``
+    groups the state row recorded (``present``: those found, or set aside as damaged)."""
+    if present < end[1]:
+        raise CorruptCheckpointError(
+            f"The journal of stage {stage!r} in {table} lacks {end[1] - present} of the "
+            f"{end[1]} group(s) of segment {end[0]} recorded in its state: rows were deleted "
+            f"(by hand, a TRUNCATE, a restore of an older backup). The units they finished are "
+            f"not known, so the stage is not resumed (it would redo them and write their "
+            f"outputs again). Nothing was changed; restore the rows, or reset the stage to "
+            f"start it over (scrapy-checkpoint --backend URL reset {stage}).")
+
+
 class PostgresStore(Store):
     """Stages kept in PostgreSQL (see the package docstring for the tables), in the
     database and schema of ``url`` (see :class:`PostgresDatabase`, which raises
@@ -301,15 +314,7 @@ class PostgresStore(Store):
             loaded.generation, loaded.good_bytes = expected_gen, good
         if end is not None and end[0] >= base and not problems:
             present = max(set_aside + 1, sum(1 for gen, *_ in rows if gen == end[0]))
-            if present < end[1]:
-                raise CorruptCheckpointError(
-                    f"The journal of stage {stage!r} in {self.schema}.journal lacks "
-                    f"{end[1] - present} of the {end[1]} group(s) of segment {end[0]} recorded "
-                    f"in its state: rows were deleted (by hand, a TRUNCATE, a restore of an "
-                    f"older backup). The units they finished are not known, so the stage is not "
-                    f"resumed (it would redo them and write their outputs again). Nothing was "
-                    f"changed; restore the rows, or reset the stage to start it over "
-                    f"(scrapy-checkpoint --backend URL reset {stage}).")
+            _check_journal_end(f"{self.schema}.journal", stage, end, present)
         return loaded
 
     def discard_snapshot(self, staged: Any) -> None:
