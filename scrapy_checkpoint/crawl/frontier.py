@@ -787,8 +787,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         self.live.discard(code)
         self.identity.forget(code)
         self.done_here.add_new(code)
-        if self.progress is not None:
-            self.progress.finish(request.meta.get("depth", 0), *unit_kind(request))
+        if self.progress is not None:  # (its kind is known already if it yielded requests)
+            self.progress.finish(request.meta.get("depth", 0), *self.progress.finder(request))
         if self.on_done is not None:
             self.on_done(code)
         cp = self.cp
