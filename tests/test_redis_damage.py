@@ -22,6 +22,16 @@ def _client_and_prefix(url: str) -> tuple[redis.Redis, str]:
     return redis.Redis.from_url(url.partition("?")[0]), url.partition("prefix=")[2]
 
 
+def _failed_job(script: Path) -> str:
+    """Run ``script``; it must end with status 1 and no traceback. Returns its stderr."""
+    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
+                          timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err, err
+    return err
+
+
 def _drop_stage_keys(url: str, stage: str) -> None:
     """What a Redis restarted without its data does to a stage: every key gone."""
     client, prefix = _client_and_prefix(url)
@@ -84,11 +94,7 @@ async def main():
 
 asyncio.run(main())
 """)
-    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
-                          timeout=120, check=False)
-    err = done.stderr.decode()
-    assert done.returncode == 1, err
-    assert "Traceback" not in err, err
+    err = _failed_job(script)
     assert "Error: Redis at" in err
     assert "no longer holds stage 's'" in err
 
@@ -205,11 +211,7 @@ async def main():
 
 asyncio.run(main())
 """)
-    done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
-                          timeout=120, check=False)
-    err = done.stderr.decode()
-    assert done.returncode == 1, err
-    assert "Traceback" not in err, err
+    err = _failed_job(script)
     assert "Cannot record the end of stage 's'" in err
     assert "never reached it" in err
 
