@@ -505,7 +505,8 @@ class EnhancedCheckpoint(UnitRecords):
     def complete(self) -> None:
         """Mark the stage completed (durably) and run the ``complete`` hooks; a stage that lost
         work (:meth:`record_lost`) is marked ``incomplete`` instead, with a warning saying how
-        much and why, and no hook runs."""
+        much and why, and no hook runs. A stage with failed units (done with failure) is
+        completed with a warning saying how many and how to do them again."""
         lost = self.live.info.lost
         if any(lost.values()):
             self._set_status(Status.INCOMPLETE)
@@ -514,7 +515,15 @@ class EnhancedCheckpoint(UnitRecords):
                            self.progress_line())
             return
         self._set_status(Status.COMPLETED)
-        logger.info("[%s] Completed. %s", self.stage, self.progress_line())
+        failed = self.live.failed
+        if failed:  # tried and not done: said, with how to do them
+            logger.warning(
+                "[%s] Completed with %d failed unit(s): tried, and not done. "
+                "`scrapy-checkpoint requeue %s --failed` makes them pending again for the "
+                "next run. %s",
+                self.stage, failed, self.stage, self.progress_line())
+        else:
+            logger.info("[%s] Completed. %s", self.stage, self.progress_line())
         self._hooks.emit("complete", self)
 
     def fail(self, error: BaseException | str) -> None:

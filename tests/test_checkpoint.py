@@ -61,6 +61,23 @@ def test_a_stage_runs_to_completion_and_its_state_file_says_so(checkpoint_dir: P
         assert key in data
 
 
+def test_a_stage_with_failed_units_completes_saying_how_many_and_how_to_redo_them(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+    cp = EnhancedCheckpoint(checkpoint_dir, "s", log_every=0)
+    cp.start(total_items=3)
+    cp.update(processed=1, successful=1, index=0)
+    cp.update(processed=1, failed=1, index=1)
+    cp.update(processed=1, failed=1, index=2)
+    cp.complete()
+    assert cp.status is Status.COMPLETED
+    cp.close()
+    assert "[s] Completed with 2 failed unit(s): tried, and not done. " \
+        "`scrapy-checkpoint requeue s --failed`" in caplog.text
+    assert "Completed. " not in caplog.text
+
+
 def test_invalid_transitions_raise_naming_both_states() -> None:
     with pytest.raises(InvalidTransitionError, match=r"'completed' to 'paused'"):
         check_transition("s", Status.COMPLETED, Status.PAUSED)

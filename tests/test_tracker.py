@@ -277,7 +277,9 @@ def test_piped_with_no_logging_configured_progress_and_failures_are_shown(
     assert len(failed) == 20  # LOGGED_FAILURES of the 30 failures
     assert "[enrich] Item 3 failed: ValueError: row 3 is bad" in failed[0]
     assert "Further failures are counted, not logged" in err
-    assert "[enrich] Completed. Progress: 100.0% (300/300)" in err
+    assert "[enrich] Completed with 30 failed unit(s): tried, and not done. " \
+        "`scrapy-checkpoint requeue enrich --failed` makes them pending again for the next " \
+        "run. Progress: 100.0% (300/300)" in err
     assert "Traceback" not in err
 
 
