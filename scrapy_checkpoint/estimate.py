@@ -48,6 +48,14 @@ the crawl is at least that big), ``high`` uses the ratios over all finished unit
 them the estimate is ``wide`` when they differ by more than a tenth (a ``~`` in the
 progress line).
 
+**Links not all opened yet** (the high end, by depth). Scrapy's LIFO order takes a page's
+last links first; those may find nothing while its first ones are the fan-out (a home
+page's 100 links: its 81 last pages without links, then 19 with 100 each). While fewer
+units are done at a depth than a unit of the depth above found on average (not one
+page's worth of its links opened), its pending units may each find as many as that:
+``high`` counts them with the ratio of the depth above (a ratio seen, never more) where
+theirs is lower, and the estimate is wide until that many are done.
+
 **What is shown** (:class:`ShownTotal`): while the estimate is wide, the total halfway
 from the estimate to the high one (the percent errs low); the percent falls back by at
 most ``MAX_FALL`` points a second unless the units found leave no choice; below 99 %
@@ -398,10 +406,13 @@ class DepthProfile:
                 chains[name] = len(kind.added)
         return chains
 
-    def expected(self, *, recent: bool, chain_factor: float = 1.0) -> int:
+    def expected(self, *, recent: bool, chain_factor: float = 1.0,
+                 unopened: bool = False) -> int:
         """Units still to be done: each pending unit and what it is expected to find. A
         chain (:meth:`chains`) is expected to run ``chain_factor`` times as many more levels
-        as it has run so far."""
+        as it has run so far. ``unopened`` (the high estimate, by depth): the pending units
+        of a depth fewer of whose units are done than a unit of the depth above found (a
+        page's links not all opened yet) may each find as many as those did."""
         depths = set(self.added) | set(self.done)
         if not depths:
             return 0
@@ -409,7 +420,7 @@ class DepthProfile:
         top = self.depth_limit if self.depth_limit else min(MAX_DEPTH, max(depths) + MAX_DEPTH // 2)
         by_kind = self._in_use() > 1 and self._attributed()
         if not by_kind:
-            return self._expected_by_depth(recent, depths, deepest_seen, top)
+            return self._expected_by_depth(recent, depths, deepest_seen, top, unopened)
         chains = self.chains()
         horizon = {name: max(self.kinds[name].added) + min(CHAIN_LEVELS, math.ceil(
             chain_factor * levels)) for name, levels in chains.items()}
@@ -461,7 +472,7 @@ class DepthProfile:
         return round(remaining)
 
     def _expected_by_depth(self, recent: bool, depths: set[int], deepest_seen: int,
-                           top: int) -> int:
+                           top: int, unopened: bool = False) -> int:
         ratios: dict[int, float] = {}
         last = 0.0
         for depth in range(0, top + 1):
@@ -475,8 +486,16 @@ class DepthProfile:
         descendants = 0.0  # E(d), from the deepest level up
         remaining = 0.0
         for depth in range(top, -1, -1):
-            descendants = ratios[depth] * (1.0 + descendants)
-            remaining += self.pending(depth) * (1.0 + descendants)
+            below = descendants  # E(depth + 1)
+            descendants = ratios[depth] * (1.0 + below)
+            pending = self.pending(depth)
+            each = descendants
+            if unopened and pending and depth >= 1 and not (
+                    self.depth_limit and depth >= self.depth_limit):
+                above = self.ratio(depth - 1, recent=False) or 0.0
+                if above > ratios[depth] and self.done.get(depth, 0) < above:
+                    each = above * (1.0 + below)
+            remaining += pending * (1.0 + each)
         for depth in depths:
             if depth > top:
                 remaining += self.pending(depth)
@@ -490,7 +509,7 @@ class DepthProfile:
         bound = known * MAX_FACTOR
         model = min(bound, max(known, done + lost + self.expected(recent=True)))
         high = min(bound, max(model, done + lost + self.expected(
-            recent=False, chain_factor=CHAIN_HIGH)))
+            recent=False, chain_factor=CHAIN_HIGH, unopened=True)))
         if self.history_total is not None and known <= self.history_total:
             total = max(known, self.history_total)
             return Estimate(total, known, max(high, total), False, "history")

@@ -325,3 +325,66 @@ def test_on_a_fan_out_the_units_now_finding_many_count_at_once() -> None:
         if done % 100 == 0 and stack:
             leads.append((100 * done / n, 100 * done / profile.estimate(done, len(stack), 0).total))
     assert all(shown - true < 10 for true, shown in leads if true >= 40)
+
+
+def _fan_out_profile(opened: int) -> DepthProfile:
+    """The fan-out site of the test above when ``opened`` of the home page's 100 links were
+    fetched, the last ones first: each of them without links."""
+    profile = DepthProfile()
+    profile.add(0, "parse")
+    profile.add(1, "parse", "parse", n=100)
+    profile.finish(0, "parse")
+    profile.finish(1, "parse", n=opened)
+    profile.sample()
+    return profile
+
+
+def test_a_page_whose_links_are_not_all_opened_yet_makes_the_estimate_wide() -> None:
+    """60 of the home page's 100 links were fetched and found nothing: the 40 others, not
+    opened yet, may each find as many as the home page did (they do: 19 of them 100 each);
+    the high end says so, and the percent shown is not the 60 % of done / found."""
+    profile = _fan_out_profile(60)
+    estimate = profile.estimate(61, 40, 0)
+    assert (estimate.total, estimate.low) == (101, 101)
+    assert estimate.high == 61 + 40 * (1 + 100)
+    assert estimate.wide
+    shown = ShownTotal().update(61, estimate, now=0.0)
+    assert 100 * 61 / shown.total - 100 * 61 / 2000 < 10
+
+
+def test_once_a_depth_has_more_units_done_than_a_unit_above_found_the_rule_is_off() -> None:
+    """The second level of the fan-out: 400 of its 1,900 units done, none found anything;
+    more were done than a unit of the level above found on average (19): its pending ones
+    are expected to find what those done did, nothing, and the estimate is narrow."""
+    profile = DepthProfile()
+    profile.add(0, "parse")
+    profile.add(1, "parse", "parse", n=100)
+    profile.add(2, "parse", "parse", n=1900)
+    profile.finish(0, "parse")
+    profile.finish(1, "parse", n=100)
+    profile.finish(2, "parse", n=400)
+    profile.sample()
+    estimate = profile.estimate(501, 1500, 0)
+    assert (estimate.total, estimate.high, estimate.wide) == (2001, 2001, False)
+
+
+def test_on_a_fan_out_the_percent_is_never_far_ahead() -> None:
+    """The fan-out crawled in Scrapy's LIFO order, the shown percent every 10 units (60
+    units a second): never more than 10 points ahead of the truth, its first seconds
+    included (the 81 pages without links, taken first, made it 80 % at 4 %)."""
+    n, fanout = 2000, 100
+    profile, stack, done, leads = DepthProfile(), [(0, 0)], 0, []
+    shown = ShownTotal()
+    profile.add(0, "parse")
+    while stack:
+        page, depth = stack.pop()
+        for child in range(fanout * page + 1, min(n, fanout * page + fanout + 1)):
+            stack.append((child, depth + 1))
+            profile.add(depth + 1, "parse", "parse")
+        profile.finish(depth, "parse")
+        done += 1
+        profile.sample()
+        if done % 10 == 0 and stack:
+            total = shown.update(done, profile.estimate(done, len(stack), 0), now=done / 60).total
+            leads.append(100 * done / total - 100 * done / n)
+    assert max(leads) < 10
