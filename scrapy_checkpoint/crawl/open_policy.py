@@ -30,6 +30,7 @@ from ..stores.base import Store
 from .frontier import LOST_UNRESTORABLE
 from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
+from .rules import note_rules
 from .scrapy_redis import own_scrapy_redis_queue
 from .settings import CheckpointSettings
 
@@ -87,6 +88,7 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
             cp.attach(HISTORY_ATTACHED, history)
         if problems:
             _drop_unrestorable(crawler, cp, problems, name)
+        note_rules(cp, crawler.spider if crawler.spider is not None else crawler.spidercls, name)
     except BaseException:
         cp.close()
         raise
