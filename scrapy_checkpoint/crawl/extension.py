@@ -577,7 +577,8 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
         logger.warning(
             "Stage %s: %d request(s) that could not be journaled were pending at the "
             "interruption: they cannot be sent again, so their work is lost unless the "
-            "crawl finds them again; the stage will end 'incomplete'.", ext.stage,
+            "crawl finds them again (a request whose callback yields one does it again); "
+            "else the stage will end 'incomplete'.", ext.stage,
             unjournaled)
     assert ext.setup is not None
     if ext.scheduler is not None:  # queued by code: nothing is rebuilt before its turn

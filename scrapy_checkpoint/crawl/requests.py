@@ -77,6 +77,19 @@ def _request_dict(request: Request, spider: Spider) -> dict[str, Any]:
     return d
 
 
+def callbacks_by_name(request: Request, spider: Spider) -> bool:
+    """True when ``request``'s callback and errback can be journaled: none, or methods of
+    ``spider`` (found by their name, or under another attribute as ``to_dict`` finds them)."""
+    if (_method_name(spider, request.callback) is not _SLOW
+            and _method_name(spider, request.errback) is not _SLOW):
+        return True
+    try:
+        request.to_dict(spider=spider)
+    except ValueError:
+        return False
+    return True
+
+
 def _b64_cached(data: bytes, cache: dict[bytes, str]) -> str:
     """:func:`_b64` of a header value, remembered: the requests a page yields share their
     Referer (the cache is emptied when it holds 64 values)."""
