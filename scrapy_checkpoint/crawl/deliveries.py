@@ -26,7 +26,8 @@ its items delivered by an earlier run are dropped before the pipelines
 (``checkpoint/items_already_delivered``), so a feed holds each of them once, as in an
 uninterrupted crawl (``start()`` must yield the same items in the same order, as a
 callback redone must). Their bytes are written when they are scraped (not held: they
-belong to no unit), and a commit records them with the length that covers them.
+belong to no unit), and a commit records them with the length that covers them; so this
+holds with batch feeds too (:func:`modes`).
 
 Limits:
 
@@ -156,22 +157,31 @@ ERRBACK_PREFIX = "err"
 _RECORD_FORMATS = frozenset({"jsonlines", "jl", "json", "csv", "xml", "marshal", "pickle"})
 
 
-def possible(settings: Any) -> bool:
+def possible(settings: Any, *, batches: bool = False) -> bool:
     """True when the crawl's feeds can keep the items of a unit in flight item by item:
-    every feed a local file of a format Scrapy ships, without batches or postprocessing.
-    A remote feed (Scrapy writes it as in a plain crawl) would never get an item dropped
-    before the pipelines; a batch feed opens its next file (a commit) while it appends."""
-    if settings.getint("FEED_EXPORT_BATCH_ITEM_COUNT"):
+    every feed a local file of a format Scrapy ships, without batches (unless ``batches``:
+    for the items of ``start()``, written at once) or postprocessing. A remote feed (Scrapy
+    writes it as in a plain crawl) would never get an item dropped before the pipelines; a
+    batch feed opens its next file (a commit) while it appends."""
+    if settings.getint("FEED_EXPORT_BATCH_ITEM_COUNT") and not batches:
         return False
     for uri, given in settings.getdict("FEEDS").items():
         text = str(uri)
         if "://" in text and not text.startswith("file:"):
             return False
         options = given if isinstance(given, dict) else {}
-        if (options.get("batch_item_count") or options.get("postprocessing")
-                or "%(batch_" in text or options.get("format") not in _RECORD_FORMATS):
+        batched = options.get("batch_item_count") or "%(batch_" in text
+        if ((batched and not batches) or options.get("postprocessing")
+                or options.get("format") not in _RECORD_FORMATS):
             return False
     return True
+
+
+def modes(settings: Any, *, alone: bool) -> dict[str, bool]:
+    """:class:`Deliveries`' ``enabled`` and ``start_enabled`` for a crawl with ``settings``
+    (``alone``: no worker of a shared stage, nor with scrapy-redis's scheduler)."""
+    return {"enabled": alone and possible(settings),
+            "start_enabled": alone and possible(settings, batches=True)}
 
 
 class Deliveries:
@@ -181,15 +191,18 @@ class Deliveries:
     run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
     ``totals``: the files and counters released at each commit for the items delivered so
     far; ``enabled``: False when :func:`possible` says so (every item of a redone unit is
-    handed again, as before).
+    handed again, as before); ``start_enabled``: the same for the items of ``start()``
+    (:func:`possible` with batches).
     :meth:`yielded` is called for every item a callback yields (False: drop it),
     :meth:`finished` when the pipelines are done with one, :meth:`commit` from the commit
     hook.
     """
 
     def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
-                 totals: StageTotals, stats: Any, *, enabled: bool = True) -> None:
+                 totals: StageTotals, stats: Any, *, enabled: bool = True,
+                 start_enabled: bool | None = None) -> None:
         self.cp = cp
+        self.start_enabled = enabled if start_enabled is None else start_enabled
         #: False in a crawl with outputs whose items cannot be kept per item (see
         #: :func:`possible`).
         self.enabled = enabled
@@ -263,7 +276,7 @@ class Deliveries:
         it (drop it), else True."""
         ordinal = self._start_next
         self._start_next += 1
-        if not self.enabled:
+        if not self.start_enabled:
             return True
         if ordinal in self._start_before:
             self.stats.inc_value("checkpoint/items_already_delivered")
@@ -310,12 +323,12 @@ class Deliveries:
         by units still in flight (those with no item between its signal and the end of its
         processing), and put the ordinals delivered into ``attached`` when they changed.
         Units done are forgotten."""
-        if not self.enabled:
-            return
         if self._start_delivered and self.outputs.take_released():
             self._start_before.update(self._start_delivered)
             self._start_delivered = set()
             attached[START_DELIVERED_ATTACHED] = self._start_before.ranges()
+        if not self.enabled:
+            return
         live = self.cp.live
         done, pending = live.done, live.pending
         in_flight = self.in_flight

@@ -38,7 +38,7 @@ from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
 from .deliveries import Deliveries, ItemTracking
-from .deliveries import possible as deliveries_possible
+from .deliveries import modes as deliveries_modes
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
@@ -215,8 +215,8 @@ class CheckpointExtension:
         totals.log_earlier_items(self.stage)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
-            cp, frontier.live, outputs, totals, self.stats, enabled=worker is None
-            and not self._scrapy_redis and deliveries_possible(self.crawler.settings))
+            cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(
+                self.crawler.settings, alone=worker is None and not self._scrapy_redis))
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
