@@ -57,6 +57,13 @@ class InputChangedError(CheckpointError):
         )
 
 
+_RULES_HINT = "; a CrawlSpider rule removed or changed: put it back in `rules` as it was"
+
+
+def _rules(problems: dict[str, int]) -> bool:
+    return any(what.startswith("CrawlSpider rule") for what in problems)
+
+
 class UnrestorableRequestsError(CheckpointError):
     """Journaled requests of a crawl need spider methods or classes that are gone."""
 
@@ -69,7 +76,8 @@ class UnrestorableRequestsError(CheckpointError):
             f"Stage {stage!r} cannot resume: {total} pending request(s) need what spider "
             f"{spider} no longer has: {needs}. Nothing was fetched. Restore those names (a "
             f"renamed callback: give the method its old name back, or add an alias "
-            f"`old_name = new_name` in the spider) and run the same command again; or set "
+            f"`old_name = new_name` in the spider{_RULES_HINT if _rules(problems) else ''}) "
+            f"and run the same command again; or set "
             f"CHECKPOINT_DROP_UNRESTORABLE = True to drop these requests (they are counted as "
             f"lost and the stage ends 'incomplete', never 'completed'); or start over with "
             f"CHECKPOINT_RESET = True."

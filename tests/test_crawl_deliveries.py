@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from scrapy import Request
 from scrapy.utils.request import fingerprint
 
 from scrapy_checkpoint import read_stage
-from scrapy_checkpoint.crawl.deliveries import DELIVERED_ATTACHED, from_ranges
+from scrapy_checkpoint.crawl.deliveries import DELIVERED_ATTACHED, START_DELIVERED_ATTACHED, from_ranges
 from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.stores import open_store
 
@@ -223,3 +224,74 @@ def test_a_shared_stage_killed_and_resumed_by_new_workers_writes_each_item_once(
         assert Counter((json.loads(line)["page"], json.loads(line)["n"]) for line in lines) \
             == expected, name
     assert set(_handed(tmp_path)) == set(expected)
+
+
+START_ITEMS = 7
+
+START_SPIDER = '''
+import scrapy
+
+
+class StartItemsSpider(scrapy.Spider):
+    name = "start_items"
+
+    def __init__(self, base="", **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    async def start(self):
+        for n in range(START_ITEMS):
+            yield {"start": n}
+        yield scrapy.Request(f"{self.base}/p/0")
+
+    def parse(self, response):
+        yield {"page": response.url}
+        yield from response.follow_all(response.css("a::attr(href)").getall())
+'''.replace("range(START_ITEMS)", f"range({START_ITEMS})")
+
+
+def _start_delivered(directory: Path) -> list[int]:
+    view = read_stage(open_store(directory / "checkpoints"), "start_items")
+    return list(from_ranges(view.attached.get(START_DELIVERED_ATTACHED)))
+
+
+@pytest.mark.parametrize("feed", ["items.jl", "items.json", "items.xml", "items-%(batch_id)d.jl"])
+def test_items_of_start_are_written_once_when_an_earlier_run_committed_them(
+        tmp_path: Path, feed: str) -> None:
+    # start() runs again from the top on every run: the items it yields that a killed run
+    # committed are not written again, as an uninterrupted crawl writes each once.
+    site = Site(PAGES * 4, delay=0.005)
+    try:
+        spider = tmp_path / "start_items.py"
+        spider.write_text(START_SPIDER)
+        cmd = [PYTHON, "-m", "scrapy", "runspider", str(spider), "-a", f"base={site.url}",
+               "-o", str(tmp_path / feed), "-s", f"CHECKPOINT_OUTPUT={tmp_path / 'own.jl'}",
+               "-s", "ADDONS={\"scrapy_checkpoint.Addon\": 100}",
+               "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}", "-s", "CHECKPOINT_SAVE_EVERY=1",
+               "-s", "CONCURRENT_REQUESTS=2", "-s", "LOG_LEVEL=INFO"]
+        if "batch_id" in feed:  # files of 3 items: start()'s fill the first ones
+            cmd += ["-s", "FEED_EXPORT_BATCH_ITEM_COUNT=3"]
+        killed = run(site, cmd, tmp_path, cwd=tmp_path, interrupt=sigkill,
+                     interrupt_after_hits=PAGES)
+        assert killed.returncode == -9, killed.log[-3000:]
+        delivered = _start_delivered(tmp_path)  # committed by the killed run
+        final = run(site, cmd, tmp_path, cwd=tmp_path)
+        assert final.returncode == 0, final.log[-3000:]
+        assert "[start_items] Completed." in final.log, final.log[-3000:]
+    finally:
+        site.close()
+    own = (tmp_path / "own.jl").read_text().splitlines()
+    starts = Counter(json.loads(line)["start"] for line in own if '"start"' in line)
+    assert starts == Counter(range(START_ITEMS))
+    text = "".join(path.read_text() for path in sorted(tmp_path.glob(feed.replace("%(batch_id)d", "*"))))
+    if feed.endswith(".json"):
+        found = [item["start"] for item in json.loads(text) if "start" in item]
+    elif feed.endswith(".xml"):
+        found = [int(n) for n in re.findall(r"<start>(\d+)</start>", text)]
+    else:
+        found = [json.loads(line)["start"] for line in text.splitlines() if '"start"' in line]
+    assert Counter(found) == Counter(range(START_ITEMS)), feed
+    assert len([line for line in own if '"page"' in line]) == PAGES * 4
+    # The kill came after the commit of start()'s items: the resume dropped them all.
+    assert delivered == list(range(START_ITEMS))
+    assert f"'checkpoint/items_already_delivered': {START_ITEMS}," in final.log

@@ -8,7 +8,9 @@
   it; with ``CHECKPOINT_DROP_UNRESTORABLE`` the run drops those requests, counts them, and the
   stage ends ``incomplete``.
 - Requests that cannot be journaled and were pending at a kill are counted as lost: the stage
-  ends ``incomplete``, never ``completed``, and says how many.
+  ends ``incomplete``, never ``completed``, and says how many; but those whose callback is a
+  lambda, yielded by a unit's callback, are found again (that unit is done only once they
+  are), and the crawl ends as plain Scrapy's.
 """
 
 from __future__ import annotations
@@ -194,3 +196,31 @@ def test_unjournaled_requests_pending_at_a_kill_are_counted_and_the_stage_ends_i
         assert _state(tmp_path, "site").status is Status.INCOMPLETE
     finally:
         site.close()
+
+
+def test_requests_with_lambda_callbacks_are_found_again_after_a_kill(tmp_path: Path) -> None:
+    # Every link is followed with a lambda: no request but the start one can be journaled
+    # with its callback. Each holds the unit whose callback yielded it until it is done, so
+    # a kill redoes that unit, which yields it again: nothing is lost, nothing written twice.
+    site = Site(120, delay=0.004)
+    try:
+        plain = Outputs(tmp_path / "plain")
+        plain.directory.mkdir()
+        reference = crawl(site, plain, "-a", "lambdas=1", "-s", "ADDONS={}")
+        assert reference.returncode == 0, reference.log[-3000:]
+        outputs = Outputs(tmp_path / "cp")
+        outputs.directory.mkdir()
+        killed = crawl(site, outputs, "-a", "lambdas=1", interrupt=sigkill, interrupt_after_hits=40)
+        assert killed.returncode == -9, killed.log[-3000:]
+        final = crawl(site, outputs, "-a", "lambdas=1")
+    finally:
+        site.close()
+    assert final.returncode == 0, final.log[-3000:]
+    assert "[site] Completed." in final.log, final.log[-3000:]
+    assert "checkpoint/lost" not in final.log
+    assert sorted(outputs.jsonlines("items.jl")) == sorted(plain.jsonlines("items.jl"))
+    assert sorted(outputs.jsonlines("own.jl")) == list(range(120))
+    assert sorted(outputs.csv_pages()) == list(range(120))
+    state = _state(outputs.directory, "site")
+    assert state.status is Status.COMPLETED
+    assert state.lost == {}

@@ -19,6 +19,16 @@ those ordinals are dropped before the pipelines (stat
 commit are handed again (``checkpoint/items_replayed``): the replays are bounded by what
 the last, uncommitted group saw.
 
+Items that ``start()`` yields are numbered the same way (its ``n``-th item), and the
+ordinals delivered before a commit are kept with the stage (attached data
+``"start_delivered"``, ranges): ``start()`` runs again from the top on every run, and
+its items delivered by an earlier run are dropped before the pipelines
+(``checkpoint/items_already_delivered``), so a feed holds each of them once, as in an
+uninterrupted crawl (``start()`` must yield the same items in the same order, as a
+callback redone must). Their bytes are written when they are scraped (not held: they
+belong to no unit), and a commit records them with the length that covers them; so this
+holds with batch feeds too (:func:`modes`).
+
 Limits:
 
 - The outputs (feeds, ``CHECKPOINT_OUTPUT``) keep a unit's bytes until it is done, or
@@ -60,6 +70,9 @@ if TYPE_CHECKING:
 #: Attached data: ``{unit code as hex: [[first, last], ...]}``, ordinals of delivered items
 #: of units not done yet (ranges, both ends included).
 DELIVERED_ATTACHED = "delivered"
+
+#: Attached data: ordinals (ranges) of the items ``start()`` yielded that were delivered.
+START_DELIVERED_ATTACHED = "start_delivered"
 
 #: Items yielded and not yet through the pipelines above which the bookkeeping is reset
 #: (cannot happen with Scrapy's scraper, which limits the items in progress: a safety net).
@@ -144,22 +157,31 @@ ERRBACK_PREFIX = "err"
 _RECORD_FORMATS = frozenset({"jsonlines", "jl", "json", "csv", "xml", "marshal", "pickle"})
 
 
-def possible(settings: Any) -> bool:
+def possible(settings: Any, *, batches: bool = False) -> bool:
     """True when the crawl's feeds can keep the items of a unit in flight item by item:
-    every feed a local file of a format Scrapy ships, without batches or postprocessing.
-    A remote feed (Scrapy writes it as in a plain crawl) would never get an item dropped
-    before the pipelines; a batch feed opens its next file (a commit) while it appends."""
-    if settings.getint("FEED_EXPORT_BATCH_ITEM_COUNT"):
+    every feed a local file of a format Scrapy ships, without batches (unless ``batches``:
+    for the items of ``start()``, written at once) or postprocessing. A remote feed (Scrapy
+    writes it as in a plain crawl) would never get an item dropped before the pipelines; a
+    batch feed opens its next file (a commit) while it appends."""
+    if settings.getint("FEED_EXPORT_BATCH_ITEM_COUNT") and not batches:
         return False
     for uri, given in settings.getdict("FEEDS").items():
         text = str(uri)
         if "://" in text and not text.startswith("file:"):
             return False
         options = given if isinstance(given, dict) else {}
-        if (options.get("batch_item_count") or options.get("postprocessing")
-                or "%(batch_" in text or options.get("format") not in _RECORD_FORMATS):
+        batched = options.get("batch_item_count") or "%(batch_" in text
+        if ((batched and not batches) or options.get("postprocessing")
+                or options.get("format") not in _RECORD_FORMATS):
             return False
     return True
+
+
+def modes(settings: Any, *, alone: bool) -> dict[str, bool]:
+    """:class:`Deliveries`' ``enabled`` and ``start_enabled`` for a crawl with ``settings``
+    (``alone``: no worker of a shared stage, nor with scrapy-redis's scheduler)."""
+    return {"enabled": alone and possible(settings),
+            "start_enabled": alone and possible(settings, batches=True)}
 
 
 class Deliveries:
@@ -169,15 +191,18 @@ class Deliveries:
     run); ``in_flight``: the units of this run not done (the frontier's); ``outputs`` and
     ``totals``: the files and counters released at each commit for the items delivered so
     far; ``enabled``: False when :func:`possible` says so (every item of a redone unit is
-    handed again, as before).
+    handed again, as before); ``start_enabled``: the same for the items of ``start()``
+    (:func:`possible` with batches).
     :meth:`yielded` is called for every item a callback yields (False: drop it),
     :meth:`finished` when the pipelines are done with one, :meth:`commit` from the commit
     hook.
     """
 
     def __init__(self, cp: EnhancedCheckpoint, in_flight: Container[int], outputs: OutputSet,
-                 totals: StageTotals, stats: Any, *, enabled: bool = True) -> None:
+                 totals: StageTotals, stats: Any, *, enabled: bool = True,
+                 start_enabled: bool | None = None) -> None:
         self.cp = cp
+        self.start_enabled = enabled if start_enabled is None else start_enabled
         #: False in a crawl with outputs whose items cannot be kept per item (see
         #: :func:`possible`).
         self.enabled = enabled
@@ -210,6 +235,12 @@ class Deliveries:
         self._mixed: set[int] = set()
         #: Outputs started per unit in this run (pruned at each commit to the units in flight).
         self._passes: dict[int, int] = {}
+        #: start()'s items: the ordinals delivered before this run and since the last
+        #: commit, the next ordinal, and the ones between start() and the end of the pipelines.
+        self._start_before = from_ranges(cp.live.attached.get(START_DELIVERED_ATTACHED))
+        self._start_delivered: set[int] = set()
+        self._start_next = 0
+        self._start_in_progress: dict[int, int] = {}
 
     def yielded(self, item: Any, request: Request, ordinal: int) -> bool:
         """The callback of ``request`` yielded ``item``, its ``ordinal``-th item: False when
@@ -240,6 +271,21 @@ class Deliveries:
         in_progress[id(item)] = (code, ordinal)
         return True
 
+    def from_start(self, item: Any) -> bool:
+        """``start()`` yielded ``item``, its next item: False when an earlier run delivered
+        it (drop it), else True."""
+        ordinal = self._start_next
+        self._start_next += 1
+        if not self.start_enabled:
+            return True
+        if ordinal in self._start_before:
+            self.stats.inc_value("checkpoint/items_already_delivered")
+            return False
+        if len(self._start_in_progress) >= _MAX_IN_PROGRESS:
+            self._start_in_progress.clear()
+        self._start_in_progress[id(item)] = ordinal
+        return True
+
     def errback_output(self, request: Request) -> None:
         """An errback of ``request`` yields items: its unit keeps them until it is done."""
         meta = request.meta
@@ -252,6 +298,13 @@ class Deliveries:
     def finished(self, item: Any) -> None:
         """The pipelines are done with ``item`` (scraped, dropped or failed), and the
         receivers of its ``item_*`` signal have run: the feeds hold its bytes."""
+        if self._start_in_progress:
+            ordinal = self._start_in_progress.pop(id(item), None)
+            if ordinal is not None:
+                if not self._start_delivered:  # the next commit is due
+                    self.cp.attach(START_DELIVERED_ATTACHED, self._start_before.ranges())
+                self._start_delivered.add(ordinal)
+                return
         where = self._in_progress.pop(id(item), None)
         if where is not None:
             code, ordinal = where
@@ -270,6 +323,10 @@ class Deliveries:
         by units still in flight (those with no item between its signal and the end of its
         processing), and put the ordinals delivered into ``attached`` when they changed.
         Units done are forgotten."""
+        if self._start_delivered and self.outputs.take_released():
+            self._start_before.update(self._start_delivered)
+            self._start_delivered = set()
+            attached[START_DELIVERED_ATTACHED] = self._start_before.ranges()
         if not self.enabled:
             return
         live = self.cp.live
@@ -333,9 +390,11 @@ class ItemTracking:
             self.ids.yielded(item, prefix, n)
         return True
 
-    def from_start(self, item: Any) -> None:
+    def from_start(self, item: Any) -> bool:
+        delivered = not self.deliveries.from_start(item)
         if self.ids is not None:
-            self.ids.from_start(item)
+            self.ids.from_start(item, delivered=delivered)
+        return not delivered
 
     def finished(self, item: Any, response: Any) -> None:
         self.totals.item_finished(response)
@@ -344,5 +403,5 @@ class ItemTracking:
             self.ids.finished(item)
 
 
-__all__ = ["DELIVERED_ATTACHED", "ERRBACK_PREFIX", "Deliveries", "ItemTracking", "Ordinals",
-           "from_ranges", "to_ranges"]
+__all__ = ["DELIVERED_ATTACHED", "ERRBACK_PREFIX", "START_DELIVERED_ATTACHED", "Deliveries",
+           "ItemTracking", "Ordinals", "from_ranges", "to_ranges"]

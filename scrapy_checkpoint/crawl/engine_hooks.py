@@ -114,8 +114,9 @@ class ItemHooks(Protocol):
         """``item`` is the ``n``-th item (0, 1...) of that output; False: drop it (it never
         reaches the pipelines)."""
 
-    def from_start(self, item: Any) -> None:
-        """``item`` is the next item ``start()`` yielded."""
+    def from_start(self, item: Any) -> bool:
+        """``item`` is the next item ``start()`` yielded; False: drop it (it never reaches
+        the pipelines)."""
 
     def finished(self, item: Any, response: Any) -> None:
         """``item``'s processing by the pipelines ended (scraped, dropped or failed);
@@ -227,7 +228,8 @@ def hook_item_processing(engine: Any, items: ItemHooks) -> None:
 
     def start_item(item: Any) -> None:
         try:
-            items.from_start(item)
+            if not items.from_start(item):
+                return  # delivered by an earlier run
         except Exception:
             logger.exception("scrapy-checkpoint failed to number an item of start()")
         from_start(item)

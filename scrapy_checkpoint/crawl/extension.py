@@ -38,7 +38,7 @@ from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
 from .deliveries import Deliveries, ItemTracking
-from .deliveries import possible as deliveries_possible
+from .deliveries import modes as deliveries_modes
 from .engine_hooks import (
     callbacks_idle,
     crawl_started,
@@ -215,8 +215,8 @@ class CheckpointExtension:
         totals.log_earlier_items(self.stage)
         frontier.on_done, frontier.on_leave = totals.release, totals.discard
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
-            cp, frontier.live, outputs, totals, self.stats, enabled=worker is None
-            and not self._scrapy_redis and deliveries_possible(self.crawler.settings))
+            cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(
+                self.crawler.settings, alone=worker is None and not self._scrapy_redis))
         keeper = self.spider_state = SpiderStateKeeper(
             cp, lambda: not crawl_started(self.crawler) or callbacks_idle(self.crawler.engine))
         spider = getattr(self.crawler, "spider", None)
@@ -577,7 +577,8 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
         logger.warning(
             "Stage %s: %d request(s) that could not be journaled were pending at the "
             "interruption: they cannot be sent again, so their work is lost unless the "
-            "crawl finds them again; the stage will end 'incomplete'.", ext.stage,
+            "crawl finds them again (a request whose callback yields one does it again); "
+            "else the stage will end 'incomplete'.", ext.stage,
             unjournaled)
     assert ext.setup is not None
     if ext.scheduler is not None:  # queued by code: nothing is rebuilt before its turn

@@ -24,12 +24,13 @@ from scrapy.exceptions import IgnoreRequest
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.keys import fingerprint_code
-from .identity import HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
+from .identity import HELD_META, HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .progress import CrawlProgress, unit_kind
 from .requests import (
     NEEDS_ATTACHED,
     UnserializableRequest,
+    callbacks_by_name,
     needs_of,
     payload_to_request,
     request_record,
@@ -45,6 +46,10 @@ logger = logging.getLogger("scrapy_checkpoint")
 #: What becomes of a request that cannot be journaled (see Frontier.payload).
 _UNJOURNALED = ("it is crawled but kept in memory only, so a crash before it finishes loses it "
                 "(the loss is counted, and the stage then ends 'incomplete')")
+#: The same, for a request a unit's callback yielded (see HeldUnits).
+_HELD = ("it is crawled as a unit without its request: the request whose callback yielded "
+         "it is done only once it is done, so a crash before then does that one again, which "
+         "yields it again")
 
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
@@ -90,7 +95,9 @@ def _needs_of_journaled(cp: EnhancedCheckpoint) -> set[tuple[str, str]]:
 class Holds:
     """``checkpoint_ignore`` requests that a unit's callback yielded hold that unit: it is done
     once they are finished (their items are its items), so a crash before then redoes them
-    with it. A few per unit whose callback runs; nothing once they are finished."""
+    with it. So do the units of requests that cannot be journaled for their callback
+    (:data:`~.identity.HELD_META`), until they are done. A few per unit whose callback runs;
+    nothing once they are finished."""
 
     def __init__(self) -> None:
         #: Unit -> how many requests hold it (empty: nothing to release, the usual case).
@@ -98,20 +105,24 @@ class Holds:
         self._holder: WeakKeyDictionary[Request, int] = WeakKeyDictionary()
         #: Units whose own request is finished, waiting for the requests that hold them.
         self.waiting: dict[int, Request] = {}
+        #: Units held for their callbacks -> the unit each holds.
+        self._held_units: dict[int, int] = {}
 
-    def hold(self, request: Request, unit: int) -> None:
-        """``request`` (scheduled) holds ``unit`` until :meth:`release`."""
-        if request not in self._holder:
-            self._holder[request] = unit
+    def hold(self, request: Request | int, unit: int) -> None:
+        """``request`` (scheduled; or a unit's code) holds ``unit`` until :meth:`release`."""
+        holders: Any = self._held_units if type(request) is int else self._holder
+        if request not in holders:
+            holders[request] = unit
             self.count[unit] = self.count.get(unit, 0) + 1
 
     def held(self, unit: int) -> bool:
         return unit in self.count
 
-    def release(self, request: Request) -> int | None:
-        """``request`` is finished (or was dropped): the unit it held if that unit now waits
-        for nothing (and is no longer waiting), else None."""
-        unit = self._holder.pop(request, None)
+    def release(self, request: Request | int) -> int | None:
+        """``request`` is finished or was dropped (a unit's code: it is done): the unit it
+        held if that unit now waits for nothing (and is no longer waiting), else None."""
+        holders: Any = self._held_units if type(request) is int else self._holder
+        unit = holders.pop(request, None)
         if unit is None:
             return None
         left = self.count[unit] - 1
@@ -414,7 +425,52 @@ class JournaledRecords:
         return sorted([kind, name] for kind, name in self.needs)
 
 
-class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
+class HeldUnits:
+    """The part of :class:`Frontier` for requests whose callback or errback is no spider method
+    (a lambda, another object's method): they are journaled without their request, so the
+    unit whose callback yielded one is done only once that one's unit is done
+    (:class:`Holds`), and a crash before then redoes that unit, which yields it again and
+    finds it. Uses the frontier's fields, declared here."""
+
+    crawler: Any
+    live: set[int]
+    holds: Holds
+
+    def unit_of_request(self, request: Request | None) -> int | None:
+        raise NotImplementedError
+
+    def _finish(self, code: int, request: Request) -> None:
+        raise NotImplementedError
+
+    def held(self, request: Request, parent: Request) -> None:
+        """A unit's callback yielded ``request``: mark it (:data:`HELD_META`, the unit in
+        :data:`HOLDER_META`) if its callback or errback cannot be journaled."""
+        meta = request.meta
+        if callbacks_by_name(request, self.crawler.spider):
+            if meta.pop(HELD_META, None):  # (copied from another request's meta)
+                meta.pop(HOLDER_META, None)
+            return
+        holder = self.unit_of_request(parent)
+        if holder is None:
+            return  # (start()'s) journaled without its request: a crash loses it (counted)
+        meta[HELD_META], meta[HOLDER_META] = True, holder
+
+    def hold_parent(self, code: int, meta: dict[str, Any]) -> None:
+        """Unit ``code`` was just registered: if it is held for its callback, it holds the
+        unit that yielded it."""
+        if meta.get(HELD_META) and meta.get(HOLDER_META) in self.live:
+            self.holds.hold(code, meta[HOLDER_META])
+
+    def release_holds(self) -> None:
+        """The crawl is idle: every request is finished, so units still held (a
+        ``checkpoint_ignore`` request dropped unseen, e.g. by another ``request_scheduled``
+        handler) are finished now."""
+        waiting, self.holds = self.holds.waiting, Holds()
+        for code, request in waiting.items():
+            self._finish(code, request)
+
+
+class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, HeldUnits):
     """Per-request unit bookkeeping of one crawl (the checkpoint holds the journaled state).
 
     ``crawler`` is Scrapy's crawler, ``cp`` the open checkpoint, ``outputs`` the stage's
@@ -578,6 +634,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         meta[UNIT_META] = code
         live.add(code)
         self._registered.add(request)
+        self.hold_parent(code, meta)
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
@@ -586,7 +643,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         if code not in pending:  # (nor done: see above)
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
-            record = self.record(request, spider)
+            record = self.record(request, spider, then=_HELD if meta.get(HELD_META) else _UNJOURNALED)
             try:
                 cp.add_new_unit(code, record, request.priority)
             except CheckpointError as exc:  # its record cannot be written: the crawl stops
@@ -697,6 +754,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
                 meta[HOLDER_META] = holder
         elif request.dont_filter:
             self.identity.tag(request, self.unit_of_request(parent))
+        if not meta.get(IGNORE_META):
+            self.held(request, parent)
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         """``spider_error`` signal: the callback raised."""
@@ -765,7 +824,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
             return
         self._finish(code, request)
 
-    def _release(self, request: Request) -> None:
+    def _release(self, request: Request | int) -> None:
         """``request`` is finished or dropped: finish the unit it held, if that waited only
         for it."""
         if not self.holds.count:  # no request holds a unit (the usual case)
@@ -773,14 +832,6 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         unit = self.holds.release(request)
         if unit is not None:
             self._finish(unit, self.holds.waiting.pop(unit))
-
-    def release_holds(self) -> None:
-        """The crawl is idle: every request is finished, so units still held (a
-        ``checkpoint_ignore`` request dropped unseen, e.g. by another ``request_scheduled``
-        handler) are finished now."""
-        waiting, self.holds = self.holds.waiting, Holds()
-        for code, request in waiting.items():
-            self._finish(code, request)
 
     def _finish(self, code: int, request: Request) -> None:
         """Unit ``code`` is done; ``request`` is the last request that carried it."""
@@ -811,4 +862,5 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords):
         except CheckpointError as exc:
             self.stop(exc)
             return
+        self._release(code)  # a unit held for its callback: the unit it holds may be done
         self.stats.inc_value("checkpoint/done")

@@ -47,6 +47,10 @@ IGNORE_META = "checkpoint_ignore"
 #: ``request.meta`` key holding the unit a ``checkpoint_ignore`` request belongs to: the
 #: unit whose callback or errback yielded it (done only once that request is finished).
 HOLDER_META = "_checkpoint_holder"
+#: ``request.meta`` key set on a request whose callback or errback is no spider method (a
+#: lambda, another object's method) yielded by a unit's callback: it cannot be journaled, so
+#: it holds that unit as a ``checkpoint_ignore`` request does (redone with it after a crash).
+HELD_META = "_checkpoint_held"
 #: The parent of ``dont_filter`` requests that no unit's callback yielded (``start()``).
 ROOT = 0
 

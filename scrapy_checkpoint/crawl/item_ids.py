@@ -66,9 +66,11 @@ class ItemIds:
         """``item`` is the ``n``-th item of the callback whose ids start with ``prefix``."""
         self.live[id(item)] = (item, prefix, n)
 
-    def from_start(self, item: Any) -> None:
-        """``item`` is the next item ``start()`` yielded in this run."""
-        self.live[id(item)] = (item, f"{ROOT}", self._start)
+    def from_start(self, item: Any, *, delivered: bool = False) -> None:
+        """``item`` is the next item ``start()`` yielded in this run (``delivered``: by an
+        earlier run, dropped: it only takes its number)."""
+        if not delivered:
+            self.live[id(item)] = (item, f"{ROOT}", self._start)
         self._start += 1
 
     def finished(self, item: Any) -> None:

@@ -27,9 +27,11 @@ from ..clock import walltime
 from ..errors import ConfigError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
+from .deliveries import START_DELIVERED_ATTACHED
 from .frontier import LOST_UNRESTORABLE
 from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
+from .rules import note_rules
 from .scrapy_redis import own_scrapy_redis_queue
 from .settings import CheckpointSettings
 
@@ -85,8 +87,11 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
                  refresh_before=refresh_before)
         if history is not None:  # a new run of it: the best prior of its size
             cp.attach(HISTORY_ATTACHED, history)
+        if refresh_before is not None:  # a new pass: start()'s items are delivered again
+            cp.attach(START_DELIVERED_ATTACHED, [])
         if problems:
             _drop_unrestorable(crawler, cp, problems, name)
+        note_rules(cp, crawler.spider if crawler.spider is not None else crawler.spidercls, name)
     except BaseException:
         cp.close()
         raise

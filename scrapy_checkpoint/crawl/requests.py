@@ -21,6 +21,7 @@ from scrapy.utils.request import request_from_dict
 
 from ..errors import CorruptCheckpointError
 from . import values
+from .rules import RULE, has_rule, rule_index, rule_of
 
 #: Payload key listing the parts (``meta``, ``cb_kwargs``) written with type tags.
 TAGGED = "_tags"
@@ -74,6 +75,19 @@ def _request_dict(request: Request, spider: Spider) -> dict[str, Any]:
     if type(request) is not Request:
         d["_class"] = f"{type(request).__module__}.{type(request).__name__}"
     return d
+
+
+def callbacks_by_name(request: Request, spider: Spider) -> bool:
+    """True when ``request``'s callback and errback can be journaled: none, or methods of
+    ``spider`` (found by their name, or under another attribute as ``to_dict`` finds them)."""
+    if (_method_name(spider, request.callback) is not _SLOW
+            and _method_name(spider, request.errback) is not _SLOW):
+        return True
+    try:
+        request.to_dict(spider=spider)
+    except ValueError:
+        return False
+    return True
 
 
 def _b64_cached(data: bytes, cache: dict[bytes, str]) -> str:
@@ -145,6 +159,9 @@ def _payload_dict(request: Request, spider: Spider) -> dict[str, Any]:
         for key, default in _DEFAULTS.items():  # left out: a record is its request's own values
             if key in d and d[key] == default:
                 del d[key]
+    rule = rule_of(d, spider)
+    if rule is not None:  # a CrawlSpider rule's request: the rule by signature, not by index
+        d[RULE] = rule
     tagged = None
     for part in ("meta", "cb_kwargs"):
         value = d.get(part)
@@ -253,6 +270,10 @@ def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
         _request_class(d["_class"])
     for part in d.pop(TAGGED, ()):
         d[part] = values.decode(d[part])
+    rule = d.pop(RULE, None)
+    if rule is not None:  # the index of its rule in the spider's rules of this run
+        d["meta"] = dict(d.get("meta") or {})
+        rule_index(rule, d["meta"], spider)
     d["headers"] = {k.encode("latin-1"): [base64.b64decode(v) for v in vs]
                     for k, vs in d.get("headers", {}).items()}
     d["body"] = base64.b64decode(d.get("body", ""))
@@ -266,8 +287,8 @@ NEEDS_ATTACHED = "needs"
 
 def needs_of(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What a journaled request needs from the spider and the imported modules to be rebuilt:
-    ``(kind, name)`` pairs, ``kind`` being ``"callback"``, ``"errback"``, ``"request class"``
-    or ``"item class"``."""
+    ``(kind, name)`` pairs, ``kind`` being ``"callback"``, ``"errback"``, ``"request class"``,
+    ``"item class"`` or ``"rule"`` (a CrawlSpider rule's signature, see :mod:`.rules`)."""
     return list(_needs(payload))
 
 
@@ -282,6 +303,9 @@ def _needs(payload: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         needs += (("errback", errback),)
     if cls:
         needs += (("request class", cls),)
+    rule = get(RULE)
+    if rule:
+        needs += (("rule", rule),)
     if TAGGED in payload:
         classes: set[str] = set()
         for part in payload[TAGGED]:
@@ -304,6 +328,8 @@ class Needs:
         if ok is None:
             if kind in ("callback", "errback"):
                 ok = callable(getattr(self.spider, name, None))
+            elif kind == "rule":
+                ok = has_rule(self.spider, name)
             elif kind == "request class":
                 module_name, _, cls_name = name.rpartition(".")
                 cls = getattr(sys.modules.get(module_name), cls_name, None)
@@ -321,8 +347,9 @@ class Needs:
 def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, list[int]]:
     """What the journaled requests in ``pending`` ((code, payload) pairs) need and ``spider`` (the
     spider or its class) or the imported modules no longer have: ``{what: [codes]}``, each
-    ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"`` or
-    ``"item class 'path'"``. Each distinct name is looked up once; payloads that are None
+    ``what`` being ``"callback 'name'"``, ``"errback 'name'"``, ``"request class 'path'"``,
+    ``"item class 'path'"`` or ``"CrawlSpider rule 'signature'"`` (a rule removed or
+    changed). Each distinct name is looked up once; payloads that are None
     (requests that could not be journaled) are left out."""
     needs = Needs(spider)
     problems: dict[str, list[int]] = {}
@@ -331,5 +358,6 @@ def unrestorable(pending: Iterable[tuple[int, Any]], spider: Any) -> dict[str, l
             continue
         for kind, name in needs_of(payload):
             if needs.missing(kind, name):
-                problems.setdefault(f"{kind} {name!r}", []).append(code)
+                what = "CrawlSpider rule" if kind == "rule" else kind
+                problems.setdefault(f"{what} {name!r}", []).append(code)
     return problems

@@ -35,8 +35,9 @@ class ItemLog:
         self.events.append(("yielded", item, prefix, n))
         return n not in self.drop
 
-    def from_start(self, item: Any) -> None:
+    def from_start(self, item: Any) -> bool:
         self.events.append(("start", item))
+        return item != "delivered"  # an earlier run delivered it: dropped
 
     def finished(self, item: Any, response: Any) -> None:
         self.events.append(("finished", item))
@@ -249,12 +250,14 @@ def test_the_processing_hook_numbers_start_items_and_ends_every_item_even_on_fai
 
     scraper = Scraper()
     hook_item_processing(SimpleNamespace(scraper=scraper), log)
+    scraper._start_itemproc_nowait("delivered")
     scraper._start_itemproc_nowait("s0")
     asyncio.run(scraper.start_itemproc_async("good", response=None))
     with pytest.raises(ValueError, match="pipeline bug"):
         asyncio.run(scraper.start_itemproc_async("bad", response=None))
-    assert scraper.started == ["s0"]
-    assert log.events == [("start", "s0"), ("finished", "good"), ("finished", "bad")]
+    assert scraper.started == ["s0"]  # the item delivered before never reaches the pipelines
+    assert log.events == [("start", "delivered"), ("start", "s0"), ("finished", "good"),
+                          ("finished", "bad")]
 
 
 def test_the_scraper_methods_the_processing_hook_wraps_exist() -> None:

@@ -13,6 +13,7 @@ class SiteSpider(scrapy.Spider):
 
     ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback;
     ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta;
+    ``-a lambdas=1`` follows links with a lambda as callback (not a spider method);
     ``-a extra=1`` gives every item one more field, ``extra``, after ``page``;
     ``-a priority=1`` gives each link the priority ``page * 7 % 10`` of the page it leads to;
     ``-a starts=N`` makes start() yield pages 0 to N-1 (instead of page 0 only);
@@ -24,8 +25,9 @@ class SiteSpider(scrapy.Spider):
 
     def __init__(self, base: str = "", fail_in_callback: str = "", unserializable: str = "",
                  extra: str = "", priority: str = "", probe: str = "", starts: str = "",
-                 **kwargs: Any) -> None:
+                 lambdas: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.lambdas = bool(lambdas)
         self.starts = int(starts or 1)
         self.priority = bool(priority)
         self.probe = probe
@@ -58,4 +60,5 @@ class SiteSpider(scrapy.Spider):
         for href in response.css("a::attr(href)").getall():
             target = int(href.rsplit("/", 1)[1])
             priority = target * 7 % 10 if self.priority else 0
-            yield response.follow(href, callback=self.parse, meta=meta, priority=priority)
+            callback = (lambda r: self.parse(r)) if self.lambdas else self.parse  # noqa: PLW0108 (the point)
+            yield response.follow(href, callback=callback, meta=meta, priority=priority)
