@@ -314,8 +314,10 @@ def timed(cls, name, own=True):
 for name in ("item_scraped", "spider_opened", "spider_closed", "log_progress"):
     timed(CheckpointExtension, name)
 for name in ("request_scheduled", "request_dropped", "spider_error", "request_started",
-             "request_finished"):
+             "request_finished", "child_yielded"):  # child_yielded: each request a callback yields
     timed(Frontier, name)
+# Not timed: CheckpointScheduler.enqueue_request and next_request, which replace Scrapy's own
+# scheduler (plain Scrapy's costs about as much: see docs/benchmarks.md, section 3).
 for name in ("process_request", "process_response", "process_exception"):
     timed(CheckpointMiddleware, name)
 for name in ("prefix", "yielded", "from_start", "finished"):  # the item hooks, per item
