@@ -385,6 +385,52 @@ def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recrea
     assert not directory.exists(), "a partial checkpoint directory was recreated"
 
 
+def _tracker_job(directory: Path, tmp_path: Path, n: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([PYTHON, str(SCRIPTS / "tracker_job.py"), str(directory), "s",
+                             str(n), str(tmp_path / "run.log"), "4", "3", "flush"],
+                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_redone(
+    tmp_path: Path,
+) -> None:
+    """The state file says 'units were done', the journal that says which is gone: a resume
+    would redo them and count them again ('Completed 100% (29/20)'). It is refused with one
+    paragraph, nothing changed, until the stage is reset."""
+    directory, n = tmp_path / "cp", 3000
+    proc = _tracker_job(directory, tmp_path, n)
+    assert proc.stdout is not None
+    for _ in range(500):  # committed, and the state file written since (at start, at least)
+        assert proc.stdout.readline()
+    proc.kill()
+    proc.communicate(timeout=60)
+    shutil.rmtree(directory / "s")
+    state = (directory / "s.json").read_bytes()
+    recorded = read_stage(FileStore(directory), "s").state.progress.processed_items
+
+    again = _tracker_job(directory, tmp_path, n)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode != 0, out[-500:]
+    assert "DONE" not in out
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("CheckpointError: The journal and snapshots of stage 's'"), err
+    assert "reset s" in last
+    assert (directory / "s.json").read_bytes() == state, "the state file was changed"
+    assert not (directory / "s").exists(), "the stage's directory was recreated"
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 3, shown.stdout + shown.stderr
+    assert "are missing" in shown.stdout
+
+    assert cli(directory, "reset", "s").returncode == 0
+    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=300)
+    assert out.strip().endswith("DONE"), err[-2000:]
+    view = read_stage(FileStore(directory), "s")
+    assert view.state.status is Status.COMPLETED
+    assert view.state.progress.processed_items == n, (recorded, view.state.progress)
+
+
 # -- 4. reset killed at every step ---------------------------------------------------------------
 
 _KILLED_RESET = """

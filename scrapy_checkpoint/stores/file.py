@@ -75,6 +75,7 @@ from .files import (
     regular_mode,
     remove_leftovers,
     unlink_quietly,
+    without,
 )
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -400,7 +401,7 @@ class SegmentWriter:
                 f"The checkpoint directory was deleted or replaced while the job ran: the "
                 f"journal segment {self.path} is no longer in it, so nothing more can be "
                 f"recorded (and nothing is recreated). Put the directory back to resume from "
-                f"it; without it, the next run starts the stage over.")
+                f"it; {without(self._dir)}")
             raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:
