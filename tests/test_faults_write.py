@@ -540,6 +540,50 @@ def test_planted_temp_file_links_are_never_written_through(tmp_path: Path) -> No
     assert read_stage(FileStore(directory), "s").state.progress.processed_items == 1
 
 
+def test_an_export_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    (tmp_path / "export.json").symlink_to(target)
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "created-elsewhere.json")
+    for name in ("export.json", "dangling.json"):
+        done = cli(directory, "export", "-o", str(tmp_path / name))
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "is a symbolic link" in done.stderr
+        assert "Nothing was written" in done.stderr
+        with pytest.raises(CheckpointWriteError, match="symbolic link"):
+            UnifiedCheckpointManager(directory).export(tmp_path / name)
+    assert target.read_text() == "PRECIOUS\n"
+    assert not (tmp_path / "created-elsewhere.json").exists()
+
+
+def test_an_export_on_a_full_disk_keeps_the_previous_export_whole(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
+        out = mnt / "export.json"
+        assert cli(directory, "export", "-o", str(out)).returncode == 0
+        before = out.read_bytes()
+        for i in range(8):  # a longer export next time
+            make_stage_for_export(directory, f"more{i}")
+        fill(mnt / "filler")
+        done = cli(directory, "export", "-o", str(out))
+        assert done.returncode == 1
+        assert "No space left on device" in done.stderr
+        assert out.read_bytes() == before, "the previous export was cut"
+        assert sorted(p.name for p in mnt.iterdir()) == ["export.json", "filler"]
+
+
+def make_stage_for_export(directory: Path, stage: str = "s") -> None:
+    cp = EnhancedCheckpoint(directory, stage, log_every=0)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    cp.close()
+
+
 def test_reset_through_a_linked_data_directory_refuses_and_deletes_nothing(
     tmp_path: Path,
 ) -> None:
