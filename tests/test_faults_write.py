@@ -363,6 +363,43 @@ def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     assert not directory.exists(), "a partial checkpoint directory was recreated"
 
 
+_MAP_JOB = """
+import asyncio, shutil, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+directory, n, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ran = []
+async def work(i):
+    await asyncio.sleep(0)
+    if i == at:
+        shutil.rmtree(directory)  # another process deletes the checkpoint
+    ran.append(i)
+async def main():
+    async with AsyncCheckpointTracker(directory, "m", progress_bar=False, log_every=0,
+                                      save_every=1) as tracker:
+        try:
+            await tracker.map(work, range(n), concurrency=8)
+        finally:
+            print("RAN", len(ran), flush=True)
+asyncio.run(main())
+"""
+
+
+def test_tracker_map_stops_starting_items_once_nothing_can_be_recorded(tmp_path: Path) -> None:
+    """map() went on running every item left (their work done, none recorded) after the
+    checkpoint's directory was deleted or its disk filled, and each task's failure was
+    logged as 'Task exception was never retrieved' with its traceback."""
+    directory, n, at = tmp_path / "cp", 3000, 300
+    done = run(PYTHON, "-c", _MAP_JOB, str(directory), str(n), str(at))
+    assert done.returncode == 1, done.stdout
+    assert "never retrieved" not in done.stderr, done.stderr[:3000]
+    assert "Traceback" not in done.stderr, done.stderr[:3000]
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: "), done.stderr[-3000:]
+    assert "deleted or replaced" in done.stderr
+    ran = int(done.stdout.split("RAN ")[1])
+    assert ran <= at + 1 + 2 * 8, f"{ran} items run, at most {at + 1} could be recorded"
+    assert not directory.exists()
+
+
 def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recreate_it(
     tmp_path: Path,
 ) -> None:
