@@ -763,7 +763,10 @@ class RedisStore:
             previous.size = 0
             writer = previous
         else:
-            seq, rseq = self.client.hmget(self.key(stage, "meta"), ["seq", "rq"])
+            # Listed again: a reset under the lock (start(reset=True)) took it off the set.
+            with self.client.pipeline(transaction=False) as pipe:
+                (seq, rseq), _ = pipe.hmget(self.key(stage, "meta"), ["seq", "rq"]).sadd(
+                    f"{self.prefix}:stages", stage).execute()
             writer = RedisJournalWriter(self, stage, token, int(seq or 0), self.buffer_bytes,
                                         tracked=self._tracked.get(stage), rseq=int(rseq or 0))
             self._freed.pop(stage, None)
