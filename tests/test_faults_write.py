@@ -468,6 +468,48 @@ def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_r
     assert view.state.progress.processed_items == n, (recorded, view.state.progress)
 
 
+def test_a_feed_deleted_mid_crawl_stops_it_and_the_next_run_refuses_to_end_without_its_items(
+    tmp_path: Path,
+) -> None:
+    """A feed file deleted (or moved) under a running crawl: Scrapy wrote on into the
+    unlinked file and the crawl ended 'Completed 100%' with no feed at all; a resume over a
+    feed shorter than committed wrote on from its end and ended 'Completed' with the items
+    of the earlier finished requests missing."""
+    n_pages = 600
+    site = Site(n_pages, delay=0.004)
+    outputs = Outputs(tmp_path)
+    feed = tmp_path / "items.jl"
+    try:
+        first = crawl(site, outputs, interrupt=lambda _proc: feed.unlink(),
+                      interrupt_after_hits=60)
+        assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+        stops = [line for line in first.log.splitlines() if "the crawl stops." in line]
+        assert len(stops) == 1, first.log[-3000:]
+        assert f"Output {feed} was deleted or moved while the crawl wrote it" in stops[0]
+        assert "Completed" not in first.log
+        assert "Traceback" not in first.log, first.log[-5000:]
+        assert not feed.exists(), "the deleted feed was recreated"
+        assert read_stage(FileStore(tmp_path / "checkpoints"), "site").state.status \
+            is not Status.COMPLETED
+
+        second = crawl(site, outputs)
+        assert second.returncode != 0
+        assert not second.hits, "pages were fetched"
+        starts = [line for line in second.log.splitlines() if "The crawl cannot start." in line]
+        assert len(starts) == 1, second.log[-3000:]
+        assert f"Output {feed} of stage 'site' is missing, but" in starts[0]
+        assert "CHECKPOINT_RESET=True" in starts[0]
+        assert "Completed" not in second.log
+        assert "Traceback" not in second.log, second.log[-5000:]
+        assert not feed.exists()
+
+        third = crawl(site, outputs, "-s", "CHECKPOINT_RESET=True")
+        assert "'finish_reason': 'finished'" in third.log, third.log[-3000:]
+        assert sorted(outputs.jsonlines("items.jl")) == list(range(n_pages))
+    finally:
+        site.close()
+
+
 # -- 4. reset killed at every step ---------------------------------------------------------------
 
 _KILLED_RESET = """
