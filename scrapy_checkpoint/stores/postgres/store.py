@@ -420,9 +420,7 @@ class PostgresStore(Store):
         transaction."""
         tables = ("journal", "requests", "snapshots", "corrupt", "stages")
         self._writers.pop(stage, None)
-        if stage in self._versions:
-            # Held and written on (start(reset=True)): its row is made again at the schema's
-            # version 0; expecting the old one made every state write of the run fail.
+        if stage in self._versions:  # held, written on (start(reset=True)): the row comes back at 0
             self._versions[stage] = 0
         if not self.db.ready:
             return
