@@ -522,6 +522,7 @@ class OutputSet:
         key = os.path.abspath(path)
         if key in self._outputs and not self._outputs[key].closed:
             return self._outputs[key]
+        os.makedirs(os.path.dirname(key), exist_ok=True)  # as -o does (CHECKPOINT_OUTPUT=data/x.jl)
         output = self._open_file(key, overwrite=overwrite, has_header=has_header,
                                  framing=framing, document=document or framing.framed,
                                  extra=extra, hold_all=False)
