@@ -194,11 +194,20 @@ class UnifiedCheckpointManager:
         cp = EnhancedCheckpoint(stage=stage, config=self.config, store=self.store)
         cp.open()
         try:
-            n = cp.retry_units(list(cp.live.failed_units))
+            codes = list(cp.live.failed_units)
+            n = cp.retry_units(codes)
         except BaseException:
             cp.abandon()
             raise
-        cp.close()
+        try:
+            cp.close()
+        except CheckpointWriteError as exc:  # a full disk: was the requeue itself recorded?
+            live = self.read(stage)._live
+            if not n or live is None or any(code in live.failed_units for code in codes):
+                raise
+            logger.warning("Stage %s: the requeue is recorded in its journal; what is written "
+                           "after it (its snapshot, its state file) is not: %s. Free the space "
+                           "before its next run.", stage, str(exc).split(". ")[0])
         if n:
             logger.info("Stage %s: %d failed unit(s) requeued.", stage, n)
         return n

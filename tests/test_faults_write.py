@@ -313,6 +313,33 @@ def test_a_crawl_whose_feed_disk_fills_stops_naming_the_feed_and_resumes(tmp_pat
         site.close()
 
 
+def test_a_requeue_recorded_before_the_disk_filled_is_said_done_not_failed(tmp_path: Path) -> None:
+    """requeue on a full disk: its group fit in the journal's last page, the snapshot and
+    state file after it did not; the CLI said 'Error: Cannot write ... run the same command
+    again' (exit 1) although the units were requeued, and the same command then said there
+    was nothing to requeue."""
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
+        cp = EnhancedCheckpoint(mnt / "cp", "s", log_every=0)
+        cp.start(total_items=100)
+        for i in range(50):
+            cp.update(processed=1, failed=1, index=i)
+        cp.close()
+        fill(mnt / "filler")
+        done = cli(mnt / "cp", "requeue", "s", "--failed")
+        assert done.returncode == 0, done.stderr
+        assert "Requeued 50 failed unit(s) of s" in done.stdout
+        assert "the requeue is recorded in its journal" in done.stderr
+        assert "No space left on device" in done.stderr
+        (mnt / "filler").unlink()
+        cp = EnhancedCheckpoint(mnt / "cp", "s", log_every=0)
+        cp.start()
+        assert cp.live.failed == 0
+        assert cp.live.processed == 0
+        assert not any(cp.should_skip(i) for i in range(50))
+        cp.pause()
+        cp.close()
+
+
 # -- 2. the directory deleted or replaced ------------------------------------------------------
 
 
