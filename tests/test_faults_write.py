@@ -36,7 +36,7 @@ from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.stores.file import SegmentWriter
 
 from .conftest import PYTHON, SCRIPTS, python_env
-from .crawl import PROJECT, CrawlRun, Outputs, crawl
+from .crawl import PROJECT, CrawlRun, Outputs, crawl, sigkill
 from .crawl import run as run_crawl
 from .site import Site
 
@@ -688,6 +688,32 @@ def make_stage_for_export(directory: Path, stage: str = "s") -> None:
     for i in range(5):
         cp.update(processed=1, successful=1, index=i)
     cp.close()
+
+
+def test_a_feed_replaced_by_a_link_is_never_cut_through_it(tmp_path: Path) -> None:
+    """A resume cuts a feed back to its committed length; a link planted at the feed's path
+    made it truncate the file the link points to, outside the crawl's outputs."""
+    site = Site(300, delay=0.004)
+    outputs = Outputs(tmp_path)
+    feed = tmp_path / "items.jl"
+    try:
+        crawl(site, outputs, interrupt=sigkill, interrupt_after_hits=60)
+        victim = tmp_path / "elsewhere" / "precious.log"
+        victim.parent.mkdir()
+        victim.write_bytes(feed.read_bytes() + b"PRECIOUS\n" * 1000)
+        before = victim.read_bytes()
+        feed.unlink()
+        feed.symlink_to(victim)
+        again = crawl(site, outputs)
+        assert again.returncode != 0
+        assert not again.hits, "pages were fetched"
+        starts = [line for line in again.log.splitlines() if "The crawl cannot start." in line]
+        assert len(starts) == 1, again.log[-3000:]
+        assert f"Output {feed} is a symbolic link" in starts[0]
+        assert "Traceback" not in again.log, again.log[-5000:]
+        assert victim.read_bytes() == before, "the file the link points to was cut"
+    finally:
+        site.close()
 
 
 def test_reset_through_a_linked_data_directory_refuses_and_deletes_nothing(

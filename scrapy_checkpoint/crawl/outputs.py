@@ -460,6 +460,13 @@ class OutputSet:
                     recorded[key] = [entry[0], entry[1], {k: v for k, v in document.items()
                                                           if k != DOC_CLOSED}]
             if size > length:
+                if os.path.islink(key):  # cut in the file it points to: never through a link
+                    raise OutputLostError(
+                        f"Output {key} is a symbolic link (to {os.readlink(key)}): the bytes "
+                        f"after its committed length would be cut in the file it points to, "
+                        f"and a file outside the crawl's outputs is never cut. This file was not "
+                        f"cut. Put the feed file itself at that path (or give the feed the "
+                        f"path the link points to) and run the same command again.")
                 with open(key, "r+b") as f:
                     f.seek(length)
                     lines = f.read().count(b"\n")
