@@ -23,7 +23,7 @@ from typing import Any
 
 from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
-from .durability import GroupCommitter
+from .durability import GroupCommitter, write_error
 from .errors import CheckpointError, CheckpointWriteError, ConfigError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
@@ -322,14 +322,19 @@ class EnhancedCheckpoint(UnitRecords):
         if self.stage is None:
             raise CheckpointError("No stage given: pass it to EnhancedCheckpoint(...) or start().")
         stage = self.stage
-        lock = self.store.lock(stage, Owner.current())
+        try:  # a full disk: the lock's owner, a new segment's header, damage set aside
+            lock = self.store.lock(stage, Owner.current())
+        except OSError as exc:
+            raise write_error(stage, self.store.location, exc) from None
         try:
             live, loaded = recover(self.store, stage)
             self.dropped_bytes = loaded.dropped_bytes
             if loaded.vanished is None:  # else nothing is written unless start() resets it
                 self._committer.open(stage, live, loaded)
-        except BaseException:
+        except BaseException as exc:
             lock.release()
+            if isinstance(exc, OSError):
+                raise write_error(stage, self.store.location, exc) from None
             raise
         self._lock, self._live = lock, live
         self._created = loaded.exists

@@ -241,6 +241,28 @@ def test_a_tracker_on_a_full_disk_stops_with_one_clear_error_and_resumes_losing_
         assert not list(cp_dir.rglob("*.tmp"))
 
 
+def test_a_stage_started_on_a_full_disk_is_one_clear_error_then_starts_once_there_is_space(
+    tmp_path: Path,
+) -> None:
+    """Starting a stage writes its lock's owner and its first segment's header: on a full
+    disk that was an OSError traceback through the store, not the one paragraph a full disk
+    gets later in the run."""
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
+        fill(mnt / "filler")
+        done = run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(mnt / "cp"), "s", "50",
+                   str(tmp_path / "run.log"), "4", "3", "flush")
+        assert done.returncode == 1, done.stdout
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: Cannot write the checkpoint of stage 's'"), done.stderr
+        assert "No space left on device" in last
+        (mnt / "filler").unlink()
+        done = run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(mnt / "cp"), "s", "50",
+                   str(tmp_path / "run.log"), "4", "3", "flush")
+        assert done.stdout.strip().endswith("DONE"), done.stderr
+        assert read_stage(FileStore(mnt / "cp"), "s").state.status is Status.COMPLETED
+
+
 def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_resumes(
     tmp_path: Path,
 ) -> None:

@@ -169,6 +169,17 @@ def _flock_briefly(fd: int, patience: float = 0.2) -> None:
             time.sleep(0.005)
 
 
+def _write_owner(fd: int, owner: Owner) -> None:
+    """Name ``owner`` in the lock file ``fd`` holds; if that fails (a full disk), close it
+    (which drops the lock) and raise."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -599,8 +610,7 @@ class FileStore:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        _write_owner(fd, owner)
         remove_leftovers(self.directory, self.data_dir(stage), stage)
         return StageLock(path, fd)
 
