@@ -112,13 +112,13 @@ def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpo
         if not configured(path):
             continue
         try:
-            size = os.path.getsize(path)
+            size: int | None = os.path.getsize(path)
         except FileNotFoundError:
             size = None
         except OSError:
             continue  # unreadable: opening it says why
-        if size is not None and size >= entry[1]:
-            continue
+        if (size or 0) >= entry[1] or entry[1] <= entry[0]:
+            continue  # all there, or none of it the stage's (a file killed before any item)
         now = "is missing" if size is None else f"is {size:,} bytes"
         raise OutputLostError(
             f"Output {path} of stage {name!r} {now}, but {entry[1]:,} bytes of it were "
