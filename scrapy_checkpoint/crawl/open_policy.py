@@ -125,7 +125,7 @@ def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpo
             f"committed: items of finished requests are missing from it (it was deleted, "
             f"moved, cut or replaced since, or a power loss took its end). Those requests are "
             f"done and would not run again, so the stage would end 'completed' without their "
-            f"items: it does not start, and nothing was changed. Put the file back as it was "
+            f"items: it does not start, and nothing recorded is changed. Put the file back as it was "
             f"and run the same command again to resume; or start the stage over with -s "
             f"CHECKPOINT_RESET=True, which writes every item again.")
 
