@@ -17,6 +17,7 @@ from .errors import (
     CorruptCheckpointError,
     InputChangedError,
     InvalidTransitionError,
+    OutputLostError,
     UnknownItemError,
     UnrestorableRequestsError,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "InvalidTransitionError",
     "MapResult",
     "Metrics",
+    "OutputLostError",
     "Progress",
     "StageView",
     "Status",

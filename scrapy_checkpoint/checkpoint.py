@@ -23,7 +23,7 @@ from typing import Any
 
 from .clock import monotonic, utcnow, walltime
 from .config import CheckpointConfig
-from .durability import GroupCommitter
+from .durability import GroupCommitter, write_error
 from .errors import CheckpointError, CheckpointWriteError, ConfigError, InputChangedError
 from .hooks import Hook, Hooks
 from .journal.groups import (
@@ -322,19 +322,23 @@ class EnhancedCheckpoint(UnitRecords):
         if self.stage is None:
             raise CheckpointError("No stage given: pass it to EnhancedCheckpoint(...) or start().")
         stage = self.stage
-        lock = self.store.lock(stage, Owner.current())
+        try:  # a full disk: the lock's owner, a new segment's header, damage set aside
+            lock = self.store.lock(stage, Owner.current())
+        except OSError as exc:
+            raise write_error(stage, self.store.location, exc) from None
         try:
-            live, loaded, from_state_file = recover(self.store, stage)
+            live, loaded = recover(self.store, stage)
             self.dropped_bytes = loaded.dropped_bytes
-            self._committer.open(stage, live, loaded)
-        except BaseException:
+            if loaded.vanished is None:  # else nothing is written unless start() resets it
+                self._committer.open(stage, live, loaded)
+        except BaseException as exc:
             lock.release()
+            if isinstance(exc, OSError):
+                raise write_error(stage, self.store.location, exc) from None
             raise
         self._lock, self._live = lock, live
         self._created = loaded.exists
         self._vanished = loaded.vanished
-        if from_state_file is not None:  # journaled again, so the next open finds it
-            self._record({INIT: from_state_file.model_dump(mode="json")})
         _close_at_exit(self)
 
     def start(self, stage: str | None = None, total_items: int | None = None,
@@ -356,9 +360,11 @@ class EnhancedCheckpoint(UnitRecords):
         self.open(stage)
         stage = self.stage
         assert stage is not None
-        if self._vanished is not None and not reset:
-            self.abandon()  # nothing written: the marker stays for the next run
-            raise CheckpointError(self._vanished)
+        if self._vanished is not None:
+            if not reset:
+                self.abandon()  # nothing written: the marker stays for the next run
+                raise CheckpointError(self._vanished)
+            self._start_vanished_over(stage)
         live = self.live
         in_hash = None if input_file is None else _input_hash(
             stage, input_file, live.info.input_file_hash if self._created and not reset else None)
@@ -388,6 +394,14 @@ class EnhancedCheckpoint(UnitRecords):
         self._progress.begin(live.processed)
         self._hooks.emit("start", self)
         return self.state
+
+    def _start_vanished_over(self, stage: str) -> None:
+        """Reset a stage whose data the store lost (opened without a journal writer): delete
+        what is left of it and open its journal afresh (the caller then creates it)."""
+        self.store.remove(stage)
+        live, loaded = recover(self.store, stage)
+        self._committer.open(stage, live, loaded)
+        self._live, self._created, self._vanished = live, False, None
 
     def update(self, processed: int = 0, successful: int = 0, failed: int = 0, skipped: int = 0,
                last_item: Any = None, index: int | None = None, key: UnitKey | None = None,
@@ -565,7 +579,10 @@ class EnhancedCheckpoint(UnitRecords):
     def close(self) -> None:
         """Commit, snapshot, write the state file, wait for the disk, release the lock. A
         stage still running is left ``paused`` (it resumes on the next start)."""
-        if self._live is None or not self._committer.is_open:
+        if self._live is None:
+            return
+        if not self._committer.is_open:  # opened on a stage the store lost: nothing to write
+            self._release()
             return
         try:
             if self._running:
@@ -580,7 +597,10 @@ class EnhancedCheckpoint(UnitRecords):
         units after that run again). For a run that cannot record a consistent state, or
         whose checkpoint cannot be written (:attr:`write_failure`): that failure is not
         raised again."""
-        if self._live is None or not self._committer.is_open:
+        if self._live is None:
+            return
+        if not self._committer.is_open:  # see close()
+            self._release()
             return
         known = self._committer.failure
         try:

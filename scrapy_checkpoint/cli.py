@@ -48,7 +48,7 @@ from .errors import (
     CorruptCheckpointError,
     redact,
 )
-from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager
+from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
 from .metrics import format_duration, format_percent
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
@@ -549,8 +549,7 @@ def export(ctx: Context, output: str) -> None:
         click.echo(text, nl=False)
     else:
         try:
-            with open(output, "w") as f:
-                f.write(text)
+            write_export(output, text)
         except OSError as exc:
             click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
             sys.exit(EXIT_NOT_FOUND)

@@ -108,6 +108,13 @@ class CheckpointLostError(CheckpointWriteError):
     job's outputs hold work the next run does not know of."""
 
 
+class OutputLostError(CheckpointWriteError):
+    """An output a crawl writes (a feed file) was deleted or moved while it ran, or is found
+    shorter than its committed length when the stage resumes: items of finished requests are
+    missing from it. The checkpoint itself is intact; the stage is not carried on to an end
+    that would say 'completed' over those missing items."""
+
+
 class UnknownItemError(CheckpointError, LookupError):
     """``item_id(item)`` was given an item the checkpoint never saw yielded."""
 

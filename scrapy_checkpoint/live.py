@@ -377,32 +377,48 @@ class LiveState:
         })
 
 
-def recover(store: Store, stage: str) -> tuple[LiveState, Loaded, CheckpointState | None]:
+def recover(store: Store, stage: str) -> tuple[LiveState, Loaded]:
     """Rebuild ``stage`` from ``store`` to write it again (the caller holds its lock).
 
     Logs each problem found; moves damaged or unreachable bytes aside
-    (:meth:`Store.set_aside`). Returns the state, what the store loaded (where the
-    journal's good records end), and, when the journal is missing but the state file is
-    not, the state file's state, which the live state starts from (its finished units
-    are redone). Raises :class:`~scrapy_checkpoint.errors.CorruptCheckpointError` when
+    (:meth:`Store.set_aside`). Returns the state and what the store loaded (where the
+    journal's good records end). A state file without its journal sets
+    ``loaded.vanished`` (see :func:`journal_missing`): the start refuses the stage until
+    it is reset. Raises :class:`~scrapy_checkpoint.errors.CorruptCheckpointError` when
     no consistent state can be rebuilt.
     """
     loaded = store.load(stage)
     live = LiveState.from_loaded(stage, loaded)
-    from_state_file = None
-    _, state_problems = store.read_state(stage)
+    previous, state_problems = store.read_state(stage)
     for problem in state_problems:
         logger.warning("Stage %s: state file %s", stage, problem)
-    if (loaded.snapshot is None and not loaded.payloads):
-        previous, _ = store.read_state(stage)
-        if previous is not None:
-            logger.warning(
-                "Stage %s: its journal is missing; counters come from the state file "
-                "and finished units will be redone.", stage)
-            live = LiveState(previous)
-            from_state_file = previous
+    if loaded.snapshot is None and not loaded.payloads and previous is not None:
+        loaded.vanished = loaded.vanished or journal_missing(store, stage, previous)
     for problem in loaded.problems:
         logger.warning("Stage %s: %s", stage, problem)
     if loaded.dropped_bytes or loaded.unreachable:
         store.set_aside(stage, loaded)
-    return live, loaded, from_state_file
+    return live, loaded
+
+
+def journal_missing(store: Store, stage: str, state: CheckpointState) -> str:
+    """What to tell the user when ``stage``'s journal and snapshots are gone while its state
+    file (``state``) is not: a run wrote the journal before that file (the stage's first
+    segment is made when it is opened), so they were deleted. Which units were finished is
+    known only to the journal, so a resume would redo them and count them again (past the
+    total: "Completed 100% (29/20)"); the state file may also lag the journal."""
+    progress = state.progress
+    where = getattr(store, "data_dir", None)
+    place, cli = ((f"its directory {where(stage)} was deleted or emptied",
+                   f"--dir {store.location}") if callable(where)
+                  else ("they were deleted", "--backend URL"))
+    return (
+        f"The journal and snapshots of stage {stage!r} in {store.location} are missing "
+        f"({place}), while its state file is there: last written at "
+        f"{state.updated_at:%Y-%m-%d %H:%M:%S} UTC (status {state.status.value}), it records "
+        f"{progress.processed_items} processed item(s), and the run may have done more after. "
+        f"Which units were finished is known only to the journal, so the stage is not "
+        f"resumed: it would do them again and count them twice. Nothing was changed. Put the "
+        f"directory back to resume from it; or start the stage over (its finished work is "
+        f"done again): scrapy-checkpoint {cli} reset {stage} (in a crawl: -s "
+        f"CHECKPOINT_RESET=True; a tracker: start(..., reset=True)).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,37 @@ from .shared import OVER, Worker, open_shared, shared_stage_of, sub_stage_name, 
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
 from .stores.base import Store, check_stage_name
+from .stores.file import atomic_write
 from .tracker import AsyncCheckpointTracker
 from .view import StageView, read_stage
 
 logger = logging.getLogger("scrapy_checkpoint")
 
 EXPORT_SCHEMA_VERSION = 1
+
+
+def write_export(path: str | os.PathLike[str], text: str) -> None:
+    """Write an export (``text``) to ``path`` whole or not at all: through a temp file
+    renamed over it, so a full disk or a crash keeps the previous export as it was. Never
+    through a symbolic link to a file (a link planted at the path would make it overwrite
+    the file it points to): CheckpointWriteError, nothing written. A FIFO or a device (also
+    behind a link: /dev/stdout) is written as is.
+    Raises OSError as writing does."""
+    try:
+        mode: int | None = os.stat(path).st_mode  # what a link leads to (/dev/stdout: a pipe)
+    except FileNotFoundError:
+        mode = None
+    if (mode is None or stat.S_ISREG(mode)) and os.path.islink(path):
+        raise CheckpointWriteError(
+            f"Cannot write the export to {os.fspath(path)}: it is a symbolic link (to "
+            f"{os.readlink(path)}), and an export is never written through a link (it could "
+            f"overwrite a file elsewhere). Nothing was written. Give the path of a file, or "
+            f"'-' for standard output.")
+    if mode is not None and not stat.S_ISREG(mode):  # a FIFO, a device, a directory
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    atomic_write(Path(path), text.encode())
 
 
 class UnifiedCheckpointManager:
@@ -168,11 +194,20 @@ class UnifiedCheckpointManager:
         cp = EnhancedCheckpoint(stage=stage, config=self.config, store=self.store)
         cp.open()
         try:
-            n = cp.retry_units(list(cp.live.failed_units))
+            codes = list(cp.live.failed_units)
+            n = cp.retry_units(codes)
         except BaseException:
             cp.abandon()
             raise
-        cp.close()
+        try:
+            cp.close()
+        except CheckpointWriteError as exc:  # a full disk: was the requeue itself recorded?
+            live = self.read(stage)._live
+            if not n or live is None or any(code in live.failed_units for code in codes):
+                raise
+            logger.warning("Stage %s: the requeue is recorded in its journal; what is written "
+                           "after it (its snapshot, its state file) is not: %s. Free the space "
+                           "before its next run.", stage, str(exc).split(". ")[0])
         if n:
             logger.info("Stage %s: %d failed unit(s) requeued.", stage, n)
         return n
@@ -259,7 +294,7 @@ class UnifiedCheckpointManager:
         doc = {"schema_version": EXPORT_SCHEMA_VERSION, "checkpoint_dir": str(self.directory),
                "exported_at": utcnow().isoformat(), "stages": stages}
         if path is not None:
-            Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+            write_export(path, json.dumps(doc, indent=2) + "\n")
         return doc
 
     def report(self) -> str:

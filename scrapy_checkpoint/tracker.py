@@ -251,27 +251,39 @@ class AsyncCheckpointTracker(Generic[T]):
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         errors: list[BaseException] = []
+        #: The checkpoint could not record an item (a full disk, its directory deleted):
+        #: no new item starts (its work would be done and not recorded), and map raises it.
+        unrecorded: list[CheckpointError] = []
+
+        def record(index: int, unit: UnitKey, exc: Exception | None) -> None:
+            if exc is None:
+                cp.update(processed=1, successful=1, last_item=unit, index=index, key=unit)
+                result.succeeded += 1
+                return
+            cp.record_error(exc)
+            cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit)
+            result.failed += 1
+            if result.failed <= LOGGED_FAILURES:
+                logger.warning("[%s] Item %r failed: %s: %s", self.stage, unit,
+                               type(exc).__name__, exc)
+                if result.failed == LOGGED_FAILURES:
+                    logger.warning("[%s] Further failures are counted, not logged; "
+                                   "`scrapy-checkpoint show %s` has the count and the last "
+                                   "error.", self.stage, self.stage)
 
         async def run_one(index: int, item: T, unit: UnitKey) -> None:
             try:
-                await worker(item)
-            except Exception as exc:
-                if on_error == "raise":
-                    errors.append(exc)
-                    return
-                cp.record_error(exc)
-                cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit)
-                result.failed += 1
-                if result.failed <= LOGGED_FAILURES:
-                    logger.warning("[%s] Item %r failed: %s: %s", self.stage, unit,
-                                   type(exc).__name__, exc)
-                    if result.failed == LOGGED_FAILURES:
-                        logger.warning("[%s] Further failures are counted, not logged; "
-                                       "`scrapy-checkpoint show %s` has the count and the last "
-                                       "error.", self.stage, self.stage)
-            else:
-                cp.update(processed=1, successful=1, last_item=unit, index=index, key=unit)
-                result.succeeded += 1
+                failure: Exception | None = None
+                try:
+                    await worker(item)
+                except Exception as exc:
+                    if on_error == "raise":
+                        errors.append(exc)
+                        return
+                    failure = exc
+                record(index, unit, failure)
+            except CheckpointError as exc:
+                unrecorded.append(exc)
             finally:
                 slots.release()
 
@@ -282,7 +294,7 @@ class AsyncCheckpointTracker(Generic[T]):
                     result.skipped += 1
                     continue
                 await slots.acquire()
-                if errors:
+                if errors or unrecorded:
                     slots.release()
                     break
                 task = asyncio.ensure_future(run_one(index, item, unit))
@@ -296,6 +308,8 @@ class AsyncCheckpointTracker(Generic[T]):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             raise
+        if unrecorded:
+            raise unrecorded[0]
         if errors:
             raise errors[0]
         return result

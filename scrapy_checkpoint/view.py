@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .journal.keys import UnitKey, key_code
-from .live import LiveState
+from .live import LiveState, journal_missing
 from .metrics import Metrics
 from .state import ACTIVE_STATUSES, CheckpointState, Owner
 from .stores.base import Store
@@ -146,6 +146,7 @@ def read_stage(store: Store, stage: str) -> StageView:
     live = LiveState.from_loaded(stage, loaded)
     if loaded.snapshot is None and not loaded.payloads and file_state is not None:
         live = LiveState(file_state)
+        problems = [*problems, journal_missing(store, stage, file_state)]
     state = live.to_state(throughput=file_state.throughput if file_state else None)
     if file_state is not None:  # measured by the writer, not journaled
         state.commit_latency_us = file_state.commit_latency_us

@@ -89,3 +89,17 @@ def test_with_twisted_s_crawler_process_the_crawl_stops_too(tmp_path: Path, site
     assert "Traceback" not in refused.log, refused.log[-3000:]
     assert "Unhandled error" not in refused.log, refused.log[-3000:]
     assert refused.hits == {}
+
+
+def test_a_checkpoint_output_in_a_directory_not_yet_made_gets_it_made(
+    tmp_path: Path, site: Site,
+) -> None:
+    """CHECKPOINT_OUTPUT=data/items.jl in a project without data/ ended the crawl at start
+    with a FileNotFoundError traceback; -o data/items.jl makes the directory, so does it."""
+    own = tmp_path / "data" / "sub" / "own.jl"
+    outputs = Outputs(tmp_path)
+    run = crawl(site, outputs, "-s", f"CHECKPOINT_OUTPUT={own}")
+    assert run.returncode == 0, run.log[-3000:]
+    assert "Traceback" not in run.log, run.log[-3000:]
+    assert "'finish_reason': 'finished'" in run.log
+    assert sorted(outputs.jsonlines("data/sub/own.jl")) == list(range(20))

@@ -36,7 +36,7 @@ from scrapy_checkpoint.journal.keys import key_code
 from scrapy_checkpoint.stores.file import SegmentWriter
 
 from .conftest import PYTHON, SCRIPTS, python_env
-from .crawl import PROJECT, CrawlRun, Outputs, crawl
+from .crawl import PROJECT, CrawlRun, Outputs, crawl, sigkill
 from .crawl import run as run_crawl
 from .site import Site
 
@@ -241,6 +241,28 @@ def test_a_tracker_on_a_full_disk_stops_with_one_clear_error_and_resumes_losing_
         assert not list(cp_dir.rglob("*.tmp"))
 
 
+def test_a_stage_started_on_a_full_disk_is_one_clear_error_then_starts_once_there_is_space(
+    tmp_path: Path,
+) -> None:
+    """Starting a stage writes its lock's owner and its first segment's header: on a full
+    disk that was an OSError traceback through the store, not the one paragraph a full disk
+    gets later in the run."""
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
+        fill(mnt / "filler")
+        done = run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(mnt / "cp"), "s", "50",
+                   str(tmp_path / "run.log"), "4", "3", "flush")
+        assert done.returncode == 1, done.stdout
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: Cannot write the checkpoint of stage 's'"), done.stderr
+        assert "No space left on device" in last
+        (mnt / "filler").unlink()
+        done = run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(mnt / "cp"), "s", "50",
+                   str(tmp_path / "run.log"), "4", "3", "flush")
+        assert done.stdout.strip().endswith("DONE"), done.stderr
+        assert read_stage(FileStore(mnt / "cp"), "s").state.status is Status.COMPLETED
+
+
 def test_a_crawl_whose_checkpoint_disk_fills_stops_with_checkpoint_error_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -313,6 +335,33 @@ def test_a_crawl_whose_feed_disk_fills_stops_naming_the_feed_and_resumes(tmp_pat
         site.close()
 
 
+def test_a_requeue_recorded_before_the_disk_filled_is_said_done_not_failed(tmp_path: Path) -> None:
+    """requeue on a full disk: its group fit in the journal's last page, the snapshot and
+    state file after it did not; the CLI said 'Error: Cannot write ... run the same command
+    again' (exit 1) although the units were requeued, and the same command then said there
+    was nothing to requeue."""
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
+        cp = EnhancedCheckpoint(mnt / "cp", "s", log_every=0)
+        cp.start(total_items=100)
+        for i in range(50):
+            cp.update(processed=1, failed=1, index=i)
+        cp.close()
+        fill(mnt / "filler")
+        done = cli(mnt / "cp", "requeue", "s", "--failed")
+        assert done.returncode == 0, done.stderr
+        assert "Requeued 50 failed unit(s) of s" in done.stdout
+        assert "the requeue is recorded in its journal" in done.stderr
+        assert "No space left on device" in done.stderr
+        (mnt / "filler").unlink()
+        cp = EnhancedCheckpoint(mnt / "cp", "s", log_every=0)
+        cp.start()
+        assert cp.live.failed == 0
+        assert cp.live.processed == 0
+        assert not any(cp.should_skip(i) for i in range(50))
+        cp.pause()
+        cp.close()
+
+
 # -- 2. the directory deleted or replaced ------------------------------------------------------
 
 
@@ -363,6 +412,43 @@ def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     assert not directory.exists(), "a partial checkpoint directory was recreated"
 
 
+_MAP_JOB = """
+import asyncio, shutil, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+directory, n, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ran = []
+async def work(i):
+    await asyncio.sleep(0)
+    if i == at:
+        shutil.rmtree(directory)  # another process deletes the checkpoint
+    ran.append(i)
+async def main():
+    async with AsyncCheckpointTracker(directory, "m", progress_bar=False, log_every=0,
+                                      save_every=1) as tracker:
+        try:
+            await tracker.map(work, range(n), concurrency=8)
+        finally:
+            print("RAN", len(ran), flush=True)
+asyncio.run(main())
+"""
+
+
+def test_tracker_map_stops_starting_items_once_nothing_can_be_recorded(tmp_path: Path) -> None:
+    """map() went on running every item left (their work done, none recorded) after the
+    checkpoint's directory was deleted or its disk filled, and each task's failure was
+    logged as 'Task exception was never retrieved' with its traceback."""
+    directory, n, at = tmp_path / "cp", 3000, 300
+    done = run(PYTHON, "-c", _MAP_JOB, str(directory), str(n), str(at))
+    assert done.returncode == 1, done.stdout
+    assert "never retrieved" not in done.stderr, done.stderr[:3000]
+    assert "Traceback" not in done.stderr, done.stderr[:3000]
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: "), done.stderr[-3000:]
+    assert "deleted or replaced" in done.stderr
+    ran = int(done.stdout.split("RAN ")[1])
+    assert ran <= at + 1 + 2 * 8, f"{ran} items run, at most {at + 1} could be recorded"
+    assert not directory.exists()
+
+
 def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recreate_it(
     tmp_path: Path,
 ) -> None:
@@ -383,6 +469,94 @@ def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recrea
     assert "move them aside before the next run" in stop
     assert "Traceback" not in first.log
     assert not directory.exists(), "a partial checkpoint directory was recreated"
+
+
+def _tracker_job(directory: Path, tmp_path: Path, n: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([PYTHON, str(SCRIPTS / "tracker_job.py"), str(directory), "s",
+                             str(n), str(tmp_path / "run.log"), "4", "3", "flush"],
+                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_redone(
+    tmp_path: Path,
+) -> None:
+    """The state file says 'units were done', the journal that says which is gone: a resume
+    would redo them and count them again ('Completed 100% (29/20)'). It is refused with one
+    paragraph, nothing changed, until the stage is reset."""
+    directory, n = tmp_path / "cp", 3000
+    proc = _tracker_job(directory, tmp_path, n)
+    assert proc.stdout is not None
+    for _ in range(500):  # committed, and the state file written since (at start, at least)
+        assert proc.stdout.readline()
+    proc.kill()
+    proc.communicate(timeout=60)
+    shutil.rmtree(directory / "s")
+    state = (directory / "s.json").read_bytes()
+    recorded = read_stage(FileStore(directory), "s").state.progress.processed_items
+
+    again = _tracker_job(directory, tmp_path, n)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode != 0, out[-500:]
+    assert "DONE" not in out
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("CheckpointError: The journal and snapshots of stage 's'"), err
+    assert "reset s" in last
+    assert (directory / "s.json").read_bytes() == state, "the state file was changed"
+    assert not (directory / "s").exists(), "the stage's directory was recreated"
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 3, shown.stdout + shown.stderr
+    assert "are missing" in shown.stdout
+
+    assert cli(directory, "reset", "s").returncode == 0
+    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=300)
+    assert out.strip().endswith("DONE"), err[-2000:]
+    view = read_stage(FileStore(directory), "s")
+    assert view.state.status is Status.COMPLETED
+    assert view.state.progress.processed_items == n, (recorded, view.state.progress)
+
+
+def test_a_feed_deleted_mid_crawl_stops_it_and_the_next_run_refuses_to_end_without_its_items(
+    tmp_path: Path,
+) -> None:
+    """A feed file deleted (or moved) under a running crawl: Scrapy wrote on into the
+    unlinked file and the crawl ended 'Completed 100%' with no feed at all; a resume over a
+    feed shorter than committed wrote on from its end and ended 'Completed' with the items
+    of the earlier finished requests missing."""
+    n_pages = 600
+    site = Site(n_pages, delay=0.004)
+    outputs = Outputs(tmp_path)
+    feed = tmp_path / "items.jl"
+    try:
+        first = crawl(site, outputs, interrupt=lambda _proc: feed.unlink(),
+                      interrupt_after_hits=60)
+        assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+        stops = [line for line in first.log.splitlines() if "the crawl stops." in line]
+        assert len(stops) == 1, first.log[-3000:]
+        assert f"Output {feed} was deleted or moved while the crawl wrote it" in stops[0]
+        assert "Completed" not in first.log
+        assert "Traceback" not in first.log, first.log[-5000:]
+        assert not feed.exists(), "the deleted feed was recreated"
+        assert read_stage(FileStore(tmp_path / "checkpoints"), "site").state.status \
+            is not Status.COMPLETED
+
+        second = crawl(site, outputs)
+        assert second.returncode != 0
+        assert not second.hits, "pages were fetched"
+        starts = [line for line in second.log.splitlines() if "The crawl cannot start." in line]
+        assert len(starts) == 1, second.log[-3000:]
+        assert f"Output {feed} of stage 'site' is missing, but" in starts[0]
+        assert "CHECKPOINT_RESET=True" in starts[0]
+        assert "Completed" not in second.log
+        assert "Traceback" not in second.log, second.log[-5000:]
+        assert not feed.exists()
+
+        third = crawl(site, outputs, "-s", "CHECKPOINT_RESET=True")
+        assert "'finish_reason': 'finished'" in third.log, third.log[-3000:]
+        assert sorted(outputs.jsonlines("items.jl")) == list(range(n_pages))
+    finally:
+        site.close()
 
 
 # -- 4. reset killed at every step ---------------------------------------------------------------
@@ -492,6 +666,76 @@ def test_planted_temp_file_links_are_never_written_through(tmp_path: Path) -> No
     assert target.read_text() == "PRECIOUS\n"
     assert not list(directory.glob(".*.tmp")), "planted links not cleaned at open"
     assert read_stage(FileStore(directory), "s").state.progress.processed_items == 1
+
+
+def test_an_export_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    (tmp_path / "export.json").symlink_to(target)
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "created-elsewhere.json")
+    for name in ("export.json", "dangling.json"):
+        done = cli(directory, "export", "-o", str(tmp_path / name))
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "is a symbolic link" in done.stderr
+        assert "Nothing was written" in done.stderr
+        with pytest.raises(CheckpointWriteError, match="symbolic link"):
+            UnifiedCheckpointManager(directory).export(tmp_path / name)
+    assert target.read_text() == "PRECIOUS\n"
+    assert not (tmp_path / "created-elsewhere.json").exists()
+
+
+def test_an_export_on_a_full_disk_keeps_the_previous_export_whole(tmp_path: Path) -> None:
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
+        out = mnt / "export.json"
+        assert cli(directory, "export", "-o", str(out)).returncode == 0
+        before = out.read_bytes()
+        for i in range(8):  # a longer export next time
+            make_stage_for_export(directory, f"more{i}")
+        fill(mnt / "filler")
+        done = cli(directory, "export", "-o", str(out))
+        assert done.returncode == 1
+        assert "No space left on device" in done.stderr
+        assert out.read_bytes() == before, "the previous export was cut"
+        assert sorted(p.name for p in mnt.iterdir()) == ["export.json", "filler"]
+
+
+def make_stage_for_export(directory: Path, stage: str = "s") -> None:
+    cp = EnhancedCheckpoint(directory, stage, log_every=0)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    cp.close()
+
+
+def test_a_feed_replaced_by_a_link_is_never_cut_through_it(tmp_path: Path) -> None:
+    """A resume cuts a feed back to its committed length; a link planted at the feed's path
+    made it truncate the file the link points to, outside the crawl's outputs."""
+    site = Site(300, delay=0.004)
+    outputs = Outputs(tmp_path)
+    feed = tmp_path / "items.jl"
+    try:
+        crawl(site, outputs, interrupt=sigkill, interrupt_after_hits=60)
+        victim = tmp_path / "elsewhere" / "precious.log"
+        victim.parent.mkdir()
+        victim.write_bytes(feed.read_bytes() + b"PRECIOUS\n" * 1000)
+        before = victim.read_bytes()
+        feed.unlink()
+        feed.symlink_to(victim)
+        again = crawl(site, outputs)
+        assert again.returncode != 0
+        assert not again.hits, "pages were fetched"
+        starts = [line for line in again.log.splitlines() if "The crawl cannot start." in line]
+        assert len(starts) == 1, again.log[-3000:]
+        assert f"Output {feed} is a symbolic link" in starts[0]
+        assert "Traceback" not in again.log, again.log[-5000:]
+        assert victim.read_bytes() == before, "the file the link points to was cut"
+    finally:
+        site.close()
 
 
 def test_reset_through_a_linked_data_directory_refuses_and_deletes_nothing(

@@ -109,3 +109,25 @@ def test_the_cli_in_this_process_shows_and_resets_a_named_memory_store(
         assert run(["--backend", "memory://", "show", "s"]) != 0  # a store of its own: empty
     finally:
         forget_memory_store("cli-test")
+
+
+def test_a_stage_started_over_is_listed_and_its_state_written(
+    store_location: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """start(reset=True) removes the stage's data under its lock and writes on: the Redis
+    store took it off its list of stages for good (list, report, export and cleanup no
+    longer saw it), the PostgreSQL store refused every state write of the run as 'changed by
+    another process' (it expected the removed row's version)."""
+    for reset, n in ((False, 4), (True, 2)):
+        cp = EnhancedCheckpoint(store_location, "s", log_every=0, save_every=1)
+        cp.start(total_items=10, reset=reset)
+        for i in range(n):
+            cp.update(processed=1, successful=1, index=i)
+        cp.close()
+    assert "changed by another process" not in caplog.text
+    store = open_store(store_location)
+    assert store.stages() == ["s"]
+    state, problems = store.read_state("s")
+    assert not problems
+    assert state is not None
+    assert state.progress.processed_items == 2

@@ -11,6 +11,9 @@ or (completed) leave it alone.
   started over (``"restart"``), refreshed (``"incremental"``: requests done longer than
   ``CHECKPOINT_REFRESH_AFTER`` ago are fetched again) or reopened for its failed requests
   (``CHECKPOINT_RETRY_FAILED``);
+- an output shorter than its committed length (deleted, moved, cut) stops the crawl before
+  anything is written (:class:`~scrapy_checkpoint.errors.OutputLostError`): its missing items
+  would never be written again;
 - pending requests the spider can no longer rebuild stop the crawl before anything is
   fetched (:class:`~scrapy_checkpoint.errors.UnrestorableRequestsError`), unless
   ``CHECKPOINT_DROP_UNRESTORABLE`` gives them up, counted as lost.
@@ -19,16 +22,18 @@ or (completed) leave it alone.
 from __future__ import annotations
 
 import logging
+import os
 from itertools import chain
 from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
 from ..clock import walltime
-from ..errors import ConfigError, UnrestorableRequestsError
+from ..errors import ConfigError, OutputLostError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
 from .deliveries import START_DELIVERED_ATTACHED
 from .frontier import LOST_UNRESTORABLE
+from .outputs import configured_outputs
 from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
 from .rules import note_rules
@@ -81,6 +86,8 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
             live = cp.live
             own_scrapy_redis_queue(crawler, name, new_stage=not (
                 reset or live.pending or len(live.done)))
+        if not reset and not shared:
+            _check_outputs(crawler, config, cp, name)
         problems = {} if reset else _unrestorable(crawler, config, cp, name)
         history = completed_size(cp) if reset else None
         cp.start(input_file=config.input_file, reset=reset, retry_failed=config.retry_failed,
@@ -96,6 +103,36 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
         cp.close()
         raise
     return cp, True
+
+
+def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,
+                   name: str) -> None:
+    """Raise OutputLostError, before anything is written or fetched, if an output this run
+    writes (its FEEDS, CHECKPOINT_OUTPUT) is shorter than its committed length: items of
+    finished requests are missing from it, and nothing would write them again (their
+    requests are done), so the stage would end 'completed' without them."""
+    configured = configured_outputs(crawler.settings,
+                                    getattr(crawler.spidercls, "name", "") or "", config.output)
+    for path, entry in sorted(cp.live.outputs.items()):
+        if not configured(path):
+            continue
+        try:
+            size: int | None = os.path.getsize(path)
+        except FileNotFoundError:
+            size = None
+        except OSError:
+            continue  # unreadable: opening it says why
+        if (size or 0) >= entry[1] or entry[1] <= entry[0]:
+            continue  # all there, or none of it the stage's (a file killed before any item)
+        now = "is missing" if size is None else f"is {size:,} bytes"
+        raise OutputLostError(
+            f"Output {path} of stage {name!r} {now}, but {entry[1]:,} bytes of it were "
+            f"committed: items of finished requests are missing from it (it was deleted, "
+            f"moved, cut or replaced since, or a power loss took its end). Those requests are "
+            f"done and would not run again, so the stage would end 'completed' without their "
+            f"items: it does not start, and nothing recorded is changed. Put the file back as it was "
+            f"and run the same command again to resume; or start the stage over with -s "
+            f"CHECKPOINT_RESET=True, which writes every item again.")
 
 
 def _unrestorable(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,

@@ -19,6 +19,7 @@ Batch feeds are :class:`~.batches.BatchedOutput`: files of N committed items eac
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from w3lib.url import file_uri_to_path
 
 from ..durability import write_error
+from ..errors import OutputLostError
 from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
 
 if TYPE_CHECKING:
@@ -289,9 +291,31 @@ class DurableOutput(HeldRecords):
             self._file.flush()
         except OSError as exc:
             raise self._failure(exc) from exc
+        self._check_place()
         if not self._document_closed:
             self.length = self._file.tell()
         return self.length
+
+    def _check_place(self) -> None:
+        """Raise OutputLostError if the file is no longer at its path (deleted, or moved,
+        or its directory deleted, or another file put there) while the crawl writes it: what
+        is written to it is in no file the next run can find, and no length recorded from
+        now on would be true (a crawl must not end 'completed' with its feed gone)."""
+        try:
+            mine = os.fstat(self._file.fileno())
+            there = os.stat(self.path)
+            moved = mine.st_nlink == 0 or (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino)
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            message = (
+                f"Output {self.path} was deleted or moved while the crawl wrote it: the items "
+                f"written to it are no longer there, so the crawl stops (nothing more is "
+                f"recorded, the file is not recreated). Put the file back where it was and run "
+                f"the same command again to resume; without it, the stage cannot end complete: "
+                f"start it over with -s CHECKPOINT_RESET=True, which writes every item again.")
+            self._failed = OSError(errno.ENOENT, message, self.path)
+            raise OutputLostError(message)
 
     def record(self) -> list[Any]:
         """The journal's entry for this file: ``[base, length]``, or with the document's
@@ -436,6 +460,13 @@ class OutputSet:
                     recorded[key] = [entry[0], entry[1], {k: v for k, v in document.items()
                                                           if k != DOC_CLOSED}]
             if size > length:
+                if os.path.islink(key):  # cut in the file it points to: never through a link
+                    raise OutputLostError(
+                        f"Output {key} is a symbolic link (to {os.readlink(key)}): the bytes "
+                        f"after its committed length would be cut in the file it points to, "
+                        f"and a file outside the crawl's outputs is never cut. This file was not "
+                        f"cut. Put the feed file itself at that path (or give the feed the "
+                        f"path the link points to) and run the same command again.")
                 with open(key, "r+b") as f:
                     f.seek(length)
                     lines = f.read().count(b"\n")
@@ -498,6 +529,7 @@ class OutputSet:
         key = os.path.abspath(path)
         if key in self._outputs and not self._outputs[key].closed:
             return self._outputs[key]
+        os.makedirs(os.path.dirname(key), exist_ok=True)  # as -o does (CHECKPOINT_OUTPUT=data/x.jl)
         output = self._open_file(key, overwrite=overwrite, has_header=has_header,
                                  framing=framing, document=document or framing.framed,
                                  extra=extra, hold_all=False)

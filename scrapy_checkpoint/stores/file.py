@@ -75,6 +75,7 @@ from .files import (
     regular_mode,
     remove_leftovers,
     unlink_quietly,
+    without,
 )
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -166,6 +167,17 @@ def _flock_briefly(fd: int, patience: float = 0.2) -> None:
             if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.005)
+
+
+def _write_owner(fd: int, owner: Owner) -> None:
+    """Name ``owner`` in the lock file ``fd`` holds; if that fails (a full disk), close it
+    (which drops the lock) and raise."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -400,7 +412,7 @@ class SegmentWriter:
                 f"The checkpoint directory was deleted or replaced while the job ran: the "
                 f"journal segment {self.path} is no longer in it, so nothing more can be "
                 f"recorded (and nothing is recreated). Put the directory back to resume from "
-                f"it; without it, the next run starts the stage over.")
+                f"it; {without(self._dir)}")
             raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:
@@ -598,8 +610,7 @@ class FileStore:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        _write_owner(fd, owner)
         remove_leftovers(self.directory, self.data_dir(stage), stage)
         return StageLock(path, fd)
 

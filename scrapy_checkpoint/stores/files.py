@@ -164,8 +164,7 @@ class DataDirs:
             raise CheckpointLostError(
                 f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
                 f"while the job ran, so nothing more can be recorded (and nothing is "
-                f"recreated). Put the directory back to resume from it; without it, the next "
-                f"run starts the stage over.")
+                f"recreated). Put the directory back to resume from it; {without(path)}")
 
     def create_segment(self, stage: str, path: Path, previous: Path) -> None:
         """Create the segment ``path`` (empty) exclusively, with the mode of ``previous``,
@@ -187,6 +186,15 @@ class DataDirs:
             os.fchmod(fd, mode)  # exactly the mode before, whatever the umask
         finally:
             os.close(fd)
+
+
+def without(data_dir: Path | str) -> str:
+    """The end of the message for a stage whose data directory ``data_dir`` was lost under
+    its writer: its state file, if left, makes the next start refuse it until a reset."""
+    path = Path(data_dir)
+    return (f"without it, the next run starts the stage over, once the stage is reset if its "
+            f"state file {path.name}.json is left (it is refused until then): "
+            f"scrapy-checkpoint --dir {path.parent} reset {path.name}.")
 
 
 def mode_of(path: Path) -> int:

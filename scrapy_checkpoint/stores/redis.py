@@ -745,9 +745,8 @@ class RedisStore:
 
     def open_segment(self, stage: str, gen: int, *, truncate_at: int | None,
                      buffered: bool) -> RedisJournalWriter:
-        """See :meth:`Store.open_segment`. Redis keeps one journal list: a compaction
-        keeps the writer and notes how many records the coming snapshot covers.
-        Raises CheckpointError unless this process holds the stage's lock."""
+        """See :meth:`Store.open_segment`. One journal list: a compaction keeps the writer and notes
+        how many records the coming snapshot covers. CheckpointError unless the lock is ours."""
         token = self._tokens.get(stage)
         if token is None:
             raise CheckpointError(f"Stage {stage!r} is not locked by this process.")
@@ -762,8 +761,9 @@ class RedisStore:
                 self._rotations[(stage, gen)] = int(base or 0) + int(length)
             previous.size = 0
             writer = previous
-        else:
-            seq, rseq = self.client.hmget(self.key(stage, "meta"), ["seq", "rq"])
+        else:  # listed again: a reset under the lock (start(reset=True)) took it off the set
+            (seq, rseq), _ = self.client.pipeline(transaction=False).hmget(self.key(
+                stage, "meta"), ["seq", "rq"]).sadd(f"{self.prefix}:stages", stage).execute()
             writer = RedisJournalWriter(self, stage, token, int(seq or 0), self.buffer_bytes,
                                         tracked=self._tracked.get(stage), rseq=int(rseq or 0))
             self._freed.pop(stage, None)

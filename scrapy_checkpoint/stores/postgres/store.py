@@ -420,6 +420,8 @@ class PostgresStore(Store):
         transaction."""
         tables = ("journal", "requests", "snapshots", "corrupt", "stages")
         self._writers.pop(stage, None)
+        if stage in self._versions:  # held, written on (start(reset=True)): the row comes back at 0
+            self._versions[stage] = 0
         if not self.db.ready:
             return
         self.db.write([(f"DELETE FROM {{s}}.{table} WHERE stage = %s", [stage]) for table in tables],
