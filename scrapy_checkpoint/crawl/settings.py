@@ -368,6 +368,8 @@ def _read(settings: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:
             continue
         if getter == "getint" and not _integral(raw):  # getint would cut 1.5 to 1
             _raise(setting, raw, _getter_message(getter, None))
+        if getter == "getbool" and not _boolean(raw):  # getbool takes any number: 2 is True
+            _raise(setting, raw, _getter_message(getter, None))
         try:
             values[name] = getattr(settings, getter)(setting)
         except (ValueError, TypeError) as exc:
@@ -398,6 +400,14 @@ def _integral(raw: Any) -> bool:
         return float(raw).is_integer()
     except (TypeError, ValueError):
         return True  # not a number at all: getint's own error says so
+
+
+def _boolean(raw: Any) -> bool:
+    """True for what the message of ``getbool`` offers: True or False, 1 or 0, and their text
+    in any case (as Scrapy's ``getbool`` reads them)."""
+    if isinstance(raw, bool) or (type(raw) is int and raw in (0, 1)):
+        return True
+    return isinstance(raw, str) and raw.strip().lower() in ("0", "1", "true", "false")
 
 
 def _getter_message(getter: str, exc: Exception | None) -> str:
