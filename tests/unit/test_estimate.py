@@ -310,21 +310,31 @@ def test_on_a_fan_out_the_units_now_finding_many_count_at_once() -> None:
     """Scrapy's LIFO order takes a fan-out's last pages first: here the 81 pages without
     links, then the 19 with 100 each. The ratio over the last few units done (the higher
     of it and the one over the last 50) sees the change within a page or two."""
-    n, fanout = 2000, 100
-    profile, stack, done, leads = DepthProfile(), [(0, 0)], 0, []
+    n, profile, leads = 2000, DepthProfile(), []
+
+    def after(done: int, pending: int) -> None:
+        if done % 20 == 0:
+            profile.sample()
+        if done % 100 == 0 and pending:
+            leads.append((100 * done / n, 100 * done / profile.estimate(done, pending, 0).total))
+
+    _lifo_fan_out(n, profile, after)
+    assert all(shown - true < 10 for true, shown in leads if true >= 40)
+
+
+def _lifo_fan_out(n: int, profile: DepthProfile, after: Callable[[int, int], None]) -> None:
+    """The fan-out site (page i links to pages 100i+1..100i+100, ``n`` pages) crawled in
+    Scrapy's LIFO order into ``profile``; ``after(done, pending)`` once each page is done."""
+    stack, done = [(0, 0)], 0
     profile.add(0, "parse")
     while stack:
         page, depth = stack.pop()
-        for child in range(fanout * page + 1, min(n, fanout * page + fanout + 1)):
+        for child in range(100 * page + 1, min(n, 100 * page + 101)):
             stack.append((child, depth + 1))
             profile.add(depth + 1, "parse", "parse")
         profile.finish(depth, "parse")
         done += 1
-        if done % 20 == 0:
-            profile.sample()
-        if done % 100 == 0 and stack:
-            leads.append((100 * done / n, 100 * done / profile.estimate(done, len(stack), 0).total))
-    assert all(shown - true < 10 for true, shown in leads if true >= 40)
+        after(done, len(stack))
 
 
 def _fan_out_profile(opened: int) -> DepthProfile:
@@ -372,19 +382,13 @@ def test_on_a_fan_out_the_percent_is_never_far_ahead() -> None:
     """The fan-out crawled in Scrapy's LIFO order, the shown percent every 10 units (60
     units a second): never more than 10 points ahead of the truth, its first seconds
     included (the 81 pages without links, taken first, made it 80 % at 4 %)."""
-    n, fanout = 2000, 100
-    profile, stack, done, leads = DepthProfile(), [(0, 0)], 0, []
-    shown = ShownTotal()
-    profile.add(0, "parse")
-    while stack:
-        page, depth = stack.pop()
-        for child in range(fanout * page + 1, min(n, fanout * page + fanout + 1)):
-            stack.append((child, depth + 1))
-            profile.add(depth + 1, "parse", "parse")
-        profile.finish(depth, "parse")
-        done += 1
+    n, profile, shown, leads = 2000, DepthProfile(), ShownTotal(), []
+
+    def after(done: int, pending: int) -> None:
         profile.sample()
-        if done % 10 == 0 and stack:
-            total = shown.update(done, profile.estimate(done, len(stack), 0), now=done / 60).total
+        if done % 10 == 0 and pending:
+            total = shown.update(done, profile.estimate(done, pending, 0), now=done / 60).total
             leads.append(100 * done / total - 100 * done / n)
+
+    _lifo_fan_out(n, profile, after)
     assert max(leads) < 10
