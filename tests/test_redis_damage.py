@@ -4,6 +4,7 @@ stage's keys vanished, keys holding another Redis type, the tracker's last commi
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +236,42 @@ def test_a_redis_that_evicts_keys_is_warned_of_at_open(
     assert len(warned) == 1
     assert "maxmemory-policy allkeys-lru" in warned[0]
     assert "noeviction" in warned[0]
+
+
+def test_a_crawl_whose_redis_fills_up_stops_with_one_paragraph_and_resumes(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """A real `scrapy crawl` whose Redis reaches its maxmemory (noeviction) mid-crawl: every
+    write is refused with OOM. The crawl stops with close reason checkpoint_error and one
+    paragraph saying Redis is full and what to do, not a traceback per request while it
+    went on to 'finished' with the journal groups it could not write dropped; once Redis
+    has room again the same command resumes and ends with every page once."""
+    from .crawl import Outputs, crawl
+    from .site import Site
+
+    site = Site(300, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private_redis.url)
+    outputs.directory.mkdir()
+    client = redis.Redis(port=private_redis.port)
+    try:
+        def fill_midway() -> None:
+            if site.wait_for_hits(100):
+                client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1000)
+
+        threading.Thread(target=fill_midway, daemon=True).start()
+        first = crawl(site, outputs)
+        assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+        assert "Traceback" not in first.log, first.log[-3000:]
+        assert "Redis refused to write the checkpoint (command not allowed when used memory" \
+            in first.log
+        assert "raise its maxmemory" in first.log
+        assert len(outputs.jsonlines("items.jl")) < 300
+        client.config_set("maxmemory", 0)
+        again = crawl(site, outputs)
+        assert again.returncode == 0, again.log[-3000:]
+        assert "Completed" in again.log
+    finally:
+        client.close()
+        site.close()
+    for name in ("items.jl", "own.jl"):
+        assert sorted(outputs.jsonlines(name)) == list(range(300)), name

@@ -50,6 +50,7 @@ from ..errors import (
     CheckpointError,
     CheckpointLockedError,
     CheckpointLostError,
+    CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
     redact,
@@ -153,6 +154,49 @@ def _permission_error_class() -> type[Exception]:
     return RedisPermissionError
 
 
+@cache
+def _refused_write_class() -> type[Exception]:
+    """redis-py's ResponseError for a write Redis refuses on a live connection (out of
+    memory under maxmemory, a read-only replica, snapshots failing: MISCONF) as a
+    CheckpointWriteError, still a ResponseError, whose message says what to do."""
+    from redis.exceptions import ResponseError
+
+    class RedisWriteRefusedError(CheckpointWriteError, ResponseError):
+        """Redis refused to write a key of the checkpoint."""
+
+        def __init__(self, message: str = "") -> None:
+            if message.startswith("Redis refused"):  # made again from its own args
+                super().__init__(message)
+                return
+            reason = message.split(". script:", maxsplit=1)[0].rstrip(".")
+            if reason.startswith("command not allowed when used memory"):
+                fix = ("Redis is full: raise its maxmemory or free memory on it "
+                       "(keep maxmemory-policy noeviction)")
+            elif "MISCONF" in message or "snapshots" in message:
+                fix = "Redis cannot save its data to disk: fix its disk or its dir setting"
+            else:
+                fix = "Redis accepts no writes there (a read-only replica?): point the URL " \
+                      "at the primary"
+            super().__init__(
+                f"Redis refused to write the checkpoint ({reason}). {fix}. The job stops: "
+                f"what was recorded before stays, and the work done since is redone by the "
+                f"next run, which resumes from the last group Redis accepted (run the same "
+                f"command again).")
+
+    RedisWriteRefusedError.__qualname__ = RedisWriteRefusedError.__name__
+    return RedisWriteRefusedError
+
+
+def _refuses_writes(exc: Exception) -> bool:
+    """True for a reply by which Redis refuses a write: OOM, READONLY or MISCONF."""
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+    text = str(exc)
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or "MISCONF" in text \
+        or "command not allowed when used memory" in text \
+        or "READONLY You can't write against a read only replica" in text
+
+
 def _wrong_type(exc: Exception, args: tuple[Any, ...]) -> CorruptCheckpointError:
     """A WRONGTYPE reply as one clear error naming the keys involved: a key of the store
     holds a value of another Redis type, written by something other than this package."""
@@ -193,6 +237,10 @@ def _client_class() -> Any:
             except ResponseError as exc:
                 if "can't run this command" in str(exc):  # an ACL denial inside a script
                     raise error(str(exc)) from None
+                if isinstance(exc, CheckpointError):
+                    raise
+                if _refuses_writes(exc):
+                    raise _refused_write_class()(str(exc)) from None
                 if "WRONGTYPE" not in str(exc):
                     raise
                 raise _wrong_type(exc, args) from None
