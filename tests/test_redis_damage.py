@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -238,35 +238,30 @@ def test_a_redis_that_evicts_keys_is_warned_of_at_open(
     assert "noeviction" in warned[0]
 
 
-def test_a_crawl_whose_redis_fills_up_stops_with_one_paragraph_and_resumes(
-    private_redis: PrivateRedis, tmp_path: Path,
-) -> None:
-    """A real `scrapy crawl` whose Redis reaches its maxmemory (noeviction) mid-crawl: every
-    write is refused with OOM. The crawl stops with close reason checkpoint_error and one
-    paragraph saying Redis is full and what to do, not a traceback per request while it
-    went on to 'finished' with the journal groups it could not write dropped; once Redis
-    has room again the same command resumes and ends with every page once."""
+def _crawl_hit_midway(private: PrivateRedis, tmp_path: Path, fault: Callable[[redis.Redis], object],
+                      repair: Callable[[redis.Redis], object] = lambda client: None) -> str:
+    """A real `scrapy crawl` of 300 pages whose Redis gets ``fault`` after 100 pages: it must
+    stop with close reason checkpoint_error, no traceback and fewer pages written; after
+    ``repair`` the same command resumes and ends with every page once. Returns the first
+    crawl's log."""
     from .crawl import Outputs, crawl
     from .site import Site
 
     site = Site(300, delay=0.005)
-    outputs = Outputs(tmp_path / "out", private_redis.url)
+    outputs = Outputs(tmp_path / "out", private.url)
     outputs.directory.mkdir()
-    client = redis.Redis(port=private_redis.port)
+    client = redis.Redis(port=private.port)
     try:
-        def fill_midway() -> None:
+        def midway() -> None:
             if site.wait_for_hits(100):
-                client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1000)
+                fault(client)
 
-        threading.Thread(target=fill_midway, daemon=True).start()
+        threading.Thread(target=midway, daemon=True).start()
         first = crawl(site, outputs)
         assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
         assert "Traceback" not in first.log, first.log[-3000:]
-        assert "Redis refused to write the checkpoint (command not allowed when used memory" \
-            in first.log
-        assert "raise its maxmemory" in first.log
         assert len(outputs.jsonlines("items.jl")) < 300
-        client.config_set("maxmemory", 0)
+        repair(client)
         again = crawl(site, outputs)
         assert again.returncode == 0, again.log[-3000:]
         assert "Completed" in again.log
@@ -275,3 +270,31 @@ def test_a_crawl_whose_redis_fills_up_stops_with_one_paragraph_and_resumes(
         site.close()
     for name in ("items.jl", "own.jl"):
         assert sorted(outputs.jsonlines(name)) == list(range(300)), name
+    return first.log
+
+
+def test_a_crawl_whose_redis_fills_up_stops_with_one_paragraph_and_resumes(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """Redis reaches its maxmemory (noeviction) mid-crawl: every write is refused with OOM.
+    The crawl stops with one paragraph saying Redis is full and what to do, not a
+    traceback per request while it went on to 'finished' with the journal groups it could
+    not write dropped; once Redis has room again the same command resumes."""
+    log = _crawl_hit_midway(
+        private_redis, tmp_path,
+        lambda client: client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1000),
+        lambda client: client.config_set("maxmemory", 0))
+    assert "Redis refused to write the checkpoint (command not allowed when used memory" in log
+    assert "raise its maxmemory" in log
+
+
+def test_a_crawl_whose_lock_key_is_deleted_stops_with_one_paragraph_and_resumes(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """The stage's lock key is deleted behind a running crawl: its next journal group is
+    refused (another process may own the stage). The crawl stops with one paragraph saying
+    its lock was lost, not with the close's traceback of the same refusal, and the same
+    command resumes."""
+    log = _crawl_hit_midway(private_redis, tmp_path,
+                            lambda client: client.delete("scrapy_checkpoint:site:lock"))
+    assert "This run lost its lock on stage 'site' in Redis at" in log

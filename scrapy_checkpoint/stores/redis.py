@@ -53,6 +53,7 @@ from ..errors import (
     CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
+    lease_lost,
     redact,
 )
 from ..journal.doneset import DoneSet
@@ -278,6 +279,19 @@ def _warn_if_evicting(client: Any, location: str) -> None:
             location, limit, policy)
 
 
+def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
+    """``script(**call)``, a script that fails with LOST_LOCK unless the caller holds
+    ``stage``'s lock: that failure raised as the LeaseLostError the job stops with."""
+    from redis.exceptions import ResponseError
+
+    try:
+        return script(**call)
+    except ResponseError as exc:
+        if "LOST_LOCK" in str(exc):
+            raise lease_lost(stage, f"Redis at {location}") from None
+        raise
+
+
 @dataclass(frozen=True)
 class TrackedUnits:
     """Two hashes a stage's journal appends keep in step (see :meth:`RedisStore.track_units`)."""
@@ -426,7 +440,7 @@ class RedisJournalWriter:
                 if "STAGE_GONE" in str(exc):
                     raise self._store.stage_gone(self._stage, seq - 1) from None
                 if "LOST_LOCK" in str(exc):
-                    raise CheckpointLockedError(self._stage, None, None, None) from exc
+                    raise lease_lost(self._stage, f"Redis at {self._store.location}") from None
                 raise
             self._pending.popleft()
             self._pending_bytes -= len(payload) + sum(len(record) for _, record in requests)
@@ -841,11 +855,11 @@ class RedisStore:
         covered = self._rotations.pop((stage, gen), None)
         if covered is None:
             return
-        done = self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
-                                    self.key(stage, "meta"), self.key(stage, "snapshot"),
-                                    self.key(stage, "snapshot:prev")],
-                              args=[self._tokens[stage], compress(
-                                  blob if isinstance(blob, bytes) else b"".join(blob)), covered])
+        done = _as_holder(self._snapshot, stage, self.location,
+                          keys=[self.key(stage, part) for part in
+                                ("lock", "journal", "meta", "snapshot", "snapshot:prev")],
+                          args=[self._tokens[stage], compress(
+                              blob if isinstance(blob, bytes) else b"".join(blob)), covered])
         if done and len(waiting) > 1:
             old = [ref for batch in waiting[:-1] for ref in batch]
             del waiting[:-1]
