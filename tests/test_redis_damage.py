@@ -298,3 +298,33 @@ def test_a_crawl_whose_lock_key_is_deleted_stops_with_one_paragraph_and_resumes(
     log = _crawl_hit_midway(private_redis, tmp_path,
                             lambda client: client.delete("scrapy_checkpoint:site:lock"))
     assert "This run lost its lock on stage 'site' in Redis at" in log
+
+
+def test_a_resume_whose_request_records_were_deleted_counts_them_lost_without_a_traceback(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """A crawl killed with requests pending, then the stage's hash of request records deleted
+    behind it: the resumed crawl cannot rebuild those requests. Each comes out of the queue
+    as one warning and a unit counted lost, not a traceback from Scrapy's scheduler loop
+    per request, and the crawl ends 'Incomplete' saying how many, never 'Completed'."""
+    from .crawl import Outputs, crawl, sigkill
+    from .site import Site
+
+    site = Site(300, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private_redis.url)
+    outputs.directory.mkdir()
+    client = redis.Redis(port=private_redis.port)
+    try:
+        first = crawl(site, outputs, interrupt=sigkill, interrupt_after_hits=100)
+        assert first.returncode == -9, first.log[-3000:]
+        assert client.delete("scrapy_checkpoint:site:requests") == 1
+        again = crawl(site, outputs)
+    finally:
+        client.close()
+        site.close()
+    assert again.returncode == 0, again.log[-3000:]
+    assert "Traceback" not in again.log, again.log[-3000:]
+    assert again.log.count("A journaled request cannot be read") == 1
+    assert "Incomplete: the work of" in again.log
+    assert "lost (unrestorable:" in again.log
+    assert "Completed" not in again.log
