@@ -328,3 +328,30 @@ def test_a_resume_whose_request_records_were_deleted_counts_them_lost_without_a_
     assert "Incomplete: the work of" in again.log
     assert "lost (unrestorable:" in again.log
     assert "Completed" not in again.log
+
+
+def test_a_full_redis_still_lists_and_shows_its_stages_and_refuses_a_reset_plainly(
+    private_redis: PrivateRedis, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Redis at its maxmemory (noeviction) refuses every write and every MULTI, reads
+    included. Reading the stages (list, show) must still work, as that is how the user
+    looks at what a stopped job recorded; a reset is refused with one paragraph saying
+    Redis is full, not redis-py's error for the first command of a pipeline."""
+    cp = EnhancedCheckpoint(private_redis.url, "s", log_every=0)
+    cp.start(total_items=20)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()
+    client = redis.Redis(port=private_redis.port)
+    client.config_set("maxmemory", 1)
+    client.close()
+    capsys.readouterr()
+    assert cli_run(["--backend", private_redis.url, "list"]) == 0, capsys.readouterr().err
+    assert "10/20 (50.0%)" in capsys.readouterr().out
+    assert cli_run(["--backend", private_redis.url, "show", "s"]) == 0, capsys.readouterr().err
+    assert "Processed          10 (successful 10" in capsys.readouterr().out
+    assert cli_run(["--backend", private_redis.url, "reset", "s"]) == 1
+    err = capsys.readouterr().err
+    assert "Redis is full: raise its maxmemory" in err
+    assert "Stage 's' not reset." in err

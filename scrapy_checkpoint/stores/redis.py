@@ -36,7 +36,7 @@ import struct
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -170,7 +170,7 @@ def _refused_write_class() -> type[Exception]:
                 super().__init__(message)
                 return
             reason = message.split(". script:", maxsplit=1)[0].rstrip(".")
-            if reason.startswith("command not allowed when used memory"):
+            if "command not allowed when used memory" in reason:
                 fix = ("Redis is full: raise its maxmemory or free memory on it "
                        "(keep maxmemory-policy noeviction)")
             elif "MISCONF" in message or "snapshots" in message:
@@ -277,6 +277,30 @@ def _warn_if_evicting(client: Any, location: str) -> None:
             "all evicted starts over from nothing, redoing its finished units. Set "
             "maxmemory-policy noeviction on a Redis that holds checkpoints.",
             location, limit, policy)
+
+
+def _read_stage(client: Any, key: Callable[[str], str]) -> list[Any]:
+    """A stage's snapshot, meta, journal, whether it has a state, its gone marker and the
+    length of its corrupt list (``key(part)`` names its keys), read in one transaction. A
+    Redis at its maxmemory refuses transactions (it queues nothing) and every write: then
+    read without one, again until the meta hash, changed by every write of a stage's
+    journal, reads the same after, so a full Redis can still be listed, shown, exported."""
+    def read(pipe: Any) -> list[Any]:
+        pipe.get(key("snapshot")).hgetall(key("meta")).lrange(key("journal"), 0, -1)
+        return list(pipe.exists(key("state")).get(key("gone")).llen(key("corrupt")).execute())
+
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            return read(pipe)
+    except CheckpointWriteError as exc:
+        if "used memory" not in str(exc):
+            raise
+        for _ in range(10):
+            with client.pipeline(transaction=False) as pipe:
+                values = read(pipe)
+            if client.hgetall(key("meta")) == values[1]:
+                return values
+        raise
 
 
 def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
@@ -691,14 +715,8 @@ class RedisStore:
     def load(self, stage: str) -> Loaded:
         """See :meth:`Store.load`: snapshot, meta and journal read in one transaction;
         ``generation`` is the last sequence number, ``good_bytes`` a record count."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.get(self.key(stage, "snapshot"))
-            pipe.hgetall(self.key(stage, "meta"))
-            pipe.lrange(self.key(stage, "journal"), 0, -1)
-            pipe.exists(self.key(stage, "state"))
-            pipe.get(self.key(stage, "gone"))
-            pipe.llen(self.key(stage, "corrupt"))
-            blob, meta, records, has_state, gone, set_aside = pipe.execute()
+        blob, meta, records, has_state, gone, set_aside = _read_stage(
+            self.client, lambda part: self.key(stage, part))
         try:
             meta = {k.decode(): int(v) for k, v in meta.items()}
             if any(v < 0 for v in meta.values()):
