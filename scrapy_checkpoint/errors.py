@@ -115,6 +115,27 @@ class OutputLostError(CheckpointWriteError):
     that would say 'completed' over those missing items."""
 
 
+class LeaseLostError(CheckpointWriteError, CheckpointLockedError):
+    """The running job no longer holds its stage: its lease expired (the process was frozen,
+    or the store unreachable, past the lease) or its lock was deleted behind it. Nothing
+    more can be written; what was committed before stays. Made by :func:`lease_lost`."""
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        CheckpointError.__init__(self, message)
+        self.stage, self.pid, self.host, self.since = stage, None, None, None  # type: ignore[assignment]
+
+
+def lease_lost(stage: str, location: str) -> LeaseLostError:
+    """The error of a job that lost its lock on ``stage`` in ``location`` while running."""
+    return LeaseLostError(
+        f"This run lost its lock on stage {stage!r} in {location}: the lease expired (the "
+        f"process was frozen, or the store unreachable, for longer than the lease) or the "
+        f"lock key was deleted by something else. Another process may own the stage now, "
+        f"so nothing more is recorded by this run; what it recorded before stays. Make sure "
+        f"no other process runs this stage, then run the same command again to resume from "
+        f"the last group recorded.", stage)
+
+
 class UnknownItemError(CheckpointError, LookupError):
     """``item_id(item)`` was given an item the checkpoint never saw yielded."""
 

@@ -4,7 +4,8 @@ stage's keys vanished, keys holding another Redis type, the tracker's last commi
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,122 @@ def test_a_redis_that_evicts_keys_is_warned_of_at_open(
     assert len(warned) == 1
     assert "maxmemory-policy allkeys-lru" in warned[0]
     assert "noeviction" in warned[0]
+
+
+def _crawl_hit_midway(private: PrivateRedis, tmp_path: Path, fault: Callable[[redis.Redis], object],
+                      repair: Callable[[redis.Redis], object] = lambda client: None) -> str:
+    """A real `scrapy crawl` of 300 pages whose Redis gets ``fault`` after 100 pages: it must
+    stop with close reason checkpoint_error, no traceback and fewer pages written; after
+    ``repair`` the same command resumes and ends with every page once. Returns the first
+    crawl's log."""
+    from .crawl import Outputs, crawl
+    from .site import Site
+
+    site = Site(300, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private.url)
+    outputs.directory.mkdir()
+    client = redis.Redis(port=private.port)
+    try:
+        def midway() -> None:
+            if site.wait_for_hits(100):
+                fault(client)
+
+        threading.Thread(target=midway, daemon=True).start()
+        first = crawl(site, outputs)
+        assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+        assert "Traceback" not in first.log, first.log[-3000:]
+        assert len(outputs.jsonlines("items.jl")) < 300
+        repair(client)
+        again = crawl(site, outputs)
+        assert again.returncode == 0, again.log[-3000:]
+        assert "Completed" in again.log
+    finally:
+        client.close()
+        site.close()
+    for name in ("items.jl", "own.jl"):
+        assert sorted(outputs.jsonlines(name)) == list(range(300)), name
+    return first.log
+
+
+def test_a_crawl_whose_redis_fills_up_stops_with_one_paragraph_and_resumes(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """Redis reaches its maxmemory (noeviction) mid-crawl: every write is refused with OOM.
+    The crawl stops with one paragraph saying Redis is full and what to do, not a
+    traceback per request while it went on to 'finished' with the journal groups it could
+    not write dropped; once Redis has room again the same command resumes."""
+    log = _crawl_hit_midway(
+        private_redis, tmp_path,
+        lambda client: client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1000),
+        lambda client: client.config_set("maxmemory", 0))
+    assert "Redis refused to write the checkpoint (command not allowed when used memory" in log
+    assert "raise its maxmemory" in log
+
+
+def test_a_crawl_whose_lock_key_is_deleted_stops_with_one_paragraph_and_resumes(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """The stage's lock key is deleted behind a running crawl: its next journal group is
+    refused (another process may own the stage). The crawl stops with one paragraph saying
+    its lock was lost, not with the close's traceback of the same refusal, and the same
+    command resumes."""
+    log = _crawl_hit_midway(private_redis, tmp_path,
+                            lambda client: client.delete("scrapy_checkpoint:site:lock"))
+    assert "This run lost its lock on stage 'site' in Redis at" in log
+
+
+def test_a_resume_whose_request_records_were_deleted_counts_them_lost_without_a_traceback(
+    private_redis: PrivateRedis, tmp_path: Path,
+) -> None:
+    """A crawl killed with requests pending, then the stage's hash of request records deleted
+    behind it: the resumed crawl cannot rebuild those requests. Each comes out of the queue
+    as one warning and a unit counted lost, not a traceback from Scrapy's scheduler loop
+    per request, and the crawl ends 'Incomplete' saying how many, never 'Completed'."""
+    from .crawl import Outputs, crawl, sigkill
+    from .site import Site
+
+    site = Site(300, delay=0.005)
+    outputs = Outputs(tmp_path / "out", private_redis.url)
+    outputs.directory.mkdir()
+    client = redis.Redis(port=private_redis.port)
+    try:
+        first = crawl(site, outputs, interrupt=sigkill, interrupt_after_hits=100)
+        assert first.returncode == -9, first.log[-3000:]
+        assert client.delete("scrapy_checkpoint:site:requests") == 1
+        again = crawl(site, outputs)
+    finally:
+        client.close()
+        site.close()
+    assert again.returncode == 0, again.log[-3000:]
+    assert "Traceback" not in again.log, again.log[-3000:]
+    assert again.log.count("A journaled request cannot be read") == 1
+    assert "Incomplete: the work of" in again.log
+    assert "lost (unrestorable:" in again.log
+    assert "Completed" not in again.log
+
+
+def test_a_full_redis_still_lists_and_shows_its_stages_and_refuses_a_reset_plainly(
+    private_redis: PrivateRedis, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Redis at its maxmemory (noeviction) refuses every write and every MULTI, reads
+    included. Reading the stages (list, show) must still work, as that is how the user
+    looks at what a stopped job recorded; a reset is refused with one paragraph saying
+    Redis is full, not redis-py's error for the first command of a pipeline."""
+    cp = EnhancedCheckpoint(private_redis.url, "s", log_every=0)
+    cp.start(total_items=20)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()
+    client = redis.Redis(port=private_redis.port)
+    client.config_set("maxmemory", 1)
+    client.close()
+    capsys.readouterr()
+    assert cli_run(["--backend", private_redis.url, "list"]) == 0, capsys.readouterr().err
+    assert "10/20 (50.0%)" in capsys.readouterr().out
+    assert cli_run(["--backend", private_redis.url, "show", "s"]) == 0, capsys.readouterr().err
+    assert "Processed          10 (successful 10" in capsys.readouterr().out
+    assert cli_run(["--backend", private_redis.url, "reset", "s"]) == 1
+    err = capsys.readouterr().err
+    assert "Redis is full: raise its maxmemory" in err
+    assert "Stage 's' not reset." in err

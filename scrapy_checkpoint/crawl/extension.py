@@ -33,7 +33,13 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 from ..bar import ProgressBar
 from ..checkpoint import EnhancedCheckpoint
 from ..durability import timer_period
-from ..errors import CheckpointError, CheckpointLostError, CheckpointWriteError, ConfigError
+from ..errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointLostError,
+    CheckpointWriteError,
+    ConfigError,
+)
 from ..journal.groups import ATTACHED, OUTPUTS, TOTAL
 from ..metrics import Metrics
 from ..stores.base import Store
@@ -368,7 +374,7 @@ class CheckpointExtension:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than
         crawl on with nothing recorded. After a failed write nothing more is committed
         (an item whose feed could not be opened must not be recorded done)."""
-        if isinstance(exc, CheckpointWriteError) and not self._write_failed:
+        if isinstance(exc, (CheckpointWriteError, CheckpointLockedError)) and not self._write_failed:
             self._write_failed = True
             if self.cp is not None:
                 self.cp.set_commit_gate(lambda: False)
@@ -415,7 +421,7 @@ class CheckpointExtension:
                 except SpiderStateError as exc:
                     logger.error("Stage %s: %s", self.stage, exc)
                     broken = True
-                except CheckpointWriteError as exc:  # left at its last commit (below)
+                except (CheckpointWriteError, CheckpointLockedError) as exc:  # left at its last commit
                     self._say_stopped(exc)
         finally:
             self.active = False
@@ -433,7 +439,7 @@ class CheckpointExtension:
             else:
                 try:
                     cp.close()
-                except CheckpointWriteError as exc:
+                except (CheckpointWriteError, CheckpointLockedError) as exc:
                     self._say_stopped(exc)
             closer = getattr(cp.store, "close", None)
             if closer is not None:

@@ -351,7 +351,13 @@ class RebuiltUnits:
         if code in self.live or not pending.has_payload(code):
             return None
         if request is None:
-            request = self._rebuilt(pending.get(code), code)
+            try:
+                request = self._rebuilt(pending.get(code), code)
+            except (OSError, ValueError) as exc:  # its record deleted or damaged behind us
+                self.warn_once("unreadable", f"A journaled request cannot be read ({exc}): it "
+                               f"is not sent again and counted lost (unrestorable), as is any "
+                               f"other whose record is gone.")
+                self.stats.inc_value("checkpoint/unrestorable")
             if request is None:
                 try:
                     self.cp.record_lost(LOST_UNRESTORABLE, 1, [code])

@@ -36,7 +36,7 @@ import struct
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -50,8 +50,10 @@ from ..errors import (
     CheckpointError,
     CheckpointLockedError,
     CheckpointLostError,
+    CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
+    lease_lost,
     redact,
 )
 from ..journal.doneset import DoneSet
@@ -153,6 +155,49 @@ def _permission_error_class() -> type[Exception]:
     return RedisPermissionError
 
 
+@cache
+def _refused_write_class() -> type[Exception]:
+    """redis-py's ResponseError for a write Redis refuses on a live connection (out of
+    memory under maxmemory, a read-only replica, snapshots failing: MISCONF) as a
+    CheckpointWriteError, still a ResponseError, whose message says what to do."""
+    from redis.exceptions import ResponseError
+
+    class RedisWriteRefusedError(CheckpointWriteError, ResponseError):
+        """Redis refused to write a key of the checkpoint."""
+
+        def __init__(self, message: str = "") -> None:
+            if message.startswith("Redis refused"):  # made again from its own args
+                super().__init__(message)
+                return
+            reason = message.split(". script:", maxsplit=1)[0].rstrip(".")
+            if "command not allowed when used memory" in reason:
+                fix = ("Redis is full: raise its maxmemory or free memory on it "
+                       "(keep maxmemory-policy noeviction)")
+            elif "MISCONF" in message or "snapshots" in message:
+                fix = "Redis cannot save its data to disk: fix its disk or its dir setting"
+            else:
+                fix = "Redis accepts no writes there (a read-only replica?): point the URL " \
+                      "at the primary"
+            super().__init__(
+                f"Redis refused to write the checkpoint ({reason}). {fix}. The job stops: "
+                f"what was recorded before stays, and the work done since is redone by the "
+                f"next run, which resumes from the last group Redis accepted (run the same "
+                f"command again).")
+
+    RedisWriteRefusedError.__qualname__ = RedisWriteRefusedError.__name__
+    return RedisWriteRefusedError
+
+
+def _refuses_writes(exc: Exception) -> bool:
+    """True for a reply by which Redis refuses a write: OOM, READONLY or MISCONF."""
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+    text = str(exc)
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or "MISCONF" in text \
+        or "command not allowed when used memory" in text \
+        or "READONLY You can't write against a read only replica" in text
+
+
 def _wrong_type(exc: Exception, args: tuple[Any, ...]) -> CorruptCheckpointError:
     """A WRONGTYPE reply as one clear error naming the keys involved: a key of the store
     holds a value of another Redis type, written by something other than this package."""
@@ -193,6 +238,10 @@ def _client_class() -> Any:
             except ResponseError as exc:
                 if "can't run this command" in str(exc):  # an ACL denial inside a script
                     raise error(str(exc)) from None
+                if isinstance(exc, CheckpointError):
+                    raise
+                if _refuses_writes(exc):
+                    raise _refused_write_class()(str(exc)) from None
                 if "WRONGTYPE" not in str(exc):
                     raise
                 raise _wrong_type(exc, args) from None
@@ -228,6 +277,43 @@ def _warn_if_evicting(client: Any, location: str) -> None:
             "all evicted starts over from nothing, redoing its finished units. Set "
             "maxmemory-policy noeviction on a Redis that holds checkpoints.",
             location, limit, policy)
+
+
+def _read_stage(client: Any, key: Callable[[str], str]) -> list[Any]:
+    """A stage's snapshot, meta, journal, whether it has a state, its gone marker and the
+    length of its corrupt list (``key(part)`` names its keys), read in one transaction. A
+    Redis at its maxmemory refuses transactions (it queues nothing) and every write: then
+    read without one, again until the meta hash, changed by every write of a stage's
+    journal, reads the same after, so a full Redis can still be listed, shown, exported."""
+    def read(pipe: Any) -> list[Any]:
+        pipe.get(key("snapshot")).hgetall(key("meta")).lrange(key("journal"), 0, -1)
+        return list(pipe.exists(key("state")).get(key("gone")).llen(key("corrupt")).execute())
+
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            return read(pipe)
+    except CheckpointWriteError as exc:
+        if "used memory" not in str(exc):
+            raise
+        for _ in range(10):
+            with client.pipeline(transaction=False) as pipe:
+                values = read(pipe)
+            if client.hgetall(key("meta")) == values[1]:
+                return values
+        raise
+
+
+def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
+    """``script(**call)``, a script that fails with LOST_LOCK unless the caller holds
+    ``stage``'s lock: that failure raised as the LeaseLostError the job stops with."""
+    from redis.exceptions import ResponseError
+
+    try:
+        return script(**call)
+    except ResponseError as exc:
+        if "LOST_LOCK" in str(exc):
+            raise lease_lost(stage, f"Redis at {location}") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -378,7 +464,7 @@ class RedisJournalWriter:
                 if "STAGE_GONE" in str(exc):
                     raise self._store.stage_gone(self._stage, seq - 1) from None
                 if "LOST_LOCK" in str(exc):
-                    raise CheckpointLockedError(self._stage, None, None, None) from exc
+                    raise lease_lost(self._stage, f"Redis at {self._store.location}") from None
                 raise
             self._pending.popleft()
             self._pending_bytes -= len(payload) + sum(len(record) for _, record in requests)
@@ -629,14 +715,8 @@ class RedisStore:
     def load(self, stage: str) -> Loaded:
         """See :meth:`Store.load`: snapshot, meta and journal read in one transaction;
         ``generation`` is the last sequence number, ``good_bytes`` a record count."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.get(self.key(stage, "snapshot"))
-            pipe.hgetall(self.key(stage, "meta"))
-            pipe.lrange(self.key(stage, "journal"), 0, -1)
-            pipe.exists(self.key(stage, "state"))
-            pipe.get(self.key(stage, "gone"))
-            pipe.llen(self.key(stage, "corrupt"))
-            blob, meta, records, has_state, gone, set_aside = pipe.execute()
+        blob, meta, records, has_state, gone, set_aside = _read_stage(
+            self.client, lambda part: self.key(stage, part))
         try:
             meta = {k.decode(): int(v) for k, v in meta.items()}
             if any(v < 0 for v in meta.values()):
@@ -793,11 +873,11 @@ class RedisStore:
         covered = self._rotations.pop((stage, gen), None)
         if covered is None:
             return
-        done = self._snapshot(keys=[self.key(stage, "lock"), self.key(stage, "journal"),
-                                    self.key(stage, "meta"), self.key(stage, "snapshot"),
-                                    self.key(stage, "snapshot:prev")],
-                              args=[self._tokens[stage], compress(
-                                  blob if isinstance(blob, bytes) else b"".join(blob)), covered])
+        done = _as_holder(self._snapshot, stage, self.location,
+                          keys=[self.key(stage, part) for part in
+                                ("lock", "journal", "meta", "snapshot", "snapshot:prev")],
+                          args=[self._tokens[stage], compress(
+                              blob if isinstance(blob, bytes) else b"".join(blob)), covered])
         if done and len(waiting) > 1:
             old = [ref for batch in waiting[:-1] for ref in batch]
             del waiting[:-1]
