@@ -879,11 +879,11 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.done_here.add_new(code)
         if self.progress is not None:  # (its kind is known already if it yielded requests)
             self.progress.finish(request.meta.get("depth", 0), *self.progress.finder(request))
-        if self.on_done is not None:
-            self.on_done(code)
         cp = self.cp
         try:
             self.outputs.release(code)  # an output that cannot take them stops: not done
+            if self.on_done is not None:  # (after: release may commit, before the done record)
+                self.on_done(code)
             if code in self._expired or code in self._failures:
                 self._failures.discard(code)
                 cp.finish_unit(code, processed=1, failed=1, last_item=request.url)
