@@ -21,6 +21,7 @@ unit (setup requests, a request's own ``cookies``) join at once.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
 from http.cookiejar import Cookie
@@ -111,11 +112,12 @@ class TrackedJar(CookieJar):
         self._jars.mark()
 
 
-class _Jars(dict[Any, CookieJar]):
-    """The middleware's jars by key: a missing one is made by ``factory(key)``."""
+class _Jars(defaultdict[Any, CookieJar]):
+    """The middleware's jars by key (a defaultdict, as Scrapy's): a missing one is made by
+    ``factory(key)``."""
 
     def __init__(self, factory: Callable[[Any], CookieJar]) -> None:
-        super().__init__()
+        super().__init__(CookieJar)
         self.factory = factory
 
     def __missing__(self, key: Any) -> CookieJar:
@@ -155,7 +157,7 @@ class CookieJars:
         for key, jar in list(mw.jars.items()):  # jars made before now (none in a plain crawl)
             for cookie in jar:
                 jars[key].set_cookie(cookie)
-        mw.jars = jars  # type: ignore[assignment]
+        mw.jars = jars
         if not self._saved:
             return 0
         restored = 0
