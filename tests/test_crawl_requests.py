@@ -8,9 +8,9 @@
   it; with ``CHECKPOINT_DROP_UNRESTORABLE`` the run drops those requests, counts them, and the
   stage ends ``incomplete``.
 - Requests that cannot be journaled and were pending at a kill are counted as lost: the stage
-  ends ``incomplete``, never ``completed``, and says how many; but those whose callback is a
-  lambda, yielded by a unit's callback, are found again (that unit is done only once they
-  are), and the crawl ends as plain Scrapy's.
+  ends ``incomplete``, never ``completed``, and says how many; but those yielded by a unit's
+  callback (a lambda as callback, an object such as an ``ItemLoader`` in ``meta``) are found
+  again (that unit is done only once they are), and the crawl ends as plain Scrapy's.
 """
 
 from __future__ import annotations
@@ -172,13 +172,15 @@ def test_unjournaled_requests_pending_at_a_kill_are_counted_and_the_stage_ends_i
     site = Site(120, delay=0.004)
     try:
         outputs = Outputs(tmp_path)
-        killed = crawl(site, outputs, "-a", "unserializable=1", interrupt=sigkill,
+        # Every request but the start one has an object in its meta, and is scheduled with
+        # engine.crawl(): nothing yields it, so nothing can find it again.
+        killed = crawl(site, outputs, "-a", "unserializable=engine", interrupt=sigkill,
                        interrupt_after_hits=30)
         assert killed.returncode == -9
         pending = _state(tmp_path, "site").pending_units
-        assert pending > 0  # every request but the start one has an object in its meta
+        assert pending > 0
 
-        resumed = crawl(site, outputs, "-a", "unserializable=1")
+        resumed = crawl(site, outputs, "-a", "unserializable=engine")
         assert resumed.returncode == 0, resumed.log[-3000:]
         assert (f"{pending} request(s) that could not be journaled were pending at the "
                 f"interruption") in resumed.log
@@ -189,7 +191,7 @@ def test_unjournaled_requests_pending_at_a_kill_are_counted_and_the_stage_ends_i
         assert state.lost == {"unjournaled": pending}
         assert state.progress.processed_items < state.progress.total_items
 
-        again = crawl(site, outputs, "-a", "unserializable=1")  # resumes, does not restart
+        again = crawl(site, outputs, "-a", "unserializable=engine")  # resumes, does not restart
         assert again.returncode == 0, again.log[-3000:]
         assert "Resuming incomplete stage site" in again.log
         assert again.hits == {}
@@ -213,6 +215,37 @@ def test_requests_with_lambda_callbacks_are_found_again_after_a_kill(tmp_path: P
         killed = crawl(site, outputs, "-a", "lambdas=1", interrupt=sigkill, interrupt_after_hits=40)
         assert killed.returncode == -9, killed.log[-3000:]
         final = crawl(site, outputs, "-a", "lambdas=1")
+    finally:
+        site.close()
+    assert final.returncode == 0, final.log[-3000:]
+    assert "[site] Completed." in final.log, final.log[-3000:]
+    assert "checkpoint/lost" not in final.log
+    assert sorted(outputs.jsonlines("items.jl")) == sorted(plain.jsonlines("items.jl"))
+    assert sorted(outputs.jsonlines("own.jl")) == list(range(120))
+    assert sorted(outputs.csv_pages()) == list(range(120))
+    state = _state(outputs.directory, "site")
+    assert state.status is Status.COMPLETED
+    assert state.lost == {}
+
+
+def test_requests_with_objects_in_meta_are_found_again_after_a_kill(tmp_path: Path) -> None:
+    # Every link is followed with an object in its meta (as an ItemLoader passed to the next
+    # callback): no request but the start one can be journaled. Each holds the unit whose
+    # callback yielded it until it is done, so a kill redoes that unit, which yields it again:
+    # nothing is lost, nothing written twice.
+    site = Site(120, delay=0.004)
+    try:
+        plain = Outputs(tmp_path / "plain")
+        plain.directory.mkdir()
+        reference = crawl(site, plain, "-a", "unserializable=1", "-s", "ADDONS={}")
+        assert reference.returncode == 0, reference.log[-3000:]
+        outputs = Outputs(tmp_path / "cp")
+        outputs.directory.mkdir()
+        for hits in (30, 60):
+            killed = crawl(site, outputs, "-a", "unserializable=1", interrupt=sigkill,
+                           interrupt_after_hits=hits)
+            assert killed.returncode == -9, killed.log[-3000:]
+        final = crawl(site, outputs, "-a", "unserializable=1")
     finally:
         site.close()
     assert final.returncode == 0, final.log[-3000:]

@@ -19,6 +19,7 @@ status the close reason calls for. The work lives in named collaborators:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -219,7 +220,6 @@ class CheckpointExtension:
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
         totals = self.totals = StageTotals(cp, frontier.unit_of_request)
         totals.log_earlier_items(self.stage)
-        frontier.on_done, frontier.on_leave = totals.release, totals.discard
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
             cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(
                 self.crawler.settings, alone=worker is None and not self._scrapy_redis))
@@ -230,7 +230,7 @@ class CheckpointExtension:
             keeper.attach(spider)
         cp.set_commit_gate(keeper.ready)
         outputs.cut(cp.live.outputs)
-        self.cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), self.warn_once)
+        self.cookies = _cookie_jars(cp, frontier, totals, self.warn_once)
         setup = self.setup = frontier.setup = SetupRequests(
             cp.live.attached.get(SETUP_ATTACHED), self.stats, self.warn_once, self.stage,
             lambda request: self.crawler.engine.crawl(request))  # noqa: PLW0108 (no engine yet)
@@ -501,6 +501,25 @@ def _hook_engine(ext: CheckpointExtension, frontier: Frontier) -> None:
     items = ItemTracking(ext.deliveries, ext.totals, ext.item_ids)
     hook_spider_output(engine, frontier.child_yielded, items)
     hook_item_processing(engine, items)
+
+
+def _cookie_jars(cp: EnhancedCheckpoint, frontier: Frontier, totals: StageTotals,
+                 warn_once: Callable[[str, str], None]) -> CookieJars:
+    """The stage's cookie jars. A unit done joins its counts to the stage totals and the
+    cookies its responses set to the journaled jars; a unit that leaves the run undone, not."""
+    cookies = CookieJars(cp.live.attached.get(ATTACHED_NAME), warn_once,
+                         frontier.unit_of_request)
+
+    def done(code: int) -> None:
+        totals.release(code)
+        cookies.release(code)
+
+    def left(code: int) -> None:
+        totals.discard(code)
+        cookies.discard(code)
+
+    frontier.on_done, frontier.on_leave = done, left
+    return cookies
 
 
 def _commit_fields(ext: CheckpointExtension) -> dict[str, Any] | None:

@@ -432,15 +432,26 @@ class JournaledRecords:
 
 
 class HeldUnits:
-    """The part of :class:`Frontier` for requests whose callback or errback is no spider method
-    (a lambda, another object's method): they are journaled without their request, so the
-    unit whose callback yielded one is done only once that one's unit is done
+    """The part of :class:`Frontier` for requests a unit's callback yields that cannot be
+    journaled (a callback or errback that is no spider method, such as a lambda; an object in
+    ``meta`` or ``cb_kwargs``, such as an ``ItemLoader``): they are journaled without their
+    request, so the unit whose callback yielded one is done only once that one's unit is done
     (:class:`Holds`), and a crash before then redoes that unit, which yields it again and
     finds it. Uses the frontier's fields, declared here."""
 
     crawler: Any
     live: set[int]
     holds: Holds
+    #: The unit whose callback yielded each request with journaled callbacks, until it is
+    #: scheduled (:meth:`record_held`; Scrapy schedules a callback's output after a queue).
+    _yielded_by: WeakKeyDictionary[Request, int]
+    #: The unit :meth:`hold_parent` found for the request being registered.
+    _holder: int | None = None
+    cp: EnhancedCheckpoint
+
+    def record(self, request: Request, spider: Spider, *, then: str = _UNJOURNALED
+               ) -> bytes | None:
+        raise NotImplementedError
 
     def unit_of_request(self, request: Request | None) -> int | None:
         raise NotImplementedError
@@ -455,17 +466,44 @@ class HeldUnits:
         if callbacks_by_name(request, self.crawler.spider):
             if meta.pop(HELD_META, None):  # (copied from another request's meta)
                 meta.pop(HOLDER_META, None)
+            holder = self.unit_of_request(parent)
+            if holder is not None:
+                self._yielded_by[request] = holder
             return
         holder = self.unit_of_request(parent)
         if holder is None:
             return  # (start()'s) journaled without its request: a crash loses it (counted)
         meta[HELD_META], meta[HOLDER_META] = True, holder
 
-    def hold_parent(self, code: int, meta: dict[str, Any]) -> None:
-        """Unit ``code`` was just registered: if it is held for its callback, it holds the
-        unit that yielded it."""
-        if meta.get(HELD_META) and meta.get(HOLDER_META) in self.live:
-            self.holds.hold(code, meta[HOLDER_META])
+    def hold_parent(self, code: int, request: Request) -> None:
+        """``request`` was just registered as unit ``code``: if it is held for its callback, it
+        holds the unit that yielded it; else that unit, if any, is kept for
+        :meth:`record_held`, and held now if an earlier run recorded ``code`` without its
+        request (the unit redone after a crash yields it again)."""
+        meta = request.meta
+        if meta.get(HELD_META):
+            if meta.get(HOLDER_META) in self.live:
+                self.holds.hold(code, meta[HOLDER_META])
+            return
+        holder = self._yielded_by.pop(request, None) if self._yielded_by else None
+        self._holder = holder if holder in self.live else None
+        pending = self.cp.live.pending
+        if self._holder is not None and code in pending and not pending.has_payload(code):
+            self.holds.hold(code, self._holder)
+
+    def record_held(self, request: Request, spider: Spider, code: int) -> bytes | None:
+        """The record of ``request``, registered as the new unit ``code`` just after
+        :meth:`hold_parent` (None: it cannot be journaled). One that cannot be journaled for
+        what it carries (``meta``, ``cb_kwargs``, cookies), yielded by a unit's callback, holds
+        that unit as one held for its callback does; from ``start()`` nothing would yield it
+        again: a crash loses it (counted)."""
+        if request.meta.get(HELD_META):
+            return self.record(request, spider, then=_HELD)
+        holder = self._holder
+        record = self.record(request, spider, then=_UNJOURNALED if holder is None else _HELD)
+        if record is None and holder is not None:
+            self.holds.hold(code, holder)
+        return record
 
     def release_holds(self) -> None:
         """The crawl is idle: every request is finished, so units still held (a
@@ -511,6 +549,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.continued: dict[int, int] = {}
         #: Units held by the checkpoint_ignore requests their callbacks yielded.
         self.holds = Holds()
+        self._yielded_by = WeakKeyDictionary()
         #: Units pending at open that had started (in flight at the crash): redone now.
         live = cp.live
         self.inflight_at_crash: set[int] = {c for c in live.started if c in live.pending}
@@ -640,7 +679,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         meta[UNIT_META] = code
         live.add(code)
         self._registered.add(request)
-        self.hold_parent(code, meta)
+        self.hold_parent(code, request)
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
@@ -649,7 +688,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         if code not in pending:  # (nor done: see above)
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
-            record = self.record(request, spider, then=_HELD if meta.get(HELD_META) else _UNJOURNALED)
+            record = self.record_held(request, spider, code)
             try:
                 cp.add_new_unit(code, record, request.priority)
             except CheckpointError as exc:  # its record cannot be written: the crawl stops
@@ -846,11 +885,11 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.done_here.add_new(code)
         if self.progress is not None:  # (its kind is known already if it yielded requests)
             self.progress.finish(request.meta.get("depth", 0), *self.progress.finder(request))
-        if self.on_done is not None:
-            self.on_done(code)
         cp = self.cp
         try:
             self.outputs.release(code)  # an output that cannot take them stops: not done
+            if self.on_done is not None:  # (after: release may commit, before the done record)
+                self.on_done(code)
             if code in self._expired or code in self._failures:
                 self._failures.discard(code)
                 cp.finish_unit(code, processed=1, failed=1, last_item=request.url)

@@ -320,7 +320,17 @@ class DurableOutput(HeldRecords):
     def record(self) -> list[Any]:
         """The journal's entry for this file: ``[base, length]``, or with the document's
         fields (see :data:`~scrapy_checkpoint.journal.groups.OUTPUTS`)."""
-        length = self.committed_length()
+        return self._entry(self.committed_length())
+
+    def entry_now(self) -> list[Any]:
+        """:meth:`record` as of now without flushing (the bytes written so far, buffered ones
+        included)."""
+        if self._closed_length is not None:
+            return self._entry(self._closed_length)
+        closed = self._failed is not None or self._file.closed or self._document_closed
+        return self._entry(self.length if closed else self._file.tell())
+
+    def _entry(self, length: int) -> list[Any]:
         if not self._document:
             return [self.base, length]
         document = {DOC_ITEMS: self.items, **self.framing.record(), **self._extra}
@@ -435,6 +445,9 @@ class OutputSet:
         self._warn_once = warn_once
         self._outputs: dict[str, DurableOutput] = {}
         self._writers: list[HeldRecords] = []
+        #: A batch feed is among the writers (see release); the entries before a release.
+        self._batched = False
+        self._before: dict[str, list[Any]] | None = None
         self._recorded: dict[str, list[Any]] = {}
         self._files: set[str] = set()
 
@@ -582,6 +595,7 @@ class OutputSet:
     def add(self, writer: HeldRecords) -> None:
         """Release units into ``writer`` too (a :class:`~.batches.BatchedOutput`)."""
         self._writers.append(writer)
+        self._batched = True
 
     def open_batch_file(self, path: str, *, overwrite: bool, framing: Framing,
                         extra: dict[str, Any]) -> DurableOutput:
@@ -600,12 +614,21 @@ class OutputSet:
 
     def release(self, unit: int | None) -> None:
         """The unit is done: its bytes go to every output it wrote. Raises
-        CheckpointWriteError if one cannot take them (a full disk)."""
+        CheckpointWriteError if one cannot take them (a full disk).
+
+        A batch feed may start its next file here, which commits the stage at once (see
+        :meth:`_open_file`) before the unit's done record: that commit records each output as
+        it was before the unit's bytes (:attr:`_before`), so a crash then cuts them and the
+        unit is redone, instead of keeping its items and doing it again."""
+        if self._batched:
+            self._before = {key: out.entry_now() for key, out in self._outputs.items()}
         try:
             for writer in self._writers:
                 writer.release(unit)
         except OSError as exc:
             raise write_error(self.cp.stage, self.cp.store.location, exc) from exc
+        finally:
+            self._before = None
 
     def take_released(self) -> bool:
         """True while every output still writes what :meth:`release` gives it (none closed:
@@ -633,8 +656,10 @@ class OutputSet:
         """Outputs whose journal entry changed since the last call: path -> entry
         (flushes them to the OS first; called before each journal commit)."""
         changed = {}
+        before = self._before or {}
         for key, output in self._outputs.items():
-            entry = output.record()
+            entry = output.record()  # (flushed: also when the entry is the one before)
+            entry = before.get(key, entry)
             if entry != self._recorded.get(key):
                 self._recorded[key] = entry
                 changed[key] = entry

@@ -9,12 +9,20 @@ writes every jar to the journal as JSON (never pickle) in the first commit
 after a change, and puts them back into the middleware before the first
 resumed request is scheduled. The default jar (no ``cookiejar`` key) and jars
 keyed by a string or an integer are kept; any other key is not (one warning).
+
+What is journaled is each jar as the done requests left it: the ``Set-Cookie``
+of a unit's responses (its redirects' included) joins the journaled jars when
+the unit is done, not when the response arrives. A unit in flight at a crash is
+redone, and sends the cookies it sent the first time, not the ones its own
+response set (``step=7`` read back by the page that set it). Cookies set with no
+unit (setup requests, a request's own ``cookies``) join at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from functools import partial
 from http.cookiejar import Cookie
 from typing import Any
@@ -65,41 +73,79 @@ def find_cookies_middleware(crawler: Any) -> CookiesMiddleware | None:
 
 
 class TrackedJar(CookieJar):
-    """A Scrapy cookie jar that calls ``on_change()`` whenever cookies may have changed."""
+    """A Scrapy cookie jar, the one of ``key``, that tells ``jars`` (a :class:`CookieJars`)
+    what changed in it: the cookies a response sets (and deletes), or a cookie set
+    otherwise."""
 
-    def __init__(self, on_change: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, jars: CookieJars, key: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._on_change = on_change
+        self._jars = jars
+        self._key = key
+        #: The cookies of the last response (the middleware sets them next).
+        self._made: list[Cookie] = []
+
+    def make_cookies(self, response: Response, request: Request) -> Sequence[Cookie]:
+        """Scrapy's (CookiesMiddleware reads a response's cookies with it, and sets them with
+        :meth:`set_cookie_if_ok`), noting the response."""
+        self._made = list(super().make_cookies(response, request))
+        if b"Set-Cookie" in response.headers:
+            self._jars.extracted(self._key, response, request)
+        return self._made
 
     def extract_cookies(self, response: Response, request: Request) -> None:
-        """Scrapy's, noting a change when the response sets cookies."""
+        """Scrapy's, noting the response."""
         super().extract_cookies(response, request)
         if b"Set-Cookie" in response.headers:
-            self._on_change()
+            self._jars.extracted(self._key, response, request)
 
     def set_cookie_if_ok(self, cookie: Cookie, request: Request) -> None:
-        """Scrapy's (a request's own cookies), noting a change."""
+        """Scrapy's (a request's own cookies, or a response's), noting a change."""
         super().set_cookie_if_ok(cookie, request)
-        self._on_change()
+        if not any(cookie is made for made in self._made):  # a response's: see extracted
+            self._jars.journaled(self._key).set_cookie_if_ok(cookie, request)
+            self._jars.mark()
 
     def set_cookie(self, cookie: Cookie) -> None:
         """Scrapy's, noting a change."""
         super().set_cookie(cookie)
-        self._on_change()
+        self._jars.journaled(self._key).set_cookie(cookie)
+        self._jars.mark()
+
+
+class _Jars(defaultdict[Any, CookieJar]):
+    """The middleware's jars by key (a defaultdict, as Scrapy's): a missing one is made by
+    ``factory(key)``."""
+
+    def __init__(self, factory: Callable[[Any], CookieJar]) -> None:
+        super().__init__(CookieJar)
+        self.factory = factory
+
+    def __missing__(self, key: Any) -> CookieJar:
+        jar = self[key] = self.factory(key)
+        return jar
 
 
 class CookieJars:
     """The cookie jars of one crawl, kept with its checkpoint (see the module docstring).
 
     ``saved`` is what the stage holds (``[[key, [cookie, ...]], ...]``), from the
-    checkpoint's attached data; ``warn_once(kind, message)`` logs a warning once.
+    checkpoint's attached data; ``warn_once(kind, message)`` logs a warning once;
+    ``unit_of(request)`` is the unit a request works for in this run (None: none).
+    :meth:`release` is called when a unit is done, :meth:`discard` when it leaves the run
+    undone.
     """
 
-    def __init__(self, saved: Any, warn_once: Any) -> None:
+    def __init__(self, saved: Any, warn_once: Any,
+                 unit_of: Callable[[Request], int | None] = lambda request: None) -> None:
         self._saved = saved
         self._warn_once = warn_once
+        self._unit_of = unit_of
         self._middleware: CookiesMiddleware | None = None
         self._dirty = False
+        #: The jars as the done units left them: what is journaled.
+        self._journaled: dict[Any, CookieJar] = {}
+        #: Unit -> the cookies its responses set, until it is done: (jar key, response, request).
+        self._pending: dict[int, list[tuple[Any, Response, Request]]] = {}
 
     def attach(self, crawler: Any) -> int:
         """Give the crawl's CookiesMiddleware tracked jars and restore the saved ones into
@@ -107,12 +153,11 @@ class CookieJars:
         self._middleware = mw = find_cookies_middleware(crawler)
         if mw is None:
             return 0
-        factory = partial(TrackedJar, self._mark)
+        jars = _Jars(partial(TrackedJar, self))
         for key, jar in list(mw.jars.items()):  # jars made before now (none in a plain crawl)
-            tracked = mw.jars[key] = factory()
             for cookie in jar:
-                tracked.set_cookie(cookie)
-        mw.jars.default_factory = factory
+                jars[key].set_cookie(cookie)
+        mw.jars = jars
         if not self._saved:
             return 0
         restored = 0
@@ -128,17 +173,56 @@ class CookieJars:
         self._dirty = False  # what was just restored is what the stage holds
         return restored
 
-    def _mark(self) -> None:
+    def mark(self) -> None:
         self._dirty = True
 
+    def journaled(self, key: Any) -> CookieJar:
+        """The journaled jar of ``key`` (made empty if there is none)."""
+        jar = self._journaled.get(key)
+        if jar is None:
+            jar = self._journaled[key] = CookieJar()
+        return jar
+
+    def extracted(self, key: Any, response: Response, request: Request) -> None:
+        """``response`` to ``request`` sets (or deletes) cookies in the jar of ``key``: they
+        join the journaled jar when the unit of ``request`` is done (at once if it has none)."""
+        lite = Response(response.url, headers={"Set-Cookie": response.headers.getlist("Set-Cookie")})
+        unit = self._unit_of(request)
+        if unit is None:
+            self._apply(key, lite, request)
+        else:
+            self._pending.setdefault(unit, []).append((key, lite, request))
+
+    def release(self, unit: int) -> None:
+        """``unit`` is done: the cookies its responses set join the journaled jars."""
+        for key, response, request in self._pending.pop(unit, ()):
+            self._apply(key, response, request)
+
+    def _apply(self, key: Any, response: Response, request: Request) -> None:
+        """Set the cookies of ``response`` in the journaled jar of ``key`` as the middleware
+        set them in its own (expired ones deleted)."""
+        jar = self.journaled(key)
+        cookies = jar.make_cookies(response, request)
+        process = getattr(self._middleware, "_process_cookies", None)
+        if callable(process):
+            process(cookies, jar=jar, request=request)
+        else:
+            for cookie in cookies:
+                jar.set_cookie_if_ok(cookie, request)
+        self._dirty = True
+
+    def discard(self, unit: int) -> None:
+        """``unit`` left this run without being done here: its cookies are not journaled."""
+        self._pending.pop(unit, None)
+
     def changed(self) -> list[list[Any]] | None:
-        """Every jar as JSON if one changed since the last call, else None (called before
-        each journal commit)."""
+        """Every journaled jar as JSON if one changed since the last call, else None (called
+        before each journal commit)."""
         if not self._dirty or self._middleware is None:
             return None
         self._dirty = False
         jars = []
-        for key, jar in self._middleware.jars.items():
+        for key, jar in self._journaled.items():
             if key is not None and (not isinstance(key, (str, int)) or isinstance(key, bool)):
                 self._warn_once(f"cookiejar:{type(key).__name__}",
                                 f"Cookie jar key {key!r} is not a string or an integer: its "

@@ -5,8 +5,11 @@ from __future__ import annotations
 from http.cookiejar import Cookie
 from pathlib import Path
 
+from scrapy import Request
+from scrapy.http import Response
+
 from scrapy_checkpoint import EnhancedCheckpoint
-from scrapy_checkpoint.crawl.sessions import TrackedJar, cookie_from_json, cookie_to_json
+from scrapy_checkpoint.crawl.sessions import CookieJars, TrackedJar, cookie_from_json, cookie_to_json
 from scrapy_checkpoint.journal.groups import ATTACHED
 
 
@@ -30,11 +33,36 @@ def test_a_cookie_round_trips_through_json_with_its_flags() -> None:
 
 
 def test_a_tracked_jar_reports_a_change() -> None:
-    changes: list[int] = []
-    jar = TrackedJar(lambda: changes.append(1))
+    jars = CookieJars(None, lambda kind, message: None)
+    jar = TrackedJar(jars, "a")
     jar.set_cookie(_cookie())
-    assert changes
     assert [c.value for c in jar] == ["abc"]
+    assert [c.value for c in jars.journaled("a")] == ["abc"]
+
+
+def _set_by_response(jar: TrackedJar, unit: int, set_cookie: str) -> None:
+    """What CookiesMiddleware does with a response of unit ``unit``."""
+    request = Request("http://example.com/p", meta={"unit": unit})
+    response = Response("http://example.com/p", headers={"Set-Cookie": set_cookie})
+    for cookie in jar.make_cookies(response, request):
+        jar.set_cookie_if_ok(cookie, request)
+
+
+def test_a_response_s_cookies_are_journaled_when_its_unit_is_done() -> None:
+    jars = CookieJars(None, lambda kind, message: None, lambda request: request.meta["unit"])
+    jar = TrackedJar(jars, "a")
+    _set_by_response(jar, 7, "step=7; Path=/")
+    assert [c.value for c in jar] == ["7"]  # the crawl sends it at once
+    assert list(jars.journaled("a")) == []  # unit 7 is not done: a crash redoes it without
+    jars.release(7)
+    assert [c.value for c in jars.journaled("a")] == ["7"]
+    _set_by_response(jar, 8, "step=; Path=/; Max-Age=0")  # deleted
+    assert list(jar) == []
+    assert [c.value for c in jars.journaled("a")] == ["7"]
+    _set_by_response(jar, 9, "other=1; Path=/")
+    jars.discard(9)  # left the run undone
+    jars.release(8)
+    assert list(jars.journaled("a")) == []
 
 
 def _commit_attached(directory: Path, value: object) -> EnhancedCheckpoint:

@@ -12,7 +12,9 @@ class SiteSpider(scrapy.Spider):
     """Follows every link of the test site; one item per page.
 
     ``-a base=http://127.0.0.1:PORT``; ``-a fail_in_callback=7`` raises in page 7's callback;
-    ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta;
+    ``-a unserializable=1`` puts an object that JSON cannot hold in the children's meta
+    (``-a unserializable=engine``: and schedules them with ``engine.crawl()`` instead of
+    yielding them);
     ``-a lambdas=1`` follows links with a lambda as callback (not a spider method);
     ``-a extra=1`` gives every item one more field, ``extra``, after ``page``;
     ``-a priority=1`` gives each link the priority ``page * 7 % 10`` of the page it leads to;
@@ -33,6 +35,7 @@ class SiteSpider(scrapy.Spider):
         self.probe = probe
         self.extra = bool(extra)
         self.unserializable = bool(unserializable)
+        self.by_engine = unserializable == "engine"
         self.base = base
         self.fail_in_callback = {int(x) for x in fail_in_callback.split(",") if x}
 
@@ -61,4 +64,8 @@ class SiteSpider(scrapy.Spider):
             target = int(href.rsplit("/", 1)[1])
             priority = target * 7 % 10 if self.priority else 0
             callback = (lambda r: self.parse(r)) if self.lambdas else self.parse  # noqa: PLW0108 (the point)
-            yield response.follow(href, callback=callback, meta=meta, priority=priority)
+            request = response.follow(href, callback=callback, meta=meta, priority=priority)
+            if self.by_engine:
+                self.crawler.engine.crawl(request)
+            else:
+                yield request
