@@ -200,52 +200,31 @@ def test_unjournaled_requests_pending_at_a_kill_are_counted_and_the_stage_ends_i
         site.close()
 
 
-def test_requests_with_lambda_callbacks_are_found_again_after_a_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "kills"), [
     # Every link is followed with a lambda: no request but the start one can be journaled
-    # with its callback. Each holds the unit whose callback yielded it until it is done, so
-    # a kill redoes that unit, which yields it again: nothing is lost, nothing written twice.
-    site = Site(120, delay=0.004)
-    try:
-        plain = Outputs(tmp_path / "plain")
-        plain.directory.mkdir()
-        reference = crawl(site, plain, "-a", "lambdas=1", "-s", "ADDONS={}")
-        assert reference.returncode == 0, reference.log[-3000:]
-        outputs = Outputs(tmp_path / "cp")
-        outputs.directory.mkdir()
-        killed = crawl(site, outputs, "-a", "lambdas=1", interrupt=sigkill, interrupt_after_hits=40)
-        assert killed.returncode == -9, killed.log[-3000:]
-        final = crawl(site, outputs, "-a", "lambdas=1")
-    finally:
-        site.close()
-    assert final.returncode == 0, final.log[-3000:]
-    assert "[site] Completed." in final.log, final.log[-3000:]
-    assert "checkpoint/lost" not in final.log
-    assert sorted(outputs.jsonlines("items.jl")) == sorted(plain.jsonlines("items.jl"))
-    assert sorted(outputs.jsonlines("own.jl")) == list(range(120))
-    assert sorted(outputs.csv_pages()) == list(range(120))
-    state = _state(outputs.directory, "site")
-    assert state.status is Status.COMPLETED
-    assert state.lost == {}
-
-
-def test_requests_with_objects_in_meta_are_found_again_after_a_kill(tmp_path: Path) -> None:
+    # with its callback.
+    ("lambdas=1", (40,)),
     # Every link is followed with an object in its meta (as an ItemLoader passed to the next
-    # callback): no request but the start one can be journaled. Each holds the unit whose
-    # callback yielded it until it is done, so a kill redoes that unit, which yields it again:
-    # nothing is lost, nothing written twice.
+    # callback): no request but the start one can be journaled.
+    ("unserializable=1", (30, 60)),
+])
+def test_requests_that_cannot_be_journaled_are_found_again_after_a_kill(
+        tmp_path: Path, option: str, kills: tuple[int, ...]) -> None:
+    # Each holds the unit whose callback yielded it until it is done, so a kill redoes that
+    # unit, which yields it again: nothing is lost, nothing written twice.
     site = Site(120, delay=0.004)
     try:
         plain = Outputs(tmp_path / "plain")
         plain.directory.mkdir()
-        reference = crawl(site, plain, "-a", "unserializable=1", "-s", "ADDONS={}")
+        reference = crawl(site, plain, "-a", option, "-s", "ADDONS={}")
         assert reference.returncode == 0, reference.log[-3000:]
         outputs = Outputs(tmp_path / "cp")
         outputs.directory.mkdir()
-        for hits in (30, 60):
-            killed = crawl(site, outputs, "-a", "unserializable=1", interrupt=sigkill,
+        for hits in kills:
+            killed = crawl(site, outputs, "-a", option, interrupt=sigkill,
                            interrupt_after_hits=hits)
             assert killed.returncode == -9, killed.log[-3000:]
-        final = crawl(site, outputs, "-a", "unserializable=1")
+        final = crawl(site, outputs, "-a", option)
     finally:
         site.close()
     assert final.returncode == 0, final.log[-3000:]
