@@ -38,7 +38,9 @@ listing page the next listing page), and whose deepest unit done did so, is a ch
 how long it goes on is not in the counts. It is taken to go on for as many levels again
 as it has run so far (the median of "we are somewhere in its middle"), one unit of its
 kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
-then wide. With one kind only in use (a spider following every link with one callback,
+then wide. The percent counts on a total leaning to that high end (it errs low); the
+ETA on the chain's median run (``median_high``, ``eta_total``): right at half the chain,
+as often too long as too short. With one kind only in use (a spider following every link with one callback,
 its URLs of one shape or of none shared) every growing crawl would look like a chain:
 the depth profile alone is used.
 
