@@ -40,9 +40,9 @@ as it has run so far (the median of "we are somewhere in its middle"), one unit 
 kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
 then wide. The percent counts on a total leaning to that high end (it errs low); the
 ETA on the chain's median run (``median_high``, ``eta_total``): right at half the chain,
-as often too long as too short. With one kind only in use (a spider following every link with one callback,
-its URLs of one shape or of none shared) every growing crawl would look like a chain:
-the depth profile alone is used.
+as often too long as too short. With one kind only in use (a spider following every link
+with one callback, its URLs of one shape or of none shared) every growing crawl would
+look like a chain: the depth profile alone is used.
 
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units
