@@ -38,9 +38,11 @@ listing page the next listing page), and whose deepest unit done did so, is a ch
 how long it goes on is not in the counts. It is taken to go on for as many levels again
 as it has run so far (the median of "we are somewhere in its middle"), one unit of its
 kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
-then wide. With one kind only in use (a spider following every link with one callback,
-its URLs of one shape or of none shared) every growing crawl would look like a chain:
-the depth profile alone is used.
+then wide. The percent counts on a total leaning to that high end (it errs low); the
+ETA on the chain's median run (``median_high``, ``eta_total``): right at half the chain,
+as often too long as too short. With one kind only in use (a spider following every link
+with one callback, its URLs of one shape or of none shared) every growing crawl would
+look like a chain: the depth profile alone is used.
 
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units
@@ -126,6 +128,17 @@ class Estimate:
     wide: bool
     #: Where it comes from: ``"model"``, ``"history"`` or ``"known"`` (nothing left to find).
     source: str
+    #: The high end with the chains run only as long again as they have (their median):
+    #: what the ETA leans to (None: ``high``). See :class:`ShownTotal`.
+    median_high: int | None = None
+    #: The size the ETA counts on, when it is not ``total`` (a chain's median run, where the
+    #: percent counts on a longer one). Set by :class:`ShownTotal`.
+    eta_total: int | None = None
+
+    @property
+    def eta_size(self) -> int:
+        """The size the ETA counts on: ``eta_total``, or ``total``."""
+        return self.total if self.eta_total is None else self.eta_total
 
 
 class _Kind:
@@ -514,7 +527,11 @@ class DepthProfile:
             total = max(known, self.history_total)
             return Estimate(total, known, max(high, total), False, "history")
         wide = (high - known) > WIDE * model
-        return Estimate(model, known, high, wide, "model")
+        median_high = None
+        if self.chains():  # the ETA: the chains' median run, not the longer one
+            median_high = min(high, max(model, done + lost + self.expected(
+                recent=False, chain_factor=1.0, unopened=True)))
+        return Estimate(model, known, high, wide, "model", median_high)
 
     # -- kept with the stage --------------------------------------------------------------
 
@@ -589,9 +606,12 @@ class ShownTotal:
         if estimate.source == "known" or estimate.total <= 0:
             self.percent = 100.0 * done / estimate.total if estimate.total > 0 else None
             return estimate
-        total = estimate.total
+        total = eta = estimate.total
         if estimate.wide:
             total = max(total, round(total + self.lean * (estimate.high - total)))
+            median_high = estimate.high if estimate.median_high is None else estimate.median_high
+            eta = max(eta, round(eta + self.lean * (median_high - eta)))
+        extra = total - eta  # the chains' longer run: in the percent, not in the ETA
         if last is not None and done > 0:
             floor = last - self.max_fall * max(0.0, now - at if at is not None else 0.0)
             if floor > 0 and 100.0 * done / total < floor:
@@ -600,10 +620,14 @@ class ShownTotal:
             # Nothing says no more will be found: not "99 %" until the stage is complete.
             total = max(total, math.floor(100.0 * done / ALMOST_DONE) + 1)
         self.percent = 100.0 * done / total
-        if total == estimate.total:
+        eta_total = None
+        if extra > 0:
+            eta_total = max(estimate.low, min(total, estimate.total), total - extra)
+        if total == estimate.total and eta_total is None:
             return estimate
         return Estimate(total, estimate.low, max(estimate.high, total), estimate.wide,
-                        estimate.source)
+                        estimate.source, estimate.median_high,
+                        eta_total if eta_total != total else None)
 
 
 def _note(store: dict[tuple[str | None, int], deque[tuple[int, int]]], key: tuple[str | None, int],

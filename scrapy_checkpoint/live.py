@@ -48,7 +48,7 @@ from .journal.groups import (
 )
 from .journal.pending import MAX_REF, PendingIndex, place_of
 from .journal.snapshot import DONE_NOW, INDEX_COUNTS, PENDING_INDEX, PLACES
-from .metrics import Metrics
+from .metrics import Metrics, eta_total
 from .state import CheckpointState, Owner, Progress, Status
 from .stores.base import Loaded, Store
 
@@ -343,6 +343,7 @@ class LiveState:
             skipped=self.skipped,
             throughput=throughput,
             elapsed_seconds=elapsed,
+            eta_total=eta_total(self.attached.get("estimate")) if total is None else None,
         )
 
     def to_state(self, *, throughput: float | None = None,

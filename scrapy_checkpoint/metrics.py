@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .clock import monotonic
 
@@ -27,6 +27,9 @@ class Metrics:
     elapsed_seconds: float
     #: The total is an estimate, still uncertain (a crawl whose frontier grows): ``~``.
     estimated: bool = False
+    #: The size the ETA counts on when it is not ``total`` (a crawl whose chain of pages
+    #: may go on: the percent counts on a longer run than the ETA, which takes the median).
+    eta_total: int | None = None
 
     @property
     def percent(self) -> float | None:
@@ -53,6 +56,8 @@ class Metrics:
         remaining = self.remaining
         if remaining is None:
             return None
+        if self.eta_total is not None and remaining:
+            remaining = max(1, min(remaining, self.eta_total - self.processed))
         if remaining == 0:
             return 0.0
         if not self.throughput:
@@ -69,6 +74,14 @@ class Metrics:
         success = "n/a" if rate is None else f"{rate:.1f}%"
         tput = "n/a" if self.throughput is None else f"{self.throughput:.1f} items/sec"
         return f"{head} | Success: {success} | Throughput: {tput} | ETA: {format_duration(self.eta_seconds)}"
+
+
+def eta_total(estimate: Any) -> int | None:
+    """The size the ETA counts on, from a crawl's estimate as committed (attached data
+    ``"estimate"``: ``{"low", "high", "wide", "source"}`` and, while a chain's median run
+    is shorter than the total shown, ``"eta_total"``); None: the total."""
+    value = estimate.get("eta_total") if isinstance(estimate, dict) else None
+    return value if type(value) is int and value >= 0 else None
 
 
 def format_percent(value: float | None) -> str:
@@ -207,5 +220,5 @@ class ProgressLog:
         return state
 
 
-__all__ = ["Metrics", "ProgressLog", "RateWindow", "format_duration", "format_percent",
-           "monotonic"]
+__all__ = ["Metrics", "ProgressLog", "RateWindow", "eta_total", "format_duration",
+           "format_percent", "monotonic"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from .journal.keys import UnitKey, key_code
 from .live import LiveState, journal_missing
-from .metrics import Metrics
+from .metrics import Metrics, eta_total
 from .state import ACTIVE_STATUSES, CheckpointState, Owner
 from .stores.base import Store
 
@@ -130,6 +130,7 @@ class StageView:
             throughput=self.state.throughput if self.live_owner is not None else None,
             elapsed_seconds=(self.state.updated_at - start).total_seconds() if start else 0.0,
             estimated=bool((self.estimate or {}).get("wide")),
+            eta_total=eta_total(self.estimate),
         )
 
 

@@ -368,7 +368,8 @@ class CheckpointExtension:
             return self.cp.metrics()
         estimate = self.progress.estimate()  # the one the commits record too
         self.stats.set_value("checkpoint/estimated_total", estimate.total)
-        return replace(self.cp.metrics(estimate.total), estimated=estimate.wide)
+        return replace(self.cp.metrics(estimate.total), estimated=estimate.wide,
+                       eta_total=estimate.eta_total)
 
     def stop(self, exc: Exception) -> None:
         """The checkpoint cannot record progress: stop the crawl (resumable) rather than

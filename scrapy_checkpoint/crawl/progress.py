@@ -141,7 +141,8 @@ class CrawlProgress:
         else:  # the model of a moment ago: units found since were expected in it
             known = done + pending + lost
             model = Estimate(max(model.total, known), known, max(model.high, known), model.wide,
-                             model.source)
+                             model.source, None if model.median_high is None
+                             else max(model.median_high, known))
         return self.shown.update(live.processed, model, now)
 
     def commit(self, attached: dict[str, Any]) -> int:
@@ -152,8 +153,10 @@ class CrawlProgress:
         if self._saved != self._events and now - self._saved_at >= PROFILE_INTERVAL:
             self._saved, self._saved_at = self._events, now
             attached[DEPTHS_ATTACHED] = self.profile.to_json()
-        bounds = {"low": estimate.low, "high": estimate.high, "wide": estimate.wide,
-                  "source": estimate.source}
+        bounds: dict[str, Any] = {"low": estimate.low, "high": estimate.high,
+                                  "wide": estimate.wide, "source": estimate.source}
+        if estimate.eta_total is not None:  # a chain's median run: what the ETA counts on
+            bounds["eta_total"] = estimate.eta_total
         if bounds != self._last:
             self._last = attached[ESTIMATE_ATTACHED] = bounds
         return estimate.total

@@ -169,6 +169,56 @@ def test_a_chain_of_listing_pages_is_an_unknown_length_shown_wide_and_conservati
     assert max(falls) <= 2.0 + 1e-9  # (its moments a second apart)
 
 
+def _listing_eta(pages: int, details: int, part: float, *, urls: bool = False
+                 ) -> tuple[float, float, float]:
+    """The simulated listing (:func:`_listing`) stopped at ``part`` of its units: the shown
+    percent, and the errors (%) of the remaining units the ETA counts on and of those the
+    shown total leaves, against the true remaining units (a constant rate: the ETA's
+    error)."""
+    n = pages * (details + 1)
+    profile = DepthProfile()
+    stop = round(n * part)
+    _listing(pages, details, profile, callbacks=not urls, stop=stop, urls=urls)
+    shown = ShownTotal().update(stop, profile.estimate(stop, details, 0), now=0.0)
+    left = n - stop
+    return (100 * stop / shown.total, 100 * ((shown.eta_size - stop) / left - 1),
+            100 * ((shown.total - stop) / left - 1))
+
+
+def test_a_chains_eta_counts_on_its_median_run_and_its_percent_on_a_longer_one() -> None:
+    """A chain of unknown length is taken to go on as long again as it has run (the
+    median of "we are somewhere in it"): the ETA counts on that, right when half of it is
+    done and as often too long as too short; the percent counts on a longer run (it errs
+    low, never far ahead)."""
+    for urls in (False, True):
+        for pages in (40, 100, 300):
+            at = {part: _listing_eta(pages, 20, part, urls=urls) for part in (0.25, 0.5, 0.75)}
+            assert abs(at[0.5][1]) <= 15, (pages, at)  # the ETA at half the chain
+            assert -70 <= at[0.25][1] <= -40, (pages, at)  # a third of what is left
+            assert 150 <= at[0.75][1] <= 250, (pages, at)  # three times
+            # The total shown stays "about three times what is done": the percent a third.
+            assert all(25 <= percent < 34 for percent, _, _ in at.values()), (pages, at)
+            assert all(shown > eta + 30 for _, eta, shown in at.values()), (pages, at)
+
+
+def test_without_a_chain_the_eta_counts_on_the_total_shown() -> None:
+    profile = DepthProfile()
+    leads = _crawl(2000, 4, profile)
+    assert leads
+    estimate = ShownTotal().update(1000, profile.estimate(1000, 50, 0), now=0.0)
+    assert not profile.chains()
+    assert estimate.eta_total is None
+    assert estimate.eta_size == estimate.total
+    wide = ShownTotal(lean=0.5).update(100, Estimate(400, 200, 800, True, "model"), now=0.0)
+    assert (wide.total, wide.eta_size) == (600, 600)
+    # A chain's: the lean to its median high end (500), not to the longer one (800).
+    chain = ShownTotal(lean=0.5).update(100, Estimate(400, 200, 800, True, "model", 500), 0.0)
+    assert (chain.total, chain.eta_size) == (600, 450)
+    # Never below the units known, nor above the total shown.
+    small = ShownTotal(lean=0.5).update(100, Estimate(260, 250, 800, True, "model", 260), 0.0)
+    assert small.total >= small.eta_size >= small.low
+
+
 def test_without_callbacks_to_tell_them_apart_the_listing_is_not_a_chain() -> None:
     profile = DepthProfile()
     _listing(30, 20, profile, callbacks=False, stop=300)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scrapy_checkpoint.metrics import Metrics, RateWindow
+from scrapy_checkpoint.metrics import Metrics, RateWindow, eta_total
 
 
 def _feed(window: RateWindow, start: float, end: float, processed: float, per_s: float) -> float:
@@ -53,3 +53,26 @@ def test_the_line_says_100_percent_only_when_all_is_done() -> None:
     done = Metrics(total=3000, processed=3000, successful=3000, failed=0, skipped=0,
                    throughput=10.0, elapsed_seconds=5)
     assert "Progress: 100.0% (3000/3000)" in done.progress_line()
+
+
+def test_the_eta_counts_on_the_size_given_for_it_the_percent_on_the_total() -> None:
+    """A crawl whose chain of pages may go on: the percent counts on the total shown (a
+    longer run), the ETA on ``eta_total`` (the chain's median run), as committed in the
+    estimate's attached data."""
+    chain = Metrics(total=3000, processed=1000, successful=1000, failed=0, skipped=0,
+                    throughput=100.0, elapsed_seconds=10, estimated=True,
+                    eta_total=eta_total({"low": 1020, "high": 4000, "eta_total": 2000}))
+    assert chain.eta_total == 2000
+    assert chain.percent == pytest.approx(100 / 3)
+    assert chain.eta_seconds == pytest.approx(10.0)  # 1000 left at 100/s, not 2000
+    assert "ETA: 10 s" in chain.progress_line()
+    plain = Metrics(total=3000, processed=1000, successful=1000, failed=0, skipped=0,
+                    throughput=100.0, elapsed_seconds=10,
+                    eta_total=eta_total({"low": 1020, "high": 4000}))
+    assert plain.eta_total is None
+    assert plain.eta_seconds == pytest.approx(20.0)
+    assert eta_total(None) is None
+    assert eta_total({"eta_total": "2000"}) is None
+    done = Metrics(total=3000, processed=3000, successful=3000, failed=0, skipped=0,
+                   throughput=100.0, elapsed_seconds=10, eta_total=2000)
+    assert done.eta_seconds == 0.0
