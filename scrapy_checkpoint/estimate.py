@@ -34,15 +34,20 @@ move to its kind, so a unit counts once. Pages named by words (``/post/some-titl
 have a shape of their own, never shared by enough units: they stay with their callback.
 
 **Chains.** A kind whose units keep bringing units of their own kind, one each (a
-listing page the next listing page), and whose deepest unit done did so, is a chain, and
-how long it goes on is not in the counts. It is taken to go on for as many levels again
-as it has run so far (the median of "we are somewhere in its middle"), one unit of its
-kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
-then wide. The percent counts on a total leaning to that high end (it errs low); the
-ETA on the chain's median run (``median_high``, ``eta_total``): right at half the chain,
-as often too long as too short. With one kind only in use (a spider following every link
-with one callback, its URLs of one shape or of none shared) every growing crawl would
-look like a chain: the depth profile alone is used.
+listing page the next listing page), and whose deepest unit done found units of its kind
+deeper, is a chain, and how long it goes on is not in the counts. It is taken to go on
+for as many levels again as it has run so far, from its first to its deepest (the median
+of "we are somewhere in its middle"), one unit of its kind per unit, and ``CHAIN_HIGH``
+(3) times that for the high estimate; the estimate is then wide. The percent counts on a
+total leaning to that high end (it errs low); the ETA on the chain's median run
+(``median_high``, ``eta_total``): right at half the chain, as often too long as too
+short. With one kind only in use (a spider following every link with one callback, its
+URLs of one shape or of none shared) every growing crawl would look like a chain: the
+depth profile alone is used.
+
+**After a resume** the counts restored are those journaled last, up to a second before
+an interruption: :func:`reconcile` makes their pending units those the stage resumes (a
+unit done in that second is counted done, not pending for ever; one found then, found).
 
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units

@@ -8,8 +8,10 @@ start, are kept with the stage (attached data ``"depths"``, journaled at most ev
 ``PROFILE_INTERVAL`` seconds and with the stage's last commit), so a resumed crawl
 estimates as it did before it stopped and learns on from there. After a crash the
 profile restored may lag the units by up to that interval (the units found and finished
-in its last second are not in its counts): an estimate, it errs by those few units, never
-by the units themselves. The estimate shown
+in its last second are not in its counts): at the resume its pending units are made
+those of the requests journaled (:meth:`CrawlProgress.resumed`), so that a unit done in
+that second is not pending in it for ever; the ratios err by those few units, never the
+units themselves. The estimate shown
 (:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back by at most a
 couple of points a second) is the crawl's total (``t``, so ``show``, ``report`` and the
 state file use it) and the line's and the stats'; its range is
