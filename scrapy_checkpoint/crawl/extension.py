@@ -612,7 +612,8 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
     if progress is not None and (ext.worker is not None or not progress.lags()):
         progress = None
     if ext.scheduler is not None:  # queued by code: nothing is rebuilt before its turn
-        if progress is not None:
+        # (nor read: the records are read for the estimate only while they are few)
+        if progress is not None and len(live.pending) <= RECONCILE_RECORDS:
             progress.resumed(_readable_payloads(live))
         resumed = _queue_resumed(ext, frontier, cp)
     else:
@@ -635,6 +636,13 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
                     ext.stage, resumed, inflight, len(live.done))
     ext.stats.set_value("checkpoint/resumed", resumed)
     ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
+#: A resume queued by code (the lazy frontier) reads the pending requests' records for the
+#: estimate (:meth:`CrawlProgress.resumed`) only when there are at most this many: a larger
+#: frontier resumes without reading them (its estimate may count as pending the requests
+#: done in the last second before an interruption).
+RECONCILE_RECORDS = 50_000
 
 
 def _readable_payloads(live: Any) -> Any:
