@@ -15,6 +15,7 @@ not be journaled (nothing can redo it), :data:`INLINE` for a payload kept in mem
 from __future__ import annotations
 
 import json
+import re
 import struct
 from array import array
 from collections.abc import Iterator
@@ -479,6 +480,54 @@ def _zeroed(slots: array[int], size: int) -> None:
         slots[start:start + step] = zeros
 
 
+_HOLE_BYTES = b"\xff" * 4
+#: Slots of a snapshot's table checked at a time (a 1 MiB piece; see :func:`_filled_slots`).
+_CHECK_SLOTS = 1 << 18
+#: The largest position :func:`_filled_slots` checks as text (the largest code point).
+_MAX_CHAR = 0x10FFFF
+
+
+def _count_holes(lengths: memoryview) -> int:
+    """How many of the little-endian u32 ``lengths`` are holes (all four bytes 0xFF): the
+    occurrences of those bytes that start at a multiple of 4, found by ``bytes.find`` (a
+    Python step per occurrence, not per length: holes are at most a fifth of a snapshot's
+    units, and an occurrence astride two lengths is passed over)."""
+    data = bytes(lengths)
+    count, at = 0, data.find(_HOLE_BYTES)
+    while at >= 0:
+        if at & 3:
+            at = data.find(_HOLE_BYTES, at + 1)
+        else:
+            count += 1
+            at = data.find(_HOLE_BYTES, at + 4)
+    return count
+
+
+def _filled_slots(table: memoryview, slots: array[int], n: int) -> int:
+    """The slots of a snapshot's table (``table``, little-endian u32; ``slots``, the same as
+    an array) that are not empty; -1 if one holds a position past ``n`` arrays (a table that
+    lookups could not probe safely).
+
+    Read as UTF-32 text, a table of positions up to 0x10FFFF is one character a slot:
+    decoding, counting the NULs and searching for a character above ``n`` are loops in C,
+    where ``array.count`` and ``max`` make an int object of every slot (0.1 s for a table
+    of a million units). A slot above 0x10FFFF does not decode (then it is past ``n``);
+    arrays longer than that are checked slot by slot."""
+    if n > _MAX_CHAR:
+        return -1 if max(slots, default=0) > n else len(slots) - slots.count(0)
+    above = re.compile(f"[^\\x00-{re.escape(chr(n))}]")
+    filled = 0
+    for start in range(0, len(table), 4 * _CHECK_SLOTS):
+        try:
+            chars = str(table[start:start + 4 * _CHECK_SLOTS], "utf-32-le", "surrogatepass")
+        except UnicodeDecodeError:
+            return -1
+        if above.search(chars):
+            return -1
+        filled += len(chars) - chars.count("\0")
+    return filled
+
+
 def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
                counts: Any = None, *, code_map: bool = False) -> tuple[PendingIndex, int]:
     """A :class:`PendingIndex` from :meth:`~PendingIndex.to_bytes` bytes at the start of
@@ -498,7 +547,7 @@ def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
     index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
     index.lengths = from_le(body[16 * n:20 * n], "I")
     index.priorities = from_le(body[20 * n:], "i")
-    index._holes = index.lengths.count(_HOLE)
+    index._holes = _count_holes(body[16 * n:20 * n])
     index._live = n - index._holes
     slots, filled, crc = _SLOTS.unpack_from(view, size)
     width = 12 if code_map else 4
@@ -514,8 +563,8 @@ def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
         index.slots = from_le(table, "I")
         index._mask = slots - 1
         index._filled = filled
-        if (slots - index.slots.count(0) != filled or filled * 10 > slots * 7
-                or filled < index._live or max(index.slots) > n):
+        if (filled * 10 > slots * 7 or filled < index._live
+                or _filled_slots(table, index.slots, n) != filled):
             raise ValueError("pending index and its table disagree")
     index.set_counts(counts)
     return index, size
