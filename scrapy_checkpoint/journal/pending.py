@@ -481,25 +481,29 @@ def _zeroed(slots: array[int], size: int) -> None:
 
 
 _HOLE_BYTES = b"\xff" * 4
-#: Slots of a snapshot's table checked at a time (a 1 MiB piece; see :func:`_filled_slots`).
+#: Slots (or lengths) of a snapshot's index checked at a time (1 MiB of them).
 _CHECK_SLOTS = 1 << 18
-#: The largest position :func:`_filled_slots` checks as text (the largest code point).
+#: Positions :func:`_filled_slots` checks as text are below this (the largest code point).
 _MAX_CHAR = 0x10FFFF
+#: Tables this small are checked slot by slot.
+_CHECK_SMALL = 1 << 16
 
 
 def _count_holes(lengths: memoryview) -> int:
     """How many of the little-endian u32 ``lengths`` are holes (all four bytes 0xFF): the
     occurrences of those bytes that start at a multiple of 4, found by ``bytes.find`` (a
     Python step per occurrence, not per length: holes are at most a fifth of a snapshot's
-    units, and an occurrence astride two lengths is passed over)."""
-    data = bytes(lengths)
-    count, at = 0, data.find(_HOLE_BYTES)
-    while at >= 0:
-        if at & 3:
-            at = data.find(_HOLE_BYTES, at + 1)
-        else:
-            count += 1
-            at = data.find(_HOLE_BYTES, at + 4)
+    units, and an occurrence astride two lengths is passed over), 1 MiB at a time."""
+    count = 0
+    for start in range(0, len(lengths), 4 * _CHECK_SLOTS):
+        data = bytes(lengths[start:start + 4 * _CHECK_SLOTS])
+        at = data.find(_HOLE_BYTES)
+        while at >= 0:
+            if at & 3:
+                at = data.find(_HOLE_BYTES, at + 1)
+            else:
+                count += 1
+                at = data.find(_HOLE_BYTES, at + 4)
     return count
 
 
@@ -512,10 +516,13 @@ def _filled_slots(table: memoryview, slots: array[int], n: int) -> int:
     decoding, counting the NULs and searching for a character above ``n`` are loops in C,
     where ``array.count`` and ``max`` make an int object of every slot (0.1 s for a table
     of a million units). A slot above 0x10FFFF does not decode (then it is past ``n``);
-    arrays longer than that are checked slot by slot."""
-    if n > _MAX_CHAR:
+    longer arrays, and small tables (the pattern of the characters above ``n`` costs
+    more to compile than they take to count), are checked slot by slot."""
+    if n >= _MAX_CHAR or len(slots) <= _CHECK_SMALL:
         return -1 if max(slots, default=0) > n else len(slots) - slots.count(0)
-    above = re.compile(f"[^\\x00-{re.escape(chr(n))}]")
+    # The characters above n as a range: compiling it walks none below n (those of a
+    # negated class up to n, up to 0xFFFF of them, it would).
+    above = re.compile(f"[{re.escape(chr(n + 1))}-\\U0010ffff]")
     filled = 0
     for start in range(0, len(table), 4 * _CHECK_SLOTS):
         try:

@@ -141,12 +141,15 @@ def test_tables_that_checksum_but_cannot_be_probed_are_refused() -> None:
     position above the largest code point, one past the arrays, and a slot more or less
     than the count it comes with are all found."""
     index = PendingIndex()
-    for i in range(1, 3000):
-        index.add(i * 0x9E3779B97F4A7C15 % (1 << 64) or 1, i, 100 + i, 0)
+    units = 40000  # a table of more than 65,536 slots: checked as text
+    index.add_many(array("Q", (i * 0x9E3779B97F4A7C15 % (1 << 64) for i in range(1, units))),
+                   array("Q", range(1, units)), array("I", range(1, units)),
+                   array("i", bytes(4 * (units - 1))))
     for code in index.codes[::7]:
         index.discard(code)
     data = index.to_bytes()
     n = len(index.codes)
+    assert len(index.slots) > 1 << 16
     back, _ = PendingIndex.from_bytes(data)
     assert list(back.entries()) == list(index.entries())
 
@@ -168,8 +171,15 @@ def test_tables_that_checksum_but_cannot_be_probed_are_refused() -> None:
     view = memoryview(table).cast("B")
     assert _filled_slots(view, table, 0x110000) == _filled_slots(view, table, n) \
         == len(table) - table.count(0)
-    table[table.index(0)] = 0x110001
+    table[table.index(0)] = n + 1
+    assert _filled_slots(view, table, n) == -1
+    table[table.index(n + 1)] = 0x110001
     assert _filled_slots(view, table, 0x110000) == _filled_slots(view, table, n) == -1
+    small = PendingIndex()  # and a small table, slot by slot
+    for i in range(1, 100):
+        small.add(i, i)
+    with pytest.raises(ValueError, match="disagree"):
+        PendingIndex.from_bytes(_with_table(small.to_bytes(), 99, put(100), 1))
 
 
 def test_holes_are_counted_by_whole_lengths() -> None:
