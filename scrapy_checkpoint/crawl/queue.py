@@ -20,7 +20,7 @@ from typing import Any
 def _one_value(values: Any) -> bool:
     """True if the non-empty sequence ``values`` holds one value only. An array is compared
     with an array of its first value (a comparison in C: min() and max() make an int object
-    of each item, 90 ms for a million)."""
+    of each item: 80 ms for a million on a loaded machine)."""
     if isinstance(values, array):
         return values == array(values.typecode, values[:1]) * len(values)
     return bool(min(values) == max(values))

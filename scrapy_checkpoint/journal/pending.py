@@ -462,9 +462,9 @@ class PendingIndex:
 def _slot_block(slots: array[int], mask: int, own: array[int], own_lengths: array[int],
                 codes: array[int]) -> int:
     """Set the slots of ``codes`` (distinct units added after the ``own`` arrays, in order)
-    as :meth:`PendingIndex._free_slot` finds them for each, in one loop (a replay adds a
-    journal tail's units here: the call per unit was a third of the time); returns the
-    empty slots taken, or -1 if a unit is pending already (slots set before it stay)."""
+    as :meth:`PendingIndex._free_slot` finds them for each, in one loop, without a call
+    per unit (a replay adds a journal tail's units here); returns the empty slots taken,
+    or -1 if a unit is pending already (the slots set before it stay)."""
     known = pos = len(own)
     taken = 0
     for code in codes:
