@@ -7,7 +7,6 @@ checkpoint records its own changes as groups and applies them the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from typing import Any
 
 from .clock import utcnow
 from .errors import CorruptCheckpointError
+from .journal.arrays import load_json
 from .journal.doneset import MAX_TIME, DoneSet
 from .journal.groups import (
     ADDED,
@@ -321,7 +321,7 @@ class LiveState:
         ref, length, _ = value
         if self.pending.reader is None:
             raise OSError(f"no reader for the request record of unit {code}")
-        return json.loads(self.pending.reader.read(ref, length, code))
+        return load_json(self.pending.reader.read(ref, length, code))
 
     @property
     def lost_total(self) -> int:

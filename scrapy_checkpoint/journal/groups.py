@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..state import CheckpointState, Owner, Status
-from .arrays import from_le, le_bytes
+from .arrays import from_le, le_bytes, load_json
 
 # The header keys: constant = key      # what its value holds
 DONE_COUNT = "d"         # number of done codes after the header (always present)
@@ -313,7 +313,7 @@ def decode_group(payload: bytes | memoryview) -> Group:
     """
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
-    fields = json.loads(bytes(payload[start : start + hlen]))
+    fields = load_json(bytes(payload[start : start + hlen]))
     if not isinstance(fields, dict):
         raise ValueError("group header is not an object")
     n_done, n_failed = fields.pop(DONE_COUNT), fields.pop(FAILED_COUNT)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from ..errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
 )
+from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
 from ..journal.frames import FRAME_HEAD, SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import (
@@ -920,7 +920,7 @@ def _snapshot_places(path: Path) -> list[int] | None:
         data = os.pread(fd, hlen, 16)
         if len(data) != hlen or zlib.crc32(data) != crc:
             return None
-        places = json.loads(data).get(PLACES, [])
+        places = load_json(data).get(PLACES, [])
         return [int(p) for p in places]
     except (OSError, ValueError, TypeError, AttributeError):
         return None
