@@ -27,7 +27,7 @@ from .journal.groups import COMMITTED_AT, GroupBuilder, check_fields, encode_gro
 from .journal.snapshot import snapshot_parts
 from .live import LiveState
 from .metrics import ProgressLog
-from .state import CheckpointState
+from .state import CheckpointState, state_json
 from .stores.base import JournalWriter, Loaded, Store
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -444,7 +444,7 @@ class GroupCommitter:
         self._last_state = monotonic()
         state = self._progress.state(self.live, self.commit_latency_us())
         state.commit_latency_histogram = self.commit_latency_histogram()
-        data = state.model_dump_json(indent=2)
+        data = state_json(state)
         self._io.submit(self.store.write_state, self.stage, data.encode())
 
     @_stops_on_write_error
