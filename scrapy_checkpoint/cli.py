@@ -628,7 +628,8 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         except ConfigError as exc:  # a worker's sub-stage of a shared stage
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
-        except CheckpointWriteError as exc:  # e.g. its data directory is a symbolic link
+        except (CheckpointWriteError, CorruptCheckpointError) as exc:
+            # e.g. its data directory is a symbolic link, its lock file a directory
             click.echo(f"{exc} Stage {s!r} not reset.", err=True)
             refused = True
             continue

@@ -239,8 +239,8 @@ class UnifiedCheckpointManager:
                 continue
             try:
                 self.reset(stage)
-            except (CheckpointLockedError, CheckpointWriteError) as exc:
-                logger.warning("%s", exc)
+            except (CheckpointLockedError, CheckpointWriteError, CorruptCheckpointError) as exc:
+                logger.warning("%s", exc)  # e.g. its lock file is a directory: left as it is
             else:
                 reset.append(stage)
         return reset
@@ -277,7 +277,7 @@ class UnifiedCheckpointManager:
                     self.reset(stage)
                 except CheckpointLockedError:
                     continue
-                except CheckpointWriteError as exc:
+                except (CheckpointWriteError, CorruptCheckpointError) as exc:
                     logger.warning("%s", exc)
                     continue
             removed[stage] = freed

@@ -29,6 +29,7 @@ from scrapy_checkpoint import (
     UnifiedCheckpointManager,
     read_stage,
 )
+from scrapy_checkpoint.errors import CorruptCheckpointError
 from scrapy_checkpoint.journal.doneset import DoneSet
 from scrapy_checkpoint.journal.frames import scan_segment
 from scrapy_checkpoint.journal.groups import BATCH_MARK, REQUEST_MARK, encode_group
@@ -630,6 +631,58 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     with pytest.raises(CheckpointWriteError, match="symbolic link"):
         cp.start(total_items=1)
     assert target.read_text() == "PRECIOUS\n"
+
+
+@pytest.mark.parametrize("node", ["directory", "fifo"])
+def test_a_lock_file_replaced_by_a_directory_or_fifo_is_one_clear_error_everywhere(
+        tmp_path: Path, node: str) -> None:
+    """The writer's start, requeue, reset, reset all and cleanup refuse stage s with one
+    paragraph naming its lock file, leave its files as they are, and go on with the other
+    stages; they printed an IsADirectoryError or 'OSError: [Errno 22] Invalid argument'
+    (ftruncate of a FIFO) traceback, and reset all and cleanup stopped at s."""
+    directory = tmp_path / "cp"
+    for stage in ("a", "s", "z"):
+        cp = EnhancedCheckpoint(directory, stage, log_every=0)
+        cp.start(total_items=2)
+        cp.update(processed=1, successful=1, index=0)
+        cp.complete()
+        cp.close()
+    lock = directory / "s.lock"
+    lock.unlink()
+    if node == "directory":
+        lock.mkdir()
+        (lock / "mine.txt").write_text("mine\n")
+    else:
+        os.mkfifo(lock)
+    before = sorted((p.relative_to(directory), p.stat().st_size) for p in directory.rglob("*"))
+    kind = "a directory" if node == "directory" else "a FIFO"
+    with pytest.raises(CorruptCheckpointError, match=f"s.lock .*{kind}, not a regular file"):
+        EnhancedCheckpoint(directory, "s", log_every=0).start()
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "1/2" in shown.stdout
+    for args in (["requeue", "s", "--failed"], ["reset", "s", "--force"]):
+        out = cli(directory, *args)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.returncode != 0
+        assert f"s.lock (owner uid {os.getuid()}" in out.stdout + out.stderr
+    assert sorted((p.relative_to(directory), p.stat().st_size)
+                  for p in directory.rglob("*")) == before
+    out = cli(directory, "reset", "all", "--force")
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "Reset a." in out.stdout
+    assert "Reset z." in out.stdout
+    assert "Stage 's' not reset" in out.stderr
+    cp = EnhancedCheckpoint(directory, "z", log_every=0)
+    cp.start(total_items=1)
+    cp.complete()
+    cp.close()
+    out = cli(directory, "cleanup", "--days", "0")
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "Removed z" in out.stdout
+    assert (directory / "s").is_dir()
+    assert (directory / "s.json").is_file()
+    assert stat.S_ISDIR(lock.lstat().st_mode) == (node == "directory")
 
 
 def test_a_journal_segment_that_is_a_link_is_refused_and_its_target_untouched(

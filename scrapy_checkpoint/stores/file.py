@@ -129,12 +129,21 @@ def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
 
 
 def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
-    """Open ``stage``'s lock file (through a link only with ``follow``); a lock file the user
-    may not open raises the one-paragraph error of :func:`_unreadable`."""
+    """Open ``stage``'s lock file (through a link only with ``follow``, to read whether it
+    is held); a lock file the user may not open raises the one-paragraph error of
+    :func:`_unreadable`, and so does a directory, FIFO, device or socket in its place
+    when it is opened to be held (not without ``follow``: nothing is written to it)."""
     try:
-        return os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
+        fd = os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
     except PermissionError as exc:
         raise _unreadable(stage, exc) from None
+    except IsADirectoryError:
+        raise _unreadable(stage, NotARegularFileError(path, stat.S_IFDIR)) from None
+    mode = os.fstat(fd).st_mode
+    if not follow and not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _unreadable(stage, NotARegularFileError(path, mode))
+    return fd
 
 
 class StageLock:
