@@ -532,7 +532,8 @@ def write_error(stage: str | None, location: object, exc: OSError) -> Checkpoint
     """The error a job stops with when writing its checkpoint (in ``location``, the store's)
     or one of its outputs failed with ``exc``: what could not be written, why, and what to do."""
     what = exc.strerror or str(exc)
-    fix = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "move it away" if "not a regular file" in what else "fix the cause")
     written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
                if not exc.filename or _inside(str(exc.filename), location)
                else f"{str(exc.filename)!r}, an output of stage {stage!r}")

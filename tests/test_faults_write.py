@@ -685,6 +685,41 @@ def test_a_lock_file_replaced_by_a_directory_or_fifo_is_one_clear_error_everywhe
     assert stat.S_ISDIR(lock.lstat().st_mode) == (node == "directory")
 
 
+@pytest.mark.parametrize("name", ["s.json", "s.json.bak"])
+def test_a_directory_in_place_of_the_state_file_or_its_backup_is_named(
+        tmp_path: Path, name: str) -> None:
+    """The error names the directory and says to move it away; it named 'Operation not
+    permitted' (s.json) or a temp file '.s.json.bak.<hex>.tmp: Is a directory' (s.json.bak).
+    Nothing recorded is lost: with the directory moved away, the stage resumes whole."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    (directory / name).unlink()
+    (directory / name).mkdir()
+
+    def run_on() -> None:
+        cp = EnhancedCheckpoint(directory, "s", log_every=0)
+        cp.start()
+        cp.update(processed=1, successful=1, index=5)
+        cp.complete()
+        cp.close()
+
+    with pytest.raises(CheckpointWriteError,
+                       match=rf"{name}\): a directory, not a regular file\..*move it away"):
+        run_on()
+    (directory / name).rename(tmp_path / "moved")
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    assert len(cp.live.done) in (5, 6)  # the unit done before the stop may be recorded
+    cp.pause()
+    cp.close()
+    assert not list(directory.glob(".*.tmp"))
+
+
 def test_a_journal_segment_that_is_a_link_is_refused_and_its_target_untouched(
     tmp_path: Path,
 ) -> None:

@@ -222,7 +222,10 @@ class StagedWrite:
                  mode: int | None = None) -> None:
         self.path = path
         with contextlib.suppress(FileNotFoundError):
-            mode = stat.S_IMODE(regular_mode(path))
+            found = regular_mode(path)
+            if not stat.S_ISREG(found):  # a directory, FIFO...: named, not replaced
+                raise NotARegularFileError(path, found)
+            mode = stat.S_IMODE(found)
         self._fd, self._tmp = create_temp(path, 0o644 if mode is None else mode)
         try:
             if mode is not None:
@@ -241,6 +244,8 @@ class StagedWrite:
                 os.fsync(self._fd)
             finally:
                 self._close()
+            if backup is not None and os.path.isdir(backup) and not os.path.islink(backup):
+                raise NotARegularFileError(backup, stat.S_IFDIR)
             if backup is not None and os.path.lexists(path):
                 bak_tmp = link_temp(path, backup)
                 try:
