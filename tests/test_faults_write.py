@@ -700,9 +700,9 @@ def test_a_directory_in_place_of_the_state_file_or_its_backup_is_named(
     cp.close()
     (directory / name).unlink()
     (directory / name).mkdir()
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
 
     def run_on() -> None:
-        cp = EnhancedCheckpoint(directory, "s", log_every=0)
         cp.start()
         cp.update(processed=1, successful=1, index=5)
         cp.complete()
@@ -711,6 +711,7 @@ def test_a_directory_in_place_of_the_state_file_or_its_backup_is_named(
     with pytest.raises(CheckpointWriteError,
                        match=rf"{name}\): a directory, not a regular file\..*move it away"):
         run_on()
+    cp.abandon()  # the job stops there (the error says so)
     (directory / name).rename(tmp_path / "moved")
     cp = EnhancedCheckpoint(directory, "s", log_every=0)
     cp.start()
