@@ -14,7 +14,7 @@ from .checkpoint import EnhancedCheckpoint, describe_lost
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
-from .metrics import format_duration, format_percent
+from .metrics import format_duration, format_percent, printable
 from .shared import OVER, Worker, open_shared, shared_stage_of, sub_stage_name, supports_shared
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
@@ -335,7 +335,8 @@ class UnifiedCheckpointManager:
             if s.lost:
                 lines.append(f"  lost {sum(s.lost.values())} ({describe_lost(s.lost)})")
             if s.error_message:
-                lines.append(f"  last error ({s.error_count} in all): {s.error_message}")
+                lines.append(f"  last error ({s.error_count} in all): "
+                             f"{printable(s.error_message)}")
             lines += [f"  warning: {p}" for p in view.problems]
             lines.append("")
         pct = format_percent(100.0 * processed_known / total_known) if total_known else "n/a"
