@@ -307,10 +307,18 @@ class Group:
 def decode_group(payload: bytes | memoryview) -> Group:
     """Inverse of :func:`encode_group`.
 
-    Raises ValueError (or KeyError, struct.error for a truncated one) on a malformed
-    payload: wrong lengths, a header that is not an object, a field that is unknown or
-    holds a bad value (:func:`check_fields`), so a group is applied whole or not at all.
+    Raises ValueError, and only ValueError, on a malformed payload: cut short (shorter
+    than its header: a store's row or value altered), wrong lengths, a header that is
+    not an object or lacks its counts, a field that is unknown or holds a bad value
+    (:func:`check_fields`), so a group is applied whole or not at all, in every store.
     """
+    try:
+        return _decode_group(payload)
+    except (KeyError, TypeError, struct.error) as exc:
+        raise ValueError(f"malformed group ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_group(payload: bytes | memoryview) -> Group:
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
     fields = load_json(bytes(payload[start : start + hlen]))
