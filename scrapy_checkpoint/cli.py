@@ -549,7 +549,7 @@ def export(ctx: Context, output: str) -> None:
         click.echo(text, nl=False)
     else:
         try:
-            write_export(output, text)
+            write_export(output, text, ctx.manager.store)
         except OSError as exc:
             click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
             sys.exit(EXIT_NOT_FOUND)

@@ -28,13 +28,16 @@ logger = logging.getLogger("scrapy_checkpoint")
 EXPORT_SCHEMA_VERSION = 1
 
 
-def write_export(path: str | os.PathLike[str], text: str) -> None:
+def write_export(path: str | os.PathLike[str], text: str, store: Store | None = None) -> None:
     """Write an export (``text``) to ``path`` whole or not at all: through a temp file
     renamed over it, so a full disk or a crash keeps the previous export as it was. Never
     through a symbolic link to a file (a link planted at the path would make it overwrite
     the file it points to): CheckpointWriteError, nothing written. A FIFO or a device (also
-    behind a link: /dev/stdout) is written as is.
+    behind a link: /dev/stdout) is written as is. Never over a file of ``store``'s own (a
+    file store's state, backup or lock file of a stage, or anything in a stage's data
+    directory): CheckpointWriteError, nothing written.
     Raises OSError as writing does."""
+    _refuse_checkpoint_file(path, store)
     try:
         mode: int | None = os.stat(path).st_mode  # what a link leads to (/dev/stdout: a pipe)
     except FileNotFoundError:
@@ -50,6 +53,29 @@ def write_export(path: str | os.PathLike[str], text: str) -> None:
             f.write(text)
         return
     atomic_write(Path(path), text.encode())
+
+
+def _refuse_checkpoint_file(path: str | os.PathLike[str], store: Store | None) -> None:
+    """CheckpointWriteError if ``path`` is (or would be) one of ``store``'s own files: an
+    export written there would replace recorded progress (a journal segment, a state file)."""
+    directory = getattr(store, "directory", None)
+    if store is None or not isinstance(directory, Path):
+        return
+    root = os.path.realpath(directory)
+    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path)) or "."),
+                          os.path.basename(os.fspath(path)))
+    parent, name = os.path.split(target)
+    if os.path.commonpath([root, parent]) != root:
+        return
+    stages = store.stages()
+    first = os.path.relpath(parent, root).split(os.sep)[0]  # "." for the directory itself
+    own = (first in stages if parent != root  # in a stage's data directory
+           else any(name in (f"{s}.json", f"{s}.json.bak", f"{s}.lock") for s in stages))
+    if own:
+        raise CheckpointWriteError(
+            f"Cannot write the export to {os.fspath(path)}: it is a file of the checkpoint in "
+            f"{directory}, and an export never replaces recorded progress. Nothing was "
+            f"written. Give a path outside the stages' files, or '-' for standard output.")
 
 
 class UnifiedCheckpointManager:
@@ -294,7 +320,7 @@ class UnifiedCheckpointManager:
         doc = {"schema_version": EXPORT_SCHEMA_VERSION, "checkpoint_dir": str(self.directory),
                "exported_at": utcnow().isoformat(), "stages": stages}
         if path is not None:
-            write_export(path, json.dumps(doc, indent=2) + "\n")
+            write_export(path, json.dumps(doc, indent=2) + "\n", self.store)
         return doc
 
     def report(self) -> str:

@@ -8,6 +8,7 @@ Each test counts the committed units it loses; the goal, and what each asserts, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -770,6 +771,35 @@ def test_an_export_is_never_written_through_a_planted_link(tmp_path: Path) -> No
             UnifiedCheckpointManager(directory).export(tmp_path / name)
     assert target.read_text() == "PRECIOUS\n"
     assert not (tmp_path / "created-elsewhere.json").exists()
+
+
+def test_an_export_never_replaces_a_file_of_the_checkpoint(tmp_path: Path) -> None:
+    """export -o naming a stage's journal segment, state file, backup or lock file (a slip
+    of the path, or through a link to its data directory) replaced it with the export:
+    the segment's committed units were lost ('segment header missing or damaged'). Now
+    refused, nothing written; a file of the user's own beside the stages is written."""
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    segment = sorted((directory / "s").glob("journal-*.log"))[-1]
+    (tmp_path / "data").symlink_to(directory / "s")
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    for target in (segment, directory / "s.json", directory / "s.json.bak",
+                   directory / "s.lock", directory / "s" / "new.json",
+                   tmp_path / "data" / segment.name):
+        done = cli(directory, "export", "-o", str(target))
+        assert done.returncode == 1, (target, done.stdout)
+        assert "is a file of the checkpoint" in done.stderr
+        assert "Nothing was written" in done.stderr
+        with pytest.raises(CheckpointWriteError, match="is a file of the checkpoint"):
+            UnifiedCheckpointManager(directory).export(target)
+    assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
+    (directory / "exports").mkdir()
+    for target in (directory / "export.json", directory / "exports" / "e.json"):
+        done = cli(directory, "export", "-o", str(target))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(target.read_text())["stages"][0]["stage"] == "s"
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 0, shown.stdout
 
 
 def test_an_export_on_a_full_disk_keeps_the_previous_export_whole(tmp_path: Path) -> None:
