@@ -19,7 +19,7 @@ from .shared import OVER, Worker, open_shared, shared_stage_of, sub_stage_name, 
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
 from .stores.base import Store, check_stage_name
-from .stores.file import atomic_write
+from .stores.file import atomic_write, is_checkpoint_file
 from .tracker import AsyncCheckpointTracker
 from .view import StageView, read_stage
 
@@ -58,23 +58,10 @@ def write_export(path: str | os.PathLike[str], text: str, store: Store | None = 
 def _refuse_checkpoint_file(path: str | os.PathLike[str], store: Store | None) -> None:
     """CheckpointWriteError if ``path`` is (or would be) one of ``store``'s own files: an
     export written there would replace recorded progress (a journal segment, a state file)."""
-    directory = getattr(store, "directory", None)
-    if store is None or not isinstance(directory, Path):
-        return
-    root = os.path.realpath(directory)
-    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path)) or "."),
-                          os.path.basename(os.fspath(path)))
-    parent, name = os.path.split(target)
-    if os.path.commonpath([root, parent]) != root:
-        return
-    stages = store.stages()
-    first = os.path.relpath(parent, root).split(os.sep)[0]  # "." for the directory itself
-    own = (first in stages if parent != root  # in a stage's data directory
-           else any(name in (f"{s}.json", f"{s}.json.bak", f"{s}.lock") for s in stages))
-    if own:
+    if store is not None and is_checkpoint_file(store, path):
         raise CheckpointWriteError(
             f"Cannot write the export to {os.fspath(path)}: it is a file of the checkpoint in "
-            f"{directory}, and an export never replaces recorded progress. Nothing was "
+            f"{store.location}, and an export never replaces recorded progress. Nothing was "
             f"written. Give a path outside the stages' files, or '-' for standard output.")
 
 

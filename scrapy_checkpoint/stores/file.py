@@ -212,6 +212,25 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], *,
     StagedWrite(path, data, mode=mode).install(backup=backup)
 
 
+def is_checkpoint_file(store: object, path: str | os.PathLike[str],
+                       stage: str | None = None) -> bool:
+    """True if ``path`` (a link in its directories followed) is a file of file store
+    ``store``: a stage's state, backup or lock file, or anything in a stage's data
+    directory (``stage``'s too, known yet or not). Always False for other stores. An
+    output or an export written there would replace recorded progress."""
+    if not isinstance(store, FileStore):
+        return False
+    root = os.path.realpath(store.directory)
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    name = os.path.basename(os.fspath(path))
+    if os.path.commonpath([root, parent]) != root:
+        return False
+    stages = {*store.stages(), *([stage] if stage else [])}
+    if parent != root:  # in a stage's data directory
+        return os.path.relpath(parent, root).split(os.sep)[0] in stages
+    return any(name in (f"{s}.json", f"{s}.json.bak", f"{s}.lock") for s in stages)
+
+
 class StagedWrite:
     """An :func:`atomic_write` in two steps: the bytes go to the temp file when it is made
     (on the caller's thread: ``data`` may be memory that is only valid during the call),
