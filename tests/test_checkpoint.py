@@ -520,3 +520,32 @@ def test_names_that_are_not_utf8_are_kept_and_every_state_file_is_written(
     assert len(cp.live.done) == 2
     cp.complete()
     cp.close()
+
+
+def test_a_first_start_refused_for_a_missing_input_file_leaves_the_stage_startable(
+        tmp_path: Path) -> None:
+    """start(input_file=...) naming a file that is not there: one ConfigError saying so (it
+    was a bare FileNotFoundError), and the next start, with the right path, runs the stage.
+    The refused start left a state file ('initialized') beside a journal without groups, and
+    every later start was refused with 'The journal and snapshots of stage 's' ... are
+    missing (its directory was deleted or emptied)' until the stage was reset."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a\nb\n")
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+    with pytest.raises(ConfigError, match=r"Input file '.*missing.csv' of stage 's' cannot "
+                                          r"be read: No such file or directory\. Nothing was"):
+        cp.start(total_items=2, input_file=tmp_path / "missing.csv")
+    cp.close()
+    other = EnhancedCheckpoint(tmp_path / "cp2", "s", log_every=0)
+    with pytest.raises(OSError, match="cannot be read"):  # an OSError too, as before
+        other.start(input_file=tmp_path / "missing.csv")
+    other.close()
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+    cp.start(total_items=2, input_file=rows)
+    cp.update(processed=1, successful=1, index=0)
+    cp.complete()
+    cp.close()
+    view = read_stage(FileStore(tmp_path / "cp"), "s")
+    assert view.problems == []
+    assert view.state.status is Status.COMPLETED
+    assert view.state.done_units == 1
