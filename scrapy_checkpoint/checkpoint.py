@@ -67,10 +67,21 @@ def file_hash(path: str | os.PathLike[str]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+class InputUnreadableError(ConfigError, OSError):
+    """An input file start() cannot read: a ConfigError, and an OSError as before."""
+
+
 def _input_hash(stage: str, path: str | os.PathLike[str], recorded: str | None) -> str:
     """:func:`file_hash` of the input file ``path``; raises InputChangedError if a hash
-    was ``recorded`` and this one differs."""
-    digest = file_hash(path)
+    was ``recorded`` and this one differs, ConfigError (an OSError too) if it cannot be
+    read."""
+    try:
+        digest = file_hash(path)
+    except OSError as exc:
+        raise InputUnreadableError(
+            f"Input file {os.fspath(path)!r} of stage {stage!r} cannot be read: "
+            f"{exc.strerror or exc}. Nothing was recorded; fix the path (or the file's "
+            f"permissions) and run again.") from None
     if recorded is not None and recorded != digest:
         raise InputChangedError(stage, os.fspath(path),
                                 f"hash {digest[:19]}... != recorded {recorded[:19]}...")

@@ -170,6 +170,36 @@ def test_show_tells_the_resume_point_owner_and_error(pipeline: Path) -> None:
     assert "crashed (its process is gone; the next run recovers it)" in crashed
 
 
+def test_recorded_text_is_printed_as_text_never_as_markup_or_escape_codes(
+        tmp_path: Path) -> None:
+    """An error message or file name holding '[/]' (a path in brackets) made show fail
+    with rich's MarkupError traceback; '[bold]' styled the text; ESC sequences and line
+    breaks in them drew on the reader's terminal (show and report). Each is printed as
+    written, with its control characters escaped."""
+    error = "cannot open [/data/in.csv] \x1b[2J\r\nFAKE LINE"
+    with pytest.raises(RuntimeError):
+        asyncio.run(_stage(tmp_path, "s", 2, RuntimeError(error)))
+    from scrapy_checkpoint import EnhancedCheckpoint
+
+    cp = EnhancedCheckpoint(tmp_path, "t", log_every=0)
+    cp.start(total_items=1, output_file="/tmp/[bold]out[/bold].txt")
+    cp.complete()
+    cp.close()
+    shown = cli(tmp_path, "show", "s")
+    assert "Traceback" not in shown.stderr, shown.stderr
+    assert shown.returncode == 0
+    assert "\x1b" not in shown.stdout
+    assert "FAKE LINE" not in shown.stdout.replace("\\r\\nFAKE LINE", "")
+    assert "cannot open [/data/in.csv] \\x1b[2J\\r\\nFAKE LINE" in shown.stdout.replace(
+        "\n" + " " * 19, "")  # rows wrapped at 80 columns joined
+    report = cli(tmp_path, "report")
+    assert "\x1b" not in report.stdout
+    assert "\\x1b[2J\\r\\nFAKE LINE" in report.stdout
+    code, out = on_terminal("--dir", str(tmp_path), "show", "t", columns=120)
+    assert code == 0
+    assert "/tmp/[bold]out[/bold].txt" in out
+
+
 def test_show_of_a_live_stage_names_its_owner_alive(tmp_path: Path) -> None:
     d = tmp_path / "checkpoints"
     holder = StageHolder(d, "live")

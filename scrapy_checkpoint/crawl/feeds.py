@@ -313,6 +313,10 @@ class CheckpointFeedExporter(FeedExporter):
                     slot.storage.unwritable = True
                     ext.stop(_unwritable_feed(slot.storage.path, exc))
                     return
+                except CheckpointError as exc:  # e.g. a file of the checkpoint: refused
+                    slot.storage.unwritable = True
+                    ext.stop(exc)
+                    return
                 if slot.storage.fixed_fields is not None:
                     self._unwarned_csv.append(slot)
         if self._unwarned_csv:

@@ -30,8 +30,9 @@ from typing import IO, TYPE_CHECKING, Any
 from w3lib.url import file_uri_to_path
 
 from ..durability import write_error
-from ..errors import OutputLostError
+from ..errors import ConfigError, OutputLostError
 from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
+from ..stores.file import is_checkpoint_file
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
@@ -422,6 +423,23 @@ def configured_outputs(settings: Any, spider_name: str,
     return configured
 
 
+def local_outputs(settings: Any, spider_name: str, own_output: str | None) -> list[str]:
+    """The absolute paths of the local files this run's FEEDS and ``own_output`` name,
+    ``%(name)s`` replaced by the spider's name (feeds with other parameters left out: they
+    are known when their files are opened)."""
+    paths = [os.path.abspath(own_output)] if own_output else []
+    for uri in settings.getdict("FEEDS"):
+        text = str(uri)
+        if text.startswith("file:"):
+            text = file_uri_to_path(text)
+        elif "://" in text:
+            continue
+        text = text.replace("%(name)s", spider_name)
+        if not _URI_PARAM.search(text):
+            paths.append(os.path.abspath(text))
+    return paths
+
+
 class OutputSet:
     """The durable outputs of one stage: opened at their committed length, cut back on
     resume, their lengths journaled with every group.
@@ -542,6 +560,13 @@ class OutputSet:
         key = os.path.abspath(path)
         if key in self._outputs and not self._outputs[key].closed:
             return self._outputs[key]
+        if is_checkpoint_file(self.cp.store, key, self.cp.stage):
+            raise ConfigError(
+                f"Output {path} is a file of the checkpoint in {self.cp.store.location} (a "
+                f"stage's state, backup or lock file, or in its data directory): items written "
+                f"there would replace recorded progress, and the checkpoint's writes would "
+                f"replace the items. Nothing was written to it. Give the feed (or "
+                f"CHECKPOINT_OUTPUT) a path outside the checkpoint's files.")
         os.makedirs(os.path.dirname(key), exist_ok=True)  # as -o does (CHECKPOINT_OUTPUT=data/x.jl)
         output = self._open_file(key, overwrite=overwrite, has_header=has_header,
                                  framing=framing, document=document or framing.framed,

@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .arrays import checked, crc_of, from_le, le_view
+from .arrays import checked, crc_of, from_le, le_view, load_json
 
 #: The largest ref a store hands out.
 MAX_REF = (1 << 64) - 3
@@ -369,7 +369,7 @@ class PendingIndex:
         if self._inline and code in self._inline:
             return self._inline[code]
         data = self.payload_bytes(code)
-        return None if data is None else json.loads(data)
+        return None if data is None else load_json(data)
 
     def __getitem__(self, code: int) -> Any:
         if code not in self:
