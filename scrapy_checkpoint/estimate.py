@@ -175,6 +175,32 @@ def url_shape(url: str) -> str:
     their own shape: such a shape becomes a kind only once enough units share it,
     see :data:`SHAPE_UNITS`).
     """
+    head = url.rstrip("0123456789")
+    last = head[-1:]
+    if len(head) < len(url) and last in {"/", "="}:
+        # Ends in a number after "/" or "=": its shape is the URL's without the number, and
+        # a "#" (looked at once per URL without it, then remembered).
+        shape = _SHAPE_BY_HEAD.get(head)
+        if shape:
+            return shape
+        if shape is None:
+            shape = _url_shape(url)
+            same = "#" not in head and shape == _url_shape(head) + "#"
+            if len(_SHAPE_BY_HEAD) >= 1024:
+                _SHAPE_BY_HEAD.clear()
+            _SHAPE_BY_HEAD[head] = shape if same else ""
+            return shape
+    return _url_shape(url)
+
+
+#: :func:`url_shape` of the URLs that end in a number after "/" or "=", by the URL without
+#: the number ("": that number does not simply become a "#", see :func:`url_shape`). The
+#: URLs of a crawl mostly differ in such a number: one regular expression less for each.
+_SHAPE_BY_HEAD: dict[str, str] = {}
+
+
+def _url_shape(url: str) -> str:
+    """:func:`url_shape`, worked out."""
     _, sep, rest = url.partition("://")
     if sep:
         slash = rest.find("/")
