@@ -248,7 +248,10 @@ def test_a_url_shape_remembered_by_the_url_without_its_last_number_is_the_same()
              ("http://h/list?page=3", "/list?page=#"), ("http://h/list?page=1234567890", "/list?page=#"),
              ("http://h/item/abc-1", "/item/abc-#"), ("http://h/item/abc-12345", "/item/#"),
              ("http://12", "/"), ("http://1234", "/"), ("http://h/a#/1", "/a"),
-             ("http://h/a#/22", "/a"), ("http://h/7/x=5", "/#/x=#"), ("http://h/7/x=56", "/#/x=#")]
+             ("http://h/a#/22", "/a"), ("http://h/7/x=5", "/#/x=#"), ("http://h/7/x=56", "/#/x=#"),
+             ("http://h/p/1.html", "/p/#.html"), ("http://h/p/123456789.htm", "/p/#.htm"),
+             ("http://h/b/1abc", "/b/#abc"), ("http://h/b/1234567abc", "/b/#"),
+             ("http://1.com", "/"), ("http://2.com", "/")]
     for _ in range(2):
         for url, shape in pairs:
             assert url_shape(url) == shape, url
