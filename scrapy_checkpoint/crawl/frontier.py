@@ -883,7 +883,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.identity.forget(code)
         self.done_here.add_new(code)
         if self.progress is not None:  # (its kind is known already if it yielded requests)
-            self.progress.finish(request.meta.get("depth", 0), *self.progress.finder(request))
+            self.progress.finish(request.meta.get("depth", 0),
+                                 *self.progress.finder(request, done=True))
         cp = self.cp
         try:
             self.outputs.release(code)  # an output that cannot take them stops: not done
