@@ -50,7 +50,7 @@ def _crawl(site: Site, directory: Path, *extra: str) -> subprocess.CompletedProc
     (directory / "rotation.py").write_text(SPIDER)
     return subprocess.run([PYTHON, "-m", "scrapy", "runspider", "rotation.py", "-a",
                            f"base={site.url}", *extra], cwd=directory, env=python_env(),
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=1200, check=False)
 
 
 def _pages(path: Path) -> Counter[int]:

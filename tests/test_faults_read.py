@@ -40,7 +40,7 @@ def cli(directory: Path | str, *args: str, backend: str | None = None
         ) -> subprocess.CompletedProcess[str]:
     where = ["--backend", backend] if backend else ["--dir", str(directory)]
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *where, *args],
-                          capture_output=True, text=True, timeout=120, check=False,
+                          capture_output=True, text=True, timeout=900, check=False,
                           stdin=subprocess.DEVNULL, env={**python_env(), "COLUMNS": "200"})
 
 
@@ -394,7 +394,7 @@ def _as_nobody(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
             pytest.skip("setpriv (util-linux) is needed to run the reader as another user")
         prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
     return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False, env=python_env(), cwd=directory)
+                          timeout=900, check=False, env=python_env(), cwd=directory)
 
 
 @pytest.fixture
@@ -448,7 +448,7 @@ def _modes_apply(cmd: list[str]) -> subprocess.CompletedProcess[str]:
             pytest.skip("setpriv (util-linux) is needed to run without root's file access")
         caps = "-dac_override,-dac_read_search"
         prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
-    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120,
+    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=900,
                           check=False, stdin=subprocess.DEVNULL, env=python_env())
 
 

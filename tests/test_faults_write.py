@@ -48,7 +48,7 @@ CLI = [PYTHON, "-m", "scrapy_checkpoint.cli"]
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` with this tree's package; its exit code is the caller's to check."""
     return subprocess.run(cmd, check=False, env=python_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=1200)
 
 
 def cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -406,7 +406,7 @@ def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     for _ in range(300):  # the job has committed work
         assert proc.stdout.readline()
     subprocess.run(["rm", "-rf", str(directory)], check=True)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=1200)
     assert proc.returncode != 0, "the job went on without its checkpoint"
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("Error: "), err
@@ -492,13 +492,13 @@ def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_r
     for _ in range(500):  # committed, and the state file written since (at start, at least)
         assert proc.stdout.readline()
     proc.kill()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=600)
     shutil.rmtree(directory / "s")
     state = (directory / "s.json").read_bytes()
     recorded = read_stage(FileStore(directory), "s").state.progress.processed_items
 
     again = _tracker_job(directory, tmp_path, n)
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=1200)
     assert again.returncode != 0, out[-500:]
     assert "DONE" not in out
     assert "Traceback" not in err, err
@@ -512,7 +512,7 @@ def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_r
     assert "are missing" in shown.stdout
 
     assert cli(directory, "reset", "s").returncode == 0
-    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=300)
+    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=1200)
     assert out.strip().endswith("DONE"), err[-2000:]
     view = read_stage(FileStore(directory), "s")
     assert view.state.status is Status.COMPLETED

@@ -125,7 +125,7 @@ def test_threads_each_get_a_connection_of_the_small_pool(postgresql_backend: str
     def hold() -> None:
         with store.db.transaction() as conn:
             pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
-            inside.wait(timeout=60)  # all three transactions open at once: three connections
+            inside.wait(timeout=600)  # all three transactions open at once: three connections
 
     try:
         workers = [threading.Thread(target=hold) for _ in range(3)]
@@ -733,7 +733,7 @@ def test_a_journal_row_altered_to_a_short_or_countless_payload_is_damage(
           f"WHERE stage = 's') RETURNING 1")
     shown = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend",
                             postgresql_backend, "show", "s"], capture_output=True, text=True,
-                           env=python_env(), timeout=120, check=False)
+                           env=python_env(), timeout=900, check=False)
     assert "Traceback" not in shown.stderr, shown.stderr
     assert shown.returncode == 3
     assert "unreadable journal record" in shown.stdout

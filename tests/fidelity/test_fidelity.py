@@ -102,7 +102,7 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
                     pass  # waits on the site's request count, checking that the crawl still runs
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=300)
+            proc.wait(timeout=1200)
         finally:
             site.release()
     return Crawl(proc.returncode, site.total_hits - start, site.requests() - before,
