@@ -31,6 +31,7 @@ import logging
 from typing import Any
 
 from scrapy.core.scheduler import Scheduler
+from scrapy.dupefilters import BaseDupeFilter, RFPDupeFilter
 
 from .queue import FrontierQueue
 
@@ -64,7 +65,20 @@ class CheckpointScheduler(Scheduler):
             self._frontier = frontier
             frontier.lazy = True
             ext.scheduler = self
+            self._ask_dupefilter = type(self.df) not in (RFPDupeFilter, BaseDupeFilter)
+            if self._ask_dupefilter and len(frontier.cp.live.done):
+                logger.warning(
+                    "DUPEFILTER_CLASS %s.%s starts this run empty, as without the add-on: the "
+                    "requests done by earlier runs of stage %s are dropped by their fingerprint "
+                    "(REQUEST_FINGERPRINTER_CLASS), but one that only your dupefilter would "
+                    "call a duplicate of them (a different fingerprint) is fetched again.",
+                    type(self.df).__module__, type(self.df).__qualname__, frontier.stage)
         return result
+
+    #: Whether journaled requests are also put to ``DUPEFILTER_CLASS``: a dupefilter other
+    #: than Scrapy's (whose fingerprints are the units' keys, so asking it would only cost
+    #: memory) may call requests of other fingerprints duplicates.
+    _ask_dupefilter = False
 
     def enqueue_request(self, request: Any) -> bool:
         """Queue a journaled unit by its code; anything else as Scrapy's scheduler does."""
@@ -75,6 +89,12 @@ class CheckpointScheduler(Scheduler):
                 self.df.log(request, self.spider)
                 return False
             code = frontier.queued(request)
+            if (code is not None and self._ask_dupefilter and not request.dont_filter
+                    and self.df.request_seen(request)):
+                # A duplicate for the user's dupefilter: refused, as Scrapy's scheduler refuses
+                # it (request_dropped then takes back the unit registered for it).
+                self.df.log(request, self.spider)
+                return False
             if code is not None:
                 queue = self.frontier_queue
                 if self.start_queue is not None and request.meta.get("is_start_request"):
@@ -132,6 +152,8 @@ class CheckpointScheduler(Scheduler):
             item = best.pop()
             assert item is not None
             request = self._frontier.popped(*item)
+            if request is not None and self._ask_dupefilter and not request.dont_filter:
+                self.df.request_seen(request)  # a resumed unit: the dupefilter learns it again
             if request is not None:
                 stats.inc_value("scheduler/dequeued/disk")
                 stats.inc_value("scheduler/dequeued")

@@ -52,6 +52,9 @@ SPIDERS = [
     "sessions",
     "two_step",
 ]
+#: Crawled with no kill only: with a ``DUPEFILTER_CLASS`` of the user's own, a resumed run
+#: starts that dupefilter empty (see test_a_resumed_run_says_its_own_dupefilter_starts_empty).
+UNKILLED_ONLY = ["dupes"]
 
 
 @dataclass
@@ -159,7 +162,7 @@ def assert_completed(spider: str, run: Crawl) -> None:
     assert "Traceback" not in run.log, run.log[-3000:]
 
 
-@pytest.mark.parametrize("spider", SPIDERS)
+@pytest.mark.parametrize("spider", [*SPIDERS, *UNKILLED_ONLY])
 def test_unkilled_crawls_with_the_addon_end_as_plain_scrapy(
     tmp_path: Path, site: ShopSite, references: References, spider: str
 ) -> None:
@@ -202,6 +205,24 @@ def test_killed_crawls_behind_a_login_that_expires_end_as_plain_scrapy(
     # The reference is the plain uninterrupted login crawl: its session never expires.
     crawl_killed_and_compare(site, references, "login", tmp_path, "-a", "setup=1",
                              between_runs=site.forget)
+
+
+def test_a_resumed_run_says_its_own_dupefilter_starts_empty(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # The dupefilter's state is not kept (plain Scrapy keeps none without JOBDIR): a link
+    # only it calls a duplicate of a page done before the kill is fetched again. Nothing is
+    # lost, and the resumed run says so instead of ending as if the result were exact.
+    _, expected = references["dupes"]
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    first = crawl(site, "dupes", tmp_path, *addon, kill_after=20)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    last = crawl(site, "dupes", tmp_path, *addon)
+    assert_completed("dupes", last)
+    assert ("DUPEFILTER_CLASS fidelity_shop.spiders.dupes.PathDupeFilter starts this run empty"
+            in last.log), last.log[-3000:]
+    got = read_outputs(tmp_path)
+    assert not expected.items - got.items, diff("feed", got.items, expected.items)
 
 
 def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
