@@ -278,7 +278,8 @@ class CheckpointExtension:
         assert self.totals is not None
         self.spider_state.attach(spider)
         reached = self.totals.seed_close_spider(self.crawler)
-        if reached is not None:
+        draining = reached is not None and _drain_inflight(self, frontier, cp, reached)
+        if reached is not None and not draining:
             counter, limit, total = reached
             logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); "
                         "nothing to do. Raise the limit to crawl on, or start over with "
@@ -626,6 +627,28 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
                     ext.stage, resumed, inflight, len(live.done))
     ext.stats.set_value("checkpoint/resumed", resumed)
     ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
+def _drain_inflight(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint,
+                    reached: tuple[str, int, int]) -> bool:
+    """The units in flight when an earlier run, which had reached a CLOSESPIDER limit, was
+    stopped (killed while it finished them, as Scrapy finishes the requests in flight when
+    the limit closes the spider): this run does them and nothing else (see
+    CheckpointScheduler.drain), so the stage ends with their items as an uninterrupted run
+    does. False: nothing to do (or no checkpoint scheduler, or setup requests to wait for)."""
+    pending = cp.live.pending
+    codes = sorted(code for code in frontier.inflight_at_crash if pending.has_payload(code))
+    if not codes or ext.scheduler is None or (ext.setup is not None and ext.setup.known):
+        return False
+    counter, limit, total = reached
+    logger.info("Stage %s reached CLOSESPIDER_%s = %d in earlier runs (%d) and was stopped while "
+                "it finished the %d request(s) in flight then: they are done now, as in an "
+                "uninterrupted run, and nothing else.", ext.stage, counter.upper(), limit, total,
+                len(codes))
+    engine = ext.crawler.engine
+    ext.scheduler.drain(codes, lambda: deferred_from_coro(
+        engine.close_spider_async(reason=f"closespider_{counter}")))
+    return True
 
 
 def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint) -> int:

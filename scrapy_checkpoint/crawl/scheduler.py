@@ -123,11 +123,23 @@ class CheckpointScheduler(Scheduler):
             queue.extend([c for c, _ in first], [p for _, p in first])
             queue.extend(codes, priorities)
 
+    #: Units to hand out and nothing else, then a function to call once (see drain()).
+    _drain: list[int] | None = None
+    _drained: Any = None
+
+    def drain(self, codes: list[int], then: Any) -> None:
+        """Hand out only units ``codes`` (those an earlier run, closed by a CLOSESPIDER limit,
+        still had in flight when it was killed), then call ``then()`` (which closes the
+        spider), and hand out nothing more."""
+        self._drain, self._drained = list(codes), then
+
     def next_request(self) -> Any:
         """The next request by priority (see the module docstring): of Scrapy's memory
         queues, the journaled units, and the journaled start requests; at equal priority
         in that order, start requests after the others. A journaled one is rebuilt from its
         record if its object was not kept."""
+        if self._drain is not None:
+            return self._next_to_drain()
         lanes = [q for q in (self.frontier_queue, self.start_queue) if q]
         if not lanes:
             return super().next_request()
@@ -158,6 +170,17 @@ class CheckpointScheduler(Scheduler):
                 stats.inc_value("scheduler/dequeued/disk")
                 stats.inc_value("scheduler/dequeued")
                 return request
+
+    def _next_to_drain(self) -> Any:
+        assert self._drain is not None
+        while self._drain:
+            request = self._frontier.popped(self._drain.pop(), None)
+            if request is not None:
+                return request
+        then, self._drained = self._drained, None
+        if then is not None:  # at the engine's next call: the last one is in progress
+            then()
+        return None
 
     def has_pending_requests(self) -> bool:
         return (bool(self.frontier_queue) or bool(self.start_queue)

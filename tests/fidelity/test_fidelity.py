@@ -26,6 +26,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -223,6 +224,43 @@ def test_a_resumed_run_says_its_own_dupefilter_starts_empty(
             in last.log), last.log[-3000:]
     got = read_outputs(tmp_path)
     assert not expected.items - got.items, diff("feed", got.items, expected.items)
+
+
+def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # CLOSESPIDER_ITEMCOUNT = 12, one request at a time: the 12th item closes the spider,
+    # and Scrapy finishes the request in flight then (the 13th page, whose item is the 13th).
+    # Killed while the site holds that request, with the 12 others committed done, the
+    # stage has reached its limit; the next run must still do that one request.
+    reference, expected = references["limited"]
+    assert (reference.hits, sum(expected.items.values())) == (13, 13)
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "limited", "-a", f"base={site.url}",
+           "-o", str(tmp_path / "items.jl"), "-s", f"FIDELITY_DB={tmp_path / 'items.db'}", *addon]
+    site.hold_at(site.total_hits + 13)
+    try:
+        with (tmp_path / "crawl.log").open("ab") as log:
+            proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while done_requests(tmp_path, "limited") < 12 and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
+                time.sleep(0.05)  # polls the stage's committed progress, read from disk
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=300)
+    finally:
+        site.release()
+    first = (tmp_path / "crawl.log").read_text()
+    assert "Closing spider (closespider_itemcount)" in first, first[-3000:]
+    assert done_requests(tmp_path, "limited") == 12
+    last = crawl(site, "limited", tmp_path, *addon)
+    assert last.returncode == 0, last.log[-3000:]
+    assert "reached CLOSESPIDER_ITEMCOUNT = 12 in earlier runs (12) and was stopped" in last.log
+    assert sum(last.requests.values()) == 1, last.requests
+    assert "Traceback" not in last.log, last.log[-3000:]
+    got = read_outputs(tmp_path)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
 
 
 def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
