@@ -212,7 +212,7 @@ class CheckpointExtension:
             cp, self.stats, claim_file=self._claim_file if worker is not None else None,
             configured=configured_outputs(self.crawler.settings,
                                           getattr(self.crawler.spidercls, "name", "") or "",
-                                          self.config.output),
+                                          self.config.output, self.crawler.spider),
             warn_once=self.warn_once)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self.stop)

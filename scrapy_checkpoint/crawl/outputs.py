@@ -387,19 +387,67 @@ class DurableOutput(HeldRecords):
 _URI_PARAM = re.compile(r"%\((\w+)\)[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]")
 
 
-def configured_outputs(settings: Any, spider_name: str,
-                       own_output: str | None) -> Callable[[str], bool]:
+#: Stands for a parameter whose value changes while the crawl runs (``%(batch_id)d``,
+#: ``%(time)s``, ``%(batch_time)s``) in a feed URI whose other parameters were given values.
+_VARYING = "\x00varying\x00"
+_VARYING_PARAMS = ("time", "batch_time", "batch_id")
+
+
+def _with_spider_params(uri: str, options: Any, settings: Any, spider: Any) -> str | None:
+    """``uri`` with its parameters given their values as Scrapy's feed exporter gives them
+    (the spider's attributes, then ``uri_params`` / ``FEED_URI_PARAMS``), but those that vary
+    within a crawl, which are left as :data:`_VARYING`; None if that cannot be done (a
+    parameter with no value, a ``uri_params`` function that fails)."""
+    from scrapy.extensions.feedexport import apply_uri_params
+    from scrapy.utils.misc import load_object
+
+    def varying(m: re.Match[str]) -> str:
+        return _VARYING if m.group(1) in _VARYING_PARAMS else m.group(0)
+
+    template = _URI_PARAM.sub(varying, uri)
+    try:
+        params = {k: getattr(spider, k) for k in dir(spider)}
+        params.update(dict.fromkeys(_VARYING_PARAMS, _VARYING))
+        function = (options.get("uri_params") if isinstance(options, dict) else None
+                    ) or settings.get("FEED_URI_PARAMS")
+        if function:
+            params = load_object(function)(params, spider) or params
+        resolved = apply_uri_params(template, params)
+    except Exception:
+        return None
+    return None if _URI_PARAM.search(resolved) else resolved
+
+
+def configured_outputs(settings: Any, spider_name: str, own_output: str | None,
+                       spider: Any = None) -> Callable[[str], bool]:
     """Whether an absolute path is an output this run's configuration names: the
-    ``CHECKPOINT_OUTPUT`` file, or a local file of a ``FEEDS`` URI (its ``%(name)s`` the
-    spider's name, any other parameter (``%(batch_id)d``, ``%(time)s``, a custom one)
-    matching within one path component). Recorded outputs that match nothing are not
-    touched (see :class:`~.outputs.OutputSet`)."""
+    ``CHECKPOINT_OUTPUT`` file, or a local file of a ``FEEDS`` URI. A URI's parameters
+    take the values Scrapy gives them for ``spider`` (its attributes, ``%(outdir)s`` from
+    ``-a outdir=...``, and what ``FEED_URI_PARAMS`` adds), but ``%(batch_id)d``,
+    ``%(time)s`` and ``%(batch_time)s``, which match within one path component; without
+    ``spider`` (or when that fails), ``%(name)s`` is the spider's name and any other
+    parameter matches within one path component. Recorded outputs that match nothing are
+    not touched (see :class:`~.outputs.OutputSet`)."""
     exact: set[str] = set()
     patterns: list[re.Pattern[str]] = []
     if own_output:
         exact.add(os.path.abspath(own_output))
-    for uri in settings.getdict("FEEDS"):
+    for uri, options in settings.getdict("FEEDS").items():
         text = str(uri)
+        resolved = (_with_spider_params(text, options, settings, spider)
+                    if spider is not None and _URI_PARAM.search(text) else None)
+        if resolved is not None:
+            if resolved.startswith("file:"):
+                resolved = file_uri_to_path(resolved)
+            elif "://" in resolved:
+                continue
+            resolved = os.path.abspath(resolved)
+            if _VARYING not in resolved:
+                exact.add(resolved)
+            else:
+                patterns.append(re.compile("[^/]*".join(
+                    re.escape(piece) for piece in resolved.split(_VARYING))))
+            continue
         if text.startswith("file:"):
             text = file_uri_to_path(text)
         elif "://" in text:
