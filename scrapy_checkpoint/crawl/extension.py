@@ -467,7 +467,7 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
         if reason == "finished":
-            cp.complete()
+            cp.complete(_unsafe_feeds(self.outputs, live.info.recoveries))
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
@@ -627,6 +627,19 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
                     ext.stage, resumed, inflight, len(live.done))
     ext.stats.set_value("checkpoint/resumed", resumed)
     ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
+def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:
+    """What to say instead of 'Completed' when feeds that are not crash-safe were written by
+    a stage that crashed (its runs' items may be missing from them, or repeated)."""
+    if outputs is None or not outputs.unsafe or not recoveries:
+        return None
+    feeds = ", ".join(f"{path!r} ({why})" for path, why in sorted(outputs.unsafe.items()))
+    return (f"this stage was interrupted by {recoveries} crash(es) and its feed(s) {feeds} "
+            f"are written as plain Scrapy writes them, not crash-safe: they may lack or "
+            f"repeat items of the crashed runs. The other outputs hold every item once. For "
+            f"an exact copy, write a local feed scrapy-checkpoint makes crash-safe (no "
+            f"postprocessing), or CHECKPOINT_OUTPUT, and convert or upload it after the crawl.")
 
 
 def _drain_inflight(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint,

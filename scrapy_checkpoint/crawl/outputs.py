@@ -498,6 +498,8 @@ class OutputSet:
         self._before: dict[str, list[Any]] | None = None
         self._recorded: dict[str, list[Any]] = {}
         self._files: set[str] = set()
+        #: Feeds of this run written as plain Scrapy writes them (not crash-safe): name -> why.
+        self.unsafe: dict[str, str] = {}
 
     def cut(self, recorded: dict[str, list[Any]], *, configured_only: bool = True) -> None:
         """Cut every output in ``recorded`` (absolute path -> its journal entry, see
