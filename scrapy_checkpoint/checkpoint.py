@@ -201,6 +201,12 @@ class UnitRecords(StageReadings):
     def _record(self, fields: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def sync_journaled(self) -> None:
+        """Wait until the groups journaled so far are on disk, whatever the durability mode;
+        the group being built (which may be waiting for the commit gate) is not committed."""
+        self._committer.sync(force=True)
+        self._committer.drain()
+
     def add_unit(self, code: int, payload: Any, priority: int = 0) -> bool:
         """Record a new pending unit (unless it is done or pending), with what redoes it:
         ``payload`` (a JSON value, or its UTF-8 JSON text as bytes, e.g. a crawl's request)

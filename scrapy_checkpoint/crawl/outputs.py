@@ -628,7 +628,10 @@ class OutputSet:
             # a run that finds no record would take the killed run's items for the file's
             # earlier content and never cut them. (Later lengths need no wait: a length
             # lost with a buffer belongs to units whose done records were lost with it.)
-            self.cp.save(force=True)
+            # Only the record's own group: the group being built is not committed here, as
+            # it may be waiting for the commit gate (done records whose spider.state
+            # changes are not journaled yet, callbacks running).
+            self.cp.sync_journaled()
         else:
             base, length = recorded[0], recorded[1]
             length = min(length, size)
@@ -666,10 +669,11 @@ class OutputSet:
         """The unit is done: its bytes go to every output it wrote. Raises
         CheckpointWriteError if one cannot take them (a full disk).
 
-        A batch feed may start its next file here, which commits the stage at once (see
-        :meth:`_open_file`) before the unit's done record: that commit records each output as
-        it was before the unit's bytes (:attr:`_before`), so a crash then cuts them and the
-        unit is redone, instead of keeping its items and doing it again."""
+        A batch feed may start its next file here (its record is journaled in a group of its
+        own, see :meth:`_open_file`); a commit that falls before the unit's done record
+        records each output as it was before the unit's bytes (:attr:`_before`), so a crash
+        then cuts them and the unit is redone, instead of keeping its items and doing it
+        again."""
         if self._batched:
             self._before = {key: out.entry_now() for key, out in self._outputs.items()}
         try:

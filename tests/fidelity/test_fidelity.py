@@ -263,6 +263,35 @@ def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_s
     assert got.items == expected.items, diff("feed", got.items, expected.items)
 
 
+def test_spider_state_is_kept_when_a_feed_opens_while_a_callback_runs(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # The home page's callback changes spider.state; its done record waits for a moment
+    # with no callback running (the category page's callback waits). The product's item
+    # opens the feed meanwhile: the file's record is made durable then, but the done
+    # records waiting with their state must not be committed without it, or the kill
+    # below loses the home page's change (it is not done again).
+    feed = tmp_path / "items.jl"
+    addon = ["-s", 'ADDONS={"scrapy_checkpoint.Addon": 100}', "-s", "CHECKPOINT_SAVE_EVERY=1000",
+             "-s", "CHECKPOINT_SAVE_INTERVAL=600", "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "waiting", "-a", f"base={site.url}",
+           "-o", str(feed), *addon]
+    with (tmp_path / "crawl.log").open("ab") as log:
+        proc = subprocess.Popen([*cmd, "-a", "wait=1"], cwd=PROJECT, env=python_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not feed.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
+            time.sleep(0.05)  # polls for the feed file, made when the first item is written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=300)
+    assert feed.exists(), (tmp_path / "crawl.log").read_text()[-3000:]
+    last = crawl(site, "waiting", tmp_path, *addon)
+    assert_completed("waiting", last)
+    assert "Final spider.state: {'home': 1}" in last.log, last.log[-3000:]
+    assert read_outputs(tmp_path).items == Counter(['{"product": "0"}'])
+
+
 def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,
                              *extra: str, between_runs: Callable[[], None] | None = None) -> int:
     """Crawl ``spider`` with the add-on, killed :data:`KILLS` times, then to the end; assert
