@@ -129,7 +129,8 @@ def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpo
     finished requests are missing from it, and nothing would write them again (their
     requests are done), so the stage would end 'completed' without them."""
     configured = configured_outputs(crawler.settings,
-                                    getattr(crawler.spidercls, "name", "") or "", config.output)
+                                    getattr(crawler.spidercls, "name", "") or "", config.output,
+                                    getattr(crawler, "spider", None))
     for path, entry in sorted(cp.live.outputs.items()):
         if not configured(path):
             continue
