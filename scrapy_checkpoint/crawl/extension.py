@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 from weakref import WeakKeyDictionary
 
 from itemadapter import ItemAdapter
@@ -278,13 +278,8 @@ class CheckpointExtension:
         assert self.totals is not None
         self.spider_state.attach(spider)
         reached = self.totals.seed_close_spider(self.crawler)
-        draining = reached is not None and _drain_inflight(self, frontier, cp, reached)
-        if reached is not None and not draining:
-            counter, limit, total = reached
-            logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); "
-                        "nothing to do. Raise the limit to crawl on, or start over with "
-                        "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
-            raise CloseSpider(f"closespider_{counter}")
+        if reached is not None and not _drain_inflight(self, frontier, cp, reached):
+            _already_reached(self.stage, reached)
         _hook_engine(self, frontier)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
@@ -641,6 +636,18 @@ def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:
             f"repeat items of the crashed runs. The other outputs hold every item once. For "
             f"an exact copy, write a local feed scrapy-checkpoint makes crash-safe (no "
             f"postprocessing), or CHECKPOINT_OUTPUT, and convert or upload it after the crawl.")
+
+
+def _already_reached(stage: str, reached: tuple[str, int, int]) -> NoReturn:
+    """Close the spider at once: earlier runs reached a CLOSESPIDER limit (``reached``:
+    the counter, its limit, its total) and nothing was in flight then.
+
+    Raises CloseSpider."""
+    counter, limit, total = reached
+    logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); nothing to "
+                "do. Raise the limit to crawl on, or start over with CHECKPOINT_RESET=True.",
+                stage, counter.upper(), limit, total)
+    raise CloseSpider(f"closespider_{counter}")
 
 
 def _drain_inflight(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint,

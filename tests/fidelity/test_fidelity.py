@@ -248,7 +248,7 @@ def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_s
                 assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
                 time.sleep(0.05)  # polls the stage's committed progress, read from disk
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=300)
+            proc.wait(timeout=1200)
     finally:
         site.release()
     first = (tmp_path / "crawl.log").read_text()
@@ -284,7 +284,7 @@ def test_spider_state_is_kept_when_a_feed_opens_while_a_callback_runs(
             assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
             time.sleep(0.05)  # polls for the feed file, made when the first item is written
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=300)
+        proc.wait(timeout=1200)
     assert feed.exists(), (tmp_path / "crawl.log").read_text()[-3000:]
     last = crawl(site, "waiting", tmp_path, *addon)
     assert_completed("waiting", last)
