@@ -67,10 +67,21 @@ def file_hash(path: str | os.PathLike[str]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+class InputUnreadableError(ConfigError, OSError):
+    """An input file start() cannot read: a ConfigError, and an OSError as before."""
+
+
 def _input_hash(stage: str, path: str | os.PathLike[str], recorded: str | None) -> str:
     """:func:`file_hash` of the input file ``path``; raises InputChangedError if a hash
-    was ``recorded`` and this one differs."""
-    digest = file_hash(path)
+    was ``recorded`` and this one differs, ConfigError (an OSError too) if it cannot be
+    read."""
+    try:
+        digest = file_hash(path)
+    except OSError as exc:
+        raise InputUnreadableError(
+            f"Input file {os.fspath(path)!r} of stage {stage!r} cannot be read: "
+            f"{exc.strerror or exc}. Nothing was recorded; fix the path (or the file's "
+            f"permissions) and run again.") from None
     if recorded is not None and recorded != digest:
         raise InputChangedError(stage, os.fspath(path),
                                 f"hash {digest[:19]}... != recorded {recorded[:19]}...")
@@ -200,6 +211,12 @@ class UnitRecords(StageReadings):
 
     def _record(self, fields: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def sync_journaled(self) -> None:
+        """Wait until the groups journaled so far are on disk, whatever the durability mode;
+        the group being built (which may be waiting for the commit gate) is not committed."""
+        self._committer.sync(force=True)
+        self._committer.drain()
 
     def add_unit(self, code: int, payload: Any, priority: int = 0) -> bool:
         """Record a new pending unit (unless it is done or pending), with what redoes it:
@@ -516,11 +533,12 @@ class EnhancedCheckpoint(UnitRecords):
         count = self.live.info.error_count + 1
         self._record({ERROR: [message, count, walltime()]})
 
-    def complete(self) -> None:
+    def complete(self, caveat: str | None = None) -> None:
         """Mark the stage completed (durably) and run the ``complete`` hooks; a stage that lost
         work (:meth:`record_lost`) is marked ``incomplete`` instead, with a warning saying how
         much and why, and no hook runs. A stage with failed units (done with failure) is
-        completed with a warning saying how many and how to do them again."""
+        completed with a warning saying how many and how to do them again; one with a
+        ``caveat`` (an output that may lack items) with a warning saying it."""
         lost = self.live.info.lost
         if any(lost.values()):
             self._set_status(Status.INCOMPLETE)
@@ -536,6 +554,8 @@ class EnhancedCheckpoint(UnitRecords):
                 "`scrapy-checkpoint requeue %s --failed` makes them pending again for the "
                 "next run. %s",
                 self.stage, failed, self.stage, self.progress_line())
+        elif caveat:  # not all of the work is as it should be: never a plain "Completed"
+            logger.warning("[%s] Every unit is done, but %s", self.stage, caveat)
         else:
             logger.info("[%s] Completed. %s", self.stage, self.progress_line())
         self._hooks.emit("complete", self)

@@ -49,7 +49,7 @@ from .errors import (
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
-from .metrics import format_duration, format_percent
+from .metrics import format_duration, format_percent, printable
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
 from .stores import BACKEND_SCHEMES
@@ -287,8 +287,8 @@ def _worker_rows(ctx: Context, workers: list[Worker]) -> Table:
     table = ctx.table("WORKER", "HOST", "PID", "STATUS", "ALIVE", "HEARTBEAT", "DONE", "PENDING")
     now = time.time()
     for w in workers:
-        table.add_row(w.id, w.host, str(w.pid), w.status + (f" by {w.adopted_by}" if w.adopted_by
-                                                           else ""),
+        table.add_row(Text(printable(w.id)), Text(printable(w.host)), str(w.pid),
+                      Text(printable(w.status + (f" by {w.adopted_by}" if w.adopted_by else ""))),
                       "yes" if w.alive else "no", f"{max(0.0, now - w.heartbeat):.0f} s ago",
                       str(w.done), str(w.pending))
     return table
@@ -385,8 +385,8 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
         table = Table(box=None, show_header=False, pad_edge=False)
         table.add_column(style="bold" if ctx.tty else None, no_wrap=True)
         table.add_column()
-        for key, value in rows:
-            table.add_row(key, value)
+        for key, value in rows:  # as plain text: a recorded '[/]' is no markup, ESC no escape
+            table.add_row(key, Text(printable(value)))
         ctx.print(table)
     if view.problems:
         sys.exit(EXIT_DAMAGED)
@@ -549,7 +549,7 @@ def export(ctx: Context, output: str) -> None:
         click.echo(text, nl=False)
     else:
         try:
-            write_export(output, text)
+            write_export(output, text, ctx.manager.store)
         except OSError as exc:
             click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
             sys.exit(EXIT_NOT_FOUND)
@@ -628,7 +628,8 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         except ConfigError as exc:  # a worker's sub-stage of a shared stage
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
-        except CheckpointWriteError as exc:  # e.g. its data directory is a symbolic link
+        except (CheckpointWriteError, CorruptCheckpointError) as exc:
+            # e.g. its data directory is a symbolic link, its lock file a directory
             click.echo(f"{exc} Stage {s!r} not reset.", err=True)
             refused = True
             continue

@@ -27,7 +27,7 @@ from .journal.groups import COMMITTED_AT, GroupBuilder, check_fields, encode_gro
 from .journal.snapshot import snapshot_parts
 from .live import LiveState
 from .metrics import ProgressLog
-from .state import CheckpointState
+from .state import CheckpointState, state_json
 from .stores.base import JournalWriter, Loaded, Store
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -444,7 +444,7 @@ class GroupCommitter:
         self._last_state = monotonic()
         state = self._progress.state(self.live, self.commit_latency_us())
         state.commit_latency_histogram = self.commit_latency_histogram()
-        data = state.model_dump_json(indent=2)
+        data = state_json(state)
         self._io.submit(self.store.write_state, self.stage, data.encode())
 
     @_stops_on_write_error
@@ -532,7 +532,8 @@ def write_error(stage: str | None, location: object, exc: OSError) -> Checkpoint
     """The error a job stops with when writing its checkpoint (in ``location``, the store's)
     or one of its outputs failed with ``exc``: what could not be written, why, and what to do."""
     what = exc.strerror or str(exc)
-    fix = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "move it away" if "not a regular file" in what else "fix the cause")
     written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
                if not exc.filename or _inside(str(exc.filename), location)
                else f"{str(exc.filename)!r}, an output of stage {stage!r}")

@@ -193,6 +193,36 @@ def url_shape(url: str) -> str:
     their own shape: such a shape becomes a kind only once enough units share it,
     see :data:`SHAPE_UNITS`).
     """
+    stem = url.rstrip(_SUFFIX)
+    suffix = url[len(stem):]
+    head = stem.rstrip("0123456789")
+    if (len(head) < len(stem) and head[-1:] in {"/", "="}
+            and (not suffix or suffix[0] == ".")):
+        # A number after "/" or "=", then only a suffix such as ".html": the shape is the
+        # one of the URL up to the number, a "#" and the suffix (the URL up to the number
+        # looked at once, then remembered).
+        shape = _SHAPE_BY_HEAD.get(head)
+        if shape:
+            return shape + suffix if suffix else shape
+        if shape is None:
+            shape, prefix = _url_shape(url), _url_shape(head) + "#"
+            if len(_SHAPE_BY_HEAD) >= 1024:
+                _SHAPE_BY_HEAD.clear()
+            _SHAPE_BY_HEAD[head] = prefix if "#" not in head and shape == prefix + suffix else ""
+            return shape
+    return _url_shape(url)
+
+
+#: What may follow the last number of a URL whose shape :func:`url_shape` remembers.
+_SUFFIX = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ."
+#: :func:`url_shape` of the URL up to its last number, and a "#", by that part of the URL
+#: ("": its last number does not simply become a "#", see :func:`url_shape`). The URLs of
+#: a crawl mostly differ in such a number: one regular expression less for each.
+_SHAPE_BY_HEAD: dict[str, str] = {}
+
+
+def _url_shape(url: str) -> str:
+    """:func:`url_shape`, worked out."""
     _, sep, rest = url.partition("://")
     if sep:
         slash = rest.find("/")

@@ -7,7 +7,6 @@ checkpoint records its own changes as groups and applies them the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from typing import Any
 
 from .clock import utcnow
 from .errors import CorruptCheckpointError
+from .journal.arrays import load_json
 from .journal.doneset import MAX_TIME, DoneSet
 from .journal.groups import (
     ADDED,
@@ -321,7 +321,7 @@ class LiveState:
         ref, length, _ = value
         if self.pending.reader is None:
             raise OSError(f"no reader for the request record of unit {code}")
-        return json.loads(self.pending.reader.read(ref, length, code))
+        return load_json(self.pending.reader.read(ref, length, code))
 
     @property
     def lost_total(self) -> int:
@@ -393,13 +393,21 @@ def recover(store: Store, stage: str) -> tuple[LiveState, Loaded]:
     previous, state_problems = store.read_state(stage)
     for problem in state_problems:
         logger.warning("Stage %s: state file %s", stage, problem)
-    if loaded.snapshot is None and not loaded.payloads and previous is not None:
+    if (loaded.snapshot is None and not loaded.payloads and previous is not None
+            and not _never_started(previous)):
         loaded.vanished = loaded.vanished or journal_missing(store, stage, previous)
     for problem in loaded.problems:
         logger.warning("Stage %s: %s", stage, problem)
     if loaded.dropped_bytes or loaded.unreachable:
         store.set_aside(stage, loaded)
     return live, loaded
+
+
+def _never_started(state: CheckpointState) -> bool:
+    """A state file of a stage opened and closed before its first start (its start refused:
+    an input file not found): nothing was recorded, so a journal without groups lost none."""
+    return (state.status is Status.INITIALIZED and not state.progress.processed_items
+            and not state.done_units and not state.pending_units)
 
 
 def journal_missing(store: Store, stage: str, state: CheckpointState) -> str:

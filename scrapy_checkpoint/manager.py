@@ -14,12 +14,12 @@ from .checkpoint import EnhancedCheckpoint, describe_lost
 from .clock import utcnow
 from .config import CheckpointConfig
 from .errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
-from .metrics import format_duration, format_percent
+from .metrics import format_duration, format_percent, printable
 from .shared import OVER, Worker, open_shared, shared_stage_of, sub_stage_name, supports_shared
 from .state import CheckpointState, Owner, Status
 from .stores import open_backend
 from .stores.base import Store, check_stage_name
-from .stores.file import atomic_write
+from .stores.file import atomic_write, is_checkpoint_file
 from .tracker import AsyncCheckpointTracker
 from .view import StageView, read_stage
 
@@ -28,13 +28,16 @@ logger = logging.getLogger("scrapy_checkpoint")
 EXPORT_SCHEMA_VERSION = 1
 
 
-def write_export(path: str | os.PathLike[str], text: str) -> None:
+def write_export(path: str | os.PathLike[str], text: str, store: Store | None = None) -> None:
     """Write an export (``text``) to ``path`` whole or not at all: through a temp file
     renamed over it, so a full disk or a crash keeps the previous export as it was. Never
     through a symbolic link to a file (a link planted at the path would make it overwrite
     the file it points to): CheckpointWriteError, nothing written. A FIFO or a device (also
-    behind a link: /dev/stdout) is written as is.
+    behind a link: /dev/stdout) is written as is. Never over a file of ``store``'s own (a
+    file store's state, backup or lock file of a stage, or anything in a stage's data
+    directory): CheckpointWriteError, nothing written.
     Raises OSError as writing does."""
+    _refuse_checkpoint_file(path, store)
     try:
         mode: int | None = os.stat(path).st_mode  # what a link leads to (/dev/stdout: a pipe)
     except FileNotFoundError:
@@ -50,6 +53,16 @@ def write_export(path: str | os.PathLike[str], text: str) -> None:
             f.write(text)
         return
     atomic_write(Path(path), text.encode())
+
+
+def _refuse_checkpoint_file(path: str | os.PathLike[str], store: Store | None) -> None:
+    """CheckpointWriteError if ``path`` is (or would be) one of ``store``'s own files: an
+    export written there would replace recorded progress (a journal segment, a state file)."""
+    if store is not None and is_checkpoint_file(store, path):
+        raise CheckpointWriteError(
+            f"Cannot write the export to {os.fspath(path)}: it is a file of the checkpoint in "
+            f"{store.location}, and an export never replaces recorded progress. Nothing was "
+            f"written. Give a path outside the stages' files, or '-' for standard output.")
 
 
 class UnifiedCheckpointManager:
@@ -239,8 +252,8 @@ class UnifiedCheckpointManager:
                 continue
             try:
                 self.reset(stage)
-            except (CheckpointLockedError, CheckpointWriteError) as exc:
-                logger.warning("%s", exc)
+            except (CheckpointLockedError, CheckpointWriteError, CorruptCheckpointError) as exc:
+                logger.warning("%s", exc)  # e.g. its lock file is a directory: left as it is
             else:
                 reset.append(stage)
         return reset
@@ -277,7 +290,7 @@ class UnifiedCheckpointManager:
                     self.reset(stage)
                 except CheckpointLockedError:
                     continue
-                except CheckpointWriteError as exc:
+                except (CheckpointWriteError, CorruptCheckpointError) as exc:
                     logger.warning("%s", exc)
                     continue
             removed[stage] = freed
@@ -294,7 +307,7 @@ class UnifiedCheckpointManager:
         doc = {"schema_version": EXPORT_SCHEMA_VERSION, "checkpoint_dir": str(self.directory),
                "exported_at": utcnow().isoformat(), "stages": stages}
         if path is not None:
-            write_export(path, json.dumps(doc, indent=2) + "\n")
+            write_export(path, json.dumps(doc, indent=2) + "\n", self.store)
         return doc
 
     def report(self) -> str:
@@ -335,7 +348,8 @@ class UnifiedCheckpointManager:
             if s.lost:
                 lines.append(f"  lost {sum(s.lost.values())} ({describe_lost(s.lost)})")
             if s.error_message:
-                lines.append(f"  last error ({s.error_count} in all): {s.error_message}")
+                lines.append(f"  last error ({s.error_count} in all): "
+                             f"{printable(s.error_message)}")
             lines += [f"  warning: {p}" for p in view.problems]
             lines.append("")
         pct = format_percent(100.0 * processed_known / total_known) if total_known else "n/a"

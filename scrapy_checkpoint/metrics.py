@@ -220,5 +220,15 @@ class ProgressLog:
         return state
 
 
+def printable(text: str) -> str:
+    """``text`` to print on one line of a terminal: each character that is not printable
+    (a newline, an escape sequence's ESC, a NUL) written as its Python escape (``\\x1b``),
+    so a recorded error message or file name cannot draw on the reader's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 __all__ = ["Metrics", "ProgressLog", "RateWindow", "eta_total", "format_duration",
-           "format_percent", "monotonic"]
+           "format_percent", "monotonic", "printable"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import datetime
@@ -9,6 +10,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from .clock import utcnow
 from .errors import InvalidTransitionError
@@ -149,3 +151,24 @@ class CheckpointState(BaseModel):
     #: bounds in seconds], "counts": [commits at most that long, cumulative], "count": n,
     #: "sum_seconds": s}`` (a Prometheus histogram; it starts again with each process).
     commit_latency_histogram: dict[str, Any] | None = None
+
+
+def state_json(state: CheckpointState) -> str:
+    """``state`` as the JSON of a state file. A string holding a lone surrogate (a file name
+    decoded with ``surrogateescape`` given as the last item or input file, or a ``\\udc80``
+    escape read back from a journal) cannot be UTF-8: it is written with the surrogate as
+    the text ``\\udc80``, instead of failing the write of every state file of the run."""
+    try:
+        return state.model_dump_json(indent=2)
+    except PydanticSerializationError:
+        return json.dumps(_utf8_safe(state.model_dump(mode="json")), indent=2, ensure_ascii=False)
+
+
+def _utf8_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8_safe(v) for v in value]
+    return value

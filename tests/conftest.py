@@ -48,7 +48,7 @@ class StageHolder:
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        self.proc.wait(timeout=600)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
 

@@ -112,12 +112,12 @@ def run(site: Site, cmd: list[str], directory: Path, *, cwd: Path,
         proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
         if (interrupt is not None and interrupt_after_hits is not None
-                and site.wait_for_hits(start_hits + interrupt_after_hits, timeout=120)):
+                and site.wait_for_hits(start_hits + interrupt_after_hits, proc=proc)):
             if interrupt is double_sigint:
                 double_sigint(proc, log_path)
             else:
                 interrupt(proc)
-        proc.wait(timeout=300)
+        proc.wait(timeout=1200)
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
     return CrawlRun(proc.returncode, log_path.read_text(), hits)
@@ -170,7 +170,7 @@ def crawl_killed_at_gate(site: Site, outputs: Outputs, gate: str, *extra: str) -
             time.sleep(0.01)  # polls for the gate's own signal that the crawl waits there
         reached = (gate_dir / "reached").exists()
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=300)
+        proc.wait(timeout=1200)
     assert reached, log_path.read_text()[-3000:]
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -119,10 +120,18 @@ class Site:
         with self._lock:
             return Counter({int(p[3:]): c for p, c in self.hits.items() if p.startswith("/p/")})
 
-    def wait_for_hits(self, total: int, timeout: float = 120) -> bool:
-        """Block until the server has answered ``total`` requests in all (False on timeout)."""
+    def wait_for_hits(self, total: int, timeout: float = 900, proc: Any = None) -> bool:
+        """Block until the server has answered ``total`` requests in all: True, or False once
+        ``proc`` (a Popen, if given) has ended first, or after ``timeout`` seconds (a guard
+        against a hang, as large as a crawl on a busy machine may need)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            return self._lock.wait_for(lambda: self.total_hits >= total, timeout)
+            while self.total_hits < total:
+                left = deadline - time.monotonic()
+                if left <= 0 or (proc is not None and proc.poll() is not None):
+                    return False
+                self._lock.wait(min(left, 0.5))  # (woken by each hit; checks proc between)
+            return True
 
     def close(self) -> None:
         self.server.shutdown()

@@ -486,3 +486,66 @@ def test_an_update_past_the_counters_range_is_refused_and_nothing_is_recorded(
     assert view.problems == []
     assert view.state.status is Status.COMPLETED
     assert view.state.progress.processed_items == (1 << 62) + 1
+
+
+def test_names_that_are_not_utf8_are_kept_and_every_state_file_is_written(
+        tmp_path: Path) -> None:
+    """A file name that is not UTF-8 reaches Python as a str with lone surrogates
+    (``surrogateescape``); given as the last item, the input file or the batch id, and in an
+    error message, it must not fail the write of the state file (it did, at every commit
+    and at close, with a PydanticSerializationError traceback)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "f\udcff.txt").write_bytes(b"data")  # the name's bytes: b"f\xff.txt"
+    name = next(iter(inputs.iterdir()))
+    assert "\udcff" in str(name)
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0, save_every=1)
+    cp.start(total_items=2, input_file=name)
+    for i in range(2):
+        cp.update(processed=1, successful=1, index=i, last_item=name.name, batch_id="b\udc80")
+    cp.record_error(f"cannot parse {name.name}")
+    cp.complete()
+    cp.close()
+    state_file = tmp_path / "cp" / "s.json"
+    written = json.loads(state_file.read_bytes().decode("utf-8"))  # UTF-8, whole
+    assert written["status"] == "completed"
+    assert written["last_processed_item"] == "f\\udcff.txt"
+    assert written["input_file"].endswith("f\\udcff.txt")
+    assert written["batch_id"] == "b\\udc80"
+    view = read_stage(FileStore(tmp_path / "cp"), "s")
+    assert view.problems == []
+    assert view.state.done_units == 2
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+    cp.start(input_file=name)  # the same input: accepted, nothing to redo
+    assert len(cp.live.done) == 2
+    cp.complete()
+    cp.close()
+
+
+def test_a_first_start_refused_for_a_missing_input_file_leaves_the_stage_startable(
+        tmp_path: Path) -> None:
+    """start(input_file=...) naming a file that is not there: one ConfigError saying so (it
+    was a bare FileNotFoundError), and the next start, with the right path, runs the stage.
+    The refused start left a state file ('initialized') beside a journal without groups, and
+    every later start was refused with 'The journal and snapshots of stage 's' ... are
+    missing (its directory was deleted or emptied)' until the stage was reset."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a\nb\n")
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+    with pytest.raises(ConfigError, match=r"Input file '.*missing.csv' of stage 's' cannot "
+                                          r"be read: No such file or directory\. Nothing was"):
+        cp.start(total_items=2, input_file=tmp_path / "missing.csv")
+    cp.close()
+    other = EnhancedCheckpoint(tmp_path / "cp2", "s", log_every=0)
+    with pytest.raises(OSError, match="cannot be read"):  # an OSError too, as before
+        other.start(input_file=tmp_path / "missing.csv")
+    other.close()
+    cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+    cp.start(total_items=2, input_file=rows)
+    cp.update(processed=1, successful=1, index=0)
+    cp.complete()
+    cp.close()
+    view = read_stage(FileStore(tmp_path / "cp"), "s")
+    assert view.problems == []
+    assert view.state.status is Status.COMPLETED
+    assert view.state.done_units == 1

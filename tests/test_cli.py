@@ -32,7 +32,7 @@ def cli(directory: Path, *args: str, stdin: Any = subprocess.DEVNULL,
 def run_cli(*args: str, stdin: Any = subprocess.DEVNULL,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *args],
-                          capture_output=True, text=True, stdin=stdin, timeout=120, check=False,
+                          capture_output=True, text=True, stdin=stdin, timeout=900, check=False,
                           env={**python_env(), "COLUMNS": "80", **(env or {})})
 
 
@@ -62,7 +62,7 @@ def on_terminal(*args: str, columns: int, env: dict[str, str] | None = None) -> 
             chunks.append(data)
     finally:
         os.close(master)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode is not None
     assert b"Traceback" not in stderr, stderr.decode()
     return proc.returncode, ANSI.sub("", b"".join(chunks).decode())
@@ -170,6 +170,36 @@ def test_show_tells_the_resume_point_owner_and_error(pipeline: Path) -> None:
     assert "crashed (its process is gone; the next run recovers it)" in crashed
 
 
+def test_recorded_text_is_printed_as_text_never_as_markup_or_escape_codes(
+        tmp_path: Path) -> None:
+    """An error message or file name holding '[/]' (a path in brackets) made show fail
+    with rich's MarkupError traceback; '[bold]' styled the text; ESC sequences and line
+    breaks in them drew on the reader's terminal (show and report). Each is printed as
+    written, with its control characters escaped."""
+    error = "cannot open [/data/in.csv] \x1b[2J\r\nFAKE LINE"
+    with pytest.raises(RuntimeError):
+        asyncio.run(_stage(tmp_path, "s", 2, RuntimeError(error)))
+    from scrapy_checkpoint import EnhancedCheckpoint
+
+    cp = EnhancedCheckpoint(tmp_path, "t", log_every=0)
+    cp.start(total_items=1, output_file="/tmp/[bold]out[/bold].txt")
+    cp.complete()
+    cp.close()
+    shown = cli(tmp_path, "show", "s")
+    assert "Traceback" not in shown.stderr, shown.stderr
+    assert shown.returncode == 0
+    assert "\x1b" not in shown.stdout
+    assert "FAKE LINE" not in shown.stdout.replace("\\r\\nFAKE LINE", "")
+    assert "cannot open [/data/in.csv] \\x1b[2J\\r\\nFAKE LINE" in shown.stdout.replace(
+        "\n" + " " * 19, "")  # rows wrapped at 80 columns joined
+    report = cli(tmp_path, "report")
+    assert "\x1b" not in report.stdout
+    assert "\\x1b[2J\\r\\nFAKE LINE" in report.stdout
+    code, out = on_terminal("--dir", str(tmp_path), "show", "t", columns=120)
+    assert code == 0
+    assert "/tmp/[bold]out[/bold].txt" in out
+
+
 def test_show_of_a_live_stage_names_its_owner_alive(tmp_path: Path) -> None:
     d = tmp_path / "checkpoints"
     holder = StageHolder(d, "live")
@@ -266,9 +296,9 @@ def test_watch_follows_a_running_stage_until_it_completes(tmp_path: Path) -> Non
     assert "gated [running]" in first
     job.stdin.write("go\n")
     job.stdin.close()
-    assert job.wait(timeout=60) == 0
+    assert job.wait(timeout=600) == 0
     rest = watch.stdout.read()
-    assert watch.wait(timeout=60) == 0
+    assert watch.wait(timeout=600) == 0
     lines = (first + rest).splitlines()
     assert all(len(line) <= 60 for line in lines), lines
     frames = [line for line in lines if line.startswith("gated [")]
@@ -283,7 +313,7 @@ def test_scrapy_checkpoint_command_reads_the_project_settings(tmp_path: Path) ->
     asyncio.run(_stage(d, "site", 5))
     result = subprocess.run([PYTHON, "-m", "scrapy", "checkpoint", "-s", f"CHECKPOINT_DIR={d}",
                              "list"], cwd=PROJECT, capture_output=True, text=True,
-                            env=python_env(), timeout=120, check=False)
+                            env=python_env(), timeout=900, check=False)
     assert result.returncode == 0, result.stderr
     assert "site" in result.stdout
     assert "completed" in result.stdout
@@ -340,7 +370,7 @@ def test_scrapy_command_takes_dir_and_backend_after_the_command(tmp_path: Path) 
     def scrapy(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PYTHON, "-m", "scrapy", "checkpoint", "-s",
                                f"CHECKPOINT_BACKEND={unreachable}", *args], cwd=PROJECT,
-                              capture_output=True, text=True, env=python_env(), timeout=120,
+                              capture_output=True, text=True, env=python_env(), timeout=900,
                               check=False)
 
     project = scrapy("list", f"--dir={d}")

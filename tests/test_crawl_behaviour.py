@@ -77,7 +77,7 @@ def test_failed_requests_requeued_by_the_cli_are_fetched_by_the_next_plain_run(
     requeue = subprocess.run(
         [PYTHON, "-m", "scrapy", "checkpoint", "requeue", "site", "--failed", "--dir",
          str(tmp_path / "checkpoints")],
-        cwd=PROJECT, env=python_env(), capture_output=True, text=True, timeout=120, check=False)
+        cwd=PROJECT, env=python_env(), capture_output=True, text=True, timeout=900, check=False)
     assert requeue.returncode == 0, requeue.stderr
     assert "Requeued 2 failed unit(s) of site" in requeue.stdout
     state = _state(tmp_path)
@@ -187,12 +187,12 @@ def test_a_second_crawl_of_a_running_stage_is_refused(tmp_path: Path, site: Site
         second_log = tmp_path / "second.log"
         with second_log.open("wb") as log:
             code = subprocess.call(cmd, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
-                                   env=python_env(), timeout=120)
+                                   env=python_env(), timeout=900)
         assert code != 0
         assert f"Stage 'site' is in use by pid {first.pid} on host" in second_log.read_text()
     finally:
         site.gate.set()
-        assert first.wait(timeout=120) == 0
+        assert first.wait(timeout=900) == 0
     assert _state(tmp_path).status is Status.COMPLETED
     assert sorted(outputs.jsonlines("own.jl")) == list(range(N_PAGES))
 

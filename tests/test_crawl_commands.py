@@ -70,7 +70,7 @@ def _scrapy(site: Site, project: Path, *args: str) -> subprocess.CompletedProces
     env = python_env()
     env["BROWSER"] = "true"  # scrapy view opens the page with a command that does nothing
     return subprocess.run([PYTHON, "-m", "scrapy", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=1200, check=False)
 
 
 COMMANDS = {

@@ -152,7 +152,7 @@ def test_a_request_redone_after_a_kill_sends_the_cookies_it_sent_first(tmp_path:
         plain_dir = tmp_path / "plain"
         plain_dir.mkdir()
         subprocess.run(_command(site, plain_dir), cwd=plain_dir, env=python_env(), check=True,
-                       capture_output=True, timeout=300)
+                       capture_output=True, timeout=1200)
         expected = _items(plain_dir)
         assert len(expected) == 2 * PAGES + 3
         assert json.dumps({"cookies": "hop=6;step=6", "jar": "a", "page": PAGES - 1,
@@ -171,11 +171,11 @@ def test_a_request_redone_after_a_kill_sends_the_cookies_it_sent_first(tmp_path:
             # Every page but a's last is done; a's last is held by its /hold request.
             assert _wait_for_done(out / "checkpoints", 2 * PAGES + 2, proc)
             proc.send_signal(signal.SIGKILL)
-            assert proc.wait(timeout=60) == -signal.SIGKILL
+            assert proc.wait(timeout=600) == -signal.SIGKILL
         site.gate.set()
         with (out / "final.log").open("wb") as log:
             final = subprocess.run(_command(site, out, *addon), cwd=out, env=python_env(),
-                                   stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
+                                   stdout=log, stderr=subprocess.STDOUT, timeout=1200, check=False)
     finally:
         site.close()
     log = (out / "final.log").read_text()

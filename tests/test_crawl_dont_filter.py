@@ -177,7 +177,7 @@ def _crawl(site: BoardSite, directory: Path, *extra: str, kill_after: int | None
                                 stderr=subprocess.STDOUT)
         if kill_after is not None and site.wait_for_total(start + kill_after, proc):
             proc.send_signal(signal.SIGKILL)
-        return proc.wait(timeout=300)
+        return proc.wait(timeout=1200)
 
 
 def _items(directory: Path) -> Counter[Item]:

@@ -258,3 +258,31 @@ def test_a_csv_feed_resumed_with_other_feed_export_fields_keeps_its_columns(
                 if "FEED_EXPORT_FIELDS names" in line]
     assert len(warnings) == 1, final.log[-3000:]
     assert "['page', 'title']" in warnings[0]
+
+
+def test_a_crashed_stage_with_a_postprocessed_feed_does_not_end_completed(tmp_path: Path) -> None:
+    # A gzip feed is written as plain Scrapy writes it: a kill loses what its compressor
+    # held. Once a run of the stage crashed, the end says so instead of 'Completed.'; a stage
+    # that never crashed completes as before.
+    feeds = {str(tmp_path / "items.jl.gz"): {
+        "format": "jsonlines", "postprocessing": ["scrapy.extensions.postprocessing.GzipPlugin"]}}
+
+    def cmd(stage: str) -> list[str]:
+        return [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}",
+                "-s", f"FEEDS={json.dumps(feeds)}", "-s", f"CHECKPOINT_STAGE_NAME={stage}",
+                "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+
+    site = Site(60)
+    try:
+        first = run(site, cmd("gz"), tmp_path, cwd=PROJECT, interrupt=sigkill,
+                    interrupt_after_hits=15)
+        assert first.returncode != 0, first.log[-3000:]
+        again = run(site, cmd("gz"), tmp_path, cwd=PROJECT)
+        clean = run(site, cmd("gz-clean"), tmp_path, cwd=PROJECT)
+    finally:
+        site.close()
+    assert again.returncode == 0, again.log[-3000:]
+    assert "[gz] Completed" not in again.log, again.log[-3000:]
+    assert ("[gz] Every unit is done, but this stage was interrupted by 1 crash(es) and its "
+            f"feed(s) '{tmp_path / 'items.jl.gz'}' (postprocessing)") in again.log, again.log[-3000:]
+    assert "[gz-clean] Completed." in clean.log, clean.log[-3000:]

@@ -8,13 +8,16 @@ same command run again to the end.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from scrapy_checkpoint import EnhancedCheckpoint
 from scrapy_checkpoint.crawl.outputs import configured_outputs
 from scrapy_checkpoint.journal.groups import DOC_CLOSING, DOC_ITEMS, DOC_OPENING
 
-from .crawl import Outputs, crawl, sigkill
+from .conftest import PYTHON
+from .crawl import PROJECT, Outputs, crawl, run, sigkill
 from .site import Site
 
 PRECIOUS = b"not the crawl's: 60 bytes of someone else's data, untouched\n"
@@ -65,3 +68,55 @@ def test_configured_outputs_are_the_feeds_and_the_own_output() -> None:
     assert not configured("/data/books/sub/batch-001.json")  # a parameter is one component
     assert not configured("/etc/passwd")
     assert not configured("/bucket/items.jl")
+
+
+def test_a_feed_named_by_spider_attributes_and_uri_params_is_cut_back_on_resume(
+    tmp_path: Path,
+) -> None:
+    # FEEDS URIs made of the spider's attributes (-a outdir=...) and of what FEED_URI_PARAMS
+    # adds: the feed is the run's own, so a resume cuts it back to its committed length
+    # (the line appended here stands for what a killed run wrote after its last commit).
+    site = Site(60)
+    feeds = {"%(outdir)s/items-%(tag)s.jl": {"format": "jsonlines"}}
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}",
+           "-a", f"outdir={tmp_path}", "-a", "tag=a", "-s", f"FEEDS={json.dumps(feeds)}",
+           "-s", "FEED_URI_PARAMS=crawl_project.spiders.site.uri_params",
+           "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    feed = tmp_path / "items-a-b.jl"
+    try:
+        first = run(site, cmd, tmp_path, cwd=PROJECT, interrupt=sigkill, interrupt_after_hits=15)
+        assert first.returncode != 0, first.log[-3000:]
+        with feed.open("a") as f:
+            f.write('{"page": 999}\n')
+        again = run(site, cmd, tmp_path, cwd=PROJECT)
+    finally:
+        site.close()
+    assert again.returncode == 0, again.log[-3000:]
+    assert "do not name" not in again.log, again.log[-3000:]
+    assert "removing 1 line(s) written after the last commit" in again.log, again.log[-3000:]
+    assert sorted(json.loads(line)["page"] for line in feed.read_text().splitlines()) == list(range(60))
+
+
+def tag_params(params: dict[str, Any], spider: Any) -> dict[str, Any]:
+    return {**params, "tag": f"{spider.tag}-b"}
+
+
+def test_configured_outputs_give_uri_parameters_the_values_scrapy_gives_them() -> None:
+    from scrapy.settings import Settings
+
+    class Spider:
+        name = "books"
+        outdir = "/data/out"
+        tag = "a"
+
+    settings = Settings({"FEEDS": {
+        "%(outdir)s/%(name)s.jl": {"format": "jsonlines"},
+        "%(outdir)s/batch-%(batch_id)03d-%(tag)s.json": {"format": "json"},
+    }, "FEED_URI_PARAMS": f"{__name__}.tag_params"})
+    configured = configured_outputs(settings, "books", None, Spider())
+    assert configured("/data/out/books.jl")
+    assert configured("/data/out/batch-001-a-b.json")
+    assert configured("/data/out/batch-17-a-b.json")
+    assert not configured("/data/out/batch-001-c-b.json")
+    assert not configured("/data/out/sub/batch-001-a-b.json")
+    assert not configured("/data/other/books.jl")

@@ -144,7 +144,7 @@ def _crawl(site: MembersSite, tmp_path: Path, ignore_login: bool, *, kill_after:
     with (tmp_path / "crawl.log").open("ab") as log:
         if kill_after is None:
             return subprocess.run(cmd, cwd=tmp_path, env=python_env(), stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=300, check=False)
+                                  stderr=subprocess.STDOUT, timeout=1200, check=False)
         site.gate.clear()
         site.hold_after = kill_after
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=python_env(), stdout=log,
@@ -154,7 +154,7 @@ def _crawl(site: MembersSite, tmp_path: Path, ignore_login: bool, *, kill_after:
         # page (and a journaled login) as done, as a crash after those commits would.
         assert _wait_for_commit(tmp_path / "checkpoints", 1 if ignore_login else 2, proc)
         proc.send_signal(signal.SIGKILL)
-        code = proc.wait(timeout=60)
+        code = proc.wait(timeout=600)
         site.hold_after = None
         site.gate.set()
         return code

@@ -238,7 +238,7 @@ def _run(site: ExpiringSite, directory: Path, *extra: str, plain: bool = False,
         done = subprocess.run(_cmd(site, directory, *extra, plain=plain, chain=chain),
                               cwd=directory,
                               env=python_env(),
-                              stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
+                              stdout=log, stderr=subprocess.STDOUT, timeout=1200, check=False)
     text = log_path.read_text()
     assert done.returncode == 0, text[-3000:]
     return text
@@ -259,7 +259,7 @@ def _run_killed(site: ExpiringSite, directory: Path, after_items: int, *,
             assert _wait_for_commit(directory / "checkpoints", proc)
         finally:
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
+            proc.wait(timeout=600)
             site.release()
 
 
@@ -386,7 +386,7 @@ def test_a_page_redirected_to_the_login_counts_as_failed_and_is_fetched_again(
     assert view.state.progress.successful_items == scraped
     show = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir",
                            str(tmp_path / "checkpoints"), "show", "members"], env=python_env(),
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert show.returncode == 0, show.stderr
     assert "incomplete" in show.stdout
     assert f"{expired} unit(s) (session_expired: {expired}); the next run does them again" \

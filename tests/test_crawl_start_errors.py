@@ -103,3 +103,30 @@ def test_a_checkpoint_output_in_a_directory_not_yet_made_gets_it_made(
     assert "Traceback" not in run.log, run.log[-3000:]
     assert "'finish_reason': 'finished'" in run.log
     assert sorted(outputs.jsonlines("data/sub/own.jl")) == list(range(20))
+
+
+@pytest.mark.parametrize("where", ["-o site.json", "-o site/x.jl", "CHECKPOINT_OUTPUT"])
+def test_an_output_that_is_a_file_of_the_checkpoint_is_refused_before_anything_is_written(
+    tmp_path: Path, site: Site, where: str,
+) -> None:
+    """A feed at the stage's own state file (-o checkpoints/site.json) ran the crawl with its
+    items and the state file replacing each other: 'Output ... was deleted or moved while the
+    crawl wrote it', the items gone, a damaged state file. Now the crawl does not start, and
+    nothing is left that would refuse the next, corrected, run."""
+    cp_dir = tmp_path / "checkpoints"
+    target = cp_dir / ("site.json" if where != "-o site/x.jl" else "site/x.jl")
+    extra = ["-s", f"CHECKPOINT_OUTPUT={target}"] if where == "CHECKPOINT_OUTPUT" \
+        else ["-o", str(target)]
+    outputs = Outputs(tmp_path)
+    refused = crawl(site, outputs, *extra)
+    assert refused.returncode == 1, refused.log[-3000:]
+    errors = [line for line in refused.log.splitlines() if "] ERROR: " in line]
+    assert len(errors) == 1, refused.log[-3000:]
+    assert "The crawl cannot start. Output " in errors[0]
+    assert "is a file of the checkpoint" in errors[0]
+    assert "Traceback" not in refused.log, refused.log[-3000:]
+    assert refused.hits == {}
+    assert not target.exists()
+    again = crawl(site, outputs)
+    assert again.returncode == 0, again.log[-3000:]
+    assert sorted(outputs.jsonlines("items.jl")) == list(range(20))

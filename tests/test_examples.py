@@ -31,5 +31,5 @@ def test_the_async_stage_demo_resumes_a_killed_stage() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_docs_example_runs(example: Path, tmp_path: Path) -> None:
     result = subprocess.run([PYTHON, str(example)], cwd=tmp_path, capture_output=True, text=True,
-                            env=python_env(), timeout=300, check=False)
+                            env=python_env(), timeout=1200, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def cli(directory: Path | str, *args: str, backend: str | None = None
         ) -> subprocess.CompletedProcess[str]:
     where = ["--backend", backend] if backend else ["--dir", str(directory)]
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *where, *args],
-                          capture_output=True, text=True, timeout=120, check=False,
+                          capture_output=True, text=True, timeout=900, check=False,
                           stdin=subprocess.DEVNULL, env={**python_env(), "COLUMNS": "200"})
 
 
@@ -171,6 +172,42 @@ def test_a_snapshot_header_of_the_wrong_shape_is_refused(change: dict[str, Any])
     blob = encode_snapshot({**header, **change}, done.to_bytes(), done.times_bytes())
     with pytest.raises(ValueError, match="snapshot header"):
         decode_snapshot(blob)
+
+
+#: A JSON value nested deeper than Python's parser goes (RecursionError, not ValueError).
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def _raw_group(header: bytes) -> bytes:
+    return struct.pack("<I", len(header)) + header
+
+
+@pytest.mark.parametrize("where", ["group", "snapshot header"])
+def test_json_nested_too_deeply_is_damage_not_a_traceback(tmp_path: Path, where: str) -> None:
+    """A checksummed record whose JSON nests 100,000 deep: the parser's RecursionError is
+    damage like any other bad value (the record set aside, what came before kept), in every
+    command and in the writer."""
+    make_stage(tmp_path, n=3, save_every=1)
+    if where == "group":
+        with newest_segment(tmp_path).open("ab") as f:
+            f.write(frame(_raw_group(b'{"d":0,"f":0,"m":{"x":' + DEEP + b"}}")))
+    else:
+        snap = sorted((tmp_path / "s").glob("snapshot-*.bin"))[-1]
+        data = snap.read_bytes()
+        hlen, _ = struct.unpack_from("<II", data, 8)
+        head = data[16 : 16 + hlen][:-1] + b',"attached":{"x":' + DEEP + b"}}"
+        snap.write_bytes(data[:8] + struct.pack("<II", len(head), zlib.crc32(head)) + head
+                         + data[16 + hlen:])
+    for args in (["list"], ["show", "s"], ["show", "s", "--json"], ["report", "--json"],
+                 ["export", "-o", str(tmp_path / "e.json")]):
+        out = cli(tmp_path, *args)
+        assert "Traceback" not in out.stderr + out.stdout, (args, out.stderr[-600:])
+        assert out.returncode in (0, 3), (args, out.returncode, out.stderr[-600:])
+    cp = reopen(tmp_path)
+    assert_consistent(cp, 3)
+    cp.pause()
+    cp.close()
+    assert corrupt_files(tmp_path)  # the record's bytes kept aside
 
 
 def test_a_huge_counter_in_the_state_file_is_damage_not_a_traceback(tmp_path: Path) -> None:
@@ -357,7 +394,7 @@ def _as_nobody(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
             pytest.skip("setpriv (util-linux) is needed to run the reader as another user")
         prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
     return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False, env=python_env(), cwd=directory)
+                          timeout=900, check=False, env=python_env(), cwd=directory)
 
 
 @pytest.fixture
@@ -411,7 +448,7 @@ def _modes_apply(cmd: list[str]) -> subprocess.CompletedProcess[str]:
             pytest.skip("setpriv (util-linux) is needed to run without root's file access")
         caps = "-dac_override,-dac_read_search"
         prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
-    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120,
+    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=900,
                           check=False, stdin=subprocess.DEVNULL, env=python_env())
 
 

@@ -8,6 +8,7 @@ Each test counts the committed units it loses; the goal, and what each asserts, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from scrapy_checkpoint import (
     UnifiedCheckpointManager,
     read_stage,
 )
+from scrapy_checkpoint.errors import CorruptCheckpointError
 from scrapy_checkpoint.journal.doneset import DoneSet
 from scrapy_checkpoint.journal.frames import scan_segment
 from scrapy_checkpoint.journal.groups import BATCH_MARK, REQUEST_MARK, encode_group
@@ -46,7 +48,7 @@ CLI = [PYTHON, "-m", "scrapy_checkpoint.cli"]
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` with this tree's package; its exit code is the caller's to check."""
     return subprocess.run(cmd, check=False, env=python_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=1200)
 
 
 def cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -404,7 +406,7 @@ def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     for _ in range(300):  # the job has committed work
         assert proc.stdout.readline()
     subprocess.run(["rm", "-rf", str(directory)], check=True)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=1200)
     assert proc.returncode != 0, "the job went on without its checkpoint"
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("Error: "), err
@@ -490,13 +492,13 @@ def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_r
     for _ in range(500):  # committed, and the state file written since (at start, at least)
         assert proc.stdout.readline()
     proc.kill()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=600)
     shutil.rmtree(directory / "s")
     state = (directory / "s.json").read_bytes()
     recorded = read_stage(FileStore(directory), "s").state.progress.processed_items
 
     again = _tracker_job(directory, tmp_path, n)
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=1200)
     assert again.returncode != 0, out[-500:]
     assert "DONE" not in out
     assert "Traceback" not in err, err
@@ -510,7 +512,7 @@ def test_a_journal_deleted_between_runs_under_a_kept_state_file_is_refused_not_r
     assert "are missing" in shown.stdout
 
     assert cli(directory, "reset", "s").returncode == 0
-    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=300)
+    out, err = _tracker_job(directory, tmp_path, n).communicate(timeout=1200)
     assert out.strip().endswith("DONE"), err[-2000:]
     view = read_stage(FileStore(directory), "s")
     assert view.state.status is Status.COMPLETED
@@ -632,6 +634,94 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     assert target.read_text() == "PRECIOUS\n"
 
 
+@pytest.mark.parametrize("node", ["directory", "fifo"])
+def test_a_lock_file_replaced_by_a_directory_or_fifo_is_one_clear_error_everywhere(
+        tmp_path: Path, node: str) -> None:
+    """The writer's start, requeue, reset, reset all and cleanup refuse stage s with one
+    paragraph naming its lock file, leave its files as they are, and go on with the other
+    stages; they printed an IsADirectoryError or 'OSError: [Errno 22] Invalid argument'
+    (ftruncate of a FIFO) traceback, and reset all and cleanup stopped at s."""
+    directory = tmp_path / "cp"
+    for stage in ("a", "s", "z"):
+        cp = EnhancedCheckpoint(directory, stage, log_every=0)
+        cp.start(total_items=2)
+        cp.update(processed=1, successful=1, index=0)
+        cp.complete()
+        cp.close()
+    lock = directory / "s.lock"
+    lock.unlink()
+    if node == "directory":
+        lock.mkdir()
+        (lock / "mine.txt").write_text("mine\n")
+    else:
+        os.mkfifo(lock)
+    before = sorted((p.relative_to(directory), p.stat().st_size) for p in directory.rglob("*"))
+    kind = "a directory" if node == "directory" else "a FIFO"
+    with pytest.raises(CorruptCheckpointError, match=f"s.lock .*{kind}, not a regular file"):
+        EnhancedCheckpoint(directory, "s", log_every=0).start()
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "1/2" in shown.stdout
+    for args in (["requeue", "s", "--failed"], ["reset", "s", "--force"]):
+        out = cli(directory, *args)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.returncode != 0
+        assert f"s.lock (owner uid {os.getuid()}" in out.stdout + out.stderr
+    assert sorted((p.relative_to(directory), p.stat().st_size)
+                  for p in directory.rglob("*")) == before
+    out = cli(directory, "reset", "all", "--force")
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "Reset a." in out.stdout
+    assert "Reset z." in out.stdout
+    assert "Stage 's' not reset" in out.stderr
+    cp = EnhancedCheckpoint(directory, "z", log_every=0)
+    cp.start(total_items=1)
+    cp.complete()
+    cp.close()
+    out = cli(directory, "cleanup", "--days", "0")
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "Removed z" in out.stdout
+    assert (directory / "s").is_dir()
+    assert (directory / "s.json").is_file()
+    assert stat.S_ISDIR(lock.lstat().st_mode) == (node == "directory")
+
+
+@pytest.mark.parametrize("name", ["s.json", "s.json.bak"])
+def test_a_directory_in_place_of_the_state_file_or_its_backup_is_named(
+        tmp_path: Path, name: str) -> None:
+    """The error names the directory and says to move it away; it named 'Operation not
+    permitted' (s.json) or a temp file '.s.json.bak.<hex>.tmp: Is a directory' (s.json.bak).
+    Nothing recorded is lost: with the directory moved away, the stage resumes whole."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    (directory / name).unlink()
+    (directory / name).mkdir()
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+
+    def run_on() -> None:
+        cp.start()
+        cp.update(processed=1, successful=1, index=5)
+        cp.complete()
+        cp.close()
+
+    with pytest.raises(CheckpointWriteError,
+                       match=rf"{name}\): a directory, not a regular file\..*move it away"):
+        run_on()
+    cp.abandon()  # the job stops there (the error says so)
+    (directory / name).rename(tmp_path / "moved")
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    assert len(cp.live.done) in (5, 6)  # the unit done before the stop may be recorded
+    cp.pause()
+    cp.close()
+    assert not list(directory.glob(".*.tmp"))
+
+
 def test_a_journal_segment_that_is_a_link_is_refused_and_its_target_untouched(
     tmp_path: Path,
 ) -> None:
@@ -681,6 +771,35 @@ def test_an_export_is_never_written_through_a_planted_link(tmp_path: Path) -> No
             UnifiedCheckpointManager(directory).export(tmp_path / name)
     assert target.read_text() == "PRECIOUS\n"
     assert not (tmp_path / "created-elsewhere.json").exists()
+
+
+def test_an_export_never_replaces_a_file_of_the_checkpoint(tmp_path: Path) -> None:
+    """export -o naming a stage's journal segment, state file, backup or lock file (a slip
+    of the path, or through a link to its data directory) replaced it with the export:
+    the segment's committed units were lost ('segment header missing or damaged'). Now
+    refused, nothing written; a file of the user's own beside the stages is written."""
+    directory = tmp_path / "cp"
+    make_stage_for_export(directory)
+    segment = sorted((directory / "s").glob("journal-*.log"))[-1]
+    (tmp_path / "data").symlink_to(directory / "s")
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    for target in (segment, directory / "s.json", directory / "s.json.bak",
+                   directory / "s.lock", directory / "s" / "new.json",
+                   tmp_path / "data" / segment.name):
+        done = cli(directory, "export", "-o", str(target))
+        assert done.returncode == 1, (target, done.stdout)
+        assert "is a file of the checkpoint" in done.stderr
+        assert "Nothing was written" in done.stderr
+        with pytest.raises(CheckpointWriteError, match="is a file of the checkpoint"):
+            UnifiedCheckpointManager(directory).export(target)
+    assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
+    (directory / "exports").mkdir()
+    for target in (directory / "export.json", directory / "exports" / "e.json"):
+        done = cli(directory, "export", "-o", str(target))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(target.read_text())["stages"][0]["stage"] == "s"
+    shown = cli(directory, "show", "s")
+    assert shown.returncode == 0, shown.stdout
 
 
 def test_an_export_on_a_full_disk_keeps_the_previous_export_whole(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ def _outage(site: Site, cluster: Cluster, proc: subprocess.Popen[bytes], mode: s
     cluster.stop(mode)
     fetched = site.total_hits
     site.gate.set()
-    reached = site.wait_for_hits(fetched + PAGES_WHILE_DOWN, timeout=120)
+    reached = site.wait_for_hits(fetched + PAGES_WHILE_DOWN, proc=proc)
     site.gate.clear()
     assert reached, f"the crawl stalled while the server was down (exit code {proc.poll()})"
 
@@ -338,7 +338,7 @@ def test_a_crawl_killed_while_the_server_is_down_resumes_once_it_is_back(
         try:
             _outage(site, pg_cluster, proc, "immediate")
             proc.kill()  # its buffered groups die with it: their units are redone
-            proc.wait(timeout=60)
+            proc.wait(timeout=600)
             pg_cluster.start()
             done.append(_done_pages(pg_cluster, site))
         finally:

@@ -125,7 +125,7 @@ def test_threads_each_get_a_connection_of_the_small_pool(postgresql_backend: str
     def hold() -> None:
         with store.db.transaction() as conn:
             pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
-            inside.wait(timeout=60)  # all three transactions open at once: three connections
+            inside.wait(timeout=600)  # all three transactions open at once: three connections
 
     try:
         workers = [threading.Thread(target=hold) for _ in range(3)]
@@ -715,6 +715,34 @@ def test_journal_rows_deleted_from_the_end_stop_the_stage_instead_of_redoing_the
     assert "reset the stage" in str(caught.value)
     cp.store.close()
     assert _rows(postgresql_backend, "SELECT count(*) FROM {s}.stages WHERE stage = 's'") == [(1,)]
+
+
+@pytest.mark.parametrize("payload", ["\\x00", "\\x05000000", "\\x020000007b7d"],
+                         ids=["one byte", "header cut short", "no counts"])
+def test_a_journal_row_altered_to_a_short_or_countless_payload_is_damage(
+        postgresql_backend: str, payload: str) -> None:
+    """A journal row's payload replaced by bytes too short for a group's header (or a
+    header without its counts) is a damaged record like any other: reported, the groups
+    before it kept. It was a struct.error (or KeyError) traceback from show, and from the
+    next start."""
+    _abandoned_stage(postgresql_backend, "s", 10)
+    last = _rows(postgresql_backend, "SELECT max(seq) FROM {s}.journal WHERE stage = 's' "
+                 "AND gen = (SELECT max(gen) FROM {s}.journal WHERE stage = 's')")[0][0]
+    _rows(postgresql_backend, f"UPDATE {{s}}.journal SET payload = '{payload}'::bytea "
+          f"WHERE stage = 's' AND seq = {last} AND gen = (SELECT max(gen) FROM {{s}}.journal "
+          f"WHERE stage = 's') RETURNING 1")
+    shown = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend",
+                            postgresql_backend, "show", "s"], capture_output=True, text=True,
+                           env=python_env(), timeout=900, check=False)
+    assert "Traceback" not in shown.stderr, shown.stderr
+    assert shown.returncode == 3
+    assert "unreadable journal record" in shown.stdout
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    cp.start()
+    assert len(cp.live.done) >= 9  # the groups before the altered one (the last may be a tail)
+    cp.pause()
+    cp.close()
+    cp.store.close()
 
 
 def test_an_intact_journal_after_a_crash_resumes_with_every_group(postgresql_backend: str) -> None:

@@ -26,7 +26,7 @@ def _client_and_prefix(url: str) -> tuple[redis.Redis, str]:
 def _failed_job(script: Path) -> str:
     """Run ``script``; it must end with status 1 and no traceback. Returns its stderr."""
     done = subprocess.run([PYTHON, str(script)], capture_output=True, env=python_env(),
-                          timeout=120, check=False)
+                          timeout=900, check=False)
     err = done.stderr.decode()
     assert done.returncode == 1, err
     assert "Traceback" not in err, err

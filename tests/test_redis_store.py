@@ -188,7 +188,7 @@ def test_a_stage_survives_a_redis_restart_mid_run(tmp_path: Path) -> None:
             if n == 500:
                 server.restart()  # Redis goes away mid-run and comes back with its data
                 break
-        _, err = job.communicate(timeout=300)
+        _, err = job.communicate(timeout=1200)
         assert job.returncode == 0, err.decode()[-3000:]
     finally:
         server.stop()
@@ -339,7 +339,7 @@ def test_a_redis_restarted_empty_stops_the_job_and_the_next_run_does_not_start_f
             if n == 500:
                 private.restart()  # comes back empty
                 break
-        _, err = job.communicate(timeout=300)
+        _, err = job.communicate(timeout=1200)
         assert job.returncode != 0, "the job went on with its checkpoint gone"
         text = err.decode()
         assert "Traceback" not in text, text
@@ -347,7 +347,7 @@ def test_a_redis_restarted_empty_stops_the_job_and_the_next_run_does_not_start_f
         done_first = len(log.read_text().split())
         assert done_first < 3000
 
-        again = subprocess.run(args, capture_output=True, env=python_env(), timeout=300,
+        again = subprocess.run(args, capture_output=True, env=python_env(), timeout=1200,
                                check=False)
         assert again.returncode != 0
         assert "lost the checkpoint of stage 'stage3'" in again.stderr.decode()
@@ -361,7 +361,7 @@ def test_a_redis_restarted_empty_stops_the_job_and_the_next_run_does_not_start_f
             reader.remove("stage3")  # what `scrapy-checkpoint reset stage3` does
         finally:
             reader.close()
-        over = subprocess.run(args, capture_output=True, env=python_env(), timeout=300,
+        over = subprocess.run(args, capture_output=True, env=python_env(), timeout=1200,
                               check=False)
         assert over.returncode == 0, over.stderr.decode()[-3000:]
     finally:

@@ -101,7 +101,7 @@ def test_the_cli_never_prints_the_password() -> None:
     for backend in (f"mysql://:{SECRET}@h/0", f"unix://:{SECRET}@/nonexistent/redis.sock",
                     f"postgresql://app:{SECRET}@127.0.0.1:1/jobs"):
         run = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend", backend, "list"],
-                             capture_output=True, text=True, env=python_env(), timeout=60,
+                             capture_output=True, text=True, env=python_env(), timeout=600,
                              check=False)
         assert run.returncode != 0
         assert SECRET not in run.stdout + run.stderr, run.stdout + run.stderr

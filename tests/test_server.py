@@ -52,7 +52,7 @@ class Server:
         """Stop it (SIGTERM) and return what it logged on stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
+        out, err = self.proc.communicate(timeout=600)
         self.log = out + err
         return self.log
 
@@ -94,7 +94,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 def cli(location: str, *args: str) -> subprocess.CompletedProcess[str]:
     where = ["--backend", location] if "://" in location else ["--dir", location]
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *where, *args], check=False,
-                          capture_output=True, text=True, env=python_env(), timeout=120)
+                          capture_output=True, text=True, env=python_env(), timeout=900)
 
 
 def run_tracker_job(location: str, stage: str, n: int, tmp_path: Path,
@@ -207,7 +207,7 @@ def test_a_running_stage_that_stopped_committing_is_flagged_stuck(tmp_path: Path
         assert stuck["seconds_since_commit"] >= 0.5
         gated.stdin.write("go\n")
         gated.stdin.close()
-        assert gated.wait(timeout=120) == 0
+        assert gated.wait(timeout=900) == 0
         health = get_json(server.url + "api/v1/health")
         assert (health["status"], health["stuck"]) == ("ok", [])
     finally:
@@ -337,7 +337,7 @@ def test_beyond_loopback_without_a_token_the_server_refuses_to_start(tmp_path: P
     env.pop("SCRAPY_CHECKPOINT_TOKEN", None)
     proc = subprocess.run(
         [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(tmp_path), "serve", "--host",
-         "0.0.0.0", "--port", "0"], capture_output=True, text=True, env=env, timeout=60,
+         "0.0.0.0", "--port", "0"], capture_output=True, text=True, env=env, timeout=600,
         check=False)
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -347,7 +347,7 @@ def test_beyond_loopback_without_a_token_the_server_refuses_to_start(tmp_path: P
     # The token is never an option of the command line.
     proc = subprocess.run(
         [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(tmp_path), "serve", "--token",
-         TOKEN], capture_output=True, text=True, env=env, timeout=60, check=False)
+         TOKEN], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 2
     assert "No such option '--token'" in proc.stderr
 
@@ -513,7 +513,7 @@ def test_the_page_shows_each_stage_and_follows_a_commit(tmp_path: Path, serve: A
         url_before = driver.current_url
         gated.stdin.write("go\n")
         gated.stdin.close()
-        assert gated.wait(timeout=120) == 0
+        assert gated.wait(timeout=900) == 0
         wait.until(lambda _: shown("gated") == ("100.0%", "completed"))
         assert driver.current_url == url_before  # updated in place, not reloaded
         assert driver.find_elements(By.CSS_SELECTOR, 'section[data-stage="gated"] canvas')

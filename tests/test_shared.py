@@ -58,7 +58,7 @@ class Worker:
                                          stderr=subprocess.STDOUT)
 
     def wait(self) -> int:
-        return self.proc.wait(timeout=300)
+        return self.proc.wait(timeout=1200)
 
     @property
     def log(self) -> str:
@@ -134,7 +134,7 @@ def _queued(backend: str) -> int:
 def _cli(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--backend", backend, *args],
                           check=False, capture_output=True, text=True, env=python_env(),
-                          timeout=60)
+                          timeout=600)
 
 
 def test_two_scrapy_redis_workers_share_its_queue_and_each_page_is_crawled_once(
@@ -268,7 +268,8 @@ def test_workers_killed_and_replaced_many_times_lose_and_repeat_nothing(
         live = [Worker(site, shared_backend, tmp_path / f"w{i}", *extra) for i in range(2)]
         workers += live
         for kill in range(5):
-            if not site.wait_for_hits(site.total_hits + rng.randint(30, 100), timeout=60):
+            if not site.wait_for_hits(site.total_hits + rng.randint(30, 100),
+                                       proc=live[0].proc):
                 break  # the crawl ended first
             victim = rng.choice(live)
             victim.proc.kill()

@@ -269,7 +269,7 @@ def test_piped_with_no_logging_configured_progress_and_failures_are_shown(
     job = tmp_path / "job.py"
     job.write_text(_PIPED_JOB)
     run = subprocess.run([PYTHON, str(job), str(tmp_path / "cp")], capture_output=True,
-                         text=True, env=python_env(), timeout=120, check=False)
+                         text=True, env=python_env(), timeout=900, check=False)
     assert run.returncode == 0, run.stderr
     err = run.stderr
     assert "[scrapy_checkpoint] INFO: [enrich] Incomplete" not in err
@@ -308,7 +308,7 @@ def test_ctrl_c_pauses_the_stage_and_says_so_without_a_traceback(tmp_path: Path)
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ten done\n"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -346,11 +346,11 @@ def test_a_checkpoint_error_at_start_ends_the_program_with_its_message_not_a_tra
     rows = tmp_path / "rows.txt"
     rows.write_text("a\nb\nc\n")
     args = [PYTHON, str(job), str(tmp_path / "cp"), str(rows)]
-    first = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=120,
+    first = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=900,
                            check=False)
     assert first.returncode == 0, first.stderr
     rows.write_text("c\nb\na\n")
-    again = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=120,
+    again = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=900,
                            check=False)
     assert again.returncode == 1
     assert "Traceback" not in again.stderr, again.stderr

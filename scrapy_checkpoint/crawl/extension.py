@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 from weakref import WeakKeyDictionary
 
 from itemadapter import ItemAdapter
@@ -212,7 +212,7 @@ class CheckpointExtension:
             cp, self.stats, claim_file=self._claim_file if worker is not None else None,
             configured=configured_outputs(self.crawler.settings,
                                           getattr(self.crawler.spidercls, "name", "") or "",
-                                          self.config.output),
+                                          self.config.output, self.crawler.spider),
             warn_once=self.warn_once)
         frontier = self.frontier = Frontier(self.crawler, cp, outputs, warn_once=self.warn_once,
                                             stop=self.stop)
@@ -278,12 +278,8 @@ class CheckpointExtension:
         assert self.totals is not None
         self.spider_state.attach(spider)
         reached = self.totals.seed_close_spider(self.crawler)
-        if reached is not None:
-            counter, limit, total = reached
-            logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); "
-                        "nothing to do. Raise the limit to crawl on, or start over with "
-                        "CHECKPOINT_RESET=True.", self.stage, counter.upper(), limit, total)
-            raise CloseSpider(f"closespider_{counter}")
+        if reached is not None and not _drain_inflight(self, frontier, cp, reached):
+            _already_reached(self.stage, reached)
         _hook_engine(self, frontier)
         _schedule_resumed(self, frontier, cp)
         self._start_loop(self._tick, timer_period(cp.config))
@@ -467,7 +463,7 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
         if reason == "finished":
-            cp.complete()
+            cp.complete(_unsafe_feeds(self.outputs, live.info.recoveries))
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
@@ -653,6 +649,53 @@ def _readable_payloads(live: Any) -> Any:
             yield pending.get(code)
         except (OSError, ValueError):
             continue
+
+
+def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:
+    """What to say instead of 'Completed' when feeds that are not crash-safe were written by
+    a stage that crashed (its runs' items may be missing from them, or repeated)."""
+    if outputs is None or not outputs.unsafe or not recoveries:
+        return None
+    feeds = ", ".join(f"{path!r} ({why})" for path, why in sorted(outputs.unsafe.items()))
+    return (f"this stage was interrupted by {recoveries} crash(es) and its feed(s) {feeds} "
+            f"are written as plain Scrapy writes them, not crash-safe: they may lack or "
+            f"repeat items of the crashed runs. The other outputs hold every item once. For "
+            f"an exact copy, write a local feed scrapy-checkpoint makes crash-safe (no "
+            f"postprocessing), or CHECKPOINT_OUTPUT, and convert or upload it after the crawl.")
+
+
+def _already_reached(stage: str, reached: tuple[str, int, int]) -> NoReturn:
+    """Close the spider at once: earlier runs reached a CLOSESPIDER limit (``reached``:
+    the counter, its limit, its total) and nothing was in flight then.
+
+    Raises CloseSpider."""
+    counter, limit, total = reached
+    logger.info("Stage %s already reached CLOSESPIDER_%s = %d in earlier runs (%d); nothing to "
+                "do. Raise the limit to crawl on, or start over with CHECKPOINT_RESET=True.",
+                stage, counter.upper(), limit, total)
+    raise CloseSpider(f"closespider_{counter}")
+
+
+def _drain_inflight(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint,
+                    reached: tuple[str, int, int]) -> bool:
+    """The units in flight when an earlier run, which had reached a CLOSESPIDER limit, was
+    stopped (killed while it finished them, as Scrapy finishes the requests in flight when
+    the limit closes the spider): this run does them and nothing else (see
+    CheckpointScheduler.drain), so the stage ends with their items as an uninterrupted run
+    does. False: nothing to do (or no checkpoint scheduler, or setup requests to wait for)."""
+    pending = cp.live.pending
+    codes = sorted(code for code in frontier.inflight_at_crash if pending.has_payload(code))
+    if not codes or ext.scheduler is None or (ext.setup is not None and ext.setup.known):
+        return False
+    counter, limit, total = reached
+    logger.info("Stage %s reached CLOSESPIDER_%s = %d in earlier runs (%d) and was stopped while "
+                "it finished the %d request(s) in flight then: they are done now, as in an "
+                "uninterrupted run, and nothing else.", ext.stage, counter.upper(), limit, total,
+                len(codes))
+    engine = ext.crawler.engine
+    ext.scheduler.drain(codes, lambda: deferred_from_coro(
+        engine.close_spider_async(reason=f"closespider_{counter}")))
+    return True
 
 
 def _queue_resumed(ext: CheckpointExtension, frontier: Frontier, cp: EnhancedCheckpoint) -> int:

@@ -153,6 +153,8 @@ class CheckpointFeedStorage(FileFeedStorage):
             return super().open(spider)
         why = self.not_durable(ext)
         if why is not None:
+            if ext.outputs is not None:
+                ext.outputs.unsafe[self.path] = why
             ext.warn_once(f"feed:{why}", f"Feed {self.path!r} uses {why}, which scrapy-checkpoint "
                           f"cannot make crash-safe: as in plain Scrapy, a crash can lose or "
                           f"repeat its items.")
@@ -270,6 +272,8 @@ class CheckpointFeedExporter(FeedExporter):
         for slot in self.slots:
             storage = slot.storage
             if not isinstance(storage, CheckpointFeedStorage):
+                if ext.outputs is not None:
+                    ext.outputs.unsafe[str(slot.uri)] = "a storage that is not a local file"
                 ext.warn_once(f"storage:{slot.uri}", f"Feed {slot.uri!r} is not a local file, so "
                               f"scrapy-checkpoint cannot make it crash-safe: as in plain Scrapy, "
                               f"a crash can lose or repeat its items.")
@@ -312,6 +316,10 @@ class CheckpointFeedExporter(FeedExporter):
                 except OSError as exc:  # the feed cannot be opened: nothing more is recorded
                     slot.storage.unwritable = True
                     ext.stop(_unwritable_feed(slot.storage.path, exc))
+                    return
+                except CheckpointError as exc:  # e.g. a file of the checkpoint: refused
+                    slot.storage.unwritable = True
+                    ext.stop(exc)
                     return
                 if slot.storage.fixed_fields is not None:
                     self._unwarned_csv.append(slot)

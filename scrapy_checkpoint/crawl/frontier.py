@@ -24,6 +24,7 @@ from scrapy.exceptions import IgnoreRequest
 from ..errors import CheckpointError
 from ..journal.doneset import DoneSet
 from ..journal.keys import fingerprint_code
+from ..journal.pending import NO_REF
 from .identity import HELD_META, HOLDER_META, IGNORE_META, UNIT_META, UnitIdentity
 from .outputs import OutputSet
 from .progress import CrawlProgress, unit_kind
@@ -50,6 +51,9 @@ _UNJOURNALED = ("it is crawled but kept in memory only, so a crash before it fin
 _HELD = ("it is crawled as a unit without its request: the request whose callback yielded "
          "it is done only once it is done, so a crash before then does that one again, which "
          "yields it again")
+
+#: What Frontier.request_scheduled knows of a request no callback yielded.
+_NOT_YIELDED: tuple[None, None] = (None, None)
 
 #: scrapy-redis pairing: a request put back in the shared queue (adopted, lost, retried).
 REQUEUE_META = "_checkpoint_requeue"
@@ -442,9 +446,6 @@ class HeldUnits:
     crawler: Any
     live: set[int]
     holds: Holds
-    #: The unit whose callback yielded each request with journaled callbacks, until it is
-    #: scheduled (:meth:`record_held`; Scrapy schedules a callback's output after a queue).
-    _yielded_by: WeakKeyDictionary[Request, int]
     #: The unit :meth:`hold_parent` found for the request being registered.
     _holder: int | None = None
     cp: EnhancedCheckpoint
@@ -453,43 +454,37 @@ class HeldUnits:
                ) -> bytes | None:
         raise NotImplementedError
 
-    def unit_of_request(self, request: Request | None) -> int | None:
-        raise NotImplementedError
-
     def _finish(self, code: int, request: Request) -> None:
         raise NotImplementedError
 
-    def held(self, request: Request, parent: Request) -> None:
-        """A unit's callback yielded ``request``: mark it (:data:`HELD_META`, the unit in
-        :data:`HOLDER_META`) if its callback or errback cannot be journaled."""
+    def held(self, request: Request, holder: int | None) -> int | None:
+        """A unit's callback yielded ``request`` (``holder``: that unit, None if none): mark it
+        (:data:`HELD_META`, the unit in :data:`HOLDER_META`) if its callback or errback cannot
+        be journaled; else return ``holder``, to keep until it is scheduled (Scrapy schedules
+        a callback's output after a queue) for :meth:`hold_parent`."""
         meta = request.meta
         if callbacks_by_name(request, self.crawler.spider):
             if meta.pop(HELD_META, None):  # (copied from another request's meta)
                 meta.pop(HOLDER_META, None)
-            holder = self.unit_of_request(parent)
-            if holder is not None:
-                self._yielded_by[request] = holder
-            return
-        holder = self.unit_of_request(parent)
-        if holder is None:
-            return  # (start()'s) journaled without its request: a crash loses it (counted)
-        meta[HELD_META], meta[HOLDER_META] = True, holder
+            return holder
+        if holder is not None:  # (none: start()'s, journaled without its request: counted)
+            meta[HELD_META], meta[HOLDER_META] = True, holder
+        return None
 
-    def hold_parent(self, code: int, request: Request) -> None:
+    def hold_parent(self, code: int, request: Request, holder: int | None,
+                    unrecorded: bool) -> None:
         """``request`` was just registered as unit ``code``: if it is held for its callback, it
-        holds the unit that yielded it; else that unit, if any, is kept for
-        :meth:`record_held`, and held now if an earlier run recorded ``code`` without its
-        request (the unit redone after a crash yields it again)."""
+        holds the unit that yielded it; else that unit (``holder``, from :meth:`held`), if
+        any, is kept for :meth:`record_held`, and held now if an earlier run recorded ``code``
+        without its request (``unrecorded``: the unit redone after a crash yields it again)."""
         meta = request.meta
         if meta.get(HELD_META):
             if meta.get(HOLDER_META) in self.live:
                 self.holds.hold(code, meta[HOLDER_META])
             return
-        holder = self._yielded_by.pop(request, None) if self._yielded_by else None
-        self._holder = holder if holder in self.live else None
-        pending = self.cp.live.pending
-        if self._holder is not None and code in pending and not pending.has_payload(code):
-            self.holds.hold(code, self._holder)
+        self._holder = holder = holder if holder in self.live else None
+        if holder is not None and unrecorded:
+            self.holds.hold(code, holder)
 
     def record_held(self, request: Request, spider: Spider, code: int) -> bytes | None:
         """The record of ``request``, registered as the new unit ``code`` just after
@@ -549,7 +544,6 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.continued: dict[int, int] = {}
         #: Units held by the checkpoint_ignore requests their callbacks yielded.
         self.holds = Holds()
-        self._yielded_by = WeakKeyDictionary()
         #: Units pending at open that had started (in flight at the crash): redone now.
         live = cp.live
         self.inflight_at_crash: set[int] = {c for c in live.started if c in live.pending}
@@ -571,9 +565,9 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self._not_ours: WeakSet[Request] = WeakSet()
         #: The crawl's depth profile and estimate (see .progress), fed as units come and go.
         self.progress: CrawlProgress | None = None
-        #: Requests callbacks yielded, not scheduled yet: the kind of the unit that found each
-        #: (the scheduler sees them a little later, after others of the same callback's output).
-        self._found_by: dict[Request, tuple[str, str]] = {}
+        #: Requests callbacks yielded, not scheduled yet (a little later): the kind of the unit
+        #: that found each (None: no progress) and that unit if :meth:`hold_parent` needs it.
+        self._yielded: dict[Request, tuple[tuple[str, str] | None, int | None]] = {}
         #: Called with a unit's code when it is done here, and when it leaves this run
         #: undone (the stage totals' ``release`` and ``discard``).
         self.on_done: Callable[[int], None] | None = None
@@ -613,7 +607,7 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         other arguments, so the dispatcher passes them all rather than pick them.)"""
         if not self.active:
             return
-        found_by = self._found_by.pop(request, None) if self._found_by else None
+        found_by, holder = self._yielded.pop(request, _NOT_YIELDED)
         meta = request.meta
         setup = self.setup
         if setup is not None:
@@ -670,22 +664,25 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
             self._drop_duplicate(request, code)
             return
         pending = journal.pending
-        if self.lazy and pending.has_payload(code):
+        entry = pending.entry(code)  # (None: not pending; ref NO_REF: pending, no record)
+        if self.lazy and entry is not None and entry[0] != NO_REF:
             self._drop_duplicate(request, code)  # queued on disk
             return
-        if self.shared is not None and not self.shared.claimed(code):
-            self.stats.inc_value("checkpoint/claimed_elsewhere")
-            raise IgnoreRequest(f"another worker of checkpoint stage {self.stage} owns it")
+        if self.shared is not None:
+            if not self.shared.claimed(code):
+                self.stats.inc_value("checkpoint/claimed_elsewhere")
+                raise IgnoreRequest(f"another worker of checkpoint stage {self.stage} owns it")
+            entry = pending.entry(code)  # (a claim may take it in)
         meta[UNIT_META] = code
         live.add(code)
         self._registered.add(request)
-        self.hold_parent(code, request)
+        self.hold_parent(code, request, holder, entry is not None and entry[0] == NO_REF)
         if self.shared is not None:
             self._requests[code] = request
         self._just_registered = request
         if request.dont_filter and code == self.identity.plain_code(request):
             self.unfiltered.add(code)
-        if code not in pending:  # (nor done: see above)
+        if entry is None:  # not pending (nor done: see above)
             # A request that cannot be journaled is recorded as existing (payload None): a
             # crash before it is done loses its work, and the next run counts that.
             record = self.record_held(request, spider, code)
@@ -785,22 +782,24 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         one is given its origin (see :mod:`.identity`)."""
         if not self.active or request is parent:
             return
-        if self.progress is not None:  # for the estimate: which kind of unit found it
-            found_by = self._found_by
-            if len(found_by) >= 100_000:  # never scheduled (cannot be: a safety net)
-                found_by.clear()
-            found_by[request] = self.progress.finder(parent)
         meta = request.meta
+        holder = self.unit_of_request(parent)
         if meta.get(IGNORE_META):
-            holder = self.unit_of_request(parent)
             if holder is None:
                 meta.pop(HOLDER_META, None)
             else:
                 meta[HOLDER_META] = holder
-        elif request.dont_filter:
-            self.identity.tag(request, self.unit_of_request(parent))
-        if not meta.get(IGNORE_META):
-            self.held(request, parent)
+            holder = None
+        else:
+            if request.dont_filter:
+                self.identity.tag(request, holder)
+            holder = self.held(request, holder)
+        found_by = self.progress.finder(parent) if self.progress is not None else None
+        if found_by is not None or holder is not None:
+            yielded = self._yielded
+            if len(yielded) >= 100_000:  # never scheduled (cannot be: a safety net)
+                yielded.clear()
+            yielded[request] = (found_by, holder)
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         """``spider_error`` signal: the callback raised."""
@@ -884,7 +883,8 @@ class Frontier(WorkerUnits, ExpiredSessions, RebuiltUnits, JournaledRecords, Hel
         self.identity.forget(code)
         self.done_here.add_new(code)
         if self.progress is not None:  # (its kind is known already if it yielded requests)
-            self.progress.finish(request.meta.get("depth", 0), *self.progress.finder(request))
+            self.progress.finish(request.meta.get("depth", 0),
+                                 *self.progress.finder(request, done=True))
         cp = self.cp
         try:
             self.outputs.release(code)  # an output that cannot take them stops: not done

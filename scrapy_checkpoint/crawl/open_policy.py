@@ -31,9 +31,10 @@ from ..clock import walltime
 from ..errors import ConfigError, OutputLostError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
+from ..stores.file import is_checkpoint_file
 from .deliveries import START_DELIVERED_ATTACHED
 from .frontier import LOST_UNRESTORABLE
-from .outputs import configured_outputs
+from .outputs import configured_outputs, local_outputs
 from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
 from .rules import note_rules
@@ -59,6 +60,7 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
                                 units="requests")
     except ConfigError as exc:
         raise ConfigError(f"{exc} Set CHECKPOINT_STAGE_NAME to a valid name.") from None
+    _refuse_checkpoint_files(crawler, config, store, stage)
     cp.open()
     try:
         reset = config.reset and not shared  # a shared stage was reset as a whole
@@ -105,6 +107,21 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
     return cp, True
 
 
+def _refuse_checkpoint_files(crawler: Any, config: CheckpointSettings, store: Store,
+                             stage: str) -> None:
+    """ConfigError, before the stage is opened (nothing written), if a file this run's
+    FEEDS or CHECKPOINT_OUTPUT names is a file of the checkpoint (see is_checkpoint_file)."""
+    spider_name = getattr(crawler.spidercls, "name", "") or ""
+    for path in local_outputs(crawler.settings, spider_name, config.output):
+        if is_checkpoint_file(store, path, stage):
+            raise ConfigError(
+                f"Output {path} is a file of the checkpoint in {store.location} (a stage's "
+                f"state, backup or lock file, or in its data directory): items written there "
+                f"would replace recorded progress, and the checkpoint's writes would replace "
+                f"the items. The crawl does not start; nothing was written. Give the feed (or "
+                f"CHECKPOINT_OUTPUT) a path outside the checkpoint's files.")
+
+
 def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,
                    name: str) -> None:
     """Raise OutputLostError, before anything is written or fetched, if an output this run
@@ -112,7 +129,8 @@ def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpo
     finished requests are missing from it, and nothing would write them again (their
     requests are done), so the stage would end 'completed' without them."""
     configured = configured_outputs(crawler.settings,
-                                    getattr(crawler.spidercls, "name", "") or "", config.output)
+                                    getattr(crawler.spidercls, "name", "") or "", config.output,
+                                    getattr(crawler, "spider", None))
     for path, entry in sorted(cp.live.outputs.items()):
         if not configured(path):
             continue

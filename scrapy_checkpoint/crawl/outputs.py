@@ -30,8 +30,9 @@ from typing import IO, TYPE_CHECKING, Any
 from w3lib.url import file_uri_to_path
 
 from ..durability import write_error
-from ..errors import OutputLostError
+from ..errors import ConfigError, OutputLostError
 from ..journal.groups import DOC_BATCH, DOC_CLOSED, DOC_CLOSING, DOC_FEED, DOC_ITEMS, DOC_OPENING
+from ..stores.file import is_checkpoint_file
 
 if TYPE_CHECKING:
     from ..checkpoint import EnhancedCheckpoint
@@ -387,19 +388,67 @@ class DurableOutput(HeldRecords):
 _URI_PARAM = re.compile(r"%\((\w+)\)[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]")
 
 
-def configured_outputs(settings: Any, spider_name: str,
-                       own_output: str | None) -> Callable[[str], bool]:
+#: Stands for a parameter whose value changes while the crawl runs (``%(batch_id)d``,
+#: ``%(time)s``, ``%(batch_time)s``) in a feed URI whose other parameters were given values.
+_VARYING = "\x00varying\x00"
+_VARYING_PARAMS = ("time", "batch_time", "batch_id")
+
+
+def _with_spider_params(uri: str, options: Any, settings: Any, spider: Any) -> str | None:
+    """``uri`` with its parameters given their values as Scrapy's feed exporter gives them
+    (the spider's attributes, then ``uri_params`` / ``FEED_URI_PARAMS``), but those that vary
+    within a crawl, which are left as :data:`_VARYING`; None if that cannot be done (a
+    parameter with no value, a ``uri_params`` function that fails)."""
+    from scrapy.extensions.feedexport import apply_uri_params
+    from scrapy.utils.misc import load_object
+
+    def varying(m: re.Match[str]) -> str:
+        return _VARYING if m.group(1) in _VARYING_PARAMS else m.group(0)
+
+    template = _URI_PARAM.sub(varying, uri)
+    try:
+        params = {k: getattr(spider, k) for k in dir(spider)}
+        params.update(dict.fromkeys(_VARYING_PARAMS, _VARYING))
+        function = (options.get("uri_params") if isinstance(options, dict) else None
+                    ) or settings.get("FEED_URI_PARAMS")
+        if function:
+            params = load_object(function)(params, spider) or params
+        resolved = apply_uri_params(template, params)
+    except Exception:
+        return None
+    return None if _URI_PARAM.search(resolved) else resolved
+
+
+def configured_outputs(settings: Any, spider_name: str, own_output: str | None,
+                       spider: Any = None) -> Callable[[str], bool]:
     """Whether an absolute path is an output this run's configuration names: the
-    ``CHECKPOINT_OUTPUT`` file, or a local file of a ``FEEDS`` URI (its ``%(name)s`` the
-    spider's name, any other parameter (``%(batch_id)d``, ``%(time)s``, a custom one)
-    matching within one path component). Recorded outputs that match nothing are not
-    touched (see :class:`~.outputs.OutputSet`)."""
+    ``CHECKPOINT_OUTPUT`` file, or a local file of a ``FEEDS`` URI. A URI's parameters
+    take the values Scrapy gives them for ``spider`` (its attributes, ``%(outdir)s`` from
+    ``-a outdir=...``, and what ``FEED_URI_PARAMS`` adds), but ``%(batch_id)d``,
+    ``%(time)s`` and ``%(batch_time)s``, which match within one path component; without
+    ``spider`` (or when that fails), ``%(name)s`` is the spider's name and any other
+    parameter matches within one path component. Recorded outputs that match nothing are
+    not touched (see :class:`~.outputs.OutputSet`)."""
     exact: set[str] = set()
     patterns: list[re.Pattern[str]] = []
     if own_output:
         exact.add(os.path.abspath(own_output))
-    for uri in settings.getdict("FEEDS"):
+    for uri, options in settings.getdict("FEEDS").items():
         text = str(uri)
+        resolved = (_with_spider_params(text, options, settings, spider)
+                    if spider is not None and _URI_PARAM.search(text) else None)
+        if resolved is not None:
+            if resolved.startswith("file:"):
+                resolved = file_uri_to_path(resolved)
+            elif "://" in resolved:
+                continue
+            resolved = os.path.abspath(resolved)
+            if _VARYING not in resolved:
+                exact.add(resolved)
+            else:
+                patterns.append(re.compile("[^/]*".join(
+                    re.escape(piece) for piece in resolved.split(_VARYING))))
+            continue
         if text.startswith("file:"):
             text = file_uri_to_path(text)
         elif "://" in text:
@@ -420,6 +469,23 @@ def configured_outputs(settings: Any, spider_name: str,
         return path in exact or any(p.fullmatch(path) for p in patterns)
 
     return configured
+
+
+def local_outputs(settings: Any, spider_name: str, own_output: str | None) -> list[str]:
+    """The absolute paths of the local files this run's FEEDS and ``own_output`` name,
+    ``%(name)s`` replaced by the spider's name (feeds with other parameters left out: they
+    are known when their files are opened)."""
+    paths = [os.path.abspath(own_output)] if own_output else []
+    for uri in settings.getdict("FEEDS"):
+        text = str(uri)
+        if text.startswith("file:"):
+            text = file_uri_to_path(text)
+        elif "://" in text:
+            continue
+        text = text.replace("%(name)s", spider_name)
+        if not _URI_PARAM.search(text):
+            paths.append(os.path.abspath(text))
+    return paths
 
 
 class OutputSet:
@@ -450,6 +516,8 @@ class OutputSet:
         self._before: dict[str, list[Any]] | None = None
         self._recorded: dict[str, list[Any]] = {}
         self._files: set[str] = set()
+        #: Feeds of this run written as plain Scrapy writes them (not crash-safe): name -> why.
+        self.unsafe: dict[str, str] = {}
 
     def cut(self, recorded: dict[str, list[Any]], *, configured_only: bool = True) -> None:
         """Cut every output in ``recorded`` (absolute path -> its journal entry, see
@@ -542,6 +610,13 @@ class OutputSet:
         key = os.path.abspath(path)
         if key in self._outputs and not self._outputs[key].closed:
             return self._outputs[key]
+        if is_checkpoint_file(self.cp.store, key, self.cp.stage):
+            raise ConfigError(
+                f"Output {path} is a file of the checkpoint in {self.cp.store.location} (a "
+                f"stage's state, backup or lock file, or in its data directory): items written "
+                f"there would replace recorded progress, and the checkpoint's writes would "
+                f"replace the items. Nothing was written to it. Give the feed (or "
+                f"CHECKPOINT_OUTPUT) a path outside the checkpoint's files.")
         os.makedirs(os.path.dirname(key), exist_ok=True)  # as -o does (CHECKPOINT_OUTPUT=data/x.jl)
         output = self._open_file(key, overwrite=overwrite, has_header=has_header,
                                  framing=framing, document=document or framing.framed,
@@ -578,7 +653,10 @@ class OutputSet:
             # a run that finds no record would take the killed run's items for the file's
             # earlier content and never cut them. (Later lengths need no wait: a length
             # lost with a buffer belongs to units whose done records were lost with it.)
-            self.cp.save(force=True)
+            # Only the record's own group: the group being built is not committed here, as
+            # it may be waiting for the commit gate (done records whose spider.state
+            # changes are not journaled yet, callbacks running).
+            self.cp.sync_journaled()
         else:
             base, length = recorded[0], recorded[1]
             length = min(length, size)
@@ -616,10 +694,11 @@ class OutputSet:
         """The unit is done: its bytes go to every output it wrote. Raises
         CheckpointWriteError if one cannot take them (a full disk).
 
-        A batch feed may start its next file here, which commits the stage at once (see
-        :meth:`_open_file`) before the unit's done record: that commit records each output as
-        it was before the unit's bytes (:attr:`_before`), so a crash then cuts them and the
-        unit is redone, instead of keeping its items and doing it again."""
+        A batch feed may start its next file here (its record is journaled in a group of its
+        own, see :meth:`_open_file`); a commit that falls before the unit's done record
+        records each output as it was before the unit's bytes (:attr:`_before`), so a crash
+        then cuts them and the unit is redone, instead of keeping its items and doing it
+        again."""
         if self._batched:
             self._before = {key: out.entry_now() for key, out in self._outputs.items()}
         try:

@@ -45,6 +45,8 @@ PROFILE_INTERVAL = 1.0
 ESTIMATE_ATTACHED = "estimate"
 #: Attached data: ``{"total": n}``, the size of the stage's last completed run.
 HISTORY_ATTACHED = "history"
+#: Requests whose units' kinds :meth:`CrawlProgress.finder` keeps at most.
+FINDERS = 256
 #: The first item of the keys of :attr:`CrawlProgress._counts`.
 _ADDED, _FINISHED = "added", "finished"
 
@@ -84,8 +86,9 @@ class CrawlProgress:
         #: The model's last estimate and when it was made (monotonic seconds).
         self._model: Estimate | None = None
         self._model_at = 0.0
-        #: The last request :meth:`finder` was asked about, and its unit's kind.
-        self._finder: tuple[Any, tuple[str, str]] = (None, ("", ""))
+        #: The requests :meth:`finder` was asked about lately (at most FINDERS, until their
+        #: unit is done), and their units' kinds.
+        self._finders: dict[Any, tuple[str, str]] = {}
         #: When the profile was last journaled (monotonic seconds; -inf: at the next commit).
         self._saved_at = float("-inf")
 
@@ -115,13 +118,20 @@ class CrawlProgress:
         counts[key] = counts.get(key, 0) + 1
         self._events += 1
 
-    def finder(self, request: Any) -> tuple[str, str]:
+    def finder(self, request: Any, *, done: bool = False) -> tuple[str, str]:
         """The kind of ``request``'s unit (:func:`unit_kind`) as the finder of the requests
-        its callback yields (worked out once for all of them)."""
-        last = self._finder
-        if last[0] is not request:
-            last = self._finder = (request, unit_kind(request))
-        return last[1]
+        its callback yields (worked out once for all of them, and for its end: ``done``,
+        its unit is done and its kind forgotten). The callbacks of several responses may
+        yield requests in turn."""
+        finders = self._finders
+        kind = finders.pop(request, None) if done else finders.get(request)
+        if kind is None:
+            kind = unit_kind(request)
+            if not done:
+                if len(finders) >= FINDERS:  # (responses whose unit never ends here)
+                    finders.clear()
+                finders[request] = kind
+        return kind
 
     def finish(self, depth: Any, kind: str = "", shape: str = "") -> None:
         """A unit at ``depth``, of ``kind`` and ``shape`` (as :meth:`add`'s), is done."""

@@ -31,6 +31,7 @@ import logging
 from typing import Any
 
 from scrapy.core.scheduler import Scheduler
+from scrapy.dupefilters import BaseDupeFilter, RFPDupeFilter
 
 from .queue import FrontierQueue
 
@@ -64,7 +65,20 @@ class CheckpointScheduler(Scheduler):
             self._frontier = frontier
             frontier.lazy = True
             ext.scheduler = self
+            self._ask_dupefilter = type(self.df) not in (RFPDupeFilter, BaseDupeFilter)
+            if self._ask_dupefilter and len(frontier.cp.live.done):
+                logger.warning(
+                    "DUPEFILTER_CLASS %s.%s starts this run empty, as without the add-on: the "
+                    "requests done by earlier runs of stage %s are dropped by their fingerprint "
+                    "(REQUEST_FINGERPRINTER_CLASS), but one that only your dupefilter would "
+                    "call a duplicate of them (a different fingerprint) is fetched again.",
+                    type(self.df).__module__, type(self.df).__qualname__, frontier.stage)
         return result
+
+    #: Whether journaled requests are also put to ``DUPEFILTER_CLASS``: a dupefilter other
+    #: than Scrapy's (whose fingerprints are the units' keys, so asking it would only cost
+    #: memory) may call requests of other fingerprints duplicates.
+    _ask_dupefilter = False
 
     def enqueue_request(self, request: Any) -> bool:
         """Queue a journaled unit by its code; anything else as Scrapy's scheduler does."""
@@ -75,6 +89,12 @@ class CheckpointScheduler(Scheduler):
                 self.df.log(request, self.spider)
                 return False
             code = frontier.queued(request)
+            if (code is not None and self._ask_dupefilter and not request.dont_filter
+                    and self.df.request_seen(request)):
+                # A duplicate for the user's dupefilter: refused, as Scrapy's scheduler refuses
+                # it (request_dropped then takes back the unit registered for it).
+                self.df.log(request, self.spider)
+                return False
             if code is not None:
                 queue = self.frontier_queue
                 if self.start_queue is not None and request.meta.get("is_start_request"):
@@ -103,11 +123,23 @@ class CheckpointScheduler(Scheduler):
             queue.extend([c for c, _ in first], [p for _, p in first])
             queue.extend(codes, priorities)
 
+    #: Units to hand out and nothing else, then a function to call once (see drain()).
+    _drain: list[int] | None = None
+    _drained: Any = None
+
+    def drain(self, codes: list[int], then: Any) -> None:
+        """Hand out only units ``codes`` (those an earlier run, closed by a CLOSESPIDER limit,
+        still had in flight when it was killed), then call ``then()`` (which closes the
+        spider), and hand out nothing more."""
+        self._drain, self._drained = list(codes), then
+
     def next_request(self) -> Any:
         """The next request by priority (see the module docstring): of Scrapy's memory
         queues, the journaled units, and the journaled start requests; at equal priority
         in that order, start requests after the others. A journaled one is rebuilt from its
         record if its object was not kept."""
+        if self._drain is not None:
+            return self._next_to_drain()
         lanes = [q for q in (self.frontier_queue, self.start_queue) if q]
         if not lanes:
             return super().next_request()
@@ -132,10 +164,23 @@ class CheckpointScheduler(Scheduler):
             item = best.pop()
             assert item is not None
             request = self._frontier.popped(*item)
+            if request is not None and self._ask_dupefilter and not request.dont_filter:
+                self.df.request_seen(request)  # a resumed unit: the dupefilter learns it again
             if request is not None:
                 stats.inc_value("scheduler/dequeued/disk")
                 stats.inc_value("scheduler/dequeued")
                 return request
+
+    def _next_to_drain(self) -> Any:
+        assert self._drain is not None
+        while self._drain:
+            request = self._frontier.popped(self._drain.pop(), None)
+            if request is not None:
+                return request
+        then, self._drained = self._drained, None
+        if then is not None:  # at the engine's next call: the last one is in progress
+            then()
+        return None
 
     def has_pending_requests(self) -> bool:
         return (bool(self.frontier_queue) or bool(self.start_queue)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import zlib
 from array import array
 from collections.abc import Iterable
+from typing import Any
 
 
 def le_bytes(values: array[int] | Iterable[int], typecode: str) -> bytes:
@@ -56,3 +58,13 @@ def checked(data: bytes | memoryview, start: int, length: int, crc: int, what: s
 
 
 __all__ = ["checked", "crc_of", "from_le", "le_bytes", "le_view"]
+
+
+def load_json(data: str | bytes | bytearray | memoryview) -> Any:
+    """``json.loads(data)``, raising ValueError for every text that is not JSON the parser
+    can hold, a value nested too deeply included (RecursionError from the parser: a crafted
+    record of 100,000 brackets must be damage like any other, not a traceback)."""
+    try:
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+    except RecursionError:
+        raise ValueError("JSON value nested too deeply") from None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..state import CheckpointState, Owner, Status
-from .arrays import from_le, le_bytes
+from .arrays import from_le, le_bytes, load_json
 
 # The header keys: constant = key      # what its value holds
 DONE_COUNT = "d"         # number of done codes after the header (always present)
@@ -307,13 +307,21 @@ class Group:
 def decode_group(payload: bytes | memoryview) -> Group:
     """Inverse of :func:`encode_group`.
 
-    Raises ValueError (or KeyError, struct.error for a truncated one) on a malformed
-    payload: wrong lengths, a header that is not an object, a field that is unknown or
-    holds a bad value (:func:`check_fields`), so a group is applied whole or not at all.
+    Raises ValueError, and only ValueError, on a malformed payload: cut short (shorter
+    than its header: a store's row or value altered), wrong lengths, a header that is
+    not an object or lacks its counts, a field that is unknown or holds a bad value
+    (:func:`check_fields`), so a group is applied whole or not at all, in every store.
     """
+    try:
+        return _decode_group(payload)
+    except (KeyError, TypeError, struct.error) as exc:
+        raise ValueError(f"malformed group ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_group(payload: bytes | memoryview) -> Group:
     (hlen,) = _GROUP_HEADER.unpack_from(payload, 0)
     start = _GROUP_HEADER.size
-    fields = json.loads(bytes(payload[start : start + hlen]))
+    fields = load_json(bytes(payload[start : start + hlen]))
     if not isinstance(fields, dict):
         raise ValueError("group header is not an object")
     n_done, n_failed = fields.pop(DONE_COUNT), fields.pop(FAILED_COUNT)

@@ -15,12 +15,13 @@ not be journaled (nothing can redo it), :data:`INLINE` for a payload kept in mem
 from __future__ import annotations
 
 import json
+import re
 import struct
 from array import array
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .arrays import checked, crc_of, from_le, le_view
+from .arrays import checked, crc_of, from_le, le_view, load_json
 
 #: The largest ref a store hands out.
 MAX_REF = (1 << 64) - 3
@@ -188,16 +189,12 @@ class PendingIndex:
                        for k, code in enumerate(codes) if code not in done)
         if (self._filled + len(codes)) * 10 > len(self.slots) * 7:
             self._rebuild_slots(room=len(codes))
-        slots, free_slot = self.slots, self._free_slot
-        known = pos = len(self.codes)
-        for code in codes:
-            pos += 1
-            i = free_slot(code, known)
-            if i < 0:  # pending already: a journal that repeats a unit
-                self._rebuild_slots()  # forgets the slots set here
-                return sum(self.add(code, refs[k], lengths[k], priorities[k])
-                           for k, code in enumerate(codes))
-            slots[i] = pos
+        taken = _slot_block(self.slots, self._mask, self.codes, self.lengths, codes)
+        if taken < 0:  # pending already: a journal that repeats a unit
+            self._rebuild_slots()  # forgets the slots set here
+            return sum(self.add(code, refs[k], lengths[k], priorities[k])
+                       for k, code in enumerate(codes))
+        self._filled += taken
         self.codes.extend(codes)
         self.refs.extend(refs)
         self.lengths.extend(lengths)
@@ -372,7 +369,7 @@ class PendingIndex:
         if self._inline and code in self._inline:
             return self._inline[code]
         data = self.payload_bytes(code)
-        return None if data is None else json.loads(data)
+        return None if data is None else load_json(data)
 
     def __getitem__(self, code: int) -> Any:
         if code not in self:
@@ -462,6 +459,31 @@ class PendingIndex:
         self._places, self._unjournaled = places, unjournaled
 
 
+def _slot_block(slots: array[int], mask: int, own: array[int], own_lengths: array[int],
+                codes: array[int]) -> int:
+    """Set the slots of ``codes`` (distinct units added after the ``own`` arrays, in order)
+    as :meth:`PendingIndex._free_slot` finds them for each, in one loop, without a call
+    per unit (a replay adds a journal tail's units here); returns the empty slots taken,
+    or -1 if a unit is pending already (the slots set before it stay)."""
+    known = pos = len(own)
+    taken = 0
+    for code in codes:
+        pos += 1
+        i = code & mask
+        s = slots[i]
+        while s:
+            if s <= known and own[s - 1] == code:
+                if own_lengths[s - 1] != _HOLE:
+                    return -1
+                break  # the slot of its hole, taken over
+            i = (i + 1) & mask
+            s = slots[i]
+        else:
+            taken += 1
+        slots[i] = pos
+    return taken
+
+
 def _zeroed(slots: array[int], size: int) -> None:
     """Make ``slots`` (a table of :class:`PendingIndex`, a power of two long) ``size`` zeros
     (a power of two) where it is: resized by realloc (mremap for a mapped block), zeroed
@@ -477,6 +499,61 @@ def _zeroed(slots: array[int], size: int) -> None:
     zeros = _ZERO_SLOTS if step == len(_ZERO_SLOTS) else _ZERO_SLOTS[:step]
     for start in range(0, size, step):
         slots[start:start + step] = zeros
+
+
+_HOLE_BYTES = b"\xff" * 4
+#: Slots (or lengths) of a snapshot's index checked at a time (1 MiB of them).
+_CHECK_SLOTS = 1 << 18
+#: Positions :func:`_filled_slots` checks as text are below this (the largest code point).
+_MAX_CHAR = 0x10FFFF
+#: Tables this small are checked slot by slot.
+_CHECK_SMALL = 1 << 16
+
+
+def _count_holes(lengths: memoryview) -> int:
+    """How many of the little-endian u32 ``lengths`` are holes (all four bytes 0xFF): the
+    occurrences of those bytes that start at a multiple of 4, found by ``bytes.find`` (a
+    Python step per occurrence, not per length: holes are at most a fifth of a snapshot's
+    units, and an occurrence astride two lengths is passed over), 1 MiB at a time."""
+    count = 0
+    for start in range(0, len(lengths), 4 * _CHECK_SLOTS):
+        data = bytes(lengths[start:start + 4 * _CHECK_SLOTS])
+        at = data.find(_HOLE_BYTES)
+        while at >= 0:
+            if at & 3:
+                at = data.find(_HOLE_BYTES, at + 1)
+            else:
+                count += 1
+                at = data.find(_HOLE_BYTES, at + 4)
+    return count
+
+
+def _filled_slots(table: memoryview, slots: array[int], n: int) -> int:
+    """The slots of a snapshot's table (``table``, little-endian u32; ``slots``, the same as
+    an array) that are not empty; -1 if one holds a position past ``n`` arrays (a table that
+    lookups could not probe safely).
+
+    Read as UTF-32 text, a table of positions up to 0x10FFFF is one character a slot:
+    decoding, counting the NULs and searching for a character above ``n`` are loops in C,
+    where ``array.count`` and ``max`` make an int object of every slot (0.1 s for a table
+    of a million units). A slot above 0x10FFFF does not decode (then it is past ``n``);
+    longer arrays, and small tables (the pattern of the characters above ``n`` costs
+    more to compile than they take to count), are checked slot by slot."""
+    if n >= _MAX_CHAR or len(slots) <= _CHECK_SMALL:
+        return -1 if max(slots, default=0) > n else len(slots) - slots.count(0)
+    # The characters above n as a range: compiling it walks none below n (those of a
+    # negated class up to n, up to 0xFFFF of them, it would).
+    above = re.compile(f"[{re.escape(chr(n + 1))}-\\U0010ffff]")
+    filled = 0
+    for start in range(0, len(table), 4 * _CHECK_SLOTS):
+        try:
+            chars = str(table[start:start + 4 * _CHECK_SLOTS], "utf-32-le", "surrogatepass")
+        except UnicodeDecodeError:
+            return -1
+        if above.search(chars):
+            return -1
+        filled += len(chars) - chars.count("\0")
+    return filled
 
 
 def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
@@ -498,7 +575,7 @@ def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
     index.codes, index.refs = from_le(body[:8 * n], "Q"), from_le(body[8 * n:16 * n], "Q")
     index.lengths = from_le(body[16 * n:20 * n], "I")
     index.priorities = from_le(body[20 * n:], "i")
-    index._holes = index.lengths.count(_HOLE)
+    index._holes = _count_holes(body[16 * n:20 * n])
     index._live = n - index._holes
     slots, filled, crc = _SLOTS.unpack_from(view, size)
     width = 12 if code_map else 4
@@ -514,8 +591,8 @@ def load_index(data: bytes | memoryview, reader: RequestReader | None = None,
         index.slots = from_le(table, "I")
         index._mask = slots - 1
         index._filled = filled
-        if (slots - index.slots.count(0) != filled or filled * 10 > slots * 7
-                or filled < index._live or max(index.slots) > n):
+        if (filled * 10 > slots * 7 or filled < index._live
+                or _filled_slots(table, index.slots, n) != filled):
             raise ValueError("pending index and its table disagree")
     index.set_counts(counts)
     return index, size

@@ -22,6 +22,7 @@ import zlib
 from datetime import datetime
 from typing import Any
 
+from .arrays import load_json
 from .doneset import MAX_TIME, DoneSet
 from .groups import MAX_COUNT, is_codes, is_state, is_units, output_entry
 from .pending import PendingIndex
@@ -117,7 +118,7 @@ def _header(data: bytes) -> tuple[dict[str, Any], int]:
     head = data[pos : pos + hlen]
     if len(head) != hlen or zlib.crc32(head) != hcrc:
         raise ValueError("snapshot header checksum mismatch")
-    header = json.loads(head)
+    header = load_json(head)
     check_header(header)
     return header, pos + hlen
 

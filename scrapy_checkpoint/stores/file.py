@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from ..errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
 )
+from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
 from ..journal.frames import FRAME_HEAD, SEGMENT_MAGIC, SegmentScan, frame, scan_segment
 from ..journal.groups import (
@@ -129,12 +129,21 @@ def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
 
 
 def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
-    """Open ``stage``'s lock file (through a link only with ``follow``); a lock file the user
-    may not open raises the one-paragraph error of :func:`_unreadable`."""
+    """Open ``stage``'s lock file (through a link only with ``follow``, to read whether it
+    is held); a lock file the user may not open raises the one-paragraph error of
+    :func:`_unreadable`, and so does a directory, FIFO, device or socket in its place
+    when it is opened to be held (not without ``follow``: nothing is written to it)."""
     try:
-        return os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
+        fd = os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
     except PermissionError as exc:
         raise _unreadable(stage, exc) from None
+    except IsADirectoryError:
+        raise _unreadable(stage, NotARegularFileError(path, stat.S_IFDIR)) from None
+    mode = os.fstat(fd).st_mode
+    if not follow and not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _unreadable(stage, NotARegularFileError(path, mode))
+    return fd
 
 
 class StageLock:
@@ -203,6 +212,25 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], *,
     StagedWrite(path, data, mode=mode).install(backup=backup)
 
 
+def is_checkpoint_file(store: object, path: str | os.PathLike[str],
+                       stage: str | None = None) -> bool:
+    """True if ``path`` (a link in its directories followed) is a file of file store
+    ``store``: a stage's state, backup or lock file, or anything in a stage's data
+    directory (``stage``'s too, known yet or not). Always False for other stores. An
+    output or an export written there would replace recorded progress."""
+    if not isinstance(store, FileStore):
+        return False
+    root = os.path.realpath(store.directory)
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    name = os.path.basename(os.fspath(path))
+    if os.path.commonpath([root, parent]) != root:
+        return False
+    stages = {*store.stages(), *([stage] if stage else [])}
+    if parent != root:  # in a stage's data directory
+        return os.path.relpath(parent, root).split(os.sep)[0] in stages
+    return any(name in (f"{s}.json", f"{s}.json.bak", f"{s}.lock") for s in stages)
+
+
 class StagedWrite:
     """An :func:`atomic_write` in two steps: the bytes go to the temp file when it is made
     (on the caller's thread: ``data`` may be memory that is only valid during the call),
@@ -213,7 +241,10 @@ class StagedWrite:
                  mode: int | None = None) -> None:
         self.path = path
         with contextlib.suppress(FileNotFoundError):
-            mode = stat.S_IMODE(regular_mode(path))
+            found = regular_mode(path)
+            if not stat.S_ISREG(found):  # a directory, FIFO...: named, not replaced
+                raise NotARegularFileError(path, found)
+            mode = stat.S_IMODE(found)
         self._fd, self._tmp = create_temp(path, 0o644 if mode is None else mode)
         try:
             if mode is not None:
@@ -232,6 +263,8 @@ class StagedWrite:
                 os.fsync(self._fd)
             finally:
                 self._close()
+            if backup is not None and os.path.isdir(backup) and not os.path.islink(backup):
+                raise NotARegularFileError(backup, stat.S_IFDIR)
             if backup is not None and os.path.lexists(path):
                 bak_tmp = link_temp(path, backup)
                 try:
@@ -920,7 +953,7 @@ def _snapshot_places(path: Path) -> list[int] | None:
         data = os.pread(fd, hlen, 16)
         if len(data) != hlen or zlib.crc32(data) != crc:
             return None
-        places = json.loads(data).get(PLACES, [])
+        places = load_json(data).get(PLACES, [])
         return [int(p) for p in places]
     except (OSError, ValueError, TypeError, AttributeError):
         return None

@@ -56,6 +56,7 @@ from ..errors import (
     lease_lost,
     redact,
 )
+from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
 from ..journal.groups import HANDED, REQUEST_OVERHEAD, decode_group, decode_request, encode_request
 from ..journal.snapshot import decode_snapshot
@@ -675,7 +676,7 @@ class RedisStore:
     def write_state(self, stage: str, data: bytes) -> None:
         """Write the state with optimistic locking on ``meta.version``; refresh the TTLs."""
         try:
-            status = json.loads(data).get("status")
+            status = load_json(data).get("status")
         except ValueError:
             status = None
         ttl = self.ttls["completed" if status == Status.COMPLETED.value else
@@ -798,7 +799,7 @@ class RedisStore:
 
     def _vanished_message(self, stage: str, raw: bytes) -> str:
         try:
-            info = json.loads(raw)
+            info = load_json(raw)
             when = f" at {info['at']}, while pid {int(info['pid'])} on host {info['host']} was " \
                    f"running it, after {int(info['groups'])} journal group(s)"
         except (ValueError, KeyError, TypeError):

@@ -26,6 +26,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ SPIDERS = [
     "sessions",
     "two_step",
 ]
+#: Crawled with no kill only: with a ``DUPEFILTER_CLASS`` of the user's own, a resumed run
+#: starts that dupefilter empty (see test_a_resumed_run_says_its_own_dupefilter_starts_empty).
+UNKILLED_ONLY = ["dupes"]
 
 
 @dataclass
@@ -102,7 +106,7 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
                     pass  # waits on the site's request count, checking that the crawl still runs
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=300)
+            proc.wait(timeout=1200)
         finally:
             site.release()
     return Crawl(proc.returncode, site.total_hits - start, site.requests() - before,
@@ -159,7 +163,7 @@ def assert_completed(spider: str, run: Crawl) -> None:
     assert "Traceback" not in run.log, run.log[-3000:]
 
 
-@pytest.mark.parametrize("spider", SPIDERS)
+@pytest.mark.parametrize("spider", [*SPIDERS, *UNKILLED_ONLY])
 def test_unkilled_crawls_with_the_addon_end_as_plain_scrapy(
     tmp_path: Path, site: ShopSite, references: References, spider: str
 ) -> None:
@@ -202,6 +206,90 @@ def test_killed_crawls_behind_a_login_that_expires_end_as_plain_scrapy(
     # The reference is the plain uninterrupted login crawl: its session never expires.
     crawl_killed_and_compare(site, references, "login", tmp_path, "-a", "setup=1",
                              between_runs=site.forget)
+
+
+def test_a_resumed_run_says_its_own_dupefilter_starts_empty(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # The dupefilter's state is not kept (plain Scrapy keeps none without JOBDIR): a link
+    # only it calls a duplicate of a page done before the kill is fetched again. Nothing is
+    # lost, and the resumed run says so instead of ending as if the result were exact.
+    _, expected = references["dupes"]
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    first = crawl(site, "dupes", tmp_path, *addon, kill_after=20)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    last = crawl(site, "dupes", tmp_path, *addon)
+    assert_completed("dupes", last)
+    assert ("DUPEFILTER_CLASS fidelity_shop.spiders.dupes.PathDupeFilter starts this run empty"
+            in last.log), last.log[-3000:]
+    got = read_outputs(tmp_path)
+    assert not expected.items - got.items, diff("feed", got.items, expected.items)
+
+
+def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_scrapy(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # CLOSESPIDER_ITEMCOUNT = 12, one request at a time: the 12th item closes the spider,
+    # and Scrapy finishes the request in flight then (the 13th page, whose item is the 13th).
+    # Killed while the site holds that request, with the 12 others committed done, the
+    # stage has reached its limit; the next run must still do that one request.
+    reference, expected = references["limited"]
+    assert (reference.hits, sum(expected.items.values())) == (13, 13)
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "limited", "-a", f"base={site.url}",
+           "-o", str(tmp_path / "items.jl"), "-s", f"FIDELITY_DB={tmp_path / 'items.db'}", *addon]
+    site.hold_at(site.total_hits + 13)
+    try:
+        with (tmp_path / "crawl.log").open("ab") as log:
+            proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while done_requests(tmp_path, "limited") < 12 and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
+                time.sleep(0.05)  # polls the stage's committed progress, read from disk
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=1200)
+    finally:
+        site.release()
+    first = (tmp_path / "crawl.log").read_text()
+    assert "Closing spider (closespider_itemcount)" in first, first[-3000:]
+    assert done_requests(tmp_path, "limited") == 12
+    last = crawl(site, "limited", tmp_path, *addon)
+    assert last.returncode == 0, last.log[-3000:]
+    assert "reached CLOSESPIDER_ITEMCOUNT = 12 in earlier runs (12) and was stopped" in last.log
+    assert sum(last.requests.values()) == 1, last.requests
+    assert "Traceback" not in last.log, last.log[-3000:]
+    got = read_outputs(tmp_path)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
+
+
+def test_spider_state_is_kept_when_a_feed_opens_while_a_callback_runs(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # The home page's callback changes spider.state; its done record waits for a moment
+    # with no callback running (the category page's callback waits). The product's item
+    # opens the feed meanwhile: the file's record is made durable then, but the done
+    # records waiting with their state must not be committed without it, or the kill
+    # below loses the home page's change (it is not done again).
+    feed = tmp_path / "items.jl"
+    addon = ["-s", 'ADDONS={"scrapy_checkpoint.Addon": 100}', "-s", "CHECKPOINT_SAVE_EVERY=1000",
+             "-s", "CHECKPOINT_SAVE_INTERVAL=600", "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "waiting", "-a", f"base={site.url}",
+           "-o", str(feed), *addon]
+    with (tmp_path / "crawl.log").open("ab") as log:
+        proc = subprocess.Popen([*cmd, "-a", "wait=1"], cwd=PROJECT, env=python_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not feed.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
+            time.sleep(0.05)  # polls for the feed file, made when the first item is written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=1200)
+    assert feed.exists(), (tmp_path / "crawl.log").read_text()[-3000:]
+    last = crawl(site, "waiting", tmp_path, *addon)
+    assert_completed("waiting", last)
+    assert "Final spider.state: {'home': 1}" in last.log, last.log[-3000:]
+    assert read_outputs(tmp_path).items == Counter(['{"product": "0"}'])
 
 
 def crawl_killed_and_compare(site: ShopSite, references: References, spider: str, directory: Path,

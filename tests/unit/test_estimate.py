@@ -293,6 +293,21 @@ def test_units_found_before_a_resume_count_once_when_their_shape_is_split_out_af
     assert resumed.estimate(10, 0, 0).total == 10
 
 
+def test_a_url_shape_remembered_by_the_url_without_its_last_number_is_the_same() -> None:
+    # The second URL of each pair shares the first's URL without its last number.
+    pairs = [("http://h/p/12", "/p/#"), ("http://h/p/123456789", "/p/#"),
+             ("http://h/list?page=3", "/list?page=#"), ("http://h/list?page=1234567890", "/list?page=#"),
+             ("http://h/item/abc-1", "/item/abc-#"), ("http://h/item/abc-12345", "/item/#"),
+             ("http://12", "/"), ("http://1234", "/"), ("http://h/a#/1", "/a"),
+             ("http://h/a#/22", "/a"), ("http://h/7/x=5", "/#/x=#"), ("http://h/7/x=56", "/#/x=#"),
+             ("http://h/p/1.html", "/p/#.html"), ("http://h/p/123456789.htm", "/p/#.htm"),
+             ("http://h/b/1abc", "/b/#abc"), ("http://h/b/1234567abc", "/b/#"),
+             ("http://1.com", "/"), ("http://2.com", "/")]
+    for _ in range(2):
+        for url, shape in pairs:
+            assert url_shape(url) == shape, url
+
+
 def test_a_url_shape_is_its_path_and_query_with_numbers_and_ids_as_hashes() -> None:
     assert url_shape("https://example.com/list?page=12&sort=new") == "/list?page=#&sort=new"
     assert url_shape("http://example.com/item/7#reviews") == "/item/#"

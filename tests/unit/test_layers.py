@@ -130,7 +130,7 @@ def imported_frameworks() -> dict[str, list[object]]:
     """Each core module imported alone (see IMPORT_EACH): module -> [exit code, the framework
     modules loaded, or the error]."""
     proc = subprocess.run([PYTHON, "-c", IMPORT_EACH, *CORE], capture_output=True, text=True,
-                          env=python_env(), timeout=120, check=False)
+                          env=python_env(), timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr
     results: dict[str, list[object]] = json.loads(proc.stdout.splitlines()[-1])
     return results

@@ -10,7 +10,7 @@ from array import array
 
 import pytest
 
-from scrapy_checkpoint.journal.pending import INLINE, NO_REF, PendingIndex
+from scrapy_checkpoint.journal.pending import INLINE, NO_REF, PendingIndex, _filled_slots
 
 
 def _model_check(index: PendingIndex, model: dict[int, tuple[int, int, int]]) -> None:
@@ -123,6 +123,77 @@ def test_damaged_snapshot_bytes_are_refused() -> None:
               + table.tobytes())
     with pytest.raises(ValueError, match="disagree"):
         PendingIndex.from_bytes(forged)
+
+
+def _with_table(data: bytes, n: int, change: object, filled_delta: int = 0) -> bytes:
+    """``data`` (an index's snapshot bytes of ``n`` positions) with its table changed by
+    ``change`` (called with the table as an array) and checksummed again."""
+    table_at = 12 + 24 * n
+    slots, filled, _ = struct.unpack_from("<QQI", data, table_at)
+    table = array("I", data[table_at + 20:])
+    change(table)  # type: ignore[operator]
+    return (data[:table_at] + struct.pack("<QQI", slots, filled + filled_delta,
+                                          zlib.crc32(table)) + table.tobytes())
+
+
+def test_tables_that_checksum_but_cannot_be_probed_are_refused() -> None:
+    """The table is checked without an int per slot (as text, see _filled_slots): a
+    position above the largest code point, one past the arrays, and a slot more or less
+    than the count it comes with are all found."""
+    index = PendingIndex()
+    units = 40000  # a table of more than 65,536 slots: checked as text
+    index.add_many(array("Q", (i * 0x9E3779B97F4A7C15 % (1 << 64) for i in range(1, units))),
+                   array("Q", range(1, units)), array("I", range(1, units)),
+                   array("i", bytes(4 * (units - 1))))
+    for code in index.codes[::7]:
+        index.discard(code)
+    data = index.to_bytes()
+    n = len(index.codes)
+    assert len(index.slots) > 1 << 16
+    back, _ = PendingIndex.from_bytes(data)
+    assert list(back.entries()) == list(index.entries())
+
+    def put(value: int) -> object:
+        def change(table: array[int]) -> None:
+            table[table.index(0)] = value
+        return change
+
+    for value in (0x110000, 0xD800, n + 1, (1 << 32) - 1):  # past the arrays
+        with pytest.raises(ValueError, match="disagree"):
+            PendingIndex.from_bytes(_with_table(data, n, put(value), 1))
+    with pytest.raises(ValueError, match="disagree"):  # one slot more than counted
+        PendingIndex.from_bytes(_with_table(data, n, put(n)))
+    with pytest.raises(ValueError, match="disagree"):  # one slot less
+        PendingIndex.from_bytes(_with_table(data, n, lambda t: t.__setitem__(
+            next(i for i, s in enumerate(t) if s), 0), 0))
+    # The same counts with arrays too long to be read as text (slot by slot).
+    table = array("I", data[12 + 24 * n + 20:])
+    view = memoryview(table).cast("B")
+    assert _filled_slots(view, table, 0x110000) == _filled_slots(view, table, n) \
+        == len(table) - table.count(0)
+    table[table.index(0)] = n + 1
+    assert _filled_slots(view, table, n) == -1
+    table[table.index(n + 1)] = 0x110001
+    assert _filled_slots(view, table, 0x110000) == _filled_slots(view, table, n) == -1
+    small = PendingIndex()  # and a small table, slot by slot
+    for i in range(1, 100):
+        small.add(i, i)
+    with pytest.raises(ValueError, match="disagree"):
+        PendingIndex.from_bytes(_with_table(small.to_bytes(), 99, put(100), 1))
+
+
+def test_holes_are_counted_by_whole_lengths() -> None:
+    """A hole is a length of four 0xFF bytes: bytes 0xFF astride two lengths are not one."""
+    index = PendingIndex()
+    lengths = [0xFFFFFF00, 0x000000FF, 0xFFFF0000, 0x0000FFFF, 0xFF000000, 0x00FFFFFF, 7]
+    for i in range(1, 200):
+        index.add(i, i, lengths[i % len(lengths)], 0)
+    for code in (5, 6, 7, 100, 101, 150):
+        index.discard(code)
+    back, _ = PendingIndex.from_bytes(index.to_bytes())
+    assert len(back) == len(index) == 193
+    assert list(back.entries()) == list(index.entries())
+    assert back.counts() == index.counts()
 
 
 def test_an_index_with_a_code_map_after_it_still_loads() -> None:

@@ -41,3 +41,12 @@ def test_a_resume_extends_in_order_by_blocks() -> None:
         middle = out[1:-2]
         assert middle == (list(range(14999, 9, -1)) if lifo else list(range(10, 15000)))
         assert out[-2:] == ([3, 1] if lifo else [1, 3])
+
+
+def test_a_resume_with_more_than_one_priority_queues_each_unit_by_its_own() -> None:
+    queue = FrontierQueue(lifo=False, hot=0)
+    priorities = array("i", [0]) * 5000
+    priorities[4321] = 7
+    queue.extend(array("Q", range(5000)), priorities)
+    out = [code for code, _ in _drain(queue)]
+    assert out == [4321] + [code for code in range(5000) if code != 4321]

@@ -8,6 +8,11 @@ from typing import Any
 import scrapy
 
 
+def uri_params(params: dict[str, Any], spider: scrapy.Spider) -> dict[str, Any]:
+    """A ``FEED_URI_PARAMS`` function: ``%(tag)s`` is the spider's ``tag`` and ``-b``."""
+    return {**params, "tag": f"{getattr(spider, 'tag', 'x')}-b"}
+
+
 class SiteSpider(scrapy.Spider):
     """Follows every link of the test site; one item per page.
 
