@@ -34,15 +34,20 @@ move to its kind, so a unit counts once. Pages named by words (``/post/some-titl
 have a shape of their own, never shared by enough units: they stay with their callback.
 
 **Chains.** A kind whose units keep bringing units of their own kind, one each (a
-listing page the next listing page), and whose deepest unit done did so, is a chain, and
-how long it goes on is not in the counts. It is taken to go on for as many levels again
-as it has run so far (the median of "we are somewhere in its middle"), one unit of its
-kind per unit, and ``CHAIN_HIGH`` (3) times that for the high estimate; the estimate is
-then wide. The percent counts on a total leaning to that high end (it errs low); the
-ETA on the chain's median run (``median_high``, ``eta_total``): right at half the chain,
-as often too long as too short. With one kind only in use (a spider following every link
-with one callback, its URLs of one shape or of none shared) every growing crawl would
-look like a chain: the depth profile alone is used.
+listing page the next listing page), and whose deepest unit done found units of its kind
+deeper, is a chain, and how long it goes on is not in the counts. It is taken to go on
+for as many levels again as it has run so far, from its first to its deepest (the median
+of "we are somewhere in its middle"), one unit of its kind per unit, and ``CHAIN_HIGH``
+(3) times that for the high estimate; the estimate is then wide. The percent counts on a
+total leaning to that high end (it errs low); the ETA on the chain's median run
+(``median_high``, ``eta_total``): right at half the chain, as often too long as too
+short. With one kind only in use (a spider following every link with one callback, its
+URLs of one shape or of none shared) every growing crawl would look like a chain: the
+depth profile alone is used.
+
+**After a resume** the counts restored are those journaled last, up to a second before
+an interruption: :func:`reconcile` makes their pending units those the stage resumes (a
+unit done in that second is counted done, not pending for ever; one found then, found).
 
 The estimate comes with a range: ``low`` is what is known (done, lost and pending:
 the crawl is at least that big), ``high`` uses the ratios over all finished units
@@ -443,10 +448,12 @@ class DepthProfile:
             done = sum(kind.done.values())
             if done < CHAIN_UNITS or kind.children.get(name, 0) < CHAIN_RATIO * done:
                 continue
-            # Still going: its deepest units done have found units of their kind deeper.
+            # Still going: its deepest units done have found units of their kind deeper
+            # (a level or more: the counts restored at a resume may miss the levels run in
+            # the second before the interruption, see :meth:`reconcile`).
             deepest = max((d for d, n in kind.done.items() if n), default=-1)
-            if kind.added.get(deepest + 1, 0):
-                chains[name] = len(kind.added)
+            if any(n for d, n in kind.added.items() if d > deepest):
+                chains[name] = max(kind.added) + 1 - min(kind.added)
         return chains
 
     def expected(self, *, recent: bool, chain_factor: float = 1.0,
@@ -608,6 +615,60 @@ class DepthProfile:
         return profile
 
 
+def reconcile(profile: DepthProfile, pending: dict[tuple[int, str, str], int]) -> None:
+    """Make the pending units of ``profile`` those of the stage: ``pending`` is
+    ``(depth, callback, URL shape) -> how many`` units are pending (read from their
+    records at a resume). The counts restored are those journaled last, up to a second
+    before an interruption: a unit finished since is pending in them though done, and
+    would be expected for ever to find as many as its kind does (a listing page: a
+    whole chain again); it is counted done. A unit found since is not in them: it is
+    counted found, by the kinds that find its kind among those with units finished
+    since at the depth above (as their units have found it), else among all those that
+    find its kind (its finders were found and finished since: levels of a chain run in
+    that second are in no count, and :meth:`DepthProfile.chains` counts a chain's levels
+    from its first to its deepest)."""
+    real: dict[tuple[int, str], int] = {}
+    for (depth, callback, shape), n in pending.items():
+        key = (depth, profile.kind_of(callback, shape))
+        real[key] = real.get(key, 0) + n
+    finished: dict[tuple[int, str], int] = {}  # finished since, by depth and kind
+    found: dict[tuple[int, str], int] = {}  # found since
+    for name, kind in profile.kinds.items():
+        for depth in set(kind.added) | set(kind.done):
+            have = max(0, kind.added.get(depth, 0) - kind.done.get(depth, 0))
+            want = real.pop((depth, name), 0)
+            if have > want:
+                finished[(depth, name)] = have - want
+            elif want > have:
+                found[(depth, name)] = want - have
+    found.update(real)  # of a kind or depth the counts had none of
+    for (depth, name), n in finished.items():
+        kind = profile.kinds[name]
+        kind.done[depth] = kind.done.get(depth, 0) + n
+        profile.done[depth] = profile.done.get(depth, 0) + n
+    for (depth, name), n in found.items():
+        counts = profile._kind(name).added
+        counts[depth] = counts.get(depth, 0) + n
+        profile.added[depth] = profile.added.get(depth, 0) + n
+        if not depth:  # a start request's: found by none
+            continue
+        finders = {by: profile.kinds[by].children.get(name, 0) for (d, by) in finished
+                   if d == depth - 1 and profile.kinds[by].children.get(name, 0)}
+        if not finders:  # found by units both found and finished since
+            finders = {by: k.children[name] for by, k in profile.kinds.items()
+                       if k.children.get(name, 0)}
+        weight = sum(finders.values())
+        left = n
+        for i, (by, w) in enumerate(finders.items()):
+            m = left if i == len(finders) - 1 else min(left, round(n * w / weight))
+            if m <= 0:
+                continue
+            left -= m
+            finder = profile.kinds[by]
+            finder.found[depth - 1] = finder.found.get(depth - 1, 0) + m
+            finder.children[name] = finder.children.get(name, 0) + m
+
+
 class ShownTotal:
     """The total the progress shows, from one estimate to the next: the percent it gives
     falls by at most ``max_fall`` points a second, unless the units known (done, pending
@@ -708,4 +769,4 @@ def _int_counts(value: Any) -> dict[int, int]:
     return counts
 
 
-__all__ = ["DepthProfile", "Estimate", "ShownTotal", "url_shape"]
+__all__ = ["DepthProfile", "Estimate", "ShownTotal", "reconcile", "url_shape"]

@@ -128,6 +128,63 @@ def test_a_resumed_crawl_estimates_as_it_did_before_it_stopped(
     assert after.source == "model"
 
 
+
+def test_a_resume_takes_the_pending_units_from_their_records_not_from_late_counts() -> None:
+    """The profile is journaled at most once a second: the one restored may still count as
+    pending a listing page done in the crawl's last second, and miss the next one found
+    then. Resumed, the pending units are those of the requests journaled (their depth,
+    callback and URL): the estimate is the uninterrupted crawl's, not one with a second
+    chain of listing pages expected beside the real one."""
+    def listing(progress: CrawlProgress, pages: range, last: int = 20) -> None:
+        for page in pages:  # the listing page at depth `page`: the next one, 20 details
+            progress.add(page + 1, "parse_listing", "parse_listing")
+            for _ in range(20):
+                progress.add(page + 1, "parse_detail", "parse_listing")
+            progress.finish(page, "parse_listing")
+            for _ in range(20 if page + 1 < pages.stop else last):
+                progress.finish(page + 1, "parse_detail")
+
+    attached: dict[str, Any] = {}
+    cp = _stage(attached, 0, 0, None)
+    progress = CrawlProgress(cp, depth_limit=0)
+    progress.add(0, "parse_listing")
+    listing(progress, range(30))
+    journaled = json.loads(json.dumps(progress.profile.to_json()))  # a second before the end
+    listing(progress, range(30, 32), last=15)  # then the listing at depth 30's page and details
+    done, pending = 1 + 31 * 21 + 15, 1 + 5
+    assert not CrawlProgress(_stage({}, 0, 0, None), 0).lags()
+    cp.live.done, cp.live.pending, cp.live.processed = range(done), range(pending), done
+    before = progress.profile.estimate(done, pending, 0)
+    assert before.median_high is not None  # the listing pages: a chain still going
+    stage = _stage({progress_module.DEPTHS_ATTACHED: journaled}, done, pending, None)
+    resumed = CrawlProgress(stage, depth_limit=0)
+    assert resumed.lags()
+    late = CrawlProgress(_stage({progress_module.DEPTHS_ATTACHED: journaled}, done, pending,
+                                None), depth_limit=0)  # (resumed without the records)
+    records = [{"url": "http://h/list/p33", "callback": "parse_listing", "meta": {"depth": 32}},
+               *({"url": f"http://h/item/{i}", "callback": "parse_detail", "meta": {"depth": 32}}
+                 for i in range(5))]
+    resumed.resumed(records)
+    profile = resumed.profile
+    assert {(d, name): n for name, kind in profile.kinds.items() for d in kind.added
+            if (n := kind.added[d] - kind.done.get(d, 0))} == {
+        (32, "parse_listing"): 1, (32, "parse_detail"): 5}
+    after = profile.estimate(done, pending, 0)
+    assert abs(after.total - before.total) <= 0.03 * before.total, (before, after)
+    assert after.median_high is not None
+    assert abs(after.median_high - before.median_high) <= 0.03 * before.median_high
+    # The crawl goes on: without the records, the listing page done in the last second
+    # stays pending in the counts for ever, a second chain expected beside the real one.
+    for run in (progress, resumed, late):
+        for _ in range(5):
+            run.finish(32, "parse_detail")
+        listing(run, range(32, 40))
+    done, pending = done + 5 + 8 * 21, 1
+    before = progress.profile.estimate(done, pending, 0)
+    after = resumed.profile.estimate(done, pending, 0)
+    assert abs(after.total - before.total) <= 0.03 * before.total, (before, after)
+    assert late.profile.estimate(done, pending, 0).total > 1.3 * before.total
+
 def test_the_model_runs_at_most_every_interval_and_never_below_the_units_known() -> None:
     """Between two runs of the model the estimate is the last one's, with the counts of
     now: units found in between raise it only when they go past it."""

@@ -603,13 +603,22 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
             "else the stage will end 'incomplete'.", ext.stage,
             unjournaled)
     assert ext.setup is not None
+    # The estimate's pending units are those resumed (its counts may lag them by a second).
+    progress = ext.progress
+    if progress is not None and (ext.worker is not None or not progress.lags()):
+        progress = None
     if ext.scheduler is not None:  # queued by code: nothing is rebuilt before its turn
+        # (nor read: the records are read for the estimate only while they are few)
+        if progress is not None and len(live.pending) <= RECONCILE_RECORDS:
+            progress.resumed(_readable_payloads(live))
         resumed = _queue_resumed(ext, frontier, cp)
     else:
         lifo = "lifo" in str(ext.crawler.settings.get("SCHEDULER_MEMORY_QUEUE", "")).lower()
         # (code, payload) pairs: a held unit the spider scheduled meanwhile is not sent twice.
         pairs = resume_order({code: (code, payload) for code, payload in live.pending.items()},
                              frontier.inflight_at_crash, lifo=lifo)
+        if progress is not None:
+            progress.resumed(payload for _, payload in pairs)
         if ext.setup.hold(pairs, lambda held: _release_held(ext, held)):
             resumed = sum(payload is not None for _, payload in pairs)
         else:
@@ -623,6 +632,23 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
                     ext.stage, resumed, inflight, len(live.done))
     ext.stats.set_value("checkpoint/resumed", resumed)
     ext.stats.set_value("checkpoint/recovered_inflight", inflight)
+
+
+#: A resume queued by code (the lazy frontier) reads the pending requests' records for the
+#: estimate (:meth:`CrawlProgress.resumed`) only when there are at most this many: a larger
+#: frontier resumes without reading them (its estimate may count as pending the requests
+#: done in the last second before an interruption).
+RECONCILE_RECORDS = 50_000
+
+
+def _readable_payloads(live: Any) -> Any:
+    """The payloads of the pending units that can be read (the others: skipped)."""
+    pending = live.pending
+    for code in pending:
+        try:
+            yield pending.get(code)
+        except (OSError, ValueError):
+            continue
 
 
 def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:

@@ -8,8 +8,10 @@ start, are kept with the stage (attached data ``"depths"``, journaled at most ev
 ``PROFILE_INTERVAL`` seconds and with the stage's last commit), so a resumed crawl
 estimates as it did before it stopped and learns on from there. After a crash the
 profile restored may lag the units by up to that interval (the units found and finished
-in its last second are not in its counts): an estimate, it errs by those few units, never
-by the units themselves. The estimate shown
+in its last second are not in its counts): at the resume its pending units are made
+those of the requests journaled (:meth:`CrawlProgress.resumed`), so that a unit done in
+that second is not pending in it for ever; the ratios err by those few units, never the
+units themselves. The estimate shown
 (:class:`~scrapy_checkpoint.estimate.ShownTotal`: the percent falls back by at most a
 couple of points a second) is the crawl's total (``t``, so ``show``, ``report`` and the
 state file use it) and the line's and the stats'; its range is
@@ -19,12 +21,15 @@ for the next run of the stage.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
 from ..clock import monotonic
-from ..estimate import DepthProfile, Estimate, ShownTotal, url_shape
+from ..estimate import DepthProfile, Estimate, ShownTotal, reconcile, url_shape
 from ..state import Status
+from . import values
+from .requests import TAGGED
 
 #: Attached data: :meth:`DepthProfile.to_json` (``{"added": {depth: n}, "done": {depth: n},
 #: "kinds": {callback or "callback shape": counts}, "windows": [...]}``) over every run.
@@ -171,6 +176,29 @@ class CrawlProgress:
             self._last = attached[ESTIMATE_ATTACHED] = bounds
         return estimate.total
 
+    def lags(self) -> bool:
+        """True when the profile's units done and pending are not the stage's (it was
+        journaled before the last units came and went: see :meth:`resumed`)."""
+        live, profile = self.cp.live, self.profile
+        done = sum(profile.done.values())
+        return (done != len(live.done)
+                or sum(profile.added.values()) - done != len(live.pending))
+
+    def resumed(self, payloads: Iterable[Any]) -> None:
+        """The stage resumes with the pending units whose records (request payloads) are
+        ``payloads``: the profile's pending units become theirs, by depth and kind
+        (:func:`~scrapy_checkpoint.estimate.reconcile`: the profile journaled
+        last may lag the units by up to ``PROFILE_INTERVAL``)."""
+        pending: dict[tuple[int, str, str], int] = {}
+        for payload in payloads:
+            key = _payload_kind(payload)
+            if key is not None:
+                pending[key] = pending.get(key, 0) + 1
+        reconcile(self.profile, pending)
+        self._model = None
+        self._events += 1  # journaled with the next commit
+        self._saved_at = float("-inf")
+
     def closing(self, completed_total: int | None) -> None:
         """The crawl closes: the profile goes with the stage's last commit whatever the
         interval; ``completed_total``, when it completed, is the size for the next run."""
@@ -192,6 +220,24 @@ def callback_name(request: Any) -> str:
     if callback is None:
         return "parse"
     return getattr(callback, "__name__", None) or "?"
+
+
+def _payload_kind(payload: Any) -> tuple[int, str, str] | None:
+    """``(depth, callback, URL shape)`` of a unit from its request's payload (None: not
+    a request's)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("url"), str):
+        return None
+    meta = payload.get("meta")
+    if meta and "meta" in (payload.get(TAGGED) or ()):
+        try:
+            meta = values.decode(meta)
+        except Exception:  # unreadable: depth 0 (the resume reports it)
+            meta = None
+    depth = meta.get("depth", 0) if isinstance(meta, dict) else 0
+    callback = payload.get("callback")
+    return (depth if type(depth) is int else 0,
+            callback if isinstance(callback, str) and callback else "parse",
+            url_shape(payload["url"]))
 
 
 def _int(value: Any) -> int | None:
