@@ -635,10 +635,11 @@ def _schedule_resumed(ext: CheckpointExtension, frontier: Frontier, cp: Enhanced
 
 
 #: A resume queued by code (the lazy frontier) reads the pending requests' records for the
-#: estimate (:meth:`CrawlProgress.resumed`) only when there are at most this many: a larger
-#: frontier resumes without reading them (its estimate may count as pending the requests
-#: done in the last second before an interruption).
-RECONCILE_RECORDS = 50_000
+#: estimate (:meth:`CrawlProgress.resumed`) only when there are at most this many, read
+#: before the first download: a larger frontier resumes without reading them (it downloads
+#: first, whatever its size; its estimate may count as pending the requests done in the
+#: last second before an interruption).
+RECONCILE_RECORDS = 10_000
 
 
 def _readable_payloads(live: Any) -> Any:
