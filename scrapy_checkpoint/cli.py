@@ -72,8 +72,12 @@ class Context:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_NOT_FOUND)
         self.tty = sys.stdout.isatty()
+        #: False when piped without $COLUMNS: a table is then as wide as its cells (rich
+        #: would cut it to 80 columns, and a long stage name to "S…", unreadable to a script).
+        self.sized = self.tty or bool(os.environ.get("COLUMNS"))
         self.console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None,
-                               highlight=False, soft_wrap=not self.tty)
+                               highlight=False, soft_wrap=not self.tty,
+                               width=None if self.sized else PIPED_WIDTH)
         if verbose:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -436,7 +440,7 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
                 return os.get_terminal_size(sys.stdout.fileno()).columns or ctx.console.width
             except OSError:
                 pass
-        return ctx.console.width  # $COLUMNS, else 80, as for the tables
+        return ctx.console.width if ctx.sized else 80  # $COLUMNS, else 80
 
     def render() -> tuple[RenderableType, bool]:
         text, bar, still = frame()
@@ -532,6 +536,8 @@ def _wrap(text: str, width: int) -> list[str]:
     return [line.plain.rstrip() for line in Text(text).wrap(_MEASURE, width, overflow="fold")]
 
 
+#: The width of piped output without $COLUMNS: wide enough for any table's natural width.
+PIPED_WIDTH = 4096
 _MEASURE = Console(width=80)  # only measures; never prints
 
 

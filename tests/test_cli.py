@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from rich.cells import cell_len
 
-from scrapy_checkpoint import AsyncCheckpointTracker
+from scrapy_checkpoint import AsyncCheckpointTracker, EnhancedCheckpoint
 
 from .conftest import PYTHON, SCRIPTS, StageHolder, python_env
 from .crawl import PROJECT
@@ -442,3 +442,22 @@ def test_watch_on_a_terminal_uses_the_terminal_width(pipeline: Path) -> None:
     lines = screen_lines(bar)
     assert all(len(line) <= 40 for line in lines), lines
     assert any(line.startswith("stage2_parse [failed]") for line in lines)
+
+
+def test_piped_without_columns_a_table_keeps_its_cells_whole(tmp_path: Path) -> None:
+    """``list | cat`` (no $COLUMNS) prints each stage's whole name and figures, for a script
+    to read back; rich cut the table to 80 columns ('a_rather_long_…', 'PRO…')."""
+    name = "a_rather_long_stage_name_for_the_product_listing_pages_of_the_shop"
+    cp = EnhancedCheckpoint(tmp_path, name, log_every=0)
+    cp.start(total_items=3)
+    cp.update(processed=1, successful=1, index=0)
+    cp.pause()
+    cp.close()
+    env = {k: v for k, v in python_env().items() if k != "COLUMNS"}
+    out = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(tmp_path), "list"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split() == ["STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED", "(UTC)"]
+    assert row.split()[:4] == [name, "paused", "1/3", "(33.3%)"]
