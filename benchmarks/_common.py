@@ -133,12 +133,28 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
+_compiled = False
+
+
 def child_env() -> dict[str, str]:
     """This environment, with the code measured (this checkout) first on PYTHONPATH and no
-    Scrapy settings module of the caller's."""
+    Scrapy settings module of the caller's.
+
+    The checkout's package is compiled to bytecode first (once per script), and children may
+    write bytecode (``PYTHONDONTWRITEBYTECODE`` removed): a package installed by pip has its
+    ``.pyc`` files, as Scrapy has in the virtualenv. Without them every crawl compiled the
+    add-on's 21,000 lines from source at its start (about 90 ms of CPU on this machine, in
+    every start-up and resume figure) while Scrapy's own modules loaded precompiled."""
+    global _compiled
+    if not _compiled:
+        import compileall
+
+        compileall.compile_dir(str(REPO / "scrapy_checkpoint"), quiet=1)
+        _compiled = True
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("SCRAPY_SETTINGS_MODULE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

@@ -87,6 +87,8 @@ Robustness
     python benchmarks/bench_frontier.py [--pending 50000,200000,1000000] [--rounds 3] [--quick]
                                         [--max-rss-mib 4096] [--json FILE] [--dir DIR]
                                         [--timeout 3600] [--settle 2] [--resume-requests 20]
+                                        [--keep-stopped DIR]
+    python benchmarks/bench_frontier.py --resume-kept DIR/checkpoint-default-1000000 [--rounds 10]
 """
 
 from __future__ import annotations
@@ -306,10 +308,10 @@ def tree_bytes(path: Path | None) -> int:
 # -- the web server (its own process) ------------------------------------------------------
 
 
-def serve_worker(log_path: str) -> None:
-    """Serve the fan-out site on a free port (print it): /p/N links to FANOUT new pages; every
-    request's arrival time and path is appended to ``log_path``; /_next answers the next page
-    number to be handed out (not logged)."""
+def serve_worker(log_path: str, port_wanted: int = 0) -> None:
+    """Serve the fan-out site on ``port_wanted`` or a free port (print it): /p/N links to
+    FANOUT new pages; every request's arrival time and path is appended to ``log_path``;
+    /_next answers the next page number to be handed out (not logged)."""
     from twisted.internet import reactor
     from twisted.web.resource import Resource
     from twisted.web.server import Site
@@ -338,16 +340,17 @@ def serve_worker(log_path: str) -> None:
         def log(self, request: Any) -> None:  # no access log
             pass
 
-    port = reactor.listenTCP(0, QuietSite(Pages()), interface="127.0.0.1", backlog=256)
+    port = reactor.listenTCP(port_wanted, QuietSite(Pages()), interface="127.0.0.1",
+                             backlog=256)
     print(port.getHost().port, flush=True)
     reactor.run()
 
 
 class FanoutServer(Server):
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, port: int = 0) -> None:
         log_path.touch()
         self.log_path = log_path
-        super().__init__([PYTHON, __file__, "--worker", "serve", str(log_path)])
+        super().__init__([PYTHON, __file__, "--worker", "serve", str(log_path), str(port)])
 
     def next_page(self) -> int:
         with urllib.request.urlopen(f"{self.url}/_next", timeout=30) as answer:
@@ -575,6 +578,16 @@ class Bench:
             return first_page <= page < last_page and page not in fetched
 
         run.extra = {"fetched_pages": len(fetched), "linked_pages": last_page - first_page}
+        kept = persisted_dir(case.config, run_dir)
+        if self.args.keep_stopped and kept is not None and target > BASELINE_PENDING:
+            slug = re.sub(r"[^a-z0-9]+", "-", case.config.name.lower()).strip("-")
+            into = Path(self.args.keep_stopped) / f"{slug}-{target}"
+            shutil.rmtree(into, ignore_errors=True)
+            shutil.copytree(kept, into / kept.name, symlinks=True)
+            (into / "site.json").write_text(json.dumps({
+                "config": case.config.name, "pending": run.pending, "dir": kept.name,
+                "port": int(self.server.url.rsplit(":", 1)[1])}))
+            print(f"  kept the stopped {what} in {into}", flush=True)
         if target > BASELINE_PENDING:
             self.resume(case, run, run_dir, was_pending)
         shutil.rmtree(run_dir)
@@ -793,6 +806,12 @@ def parse_args() -> argparse.Namespace:
                         help="run only the cases whose name contains one of these words, "
                              "comma-separated (e.g. 'checkpoint,JOBDIR,'; default: all)")
     parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument("--resume-kept", metavar="DIR",
+                        help="only resume the crawl kept in DIR (a DIR/<config>-<F> of "
+                             "--keep-stopped) --rounds times, against plain Scrapy's start-up")
+    parser.add_argument("--keep-stopped", metavar="DIR",
+                        help="copy each persisted crawl, as the stop left it, to "
+                             "DIR/<config>-<F> before its resume (to profile a resume later)")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where the temporary site log, project and crawls go")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -816,14 +835,73 @@ def on_signal(signum: int, _frame: Any) -> None:
 def main() -> None:
     args = parse_args()
     if args.worker:
-        serve_worker(args.worker[1])
+        serve_worker(args.worker[1], int(args.worker[2]) if len(args.worker) > 2 else 0)
         return
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        run_all(args)
+        if args.resume_kept:
+            resume_kept(args)
+        else:
+            run_all(args)
     finally:
         kill_all()
+
+
+def resume_kept(args: argparse.Namespace) -> None:
+    """``--resume-kept DIR``: the resume of a crawl kept by ``--keep-stopped``, ``--rounds``
+    times, each against plain Scrapy's start-up in the same round (alternated, in a rotated
+    order): seconds from Popen to the site's first request, and the CPU the process had used
+    when it was killed at that request. The site is served again on the kept crawl's port
+    (the pending requests hold its URLs); every resume starts from a fresh copy of the kept
+    directory."""
+    kept = Path(args.resume_kept)
+    site = json.loads((kept / "site.json").read_text())
+    config = next(c for c in CONFIGS if c.name == site["config"])
+    print_header(f"Resume of a kept crawl: {site['config']} at {site['pending']:,} pending, "
+                 "against plain Scrapy's start-up", args.dir)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_frontier_") as tmp:
+        work = Path(tmp)
+        project = write_project(work / "project", {"spiders/frontier.py": SPIDER_CODE,
+                                                   "watch.py": WATCH_CODE}, PROJECT_SETTINGS)
+        server = FanoutServer(work / "requests.log", site["port"])
+        results: dict[str, list[tuple[float, float]]] = {PLAIN.name: [], config.name: []}
+        try:
+            for r in range(args.rounds):
+                order = [PLAIN, config] if r % 2 == 0 else [config, PLAIN]
+                for cfg in order:
+                    run_dir = work / f"r{r}" / slug(cfg.name)
+                    run_dir.mkdir(parents=True)
+                    if cfg is config:
+                        shutil.copytree(kept / site["dir"], run_dir / site["dir"], symlinks=True)
+                    offset = server.log_offset()
+                    child = Child(crawl_command(cfg, server.url, run_dir, 0), project)
+                    deadline = time.monotonic() + args.timeout
+                    while not server.requests_since(offset) and not child.poll():
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.01)
+                    child.kill()
+                    seen = server.requests_since(offset)
+                    if seen:
+                        results[cfg.name].append((seen[0][0] - child.started, child.cpu_s))
+                        print(f"round {r + 1}: {cfg.name:<24} 1st request "
+                              f"{seen[0][0] - child.started:.3f} s, CPU {child.cpu_s:.3f} s",
+                              flush=True)
+                    else:
+                        print(f"round {r + 1}: {cfg.name:<24} no request ({child.exit})",
+                              flush=True)
+                    shutil.rmtree(run_dir)
+        finally:
+            server.close()
+    rows = []
+    for name, got in results.items():
+        first = median([f for f, _ in got]) if got else None
+        cpu = median([c for _, c in got]) if got else None
+        rows.append([name, f"{len(got)}", "-" if first is None else f"{first:.3f}",
+                     "-" if cpu is None else f"{cpu:.3f}"])
+    print()
+    print(markdown_table(["medians", "runs", "s to the 1st request", "CPU s at it"], rows))
 
 
 def run_all(args: argparse.Namespace) -> None:
