@@ -51,7 +51,7 @@ from .journal.pending import NO_REF, clamp_priority
 from .live import LiveState, recover
 from .metrics import Metrics, ProgressLog
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
-from .stores import open_backend
+from .stores import cli_command, open_backend
 from .stores.base import Lock, Store, check_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -549,11 +549,11 @@ class EnhancedCheckpoint(UnitRecords):
         self._set_status(Status.COMPLETED)
         failed = self.live.failed
         if failed:  # tried and not done: said, with how to do them
-            logger.warning(
-                "[%s] Completed with %d failed unit(s): tried, and not done. "
-                "`scrapy-checkpoint requeue %s --failed` makes them pending again for the "
-                "next run. %s",
-                self.stage, failed, self.stage, self.progress_line())
+            command = cli_command(self.store, f"requeue {self.stage} --failed")
+            redo = (f"`{command}` makes them pending again for the next run" if command
+                    else "a start with retry_failed=True does them again")
+            logger.warning("[%s] Completed with %d failed unit(s): tried, and not done. %s. %s",
+                           self.stage, failed, redo, self.progress_line())
         elif caveat:  # not all of the work is as it should be: never a plain "Completed"
             logger.warning("[%s] Every unit is done, but %s", self.stage, caveat)
         else:

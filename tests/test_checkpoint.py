@@ -74,7 +74,7 @@ def test_a_stage_with_failed_units_completes_saying_how_many_and_how_to_redo_the
     assert cp.status is Status.COMPLETED
     cp.close()
     assert "[s] Completed with 2 failed unit(s): tried, and not done. " \
-        "`scrapy-checkpoint requeue s --failed`" in caplog.text
+        f"`scrapy-checkpoint --dir {checkpoint_dir} requeue s --failed`" in caplog.text
     assert "Completed. " not in caplog.text
 
 
