@@ -228,14 +228,16 @@ def _read(ctx: Context, stage: str) -> StageView:
     raise AssertionError("unreachable")  # (for type checkers: _stage_exits exits)
 
 
-def _progress(view: StageView) -> str:
+def _progress(view: StageView, explain: bool = True) -> str:
+    """``processed/total (percent)``; with ``explain``, what a crawl's estimated total rests
+    on (``show``: ``list`` keeps its cell short, or it takes the row at 80 columns)."""
     m = view.metrics()
     if not m.total:
         return f"{m.processed}/?"
     about = "~" if m.estimated else ""
     line = f"{m.processed}/{about}{m.total} ({about}{format_percent(m.percent)})"
     estimate = view.estimate
-    if estimate is not None and estimate.get("source") != "known":
+    if explain and estimate is not None and estimate.get("source") != "known":
         line += (f", of an estimated total ({estimate.get('source')}; {estimate.get('low')} "
                  f"found so far, at most about {estimate.get('high')})")
     return line
@@ -272,7 +274,7 @@ def list_(ctx: Context, as_json: bool) -> None:
         table = ctx.table("STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED (UTC)")
         for stage, view in views:
             if isinstance(view, StageView):
-                table.add_row(stage, view.display_status, _progress(view),
+                table.add_row(stage, view.display_status, _progress(view, explain=False),
                               _rate(view.metrics().success_rate),
                               f"{view.state.updated_at:%Y-%m-%d %H:%M}")
             else:

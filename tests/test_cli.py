@@ -461,3 +461,30 @@ def test_piped_without_columns_a_table_keeps_its_cells_whole(tmp_path: Path) -> 
     header, row = out.stdout.splitlines()[:2]
     assert header.split() == ["STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED", "(UTC)"]
     assert row.split()[:4] == [name, "paused", "1/3", "(33.3%)"]
+
+
+def test_list_of_a_crawl_with_an_estimated_total_keeps_every_column_in_80_columns(
+    tmp_path: Path,
+) -> None:
+    """A crawl's PROGRESS cell once carried the estimate's explanation ("..., of an estimated
+    total (model; 190 found so far, at most about 841)"): at 80 columns, piped or on a
+    terminal, that one cell took the row and STAGE, STATUS and SUCCESS were cut to nothing
+    ('i…', 'cra…' at 120 columns). ``list`` shows the figures; ``show`` explains them."""
+    cp = EnhancedCheckpoint(tmp_path, "items", log_every=0)
+    cp.start()
+    cp.attach("estimate", {"low": 190, "high": 841, "wide": True, "source": "model"})
+    cp.set_total(631)
+    for i in range(130):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    piped = cli(tmp_path, "list")
+    assert piped.returncode == 0, piped.stderr
+    code, screen = on_terminal("--dir", str(tmp_path), "list", columns=80)
+    assert code == 0
+    for output in (piped.stdout, screen):
+        row = next(line for line in screen_lines(output) if "items" in line)
+        assert row.split()[:5] == ["items", "paused", "130/~631", "(~20.6%)", "100.0%"], output
+    shown = cli(tmp_path, "show", "items")
+    assert "130/~631 (~20.6%), of an estimated total (model; 190 found so far, at most about " \
+        "841)" in " ".join(shown.stdout.split())
