@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -49,7 +49,7 @@ from .errors import (
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
-from .metrics import format_duration, format_percent, printable
+from .metrics import Metrics, format_duration, format_percent, printable
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
 from .stores import BACKEND_SCHEMES
@@ -426,13 +426,30 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
     def active(view: StageView) -> bool:
         return view.state.status in ACTIVE_STATUSES and view.live_owner is not None
 
+    #: The first commit seen of the live owner: (processed, commit time in seconds).
+    since: list[tuple[int, float]] = []
+
+    def measured(view: StageView, m: Metrics) -> Metrics:
+        """``m`` with a throughput measured from the commits seen while the owner has not
+        written its own yet (it does with the state file, every few seconds)."""
+        if m.throughput is not None or not active(view):
+            since.clear()
+            return m
+        now = (m.processed, view.state.updated_at.timestamp())
+        if not since:
+            since.append(now)
+        (first, at), (processed, then) = since[0], now
+        if processed > first and then > at:
+            return replace(m, throughput=(processed - first) / (then - at))
+        return m
+
     def frame() -> tuple[str, tuple[int, int] | None, bool]:
         """The frame's text, (completed, total) for a bar, and whether to go on."""
         if stage is None:
             views = [v for _, v in _views(ctx) if isinstance(v, StageView)]
             return ctx.manager.report(), None, any(active(v) for v in views)
         view = _read(ctx, stage)
-        m = view.metrics()
+        m = measured(view, view.metrics())
         line = f"{stage} [{view.display_status}] {m.progress_line()}"
         return line, ((m.processed, m.total) if m.total else None), active(view)
 

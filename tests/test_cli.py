@@ -488,3 +488,38 @@ def test_list_of_a_crawl_with_an_estimated_total_keeps_every_column_in_80_column
     shown = cli(tmp_path, "show", "items")
     assert "130/~631 (~20.6%), of an estimated total (model; 190 found so far, at most about " \
         "841)" in " ".join(shown.stdout.split())
+
+
+def test_watch_measures_the_throughput_before_the_owner_writes_it(tmp_path: Path) -> None:
+    """The owner writes its throughput with the state file, every CHECKPOINT_STATE_INTERVAL
+    (5 s): 'watch' said 'Throughput: n/a | ETA: unknown' for a job's first 5 s, so for a
+    short job all along. It now measures the rate itself from the commits it sees."""
+    d = tmp_path / "checkpoints"
+    job = subprocess.Popen([PYTHON, str(SCRIPTS / "two_step_job.py"), str(d), "steps", "20"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=python_env())
+    assert job.stdout is not None
+    assert job.stdin is not None
+    assert job.stdout.readline().strip() == "one"
+    watch = subprocess.Popen([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(d), "watch",
+                              "steps", "--interval", "0.1"], stdout=subprocess.PIPE, text=True,
+                             env={**python_env(), "COLUMNS": "200"})
+    assert watch.stdout is not None
+    first = watch.stdout.readline()
+    assert "steps [running] Progress: 33.3% (20/60)" in first
+    assert "Throughput: n/a | ETA: unknown" in first  # one commit seen: no rate yet
+    job.stdin.write("go\n")
+    job.stdin.flush()
+    assert job.stdout.readline().strip() == "two"
+    line = watch.stdout.readline()
+    while "(40/60)" not in line:
+        assert line, "watch ended before it saw the second commit"
+        line = watch.stdout.readline()
+    assert re.search(r"Throughput: [0-9.]+ items/sec \| ETA: (?!unknown)", line), line
+    job.stdin.write("end\n")
+    job.stdin.close()
+    assert job.wait(timeout=600) == 0
+    watch.stdout.read()
+    assert watch.wait(timeout=600) == 0
+    job.stdout.close()
+    watch.stdout.close()
