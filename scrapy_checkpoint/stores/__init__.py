@@ -7,6 +7,7 @@ import os
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from ..errors import ConfigError, redact
 from .base import JournalWriter, Loaded, Lock, Store, check_stage_name
@@ -78,6 +79,12 @@ def cli_command(store: Store, args: str) -> str | None:
         if backend == "file" and _same_directory(store.directory, default):
             return f"scrapy-checkpoint {args}"
         return f"scrapy-checkpoint --dir {shlex.quote(location)} {args}"
+    prefix = getattr(store, "prefix", None)
+    if location.startswith(("redis://", "rediss://", "unix://")) and prefix:
+        from .redis import DEFAULT_PREFIX
+
+        if prefix != DEFAULT_PREFIX:  # (the location leaves it out)
+            location += ("&" if "?" in location else "?") + urlencode({"prefix": prefix})
     return f"scrapy-checkpoint --backend {shlex.quote(location)} {args}"
 
 
