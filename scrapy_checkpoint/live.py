@@ -348,6 +348,7 @@ class LiveState:
             # CLI shows it (the line at a pause said "17.4% (66/379)" beside list's "~379").
             estimated=bool(isinstance(estimate, dict) and estimate.get("wide")),
             eta_total=eta_total(estimate),
+            done=self.info.status is Status.COMPLETED,
         )
 
     def to_state(self, *, throughput: float | None = None,

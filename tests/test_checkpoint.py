@@ -574,3 +574,27 @@ def test_a_stage_completed_before_its_total_says_so_not_a_plain_completed(
                for r in caplog.records)
     asyncio.run(job(100, "whole"))
     assert "[whole] Completed. Progress: 100.0% (100/100)" in caplog.text
+
+
+def test_a_completed_stage_without_a_total_has_nothing_left_not_an_unknown_eta(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage fed from a generator (no total) ended '[s] Completed. Progress: 400 items |
+    ... | ETA: unknown', and the report said 'ETA: unknown' of it for ever: nothing
+    remains of a completed stage, total or not."""
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+
+    async def job() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "s", progress_bar=False,
+                                          log_every=0) as tracker:
+            tracker.start()
+            for i in range(40):
+                tracker.update(processed=1, successful=1, index=i)
+            assert tracker.metrics().eta_seconds is None  # running: unknown indeed
+
+    asyncio.run(job())
+    assert "[s] Completed. Progress: 40 items | Success: 100.0% | Throughput: " in caplog.text
+    assert caplog.text.rstrip().endswith("| ETA: 0 s")
+    view = read_stage(open_store(str(checkpoint_dir)), "s")
+    assert view.metrics().eta_seconds == 0.0
+    assert view.to_dict()["eta_seconds"] == 0.0
