@@ -490,6 +490,22 @@ def test_list_of_a_crawl_with_an_estimated_total_keeps_every_column_in_80_column
         "841)" in " ".join(shown.stdout.split())
 
 
+def test_the_report_s_overall_line_marks_an_uncertain_estimate(tmp_path: Path) -> None:
+    """The stage's line said '~20.6% (130/~631)' and the pipeline's, under it, '20.6%
+    (130/631 of known work)', exact-looking."""
+    cp = EnhancedCheckpoint(tmp_path, "items", log_every=0)
+    cp.start()
+    cp.attach("estimate", {"low": 190, "high": 841, "wide": True, "source": "model"})
+    cp.set_total(631)
+    for i in range(130):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    report = cli(tmp_path, "report").stdout
+    assert "Progress: ~20.6% (130/~631)" in report
+    assert "Overall: ~20.6% (130/~631 of known work)" in report
+
+
 def test_watch_measures_the_throughput_before_the_owner_writes_it(tmp_path: Path) -> None:
     """The owner writes its throughput with the state file, every CHECKPOINT_STATE_INTERVAL
     (5 s): 'watch' said 'Throughput: n/a | ETA: unknown' for a job's first 5 s, so for a
