@@ -56,7 +56,8 @@ def main() -> int:
     manager = UnifiedCheckpointManager(DATA / "checkpoints")
     try:
         print(f"The bookstore ({N_BOOKS} books) is served at {server.url}\n")
-        print("1. Crawl, and kill the crawl with SIGKILL at about 40%.\n")
+        print(f"1. Crawl, and kill the crawl with SIGKILL once {int(N_BOOKS * 0.4)} of the "
+              f"{N_BOOKS} book pages (40%) were fetched.\n")
         crawl(server.url, server, kill_at_books=int(N_BOOKS * 0.4))
         lines = (DATA / "books.jl").read_text().count("\n") if (DATA / "books.jl").exists() else 0
         print(f"\n2. After the kill: data/books.jl has {lines} lines; the checkpoint says:\n")

@@ -51,7 +51,7 @@ from .journal.pending import NO_REF, clamp_priority
 from .live import LiveState, recover
 from .metrics import Metrics, ProgressLog
 from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status, check_transition
-from .stores import open_backend
+from .stores import cli_command, open_backend
 from .stores.base import Lock, Store, check_stage_name
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -547,15 +547,9 @@ class EnhancedCheckpoint(UnitRecords):
                            self.progress_line())
             return
         self._set_status(Status.COMPLETED)
-        failed = self.live.failed
-        if failed:  # tried and not done: said, with how to do them
-            logger.warning(
-                "[%s] Completed with %d failed unit(s): tried, and not done. "
-                "`scrapy-checkpoint requeue %s --failed` makes them pending again for the "
-                "next run. %s",
-                self.stage, failed, self.stage, self.progress_line())
-        elif caveat:  # not all of the work is as it should be: never a plain "Completed"
-            logger.warning("[%s] Every unit is done, but %s", self.stage, caveat)
+        caveat = _completion_caveat(self, caveat)
+        if caveat:  # not all of the work is as it should be: never a plain "Completed"
+            logger.warning("[%s] %s", self.stage, caveat)
         else:
             logger.info("[%s] Completed. %s", self.stage, self.progress_line())
         self._hooks.emit("complete", self)
@@ -720,6 +714,25 @@ def _log_resume(stage: str, live: LiveState, units: str) -> None:
     elif previous is Status.COMPLETED:
         logger.info("Stage %s was completed; running it again: its %d finished units are "
                     "skipped (reset to start over).", stage, len(live.done))
+
+
+def _completion_caveat(cp: EnhancedCheckpoint, caveat: str | None) -> str | None:
+    """What a completion's line says instead of a plain "Completed": failed units (tried
+    and not done, with how to do them again), items of the total never processed (the
+    stage completed before them), or ``caveat``; None when the work is all done."""
+    live, line = cp.live, cp.progress_line()
+    if live.failed:
+        command = cli_command(cp.store, f"requeue {cp.stage} --failed")
+        redo = (f"`{command}` makes them pending again for the next run" if command
+                else "a start with retry_failed=True does them again")
+        return f"Completed with {live.failed} failed unit(s): tried, and not done. {redo}. {line}"
+    total = live.info.progress.total_items
+    finished = max(live.processed, live.successful + live.failed + live.skipped)
+    if total is not None and finished < total:
+        return (f"Completed, but {total - finished} of the {total} item(s) of its total were "
+                f"not processed: it was completed before them (to leave unfinished work "
+                f"resumable, end with an exception or Ctrl-C). {line}")
+    return f"Every unit is done, but {caveat}" if caveat else None
 
 
 def describe_lost(lost: dict[str, int]) -> str:

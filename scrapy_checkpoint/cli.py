@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -49,7 +49,7 @@ from .errors import (
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
-from .metrics import format_duration, format_percent, printable
+from .metrics import Metrics, format_duration, format_percent, printable
 from .shared import Worker, shared_stage_of
 from .state import ACTIVE_STATUSES, LOST_REDONE_NEXT_RUN
 from .stores import BACKEND_SCHEMES
@@ -228,14 +228,16 @@ def _read(ctx: Context, stage: str) -> StageView:
     raise AssertionError("unreachable")  # (for type checkers: _stage_exits exits)
 
 
-def _progress(view: StageView) -> str:
+def _progress(view: StageView, explain: bool = True) -> str:
+    """``processed/total (percent)``; with ``explain``, what a crawl's estimated total rests
+    on (``show``: ``list`` keeps its cell short, or it takes the row at 80 columns)."""
     m = view.metrics()
     if not m.total:
         return f"{m.processed}/?"
     about = "~" if m.estimated else ""
     line = f"{m.processed}/{about}{m.total} ({about}{format_percent(m.percent)})"
     estimate = view.estimate
-    if estimate is not None and estimate.get("source") != "known":
+    if explain and estimate is not None and estimate.get("source") != "known":
         line += (f", of an estimated total ({estimate.get('source')}; {estimate.get('low')} "
                  f"found so far, at most about {estimate.get('high')})")
     return line
@@ -272,7 +274,7 @@ def list_(ctx: Context, as_json: bool) -> None:
         table = ctx.table("STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED (UTC)")
         for stage, view in views:
             if isinstance(view, StageView):
-                table.add_row(stage, view.display_status, _progress(view),
+                table.add_row(stage, view.display_status, _progress(view, explain=False),
                               _rate(view.metrics().success_rate),
                               f"{view.state.updated_at:%Y-%m-%d %H:%M}")
             else:
@@ -424,13 +426,30 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
     def active(view: StageView) -> bool:
         return view.state.status in ACTIVE_STATUSES and view.live_owner is not None
 
+    #: The first commit seen of the live owner: (processed, commit time in seconds).
+    since: list[tuple[int, float]] = []
+
+    def measured(view: StageView, m: Metrics) -> Metrics:
+        """``m`` with a throughput measured from the commits seen while the owner has not
+        written its own yet (it does with the state file, every few seconds)."""
+        if m.throughput is not None or not active(view):
+            since.clear()
+            return m
+        now = (m.processed, view.state.updated_at.timestamp())
+        if not since:
+            since.append(now)
+        (first, at), (processed, then) = since[0], now
+        if processed > first and then > at:
+            return replace(m, throughput=(processed - first) / (then - at))
+        return m
+
     def frame() -> tuple[str, tuple[int, int] | None, bool]:
         """The frame's text, (completed, total) for a bar, and whether to go on."""
         if stage is None:
             views = [v for _, v in _views(ctx) if isinstance(v, StageView)]
             return ctx.manager.report(), None, any(active(v) for v in views)
         view = _read(ctx, stage)
-        m = view.metrics()
+        m = measured(view, view.metrics())
         line = f"{stage} [{view.display_status}] {m.progress_line()}"
         return line, ((m.processed, m.total) if m.total else None), active(view)
 

@@ -335,6 +335,7 @@ class LiveState:
         stage first started; ``total`` in place of the recorded one."""
         start = self.info.progress.start_time
         elapsed = (utcnow() - start).total_seconds() if start else 0.0
+        estimate = self.attached.get("estimate") if total is None else None
         return Metrics(
             total=self.info.progress.total_items if total is None else total,
             processed=self.processed,
@@ -343,7 +344,11 @@ class LiveState:
             skipped=self.skipped,
             throughput=throughput,
             elapsed_seconds=elapsed,
-            eta_total=eta_total(self.attached.get("estimate")) if total is None else None,
+            # A crawl's recorded total is its estimate: '~' while that is uncertain, as the
+            # CLI shows it (the line at a pause said "17.4% (66/379)" beside list's "~379").
+            estimated=bool(isinstance(estimate, dict) and estimate.get("wide")),
+            eta_total=eta_total(estimate),
+            done=self.info.status is Status.COMPLETED,
         )
 
     def to_state(self, *, throughput: float | None = None,

@@ -316,6 +316,7 @@ class UnifiedCheckpointManager:
         counts = {"active": 0, "completed": 0, "incomplete": 0, "failed": 0, "paused": 0,
                   "crashed": 0}
         total_known = processed_known = 0
+        estimated = False
         for stage in self.stages():
             try:
                 view = self.read(stage)
@@ -333,6 +334,7 @@ class UnifiedCheckpointManager:
             if m.total:
                 total_known += m.total
                 processed_known += min(m.processed, m.total)
+                estimated = estimated or m.estimated
             rate = m.success_rate
             lines += [
                 f"{stage}  [{status}]",
@@ -352,9 +354,11 @@ class UnifiedCheckpointManager:
                              f"{printable(s.error_message)}")
             lines += [f"  warning: {p}" for p in view.problems]
             lines.append("")
-        pct = format_percent(100.0 * processed_known / total_known) if total_known else "n/a"
+        about = "~" if estimated else ""  # a crawl's total still an uncertain estimate
+        pct = (about + format_percent(100.0 * processed_known / total_known) if total_known
+               else "n/a")
         lines.append(
-            f"Overall: {pct} ({processed_known}/{total_known} of known work) | "
+            f"Overall: {pct} ({processed_known}/{about}{total_known} of known work) | "
             f"active {counts['active']} | completed {counts['completed']} | "
             + (f"incomplete {counts['incomplete']} | " if counts["incomplete"] else "")
             + f"failed {counts['failed']} | paused {counts['paused']} | crashed {counts['crashed']}"

@@ -30,6 +30,8 @@ class Metrics:
     #: The size the ETA counts on when it is not ``total`` (a crawl whose chain of pages
     #: may go on: the percent counts on a longer run than the ETA, which takes the median).
     eta_total: int | None = None
+    #: The stage is completed: nothing remains, whether a total was given or not (ETA 0 s).
+    done: bool = False
 
     @property
     def percent(self) -> float | None:
@@ -54,6 +56,8 @@ class Metrics:
         """Seconds until the remaining items are done at the current throughput (None if
         unknown)."""
         remaining = self.remaining
+        if self.done:
+            return 0.0
         if remaining is None:
             return None
         if self.eta_total is not None and remaining:

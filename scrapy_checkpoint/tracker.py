@@ -22,6 +22,7 @@ from .errors import CheckpointError, CheckpointWriteError
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
+from .stores import cli_command
 from .stores.base import Store
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -267,9 +268,10 @@ class AsyncCheckpointTracker(Generic[T]):
                 logger.warning("[%s] Item %r failed: %s: %s", self.stage, unit,
                                type(exc).__name__, exc)
                 if result.failed == LOGGED_FAILURES:
-                    logger.warning("[%s] Further failures are counted, not logged; "
-                                   "`scrapy-checkpoint show %s` has the count and the last "
-                                   "error.", self.stage, self.stage)
+                    command = cli_command(cp.store, f"show {self.stage}")
+                    logger.warning("[%s] Further failures are counted, not logged; %s has "
+                                   "the count and the last error.", self.stage,
+                                   f"`{command}`" if command else "the stage's state")
 
         async def run_one(index: int, item: T, unit: UnitKey) -> None:
             try:

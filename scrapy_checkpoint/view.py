@@ -8,7 +8,7 @@ from typing import Any
 from .journal.keys import UnitKey, key_code
 from .live import LiveState, journal_missing
 from .metrics import Metrics, eta_total
-from .state import ACTIVE_STATUSES, CheckpointState, Owner
+from .state import ACTIVE_STATUSES, CheckpointState, Owner, Status
 from .stores.base import Store
 
 #: The names of a crawl's item counts among a stage's totals (``StageView.totals``): items
@@ -131,6 +131,7 @@ class StageView:
             elapsed_seconds=(self.state.updated_at - start).total_seconds() if start else 0.0,
             estimated=bool((self.estimate or {}).get("wide")),
             eta_total=eta_total(self.estimate),
+            done=self.state.status is Status.COMPLETED,
         )
 
 

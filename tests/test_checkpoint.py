@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from scrapy_checkpoint import (
+    AsyncCheckpointTracker,
     CheckpointLockedError,
     ConfigError,
     EnhancedCheckpoint,
@@ -74,7 +75,7 @@ def test_a_stage_with_failed_units_completes_saying_how_many_and_how_to_redo_the
     assert cp.status is Status.COMPLETED
     cp.close()
     assert "[s] Completed with 2 failed unit(s): tried, and not done. " \
-        "`scrapy-checkpoint requeue s --failed`" in caplog.text
+        f"`scrapy-checkpoint --dir {checkpoint_dir} requeue s --failed`" in caplog.text
     assert "Completed. " not in caplog.text
 
 
@@ -549,3 +550,51 @@ def test_a_first_start_refused_for_a_missing_input_file_leaves_the_stage_startab
     assert view.problems == []
     assert view.state.status is Status.COMPLETED
     assert view.state.done_units == 1
+
+
+def test_a_stage_completed_before_its_total_says_so_not_a_plain_completed(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tracker block left normally after 60 of its 100 items logged '[s] Completed.
+    Progress: 60.0% (60/100)' at INFO, as if the work were done."""
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+
+    async def job(n: int, stage: str) -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, stage, progress_bar=False,
+                                          log_every=0) as tracker:
+            tracker.start(total_items=100)
+            for i in range(n):
+                tracker.update(processed=1, successful=1, index=i)
+
+    asyncio.run(job(60, "short"))
+    assert "[short] Completed, but 40 of the 100 item(s) of its total were not processed" \
+        in caplog.text
+    assert "[short] Completed. " not in caplog.text
+    assert any(r.levelno == logging.WARNING and "[short] Completed" in r.getMessage()
+               for r in caplog.records)
+    asyncio.run(job(100, "whole"))
+    assert "[whole] Completed. Progress: 100.0% (100/100)" in caplog.text
+
+
+def test_a_completed_stage_without_a_total_has_nothing_left_not_an_unknown_eta(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage fed from a generator (no total) ended '[s] Completed. Progress: 400 items |
+    ... | ETA: unknown', and the report said 'ETA: unknown' of it for ever: nothing
+    remains of a completed stage, total or not."""
+    caplog.set_level(logging.INFO, logger="scrapy_checkpoint")
+
+    async def job() -> None:
+        async with AsyncCheckpointTracker(checkpoint_dir, "s", progress_bar=False,
+                                          log_every=0) as tracker:
+            tracker.start()
+            for i in range(40):
+                tracker.update(processed=1, successful=1, index=i)
+            assert tracker.metrics().eta_seconds is None  # running: unknown indeed
+
+    asyncio.run(job())
+    assert "[s] Completed. Progress: 40 items | Success: 100.0% | Throughput: " in caplog.text
+    assert caplog.text.rstrip().endswith("| ETA: 0 s")
+    view = read_stage(open_store(str(checkpoint_dir)), "s")
+    assert view.metrics().eta_seconds == 0.0
+    assert view.to_dict()["eta_seconds"] == 0.0

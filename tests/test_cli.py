@@ -461,3 +461,81 @@ def test_piped_without_columns_a_table_keeps_its_cells_whole(tmp_path: Path) -> 
     header, row = out.stdout.splitlines()[:2]
     assert header.split() == ["STAGE", "STATUS", "PROGRESS", "SUCCESS", "UPDATED", "(UTC)"]
     assert row.split()[:4] == [name, "paused", "1/3", "(33.3%)"]
+
+
+def test_list_of_a_crawl_with_an_estimated_total_keeps_every_column_in_80_columns(
+    tmp_path: Path,
+) -> None:
+    """A crawl's PROGRESS cell once carried the estimate's explanation ("..., of an estimated
+    total (model; 190 found so far, at most about 841)"): at 80 columns, piped or on a
+    terminal, that one cell took the row and STAGE, STATUS and SUCCESS were cut to nothing
+    ('i…', 'cra…' at 120 columns). ``list`` shows the figures; ``show`` explains them."""
+    cp = EnhancedCheckpoint(tmp_path, "items", log_every=0)
+    cp.start()
+    cp.attach("estimate", {"low": 190, "high": 841, "wide": True, "source": "model"})
+    cp.set_total(631)
+    for i in range(130):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    piped = cli(tmp_path, "list")
+    assert piped.returncode == 0, piped.stderr
+    code, screen = on_terminal("--dir", str(tmp_path), "list", columns=80)
+    assert code == 0
+    for output in (piped.stdout, screen):
+        row = next(line for line in screen_lines(output) if "items" in line)
+        assert row.split()[:5] == ["items", "paused", "130/~631", "(~20.6%)", "100.0%"], output
+    shown = cli(tmp_path, "show", "items")
+    assert "130/~631 (~20.6%), of an estimated total (model; 190 found so far, at most about " \
+        "841)" in " ".join(shown.stdout.split())
+
+
+def test_the_report_s_overall_line_marks_an_uncertain_estimate(tmp_path: Path) -> None:
+    """The stage's line said '~20.6% (130/~631)' and the pipeline's, under it, '20.6%
+    (130/631 of known work)', exact-looking."""
+    cp = EnhancedCheckpoint(tmp_path, "items", log_every=0)
+    cp.start()
+    cp.attach("estimate", {"low": 190, "high": 841, "wide": True, "source": "model"})
+    cp.set_total(631)
+    for i in range(130):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    report = cli(tmp_path, "report").stdout
+    assert "Progress: ~20.6% (130/~631)" in report
+    assert "Overall: ~20.6% (130/~631 of known work)" in report
+
+
+def test_watch_measures_the_throughput_before_the_owner_writes_it(tmp_path: Path) -> None:
+    """The owner writes its throughput with the state file, every CHECKPOINT_STATE_INTERVAL
+    (5 s): 'watch' said 'Throughput: n/a | ETA: unknown' for a job's first 5 s, so for a
+    short job all along. It now measures the rate itself from the commits it sees."""
+    d = tmp_path / "checkpoints"
+    job = subprocess.Popen([PYTHON, str(SCRIPTS / "two_step_job.py"), str(d), "steps", "20"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=python_env())
+    assert job.stdout is not None
+    assert job.stdin is not None
+    assert job.stdout.readline().strip() == "one"
+    watch = subprocess.Popen([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(d), "watch",
+                              "steps", "--interval", "0.1"], stdout=subprocess.PIPE, text=True,
+                             env={**python_env(), "COLUMNS": "200"})
+    assert watch.stdout is not None
+    first = watch.stdout.readline()
+    assert "steps [running] Progress: 33.3% (20/60)" in first
+    assert "Throughput: n/a | ETA: unknown" in first  # one commit seen: no rate yet
+    job.stdin.write("go\n")
+    job.stdin.flush()
+    assert job.stdout.readline().strip() == "two"
+    line = watch.stdout.readline()
+    while "(40/60)" not in line:
+        assert line, "watch ended before it saw the second commit"
+        line = watch.stdout.readline()
+    assert re.search(r"Throughput: [0-9.]+ items/sec \| ETA: (?!unknown)", line), line
+    job.stdin.write("end\n")
+    job.stdin.close()
+    assert job.wait(timeout=600) == 0
+    watch.stdout.read()
+    assert watch.wait(timeout=600) == 0
+    job.stdout.close()
+    watch.stdout.close()

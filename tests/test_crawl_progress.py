@@ -15,7 +15,7 @@ from scrapy_checkpoint.crawl import progress as progress_module
 from scrapy_checkpoint.crawl.progress import CrawlProgress
 from scrapy_checkpoint.stores import open_store
 
-from .crawl import Outputs, crawl, sigkill
+from .crawl import Outputs, crawl, sigint, sigkill
 from .site import Site
 
 N_PAGES = 600
@@ -211,3 +211,19 @@ def test_the_model_runs_at_most_every_interval_and_never_below_the_units_known()
     assert again.total == max(first.total, done + pending + 1)  # the model of a moment ago
     later = progress.estimate(now=100.0 + progress_module.MODEL_INTERVAL)
     assert later == progress.profile.estimate(done, pending + 1, 0)  # run again
+
+
+def test_the_line_at_a_pause_marks_an_uncertain_estimate_as_the_cli_does(
+        tmp_path: Path, site: Site) -> None:
+    """Ctrl-C while the estimate is uncertain: the 'Paused' line said 'Progress: 17.4%
+    (66/379)', exact-looking, beside 'list' and 'show' saying '66/~379 (~17.4%)'."""
+    outputs = Outputs(tmp_path)
+    run = crawl(site, outputs, "-s", "CHECKPOINT_SAVE_EVERY=10", interrupt=sigint,
+                interrupt_after_hits=60)
+    assert run.returncode == 0, run.log[-3000:]
+    view = read_stage(open_store(outputs.location), "site")
+    assert view.state.status.value == "paused"
+    m = view.metrics()
+    assert m.estimated, view.estimate  # the case at hand: the estimate still uncertain
+    line = next(line for line in run.log.splitlines() if "[site] Paused; run again" in line)
+    assert f"Progress: ~{m.percent:.1f}% ({m.processed}/~{m.total})" in line, line

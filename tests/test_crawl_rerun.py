@@ -73,6 +73,10 @@ def test_a_completed_stage_run_again_fetches_nothing_and_leaves_every_feed_byte_
     assert "-s CHECKPOINT_RESET=True" in lines[0]
     assert f"scrapy-checkpoint --dir {tmp_path / 'checkpoints'} reset site" in lines[0]
     assert "(checkpoint_completed)" in again.log
+    # Nothing alarming on this normal path: Scrapy logged the pipeline's NotConfigured
+    # message as "WARNING: Disabled <class '...CheckpointItemPipeline'>: the crawl has no
+    # open checkpoint".
+    assert "Disabled" not in again.log, again.log[-3000:]
     assert _status(outputs) is Status.COMPLETED
 
 

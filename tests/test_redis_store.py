@@ -7,6 +7,7 @@ fixture parametrises those tests).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -402,3 +403,26 @@ def test_a_crawl_whose_redis_restarts_empty_stops_and_is_not_redone_silently(
     finally:
         site.close()
         private.stop()
+
+
+def test_the_requeue_advised_at_completion_reaches_the_stage_in_its_prefix(
+    redis_backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hint of a stage completed with failed units, run as printed: the Redis URL the
+    store shows leaves out the key prefix, so the command looked in the default prefix and
+    said 'No checkpoint for stage'."""
+    caplog.set_level("INFO", logger="scrapy_checkpoint")
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    cp.start(total_items=2)
+    cp.update(processed=1, successful=1, index=0)
+    cp.update(processed=1, failed=1, index=1)
+    cp.complete()
+    cp.close()
+    command = next(part for part in caplog.text.split("`") if " requeue s --failed" in part)
+    assert "prefix=" in command
+    env = {k: v for k, v in python_env().items() if k not in ("CHECKPOINT_DIR", "CHECKPOINT_BACKEND")}
+    argv = shlex.split(command)
+    cli = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *argv[1:]], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert "Requeued 1 failed unit(s) of s" in cli.stdout

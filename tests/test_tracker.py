@@ -268,19 +268,31 @@ def test_piped_with_no_logging_configured_progress_and_failures_are_shown(
     items (one line each, then a count) and its end reach stderr, as a CLI tool's would."""
     job = tmp_path / "job.py"
     job.write_text(_PIPED_JOB)
-    run = subprocess.run([PYTHON, str(job), str(tmp_path / "cp")], capture_output=True,
-                         text=True, env=python_env(), timeout=900, check=False)
+    env = {k: v for k, v in python_env().items() if k not in ("CHECKPOINT_DIR", "CHECKPOINT_BACKEND")}
+    run = subprocess.run([PYTHON, str(job), "data/cp"], capture_output=True, cwd=tmp_path,
+                         text=True, env=env, timeout=900, check=False)
     assert run.returncode == 0, run.stderr
     err = run.stderr
     assert "[scrapy_checkpoint] INFO: [enrich] Incomplete" not in err
     failed = [line for line in err.splitlines() if "] Item " in line and " failed: " in line]
     assert len(failed) == 20  # LOGGED_FAILURES of the 30 failures
     assert "[enrich] Item 3 failed: ValueError: row 3 is bad" in failed[0]
-    assert "Further failures are counted, not logged" in err
+    assert "Further failures are counted, not logged; `scrapy-checkpoint --dir data/cp show " \
+        "enrich` has the count" in err
     assert "[enrich] Completed with 30 failed unit(s): tried, and not done. " \
-        "`scrapy-checkpoint requeue enrich --failed` makes them pending again for the next " \
-        "run. Progress: 100.0% (300/300)" in err
+        "`scrapy-checkpoint --dir data/cp requeue enrich --failed` makes them pending again " \
+        "for the next run. Progress: 100.0% (300/300)" in err
     assert "Traceback" not in err
+    # The commands the lines advise work as printed, run where the job ran (the stage is not
+    # in the CLI's default ./checkpoints): before, they said "No checkpoint for stage".
+    for advised, says in (("show", "failed 30"), ("requeue", "Requeued 30 failed unit(s)")):
+        command = next(part for part in err.split("`")
+                       if part.startswith("scrapy-checkpoint ") and f" {advised} " in part)
+        cli = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", *command.split()[1:]],
+                             capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=900, check=False)
+        assert cli.returncode == 0, cli.stderr
+        assert says in cli.stdout
 
 
 _INTERRUPTED_JOB = """

@@ -16,12 +16,15 @@ item to the end of its processing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from scrapy.exceptions import NotConfigured
 
 from .extension import CheckpointExtension
 from .item_ids import ItemIds
+
+logger = logging.getLogger("scrapy_checkpoint")
 
 #: The pipeline's order in ``ITEM_PIPELINES`` when the add-on installs it (any order works).
 ORDER = 0
@@ -43,8 +46,11 @@ class CheckpointItemPipeline:
         """Attach an :class:`~.item_ids.ItemIds` to the crawl's checkpoint extension (built
         if needed, as the middleware does)."""
         ext = CheckpointExtension.of(crawler) or CheckpointExtension.from_crawler(crawler)
-        if not ext.active:
-            raise NotConfigured("the crawl has no open checkpoint")
+        if not ext.active:  # said by the extension when it matters (a completed stage)
+            # Without a message: Scrapy logs NotConfigured's message as a WARNING ("Disabled
+            # <class ...CheckpointItemPipeline>: ..."), alarming on these normal paths.
+            logger.debug("CheckpointItemPipeline is off: the crawl has no open checkpoint.")
+            raise NotConfigured
         ids = ext.item_ids = ItemIds(crawler.request_fingerprinter.fingerprint)
         return cls(ids)
 

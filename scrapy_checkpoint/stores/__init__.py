@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from ..errors import ConfigError, redact
 from .base import JournalWriter, Loaded, Lock, Store, check_stage_name
@@ -62,5 +66,35 @@ def open_backend(backend: str | None, checkpoint_dir: str | Any) -> Store:
     return open_store(backend)
 
 
+def cli_command(store: Store, args: str) -> str | None:
+    """``scrapy-checkpoint [--dir DIR | --backend URL] ARGS``: a command that reaches ``store``
+    when run from the current directory (no option where the CLI's defaults, ``$CHECKPOINT_DIR``
+    or ``./checkpoints``, reach it); None for a memory store, which no other process sees."""
+    location = store.location
+    if location.startswith(MEMORY):
+        return None
+    if isinstance(store, FileStore):
+        backend = os.environ.get("CHECKPOINT_BACKEND") or "file"
+        default = Path(os.environ.get("CHECKPOINT_DIR") or "checkpoints")
+        if backend == "file" and _same_directory(store.directory, default):
+            return f"scrapy-checkpoint {args}"
+        return f"scrapy-checkpoint --dir {shlex.quote(location)} {args}"
+    prefix = getattr(store, "prefix", None)
+    if location.startswith(("redis://", "rediss://", "unix://")) and prefix:
+        from .redis import DEFAULT_PREFIX
+
+        if prefix != DEFAULT_PREFIX:  # (the location leaves it out)
+            location += ("&" if "?" in location else "?") + urlencode({"prefix": prefix})
+    return f"scrapy-checkpoint --backend {shlex.quote(location)} {args}"
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 __all__ = ["BACKEND_SCHEMES", "MEMORY", "POSTGRES", "FileStore", "JournalWriter", "Loaded", "Lock",
-           "MemoryStore", "StageLock", "Store", "check_stage_name", "open_backend", "open_store"]
+           "MemoryStore", "StageLock", "Store", "check_stage_name", "cli_command", "open_backend",
+           "open_store"]
