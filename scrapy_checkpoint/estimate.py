@@ -37,7 +37,10 @@ have a shape of their own, never shared by enough units: they stay with their ca
 listing page the next listing page), and whose deepest unit done found units of its kind
 deeper, is a chain, and how long it goes on is not in the counts. It is taken to go on
 for as many levels again as it has run so far, from its first to its deepest (the median
-of "we are somewhere in its middle"), one unit of its kind per unit, and ``CHAIN_HIGH``
+of "we are somewhere in its middle"), each as wide as its levels were on average (one
+unit for next-page links), counted once for the kind, not once per pending unit of it
+(hundreds of pending related-product pages, each finding one more, are one chain, not
+hundreds), and ``CHAIN_HIGH``
 (3) times that for the high estimate; the estimate is then wide. The percent counts on a
 total leaning to that high end (it errs low); the ETA on the chain's median run
 (``median_high``, ``eta_total``): right at half the chain, as often too long as too
@@ -480,6 +483,8 @@ class DepthProfile:
         names = list(kinds)
         totals = {n: (sum(k.done.values()), sum(k.found.values()), sum(k.children.values()))
                   for n, k in kinds.items()}
+        top_added = {name: max(kinds[name].added) for name in chains}
+        width = {name: max(1.0, totals[name][0] / levels) for name, levels in chains.items()}
         deepest = {n: max((d for d, m in kinds[n].done.items() if m), default=-1) for n in names}
         below: dict[str, float] = dict.fromkeys(names, 0.0)  # E(d + 1, kind)
         remaining = 0.0
@@ -505,20 +510,27 @@ class DepthProfile:
                 if not children:  # what it finds is not known yet: no further
                     here[name] = r
                     continue
-                # Each unit finds r units, of the kinds its units found so far; a chain at
-                # most one more of its own kind (a chain, not a tree).
+                # Each unit finds r units, of the kinds its units found so far. A chain's
+                # units of its own kind are not each unit's: see the levels below.
                 e = 0.0
                 for child, n in kind.children.items():
-                    a = r * n / children
                     if child == name and name in chains:
-                        a = min(a, 1.0)
-                    e += a * (1.0 + below.get(child, 0.0))
+                        continue
+                    e += r * n / children * (1.0 + below.get(child, 0.0))
                 here[name] = e
             below = here
             for name in names:
                 pending = kinds[name].added.get(depth, 0) - kinds[name].done.get(depth, 0)
                 if pending > 0:
                     remaining += pending * (1.0 + here[name])
+                if name in chains and top_added[name] < depth <= horizon[name]:
+                    # A level the chain has still to run: as many units of its kind as its
+                    # levels so far had on average (one for a chain of listing pages), each
+                    # with what it finds of other kinds. Once per level, not once per
+                    # pending unit: a kind whose hundreds of pending units each find one
+                    # more (related products of related products, crawled depth first) runs
+                    # one chain as wide as its levels, not hundreds of chains.
+                    remaining += width[name] * (1.0 + here[name])
         return round(remaining)
 
     def _expected_by_depth(self, recent: bool, depths: set[int], deepest_seen: int,

@@ -174,7 +174,8 @@ def test_a_resume_takes_the_pending_units_from_their_records_not_from_late_count
     assert after.median_high is not None
     assert abs(after.median_high - before.median_high) <= 0.03 * before.median_high
     # The crawl goes on: without the records, the listing page done in the last second
-    # stays pending in the counts for ever, a second chain expected beside the real one.
+    # stays pending in the counts for ever (with what it was to find: no longer a second
+    # chain beside the real one, since a chain's levels count once for its kind).
     for run in (progress, resumed, late):
         for _ in range(5):
             run.finish(32, "parse_detail")
@@ -183,7 +184,7 @@ def test_a_resume_takes_the_pending_units_from_their_records_not_from_late_count
     before = progress.profile.estimate(done, pending, 0)
     after = resumed.profile.estimate(done, pending, 0)
     assert abs(after.total - before.total) <= 0.03 * before.total, (before, after)
-    assert late.profile.estimate(done, pending, 0).total > 1.3 * before.total
+    assert late.profile.estimate(done, pending, 0).total > before.total
 
 def test_the_model_runs_at_most_every_interval_and_never_below_the_units_known() -> None:
     """Between two runs of the model the estimate is the last one's, with the counts of
