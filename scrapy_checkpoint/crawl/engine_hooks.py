@@ -19,6 +19,8 @@ uses the slot's ``nextcall`` to make an idle engine look at its scheduler now,
 before the crawl starts, and ``callbacks_idle()`` reads the scraper's slot: the requests whose
 callback or errback output is being processed (``Scraper.slot.queue`` and ``.active``, from
 ``enqueue_scrape()`` until just before the engine slot's ``remove_request``).
+``fail_at_stop()`` makes the crawl's task end with an exception once the engine stopped,
+through the Deferred its ``start_async`` awaits (``_closewait``, 2.13 to 2.19).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 from weakref import WeakSet
 
-from scrapy import Request
+from scrapy import Request, signals
+from twisted.internet.defer import Deferred, passthru
 from twisted.python.failure import Failure
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -273,3 +276,27 @@ def callbacks_idle(engine: Any) -> bool:
             "(ExecutionEngine.scraper.slot.queue/active are missing), so it cannot save "
             "spider.state safely. Use Scrapy 2.13-2.19."
         ) from None
+
+
+def fail_at_stop(crawler: Any, exc: BaseException) -> None:
+    """Make the crawl end with ``exc`` when its engine has stopped: Scrapy then counts the
+    crawl as failed (``CrawlerProcess.bootstrap_failed``), and ``scrapy crawl`` or
+    ``scrapy runspider`` exits with status 1 instead of 0. The spider is closed as usual
+    first (its ``spider_closed`` handlers, the feeds, the stats); ``exc`` should be marked
+    reported (:func:`.start_errors.mark_reported`) so no traceback is logged for it.
+
+    ``start_async`` awaits ``_closewait``, whose first callback already passes its result to
+    that await: the failing callback goes first in its chain (Twisted's ``callbacks`` list of
+    (callback, errback) pairs), else the crawl ends as before, with status 0."""
+
+    def engine_stopped() -> None:
+        closewait = getattr(crawler.engine, "_closewait", None)
+        chain = getattr(closewait, "callbacks", None)
+        if isinstance(closewait, Deferred) and not closewait.called and isinstance(chain, list):
+            chain.insert(0, ((_raise, (exc,), {}), (passthru, (), {})))
+
+    crawler.signals.connect(engine_stopped, signal=signals.engine_stopped, weak=False)
+
+
+def _raise(_: Any, exc: BaseException) -> None:
+    raise exc
