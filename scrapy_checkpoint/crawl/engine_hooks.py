@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Protocol
 from weakref import WeakSet
 
@@ -212,11 +213,17 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
     scraper.handle_spider_output_async = handle_spider_output_async
 
 
+#: The item of ``start()`` whose trip through the pipelines and ``item_*`` receivers runs
+#: in this context (None for any other item): asyncio's tasks for the receivers copy it.
+START_ITEM: ContextVar[Any] = ContextVar("scrapy_checkpoint_start_item", default=None)
+
+
 def hook_item_processing(engine: Any, items: ItemHooks) -> None:
     """Call ``items.from_start(item)`` for every item ``start()`` yields, in its order, before
     the pipelines see it, and ``items.finished(item, response)`` when the pipelines are done
     with any item (the object the spider yielded, whatever a pipeline returned), after the
-    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. Wraps the scraper's
+    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. While an item of ``start()``
+    is processed, :data:`START_ITEM` is that item (its receivers see it). Wraps the scraper's
     ``_start_itemproc_nowait`` and ``start_itemproc_async`` (Scrapy 2.14 to 2.19). A hook
     that raises is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without
     them."""
@@ -238,9 +245,12 @@ def hook_item_processing(engine: Any, items: ItemHooks) -> None:
         from_start(item)
 
     async def start_itemproc_async(item: Any, *, response: Any) -> None:
+        token = START_ITEM.set(item) if response is None else None
         try:
             await process(item, response=response)
         finally:
+            if token is not None:
+                START_ITEM.reset(token)
             items.finished(item, response)
 
     scraper._start_itemproc_nowait = start_item

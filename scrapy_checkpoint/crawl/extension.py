@@ -47,6 +47,7 @@ from ..stores.base import Store
 from .deliveries import Deliveries, ItemTracking
 from .deliveries import modes as deliveries_modes
 from .engine_hooks import (
+    START_ITEM,
     callbacks_idle,
     crawl_started,
     fail_at_stop,
@@ -311,6 +312,8 @@ class CheckpointExtension:
             try:
                 self._own_output.write(line.encode())
             finally:
+                if router.current is None and self.deliveries is not None:  # start()'s item
+                    self.deliveries.start_written(START_ITEM.get())
                 router.current = previous
 
     def spider_idle(self, spider: Spider) -> None:

@@ -338,3 +338,37 @@ def crawl_killed_and_compare(site: ShopSite, references: References, spider: str
         f"{context}: the run after them ended before its request {kill_after}, made fewer "
         f"requests than the plain crawl's {reference.hits} minus the ones committed done")
     return repeated
+
+
+def test_an_item_of_start_in_the_feed_when_a_commit_falls_before_its_signal_ends_is_not_written_twice(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # start() yields an item; the feed exporter writes it, but another (async) receiver of
+    # its item_scraped still runs when the product's request is done and committed. The
+    # commit keeps the feed's length with the item in it: it must also keep the item as
+    # delivered, or the next run's start() yields it again and the feed holds it twice.
+    # The site holds the other product's request, so the crawl runs until it is killed.
+    feed = tmp_path / "items.jl"
+    addon = ["-s", 'ADDONS={"scrapy_checkpoint.Addon": 100}', "-s", "CHECKPOINT_SAVE_EVERY=1",
+             "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    cmd = [PYTHON, "-m", "scrapy", "crawl", "start_waiting", "-a", f"base={site.url}",
+           "-o", str(feed), *addon]
+    site.hold_at(site.total_hits + 2)
+    try:
+        with (tmp_path / "crawl.log").open("ab") as log:
+            proc = subprocess.Popen([*cmd, "-a", "wait=1"], cwd=PROJECT, env=python_env(),
+                                    stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 600
+            while done_requests(tmp_path, "start_waiting") < 1 and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
+                time.sleep(0.05)  # polls the stage's committed progress, read from disk
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=1200)
+    finally:
+        site.release()
+    assert feed.read_text().count('{"start": 0}') == 1, feed.read_text()
+    assert done_requests(tmp_path, "start_waiting") == 1, (tmp_path / "crawl.log").read_text()[-3000:]
+    last = crawl(site, "start_waiting", tmp_path, *addon)
+    assert_completed("start_waiting", last)
+    assert read_outputs(tmp_path).items == Counter(['{"start": 0}', '{"product": "0"}',
+                                                    '{"product": "1"}'])
