@@ -32,6 +32,7 @@ from ..errors import ConfigError, OutputLostError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
 from ..stores.file import is_checkpoint_file
+from .arguments import note_arguments
 from .deliveries import START_DELIVERED_ATTACHED
 from .frontier import LOST_UNRESTORABLE
 from .outputs import configured_outputs, local_outputs
@@ -101,6 +102,8 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
         if problems:
             _drop_unrestorable(crawler, cp, problems, name)
         note_rules(cp, crawler.spider if crawler.spider is not None else crawler.spidercls, name)
+        if not shared:
+            note_arguments(cp, name)
     except BaseException:
         cp.close()
         raise

@@ -372,3 +372,23 @@ def test_an_item_of_start_in_the_feed_when_a_commit_falls_before_its_signal_ends
     assert_completed("start_waiting", last)
     assert read_outputs(tmp_path).items == Counter(['{"start": 0}', '{"product": "0"}',
                                                     '{"product": "1"}'])
+
+
+def test_a_resume_with_other_spider_arguments_says_the_result_mixes_both(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # Killed with -a categories=2, resumed with -a categories=4: the pending requests are
+    # the first run's and start() yields the new ones; no plain Scrapy run gives that
+    # result, and the resume says so. Resumed with the arguments it was started with, it
+    # says nothing.
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    first = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    same = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
+    assert same.returncode == -signal.SIGKILL, same.log[-3000:]
+    assert "spider arguments differ" not in same.log, same.log[-3000:]
+    other = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=4")
+    assert_completed("two_step", other)
+    warning = next(line for line in other.log.splitlines() if "spider arguments differ" in line)
+    assert "(categories: '2' -> '4')" in warning, warning
+    assert "CHECKPOINT_RESET = True" in warning
