@@ -411,3 +411,35 @@ def test_a_resume_with_other_spider_arguments_says_the_result_mixes_both(
     warning = next(line for line in other.log.splitlines() if "spider arguments differ" in line)
     assert "(categories: '2' -> '4')" in warning, warning
     assert "CHECKPOINT_RESET = True" in warning
+
+
+def test_a_run_with_another_feed_file_says_the_items_of_earlier_runs_are_not_in_it(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # Killed with -o items.jl, resumed with -o other.jl: other.jl gets only the items of
+    # the requests left; completed, run again with -o third.jl: nothing is fetched and
+    # third.jl is not written. Each run says where the items are instead.
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    assert (tmp_path / "items.jl").read_text(), "no item was written before the kill"
+
+    def run_with(feed: str) -> str:
+        cmd = [PYTHON, "-m", "scrapy", "crawl", "two_step", "-a", f"base={site.url}", *addon,
+               "-o", str(tmp_path / feed)]
+        done = subprocess.run(cmd, check=False, cwd=PROJECT, env=python_env(), capture_output=True,
+                              text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    second = run_with("other.jl")
+    assert "[two_step] Completed." in second, second[-3000:]
+    assert (f"The checkpoint records output {tmp_path / 'items.jl'}, which this run's FEEDS and "
+            "CHECKPOINT_OUTPUT do not name: it is left as it is. The items it holds of requests "
+            "that earlier runs finished are not scraped again, so this run's outputs will not "
+            "have them.") in second, second[-3000:]
+    third = run_with("third.jl")
+    assert (f"Stage two_step is completed, and its items are in the outputs of its runs "
+            f"({tmp_path / 'items.jl'}, {tmp_path / 'other.jl'}), not in "
+            f"{tmp_path / 'third.jl'}, which this run names") in third, third[-3000:]
+    assert not (tmp_path / "third.jl").exists()
