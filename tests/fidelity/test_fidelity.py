@@ -443,3 +443,33 @@ def test_a_run_with_another_feed_file_says_the_items_of_earlier_runs_are_not_in_
             f"({tmp_path / 'items.jl'}, {tmp_path / 'other.jl'}), not in "
             f"{tmp_path / 'third.jl'}, which this run names") in third, third[-3000:]
     assert not (tmp_path / "third.jl").exists()
+
+
+def test_a_resumed_callback_missing_what_a_done_login_set_on_the_spider_says_what_to_do(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # The login's callback keeps the session on the spider (self.session). Killed after
+    # the login is done, the next run does not log in again: the resumed order pages'
+    # callback fails on the missing attribute, and the run says why and what to do. With
+    # the login requests marked checkpoint_setup, every run logs in and the result is the
+    # plain crawl's.
+    _, expected = references["token_login"]
+    one = ["-s", "CONCURRENT_REQUESTS=1"]
+    unmarked = tmp_path / "unmarked"
+    addon = [*ADDON, *one, "-s", f"CHECKPOINT_DIR={unmarked / 'checkpoints'}"]
+    first = crawl(site, "token_login", unmarked, *addon, kill_after=7)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    last = crawl(site, "token_login", unmarked, *addon)
+    assert "'TokenLoginSpider' object has no attribute 'session'" in last.log, last.log[-3000:]
+    assert ("a callback failed because the spider has no attribute 'session': if the callback "
+            "of a request that an earlier run finished set it") in last.log, last.log[-3000:]
+    assert "checkpoint_setup" in last.log
+    marked = tmp_path / "marked"
+    addon = [*ADDON, *one, "-s", f"CHECKPOINT_DIR={marked / 'checkpoints'}", "-a", "setup=1"]
+    first = crawl(site, "token_login", marked, *addon, kill_after=7)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    last = crawl(site, "token_login", marked, *addon)
+    assert_completed("token_login", last)
+    assert "no attribute" not in last.log
+    got = read_outputs(marked)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
