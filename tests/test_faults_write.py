@@ -463,6 +463,8 @@ def test_a_crawl_whose_checkpoint_directory_is_deleted_stops_and_does_not_recrea
     finally:
         site.close()
     assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+    # The stop is an error: scrapy crawl exits with status 1, as for a crawl that cannot start.
+    assert first.returncode == 1, first.log[-3000:]
     assert first.log.count("deleted or replaced while the job ran") == 1, first.log[-5000:]
     stop = next(line for line in first.log.splitlines() if "the crawl stops." in line)
     assert "run the same command again to resume" not in stop  # it cannot resume: says so

@@ -295,15 +295,27 @@ class Deliveries:
         if code is not None:
             self._mixed.add(code)
 
+    def start_written(self, item: Any) -> None:
+        """An output has the bytes of ``item``, an item of ``start()``: it is delivered now,
+        not when its ``item_scraped`` receivers have all run. A commit meanwhile (another
+        receiver still running) records the output's length with the item in it, and must
+        record the item delivered with it, or the next run's ``start()`` hands it again."""
+        ordinal = self._start_in_progress.pop(id(item), None)
+        if ordinal is not None:
+            self._start_done(ordinal)
+
+    def _start_done(self, ordinal: int) -> None:
+        if not self._start_delivered:  # the next commit is due
+            self.cp.attach(START_DELIVERED_ATTACHED, self._start_before.ranges())
+        self._start_delivered.add(ordinal)
+
     def finished(self, item: Any) -> None:
         """The pipelines are done with ``item`` (scraped, dropped or failed), and the
         receivers of its ``item_*`` signal have run: the feeds hold its bytes."""
         if self._start_in_progress:
             ordinal = self._start_in_progress.pop(id(item), None)
             if ordinal is not None:
-                if not self._start_delivered:  # the next commit is due
-                    self.cp.attach(START_DELIVERED_ATTACHED, self._start_before.ranges())
-                self._start_delivered.add(ordinal)
+                self._start_done(ordinal)
                 return
         where = self._in_progress.pop(id(item), None)
         if where is not None:

@@ -19,16 +19,20 @@ uses the slot's ``nextcall`` to make an idle engine look at its scheduler now,
 before the crawl starts, and ``callbacks_idle()`` reads the scraper's slot: the requests whose
 callback or errback output is being processed (``Scraper.slot.queue`` and ``.active``, from
 ``enqueue_scrape()`` until just before the engine slot's ``remove_request``).
+``fail_at_stop()`` makes the crawl's task end with an exception once the engine stopped,
+through the Deferred its ``start_async`` awaits (``_closewait``, 2.13 to 2.19).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Protocol
 from weakref import WeakSet
 
-from scrapy import Request
+from scrapy import Request, signals
+from twisted.internet.defer import Deferred, passthru
 from twisted.python.failure import Failure
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -209,11 +213,17 @@ def hook_spider_output(engine: Any, on_request: Callable[[Request, Request], Non
     scraper.handle_spider_output_async = handle_spider_output_async
 
 
+#: The item of ``start()`` whose trip through the pipelines and ``item_*`` receivers runs
+#: in this context (None for any other item): asyncio's tasks for the receivers copy it.
+START_ITEM: ContextVar[Any] = ContextVar("scrapy_checkpoint_start_item", default=None)
+
+
 def hook_item_processing(engine: Any, items: ItemHooks) -> None:
     """Call ``items.from_start(item)`` for every item ``start()`` yields, in its order, before
     the pipelines see it, and ``items.finished(item, response)`` when the pipelines are done
     with any item (the object the spider yielded, whatever a pipeline returned), after the
-    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. Wraps the scraper's
+    ``item_scraped``, ``item_dropped`` or ``item_error`` signal. While an item of ``start()``
+    is processed, :data:`START_ITEM` is that item (its receivers see it). Wraps the scraper's
     ``_start_itemproc_nowait`` and ``start_itemproc_async`` (Scrapy 2.14 to 2.19). A hook
     that raises is logged, never breaks the crawl. Raises RuntimeError on a Scrapy without
     them."""
@@ -235,9 +245,12 @@ def hook_item_processing(engine: Any, items: ItemHooks) -> None:
         from_start(item)
 
     async def start_itemproc_async(item: Any, *, response: Any) -> None:
+        token = START_ITEM.set(item) if response is None else None
         try:
             await process(item, response=response)
         finally:
+            if token is not None:
+                START_ITEM.reset(token)
             items.finished(item, response)
 
     scraper._start_itemproc_nowait = start_item
@@ -273,3 +286,27 @@ def callbacks_idle(engine: Any) -> bool:
             "(ExecutionEngine.scraper.slot.queue/active are missing), so it cannot save "
             "spider.state safely. Use Scrapy 2.13-2.19."
         ) from None
+
+
+def fail_at_stop(crawler: Any, exc: BaseException) -> None:
+    """Make the crawl end with ``exc`` when its engine has stopped: Scrapy then counts the
+    crawl as failed (``CrawlerProcess.bootstrap_failed``), and ``scrapy crawl`` or
+    ``scrapy runspider`` exits with status 1 instead of 0. The spider is closed as usual
+    first (its ``spider_closed`` handlers, the feeds, the stats); ``exc`` should be marked
+    reported (:func:`.start_errors.mark_reported`) so no traceback is logged for it.
+
+    ``start_async`` awaits ``_closewait``, whose first callback already passes its result to
+    that await: the failing callback goes first in its chain (Twisted's ``callbacks`` list of
+    (callback, errback) pairs), else the crawl ends as before, with status 0."""
+
+    def engine_stopped() -> None:
+        closewait = getattr(crawler.engine, "_closewait", None)
+        chain = getattr(closewait, "callbacks", None)
+        if isinstance(closewait, Deferred) and not closewait.called and isinstance(chain, list):
+            chain.insert(0, ((_raise, (exc,), {}), (passthru, (), {})))
+
+    crawler.signals.connect(engine_stopped, signal=signals.engine_stopped, weak=False)
+
+
+def _raise(_: Any, exc: BaseException) -> None:
+    raise exc

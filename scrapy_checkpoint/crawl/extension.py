@@ -47,8 +47,10 @@ from ..stores.base import Store
 from .deliveries import Deliveries, ItemTracking
 from .deliveries import modes as deliveries_modes
 from .engine_hooks import (
+    START_ITEM,
     callbacks_idle,
     crawl_started,
+    fail_at_stop,
     hook_item_processing,
     hook_refusals,
     hook_request_lifecycle,
@@ -70,7 +72,7 @@ from .setup_requests import SETUP_META, SetupRequests, finish_expired
 from .shared_worker import SharedWorker
 from .spider_state import SpiderStateError, SpiderStateKeeper, give_completed_state
 from .stage_totals import StageTotals
-from .start_errors import report
+from .start_errors import mark_reported, report
 from .stats import publish
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -310,6 +312,8 @@ class CheckpointExtension:
             try:
                 self._own_output.write(line.encode())
             finally:
+                if router.current is None and self.deliveries is not None:  # start()'s item
+                    self.deliveries.start_written(START_ITEM.get())
                 router.current = previous
 
     def spider_idle(self, spider: Spider) -> None:
@@ -375,7 +379,8 @@ class CheckpointExtension:
             self._write_failed = True
             if self.cp is not None:
                 self.cp.set_commit_gate(lambda: False)
-        if self._say_stopped(exc):
+        if self._say_stopped(exc):  # and scrapy crawl exits with status 1, not 0
+            fail_at_stop(self.crawler, mark_reported(exc))
             deferred_from_coro(self.crawler.engine.close_spider_async(reason="checkpoint_error"))
 
     def _say_stopped(self, exc: Exception) -> bool:

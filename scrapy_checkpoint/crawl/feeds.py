@@ -36,6 +36,7 @@ from w3lib.url import file_uri_to_path
 
 from ..errors import CheckpointError, CheckpointWriteError
 from .batches import BatchedOutput
+from .engine_hooks import START_ITEM
 from .extension import CheckpointExtension
 from .outputs import LINES, Framing
 
@@ -336,6 +337,8 @@ class CheckpointFeedExporter(FeedExporter):
             router.current, router.item = previous, None
             if unit is None:
                 outputs.release(None)
+                if ext.deliveries is not None:  # an item of start(): its bytes are out
+                    ext.deliveries.start_written(START_ITEM.get())
 
     def _warn_dropped_fields(self, ext: CheckpointExtension, item: Any) -> None:
         """One warning per CSV feed whose columns earlier runs fixed, for fields they lack."""

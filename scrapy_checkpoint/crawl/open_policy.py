@@ -32,6 +32,7 @@ from ..errors import ConfigError, OutputLostError, UnrestorableRequestsError
 from ..state import Status
 from ..stores.base import Store
 from ..stores.file import is_checkpoint_file
+from .arguments import note_arguments
 from .deliveries import START_DELIVERED_ATTACHED
 from .frontier import LOST_UNRESTORABLE
 from .outputs import configured_outputs, local_outputs
@@ -79,6 +80,7 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
                     return cp, False
             elif config.on_complete == "skip":
                 logger.info(config.completed_message(name))
+                _warn_new_outputs(crawler, config, cp, name)
                 return cp, False
             else:
                 logger.info("Stage %s was completed; starting it over "
@@ -101,6 +103,8 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
         if problems:
             _drop_unrestorable(crawler, cp, problems, name)
         note_rules(cp, crawler.spider if crawler.spider is not None else crawler.spidercls, name)
+        if not shared:
+            note_arguments(cp, name)
     except BaseException:
         cp.close()
         raise
@@ -120,6 +124,22 @@ def _refuse_checkpoint_files(crawler: Any, config: CheckpointSettings, store: St
                 f"would replace recorded progress, and the checkpoint's writes would replace "
                 f"the items. The crawl does not start; nothing was written. Give the feed (or "
                 f"CHECKPOINT_OUTPUT) a path outside the checkpoint's files.")
+
+
+def _warn_new_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,
+                      name: str) -> None:
+    """A completed stage left alone: warn about the outputs this run names that the stage
+    never wrote (a new ``-o``): plain Scrapy would fill them, nothing is written to them."""
+    recorded = set(cp.live.outputs)
+    new = [path for path in local_outputs(crawler.settings,
+                                          getattr(crawler.spidercls, "name", "") or "",
+                                          config.output) if path not in recorded]
+    if new:
+        logger.warning(
+            "Stage %s is completed, and its items are in the outputs of its runs (%s), not "
+            "in %s, which this run names: nothing is fetched, so nothing is written there. "
+            "To crawl into it, add -s CHECKPOINT_RESET=True.", name,
+            ", ".join(sorted(recorded)) or "none recorded", ", ".join(new))
 
 
 def _check_outputs(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckpoint,

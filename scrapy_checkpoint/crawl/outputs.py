@@ -570,9 +570,11 @@ class OutputSet:
         if self._warn_once is not None:
             self._warn_once(f"not-configured:{key}", (
                 f"The checkpoint records output {key}, which this run's FEEDS and "
-                f"CHECKPOINT_OUTPUT do not name: it is left as it is. If an earlier run of "
-                f"the stage wrote it, run with that output again to have it cut back to what "
-                f"was committed."))
+                f"CHECKPOINT_OUTPUT do not name: it is left as it is. The items it holds of "
+                f"requests that earlier runs finished are not scraped again, so this run's "
+                f"outputs will not have them. Run with that output again (it is cut back to "
+                f"what was committed and the crawl goes on in it), or set "
+                f"CHECKPOINT_RESET = True to write every item to the new outputs."))
         return False
 
     @staticmethod

@@ -257,11 +257,16 @@ _SYNONYMS = {"DIRECTORY": "DIR", "FOLDER": "DIR", "PATH": "DIR", "REDIS_URL": "B
              "URL": "BACKEND", "STORE": "BACKEND", "STAGE": "STAGE_NAME", "NAME": "STAGE_NAME"}
 
 
+#: What users put before the prefix (the package is scrapy-checkpoint).
+_PROJECT_PREFIXES = ("SCRAPY_", "SCRAPY-")
+
+
 def _near_prefix(name: str, known: list[str]) -> bool:
     """True for a name that begins almost like ``CHECKPOINT_`` (another case, a plural, a
-    transposed or split word: ``checkpoint_dir``, ``CHECKPOINTS_DIR``, ``CHECKPIONT_DIR``,
-    ``CHECK_POINT_DIR``) and goes on with one of the plugin's settings: a misspelling that
-    would otherwise be ignored in silence."""
+    transposed, missing or split word: ``checkpoint_dir``, ``CHECKPOINTS_DIR``,
+    ``CHECKPIONT_DIR``, ``CHEKPOINT_DIR``, ``CHECK_POINT_DIR``, after ``SCRAPY_`` too) and
+    goes on with one of the plugin's settings: a misspelling that would otherwise be ignored
+    in silence."""
     return _split_near_prefix(name, known) is not None
 
 
@@ -269,10 +274,14 @@ def _split_near_prefix(name: str, known: list[str]) -> str | None:
     """``name`` rewritten with the exact prefix (``CHECKPOINT_`` + its upper-cased rest)
     when it begins almost like the prefix and its rest is close to a setting's; else None."""
     upper = name.upper()
+    for project in _PROJECT_PREFIXES:  # SCRAPY_CHECKPOINT_DIR: the package's name first
+        if upper.startswith(project):
+            upper = upper[len(project):]
+            break
     words = {k[len(PREFIX):] for k in known}
     for cut in range(len(PREFIX) - 2, len(PREFIX) + 3):
         head, rest = upper[:cut], upper[cut:].lstrip("_")
-        if not rest or not head.startswith("CHECK"):
+        if not rest or not head.startswith("CH"):
             continue
         if difflib.SequenceMatcher(None, head.rstrip("_"), PREFIX.rstrip("_")).ratio() < 0.85:
             continue

@@ -72,6 +72,9 @@ class StageTotals:
         #: Per unit, items counted whose processing has not ended (their signal's receivers
         #: still running): the unit's item counts are not released meanwhile.
         self._unsettled: dict[int, int] = {}
+        #: Requests done by earlier runs (their callbacks' changes to the spider are gone),
+        #: until a callback error has been explained (see lost_attribute_hint).
+        self._resumed = bool(len(cp.live.done))
 
     def items_now(self) -> int:
         """Items scraped by the stage so far, every run, the units in flight included."""
@@ -192,6 +195,11 @@ class StageTotals:
 
     def spider_error(self, failure: Any, response: Any, spider: Spider) -> None:
         self.count(getattr(response, "request", None), ERRORS)
+        if self._resumed:
+            hint = lost_attribute_hint(failure, spider, self.cp.stage or "")
+            if hint is not None:
+                self._resumed = False  # said once
+                logger.warning(hint)
 
     # -- CLOSESPIDER_* ----------------------------------------------------------------------
 
@@ -213,4 +221,22 @@ class StageTotals:
         return reached
 
 
-__all__ = ["CLOSESPIDER_COUNTERS", "ITEM_STATS_PREFIX", "STATS_PREFIX", "StageTotals"]
+def lost_attribute_hint(failure: Any, spider: Spider, stage: str) -> str | None:
+    """The warning for a callback that failed because the spider lacks an attribute, in a
+    run that resumed requests: most likely one that the callback of a request done by an
+    earlier run set (a login token on ``self``), which no later run sets again. None for
+    any other error."""
+    exc = getattr(failure, "value", None)
+    if not isinstance(exc, AttributeError) or getattr(exc, "obj", None) is not spider:
+        return None
+    return (f"Stage {stage}: a callback failed because the spider has no attribute "
+            f"{exc.name!r}: if the callback of a request that an earlier run finished set it "
+            f"(a login storing a token on the spider), that request is not done again, and "
+            f"the requests resumed after it fail; plain Scrapy would have run it first. Keep "
+            f"such values in spider.state (restored on resume), or mark the requests that set "
+            f"them meta['checkpoint_setup'] = True (made again by every run); then requeue the "
+            f"failed requests (scrapy-checkpoint requeue {stage} --failed) and run again.")
+
+
+__all__ = ["CLOSESPIDER_COUNTERS", "ITEM_STATS_PREFIX", "STATS_PREFIX", "StageTotals",
+           "lost_attribute_hint"]

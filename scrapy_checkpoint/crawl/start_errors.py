@@ -54,6 +54,17 @@ def report(exc: CheckpointError) -> CheckpointError:
     return exc
 
 
+def mark_reported(exc: BaseException) -> BaseException:
+    """Mark ``exc``, already logged by the caller, so that asyncio's or Twisted's record of
+    it left unhandled is dropped as :func:`report` drops it. Returns ``exc``."""
+    global _reported
+    install()
+    _end_twisted_stderr_copy()
+    setattr(exc, _MARK, True)
+    _reported = True
+    return exc
+
+
 def _end_twisted_stderr_copy() -> None:
     """Begin Twisted's logging with no observer of its own, so its log beginner stops
     printing critical events to stderr (Scrapy's observer already logs them). Python's

@@ -14,6 +14,10 @@ shows one, with a total that depends on who is logged in; without a valid
 session each of them redirects to ``/login?next=PATH``. Sessions last until
 :meth:`ShopSite.forget`.
 
+``/old/N`` redirects (301) to ``/product/N``, ``/refresh/N`` sends on to it by a meta
+refresh, ``/flaky/N`` answers 503 to every other request of that path and the product
+page to the rest.
+
 The server counts every request. ``hold_at(n)`` makes the n-th request in all
 wait until :meth:`release`, so a crawl can be killed while it is surely still
 running, after a chosen number of requests.
@@ -221,6 +225,18 @@ class ShopSite:
                 content_type = "text/html"
                 if path == "/":
                     body = home()
+                elif len(parts) == 2 and parts[0] in ("old", "refresh", "flaky") and parts[1].isdigit():
+                    if parts[0] == "old":  # moved for good: a redirect to the product
+                        self._answer(301, headers=[("Location", f"/product/{parts[1]}")])
+                        return
+                    if parts[0] == "refresh":  # a page that sends the browser on by meta refresh
+                        body = _html("Moved", '<meta http-equiv="refresh" content="0; '
+                                     f'url=/product/{parts[1]}">')
+                    elif site.hits[self.path] % 2:  # every other request of the path fails
+                        self._answer(503, _html("Busy", "try again"))
+                        return
+                    else:
+                        body = product(int(parts[1]))
                 elif path.endswith(".xml"):
                     body, content_type = sitemap(site.url, path), "application/xml"
                 elif len(parts) == 2 and parts[0] == "category" and parts[1].isdigit():

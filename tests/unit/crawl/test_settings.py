@@ -194,6 +194,11 @@ def test_the_file_backend_is_a_file_store_in_the_directory(tmp_path: Path) -> No
     ("CHECKPOINT_dir", "CHECKPOINT_DIR"),
     ("Checkpoint_Output", "CHECKPOINT_OUTPUT"),
     ("CHECK_POINT_RESET", "CHECKPOINT_RESET"),
+    # A letter missing, the package's name before it.
+    ("CHEKPOINT_DIR", "CHECKPOINT_DIR"),
+    ("CHECKPONT_SAVE_EVERY", "CHECKPOINT_SAVE_EVERY"),
+    ("SCRAPY_CHECKPOINT_DIR", "CHECKPOINT_DIR"),
+    ("scrapy_checkpoint_backend", "CHECKPOINT_BACKEND"),
 ])
 def test_an_unknown_setting_stops_with_the_closest_name(name: str, closest: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -32,3 +32,7 @@ def product_from(response: scrapy.http.Response) -> ProductItem:
         category=response.css("a.category::text").get(),
         path=urlsplit(response.url).path,
     )
+
+
+#: Products of the shop (its four categories of nine).
+N_PRODUCTS_HINT = 36
