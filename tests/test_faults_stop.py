@@ -1,0 +1,71 @@
+"""What a job says and reports when it stops on a write fault (a real full disk: a small
+tmpfs, root only): its figures are what the checkpoint records, never more."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from scrapy_checkpoint import FileStore, read_stage
+
+from .conftest import PYTHON, SCRIPTS
+from .crawl import Outputs, crawl
+from .site import Site
+from .test_faults_write import run, tmpfs
+
+
+def _stats(log: str) -> dict[str, object]:
+    """The stats Scrapy dumped at the end of the crawl (its log's dict)."""
+    match = re.search(r"Dumping Scrapy stats:\n(\{.*?\})\n", log, re.S)
+    assert match, log[-3000:]
+    text = re.sub(r"datetime\.datetime\([^)]*\)", "None", match.group(1))
+    stats = ast.literal_eval(text)
+    assert isinstance(stats, dict)
+    return stats
+
+
+def test_a_crawl_stopped_by_a_full_disk_reports_the_recorded_totals_in_its_stats(
+    tmp_path: Path,
+) -> None:
+    """The ``checkpoint/stage/*`` and ``checkpoint/*`` stats were the last progress line's
+    (e.g. 228 items) while ``show`` said the checkpoint holds 290: neither the run's own
+    count nor the recorded one. They are the recorded figures now."""
+    site = Site(1500)
+    outputs = Outputs(tmp_path)
+    try:
+        with tmpfs(tmp_path / "checkpoints", "128k") as mnt:
+            first = crawl(site, outputs, "-s", "CHECKPOINT_LOG_INTERVAL=1")
+            assert "'finish_reason': 'checkpoint_error'" in first.log, first.log[-3000:]
+            stats = _stats(first.log)
+            view = read_stage(FileStore(mnt), "site")
+            assert view.totals["item_scraped_count"] > 0
+            for name, n in view.totals.items():
+                assert stats.get(f"checkpoint/stage/{name}") == n, (name, n, stats)
+            assert stats.get("checkpoint/items/scraped") == view.items["scraped"], stats
+            assert stats.get("checkpoint/done_total") == view.state.done_units, stats
+            assert stats.get("checkpoint/pending") == view.state.pending_units, stats
+    finally:
+        site.close()
+
+
+def test_a_full_disk_with_durability_none_does_not_claim_every_commit_is_kept(
+    tmp_path: Path,
+) -> None:
+    """With ``durability="none"`` the groups are buffered in the process: the full-disk
+    error said "Everything committed before is kept", and the units of the buffered groups
+    (here all of them: the buffer never fit) were not in the checkpoint."""
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
+        done = run(PYTHON, str(SCRIPTS / "tracker_job.py"), str(mnt / "cp"), "s", "40000",
+                   str(tmp_path / "run.log"), "8", "3", "none")
+        assert done.returncode == 1, done.stdout[-2000:]
+        assert "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, done.stderr
+        assert "No space left on device" in errors[0]
+        assert "Everything committed before is kept" not in errors[0]
+        assert "durability 'none'" in errors[0], errors[0]
+        assert "are lost: their units run again" in errors[0], errors[0]
+        reported = len(tmp_path.joinpath("run.log").read_text().split())
+        recorded = read_stage(FileStore(mnt / "cp"), "s").state.done_units
+        assert recorded < reported  # what the message now warns of
