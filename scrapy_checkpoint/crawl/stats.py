@@ -36,14 +36,14 @@ def publish(stats: Any, cp: EnhancedCheckpoint) -> None:
         set_value(f"checkpoint/commit_latency_{name}_us", micros)
 
 
-def publish_recorded(stats: Any, store: Store, stage: str) -> None:
+def publish_recorded(stats: Any, store: Store, stage: str | None) -> None:
     """After a run stopped by a failed write: set the stage-wide ``checkpoint/*`` stats and
     the stage totals (``checkpoint/stage/*``, ``checkpoint/items/*``) to what the checkpoint
     records, its last commit that reached the store: the run's own figures went past it,
     and what they counted after that commit is done again by the next run. Nothing
     readable recorded (the directory deleted): those stats are removed, none is stale."""
     try:
-        view = read_stage(store, stage)
+        view = read_stage(store, stage) if stage is not None else None
     except (OSError, CheckpointError):
         view = None
     values = stats.get_stats()
