@@ -46,6 +46,7 @@ from .errors import (
     CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
+    UnreadableCheckpointError,
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
@@ -217,6 +218,9 @@ def _stage_exits(ctx: Context, stage: str) -> Iterator[None]:
     except FileNotFoundError:
         click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except UnreadableCheckpointError as exc:  # not damaged: its message says what to do
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_DAMAGED)
     except CorruptCheckpointError as exc:
         click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
         sys.exit(EXIT_DAMAGED)

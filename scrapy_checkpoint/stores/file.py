@@ -35,6 +35,7 @@ from ..errors import (
     CheckpointLostError,
     CheckpointWriteError,
     CorruptCheckpointError,
+    UnreadableCheckpointError,
 )
 from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
@@ -114,16 +115,20 @@ class NotARegularFileError(OSError):
         super().__init__(errno.EINVAL, f"{kind}, not a regular file", str(path))
 
 
-def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
-    """The error for a file of ``stage`` that cannot be read (nothing is changed)."""
+def _unreadable(stage: str, exc: OSError, *, write: bool = False) -> UnreadableCheckpointError:
+    """The error for a file of ``stage`` that cannot be read (or, ``write``, opened to be
+    written; nothing is changed)."""
     path = exc.filename or "a file"
     reason = exc.strerror or str(exc)
     extra = ""
     with contextlib.suppress(OSError):
         info = os.stat(path)
         extra = f" (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)})"
-    return CorruptCheckpointError(
-        f"Cannot read {path}{extra} of stage {stage!r}: {reason}. Nothing was changed. Run "
+    kept = ("The stage is not damaged, and nothing was changed." if isinstance(exc, PermissionError)
+            else "Nothing was changed.")
+    return UnreadableCheckpointError(
+        f"Cannot {'write' if write else 'read'} {path}{extra} of stage {stage!r}: {reason}. "
+        f"{kept} Run "
         f"as the user who owns the checkpoint, fix the file's permissions, or move the "
         f"file away.")
 
@@ -136,7 +141,7 @@ def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> i
     try:
         fd = os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
     except PermissionError as exc:
-        raise _unreadable(stage, exc) from None
+        raise _unreadable(stage, exc, write=bool(flags & (os.O_WRONLY | os.O_RDWR))) from None
     except IsADirectoryError:
         raise _unreadable(stage, NotARegularFileError(path, stat.S_IFDIR)) from None
     mode = os.fstat(fd).st_mode
