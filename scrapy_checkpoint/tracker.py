@@ -77,8 +77,12 @@ class AsyncCheckpointTracker(Generic[T]):
         progress_bar: bool | None = None,
         **options: Any,
     ) -> None:
-        self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config, backend=backend,
-                                             store=store, **options)
+        try:
+            self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config,
+                                                 backend=backend, store=store, **options)
+        except CheckpointError:  # a bad stage name or option: its message says what to do
+            _quiet_uncaught()
+            raise
         self.stage = stage
         self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._bar: ProgressBar | None = None
