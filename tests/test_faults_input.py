@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
+
 from .conftest import PYTHON, python_env
 
 PROGRAM = """
@@ -46,3 +48,41 @@ def test_a_bad_stage_name_or_option_given_to_a_tracker_is_one_paragraph(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(said), done.stderr
     assert not directory.exists()  # nothing written
+
+
+def test_the_journal_after_the_newest_snapshot_deleted_is_reported_and_its_units_redone(
+    tmp_path: Path,
+) -> None:
+    """With the segment after the newest snapshot deleted between runs, show reported no
+    damage at all and a resume started silently from the snapshot: what was committed after
+    it had vanished from the record without a word."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1, compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(3000):
+        cp.update(processed=1, successful=1, index=i)
+    cp.abandon()  # as if killed: the newest segment holds groups after the newest snapshot
+    data = directory / "s"
+    newest = max(data.glob("snapshot-*.bin"))
+    segment = data / newest.name.replace("snapshot-", "journal-").replace(".bin", ".log")
+    assert segment.stat().st_size > 0
+    segment.unlink()
+    view = read_stage(FileStore(directory), "s")
+    recorded = view.state.done_units
+    assert 0 < recorded < 3000
+    assert any(f"{segment.name}, the journal after the newest snapshot" in p
+               for p in view.problems), view.problems
+    shown = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory),
+                            "show", "s"], capture_output=True, text=True, timeout=300,
+                           check=False, env=python_env())
+    assert f"Damage             {segment.name}, the journal after" in shown.stdout, shown.stdout
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    redo = [i for i in range(3000) if not cp.should_skip(i)]
+    assert len(redo) == 3000 - recorded  # run again, not counted done
+    for i in redo:
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    done = read_stage(FileStore(directory), "s").state
+    assert done.progress.processed_items == 3000

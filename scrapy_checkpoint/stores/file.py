@@ -771,6 +771,13 @@ class FileStore:
                         requests=self.request_reader(stage))
         stopped = False
         expected = base_gen
+        if header is not None and not any(g >= base_gen for g in segs):
+            # A compaction makes segment N before it writes snapshot N: it was deleted.
+            problems.append(
+                f"{self.segment_path(stage, base_gen).name}, the journal after the newest "
+                f"snapshot {self.snapshot_path(stage, base_gen).name}, is missing (deleted): "
+                f"what was committed after that snapshot is not in the checkpoint, and those "
+                f"units run again")
         for gen in [g for g in segs if g >= base_gen]:
             path = self.segment_path(stage, gen)
             if not stopped and gen != expected:
