@@ -436,7 +436,10 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
         view = _read(ctx, stage)
         m = view.metrics()
         line = f"{stage} [{view.display_status}] {m.progress_line()}"
-        return line, ((m.processed, m.total) if m.total else None), active(view)
+        still = active(view)
+        if not still:  # the last frame: what is damaged, as show says it
+            line += "".join(f"\n  warning: {problem}" for problem in view.problems)
+        return line, ((m.processed, m.total) if m.total else None), still
 
     def width() -> int:
         if ctx.tty:  # the terminal's own width, read again at each frame (it may be resized)

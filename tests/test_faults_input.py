@@ -86,3 +86,23 @@ def test_the_journal_after_the_newest_snapshot_deleted_is_reported_and_its_units
     cp.close()
     done = read_stage(FileStore(directory), "s").state
     assert done.progress.processed_items == 3000
+
+
+def test_watch_of_a_damaged_stage_says_what_is_damaged(tmp_path: Path) -> None:
+    """watch printed a damaged stage's progress line alone (show lists its damage), so a
+    user following it was never told."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=10)
+    for i in range(4):
+        cp.update(processed=1, successful=1, index=i)
+    cp.pause()
+    cp.close()
+    (directory / "s.json").write_text("{bad")
+    (directory / "s.json.bak").unlink()
+    watched = subprocess.run([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory),
+                              "watch", "s"], capture_output=True, text=True, timeout=300,
+                             check=False, env={**python_env(), "COLUMNS": "300"})
+    assert watched.returncode == 0, watched.stderr
+    assert "s [paused] Progress: 40.0% (4/10)" in watched.stdout, watched.stdout
+    assert "warning: s.json is damaged" in watched.stdout, watched.stdout
