@@ -440,8 +440,9 @@ class EnhancedCheckpoint(UnitRecords):
             raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
         live = self._live
         assert live is not None
-        if (processed | successful | failed | skipped) >> 40:  # a huge (or negative) delta
-            _check_counters(live, processed, successful, failed, skipped)
+        if ((processed | successful | failed | skipped) >> 40  # a huge (or negative) delta
+                or (live.processed | live.successful | live.failed | live.skipped) >> 62):
+            _check_counters(live, processed, successful, failed, skipped)  # or counter near 2**63
         group = self._group
         if code is not None:
             done = live.done
