@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 from pathlib import Path
 
-from scrapy_checkpoint import FileStore, read_stage
+from scrapy_checkpoint import CheckpointWriteError, EnhancedCheckpoint, FileStore, read_stage
 
 from .conftest import PYTHON, SCRIPTS
 from .crawl import Outputs, crawl
@@ -69,3 +70,25 @@ def test_a_full_disk_with_durability_none_does_not_claim_every_commit_is_kept(
         reported = len(tmp_path.joinpath("run.log").read_text().split())
         recorded = read_stage(FileStore(mnt / "cp"), "s").state.done_units
         assert recorded < reported  # what the message now warns of
+
+
+def test_a_deleted_checkpoint_directory_is_one_message_naming_the_stage(tmp_path: Path) -> None:
+    """Two checks find the directory gone (its identity, its open segment unlinked) and each
+    had its own wording; the segment's did not name the stage or its directory."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1, durability="flush")
+    cp.start(total_items=100)
+    cp.update(processed=1, successful=1, index=0)
+    shutil.rmtree(directory)
+    message = ""
+    for i in range(1, 100):
+        try:
+            cp.update(processed=1, successful=1, index=i)
+        except CheckpointWriteError as exc:
+            message = str(exc)
+            break
+    assert message.startswith(f"The checkpoint directory of stage 's' ({directory / 's'}) was "
+                              f"deleted or replaced while the job ran"), message
+    assert "reset s." in message
+    cp.abandon()
+    assert not directory.exists()  # nothing recreated

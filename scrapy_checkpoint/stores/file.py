@@ -32,7 +32,6 @@ from pydantic import ValidationError
 
 from ..errors import (
     CheckpointLockedError,
-    CheckpointLostError,
     CheckpointWriteError,
     CorruptCheckpointError,
     UnreadableCheckpointError,
@@ -68,6 +67,7 @@ from .files import (
     DataDirs,
     create_temp,
     dir_id,
+    directory_lost,
     is_data_dir,
     link_error,
     link_temp,
@@ -76,7 +76,6 @@ from .files import (
     regular_mode,
     remove_leftovers,
     unlink_quietly,
-    without,
 )
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -446,11 +445,7 @@ class SegmentWriter:
         except FileNotFoundError:
             gone = True
         if gone:
-            self._broken = CheckpointLostError(
-                f"The checkpoint directory was deleted or replaced while the job ran: the "
-                f"journal segment {self.path} is no longer in it, so nothing more can be "
-                f"recorded (and nothing is recreated). Put the directory back to resume from "
-                f"it; {without(self._dir)}")
+            self._broken = directory_lost(Path(self._dir), Path(self.path))
             raise type(self._broken)(*self._broken.args)
 
     def fsync(self) -> None:

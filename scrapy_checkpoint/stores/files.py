@@ -161,10 +161,7 @@ class DataDirs:
         except FileNotFoundError:
             same = False
         if not same:
-            raise CheckpointLostError(
-                f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
-                f"while the job ran, so nothing more can be recorded (and nothing is "
-                f"recreated). Put the directory back to resume from it; {without(path)}")
+            raise directory_lost(path)
 
     def create_segment(self, stage: str, path: Path, previous: Path) -> None:
         """Create the segment ``path`` (empty) exclusively, with the mode of ``previous``,
@@ -186,6 +183,17 @@ class DataDirs:
             os.fchmod(fd, mode)  # exactly the mode before, whatever the umask
         finally:
             os.close(fd)
+
+
+def directory_lost(data_dir: Path, segment: Path | None = None) -> CheckpointLostError:
+    """The error a writer stops with when the stage's data directory ``data_dir`` (named
+    after the stage) was deleted or replaced under it, found by the directory's identity or
+    by its open ``segment`` no longer being linked there: one message for both."""
+    gone = f": its journal segment {segment} is no longer in it" if segment is not None else ""
+    return CheckpointLostError(
+        f"The checkpoint directory of stage {data_dir.name!r} ({data_dir}) was deleted or "
+        f"replaced while the job ran{gone}, so nothing more can be recorded (and nothing is "
+        f"recreated). Put the directory back to resume from it; {without(data_dir)}")
 
 
 def without(data_dir: Path | str) -> str:
