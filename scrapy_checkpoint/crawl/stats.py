@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..checkpoint import EnhancedCheckpoint
-from ..errors import CheckpointError
 from ..stores.base import Store
+from ..stores.file import FileStore
 from ..view import item_counts, read_stage
 from .stage_totals import ITEM_STATS_PREFIX, STATS_PREFIX
 
@@ -41,10 +41,13 @@ def publish_recorded(stats: Any, store: Store, stage: str | None) -> None:
     the stage totals (``checkpoint/stage/*``, ``checkpoint/items/*``) to what the checkpoint
     records, its last commit that reached the store: the run's own figures went past it,
     and what they counted after that commit is done again by the next run. Nothing
-    readable recorded (the directory deleted): those stats are removed, none is stale."""
+    readable recorded (the directory deleted): those stats are removed, none is stale.
+    A file store only (a Redis or PostgreSQL store may be what failed)."""
+    if not isinstance(store, FileStore):  # a network store may be what failed: not waited on
+        return
     try:
         view = read_stage(store, stage) if stage is not None else None
-    except (OSError, CheckpointError):
+    except Exception:  # gone, damaged, a store unreachable: nothing recorded to report
         view = None
     values = stats.get_stats()
     for name in [n for n in values if n.startswith(RECORDED_PREFIXES)]:

@@ -132,6 +132,14 @@ def _unreadable(stage: str, exc: OSError, *, write: bool = False) -> UnreadableC
         f"file away.")
 
 
+def _tail_missing(store: FileStore, stage: str, gen: int) -> str:
+    """The problem of a stage whose newest snapshot is ``gen`` and which has no segment from
+    ``gen`` on: a compaction makes segment N before it writes snapshot N, so it was deleted."""
+    return (f"{store.segment_path(stage, gen).name}, the journal after the newest snapshot "
+            f"{store.snapshot_path(stage, gen).name}, is missing (deleted): what was committed "
+            f"after that snapshot is not in the checkpoint, and those units run again")
+
+
 def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
     """Open ``stage``'s lock file (through a link only with ``follow``, to read whether it
     is held); a lock file the user may not open raises the one-paragraph error of
@@ -767,12 +775,7 @@ class FileStore:
         stopped = False
         expected = base_gen
         if header is not None and not any(g >= base_gen for g in segs):
-            # A compaction makes segment N before it writes snapshot N: it was deleted.
-            problems.append(
-                f"{self.segment_path(stage, base_gen).name}, the journal after the newest "
-                f"snapshot {self.snapshot_path(stage, base_gen).name}, is missing (deleted): "
-                f"what was committed after that snapshot is not in the checkpoint, and those "
-                f"units run again")
+            problems.append(_tail_missing(self, stage, base_gen))
         for gen in [g for g in segs if g >= base_gen]:
             path = self.segment_path(stage, gen)
             if not stopped and gen != expected:
