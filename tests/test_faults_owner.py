@@ -14,6 +14,7 @@ import pytest
 from scrapy_checkpoint import EnhancedCheckpoint, FileStore, read_stage
 
 from .conftest import PYTHON, SCRIPTS, python_env
+from .test_faults_write import tmpfs
 
 
 def _as_other_user(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -64,3 +65,31 @@ def test_a_stage_owned_by_another_user_is_refused_as_unwritable_not_as_damaged(
     after = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
     assert after == before  # nothing changed
     assert read_stage(FileStore(directory), "s").state.done_units == 8
+
+
+def test_reset_and_cleanup_on_a_read_only_file_system_are_one_paragraph(tmp_path: Path) -> None:
+    """On a file system mounted read-only, reset, reset all and cleanup ended with an
+    OSError traceback (EROFS opening the lock file); they refuse the stage in one paragraph
+    now and it stays whole."""
+    mnt = tmp_path / "mnt"
+    with tmpfs(mnt, "1m"):
+        directory = mnt / "cp"
+        cp = EnhancedCheckpoint(directory, "s", log_every=0)
+        cp.start(total_items=10)
+        for i in range(6):
+            cp.update(processed=1, successful=1, index=i)
+        cp.pause()
+        cp.close()
+        os.utime(directory / "s.json", (0, 0))  # old enough for any cleanup
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        cli = [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory)]
+        for args in (["reset", "s", "--force"], ["reset", "all", "--force"],
+                     ["cleanup", "--days", "0"]):
+            done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                                  check=False, env=python_env())
+            assert done.returncode == 1, (args, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr, (args, done.stderr)
+            assert "Cannot reset stage 's'" in done.stderr, (args, done.stderr)
+            assert "Read-only file system" in done.stderr, (args, done.stderr)
+            assert "remount a read-only file system" in done.stderr, (args, done.stderr)
+        assert read_stage(FileStore(directory), "s").state.done_units == 6
