@@ -4,6 +4,7 @@ nothing is written."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -106,3 +107,39 @@ def test_watch_of_a_damaged_stage_says_what_is_damaged(tmp_path: Path) -> None:
     assert watched.returncode == 0, watched.stderr
     assert "s [paused] Progress: 40.0% (4/10)" in watched.stdout, watched.stdout
     assert "warning: s.json is damaged" in watched.stdout, watched.stdout
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_reset_never_deletes_a_users_file_or_folder_where_the_stage_data_should_be(
+    tmp_path: Path, kind: str,
+) -> None:
+    """``reset s`` renamed whatever was at DIR/s away and deleted it: a user's file there, or
+    a folder of the user's own files (photo.jpg beside the stage's segments). It refuses
+    now, deleting nothing, and says what to move."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=5)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    data = directory / "s"
+    if kind == "file":
+        shutil.rmtree(data)
+        data.write_text("my own notes")
+        mine = data
+    else:
+        mine = data / "photo.jpg"
+        mine.write_text("my own photo")
+    cli = [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory)]
+    for args in (["reset", "s", "--force"], ["reset", "all", "--force"], ["cleanup", "--days", "0"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                              check=False, env=python_env())
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        what = "is a file, not the stage's data directory" if kind == "file" else (
+            "holds files that are not the checkpoint's (photo.jpg)")
+        assert f"{data} {what}: stage 's' is not reset, and nothing was deleted" in done.stderr
+        assert mine.read_text().startswith("my own"), args
+    assert (directory / "s.json").exists()  # nothing of the stage deleted either
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []

@@ -92,3 +92,40 @@ def test_a_deleted_checkpoint_directory_is_one_message_naming_the_stage(tmp_path
     assert "reset s." in message
     cp.abandon()
     assert not directory.exists()  # nothing recreated
+
+
+def test_a_lock_file_deleted_while_the_job_runs_stops_it_before_a_second_owner_writes(
+    tmp_path: Path,
+) -> None:
+    """With s.lock deleted under a running job, a second process made a new lock file,
+    locked it and ran the same stage at the same time: both did the same units and wrote
+    the same journal (the second then failed on 'File exists'). The first job now stops at
+    its next write, keeping what it committed; the second runs the stage alone."""
+    directory = tmp_path / "cp"
+    first = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1, durability="flush")
+    first.start(total_items=100)
+    for i in range(40):
+        first.update(processed=1, successful=1, index=i)
+    (directory / "s.lock").unlink()
+    second = EnhancedCheckpoint(directory, "s", log_every=0, save_every=1, durability="flush")
+    second.start()  # the lock it takes is on a new file: nothing refuses it
+    message = ""
+    for i in range(40, 100):
+        try:
+            first.update(processed=1, successful=1, index=i)
+        except CheckpointWriteError as exc:
+            message = str(exc)
+            break
+    assert message.startswith(f"The lock file {directory / 's.lock'} of stage 's' was deleted "
+                              f"or replaced while the job ran"), message
+    first.abandon()
+    todo = [i for i in range(100) if not second.should_skip(i)]
+    assert todo == list(range(40, 100))  # the first job's 40 committed units are kept
+    for i in todo:
+        second.update(processed=1, successful=1, index=i)
+    second.complete()
+    second.close()
+    view = read_stage(FileStore(directory), "s")
+    assert view.problems == []
+    assert view.state.done_units == 100
+    assert view.state.progress.processed_items == 100  # each unit counted once

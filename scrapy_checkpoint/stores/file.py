@@ -65,11 +65,12 @@ from .base import (
 )
 from .files import (
     DataDirs,
+    check_lock,
+    check_removable,
     create_temp,
     dir_id,
     directory_lost,
     is_data_dir,
-    link_error,
     link_temp,
     mode_of,
     open_nofollow,
@@ -332,8 +333,11 @@ class SegmentWriter:
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
-                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0) -> None:
+                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0,
+                 lock: tuple[Path, tuple[int, int]] | None = None) -> None:
         self.path = path
+        #: The stage's lock file held while writing, and its identity (see check_lock).
+        self._lock = lock
         #: The segment's generation (the high bits of the refs of its request records).
         self.gen = gen
         self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -455,6 +459,11 @@ class SegmentWriter:
         if gone:
             self._broken = directory_lost(Path(self._dir), Path(self.path))
             raise type(self._broken)(*self._broken.args)
+        try:
+            check_lock(self._lock)
+        except CheckpointWriteError as exc:
+            self._broken = exc
+            raise
 
     def fsync(self) -> None:
         """:meth:`flush`, then fsync the segment."""
@@ -850,7 +859,8 @@ class FileStore:
         else:
             self._dirs.open(stage, self.data_dir(stage))
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
-                             buffered=buffered, tag=segment_tag(stage, gen), gen=gen)
+                             buffered=buffered, tag=segment_tag(stage, gen), gen=gen,
+                             lock=self._dirs.lock_of(stage))
 
     def request_reader(self, stage: str, writer: Any = None) -> FileRequestReader:
         """See :meth:`Store.request_reader`."""
@@ -914,11 +924,11 @@ class FileStore:
         an older state: the state file and its backup first (the journal alone is the
         whole stage), then the data directory is renamed away in one step and deleted
         (what a crash leaves of it, the next :meth:`lock` deletes). Raises
-        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link.
+        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link,
+        a file, or holds files that are not the stage's (see :func:`check_removable`).
         """
         data = self.data_dir(stage)
-        if data.is_symlink():
-            raise link_error(data)
+        check_removable(data, stage)  # a link, a user's file or folder: nothing deleted
         for path in (self.state_path(stage), self.backup_path(stage)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
