@@ -4,6 +4,7 @@ nothing is written."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -143,3 +144,27 @@ def test_reset_never_deletes_a_users_file_or_folder_where_the_stage_data_should_
         assert mine.read_text().startswith("my own"), args
     assert (directory / "s.json").exists()  # nothing of the stage deleted either
     assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_input_file_that_is_a_pipe_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """start(input_file=...) hashed the file by reading it to the end: given a pipe
+    (``<(zcat rows.gz)``, /dev/stdin) it consumed everything the program was about to
+    read, and the stage ended 'Completed' with nothing done; given a FIFO with no writer
+    yet it hung. Both are refused at once now, the pipe's content left to the program."""
+    from scrapy_checkpoint.checkpoint import InputUnreadableError
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"row 1\nrow 2\nrow 3\n")
+    os.close(write_end)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    try:
+        for path in (f"/dev/fd/{read_end}", str(fifo)):
+            cp = EnhancedCheckpoint(tmp_path / "cp", "s", log_every=0)
+            with pytest.raises(InputUnreadableError, match="it is not a regular file") as exc:
+                cp.start(input_file=path)
+            assert "write it to a regular file first" in str(exc.value)
+            cp.close()
+        assert os.read(read_end, 100) == b"row 1\nrow 2\nrow 3\n"  # not consumed
+    finally:
+        os.close(read_end)
