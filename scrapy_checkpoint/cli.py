@@ -9,6 +9,7 @@ damaged checkpoint. Exit codes: 0 success, 1 not found or nothing to do,
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -564,7 +565,10 @@ def export(ctx: Context, output: str) -> None:
         try:
             write_export(output, text, ctx.manager.store)
         except OSError as exc:
-            click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
+            fix = ("free disk space, or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            click.echo(f"Cannot write {output}: {exc.strerror or exc}. Nothing was written (an "
+                       f"earlier export there is kept); {fix}give a path this user may write, "
+                       f"or '-' for standard output.", err=True)
             sys.exit(EXIT_NOT_FOUND)
         click.echo(f"Exported {len(views)} stage(s) to {output}.")
 

@@ -13,7 +13,7 @@ from scrapy_checkpoint import CheckpointWriteError, EnhancedCheckpoint, FileStor
 from .conftest import PYTHON, SCRIPTS
 from .crawl import Outputs, crawl
 from .site import Site
-from .test_faults_write import run, tmpfs
+from .test_faults_write import fill, run, tmpfs
 
 
 def _stats(log: str) -> dict[str, object]:
@@ -129,3 +129,32 @@ def test_a_lock_file_deleted_while_the_job_runs_stops_it_before_a_second_owner_w
     assert view.problems == []
     assert view.state.done_units == 100
     assert view.state.progress.processed_items == 100  # each unit counted once
+
+
+def test_an_export_to_a_full_disk_says_what_to_do_and_keeps_the_earlier_export(
+    tmp_path: Path,
+) -> None:
+    """export -o on a full disk printed 'Cannot write X: No space left on device.' alone:
+    nothing on what was kept or what to do."""
+    directory = tmp_path / "cp"
+    for stage in ("a", "b", "c"):
+        cp = EnhancedCheckpoint(directory, stage, log_every=0)
+        cp.start(total_items=3)
+        cp.update(processed=1, successful=1, index=0)
+        cp.pause()
+        cp.close()
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
+        target = mnt / "export.json"
+        cli = [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory), "export", "-o",
+               str(target)]
+        assert run(*cli).returncode == 0
+        earlier = target.read_bytes()
+        fill(mnt / "filler")
+        done = run(*cli)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip() == (
+            f"Cannot write {target}: No space left on device. Nothing was written (an earlier "
+            f"export there is kept); free disk space, or give a path this user may write, or "
+            f"'-' for standard output.")
+        assert target.read_bytes() == earlier
