@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -418,10 +419,27 @@ def report(ctx: Context, as_json: bool) -> None:
         sys.exit(EXIT_DAMAGED)
 
 
+class _Finite(click.FloatRange):
+    """A FloatRange that refuses nan (which passes every bound) and, unless ``infinite``,
+    infinities: seconds that are slept or added to a time must be numbers a clock holds."""
+
+    def __init__(self, *args: Any, infinite: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.infinite = infinite
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number) or (math.isinf(number) and not self.infinite):
+            self.fail(f"{value!r} is not a {'' if self.infinite else 'finite '}number.",
+                      param, ctx)
+        return number
+
+
 @main.command()
 @click.argument("stage", required=False)
 @click.option("--interval", default=1.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Seconds between refreshes.")
+              type=_Finite(min=0, max=86400, min_open=True), help="Seconds between refreshes.")
 @pass_ctx
 def watch(ctx: Context, stage: str | None, interval: float) -> None:
     """Follow one stage (or the report) live until it stops being active, or Ctrl-C."""
@@ -489,10 +507,10 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
               help="File holding the bearer token (else $SCRAPY_CHECKPOINT_TOKEN). Needed for "
                    "actions, and for any request when not on loopback.")
 @click.option("--stuck-after", default=300.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
+              type=_Finite(min=0, min_open=True),
               help="Seconds without a commit after which a running stage is called stuck.")
 @click.option("--sample-interval", default=5.0, show_default=True,
-              type=click.FloatRange(min=0.1),
+              type=_Finite(min=0.1, max=86400),
               help="Seconds between two samples of every stage (history and chart).")
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, token_file: str | None, stuck_after: float,
@@ -684,7 +702,7 @@ def requeue(ctx: Context, stage: str, failed: bool) -> None:
 
 
 @main.command()
-@click.option("--days", type=click.FloatRange(min=0), default=None,
+@click.option("--days", type=_Finite(min=0, infinite=True), default=None,
               help="Remove stages not updated for this many days (default: 1, the TTL).")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @pass_ctx

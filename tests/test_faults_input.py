@@ -168,3 +168,28 @@ def test_an_input_file_that_is_a_pipe_is_refused_without_reading_it(tmp_path: Pa
         assert os.read(read_end, 100) == b"row 1\nrow 2\nrow 3\n"  # not consumed
     finally:
         os.close(read_end)
+
+
+def test_watch_and_cleanup_refuse_an_interval_or_age_that_is_not_a_number(tmp_path: Path) -> None:
+    """watch --interval inf (or 1e308, nan) of a running stage ended with an OverflowError or
+    ValueError traceback from time.sleep after its first frame; cleanup --days nan was
+    refused in the API's words (older_than_days). Both are usage errors now (exit 2)."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start(total_items=10)  # running, its owner (this process) alive: watch follows it
+    cp.update(processed=1, successful=1, index=0)
+    cp.save(force=True)
+    cli = [PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(directory)]
+    try:
+        for args, said in ((["watch", "s", "--interval", "inf"], "inf is not in the range"),
+                           (["watch", "s", "--interval", "1e308"], "is not in the range"),
+                           (["watch", "s", "--interval", "nan"], "'nan' is not a finite number"),
+                           (["cleanup", "--days", "nan"], "'nan' is not a number")):
+            done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                                  check=False, env=python_env())
+            assert "Traceback" not in done.stderr, (args, done.stderr)
+            assert done.returncode == 2, (args, done.stdout, done.stderr)
+            assert said in done.stderr, (args, done.stderr)
+    finally:
+        cp.pause()
+        cp.close()
