@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,3 +194,41 @@ def test_watch_and_cleanup_refuse_an_interval_or_age_that_is_not_a_number(tmp_pa
     finally:
         cp.pause()
         cp.close()
+
+
+def test_map_says_when_items_share_a_key_instead_of_skipping_them_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key function that gives two items the same key (here item // 2) made map skip the
+    second item of each pair without running it, or run it and count nothing, and end
+    'Completed' without a word: their work was never done."""
+    import asyncio
+    import logging
+
+    from scrapy_checkpoint import AsyncCheckpointTracker
+
+    ran: list[int] = []
+
+    async def work(item: int) -> None:
+        ran.append(item)
+
+    async def main(stage: str = "m", share: bool = True) -> Any:
+        async with AsyncCheckpointTracker(tmp_path / "cp", stage, progress_bar=False,
+                                          log_every=0) as tracker:
+            return await tracker.map(work, range(6), concurrency=1,
+                                     key=(lambda item: item // 2) if share else str)
+
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):
+        result = asyncio.run(main())
+    assert ran == [0, 1, 2, 3, 4, 5]  # each second item checked before its pair was done
+    assert result.skipped == 0
+    said = [r.getMessage() for r in caplog.records if "had the key of another item" in r.getMessage()]
+    assert said == ["[m] 3 item(s) of this map had the key of another item of it, so their work "
+                    "was not done or not counted (0 skipped without running, 3 ran and were not "
+                    "counted): key(item) must give each item its own key."], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scrapy_checkpoint"):  # own keys: no warning,
+        asyncio.run(main("u", share=False))
+        again = asyncio.run(main("u", share=False))  # not on a resume that skips them all
+    assert again.skipped == 6
+    assert "had the key of another item" not in caplog.text
