@@ -20,6 +20,7 @@ from .errors import (
     LeaseLostError,
     OutputLostError,
     UnknownItemError,
+    UnreadableCheckpointError,
     UnrestorableRequestsError,
 )
 from .manager import UnifiedCheckpointManager
@@ -90,6 +91,7 @@ __all__ = [
     "Status",
     "UnifiedCheckpointManager",
     "UnknownItemError",
+    "UnreadableCheckpointError",
     "UnrestorableRequestsError",
     "item_id",
     "read_stage",

@@ -11,11 +11,13 @@ user's hooks.
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import logging
 import operator
 import os
+import stat
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -58,12 +60,28 @@ logger = logging.getLogger("scrapy_checkpoint")
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
+class NotARegularInputError(OSError):
+    """An input file that is a pipe, FIFO, socket or device: hashing it would
+    block, or consume what the program is about to read (``<(zcat rows.gz)``, /dev/stdin)."""
+
+
 def file_hash(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file's content. Raises OSError if it cannot be read."""
+    """``sha256:<hex>`` of a file's content. Raises OSError if it cannot be read, and
+    :class:`NotARegularInputError` (read nothing) if it is not a regular file."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer: no wait
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotARegularInputError(
+                errno.EINVAL, "it is not a regular file (a pipe, FIFO, socket or device), "
+                "and reading it to check it would consume or wait for its content", str(path))
+        while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -78,10 +96,12 @@ def _input_hash(stage: str, path: str | os.PathLike[str], recorded: str | None) 
     try:
         digest = file_hash(path)
     except OSError as exc:
+        fix = ("write it to a regular file first (zcat rows.gz > rows.txt), give that file "
+               "(or no input_file)" if isinstance(exc, NotARegularInputError)
+               else "fix the path (or the file's permissions)")
         raise InputUnreadableError(
             f"Input file {os.fspath(path)!r} of stage {stage!r} cannot be read: "
-            f"{exc.strerror or exc}. Nothing was recorded; fix the path (or the file's "
-            f"permissions) and run again.") from None
+            f"{exc.strerror or exc}. Nothing was recorded; {fix} and run again.") from None
     if recorded is not None and recorded != digest:
         raise InputChangedError(stage, os.fspath(path),
                                 f"hash {digest[:19]}... != recorded {recorded[:19]}...")
@@ -440,8 +460,9 @@ class EnhancedCheckpoint(UnitRecords):
             raise CheckpointError(f"Stage {self.stage!r} is not running: call start() first.")
         live = self._live
         assert live is not None
-        if (processed | successful | failed | skipped) >> 40:  # a huge (or negative) delta
-            _check_counters(live, processed, successful, failed, skipped)
+        if ((processed | successful | failed | skipped) >> 40  # a huge (or negative) delta
+                or (live.processed | live.successful | live.failed | live.skipped) >> 62):
+            _check_counters(live, processed, successful, failed, skipped)  # or counter near 2**63
         group = self._group
         if code is not None:
             done = live.done

@@ -9,9 +9,11 @@ damaged checkpoint. Exit codes: 0 success, 1 not found or nothing to do,
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -46,6 +48,7 @@ from .errors import (
     CheckpointWriteError,
     ConfigError,
     CorruptCheckpointError,
+    UnreadableCheckpointError,
     redact,
 )
 from .manager import EXPORT_SCHEMA_VERSION, StageView, UnifiedCheckpointManager, write_export
@@ -217,6 +220,9 @@ def _stage_exits(ctx: Context, stage: str) -> Iterator[None]:
     except FileNotFoundError:
         click.echo(f"No checkpoint for stage {stage!r} in {ctx.manager.directory}.", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except UnreadableCheckpointError as exc:  # not damaged: its message says what to do
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_DAMAGED)
     except CorruptCheckpointError as exc:
         click.echo(f"Stage {stage!r} is damaged: {exc}", err=True)
         sys.exit(EXIT_DAMAGED)
@@ -415,10 +421,27 @@ def report(ctx: Context, as_json: bool) -> None:
         sys.exit(EXIT_DAMAGED)
 
 
+class _Finite(click.FloatRange):
+    """A FloatRange that refuses nan (which passes every bound) and, unless ``infinite``,
+    infinities: seconds that are slept or added to a time must be numbers a clock holds."""
+
+    def __init__(self, *args: Any, infinite: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.infinite = infinite
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number) or (math.isinf(number) and not self.infinite):
+            self.fail(f"{value!r} is not a {'' if self.infinite else 'finite '}number.",
+                      param, ctx)
+        return number
+
+
 @main.command()
 @click.argument("stage", required=False)
 @click.option("--interval", default=1.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Seconds between refreshes.")
+              type=_Finite(min=0, max=86400, min_open=True), help="Seconds between refreshes.")
 @pass_ctx
 def watch(ctx: Context, stage: str | None, interval: float) -> None:
     """Follow one stage (or the report) live until it stops being active, or Ctrl-C."""
@@ -451,7 +474,10 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
         view = _read(ctx, stage)
         m = measured(view, view.metrics())
         line = f"{stage} [{view.display_status}] {m.progress_line()}"
-        return line, ((m.processed, m.total) if m.total else None), active(view)
+        still = active(view)
+        if not still:  # the last frame: what is damaged, as show says it
+            line += "".join(f"\n  warning: {problem}" for problem in view.problems)
+        return line, ((m.processed, m.total) if m.total else None), still
 
     def width() -> int:
         if ctx.tty:  # the terminal's own width, read again at each frame (it may be resized)
@@ -500,10 +526,10 @@ def watch(ctx: Context, stage: str | None, interval: float) -> None:
               help="File holding the bearer token (else $SCRAPY_CHECKPOINT_TOKEN). Needed for "
                    "actions, and for any request when not on loopback.")
 @click.option("--stuck-after", default=300.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
+              type=_Finite(min=0, min_open=True),
               help="Seconds without a commit after which a running stage is called stuck.")
 @click.option("--sample-interval", default=5.0, show_default=True,
-              type=click.FloatRange(min=0.1),
+              type=_Finite(min=0.1, max=86400),
               help="Seconds between two samples of every stage (history and chart).")
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, token_file: str | None, stuck_after: float,
@@ -576,7 +602,10 @@ def export(ctx: Context, output: str) -> None:
         try:
             write_export(output, text, ctx.manager.store)
         except OSError as exc:
-            click.echo(f"Cannot write {output}: {exc.strerror or exc}.", err=True)
+            fix = ("free disk space, or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            click.echo(f"Cannot write {output}: {exc.strerror or exc}. Nothing was written (an "
+                       f"earlier export there is kept); {fix}give a path this user may write, "
+                       f"or '-' for standard output.", err=True)
             sys.exit(EXIT_NOT_FOUND)
         click.echo(f"Exported {len(views)} stage(s) to {output}.")
 
@@ -692,7 +721,7 @@ def requeue(ctx: Context, stage: str, failed: bool) -> None:
 
 
 @main.command()
-@click.option("--days", type=click.FloatRange(min=0), default=None,
+@click.option("--days", type=_Finite(min=0, infinite=True), default=None,
               help="Remove stages not updated for this many days (default: 1, the TTL).")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @pass_ctx

@@ -166,7 +166,7 @@ class GroupCommitter:
         if isinstance(exc, CheckpointWriteError):
             error = type(exc)(*exc.args)  # a short traceback: from the caller's call
         else:
-            error = write_error(self.stage, self.store.location, exc)
+            error = write_error(self.stage, self.store.location, exc, buffered=self._buffered)
         self.failure = error
         return error
 
@@ -528,18 +528,25 @@ def _sync_all(fds: list[int], writer: JournalWriter) -> None:
 __all__ = ["MIN_TIMER_PERIOD", "GroupCommitter", "timer_period"]
 
 
-def write_error(stage: str | None, location: object, exc: OSError) -> CheckpointWriteError:
+def write_error(stage: str | None, location: object, exc: OSError, *,
+                buffered: bool = False) -> CheckpointWriteError:
     """The error a job stops with when writing its checkpoint (in ``location``, the store's)
-    or one of its outputs failed with ``exc``: what could not be written, why, and what to do."""
+    or one of its outputs failed with ``exc``: what could not be written, why, and what to do.
+    ``buffered``: the journal's groups are buffered in the process (``durability="none"``),
+    so the last ones committed may not have reached the disk and are lost with the job."""
     what = exc.strerror or str(exc)
     fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
            else "move it away" if "not a regular file" in what else "fix the cause")
     written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
                if not exc.filename or _inside(str(exc.filename), location)
                else f"{str(exc.filename)!r}, an output of stage {stage!r}")
+    kept = ("Everything committed before is kept" if not buffered else
+            "What reached the disk before is kept, but with durability 'none' the last "
+            "commits still buffered in this process (up to 1 MiB) are lost: their units run "
+            "again")
     return CheckpointWriteError(
-        f"Cannot write {written}: {what}. Everything committed before is kept; {fix}, then "
-        f"run the same command again to resume.")
+        f"Cannot write {written}: {what}. {kept}; {fix}, then run the same command again "
+        f"to resume.")
 
 
 def _inside(path: str, location: object) -> bool:

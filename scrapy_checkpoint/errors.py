@@ -88,6 +88,11 @@ class CorruptCheckpointError(CheckpointError):
     """No consistent state can be rebuilt from what is on disk."""
 
 
+class UnreadableCheckpointError(CorruptCheckpointError):
+    """A file of the stage cannot be opened (another owner, its mode, a directory or FIFO in
+    its place): the stage is not damaged, and nothing was changed."""
+
+
 class InvalidTransitionError(CheckpointError):
     """A status change the status machine does not allow."""
 

@@ -170,7 +170,8 @@ class UnifiedCheckpointManager:
         A crash in the middle leaves the stage whole or deleted, never an older state (see
         :meth:`Store.remove`). Raises :class:`CheckpointLockedError` if a live process
         owns it, :class:`CheckpointWriteError` (deleting nothing) if a file store's stage
-        directory is a symbolic link.
+        directory is a symbolic link, or if a file cannot be changed (a read-only file
+        system, a directory this user may not write).
         """
         check_stage_name(stage)
         parent = shared_stage_of(stage)
@@ -178,11 +179,18 @@ class UnifiedCheckpointManager:
             raise ConfigError(f"{stage!r} is worker {parent[1]}'s part of shared stage "
                               f"{parent[0]!r}: reset the shared stage as a whole ({parent[0]!r}); "
                               f"alone, its claims would stay and its work be lost.")
-        lock = self.store.lock(stage, Owner.current())
         try:
-            self.store.remove(stage)
-        finally:
-            lock.release(unlink=True)
+            lock = self.store.lock(stage, Owner.current())
+            try:
+                self.store.remove(stage)
+            finally:
+                lock.release(unlink=True)
+        except OSError as exc:  # a read-only file system, a directory this user may not change
+            raise CheckpointWriteError(
+                f"Cannot reset stage {stage!r}: {exc.filename or self.directory}: "
+                f"{exc.strerror or exc}. The stage is left whole (or, if it was being deleted, "
+                f"deleted), never in between; make {self.directory} writable (remount a read-only "
+                f"file system, or fix its permissions), then run the command again.") from None
         logger.info("Stage %s reset.", stage)
 
     def requeue_failed(self, stage: str) -> int:

@@ -78,8 +78,12 @@ class AsyncCheckpointTracker(Generic[T]):
         progress_bar: bool | None = None,
         **options: Any,
     ) -> None:
-        self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config, backend=backend,
-                                             store=store, **options)
+        try:
+            self.checkpoint = EnhancedCheckpoint(checkpoint_dir, stage, config=config,
+                                                 backend=backend, store=store, **options)
+        except CheckpointError:  # a bad stage name or option: its message says what to do
+            _quiet_uncaught()
+            raise
         self.stage = stage
         self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._bar: ProgressBar | None = None
@@ -255,14 +259,19 @@ class AsyncCheckpointTracker(Generic[T]):
         #: The checkpoint could not record an item (a full disk, its directory deleted):
         #: no new item starts (its work would be done and not recorded), and map raises it.
         unrecorded: list[CheckpointError] = []
+        done_before = len(cp.live.done)
+        repeated = [0]  # items that ran with the key of an item done meanwhile (not counted)
 
         def record(index: int, unit: UnitKey, exc: Exception | None) -> None:
             if exc is None:
-                cp.update(processed=1, successful=1, last_item=unit, index=index, key=unit)
+                if not cp.update(processed=1, successful=1, last_item=unit, index=index,
+                                 key=unit):
+                    repeated[0] += 1
                 result.succeeded += 1
                 return
             cp.record_error(exc)
-            cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit)
+            if not cp.update(processed=1, failed=1, last_item=unit, index=index, key=unit):
+                repeated[0] += 1
             result.failed += 1
             if result.failed <= LOGGED_FAILURES:
                 logger.warning("[%s] Item %r failed: %s: %s", self.stage, unit,
@@ -314,6 +323,7 @@ class AsyncCheckpointTracker(Generic[T]):
             raise unrecorded[0]
         if errors:
             raise errors[0]
+        _warn_shared_keys(self.stage, repeated[0], result.skipped - done_before)
         return result
 
     # -- timers and the progress bar -----------------------------------------------------------
@@ -395,6 +405,20 @@ def _quiet_uncaught() -> None:
 
     excepthook._scrapy_checkpoint = True  # type: ignore[attr-defined]
     sys.excepthook = excepthook
+
+
+def _warn_shared_keys(stage: str, repeated: int, skipped: int) -> None:
+    """Say that items of one map shared keys: ``repeated`` ran after an item with their key
+    was done (their update changed nothing); more items were skipped (``skipped``) than
+    units were done before the map, so at least that many were skipped for a key done by
+    another item of the same map, without running. Each key must name one item."""
+    skipped = max(skipped, 0)
+    if repeated or skipped:
+        logger.warning(
+            "[%s] %d item(s) of this map had the key of another item of it, so their work was "
+            "not done or not counted (%d skipped without running, %d ran and were not "
+            "counted): key(item) must give each item its own key.", stage, repeated + skipped,
+            skipped, repeated)
 
 
 async def _enumerate(items: Iterable[T] | AsyncIterable[T]) -> Any:

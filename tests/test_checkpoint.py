@@ -489,6 +489,29 @@ def test_an_update_past_the_counters_range_is_refused_and_nothing_is_recorded(
     assert view.state.progress.processed_items == (1 << 62) + 1
 
 
+def test_a_small_update_that_takes_a_counter_near_the_limit_past_it_is_refused(
+    checkpoint_dir: Path,
+) -> None:
+    """Only updates with a huge delta were checked: processed=10 on a counter at 2**63 - 6
+    was accepted, the stage's snapshot then failed at close with a pydantic traceback, and
+    the journal read back as "not written by this package" (damaged)."""
+    top = (1 << 63) - 1
+    with EnhancedCheckpoint(checkpoint_dir, "s", log_every=0, save_every=1) as cp:
+        cp.start(total_items=4)
+        assert cp.update(processed=top - 5, index=0)
+        with pytest.raises(ConfigError, match="Invalid update processed=10"):
+            cp.update(processed=10, index=1)
+        assert not cp.should_skip(1)
+        assert cp.update(processed=5, index=1)  # up to the limit itself
+        with pytest.raises(ConfigError, match="Invalid update processed=1"):
+            cp.update(processed=1, index=2)
+        cp.complete()
+    view = read_stage(open_store(checkpoint_dir), "s")
+    assert view.problems == []
+    assert view.state.status is Status.COMPLETED
+    assert view.state.progress.processed_items == top
+
+
 def test_names_that_are_not_utf8_are_kept_and_every_state_file_is_written(
         tmp_path: Path) -> None:
     """A file name that is not UTF-8 reaches Python as a str with lone surrogates

@@ -462,7 +462,7 @@ def test_a_lock_file_the_user_may_not_open_is_one_clear_error(tmp_path: Path) ->
             "except CorruptCheckpointError as exc:\n    print('REFUSED', exc)\n")
     started = _modes_apply([PYTHON, "-c", code])
     assert "Traceback" not in started.stderr, started.stderr
-    assert "REFUSED Cannot read" in started.stdout, started.stdout
+    assert "REFUSED Cannot write" in started.stdout, started.stdout  # held: opened to write
     assert "s.lock" in started.stdout
     assert "Permission denied" in started.stdout
     shown = _modes_apply([PYTHON, "-m", "scrapy_checkpoint.cli", "--dir", str(tmp_path),

@@ -17,6 +17,7 @@ from scrapy_checkpoint.crawl.requests import (
     payload_to_request,
     request_record,
     request_to_payload,
+    unrestorable,
 )
 
 
@@ -113,3 +114,21 @@ def test_what_cannot_be_journaled_says_why(make: Any, kind: str) -> None:
         with pytest.raises(UnserializableRequest) as info:
             journal(make(spider), spider)
         assert info.value.kind == kind
+
+
+@pytest.mark.parametrize("name", ["__init__", "__class__", "__setattr__", "__del__"])
+def test_a_journaled_callback_naming_a_special_method_is_refused(name: str) -> None:
+    """A forged request record naming the callback ``__init__`` (or ``__class__``) was
+    rebuilt with that bound method: the response would have re-initialised (or built a new)
+    spider. Such a name is not a spider method: the request is unrestorable, said at resume."""
+    spider = Spider()
+    payload = {"url": "http://127.0.0.1/a", "callback": name}
+    with pytest.raises(ValueError, match=f"callback '{name}', which is not a method"):
+        payload_to_request(payload, spider)
+    errback = {"url": "http://127.0.0.1/a", "callback": "parse", "errback": name}
+    with pytest.raises(ValueError, match=f"errback '{name}'"):
+        payload_to_request(errback, spider)
+    assert unrestorable([(1, payload), (2, errback)], spider) == {
+        f"callback {name!r}": [1], f"errback {name!r}": [2]}
+    assert payload_to_request({"url": "http://127.0.0.1/a", "callback": "parse"},
+                              spider).callback == spider.parse

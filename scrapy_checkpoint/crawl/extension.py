@@ -73,7 +73,7 @@ from .shared_worker import SharedWorker
 from .spider_state import SpiderStateError, SpiderStateKeeper, give_completed_state
 from .stage_totals import StageTotals
 from .start_errors import mark_reported, report
-from .stats import publish
+from .stats import publish, publish_recorded
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -436,8 +436,10 @@ class CheckpointExtension:
                              "journaled. Fix the spider, then run the same command again to "
                              "resume.", self.stage)
                 cp.abandon()
+                publish_recorded(self.stats, cp.store, cp.stage)
             elif self._write_failed or cp.write_failure is not None:  # resumes from the last commit
                 cp.abandon()
+                publish_recorded(self.stats, cp.store, cp.stage)
             else:
                 try:
                     cp.close()

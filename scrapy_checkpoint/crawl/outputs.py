@@ -707,7 +707,8 @@ class OutputSet:
             for writer in self._writers:
                 writer.release(unit)
         except OSError as exc:
-            raise write_error(self.cp.stage, self.cp.store.location, exc) from exc
+            raise write_error(self.cp.stage, self.cp.store.location, exc,
+                              buffered=self.cp.config.durability == "none") from exc
         finally:
             self._before = None
 

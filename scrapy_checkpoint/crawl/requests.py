@@ -262,12 +262,25 @@ def _request_class(path: str) -> type[Request]:
     return cls
 
 
+def spider_method(spider: Any, name: Any) -> bool:
+    """True if ``name``, read from a journal, may be called back on ``spider`` (the spider or
+    its class): a callable attribute, and no special method (``__init__``, ``__class__``...):
+    a forged journal must not have the crawl re-initialise or rebuild its spider."""
+    return (isinstance(name, str) and not (name.startswith("__") and name.endswith("__"))
+            and callable(getattr(spider, name, None)))
+
+
 def payload_to_request(payload: dict[str, Any], spider: Spider) -> Request:
     """Rebuild a Request from :func:`request_to_payload`'s dict (callbacks found by name on
     ``spider``). Raises ValueError (or a subclass) when it cannot be rebuilt, e.g. a renamed callback."""
     d = dict(payload)
     if "_class" in d:
         _request_class(d["_class"])
+    for key in ("callback", "errback"):
+        name = d.get(key)
+        if name and not spider_method(spider, name):
+            raise ValueError(f"A journaled request names the {key} {name!r}, which is not a "
+                             f"method of spider {getattr(spider, 'name', spider)!r}")
     for part in d.pop(TAGGED, ()):
         d[part] = values.decode(d[part])
     rule = d.pop(RULE, None)
@@ -327,7 +340,7 @@ class Needs:
         ok = self._found.get(key)
         if ok is None:
             if kind in ("callback", "errback"):
-                ok = callable(getattr(self.spider, name, None))
+                ok = spider_method(self.spider, name)
             elif kind == "rule":
                 ok = has_rule(self.spider, name)
             elif kind == "request class":

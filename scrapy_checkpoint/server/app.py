@@ -24,7 +24,13 @@ from ..documents import (
     shared_stage_document,
     stage_document,
 )
-from ..errors import CheckpointLockedError, CheckpointWriteError, ConfigError, CorruptCheckpointError
+from ..errors import (
+    CheckpointLockedError,
+    CheckpointWriteError,
+    ConfigError,
+    CorruptCheckpointError,
+    UnreadableCheckpointError,
+)
 from ..manager import UnifiedCheckpointManager
 from ..stores.base import check_stage_name
 from .auth import FailureLimiter, Guard
@@ -243,8 +249,10 @@ class StatusServer:
                 return _error(404, f"No checkpoint for stage {name!r} in {self.manager.directory}.")
             except CheckpointLockedError as exc:
                 return _error(409, f"{exc} Not requeued: stop that process first.")
-            except CorruptCheckpointError as exc:
-                return _error(422, f"Stage {name!r} is damaged: {exc}")
+            except CorruptCheckpointError as exc:  # an unreadable file is no damage: it says so
+                damaged = ("" if isinstance(exc, UnreadableCheckpointError)
+                           else f"Stage {name!r} is damaged: ")
+                return _error(422, f"{damaged}{exc}")
             logger.info("Stage %s: %d failed unit(s) requeued (request from %s).", name, n,
                         request.remote)
             return web.json_response({"stage": name, "requeued": n})

@@ -32,9 +32,9 @@ from pydantic import ValidationError
 
 from ..errors import (
     CheckpointLockedError,
-    CheckpointLostError,
     CheckpointWriteError,
     CorruptCheckpointError,
+    UnreadableCheckpointError,
 )
 from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
@@ -65,17 +65,18 @@ from .base import (
 )
 from .files import (
     DataDirs,
+    check_lock,
+    check_removable,
     create_temp,
     dir_id,
+    directory_lost,
     is_data_dir,
-    link_error,
     link_temp,
     mode_of,
     open_nofollow,
     regular_mode,
     remove_leftovers,
     unlink_quietly,
-    without,
 )
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -114,18 +115,30 @@ class NotARegularFileError(OSError):
         super().__init__(errno.EINVAL, f"{kind}, not a regular file", str(path))
 
 
-def _unreadable(stage: str, exc: OSError) -> CorruptCheckpointError:
-    """The error for a file of ``stage`` that cannot be read (nothing is changed)."""
+def _unreadable(stage: str, exc: OSError, *, write: bool = False) -> UnreadableCheckpointError:
+    """The error for a file of ``stage`` that cannot be read (or, ``write``, opened to be
+    written; nothing is changed)."""
     path = exc.filename or "a file"
     reason = exc.strerror or str(exc)
     extra = ""
     with contextlib.suppress(OSError):
         info = os.stat(path)
         extra = f" (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)})"
-    return CorruptCheckpointError(
-        f"Cannot read {path}{extra} of stage {stage!r}: {reason}. Nothing was changed. Run "
+    kept = ("The stage is not damaged, and nothing was changed." if isinstance(exc, PermissionError)
+            else "Nothing was changed.")
+    return UnreadableCheckpointError(
+        f"Cannot {'write' if write else 'read'} {path}{extra} of stage {stage!r}: {reason}. "
+        f"{kept} Run "
         f"as the user who owns the checkpoint, fix the file's permissions, or move the "
         f"file away.")
+
+
+def _tail_missing(store: FileStore, stage: str, gen: int) -> str:
+    """The problem of a stage whose newest snapshot is ``gen`` and which has no segment from
+    ``gen`` on: a compaction makes segment N before it writes snapshot N, so it was deleted."""
+    return (f"{store.segment_path(stage, gen).name}, the journal after the newest snapshot "
+            f"{store.snapshot_path(stage, gen).name}, is missing (deleted): what was committed "
+            f"after that snapshot is not in the checkpoint, and those units run again")
 
 
 def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> int:
@@ -136,7 +149,7 @@ def _open_lock(stage: str, path: Path, flags: int, *, follow: bool = False) -> i
     try:
         fd = os.open(path, flags) if follow else open_nofollow(path, flags, 0o644)
     except PermissionError as exc:
-        raise _unreadable(stage, exc) from None
+        raise _unreadable(stage, exc, write=bool(flags & (os.O_WRONLY | os.O_RDWR))) from None
     except IsADirectoryError:
         raise _unreadable(stage, NotARegularFileError(path, stat.S_IFDIR)) from None
     mode = os.fstat(fd).st_mode
@@ -320,8 +333,11 @@ class SegmentWriter:
     """
 
     def __init__(self, path: str, *, truncate_at: int | None = None, buffered: bool = False,
-                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0) -> None:
+                 buffer_limit: int = 1 << 20, tag: bytes | None = None, gen: int = 0,
+                 lock: tuple[Path, tuple[int, int]] | None = None) -> None:
         self.path = path
+        #: The stage's lock file held while writing, and its identity (see check_lock).
+        self._lock = lock
         #: The segment's generation (the high bits of the refs of its request records).
         self.gen = gen
         self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -441,12 +457,13 @@ class SegmentWriter:
         except FileNotFoundError:
             gone = True
         if gone:
-            self._broken = CheckpointLostError(
-                f"The checkpoint directory was deleted or replaced while the job ran: the "
-                f"journal segment {self.path} is no longer in it, so nothing more can be "
-                f"recorded (and nothing is recreated). Put the directory back to resume from "
-                f"it; {without(self._dir)}")
+            self._broken = directory_lost(Path(self._dir), Path(self.path))
             raise type(self._broken)(*self._broken.args)
+        try:
+            check_lock(self._lock)
+        except CheckpointWriteError as exc:
+            self._broken = exc
+            raise
 
     def fsync(self) -> None:
         """:meth:`flush`, then fsync the segment."""
@@ -766,6 +783,8 @@ class FileStore:
                         requests=self.request_reader(stage))
         stopped = False
         expected = base_gen
+        if header is not None and not any(g >= base_gen for g in segs):
+            problems.append(_tail_missing(self, stage, base_gen))
         for gen in [g for g in segs if g >= base_gen]:
             path = self.segment_path(stage, gen)
             if not stopped and gen != expected:
@@ -840,7 +859,8 @@ class FileStore:
         else:
             self._dirs.open(stage, self.data_dir(stage))
         return SegmentWriter(str(self.segment_path(stage, gen)), truncate_at=truncate_at,
-                             buffered=buffered, tag=segment_tag(stage, gen), gen=gen)
+                             buffered=buffered, tag=segment_tag(stage, gen), gen=gen,
+                             lock=self._dirs.lock_of(stage))
 
     def request_reader(self, stage: str, writer: Any = None) -> FileRequestReader:
         """See :meth:`Store.request_reader`."""
@@ -904,11 +924,11 @@ class FileStore:
         an older state: the state file and its backup first (the journal alone is the
         whole stage), then the data directory is renamed away in one step and deleted
         (what a crash leaves of it, the next :meth:`lock` deletes). Raises
-        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link.
+        CheckpointWriteError, deleting nothing, if the data directory is a symbolic link,
+        a file, or holds files that are not the stage's (see :func:`check_removable`).
         """
         data = self.data_dir(stage)
-        if data.is_symlink():
-            raise link_error(data)
+        check_removable(data, stage)  # a link, a user's file or folder: nothing deleted
         for path in (self.state_path(stage), self.backup_path(stage)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

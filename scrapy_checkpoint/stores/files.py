@@ -107,6 +107,34 @@ def is_data_dir(path: Path, stage: str, gen_re: re.Pattern[str]) -> bool:
     return False
 
 
+#: The names a stage's data directory holds: segments, snapshots, their damaged bytes kept
+#: aside (``*.corrupt``) and snapshot temp files.
+_DATA_FILE_RE = re.compile(r"(?:snapshot|journal)-\d{8}\.(?:bin|log)(?:\..*\.corrupt)?"
+                           r"|\.snapshot-\d{8}\.bin\.[0-9a-f]+\.tmp")
+
+
+def check_removable(data: Path, stage: str) -> None:
+    """Raise CheckpointWriteError, before anything of the stage is deleted, unless ``data``
+    (its data directory) is absent or a directory holding only the stage's files: a link,
+    a user's file in its place or a folder with files of the user's own is never deleted."""
+    if data.is_symlink():
+        raise link_error(data)
+    try:
+        names = [entry.name for entry in os.scandir(data)]
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        names = None
+    if names is None or any(not _DATA_FILE_RE.fullmatch(name) for name in names):
+        what = ("is a file, not the stage's data directory" if names is None else
+                "holds files that are not the checkpoint's (" + ", ".join(
+                    sorted(n for n in names if not _DATA_FILE_RE.fullmatch(n))[:5]) + ")")
+        raise CheckpointWriteError(
+            f"{data} {what}: stage {stage!r} is not reset, and nothing was deleted. Move "
+            f"{'it' if names is None else 'them'} out of the checkpoint directory, then reset "
+            f"the stage again.")
+
+
 def remove_leftovers(directory: Path, data_dir: Path, stage: str) -> None:
     """Delete what a crash may leave of ``stage`` besides its files: temp files of
     atomic writes and a data directory :meth:`remove` had set apart (the lock is held)."""
@@ -131,6 +159,8 @@ class DataDirs:
 
     def __init__(self) -> None:
         self._ids: dict[str, tuple[int, int]] = {}
+        #: The lock file each stage was opened under and its identity (see :meth:`lock_of`).
+        self._locks: dict[str, tuple[Path, tuple[int, int]]] = {}
         #: The segment made last per stage: (path, identity), to make again after a failure.
         self._made: dict[str, tuple[Path, tuple[int, int]]] = {}
 
@@ -145,10 +175,19 @@ class DataDirs:
             raise link_error(path)
         path.mkdir(exist_ok=True)
         self._ids[stage] = dir_id(path)
+        lock = path.parent / f"{path.name}.lock"  # held by this process (opened under it)
+        with contextlib.suppress(FileNotFoundError):
+            self._locks[stage] = (lock, dir_id(lock))
+
+    def lock_of(self, stage: str) -> tuple[Path, tuple[int, int]] | None:
+        """``stage``'s lock file and the identity it had when :meth:`open` noted the stage
+        (its writer holds that file's lock), for :func:`check_lock`."""
+        return self._locks.get(stage)
 
     def forget(self, stage: str) -> None:
         """``stage``'s directory is removed on purpose (a reset)."""
         self._ids.pop(stage, None)
+        self._locks.pop(stage, None)
 
     def check(self, stage: str, path: Path) -> None:
         """Raise CheckpointWriteError if ``path`` is not the directory :meth:`open` noted
@@ -161,10 +200,8 @@ class DataDirs:
         except FileNotFoundError:
             same = False
         if not same:
-            raise CheckpointLostError(
-                f"The checkpoint directory of stage {stage!r} ({path}) was deleted or replaced "
-                f"while the job ran, so nothing more can be recorded (and nothing is "
-                f"recreated). Put the directory back to resume from it; {without(path)}")
+            raise directory_lost(path)
+        check_lock(self._locks.get(stage))
 
     def create_segment(self, stage: str, path: Path, previous: Path) -> None:
         """Create the segment ``path`` (empty) exclusively, with the mode of ``previous``,
@@ -186,6 +223,36 @@ class DataDirs:
             os.fchmod(fd, mode)  # exactly the mode before, whatever the umask
         finally:
             os.close(fd)
+
+
+def directory_lost(data_dir: Path, segment: Path | None = None) -> CheckpointLostError:
+    """The error a writer stops with when the stage's data directory ``data_dir`` (named
+    after the stage) was deleted or replaced under it, found by the directory's identity or
+    by its open ``segment`` no longer being linked there: one message for both."""
+    gone = f": its journal segment {segment} is no longer in it" if segment is not None else ""
+    return CheckpointLostError(
+        f"The checkpoint directory of stage {data_dir.name!r} ({data_dir}) was deleted or "
+        f"replaced while the job ran{gone}, so nothing more can be recorded (and nothing is "
+        f"recreated). Put the directory back to resume from it; {without(data_dir)}")
+
+
+def check_lock(lock: tuple[Path, tuple[int, int]] | None) -> None:
+    """Raise CheckpointWriteError if the lock file ``lock`` names (path, identity) is no
+    longer the one its writer holds: deleted or replaced while the job ran, another process
+    could take the stage and write it too (the lock held is on a file no one else opens)."""
+    if lock is None:
+        return
+    path, identity = lock
+    try:
+        same = dir_id(path) == identity
+    except FileNotFoundError:
+        same = False
+    if not same:
+        raise CheckpointWriteError(
+            f"The lock file {path} of stage {path.name[:-5]!r} was deleted or replaced while "
+            f"the job ran: another process could take the stage and write it too, so this "
+            f"one records nothing more (what it committed is kept). Run the same command "
+            f"again to resume, once no other process runs the stage.")
 
 
 def without(data_dir: Path | str) -> str:
