@@ -435,10 +435,8 @@ class CheckpointExtension:
                 logger.error("Stage %s stopped at its last commit: spider.state could not be "
                              "journaled. Fix the spider, then run the same command again to "
                              "resume.", self.stage)
-                cp.abandon()
-                publish_recorded(self.stats, cp.store, cp.stage)
-            elif self._write_failed or cp.write_failure is not None:  # resumes from the last commit
-                cp.abandon()
+            if broken or self._write_failed or cp.write_failure is not None:
+                cp.abandon()  # resumes from the last commit
                 publish_recorded(self.stats, cp.store, cp.stage)
             else:
                 try:
