@@ -48,6 +48,13 @@ short. With one kind only in use (a spider following every link with one callbac
 URLs of one shape or of none shared) every growing crawl would look like a chain: the
 depth profile alone is used.
 
+**Paths deeper than a hierarchy.** A kind whose units span ``GRAPH_LEVELS`` levels or more
+and is not (or no longer) a chain followed links sideways (related pages of related
+pages): its ratios by depth are those of the path the crawl took. Its pending units are
+each expected to bring at most ``r / (1 - r)`` of its kind, ``r`` the units of its kind
+its last ``RECENT_UNITS`` done found each, when ``r < 1``, else as many again as are done,
+spread over its pending units. The same ``r / (1 - r)`` bounds a chain that is dying out.
+
 **After a resume** the counts restored are those journaled last, up to a second before
 an interruption: :func:`reconcile` makes their pending units those the stage resumes (a
 unit done in that second is counted done, not pending for ever; one found then, found).
@@ -116,6 +123,12 @@ CHAIN_UNITS = 1
 CHAIN_HIGH = 3.0
 #: Levels a chain is followed beyond where it is, at most.
 CHAIN_LEVELS = 1024
+#: A kind whose units span at least this many levels, not a chain, and lately finding fewer
+#: than one unit of their kind each, is expected to bring at most r / (1 - r) of its kind
+#: per pending unit (a branching process dying out), whatever its ratios by depth say.
+GRAPH_LEVELS = 16
+#: The key of a kind's samples of units of its own kind found (at every depth).
+OWN = -1
 #: The shown percent falls by at most this many points a second.
 MAX_FALL = 2.0
 #: While the estimate is wide, the shown total leans this far from the model to the high one.
@@ -401,6 +414,9 @@ class DepthProfile:
             for name, kind in self.kinds.items():
                 for depth, done in kind.done.items():
                     _note(self._samples, (name, depth), done, kind.found.get(depth, 0))
+                # At every depth: units of its own kind found (a chain's links; see own_ratio)
+                _note(self._samples, (name, OWN), sum(kind.done.values()),
+                      kind.children.get(name, 0))
 
     def _in_use(self) -> int:
         """How many kinds have units (a callback's kind may have none left once its units'
@@ -436,6 +452,18 @@ class DepthProfile:
                         ratio = max(ratio, (found - old_found) / (done - old_done))
                         break
         return ratio
+
+    def own_ratio(self, kind: str) -> float | None:
+        """Units of ``kind`` its units found per unit of it done, over its last
+        ``RECENT_UNITS`` (or more) done at any depth; None until that many were sampled."""
+        samples = self._samples.get((kind, OWN))
+        if not samples:
+            return None
+        done, found = samples[-1]
+        old_done, old_found = samples[0]
+        if done - old_done < RECENT_UNITS:
+            return None
+        return max(0.0, (found - old_found) / (done - old_done))
 
     def pending(self, depth: int) -> int:
         return max(0, self.added.get(depth, 0) - self.done.get(depth, 0))
@@ -484,7 +512,8 @@ class DepthProfile:
         totals = {n: (sum(k.done.values()), sum(k.found.values()), sum(k.children.values()))
                   for n, k in kinds.items()}
         top_added = {name: max(kinds[name].added) for name in chains}
-        width = {name: max(1.0, totals[name][0] / levels) for name, levels in chains.items()}
+        width, most = _bounds(kinds, chains, horizon, top_added,
+                              {name: self.own_ratio(name) for name in kinds})
         deepest = {n: max((d for d, m in kinds[n].done.items() if m), default=-1) for n in names}
         below: dict[str, float] = dict.fromkeys(names, 0.0)  # E(d + 1, kind)
         remaining = 0.0
@@ -512,11 +541,16 @@ class DepthProfile:
                     continue
                 # Each unit finds r units, of the kinds its units found so far. A chain's
                 # units of its own kind are not each unit's: see the levels below.
-                e = 0.0
+                e = own = 0.0
                 for child, n in kind.children.items():
-                    if child == name and name in chains:
-                        continue
+                    if child == name:
+                        if name in chains:
+                            continue
+                        own = r * n / children * (1.0 + below.get(child, 0.0))
                     e += r * n / children * (1.0 + below.get(child, 0.0))
+                if name in most:  # at most that many of its kind, each with the rest
+                    other = e - own
+                    e = min(e, most[name] * (1.0 + other) + other)
                 here[name] = e
             below = here
             for name in names:
@@ -731,6 +765,37 @@ class ShownTotal:
         return Estimate(total, estimate.low, max(estimate.high, total), estimate.wide,
                         estimate.source, estimate.median_high,
                         eta_total if eta_total != total else None)
+
+
+def _bounds(kinds: dict[str, _Kind], chains: dict[str, int], horizon: dict[str, int],
+            top_added: dict[str, int], own: dict[str, float | None]
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """For :meth:`DepthProfile.expected`: each chain's units per level still to run, and the
+    units of its own kind a pending unit of a kind deeper than a hierarchy may bring at most
+    (``own``: each kind's :meth:`~DepthProfile.own_ratio`)."""
+    done = {name: sum(kind.done.values()) for name, kind in kinds.items()}
+    waiting = {name: sum(kind.added.values()) - done[name] for name, kind in kinds.items()}
+    width = {name: max(1.0, done[name] / levels) for name, levels in chains.items()}
+    for name in chains:
+        # A chain whose units have lately found fewer than one of its kind each is dying
+        # out: its pending units are expected to bring r / (1 - r) more each (related pages
+        # once most of a site is known), if that is less than its levels to run.
+        r, levels = own[name], horizon[name] - top_added[name]
+        if r is not None and r < 1.0 and levels > 0:
+            width[name] = min(width[name], waiting[name] * r / (1.0 - r) / levels)
+    # A kind run over more levels than a site's hierarchy has (its depth is that of links
+    # followed sideways, related pages of related pages), not a chain: the counts by depth
+    # of the path it took, each level's ratio multiplied by the next, say nothing of its
+    # pending units. At most r / (1 - r) each once its units lately found r < 1 each, and
+    # until then as many again as are done, spread over its pending units.
+    most = {}
+    for name, kind in kinds.items():
+        if name not in chains and kind.added and (
+                max(kind.added) - min(kind.added) >= GRAPH_LEVELS):
+            r = own[name]
+            most[name] = (r / (1.0 - r) if r is not None and r < 1.0
+                          else done[name] / max(1, waiting[name]))
+    return width, most
 
 
 def _note(store: dict[tuple[str | None, int], deque[tuple[int, int]]], key: tuple[str | None, int],

@@ -593,8 +593,7 @@ def test_a_kind_whose_many_pending_units_each_find_one_more_is_one_chain() -> No
     head a chain of its own, as long again as the levels run: 36,840 at 40 of the 661
     units, 264,036 at 200 (the percent shown under 1 %). A chain's levels still to run are
     counted once, as wide as its levels were: within twice the truth while the chain goes
-    on, and never below what is known. (Once its deepest page finds nothing deeper, the
-    counts by depth of a path hundreds of levels deep still run away: not fixed here.)"""
+    on, and never below what is known."""
     profile = DepthProfile()
     ratios = []
     for done, pending in _bookstore(profile):
@@ -604,3 +603,19 @@ def test_a_kind_whose_many_pending_units_each_find_one_more_is_one_chain() -> No
             ratios.append(estimate.total / 661)
     assert len(ratios) > 100
     assert max(ratios) < 2.0
+
+
+def test_a_path_hundreds_of_levels_deep_that_stopped_growing_does_not_run_away() -> None:
+    """The same crawl once its deepest book found nothing deeper (218 levels: not a chain
+    any more): each level's ratio multiplied by the next gave each pending book hundreds of
+    descendants, the estimate at the 1,000x cap (617,000) for 300 units. A kind spanning
+    more levels than a site's hierarchy is expected to bring at most r / (1 - r) of its kind
+    per pending unit when its units lately found r < 1 each (as many again as are done
+    until then): at most about 2.5 times the truth, and right at the end."""
+    profile = DepthProfile()
+    ratios = []
+    for done, pending in _bookstore(profile):
+        if pending and done >= 40:
+            ratios.append(profile.estimate(done, pending, 0).total / 661)
+    assert max(ratios) < 2.6  # 1,655 at 260 units, where the chain has just ended
+    assert ratios[-1] < 1.1
