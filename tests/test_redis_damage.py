@@ -3,6 +3,7 @@ stage's keys vanished, keys holding another Redis type, the tracker's last commi
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -355,3 +356,31 @@ def test_a_full_redis_still_lists_and_shows_its_stages_and_refuses_a_reset_plain
     err = capsys.readouterr().err
     assert "Redis is full: raise its maxmemory" in err
     assert "Stage 's' not reset." in err
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999999", "0", "-1"])
+def test_a_lock_naming_a_pid_no_process_can_have_is_a_stale_lock(
+    redis_backend: str, pid: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lock of an interrupted stage names this host and a pid no process can have (a
+    value put there by hand or by another program). Before, a pid past the C long made show
+    and the next run fail with an OverflowError traceback, and 0 or -1 (os.kill's process
+    group and every process) read as a live holder: the stage was refused until the key
+    expired. Now it is a holder that is gone: show reads the stage, and the next run takes
+    the stage over and resumes it."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    cp.start(total_items=6)
+    for i in range(3):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()  # as after a kill -9: nothing more written, the lock left
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.set(f"{prefix}:s:lock", f"{socket.gethostname()}:{pid}:0123abcd", px=600_000)
+        assert cli_run(["--backend", redis_backend, "show", "s"]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+        with EnhancedCheckpoint(redis_backend, "s", log_every=0) as again:
+            again.start(total_items=6)
+            assert [i for i in range(6) if not again.should_skip(i)] == [3, 4, 5]
+    finally:
+        client.close()
