@@ -289,6 +289,38 @@ def test_a_worker_adopted_on_another_host_is_cut_back_by_a_later_run_here(
             if w.status == "adopted"] == [True]
 
 
+def test_a_shared_stage_whose_redis_keys_vanished_is_refused_until_reset(
+    tmp_path: Path, redis_backend: str
+) -> None:
+    """Redis emptied under a worker (restarted without its data, or flushed): the worker stops
+    saying the next run will not start the stage from zero silently. Before, the next worker
+    joined the stage as new (the claims and worker records were gone with the sub-stage) and
+    crawled every page again, writing the items the first one had written a second time, and
+    ended 'Completed'. Now it refuses with the marker's paragraph, show says damaged, and a
+    reset of the shared stage starts it over."""
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, redis_backend, tmp_path / "a")
+        assert site.wait_for_hits(60, proc=a.proc)
+        drop_redis_prefix(_prefix(redis_backend))  # every key of the stage, as FLUSHDB
+        assert a.wait() == 0, a.log[-3000:]
+        assert "no longer holds stage 'site.w." in a.log
+        refused = Worker(site, redis_backend, tmp_path / "b")
+        assert refused.wait() == 1, refused.log[-3000:]
+        assert "lost the checkpoint of stage 'site'" in refused.log
+        assert "Traceback" not in refused.log
+        assert refused.outputs.jsonlines("items.jl") == []
+        shown = _cli(redis_backend, "show", "site")
+        assert shown.returncode == 3, shown.stdout + shown.stderr
+        assert "Shared stage site: damaged" in shown.stdout
+        assert _cli(redis_backend, "reset", "site", "--force").returncode == 0
+        c = Worker(site, redis_backend, tmp_path / "c")
+        assert c.wait() == 0, c.log[-3000:]
+    finally:
+        site.close()
+    _assert_union_exact([c])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("seed", "scheduler"), [(41, "scrapy"), (42, "scrapy"),
                                                  (43, "scrapy-redis"), (44, "scrapy-redis")])

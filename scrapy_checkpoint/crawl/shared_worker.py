@@ -104,6 +104,8 @@ class SharedWorker:
                     reset_scrapy_redis(crawler, stage)
                 logger.info("Stage %s: reset (CHECKPOINT_RESET), %d worker sub-stage(s) removed.",
                             stage, len(removed))
+            elif (lost := shared.lost()) is not None:
+                raise CheckpointError(lost)
             elif shared.completed():
                 if config.on_complete == "skip":
                     logger.info(config.completed_message(stage))

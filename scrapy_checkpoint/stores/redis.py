@@ -763,7 +763,7 @@ class RedisStore:
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems, requests=self.request_reader(stage))
         if gone is not None and not loaded.exists:
-            loaded.vanished = self._vanished_message(stage, gone)
+            loaded.vanished = self.vanished_message(stage, gone)
             problems.append(loaded.vanished)
         good = 0
         for record in records:
@@ -797,7 +797,9 @@ class RedisStore:
             f"more can be recorded. The next run will not start the stage from zero silently; "
             f"run Redis with persistence (appendonly yes) to keep checkpoints across restarts.")
 
-    def _vanished_message(self, stage: str, raw: bytes) -> str:
+    def vanished_message(self, stage: str, raw: bytes) -> str:
+        """Why ``stage`` is not started from zero, from a marker ``raw`` left by
+        :meth:`stage_gone`."""
         try:
             info = load_json(raw)
             when = f" at {info['at']}, while pid {int(info['pid'])} on host {info['host']} was " \
