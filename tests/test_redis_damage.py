@@ -384,3 +384,32 @@ def test_a_lock_naming_a_pid_no_process_can_have_is_a_stale_lock(
             assert [i for i in range(6) if not again.should_skip(i)] == [3, 4, 5]
     finally:
         client.close()
+
+
+def test_a_worker_record_written_over_with_garbage_is_rewritten_by_its_worker(
+    redis_backend: str,
+) -> None:
+    """A shared stage's worker record that does not decode (written over by something else):
+    the worker's heartbeat and its leaving rewrite it, and work is never given to it. Before,
+    the Lua scripts failed on it ('Expected object key string'), every heartbeat was a
+    warning, the worker could not record that it left, and the stage was never seen
+    completed by its workers' records."""
+    from scrapy_checkpoint.shared import open_shared
+    from scrapy_checkpoint.stores import open_store
+
+    store = open_store(redis_backend)
+    try:
+        worker = open_shared(store, "site", worker="w1")
+        worker.beat("running")
+        taker = open_shared(store, "site", worker="w2")
+        taker.beat("idle")
+        for name in ("w1", "w2"):
+            store.client.hset(store.key("site", "workers"), name, b"{garbage")
+        assert worker.claim(7)
+        assert worker.give("w2", [(7, {"url": "http://127.0.0.1/7"})]) == []
+        worker.beat("finished")
+        assert not worker.adopted
+        records = {w.id: w.status for w in open_shared(store, "site", worker="-").workers()}
+        assert records == {"w1": "finished"}  # w2's record stays unreadable: ignored
+    finally:
+        store.close()
