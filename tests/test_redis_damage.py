@@ -14,7 +14,7 @@ import redis
 
 from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint
 from scrapy_checkpoint.cli import run as cli_run
-from scrapy_checkpoint.errors import CheckpointLostError, CorruptCheckpointError
+from scrapy_checkpoint.errors import CheckpointLostError, CheckpointWriteError, CorruptCheckpointError
 
 from .conftest import PYTHON, python_env
 from .test_redis_store import PrivateRedis, needs_redis_server
@@ -413,3 +413,30 @@ def test_a_worker_record_written_over_with_garbage_is_rewritten_by_its_worker(
         assert records == {"w1": "finished"}  # w2's record stays unreadable: ignored
     finally:
         store.close()
+
+
+def test_a_meta_count_written_over_mid_run_stops_the_job_with_one_paragraph(
+    redis_backend: str,
+) -> None:
+    """The meta hash's seq turned into text while the stage runs (another program writing the
+    stage's keys): the next group append stops the job with one CheckpointWriteError saying
+    what happened and what to do. Before, the append script failed with Lua's 'attempt to
+    compare number with nil', a redis-py ResponseError: a crawl logged a traceback per
+    finished request, went on to 'finished', and ended saying its groups 'could not reach
+    Redis'."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=6)
+    for i in range(3):
+        cp.update(processed=1, successful=1, index=i)
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.hset(f"{prefix}:s:meta", "seq", "abc")
+        with pytest.raises(CheckpointWriteError, match="was written over while the stage ran: "
+                                                       "its seq is not a number") as caught:
+            cp.update(processed=1, successful=1, index=3)
+        assert f"{prefix}:s:meta" in str(caught.value)
+        assert "reset s" in str(caught.value)
+        assert client.llen(f"{prefix}:s:journal") == 3 + 1  # the start's group and three
+    finally:
+        cp.abandon()
+        client.close()

@@ -314,7 +314,23 @@ def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
     except ResponseError as exc:
         if "LOST_LOCK" in str(exc):
             raise lease_lost(stage, f"Redis at {location}") from None
+        if "BAD_META" in str(exc):
+            raise bad_meta(stage, str(exc), call.get("keys") or []) from None
         raise
+
+
+def bad_meta(stage: str, reply: str, keys: Sequence[str]) -> CheckpointWriteError:
+    """A script's BAD_META reply (a field of the stage's meta hash that is not a number,
+    written over by something else while the stage ran) as the error the job stops with."""
+    field = reply.split("BAD_META", 1)[1].split(maxsplit=1)[0] if "BAD_META " in reply else "a count"
+    key = next((k for k in keys if str(k).endswith(":meta")), "meta")
+    return CheckpointWriteError(
+        f"The meta hash of stage {stage!r} in Redis ({key}) was written over while the stage "
+        f"ran: its {field} is not a number, so the journal cannot go on after it. This run "
+        f"stops: nothing more can be recorded, and what it recorded before is kept but cannot "
+        f"be resumed from. Reset the stage to start it over (scrapy-checkpoint --backend URL "
+        f"reset {stage}), and keep other programs off the stage's keys (give this job its own "
+        f"?prefix=NAME).")
 
 
 @dataclass(frozen=True)
@@ -466,6 +482,8 @@ class RedisJournalWriter:
                     raise self._store.stage_gone(self._stage, seq - 1) from None
                 if "LOST_LOCK" in str(exc):
                     raise lease_lost(self._stage, f"Redis at {self._store.location}") from None
+                if "BAD_META" in str(exc):
+                    raise bad_meta(self._stage, str(exc), self._keys) from None
                 raise
             self._pending.popleft()
             self._pending_bytes -= len(payload) + sum(len(record) for _, record in requests)
