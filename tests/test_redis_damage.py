@@ -440,3 +440,29 @@ def test_a_meta_count_written_over_mid_run_stops_the_job_with_one_paragraph(
     finally:
         cp.abandon()
         client.close()
+
+
+def test_a_journal_deleted_while_the_stage_runs_is_recorded_again_by_its_next_snapshot(
+    redis_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The journal key deleted (or evicted) while its writer runs: the writer's state still
+    has those groups, and its next snapshot (here the one a clean close writes) covers
+    every group it appended, so nothing recorded is lost. Before, the snapshot covered only
+    the groups left in the list: the stage had run to its end, but every later start and
+    show refused it ('lacks 6 of the 10 group(s) recorded'), and a reset redid all of it."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.delete(f"{prefix}:s:journal")
+        for i in range(5, 8):
+            cp.update(processed=1, successful=1, index=i)
+        cp.close()
+        assert cli_run(["--backend", redis_backend, "show", "s"]) == 0, capsys.readouterr().err
+        with EnhancedCheckpoint(redis_backend, "s", log_every=0) as again:
+            again.start(total_items=10)
+            assert [i for i in range(10) if not again.should_skip(i)] == [8, 9]
+    finally:
+        client.close()

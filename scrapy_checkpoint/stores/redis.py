@@ -857,9 +857,13 @@ class RedisStore:
             # the backlog (Redis away) it would cover records not yet there: skip it then.
             if not previous.backlog:
                 with self.client.pipeline(transaction=True) as pipe:  # one consistent read
-                    base, length = pipe.hget(self.key(stage, "meta"), "base").llen(
-                        self.key(stage, "journal")).execute()
-                self._rotations[(stage, gen)] = int(base or 0) + int(length)
+                    base, length, aside = pipe.hget(self.key(stage, "meta"), "base").llen(
+                        self.key(stage, "journal")).llen(self.key(stage, "corrupt")).execute()
+                # It covers every group this writer appended (all in Redis: none waits), also
+                # those deleted from the journal behind it (a key deleted or evicted while the
+                # stage ran): its state has them, and the snapshot records them again.
+                self._rotations[(stage, gen)] = max(int(base or 0) + int(length),
+                                                    previous.seq - int(aside))
             previous.size = 0
             writer = previous
         else:  # listed again: a reset under the lock (start(reset=True)) took it off the set
