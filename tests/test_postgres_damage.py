@@ -84,3 +84,26 @@ def test_privileges_revoked_are_one_paragraph_and_the_stage_resumes_once_granted
     with EnhancedCheckpoint(job, "s", log_every=0) as cp:
         cp.start(total_items=6)
         assert [i for i in range(6) if not cp.should_skip(i)] == [3, 4, 5]
+
+
+def test_a_shared_stage_whose_claims_table_was_dropped_is_refused_when_a_worker_joins(
+    postgresql_backend: str,
+) -> None:
+    """The claims table of the shared stages dropped behind the package: a worker joining
+    is refused with the paragraph at once. Before, it joined, warned for every request that
+    it could not claim it ('crawling them here'), crawled pages and only stopped at its
+    first journal write."""
+    from scrapy_checkpoint.shared import open_shared
+    from scrapy_checkpoint.stores import open_store
+
+    _interrupted_stage(postgresql_backend)
+    store = open_store(postgresql_backend)
+    try:
+        first = open_shared(store, "site", worker="w1")
+        first.hold_joining()  # the shared tables are made
+        first.release_joining()
+        _sql(postgresql_backend, "DROP TABLE {0}.shared_claims")
+        with pytest.raises(CorruptCheckpointError, match=r"\(table shared_claims missing\)"):
+            open_shared(store, "site", worker="w2").hold_joining()
+    finally:
+        store.close()

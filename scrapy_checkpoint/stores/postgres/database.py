@@ -149,6 +149,15 @@ def _as_checkpoint_error(driver_class: type, ours: type) -> type[BaseException]:
     return _TRANSLATED[key]
 
 
+def altered_message(location: str, schema: str, reason: str) -> str:
+    """What to do about tables of the schema dropped or altered behind the package."""
+    return (f"The checkpoint tables in schema {schema!r} of PostgreSQL at {location} are not "
+            f"as scrapy-checkpoint made them ({reason}): a table, column or function of theirs "
+            f"was dropped or altered by something else. Nothing was changed. Restore the schema "
+            f"from a backup; or, to start every stage it holds over, drop it (DROP SCHEMA "
+            f"\"{schema}\" CASCADE) and run the same command again.")
+
+
 def translated(exc: BaseException, location: str, schema: str) -> BaseException | None:
     """A psycopg error that says the schema's tables are not usable as they are, as one
     paragraph saying what to do (still the psycopg error); None for any other error.
@@ -173,15 +182,17 @@ def translated(exc: BaseException, location: str, schema: str) -> BaseException 
     elif isinstance(exc, (errors.UndefinedTable, errors.UndefinedColumn, errors.UndefinedFunction,
                         errors.DatatypeMismatch, errors.UndefinedObject)):
         error = _as_checkpoint_error(type(exc), CorruptCheckpointError)(
-            f"The checkpoint tables in schema {schema!r} of PostgreSQL at {location} are not "
-            f"as scrapy-checkpoint made them ({reason}): a table, column or function of "
-            f"theirs was dropped or altered by something else. Nothing was changed. Restore "
-            f"the schema from a backup; or, to start every stage it holds over, drop it (DROP "
-            f"SCHEMA \"{schema}\" CASCADE) and run the same command again.")
+            altered_message(location, schema, reason))
     else:
         return None
     error.server_reason = reason  # type: ignore[attr-defined]  # what one_line() says of it
     return error
+
+
+#: The tables of each layout version (see schema.sql).
+LAYOUT_TABLES = {1: ("schema_version", "stages", "owners", "journal", "requests", "snapshots",
+                     "corrupt"),
+                 2: ("shared_workers", "shared_claims", "shared_inbox", "shared_queued")}
 
 
 class PostgresDatabase:
@@ -270,6 +281,7 @@ class PostgresDatabase:
         a warning (once) that ``scrapy-checkpoint migrate`` is due; raises ConfigError,
         saying so, when they are older than that or missing."""
         if self.current or (self._upgrade_refused and (self.version or 0) >= needed):
+            self._check_tables()
             return
         try:
             self.create_schema()
@@ -287,6 +299,19 @@ class PostgresDatabase:
                                "on them, shared stages need layout %d: %s.", self.schema,
                                self.version, one_line(exc), SCHEMA_VERSION, advice)
             self._upgrade_refused = True
+
+    def _check_tables(self) -> None:
+        """Raise CorruptCheckpointError if a table of the schema's layout is missing (dropped
+        behind the package: a writer would fail at its first statement on it, a shared
+        stage's worker only once it claims a unit)."""
+        names = [name for version, tables in LAYOUT_TABLES.items()
+                 if version <= (self.version or 0) for name in tables]
+        missing = [row[0] for row in self.query(
+            "SELECT t FROM unnest(%s::text[]) AS t "
+            "WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL", [names, self.schema])]
+        if missing:
+            raise CorruptCheckpointError(altered_message(
+                self.location, self.schema, f"table {', '.join(missing)} missing"))
 
     def plan(self) -> str | None:
         """What :meth:`create_schema` would do here, as a sentence; None if nothing."""
