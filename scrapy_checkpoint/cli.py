@@ -332,7 +332,11 @@ def show(ctx: Context, stage: str, as_json: bool) -> None:
             if summary["unreadable"]:
                 click.echo(f"Unreadable sub-stage(s): {', '.join(summary['unreadable'])} "
                            f"(show each for the reason).")
+            if summary["damage"]:
+                click.echo(f"Damage: {summary['damage']}")
             ctx.print(_worker_rows(ctx, workers))
+        if summary["damage"]:
+            sys.exit(EXIT_DAMAGED)
         return
     view = _read(ctx, stage)
     if as_json:

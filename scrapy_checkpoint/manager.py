@@ -113,8 +113,9 @@ class UnifiedCheckpointManager:
                           if (parent := (shared_stage_of(name) or ("", ""))[0])})
         out = {}
         for parent in parents:
-            workers = open_shared(self.store, parent, worker="-").workers()
-            if workers:
+            shared = open_shared(self.store, parent, worker="-")
+            workers = shared.workers()
+            if workers or shared.lost() is not None:  # lost: its records went with its keys
                 out[parent] = workers
         return out
 
@@ -125,7 +126,9 @@ class UnifiedCheckpointManager:
         ``active`` while a worker is alive or has not left, then ``incomplete`` when a
         sub-stage lost work (``lost``: units by reason, summed over the sub-stages) or ended
         ``incomplete``/``failed``, else ``completed``; ``unreadable`` lists sub-stages that
-        could not be read (the stage is then not called completed either).
+        could not be read (the stage is then not called completed either). ``damaged``
+        (with ``damage``, what to do) when the store lost the records of a worker under it
+        (see :meth:`SharedStage.lost`); ``damage`` is None otherwise.
         """
         done, pending = sum(w.done for w in workers), sum(w.pending for w in workers)
         lost: dict[str, int] = {}
@@ -141,14 +144,17 @@ class UnifiedCheckpointManager:
             for reason, n in state.lost.items():
                 lost[reason] = lost.get(reason, 0) + n
             ended_badly |= state.status in (Status.INCOMPLETE, Status.FAILED)
-        if not all(w.status in OVER and not w.alive for w in workers):
+        damage = open_shared(self.store, stage, worker="-").lost()
+        if damage is not None:
+            status = "damaged"
+        elif not all(w.status in OVER and not w.alive for w in workers):
             status = "active"
         elif ended_badly or unreadable or any(lost.values()):
             status = "incomplete"
         else:
             status = "completed"
         return {"status": status, "done": done, "pending": pending, "lost": lost,
-                "unreadable": unreadable}
+                "unreadable": unreadable, "damage": damage}
 
     def read(self, stage: str) -> StageView:
         """A read-only view of ``stage`` (see :func:`read_stage`)."""

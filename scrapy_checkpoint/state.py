@@ -78,7 +78,10 @@ class Owner(BaseModel):
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
+    """Whether a process with this pid exists on this host. A number no process can have
+    (0 or below, which os.kill would take for a process group, or too large) is none."""
+    if not 0 < pid < 1 << 31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,6 +3,7 @@ stage's keys vanished, keys holding another Redis type, the tracker's last commi
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import redis
 
 from scrapy_checkpoint import CheckpointError, EnhancedCheckpoint
 from scrapy_checkpoint.cli import run as cli_run
-from scrapy_checkpoint.errors import CheckpointLostError, CorruptCheckpointError
+from scrapy_checkpoint.errors import CheckpointLostError, CheckpointWriteError, CorruptCheckpointError
 
 from .conftest import PYTHON, python_env
 from .test_redis_store import PrivateRedis, needs_redis_server
@@ -355,3 +356,113 @@ def test_a_full_redis_still_lists_and_shows_its_stages_and_refuses_a_reset_plain
     err = capsys.readouterr().err
     assert "Redis is full: raise its maxmemory" in err
     assert "Stage 's' not reset." in err
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999999", "0", "-1"])
+def test_a_lock_naming_a_pid_no_process_can_have_is_a_stale_lock(
+    redis_backend: str, pid: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lock of an interrupted stage names this host and a pid no process can have (a
+    value put there by hand or by another program). Before, a pid past the C long made show
+    and the next run fail with an OverflowError traceback, and 0 or -1 (os.kill's process
+    group and every process) read as a live holder: the stage was refused until the key
+    expired. Now it is a holder that is gone: show reads the stage, and the next run takes
+    the stage over and resumes it."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    cp.start(total_items=6)
+    for i in range(3):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.abandon()  # as after a kill -9: nothing more written, the lock left
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.set(f"{prefix}:s:lock", f"{socket.gethostname()}:{pid}:0123abcd", px=600_000)
+        assert cli_run(["--backend", redis_backend, "show", "s"]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+        with EnhancedCheckpoint(redis_backend, "s", log_every=0) as again:
+            again.start(total_items=6)
+            assert [i for i in range(6) if not again.should_skip(i)] == [3, 4, 5]
+    finally:
+        client.close()
+
+
+def test_a_worker_record_written_over_with_garbage_is_rewritten_by_its_worker(
+    redis_backend: str,
+) -> None:
+    """A shared stage's worker record that does not decode (written over by something else):
+    the worker's heartbeat and its leaving rewrite it, and work is never given to it. Before,
+    the Lua scripts failed on it ('Expected object key string'), every heartbeat was a
+    warning, the worker could not record that it left, and the stage was never seen
+    completed by its workers' records."""
+    from scrapy_checkpoint.shared import open_shared
+    from scrapy_checkpoint.stores import open_store
+
+    store = open_store(redis_backend)
+    try:
+        worker = open_shared(store, "site", worker="w1")
+        worker.beat("running")
+        taker = open_shared(store, "site", worker="w2")
+        taker.beat("idle")
+        for name in ("w1", "w2"):
+            store.client.hset(store.key("site", "workers"), name, b"{garbage")
+        assert worker.claim(7)
+        assert worker.give("w2", [(7, {"url": "http://127.0.0.1/7"})]) == []
+        worker.beat("finished")
+        assert not worker.adopted
+        records = {w.id: w.status for w in open_shared(store, "site", worker="-").workers()}
+        assert records == {"w1": "finished"}  # w2's record stays unreadable: ignored
+    finally:
+        store.close()
+
+
+def test_a_meta_count_written_over_mid_run_stops_the_job_with_one_paragraph(
+    redis_backend: str,
+) -> None:
+    """The meta hash's seq turned into text while the stage runs (another program writing the
+    stage's keys): the next group append stops the job with one CheckpointWriteError saying
+    what happened and what to do. Before, the append script failed with Lua's 'attempt to
+    compare number with nil', a redis-py ResponseError: a crawl logged a traceback per
+    finished request, went on to 'finished', and ended saying its groups 'could not reach
+    Redis'."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=6)
+    for i in range(3):
+        cp.update(processed=1, successful=1, index=i)
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.hset(f"{prefix}:s:meta", "seq", "abc")
+        with pytest.raises(CheckpointWriteError, match="was written over while the stage ran: "
+                                                       "its seq is not a number") as caught:
+            cp.update(processed=1, successful=1, index=3)
+        assert f"{prefix}:s:meta" in str(caught.value)
+        assert "reset s" in str(caught.value)
+        assert client.llen(f"{prefix}:s:journal") == 3 + 1  # the start's group and three
+    finally:
+        cp.abandon()
+        client.close()
+
+
+def test_a_journal_deleted_while_the_stage_runs_is_recorded_again_by_its_next_snapshot(
+    redis_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The journal key deleted (or evicted) while its writer runs: the writer's state still
+    has those groups, and its next snapshot (here the one a clean close writes) covers
+    every group it appended, so nothing recorded is lost. Before, the snapshot covered only
+    the groups left in the list: the stage had run to its end, but every later start and
+    show refused it ('lacks 6 of the 10 group(s) recorded'), and a reset redid all of it."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1)
+    cp.start(total_items=10)
+    for i in range(5):
+        cp.update(processed=1, successful=1, index=i)
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        client.delete(f"{prefix}:s:journal")
+        for i in range(5, 8):
+            cp.update(processed=1, successful=1, index=i)
+        cp.close()
+        assert cli_run(["--backend", redis_backend, "show", "s"]) == 0, capsys.readouterr().err
+        with EnhancedCheckpoint(redis_backend, "s", log_every=0) as again:
+            again.start(total_items=10)
+            assert [i for i in range(10) if not again.should_skip(i)] == [8, 9]
+    finally:
+        client.close()

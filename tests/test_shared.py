@@ -46,11 +46,17 @@ def shared_backend(shared_location: str):  # type: ignore[no-untyped-def]
 class Worker:
     """One ``scrapy crawl site`` worker of the shared stage, writing into its own directory."""
 
-    def __init__(self, site: Site, backend: str, directory: Path, *extra: str) -> None:
+    def __init__(self, site: Site, backend: str, directory: Path, *extra: str,
+                 host: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.outputs = Outputs(directory, backend)
         self.log_path = directory / f"crawl-{uuid.uuid4().hex[:6]}.log"
-        cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}",
+        # host: the worker's process answers socket.gethostname() with it, as a worker on
+        # another machine would (its process cannot be checked from here, only its lease).
+        scrapy = (["-c", f"import socket, sys; socket.gethostname = lambda: {host!r}; "
+                   "sys.argv[0] = 'scrapy'; from scrapy.cmdline import execute; execute()"]
+                  if host else ["-m", "scrapy"])
+        cmd = [PYTHON, *scrapy, "crawl", "site", "-a", f"base={site.url}",
                *self.outputs.args, "-s", "CHECKPOINT_SHARED=True",
                "-s", f"CHECKPOINT_LEASE_SECONDS={LEASE}", *extra]
         with self.log_path.open("wb") as log:
@@ -248,6 +254,71 @@ def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
     assert dead.status is Status.COMPLETED
     assert dead.pending_units == 0
     assert dead.metadata["adopted_by"] == workers["finished"].id
+
+
+def test_a_worker_adopted_on_another_host_is_cut_back_by_a_later_run_here(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    """A worker killed here and adopted by a worker on another host leaves lines of requests
+    it had not committed in its files (the adopter cannot reach them, and runs those requests
+    again). The next worker started on this host cuts them back, also when the stage has
+    completed by then: before, it said the stage was completed and left the files as they
+    were, and the union of the outputs held those items twice for good."""
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, shared_backend, tmp_path / "a")
+        assert site.wait_for_hits(60, proc=a.proc)
+        a.proc.kill()
+        assert a.wait() == -9
+        # A line written after its last commit (its request not recorded done): page 0,
+        # which the adopter writes too, since it was done here before the kill.
+        with (tmp_path / "a" / "items.jl").open("a") as f:
+            f.write('{"page": 0}\n')
+        b = Worker(site, shared_backend, tmp_path / "b", host="elsewhere.invalid")
+        assert b.wait() == 0, b.log[-3000:]
+        assert "adopted worker" in b.log
+        adopted = [w for w in _shared(shared_backend).workers() if w.status == "adopted"]
+        assert [w.outputs_cut for w in adopted] == [False]  # another host: not cut there
+        again = Worker(site, shared_backend, tmp_path / "a")
+        assert again.wait() == 0, again.log[-3000:]
+        assert "already completed" in again.log
+    finally:
+        site.close()
+    _assert_union_exact([a, b])
+    assert [w.outputs_cut for w in _shared(shared_backend).workers()
+            if w.status == "adopted"] == [True]
+
+
+def test_a_shared_stage_whose_redis_keys_vanished_is_refused_until_reset(
+    tmp_path: Path, redis_backend: str
+) -> None:
+    """Redis emptied under a worker (restarted without its data, or flushed): the worker stops
+    saying the next run will not start the stage from zero silently. Before, the next worker
+    joined the stage as new (the claims and worker records were gone with the sub-stage) and
+    crawled every page again, writing the items the first one had written a second time, and
+    ended 'Completed'. Now it refuses with the marker's paragraph, show says damaged, and a
+    reset of the shared stage starts it over."""
+    site = Site(N_PAGES, delay=0.01)
+    try:
+        a = Worker(site, redis_backend, tmp_path / "a")
+        assert site.wait_for_hits(60, proc=a.proc)
+        drop_redis_prefix(_prefix(redis_backend))  # every key of the stage, as FLUSHDB
+        assert a.wait() == 0, a.log[-3000:]
+        assert "no longer holds stage 'site.w." in a.log
+        refused = Worker(site, redis_backend, tmp_path / "b")
+        assert refused.wait() == 1, refused.log[-3000:]
+        assert "lost the checkpoint of stage 'site'" in refused.log
+        assert "Traceback" not in refused.log
+        assert refused.outputs.jsonlines("items.jl") == []
+        shown = _cli(redis_backend, "show", "site")
+        assert shown.returncode == 3, shown.stdout + shown.stderr
+        assert "Shared stage site: damaged" in shown.stdout
+        assert _cli(redis_backend, "reset", "site", "--force").returncode == 0
+        c = Worker(site, redis_backend, tmp_path / "c")
+        assert c.wait() == 0, c.log[-3000:]
+    finally:
+        site.close()
+    _assert_union_exact([c])
 
 
 @pytest.mark.slow

@@ -488,6 +488,51 @@ def local_outputs(settings: Any, spider_name: str, own_output: str | None) -> li
     return paths
 
 
+def _bytes_at(path: str, offset: int, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def cut_to_committed(recorded: dict[str, list[Any]], key: str, stats: Any) -> None:
+    """Cut output ``key`` back to the committed length its journal entry ``recorded[key]``
+    holds (see :meth:`OutputSet.cut`); a closed document whose closing is not what follows
+    is recorded open again in ``recorded``."""
+    entry = recorded[key]
+    length = entry[1]
+    size = os.path.getsize(key) if os.path.exists(key) else 0
+    document = entry[2] if len(entry) > 2 else None
+    if document is not None and document.get(DOC_CLOSED):
+        closing = Framing.recorded(document).closing
+        if _bytes_at(key, length, len(closing)) == closing:
+            length += len(closing)
+        else:  # reopened by a run that was then killed: the document is open
+            recorded[key] = [entry[0], entry[1], {k: v for k, v in document.items()
+                                                  if k != DOC_CLOSED}]
+    if size > length:
+        if os.path.islink(key):  # cut in the file it points to: never through a link
+            raise OutputLostError(
+                f"Output {key} is a symbolic link (to {os.readlink(key)}): the bytes "
+                f"after its committed length would be cut in the file it points to, "
+                f"and a file outside the crawl's outputs is never cut. This file was not "
+                f"cut. Put the feed file itself at that path (or give the feed the "
+                f"path the link points to) and run the same command again.")
+        with open(key, "r+b") as f:
+            f.seek(length)
+            lines = f.read().count(b"\n")
+            f.truncate(length)
+        logger.info("Output %s: removing %d line(s) written after the last commit; "
+                    "their requests run again.", key, lines)
+        stats.inc_value("checkpoint/output_lines_rolled_back", lines)
+    elif size < length:
+        logger.error("Output %s is %d bytes but %d were committed: items of finished "
+                     "requests are missing (was the disk lost?). Writing on from its end.",
+                     key, size, length)
+
+
 class OutputSet:
     """The durable outputs of one stage: opened at their committed length, cut back on
     resume, their lengths journaled with every group.
@@ -526,39 +571,11 @@ class OutputSet:
         file). A closed document keeps its closing when the closing is what follows.
         ``configured_only``: only outputs this run's configuration names (a dead worker's
         adopter passes False for the files that worker recorded as its own)."""
-        for key, entry in recorded.items():
+        for key in list(recorded):
             if configured_only and not self._may_touch(key):
                 continue
             self._files.add(key)
-            length = entry[1]
-            size = os.path.getsize(key) if os.path.exists(key) else 0
-            document = entry[2] if len(entry) > 2 else None
-            if document is not None and document.get(DOC_CLOSED):
-                closing = Framing.recorded(document).closing
-                if self._bytes_at(key, length, len(closing)) == closing:
-                    length += len(closing)
-                else:  # reopened by a run that was then killed: the document is open
-                    recorded[key] = [entry[0], entry[1], {k: v for k, v in document.items()
-                                                          if k != DOC_CLOSED}]
-            if size > length:
-                if os.path.islink(key):  # cut in the file it points to: never through a link
-                    raise OutputLostError(
-                        f"Output {key} is a symbolic link (to {os.readlink(key)}): the bytes "
-                        f"after its committed length would be cut in the file it points to, "
-                        f"and a file outside the crawl's outputs is never cut. This file was not "
-                        f"cut. Put the feed file itself at that path (or give the feed the "
-                        f"path the link points to) and run the same command again.")
-                with open(key, "r+b") as f:
-                    f.seek(length)
-                    lines = f.read().count(b"\n")
-                    f.truncate(length)
-                logger.info("Output %s: removing %d line(s) written after the last commit; "
-                            "their requests run again.", key, lines)
-                self.stats.inc_value("checkpoint/output_lines_rolled_back", lines)
-            elif size < length:
-                logger.error("Output %s is %d bytes but %d were committed: items of finished "
-                             "requests are missing (was the disk lost?). Writing on from its end.",
-                             key, size, length)
+            cut_to_committed(recorded, key, self.stats)
 
     def _may_touch(self, key: str) -> bool:
         """True if this run's configuration names ``key``; else say once that it is left
@@ -576,15 +593,6 @@ class OutputSet:
                 f"what was committed and the crawl goes on in it), or set "
                 f"CHECKPOINT_RESET = True to write every item to the new outputs."))
         return False
-
-    @staticmethod
-    def _bytes_at(path: str, offset: int, n: int) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(n)
-        except OSError:
-            return b""
 
     def recorded(self, path: str) -> list[Any] | None:
         """The journal entry of ``path`` in this stage, if it has one (the stage is open)."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import DontCloseSpider
@@ -28,6 +29,7 @@ from ..state import Owner, pid_alive
 from ..stores.base import Store
 from ..view import read_stage
 from .engine_hooks import crawl_started, wake
+from .outputs import cut_to_committed
 from .scrapy_redis import ScrapyRedisPairing, reset_scrapy_redis, uses_scrapy_redis
 
 if TYPE_CHECKING:
@@ -102,9 +104,16 @@ class SharedWorker:
                     reset_scrapy_redis(crawler, stage)
                 logger.info("Stage %s: reset (CHECKPOINT_RESET), %d worker sub-stage(s) removed.",
                             stage, len(removed))
+            elif (lost := shared.lost()) is not None:
+                raise CheckpointError(lost)
             elif shared.completed():
                 if config.on_complete == "skip":
                     logger.info(config.completed_message(stage))
+                    # Outputs of a worker adopted by another host: only here can they be cut.
+                    for dead in shared.workers():
+                        if _cut_here(dead):
+                            _cut_outputs_of(shared, stage, store, dead,
+                                            partial(_cut_files, stats=crawler.stats))
                     shared.release_joining()
                     return None
                 removed = shared.reset()
@@ -180,8 +189,9 @@ class SharedWorker:
                 continue  # frozen past its lease: not dead (a pid reused by us, or a worker
                 # that left and released its lock, does not count)
             if worker.status in OVER:
-                if worker.status == "adopted" and on_this_host and not worker.outputs_cut:
-                    self._cut_outputs_of(worker)
+                if _cut_here(worker):
+                    _cut_outputs_of(shared, self.stage, cp.store, worker,
+                                    lambda files: outputs.cut(files, configured_only=False))
                 continue
             if not on_this_host:
                 shared.release_dead(worker)  # a lock that outlives the lease (PostgreSQL)
@@ -195,37 +205,9 @@ class SharedWorker:
                 logger.error("Stage %s: cannot adopt worker %s: %s", self.stage, worker.id, exc)
                 continue
             if on_this_host:
-                outputs.cut(self._only_theirs(worker, other.live.outputs),
+                outputs.cut(_only_theirs(shared, self.stage, worker, other.live.outputs),
                             configured_only=False)  # the dead worker's own files
             self._adopting.append((worker, other, on_this_host))
-
-    def _cut_outputs_of(self, worker: Worker) -> None:
-        """Outputs of a worker that died on this host and was adopted elsewhere."""
-        assert self.cp is not None
-        assert self.outputs is not None
-        try:
-            view = read_stage(self.cp.store, sub_stage_name(self.stage, worker.id))
-        except Exception as exc:
-            logger.warning("Stage %s: cannot read worker %s to cut its outputs (%s)",
-                           self.stage, worker.id, exc)
-            return
-        self.outputs.cut(self._only_theirs(worker, view.outputs), configured_only=False)
-        self.shared.record_outputs_cut(worker)
-
-    def _only_theirs(self, dead: Worker, recorded: dict[str, list[int]]) -> dict[str, list[int]]:
-        """The outputs of a dead worker that no other worker of the stage writes: a file
-        another worker also wrote (two workers were given one file) is never cut."""
-        # Files another worker on that host wrote while the dead one lived (two workers given
-        # one file), not those of workers before it (a supervisor reusing the path).
-        others = {path for w in self.shared.workers()
-                  if w.id != dead.id and w.host == dead.host
-                  and (w.alive or w.heartbeat >= dead.started_at) for path in w.outputs}
-        shared_files = sorted(set(recorded) & others)
-        for path in shared_files:
-            logger.warning("Stage %s: %s is also written by another worker; not cutting it back "
-                           "for adopted worker %s (a file per worker keeps outputs exact).",
-                           self.stage, path, dead.id)
-        return {k: v for k, v in recorded.items() if k not in others}
 
     def hand_over_adopted(self) -> int:
         """Schedule here the pending requests of the dead workers taken over, journal them,
@@ -438,6 +420,49 @@ class SharedWorker:
     def leave(self, finished: bool) -> None:
         """This worker leaves the stage, finished or paused."""
         self.shared.leave("finished" if finished else "paused")
+
+
+def _cut_here(worker: Worker) -> bool:
+    """Whether ``worker`` died on this host and was adopted with its outputs not cut."""
+    return (worker.status == "adopted" and not worker.outputs_cut
+            and worker.host == Owner.current().host)
+
+
+def _cut_files(files: dict[str, list[Any]], stats: Any) -> None:
+    for key in list(files):
+        cut_to_committed(files, key, stats)
+
+
+def _cut_outputs_of(shared: SharedStage, stage: str, store: Store, worker: Worker,
+                    cut: Callable[[dict[str, list[Any]]], object]) -> None:
+    """Cut the outputs of ``worker``, which died on this host and was adopted elsewhere, back
+    to their committed length with ``cut`` (given its files, path -> journal entry), and
+    record them cut."""
+    try:
+        view = read_stage(store, sub_stage_name(stage, worker.id))
+    except Exception as exc:
+        logger.warning("Stage %s: cannot read worker %s to cut its outputs (%s)",
+                       stage, worker.id, exc)
+        return
+    cut(_only_theirs(shared, stage, worker, view.outputs))
+    shared.record_outputs_cut(worker)
+
+
+def _only_theirs(shared: SharedStage, stage: str, dead: Worker,
+                 recorded: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The outputs of a dead worker that no other worker of the stage writes: a file
+    another worker also wrote (two workers were given one file) is never cut."""
+    # Files another worker on that host wrote while the dead one lived (two workers given
+    # one file), not those of workers before it (a supervisor reusing the path).
+    others = {path for w in shared.workers()
+              if w.id != dead.id and w.host == dead.host
+              and (w.alive or w.heartbeat >= dead.started_at) for path in w.outputs}
+    shared_files = sorted(set(recorded) & others)
+    for path in shared_files:
+        logger.warning("Stage %s: %s is also written by another worker; not cutting it back "
+                       "for adopted worker %s (a file per worker keeps outputs exact).",
+                       stage, path, dead.id)
+    return {k: v for k, v in recorded.items() if k not in others}
 
 
 @contextlib.contextmanager

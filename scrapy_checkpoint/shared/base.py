@@ -119,6 +119,11 @@ class SharedStage(ABC):
         workers = self.workers()
         return bool(workers) and all(w.status in OVER and not w.alive for w in workers)
 
+    def lost(self) -> str | None:
+        """Why the stage cannot go on from its records, if the store lost some of them under
+        a worker (a Redis restarted empty): the message a joining worker stops with."""
+        return None
+
     def any_alive(self) -> bool:
         """True if a worker other than this one is alive."""
         return any(w.alive for w in self.workers() if w.id != self.worker)

@@ -183,10 +183,29 @@ class RedisSharedStage(SharedStage):
     def _write_worker(self, worker: Worker) -> None:
         self.client.hset(self.workers_key, worker.id, worker.model_dump_json(exclude={"alive"}))
 
+    def _sub_stages_listed(self) -> list[str]:
+        """The sub-stages of this stage named in the store's set of stages (also those of
+        workers whose records are gone)."""
+        prefix = f"{self.stage}.w."
+        return sorted(name for name in (raw.decode(errors="replace") for raw in
+                                        self.client.smembers(f"{self.store.prefix}:stages"))
+                      if name.startswith(prefix))
+
+    def lost(self) -> str | None:
+        """See :meth:`SharedStage.lost`: a worker's sub-stage whose keys vanished under it
+        left its marker (``p:<sub-stage>:gone``); the stage's claims and records went with
+        it, so a new worker would start the stage from zero."""
+        for sub in self._sub_stages_listed():
+            raw = self.client.get(self.store.key(sub, "gone"))
+            if raw is not None:
+                return self.store.vanished_message(self.stage, raw)
+        return None
+
     def reset(self) -> list[str]:
         """See :meth:`SharedStage.reset` (one MULTI/EXEC)."""
         workers = self.workers()
-        subs = [sub_stage_name(self.stage, w.id) for w in workers]
+        subs = sorted({sub_stage_name(self.stage, w.id) for w in workers}
+                      | set(self._sub_stages_listed()))
         store = self.store
         keys = [self.claims_key, self.workers_key, self.tokens_key, self.queued_key]
         keys += [self.inbox_key(w.id) for w in workers]

@@ -314,7 +314,23 @@ def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
     except ResponseError as exc:
         if "LOST_LOCK" in str(exc):
             raise lease_lost(stage, f"Redis at {location}") from None
+        if "BAD_META" in str(exc):
+            raise bad_meta(stage, str(exc), call.get("keys") or []) from None
         raise
+
+
+def bad_meta(stage: str, reply: str, keys: Sequence[str]) -> CheckpointWriteError:
+    """A script's BAD_META reply (a field of the stage's meta hash that is not a number,
+    written over by something else while the stage ran) as the error the job stops with."""
+    field = reply.split("BAD_META", 1)[1].split(maxsplit=1)[0] if "BAD_META " in reply else "a count"
+    key = next((k for k in keys if str(k).endswith(":meta")), "meta")
+    return CheckpointWriteError(
+        f"The meta hash of stage {stage!r} in Redis ({key}) was written over while the stage "
+        f"ran: its {field} is not a number, so the journal cannot go on after it. This run "
+        f"stops: nothing more can be recorded, and what it recorded before is kept but cannot "
+        f"be resumed from. Reset the stage to start it over (scrapy-checkpoint --backend URL "
+        f"reset {stage}), and keep other programs off the stage's keys (give this job its own "
+        f"?prefix=NAME).")
 
 
 @dataclass(frozen=True)
@@ -466,6 +482,8 @@ class RedisJournalWriter:
                     raise self._store.stage_gone(self._stage, seq - 1) from None
                 if "LOST_LOCK" in str(exc):
                     raise lease_lost(self._stage, f"Redis at {self._store.location}") from None
+                if "BAD_META" in str(exc):
+                    raise bad_meta(self._stage, str(exc), self._keys) from None
                 raise
             self._pending.popleft()
             self._pending_bytes -= len(payload) + sum(len(record) for _, record in requests)
@@ -763,7 +781,7 @@ class RedisStore:
         loaded = Loaded(header, done, 0, snap_bytes, exists=bool(blob or records or has_state),
                         problems=problems, requests=self.request_reader(stage))
         if gone is not None and not loaded.exists:
-            loaded.vanished = self._vanished_message(stage, gone)
+            loaded.vanished = self.vanished_message(stage, gone)
             problems.append(loaded.vanished)
         good = 0
         for record in records:
@@ -797,7 +815,9 @@ class RedisStore:
             f"more can be recorded. The next run will not start the stage from zero silently; "
             f"run Redis with persistence (appendonly yes) to keep checkpoints across restarts.")
 
-    def _vanished_message(self, stage: str, raw: bytes) -> str:
+    def vanished_message(self, stage: str, raw: bytes) -> str:
+        """Why ``stage`` is not started from zero, from a marker ``raw`` left by
+        :meth:`stage_gone`."""
         try:
             info = load_json(raw)
             when = f" at {info['at']}, while pid {int(info['pid'])} on host {info['host']} was " \
@@ -837,9 +857,13 @@ class RedisStore:
             # the backlog (Redis away) it would cover records not yet there: skip it then.
             if not previous.backlog:
                 with self.client.pipeline(transaction=True) as pipe:  # one consistent read
-                    base, length = pipe.hget(self.key(stage, "meta"), "base").llen(
-                        self.key(stage, "journal")).execute()
-                self._rotations[(stage, gen)] = int(base or 0) + int(length)
+                    base, length, aside = pipe.hget(self.key(stage, "meta"), "base").llen(
+                        self.key(stage, "journal")).llen(self.key(stage, "corrupt")).execute()
+                # It covers every group this writer appended (all in Redis: none waits), also
+                # those deleted from the journal behind it (a key deleted or evicted while the
+                # stage ran): its state has them, and the snapshot records them again.
+                self._rotations[(stage, gen)] = max(int(base or 0) + int(length),
+                                                    previous.seq - int(aside))
             previous.size = 0
             writer = previous
         else:  # listed again: a reset under the lock (start(reset=True)) took it off the set

@@ -12,8 +12,13 @@
 -- ARGV[1] the worker, ARGV[2] its record (JSON), ARGV[3] the expiry in seconds.
 --
 -- Returns 1 if written, 0 if the worker was adopted.
+-- A record that does not decode (written over by something else) is rewritten: the
+-- worker knows its own record.
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and cjson.decode(current)['status'] == 'adopted' then return 0 end
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' and decoded['status'] == 'adopted' then return 0 end
+end
 local record = ARGV[2]
 if redis.call('LLEN', KEYS[2]) > 0 then
   record = string.gsub(record, '"status":"idle"', '"status":"running"', 1)

@@ -9,8 +9,11 @@
 -- Returns the codes given (a unit no longer claimed by the giver stays).
 local giver, taker = ARGV[1], ARGV[2]
 -- Only to a worker waiting for work: one that is leaving must not receive any.
+-- (A record that does not decode is no idle worker's.)
 local record = redis.call('HGET', KEYS[3], taker)
-if not record or cjson.decode(record)['status'] ~= 'idle' then return {} end
+if not record then return {} end
+local ok, decoded = pcall(cjson.decode, record)
+if not ok or type(decoded) ~= 'table' or decoded['status'] ~= 'idle' then return {} end
 local given = {}
 for i = 3, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == giver then

@@ -9,7 +9,7 @@
 -- many finished units follow, then their codes, then the codes of the units it adds.
 --
 -- Fails with STAGE_GONE when the stage's keys are gone, with LOST_LOCK when the caller no
--- longer holds the lock. Returns 0 without
+-- longer holds the lock, with BAD_META when meta's seq is not a number. Returns 0 without
 -- appending if the sequence number is not new (a retry after a lost reply), else 1.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   -- No lock, no journal, no meta: the stage's keys vanished under its writer (a Redis
@@ -20,6 +20,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
 end
 local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+if last == nil then
+  return redis.error_reply('BAD_META seq')  -- written over by something else
+end
 if tonumber(ARGV[2]) <= last then return 0 end
 local n_requests = tonumber(ARGV[4])
 for i = 5, 4 + 2 * n_requests, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end

@@ -5,12 +5,16 @@
 -- ARGV[1] the caller's lock token, ARGV[2] the snapshot, ARGV[3] how many journal
 -- records (counted from the first ever appended) it covers.
 --
--- Fails with LOST_LOCK unless the caller still holds the lock. Returns 0 and changes
+-- Fails with LOST_LOCK unless the caller still holds the lock, with BAD_META when meta's
+-- base is not a number. Returns 0 and changes
 -- nothing if a newer snapshot is already there, else 1.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('LOST_LOCK the stage lock expired and another process may own it')
 end
 local base = tonumber(redis.call('HGET', KEYS[3], 'base') or '0')
+if base == nil then
+  return redis.error_reply('BAD_META base')  -- written over by something else
+end
 local covered = tonumber(ARGV[3])
 if covered < base then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[5]) end

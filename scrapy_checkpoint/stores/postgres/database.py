@@ -13,10 +13,10 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from ...errors import CheckpointError, ConfigError, redact
+from ...errors import CheckpointError, ConfigError, CorruptCheckpointError, redact
 
 if TYPE_CHECKING:
     from .lock import PostgresLock
@@ -124,7 +124,7 @@ def _note_secrets(netloc: str) -> None:
 def one_line(exc: BaseException) -> str:
     """The server's or driver's message on one line, passwords redacted, without a final
     full stop."""
-    text = redact(" ".join(str(exc).split()))
+    text = redact(" ".join(str(getattr(exc, "server_reason", None) or exc).split()))
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text.rstrip(".")
@@ -134,6 +134,65 @@ def sentence(exc: BaseException) -> str:
     """:func:`one_line` ending as a sentence."""
     text = one_line(exc)
     return text if text.endswith(("?", "!")) else text + "."
+
+
+_TRANSLATED: dict[tuple[type, type], type[BaseException]] = {}
+
+
+def _as_checkpoint_error(driver_class: type, ours: type) -> type[BaseException]:
+    """``driver_class`` (a psycopg error) that is also ``ours``: every ``except`` of either
+    still catches it."""
+    key = (driver_class, ours)
+    if key not in _TRANSLATED:
+        _TRANSLATED[key] = cast("type[BaseException]",
+                                type(driver_class.__name__, (ours, driver_class), {}))
+    return _TRANSLATED[key]
+
+
+def altered_message(location: str, schema: str, reason: str) -> str:
+    """What to do about tables of the schema dropped or altered behind the package."""
+    return (f"The checkpoint tables in schema {schema!r} of PostgreSQL at {location} are not "
+            f"as scrapy-checkpoint made them ({reason}): a table, column or function of theirs "
+            f"was dropped or altered by something else. Nothing was changed. Restore the schema "
+            f"from a backup; or, to start every stage it holds over, drop it (DROP SCHEMA "
+            f"\"{schema}\" CASCADE) and run the same command again.")
+
+
+def translated(exc: BaseException, location: str, schema: str) -> BaseException | None:
+    """A psycopg error that says the schema's tables are not usable as they are, as one
+    paragraph saying what to do (still the psycopg error); None for any other error.
+
+    - A table, column or function of the schema missing or of another type (dropped or
+      altered behind the package): CorruptCheckpointError.
+    - A privilege the role lacks on them (revoked, never granted): CheckpointError.
+    """
+    errors = driver().errors
+    if isinstance(exc, CheckpointError):
+        return None
+    diag = getattr(exc, "diag", None)
+    reason = redact(diag.message_primary) if diag is not None and diag.message_primary \
+        else one_line(exc)  # without the statement psycopg adds
+    if isinstance(exc, errors.InsufficientPrivilege):
+        error = _as_checkpoint_error(type(exc), CheckpointError)(
+            f"PostgreSQL at {location}: this role may not use the checkpoint tables in schema "
+            f"{schema!r}: {reason}. Nothing recorded was changed. Have the schema's owner "
+            f"grant this role USAGE on the schema, EXECUTE on its function and SELECT, INSERT, "
+            f"UPDATE, DELETE on its tables (docs/postgresql.md), or use a role that may; then "
+            f"run the same command again.")
+    elif isinstance(exc, (errors.UndefinedTable, errors.UndefinedColumn, errors.UndefinedFunction,
+                        errors.DatatypeMismatch, errors.UndefinedObject)):
+        error = _as_checkpoint_error(type(exc), CorruptCheckpointError)(
+            altered_message(location, schema, reason))
+    else:
+        return None
+    error.server_reason = reason  # type: ignore[attr-defined]  # what one_line() says of it
+    return error
+
+
+#: The tables of each layout version (see schema.sql).
+LAYOUT_TABLES = {1: ("schema_version", "stages", "owners", "journal", "requests", "snapshots",
+                     "corrupt"),
+                 2: ("shared_workers", "shared_claims", "shared_inbox", "shared_queued")}
 
 
 class PostgresDatabase:
@@ -222,6 +281,7 @@ class PostgresDatabase:
         a warning (once) that ``scrapy-checkpoint migrate`` is due; raises ConfigError,
         saying so, when they are older than that or missing."""
         if self.current or (self._upgrade_refused and (self.version or 0) >= needed):
+            self._check_tables()
             return
         try:
             self.create_schema()
@@ -239,6 +299,19 @@ class PostgresDatabase:
                                "on them, shared stages need layout %d: %s.", self.schema,
                                self.version, one_line(exc), SCHEMA_VERSION, advice)
             self._upgrade_refused = True
+
+    def _check_tables(self) -> None:
+        """Raise CorruptCheckpointError if a table of the schema's layout is missing (dropped
+        behind the package: a writer would fail at its first statement on it, a shared
+        stage's worker only once it claims a unit)."""
+        names = [name for version, tables in LAYOUT_TABLES.items()
+                 if version <= (self.version or 0) for name in tables]
+        missing = [row[0] for row in self.query(
+            "SELECT t FROM unnest(%s::text[]) AS t "
+            "WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL", [names, self.schema])]
+        if missing:
+            raise CorruptCheckpointError(altered_message(
+                self.location, self.schema, f"table {', '.join(missing)} missing"))
 
     def plan(self) -> str | None:
         """What :meth:`create_schema` would do here, as a sentence; None if nothing."""
@@ -301,15 +374,21 @@ class PostgresDatabase:
             conn = self._pool.getconn()
         except (errors.PoolTimeout, errors.PoolClosed):
             conn = None
-        if conn is None:
-            with self.connect() as own:
-                yield own
-            return
         try:
-            yield conn
-        finally:
-            _LAST_USED[conn] = time.monotonic()
-            self._pool.putconn(conn)
+            if conn is None:
+                with self.connect() as own:
+                    yield own
+                return
+            try:
+                yield conn
+            finally:
+                _LAST_USED[conn] = time.monotonic()
+                self._pool.putconn(conn)
+        except driver().Error as exc:
+            better = translated(exc, self.location, self.schema)
+            if better is None:
+                raise
+            raise better from None
 
     def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
               ) -> list[tuple[Any, ...]]:

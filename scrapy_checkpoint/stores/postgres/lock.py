@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
 from ...state import Owner, pid_alive
-from .database import driver, logger, one_line, sentence
+from .database import driver, logger, one_line, sentence, translated
 
 if TYPE_CHECKING:
     from .store import PostgresStore
@@ -194,6 +194,12 @@ class PostgresLock:
                 if conn.broken or conn.closed:
                     raise self._drop(exc) from None
                 raise
+            except psycopg.Error as exc:
+                db = self._store.db
+                better = translated(exc, db.location, db.schema)
+                if better is None:
+                    raise
+                raise better from None
 
     def transaction(self) -> Any:
         """A context manager: the lock's mutex held and a transaction open on its session
@@ -264,6 +270,10 @@ class _LockTransaction:
                 raise
             if isinstance(exc, operational) and self._broken():
                 raise lock._drop(exc) from None
+            db = lock._store.db
+            better = None if exc is None else translated(exc, db.location, db.schema)
+            if better is not None:
+                raise better from None
         finally:
             lock.mutex.release()
 
