@@ -9,11 +9,16 @@ arguments a spider was built with, so they are read from the command line of
 options), kept with the stage (attached data :data:`ARGUMENTS_ATTACHED`) until it starts
 over, and every run whose arguments differ from those says so at open. A crawl started from a
 script (``CrawlerProcess``) has no command line of Scrapy's: nothing is compared.
+
+Only a fingerprint of each value is kept (the first 16 hex digits of its SHA-256), and the
+warning names the arguments, not their values: ``-a password=...`` or ``-a api_key=...``
+stay out of the checkpoint and the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -27,7 +32,8 @@ ARGUMENTS_ATTACHED = "spider_args"
 
 def command_line_arguments(argv: list[str] | None = None) -> dict[str, str] | None:
     """The ``-a NAME=VALUE`` options of a ``scrapy`` command line (``argv``, by default
-    ``sys.argv``), or None when the program is not the ``scrapy`` command."""
+    ``sys.argv``) as ``{NAME: fingerprint of VALUE}``, or None when the program is not the
+    ``scrapy`` command."""
     argv = sys.argv if argv is None else argv
     if not argv:
         return None
@@ -44,7 +50,8 @@ def command_line_arguments(argv: list[str] | None = None) -> dict[str, str] | No
     for pair in known.spargs:
         name, sep, value = str(pair).partition("=")
         if sep:
-            arguments[name.strip()] = value
+            arguments[name.strip()] = hashlib.sha256(
+                value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return arguments
 
 
@@ -57,10 +64,10 @@ def note_arguments(cp: Any, name: str, argv: list[str] | None = None) -> None:
     recorded = cp.live.attached.get(ARGUMENTS_ATTACHED)
     started = len(cp.live.done) or len(cp.live.pending)
     if isinstance(recorded, dict) and started:
-        changes = [f"{key}: {recorded[key]!r} -> {current[key]!r}"
-                   for key in sorted(set(recorded) & set(current)) if recorded[key] != current[key]]
-        changes += [f"{key}: {recorded[key]!r} -> not given" for key in sorted(set(recorded) - set(current))]
-        changes += [f"{key}: not given -> {current[key]!r}" for key in sorted(set(current) - set(recorded))]
+        changes = [f"{key} changed" for key in sorted(set(recorded) & set(current))
+                   if recorded[key] != current[key]]
+        changes += [f"{key} not given" for key in sorted(set(recorded) - set(current))]
+        changes += [f"{key} added" for key in sorted(set(current) - set(recorded))]
         if changes:
             logger.warning(
                 "Stage %s: this run's spider arguments differ from the ones its %d done and %d "
