@@ -127,6 +127,9 @@ CHAIN_LEVELS = 1024
 #: than one unit of their kind each, is expected to bring at most r / (1 - r) of its kind
 #: per pending unit (a branching process dying out), whatever its ratios by depth say.
 GRAPH_LEVELS = 16
+#: A chain whose levels below its first hold at most this many units per unit done at its
+#: first is one chain per unit there: its first level's pending units head chains of their own.
+HEAD_WIDTH = 1.5
 #: The key of a kind's samples of units of its own kind found (at every depth).
 OWN = -1
 #: The shown percent falls by at most this many points a second.
@@ -479,11 +482,7 @@ class DepthProfile:
             done = sum(kind.done.values())
             if done < CHAIN_UNITS or kind.children.get(name, 0) < CHAIN_RATIO * done:
                 continue
-            # Still going: its deepest units done have found units of their kind deeper
-            # (a level or more: the counts restored at a resume may miss the levels run in
-            # the second before the interruption, see :meth:`reconcile`).
-            deepest = max((d for d, n in kind.done.items() if n), default=-1)
-            if any(n for d, n in kind.added.items() if d > deepest):
+            if _still_going(kind):
                 chains[name] = max(kind.added) + 1 - min(kind.added)
         return chains
 
@@ -514,6 +513,7 @@ class DepthProfile:
         top_added = {name: max(kinds[name].added) for name in chains}
         width, most = _bounds(kinds, chains, horizon, top_added,
                               {name: self.own_ratio(name) for name in kinds})
+        heads = {name: _heads(kinds[name]) for name in chains}
         deepest = {n: max((d for d, m in kinds[n].done.items() if m), default=-1) for n in names}
         below: dict[str, float] = dict.fromkeys(names, 0.0)  # E(d + 1, kind)
         remaining = 0.0
@@ -557,6 +557,9 @@ class DepthProfile:
                 pending = kinds[name].added.get(depth, 0) - kinds[name].done.get(depth, 0)
                 if pending > 0:
                     remaining += pending * (1.0 + here[name])
+                    if name in chains:  # chains of its kind of their own, if it runs several
+                        remaining += pending * _levels_ahead(heads[name], depth, top_added[
+                            name]) * (1.0 + here[name])
                 if name in chains and top_added[name] < depth <= horizon[name]:
                     # A level the chain has still to run: as many units of its kind as its
                     # levels so far had on average (one for a chain of listing pages), each
@@ -846,4 +849,47 @@ def _int_counts(value: Any) -> dict[int, int]:
     return counts
 
 
+def _still_going(kind: _Kind) -> bool:
+    """A kind bringing units of its own kind (see :meth:`DepthProfile.chains`) is a chain
+    still going when its deepest units done have found units of their kind deeper (a level
+    or more: the counts restored at a resume may miss the levels run in the second before
+    the interruption, see :func:`reconcile`), or when, one chain per unit of its first level
+    (see :func:`_heads`), one runs above that: a listing shorter than one run before it."""
+    deepest = max((d for d, n in kind.done.items() if n), default=-1)
+    first = _heads(kind)[0]
+    return any(n for d, n in kind.added.items() if d > deepest) or (first >= 0 and any(
+        n > kind.done.get(d, 0) for d, n in kind.added.items() if d > first))
+def _heads(kind: _Kind) -> tuple[int, float]:
+    """For a chain's kind: its first level, and the units of its kind each unit done there
+    brought deeper, if every deeper level has at most about one unit per unit done at the
+    first (a listing's next pages: one chain per first page); else ``(-1, 0.0)`` (a wide
+    kind, related pages of related pages: one chain, counted once)."""
+    levels = [d for d, n in kind.added.items() if n]
+    if not levels:
+        return -1, 0.0
+    first = min(levels)
+    started = kind.done.get(first, 0)
+    deeper = [n for d, n in kind.added.items() if d > first and n]
+    if not started or not deeper or max(deeper) > HEAD_WIDTH * started:
+        return -1, 0.0
+    return first, sum(deeper) / started
+
+
+def _levels_ahead(heads: tuple[int, float], depth: int, top_added: int) -> float:
+    """Units of a chain's kind each pending unit of it at ``depth`` brings, one chain per
+    unit of its first level (``heads``: see :func:`_heads`): a first page waiting while
+    another listing runs heads one as long as those run so far; a page of a listing running
+    above where an earlier one ended (the levels below that are counted from there) goes
+    on as long as those, or as long again as it has run. 0 for other chains."""
+    first, run = heads
+    if first < 0:
+        return 0.0
+    if depth == first:
+        return run
+    if depth < top_added:
+        return max(run - (depth - first), float(depth - first))
+    return 0.0
+
+
 __all__ = ["DepthProfile", "Estimate", "ShownTotal", "reconcile", "url_shape"]
+
