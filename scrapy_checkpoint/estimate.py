@@ -859,6 +859,8 @@ def _still_going(kind: _Kind) -> bool:
     first = _heads(kind)[0]
     return any(n for d, n in kind.added.items() if d > deepest) or (first >= 0 and any(
         n > kind.done.get(d, 0) for d, n in kind.added.items() if d > first))
+
+
 def _heads(kind: _Kind) -> tuple[int, float]:
     """For a chain's kind: its first level, and the units of its kind each unit done there
     brought deeper, if every deeper level has at most about one unit per unit done at the
@@ -892,4 +894,3 @@ def _levels_ahead(heads: tuple[int, float], depth: int, top_added: int) -> float
 
 
 __all__ = ["DepthProfile", "Estimate", "ShownTotal", "reconcile", "url_shape"]
-
