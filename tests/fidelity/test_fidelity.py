@@ -6,7 +6,8 @@ own cookie jars, an item built over two pages and passed in ``cb_kwargs``) crawl
 shop site of ``shop.py`` with a jsonlines feed and a SQLite item pipeline; so do spiders
 of other shapes (``spiders/variants.py``: redirects, meta refreshes, retries, errbacks,
 items in ``meta``, ``DEPTH_LIMIT``; a CrawlSpider setting priorities and download slots;
-async callbacks with dataclass items, some dropped; items of ``start()``). The plain
+async callbacks with dataclass items, some dropped; items of ``start()``; pagination by a
+cursor kept in ``spider.state``, ``spiders/cursor.py``). The plain
 Scrapy run is the reference. With the add-on:
 
 - a run with no kill makes the same requests and leaves the same feed items and table
@@ -58,6 +59,7 @@ SPIDERS = [
     "rules",
     "async_mix",
     "start_items",
+    "cursor",
 ]
 #: Spiders whose requests are more than their units (a redirect, a retry: two requests, one
 #: unit), so a killed run may end before the request it was to be killed at.
