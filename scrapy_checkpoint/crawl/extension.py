@@ -180,8 +180,9 @@ class CheckpointExtension:
             connect(totals.spider_error, signal=signals.spider_error)
             if ext._own_output is not None or frontier.inflight_at_crash or ext.worker is not None:
                 connect(ext.item_scraped, signal=signals.item_scraped)  # else nothing per item
-        if ext.active:
+        if ext.active:  # (the stage is open: so is its setup)
             connect(ext.spider_idle, signal=signals.spider_idle)
+            connect(ext.setup.response_downloaded, signal=signals.response_downloaded)  # type: ignore[union-attr]
         return ext
 
     def _open(self) -> None:

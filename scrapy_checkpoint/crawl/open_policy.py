@@ -39,7 +39,7 @@ from .outputs import configured_outputs, local_outputs
 from .progress import HISTORY_ATTACHED, completed_size
 from .requests import NEEDS_ATTACHED, Needs, unrestorable
 from .rules import note_rules
-from .scrapy_redis import own_scrapy_redis_queue
+from .scrapy_redis import own_scrapy_redis_queue, waiting_start_urls
 from .settings import CheckpointSettings
 
 logger = logging.getLogger("scrapy_checkpoint")
@@ -78,6 +78,8 @@ def open_stage(crawler: Any, config: CheckpointSettings, store: Store, stage: st
                 refresh_before = _refresh_before(crawler, config, cp, name)
                 if refresh_before is None:
                     return cp, False
+            elif config.on_complete == "skip" and _redis_starts_waiting(crawler, name):
+                reset = True
             elif config.on_complete == "skip":
                 logger.info(config.completed_message(name))
                 _warn_new_outputs(crawler, config, cp, name)
@@ -227,3 +229,16 @@ def _refresh_before(crawler: Any, config: CheckpointSettings, cp: EnhancedCheckp
                 "'incremental').", name, stale, done, config.refresh_after)
     crawler.stats.set_value("checkpoint/refreshed", stale)
     return refresh_before
+
+
+def _redis_starts_waiting(crawler: Any, name: str) -> bool:
+    """A completed stage whose spider reads its start URLs from Redis, with URLs waiting
+    there: plain Scrapy would pop and crawl them, so the run starts the stage over (only
+    what waits in Redis is crawled; the URLs of earlier runs were popped by them)."""
+    waiting = waiting_start_urls(crawler)
+    if not waiting or not waiting[1]:
+        return False
+    logger.info("Stage %s was completed, but its spider reads its start URLs from Redis and %s "
+                "holds %d: starting the stage over to crawl them, as plain Scrapy does "
+                "(feeds opened with -o are appended to).", name, waiting[0], waiting[1])
+    return True

@@ -47,9 +47,39 @@ def uses_scrapy_redis(scheduler: Any) -> bool:
         for base in cls.__mro__)
 
 
+def waiting_start_urls(crawler: Any) -> tuple[str, int] | None:
+    """For a spider reading its start URLs from Redis (scrapy-redis's ``RedisSpider`` or
+    ``RedisCrawlSpider``, found by name in its class hierarchy): its key and how many entries
+    wait there. ``None`` for other spiders, or when Redis cannot say."""
+    cls = crawler.spidercls
+    if not any(base.__module__ == "scrapy_redis.spiders" and base.__qualname__ == "RedisMixin"
+               for base in cls.__mro__):
+        return None
+    from scrapy_redis import connection, defaults  # type: ignore[import-untyped,unused-ignore]
+
+    settings = crawler.settings
+    spider = getattr(crawler, "spider", None) or cls
+    key = (getattr(spider, "redis_key", None)
+           or settings.get("REDIS_START_URLS_KEY", defaults.START_URLS_KEY))
+    try:
+        key = key % {"name": cls.name}
+        client = connection.get_redis_from_settings(settings)
+        if settings.getbool("REDIS_START_URLS_AS_SET", defaults.START_URLS_AS_SET):
+            count = client.scard(key)
+        elif settings.getbool("REDIS_START_URLS_AS_ZSET", defaults.START_URLS_AS_ZSET):
+            count = client.zcard(key)
+        else:
+            count = client.llen(key)
+    except Exception as exc:  # a count for a log line: say so, go on
+        logger.warning("Cannot count the start URLs waiting in Redis for spider %s: %s",
+                       cls.name, exc)
+        return None
+    return key, int(count)
+
+
 def _keys(crawler: Any) -> tuple[Any, str, str]:
     """scrapy-redis's Redis client, queue key and dupefilter key for ``crawler``."""
-    from scrapy_redis import connection, defaults  # type: ignore[import-untyped]
+    from scrapy_redis import connection, defaults  # type: ignore[import-untyped,unused-ignore]
 
     settings, name = crawler.settings, crawler.spidercls.name
     queue = settings.get("SCHEDULER_QUEUE_KEY", defaults.SCHEDULER_QUEUE_KEY)

@@ -85,6 +85,15 @@ class SetupRequests:
         #: The setup URLs of the stage (see :func:`url_key`), earlier runs' first.
         self.urls: list[str] = [u for u in saved.get("urls", ()) if isinstance(u, str)]
         self._url_set = set(self.urls)
+        #: URLs of logins that are not setup requests: POST requests answered with cookies
+        #: (see :func:`url_key`). Those of earlier runs are "stale" in this run until it logs
+        #: in again: a redirect to one is a session that expired while the crawl was stopped.
+        self.logins: list[str] = [u for u in saved.get("logins", ()) if isinstance(u, str)]
+        self._stale_logins = set(self.logins)
+        #: The cookie jars (``meta["cookiejar"]``) that logged in during this run.
+        self._renewed_jars: set[Any] = set()
+        #: A unit was redirected to a stale login (the warning names the mark to use).
+        self.stale_hit = False
         #: Units redirected to a setup URL and not fetched again since (failed units).
         self.expired: set[int] = {int(c) for c in saved.get("expired", ())}
         #: Setup requests issued in this run (not counting their redirects and retries).
@@ -216,9 +225,31 @@ class SetupRequests:
 
     def redirected_to_setup(self, request: Request) -> bool:
         """True when ``request`` is a redirect to the URL of one of the stage's setup requests
-        (scheme, host and path compared)."""
-        return (bool(self._url_set) and bool(request.meta.get("redirect_urls"))
-                and url_key(request.url) in self._url_set)
+        (scheme, host and path compared), or to the URL of a login an earlier run made, while
+        this run has not logged in again in the request's cookie jar (the session expired
+        while the crawl was stopped)."""
+        if not ((self._url_set or self._stale_logins) and request.meta.get("redirect_urls")):
+            return False
+        key = url_key(request.url)
+        if key in self._url_set:
+            return True
+        if key in self._stale_logins and request.meta.get("cookiejar") not in self._renewed_jars:
+            self.stale_hit = True
+            return True
+        return False
+
+    def response_downloaded(self, response: Any, request: Request, **_: Any) -> None:
+        """``response_downloaded`` signal: a POST that is not a setup request answered with
+        cookies is a login; its URL is kept for the next runs (see :attr:`logins`), and this
+        run has a session of its own in that request's cookie jar from now on."""
+        if (request.method != "POST" or request.meta.get(SETUP_META)
+                or not response.headers.getlist(b"Set-Cookie")):
+            return
+        self._renewed_jars.add(request.meta.get("cookiejar"))
+        key = url_key(request.url)
+        if key not in self.logins and len(self.logins) < MAX_URLS:
+            self.logins.append(key)
+            self._dirty = True
 
     def worked(self) -> None:
         """A unit was done successfully: the session worked (since the setup requests last ran,
@@ -280,7 +311,10 @@ class SetupRequests:
         if not self._dirty:
             return None
         self._dirty = False
-        return {"urls": list(self.urls), "expired": sorted(self.expired)}
+        saved: dict[str, Any] = {"urls": list(self.urls), "expired": sorted(self.expired)}
+        if self.logins:
+            saved["logins"] = list(self.logins)
+        return saved
 
 
 def finish_expired(setup: SetupRequests, cp: EnhancedCheckpoint, stage: str, *,
@@ -294,6 +328,16 @@ def finish_expired(setup: SetupRequests, cp: EnhancedCheckpoint, stage: str, *,
         return
     if finished:
         cp.record_lost(LOST_SESSION_EXPIRED, n - cp.live.info.lost.get(LOST_SESSION_EXPIRED, 0))
+    if setup.stale_hit and not setup.known:
+        logger.warning(
+            "Stage %s: %d request(s) were redirected to the login page that an earlier run "
+            "logged in at (%s): the session it opened expired while the crawl was stopped, and "
+            "this run did not log in again. They are not scraped and count as failed "
+            "(checkpoint/session_expired). Mark the requests that log in (the login page and "
+            "its form) meta[%r] = True, so that every run makes them again before the resumed "
+            "requests, and run the same command again.", stage, n, ", ".join(setup.logins),
+            SETUP_META)
+        return
     logger.warning(
         "Stage %s: %d request(s) were redirected to the login page (the URL of a setup "
         "request: the session expired) and not scraped. They count as failed "

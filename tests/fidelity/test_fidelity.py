@@ -6,7 +6,8 @@ own cookie jars, an item built over two pages and passed in ``cb_kwargs``) crawl
 shop site of ``shop.py`` with a jsonlines feed and a SQLite item pipeline; so do spiders
 of other shapes (``spiders/variants.py``: redirects, meta refreshes, retries, errbacks,
 items in ``meta``, ``DEPTH_LIMIT``; a CrawlSpider setting priorities and download slots;
-async callbacks with dataclass items, some dropped; items of ``start()``). The plain
+async callbacks with dataclass items, some dropped; items of ``start()``; pagination by a
+cursor kept in ``spider.state``, ``spiders/cursor.py``). The plain
 Scrapy run is the reference. With the add-on:
 
 - a run with no kill makes the same requests and leaves the same feed items and table
@@ -58,6 +59,7 @@ SPIDERS = [
     "rules",
     "async_mix",
     "start_items",
+    "cursor",
 ]
 #: Spiders whose requests are more than their units (a redirect, a retry: two requests, one
 #: unit), so a killed run may end before the request it was to be killed at.
@@ -474,3 +476,27 @@ def test_a_resumed_callback_missing_what_a_done_login_set_on_the_spider_says_wha
     assert "no attribute" not in last.log
     got = read_outputs(marked)
     assert got.items == expected.items, diff("feed", got.items, expected.items)
+
+
+def test_a_resume_after_an_unmarked_login_expired_says_so_and_is_not_completed(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # The sessions spider logs in with FormRequest.from_response, not marked as setup
+    # requests: a resumed run does not log in again. With the sessions forgotten by the
+    # server while the crawl was stopped, the resumed requests are redirected to /login.
+    # Plain Scrapy would have scraped them logged in; the resumed run cannot, and must say so
+    # rather than end "Completed" with login pages parsed as orders.
+    addon = (*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}")
+    first = crawl(site, "sessions", tmp_path, *addon, kill_after=12)
+    assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    site.forget()
+    second = crawl(site, "sessions", tmp_path, *addon)
+    assert second.returncode == 0, second.log[-3000:]
+    assert "[sessions] Completed." not in second.log, second.log[-3000:]
+    assert "[sessions] Incomplete" in second.log, second.log[-3000:]
+    assert "redirected to the login page that an earlier run logged in at" in second.log, (
+        second.log[-3000:])
+    assert "meta['checkpoint_setup'] = True" in second.log, second.log[-3000:]
+    items = read_outputs(tmp_path).items
+    login_pages = [item for item in items if json.loads(item)["path"] == "/login"]
+    assert not login_pages, f"login pages scraped as orders: {login_pages[:3]}"
