@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from .bar import ProgressBar
+from .bar import ProgressBar, is_terminal
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
@@ -85,7 +85,7 @@ class AsyncCheckpointTracker(Generic[T]):
             _quiet_uncaught()
             raise
         self.stage = stage
-        self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self._progress_bar = is_terminal(sys.stderr) if progress_bar is None else progress_bar
         self._bar: ProgressBar | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._log_handler: logging.Handler | None = None
@@ -362,6 +362,8 @@ def _show_log_if_unconfigured() -> logging.Handler | None:
     WARNING and above only, and nothing of the progress. Returns the handler added (None:
     logging is the program's)."""
     if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
+        return None
+    if sys.stderr is None:  # started with stderr closed: there is nowhere to show them
         return None
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s",
