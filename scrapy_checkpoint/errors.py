@@ -107,6 +107,12 @@ class CheckpointWriteError(CheckpointError):
     through). Everything committed before stays; the job must stop."""
 
 
+class WorkerDiskFullError(CheckpointWriteError):
+    """A tracker's worker failed because a disk is full (``ENOSPC``/``EDQUOT``, in its own
+    writes): the item is not recorded as failed (it would never run again), no new item
+    starts, and the stage is paused so that the next run, once there is space, does it."""
+
+
 class CheckpointLostError(CheckpointWriteError):
     """The checkpoint itself is gone while the job runs (its directory deleted or replaced,
     a Redis restarted empty): what it had recorded is not there to resume from, and the

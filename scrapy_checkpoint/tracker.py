@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from .bar import ProgressBar, is_terminal
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
-from .errors import CheckpointError, CheckpointWriteError
+from .errors import CheckpointError, CheckpointWriteError, WorkerDiskFullError
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -113,7 +114,10 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp.write_failure is not None and exc is not None:  # nothing more recorded
+            if isinstance(exc, WorkerDiskFullError) and cp.running:  # stopped, not broken
+                _quiet_uncaught()
+                cp.pause()
+            elif cp.write_failure is not None and exc is not None:  # nothing more recorded
                 _quiet_uncaught()  # the program ends with the error's paragraph alone
                 if isinstance(exc, Exception):
                     await self.on_failure(exc)
@@ -288,6 +292,9 @@ class AsyncCheckpointTracker(Generic[T]):
                 try:
                     await worker(item)
                 except Exception as exc:
+                    if _disk_full(exc):  # not the item's fault: it runs again next time
+                        unrecorded.append(_worker_disk_full(self.stage, unit, exc))
+                        return
                     if on_error == "raise":
                         errors.append(exc)
                         return
@@ -378,6 +385,27 @@ def _remove_handler(handler: logging.Handler | None) -> None:
     if handler is not None:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True if ``exc``, or an exception it was raised from, is a full disk or quota."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _worker_disk_full(stage: str, unit: UnitKey, exc: BaseException) -> WorkerDiskFullError:
+    return WorkerDiskFullError(
+        f"Item {unit!r} of stage {stage!r} could not be done, a disk is full: "
+        f"{type(exc).__name__}: {exc}. It is not recorded as failed, and no item after it "
+        f"was started (those already running finished); the stage is paused with everything "
+        f"done before kept. Free disk space, then run the same command again to resume: the "
+        f"items not done run then.")
 
 
 def _quiet_uncaught() -> None:
