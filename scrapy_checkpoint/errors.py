@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 # The password of a URL's user info (``redis://user:PASSWORD@host``, ``unix://:PASSWORD@/p``,
@@ -159,3 +160,15 @@ class UnknownItemError(CheckpointError, LookupError):
             f"in process_item() on the item the spider yielded, before any pipeline replaces "
             f"it with another object (keep the id in a field if a pipeline must)."
         )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if ``exc``, or an exception it was raised from, is a full disk or quota."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -19,7 +18,7 @@ from .bar import ProgressBar, is_terminal
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
-from .errors import CheckpointError, CheckpointWriteError, WorkerDiskFullError
+from .errors import CheckpointError, CheckpointWriteError, WorkerDiskFullError, is_disk_full
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -292,7 +291,7 @@ class AsyncCheckpointTracker(Generic[T]):
                 try:
                     await worker(item)
                 except Exception as exc:
-                    if _disk_full(exc):  # not the item's fault: it runs again next time
+                    if is_disk_full(exc):  # not the item's fault: it runs again next time
                         unrecorded.append(_worker_disk_full(self.stage, unit, exc))
                         return
                     if on_error == "raise":
@@ -385,18 +384,6 @@ def _remove_handler(handler: logging.Handler | None) -> None:
     if handler is not None:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """True if ``exc``, or an exception it was raised from, is a full disk or quota."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _worker_disk_full(stage: str, unit: UnitKey, exc: BaseException) -> WorkerDiskFullError:
