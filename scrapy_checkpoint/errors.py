@@ -162,13 +162,20 @@ class UnknownItemError(CheckpointError, LookupError):
         )
 
 
+#: sqlite3's error code of "database or disk is full".
+SQLITE_FULL = 13
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """True if ``exc``, or an exception it was raised from, is a full disk or quota."""
+    """True if ``exc``, or an exception it was raised from, is a full disk or quota: an
+    ``OSError`` (``ENOSPC``, ``EDQUOT``) or SQLite's ``database or disk is full``."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             return False
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(seen, "sqlite_errorcode", None) == SQLITE_FULL:
             return True
         seen = seen.__cause__ or seen.__context__
     return False

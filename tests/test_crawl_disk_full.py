@@ -3,7 +3,9 @@ completing with the items lost, and the run after space is freed stores them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,21 +26,26 @@ def site() -> Iterator[Site]:
     s.close()
 
 
+@pytest.mark.parametrize("pipeline", ["file", "sqlite"])
 def test_a_pipeline_failing_on_a_full_disk_stops_the_crawl_and_its_items_come_next_run(
-    site: Site, tmp_path: Path,
+    site: Site, tmp_path: Path, pipeline: str,
 ) -> None:
     """Before: each item from the moment the pipeline's disk was full was an item error
     (``OSError: [Errno 28] No space left on device``), its request recorded done, and the
     crawl ended ``[site] Completed. ... Success: 100.0%`` with finish_reason 'finished';
     after space was freed the same command said the stage was completed and fetched
-    nothing: those items were never stored."""
+    nothing: those items were never stored. The same with SQLite's "database or disk is
+    full" (``sqlite3.OperationalError``) from a database pipeline."""
     checkpoints = tmp_path / "checkpoints"
     with tmpfs(tmp_path / "small", "64k") as small:
-        lines = small / "pages.txt"
+        lines, database = small / "pages.txt", small / "items.db"
+        own = (["-s", f"ITEMS_FILE={lines}", "-s", "ITEM_PIPELINES=" + json.dumps(
+                    {"crawl_project.pipelines.FileLinesPipeline": 300})]
+               if pipeline == "file" else
+               ["-s", f"ITEMS_DB={database}", "-s", "ITEM_PIPELINES=" + json.dumps(
+                   {"crawl_project.pipelines.ItemIdSQLitePipeline": 300})])
         cmd = [PYTHON, "-m", "scrapy", "crawl", "site", "-a", f"base={site.url}",
-               "-s", f"CHECKPOINT_DIR={checkpoints}", "-s", f"ITEMS_FILE={lines}",
-               "-s", "ITEM_PIPELINES=" + json.dumps(
-                   {"crawl_project.pipelines.FileLinesPipeline": 300})]
+               "-s", f"CHECKPOINT_DIR={checkpoints}", *own]
         first = run(site, cmd, tmp_path, cwd=PROJECT)
         assert first.returncode == 1, first.log[-3000:]
         assert "'finish_reason': 'checkpoint_error'" in first.log
@@ -51,5 +58,9 @@ def test_a_pipeline_failing_on_a_full_disk_stops_the_crawl_and_its_items_come_ne
         second = run(site, cmd, tmp_path, cwd=PROJECT)
         assert second.returncode == 0, second.log[-3000:]
         assert "'finish_reason': 'finished'" in second.log
-        stored = {int(line) for line in lines.read_text().split()}
+        if pipeline == "file":
+            stored = {int(line) for line in lines.read_text().split()}
+        else:
+            with contextlib.closing(sqlite3.connect(database)) as db:
+                stored = {int(page) for (page,) in db.execute("SELECT page FROM pages")}
         assert stored == set(range(N_PAGES))
