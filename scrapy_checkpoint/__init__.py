@@ -22,6 +22,7 @@ from .errors import (
     UnknownItemError,
     UnreadableCheckpointError,
     UnrestorableRequestsError,
+    WorkerDiskFullError,
 )
 from .manager import UnifiedCheckpointManager
 from .metrics import Metrics
@@ -93,6 +94,7 @@ __all__ = [
     "UnknownItemError",
     "UnreadableCheckpointError",
     "UnrestorableRequestsError",
+    "WorkerDiskFullError",
     "item_id",
     "read_stage",
 ]

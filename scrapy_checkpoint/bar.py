@@ -15,6 +15,18 @@ from typing import Any
 from .metrics import Metrics, format_duration, format_percent
 
 
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` (``sys.stderr``, ``sys.stdout``) is a terminal. False when the
+    program has no such stream (``2>&-``, ``>&-``, a service or ``pythonw``: Python then sets
+    it to None), or when it was closed: no bar, no terminal layout, nothing raised."""
+    if stream is None:
+        return False
+    try:
+        return bool(stream.isatty())
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 class ProgressBar:
     """One bar for ``stage``: :meth:`start`, :meth:`update` with each reading, :meth:`stop`."""
 

@@ -31,6 +31,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from .bar import is_terminal
 from .checkpoint import describe_lost
 from .documents import (
     damaged,
@@ -74,7 +75,7 @@ class Context:
         except CheckpointError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_NOT_FOUND)
-        self.tty = sys.stdout.isatty()
+        self.tty = is_terminal(sys.stdout)
         #: False when piped without $COLUMNS: a table is then as wide as its cells (rich
         #: would cut it to 80 columns, and a long stage name to "S…", unreadable to a script).
         self.sized = self.tty or bool(os.environ.get("COLUMNS"))
@@ -635,7 +636,7 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
     shared = manager.shared_stages()  # read once: each call reads every worker record
     stages = known if stage == "all" else [stage]
     if stage != "all" and stage not in known and stage in shared:
-        if sys.stdin.isatty() and not force:
+        if is_terminal(sys.stdin) and not force:
             click.confirm(f"Reset shared stage {stage} and all its workers' sub-stages? Their "
                           f"recorded progress is deleted", abort=True)
         try:
@@ -652,7 +653,7 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
     if stage == "all" and shared:
         # A worker's sub-stage goes with its shared stage, claims and all, never alone.
         stages = [s for s in stages if (shared_stage_of(s) or ("",))[0] not in shared]
-        if sys.stdin.isatty() and not force:
+        if is_terminal(sys.stdin) and not force:
             click.confirm(f"Reset shared stage(s) {', '.join(shared)} and their workers' "
                           f"sub-stages?", abort=True)
         for name in shared:
@@ -676,7 +677,7 @@ def reset(ctx: Context, stage: str, force: bool) -> None:
         stages = [s for s in stages if s not in live]
         if not stages:
             sys.exit(EXIT_NOT_FOUND)
-    if sys.stdin.isatty() and not force:
+    if is_terminal(sys.stdin) and not force:
         what = stages[0] if len(stages) == 1 else f"{len(stages)} stages ({', '.join(stages)})"
         click.confirm(f"Reset {what}? Its recorded progress is deleted", abort=True)
     refused = (bool(live) and not force) or shared_refused

@@ -535,11 +535,10 @@ def write_error(stage: str | None, location: object, exc: OSError, *,
     ``buffered``: the journal's groups are buffered in the process (``durability="none"``),
     so the last ones committed may not have reached the disk and are lost with the job."""
     what = exc.strerror or str(exc)
-    fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "move it away" if "not a regular file" in what else "fix the cause")
-    written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})"
-               if not exc.filename or _inside(str(exc.filename), location)
+    own = not exc.filename or _inside(str(exc.filename), location)
+    written = (f"the checkpoint of stage {stage!r} ({exc.filename or location})" if own
                else f"{str(exc.filename)!r}, an output of stage {stage!r}")
+    fix = _fix(exc.errno, what, "the checkpoint directory" if own else "the output's directory")
     kept = ("Everything committed before is kept" if not buffered else
             "What reached the disk before is kept, but with durability 'none' the last "
             "commits still buffered in this process (up to 1 MiB) are lost: their units run "
@@ -547,6 +546,25 @@ def write_error(stage: str | None, location: object, exc: OSError, *,
     return CheckpointWriteError(
         f"Cannot write {written}: {what}. {kept}; {fix}, then run the same command again "
         f"to resume.")
+
+
+def _fix(code: int | None, what: str, where: str) -> str:
+    """What to do about a write that failed with ``code`` in ``where``."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space"
+    if "not a regular file" in what:
+        return "move it away"
+    if code == errno.EROFS:
+        return (f"{where} is on a read-only file system: remount it read-write or use a "
+                f"directory on a writable one")
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"make {where} (and each directory above it) writable and searchable for this "
+                f"user, run as its owner, or use a directory this user may create and write")
+    if code == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory: use another directory"
+    if code == errno.ENOENT:
+        return f"create {where} (or a missing directory above it), or use another directory"
+    return "fix the cause"
 
 
 def _inside(path: str, location: object) -> bool:

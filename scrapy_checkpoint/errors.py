@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 # The password of a URL's user info (``redis://user:PASSWORD@host``, ``unix://:PASSWORD@/p``,
@@ -107,6 +108,12 @@ class CheckpointWriteError(CheckpointError):
     through). Everything committed before stays; the job must stop."""
 
 
+class WorkerDiskFullError(CheckpointWriteError):
+    """A tracker's worker failed because a disk is full (``ENOSPC``/``EDQUOT``, in its own
+    writes): the item is not recorded as failed (it would never run again), no new item
+    starts, and the stage is paused so that the next run, once there is space, does it."""
+
+
 class CheckpointLostError(CheckpointWriteError):
     """The checkpoint itself is gone while the job runs (its directory deleted or replaced,
     a Redis restarted empty): what it had recorded is not there to resume from, and the
@@ -153,3 +160,22 @@ class UnknownItemError(CheckpointError, LookupError):
             f"in process_item() on the item the spider yielded, before any pipeline replaces "
             f"it with another object (keep the id in a field if a pipeline must)."
         )
+
+
+#: sqlite3's error code of "database or disk is full".
+SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if ``exc``, or an exception it was raised from, is a full disk or quota: an
+    ``OSError`` (``ENOSPC``, ``EDQUOT``) or SQLite's ``database or disk is full``."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(seen, "sqlite_errorcode", None) == SQLITE_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from .bar import ProgressBar
+from .bar import ProgressBar, is_terminal
 from .checkpoint import EnhancedCheckpoint
 from .config import CheckpointConfig
 from .durability import timer_period
-from .errors import CheckpointError, CheckpointWriteError
+from .errors import CheckpointError, CheckpointWriteError, WorkerDiskFullError, is_disk_full
 from .journal.keys import UnitKey
 from .metrics import Metrics
 from .state import CheckpointState, Status
@@ -85,7 +85,7 @@ class AsyncCheckpointTracker(Generic[T]):
             _quiet_uncaught()
             raise
         self.stage = stage
-        self._progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self._progress_bar = is_terminal(sys.stderr) if progress_bar is None else progress_bar
         self._bar: ProgressBar | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._log_handler: logging.Handler | None = None
@@ -113,7 +113,10 @@ class AsyncCheckpointTracker(Generic[T]):
             self._ticker = None
         cp = self.checkpoint
         try:
-            if cp.write_failure is not None and exc is not None:  # nothing more recorded
+            if isinstance(exc, WorkerDiskFullError) and cp.running:  # stopped, not broken
+                _quiet_uncaught()
+                cp.pause()
+            elif cp.write_failure is not None and exc is not None:  # nothing more recorded
                 _quiet_uncaught()  # the program ends with the error's paragraph alone
                 if isinstance(exc, Exception):
                     await self.on_failure(exc)
@@ -288,6 +291,9 @@ class AsyncCheckpointTracker(Generic[T]):
                 try:
                     await worker(item)
                 except Exception as exc:
+                    if is_disk_full(exc):  # not the item's fault: it runs again next time
+                        unrecorded.append(_worker_disk_full(self.stage, unit, exc))
+                        return
                     if on_error == "raise":
                         errors.append(exc)
                         return
@@ -363,6 +369,8 @@ def _show_log_if_unconfigured() -> logging.Handler | None:
     logging is the program's)."""
     if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
         return None
+    if sys.stderr is None:  # started with stderr closed: there is nowhere to show them
+        return None
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
@@ -376,6 +384,15 @@ def _remove_handler(handler: logging.Handler | None) -> None:
     if handler is not None:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
+
+
+def _worker_disk_full(stage: str, unit: UnitKey, exc: BaseException) -> WorkerDiskFullError:
+    return WorkerDiskFullError(
+        f"Item {unit!r} of stage {stage!r} could not be done, a disk is full: "
+        f"{type(exc).__name__}: {exc}. It is not recorded as failed, and no item after it "
+        f"was started (those already running finished); the stage is paused with everything "
+        f"done before kept. Free disk space, then run the same command again to resume: the "
+        f"items not done run then.")
 
 
 def _quiet_uncaught() -> None:

@@ -1035,3 +1035,60 @@ def _refused_at_start(run: CrawlRun) -> str:
     assert len(starts) == 1, run.log[-3000:]
     assert "Traceback" not in run.log, run.log[-5000:]
     return starts[0]
+
+
+TRACKER_OUTPUT_JOB = """
+import asyncio, json, sys
+from scrapy_checkpoint import AsyncCheckpointTracker
+
+async def work(k):
+    with open(sys.argv[2], "a") as f:
+        f.write(json.dumps({"k": k, "pad": "x" * 200}) + "\\n")
+
+async def main():
+    async with AsyncCheckpointTracker(sys.argv[1], "enrich", log_every=0,
+                                      progress_bar=False) as tracker:
+        result = await tracker.map(work, range(600), key=lambda k: k, concurrency=8)
+    print("RESULT", result.succeeded, result.failed, result.skipped)
+
+asyncio.run(main())
+"""
+
+
+def test_a_tracker_whose_own_output_fills_the_disk_pauses_and_redoes_those_items(
+    tmp_path: Path,
+) -> None:
+    """The worker's own output on a disk that fills (the checkpoint elsewhere). Before:
+    every item from then on was recorded failed with "OSError: [Errno 28] No space left on
+    device", the run ended "Completed with N failed unit(s)", and once space was freed the
+    same command did nothing: those items were never written (a manual requeue was needed).
+    Now the first such item stops the map without being recorded, the stage is paused with
+    one paragraph, and the run after freeing space does the rest."""
+    script = tmp_path / "job.py"
+    script.write_text(TRACKER_OUTPUT_JOB)
+    checkpoint = tmp_path / "cp"
+    with tmpfs(tmp_path / "small", "64k") as small:
+        output = small / "out.jl"
+        cmd = [PYTHON, str(script), str(checkpoint), str(output)]
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                               env=python_env())
+        assert first.returncode == 1, first.stderr
+        assert "Traceback" not in first.stderr, first.stderr
+        last = first.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: Item "), first.stderr
+        assert "a disk is full" in last, first.stderr
+        assert "free disk space" in last.lower(), last
+        state = json.loads((checkpoint / "enrich.json").read_text())
+        assert state["status"] == "paused"
+        assert state["progress"]["failed_items"] == 0
+        done_first = state["progress"]["processed_items"]
+        assert 0 < done_first < 600
+        remount(small, "10m")
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                                env=python_env())
+        assert second.returncode == 0, second.stderr
+        assert f"RESULT {600 - done_first} 0 {done_first}" in second.stdout, second.stdout
+        state = json.loads((checkpoint / "enrich.json").read_text())
+        assert state["status"] == "completed"
+        assert state["progress"]["failed_items"] == 0
+        assert state["progress"]["successful_items"] == 600

@@ -27,6 +27,7 @@ from scrapy import Request, Spider
 from scrapy.extensions.closespider import CloseSpider as CloseSpiderExtension
 
 from ..checkpoint import EnhancedCheckpoint
+from ..errors import CheckpointWriteError, is_disk_full
 from ..journal.groups import STAGE_TOTALS
 from ..view import ITEM_TYPE, ITEMS_DROPPED, ITEMS_FAILED, ITEMS_SCRAPED, item_counts
 
@@ -75,6 +76,8 @@ class StageTotals:
         #: Requests done by earlier runs (their callbacks' changes to the spider are gone),
         #: until a callback error has been explained (see lost_attribute_hint).
         self._resumed = bool(len(cp.live.done))
+        #: Stops the crawl with an error (the extension's ``stop``), set by the extension.
+        self.stop_crawl: Callable[[Exception], None] | None = None
 
     def items_now(self) -> int:
         """Items scraped by the stage so far, every run, the units in flight included."""
@@ -169,6 +172,16 @@ class StageTotals:
 
     def item_error(self, item: Any, response: Any, spider: Spider, failure: Any) -> None:
         self._outcome(response, ITEMS_FAILED)
+        exc = getattr(failure, "value", None)
+        if self.stop_crawl is not None and isinstance(exc, BaseException) and is_disk_full(exc):
+            # Not the item's fault: its request must run again once there is space, so
+            # nothing from here on is recorded (stop() closes the commits).
+            url = getattr(response, "url", None)
+            self.stop_crawl(CheckpointWriteError(
+                f"An item pipeline could not store an item{f' of {url}' if url else ''}, a "
+                f"disk is full: {type(exc).__name__}: {exc}. Its request is not recorded "
+                f"done, nor is anything after it; everything committed before is kept. Free "
+                f"disk space, then run the same command again to resume."))
 
     def _outcome(self, response: Any, *names: str) -> None:
         unit = self.unit_of(getattr(response, "request", None))

@@ -3,6 +3,7 @@
 :class:`ItemIdSQLitePipeline` (``-s ITEMS_DB=PATH``) inserts each item of the site spider
 into the SQLite table ``pages`` keyed by ``item_id(item)``, ``ON CONFLICT DO NOTHING``, and
 counts every insert it tried in the table ``tries``. Without ``ITEMS_DB`` it is not enabled.
+:class:`FileLinesPipeline` (``-s ITEMS_FILE=PATH``) appends each page to a file.
 """
 
 from __future__ import annotations
@@ -47,3 +48,23 @@ class ItemIdSQLitePipeline:
     def close_spider(self) -> None:
         if self.db is not None:
             self.db.close()
+
+
+class FileLinesPipeline:
+    """``-s ITEMS_FILE=PATH``: appends each item's page as one line of ``PATH`` (a user's
+    own file output, with the ``OSError`` of a full disk as it comes)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> FileLinesPipeline:
+        path = crawler.settings.get("ITEMS_FILE")
+        if not path:
+            raise NotConfigured("ITEMS_FILE is not set")
+        return cls(path)
+
+    def process_item(self, item: Any) -> Any:
+        with open(self.path, "a") as f:
+            f.write(f"{item['page']}{' ' * 200}\n")
+        return item
