@@ -221,8 +221,7 @@ class CheckpointExtension:
                                             stop=self.stop)
         frontier.progress = self.progress = CrawlProgress(
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
-        totals = self.totals = StageTotals(cp, frontier.unit_of_request)
-        totals.stop_crawl = self.stop
+        totals = self.totals = StageTotals(cp, frontier.unit_of_request, self.stop)
         totals.log_earlier_items(self.stage)
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
             cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(

@@ -61,7 +61,8 @@ class StageTotals:
     hook.
     """
 
-    def __init__(self, cp: EnhancedCheckpoint, unit_of: Callable[[Request | None], int | None]) -> None:
+    def __init__(self, cp: EnhancedCheckpoint, unit_of: Callable[[Request | None], int | None],
+                 stop_crawl: Callable[[Exception], None] | None = None) -> None:
         self.cp = cp
         self.unit_of = unit_of
         #: Totals of the units done (journaled or about to be) and of counts of no unit.
@@ -76,8 +77,8 @@ class StageTotals:
         #: Requests done by earlier runs (their callbacks' changes to the spider are gone),
         #: until a callback error has been explained (see lost_attribute_hint).
         self._resumed = bool(len(cp.live.done))
-        #: Stops the crawl with an error (the extension's ``stop``), set by the extension.
-        self.stop_crawl: Callable[[Exception], None] | None = None
+        #: Stops the crawl with an error (the extension's ``stop``).
+        self.stop_crawl = stop_crawl
 
     def items_now(self) -> int:
         """Items scraped by the stage so far, every run, the units in flight included."""
