@@ -296,8 +296,12 @@ def test_piped_with_no_logging_configured_progress_and_failures_are_shown(
 
 
 _INTERRUPTED_JOB = """
-import asyncio, sys
+import asyncio, signal, sys
 from scrapy_checkpoint import AsyncCheckpointTracker
+
+# Ctrl-C as at a terminal: a test run in the background (make test &) starts its children
+# with SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def main():
     async with AsyncCheckpointTracker(sys.argv[1], "enrich") as tracker:
