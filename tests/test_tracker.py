@@ -328,6 +328,7 @@ def test_ctrl_c_pauses_the_stage_and_says_so_without_a_traceback(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()  # its pipes closed here, not by a later test's collection
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err, err
     assert "KeyboardInterrupt" not in err, err
