@@ -97,10 +97,12 @@ def read_outputs(directory: Path) -> Outputs:
     return Outputs(items, rows)
 
 
-def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None
-          ) -> Crawl:
+def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None,
+          kill_when: Callable[[], bool] | None = None) -> Crawl:
     """Run ``scrapy crawl SPIDER`` of the project to the end, or SIGKILL it while the site
-    holds its ``kill_after``-th request of this run (so it is surely still running)."""
+    holds its ``kill_after``-th request of this run (so it is surely still running) and,
+    when ``kill_when`` is given, once it also returns true (checked every 0.1 s, for at
+    most 600 s while the site holds the request)."""
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
            "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
@@ -115,6 +117,10 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
             if kill_after is not None:
                 while not site.wait_for(start + kill_after, timeout=0.1) and proc.poll() is None:
                     pass  # waits on the site's request count, checking that the crawl still runs
+                guard = time.monotonic() + 600
+                while (kill_when is not None and not kill_when() and proc.poll() is None
+                       and time.monotonic() < guard):
+                    time.sleep(0.1)  # polls a condition on the crawl's files, not a delay
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=1200)
@@ -423,9 +429,11 @@ def test_a_run_with_another_feed_file_says_the_items_of_earlier_runs_are_not_in_
     # the requests left; completed, run again with -o third.jl: nothing is fetched and
     # third.jl is not written. Each run says where the items are instead.
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20)
+    items = tmp_path / "items.jl"
+    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20,
+                  kill_when=lambda: items.exists() and items.stat().st_size > 0)
     assert first.returncode == -signal.SIGKILL, first.log[-3000:]
-    assert (tmp_path / "items.jl").read_text(), "no item was written before the kill"
+    assert items.read_text(), "no item was written before the kill"
 
     def run_with(feed: str) -> str:
         cmd = [PYTHON, "-m", "scrapy", "crawl", "two_step", "-a", f"base={site.url}", *addon,
