@@ -9,7 +9,8 @@ What it does
     :class:`~scrapy_checkpoint.estimate.ShownTotal` the way the crawl does (callback and URL
     shape of each unit and of its finder, a sample of the recent ratios, the model and the
     percent shown at each unit, at the time of its hit; the crawl runs its model at most
-    every 0.5 s, which changes the figures little, but for its first second). No crawl runs:
+    every 0.5 s, but replayed so, the model of the first unit held the percent high for the
+    first seconds, which the crawls' lines do not show). No crawl runs:
     two versions of ``estimate.py`` are compared on the same fetch orders, whatever the
     machine's load, in a few seconds.
 
