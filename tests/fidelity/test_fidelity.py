@@ -262,7 +262,7 @@ def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_s
         with (tmp_path / "crawl.log").open("ab") as log:
             proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
                                     stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600  # a guard against a hang
             while done_requests(tmp_path, "limited") < 12 and time.monotonic() < deadline:
                 assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
                 time.sleep(0.05)  # polls the stage's committed progress, read from disk
@@ -298,7 +298,7 @@ def test_spider_state_is_kept_when_a_feed_opens_while_a_callback_runs(
     with (tmp_path / "crawl.log").open("ab") as log:
         proc = subprocess.Popen([*cmd, "-a", "wait=1"], cwd=PROJECT, env=python_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a guard against a hang
         while not feed.exists() and time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
             time.sleep(0.05)  # polls for the feed file, made when the first item is written
