@@ -104,19 +104,32 @@ def run(site: Site, cmd: list[str], directory: Path, *, cwd: Path,
         interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
         interrupt_after_hits: int | None = None) -> CrawlRun:
     """Run ``cmd`` to the end, or interrupt it once the server has answered
-    ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it)."""
+    ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it).
+
+    With a plain signal (:func:`sigkill`, :func:`sigint`, :func:`sigterm`) the site holds
+    the requests past that count until the signal is sent: the crawl cannot run on (or to
+    its end) while this process is slow to send it, so the signal lands on a crawl that
+    has fetched at most the in-flight requests more. Other interrupts wait for conditions
+    of their own while the crawl goes on."""
     before = site.page_hits()
     start_hits = site.total_hits
     log_path = directory / "crawl.log"
+    hold = interrupt in (sigkill, sigint, sigterm) and interrupt_after_hits is not None
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
-                                stderr=subprocess.STDOUT)
-        if (interrupt is not None and interrupt_after_hits is not None
-                and site.wait_for_hits(start_hits + interrupt_after_hits, proc=proc)):
-            if interrupt is double_sigint:
-                double_sigint(proc, log_path, site)
-            else:
-                interrupt(proc)
+        if hold:
+            site.hold_after = start_hits + interrupt_after_hits  # type: ignore[operator]
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            if (interrupt is not None and interrupt_after_hits is not None
+                    and site.wait_for_hits(start_hits + interrupt_after_hits, proc=proc)):
+                if interrupt is double_sigint:
+                    double_sigint(proc, log_path, site)
+                else:
+                    interrupt(proc)
+        finally:
+            if hold:
+                site.release()
         proc.wait(timeout=1200)
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
