@@ -97,10 +97,12 @@ def read_outputs(directory: Path) -> Outputs:
     return Outputs(items, rows)
 
 
-def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None
-          ) -> Crawl:
+def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None,
+          committed: int = 0) -> Crawl:
     """Run ``scrapy crawl SPIDER`` of the project to the end, or SIGKILL it while the site
-    holds its ``kill_after``-th request of this run (so it is surely still running)."""
+    holds its ``kill_after``-th request of this run (so it is surely still running), once
+    the stage has committed at least ``committed`` requests done (polled, however long that
+    takes: a busy machine may not have committed any when the request is held)."""
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
            "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
@@ -115,6 +117,10 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
             if kill_after is not None:
                 while not site.wait_for(start + kill_after, timeout=0.1) and proc.poll() is None:
                     pass  # waits on the site's request count, checking that the crawl still runs
+                deadline = time.monotonic() + 600  # a guard against a hang
+                while (done_requests(directory, spider) < committed and proc.poll() is None
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)  # polls the stage's committed progress, read from disk
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=1200)
@@ -403,7 +409,10 @@ def test_a_resume_with_other_spider_arguments_says_the_result_mixes_both(
     # result, and the resume says so. Resumed with the arguments it was started with, it
     # says nothing.
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    first = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
+    # The first run is killed once it has committed a request done: the stage has started
+    # (a stage with no request recorded takes a run's arguments as its first, silently).
+    first = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4,
+                  committed=1)
     assert first.returncode == -signal.SIGKILL, first.log[-3000:]
     same = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
     assert same.returncode == -signal.SIGKILL, same.log[-3000:]
