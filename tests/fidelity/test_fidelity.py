@@ -98,11 +98,12 @@ def read_outputs(directory: Path) -> Outputs:
 
 
 def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None,
-          committed: int = 0) -> Crawl:
+          committed: int = 0, ready: Callable[[], bool] | None = None) -> Crawl:
     """Run ``scrapy crawl SPIDER`` of the project to the end, or SIGKILL it while the site
     holds its ``kill_after``-th request of this run (so it is surely still running), once
-    the stage has committed at least ``committed`` requests done (polled, however long that
-    takes: a busy machine may not have committed any when the request is held)."""
+    the stage has committed at least ``committed`` requests done and ``ready()`` (if given)
+    is true (polled, however long that takes: a busy machine may have committed or written
+    nothing yet when the request is held; the crawl's other requests go on meanwhile)."""
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
            "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
@@ -118,8 +119,9 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
                 while not site.wait_for(start + kill_after, timeout=0.1) and proc.poll() is None:
                     pass  # waits on the site's request count, checking that the crawl still runs
                 deadline = time.monotonic() + 600  # a guard against a hang
-                while (done_requests(directory, spider) < committed and proc.poll() is None
-                       and time.monotonic() < deadline):
+                while ((done_requests(directory, spider) < committed
+                        or (ready is not None and not ready()))
+                       and proc.poll() is None and time.monotonic() < deadline):
                     time.sleep(0.05)  # polls the stage's committed progress, read from disk
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
@@ -432,9 +434,11 @@ def test_a_run_with_another_feed_file_says_the_items_of_earlier_runs_are_not_in_
     # the requests left; completed, run again with -o third.jl: nothing is fetched and
     # third.jl is not written. Each run says where the items are instead.
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20)
+    feed = tmp_path / "items.jl"  # killed once an item is in it (and the stage has started)
+    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20, committed=1,
+                  ready=lambda: feed.exists() and feed.stat().st_size > 0)
     assert first.returncode == -signal.SIGKILL, first.log[-3000:]
-    assert (tmp_path / "items.jl").read_text(), "no item was written before the kill"
+    assert feed.read_text(), "no item was written before the kill"
 
     def run_with(feed: str) -> str:
         cmd = [PYTHON, "-m", "scrapy", "crawl", "two_step", "-a", f"base={site.url}", *addon,
