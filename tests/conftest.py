@@ -83,7 +83,8 @@ def require_redis() -> None:
     """Skip when no Redis answers, with the reason; under CI=true that is a failure."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    # A guard, not a speed: a server that is not there refuses at once.
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=60)
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
@@ -185,7 +186,7 @@ def require_postgres() -> None:
     import psycopg
 
     try:
-        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+        psycopg.connect(POSTGRES_URL, connect_timeout=60).close()  # (a guard: none there refuses at once)
     except psycopg.Error as exc:
         unavailable(f"no PostgreSQL at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]}); "
                     f"start one (pg_ctlcluster 15 main start) or set POSTGRES_URL to run the "

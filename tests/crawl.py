@@ -104,19 +104,32 @@ def run(site: Site, cmd: list[str], directory: Path, *, cwd: Path,
         interrupt: Callable[[subprocess.Popen[bytes]], None] | None = None,
         interrupt_after_hits: int | None = None) -> CrawlRun:
     """Run ``cmd`` to the end, or interrupt it once the server has answered
-    ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it)."""
+    ``interrupt_after_hits`` more requests (``interrupt(proc)`` does it).
+
+    With a plain signal (:func:`sigkill`, :func:`sigint`, :func:`sigterm`) the site holds
+    the requests past that count until the signal is sent: the crawl cannot run on (or to
+    its end) while this process is slow to send it, so the signal lands on a crawl that
+    has fetched at most the in-flight requests more. Other interrupts wait for conditions
+    of their own while the crawl goes on."""
     before = site.page_hits()
     start_hits = site.total_hits
     log_path = directory / "crawl.log"
+    hold = interrupt in (sigkill, sigint, sigterm) and interrupt_after_hits is not None
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
-                                stderr=subprocess.STDOUT)
-        if (interrupt is not None and interrupt_after_hits is not None
-                and site.wait_for_hits(start_hits + interrupt_after_hits, proc=proc)):
-            if interrupt is double_sigint:
-                double_sigint(proc, log_path)
-            else:
-                interrupt(proc)
+        if hold:
+            site.hold_after = start_hits + interrupt_after_hits  # type: ignore[operator]
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            if (interrupt is not None and interrupt_after_hits is not None
+                    and site.wait_for_hits(start_hits + interrupt_after_hits, proc=proc)):
+                if interrupt is double_sigint:
+                    double_sigint(proc, log_path, site)
+                else:
+                    interrupt(proc)
+        finally:
+            if hold:
+                site.release()
         proc.wait(timeout=1200)
     after = site.page_hits()
     hits = {p: after[p] - before.get(p, 0) for p in after if after[p] - before.get(p, 0)}
@@ -131,13 +144,25 @@ def sigint(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGINT)
 
 
-def double_sigint(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Ctrl-C, then once Scrapy says it is shutting down gracefully, Ctrl-C again."""
-    proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 60
-    while b"shutting down gracefully" not in log.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.01)  # polls the crawl's own log for the condition
-    proc.send_signal(signal.SIGINT)
+def double_sigint(proc: subprocess.Popen[bytes], log: Path, site: Site) -> None:
+    """Ctrl-C, then once Scrapy says it is shutting down gracefully, Ctrl-C again.
+
+    A request is held at the site's gate from before the first Ctrl-C until after the
+    second, so the graceful stop cannot finish in between, however slowly this process
+    gets to the second one (the second Ctrl-C always lands on a crawl still stopping)."""
+    site.gate.clear()
+    try:
+        held = site.total_hits + 1  # a request counted after clear() waits at the gate
+        if not site.wait_for_hits(held, proc=proc):
+            return  # the crawl ended: the test finds no forced shutdown in its log
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 600
+        while (b"shutting down gracefully" not in log.read_bytes() and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)  # polls the crawl's own log for the condition
+        proc.send_signal(signal.SIGINT)
+    finally:
+        site.gate.set()
 
 
 def sigterm(proc: subprocess.Popen[bytes]) -> None:
@@ -164,7 +189,7 @@ def crawl_killed_at_gate(site: Site, outputs: Outputs, gate: str, *extra: str) -
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while (not (gate_dir / "reached").exists() and proc.poll() is None
                and time.monotonic() < deadline):
             time.sleep(0.01)  # polls for the gate's own signal that the crawl waits there

@@ -62,6 +62,9 @@ class Site:
         #: Cleared: requests wait (hold a crawl in place); set: they are answered.
         self.gate = threading.Event()
         self.gate.set()
+        #: Set: a request counted past this many hits in all clears :attr:`gate` (and waits),
+        #: so a crawl goes no further until the test sets it again.
+        self.hold_after: int | None = None
         self._lock = threading.Condition()
         site = self
 
@@ -73,8 +76,10 @@ class Site:
                     site.total_hits += 1
                     if path.startswith("/p/") and path[3:].isdigit():
                         site.order.append(int(path[3:]))
+                    if site.hold_after is not None and site.total_hits > site.hold_after:
+                        site.gate.clear()
                     site._lock.notify_all()
-                site.gate.wait(60)
+                site.gate.wait(600)  # (a guard: the test sets it again)
                 if site.delay:
                     time.sleep(site.delay)
                 if path == "/":
@@ -132,6 +137,13 @@ class Site:
                     return False
                 self._lock.wait(min(left, 0.5))  # (woken by each hit; checks proc between)
             return True
+
+    def release(self) -> None:
+        """Stop holding requests past :attr:`hold_after` and answer the held ones (under the
+        lock a request clears the gate with: none clears it again after this)."""
+        with self._lock:
+            self.hold_after = None
+            self.gate.set()
 
     def close(self) -> None:
         self.server.shutdown()

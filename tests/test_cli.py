@@ -51,8 +51,8 @@ def on_terminal(*args: str, columns: int, env: dict[str, str] | None = None) -> 
     chunks: list[bytes] = []
     try:
         while True:
-            ready, _, _ = select.select([master], [], [], 120)
-            assert ready, "the command wrote nothing for 120 s"
+            ready, _, _ = select.select([master], [], [], 600)  # (a guard against a hang)
+            assert ready, "the command wrote nothing for 600 s"
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: the command closed the terminal

@@ -74,7 +74,7 @@ class ChainSite:
                 headers: list[tuple[str, str]] = []
                 if self.path == "/hold":
                     site.held.set()
-                    site.gate.wait(60)
+                    site.gate.wait(600)
                     body = b""
                 elif parts[1] == "r":  # /r/<jar>/<page>: 302 to /j/<jar>/<page>, setting hop
                     self.send_response(302)
@@ -86,7 +86,7 @@ class ChainSite:
                 else:
                     jar, page = parts[2], int(parts[3])
                     if jar == "b" and page >= PAGES:
-                        site.held.wait(60)  # b's last pages: after a's last page is parsed
+                        site.held.wait(600)  # b's last pages: after a's last page is parsed
                     received = sorted(c.strip() for c in self.headers.get("Cookie", "").split(";")
                                       if c.strip())
                     nxt = page + 1
@@ -132,7 +132,7 @@ def _items(directory: Path) -> list[str]:
 def _wait_for_done(directory: Path, done: int, proc: subprocess.Popen[bytes]) -> bool:
     """Poll the stage (read-only) until at least ``done`` requests, and all but one of those
     it knows (redirects are requests of their own), are committed done."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a guard against a hang
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             view = read_stage(FileStore(directory), "jars")
@@ -167,7 +167,7 @@ def test_a_request_redone_after_a_kill_sends_the_cookies_it_sent_first(tmp_path:
         with (out / "crawl.log").open("ab") as log:
             proc = subprocess.Popen(_command(site, out, *addon), cwd=out, env=python_env(),
                                     stdout=log, stderr=subprocess.STDOUT)
-            assert site.held.wait(120), "the crawl never reached the held request"
+            assert site.held.wait(600), "the crawl never reached the held request"
             # Every page but a's last is done; a's last is held by its /hold request.
             assert _wait_for_done(out / "checkpoints", 2 * PAGES + 2, proc)
             proc.send_signal(signal.SIGKILL)

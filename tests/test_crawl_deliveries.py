@@ -138,7 +138,7 @@ def _kill_once_partly_delivered(directory: Path) -> object:
     """SIGKILL once the stage has committed some items of a page still in flight (polls
     the stage's committed state: the condition, not a time)."""
     def interrupt(proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a guard against a hang
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 if _committed_as_delivered(directory)[1]:

@@ -96,7 +96,7 @@ class MembersSite:
                         site._cond.notify_all()
                         hold = site.hold_after is not None and site.item_hits > site.hold_after
                     if hold:
-                        site.gate.wait(60)
+                        site.gate.wait(600)  # (a guard: the test sets it again)
                 if not self._logged_in():
                     if self.path.startswith("/login"):
                         self._answer(200, b"<title>login</title>")
@@ -119,7 +119,7 @@ class MembersSite:
 
     def wait_for_item_hits(self, n: int) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.item_hits >= n, 120)
+            return self._cond.wait_for(lambda: self.item_hits >= n, 600)  # (a guard against a hang)
 
     def close(self) -> None:
         self.gate.set()
@@ -162,7 +162,7 @@ def _crawl(site: MembersSite, tmp_path: Path, ignore_login: bool, *, kill_after:
 
 def _wait_for_commit(directory: Path, done: int, proc: subprocess.Popen[bytes]) -> bool:
     """Poll the stage (read-only) until its cookies and ``done`` requests are committed."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a guard against a hang
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             view = read_stage(FileStore(directory), "members")

@@ -151,7 +151,7 @@ class ExpiringSite:
                         site._cond.notify_all()
                     hold = item and site.hold_after is not None and site.item_hits > site.hold_after
                 if hold:
-                    site._gate.wait(60)
+                    site._gate.wait(600)  # (a guard: the test releases it)
                 if self.path.startswith("/login"):
                     form = (f'<title>login</title><form action="/login" method="post">'
                             f'<input name="csrf" value="{site.csrf}"></form>')
@@ -190,7 +190,7 @@ class ExpiringSite:
 
     def wait_for_item_hits(self, n: int) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.item_hits >= n, 120)
+            return self._cond.wait_for(lambda: self.item_hits >= n, 600)  # (a guard against a hang)
 
     def close(self) -> None:
         self.release()
@@ -265,7 +265,7 @@ def _run_killed(site: ExpiringSite, directory: Path, after_items: int, *,
 
 def _wait_for_commit(directory: Path, proc: subprocess.Popen[bytes]) -> bool:
     """Poll the stage (read-only) until it has committed its setup URLs and a done request."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a guard against a hang
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             view = read_stage(FileStore(directory), "members")

@@ -144,8 +144,9 @@ def _journal_path(directory: Path, stage: str) -> Path:
 
 
 def _killed_stage(directory: Path, units: int) -> None:
-    """A stage whose process 'died': committed groups on disk, never closed."""
-    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    """A stage whose process 'died': committed groups on disk, never closed. Its groups are
+    committed every 10 updates, never by time (a slow machine must not shift them)."""
+    cp = EnhancedCheckpoint(directory, "s", log_every=0, save_every=10, save_interval=3600)
     cp.start(total_items=units)
     for i in range(units):
         cp.update(processed=1, successful=1, index=i)

@@ -47,6 +47,9 @@ DONE_BEFORE = 20
 PAGES_WHILE_DOWN = 20
 #: Where the server's binaries are looked for when ``pg_config`` names none.
 FALLBACK_BINDIR = Path("/usr/lib/postgresql/15/bin")
+#: How long ``pg_ctl -w`` may wait for the server to start or stop (its default, 60 s, is
+#: short for a busy machine): a guard against a hang, not a speed the test needs.
+PG_CTL_WAIT = "600"
 
 
 def _bindir() -> Path | None:
@@ -104,13 +107,13 @@ class Cluster:
         """Start the server (the first time on a free port) and wait until it answers."""
         if self.port:
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(),
-                      "start", "-w")
+                      "start", "-w", "-t", PG_CTL_WAIT)
             return
         for attempt in range(3):  # the free port may be taken before the server binds it
             self.port = _free_port()
             try:
                 self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o",
-                          self._options(), "start", "-w")
+                          self._options(), "start", "-w", "-t", PG_CTL_WAIT)
                 return
             except AssertionError:
                 if attempt == 2:
@@ -122,18 +125,18 @@ class Cluster:
         return (self.data / "postmaster.pid").exists()
 
     def stop(self, mode: str) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "stop", "-m", mode, "-w")
+        self._run("pg_ctl", "-D", str(self.data), "stop", "-m", mode, "-w", "-t", PG_CTL_WAIT)
 
     def restart(self, mode: str) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(),
-                  "restart", "-m", mode, "-w")
+                  "restart", "-m", mode, "-w", "-t", PG_CTL_WAIT)
 
     def wait_for_done(self, units: int, proc: subprocess.Popen[bytes]) -> int:
         """Poll the stage ``site`` in the server (its journal, read as ``scrapy-checkpoint
         show`` reads it) until it records ``units`` units done; return how many it does.
-        Fails if the crawl ends first or after 120 s."""
+        Fails if the crawl ends first or after 600 s (a guard against a hang)."""
         store = open_store(self.url)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         try:
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
@@ -310,7 +313,7 @@ def test_a_crawl_that_ends_while_the_server_is_down_waits_for_it_to_send_its_las
             site.gate.clear()
             pg_cluster.stop("immediate")
             site.gate.set()  # the rest of the crawl runs with the server down
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600
             while (b"journal group(s)." not in log.read_bytes() and proc.poll() is None
                    and time.monotonic() < deadline):
                 time.sleep(0.01)  # polls the crawl's own log for the condition

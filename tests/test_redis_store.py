@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -53,16 +54,19 @@ class CuttingProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             cut = threading.Event()  # set: this connection's replies are dropped
-            threading.Thread(target=self._pipe, args=(client, upstream, True, cut), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False, cut), daemon=True).start()
+            answered = threading.Event()  # set: Redis answered the cut command (it ran it)
+            for args in ((client, upstream, True, cut, answered),
+                         (upstream, client, False, cut, answered)):
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool,
-              cut: threading.Event) -> None:
+              cut: threading.Event, answered: threading.Event) -> None:
         tail = b""  # the end of the previous chunk: a command name may span two reads
         try:
             while data := src.recv(65536):
                 if not from_client:
                     if cut.is_set():
+                        answered.set()
                         return  # the reply to the cut command never reaches the client
                     dst.sendall(data)
                     continue
@@ -74,7 +78,9 @@ class CuttingProxy:
                     self.cuts += 1
                     cut.set()
                     dst.sendall(data)
-                    time.sleep(0.05)  # let Redis run the command; its reply is then lost
+                    # Cut once Redis has run the command (its reply came back), however long
+                    # that takes: the client never gets the reply.
+                    answered.wait(600)
                     for sock in (src, dst):
                         sock.shutdown(socket.SHUT_RDWR)
                     return
@@ -137,31 +143,39 @@ class PrivateRedis:
     it can be stopped and started again with its data."""
 
     def __init__(self, directory: Path, *, persistent: bool = True) -> None:
-        self.port = _free_port()
         directory.mkdir()
-        self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                    str(directory), "--appendonly", "yes" if persistent else "no",
-                    "--appendfsync", "always", "--save", ""]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
+        for attempt in range(3):  # the free port may be taken before the server binds it
+            self.port = _free_port()
+            self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--dir", str(directory), "--appendonly", "yes" if persistent else "no",
+                        "--appendfsync", "always", "--save", ""]
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            try:
+                self.start()
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
-        for _ in range(500):
+        deadline = time.monotonic() + 600  # a guard: a busy machine may start it slowly
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 client.ping()
                 client.close()
                 return
             except redis.exceptions.ConnectionError:
                 time.sleep(0.02)  # polls the server until it answers
-        raise AssertionError("redis-server did not start")
+        client.close()
+        raise AssertionError(f"redis-server did not start (exit status {self.proc.poll()})")
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=600)
             self.proc = None
 
     def restart(self) -> None:
@@ -226,7 +240,11 @@ def test_a_crawl_survives_a_redis_restart_mid_crawl(tmp_path: Path) -> None:
             if site.wait_for_hits(100):
                 private.stop()  # Redis goes away while the crawl goes on for 40 pages ...
                 site.wait_for_hits(site.total_hits + 40)
-                private.start()  # ... and comes back with its data
+                site.gate.clear()  # (held: the crawl cannot end before Redis is back)
+                try:
+                    private.start()  # ... and comes back with its data
+                finally:
+                    site.gate.set()
                 restarted.set()
 
         threading.Thread(target=restart_midway, daemon=True).start()
@@ -338,7 +356,13 @@ def test_a_redis_restarted_empty_stops_the_job_and_the_next_run_does_not_start_f
         assert job.stdout is not None
         for n, _ in enumerate(job.stdout):
             if n == 500:
-                private.restart()  # comes back empty
+                # The job is stopped meanwhile: it cannot run to its end before Redis is
+                # back, however long the restart takes on a busy machine.
+                job.send_signal(signal.SIGSTOP)
+                try:
+                    private.restart()  # comes back empty
+                finally:
+                    job.send_signal(signal.SIGCONT)
                 break
         _, err = job.communicate(timeout=1200)
         assert job.returncode != 0, "the job went on with its checkpoint gone"

@@ -499,7 +499,7 @@ def test_the_page_shows_each_stage_and_follows_a_commit(tmp_path: Path, serve: A
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         driver.get(server.url)
-        wait = WebDriverWait(driver, 120)
+        wait = WebDriverWait(driver, 600)  # (a guard against a hang)
 
         def shown(stage: str) -> tuple[str, str]:
             cards = driver.find_elements(By.CSS_SELECTOR, f'section.stage[data-stage="{stage}"]')

@@ -100,21 +100,42 @@ def _assert_union_exact(workers: list[Worker]) -> None:
 
 def _two_workers_to_the_end(tmp_path: Path, backend: str, *extra: str) -> tuple[Worker, Worker]:
     """Two workers crawl the site to the end: every page fetched once, every item once in the
-    union of their outputs. (How the pages split between them is the machine's schedule, not
-    a guarantee: one worker may do them all on a busy machine. That work moves to an idle
-    worker is proven by the test of units given to a worker that dies.)"""
+    union of their outputs. The site answers nothing until both have joined the stage, so
+    both take part however slowly either starts (how the pages split between them is the
+    machine's schedule)."""
     site = Site(N_PAGES, delay=0.01)
+    site.gate.clear()
+    a = b = None
     try:
         a = Worker(site, backend, tmp_path / "a", *extra)
         b = Worker(site, backend, tmp_path / "b", *extra)
+        _wait_for_workers(backend, 2, a, b)
+        site.gate.set()
         assert a.wait() == 0, a.log[-3000:]
         assert b.wait() == 0, b.log[-3000:]
         hits = site.page_hits()
     finally:
+        site.gate.set()
+        _kill_left(*(w for w in (a, b) if w is not None))
         site.close()
     _assert_union_exact([a, b])
     assert hits == dict.fromkeys(range(N_PAGES), 1), "a page was fetched twice, or never"
     return a, b
+
+
+def _wait_for_workers(backend: str, n: int, *workers: Worker) -> None:
+    """Wait until the stage records ``n`` workers (each has joined it), with a guard of
+    600 s against a hang; fails if one of ``workers`` ends first."""
+    shared = _shared(backend)
+    try:
+        deadline = time.monotonic() + 600
+        while len(shared.workers()) < n:
+            for w in workers:
+                assert w.proc.poll() is None, w.log[-3000:]
+            assert time.monotonic() < deadline, "the workers never joined the stage"
+            time.sleep(0.02)  # polls the store for the condition
+    finally:
+        shared.store.close()
 
 
 def _kill_left(*workers: Worker) -> None:
@@ -202,8 +223,12 @@ def test_two_workers_share_one_stage_and_each_page_is_crawled_once(
     assert "Shared stage site: completed, 400 done, 0 pending in 2 worker" in show.stdout
 
     # Run again: a completed shared stage does nothing (the default)...
-    again = Worker(Site(N_PAGES), shared_backend, tmp_path / "c")
-    assert again.wait() == 0, again.log[-3000:]
+    site = Site(N_PAGES)
+    try:
+        again = Worker(site, shared_backend, tmp_path / "c")
+        assert again.wait() == 0, again.log[-3000:]
+    finally:
+        site.close()
     assert "already completed: nothing to fetch" in again.log
     assert "-s CHECKPOINT_RESET=True" in again.log
     # A worker's part alone cannot be reset (its claims would stay)...
@@ -231,11 +256,14 @@ def test_two_workers_one_killed_the_survivor_finishes_exactly_once(
 ) -> None:
     rng = random.Random(seed)
     site = Site(N_PAGES, delay=0.01)
+    site.gate.clear()  # nothing is answered until both workers joined: the victim has joined
     extra = scrapy_redis_args(shared_backend) if scheduler == "scrapy-redis" else []
     try:
         a = Worker(site, shared_backend, tmp_path / "a", *extra)
         b = Worker(site, shared_backend, tmp_path / "b", *extra)
         killed, survivor = (a, b) if victim == "a" else (b, a)
+        _wait_for_workers(shared_backend, 2, a, b)
+        site.gate.set()
         assert site.wait_for_hits(rng.randint(60, N_PAGES // 2))
         killed.proc.kill()
         assert killed.wait() == -9
@@ -375,11 +403,10 @@ def test_two_live_workers_on_one_host_cannot_share_an_output_file(
         first = Worker(site, shared_backend, tmp_path / "same")
         started.append(first)
         shared = _shared(shared_backend)
-        assert site.wait_for_hits(0)
-        for _ in range(3000):  # until the first worker has opened its outputs
-            if any(w.outputs for w in shared.workers()):
-                break
+        deadline = time.monotonic() + 600  # a guard against a hang
+        while not any(w.outputs for w in shared.workers()):  # it has opened its outputs
             assert first.proc.poll() is None, first.log[-3000:]
+            assert time.monotonic() < deadline, "the first worker never opened its outputs"
             time.sleep(0.02)  # polls the store for the condition
         second = Worker(site, shared_backend, tmp_path / "same")
         started.append(second)
@@ -408,14 +435,14 @@ def test_units_given_to_a_worker_that_dies_come_back_to_the_giver(
         taker = Worker(site, shared_backend, tmp_path / "taker")
         started.append(taker)
         shared = _shared(shared_backend)
-        for _ in range(3000):  # until the taker has journaled units it was given
+        deadline = time.monotonic() + 600  # a guard against a hang
+        while True:  # until the taker has journaled units it was given
             record = [w for w in shared.workers() if w.pid == taker.proc.pid]
             if record and record[0].pending >= 8:
                 break
             assert taker.proc.poll() is None, taker.log[-3000:]
+            assert time.monotonic() < deadline, "the taker was never given work"
             time.sleep(0.02)  # polls the store for the condition
-        else:
-            raise AssertionError("the taker was never given work")
         taker.proc.kill()
         taker.wait()
         assert giver.wait() == 0, giver.log[-3000:]

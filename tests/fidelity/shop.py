@@ -177,7 +177,7 @@ class ShopSite:
                     hold = site._hold_at is not None and site.total_hits == site._hold_at
                     site._cond.notify_all()
                 if hold:
-                    site._gate.wait(120)
+                    site._gate.wait(600)
 
             def _answer(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] = (),
                         content_type: str = "text/html") -> None:

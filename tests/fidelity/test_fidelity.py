@@ -98,11 +98,12 @@ def read_outputs(directory: Path) -> Outputs:
 
 
 def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after: int | None = None,
-          kill_when: Callable[[], bool] | None = None) -> Crawl:
+          committed: int = 0, ready: Callable[[], bool] | None = None) -> Crawl:
     """Run ``scrapy crawl SPIDER`` of the project to the end, or SIGKILL it while the site
-    holds its ``kill_after``-th request of this run (so it is surely still running) and,
-    when ``kill_when`` is given, once it also returns true (checked every 0.1 s, for at
-    most 600 s while the site holds the request)."""
+    holds its ``kill_after``-th request of this run (so it is surely still running), once
+    the stage has committed at least ``committed`` requests done and ``ready()`` (if given)
+    is true (polled, however long that takes: a busy machine may have committed or written
+    nothing yet when the request is held; the crawl's other requests go on meanwhile)."""
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
            "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
@@ -117,10 +118,11 @@ def crawl(site: ShopSite, spider: str, directory: Path, *extra: str, kill_after:
             if kill_after is not None:
                 while not site.wait_for(start + kill_after, timeout=0.1) and proc.poll() is None:
                     pass  # waits on the site's request count, checking that the crawl still runs
-                guard = time.monotonic() + 600
-                while (kill_when is not None and not kill_when() and proc.poll() is None
-                       and time.monotonic() < guard):
-                    time.sleep(0.1)  # polls a condition on the crawl's files, not a delay
+                deadline = time.monotonic() + 600  # a guard against a hang
+                while ((done_requests(directory, spider) < committed
+                        or (ready is not None and not ready()))
+                       and proc.poll() is None and time.monotonic() < deadline):
+                    time.sleep(0.05)  # polls the stage's committed progress, read from disk
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=1200)
@@ -268,7 +270,7 @@ def test_a_crawl_killed_while_it_finishes_at_a_closespider_limit_ends_as_plain_s
         with (tmp_path / "crawl.log").open("ab") as log:
             proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
                                     stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600  # a guard against a hang
             while done_requests(tmp_path, "limited") < 12 and time.monotonic() < deadline:
                 assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
                 time.sleep(0.05)  # polls the stage's committed progress, read from disk
@@ -304,7 +306,7 @@ def test_spider_state_is_kept_when_a_feed_opens_while_a_callback_runs(
     with (tmp_path / "crawl.log").open("ab") as log:
         proc = subprocess.Popen([*cmd, "-a", "wait=1"], cwd=PROJECT, env=python_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a guard against a hang
         while not feed.exists() and time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
             time.sleep(0.05)  # polls for the feed file, made when the first item is written
@@ -409,7 +411,10 @@ def test_a_resume_with_other_spider_arguments_says_the_result_mixes_both(
     # result, and the resume says so. Resumed with the arguments it was started with, it
     # says nothing.
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    first = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
+    # The first run is killed once it has committed a request done: the stage has started
+    # (a stage with no request recorded takes a run's arguments as its first, silently).
+    first = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4,
+                  committed=1)
     assert first.returncode == -signal.SIGKILL, first.log[-3000:]
     same = crawl(site, "two_step", tmp_path, *addon, "-a", "categories=2", kill_after=4)
     assert same.returncode == -signal.SIGKILL, same.log[-3000:]
@@ -429,11 +434,11 @@ def test_a_run_with_another_feed_file_says_the_items_of_earlier_runs_are_not_in_
     # the requests left; completed, run again with -o third.jl: nothing is fetched and
     # third.jl is not written. Each run says where the items are instead.
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    items = tmp_path / "items.jl"
-    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20,
-                  kill_when=lambda: items.exists() and items.stat().st_size > 0)
+    feed = tmp_path / "items.jl"  # killed once an item is in it (and the stage has started)
+    first = crawl(site, "two_step", tmp_path, *addon, kill_after=20, committed=1,
+                  ready=lambda: feed.exists() and feed.stat().st_size > 0)
     assert first.returncode == -signal.SIGKILL, first.log[-3000:]
-    assert items.read_text(), "no item was written before the kill"
+    assert feed.read_text(), "no item was written before the kill"
 
     def run_with(feed: str) -> str:
         cmd = [PYTHON, "-m", "scrapy", "crawl", "two_step", "-a", f"base={site.url}", *addon,

@@ -1,7 +1,7 @@
 """Hold a crawl at a chosen point of its close, so that a test can kill it exactly there.
 
 Both read ``GATE_DIR`` (a directory): when the crawl reaches the gate they write
-``GATE_DIR/reached``, then wait until ``GATE_DIR/open`` exists (at most two minutes),
+``GATE_DIR/reached``, then wait until ``GATE_DIR/open`` exists (at most ten minutes),
 blocking the reactor. Without ``GATE_DIR`` they are not enabled.
 
 - :class:`BeforeCompletionGate` (``ITEM_PIPELINES``): holds in the pipelines'
@@ -23,7 +23,7 @@ from scrapy.exceptions import NotConfigured
 
 def _hold(directory: Path) -> None:
     (directory / "reached").write_text("reached\n")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while not (directory / "open").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
 
