@@ -469,7 +469,8 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
         if reason == "finished":
-            cp.complete(_unsafe_feeds(self.outputs, live.info.recoveries))
+            cp.complete(_caveats(_unsafe_feeds(self.outputs, live.info.recoveries),
+                                 self.totals.unwritten_items() if self.totals else None))
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
@@ -656,6 +657,12 @@ def _readable_payloads(live: Any) -> Any:
             yield pending.get(code)
         except (OSError, ValueError):
             continue
+
+
+def _caveats(*caveats: str | None) -> str | None:
+    """The caveats given, in one text (None: none)."""
+    given = [c for c in caveats if c]
+    return " Also, ".join(given) or None
 
 
 def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:

@@ -537,3 +537,30 @@ def test_containers_in_cb_kwargs_come_back_with_their_type_after_a_kill(
     assert "could not be journaled" not in last.log, last.log[-3000:]
     got = read_outputs(tmp_path)
     assert got.items == expected.items, diff("feed", got.items, expected.items)
+
+
+@pytest.mark.parametrize("kill_after", [None, 6], ids=["unkilled", "killed"])
+def test_items_a_feed_cannot_hold_are_counted_and_the_crawl_is_not_said_completed(
+    tmp_path: Path, site: ShopSite, kill_after: int | None
+) -> None:
+    # Every third item of `unexportable` holds a complex number: the JSON lines exporter
+    # raises, and plain Scrapy leaves those 4 of 12 items out of the feed with an error per
+    # item. The add-on leaves the same feed, but it said "[unexportable] Completed. Progress:
+    # 100.0% (12/12) | Success: 100.0%". Now it says how many items are not in the feeds,
+    # counted over the stage's runs (a killed run's count goes with its units not done).
+    plain = crawl(site, "unexportable", tmp_path / "plain")
+    assert plain.returncode == 0, plain.log[-3000:]
+    expected = read_outputs(tmp_path / "plain")
+    assert sum(expected.items.values()) == 8, plain.log[-3000:]
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    if kill_after is not None:
+        first = crawl(site, "unexportable", tmp_path, *addon, kill_after=kill_after)
+        assert first.returncode == -signal.SIGKILL, first.log[-3000:]
+    last = crawl(site, "unexportable", tmp_path, *addon)
+    assert last.returncode == 0, last.log[-3000:]
+    assert "[unexportable] Completed." not in last.log, last.log[-3000:]
+    assert ("[unexportable] Every unit is done, but 4 scraped item(s) could not be written to "
+            "the feeds" in last.log), last.log[-3000:]
+    assert "TypeError: Object of type complex is not JSON serializable" in last.log
+    got = read_outputs(tmp_path)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
