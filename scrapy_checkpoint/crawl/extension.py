@@ -469,8 +469,7 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
         if reason == "finished":
-            cp.complete(_caveats(_unsafe_feeds(self.outputs, live.info.recoveries),
-                                 self.totals.unwritten_items() if self.totals else None))
+            cp.complete(_caveats(self.outputs, self.totals, live.info.recoveries))
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
@@ -659,9 +658,12 @@ def _readable_payloads(live: Any) -> Any:
             continue
 
 
-def _caveats(*caveats: str | None) -> str | None:
-    """The caveats given, in one text (None: none)."""
-    given = [c for c in caveats if c]
+def _caveats(outputs: OutputSet | None, totals: StageTotals | None,
+             recoveries: int) -> str | None:
+    """What to say instead of 'Completed' (None: nothing): feeds not crash-safe written by a
+    stage that crashed, items a feed's exporter could not write."""
+    given = [c for c in (_unsafe_feeds(outputs, recoveries),
+                         totals.unwritten_items() if totals is not None else None) if c]
     return " Also, ".join(given) or None
 
 
