@@ -221,7 +221,7 @@ class CheckpointExtension:
                                             stop=self.stop)
         frontier.progress = self.progress = CrawlProgress(
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
-        totals = self.totals = StageTotals(cp, frontier.unit_of_request, self.stop)
+        totals = self.totals = StageTotals(cp, frontier.unit_of_request, self.stop, self.crawler)
         totals.log_earlier_items(self.stage)
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
             cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(
@@ -661,9 +661,10 @@ def _readable_payloads(live: Any) -> Any:
 def _caveats(outputs: OutputSet | None, totals: StageTotals | None,
              recoveries: int) -> str | None:
     """What to say instead of 'Completed' (None: nothing): feeds not crash-safe written by a
-    stage that crashed, items a feed's exporter could not write."""
-    given = [c for c in (_unsafe_feeds(outputs, recoveries),
-                         totals.unwritten_items() if totals is not None else None) if c]
+    stage that crashed, items a feed's exporter could not write, pipelines of a resumed run
+    that learned from the items in memory."""
+    given = [c for c in (_unsafe_feeds(outputs, recoveries), *(
+        (totals.unwritten_items(), totals.pipeline_memory()) if totals is not None else ())) if c]
     return " Also, ".join(given) or None
 
 

@@ -30,6 +30,7 @@ from ..checkpoint import EnhancedCheckpoint
 from ..errors import CheckpointWriteError, is_disk_full
 from ..journal.groups import STAGE_TOTALS
 from ..view import ITEM_TYPE, ITEMS_DROPPED, ITEMS_FAILED, ITEMS_SCRAPED, item_counts
+from .pipeline_memory import PipelineMemory, resumed_memory_caveat
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -65,7 +66,7 @@ class StageTotals:
     """
 
     def __init__(self, cp: EnhancedCheckpoint, unit_of: Callable[[Request | None], int | None],
-                 stop_crawl: Callable[[Exception], None] | None = None) -> None:
+                 stop_crawl: Callable[[Exception], None] | None = None, crawler: Any = None) -> None:
         self.cp = cp
         self.unit_of = unit_of
         #: Totals of the units done (journaled or about to be) and of counts of no unit.
@@ -80,6 +81,8 @@ class StageTotals:
         #: Requests done by earlier runs (their callbacks' changes to the spider are gone),
         #: until a callback error has been explained (see lost_attribute_hint).
         self._resumed = bool(len(cp.live.done))
+        #: The project's pipelines' memory, watched in a run that resumes a crawl.
+        self.pipelines = PipelineMemory(crawler) if crawler is not None and self._resumed else None
         #: Stops the crawl with an error (the extension's ``stop``).
         self.stop_crawl = stop_crawl
         #: The first error of a feed's exporter in this run (see :meth:`feed_error`).
@@ -196,6 +199,11 @@ class StageTotals:
         if self.first_feed_error is None:
             self.first_feed_error = f"{type(exc).__name__}: {exc}"
 
+    def pipeline_memory(self) -> str | None:
+        """What to say instead of 'Completed' when this resumed run's pipelines learned from
+        the items in memory (see :mod:`.pipeline_memory`)."""
+        return resumed_memory_caveat(self.pipelines)
+
     def unwritten_items(self) -> str | None:
         """What to say instead of 'Completed' when items could not be written to a feed
         in some run of the stage (None: every item was written)."""
@@ -210,6 +218,8 @@ class StageTotals:
                 f"pipeline), then crawl again with -s CHECKPOINT_RESET=True.")
 
     def _outcome(self, response: Any, *names: str) -> None:
+        if self.pipelines is not None:
+            self.pipelines.item()
         unit = self.unit_of(getattr(response, "request", None))
         self._count(unit, names)
         if unit is not None:  # until its processing ends (item_finished)

@@ -516,21 +516,7 @@ def test_containers_in_cb_kwargs_come_back_with_their_type_after_a_kill(
     # them fetched: the site holds the fifth request until the kill).
     _, expected = references["kw_containers"]
     addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
-    cmd = [PYTHON, "-m", "scrapy", "crawl", "kw_containers", "-a", f"base={site.url}",
-           "-o", str(tmp_path / "items.jl"), "-s", f"FIDELITY_DB={tmp_path / 'items.db'}", *addon]
-    site.hold_at(site.total_hits + 5)
-    try:
-        with (tmp_path / "crawl.log").open("ab") as log:
-            proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
-                                    stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 120
-            while done_requests(tmp_path, "kw_containers") < 2 and time.monotonic() < deadline:
-                assert proc.poll() is None, (tmp_path / "crawl.log").read_text()[-3000:]
-                time.sleep(0.05)  # polls the stage's committed progress, read from disk
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=1200)
-    finally:
-        site.release()
+    crawl_killed_once_done(site, "kw_containers", tmp_path, 2, *addon)
     assert done_requests(tmp_path, "kw_containers") >= 2
     last = crawl(site, "kw_containers", tmp_path, *addon)
     assert_completed("kw_containers", last)
@@ -562,5 +548,69 @@ def test_items_a_feed_cannot_hold_are_counted_and_the_crawl_is_not_said_complete
     assert ("[unexportable] Every unit is done, but 4 scraped item(s) could not be written to "
             "the feeds" in last.log), last.log[-3000:]
     assert "TypeError: Object of type complex is not JSON serializable" in last.log
+    got = read_outputs(tmp_path)
+    assert got.items == expected.items, diff("feed", got.items, expected.items)
+
+
+def crawl_killed_once_done(site: ShopSite, spider: str, directory: Path, done: int, *extra: str,
+                           hold: int = 5) -> None:
+    """Run ``scrapy crawl SPIDER`` with the site holding its ``hold``-th request of this run,
+    and SIGKILL it once its stage has committed ``done`` requests done (read from disk)."""
+    cmd = [PYTHON, "-m", "scrapy", "crawl", spider, "-a", f"base={site.url}",
+           "-o", str(directory / "items.jl"), "-s", f"FIDELITY_DB={directory / 'items.db'}", *extra]
+    site.hold_at(site.total_hits + hold)
+    try:
+        with (directory / "crawl.log").open("ab") as log:
+            proc = subprocess.Popen(cmd, cwd=PROJECT, env=python_env(), stdout=log,
+                                    stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while done_requests(directory, spider) < done and time.monotonic() < deadline:
+                assert proc.poll() is None, (directory / "crawl.log").read_text()[-3000:]
+                time.sleep(0.05)  # polls the stage's committed progress, read from disk
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=1200)
+    finally:
+        site.release()
+    assert done_requests(directory, spider) >= done, (directory / "crawl.log").read_text()[-3000:]
+
+
+def test_a_resumed_crawl_whose_pipeline_drops_duplicates_seen_in_memory_is_not_said_completed(
+    tmp_path: Path, site: ShopSite, references: References
+) -> None:
+    # dedupe_items reaches each product twice; its DuplicatesPipeline (Scrapy's documented
+    # one) drops the second item by the ids it keeps in a set. Plain Scrapy: 36 items. A
+    # resumed run's pipeline starts without the ids of earlier runs, so it lets duplicates
+    # through (51 and 53 items after two kills), and the crawl ended '[dedupe_items]
+    # Completed. Progress: 100.0%'. Now the resumed run names the pipeline's memory.
+    _, expected = references["dedupe_items"]
+    assert sum(expected.items.values()) == 36
+    fresh = crawl(site, "dedupe_items", tmp_path / "fresh", *ADDON,
+                  "-s", f"CHECKPOINT_DIR={tmp_path / 'fresh' / 'checkpoints'}")
+    assert_completed("dedupe_items", fresh)  # nothing resumed: nothing to say
+    assert read_outputs(tmp_path / "fresh").items == expected.items
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}"]
+    crawl_killed_once_done(site, "dedupe_items", tmp_path, 2, *addon)
+    last = crawl(site, "dedupe_items", tmp_path, *addon)
+    assert last.returncode == 0, last.log[-3000:]
+    assert "[dedupe_items] Completed." not in last.log, last.log[-3000:]
+    assert ("[dedupe_items] Every unit is done, but this run resumed a crawl, and item "
+            "pipelines kept what they learned from the items in memory: "
+            "DuplicatesPipeline.ids_seen (") in last.log, last.log[-3000:]
+
+
+def test_a_pipeline_keeping_its_duplicates_in_spider_state_ends_as_plain_scrapy_after_a_kill(
+    tmp_path: Path, site: ShopSite
+) -> None:
+    # The remedy the warning above gives: the same pipeline with its ids in spider.state
+    # (plain Scrapy has spider.state with JOBDIR only: the reference uses one).
+    plain = crawl(site, "dedupe_items", tmp_path / "plain", "-a", "in_state=1",
+                  "-s", f"JOBDIR={tmp_path / 'plain' / 'job'}")
+    assert plain.returncode == 0, plain.log[-3000:]
+    expected = read_outputs(tmp_path / "plain")
+    assert sum(expected.items.values()) == 36, plain.log[-3000:]
+    addon = [*ADDON, "-s", f"CHECKPOINT_DIR={tmp_path / 'checkpoints'}", "-a", "in_state=1"]
+    crawl_killed_once_done(site, "dedupe_items", tmp_path, 2, *addon)
+    last = crawl(site, "dedupe_items", tmp_path, *addon)
+    assert_completed("dedupe_items", last)
     got = read_outputs(tmp_path)
     assert got.items == expected.items, diff("feed", got.items, expected.items)
