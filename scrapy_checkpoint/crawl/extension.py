@@ -221,7 +221,7 @@ class CheckpointExtension:
                                             stop=self.stop)
         frontier.progress = self.progress = CrawlProgress(
             cp, self.crawler.settings.getint("DEPTH_LIMIT"))
-        totals = self.totals = StageTotals(cp, frontier.unit_of_request, self.stop)
+        totals = self.totals = StageTotals(cp, frontier.unit_of_request, self.stop, self.crawler)
         totals.log_earlier_items(self.stage)
         self.deliveries = Deliveries(  # not where units move between processes (see .deliveries)
             cp, frontier.live, outputs, totals, self.stats, **deliveries_modes(
@@ -469,7 +469,7 @@ class CheckpointExtension:
         if self.totals is not None:
             self.totals.publish(self.stats)
         if reason == "finished":
-            cp.complete(_unsafe_feeds(self.outputs, live.info.recoveries))
+            cp.complete(_caveats(self.outputs, self.totals, live.info.recoveries))
         elif reason in FAILED_REASONS:
             cp.fail(f"crawl closed with reason {reason!r}")
         else:
@@ -656,6 +656,16 @@ def _readable_payloads(live: Any) -> Any:
             yield pending.get(code)
         except (OSError, ValueError):
             continue
+
+
+def _caveats(outputs: OutputSet | None, totals: StageTotals | None,
+             recoveries: int) -> str | None:
+    """What to say instead of 'Completed' (None: nothing): feeds not crash-safe written by a
+    stage that crashed, items a feed's exporter could not write, pipelines of a resumed run
+    that learned from the items in memory."""
+    given = [c for c in (_unsafe_feeds(outputs, recoveries), *(
+        (totals.unwritten_items(), totals.pipeline_memory()) if totals is not None else ())) if c]
+    return " Also, ".join(given) or None
 
 
 def _unsafe_feeds(outputs: OutputSet | None, recoveries: int) -> str | None:

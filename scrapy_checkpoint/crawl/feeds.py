@@ -333,6 +333,10 @@ class CheckpointFeedExporter(FeedExporter):
             super().item_scraped(item, spider)
         except CheckpointError as exc:  # a feed's start could not be journaled (full disk)
             ext.stop(exc)
+        except Exception as exc:  # the exporter cannot write the item: counted, then as in
+            if ext.totals is not None:  # plain Scrapy (logged by the signal's dispatcher)
+                ext.totals.feed_error(response, exc)
+            raise
         finally:
             router.current, router.item = previous, None
             if unit is None:

@@ -349,7 +349,7 @@ class Needs:
                 ok = isinstance(cls, type) and issubclass(cls, Request)
             else:
                 try:
-                    values.item_class(name)
+                    values.value_class(name)  # an item class, or a named tuple or enum class
                     ok = True
                 except ValueError:
                     ok = False

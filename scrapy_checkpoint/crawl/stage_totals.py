@@ -30,6 +30,7 @@ from ..checkpoint import EnhancedCheckpoint
 from ..errors import CheckpointWriteError, is_disk_full
 from ..journal.groups import STAGE_TOTALS
 from ..view import ITEM_TYPE, ITEMS_DROPPED, ITEMS_FAILED, ITEMS_SCRAPED, item_counts
+from .pipeline_memory import PipelineMemory, resumed_memory_caveat
 
 logger = logging.getLogger("scrapy_checkpoint")
 
@@ -38,6 +39,9 @@ DROPPED = ITEMS_DROPPED
 RESPONSES = "response_received_count"
 STATUS = "response_status_count/"  # + the status
 ERRORS = "spider_exceptions/count"
+#: Items a feed's exporter failed to write (e.g. a value its format cannot hold): plain
+#: Scrapy logs 'Error caught on signal handler' and the item is missing from the feed.
+FEED_ERRORS = "feed_export_errors"
 #: The counts of a unit's items (released before the unit is done, see release_items).
 ITEM_COUNTS = (ITEMS, DROPPED, ITEMS_FAILED)
 
@@ -62,7 +66,7 @@ class StageTotals:
     """
 
     def __init__(self, cp: EnhancedCheckpoint, unit_of: Callable[[Request | None], int | None],
-                 stop_crawl: Callable[[Exception], None] | None = None) -> None:
+                 stop_crawl: Callable[[Exception], None] | None = None, crawler: Any = None) -> None:
         self.cp = cp
         self.unit_of = unit_of
         #: Totals of the units done (journaled or about to be) and of counts of no unit.
@@ -77,8 +81,12 @@ class StageTotals:
         #: Requests done by earlier runs (their callbacks' changes to the spider are gone),
         #: until a callback error has been explained (see lost_attribute_hint).
         self._resumed = bool(len(cp.live.done))
+        #: The project's pipelines' memory, watched in a run that resumes a crawl.
+        self.pipelines = PipelineMemory(crawler) if crawler is not None and self._resumed else None
         #: Stops the crawl with an error (the extension's ``stop``).
         self.stop_crawl = stop_crawl
+        #: The first error of a feed's exporter in this run (see :meth:`feed_error`).
+        self.first_feed_error: str | None = None
 
     def items_now(self) -> int:
         """Items scraped by the stage so far, every run, the units in flight included."""
@@ -184,7 +192,34 @@ class StageTotals:
                 f"done, nor is anything after it; everything committed before is kept. Free "
                 f"disk space, then run the same command again to resume."))
 
+    def feed_error(self, response: Any, exc: BaseException) -> None:
+        """A feed's exporter raised ``exc`` writing an item of ``response``: the item is not
+        in that feed (nor in the feeds after it). Counted for the stage, with the item."""
+        self._count(self.unit_of(getattr(response, "request", None)), (FEED_ERRORS,))
+        if self.first_feed_error is None:
+            self.first_feed_error = f"{type(exc).__name__}: {exc}"
+
+    def pipeline_memory(self) -> str | None:
+        """What to say instead of 'Completed' when this resumed run's pipelines learned from
+        the items in memory (see :mod:`.pipeline_memory`)."""
+        return resumed_memory_caveat(self.pipelines)
+
+    def unwritten_items(self) -> str | None:
+        """What to say instead of 'Completed' when items could not be written to a feed
+        in some run of the stage (None: every item was written)."""
+        n = self.totals.get(FEED_ERRORS, 0)
+        if not n:
+            return None
+        first = f" (first error of this run: {self.first_feed_error})" if self.first_feed_error else ""
+        return (f"{n} scraped item(s) could not be written to the feeds: their exporter raised"
+                f"{first}, so they are missing from the feed files, as plain Scrapy leaves them "
+                f"after logging 'Error caught on signal handler'. Make the items' values "
+                f"writable by the feed's format (e.g. a FEED_EXPORTERS encoder or an item "
+                f"pipeline), then crawl again with -s CHECKPOINT_RESET=True.")
+
     def _outcome(self, response: Any, *names: str) -> None:
+        if self.pipelines is not None:
+            self.pipelines.item()
         unit = self.unit_of(getattr(response, "request", None))
         self._count(unit, names)
         if unit is not None:  # until its processing ends (item_finished)
@@ -252,5 +287,5 @@ def lost_attribute_hint(failure: Any, spider: Spider, stage: str) -> str | None:
             f"failed requests (scrapy-checkpoint requeue {stage} --failed) and run again.")
 
 
-__all__ = ["CLOSESPIDER_COUNTERS", "ITEM_STATS_PREFIX", "STATS_PREFIX", "StageTotals",
+__all__ = ["CLOSESPIDER_COUNTERS", "FEED_ERRORS", "ITEM_STATS_PREFIX", "STATS_PREFIX", "StageTotals",
            "lost_attribute_hint"]

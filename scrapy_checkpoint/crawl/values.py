@@ -17,20 +17,33 @@ as a tagged object ``{"$t": <type>, "v": <value>}`` and rebuilt with its type:
 ``dict``       ``[[key, value], ...]``: a dict with a key that is not a str, or
                with a ``"$t"`` key of its own
 ``item``       ``"c"``: ``"module:QualName"`` of the class, ``"v"``: its fields
+``namedtuple`` ``"c"``: the class's path, ``"v"``: list of the elements
+``enum``       ``"c"``: the ``Enum`` class's path, ``"v"``: the member's name
+``defaultdict`` ``"f"``: the name of its ``default_factory`` (one of
+               :data:`FACTORIES`, or ``None``), ``"v"``: ``[[key, value], ...]``
+``odict``      an ``OrderedDict``: ``[[key, value], ...]`` in its order
+``counter``    a ``Counter``: ``[[key, count], ...]``
 =============  ==============================================================
 
 Items are ``scrapy.Item`` subclasses, dataclasses and attrs classes (the item types
-of itemadapter). An item class is found again by its path among the modules already
-imported (a spider's module imports its item classes); loading never imports a
-module and never builds any other class. Any other value raises
-:class:`NotJSON` when it is encoded.
+of itemadapter). An item class (likewise a named tuple or enum class) is found again
+by its path among the modules already imported (a spider's module imports its item
+classes); loading never imports a module and never builds any other class: a named
+tuple is made with ``tuple.__new__``, an enum member is looked up by name. Any other
+value raises :class:`NotJSON` when it is encoded, also a subclass of ``dict``,
+``list`` or ``tuple`` not named above: written as its base type it would come back
+without what its class adds (a ``defaultdict`` without its default, a named tuple
+without its fields), and a callback using that would fail after a resume. Subclasses
+of ``str``, ``int`` and ``float`` other than enums are written as those.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 import sys
+from collections import Counter, OrderedDict, defaultdict
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -100,14 +113,62 @@ def encode(value: Any) -> Any:
     path = _item_class_path(t)
     if path is not None:
         return {TAG: "item", "c": path, "v": {k: encode(v) for k, v in _item_fields(value).items()}}
-    # What JSON itself accepted before (subclasses of its types): the same JSON as before.
-    if isinstance(value, dict):
-        return _encode_dict(value)
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, (dict, list, tuple, enum.Enum)):
+        return _encode_subclass(value)
+    if isinstance(value, (str, int, float)):  # e.g. a str subclass of a parser: as its base type
         return value
     raise NotJSON(f"Object of type {t.__name__} is not JSON serializable")
+
+
+#: The ``default_factory`` values of a ``defaultdict`` that can be journaled, by name.
+FACTORIES: dict[str, Any] = {f.__name__: f for f in (
+    list, dict, set, frozenset, tuple, int, float, str, bytes, bool, Decimal,
+    Counter, OrderedDict)}
+
+
+def _pairs(value: dict[Any, Any]) -> list[list[Any]]:
+    return [[encode(k), encode(v)] for k, v in value.items()]
+
+
+def _encode_subclass(value: Any) -> Any:
+    """A subclass of dict, list or tuple, or an enum member, tagged with its type (see the
+    module's table). Raises :class:`NotJSON` for any other subclass."""
+    t = type(value)
+    if t is defaultdict:
+        factory = value.default_factory
+        name = None if factory is None else getattr(factory, "__name__", None)
+        if factory is not None and FACTORIES.get(name) is not factory:  # type: ignore[arg-type]
+            raise NotJSON(f"Object of type defaultdict with default_factory {factory!r} is "
+                          f"not JSON serializable")
+        return {TAG: "defaultdict", "f": name, "v": _pairs(value)}
+    if t is OrderedDict:
+        return {TAG: "odict", "v": _pairs(value)}
+    if t is Counter:
+        return {TAG: "counter", "v": _pairs(value)}
+    path = _value_class_path(t)
+    if path is not None and isinstance(value, enum.Enum):
+        return {TAG: "enum", "c": path, "v": value.name}
+    if path is not None and isinstance(value, tuple):
+        return {TAG: "namedtuple", "c": path, "v": [encode(v) for v in value]}
+    raise NotJSON(f"Object of type {t.__name__} is not JSON serializable")
+
+
+def _is_value_class(cls: Any) -> bool:
+    """A named tuple class or an ``Enum`` class."""
+    if not isinstance(cls, type):
+        return False
+    if issubclass(cls, enum.Enum):
+        return True
+    return issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+
+
+def _value_class_path(cls: type) -> str | None:
+    """``module:QualName`` of a named tuple or enum class found again by that path (None:
+    another class, or one that cannot be found again)."""
+    if not _is_value_class(cls):
+        return None
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    return path if _find_class(path) is cls else None
 
 
 def _encode_dict(value: dict[Any, Any]) -> Any:
@@ -185,6 +246,15 @@ def item_class(path: str) -> type:
     unless it is an item class of an imported module."""
     cls = _find_class(path)
     if not _is_item_class(cls):
+        raise MissingItemClass(path)
+    return cls  # type: ignore[no-any-return]
+
+
+def value_class(path: str) -> type:
+    """The class at ``path`` named by a journaled value: an item, named tuple or enum class.
+    Raises :class:`MissingItemClass` unless it is one of those of an imported module."""
+    cls = _find_class(path)
+    if not (_is_item_class(cls) or _is_value_class(cls)):
         raise MissingItemClass(path)
     return cls  # type: ignore[no-any-return]
 
@@ -284,6 +354,30 @@ def decode(value: Any) -> Any:
         return {decode(k): decode(x) for k, x in v}
     if tag == "item":
         return _build_item(item_class(value["c"]), {k: decode(x) for k, x in v.items()})
+    return _decode_subclass(tag, value)
+
+
+def _decode_subclass(tag: Any, value: dict[str, Any]) -> Any:
+    """Inverse of :func:`_encode_subclass`. Raises ValueError for an unknown tag or class."""
+    v: Any = value.get("v")
+    if tag == "defaultdict":
+        name = value.get("f")
+        if name is not None and name not in FACTORIES:
+            raise ValueError(f"unknown default_factory {name!r} in a journaled request")
+        return defaultdict(None if name is None else FACTORIES[name],
+                           {decode(k): decode(x) for k, x in v})
+    if tag == "odict":
+        return OrderedDict((decode(k), decode(x)) for k, x in v)
+    if tag == "counter":
+        return Counter({decode(k): decode(x) for k, x in v})
+    if tag in ("enum", "namedtuple"):
+        cls = value_class(value["c"])
+        if tag == "enum" and issubclass(cls, enum.Enum):
+            return cls.__members__[v]
+        if tag == "namedtuple" and not issubclass(cls, enum.Enum):
+            new: Any = tuple.__new__
+            return new(cls, [decode(x) for x in v])  # no user __new__ runs
+        raise MissingItemClass(value["c"])
     raise ValueError(f"unknown value type {tag!r} in a journaled request")
 
 
@@ -294,11 +388,11 @@ def item_classes(value: Any, into: set[str]) -> None:
         for v in value:
             item_classes(v, into)
     elif t is dict:
-        if value.get(TAG) == "item":
+        if value.get(TAG) in ("item", "namedtuple", "enum"):
             into.add(value["c"])
         for v in value.values():
             item_classes(v, into)
 
 
-__all__ = ["TAG", "MissingItemClass", "NotJSON", "decode", "encode", "is_plain", "item_class",
-           "item_classes"]
+__all__ = ["FACTORIES", "TAG", "MissingItemClass", "NotJSON", "decode", "encode", "is_plain",
+           "item_class", "item_classes", "value_class"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import enum
 import json
 import sys
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,6 +19,7 @@ from scrapy_checkpoint.crawl import values
 from scrapy_checkpoint.crawl.requests import (
     TAGGED,
     UnserializableRequest,
+    needs_of,
     payload_to_request,
     request_to_payload,
     unrestorable,
@@ -72,6 +75,33 @@ class Tagged:
 
     def __post_init__(self) -> None:
         self.tags.append("listing")
+
+
+class Point(NamedTuple):
+    x: int
+    label: str = ""
+
+
+class Pair(collections.namedtuple("Pair", "a b")):
+    def __new__(cls, a: Any, b: Any) -> Pair:
+        raise AssertionError("a journaled named tuple is made without its own __new__")
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = 2
+
+
+class Size(enum.IntEnum):
+    SMALL = 1
+    LARGE = 2
+
+
+class UserDict(dict):  # type: ignore[type-arg]
+    """A dict subclass of the user's own: not JSON (it would come back a dict)."""
+
+    def __missing__(self, key: Any) -> int:
+        return 0
 
 
 class Spider(scrapy.Spider):
@@ -177,6 +207,78 @@ def test_a_field_the_journal_lacks_takes_its_default() -> None:
     del encoded["v"]["name"]  # a required field missing: the request cannot be rebuilt
     with pytest.raises(ValueError, match="name"):
         values.decode(json.loads(json.dumps(encoded)))
+
+
+SUBCLASSES = [
+    collections.defaultdict(list, {"prices": ["1.5"], 2: []}),
+    collections.defaultdict(None, {"a": 1}),
+    collections.defaultdict(int),
+    collections.OrderedDict([("b", 1), ("a", (2,))]),
+    collections.Counter({"seen": 2, ("t",): 1}),
+    Point(3, "p"),
+    Colour.RED,
+    Colour.BLUE,
+    Size.LARGE,
+]
+
+
+@pytest.mark.parametrize("value", SUBCLASSES, ids=lambda v: type(v).__name__)
+def test_subclasses_of_dict_and_tuple_and_enum_members_come_back_with_their_type(
+    value: Any
+) -> None:
+    # Written as their base types they came back as a dict, a list or an int: a callback
+    # appending to a defaultdict's missing key, reading a named tuple's field or an enum
+    # member's name failed after a resume.
+    back = _through_json({"v": value})["v"]
+    assert type(back) is type(value)
+    assert back == value
+    if isinstance(value, collections.defaultdict):
+        assert back.default_factory is value.default_factory
+    if isinstance(value, (collections.OrderedDict, collections.Counter)):
+        assert list(back.items()) == list(value.items())
+    if isinstance(value, enum.Enum):
+        assert back is value
+
+
+def test_a_named_tuple_is_made_without_running_its_own_new() -> None:
+    pair = tuple.__new__(Pair, (1, (2, 3)))
+    back = _through_json([pair])[0]
+    assert type(back) is Pair
+    assert (back.a, back.b) == (1, (2, 3))
+
+
+@pytest.mark.parametrize("value", [
+    UserDict(a=1),
+    collections.defaultdict(lambda: 0),
+    collections.UserList([1]),
+    type("Local", (tuple,), {})((1,)),
+])
+def test_other_subclasses_of_json_types_are_not_json(value: Any) -> None:
+    with pytest.raises(values.NotJSON):
+        values.encode(value)
+
+
+def test_a_named_tuple_or_enum_class_that_is_gone_is_a_missing_class() -> None:
+    for path in (f"{__name__}:Gone", f"{__name__}:Spider", "os:system"):
+        for tag, v in (("namedtuple", [1]), ("enum", "RED")):
+            with pytest.raises(values.MissingItemClass):
+                values.decode({"$t": tag, "c": path, "v": v})
+    with pytest.raises(ValueError, match="default_factory"):
+        values.decode({"$t": "defaultdict", "f": "system", "v": []})
+    with pytest.raises(values.MissingItemClass):
+        values.decode({"$t": "enum", "c": f"{__name__}:Point", "v": "x"})
+
+
+def test_a_request_with_a_named_tuple_needs_its_class() -> None:
+    spider = Spider()
+    request = scrapy.Request("http://127.0.0.1/p", callback=spider.parse_item,
+                             cb_kwargs={"point": Point(1), "size": Size.SMALL})
+    payload = json.loads(json.dumps(request_to_payload(request, spider)))
+    assert ("item class", f"{__name__}:Point") in needs_of(payload)
+    assert ("item class", f"{__name__}:Size") in needs_of(payload)
+    back = payload_to_request(payload, spider)
+    assert back.cb_kwargs == {"point": Point(1), "size": Size.SMALL}
+    assert type(back.cb_kwargs["point"]) is Point
 
 
 def test_plain_json_is_not_tagged() -> None:
