@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ...errors import CheckpointError, CorruptCheckpointError
 from ...journal.doneset import DoneSet
 from ...journal.groups import decode_group
+from ...journal.pending import MAX_GENERATION
 from ...journal.snapshot import PLACES, decode_header, decode_snapshot
 from ...state import CheckpointState, Owner, pid_alive
 from ..base import Loaded, Store, check_stage_name, is_stage_name
@@ -271,6 +272,7 @@ class PostgresStore(Store):
             base, header, done, blob, problems = 0, None, DoneSet(), b"", []
             for gen, data in snapshots:
                 try:
+                    _check_generation(gen)
                     header, done = decode_snapshot(data)
                     if header["state"].get("stage") != stage:
                         raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
@@ -298,9 +300,10 @@ class PostgresStore(Store):
                         problems=problems, generation=base, requests=self.request_reader(stage))
         expected_gen, good = None, 0
         for index, (gen, seq, payload) in enumerate(rows):
-            if gen != expected_gen:
-                expected_gen, good = gen, 0
             try:
+                _check_generation(gen)  # before it becomes the segment to append to
+                if gen != expected_gen:
+                    expected_gen, good = gen, 0
                 if seq != good:
                     raise ValueError(f"record {good} is missing")
                 loaded.payloads.append(decode_group(payload))
@@ -390,15 +393,21 @@ class PostgresStore(Store):
                            "covers.", stage, gen, exc)
 
     def retain(self, stage: str, keep: int) -> None:
-        """See :meth:`Store.retain`: the newest ``keep`` snapshots, the journal from the
-        oldest of them on, and the request records of older segments they need; one
-        transaction (skipped while the server cannot be reached)."""
-        lock = self._locks.get(stage)
+        """See :meth:`Store.retain`: the newest ``keep`` snapshots up to the segment the
+        stage's writer appends to, the journal from the oldest of them on, and the request
+        records of older segments they need; one transaction (skipped while the server
+        cannot be reached, or when this process writes no segment of the stage)."""
+        lock, writer = self._locks.get(stage), self._writers.get(stage)
+        if writer is None:
+            return
         try:
             with lock.transaction() if lock is not None else self.db.transaction() as conn:
+                # Only the snapshots this stage wrote, up to its current segment: a row of a
+                # later segment (copied in, or written over) is none of them, and counted
+                # among the newest it would have every good snapshot and segment deleted.
                 rows = conn.execute(self.db.sql("SELECT gen, places FROM {s}.snapshots "
-                                                "WHERE stage = %s ORDER BY gen DESC"),
-                                    [stage]).fetchall()
+                                                "WHERE stage = %s AND gen <= %s ORDER BY gen DESC"),
+                                    [stage, writer.gen]).fetchall()
                 if len(rows) <= keep:
                     return
                 oldest = rows[keep - 1][0]
@@ -489,3 +498,11 @@ def expire_stages(db: PostgresDatabase, ttls: dict[str, int]) -> list[str]:
         logger.info("PostgreSQL store: removed %d expired stage(s) (CHECKPOINT_POSTGRES_TTL): "
                     "%s.", len(removed), ", ".join(sorted(removed)))
     return removed
+
+
+def _check_generation(gen: int) -> None:
+    """Raise ValueError unless ``gen`` (a row's segment number) is one this package writes:
+    0 to :data:`MAX_GENERATION` (a larger one has no next segment, nor refs for its records)."""
+    if not 0 <= gen <= MAX_GENERATION:
+        raise ValueError(f"segment number {gen} is outside 0 to {MAX_GENERATION}: not written "
+                         f"by this package")
