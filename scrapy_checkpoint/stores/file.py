@@ -451,9 +451,13 @@ class SegmentWriter:
 
     def check_place(self) -> None:
         """Raise CheckpointWriteError if the segment is no longer linked in the directory it
-        was opened in (deleted, or the directory deleted or replaced)."""
+        was opened in, under its name (deleted, renamed away or replaced: by another file or
+        a link; or the directory deleted or replaced)."""
         try:
-            gone = os.fstat(self._fd).st_nlink == 0 or dir_id(self._dir) != self._dir_id
+            info = os.fstat(self._fd)
+            found = os.lstat(self.path)
+            gone = (info.st_nlink == 0 or found.st_ino != info.st_ino
+                    or found.st_dev != info.st_dev or dir_id(self._dir) != self._dir_id)
         except FileNotFoundError:
             gone = True
         if gone:
