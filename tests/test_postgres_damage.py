@@ -154,3 +154,34 @@ def test_rows_of_a_segment_number_the_stage_never_wrote_lose_nothing(
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert "6/6" in out
+
+
+def test_snapshot_rows_deleted_after_retention_are_damage_not_a_resume_from_the_tail(
+    postgresql_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Retention deletes the journal rows the kept snapshots cover. With every snapshot row
+    then deleted (by hand, or a restore that missed the table), the next run took the
+    journal rows left for the whole stage: it resumed with part of the 3000 units done and
+    redid the rest unsaid. Now reading and resuming the stage say it is damaged, and
+    nothing is changed."""
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1,
+                            compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(3000):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.drain_io()
+    cp.abandon()
+    schema = postgresql_backend.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        first = conn.execute(sql.SQL("SELECT min(gen) FROM {}.journal").format(
+            sql.Identifier(schema))).fetchone()
+        assert first is not None
+        assert first[0] > 0, "retention deleted no journal row"
+    _sql(postgresql_backend, "DELETE FROM {0}.snapshots")
+    assert cli_run(["--backend", postgresql_backend, "show", "s"]) == 3
+    out, err = capsys.readouterr()
+    assert "does not begin with the stage's creation" in err
+    assert "Traceback" not in out + err
+    with pytest.raises(CorruptCheckpointError, match="does not begin with the stage's creation"):
+        EnhancedCheckpoint(postgresql_backend, "s", log_every=0).open()

@@ -58,7 +58,14 @@ from ..errors import (
 )
 from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
-from ..journal.groups import HANDED, REQUEST_OVERHEAD, decode_group, decode_request, encode_request
+from ..journal.groups import (
+    HANDED,
+    INIT,
+    REQUEST_OVERHEAD,
+    decode_group,
+    decode_request,
+    encode_request,
+)
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
 from .base import Loaded, check_stage_name, is_stage_name
@@ -795,6 +802,19 @@ class RedisStore:
         loaded.good_bytes = good
         loaded.dropped_bytes = sum(len(r) for r in records[good:])
         loaded.generation = meta.get("seq", 0)
+        if header is None and loaded.payloads and INIT not in loaded.payloads[0].fields:
+            # A stage's journal begins with its creation, unless a snapshot covers what came
+            # before (trimmed): with both the snapshot and the meta hash (its base) gone, the
+            # rest of the journal would be taken for the whole stage.
+            raise CorruptCheckpointError(
+                f"The journal of stage {stage!r} in Redis ({self.key(stage, 'journal')}) does "
+                f"not begin with the stage's creation, and its snapshot, which held what came "
+                f"before, is missing with the meta hash that counted it: they were deleted or "
+                f"evicted (a maxmemory-policy other than noeviction, or keys deleted by hand). "
+                f"The units the snapshot held are not known, so the stage is not resumed (it "
+                f"would redo them and write their outputs again). Nothing was changed; reset "
+                f"the stage to start it over (scrapy-checkpoint --backend URL reset {stage}), "
+                f"and set maxmemory-policy noeviction.")
         return loaded
 
     def stage_gone(self, stage: str, committed: int) -> CheckpointLostError:

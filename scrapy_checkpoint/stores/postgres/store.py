@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ...errors import CheckpointError, CorruptCheckpointError
 from ...journal.doneset import DoneSet
-from ...journal.groups import decode_group
+from ...journal.groups import INIT, decode_group
 from ...journal.pending import MAX_GENERATION
 from ...journal.snapshot import PLACES, decode_header, decode_snapshot
 from ...state import CheckpointState, Owner, pid_alive
@@ -315,6 +315,18 @@ class PostgresStore(Store):
             good += 1
         if expected_gen is not None:
             loaded.generation, loaded.good_bytes = expected_gen, good
+        if header is None and loaded.payloads and INIT not in loaded.payloads[0].fields:
+            # A stage's journal begins with its creation, unless a snapshot covers what came
+            # before it (deleted by retention): without one, the rest of the journal would
+            # be taken for the whole stage.
+            raise CorruptCheckpointError(
+                f"The journal of stage {stage!r} in {self.schema}.journal does not begin with "
+                f"the stage's creation, and no snapshot in {self.schema}.snapshots holds what "
+                f"came before it: those rows were deleted. The units they held are not known, "
+                f"so the stage is not resumed (it would redo them and write their outputs "
+                f"again). Nothing was changed; put the rows back (from a backup) to resume, or "
+                f"reset the stage to start it over (scrapy-checkpoint --backend URL reset "
+                f"{stage}).")
         if end is not None and end[0] >= base and not problems:
             present = max(set_aside + 1, sum(1 for gen, *_ in rows if gen == end[0]))
             _check_journal_end(f"{self.schema}.journal", stage, end, present)
