@@ -394,6 +394,29 @@ def test_a_checkpoint_directory_deleted_or_replaced_stops_the_job_and_is_not_rec
         assert len(done_units(tmp_path / "moved", "s")) == 50, "committed units lost"
 
 
+def test_a_relative_checkpoint_directory_survives_a_change_of_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer checks its segment and directory by path at each commit: with a relative
+    CHECKPOINT_DIR, a program that changed its working directory mid-run was stopped with
+    'The checkpoint directory of stage 's' (cp/s) was deleted or replaced while the job
+    ran', nothing deleted at all."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    cp = EnhancedCheckpoint("cp", "s", save_every=1, log_every=0, compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    os.chdir(tmp_path / "elsewhere")
+    for i in range(10, 3000):  # past compact_min_bytes: a snapshot and a new segment too
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert len(done_units(tmp_path / "run" / "cp", "s")) == 3000
+
+
 def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
