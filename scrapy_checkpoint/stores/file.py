@@ -564,9 +564,7 @@ class FileStore:
     """Stages kept as files under one directory (see the module docstring)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        # Absolute: the writer checks its files by path at each commit, and a relative one
-        # would name other files once the program changes its working directory.
-        self.directory = Path(os.path.abspath(directory))
+        self.directory = Path(os.path.abspath(directory))  # the same files after a chdir
         self.location = str(Path(directory))
         self._dirs = DataDirs()
 
