@@ -394,6 +394,29 @@ def test_a_checkpoint_directory_deleted_or_replaced_stops_the_job_and_is_not_rec
         assert len(done_units(tmp_path / "moved", "s")) == 50, "committed units lost"
 
 
+def test_a_relative_checkpoint_directory_survives_a_change_of_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer checks its segment and directory by path at each commit: with a relative
+    CHECKPOINT_DIR, a program that changed its working directory mid-run was stopped with
+    'The checkpoint directory of stage 's' (cp/s) was deleted or replaced while the job
+    ran', nothing deleted at all."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    cp = EnhancedCheckpoint("cp", "s", save_every=1, log_every=0, compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(10):
+        cp.update(processed=1, successful=1, index=i)
+    os.chdir(tmp_path / "elsewhere")
+    for i in range(10, 3000):  # past compact_min_bytes: a snapshot and a new segment too
+        cp.update(processed=1, successful=1, index=i)
+    cp.complete()
+    cp.close()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert len(done_units(tmp_path / "run" / "cp", "s")) == 3000
+
+
 def test_a_tracker_job_whose_directory_is_deleted_stops_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
@@ -736,6 +759,59 @@ def test_a_journal_segment_that_is_a_link_is_refused_and_its_target_untouched(
     with pytest.raises(CheckpointWriteError, match="symbolic link"):
         cp.start(total_items=1)
     assert target.read_text() == "PRECIOUS\n"
+
+
+@pytest.mark.parametrize("how", ["moved", "link", "file"])
+def test_a_segment_moved_away_or_replaced_while_the_job_runs_stops_it(
+    tmp_path: Path, how: str,
+) -> None:
+    """Before, the writer checked only that its segment was still linked somewhere: one
+    renamed out of the directory (or with a link or another file put at its name) went on
+    taking every commit unseen, so those commits were in no file of the checkpoint (a kill
+    then lost them; a link planted there gave the next files its 0o777 mode)."""
+    directory = tmp_path / "cp"
+    cp = EnhancedCheckpoint(directory, "s", save_every=1, log_every=0)
+    cp.start(total_items=100)
+    for i in range(50):
+        cp.update(processed=1, successful=1, index=i)
+    cp.drain_io()  # a write already under way may still land in the moved file
+    (segment,) = segments(directory / "s")
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    segment.rename(tmp_path / "moved.log")
+    if how == "link":
+        segment.symlink_to(target)
+    elif how == "file":
+        segment.write_bytes(b"")
+    with pytest.raises(CheckpointWriteError, match="is no longer in it"):
+        cp.update(processed=1, successful=1, index=50)
+    cp.abandon()
+    assert target.read_text() == "PRECIOUS\n"
+    segment.unlink(missing_ok=True)
+    (tmp_path / "moved.log").rename(segment)  # put back, the stage resumes losing nothing
+    cp = EnhancedCheckpoint(directory, "s", log_every=0)
+    cp.start()
+    assert len(cp.live.done) == 50
+    cp.pause()
+    cp.close()
+
+
+def test_a_link_in_place_of_a_file_never_gives_its_mode_to_new_files(tmp_path: Path) -> None:
+    """A new segment or snapshot takes the mode of the file before it; before, a link found
+    there gave it the link's own bits, 0o777: checkpoint files writable by every user."""
+    from scrapy_checkpoint.stores.files import mode_of
+
+    target = tmp_path / "precious.txt"
+    target.write_text("PRECIOUS\n")
+    target.chmod(0o600)
+    (tmp_path / "journal-00000001.log").symlink_to(target)
+    assert mode_of(tmp_path / "journal-00000001.log") == 0o644
+    os.mkfifo(tmp_path / "journal-00000002.log", 0o666)
+    assert mode_of(tmp_path / "journal-00000002.log") == 0o644
+    real = tmp_path / "journal-00000003.log"
+    real.write_bytes(b"")
+    real.chmod(0o640)
+    assert mode_of(real) == 0o640
 
 
 def test_planted_temp_file_links_are_never_written_through(tmp_path: Path) -> None:

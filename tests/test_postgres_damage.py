@@ -107,3 +107,81 @@ def test_a_shared_stage_whose_claims_table_was_dropped_is_refused_when_a_worker_
             open_shared(store, "site", worker="w2").hold_joining()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("rows", [
+    # A snapshot row of a later segment than the stage's (copied in, or its gen written over).
+    ["INSERT INTO {0}.snapshots (stage, gen, data, places) "
+     "SELECT stage, 50, '\\x00', places FROM {0}.snapshots"],
+    ["INSERT INTO {0}.snapshots (stage, gen, data, places) "
+     "SELECT stage, 9223372036854775807, data, places FROM {0}.snapshots"],
+    # Journal rows of a segment number no segment after them can follow.
+    ["UPDATE {0}.journal SET gen = 9223372036854775807"],
+    ["UPDATE {0}.journal SET gen = 9223372036854775807 WHERE seq > 0"],
+])
+def test_rows_of_a_segment_number_the_stage_never_wrote_lose_nothing(
+    postgresql_backend: str, rows: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before, a snapshot row of a later segment than the stage's (even one that does not
+    decode, so never used) counted as the newest at retention: with keep_snapshots=1 the
+    next run deleted every good snapshot and journal row, and the run after it was refused
+    ('The journal and snapshots of stage 's' ... are missing'), all 6 units lost. Journal
+    rows of segment 2**63 - 1 were replayed and appended to: the run's close ended in
+    psycopg's 'bigint out of range' traceback. Now such rows are damage (reported, set
+    aside or left alone), and what the stage recorded is kept."""
+    _interrupted_stage(postgresql_backend)
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0)
+    cp.start()
+    cp.pause()
+    cp.close()  # a snapshot of its own, so the journal rows are of the newest segment
+    for query in rows:
+        _sql(postgresql_backend, query)
+    for _ in range(2):
+        cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, keep_snapshots=1)
+        cp.start()
+        for i in range(6):
+            if not cp.should_skip(i):
+                cp.update(processed=1, successful=1, index=i)
+        cp.pause()
+        cp.close()
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, keep_snapshots=1)
+    cp.start()
+    assert len(cp.live.done) == 6
+    assert cp.state.progress.processed_items == 6
+    cp.pause()
+    cp.close()
+    assert cli_run(["--backend", postgresql_backend, "show", "s"]) in (0, 3)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "6/6" in out
+
+
+def test_snapshot_rows_deleted_after_retention_are_damage_not_a_resume_from_the_tail(
+    postgresql_backend: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Retention deletes the journal rows the kept snapshots cover. With every snapshot row
+    then deleted (by hand, or a restore that missed the table), the next run took the
+    journal rows left for the whole stage: it resumed with part of the 3000 units done and
+    redid the rest unsaid. Now reading and resuming the stage say it is damaged, and
+    nothing is changed."""
+    cp = EnhancedCheckpoint(postgresql_backend, "s", log_every=0, save_every=1,
+                            compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(3000):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.drain_io()
+    cp.abandon()
+    schema = postgresql_backend.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        first = conn.execute(sql.SQL("SELECT min(gen) FROM {}.journal").format(
+            sql.Identifier(schema))).fetchone()
+        assert first is not None
+        assert first[0] > 0, "retention deleted no journal row"
+    _sql(postgresql_backend, "DELETE FROM {0}.snapshots")
+    assert cli_run(["--backend", postgresql_backend, "show", "s"]) == 3
+    out, err = capsys.readouterr()
+    assert "does not begin with the stage's creation" in err
+    assert "Traceback" not in out + err
+    with pytest.raises(CorruptCheckpointError, match="does not begin with the stage's creation"):
+        EnhancedCheckpoint(postgresql_backend, "s", log_every=0).open()

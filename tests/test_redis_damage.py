@@ -163,6 +163,44 @@ def test_a_journal_evicted_from_redis_is_damage_not_a_fresh_start(
         again.open()
 
 
+@pytest.mark.parametrize("evicted", [("snapshot", "meta"), ("snapshot", "meta", "state")])
+def test_a_snapshot_evicted_with_its_meta_is_damage_not_a_resume_from_the_journals_tail(
+    redis_backend: str, evicted: tuple[str, ...], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a compaction the journal holds only the groups after the snapshot. With the
+    snapshot and the meta hash (which counted the groups the snapshot covers) evicted or
+    deleted, the next run took the journal's tail for the whole stage: it resumed with a
+    few of the 3000 units done and redid the rest unsaid. Now the stage is damage (reading
+    and resuming say so, exit status 3), and nothing is changed."""
+    cp = EnhancedCheckpoint(redis_backend, "s", log_every=0, save_every=1, compact_min_bytes=4096)
+    cp.start(total_items=3000)
+    for i in range(3000):
+        cp.update(processed=1, successful=1, index=i)
+    cp.save(force=True)
+    cp.drain_io()
+    cp.abandon()  # as if the process had died
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        assert int(client.hget(f"{prefix}:s:meta", "base") or 0) > 0, "no compaction happened"
+        for part in evicted:
+            client.delete(f"{prefix}:s:{part}")
+        journal = client.llen(f"{prefix}:s:journal")
+    finally:
+        client.close()
+    assert cli_run(["--backend", redis_backend, "show", "s"]) == 3
+    err = capsys.readouterr().err
+    assert "does not begin with the stage's creation" in err
+    assert "Traceback" not in err
+    again = EnhancedCheckpoint(redis_backend, "s", log_every=0)
+    with pytest.raises(CorruptCheckpointError, match="deleted or evicted"):
+        again.open()
+    client, prefix = _client_and_prefix(redis_backend)
+    try:
+        assert client.llen(f"{prefix}:s:journal") == journal, "the journal was changed"
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if needs_redis_server.args[0]:

@@ -34,6 +34,11 @@ INLINE = (1 << 64) - 2
 MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
 #: Bits of a file store ref that hold the byte offset (the generation above them).
 OFFSET_BITS = 40
+#: The largest journal generation (segment number) a store may hold: the refs of its
+#: records, and those of the segment a compaction starts after it, still fit in
+#: :data:`MAX_REF`. A larger one was not written by this package (a crafted file name or
+#: table row) and is treated as damage, never as the place to write next.
+MAX_GENERATION = (MAX_REF >> OFFSET_BITS) - 1
 
 _SECTION = struct.Struct("<QI")  # entries, crc32 of the arrays
 _SLOTS = struct.Struct("<QQI")  # slots, slots filled, crc32 of the table

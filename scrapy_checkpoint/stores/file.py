@@ -451,9 +451,13 @@ class SegmentWriter:
 
     def check_place(self) -> None:
         """Raise CheckpointWriteError if the segment is no longer linked in the directory it
-        was opened in (deleted, or the directory deleted or replaced)."""
+        was opened in, under its name (deleted, renamed away or replaced: by another file or
+        a link; or the directory deleted or replaced)."""
         try:
-            gone = os.fstat(self._fd).st_nlink == 0 or dir_id(self._dir) != self._dir_id
+            info = os.fstat(self._fd)
+            found = os.lstat(self.path)
+            gone = (info.st_nlink == 0 or found.st_ino != info.st_ino
+                    or found.st_dev != info.st_dev or dir_id(self._dir) != self._dir_id)
         except FileNotFoundError:
             gone = True
         if gone:
@@ -560,8 +564,8 @@ class FileStore:
     """Stages kept as files under one directory (see the module docstring)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.location = str(self.directory)
+        self.directory = Path(os.path.abspath(directory))  # the same files after a chdir
+        self.location = str(Path(directory))
         self._dirs = DataDirs()
 
     def __repr__(self) -> str:

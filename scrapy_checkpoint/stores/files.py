@@ -265,12 +265,15 @@ def without(data_dir: Path | str) -> str:
 
 
 def mode_of(path: Path) -> int:
-    """The permission bits of ``path`` (0o644 if it is not there): what a new file of the
-    stage is given, so files keep the mode the user gave them."""
+    """The permission bits of ``path`` (0o644 if it is not there, or not a regular file):
+    what a new file of the stage is given, so files keep the mode the user gave them. A
+    link planted in a file's place is not the user's file: its bits (0o777 on Linux) would
+    make the checkpoint's next files writable by every user."""
     try:
-        return stat.S_IMODE(os.lstat(path).st_mode)
+        info = os.lstat(path)
     except OSError:
         return 0o644
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else 0o644
 
 
 def read_head(path: Path, size: int) -> bytes | None:

@@ -58,7 +58,14 @@ from ..errors import (
 )
 from ..journal.arrays import load_json
 from ..journal.doneset import DoneSet
-from ..journal.groups import HANDED, REQUEST_OVERHEAD, decode_group, decode_request, encode_request
+from ..journal.groups import (
+    HANDED,
+    INIT,
+    REQUEST_OVERHEAD,
+    decode_group,
+    decode_request,
+    encode_request,
+)
 from ..journal.snapshot import decode_snapshot
 from ..state import CheckpointState, Owner, Status, pid_alive
 from .base import Loaded, check_stage_name, is_stage_name
@@ -302,6 +309,23 @@ def _read_stage(client: Any, key: Callable[[str], str]) -> list[Any]:
             if client.hgetall(key("meta")) == values[1]:
                 return values
         raise
+
+
+def _check_journal_start(loaded: Loaded, stage: str, journal: str) -> None:
+    """Raise CorruptCheckpointError if ``loaded``, without a snapshot, does not begin
+    with the stage's creation: after a compaction the journal keeps only the groups after
+    the snapshot, and with the snapshot and the meta hash counting what it covers both gone,
+    the rest would be taken for the whole stage."""
+    if loaded.snapshot is None and loaded.payloads and INIT not in loaded.payloads[0].fields:
+        raise CorruptCheckpointError(
+            f"The journal of stage {stage!r} in Redis ({journal}) does not begin with the "
+            f"stage's creation, and its snapshot, which held what came before, is missing with "
+            f"the meta hash that counted it: they were deleted or evicted (a maxmemory-policy "
+            f"other than noeviction, or keys deleted by hand). The units the snapshot held are "
+            f"not known, so the stage is not resumed (it would redo them and write their "
+            f"outputs again). Nothing was changed; reset the stage to start it over "
+            f"(scrapy-checkpoint --backend URL reset {stage}), and set maxmemory-policy "
+            f"noeviction.")
 
 
 def _as_holder(script: Any, stage: str, location: str, **call: Any) -> Any:
@@ -792,9 +816,9 @@ class RedisStore:
                                 f"later records ignored")
                 break
             good += 1
-        loaded.good_bytes = good
+        loaded.good_bytes, loaded.generation = good, meta.get("seq", 0)
         loaded.dropped_bytes = sum(len(r) for r in records[good:])
-        loaded.generation = meta.get("seq", 0)
+        _check_journal_start(loaded, stage, self.key(stage, "journal"))
         return loaded
 
     def stage_gone(self, stage: str, committed: int) -> CheckpointLostError:

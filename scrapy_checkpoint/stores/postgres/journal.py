@@ -74,6 +74,11 @@ class PostgresJournalWriter:
         self._buffer_limit = buffer_limit
         self.size = 0
 
+    @property
+    def gen(self) -> int:
+        """The segment groups are appended to now."""
+        return self._gen
+
     def rotate(self, gen: int) -> None:
         """Start segment ``gen`` (a compaction): later groups and records go there."""
         self._gen, self._seq, self._pos, self.size = gen, 0, 0, 0

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from ...errors import CheckpointError, CorruptCheckpointError
 from ...journal.doneset import DoneSet
-from ...journal.groups import decode_group
+from ...journal.groups import INIT, decode_group
+from ...journal.pending import MAX_GENERATION
 from ...journal.snapshot import PLACES, decode_header, decode_snapshot
 from ...state import CheckpointState, Owner, pid_alive
 from ..base import Loaded, Store, check_stage_name, is_stage_name
@@ -271,6 +272,7 @@ class PostgresStore(Store):
             base, header, done, blob, problems = 0, None, DoneSet(), b"", []
             for gen, data in snapshots:
                 try:
+                    _check_generation(gen)
                     header, done = decode_snapshot(data)
                     if header["state"].get("stage") != stage:
                         raise ValueError(f"it belongs to stage {header['state'].get('stage')!r}")
@@ -296,22 +298,8 @@ class PostgresStore(Store):
                     "gen = %s"), [stage, end[0]]).fetchone()[0]
         loaded = Loaded(header, done, base, len(blob), exists=exists or bool(snapshots or rows),
                         problems=problems, generation=base, requests=self.request_reader(stage))
-        expected_gen, good = None, 0
-        for index, (gen, seq, payload) in enumerate(rows):
-            if gen != expected_gen:
-                expected_gen, good = gen, 0
-            try:
-                if seq != good:
-                    raise ValueError(f"record {good} is missing")
-                loaded.payloads.append(decode_group(payload))
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"unreadable journal record {seq} of segment {gen} ({exc}); "
-                                f"later records ignored")
-                loaded.dropped_bytes = sum(len(r[2]) for r in rows[index:])
-                break
-            good += 1
-        if expected_gen is not None:
-            loaded.generation, loaded.good_bytes = expected_gen, good
+        _replay_rows(rows, loaded)
+        _check_journal_start(loaded, stage, self.schema)
         if end is not None and end[0] >= base and not problems:
             present = max(set_aside + 1, sum(1 for gen, *_ in rows if gen == end[0]))
             _check_journal_end(f"{self.schema}.journal", stage, end, present)
@@ -390,15 +378,18 @@ class PostgresStore(Store):
                            "covers.", stage, gen, exc)
 
     def retain(self, stage: str, keep: int) -> None:
-        """See :meth:`Store.retain`: the newest ``keep`` snapshots, the journal from the
-        oldest of them on, and the request records of older segments they need; one
-        transaction (skipped while the server cannot be reached)."""
-        lock = self._locks.get(stage)
+        """See :meth:`Store.retain`: the newest ``keep`` snapshots up to the writer's segment
+        (a row of a later one, copied in or written over, is not one it wrote), the journal
+        from the oldest of them on, and the request records of older segments they need;
+        one transaction (skipped while the server cannot be reached, or no writer)."""
+        lock, writer = self._locks.get(stage), self._writers.get(stage)
+        if writer is None:
+            return
         try:
             with lock.transaction() if lock is not None else self.db.transaction() as conn:
                 rows = conn.execute(self.db.sql("SELECT gen, places FROM {s}.snapshots "
-                                                "WHERE stage = %s ORDER BY gen DESC"),
-                                    [stage]).fetchall()
+                                                "WHERE stage = %s AND gen <= %s ORDER BY gen DESC"),
+                                    [stage, writer.gen]).fetchall()
                 if len(rows) <= keep:
                     return
                 oldest = rows[keep - 1][0]
@@ -489,3 +480,49 @@ def expire_stages(db: PostgresDatabase, ttls: dict[str, int]) -> list[str]:
         logger.info("PostgreSQL store: removed %d expired stage(s) (CHECKPOINT_POSTGRES_TTL): "
                     "%s.", len(removed), ", ".join(sorted(removed)))
     return removed
+
+
+def _check_generation(gen: int) -> None:
+    """Raise ValueError unless ``gen`` (a row's segment number) is one this package writes:
+    0 to :data:`MAX_GENERATION` (a larger one has no next segment, nor refs for its records)."""
+    if not 0 <= gen <= MAX_GENERATION:
+        raise ValueError(f"segment number {gen} is outside 0 to {MAX_GENERATION}: not written "
+                         f"by this package")
+
+
+def _replay_rows(rows: list[Any], loaded: Loaded) -> None:
+    """Decode the journal ``rows`` (gen, seq, payload) into ``loaded``'s payloads, up to the
+    first that does not decode, is out of order or of a segment number this package does
+    not write (``problems``, ``dropped_bytes``); ``generation`` and ``good_bytes`` are then
+    the last good segment and its number of good groups."""
+    expected_gen, good = None, 0
+    for index, (gen, seq, payload) in enumerate(rows):
+        try:
+            _check_generation(gen)  # before it becomes the segment to append to
+            if gen != expected_gen:
+                expected_gen, good = gen, 0
+            if seq != good:
+                raise ValueError(f"record {good} is missing")
+            loaded.payloads.append(decode_group(payload))
+        except (ValueError, KeyError, TypeError) as exc:
+            loaded.problems.append(f"unreadable journal record {seq} of segment {gen} ({exc}); "
+                                   f"later records ignored")
+            loaded.dropped_bytes = sum(len(r[2]) for r in rows[index:])
+            break
+        good += 1
+    if expected_gen is not None:
+        loaded.generation, loaded.good_bytes = expected_gen, good
+
+
+def _check_journal_start(loaded: Loaded, stage: str, schema: str) -> None:
+    """Raise CorruptCheckpointError if ``loaded``, without a snapshot, does not begin
+    with the stage's creation: the snapshots covering what came before it (the journal rows
+    retention deleted) were deleted, and the rest would be taken for the whole stage."""
+    if loaded.snapshot is None and loaded.payloads and INIT not in loaded.payloads[0].fields:
+        raise CorruptCheckpointError(
+            f"The journal of stage {stage!r} in {schema}.journal does not begin with the "
+            f"stage's creation, and no snapshot in {schema}.snapshots holds what came before "
+            f"it: those rows were deleted. The units they held are not known, so the stage is "
+            f"not resumed (it would redo them and write their outputs again). Nothing was "
+            f"changed; put the rows back (from a backup) to resume, or reset the stage to "
+            f"start it over (scrapy-checkpoint --backend URL reset {stage}).")
